@@ -1,0 +1,4 @@
+"""Request → Dask task graph builders (installed as ``mooncake.graphs``).
+
+One module per serving mode; depends on ``mooncake``, never the reverse.
+"""

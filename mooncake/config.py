@@ -1,0 +1,73 @@
+"""Typed configs, built once at the edge (CLI, server, ``LLM(...)``) and passed down.
+
+Every field is validated in ``__post_init__``; a bad value raises ``ValueError`` naming
+the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from mooncake.types import DTYPES, DType
+
+
+def _check(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"{name}: {msg}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How one engine instance runs a model."""
+
+    model: str | None = None
+    """Local Hugging Face model directory; ``None`` means the built-in default model."""
+    dtype: DType = "float32"
+    """Weights and activations dtype."""
+    device: str = "cpu"
+    """torch device string: ``cpu`` or ``cuda[:N]``."""
+    block_size: int = 16
+    """Tokens per KV block."""
+    num_blocks: int | None = None
+    """Device KV blocks; ``None`` sizes the pool from ``kv_cache_bytes``."""
+    kv_cache_bytes: int = 512 * 1024**2
+    """Bytes for the KV pool when ``num_blocks`` is not given."""
+    max_num_seqs: int = 64
+    """Most sequences in the running batch."""
+    max_num_batched_tokens: int = 2048
+    """Token budget of one engine step (decode tokens + prefill chunk tokens)."""
+    long_prefill_chunk: int = 2048
+    """Chunked prefill: most prompt tokens of one sequence computed in one step."""
+    enable_prefix_caching: bool = True
+    """Reuse cached full blocks across requests."""
+    hash_seed: int = 0
+    """Seed of the block-key chain (docs/kv-hashing.md)."""
+    max_model_len: int | None = None
+    """Context limit; ``None`` takes the model's ``max_position_embeddings``."""
+    num_threads: int | None = None
+    """torch intra-op threads on CPU; ``None`` leaves torch's default."""
+
+    def __post_init__(self) -> None:
+        _check(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+        _check(self.block_size > 0, "block_size", f"must be positive, got {self.block_size}")
+        _check(self.num_blocks is None or self.num_blocks > 0, "num_blocks", f"must be positive, got {self.num_blocks}")
+        _check(self.kv_cache_bytes > 0, "kv_cache_bytes", f"must be positive, got {self.kv_cache_bytes}")
+        _check(self.max_num_seqs > 0, "max_num_seqs", f"must be positive, got {self.max_num_seqs}")
+        _check(self.max_num_batched_tokens > 0, "max_num_batched_tokens", f"must be positive, got {self.max_num_batched_tokens}")
+        _check(self.long_prefill_chunk > 0, "long_prefill_chunk", f"must be positive, got {self.long_prefill_chunk}")
+        _check(self.max_model_len is None or self.max_model_len > 0, "max_model_len", f"must be positive, got {self.max_model_len}")
+        _check(self.num_threads is None or self.num_threads > 0, "num_threads", f"must be positive, got {self.num_threads}")
+        _check(self.device == "cpu" or self.device.startswith("cuda"), "device", f"must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EngineConfig:
+        """Strict parse: unknown keys are an error, not silently ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"EngineConfig: unknown field(s) {unknown}")
+        return cls(**data)
+
+
+__all__ = ["EngineConfig"]
