@@ -219,6 +219,7 @@ class LLMEngine:
         st = self.stats
         st.num_steps += 1
         st.num_preemptions = self.scheduler.num_preemptions
+        st.num_prompt_tokens_cached = self.scheduler.num_cached_tokens
         for s in (*out.decodes, *out.prefills):
             prompt_part = max(0, min(s.start + s.num_tokens, s.seq.num_prompt_tokens) - s.start)
             st.num_prompt_tokens_computed += prompt_part
