@@ -65,7 +65,8 @@ class DecoderLayer(nn.Module):
         attn = paged_attention(q, k, v, k_cache, v_cache, meta, block_size, self.scale)
         x = x + self.o_proj(attn)
         gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
-        return x + self.down_proj(F.silu(gate) * up)
+        out: torch.Tensor = x + self.down_proj(F.silu(gate) * up)
+        return out
 
 
 class LlamaModel(nn.Module):
@@ -117,7 +118,8 @@ class LlamaModel(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, positions, self.rope, kv_cache[i, 0], kv_cache[i, 1], meta, block_size)
         x = self.norm(x[logits_indices])  # [N, H]; norm is per-token, so select first
-        return self.lm_head(x).float()
+        logits: torch.Tensor = self.lm_head(x).float()
+        return logits
 
 
 def load_hf_state_dict(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> None:

@@ -13,7 +13,6 @@ from mooncake.engine.scheduler import SchedulerOutput
 from mooncake.kvcache import KVBlockSpec
 
 
-
 class ModelRunner:
     """Args: model; spec: KV block shape; num_blocks: blocks in the pool."""
 
@@ -94,20 +93,20 @@ class ModelRunner:
             ctx_len = start + n
             nb = -(-ctx_len // bs)
             bt = torch.tensor([blk.block_id for blk in seq.block_table[:nb]], dtype=torch.long)
-            pos = torch.arange(start, ctx_len)
-            positions.extend(pos.tolist())
-            slots.extend((bt[pos // bs] * bs + pos % bs).tolist())
-            mask = None
+            pos_t = torch.arange(start, ctx_len)
+            positions.extend(pos_t.tolist())
+            slots.extend((bt[pos_t // bs] * bs + pos_t % bs).tolist())
+            seg_mask = None
             if start > 0 or (self.window is not None and ctx_len > self.window):
-                mask = causal_mask(n, ctx_len, self.window, dev)
-            meta.prefills.append(PrefillSegment(flat_start, n, ctx_len, bt.to(dev), mask))
+                seg_mask = causal_mask(n, ctx_len, self.window, dev)
+            meta.prefills.append(PrefillSegment(flat_start, n, ctx_len, bt.to(dev), seg_mask))
             if all_logits:
                 logits_idx.extend(range(flat_start, flat_start + n))
             elif s.samples:
                 logits_idx.append(flat_start + n - 1)
 
         meta.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
-        return self.model(
+        logits: torch.Tensor = self.model(
             torch.tensor(ids, dtype=torch.long, device=dev),
             torch.tensor(positions, dtype=torch.long, device=dev),
             self.kv_cache,
@@ -115,3 +114,4 @@ class ModelRunner:
             torch.tensor(logits_idx, dtype=torch.long, device=dev),
             bs,
         )
+        return logits

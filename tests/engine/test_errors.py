@@ -34,7 +34,7 @@ def test_missing_directory(tmp_path):
 def test_missing_config(tiny_llama, tmp_path):
     d = _copy(tiny_llama, tmp_path / "m")
     (d / "config.json").unlink()
-    with pytest.raises(ValueError, match="config.json"):
+    with pytest.raises(ValueError, match=r"config\.json"):
         LLMEngine(EngineConfig(model=str(d)))
 
 
@@ -54,7 +54,7 @@ def test_missing_tensor(tiny_llama, tmp_path):
     tensors = load_file(str(f))
     del tensors["model.layers.1.mlp.down_proj.weight"]
     save_file(tensors, str(f))
-    with pytest.raises(ValueError, match="model.layers.1.mlp.down_proj.weight"):
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.down_proj\.weight"):
         LLMEngine(EngineConfig(model=str(d)))
 
 

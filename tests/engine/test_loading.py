@@ -3,7 +3,6 @@ tokenizer and chat template."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
