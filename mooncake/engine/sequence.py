@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from mooncake.engine.tokenizer import IncrementalDetokenizer
+from mooncake.tokenizer import IncrementalDetokenizer
 from mooncake.kvcache import Block, KVExport
 from mooncake.outputs import RequestMetrics
 from mooncake.sampling_params import SamplingParams
