@@ -179,7 +179,8 @@ class PrefillTimeEstimator:
 
     def _features(self, n: int, cached: int) -> np.ndarray:
         c = min(cached, n)
-        return np.array([self._attn(n, c), self._linear(n, c), 1.0]) / self._scale
+        x: np.ndarray = np.array([self._attn(n, c), self._linear(n, c), 1.0]) / self._scale
+        return x
 
     def estimate(self, n: int, cached: int = 0) -> float:
         """Estimated seconds to prefill ``n`` tokens of which ``cached`` are reused."""
