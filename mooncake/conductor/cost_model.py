@@ -156,13 +156,16 @@ class PrefillTimeEstimator:
         refit_every: observations between refits (a 3×3 solve each).
     """
 
-    def __init__(self, cost: CostModel, prior_weight: float = 8.0, refit_every: int = 16) -> None:
+    def __init__(self, cost: CostModel, prior_weight: float = 1.0, refit_every: int = 16) -> None:
         self.cost = cost
         rate = 1.0 / (cost.hardware.peak_flops * cost.hardware.mfu)
         # Features are scaled to ~1 for a 10k-token prompt so the solve is well conditioned.
-        self._scale = np.array([self._attn(10_000, 0), self._linear(10_000, 0), 1.0])
+        scale = np.array([self._attn(10_000, 0), self._linear(10_000, 0), 1.0])
+        self._scale = np.where(scale > 0, scale, 1.0)  # a zero coefficient keeps a zero feature
         self._prior = np.array([rate * self._scale[0], rate * self._scale[1], 0.0])
-        self._ata = np.eye(3) * prior_weight
+        # The intercept (fixed per-prefill overhead) is held near 0 more firmly than the
+        # slopes, so a handful of samples moves the slopes rather than inventing overhead.
+        self._ata = np.diag([prior_weight, prior_weight, 10.0 * prior_weight])
         self._atb = self._ata @ self._prior
         self._coef = self._prior.copy()
         self._pending = 0
