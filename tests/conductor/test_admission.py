@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from mooncake.conductor import DecodeChoice, DecodeLoad, DecodeSeq, PrefillChoice, check_slos, decode_view
+from mooncake.conductor import (
+    DecodeChoice,
+    DecodeLoad,
+    DecodeSeq,
+    PrefillChoice,
+    check_slos,
+    decode_view,
+)
 
 
 def make_load() -> DecodeLoad:

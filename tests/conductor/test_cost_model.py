@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mooncake.conductor import BandwidthEstimator, CostModel, HardwareSpec, ModelSpec, PrefillTimeEstimator
+from mooncake.conductor import (
+    BandwidthEstimator,
+    CostModel,
+    HardwareSpec,
+    ModelSpec,
+    PrefillTimeEstimator,
+)
 
 
 def test_default_llama3_70b_prefill_flops() -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mooncake.conductor import DecodeScheduler, PrefillLoad, PrefillScheduler, RequestInfo, prefix_tokens
+from mooncake.conductor import (
+    DecodeScheduler,
+    PrefillLoad,
+    PrefillScheduler,
+    RequestInfo,
+    prefix_tokens,
+)
 
 
 def est(n: int, c: int) -> float:

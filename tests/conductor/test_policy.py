@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from mooncake.conductor import Conductor, ConductorConfig, CostModel, Placement, Rejection, RequestInfo
+from mooncake.conductor import (
+    Conductor,
+    ConductorConfig,
+    CostModel,
+    Placement,
+    Rejection,
+    RequestInfo,
+)
 
 
 def req(rid: str, n: int, keys: tuple[int, ...], out: int = 10) -> RequestInfo:
