@@ -107,9 +107,10 @@ class CompletionRequest(_SamplingFields):
         p = self.prompt
         if isinstance(p, str):
             return [p]
-        if all(isinstance(x, int) for x in p):
-            return [[int(x) for x in p]]  # type: ignore[union-attr]
-        return list(p)  # type: ignore[arg-type]
+        ids = [x for x in p if isinstance(x, int)]
+        if len(ids) == len(p):
+            return [ids]
+        return [x for x in p if not isinstance(x, int)]
 
     def sampling_params(self) -> SamplingParams:
         return self._sampling(self.max_tokens, self.logprobs)

@@ -494,9 +494,10 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
             if message["type"] == "http.disconnect":
                 return
 
-    watcher = asyncio.ensure_future(disconnected())
+    watcher: asyncio.Future[None] = asyncio.ensure_future(disconnected())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        pending: list[asyncio.Future[Any]] = [task, watcher]
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
     finally:
         if not task.done():
             task.cancel()
