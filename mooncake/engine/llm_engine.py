@@ -19,10 +19,10 @@ from mooncake.engine.model_runner import ModelRunner
 from mooncake.engine.sampler import SampleRequest, sample
 from mooncake.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from mooncake.engine.sequence import Sequence, SequenceStatus
-from mooncake.tokenizer import IncrementalDetokenizer, Tokenizer
 from mooncake.kvcache import BlockPool, KVBlock, KVBlockSpec, KVExport, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from mooncake.sampling_params import SamplingParams
+from mooncake.tokenizer import IncrementalDetokenizer, Tokenizer
 from mooncake.types import BlockKey
 
 
