@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 # `mooncake --help` stays fast and a subcommand's heavy imports load only when used.
 _SUBCOMMANDS: list[tuple[str, str]] = [
     ("mooncake.generate_cli", "add_parser"),
+    ("mooncake.worker.cli", "add_parser"),
     ("mooncake.server.cli", "add_parser"),
     ("mooncake.bench.cli", "add_parser"),
 ]

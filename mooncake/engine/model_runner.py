@@ -16,8 +16,9 @@ from mooncake.kvcache import KVBlockSpec
 class ModelRunner:
     """Args: model; spec: KV block shape; num_blocks: blocks in the pool."""
 
-    def __init__(self, model: LlamaModel, spec: KVBlockSpec, num_blocks: int) -> None:
+    def __init__(self, model: LlamaModel, spec: KVBlockSpec, num_blocks: int, null_model: bool = False) -> None:
         self.model = model
+        self.null_model = null_model
         self.spec = spec
         self.block_size = spec.block_size
         p = model.embed_tokens.weight
@@ -105,6 +106,8 @@ class ModelRunner:
             elif s.samples:
                 logits_idx.append(flat_start + n - 1)
 
+        if self.null_model:
+            return torch.zeros(len(logits_idx), self.model.cfg.vocab_size, device=dev)
         meta.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
         logits: torch.Tensor = self.model(
             torch.tensor(ids, dtype=torch.long, device=dev),

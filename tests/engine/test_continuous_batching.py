@@ -98,3 +98,38 @@ def test_export_import_into_second_engine(tiny_llama, expected):
     got = [[a_next, *done[r].token_ids] for r, a_next in zip(rids, [p[0] for p in expected])]
     assert got == expected
     assert a.pool.num_free == a.pool.num_blocks  # held blocks were released by export
+
+
+def test_prior_output_ids_continue_seeded_sampling(tiny_llama):
+    """Prefill on A samples token 0; B continues with prior_output_ids=[t0] and the
+    imported KV: the seeded sample stream and the output equal one engine's."""
+    params = SamplingParams(temperature=1.0, seed=11, max_tokens=20, ignore_eos=True)
+    prompt = _prompts()[3]
+    whole = _engine(tiny_llama).generate([prompt], params)[0]
+    a = _engine(tiny_llama)
+    a.add_request("r", prompt, SamplingParams(temperature=1.0, seed=11, max_tokens=1, ignore_eos=True), keep_kv=True)
+    while a.has_unfinished():
+        a.step()
+    exp = a.export_kv("r")
+    b = _engine(tiny_llama)
+    b.add_request("r", prompt, params, kv=exp, prior_output_ids=exp.next_token_ids)
+    last = None
+    while b.has_unfinished():
+        for o in b.step():
+            last = o
+    assert last is not None and last.token_ids == whole.token_ids and last.text == whole.text
+
+
+def test_cached_blocks_move_between_engines(tiny_llama):
+    """Blocks exported from A's prefix cache and imported into B give B a prefix hit."""
+    a, b = _engine(tiny_llama), _engine(tiny_llama)
+    prompt = _prompts()[1]
+    a.generate([prompt], SamplingParams(temperature=0.0, max_tokens=1))
+    from mooncake.kvcache import block_keys
+
+    keys = block_keys(prompt, 16, a.root_key())
+    blocks = a.export_cached_blocks(keys, prompt)
+    assert len(blocks) == len(keys)
+    assert b.import_cached_blocks(blocks) == len(keys)
+    out = b.generate([prompt], SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))[0]
+    assert out.num_cached_tokens == min(len(keys), (len(prompt) - 1) // 16) * 16
