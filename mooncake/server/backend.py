@@ -31,7 +31,9 @@ class ServingBackend(Protocol):
     def stream(
         self,
         prompt: str | list[int],
-        params: SamplingParams,
+        sampling_params: SamplingParams | None = None,
+        /,
+        *,
         request_id: str | None = None,
         cache_salt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:

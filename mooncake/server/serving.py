@@ -45,7 +45,7 @@ from mooncake.server.protocol import (
     now,
 )
 from mooncake.server.sse import DONE, EventStreamResponse, event
-from mooncake.tokenizer import Tokenizer
+from mooncake.tokenizer import IncrementalDetokenizer, Tokenizer
 
 log = logging.getLogger("mooncake.server")
 T = TypeVar("T")
@@ -71,7 +71,12 @@ class RequestStream:
     metrics: ServerMetrics
     arrival: float
     first: RequestOutput
+    detok: IncrementalDetokenizer | None = None
+    """Streams text from the token ids (None: use the backend's text)."""
+    holdback: int = 0
+    """Characters kept back while streaming so a stop string is never sent (longest - 1)."""
     last: RequestOutput | None = None
+    _pending: str = ""
     _sent_tokens: int = 0
     _sent_text: str = ""
     _last_time: float | None = None
@@ -81,7 +86,7 @@ class RequestStream:
     def _delta(self, out: RequestOutput) -> Delta | None:
         c = out.outputs[0]
         new_ids = c.token_ids[self._sent_tokens :]
-        text = c.text[len(self._sent_text) :] if c.text.startswith(self._sent_text) else ""
+        text = self._text(out, new_ids)
         if not new_ids and not text and not out.finished:
             return None
         t = time.perf_counter()
@@ -98,6 +103,21 @@ class RequestStream:
         if out.finished:
             self._finish(out, t)
         return Delta(text, list(new_ids), lps, c.finish_reason if out.finished else None, c.stop_reason)
+
+    def _text(self, out: RequestOutput, new_ids: list[int]) -> str:
+        """The text to send now. While streaming, the server decodes the token ids itself
+        (so the text is a function of the ids alone, whichever worker produced them); the
+        backend's final text is authoritative (stop strings cut it) and only what it adds
+        beyond the text already sent goes out at the end."""
+        final = out.outputs[0].text
+        if self.detok is None or out.finished:
+            return final[len(self._sent_text) :] if final.startswith(self._sent_text) else ""
+        self._pending += self.detok.add(new_ids)
+        cut = len(self._pending) - self.holdback
+        if cut <= 0:
+            return ""
+        text, self._pending = self._pending[:cut], self._pending[cut:]
+        return text
 
     def _finish(self, out: RequestOutput, t: float) -> None:
         self._done = True
@@ -219,7 +239,9 @@ class OpenAIServing:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await agen.aclose()  # type: ignore[attr-defined]
             raise
-        return RequestStream(agen, request_id, self.metrics, arrival, first)
+        detok = IncrementalDetokenizer(self.tokenizer, ids) if self.tokenizer is not None and params.skip_special_tokens else None
+        holdback = max((len(x) for x in params.stop), default=1) - 1
+        return RequestStream(agen, request_id, self.metrics, arrival, first, detok, holdback)
 
     async def _open_all(self, prompts: list[list[int]], params: SamplingParams, base_id: str, cache_salt: str | None) -> list[RequestStream]:
         if len(prompts) == 1:

@@ -127,7 +127,7 @@ class ScriptedBackend:
         return self.inner.tokenizer
 
     async def stream(
-        self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None, cache_salt: str | None = None
+        self, prompt: str | list[int], params: SamplingParams | None = None, /, *, request_id: str | None = None, cache_salt: str | None = None
     ) -> AsyncIterator[RequestOutput]:
         head = prompt[0] if isinstance(prompt, list) and prompt else None
         if head == self.REJECT:

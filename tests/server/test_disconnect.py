@@ -20,6 +20,13 @@ def _wait_for(cond: object, timeout: float = 20.0) -> bool:
     return False
 
 
+def _idle(backend: ScriptedBackend) -> bool:
+    """No engine runs or queues a request and every KV block is free again (cached blocks
+    count as free: they stay in the prefix cache until evicted)."""
+    stats = backend.inner.worker_stats().values()
+    return all(s["running"] == 0 and s["waiting"] == 0 and s["free_blocks"] == s["num_blocks"] for s in stats)
+
+
 def test_stream_disconnect_cancels(scripted: tuple[ServerThread, ScriptedBackend], model_name: str) -> None:
     """Read two SSE events of a long generation, drop the connection: the request is closed
     early well before it could have finished, and counted as aborted."""
@@ -37,6 +44,7 @@ def test_stream_disconnect_cancels(scripted: tuple[ServerThread, ScriptedBackend
     assert _wait_for(lambda: "gone-1" in backend.closed_early)
     assert _wait_for(lambda: metric(server.base_url, "mooncake:num_requests_running") == 0)
     assert metric(server.base_url, "mooncake:request_success_total", finished_reason="abort") >= 1
+    assert _wait_for(lambda: _idle(backend))
     # The server still serves at once (the abandoned 900-token request is not hogging it).
     t0 = time.monotonic()
     r2 = httpx.post(f"{server.base_url}/v1/completions", json={"model": model_name, "prompt": [256, 9], "max_tokens": 2})
@@ -53,3 +61,4 @@ def test_non_stream_disconnect_cancels(scripted: tuple[ServerThread, ScriptedBac
         pass
     assert _wait_for(lambda: "gone-2" in backend.closed_early)
     assert _wait_for(lambda: metric(server.base_url, "mooncake:num_requests_running") == 0)
+    assert _wait_for(lambda: _idle(backend))
