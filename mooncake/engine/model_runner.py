@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mooncake.engine.attention import AttentionMetadata, DecodeGroup, PrefillSegment, causal_mask, split_by_length
+from mooncake.engine.attention import (
+    AttentionMetadata,
+    DecodeGroup,
+    PrefillSegment,
+    causal_mask,
+    split_by_length,
+)
 from mooncake.engine.kv_cache_manager import KVWrite
 from mooncake.engine.model import LlamaModel
 from mooncake.engine.scheduler import ScheduledSeq, SchedulerOutput
