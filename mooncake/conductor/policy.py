@@ -157,7 +157,8 @@ class Conductor:
             self.prefill_loads[placement.prefill].start(request_id, now)
 
     def on_prefill_finish(self, request_id: str, now: float, prompt_len: int, cached_tokens: int, seconds: float) -> None:
-        """A prefill ended; ``seconds`` of compute (excluding any fetch) refine the
+        """A prefill ended; its observed duration ``seconds`` (excluding any prefix fetch;
+        on a colocated instance including the decode steps it shared) refines the
         prefill time model."""
         placement = self._placed.get(request_id)
         if placement is not None:
