@@ -84,7 +84,13 @@ def lookup(spec: RequestSpec, placement: PlacementInfo) -> LookupResult:
 
 
 def _watch_and_add(
-    spec: RequestSpec, *, prefill_only: bool, kv: Any = None, prior: list[int] | None = None, cached: int | None = None
+    spec: RequestSpec,
+    *,
+    prefill_only: bool,
+    kv: Any = None,
+    prior: list[int] | None = None,
+    prior_logprobs: list[dict[int, float]] | None = None,
+    cached: int | None = None,
 ) -> concurrent.futures.Future[RequestOutput]:
     from mooncake.worker.engine_loop import Watch
 
@@ -106,6 +112,7 @@ def _watch_and_add(
                 keep_kv=prefill_only,
                 kv=kv,
                 prior_output_ids=prior or (),
+                prior_logprobs=prior_logprobs,
             )
         except Exception:
             plugin.loop._watches.pop(spec.request_id, None)
@@ -173,6 +180,7 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         first_token_time=first_token_wall,
         num_tokens=export.num_tokens,
         first_token_ids=list(first),
+        first_logprobs=out.outputs[0].logprobs,
         num_cached_tokens=out.num_cached_tokens,
         prefill_seconds=seconds,
         finished=finished,
@@ -220,7 +228,11 @@ def decode(tr: TransferResult) -> RequestOutput:
     plugin.decode_joins.append(spec.request_id)
     # On a miss the prompt is recomputed here (prefix cache permitting); the first token
     # is kept, so the output is the same.
-    out = _wait(_watch_and_add(spec, prefill_only=False, kv=export, prior=handle.first_token_ids, cached=handle.num_cached_tokens))
+    out = _wait(
+        _watch_and_add(
+            spec, prefill_only=False, kv=export, prior=handle.first_token_ids, prior_logprobs=handle.first_logprobs, cached=handle.num_cached_tokens
+        )
+    )
     out = _wall_metrics(out, spec, handle.num_cached_tokens)
     out.metrics.first_token_time = handle.first_token_time
     return out
