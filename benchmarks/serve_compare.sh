@@ -6,7 +6,8 @@
 #
 # Environment: CKPT (checkpoint dir, default the llama-57m benchmark checkpoint),
 # VLLM_PY (vLLM venv python), PY (mooncake venv python), OUT (results dir),
-# RATE, N (prompts), PREFIX, SUFFIX, NPREFIX, OUTLEN, GOODPUT.
+# RATE, N (prompts), PREFIX, SUFFIX, NPREFIX, OUTLEN, GOODPUT, MOONCAKE_ARGS (extra
+# `mooncake serve` flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -26,7 +27,14 @@ NAME=bench-model
 mkdir -p "$OUT"
 SIDES=("$@"); [ ${#SIDES[@]} -eq 0 ] && SIDES=(vllm mooncake)
 
+SERVER_PID=
+trap '[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2> /dev/null; wait' EXIT
+
 start_server() {  # $1: side; sets SERVER_PID
+    if curl -s -o /dev/null "http://127.0.0.1:$PORT/health"; then
+        echo "port $PORT is already serving; stop that server first" >&2
+        return 1
+    fi
     case "$1" in
     vllm)
         VLLM_TARGET_DEVICE=cpu VLLM_CPU_OMP_THREADS_BIND=0-1 VLLM_CPU_NUM_OF_RESERVED_CPU=0 VLLM_CPU_KVCACHE_SPACE=${VLLM_KV_GIB:-2} \
@@ -34,9 +42,10 @@ start_server() {  # $1: side; sets SERVER_PID
             --dtype float32 --max-model-len "$MAXLEN" --enable-prefix-caching > "$OUT/server-vllm.log" 2>&1 &
         ;;
     mooncake | mooncake-colocated)
+        # shellcheck disable=SC2086
         local mode=disaggregated; [ "$1" = mooncake-colocated ] && mode=colocated
         "$PY" -m mooncake.cli serve --model "$CKPT" --served-model-name "$NAME" --port "$PORT" \
-            --mode "$mode" --max-model-len "$MAXLEN" --log-level warning > "$OUT/server-$1.log" 2>&1 &
+            --mode "$mode" --max-model-len "$MAXLEN" --log-level warning ${MOONCAKE_ARGS:-} > "$OUT/server-$1.log" 2>&1 &
         ;;
     esac
     SERVER_PID=$!
@@ -67,7 +76,8 @@ for side in "${SIDES[@]}"; do
         --prefix-repetition-prefix-len "$PREFIX" --prefix-repetition-suffix-len "$SUFFIX" \
         --prefix-repetition-num-prefixes "$NPREFIX" --prefix-repetition-output-len "$OUTLEN" --seed 2 \
         --request-rate "$RATE" --ignore-eos --goodput $GOODPUT --save-result --result-dir "$OUT" \
-        --result-filename "$side-vllm-bench.json" --disable-tqdm 2>&1 \
-        | sed -n '/Serving Benchmark Result/,/^==*$/p' | tee "$OUT/$side-vllm-bench.txt"
+        --result-filename "$side-vllm-bench.json" --disable-tqdm > "$OUT/$side-vllm-bench.log" 2>&1 || true
+    sed -n '/Serving Benchmark Result/,/^==*$/p' "$OUT/$side-vllm-bench.log" | tee "$OUT/$side-vllm-bench.txt"
     kill "$SERVER_PID"; wait "$SERVER_PID" 2> /dev/null || true
+    SERVER_PID=
 done

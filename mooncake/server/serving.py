@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -277,7 +277,7 @@ class OpenAIServing:
             raise
         if req.stream:
             gen = self._completion_stream(req, model, request_id, streams, echo_texts)
-            return EventStreamResponse(_running(gen, self.metrics, len(prompts)))
+            return EventStreamResponse(gen, on_close=_closer(streams, self.metrics, len(prompts)))
         try:
             outs = await _until_disconnect(request, asyncio.gather(*(s.collect() for s in streams)))
         finally:
@@ -376,7 +376,7 @@ class OpenAIServing:
             self.metrics.num_requests_running.dec()
             raise
         if req.stream:
-            return EventStreamResponse(_running(self._chat_stream(req, model, request_id, stream), self.metrics, 1))
+            return EventStreamResponse(self._chat_stream(req, model, request_id, stream), on_close=_closer([stream], self.metrics, 1))
         try:
             out = await _until_disconnect(request, stream.collect())
         finally:
@@ -492,17 +492,21 @@ async def _merge(streams: list[RequestStream]) -> AsyncIterator[tuple[int, Delta
             t.cancel()
 
 
-async def _running(gen: AsyncIterator[bytes], metrics: ServerMetrics, n: int) -> AsyncIterator[bytes]:
-    """Keep ``num_requests_running`` right however the stream ends."""
-    try:
-        async for b in gen:
-            yield b
-    finally:
+def _closer(streams: list[RequestStream], metrics: ServerMetrics, n: int) -> Callable[[], Awaitable[None]]:
+    """Cleanup of a streamed response, run once however it ends (finished, client gone,
+    or gone before the body started, when the body's own ``finally`` never runs)."""
+    done = False
+
+    async def close() -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
+        for s in streams:
+            await s.close()
         metrics.num_requests_running.dec(n)
-        aclose = getattr(gen, "aclose", None)
-        if aclose is not None:
-            with anyio.CancelScope(shield=True):
-                await aclose()
+
+    return close
 
 
 async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:

@@ -29,22 +29,34 @@ class EventStreamResponse(StreamingResponse):
     """``text/event-stream`` response whose body iterator is cancelled when the client
     disconnects, whatever ASGI spec version the server reports (Starlette only watches
     for ``http.disconnect`` below 2.4 and otherwise notices on the next write, which for
-    a slow generation can be many seconds later)."""
+    a slow generation can be many seconds later). ``on_close`` runs once at the end in
+    every case, also when the body never started."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, content: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        on_close: Callable[[], Awaitable[None]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as tg:
+        try:
+            async with anyio.create_task_group() as tg:
 
-            async def wrap(func: Callable[[], Awaitable[None]]) -> None:
-                await func()
-                tg.cancel_scope.cancel()
+                async def wrap(func: Callable[[], Awaitable[None]]) -> None:
+                    await func()
+                    tg.cancel_scope.cancel()
 
-            tg.start_soon(wrap, partial(self.stream_response, send))
-            await wrap(partial(self.listen_for_disconnect, receive))
+                tg.start_soon(wrap, partial(self.stream_response, send))
+                await wrap(partial(self.listen_for_disconnect, receive))
+        finally:
+            if self.on_close is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.on_close()
 
 
 __all__ = ["DONE", "EventStreamResponse", "event"]
