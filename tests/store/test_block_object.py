@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mooncake.kvcache.block import KVBlockSpec
+from mooncake.store.block_object import BlockObject, CorruptBlockError, decode_header, encode
+from tests.store.kvfactories import TINY, make_chain
+
+
+def test_header_round_trip_keeps_every_field() -> None:
+    """Encoding then decoding a header gives back key, parent, tokens, shape, dtype, fingerprint, position."""
+    b = make_chain(2)[1]
+    hdr, payload = encode(b, position=1)
+    h = decode_header(hdr)
+    assert (h.key, h.parent, h.token_ids, h.spec, h.model_fingerprint) == (b.key, b.parent, b.token_ids, b.spec, b.model_fingerprint)
+    assert h.position == 1 and h.payload_nbytes == b.data.nbytes == payload.nbytes
+    assert h.shape == b.data.shape
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_object_views_payload_without_copy(dtype: str) -> None:
+    """A block object over a payload buffer exposes numpy/Arrow views of the same memory, byte-identical."""
+    spec = KVBlockSpec(num_layers=3, num_kv_heads=2, head_dim=4, block_size=4, dtype=dtype)  # type: ignore[arg-type]
+    b = make_chain(1, spec)[0]
+    hdr, payload = encode(b)
+    buf = bytearray(payload)
+    obj = BlockObject.from_parts(hdr, buf)
+    view = obj.numpy()
+    assert view.dtype == b.data.dtype and view.tobytes() == b.data.tobytes()
+    assert np.shares_memory(view, np.frombuffer(buf, np.uint8))
+    assert obj.arrow_tensor().shape == b.data.shape
+    assert obj.to_kvblock().data.tobytes() == b.data.tobytes()
+
+
+def test_flipped_payload_byte_is_detected() -> None:
+    """One flipped payload bit fails the payload checksum."""
+    b = make_chain(1)[0]
+    hdr, payload = encode(b)
+    buf = bytearray(payload)
+    buf[17] ^= 0x01
+    with pytest.raises(CorruptBlockError, match="payload checksum"):
+        BlockObject.from_parts(hdr, buf)
+
+
+@pytest.mark.parametrize("offset", [0, 5, 13, 60, -1])
+def test_damaged_header_is_detected(offset: int) -> None:
+    """A damaged header byte anywhere (magic, dtype, shape, key, CRC) is rejected."""
+    hdr = bytearray(encode(make_chain(1)[0])[0])
+    hdr[offset] ^= 0x40
+    with pytest.raises(CorruptBlockError):
+        decode_header(hdr)
+
+
+def test_truncated_payload_and_header_are_detected() -> None:
+    """A payload shorter than the header says, or a truncated header, is corrupt."""
+    hdr, payload = encode(make_chain(1)[0])
+    with pytest.raises(CorruptBlockError, match="payload has"):
+        BlockObject.from_parts(hdr, bytes(payload)[:-2])
+    with pytest.raises(CorruptBlockError):
+        decode_header(hdr[:-3])
+
+
+def test_block_object_sizes() -> None:
+    """nbytes counts header plus payload; the tiny spec's payload is 512 bytes."""
+    obj = BlockObject.from_block(make_chain(1)[0])
+    assert obj.header.payload_nbytes == TINY.bytes_per_block == 512
+    assert obj.nbytes == len(obj.header_bytes) + 512
