@@ -188,7 +188,7 @@ def test_partial_block_is_rejected(host_dir: str) -> None:
 
 def test_block_larger_than_tier_is_rejected(host_dir: str) -> None:
     """A block bigger than the whole tier is refused without evicting anything."""
-    a, b = make_chain(2)
+    a = make_chain(1)[0]
     cfg = store_config(host_dir, host_blocks=1)
     with BlockStore(cfg) as store:
         store.put(a)

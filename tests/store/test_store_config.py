@@ -16,18 +16,18 @@ from mooncake.store.config import StoreConfig, TierConfig
 )
 def test_tier_config_names_bad_field(kwargs: dict[str, object], field: str) -> None:
     """Each invalid TierConfig value raises ValueError starting with the field name."""
-    with pytest.raises(ValueError, match=f"^{field}:"):
+    with pytest.raises(ValueError, match=rf"^{field}:"):
         TierConfig(**kwargs)  # type: ignore[arg-type]
 
 
 def test_store_config_validation_and_strict_parse() -> None:
     """Bad policy, no tiers, same path twice, and unknown keys are all rejected; nested dicts parse."""
     t = TierConfig(path="/a", capacity_bytes=10)
-    with pytest.raises(ValueError, match="^eviction:"):
+    with pytest.raises(ValueError, match=r"^eviction:"):
         StoreConfig(host=t, eviction="fifo")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="^host:"):
+    with pytest.raises(ValueError, match=r"^host:"):
         StoreConfig(host=None, ssd=None)
-    with pytest.raises(ValueError, match="^ssd:"):
+    with pytest.raises(ValueError, match=r"^ssd:"):
         StoreConfig(host=t, ssd=t)
     with pytest.raises(ValueError, match="lease_ttl_s"):
         StoreConfig(host=t, lease_ttl_s=0)
