@@ -315,8 +315,11 @@ class BlockStore:
         payload is a zero-copy view that stays valid while the object is referenced."""
         return self.get_many([key])[0]
 
-    def get_many(self, keys: Sequence[BlockKey]) -> list[BlockObject | None]:
-        """Checked blocks (one read transaction per tier); ``None`` for each miss."""
+    def get_many(self, keys: Sequence[BlockKey], verify: bool | None = None) -> list[BlockObject | None]:
+        """Checked blocks (one read transaction per tier); ``None`` for each miss.
+
+        ``verify=False`` skips the payload CRC (the header is always checked): for a
+        block server whose receiver checks the CRC end to end anyway."""
         out: list[BlockObject | None] = [None] * len(keys)
         groups: dict[TierName, list[int]] = {}
         with self._lock:
@@ -327,7 +330,7 @@ class BlockStore:
                     continue
                 self._policies[t].touch(k)
                 groups.setdefault(t, []).append(i)
-        verify = self.config.verify_checksums
+        verify = self.config.verify_checksums if verify is None else verify
         for t, idx in groups.items():
             tier = self.tiers[t]
             for i, res in zip(idx, tier.read_many([keys[i] for i in idx], verify)):

@@ -1,0 +1,137 @@
+"""TCP transfer backend: a dedicated blocking socket per peer, not Dask comms.
+
+Measured on this machine (docs/benchmarks-store.md): plain ``sendall``/``recv_into``
+moves 2.4 GB/s over loopback, Dask's worker-to-worker comm 1.3-1.6 GB/s; the block
+protocol is a thin framing over the former.
+
+A fetch is batched and pipelined: all request frames (``batch_blocks`` keys each) go
+out at once, the server streams the blocks back to back, each payload is received
+straight into a pooled buffer, and its CRC is checked on a second thread while the
+next block is still arriving (both ``recv_into`` and ``zlib.crc32`` release the GIL).
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from mooncake.store.block_object import BlockObject, CorruptBlockError
+from mooncake.transfer import protocol as proto
+from mooncake.transfer.base import BufferPool, PathResult, Peer, TransferError
+from mooncake.transfer.config import TransferConfig
+from mooncake.types import BlockKey
+
+
+def _check(key: BlockKey, header: bytes, payload: np.ndarray) -> BlockObject:
+    obj = BlockObject.from_parts(header, payload, owner=payload)
+    if obj.key != key:
+        raise CorruptBlockError("block key in header does not match the requested key")
+    return obj
+
+
+class TcpBackend:
+    """Fetch blocks from a :class:`~mooncake.transfer.server.BlockServer`.
+
+    Args:
+        config: timeouts, batch size, socket buffers.
+        pool: receive buffers to reuse.
+    """
+
+    name = "tcp"
+
+    def __init__(self, config: TransferConfig, pool: BufferPool) -> None:
+        self.config = config
+        self.pool = pool
+        self._idle: dict[tuple[str, int], list[socket.socket]] = {}
+        self._lock = threading.Lock()
+        self._rids = itertools.count(1)
+        self._verifier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mooncake-verify")
+
+    def usable(self, peer: Peer) -> bool:
+        return peer.tcp is not None
+
+    def close(self) -> None:
+        with self._lock:
+            for socks in self._idle.values():
+                for s in socks:
+                    s.close()
+            self._idle.clear()
+        self._verifier.shutdown(wait=True)
+
+    def _connect(self, addr: tuple[str, int]) -> socket.socket:
+        with self._lock:
+            socks = self._idle.get(addr)
+            if socks:
+                return socks.pop()
+        try:
+            s = socket.create_connection(addr, timeout=self.config.connect_timeout_s)
+        except OSError as e:
+            raise TransferError(f"tcp: cannot connect to {addr}: {e}") from e
+        s.settimeout(self.config.io_timeout_s)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.config.socket_buffer_bytes:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.socket_buffer_bytes)
+        return s
+
+    def _park(self, addr: tuple[str, int], s: socket.socket) -> None:
+        with self._lock:
+            self._idle.setdefault(addr, []).append(s)
+
+    def fetch(self, keys: Sequence[BlockKey], peer: Peer) -> PathResult:
+        if peer.tcp is None:
+            raise TransferError("tcp: peer has no TCP address")
+        addr = peer.tcp
+        n = len(keys)
+        objects: list[BlockObject | None] = [None] * n
+        buffers: list[np.ndarray] = []
+        pending: list[tuple[int, Future[BlockObject]]] = []
+        errors: list[str] = []
+        sock = self._connect(addr)
+        ok = False
+        try:
+            step = self.config.batch_blocks
+            rids = []
+            frames = []
+            for i in range(0, n, step):
+                rid = next(self._rids) & 0xFFFFFFFF
+                rids.append(rid)
+                frames.append(proto.encode_request(rid, keys[i : i + step]))
+            sock.sendall(b"".join(frames))
+            head = bytearray(proto.RESP.size)
+            for i, key in enumerate(keys):
+                proto.recv_exact(sock, head)
+                magic, rid, status, hlen, plen = proto.RESP.unpack(head)
+                if magic != proto.RESP_MAGIC or rid != rids[i // step] or hlen > proto.MAX_HEADER:
+                    raise TransferError("tcp: malformed response frame")
+                if status != proto.STATUS_OK:
+                    continue
+                header = bytes(proto.recv_bytes(sock, hlen))
+                buf = self.pool.take(plen)
+                buffers.append(buf)
+                proto.recv_exact(sock, buf)
+                pending.append((i, self._verifier.submit(_check, key, header, buf)))
+            ok = True
+        except (OSError, TransferError) as e:
+            errors.append(f"tcp: {e}")
+        finally:
+            if ok:
+                self._park(addr, sock)
+            else:
+                sock.close()  # mid-stream state is unknown: never reuse
+            for i, fut in pending:
+                try:
+                    objects[i] = fut.result()
+                except CorruptBlockError as e:
+                    errors.append(f"tcp: block {i}: {e}")
+        result = PathResult(objects, buffers, "; ".join(errors) or None)
+        if not ok:
+            raise TransferError(result.error or "tcp: failed", partial=result)
+        return result
+
+
+__all__ = ["TcpBackend"]
