@@ -19,13 +19,26 @@ Header (little-endian; spec in docs/store.md)::
     32  4  position: block index in its sequence (0xFFFFFFFF unknown)
     36  4  F = length of the model fingerprint (UTF-8)
     40  8  payload length in bytes
-    48  4  payload CRC-32
-    52  4  reserved (0)
-    56  16 block key (zeros if none)
-    72  16 parent key (zeros if none)
-    88  F  model fingerprint
+    48  8  payload checksum (algorithm below)
+    56  1  checksum algorithm (0 sum64, 1 crc32)
+    57  3  padding
+    60  4  reserved (0)
+    64  16 block key (zeros if none)
+    80  16 parent key (zeros if none)
+    96  F  model fingerprint
     ..  4n token ids, int32
     ..  4  CRC-32 of all header bytes before it
+
+Payload checksums:
+
+- ``sum64`` (default): the payload as little-endian uint64 words is cut into 4 KiB
+  pages; ``sum_j (2j + 1) * page_sum_j mod 2**64``, plus the CRC-32 of any tail bytes
+  and the length. Any single flipped bit changes it (an odd weight is invertible mod
+  2**64), as does a zeroed, stale or misplaced page (unless its sum happens to match);
+  it does not see two words swapped inside one page. Four numpy calls, memory speed:
+  about 5 GB/s here on 32 KiB and 5 MiB blocks alike, vs 2-2.7 GB/s for zlib's
+  CRC-32, which is what lets a checked read keep up with memcpy.
+- ``crc32``: zlib's CRC-32, stronger against arbitrary patterns, about 2x slower here.
 
 The payload is the C-contiguous ``[num_layers, 2, num_tokens, num_kv_heads, head_dim]``
 array (bfloat16 as uint16 bits). Readers get it as a ``pyarrow.Buffer`` wrapping the
@@ -43,12 +56,13 @@ import numpy as np
 import pyarrow as pa
 
 from mooncake.kvcache.block import KVBlock, KVBlockSpec
+from mooncake.store.config import CHECKSUMS, ChecksumName
 from mooncake.types import BlockKey, DType
 
 MAGIC = b"MKVB"
 FORMAT_VERSION = 1
 UNKNOWN_POSITION = 0xFFFFFFFF
-_FIXED = struct.Struct("<4sHBBIIIIIIIIQII16s16s")
+_FIXED = struct.Struct("<4sHBBIIIIIIIIQQB3xI16s16s")
 _CRC = struct.Struct("<I")
 _DTYPE_CODES: dict[str, int] = {"float32": 0, "bfloat16": 1, "float16": 2}
 _CODE_DTYPES: dict[int, DType] = {0: "float32", 1: "bfloat16", 2: "float16"}
@@ -57,13 +71,48 @@ _HAS_KEY = 1
 _HAS_PARENT = 2
 
 
+_PAGE_WORDS = 512  # 4 KiB pages of uint64 words
+_WEIGHTS = 2 * np.arange(1 << 16, dtype=np.uint64) + 1  # odd page weights, grown on demand
+_MASK64 = (1 << 64) - 1
+
+
 class CorruptBlockError(ValueError):
     """A header or payload failed its checks; the block must be treated as a miss."""
 
 
-def checksum(data: Any) -> int:
-    """CRC-32 of a bytes-like object (3.8 GB/s here; zlib releases the GIL)."""
+def crc32(data: Any) -> int:
+    """CRC-32 of a bytes-like object (zlib; releases the GIL)."""
     return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def sum64(data: Any) -> int:
+    """Page-weighted 64-bit sum of a 1-D bytes-like object (see the module docstring).
+
+    Kept to four numpy calls: per-call overhead, not bandwidth, limits small blocks.
+    """
+    global _WEIGHTS
+    n = memoryview(data).nbytes
+    nwords = n >> 3
+    words = np.frombuffer(data, dtype="<u8", count=nwords)
+    npages = nwords >> 9
+    if npages >= len(_WEIGHTS):
+        _WEIGHTS = 2 * np.arange(2 * npages + 2, dtype=np.uint64) + 1
+    # uint64 array arithmetic wraps mod 2**64 silently, as intended.
+    total = int(words[: npages << 9].reshape(npages, _PAGE_WORDS).sum(axis=1) @ _WEIGHTS[:npages]) if npages else 0
+    if nwords & (_PAGE_WORDS - 1):
+        total += int(words[npages << 9 :].sum()) * (2 * npages + 1)
+    if n & 7:
+        total += zlib.crc32(memoryview(data).cast("B")[nwords << 3 :]) << 32
+    return (total + n) & _MASK64
+
+
+def checksum(data: Any, algo: ChecksumName = "sum64") -> int:
+    """Payload checksum with algorithm ``algo``."""
+    if algo == "sum64":
+        return sum64(data)
+    if algo == "crc32":
+        return crc32(data)
+    raise ValueError(f"checksum: unknown algorithm {algo!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +125,8 @@ class BlockHeader:
     spec: KVBlockSpec
     model_fingerprint: str
     payload_nbytes: int
-    payload_crc: int
+    payload_checksum: int
+    checksum_algo: ChecksumName = "sum64"
     position: int | None = None
     version: int = FORMAT_VERSION
 
@@ -89,8 +139,9 @@ class BlockHeader:
         return self.spec.shape(self.num_tokens)
 
 
-def encode_header(block: KVBlock, payload_crc: int, position: int | None = None) -> bytes:
-    """Header bytes for ``block`` whose payload CRC-32 is ``payload_crc``."""
+def encode_header(block: KVBlock, payload_checksum: int, position: int | None = None,
+                  algo: ChecksumName = "sum64") -> bytes:  # fmt: skip
+    """Header bytes for ``block`` whose payload checksum (by ``algo``) is ``payload_checksum``."""
     spec = block.spec
     fp = block.model_fingerprint.encode()
     toks = np.asarray(block.token_ids, dtype="<i4").tobytes()
@@ -100,11 +151,11 @@ def encode_header(block: KVBlock, payload_crc: int, position: int | None = None)
         MAGIC, FORMAT_VERSION, _DTYPE_CODES[spec.dtype], flags, length,
         block.num_tokens, spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.block_size,
         UNKNOWN_POSITION if position is None else position, len(fp),
-        block.data.nbytes, payload_crc, 0,
+        block.data.nbytes, payload_checksum, CHECKSUMS.index(algo), 0,
         block.key or _ZERO_KEY, block.parent or _ZERO_KEY,
     )  # fmt: skip
     body = fixed + fp + toks
-    return body + _CRC.pack(checksum(body))
+    return body + _CRC.pack(crc32(body))
 
 
 def decode_header(raw: Any) -> BlockHeader:
@@ -113,7 +164,7 @@ def decode_header(raw: Any) -> BlockHeader:
     if len(mv) < _FIXED.size + _CRC.size:
         raise CorruptBlockError(f"header too short ({len(mv)} bytes)")
     (magic, version, dcode, flags, length, ntok, nl, nh, hd, bs, pos, fplen,
-     nbytes, pcrc, _reserved, key, parent) = _FIXED.unpack_from(mv)  # fmt: skip
+     nbytes, pcheck, algo, _reserved, key, parent) = _FIXED.unpack_from(mv)  # fmt: skip
     if magic != MAGIC:
         raise CorruptBlockError(f"bad magic {bytes(magic)!r}")
     if version != FORMAT_VERSION:
@@ -121,8 +172,10 @@ def decode_header(raw: Any) -> BlockHeader:
     if length != len(mv) or length != _FIXED.size + fplen + 4 * ntok + _CRC.size:
         raise CorruptBlockError(f"header length {length} does not match its {len(mv)} bytes")
     (crc,) = _CRC.unpack_from(mv, length - _CRC.size)
-    if crc != checksum(mv[: length - _CRC.size]):
+    if crc != crc32(mv[: length - _CRC.size]):
         raise CorruptBlockError("header checksum mismatch")
+    if algo >= len(CHECKSUMS):
+        raise CorruptBlockError(f"unknown checksum algorithm {algo}")
     if dcode not in _CODE_DTYPES:
         raise CorruptBlockError(f"unknown dtype code {dcode}")
     try:
@@ -140,10 +193,27 @@ def decode_header(raw: Any) -> BlockHeader:
         spec=spec,
         model_fingerprint=fp,
         payload_nbytes=nbytes,
-        payload_crc=pcrc,
+        payload_checksum=pcheck,
+        checksum_algo=CHECKSUMS[algo],
         position=None if pos == UNKNOWN_POSITION else pos,
         version=version,
     )
+
+
+_HEADER_CACHE: dict[bytes, BlockHeader] = {}
+_HEADER_CACHE_MAX = 1 << 16
+
+
+def _decode_cached(raw: bytes) -> BlockHeader:
+    """decode_header memoised on the exact header bytes: identical bytes decode (and
+    pass or fail the header CRC) identically, so only a hit on the same bytes is reused."""
+    h = _HEADER_CACHE.get(raw)
+    if h is None:
+        h = decode_header(raw)
+        if len(_HEADER_CACHE) >= _HEADER_CACHE_MAX:
+            _HEADER_CACHE.clear()
+        _HEADER_CACHE[raw] = h
+    return h
 
 
 def payload_view(block: KVBlock) -> memoryview:
@@ -151,10 +221,10 @@ def payload_view(block: KVBlock) -> memoryview:
     return np.ascontiguousarray(block.data).data.cast("B")
 
 
-def encode(block: KVBlock, position: int | None = None) -> tuple[bytes, memoryview]:
+def encode(block: KVBlock, position: int | None = None, algo: ChecksumName = "sum64") -> tuple[bytes, memoryview]:
     """(header bytes, payload view) of ``block``; the payload is not copied."""
     payload = payload_view(block)
-    return encode_header(block, checksum(payload), position), payload
+    return encode_header(block, checksum(payload, algo), position, algo), payload
 
 
 class BlockObject:
@@ -176,19 +246,20 @@ class BlockObject:
 
     @classmethod
     def from_parts(cls, header_raw: Any, payload_raw: Any, owner: object = None, verify: bool = True) -> BlockObject:
-        """Check header and (if ``verify``) payload CRC; raises :class:`CorruptBlockError`."""
-        header = decode_header(header_raw)
-        pmv = memoryview(payload_raw).cast("B")
-        if len(pmv) != header.payload_nbytes:
-            raise CorruptBlockError(f"payload has {len(pmv)} bytes, header says {header.payload_nbytes}")
-        if verify and checksum(pmv) != header.payload_crc:
+        """Check header and (if ``verify``) payload checksum; raises :class:`CorruptBlockError`."""
+        hb = bytes(header_raw)
+        header = _decode_cached(hb)
+        buf = payload_raw if isinstance(payload_raw, pa.Buffer) else pa.py_buffer(memoryview(payload_raw).cast("B"))
+        if buf.size != header.payload_nbytes:
+            raise CorruptBlockError(f"payload has {buf.size} bytes, header says {header.payload_nbytes}")
+        if verify and checksum(buf, header.checksum_algo) != header.payload_checksum:
             raise CorruptBlockError("payload checksum mismatch")
-        return cls(header, bytes(header_raw), pa.py_buffer(pmv), owner)
+        return cls(header, hb, buf, owner)
 
     @classmethod
-    def from_block(cls, block: KVBlock, position: int | None = None) -> BlockObject:
+    def from_block(cls, block: KVBlock, position: int | None = None, algo: ChecksumName = "sum64") -> BlockObject:
         """Wrap an in-memory block (no copy of its KV data)."""
-        hdr, payload = encode(block, position)
+        hdr, payload = encode(block, position, algo)
         return cls(decode_header(hdr), hdr, pa.py_buffer(payload), block.data)
 
     @property
@@ -221,14 +292,18 @@ class BlockObject:
 
 
 __all__ = [
+    "CHECKSUMS",
     "FORMAT_VERSION",
     "MAGIC",
     "BlockHeader",
     "BlockObject",
+    "ChecksumName",
     "CorruptBlockError",
     "checksum",
+    "crc32",
     "decode_header",
     "encode",
     "encode_header",
     "payload_view",
+    "sum64",
 ]

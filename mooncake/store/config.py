@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 EvictionPolicyName = Literal["lru", "lfu", "length_aware"]
 EVICTION_POLICIES: tuple[EvictionPolicyName, ...] = ("lru", "lfu", "length_aware")
+ChecksumName = Literal["sum64", "crc32"]
+CHECKSUMS: tuple[ChecksumName, ...] = ("sum64", "crc32")
 
 
 def _check(cond: bool, name: str, msg: str) -> None:
@@ -78,8 +80,12 @@ class StoreConfig:
     """Victim order inside each tier: ``lru``, ``lfu`` or ``length_aware``."""
     lease_ttl_s: float = 30.0
     """Default lifetime of a lease; an expired lease no longer protects its blocks."""
+    checksum: ChecksumName = "sum64"
+    """Payload checksum written with each block: ``sum64`` (page-weighted 64-bit sum,
+    memory speed) or ``crc32`` (stronger, ~2x slower here); see docs/store.md. Readers
+    use whatever the block's header names."""
     verify_checksums: bool = True
-    """Check the payload CRC-32 on every read; a mismatch is a counted miss."""
+    """Check the payload checksum on every read; a mismatch is a counted miss."""
     promote_on_hit: bool = True
     """Copy an SSD hit up into the host tier (and drop it from SSD)."""
     demote_on_evict: bool = True
@@ -88,6 +94,7 @@ class StoreConfig:
     def __post_init__(self) -> None:
         _check(self.host is not None or self.ssd is not None, "host", "at least one of host/ssd must be set")
         _check(self.eviction in EVICTION_POLICIES, "eviction", f"must be one of {EVICTION_POLICIES}, got {self.eviction!r}")
+        _check(self.checksum in CHECKSUMS, "checksum", f"must be one of {CHECKSUMS}, got {self.checksum!r}")
         _check(self.lease_ttl_s > 0, "lease_ttl_s", f"must be positive, got {self.lease_ttl_s}")
         if self.host is not None and self.ssd is not None:
             _check(self.host.path != self.ssd.path, "ssd", "host and ssd tiers must use different paths")
@@ -103,4 +110,4 @@ class StoreConfig:
         return cls(**kw)
 
 
-__all__ = ["EVICTION_POLICIES", "EvictionPolicyName", "StoreConfig", "TierConfig"]
+__all__ = ["CHECKSUMS", "EVICTION_POLICIES", "ChecksumName", "EvictionPolicyName", "StoreConfig", "TierConfig"]

@@ -195,7 +195,7 @@ class BlockStore:
             if b.key is None:
                 raise ValueError("put: a block without a key (trailing partial block) cannot be cached")
             pos = positions[i] if positions is not None else self._guess_position(b)
-            hdr, payload = encode(b, pos)
+            hdr, payload = encode(b, pos, self.config.checksum)
             items.append((b.key, hdr, payload, pos))
         return self._put_raw(items)
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import lmdb
-import numpy as np
 import pyarrow as pa
 
 from mooncake.store.block_object import BlockObject, CorruptBlockError
@@ -229,14 +228,13 @@ class LmdbTier:
 
 
 def _object(hdr: Any, data: Any, txn: lmdb.Transaction, verify: bool, key: BlockKey) -> BlockObject:
-    obj = BlockObject.from_parts(hdr, data, owner=txn, verify=verify)
+    # Wrap the mapped payload so that every numpy/Arrow view of it keeps the read
+    # transaction (and with it the mapped pages) alive: ``base=txn``.
+    view = pa.py_buffer(data)
+    payload = pa.foreign_buffer(view.address, view.size, base=txn) if view.size else view
+    obj = BlockObject.from_parts(hdr, payload, owner=txn, verify=verify)
     if obj.header.key != key:
         raise CorruptBlockError("header key does not match the record key")
-    # Rewrap the payload so every numpy/Arrow view keeps the read transaction (and with
-    # it the mapped pages) alive: ``base=txn`` ties their lifetimes together.
-    n = obj.header.payload_nbytes
-    addr = np.frombuffer(data, dtype=np.uint8).ctypes.data if n else 0
-    obj.payload = pa.foreign_buffer(addr, n, base=txn) if n else pa.py_buffer(b"")
     return obj
 
 

@@ -4,12 +4,16 @@ Request (client -> server), one per batch; a client may send many before reading
 
     4s magic b"MKQ1" | u32 request id | u32 n keys | u32 flags (0) | n x 16-byte keys
 
-Response (server -> client), for each requested key, in order::
+Response (server -> client), one per request, in request order::
 
-    4s magic b"MKR1" | u32 request id | u8 status (0 ok, 1 missing) | 3 pad
-    | u32 header length | u64 payload length | header bytes | payload bytes
+    4s magic b"MKR2" | u32 request id | u32 n | u32 total header bytes | u64 total payload bytes
+    n x (u8 status (0 ok, 1 missing) | 3 pad | u32 header length | u64 payload length)
+    all headers, back to back | all payloads, back to back
 
-The header and payload are the block object exactly as stored (see
+One response is one ``sendmsg`` on the server (scatter-gather straight from the store's
+memory map) and two ``recv_into`` on the client (table + headers, then every payload
+into one pooled buffer): per-block syscalls and Python work would otherwise dominate
+small blocks. Header and payload are the block object exactly as stored (see
 ``mooncake.store.block_object``); the receiver checks both before using them.
 """
 
@@ -24,14 +28,16 @@ from mooncake.transfer.base import TransferError
 from mooncake.types import BlockKey
 
 REQ_MAGIC = b"MKQ1"
-RESP_MAGIC = b"MKR1"
+RESP_MAGIC = b"MKR2"
 REQ = struct.Struct("<4sIII")
-RESP = struct.Struct("<4sIB3xIQ")
+RESP = struct.Struct("<4sIIIQ")
+ENTRY = struct.Struct("<B3xIQ")
 STATUS_OK = 0
 STATUS_MISSING = 1
 KEY_BYTES = 16
 MAX_KEYS = 1 << 16
 MAX_HEADER = 1 << 20
+IOV_MAX = 512  # below Linux's 1024 iovecs per sendmsg
 
 
 def encode_request(rid: int, keys: Sequence[BlockKey]) -> bytes:
@@ -59,7 +65,7 @@ def send_all(sock: socket.socket, parts: Sequence[Any]) -> None:
     """``sendmsg`` all of ``parts`` (scatter-gather, no concatenation copy)."""
     views = [memoryview(p).cast("B") for p in parts]
     while views:
-        sent = sock.sendmsg(views)
+        sent = sock.sendmsg(views[:IOV_MAX])
         while views and sent >= len(views[0]):
             sent -= len(views[0])
             views.pop(0)
@@ -68,6 +74,7 @@ def send_all(sock: socket.socket, parts: Sequence[Any]) -> None:
 
 
 __all__ = [
+    "ENTRY",
     "KEY_BYTES",
     "MAX_HEADER",
     "MAX_KEYS",

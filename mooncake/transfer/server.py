@@ -105,8 +105,7 @@ class BlockServer:
                 raw = proto.recv_bytes(conn, n * proto.KEY_BYTES)
                 keys = [BlockKey(bytes(raw[i : i + 16])) for i in range(0, len(raw), 16)]
                 objs = self.source.get_many(keys, verify=False)
-                for key, obj in zip(keys, objs):
-                    self._send_block(conn, rid, key, obj)
+                self._send_batch(conn, rid, keys, objs)
                 del objs  # ends the read transaction
         except (OSError, TransferError) as e:
             if not self._closed:
@@ -116,15 +115,27 @@ class BlockServer:
                 self._conns.discard(conn)
             conn.close()
 
-    def _send_block(self, conn: socket.socket, rid: int, key: BlockKey, obj: BlockObject | None) -> None:
-        if obj is None:
-            conn.sendall(proto.RESP.pack(proto.RESP_MAGIC, rid, proto.STATUS_MISSING, 0, 0))
-            return
-        header, payload = self._wire_parts(obj)
-        head = proto.RESP.pack(proto.RESP_MAGIC, rid, proto.STATUS_OK, len(header), memoryview(payload).nbytes)
-        proto.send_all(conn, [head + header, payload])
-        self.blocks_sent += 1
-        self.bytes_sent += memoryview(payload).nbytes
+    def _send_batch(self, conn: socket.socket, rid: int, keys: list[BlockKey], objs: list[BlockObject | None]) -> None:
+        table, headers, payloads = [], [], []
+        for key, obj in zip(keys, objs):
+            self._before_block(key)
+            if obj is None:
+                table.append(proto.ENTRY.pack(proto.STATUS_MISSING, 0, 0))
+                continue
+            header, payload = self._wire_parts(obj)
+            n = memoryview(payload).nbytes
+            table.append(proto.ENTRY.pack(proto.STATUS_OK, len(header), n))
+            headers.append(header)
+            payloads.append(payload)
+        hbytes = b"".join(headers)
+        plen = sum(memoryview(p).nbytes for p in payloads)
+        head = proto.RESP.pack(proto.RESP_MAGIC, rid, len(keys), len(hbytes), plen)
+        proto.send_all(conn, [head + b"".join(table) + hbytes, *payloads])
+        self.blocks_sent += len(payloads)
+        self.bytes_sent += plen
+
+    def _before_block(self, key: BlockKey) -> None:
+        """Called before each block of a response; a hook for fault-injection tests."""
 
     def _wire_parts(self, obj: BlockObject) -> tuple[bytes, Any]:
         """(header, payload) to send; a hook for fault-injection tests."""

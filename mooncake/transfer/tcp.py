@@ -6,8 +6,8 @@ protocol is a thin framing over the former.
 
 A fetch is batched and pipelined: all request frames (``batch_blocks`` keys each) go
 out at once, the server streams the blocks back to back, each payload is received
-straight into a pooled buffer, and its CRC is checked on a second thread while the
-next block is still arriving (both ``recv_into`` and ``zlib.crc32`` release the GIL).
+straight into a pooled buffer, and its checksums are checked on a second thread while the
+next response is still arriving (``recv_into``, zlib and numpy reductions release the GIL).
 """
 
 from __future__ import annotations
@@ -27,11 +27,25 @@ from mooncake.transfer.config import TransferConfig
 from mooncake.types import BlockKey
 
 
-def _check(key: BlockKey, header: bytes, payload: np.ndarray) -> BlockObject:
-    obj = BlockObject.from_parts(header, payload, owner=payload)
-    if obj.key != key:
-        raise CorruptBlockError("block key in header does not match the requested key")
-    return obj
+def _check_batch(keys: Sequence[BlockKey], entries: list[tuple[int, int, int]], headers: bytes,
+                 payload: np.ndarray) -> list[BlockObject | CorruptBlockError | None]:  # fmt: skip
+    """Check every block of one response; the objects view slices of ``payload``."""
+    out: list[BlockObject | CorruptBlockError | None] = []
+    hoff = poff = 0
+    for key, (status, hlen, plen) in zip(keys, entries):
+        if status != proto.STATUS_OK:
+            out.append(None)
+            continue
+        try:
+            obj = BlockObject.from_parts(headers[hoff : hoff + hlen], payload[poff : poff + plen], owner=payload)
+            if obj.key != key:
+                raise CorruptBlockError("block key in header does not match the requested key")
+            out.append(obj)
+        except CorruptBlockError as e:
+            out.append(e)
+        hoff += hlen
+        poff += plen
+    return out
 
 
 class TcpBackend:
@@ -89,32 +103,32 @@ class TcpBackend:
         n = len(keys)
         objects: list[BlockObject | None] = [None] * n
         buffers: list[np.ndarray] = []
-        pending: list[tuple[int, Future[BlockObject]]] = []
+        pending: list[tuple[int, Future[list[BlockObject | CorruptBlockError | None]]]] = []
         errors: list[str] = []
         sock = self._connect(addr)
         ok = False
+        step = self.config.batch_blocks
         try:
-            step = self.config.batch_blocks
-            rids = []
-            frames = []
-            for i in range(0, n, step):
-                rid = next(self._rids) & 0xFFFFFFFF
-                rids.append(rid)
-                frames.append(proto.encode_request(rid, keys[i : i + step]))
-            sock.sendall(b"".join(frames))
+            starts = list(range(0, n, step))
+            rids = [next(self._rids) & 0xFFFFFFFF for _ in starts]
+            sock.sendall(b"".join(proto.encode_request(rid, keys[i : i + step]) for rid, i in zip(rids, starts)))
             head = bytearray(proto.RESP.size)
-            for i, key in enumerate(keys):
+            for rid, start in zip(rids, starts):
+                batch = keys[start : start + step]
                 proto.recv_exact(sock, head)
-                magic, rid, status, hlen, plen = proto.RESP.unpack(head)
-                if magic != proto.RESP_MAGIC or rid != rids[i // step] or hlen > proto.MAX_HEADER:
+                magic, got_rid, count, hlen, plen = proto.RESP.unpack(head)
+                if magic != proto.RESP_MAGIC or got_rid != rid or count != len(batch) or hlen > proto.MAX_HEADER * count:
                     raise TransferError("tcp: malformed response frame")
-                if status != proto.STATUS_OK:
-                    continue
-                header = bytes(proto.recv_bytes(sock, hlen))
+                meta = proto.recv_bytes(sock, count * proto.ENTRY.size + hlen)
+                entries = [proto.ENTRY.unpack_from(meta, j * proto.ENTRY.size) for j in range(count)]
+                if sum(e[1] for e in entries) != hlen or sum(e[2] for e in entries) != plen:
+                    raise TransferError("tcp: response table does not add up")
                 buf = self.pool.take(plen)
                 buffers.append(buf)
                 proto.recv_exact(sock, buf)
-                pending.append((i, self._verifier.submit(_check, key, header, buf)))
+                headers = bytes(meta[count * proto.ENTRY.size :])
+                # Checked on the verifier thread while the next response arrives.
+                pending.append((start, self._verifier.submit(_check_batch, batch, entries, headers, buf)))
             ok = True
         except (OSError, TransferError) as e:
             errors.append(f"tcp: {e}")
@@ -123,11 +137,12 @@ class TcpBackend:
                 self._park(addr, sock)
             else:
                 sock.close()  # mid-stream state is unknown: never reuse
-            for i, fut in pending:
-                try:
-                    objects[i] = fut.result()
-                except CorruptBlockError as e:
-                    errors.append(f"tcp: block {i}: {e}")
+            for start, fut in pending:
+                for j, res in enumerate(fut.result()):
+                    if isinstance(res, CorruptBlockError):
+                        errors.append(f"tcp: block {start + j}: {res}")
+                    else:
+                        objects[start + j] = res
         result = PathResult(objects, buffers, "; ".join(errors) or None)
         if not ok:
             raise TransferError(result.error or "tcp: failed", partial=result)

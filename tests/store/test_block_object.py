@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mooncake.kvcache.block import KVBlockSpec
-from mooncake.store.block_object import BlockObject, CorruptBlockError, decode_header, encode
+from mooncake.store.block_object import BlockObject, CorruptBlockError, decode_header, encode, sum64
 from tests.store.kvfactories import TINY, make_chain
 
 
@@ -66,3 +66,36 @@ def test_block_object_sizes() -> None:
     obj = BlockObject.from_block(make_chain(1)[0])
     assert obj.header.payload_nbytes == TINY.bytes_per_block == 512
     assert obj.nbytes == len(obj.header_bytes) + 512
+
+
+@pytest.mark.parametrize("nbytes", [8, 4096 * 3, 4096 * 3 + 24, 4096 * 3 + 5, 32 * 1024])
+def test_sum64_sees_every_single_bit_flip_and_page_damage(nbytes: int) -> None:
+    """sum64 changes for any flipped bit (sampled over every byte), a swapped, zeroed or stale page, and a tail byte."""
+    rng = np.random.default_rng(nbytes)
+    buf = bytearray(rng.integers(0, 256, size=nbytes, dtype=np.uint8).tobytes())
+    ref = sum64(buf)
+    for pos in range(nbytes):
+        bit = 1 << int(rng.integers(0, 8))
+        buf[pos] ^= bit
+        assert sum64(buf) != ref, f"flip at byte {pos} not seen"
+        buf[pos] ^= bit
+    if nbytes >= 2 * 4096:
+        swapped = bytearray(buf)
+        swapped[:4096], swapped[4096:8192] = buf[4096:8192], buf[:4096]
+        zeroed = bytearray(buf)
+        zeroed[4096:8192] = bytes(4096)
+        assert sum64(swapped) != ref and sum64(zeroed) != ref
+    assert sum64(buf + b"\x00") != ref  # length is part of it
+
+
+@pytest.mark.parametrize("algo", ["sum64", "crc32"])
+def test_checksum_algorithm_is_recorded_in_the_header(algo: str) -> None:
+    """The header names its checksum algorithm and a reader verifies with that one."""
+    b = make_chain(1)[0]
+    hdr, payload = encode(b, algo=algo)  # type: ignore[arg-type]
+    assert decode_header(hdr).checksum_algo == algo
+    bad = bytearray(payload)
+    bad[0] ^= 1
+    BlockObject.from_parts(hdr, payload)
+    with pytest.raises(CorruptBlockError):
+        BlockObject.from_parts(hdr, bad)

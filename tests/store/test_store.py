@@ -196,3 +196,16 @@ def test_block_larger_than_tier_is_rejected(host_dir: str) -> None:
         big.data = np.zeros((2, 2, 8, 2, 8), np.uint16)
         big.token_ids = tuple(range(8))
         assert store.put(big) is False and store.contains(a.key)  # type: ignore[arg-type]
+
+
+def test_crc32_store_reads_blocks_of_either_algorithm(host_dir: str) -> None:
+    """A store configured for crc32 writes crc32 headers and still reads sum64 blocks written before."""
+    a, b = make_chain(2)
+    with BlockStore(store_config(host_dir)) as store:
+        store.put(a)
+    with BlockStore(store_config(host_dir, checksum="crc32")) as store:
+        store.put(b)
+        oa, ob = store.get_many([a.key, b.key])  # type: ignore[list-item]
+        assert oa is not None and oa.header.checksum_algo == "sum64"
+        assert ob is not None and ob.header.checksum_algo == "crc32"
+        assert ob.numpy().tobytes() == b.data.tobytes()

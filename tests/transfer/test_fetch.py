@@ -37,11 +37,10 @@ class FlakyServer(BlockServer):
     corrupt: dict[BlockKey, int]
     cut_before: dict[BlockKey, int]
 
-    def _send_block(self, conn: socket.socket, rid: int, key: BlockKey, obj: BlockObject | None) -> None:
+    def _before_block(self, key: BlockKey) -> None:
         if self.cut_before.get(key, 0) > 0:
             self.cut_before[key] -= 1
             raise OSError("simulated connection loss")
-        super()._send_block(conn, rid, key, obj)
 
     def _wire_parts(self, obj: BlockObject) -> tuple[bytes, Any]:
         assert obj.key is not None
@@ -96,7 +95,7 @@ def test_corrupt_on_the_wire_is_retried_then_reported_missing(served: Any) -> No
 
 
 def test_connection_lost_midway_keeps_what_arrived_and_retries_the_rest(served: Any) -> None:
-    """The server drops the connection before block 6: blocks 0-5 are kept, 6-9 come on the retry."""
+    """The server drops the connection before block 6 (its batch is 6-8): blocks 0-5 are kept, 6-9 come on the retry."""
     blocks, _, server = served
     k = keys_of(blocks)
     server.cut_before = {k[6]: 1}
