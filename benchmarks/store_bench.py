@@ -62,28 +62,46 @@ def make_blocks(spec: KVBlockSpec, n: int, seed: int = 0) -> list[KVBlock]:
     return out
 
 
-def median_rate(nbytes: int, fn: Callable[[], object], reps: int, setup: Callable[[], object] | None = None) -> float:
-    times = []
+Op = tuple[Callable[[], object], Callable[[], object] | None]
+
+
+def interleaved(ops: dict[str, Op], reps: int) -> dict[str, list[float]]:
+    """Seconds per rep of each op, ops run round-robin inside each rep so that a
+    baseline and what is compared with it see the same machine load (2 shared cores)."""
+    times: dict[str, list[float]] = {name: [] for name in ops}
     for _ in range(reps):
-        if setup is not None:
-            setup()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return nbytes / statistics.median(times) / GB
+        for name, (fn, setup) in ops.items():
+            if setup is not None:
+                setup()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def summarize(times: dict[str, list[float]], nbytes: int, base: str) -> dict[str, tuple[float, float]]:
+    """name -> (median GB/s, median over reps of the per-rep ratio to ``base``)."""
+    out = {}
+    for name, ts in times.items():
+        ratios = [b / t for b, t in zip(times[base], ts)]
+        out[name] = (nbytes / statistics.median(ts) / GB, statistics.median(ratios))
+    return out
 
 
 # -- tiers ------------------------------------------------------------------------------
-def bench_tier(kind: str, path: str, blocks: list[KVBlock], reps: int) -> dict[str, float]:
+def bench_tiers(shm: str, ssd: str, blocks: list[KVBlock], reps: int) -> dict[str, tuple[float, float]]:
     total = sum(b.data.nbytes for b in blocks)
     cap = int(total * 1.1) + 1024**2
-    tier = TierConfig(path=path, capacity_bytes=cap)
-    cfg = StoreConfig(host=tier, ssd=None) if kind == "host" else StoreConfig(host=None, ssd=tier)
     keys = [b.key for b in blocks]
     dst = [np.empty_like(b.data) for b in blocks]
-    res: dict[str, float] = {}
-    with BlockStore(cfg) as store:
+    host = BlockStore(StoreConfig(host=TierConfig(path=f"{shm}/host", capacity_bytes=cap), ssd=None))
+    disk = BlockStore(StoreConfig(host=None, ssd=TierConfig(path=f"{ssd}/ssd", capacity_bytes=cap)))
 
+    def memcpy() -> None:
+        for b, d in zip(blocks, dst):
+            np.copyto(d, b.data)
+
+    def ops_for(name: str, store: BlockStore) -> dict[str, Op]:
         def clear() -> None:
             store.delete_many(keys)  # type: ignore[arg-type]
 
@@ -93,13 +111,11 @@ def bench_tier(kind: str, path: str, blocks: list[KVBlock], reps: int) -> dict[s
 
         def get_each() -> None:
             for k in keys:
-                o = store.get(k)  # type: ignore[arg-type]
-                assert o is not None
+                assert store.get(k) is not None  # type: ignore[arg-type]
 
         def get_batch() -> None:
             for i in range(0, len(keys), 16):
-                objs = store.get_many(keys[i : i + 16])  # type: ignore[arg-type]
-                assert all(o is not None for o in objs)
+                assert all(o is not None for o in store.get_many(keys[i : i + 16]))  # type: ignore[arg-type]
 
         def get_copy() -> None:
             for k, d in zip(keys, dst):
@@ -107,27 +123,27 @@ def bench_tier(kind: str, path: str, blocks: list[KVBlock], reps: int) -> dict[s
                 assert o is not None
                 np.copyto(d, o.numpy())
 
-        res["put"] = median_rate(total, put_each, reps, setup=clear)
-        res["put_batch"] = median_rate(total, lambda: store.put_many(blocks), reps, setup=clear)
-        res["get"] = median_rate(total, get_each, reps)
-        res["get_batch"] = median_rate(total, get_batch, reps)
-        res["get_copy"] = median_rate(total, get_copy, reps)
-        assert store.stats.corrupt == 0
-    return res
+        return {
+            f"{name} put": (put_each, clear),
+            f"{name} put_many": (lambda: store.put_many(blocks), clear),
+            f"{name} get": (get_each, None),
+            f"{name} get_many": (get_batch, None),
+            f"{name} get+copy": (get_copy, None),
+        }
+
+    try:
+        host.put_many(blocks)
+        disk.put_many(blocks)
+        ops: dict[str, Op] = {"memcpy": (memcpy, None), **ops_for("host", host), **ops_for("SSD", disk)}
+        interleaved(ops, 1)  # warm up: first-touch page faults of destinations and maps
+        times = interleaved(ops, reps)
+        assert host.stats.corrupt == 0 and disk.stats.corrupt == 0
+    finally:
+        host.close()
+        disk.close()
+    return summarize(times, total, "memcpy")
 
 
-def bench_memcpy(blocks: list[KVBlock], reps: int) -> float:
-    total = sum(b.data.nbytes for b in blocks)
-    dst = [np.empty_like(b.data) for b in blocks]
-
-    def run() -> None:
-        for b, d in zip(blocks, dst):
-            np.copyto(d, b.data)
-
-    return median_rate(total, run, reps)
-
-
-# -- TCP --------------------------------------------------------------------------------
 def _serve_store(spec_name: str, n: int, shm: str, conn: Connection) -> None:
     blocks = make_blocks(SPECS[spec_name], n)
     total = sum(b.data.nbytes for b in blocks)
@@ -149,54 +165,6 @@ def _raw_sender(nbytes: int, chunk: int, conn: Connection) -> None:
         for off in range(0, nbytes, chunk):
             c.sendall(mv[off : off + chunk])
     c.close()
-
-
-def bench_raw_socket(nbytes: int, chunk: int, reps: int) -> float:
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    p = ctx.Process(target=_raw_sender, args=(nbytes, chunk, child))
-    p.start()
-    port = parent.recv()
-    s = socket.create_connection(("127.0.0.1", port))
-    dst = np.empty(nbytes, dtype=np.uint8)
-    mv = memoryview(dst)
-
-    def run() -> None:
-        s.sendall(b"x")
-        got = 0
-        while got < nbytes:
-            got += s.recv_into(mv[got:], nbytes - got)
-
-    run()  # warm up
-    rate = median_rate(nbytes, run, reps)
-    s.close()
-    p.join(10)
-    return rate
-
-
-def bench_tcp_fetch(spec_name: str, n: int, reps: int, shm: str) -> float:
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    p = ctx.Process(target=_serve_store, args=(spec_name, n, shm, child))
-    p.start()
-    addr = parent.recv()
-    keys = [b.key for b in make_blocks(SPECS[spec_name], n)]
-    cfg = TransferConfig(batch_blocks=16)
-    f = BlockFetcher(cfg, backends=[])
-    f.backends = [TcpBackend(cfg, f.pool)]
-    peer = Peer("bench-remote", tcp=addr)
-    total = n * SPECS[spec_name].bytes_per_block
-
-    def run() -> None:
-        with f.fetch(keys, peer) as res:  # type: ignore[arg-type]
-            assert res.num_fetched == n, res.errors
-
-    run()  # warm up: connection, pooled buffers
-    rate = median_rate(total, run, reps)
-    f.close()
-    parent.send("stop")
-    p.join(10)
-    return rate
 
 
 def _dask_sender(nbytes: int, chunk: int, conn: Connection) -> None:
@@ -225,34 +193,79 @@ def _dask_sender(nbytes: int, chunk: int, conn: Connection) -> None:
     asyncio.run(main())
 
 
-def bench_dask_comm(nbytes: int, chunk: int, reps: int) -> float:
+def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool) -> dict[str, tuple[float, float]]:
+    """Raw socket, block fetch (and Dask comm) from three server processes, interleaved."""
     import asyncio
 
-    from distributed.comm import connect
-
+    spec = SPECS[spec_name]
+    total = n * spec.bytes_per_block
     ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    p = ctx.Process(target=_dask_sender, args=(nbytes, chunk, child))
-    p.start()
-    addr = parent.recv()
+    procs, pipes = [], []
 
-    async def main() -> float:
-        comm = await connect(addr)
-        times = []
-        for i in range(reps + 1):
-            t0 = time.perf_counter()
+    def start(target: Callable[..., None], *args: object) -> object:
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=target, args=(*args, child))
+        p.start()
+        procs.append(p)
+        pipes.append(parent)
+        return parent.recv()
+
+    raw_port = start(_raw_sender, total, spec.bytes_per_block)
+    store_addr = start(_serve_store, spec_name, n, shm)
+    raw = socket.create_connection(("127.0.0.1", raw_port))
+    dst = np.empty(total, dtype=np.uint8)
+    mv = memoryview(dst)
+
+    def raw_run() -> None:
+        raw.sendall(b"x")
+        got = 0
+        while got < total:
+            got += raw.recv_into(mv[got:], total - got)
+
+    keys = [b.key for b in make_blocks(spec, n)]
+    cfg = TransferConfig(batch_blocks=max(16, (4 * 1024**2) // spec.bytes_per_block))
+    fetcher = BlockFetcher(cfg, backends=[])
+    fetcher.backends = [TcpBackend(cfg, fetcher.pool)]
+    peer = Peer("bench-remote", tcp=store_addr)  # type: ignore[arg-type]
+
+    def fetch_run() -> None:
+        with fetcher.fetch(keys, peer) as res:  # type: ignore[arg-type]
+            assert res.num_fetched == n, res.errors
+
+    ops: dict[str, Op] = {"raw socket": (raw_run, None), "TCP fetch": (fetch_run, None)}
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # distributed binds its futures to the current loop
+    if dask:
+        from distributed.comm import connect
+
+        dask_addr = start(_dask_sender, total, spec.bytes_per_block)
+        comm = loop.run_until_complete(connect(dask_addr))  # type: ignore[arg-type]
+
+        async def dask_once() -> None:
             await comm.write("go")
             msg = await comm.read()
-            assert sum(np.asarray(a).nbytes for a in msg["frames"]) == nbytes
-            if i:
-                times.append(time.perf_counter() - t0)
-        await comm.close()
-        return nbytes / statistics.median(times) / GB
+            assert sum(np.asarray(a).nbytes for a in msg["frames"]) == total
 
-    rate = asyncio.run(main())
-    parent.send("stop")
-    p.join(10)
-    return rate
+        ops["Dask comm"] = (lambda: loop.run_until_complete(dask_once()), None)
+    try:
+        interleaved(ops, 1)  # warm up: connections, pooled buffers
+        times = interleaved(ops, reps)
+    finally:
+        if dask:
+            loop.run_until_complete(comm.close())
+        loop.close()
+        raw.close()
+        fetcher.close()
+        for pipe in pipes:
+            try:
+                pipe.send("stop")
+            except OSError:
+                pass  # already exited
+        for p in procs:
+            p.join(10)  # type: ignore[attr-defined]
+            if p.is_alive():  # type: ignore[attr-defined]
+                p.kill()  # type: ignore[attr-defined]
+    return summarize(times, total, "raw socket")
 
 
 def main() -> None:
@@ -264,39 +277,37 @@ def main() -> None:
     ap.add_argument("--dask", action="store_true", help="also measure Dask's TCP comm")
     args = ap.parse_args()
 
-    rows = []
-    for name in args.sizes.split(","):
+    results: dict[str, dict[str, tuple[float, float]]] = {}
+    sizes = args.sizes.split(",")
+    for name in sizes:
         spec = SPECS[name]
         n = max(8, args.total_mib * 1024**2 // spec.bytes_per_block)
         blocks = make_blocks(spec, n)
-        total = n * spec.bytes_per_block
         hdr, _ = encode(blocks[0])
-        print(f"# {name}: {n} blocks x {spec.bytes_per_block / 1024:.0f} KiB (+{len(hdr)} B header) = {total / 1024**2:.0f} MiB",
-              flush=True)  # fmt: skip
+        print(f"# {name}: {n} blocks x {spec.bytes_per_block / 1024:.0f} KiB payload (+{len(hdr)} B header) "
+              f"= {n * spec.bytes_per_block / 1024**2:.0f} MiB per rep", flush=True)  # fmt: skip
         shm = tempfile.mkdtemp(prefix="mooncake-bench-", dir="/dev/shm")
         ssd = tempfile.mkdtemp(prefix="mooncake-bench-ssd-", dir=args.ssd_dir)
         try:
-            memcpy = bench_memcpy(blocks, args.reps)
-            host = bench_tier("host", f"{shm}/host", blocks, args.reps)
-            ssd_r = bench_tier("ssd", f"{ssd}/ssd", blocks, args.reps)
-            raw = bench_raw_socket(total, spec.bytes_per_block, args.reps)
-            tcp = bench_tcp_fetch(name, n, args.reps, f"{shm}/peer")
-            dask = bench_dask_comm(total, spec.bytes_per_block, args.reps) if args.dask else None
+            res = bench_tiers(shm, ssd, blocks, args.reps)
+            del blocks
+            res.update(bench_tcp(name, n, args.reps, f"{shm}/peer", args.dask))
         finally:
             shutil.rmtree(shm, ignore_errors=True)
             shutil.rmtree(ssd, ignore_errors=True)
-        rows.append((name, memcpy, host, ssd_r, raw, tcp, dask))
+        results[name] = res
 
-    print("\n| block | memcpy | host put | host put_many | host get (view) | host get_many (view) | host get+copy | SSD put | SSD get (view) | raw socket | TCP fetch | Dask comm |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, memcpy, host, ssd_r, raw, tcp, dask in rows:
-        def r(x: float, base: float) -> str:
-            return f"{x:.2f} ({x / base:.0%})"
-
-        print(f"| {name} | {memcpy:.2f} | {r(host['put'], memcpy)} | {r(host['put_batch'], memcpy)} | "
-              f"{r(host['get'], memcpy)} | {r(host['get_batch'], memcpy)} | {r(host['get_copy'], memcpy)} | {r(ssd_r['put'], memcpy)} | "
-              f"{r(ssd_r['get'], memcpy)} | {raw:.2f} | {r(tcp, raw)} | {'-' if dask is None else r(dask, raw)} |")  # fmt: skip
-    print("\nGB/s (1e9 B/s), medians; host/SSD percentages vs memcpy, TCP and Dask vs raw socket.")
+    print()
+    print("| operation | " + " | ".join(f"{n}: GB/s | {n}: ratio" for n in sizes) + " |")
+    print("| --- |" + " --- | --- |" * len(sizes))
+    for op in results[sizes[0]]:
+        cells = []
+        for n in sizes:
+            rate, ratio = results[n][op]
+            cells += [f"{rate:.2f}", f"{ratio:.0%}"]
+        print(f"| {op} | " + " | ".join(cells) + " |")
+    print("\nGB/s = 1e9 B/s of KV payload, median of reps; ratio = median over reps of the per-rep "
+          "ratio to memcpy (host/SSD rows) or to the raw socket (TCP/Dask rows), run interleaved.")
 
 
 if __name__ == "__main__":
