@@ -46,6 +46,9 @@ class TransferConfig:
     """RDMA device name; ``None`` takes the first one found."""
     rdma_gid_index: int = 0
     """GID table index used for RoCE addressing."""
+    rdma_staging_bytes: int = 64 * 1024**2
+    """Registered region per RDMA connection (server staging, client landing); a batch's
+    blocks beyond it come back as misses and are retried over TCP."""
 
     def __post_init__(self) -> None:
         _check(self.backend in BACKENDS, "backend", f"must be one of {BACKENDS}, got {self.backend!r}")
@@ -56,6 +59,7 @@ class TransferConfig:
         _check(self.socket_buffer_bytes is None or self.socket_buffer_bytes > 0, "socket_buffer_bytes",
                f"must be positive, got {self.socket_buffer_bytes}")  # fmt: skip
         _check(self.pool_bytes >= 0, "pool_bytes", f"must be >= 0, got {self.pool_bytes}")
+        _check(self.rdma_staging_bytes > 0, "rdma_staging_bytes", f"must be positive, got {self.rdma_staging_bytes}")
         _check(self.rdma_gid_index >= 0, "rdma_gid_index", f"must be >= 0, got {self.rdma_gid_index}")
 
     @classmethod

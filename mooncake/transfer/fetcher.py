@@ -39,7 +39,12 @@ def default_backends(config: TransferConfig, pool: BufferPool) -> list[Backend]:
     if select_backend(config) == "rdma":
         from mooncake.transfer.rdma import RdmaBackend
 
-        backends.append(RdmaBackend(config, pool))
+        try:
+            backends.append(RdmaBackend(config, pool))
+        except Exception as e:  # pyverbs import or device errors
+            if config.backend == "rdma":
+                raise
+            log.info("transfer: RDMA backend unavailable (%s); using the TCP backend", e)
     backends.append(TcpBackend(config, pool))
     return backends
 

@@ -2,7 +2,11 @@
 
 Request (client -> server), one per batch; a client may send many before reading::
 
-    4s magic b"MKQ1" | u32 request id | u32 n keys | u32 flags (0) | n x 16-byte keys
+    4s magic b"MKQ1" | u32 request id | u32 n keys | u32 flags | n x 16-byte keys
+
+flags: 0 plain; ``FLAG_RDMA_HELLO`` (no keys; the client's queue pair address follows);
+``FLAG_RDMA_READ`` (payloads are staged for RDMA READ instead of sent, see
+``mooncake.transfer.rdma``).
 
 Response (server -> client), one per request, in request order::
 
@@ -32,6 +36,9 @@ RESP_MAGIC = b"MKR2"
 REQ = struct.Struct("<4sIII")
 RESP = struct.Struct("<4sIIIQ")
 ENTRY = struct.Struct("<B3xIQ")
+FLAG_RDMA_HELLO = 1
+FLAG_RDMA_READ = 2
+RDMA_REFUSED = b"MKNO"
 STATUS_OK = 0
 STATUS_MISSING = 1
 KEY_BYTES = 16
@@ -40,8 +47,8 @@ MAX_HEADER = 1 << 20
 IOV_MAX = 512  # below Linux's 1024 iovecs per sendmsg
 
 
-def encode_request(rid: int, keys: Sequence[BlockKey]) -> bytes:
-    return REQ.pack(REQ_MAGIC, rid, len(keys), 0) + b"".join(keys)
+def encode_request(rid: int, keys: Sequence[BlockKey], flags: int = 0) -> bytes:
+    return REQ.pack(REQ_MAGIC, rid, len(keys), flags) + b"".join(keys)
 
 
 def recv_exact(sock: socket.socket, buf: Any) -> None:
@@ -75,9 +82,12 @@ def send_all(sock: socket.socket, parts: Sequence[Any]) -> None:
 
 __all__ = [
     "ENTRY",
+    "FLAG_RDMA_HELLO",
+    "FLAG_RDMA_READ",
     "KEY_BYTES",
     "MAX_HEADER",
     "MAX_KEYS",
+    "RDMA_REFUSED",
     "REQ",
     "REQ_MAGIC",
     "RESP",

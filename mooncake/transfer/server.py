@@ -18,6 +18,8 @@ from mooncake.store.block_object import BlockObject
 from mooncake.transfer import protocol as proto
 from mooncake.transfer.base import Peer, TransferError, local_host_id
 from mooncake.transfer.config import TransferConfig
+from mooncake.transfer.rdma import CLIENT_INFO_BYTES, HELLO_REPLY_BYTES, RdmaServerSide
+from mooncake.transfer.select import select_backend
 from mooncake.types import BlockKey
 
 log = logging.getLogger(__name__)
@@ -36,9 +38,12 @@ class BlockServer:
         source: the worker's store.
         config: listen address, socket buffers.
         host_tier_path: advertised in :meth:`peer` so same-host peers read zero-copy.
+
+    RDMA is offered (``Peer.rdma``) when :func:`select_backend` picks it for ``config``.
     """
 
     def __init__(self, source: BlockSource, config: TransferConfig, host_tier_path: str | None = None) -> None:
+        self.rdma = select_backend(config) == "rdma"
         self.source = source
         self.config = config
         self.host_tier_path = host_tier_path
@@ -54,7 +59,7 @@ class BlockServer:
 
     def peer(self) -> Peer:
         """How peers reach this server."""
-        return Peer(host_id=local_host_id(), tcp=self.address, host_tier_path=self.host_tier_path)
+        return Peer(host_id=local_host_id(), tcp=self.address, host_tier_path=self.host_tier_path, rdma=self.rdma)
 
     def close(self) -> None:
         self._closed = True
@@ -92,20 +97,24 @@ class BlockServer:
 
     def _serve(self, conn: socket.socket) -> None:
         head = bytearray(proto.REQ.size)
+        rdma: RdmaServerSide | None = None
         try:
             while True:
                 try:
                     proto.recv_exact(conn, head)
                 except TransferError:
                     return  # peer closed between requests
-                magic, rid, n, _flags = proto.REQ.unpack(head)
+                magic, rid, n, flags = proto.REQ.unpack(head)
                 if magic != proto.REQ_MAGIC or n > proto.MAX_KEYS:
                     log.warning("block server: bad request frame from %s", conn.getpeername())
                     return
+                if flags & proto.FLAG_RDMA_HELLO:
+                    rdma = self._rdma_hello(conn, rdma)
+                    continue
                 raw = proto.recv_bytes(conn, n * proto.KEY_BYTES)
                 keys = [BlockKey(bytes(raw[i : i + 16])) for i in range(0, len(raw), 16)]
                 objs = self.source.get_many(keys, verify=False)
-                self._send_batch(conn, rid, keys, objs)
+                self._send_batch(conn, rid, keys, objs, rdma if flags & proto.FLAG_RDMA_READ else None)
                 del objs  # ends the read transaction
         except (OSError, TransferError) as e:
             if not self._closed:
@@ -114,8 +123,35 @@ class BlockServer:
             with self._lock:
                 self._conns.discard(conn)
             conn.close()
+            if rdma is not None:
+                rdma.close()
 
-    def _send_batch(self, conn: socket.socket, rid: int, keys: list[BlockKey], objs: list[BlockObject | None]) -> None:
+    def _rdma_hello(self, conn: socket.socket, old: RdmaServerSide | None) -> RdmaServerSide | None:
+        """Set up this connection's RDMA side, or refuse (the client then uses TCP)."""
+        info = bytes(proto.recv_bytes(conn, CLIENT_INFO_BYTES))
+        if old is not None:
+            old.close()
+        try:
+            side = RdmaServerSide(self.config, info)
+        except Exception as e:  # ImportError, pyverbs errors: no RDMA here
+            log.info("block server: refusing RDMA: %s", e)
+            conn.sendall(proto.RDMA_REFUSED.ljust(HELLO_REPLY_BYTES, b"\0"))
+            return None
+        conn.sendall(side.hello_reply())
+        return side
+
+    def _send_batch(self, conn: socket.socket, rid: int, keys: list[BlockKey], objs: list[BlockObject | None],
+                    rdma: RdmaServerSide | None = None) -> None:  # fmt: skip
+        """One response: table, headers, then payloads (or, for RDMA, payloads staged in
+        the registered region instead of sent; blocks that do not fit are missing)."""
+        if rdma is not None:
+            fit = rdma.stage([o.payload for o in objs if o is not None])
+            kept = 0
+            for i, o in enumerate(objs):
+                if o is not None:
+                    kept += 1
+                    if kept > fit:
+                        objs[i] = None
         table, headers, payloads = [], [], []
         for key, obj in zip(keys, objs):
             self._before_block(key)
@@ -130,7 +166,7 @@ class BlockServer:
         hbytes = b"".join(headers)
         plen = sum(memoryview(p).nbytes for p in payloads)
         head = proto.RESP.pack(proto.RESP_MAGIC, rid, len(keys), len(hbytes), plen)
-        proto.send_all(conn, [head + b"".join(table) + hbytes, *payloads])
+        proto.send_all(conn, [head + b"".join(table) + hbytes, *(payloads if rdma is None else [])])
         self.blocks_sent += len(payloads)
         self.bytes_sent += plen
 
