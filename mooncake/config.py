@@ -47,6 +47,9 @@ class EngineConfig:
     """Context limit; ``None`` takes the model's ``max_position_embeddings``."""
     num_threads: int | None = None
     """torch intra-op threads on CPU; ``None`` leaves torch's default."""
+    null_model: bool = False
+    """Skip the forward pass (all-zero logits, so greedy emits token 0): measures the
+    serving path's own overhead, never for real output."""
 
     def __post_init__(self) -> None:
         _check(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")

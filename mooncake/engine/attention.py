@@ -1,0 +1,113 @@
+"""Attention over the paged KV cache.
+
+The running batch is laid out flat: first one token per decoding sequence, then each
+prefill chunk. Decode attention runs as one batched SDPA over each sequence's blocks
+(gathered by block table, padded, masked); each prefill chunk attends causally over
+its cached prefix plus itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PrefillSegment:
+    """One sequence's chunk inside the flat batch."""
+
+    start: int
+    """Index of the chunk's first token in the flat batch."""
+    num_tokens: int
+    """Tokens computed in this step."""
+    context_len: int
+    """Tokens whose KV is attended to (cached prefix + this chunk)."""
+    block_table: torch.Tensor
+    """Block ids covering ``context_len`` tokens, ``[num_blocks]``."""
+    mask: torch.Tensor | None = None
+    """``[1, 1, num_tokens, context_len]`` bool, or None for plain causal (no prefix)."""
+
+
+@dataclass
+class AttentionMetadata:
+    """Everything attention needs for one step, shared by all layers."""
+
+    slot_mapping: torch.Tensor
+    """``[T]`` cache slot of every new token (where its K/V are written)."""
+    num_decode: int = 0
+    """Leading tokens of the flat batch that are single-token decodes."""
+    decode_block_table: torch.Tensor | None = None
+    """``[B, max_blocks]`` block ids of each decoding sequence (padded with 0)."""
+    decode_mask: torch.Tensor | None = None
+    """``[B, 1, 1, max_blocks * block_size]`` bool: which gathered slots are valid."""
+    prefills: list[PrefillSegment] = field(default_factory=list)
+
+
+def causal_mask(num_tokens: int, context_len: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """``[1, 1, n, ctx]``: query i (absolute position ctx-n+i) sees keys j <= its position
+    (and within the sliding window, if any)."""
+    q_pos = torch.arange(context_len - num_tokens, context_len, device=device)[:, None]
+    k_pos = torch.arange(context_len, device=device)[None, :]
+    mask = k_pos <= q_pos
+    if window is not None:
+        mask &= k_pos > q_pos - window
+    return mask[None, None]
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    block_size: int,
+    scale: float,
+) -> torch.Tensor:
+    """Write this step's K/V into the cache and attend.
+
+    Args:
+        q: ``[T, Hq, D]``; k, v: ``[T, Hkv, D]`` for the new tokens.
+        k_cache, v_cache: ``[num_slots, Hkv, D]`` of one layer.
+        meta: step layout.
+    Returns:
+        ``[T, Hq * D]``.
+    """
+    T, Hq, D = q.shape
+    Hkv = k.shape[1]
+    k_cache.index_copy_(0, meta.slot_mapping, k)
+    v_cache.index_copy_(0, meta.slot_mapping, v)
+    gqa = Hq != Hkv
+    out = q.new_empty(T, Hq, D)
+    kb = k_cache.view(-1, block_size, Hkv, D)
+    vb = v_cache.view(-1, block_size, Hkv, D)
+
+    B = meta.num_decode
+    if B:
+        assert meta.decode_block_table is not None
+        table = meta.decode_block_table
+        # [B, MB, bs, Hkv, D] -> [B, Hkv, L, D]
+        kd = kb[table].view(B, -1, Hkv, D).transpose(1, 2)
+        vd = vb[table].view(B, -1, Hkv, D).transpose(1, 2)
+        qd = q[:B].unsqueeze(2)  # [B, Hq, 1, D]
+        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scale, enable_gqa=gqa)
+        out[:B] = o.squeeze(2)
+
+    for seg in meta.prefills:
+        sl = slice(seg.start, seg.start + seg.num_tokens)
+        qs = q[sl].transpose(0, 1).unsqueeze(0)  # [1, Hq, n, D]
+        if seg.context_len == seg.num_tokens:
+            ks, vs = k[sl], v[sl]  # no prefix: this chunk's own K/V
+        else:
+            ks = kb[seg.block_table].view(-1, Hkv, D)[: seg.context_len]
+            vs = vb[seg.block_table].view(-1, Hkv, D)[: seg.context_len]
+        ks = ks.transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, D]
+        vs = vs.transpose(0, 1).unsqueeze(0)
+        if seg.mask is None:
+            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=gqa)
+        else:
+            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=seg.mask, scale=scale, enable_gqa=gqa)
+        out[sl] = o.squeeze(0).transpose(0, 1)
+    return out.view(T, Hq * D)

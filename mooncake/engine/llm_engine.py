@@ -1,0 +1,424 @@
+"""``LLMEngine``: requests in, tokens out, one continuous-batching step at a time."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mooncake.config import EngineConfig
+from mooncake.engine.default_model import default_model_path
+from mooncake.engine.kv_cache_manager import KVCacheManager
+from mooncake.engine.loader import fingerprint, load_model
+from mooncake.engine.model_runner import ModelRunner
+from mooncake.engine.sampler import SampleRequest, sample
+from mooncake.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
+from mooncake.engine.sequence import Sequence, SequenceStatus
+from mooncake.kvcache import BlockPool, KVBlock, KVBlockSpec, KVExport, root_key
+from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from mooncake.sampling_params import SamplingParams
+from mooncake.tokenizer import IncrementalDetokenizer, Tokenizer
+from mooncake.types import BlockKey
+
+
+@dataclass
+class EngineStats:
+    """Counters since the engine started."""
+
+    num_steps: int = 0
+    num_prompt_tokens_computed: int = 0
+    """Prompt tokens run through the model (cache hits excluded)."""
+    num_prompt_tokens_cached: int = 0
+    num_generated_tokens: int = 0
+    num_preemptions: int = 0
+
+
+class LLMEngine:
+    """An inference engine for one Llama-family model.
+
+    Args:
+        config: how to run it; ``config.model=None`` uses the built-in default model
+            (random weights, generated locally).
+    """
+
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config = config or EngineConfig()
+        if config.num_threads is not None and config.device == "cpu":
+            torch.set_num_threads(config.num_threads)
+        self.model_path = Path(config.model) if config.model is not None else default_model_path()
+        device = torch.device(config.device)
+        model_len = config.max_model_len
+        self.model, self.model_config = load_model(self.model_path, config.dtype, device, model_len or 0)
+        mc = self.model_config
+        self.max_model_len = model_len or mc.max_position_embeddings
+        if self.model.max_positions < self.max_model_len:  # table sized once the limit is known
+            self.model.max_positions = self.max_model_len
+            self.model.init_rope()
+        self.tokenizer: Tokenizer | None = None
+        if (self.model_path / "tokenizer.json").is_file():
+            self.tokenizer = Tokenizer(self.model_path, mc.eos_token_ids)
+        self.eos_token_ids = self.tokenizer.eos_token_ids if self.tokenizer else frozenset(mc.eos_token_ids)
+        self.fingerprint = fingerprint(self.model_path)
+        self.spec = KVBlockSpec(mc.num_layers, mc.num_kv_heads, mc.head_dim, config.block_size, config.dtype)
+        num_blocks = config.num_blocks or max(1, config.kv_cache_bytes // self.spec.bytes_per_block)
+        self.pool = BlockPool(num_blocks, enable_caching=config.enable_prefix_caching)
+        self.kv = KVCacheManager(self.pool, config.block_size)
+        self.scheduler = Scheduler(config, self.kv)
+        self.runner = ModelRunner(self.model, self.spec, num_blocks, null_model=config.null_model)
+        self.stats = EngineStats()
+        self._seqs: dict[str, Sequence] = {}
+        self._held: dict[str, Sequence] = {}
+        self._ids = itertools.count()
+
+    # -- requests ------------------------------------------------------------------
+    def root_key(self, cache_salt: str | None = None) -> BlockKey:
+        return root_key(self.config.hash_seed, self.fingerprint, cache_salt)
+
+    def tokenize(self, prompt: str | Seq[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("prompt: this model has no tokenizer.json; pass token ids")
+            return self.tokenizer.encode(prompt)
+        ids = [int(t) for t in prompt]
+        bad = [t for t in ids if not 0 <= t < self.model_config.vocab_size]
+        if bad:
+            raise ValueError(f"prompt: token id(s) {bad[:5]} outside the vocabulary [0, {self.model_config.vocab_size})")
+        return ids
+
+    def add_request(
+        self,
+        request_id: str | None,
+        prompt: str | Seq[int],
+        params: SamplingParams | None = None,
+        *,
+        cache_salt: str | None = None,
+        kv: KVExport | None = None,
+        keep_kv: bool = False,
+        arrival_time: float | None = None,
+        prior_output_ids: Seq[int] = (),
+    ) -> str:
+        """Queue a request.
+
+        Args:
+            request_id: unique id, or None to generate one.
+            prompt: text or token ids. With ``kv``, the tokens continue from the import.
+            params: sampling options (default: ``SamplingParams()``).
+            cache_salt: isolates this request's prefix-cache entries (per tenant).
+            kv: KV imported from another engine; its tokens must prefix ``prompt``.
+            keep_kv: hold the blocks after the request finishes, for :meth:`export_kv`.
+            prior_output_ids: tokens this request already generated elsewhere (e.g. the
+                first token, sampled by a prefill worker). They count towards
+                ``max_tokens``, appear in the output, and keep seeded sampling aligned.
+        Returns:
+            The request id.
+        Raises:
+            ValueError: empty or too-long prompt, bad token ids, duplicate id, a KV
+                import from another model or that does not match the prompt.
+        """
+        params = params or SamplingParams()
+        rid = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if rid in self._seqs or rid in self._held:
+            raise ValueError(f"request_id: {rid!r} is already in use")
+        prompt_ids = self.tokenize(prompt)
+        if not prompt_ids:
+            raise ValueError("prompt: must contain at least one token")
+        if len(prompt_ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt: {len(prompt_ids)} tokens is longer than the context limit; the model "
+                f"accepts at most {self.max_model_len - 1} prompt tokens"
+            )
+        prior = self.tokenize(list(prior_output_ids)) if prior_output_ids else []
+        if kv is not None:
+            self._check_import(kv, prompt_ids + prior, cache_salt)
+        seq = Sequence(
+            request_id=rid,
+            prompt=prompt if isinstance(prompt, str) else None,
+            prompt_token_ids=prompt_ids,
+            params=params,
+            seed=params.seed if params.seed is not None else random.getrandbits(63),
+            root_key=self.root_key(cache_salt),
+            metrics=RequestMetrics(arrival_time if arrival_time is not None else time.perf_counter()),
+            kv_import=kv,
+            keep_kv=keep_kv,
+            cache_salt=cache_salt,
+            token_ids=prompt_ids + prior,
+        )
+        if params.logprobs is not None:
+            seq.logprobs = []
+        if self.tokenizer is not None:
+            seq.detok = IncrementalDetokenizer(self.tokenizer, prompt_ids)
+            if prior:
+                seq.detok.add(prior)
+        self._seqs[rid] = seq
+        self.scheduler.add(seq)
+        return rid
+
+    def _check_import(self, kv: KVExport, prompt_ids: list[int], cache_salt: str | None) -> None:
+        if kv.model_fingerprint != self.fingerprint:
+            raise ValueError("kv: exported by a different model (fingerprint mismatch)")
+        if kv.spec != self.spec:
+            raise ValueError(f"kv: block spec {kv.spec} does not match this engine's {self.spec}")
+        if (kv.cache_salt or None) != (cache_salt or None):
+            raise ValueError("kv: exported under a different cache_salt")
+        if prompt_ids[: kv.num_tokens] != kv.token_ids or kv.num_tokens >= len(prompt_ids):
+            raise ValueError("kv: its tokens must be a strict prefix of the prompt")
+        if sum(b.num_tokens for b in kv.blocks) != kv.num_tokens:
+            raise ValueError("kv: blocks do not cover its tokens")
+
+    def abort_request(self, request_id: str) -> bool:
+        """Cancel a request and free its blocks. Returns False if it was unknown."""
+        seq = self._seqs.pop(request_id, None) or self._held.pop(request_id, None)
+        if seq is None:
+            return False
+        seq.keep_kv = False
+        if seq.status is SequenceStatus.FINISHED:
+            self.kv.free(seq)
+        else:
+            self.scheduler.remove(seq)
+            seq.status = SequenceStatus.FINISHED
+            seq.finish_reason = "abort"
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.scheduler.waiting) + len(self.scheduler.running)
+
+    # -- stepping --------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one engine step. Returns an output for every request that produced a
+        token (``finished`` set on the last one)."""
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            return []
+        now = time.perf_counter()
+        for s in (*out.decodes, *out.prefills):
+            if s.seq.metrics.first_scheduled_time is None:
+                s.seq.metrics.first_scheduled_time = now
+        logits = self.runner.execute(out)
+        self.scheduler.update(out)
+        self._count(out)
+        sampling = [s for s in (*out.decodes, *out.prefills) if s.samples]
+        results = sample(logits, [SampleRequest(s.seq.params, s.seq.seed, s.seq.num_output_tokens) for s in sampling])
+        now = time.perf_counter()
+        outputs = []
+        for s, res in zip(sampling, results):
+            seq = s.seq
+            seq.token_ids.append(res.token_id)
+            if seq.logprobs is not None and res.top_logprobs is not None and res.logprob is not None:
+                seq.logprobs.append(res.top_logprobs)
+                seq.cumulative_logprob += res.logprob
+            if seq.metrics.first_token_time is None:
+                seq.metrics.first_token_time = now
+            self._check_stop(seq)
+            if seq.finish_reason is not None:
+                self._finish(seq, now)
+            outputs.append(self._output(seq))
+        return outputs
+
+    def _count(self, out: SchedulerOutput) -> None:
+        st = self.stats
+        st.num_steps += 1
+        st.num_preemptions = self.scheduler.num_preemptions
+        st.num_prompt_tokens_cached = self.scheduler.num_cached_tokens
+        for s in (*out.decodes, *out.prefills):
+            prompt_part = max(0, min(s.start + s.num_tokens, s.seq.num_prompt_tokens) - s.start)
+            st.num_prompt_tokens_computed += prompt_part
+            s.seq.metrics.num_computed_prompt_tokens += prompt_part
+        st.num_generated_tokens += sum(1 for s in (*out.decodes, *out.prefills) if s.samples)
+
+    def _check_stop(self, seq: Sequence) -> None:
+        p = seq.params
+        tok = seq.token_ids[-1]
+        n_out = seq.num_output_tokens
+        if seq.detok is not None:
+            seq.detok.add([tok])
+        if n_out >= p.min_tokens:
+            if not p.ignore_eos and tok in self.eos_token_ids:
+                seq.finish_reason = "stop"
+                return
+            if tok in p.stop_token_ids:
+                seq.finish_reason, seq.stop_reason = "stop", tok
+                return
+            if p.stop and seq.detok is not None and self._match_stop(seq):
+                return
+        if (p.max_tokens is not None and n_out >= p.max_tokens) or seq.num_tokens >= self.max_model_len:
+            seq.finish_reason = "length"
+
+    def _match_stop(self, seq: Sequence) -> bool:
+        assert seq.detok is not None
+        text = seq.detok.text
+        window = max(len(s) for s in seq.params.stop) + 16
+        for stop in seq.params.stop:
+            idx = text.find(stop, max(0, len(text) - window))
+            if idx >= 0:
+                end = idx + len(stop) if seq.params.include_stop_str_in_output else idx
+                seq.text = text[:end]
+                seq.finish_reason, seq.stop_reason = "stop", stop
+                return True
+        return False
+
+    def _finish(self, seq: Sequence, now: float) -> None:
+        seq.status = SequenceStatus.FINISHED
+        seq.metrics.finish_time = now
+        if not isinstance(seq.stop_reason, str):  # a stop string already cut the text
+            seq.text = self._final_text(seq)
+        self.scheduler.remove(seq)
+        del self._seqs[seq.request_id]
+        if seq.keep_kv:
+            self._held[seq.request_id] = seq
+
+    def _final_text(self, seq: Sequence) -> str:
+        if self.tokenizer is None:
+            return ""
+        ids = seq.output_token_ids
+        return self.tokenizer.decode(ids, skip_special_tokens=seq.params.skip_special_tokens)
+
+    def _output(self, seq: Sequence) -> RequestOutput:
+        finished = seq.status is SequenceStatus.FINISHED
+        return RequestOutput(
+            request_id=seq.request_id,
+            prompt=seq.prompt,
+            prompt_token_ids=seq.prompt_token_ids,
+            outputs=[
+                CompletionOutput(
+                    index=0,
+                    text=seq.text if finished else (seq.detok.text if seq.detok else ""),
+                    token_ids=list(seq.output_token_ids),
+                    cumulative_logprob=seq.cumulative_logprob if seq.logprobs is not None else None,
+                    logprobs=list(seq.logprobs) if seq.logprobs is not None else None,
+                    finish_reason=seq.finish_reason,
+                    stop_reason=seq.stop_reason,
+                )
+            ],
+            finished=finished,
+            num_cached_tokens=seq.num_cached_tokens,
+            metrics=seq.metrics,
+        )
+
+    # -- convenience -------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: Seq[str | Seq[int]],
+        params: SamplingParams | Seq[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Run every prompt to completion as one continuous batch; results in input order."""
+        if isinstance(params, SamplingParams) or params is None:
+            params_list = [params or SamplingParams()] * len(prompts)
+        else:
+            params_list = list(params)
+            if len(params_list) != len(prompts):
+                raise ValueError("params: need one SamplingParams per prompt")
+        ids = [self.add_request(None, p, sp) for p, sp in zip(prompts, params_list)]
+        done: dict[str, RequestOutput] = {}
+        while len(done) < len(ids):
+            for o in self.step():
+                if o.finished:
+                    done[o.request_id] = o
+            if not self.has_unfinished() and len(done) < len(ids):  # pragma: no cover
+                raise RuntimeError("engine stopped with requests unfinished")
+        return [done[i] for i in ids]
+
+    # -- KV export / import ----------------------------------------------------------
+    def export_kv(self, request_id: str, release: bool = True) -> KVExport:
+        """Copy out a request's computed KV (running, or finished with ``keep_kv``).
+
+        Args:
+            release: for a held finished request, free its blocks afterwards.
+        """
+        seq = self._seqs.get(request_id) or self._held.get(request_id)
+        if seq is None:
+            raise ValueError(f"request_id: {request_id!r} is not running or held")
+        bs = self.config.block_size
+        n = seq.num_computed_tokens
+        keys = self.kv._keys(seq, n // bs)
+        blocks = []
+        for i in range(-(-n // bs)):
+            ntok = min(bs, n - i * bs)
+            blocks.append(
+                KVBlock(
+                    key=keys[i] if ntok == bs else None,
+                    parent=keys[i - 1] if i else seq.root_key,
+                    token_ids=tuple(seq.token_ids[i * bs : i * bs + ntok]),
+                    data=self.runner.read_block(seq.block_table[i].block_id, ntok),
+                    spec=self.spec,
+                    model_fingerprint=self.fingerprint,
+                )
+            )
+        export = KVExport(
+            blocks=blocks,
+            token_ids=list(seq.token_ids[:n]),
+            next_token_ids=list(seq.token_ids[n:]),
+            spec=self.spec,
+            model_fingerprint=self.fingerprint,
+            cache_salt=seq.cache_salt,
+        )
+        if release and request_id in self._held:
+            self.abort_request(request_id)
+        return export
+
+    def release(self, request_id: str) -> None:
+        """Free a held request's blocks (they stay in the prefix cache)."""
+        if request_id in self._held:
+            self.abort_request(request_id)
+
+    def export_cached_blocks(self, keys: Seq[BlockKey], token_ids: Seq[int]) -> list[KVBlock]:
+        """Copy out the leading run of ``keys`` that this engine still caches (for a peer
+        that fetches a prefix instead of recomputing it). ``token_ids`` verify the hit."""
+        bs = self.config.block_size
+        chunks = [token_ids[i * bs : (i + 1) * bs] for i in range(len(keys))]
+        out = []
+        for i, block in enumerate(self.pool.match_prefix(keys, chunks)):
+            out.append(
+                KVBlock(
+                    key=keys[i],
+                    parent=keys[i - 1] if i else None,
+                    token_ids=tuple(chunks[i]),
+                    data=self.runner.read_block(block.block_id, bs),
+                    spec=self.spec,
+                    model_fingerprint=self.fingerprint,
+                )
+            )
+        return out
+
+    def import_cached_blocks(self, blocks: Seq[KVBlock]) -> int:
+        """Put full blocks received from a peer into this engine's prefix cache (they are
+        evictable at once, like any freed cached block). Returns how many were added."""
+        from mooncake.engine.kv_cache_manager import KVWrite
+
+        fresh = [b for b in blocks if b.is_full and b.key is not None and self.pool.lookup(b.key, b.token_ids) is None]
+        for b in fresh:
+            if b.model_fingerprint != self.fingerprint or b.spec != self.spec:
+                raise ValueError("blocks: exported by a different model or block spec")
+        fresh = fresh[: self.pool.num_free]
+        if not fresh:
+            return 0
+        new = self.pool.allocate(len(fresh))
+        self.runner.write_blocks([KVWrite(nb.block_id, b.data) for nb, b in zip(new, fresh)])
+        for nb, b in zip(new, fresh):
+            assert b.key is not None
+            self.pool.register(nb, b.key, b.token_ids)
+        self.pool.free(new)
+        return len(fresh)
+
+    # -- diagnostics -----------------------------------------------------------------
+    def prompt_logits(self, token_ids: Seq[int]) -> torch.Tensor:
+        """float32 logits ``[len, vocab]`` of every position of a prompt (no caching)."""
+        ids = self.tokenize(token_ids)
+        seq = Sequence("__logits__", None, ids, SamplingParams(), 0, self.root_key(), RequestMetrics(0.0))
+        if not self.kv.allocate(seq, len(ids)):
+            raise ValueError("prompt: not enough free KV blocks")
+        try:
+            out = SchedulerOutput()
+            s = ScheduledSeq(seq, 0, len(ids))
+            (out.decodes if len(ids) == 1 else out.prefills).append(s)
+            return self.runner.execute(out, all_logits=True)
+        finally:
+            self.kv.free(seq)

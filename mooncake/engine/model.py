@@ -1,0 +1,169 @@
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2) over a paged KV cache.
+
+RMSNorm, RoPE, GQA, SwiGLU; q/k/v and gate/up projections are fused into one matmul
+each. Numerics follow transformers' eager/SDPA path so float32 logits match it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mooncake.engine.attention import AttentionMetadata, paged_attention
+from mooncake.engine.model_config import ModelConfig
+from mooncake.engine.rope import RotaryTable
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Same order of operations as transformers' LlamaRMSNorm (float32 statistics).
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        h, d = cfg.hidden_size, cfg.head_dim
+        self.q_size = cfg.num_heads * d
+        self.kv_size = cfg.num_kv_heads * d
+        self.input_layernorm = RMSNorm(h, cfg.rms_norm_eps)
+        self.qkv_proj = nn.Linear(h, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, h, bias=cfg.o_bias)
+        self.post_attention_layernorm = RMSNorm(h, cfg.rms_norm_eps)
+        self.gate_up_proj = nn.Linear(h, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, h, bias=cfg.mlp_bias)
+        self.scale = d**-0.5
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        rope: RotaryTable,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        block_size: int,
+    ) -> torch.Tensor:
+        # x: [T, H]
+        cfg = self.cfg
+        T = x.shape[0]
+        qkv = self.qkv_proj(self.input_layernorm(x))  # [T, q + 2kv]
+        q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        q = rope.apply(q.view(T, cfg.num_heads, cfg.head_dim), positions)
+        k = rope.apply(k.view(T, cfg.num_kv_heads, cfg.head_dim), positions)
+        v = v.reshape(T, cfg.num_kv_heads, cfg.head_dim)
+        attn = paged_attention(q, k, v, k_cache, v_cache, meta, block_size, self.scale)
+        x = x + self.o_proj(attn)
+        gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
+        out: torch.Tensor = x + self.down_proj(F.silu(gate) * up)
+        return out
+
+
+class LlamaModel(nn.Module):
+    """The decoder stack plus LM head.
+
+    Args:
+        cfg: model shape.
+        max_positions: length of the rotary table (context limit).
+    """
+
+    def __init__(self, cfg: ModelConfig, max_positions: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.max_positions = max_positions
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.rope: RotaryTable | None = None
+
+    def init_rope(self) -> None:
+        """Build the cos/sin table on the model's device and dtype (after loading)."""
+        w = self.embed_tokens.weight
+        self.rope = RotaryTable(self.cfg.rope, self.cfg.head_dim, self.max_positions, w.dtype, w.device)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        logits_indices: torch.Tensor,
+        block_size: int,
+    ) -> torch.Tensor:
+        """One step over the flat batch.
+
+        Args:
+            input_ids, positions: ``[T]``.
+            kv_cache: ``[num_layers, 2, num_slots, Hkv, D]``.
+            meta: attention layout of this step.
+            logits_indices: ``[N]`` flat positions whose next-token logits are needed.
+        Returns:
+            float32 logits ``[N, vocab]``.
+        """
+        assert self.rope is not None, "init_rope() not called"
+        x = self.embed_tokens(input_ids)  # [T, H]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, positions, self.rope, kv_cache[i, 0], kv_cache[i, 1], meta, block_size)
+        x = self.norm(x[logits_indices])  # [N, H]; norm is per-token, so select first
+        logits: torch.Tensor = self.lm_head(x).float()
+        return logits
+
+
+def load_hf_state_dict(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy Hugging Face-named tensors into the fused parameters.
+
+    Raises:
+        ValueError: a required tensor is missing or has the wrong shape.
+    """
+    cfg = model.cfg
+    prefix = "model."
+
+    def take(name: str) -> torch.Tensor:
+        t = tensors.get(name)
+        if t is None:
+            raise ValueError(f"checkpoint is missing tensor {name!r}")
+        return t
+
+    def put(param: torch.Tensor, value: torch.Tensor, name: str) -> None:
+        if tuple(param.shape) != tuple(value.shape):
+            raise ValueError(f"tensor {name!r} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
+        with torch.no_grad():
+            param.copy_(value.to(param.dtype))
+
+    put(model.embed_tokens.weight, take(prefix + "embed_tokens.weight"), "embed_tokens.weight")
+    put(model.norm.weight, take(prefix + "norm.weight"), "norm.weight")
+    if not cfg.tie_word_embeddings:
+        put(model.lm_head.weight, take("lm_head.weight"), "lm_head.weight")
+    for i, layer in enumerate(model.layers):
+        assert isinstance(layer, DecoderLayer)
+        p = f"{prefix}layers.{i}."
+        a = p + "self_attn."
+        qkv = torch.cat([take(a + f"{n}_proj.weight") for n in "qkv"], dim=0)
+        put(layer.qkv_proj.weight, qkv, a + "qkv")
+        if cfg.qkv_bias:
+            put(layer.qkv_proj.bias, torch.cat([take(a + f"{n}_proj.bias") for n in "qkv"]), a + "qkv.bias")
+        put(layer.o_proj.weight, take(a + "o_proj.weight"), a + "o_proj.weight")
+        if cfg.o_bias:
+            put(layer.o_proj.bias, take(a + "o_proj.bias"), a + "o_proj.bias")
+        m = p + "mlp."
+        gate_up = torch.cat([take(m + "gate_proj.weight"), take(m + "up_proj.weight")], dim=0)
+        put(layer.gate_up_proj.weight, gate_up, m + "gate_up")
+        put(layer.down_proj.weight, take(m + "down_proj.weight"), m + "down_proj.weight")
+        if cfg.mlp_bias:
+            put(layer.gate_up_proj.bias, torch.cat([take(m + "gate_proj.bias"), take(m + "up_proj.bias")]), m + "gate_up.bias")
+            put(layer.down_proj.bias, take(m + "down_proj.bias"), m + "down_proj.bias")
+        put(layer.input_layernorm.weight, take(p + "input_layernorm.weight"), p + "input_layernorm.weight")
+        put(layer.post_attention_layernorm.weight, take(p + "post_attention_layernorm.weight"), p + "post_attention_layernorm.weight")

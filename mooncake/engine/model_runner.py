@@ -1,0 +1,120 @@
+"""Owns the model and the KV cache tensor; turns a ``SchedulerOutput`` into one forward
+pass and returns the logits of the positions that sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mooncake.engine.attention import AttentionMetadata, PrefillSegment, causal_mask
+from mooncake.engine.kv_cache_manager import KVWrite
+from mooncake.engine.model import LlamaModel
+from mooncake.engine.scheduler import SchedulerOutput
+from mooncake.kvcache import KVBlockSpec
+
+
+class ModelRunner:
+    """Args: model; spec: KV block shape; num_blocks: blocks in the pool."""
+
+    def __init__(self, model: LlamaModel, spec: KVBlockSpec, num_blocks: int, null_model: bool = False) -> None:
+        self.model = model
+        self.null_model = null_model
+        self.spec = spec
+        self.block_size = spec.block_size
+        p = model.embed_tokens.weight
+        self.device = p.device
+        self.dtype = p.dtype
+        # [layers, K/V, slots, Hkv, D]
+        self.kv_cache = torch.zeros(
+            spec.num_layers, 2, num_blocks * spec.block_size, spec.num_kv_heads, spec.head_dim,
+            dtype=self.dtype, device=self.device,
+        )
+        self.window = model.cfg.sliding_window
+
+    # -- KV import / export ------------------------------------------------------
+    def write_blocks(self, writes: list[KVWrite]) -> None:
+        for w in writes:
+            data = torch.from_numpy(np.ascontiguousarray(w.data))
+            if self.dtype == torch.bfloat16:
+                data = data.view(torch.int16).view(torch.bfloat16)
+            n = data.shape[2]
+            start = w.block_id * self.block_size
+            self.kv_cache[:, :, start : start + n].copy_(data.to(self.device))
+
+    def read_block(self, block_id: int, num_tokens: int) -> np.ndarray:
+        """A copy of one block's K/V as numpy ``[layers, 2, n, Hkv, D]``."""
+        start = block_id * self.block_size
+        t = self.kv_cache[:, :, start : start + num_tokens].to("cpu", copy=True).contiguous()
+        if self.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy().view(np.uint16)
+        return t.numpy()
+
+    # -- one step ----------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput, all_logits: bool = False) -> torch.Tensor:
+        """Run the step. Returns logits ``[num sampling seqs, vocab]`` in decode-then-
+        prefill order (or for every token when ``all_logits``)."""
+        if out.kv_writes:
+            self.write_blocks(out.kv_writes)
+        bs = self.block_size
+        dev = self.device
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        logits_idx: list[int] = []
+
+        decodes = out.decodes
+        meta = AttentionMetadata(slot_mapping=torch.empty(0, dtype=torch.long))
+        if decodes:
+            max_blocks = max(-(-(s.start + 1) // bs) for s in decodes)
+            table = torch.zeros(len(decodes), max_blocks, dtype=torch.long)
+            ctx = torch.empty(len(decodes), dtype=torch.long)
+            for b, s in enumerate(decodes):
+                seq, pos = s.seq, s.start
+                ids.append(seq.token_ids[pos])
+                positions.append(pos)
+                slots.append(seq.block_table[pos // bs].block_id * bs + pos % bs)
+                nb = -(-(pos + 1) // bs)
+                table[b, :nb] = torch.tensor([blk.block_id for blk in seq.block_table[:nb]])
+                ctx[b] = pos + 1
+                if s.samples or all_logits:
+                    logits_idx.append(b)
+            k_pos = torch.arange(max_blocks * bs)[None, :]
+            mask = k_pos < ctx[:, None]
+            if self.window is not None:
+                mask &= k_pos >= (ctx[:, None] - self.window)
+            meta.num_decode = len(decodes)
+            meta.decode_block_table = table.to(dev)
+            meta.decode_mask = mask[:, None, None, :].to(dev)
+
+        for s in out.prefills:
+            seq, start, n = s.seq, s.start, s.num_tokens
+            flat_start = len(ids)
+            ids.extend(seq.token_ids[start : start + n])
+            ctx_len = start + n
+            nb = -(-ctx_len // bs)
+            bt = torch.tensor([blk.block_id for blk in seq.block_table[:nb]], dtype=torch.long)
+            pos_t = torch.arange(start, ctx_len)
+            positions.extend(pos_t.tolist())
+            slots.extend((bt[pos_t // bs] * bs + pos_t % bs).tolist())
+            seg_mask = None
+            if start > 0 or (self.window is not None and ctx_len > self.window):
+                seg_mask = causal_mask(n, ctx_len, self.window, dev)
+            meta.prefills.append(PrefillSegment(flat_start, n, ctx_len, bt.to(dev), seg_mask))
+            if all_logits:
+                logits_idx.extend(range(flat_start, flat_start + n))
+            elif s.samples:
+                logits_idx.append(flat_start + n - 1)
+
+        if self.null_model:
+            return torch.zeros(len(logits_idx), self.model.cfg.vocab_size, device=dev)
+        meta.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
+        logits: torch.Tensor = self.model(
+            torch.tensor(ids, dtype=torch.long, device=dev),
+            torch.tensor(positions, dtype=torch.long, device=dev),
+            self.kv_cache,
+            meta,
+            torch.tensor(logits_idx, dtype=torch.long, device=dev),
+            bs,
+        )
+        return logits

@@ -1,0 +1,168 @@
+"""``MooncakeWorker``: the Dask ``WorkerPlugin`` that gives each worker process its
+engine (loaded once), its engine loop, its KV outbox/inbox and its reports to the
+Conductor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from typing import Any
+
+from distributed import Worker, WorkerPlugin
+from distributed.protocol.serialize import to_serialize
+
+from mooncake.config import EngineConfig
+from mooncake.engine import LLMEngine
+from mooncake.kvcache import KVExport
+from mooncake.types import BlockKey
+from mooncake.worker.engine_loop import EngineLoop
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_NAME = "mooncake"
+REPORT_INTERVAL_S = 0.05
+
+
+def roles_of(worker: Worker) -> list[str]:
+    """``prefill`` / ``decode`` from the worker's Dask resources (both when it has neither)."""
+    res = worker.state.total_resources
+    roles = [r for r in ("prefill", "decode") if res.get(r, 0) > 0]
+    return roles or ["prefill", "decode"]
+
+
+class MooncakeWorker(WorkerPlugin):
+    """Args: engine_config: how to build this worker's engine."""
+
+    name = PLUGIN_NAME
+    idempotent = True
+
+    def __init__(self, engine_config: EngineConfig) -> None:
+        self.engine_config = engine_config
+
+    async def setup(self, worker: Worker) -> None:
+        self.worker = worker
+        self.roles = roles_of(worker)
+        self.outbox: dict[str, KVExport] = {}
+        self.inbox: dict[str, KVExport] = {}
+        self.prefill_reports: deque[tuple[str, int, int, float]] = deque()
+        self.decode_joins: deque[str] = deque()
+        self.transfer_reports: deque[tuple[int, float]] = deque()
+        # A GPU worker sees only its own device (CUDA_VISIBLE_DEVICES set per process).
+        engine = await asyncio.to_thread(LLMEngine, self.engine_config)
+        self.engine = engine
+        self.loop = EngineLoop(engine, self._emit)
+        worker.handlers["mooncake_fetch_kv"] = self.handle_fetch_kv
+        worker.handlers["mooncake_fetch_blocks"] = self.handle_fetch_blocks
+        worker.handlers["mooncake_abort"] = self.handle_abort
+        worker.handlers["mooncake_info"] = self.handle_info
+        self._reported_model = False
+        self._report_task = asyncio.ensure_future(self._report_forever())
+        logger.info("mooncake worker %s ready: roles=%s model=%s", worker.address, self.roles, engine.model_path)
+
+    async def teardown(self, worker: Worker) -> None:
+        self._report_task.cancel()
+        await asyncio.to_thread(self.loop.stop)
+
+    # -- streaming ----------------------------------------------------------------
+    def _emit(self, topic: str, msgs: list[dict[str, Any]]) -> None:
+        self.worker.log_event(topic, {"worker": self.worker.address, "t": time.time(), "msgs": msgs})
+
+    # -- handlers (called by peers and the client) -----------------------------------
+    def info(self) -> dict[str, Any]:
+        e = self.engine
+        mc = e.model_config
+        return {
+            "worker": self.worker.address,
+            "roles": self.roles,
+            "pid": os.getpid(),
+            "model_path": str(e.model_path),
+            "model_name": e.model_path.name,
+            "fingerprint": e.fingerprint,
+            "hash_seed": e.config.hash_seed,
+            "block_size": e.config.block_size,
+            "max_model_len": e.max_model_len,
+            "vocab_size": mc.vocab_size,
+            "num_layers": mc.num_layers,
+            "hidden_size": mc.hidden_size,
+            "num_params": mc.num_params,
+            "bytes_per_param": 4 if e.config.dtype == "float32" else 2,
+            "kv_bytes_per_token": e.spec.bytes_per_token,
+            "kv_capacity_tokens": e.pool.num_blocks * e.config.block_size,
+            "device": e.config.device,
+        }
+
+    def handle_info(self) -> dict[str, Any]:
+        return self.info()
+
+    def handle_fetch_kv(self, request_id: str) -> dict[str, Any]:
+        """A decode worker pulls a prefilled request's KV (once)."""
+        export = self.outbox.pop(request_id, None)
+        return {"found": export is not None, "export": to_serialize(export) if export is not None else None}
+
+    async def handle_fetch_blocks(self, keys: list[bytes], token_ids: list[int]) -> dict[str, Any]:
+        """A prefill worker pulls the leading cached blocks of a prefix (Algorithm 1's
+        fetch of a remote prefix)."""
+        fut = self.loop.call(lambda e: e.export_cached_blocks([BlockKey(k) for k in keys], token_ids))
+        blocks = await asyncio.wrap_future(fut)
+        return {"blocks": to_serialize(blocks)}
+
+    async def handle_abort(self, request_id: str) -> bool:
+        self.outbox.pop(request_id, None)
+        self.inbox.pop(request_id, None)
+        fut = self.loop.call(lambda e: self.loop.abort(e, request_id))
+        return bool(await asyncio.wrap_future(fut))
+
+    # -- reports to the Conductor ---------------------------------------------------
+    def _drain(self, q: deque[Any]) -> list[Any]:
+        out = []
+        while q:
+            out.append(q.popleft())
+        return out
+
+    def report(self) -> dict[str, Any]:
+        e = self.engine
+        events = self._drain(self.loop.block_events)
+        rep: dict[str, Any] = {
+            "stored": [k for kind, k in events if kind == "stored"],
+            "removed": [k for kind, k in events if kind == "removed"],
+            "prefills": self._drain(self.prefill_reports),
+            "decode_joined": self._drain(self.decode_joins),
+            "transfers": self._drain(self.transfer_reports),
+            "load": {
+                "running": len(e.scheduler.running),
+                "waiting": len(e.scheduler.waiting),
+                "free_blocks": e.pool.num_free,
+                "num_blocks": e.pool.num_blocks,
+                "cached_blocks": e.pool.num_cached,
+                "busy_seconds": self.loop.busy_seconds,
+            },
+        }
+        if not self._reported_model:
+            rep["info"] = self.info()
+        return rep
+
+    async def _report_forever(self) -> None:
+        while True:
+            try:
+                rep = self.report()
+                await self.worker.scheduler.mooncake_report(worker=self.worker.address, report=rep)
+                self._reported_model = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                logger.debug("mooncake report failed: %s", e)
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(REPORT_INTERVAL_S)
+
+
+def get_plugin() -> MooncakeWorker:
+    """The plugin of the worker running the current task."""
+    from distributed import get_worker
+
+    plugin = get_worker().plugins.get(PLUGIN_NAME)
+    if not isinstance(plugin, MooncakeWorker):
+        raise RuntimeError("this worker has no mooncake engine (MooncakeWorker plugin not registered)")
+    return plugin
