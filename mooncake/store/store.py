@@ -331,6 +331,9 @@ class BlockStore:
                 self._policies[t].touch(k)
                 groups.setdefault(t, []).append(i)
         verify = self.config.verify_checksums if verify is None else verify
+        promote: list[int] = []
+        # Read every tier first, move blocks after: a promotion may demote another
+        # requested block, which must not turn it into a miss.
         for t, idx in groups.items():
             tier = self.tiers[t]
             for i, res in zip(idx, tier.read_many([keys[i] for i in idx], verify)):
@@ -344,7 +347,11 @@ class BlockStore:
                     with self._lock:
                         self.stats.hits[t] += 1
                     if t == "ssd" and self.config.promote_on_hit and "host" in self.tiers:
-                        self._promote(keys[i], res)
+                        promote.append(i)
+        for i in promote:
+            obj = out[i]
+            assert obj is not None
+            self._promote(keys[i], obj)
         return out
 
     def _drop_corrupt(self, key: BlockKey, tier: TierName) -> None:
