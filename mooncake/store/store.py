@@ -46,6 +46,16 @@ class StoreStats:
     promotions: int = 0
 
 
+@dataclass(slots=True)
+class RawBatch:
+    """Result of :meth:`BlockStore.get_raw_many`: views valid while this is alive."""
+
+    items: list[tuple[Any, Any] | None]
+    """(header view, payload view) per key, ``None`` for a miss."""
+    txns: list[Any]
+    """Read transactions that keep the views valid."""
+
+
 @dataclass(frozen=True, slots=True)
 class PrefixMatch:
     """Result of :meth:`BlockStore.match_prefix`."""
@@ -354,6 +364,32 @@ class BlockStore:
             self._promote(keys[i], obj)
         return out
 
+    def get_raw_many(self, keys: Sequence[BlockKey]) -> RawBatch:
+        """Unchecked (header, payload) views, for a server that forwards bytes whose
+        receiver checks them end to end. Counts hits and recency like :meth:`get_many`;
+        does not promote. The views live as long as the returned batch."""
+        groups: dict[TierName, list[int]] = {}
+        with self._lock:
+            for i, k in enumerate(keys):
+                t = self._where.get(k)
+                if t is None:
+                    self.stats.misses += 1
+                    continue
+                self._policies[t].touch(k)
+                self.stats.hits[t] += 1
+                groups.setdefault(t, []).append(i)
+        batch = RawBatch([None] * len(keys), [])
+        for t, idx in groups.items():
+            tier = self.tiers[t]
+            txn = tier.begin_read()
+            batch.txns.append(txn)
+            for i in idx:
+                try:
+                    batch.items[i] = tier.read_raw(txn, keys[i])
+                except CorruptBlockError:
+                    batch.items[i] = None
+        return batch
+
     def _drop_corrupt(self, key: BlockKey, tier: TierName) -> None:
         with self._lock:
             self.stats.corrupt += 1
@@ -403,4 +439,4 @@ class BlockStore:
         return len(self._where)
 
 
-__all__ = ["BlockStore", "PrefixMatch", "StoreStats"]
+__all__ = ["BlockStore", "PrefixMatch", "RawBatch", "StoreStats"]

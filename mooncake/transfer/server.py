@@ -2,8 +2,9 @@
 
 One thread accepts, one thread per connection serves. Blocks are read zero-copy from
 the store and handed to ``sendmsg`` straight from the LMDB map: the server never
-copies a payload in user space. It skips the payload CRC (the receiver checks it end
-to end), so a corrupt block costs the receiver a retry, never wrong data.
+copies a payload in user space. It forwards the stored bytes unchecked (the receiver
+checks header and payload end to end), so a corrupt block costs the receiver a retry,
+never wrong data.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from mooncake.store.block_object import BlockObject
+from mooncake.store.store import RawBatch
 from mooncake.transfer import protocol as proto
 from mooncake.transfer.base import Peer, TransferError, local_host_id
 from mooncake.transfer.config import TransferConfig
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 class BlockSource(Protocol):
     """What the server reads from (a ``BlockStore``)."""
 
-    def get_many(self, keys: Sequence[BlockKey], verify: bool | None = None) -> list[BlockObject | None]: ...
+    def get_raw_many(self, keys: Sequence[BlockKey]) -> RawBatch: ...
 
 
 class BlockServer:
@@ -113,9 +114,9 @@ class BlockServer:
                     continue
                 raw = proto.recv_bytes(conn, n * proto.KEY_BYTES)
                 keys = [BlockKey(bytes(raw[i : i + 16])) for i in range(0, len(raw), 16)]
-                objs = self.source.get_many(keys, verify=False)
-                self._send_batch(conn, rid, keys, objs, rdma if flags & proto.FLAG_RDMA_READ else None)
-                del objs  # ends the read transaction
+                batch = self.source.get_raw_many(keys)
+                self._send_batch(conn, rid, keys, batch.items, rdma if flags & proto.FLAG_RDMA_READ else None)
+                del batch  # ends the read transactions
         except (OSError, TransferError) as e:
             if not self._closed:
                 log.info("block server: connection ended: %s", e)
@@ -140,31 +141,32 @@ class BlockServer:
         conn.sendall(side.hello_reply())
         return side
 
-    def _send_batch(self, conn: socket.socket, rid: int, keys: list[BlockKey], objs: list[BlockObject | None],
+    def _send_batch(self, conn: socket.socket, rid: int, keys: list[BlockKey], items: list[tuple[Any, Any] | None],
                     rdma: RdmaServerSide | None = None) -> None:  # fmt: skip
         """One response: table, headers, then payloads (or, for RDMA, payloads staged in
         the registered region instead of sent; blocks that do not fit are missing)."""
         if rdma is not None:
-            fit = rdma.stage([o.payload for o in objs if o is not None])
+            fit = rdma.stage([it[1] for it in items if it is not None])
             kept = 0
-            for i, o in enumerate(objs):
-                if o is not None:
+            for i, it in enumerate(items):
+                if it is not None:
                     kept += 1
                     if kept > fit:
-                        objs[i] = None
+                        items[i] = None
         table, headers, payloads = [], [], []
-        for key, obj in zip(keys, objs):
+        plen = 0
+        for key, it in zip(keys, items):
             self._before_block(key)
-            if obj is None:
+            if it is None:
                 table.append(proto.ENTRY.pack(proto.STATUS_MISSING, 0, 0))
                 continue
-            header, payload = self._wire_parts(obj)
+            header, payload = self._wire_parts(key, it[0], it[1])
             n = memoryview(payload).nbytes
             table.append(proto.ENTRY.pack(proto.STATUS_OK, len(header), n))
             headers.append(header)
             payloads.append(payload)
+            plen += n
         hbytes = b"".join(headers)
-        plen = sum(memoryview(p).nbytes for p in payloads)
         head = proto.RESP.pack(proto.RESP_MAGIC, rid, len(keys), len(hbytes), plen)
         proto.send_all(conn, [head + b"".join(table) + hbytes, *(payloads if rdma is None else [])])
         self.blocks_sent += len(payloads)
@@ -173,9 +175,9 @@ class BlockServer:
     def _before_block(self, key: BlockKey) -> None:
         """Called before each block of a response; a hook for fault-injection tests."""
 
-    def _wire_parts(self, obj: BlockObject) -> tuple[bytes, Any]:
-        """(header, payload) to send; a hook for fault-injection tests."""
-        return obj.header_bytes, obj.payload
+    def _wire_parts(self, key: BlockKey, header: Any, payload: Any) -> tuple[Any, Any]:
+        """(header, payload) to send for ``key``; a hook for fault-injection tests."""
+        return header, payload
 
 
 __all__ = ["BlockServer", "BlockSource"]

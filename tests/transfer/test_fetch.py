@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mooncake.store.block_object import BlockObject
 from mooncake.store.store import BlockStore
 from mooncake.transfer.base import Peer, local_host_id
 from mooncake.transfer.config import TransferConfig
@@ -42,14 +41,13 @@ class FlakyServer(BlockServer):
             self.cut_before[key] -= 1
             raise OSError("simulated connection loss")
 
-    def _wire_parts(self, obj: BlockObject) -> tuple[bytes, Any]:
-        assert obj.key is not None
-        if self.corrupt.get(obj.key, 0) > 0:
-            self.corrupt[obj.key] -= 1
-            bad = bytearray(obj.payload)
+    def _wire_parts(self, key: BlockKey, header: Any, payload: Any) -> tuple[Any, Any]:
+        if self.corrupt.get(key, 0) > 0:
+            self.corrupt[key] -= 1
+            bad = bytearray(payload)
             bad[len(bad) // 2] ^= 0xFF
-            return obj.header_bytes, bytes(bad)
-        return obj.header_bytes, obj.payload
+            return header, bytes(bad)
+        return header, payload
 
 
 @pytest.fixture
@@ -158,3 +156,18 @@ def test_fetch_from_a_server_in_another_process(shm_dir: Any) -> None:
         parent.send("stop")
         p.join(10)
     assert p.exitcode == 0
+
+
+def test_block_corrupted_in_the_peer_store_is_never_delivered(served: Any) -> None:
+    """The server forwards stored bytes unchecked; a block damaged at rest fails the receiver's check twice and is a miss."""
+    blocks, store, server = served
+    k = keys_of(blocks)
+    txn = store.tiers["host"].begin_read()
+    raw = store.tiers["host"].read_raw(txn, k[1])
+    damaged = bytearray(raw[1])
+    txn.abort()
+    damaged[100] ^= 0x04
+    store.tiers["host"].overwrite_payload(k[1], bytes(damaged))
+    with tcp_fetcher() as f, f.fetch(k[:3], Peer("elsewhere", tcp=server.address)) as res:
+        assert res.missing == [k[1]] and res.prefix_len == 1 and res.retried == 1
+        assert sum("checksum" in e for e in res.errors) == 2
