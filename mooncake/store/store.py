@@ -157,17 +157,23 @@ class BlockStore:
         for victim in self._policies[tier].victims():
             if victim == keep or self.leases.is_leased(victim):
                 continue
-            self._evict(victim, tier)
-            return True
+            return self._evict(victim, tier)
         return False
 
-    def _evict(self, key: BlockKey, tier: TierName) -> None:
-        self.stats.evictions += 1
+    def _evict(self, key: BlockKey, tier: TierName) -> bool:
+        """Demote or drop ``key``; False when LMDB had no page even for the delete
+        (open readers pin every freed page): the caller gives up for now."""
         if tier == "host" and "ssd" in self.tiers and self.config.demote_on_evict and self._demote(key):
-            return
-        self.tiers[tier].delete([key])
+            self.stats.evictions += 1
+            return True
+        try:
+            self.tiers[tier].delete([key])
+        except TierFullError:
+            return False
+        self.stats.evictions += 1
         self._unindex(key)
         self.events.emit(StoreEvent("removed", key, tier, reason="evicted"))
+        return True
 
     def _demote(self, key: BlockKey) -> bool:
         host, ssd = self.tiers["host"], self.tiers["ssd"]
@@ -185,7 +191,16 @@ class BlockStore:
             return False
         finally:
             txn.abort()
-        host.delete([key])
+        try:
+            host.delete([key])
+        except TierFullError:
+            # Keep it in the host tier; a leftover SSD copy (if this delete fails too)
+            # is found as a duplicate and dropped when the store is reopened.
+            try:
+                ssd.delete([key])
+            except TierFullError:
+                pass
+            return False
         self._unindex(key)
         self._index(key, "ssd", nbytes, position)
         self.stats.demotions += 1
@@ -285,6 +300,12 @@ class BlockStore:
         return self.delete_many([key])[0]
 
     def delete_many(self, keys: Iterable[BlockKey]) -> list[bool]:
+        """Remove blocks; per-key whether it was present.
+
+        Raises:
+            TierFullError: LMDB found no free page even for the delete, because open
+                readers still see every page freed since they started; retry later.
+        """
         out = []
         with self._lock:
             for key in keys:
@@ -395,7 +416,10 @@ class BlockStore:
             self.stats.corrupt += 1
             self.stats.misses += 1
             if self._where.get(key) == tier:
-                self.tiers[tier].delete([key])
+                try:
+                    self.tiers[tier].delete([key])
+                except TierFullError:
+                    return  # still a miss; deleted when it is next found corrupt
                 self._unindex(key)
                 self.events.emit(StoreEvent("removed", key, tier, reason="corrupt"))
 
@@ -411,7 +435,15 @@ class BlockStore:
                     self.tiers["host"].put(key, obj.header_bytes, obj.payload, self._next_seq(), position)
                 except TierFullError:
                     return
-            self.tiers["ssd"].delete([key])
+            try:
+                self.tiers["ssd"].delete([key])
+            except TierFullError:
+                # Leave it in SSD; the host copy is a duplicate dropped on reopen...
+                try:
+                    self.tiers["host"].delete([key])
+                except TierFullError:
+                    pass  # ...or, if even that fails, the SSD copy is the one dropped then
+                return
             self._unindex(key)
             self._index(key, "host", nbytes, position)
             self.stats.promotions += 1

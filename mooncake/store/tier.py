@@ -159,11 +159,14 @@ class LmdbTier:
     def delete(self, keys: Sequence[BlockKey]) -> int:
         """Delete blocks in one transaction; returns how many existed."""
         n = 0
-        with self.env.begin(write=True) as txn:
-            for key in keys:
-                txn.delete(key, db=self._hdr)
-                txn.delete(key, db=self._data)
-                n += bool(txn.delete(key, db=self._meta))
+        try:
+            with self.env.begin(write=True) as txn:
+                for key in keys:
+                    txn.delete(key, db=self._hdr)
+                    txn.delete(key, db=self._data)
+                    n += bool(txn.delete(key, db=self._meta))
+        except lmdb.MapFullError as e:
+            raise TierFullError(f"{self.name} tier map is full (even for a delete)") from e
         return n
 
     # -- reads ----------------------------------------------------------------------

@@ -53,3 +53,21 @@ def write_forever(cfg: StoreConfig, seed: int, conn: Connection) -> None:
         if i % 12 == 8:
             store.get(blocks[(i - 8) % 400].key)  # type: ignore[arg-type]  # SSD hit -> promotion
         i += 4
+
+
+def read_while_written(tier_path: str, keys: list[BlockKey], seconds: float, conn: Connection) -> None:
+    """Read ``keys`` over and over while another process rewrites them; report what was seen."""
+    import time
+
+    hits = misses = 0
+    with HostTierReader(tier_path) as reader:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for o in reader.get_many(keys):
+                if o is None:
+                    misses += 1
+                else:
+                    hits += 1
+                    digest = hashlib.sha256(o.numpy().tobytes()).hexdigest()
+                    assert digest  # a torn block would have failed the checksum: counted below
+        conn.send((hits, misses, reader.corrupt))

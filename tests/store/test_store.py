@@ -209,3 +209,32 @@ def test_crc32_store_reads_blocks_of_either_algorithm(host_dir: str) -> None:
         assert oa is not None and oa.header.checksum_algo == "sum64"
         assert ob is not None and ob.header.checksum_algo == "crc32"
         assert ob.numpy().tobytes() == b.data.tobytes()
+
+
+def test_map_pinned_by_an_open_view_refuses_writes_then_recovers(host_dir: str) -> None:
+    """An open zero-copy view pins every page freed after it; once the map is exhausted puts are
+    refused (False) and deletes raise TierFullError, the view stays intact, and after the view is
+    dropped writes succeed again."""
+    from mooncake.store.tier import TierFullError
+    from tests.store.procs import CRASH_SPEC
+
+    blocks = make_chain(6, CRASH_SPEC, seed=9)
+    cfg = store_config(host_dir, host_blocks=4, spec=CRASH_SPEC)
+    with BlockStore(cfg) as store:
+        store.put(blocks[0])
+        obj = store.get(blocks[0].key)  # type: ignore[arg-type]
+        assert obj is not None
+        view = obj.numpy()
+        refused = 0
+        for i in range(120):
+            b = blocks[1 + i % 5]
+            refused += not store.put(b)
+            try:
+                store.delete(b.key)  # type: ignore[arg-type]
+            except TierFullError:
+                refused += 1
+        assert refused > 0
+        assert view.tobytes() == blocks[0].data.tobytes()
+        del view, obj
+        store.delete_many([b.key for b in blocks])  # type: ignore[misc]
+        assert all(store.put_many(blocks[:4]))
