@@ -1,6 +1,6 @@
 """Store and transfer throughput, each next to a baseline measured in the same run.
 
-    python benchmarks/store_bench.py [--reps 5] [--total-mib 128] [--sizes tiny,70b] [--dask]
+    python benchmarks/store_bench.py [--reps 5] [--total-mib 128] [--sizes tiny,tiny-512,70b] [--dask]
 
 - host tier put / get vs numpy memcpy of the same blocks into preallocated memory
   (get = checked zero-copy view; get+copy = that view copied into a preallocated
@@ -12,8 +12,10 @@
   with ``--dask``, also Dask's TCP comm moving the same bytes.
 
 Block shapes: the engine's default tiny model (4 layers, 2 KV heads, head_dim 32,
-fp32, 16 tokens: 32 KiB) and LLaMA3-70B (80 layers, 8 KV heads, head_dim 128, bf16,
-16 tokens: 320 KiB/token, 5 MiB). Every number is the median of --reps repetitions.
+fp32) with the engine's 16-token blocks (32 KiB) and with the paper's 512-token blocks
+(1 MiB), and LLaMA3-70B (80 layers, 8 KV heads, head_dim 128, bf16: 320 KiB/token) with
+16-token blocks (5 MiB). Every number is a median over --reps repetitions, each
+repetition running the baseline and the measured operations back to back.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from mooncake.types import BlockKey
 
 SPECS = {
     "tiny": KVBlockSpec(num_layers=4, num_kv_heads=2, head_dim=32, block_size=16, dtype="float32"),
+    "tiny-512": KVBlockSpec(num_layers=4, num_kv_heads=2, head_dim=32, block_size=512, dtype="float32"),
     "70b": KVBlockSpec(num_layers=80, num_kv_heads=8, head_dim=128, block_size=16, dtype="bfloat16"),
 }
 GB = 1e9
@@ -272,7 +275,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--total-mib", type=int, default=128, help="bytes moved per repetition, per block shape")
-    ap.add_argument("--sizes", default="tiny,70b")
+    ap.add_argument("--sizes", default="tiny,tiny-512,70b")
     ap.add_argument("--ssd-dir", default=None, help="directory on disk for the SSD tier (default: a temp dir)")
     ap.add_argument("--dask", action="store_true", help="also measure Dask's TCP comm")
     args = ap.parse_args()

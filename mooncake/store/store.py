@@ -367,18 +367,20 @@ class BlockStore:
         # requested block, which must not turn it into a miss.
         for t, idx in groups.items():
             tier = self.tiers[t]
+            hits = gone = 0
             for i, res in zip(idx, tier.read_many([keys[i] for i in idx], verify)):
                 if isinstance(res, CorruptBlockError):
                     self._drop_corrupt(keys[i], t)
                 elif res is None:
-                    with self._lock:
-                        self.stats.misses += 1  # deleted between lookup and read
+                    gone += 1  # deleted between lookup and read
                 else:
                     out[i] = res
-                    with self._lock:
-                        self.stats.hits[t] += 1
+                    hits += 1
                     if t == "ssd" and self.config.promote_on_hit and "host" in self.tiers:
                         promote.append(i)
+            with self._lock:
+                self.stats.hits[t] += hits
+                self.stats.misses += gone
         for i in promote:
             obj = out[i]
             assert obj is not None
