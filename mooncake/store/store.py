@@ -77,10 +77,15 @@ class BlockStore:
     def __init__(self, config: StoreConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.tiers: dict[TierName, LmdbTier] = {}
-        if config.host is not None:
-            self.tiers["host"] = LmdbTier("host", config.host)
-        if config.ssd is not None:
-            self.tiers["ssd"] = LmdbTier("ssd", config.ssd)
+        try:
+            if config.host is not None:
+                self.tiers["host"] = LmdbTier("host", config.host)
+            if config.ssd is not None:
+                self.tiers["ssd"] = LmdbTier("ssd", config.ssd)
+        except BaseException:
+            for tier in self.tiers.values():
+                tier.close()
+            raise
         self._top: TierName = "host" if "host" in self.tiers else "ssd"
         self._policies: dict[TierName, EvictionPolicy[BlockKey]] = {t: make_policy(config.eviction) for t in self.tiers}
         self._used: dict[TierName, int] = dict.fromkeys(self.tiers, 0)

@@ -17,6 +17,7 @@ copy-on-write means a later delete or overwrite never changes bytes an open read
 
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
 import threading
@@ -84,6 +85,21 @@ def _close_env(env: lmdb.Environment) -> None:
                 return
 
 
+def _take_owner_lock(path: str) -> int:
+    """flock ``<path>/owner.lock``: one writing store per tier. The kernel drops the lock
+    when its process dies (kill -9 included), so a restart never finds a stale owner."""
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(os.path.join(path, "owner.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise TierOwnedError(
+            f"{path}: another store owns this tier's writes; open it with TierReader to read"
+        ) from None
+    return fd
+
+
 @dataclass(frozen=True, slots=True)
 class TierEntry:
     """What the tier's ``meta`` record says about one stored block."""
@@ -92,6 +108,10 @@ class TierEntry:
     seq: int
     nbytes: int
     position: int | None
+
+
+class TierOwnedError(RuntimeError):
+    """Another live store already owns this tier's writes."""
 
 
 class TierFullError(RuntimeError):
@@ -111,7 +131,14 @@ class LmdbTier:
         self.name: TierName = name
         self.cfg = cfg
         self.readonly = readonly
-        self.env = _open_env(cfg, readonly)
+        self._owner_lock: int | None = None
+        if not readonly:
+            self._owner_lock = _take_owner_lock(cfg.path)
+        try:
+            self.env = _open_env(cfg, readonly)
+        except BaseException:
+            self._release_owner_lock()
+            raise
         create = not readonly
         self._hdr = self.env.open_db(b"hdr", create=create)
         self._data = self.env.open_db(b"data", create=create)
@@ -126,6 +153,12 @@ class LmdbTier:
     def close(self) -> None:
         """Close the environment. Views read from it must be dropped first."""
         _close_env(self.env)
+        self._release_owner_lock()
+
+    def _release_owner_lock(self) -> None:
+        if self._owner_lock is not None:
+            os.close(self._owner_lock)  # closing the descriptor drops the flock
+            self._owner_lock = None
 
     # -- writes ---------------------------------------------------------------------
     def put(self, key: BlockKey, header: bytes, payload: Any, seq: int, position: int | None) -> int:
@@ -241,4 +274,4 @@ def _object(hdr: Any, data: Any, txn: lmdb.Transaction, verify: bool, key: Block
     return obj
 
 
-__all__ = ["LmdbTier", "TierEntry", "TierFullError", "TierName"]
+__all__ = ["LmdbTier", "TierEntry", "TierFullError", "TierName", "TierOwnedError"]

@@ -238,3 +238,14 @@ def test_map_pinned_by_an_open_view_refuses_writes_then_recovers(host_dir: str) 
         del view, obj
         store.delete_many([b.key for b in blocks])  # type: ignore[misc]
         assert all(store.put_many(blocks[:4]))
+
+
+def test_a_tier_has_one_writing_store_at_a_time(host_dir: str) -> None:
+    """A second writing store on the same tier is refused while the first is open, allowed after it closes."""
+    from mooncake.store.tier import TierOwnedError
+
+    cfg = store_config(host_dir)
+    with BlockStore(cfg), pytest.raises(TierOwnedError, match="TierReader"):
+        BlockStore(cfg)
+    with BlockStore(cfg) as again:
+        assert len(again) == 0
