@@ -124,3 +124,23 @@ def test_round_trip_through_each_backend(path: str, prefilled: Any, engine_b: LL
                     blocks = [o.to_kvblock() for o in res.objects if o is not None]
                 _check_identical(export, blocks)
                 assert _continue(engine_b, prompt, export, blocks) == want
+
+
+def test_torch_view_of_a_stored_block_is_zero_copy(prefilled: Any, shm_dir: Path) -> None:
+    """The engine can wrap a stored block's payload as a torch tensor without copying it."""
+    import warnings
+
+    import torch
+
+    _, exports = prefilled
+    block = exports[0].blocks[0]
+    with BlockStore(StoreConfig(host=TierConfig(path=str(shm_dir / "t"), capacity_bytes=1 << 22), ssd=None)) as store:
+        store.put(block)
+        obj = store.get(block.key)
+        assert obj is not None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only memory: torch warns, does not copy
+            t = torch.frombuffer(memoryview(obj.payload), dtype=torch.float32).view(*obj.header.shape)
+        assert t.data_ptr() == obj.payload.address
+        assert torch.equal(t, torch.from_numpy(block.data))
+        del t
