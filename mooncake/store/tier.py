@@ -47,6 +47,8 @@ def _open_env(cfg: TierConfig, readonly: bool) -> lmdb.Environment:
     with _ENVS_LOCK:
         if path in _ENVS:
             env, refs = _ENVS[path]
+            if not readonly and env.flags()["readonly"]:
+                raise RuntimeError(f"{path}: already opened read-only in this process; open the store first")
             _ENVS[path] = (env, refs + 1)
             return env
         if not readonly:

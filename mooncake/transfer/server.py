@@ -120,6 +120,8 @@ class BlockServer:
         except (OSError, TransferError) as e:
             if not self._closed:
                 log.info("block server: connection ended: %s", e)
+        except Exception:  # a bug must end this connection, not the server
+            log.exception("block server: error serving a connection")
         finally:
             with self._lock:
                 self._conns.discard(conn)

@@ -41,8 +41,8 @@ def _check_batch(keys: Sequence[BlockKey], entries: list[tuple[int, int, int]], 
             if obj.key != key:
                 raise CorruptBlockError("block key in header does not match the requested key")
             out.append(obj)
-        except CorruptBlockError as e:
-            out.append(e)
+        except (CorruptBlockError, ValueError) as e:  # anything malformed is corrupt, never data
+            out.append(e if isinstance(e, CorruptBlockError) else CorruptBlockError(str(e)))
         hoff += hlen
         poff += plen
     return out
