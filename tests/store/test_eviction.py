@@ -65,3 +65,31 @@ def test_unknown_policy_name_is_rejected() -> None:
     """make_policy names the bad value."""
     with pytest.raises(ValueError, match="eviction"):
         make_policy("fifo")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["lru", "lfu", "length_aware"])
+def test_same_choices_as_the_simulator_cache(name: str) -> None:
+    """Replaying prefix-sharing requests, the store's policy evicts exactly what the simulator's
+    BlockCache (FAST'25 Table 1 policies) evicts, request after request."""
+    import random
+
+    from mooncake.sim.cache import BlockCache
+
+    rng = random.Random(3)
+    prefixes = [[f"p{i}-{j}" for j in range(rng.randrange(1, 6))] for i in range(6)]
+    requests = []
+    for r in range(300):
+        tail = [f"r{r}-{j}" for j in range(rng.randrange(0, 5))]
+        requests.append(rng.choice(prefixes) + tail)
+    capacity = 12
+    sim = BlockCache(capacity, name)  # type: ignore[arg-type]
+    policy = make_policy(name)  # type: ignore[arg-type]
+    seen: set[str] = set()
+    for keys in requests:
+        sim.insert(keys)
+        seen.update(keys)
+        for pos, k in enumerate(keys):
+            policy.insert(k, pos)
+        while len(policy) > capacity:
+            policy.remove(next(iter(policy.victims())))
+        assert set(policy.victims()) == {k for k in seen if k in sim}
