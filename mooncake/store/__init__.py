@@ -14,8 +14,8 @@ from mooncake.store.eviction import (
 )
 from mooncake.store.lease import Lease
 from mooncake.store.reader import HostTierReader, TierReader
-from mooncake.store.store import BlockStore, PrefixMatch, StoreStats
-from mooncake.store.tier import TierName
+from mooncake.store.store import BlockStore, PrefixMatch, RawBatch, StoreStats
+from mooncake.store.tier import TierFullError, TierName, TierOwnedError
 
 __all__ = [
     "BlockHeader",
@@ -29,11 +29,14 @@ __all__ = [
     "Lease",
     "LengthAwarePolicy",
     "PrefixMatch",
+    "RawBatch",
     "StoreConfig",
     "StoreEvent",
     "StoreStats",
     "TierConfig",
+    "TierFullError",
     "TierName",
+    "TierOwnedError",
     "TierReader",
     "make_policy",
 ]

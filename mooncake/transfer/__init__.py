@@ -3,7 +3,15 @@
 Front door: :class:`BlockFetcher` (receiver side) and :class:`BlockServer` (the side
 that has the blocks). Backends and selection: docs/store.md."""
 
-from mooncake.transfer.base import Backend, FetchResult, Peer, TransferError, local_host_id
+from mooncake.transfer.base import (
+    Backend,
+    BufferPool,
+    FetchResult,
+    PathResult,
+    Peer,
+    TransferError,
+    local_host_id,
+)
 from mooncake.transfer.config import TransferConfig
 from mooncake.transfer.fetcher import BlockFetcher, default_backends
 from mooncake.transfer.local import SharedHostBackend
@@ -15,7 +23,9 @@ __all__ = [
     "Backend",
     "BlockFetcher",
     "BlockServer",
+    "BufferPool",
     "FetchResult",
+    "PathResult",
     "Peer",
     "SharedHostBackend",
     "TcpBackend",
