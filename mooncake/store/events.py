@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -81,4 +81,19 @@ class EventLog:
         return unsubscribe
 
 
-__all__ = ["EventKind", "EventLog", "Listener", "StoreEvent"]
+def presence_changes(events: Iterable[StoreEvent]) -> tuple[list[BlockKey], list[BlockKey]]:
+    """Collapse events into what a global index needs: (keys now held, keys now gone).
+
+    ``moved`` keeps a block in the store, so it changes nothing here; for a key with
+    several events the last presence change wins (stored then removed -> removed).
+    """
+    last: dict[BlockKey, bool] = {}
+    for e in events:
+        if e.kind == "stored":
+            last[e.key] = True
+        elif e.kind == "removed":
+            last[e.key] = False
+    return [k for k, held in last.items() if held], [k for k, held in last.items() if not held]
+
+
+__all__ = ["EventKind", "EventLog", "Listener", "StoreEvent", "presence_changes"]

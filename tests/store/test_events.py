@@ -34,3 +34,18 @@ def test_bounded_buffer_counts_what_it_dropped() -> None:
         log.emit(StoreEvent("stored", BlockKey(bytes([i]) * 16), "host"))
     got = log.drain()
     assert [e.key[0] for e in got] == [2, 3, 4] and log.dropped == 2
+
+
+def test_presence_changes_feed_a_global_index() -> None:
+    """stored/removed collapse per key (last wins); moved changes nothing; order of first appearance kept."""
+    from mooncake.store.events import presence_changes
+
+    a, b, c = (BlockKey(bytes([i]) * 16) for i in range(3))
+    events = [
+        StoreEvent("stored", a, "host"),
+        StoreEvent("stored", b, "host"),
+        StoreEvent("moved", a, "ssd", from_tier="host"),
+        StoreEvent("removed", b, "host"),
+        StoreEvent("removed", c, "ssd"),
+    ]
+    assert presence_changes(events) == ([a], [b, c])
