@@ -220,10 +220,14 @@ class LmdbTier:
 
     def read(self, key: BlockKey, verify: bool = True) -> BlockObject | None:
         """One checked block, or ``None`` if absent; raises :class:`CorruptBlockError`."""
-        res = self.read_many([key], verify)[0]
-        if isinstance(res, CorruptBlockError):
-            raise res
-        return res
+        txn = self.env.begin(buffers=True)
+        hdr = txn.get(key, db=self._hdr)
+        if hdr is None:
+            return None
+        data = txn.get(key, db=self._data)
+        if data is None:
+            raise CorruptBlockError("header without payload")
+        return _object(hdr, data, txn, verify, key)
 
     def read_many(self, keys: Sequence[BlockKey], verify: bool = True) -> list[BlockObject | CorruptBlockError | None]:
         """Checked blocks sharing one read transaction; a corrupt one is returned as its
