@@ -49,13 +49,15 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from mooncake.kvcache.block import KVBlock, KVBlockSpec
+from mooncake.kvcache.block import KVBlock, KVBlockSpec, KVExport
 from mooncake.store.config import CHECKSUMS, ChecksumName
 from mooncake.types import BlockKey, DType
 
@@ -293,6 +295,38 @@ class BlockObject:
         self._owner = None
 
 
+def export_from_objects(objs: Sequence[BlockObject], next_token_ids: Sequence[int] = (),
+                        cache_salt: str | None = None, copy: bool = True) -> KVExport:  # fmt: skip
+    """A :class:`KVExport` for ``engine.add_request(..., kv=...)`` from a prefix's blocks.
+
+    Args:
+        objs: the blocks in sequence order (e.g. ``store.get_many(keys)`` up to the first miss).
+        next_token_ids: tokens sampled but not yet in the KV (the prefill's first token).
+        cache_salt: the salt the keys were made with.
+        copy: copy the KV out of the tier (``False`` keeps zero-copy views, valid while
+            ``objs`` are alive).
+    Raises:
+        ValueError: no blocks, a broken parent chain, or mixed models/shapes.
+    """
+    if not objs:
+        raise ValueError("objs: need at least one block")
+    first = objs[0].header
+    for prev, cur in pairwise(objs):
+        if cur.header.parent != prev.header.key:
+            raise ValueError("objs: blocks do not form one chain (parent != previous key)")
+        if (cur.header.spec, cur.header.model_fingerprint) != (first.spec, first.model_fingerprint):
+            raise ValueError("objs: blocks come from different models or block shapes")
+    blocks = [o.to_kvblock(copy=copy) for o in objs]
+    return KVExport(
+        blocks=blocks,
+        token_ids=[t for b in blocks for t in b.token_ids],
+        next_token_ids=list(next_token_ids),
+        spec=first.spec,
+        model_fingerprint=first.model_fingerprint,
+        cache_salt=cache_salt,
+    )
+
+
 __all__ = [
     "CHECKSUMS",
     "FORMAT_VERSION",
@@ -306,6 +340,7 @@ __all__ = [
     "decode_header",
     "encode",
     "encode_header",
+    "export_from_objects",
     "payload_view",
     "sum64",
 ]

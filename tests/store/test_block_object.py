@@ -99,3 +99,18 @@ def test_checksum_algorithm_is_recorded_in_the_header(algo: str) -> None:
     BlockObject.from_parts(hdr, payload)
     with pytest.raises(CorruptBlockError):
         BlockObject.from_parts(hdr, bad)
+
+
+def test_export_from_objects_rebuilds_an_importable_export() -> None:
+    """Blocks of one chain become a KVExport with their tokens in order; a broken chain is refused."""
+    from mooncake.store.block_object import export_from_objects
+
+    chain = make_chain(3)
+    objs = [BlockObject.from_block(b) for b in chain]
+    kv = export_from_objects(objs, next_token_ids=[7])
+    assert kv.token_ids == [t for b in chain for t in b.token_ids] and kv.next_token_ids == [7]
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(kv.blocks, chain))
+    with pytest.raises(ValueError, match="chain"):
+        export_from_objects([objs[0], objs[2]])
+    with pytest.raises(ValueError, match="at least one"):
+        export_from_objects([])

@@ -14,6 +14,7 @@ import pytest
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine, SamplingParams
 from mooncake.kvcache.block import KVBlock, KVExport
+from mooncake.store.block_object import BlockObject, export_from_objects
 from mooncake.store.config import StoreConfig, TierConfig
 from mooncake.store.store import BlockStore
 from mooncake.transfer.base import Peer, local_host_id
@@ -54,11 +55,10 @@ def prefilled(tiny_llama: Path) -> tuple[list[list[int]], list[KVExport]]:
     return reference, exports
 
 
-def _continue(b: LLMEngine, prompt: list[int], export: KVExport, blocks: list[KVBlock]) -> list[int]:
-    """Engine B imports ``blocks`` (full blocks only) and continues after the prefill's token."""
-    n = sum(b.num_tokens for b in blocks)
-    kv = KVExport(blocks=blocks, token_ids=prompt[:n], next_token_ids=[], spec=export.spec,
-                  model_fingerprint=export.model_fingerprint)  # fmt: skip
+def _continue(b: LLMEngine, prompt: list[int], export: KVExport, objs: list[BlockObject | None]) -> list[int]:
+    """Engine B imports the fetched blocks (full blocks only) and continues after the prefill's token."""
+    kv = export_from_objects([o for o in objs if o is not None])
+    n = kv.num_tokens
     before = b.stats.num_prompt_tokens_cached
     b.add_request(None, prompt, GREEDY, kv=kv, prior_output_ids=export.next_token_ids)
     last: Any = None
@@ -92,9 +92,9 @@ def test_round_trip_through_each_tier(tiers: str, prefilled: Any, engine_b: LLME
             keys = [b.key for b in export.blocks if b.key is not None]
             if tiers == "host+ssd":
                 assert store.match_prefix(keys).tiers[:2] == ("ssd", "ssd")
-            blocks = [o.to_kvblock() for o in store.get_many(keys) if o is not None]
-            _check_identical(export, blocks)
-            assert _continue(engine_b, prompt, export, blocks) == want
+            objs = store.get_many(keys)
+            _check_identical(export, [o.to_kvblock() for o in objs if o is not None])
+            assert _continue(engine_b, prompt, export, objs) == want
         if tiers == "host+ssd":
             assert store.stats.promotions > 0 and store.stats.demotions > 0
 
@@ -121,9 +121,8 @@ def test_round_trip_through_each_backend(path: str, prefilled: Any, engine_b: LL
                 keys = [b.key for b in export.blocks if b.key is not None]
                 with fetcher.fetch(keys, peer) as res:
                     assert res.paths == [path] * 3
-                    blocks = [o.to_kvblock() for o in res.objects if o is not None]
-                _check_identical(export, blocks)
-                assert _continue(engine_b, prompt, export, blocks) == want
+                    _check_identical(export, [o.to_kvblock() for o in res.objects if o is not None])
+                    assert _continue(engine_b, prompt, export, res.objects) == want
 
 
 def test_torch_view_of_a_stored_block_is_zero_copy(prefilled: Any, shm_dir: Path) -> None:
