@@ -2,7 +2,12 @@
 on tmpfs) over an SSD tier (LMDB on disk), with pluggable eviction, leases and an event
 stream for the Conductor's global index. Format and behaviour: docs/store.md."""
 
-from mooncake.store.block_object import BlockHeader, BlockObject, CorruptBlockError, export_from_objects
+from mooncake.store.block_object import (
+    BlockHeader,
+    BlockObject,
+    CorruptBlockError,
+    export_from_objects,
+)
 from mooncake.store.config import StoreConfig, TierConfig
 from mooncake.store.events import StoreEvent
 from mooncake.store.eviction import (
