@@ -54,9 +54,12 @@ def _rpc(addr: str, method: str, **kwargs: Any) -> Any:
     return sync(worker.loop, go)
 
 
-def lookup(spec: RequestSpec, placement: PlacementInfo) -> LookupResult:
+def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") -> LookupResult:
     """Prefix lookup on the prefill worker: count the locally cached prefix and, when the
-    Conductor chose to fetch a longer one from a peer, pull those blocks in."""
+    Conductor chose to fetch a longer one from a peer, pull those blocks in. Then the
+    request is admitted into the engine's batch at once (``start``: ``prefill`` for a
+    prefill-only request, ``generate`` for colocated), so its prefill does not wait for
+    the scheduler to dispatch the next task; that task owns and waits for the result."""
     plugin = _plugin()
     t0 = time.perf_counter()
 
@@ -80,7 +83,15 @@ def lookup(spec: RequestSpec, placement: PlacementInfo) -> LookupResult:
         except Exception:
             result.fetched_blocks = 0
     result.fetch_seconds = time.perf_counter() - t0
+    plugin.started[spec.request_id] = (_watch_and_add(spec, prefill_only=start == "prefill"), time.perf_counter())
     return result
+
+
+def _started(spec: RequestSpec, prefill_only: bool) -> tuple[concurrent.futures.Future[RequestOutput], float]:
+    """The engine future that lookup started for this request (or start it now)."""
+    plugin = _plugin()
+    got = plugin.started.pop(spec.request_id, None)
+    return got if got is not None else (_watch_and_add(spec, prefill_only=prefill_only), time.perf_counter())
 
 
 def _watch_and_add(
@@ -161,8 +172,8 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     in this worker's outbox for the decode worker."""
     plugin = _plugin()
     spec = lookup_result.spec
-    t0 = time.perf_counter()
-    out = _wait(_watch_and_add(spec, prefill_only=True))
+    fut, t0 = _started(spec, prefill_only=True)
+    out = _wait(fut)
     seconds = _compute_seconds(out, time.perf_counter() - t0)
     first = out.token_ids
     finished = out.finish_reason in ("stop", "abort") or (spec.params.max_tokens is not None and spec.params.max_tokens <= len(first))
@@ -242,8 +253,8 @@ def generate(lookup_result: LookupResult) -> RequestOutput:
     """Colocated mode: prefill and decode in this worker's engine, one request."""
     plugin = _plugin()
     spec = lookup_result.spec
-    t0 = time.perf_counter()
-    out = _wait(_watch_and_add(spec, prefill_only=False))
+    fut, t0 = _started(spec, prefill_only=False)
+    out = _wait(fut)
     seconds = _compute_seconds(out, time.perf_counter() - t0)
     plugin.prefill_reports.append((spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds))
     return _wall_metrics(out, spec, out.num_cached_tokens)
