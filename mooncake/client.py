@@ -31,7 +31,7 @@ from mooncake.config import EngineConfig
 from mooncake.graphs import KeyRef, get_builder
 from mooncake.kvcache import block_keys, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from mooncake.sampling_params import SamplingParams
+from mooncake.sampling_params import SamplingParams, params_per_prompt
 from mooncake.tokenizer import Tokenizer
 from mooncake.worker.messages import PlacementInfo, RequestSpec
 from mooncake.worker.plugin import MooncakeWorker
@@ -324,12 +324,7 @@ class LLM:
     ) -> list[RequestOutput]:
         """Run every prompt; results in input order. Rejected requests are retried after
         the Conductor's hint (up to ``max_retry_s``)."""
-        if isinstance(sampling_params, SamplingParams) or sampling_params is None:
-            plist = [sampling_params or SamplingParams()] * len(prompts)
-        else:
-            plist = list(sampling_params)
-            if len(plist) != len(prompts):
-                raise ValueError("sampling_params: need one per prompt")
+        plist = params_per_prompt(sampling_params, len(prompts))
         specs = [self.make_request(p, sp) for p, sp in zip(prompts, plist)]
         futures: dict[Future[Any], int] = {}
         deadline = time.monotonic() + max_retry_s

@@ -21,7 +21,7 @@ from mooncake.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from mooncake.engine.sequence import Sequence, SequenceStatus
 from mooncake.kvcache import BlockPool, KVBlock, KVBlockSpec, KVExport, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from mooncake.sampling_params import SamplingParams
+from mooncake.sampling_params import SamplingParams, params_per_prompt
 from mooncake.tokenizer import IncrementalDetokenizer, Tokenizer
 from mooncake.types import BlockKey
 
@@ -101,6 +101,7 @@ class LLMEngine:
         keep_kv: bool = False,
         arrival_time: float | None = None,
         prior_output_ids: Seq[int] = (),
+        prior_logprobs: Seq[dict[int, float]] | None = None,
     ) -> str:
         """Queue a request.
 
@@ -114,6 +115,8 @@ class LLMEngine:
             prior_output_ids: tokens this request already generated elsewhere (e.g. the
                 first token, sampled by a prefill worker). They count towards
                 ``max_tokens``, appear in the output, and keep seeded sampling aligned.
+            prior_logprobs: their logprobs (when ``params.logprobs`` is set), so the
+                output's logprobs stay aligned with its tokens.
         Returns:
             The request id.
         Raises:
@@ -149,7 +152,8 @@ class LLMEngine:
             token_ids=prompt_ids + prior,
         )
         if params.logprobs is not None:
-            seq.logprobs = []
+            seq.logprobs = [dict(d) for d in (prior_logprobs or [])][: len(prior)]
+            seq.cumulative_logprob = sum(d.get(t, 0.0) for t, d in zip(prior, seq.logprobs))
         if self.tokenizer is not None:
             seq.detok = IncrementalDetokenizer(self.tokenizer, prompt_ids)
             if prior:
@@ -310,12 +314,7 @@ class LLMEngine:
         params: SamplingParams | Seq[SamplingParams] | None = None,
     ) -> list[RequestOutput]:
         """Run every prompt to completion as one continuous batch; results in input order."""
-        if isinstance(params, SamplingParams) or params is None:
-            params_list = [params or SamplingParams()] * len(prompts)
-        else:
-            params_list = list(params)
-            if len(params_list) != len(prompts):
-                raise ValueError("params: need one SamplingParams per prompt")
+        params_list = params_per_prompt(params, len(prompts))
         ids = [self.add_request(None, p, sp) for p, sp in zip(prompts, params_list)]
         done: dict[str, RequestOutput] = {}
         while len(done) < len(ids):

@@ -57,6 +57,7 @@ class KVHandle:
     first_token_ids: list[int]
     num_cached_tokens: int
     prefill_seconds: float
+    first_logprobs: list[dict[int, float]] | None = None
     first_token_time: float | None = None
     """Wall-clock time the first token was sampled."""
     finished: bool = False

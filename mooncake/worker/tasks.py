@@ -54,9 +54,12 @@ def _rpc(addr: str, method: str, **kwargs: Any) -> Any:
     return sync(worker.loop, go)
 
 
-def lookup(spec: RequestSpec, placement: PlacementInfo) -> LookupResult:
+def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") -> LookupResult:
     """Prefix lookup on the prefill worker: count the locally cached prefix and, when the
-    Conductor chose to fetch a longer one from a peer, pull those blocks in."""
+    Conductor chose to fetch a longer one from a peer, pull those blocks in. Then the
+    request is admitted into the engine's batch at once (``start``: ``prefill`` for a
+    prefill-only request, ``generate`` for colocated), so its prefill does not wait for
+    the scheduler to dispatch the next task; that task owns and waits for the result."""
     plugin = _plugin()
     t0 = time.perf_counter()
 
@@ -80,11 +83,25 @@ def lookup(spec: RequestSpec, placement: PlacementInfo) -> LookupResult:
         except Exception:
             result.fetched_blocks = 0
     result.fetch_seconds = time.perf_counter() - t0
+    plugin.started[spec.request_id] = (_watch_and_add(spec, prefill_only=start == "prefill"), time.perf_counter())
     return result
 
 
+def _started(spec: RequestSpec, prefill_only: bool) -> tuple[concurrent.futures.Future[RequestOutput], float]:
+    """The engine future that lookup started for this request (or start it now)."""
+    plugin = _plugin()
+    got = plugin.started.pop(spec.request_id, None)
+    return got if got is not None else (_watch_and_add(spec, prefill_only=prefill_only), time.perf_counter())
+
+
 def _watch_and_add(
-    spec: RequestSpec, *, prefill_only: bool, kv: Any = None, prior: list[int] | None = None, cached: int | None = None
+    spec: RequestSpec,
+    *,
+    prefill_only: bool,
+    kv: Any = None,
+    prior: list[int] | None = None,
+    prior_logprobs: list[dict[int, float]] | None = None,
+    cached: int | None = None,
 ) -> concurrent.futures.Future[RequestOutput]:
     from mooncake.worker.engine_loop import Watch
 
@@ -106,6 +123,7 @@ def _watch_and_add(
                 keep_kv=prefill_only,
                 kv=kv,
                 prior_output_ids=prior or (),
+                prior_logprobs=prior_logprobs,
             )
         except Exception:
             plugin.loop._watches.pop(spec.request_id, None)
@@ -154,8 +172,8 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     in this worker's outbox for the decode worker."""
     plugin = _plugin()
     spec = lookup_result.spec
-    t0 = time.perf_counter()
-    out = _wait(_watch_and_add(spec, prefill_only=True))
+    fut, t0 = _started(spec, prefill_only=True)
+    out = _wait(fut)
     seconds = _compute_seconds(out, time.perf_counter() - t0)
     first = out.token_ids
     finished = out.finish_reason in ("stop", "abort") or (spec.params.max_tokens is not None and spec.params.max_tokens <= len(first))
@@ -173,6 +191,7 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         first_token_time=first_token_wall,
         num_tokens=export.num_tokens,
         first_token_ids=list(first),
+        first_logprobs=out.outputs[0].logprobs,
         num_cached_tokens=out.num_cached_tokens,
         prefill_seconds=seconds,
         finished=finished,
@@ -220,7 +239,11 @@ def decode(tr: TransferResult) -> RequestOutput:
     plugin.decode_joins.append(spec.request_id)
     # On a miss the prompt is recomputed here (prefix cache permitting); the first token
     # is kept, so the output is the same.
-    out = _wait(_watch_and_add(spec, prefill_only=False, kv=export, prior=handle.first_token_ids, cached=handle.num_cached_tokens))
+    out = _wait(
+        _watch_and_add(
+            spec, prefill_only=False, kv=export, prior=handle.first_token_ids, prior_logprobs=handle.first_logprobs, cached=handle.num_cached_tokens
+        )
+    )
     out = _wall_metrics(out, spec, handle.num_cached_tokens)
     out.metrics.first_token_time = handle.first_token_time
     return out
@@ -230,8 +253,8 @@ def generate(lookup_result: LookupResult) -> RequestOutput:
     """Colocated mode: prefill and decode in this worker's engine, one request."""
     plugin = _plugin()
     spec = lookup_result.spec
-    t0 = time.perf_counter()
-    out = _wait(_watch_and_add(spec, prefill_only=False))
+    fut, t0 = _started(spec, prefill_only=False)
+    out = _wait(fut)
     seconds = _compute_seconds(out, time.perf_counter() - t0)
     plugin.prefill_reports.append((spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds))
     return _wall_metrics(out, spec, out.num_cached_tokens)
