@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 from distributed import Worker, WorkerPlugin
@@ -18,8 +19,11 @@ from distributed.protocol.serialize import to_serialize
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine
 from mooncake.kvcache import KVExport
+from mooncake.transfer import Peer
 from mooncake.types import BlockKey
+from mooncake.worker.config import WorkerConfig
 from mooncake.worker.engine_loop import EngineLoop
+from mooncake.worker.kv_store import KVStore
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +44,9 @@ class MooncakeWorker(WorkerPlugin):
     name = PLUGIN_NAME
     idempotent = True
 
-    def __init__(self, engine_config: EngineConfig) -> None:
+    def __init__(self, engine_config: EngineConfig, worker_config: WorkerConfig | None = None) -> None:
         self.engine_config = engine_config
+        self.worker_config = worker_config or WorkerConfig()
 
     async def setup(self, worker: Worker) -> None:
         self.worker = worker
@@ -53,10 +58,20 @@ class MooncakeWorker(WorkerPlugin):
         self.prefill_reports: deque[tuple[str, int, int, float]] = deque()
         self.decode_joins: deque[str] = deque()
         self.transfer_reports: deque[tuple[int, float]] = deque()
+        self.transfer_paths: Counter[str] = Counter()
+        # Prefix blocks found at lookup, by where: device pool, own host/SSD tiers, a peer.
+        self.hit_blocks: Counter[str] = Counter()
         # A GPU worker sees only its own device (CUDA_VISIBLE_DEVICES set per process).
         engine = await asyncio.to_thread(LLMEngine, self.engine_config)
         self.engine = engine
         self.loop = EngineLoop(engine, self._emit)
+        self.kv_store: KVStore | None = None
+        if self.worker_config.enable_store:
+            self.kv_store = await asyncio.to_thread(KVStore, self.worker_config, worker.name or worker.address)
+        self._peers: dict[str, Peer | None] = {}
+        # Keys this worker holds in any tier (device pool, host, SSD): the Conductor's
+        # index sees a block as present until it is gone from all of them.
+        self._holders: dict[bytes, set[str]] = {}
         worker.handlers["mooncake_fetch_kv"] = self.handle_fetch_kv
         worker.handlers["mooncake_fetch_blocks"] = self.handle_fetch_blocks
         worker.handlers["mooncake_abort"] = self.handle_abort
@@ -68,6 +83,8 @@ class MooncakeWorker(WorkerPlugin):
     async def teardown(self, worker: Worker) -> None:
         self._report_task.cancel()
         await asyncio.to_thread(self.loop.stop)
+        if self.kv_store is not None:
+            self.kv_store.close()
 
     # -- streaming ----------------------------------------------------------------
     def _emit(self, topic: str, msgs: list[dict[str, Any]]) -> None:
@@ -95,10 +112,21 @@ class MooncakeWorker(WorkerPlugin):
             "kv_bytes_per_token": e.spec.bytes_per_token,
             "kv_capacity_tokens": e.pool.num_blocks * e.config.block_size,
             "device": e.config.device,
+            "peer": dataclasses.asdict(self.kv_store.peer) if self.kv_store is not None else None,
         }
 
     def handle_info(self) -> dict[str, Any]:
         return self.info()
+
+    def peer_of(self, address: str) -> Peer | None:
+        """How to fetch blocks from the worker at ``address`` (asked once, then cached)."""
+        if address not in self._peers:
+            from mooncake.worker.tasks import _rpc
+
+            info = _rpc(address, "mooncake_info")
+            p = info.get("peer")
+            self._peers[address] = Peer(p["host_id"], tuple(p["tcp"]) if p["tcp"] else None, p["host_tier_path"], p["rdma"]) if p else None
+        return self._peers[address]
 
     def handle_fetch_kv(self, request_id: str) -> dict[str, Any]:
         """A decode worker pulls a prefilled request's KV (once)."""
@@ -126,12 +154,33 @@ class MooncakeWorker(WorkerPlugin):
             out.append(q.popleft())
         return out
 
+    def _presence(self) -> tuple[list[bytes], list[bytes]]:
+        """Fold device-pool and store events into (keys now held, keys now gone)."""
+        changes: list[tuple[str, bytes, str]] = [(kind, k, "device") for kind, k in self._drain(self.loop.block_events)]
+        if self.kv_store is not None:
+            changes += [(ev.kind, ev.key, "store") for ev in self.kv_store.store.events.drain() if ev.kind in ("stored", "removed")]
+        stored: list[bytes] = []
+        removed: list[bytes] = []
+        for kind, key, tier in changes:
+            holders = self._holders.setdefault(key, set())
+            before = bool(holders)
+            if kind == "stored":
+                holders.add(tier)
+            else:
+                holders.discard(tier)
+            if holders and not before:
+                stored.append(key)
+            elif before and not holders:
+                removed.append(key)
+                del self._holders[key]
+        return stored, removed
+
     def report(self) -> dict[str, Any]:
         e = self.engine
-        events = self._drain(self.loop.block_events)
+        stored, removed = self._presence()
         rep: dict[str, Any] = {
-            "stored": [k for kind, k in events if kind == "stored"],
-            "removed": [k for kind, k in events if kind == "removed"],
+            "stored": stored,
+            "removed": removed,
             "prefills": self._drain(self.prefill_reports),
             "decode_joined": self._drain(self.decode_joins),
             "transfers": self._drain(self.transfer_reports),
@@ -142,6 +191,7 @@ class MooncakeWorker(WorkerPlugin):
                 "num_blocks": e.pool.num_blocks,
                 "cached_blocks": e.pool.num_cached,
                 "busy_seconds": self.loop.busy_seconds,
+                "host_bytes": self.kv_store.store.used_bytes("host") if self.kv_store is not None else 0,
             },
         }
         if not self._reported_model:
