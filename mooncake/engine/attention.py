@@ -116,9 +116,11 @@ def paged_attention(
         flat = g.block_table.view(-1)
         kd = kb.index_select(0, flat).view(B, -1, Hkv, D).transpose(1, 2)
         vd = vb.index_select(0, flat).view(B, -1, Hkv, D).transpose(1, 2)
-        qd = q[g.start : g.start + B].unsqueeze(2)  # [B, Hq, 1, D]
-        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=g.mask, scale=scale, enable_gqa=gqa)
-        out[g.start : g.start + B] = o.squeeze(2)
+        # One query token per sequence: the G query heads sharing a KV head become G query
+        # rows of that head ([B, Hkv, G, D]), so GQA needs no K/V repetition.
+        qd = q[g.start : g.start + B].reshape(B, Hkv, Hq // Hkv, D)
+        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=g.mask, scale=scale)
+        out[g.start : g.start + B] = o.reshape(B, Hq, D)
 
     for seg in meta.prefills:
         sl = slice(seg.start, seg.start + seg.num_tokens)
