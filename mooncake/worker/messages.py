@@ -57,6 +57,8 @@ class KVHandle:
     first_token_ids: list[int]
     num_cached_tokens: int
     prefill_seconds: float
+    queue_seconds: float | None = None
+    """Seconds the request waited in the prefill engine before its first step."""
     first_token_time: float | None = None
     """Wall-clock time the first token was sampled."""
     finished: bool = False

@@ -7,18 +7,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed import Worker, WorkerPlugin
 from distributed.protocol.serialize import to_serialize
 
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine
-from mooncake.kvcache import KVExport
+from mooncake.kvcache import KVExport, block_keys
+from mooncake.kvcache.shared_prefix import SharedPrefixProbe
+from mooncake.outputs import RequestOutput
 from mooncake.types import BlockKey
 from mooncake.worker.engine_loop import EngineLoop
+
+if TYPE_CHECKING:
+    from mooncake.worker.messages import LookupResult, RequestSpec
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,10 @@ class MooncakeWorker(WorkerPlugin):
         self.prefill_reports: deque[tuple[str, int, int, float]] = deque()
         self.decode_joins: deque[str] = deque()
         self.transfer_reports: deque[tuple[int, float]] = deque()
+        self.lookup_reports: deque[dict[str, Any]] = deque()
+        self.request_reports: deque[dict[str, Any]] = deque()
+        self._probe = SharedPrefixProbe(self.engine_config.block_size)
+        self._probe_lock = threading.Lock()
         # A GPU worker sees only its own device (CUDA_VISIBLE_DEVICES set per process).
         engine = await asyncio.to_thread(LLMEngine, self.engine_config)
         self.engine = engine
@@ -115,6 +125,45 @@ class MooncakeWorker(WorkerPlugin):
         fut = self.loop.call(lambda e: self.loop.abort(e, request_id))
         return bool(await asyncio.wrap_future(fut))
 
+    # -- metrics (drained into the next report) ------------------------------------
+    def report_lookup(self, spec: RequestSpec, lookup: LookupResult, cached_tokens: int) -> None:
+        """Record where a prefill's cached prefix came from and, past it, how much an
+        earlier prompt shared (see ``SharedPrefixProbe``)."""
+        bs = self.engine.config.block_size
+        root = self.engine.root_key(spec.cache_salt)
+        keys = block_keys(spec.prompt_token_ids, bs, root)
+        # Blocks pulled from a peer (Algorithm 1's fetch) count as remote hits; the tiers
+        # of this worker's store will add host/ssd here once they serve lookups.
+        remote = min(cached_tokens, lookup.fetched_blocks * bs) if lookup.fetched_blocks else 0
+        with self._probe_lock:
+            kind, shared = self._probe.probe(root, keys, spec.prompt_token_ids, cached_tokens // bs)
+            self._probe.record(root, keys, spec.prompt_token_ids)
+        self.lookup_reports.append(
+            {
+                "prompt_tokens": len(spec.prompt_token_ids),
+                "hits": {"device": cached_tokens - remote, "remote": remote},
+                "shared_prefix": kind,
+                "shared_below_block_tokens": shared if kind == "below_block" else 0,
+            }
+        )
+
+    def report_request(self, out: RequestOutput, *, queue_s: float | None, prefill_s: float | None, decode_s: float | None, itl: list[float]) -> None:
+        """Record a finished request's timings (wall clock, from the client's arrival)."""
+        m = out.metrics
+        self.request_reports.append(
+            {
+                "request_id": out.request_id,
+                "ttft_s": m.ttft,
+                "e2e_s": m.finish_time - m.arrival_time if m.finish_time is not None else None,
+                "queue_s": queue_s,
+                "prefill_s": prefill_s,
+                "decode_s": decode_s,
+                "itl_s": itl,
+                "prompt_tokens": len(out.prompt_token_ids),
+                "generation_tokens": len(out.outputs[0].token_ids),
+            }
+        )
+
     # -- reports to the Conductor ---------------------------------------------------
     def _drain(self, q: deque[Any]) -> list[Any]:
         out = []
@@ -131,6 +180,8 @@ class MooncakeWorker(WorkerPlugin):
             "prefills": self._drain(self.prefill_reports),
             "decode_joined": self._drain(self.decode_joins),
             "transfers": self._drain(self.transfer_reports),
+            "lookups": self._drain(self.lookup_reports),
+            "requests": self._drain(self.request_reports),
             "load": {
                 "running": len(e.scheduler.running),
                 "waiting": len(e.scheduler.waiting),

@@ -25,6 +25,7 @@ from mooncake.worker.messages import (
 
 if TYPE_CHECKING:
     from mooncake.engine import LLMEngine
+    from mooncake.worker.engine_loop import Watch
     from mooncake.worker.plugin import MooncakeWorker
 
 T = TypeVar("T")
@@ -85,7 +86,7 @@ def lookup(spec: RequestSpec, placement: PlacementInfo) -> LookupResult:
 
 def _watch_and_add(
     spec: RequestSpec, *, prefill_only: bool, kv: Any = None, prior: list[int] | None = None, cached: int | None = None
-) -> concurrent.futures.Future[RequestOutput]:
+) -> Watch:
     from mooncake.worker.engine_loop import Watch
 
     plugin = _plugin()
@@ -94,8 +95,9 @@ def _watch_and_add(
     if prefill_only:
         params = dataclasses.replace(params, max_tokens=1, min_tokens=min(params.min_tokens, 1))
 
+    w = Watch(done, spec.stream_topic, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
+
     def add(e: LLMEngine) -> None:
-        w = Watch(done, spec.stream_topic, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
         plugin.loop.watch(spec.request_id, w)
         try:
             e.add_request(
@@ -112,11 +114,11 @@ def _watch_and_add(
             raise
         if prior:
             seq = e._seqs[spec.request_id]
-            w.sent_tokens = len(prior)
+            w.sent_tokens = w.prior_tokens = len(prior)
             w.sent_text = len(seq.detok.text) if seq.detok is not None else 0
 
     plugin.loop.call(add).result()
-    return done
+    return w
 
 
 def _compute_seconds(out: RequestOutput, fallback: float) -> float:
@@ -126,6 +128,19 @@ def _compute_seconds(out: RequestOutput, fallback: float) -> float:
     if m.first_scheduled_time is not None and m.first_token_time is not None:
         return m.first_token_time - m.first_scheduled_time
     return fallback
+
+
+def _queue_seconds(out: RequestOutput) -> float | None:
+    """Time the request waited in the engine before its first step."""
+    m = out.metrics
+    return None if m.first_scheduled_time is None else max(0.0, m.first_scheduled_time - m.arrival_time)
+
+
+def _gaps(first_token_time: float | None, token_times: list[float]) -> list[float]:
+    """Gaps between consecutive tokens; the first gap starts at the first token sampled
+    elsewhere (prefill), so the hand-over to decode counts as the user sees it."""
+    times = ([first_token_time] if first_token_time is not None else []) + token_times
+    return [b - a for a, b in zip(times, times[1:])]
 
 
 def _wall_metrics(out: RequestOutput, spec: RequestSpec, cached: int) -> RequestOutput:
@@ -155,8 +170,9 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     plugin = _plugin()
     spec = lookup_result.spec
     t0 = time.perf_counter()
-    out = _wait(_watch_and_add(spec, prefill_only=True))
+    out = _wait(_watch_and_add(spec, prefill_only=True).future)
     seconds = _compute_seconds(out, time.perf_counter() - t0)
+    plugin.report_lookup(spec, lookup_result, out.num_cached_tokens)
     first = out.token_ids
     finished = out.finish_reason in ("stop", "abort") or (spec.params.max_tokens is not None and spec.params.max_tokens <= len(first))
     export = plugin.loop.call(lambda e: e.export_kv(spec.request_id, release=True)).result()
@@ -175,6 +191,7 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         first_token_ids=list(first),
         num_cached_tokens=out.num_cached_tokens,
         prefill_seconds=seconds,
+        queue_seconds=_queue_seconds(out),
         finished=finished,
         output=_wall_metrics(out, spec, out.num_cached_tokens) if finished else None,
     )
@@ -214,15 +231,20 @@ def decode(tr: TransferResult) -> RequestOutput:
     handle = tr.handle
     if handle.finished:
         out: RequestOutput = handle.output
+        plugin.report_request(out, queue_s=handle.queue_seconds, prefill_s=handle.prefill_seconds, decode_s=None, itl=[])
         return out
     spec = handle.spec
     export = plugin.inbox.pop(spec.request_id, None)
     plugin.decode_joins.append(spec.request_id)
     # On a miss the prompt is recomputed here (prefix cache permitting); the first token
     # is kept, so the output is the same.
-    out = _wait(_watch_and_add(spec, prefill_only=False, kv=export, prior=handle.first_token_ids, cached=handle.num_cached_tokens))
+    w = _watch_and_add(spec, prefill_only=False, kv=export, prior=handle.first_token_ids, cached=handle.num_cached_tokens)
+    out = _wait(w.future)
     out = _wall_metrics(out, spec, handle.num_cached_tokens)
-    out.metrics.first_token_time = handle.first_token_time
+    m = out.metrics
+    decode_s = m.finish_time - m.first_scheduled_time if m.finish_time is not None and m.first_scheduled_time is not None else None
+    m.first_token_time = handle.first_token_time
+    plugin.report_request(out, queue_s=handle.queue_seconds, prefill_s=handle.prefill_seconds, decode_s=decode_s, itl=_gaps(handle.first_token_time, w.token_times))
     return out
 
 
@@ -231,10 +253,17 @@ def generate(lookup_result: LookupResult) -> RequestOutput:
     plugin = _plugin()
     spec = lookup_result.spec
     t0 = time.perf_counter()
-    out = _wait(_watch_and_add(spec, prefill_only=False))
+    w = _watch_and_add(spec, prefill_only=False)
+    out = _wait(w.future)
     seconds = _compute_seconds(out, time.perf_counter() - t0)
     plugin.prefill_reports.append((spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds))
-    return _wall_metrics(out, spec, out.num_cached_tokens)
+    plugin.report_lookup(spec, lookup_result, out.num_cached_tokens)
+    queue_s = _queue_seconds(out)
+    out = _wall_metrics(out, spec, out.num_cached_tokens)
+    m = out.metrics
+    decode_s = m.finish_time - m.first_token_time if m.finish_time is not None and m.first_token_time is not None else None
+    plugin.report_request(out, queue_s=queue_s, prefill_s=seconds, decode_s=decode_s, itl=_gaps(None, w.token_times))
+    return out
 
 
 def worker_info(dask_worker: Any) -> dict[str, Any]:
