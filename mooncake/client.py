@@ -454,11 +454,12 @@ class LLM:
         """``generate`` over a ``dask.bag.Bag`` of prompts (text or token ids). Input
         partitions are read one at a time; returns a bag of ``RequestOutput`` with the
         same partitioning and order (the outputs are held in this process)."""
-        import dask
         import dask.bag as db
+        from dask.delayed import delayed
 
-        parts = [dask.delayed(outs) for outs in self.generate_partitions(bag, sampling_params, use_tqdm=use_tqdm, order=order)]
-        return db.from_delayed(parts)
+        parts = [delayed(outs) for outs in self.generate_partitions(bag, sampling_params, use_tqdm=use_tqdm, order=order)]
+        result: dask.bag.Bag = db.from_delayed(parts)
+        return result
 
     def generate_dataframe(
         self,
@@ -473,9 +474,9 @@ class LLM:
         """``generate`` over the prompts in ``df[column]``; returns ``df`` with the
         generated text as ``output_column``, partition for partition. Input partitions
         are read one at a time (the outputs are held in this process)."""
-        import dask
         import dask.dataframe as dd
         import pandas as pd
+        from dask.delayed import delayed
 
         if column not in df.columns:
             raise ValueError(f"column: {column!r} is not a column of the dataframe")
@@ -494,9 +495,11 @@ class LLM:
         finally:
             bar.close()
         if not parts:
-            return df.assign(**{output_column: ""})
+            empty: dask.dataframe.DataFrame = df.assign(**{output_column: ""})
+            return empty
         divisions = df.divisions if df.known_divisions else None
-        return dd.from_delayed([dask.delayed(p) for p in parts], meta=parts[0].iloc[:0], divisions=divisions)
+        result: dask.dataframe.DataFrame = dd.from_delayed([delayed(p) for p in parts], meta=parts[0].iloc[:0], divisions=divisions)
+        return result
 
     # -- streaming ------------------------------------------------------------------------
     def _on_event(self, event: tuple[float, dict[str, Any]]) -> None:

@@ -14,6 +14,7 @@ imports ``prometheus_client`` and nothing from torch, Dask or Bokeh.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import time
 from collections import Counter, deque
@@ -289,7 +290,7 @@ class MetricsState:
         lookups, rejections per second)."""
         pts = list(self.timeline)
         out: list[tuple[float, float | None, float]] = []
-        for a, b in zip(pts, pts[1:]):
+        for a, b in itertools.pairwise(pts):
             dq, dh = b.query_tokens - a.query_tokens, b.hit_tokens - a.hit_tokens
             dt = max(1e-9, b.t - a.t)
             out.append((b.t, dh / dq if dq else None, (b.rejected - a.rejected) / dt))

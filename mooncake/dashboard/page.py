@@ -11,27 +11,30 @@ with the SLO as a vertical line, and rejections over time. Every data source has
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
 import numpy as np
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, DataTable, Div, Span, TableColumn
+from bokeh.models import ColumnDataSource, DataTable, Div, FactorRange, Span, TableColumn
 from bokeh.plotting import figure
 
 from mooncake.metrics import TIERS, Histogram, MetricsState
 
 REFRESH_MS = 500
-_TIER_COLORS = {"device": "#1f77b4", "host": "#ff7f0e", "ssd": "#2ca02c"}
 
 
 def _hist(h: Histogram, slo: float) -> dict[str, list[float]]:
-    """Bars of the recent window of ``h`` on a range that always shows the SLO."""
+    """Log-spaced bars of the recent window of ``h`` on a range that always shows the
+    SLO (latencies far below an SLO would otherwise share one bar)."""
     values = np.array([v for _, v in h.recent], dtype=float)
+    values = values[values > 0]
     if values.size == 0:
         return {"left": [], "right": [], "count": []}
-    hi = max(float(values.max()), slo) * 1.05
-    counts, edges = np.histogram(values, bins=30, range=(0.0, hi))
+    lo, hi = min(float(values.min()), slo) / 1.5, max(float(values.max()), slo) * 1.5
+    edges = np.geomspace(lo, hi, 41)
+    counts, _ = np.histogram(values, bins=edges)
     return {"left": edges[:-1].tolist(), "right": edges[1:].tolist(), "count": counts.astype(float).tolist()}
 
 
@@ -63,17 +66,26 @@ class MooncakePage:
             sizing_mode="stretch_width",
             index_position=None,
         )
-        self.kv = ColumnDataSource({"worker": [], **{t: [] for t in TIERS}}, name="mooncake-kv")
-        kv_fig = figure(title="KV occupancy per tier (fraction of blocks in use)", y_range=[], x_range=(0, 1), height=220, width=460, tools="", toolbar_location=None)
-        kv_fig.hbar_stack(list(TIERS), y="worker", height=0.7, source=self.kv, color=[_TIER_COLORS[t] for t in TIERS], legend_label=list(TIERS))
+        self.kv = ColumnDataSource({"row": [], "in_use": [], "cached": []}, name="mooncake-kv")
+        kv_fig = figure(
+            title="KV blocks per worker and tier (fraction of the tier)",
+            y_range=FactorRange(factors=[]),
+            x_range=(0, 1),
+            height=220,
+            width=460,
+            tools="hover",
+            tooltips=[("", "@row"), ("in use", "@in_use{0.0%}"), ("cached", "@cached{0.0%}")],
+            toolbar_location=None,
+        )
+        kv_fig.hbar_stack(["in_use", "cached"], y="row", height=0.7, source=self.kv, color=["#1f77b4", "#aec7e8"], legend_label=["in use", "cached, evictable"])
         kv_fig.legend.location = "bottom_right"
         self.kv_fig = kv_fig
         self.hit = ColumnDataSource({"t": [], "hit_rate": []}, name="mooncake-hit-rate")
-        hit_fig = figure(title="Prefix-cache hit rate (tokens, per interval)", height=220, width=460, y_range=(0, 1.05), x_axis_label="s", tools="", toolbar_location=None)
+        hit_fig = figure(title="Prefix-cache hit rate (tokens, per interval)", height=220, width=460, y_range=(0, 1.05), x_axis_label="seconds since start", tools="", toolbar_location=None)
         hit_fig.line("t", "hit_rate", source=self.hit, line_width=2)
         hit_fig.scatter("t", "hit_rate", source=self.hit, size=4)
         self.rej = ColumnDataSource({"t": [], "rejected_per_s": [], "admitted_per_s": []}, name="mooncake-rejections")
-        rej_fig = figure(title="Admitted and rejected requests per second", height=220, width=460, x_axis_label="s", tools="", toolbar_location=None)
+        rej_fig = figure(title="Admitted and rejected requests per second", height=220, width=460, x_axis_label="seconds since start", tools="", toolbar_location=None)
         rej_fig.line("t", "admitted_per_s", source=self.rej, line_width=2, color="#2ca02c", legend_label="admitted")
         rej_fig.line("t", "rejected_per_s", source=self.rej, line_width=2, color="#d62728", legend_label="rejected")
         rej_fig.legend.location = "top_left"
@@ -83,7 +95,7 @@ class MooncakePage:
         self.tbt_slo = Span(location=0, dimension="height", line_color="#d62728", line_dash="dashed", line_width=2)
         figs = []
         for title, src, span in (("TTFT (s), SLO dashed", self.ttft, self.ttft_slo), ("TBT: mean of slowest 10% gaps (s), SLO dashed", self.tbt, self.tbt_slo)):
-            f = figure(title=title, height=220, width=460, tools="", toolbar_location=None)
+            f = figure(title=title, height=220, width=460, x_axis_type="log", tools="", toolbar_location=None)
             f.quad(left="left", right="right", top="count", bottom=0, source=src, fill_alpha=0.7)
             f.add_layout(span)
             figs.append(f)
@@ -114,18 +126,28 @@ class MooncakePage:
             "kv_total": [ld.kv_blocks.get("device", (0, 0))[1] for _, ld in workers],
             "cached": [ld.cached_blocks for _, ld in workers],
         }
-        names = [w for w, _ in workers]
-        if list(self.kv_fig.y_range.factors) != names:
-            self.kv_fig.y_range.factors = names
-        kv: dict[str, list[Any]] = {"worker": names}
-        for tier in TIERS:
-            kv[tier] = [(u / t if t else 0.0) for u, t in (ld.kv_blocks.get(tier, (0, 0)) for _, ld in workers)]
-        self.kv.data = kv
+        rows: list[tuple[str, str]] = []
+        in_use: list[float] = []
+        cached: list[float] = []
+        for w, ld in workers:
+            short = w.rsplit("/", 1)[-1]
+            for tier in TIERS:
+                used, total = ld.kv_blocks.get(tier, (0, 0))
+                rows.append((f"{short} {ld.role}", tier))
+                in_use.append(used / total if total else 0.0)
+                # Cached blocks not held by a running request (a lower bound: cached
+                # blocks of running requests count as in use).
+                extra = max(0, min(ld.cached_blocks, total - used) if tier == "device" else 0)
+                cached.append(extra / total if total else 0.0)
+        if list(self.kv_fig.y_range.factors) != rows:
+            self.kv_fig.y_range.factors = rows
+        self.kv.data = {"row": rows, "in_use": in_use, "cached": cached}
         rates = m.rates()
         pts = list(m.timeline)
-        self.hit.data = {"t": [t - self.t0 for t, r, _ in rates if r is not None], "hit_rate": [r for _, r, _ in rates if r is not None]}
-        admitted = [(b.admitted - a.admitted) / max(1e-9, b.t - a.t) for a, b in zip(pts, pts[1:])]
-        self.rej.data = {"t": [t - self.t0 for t, _, _ in rates], "rejected_per_s": [r for _, _, r in rates], "admitted_per_s": admitted}
+        t0 = pts[0].t if pts else self.t0
+        self.hit.data = {"t": [t - t0 for t, r, _ in rates if r is not None], "hit_rate": [r for _, r, _ in rates if r is not None]}
+        admitted = [(b.admitted - a.admitted) / max(1e-9, b.t - a.t) for a, b in itertools.pairwise(pts)]
+        self.rej.data = {"t": [t - t0 for t, _, _ in rates], "rejected_per_s": [r for _, _, r in rates], "admitted_per_s": admitted}
         slo_ttft, slo_tbt = float(plugin.config.ttft_slo_s), float(plugin.config.tbt_slo_s)
         self.ttft.data = _hist(m.ttft, slo_ttft)
         self.tbt.data = _hist(m.tbt, slo_tbt)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -140,7 +141,7 @@ def _gaps(first_token_time: float | None, token_times: list[float]) -> list[floa
     """Gaps between consecutive tokens; the first gap starts at the first token sampled
     elsewhere (prefill), so the hand-over to decode counts as the user sees it."""
     times = ([first_token_time] if first_token_time is not None else []) + token_times
-    return [b - a for a, b in zip(times, times[1:])]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def _wall_metrics(out: RequestOutput, spec: RequestSpec, cached: int) -> RequestOutput:
