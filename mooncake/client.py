@@ -33,7 +33,7 @@ from mooncake.dashboard import PAGE_PATH, MonitorPlugin
 from mooncake.graphs import KeyRef, get_builder
 from mooncake.kvcache import block_keys, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from mooncake.sampling_params import SamplingParams
+from mooncake.sampling_params import SamplingParams, params_per_prompt
 from mooncake.tokenizer import Tokenizer
 from mooncake.worker.messages import PlacementInfo, RequestSpec
 from mooncake.worker.plugin import MooncakeWorker
@@ -331,14 +331,6 @@ class LLM:
             self._futures.pop(rid, None)
 
     # -- batch --------------------------------------------------------------------------
-    def _params_list(self, n: int, sampling_params: SamplingParams | Sequence[SamplingParams] | None) -> list[SamplingParams]:
-        if isinstance(sampling_params, SamplingParams) or sampling_params is None:
-            return [sampling_params or SamplingParams()] * n
-        plist = list(sampling_params)
-        if len(plist) != n:
-            raise ValueError("sampling_params: need one per prompt")
-        return plist
-
     def _submit_with_retry(self, spec: RequestSpec, deadline: float) -> Future[Any]:
         while True:
             try:
@@ -381,7 +373,7 @@ class LLM:
                 shared prefix (``mooncake.batch.plan_batch``); ``input``: submit in input
                 order, all at once.
         """
-        plist = self._params_list(len(prompts), sampling_params)
+        plist = params_per_prompt(sampling_params, len(prompts))
         specs = [self.make_request(p, sp) for p, sp in zip(prompts, plist)]
         bar = None
         if use_tqdm:

@@ -75,10 +75,8 @@ def test_overload_rejects_early_while_admitted_finish(tiny_llama):
     with mooncake.LLM(str(tiny_llama), engine_config=EngineConfig(num_blocks=2048), conductor_config=cc, dashboard_address=None) as llm:
 
         async def one(i: int):
-            out = None
-            async for out in llm.stream(_tokens(900, 1000 + i), ONE):
-                pass
-            return out
+            outs = [o async for o in llm.stream(_tokens(900, 1000 + i), ONE)]
+            return outs[-1]
 
         async def burst():
             return await asyncio.gather(*(one(i) for i in range(40)), return_exceptions=True)

@@ -130,10 +130,10 @@ class MooncakePage:
         in_use: list[float] = []
         cached: list[float] = []
         for w, ld in workers:
-            short = w.rsplit("/", 1)[-1]
+            label = f"{ld.role} :{w.rsplit(':', 1)[-1]}"
             for tier in TIERS:
                 used, total = ld.kv_blocks.get(tier, (0, 0))
-                rows.append((f"{short} {ld.role}", tier))
+                rows.append((label, tier))
                 in_use.append(used / total if total else 0.0)
                 # Cached blocks not held by a running request (a lower bound: cached
                 # blocks of running requests count as in use).

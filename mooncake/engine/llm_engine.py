@@ -21,7 +21,7 @@ from mooncake.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from mooncake.engine.sequence import Sequence, SequenceStatus
 from mooncake.kvcache import BlockPool, KVBlock, KVBlockSpec, KVExport, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from mooncake.sampling_params import SamplingParams
+from mooncake.sampling_params import SamplingParams, params_per_prompt
 from mooncake.tokenizer import IncrementalDetokenizer, Tokenizer
 from mooncake.types import BlockKey
 
@@ -310,12 +310,7 @@ class LLMEngine:
         params: SamplingParams | Seq[SamplingParams] | None = None,
     ) -> list[RequestOutput]:
         """Run every prompt to completion as one continuous batch; results in input order."""
-        if isinstance(params, SamplingParams) or params is None:
-            params_list = [params or SamplingParams()] * len(prompts)
-        else:
-            params_list = list(params)
-            if len(params_list) != len(prompts):
-                raise ValueError("params: need one SamplingParams per prompt")
+        params_list = params_per_prompt(params, len(prompts))
         ids = [self.add_request(None, p, sp) for p, sp in zip(prompts, params_list)]
         done: dict[str, RequestOutput] = {}
         while len(done) < len(ids):
