@@ -413,7 +413,10 @@ class LLM:
         results: list[RequestOutput | None] = [None] * len(specs)
         for fut in as_completed(list(futures)):
             out: RequestOutput = fut.result()
-            out.metrics.arrival_time = specs[futures[fut]].arrival_time
+            spec = specs[futures[fut]]
+            out.metrics.arrival_time = spec.arrival_time
+            if out.prompt is None:
+                out.prompt = spec.prompt  # engines see token ids only
             results[futures[fut]] = out
             if bar is not None:
                 bar.update(1)
