@@ -20,6 +20,7 @@ import json
 import os
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 WORDS = "the movie plot acting music was great terrible slow fun boring long short story ending cast scene light dark warm cold".split()
@@ -39,11 +40,13 @@ def make_batch(n: int, templates: int, seed: int = 0) -> list[str]:
     return [f"{rng.choice(heads)}Review: {sentence(rng.randrange(4, 10))}\nAnswer:" for _ in range(n)]
 
 
-def run_mooncake(prompts: list[str], max_tokens: int, order: str, model: str | None, mode: str) -> dict[str, Any]:
+def run_mooncake(prompts: list[str], max_tokens: int, order: str, model: str | None, mode: str, num_blocks: int | None) -> dict[str, Any]:
     import mooncake
+    from mooncake.config import EngineConfig
 
     params = mooncake.SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    with mooncake.LLM(model, prefill_workers=1, decode_workers=1, mode=mode, dashboard_address=None) as llm:  # type: ignore[arg-type]
+    ec = EngineConfig(num_blocks=num_blocks)
+    with mooncake.LLM(model, prefill_workers=1, decode_workers=1, mode=mode, engine_config=ec, dashboard_address=None) as llm:  # type: ignore[arg-type]
         t0 = time.perf_counter()
         outs = llm.generate(prompts, params, use_tqdm=False, order=order)  # type: ignore[arg-type]
         dt = time.perf_counter() - t0
@@ -69,7 +72,7 @@ def run_transformers(prompts: list[str], max_tokens: int, model: str | None, bat
 
     path = model or str(default_model_path())
     torch.set_num_threads(os.cpu_count() or 1)
-    tok = Tokenizer(path)
+    tok = Tokenizer(Path(path))
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
     ids = [tok.encode(p) for p in prompts]
     ptoks = sum(len(x) for x in ids)
@@ -102,13 +105,14 @@ def main() -> None:
     p.add_argument("--model", default=None, help="local HF directory (default: the built-in random-weight model)")
     p.add_argument("--mode", default="disaggregated", choices=["disaggregated", "colocated"])
     p.add_argument("--hf-batch-size", type=int, default=16)
+    p.add_argument("--num-blocks", type=int, default=None, help="KV blocks per worker (default: from kv_cache_bytes); small values make the cache the constraint")
     p.add_argument("--skip", nargs="*", default=[], choices=["prefix", "input", "transformers"])
     args = p.parse_args()
     prompts = make_batch(args.prompts, args.templates)
     rows = []
     for order in ("prefix", "input"):
         if order not in args.skip:
-            rows.append(run_mooncake(prompts, args.max_tokens, order, args.model, args.mode))
+            rows.append(run_mooncake(prompts, args.max_tokens, order, args.model, args.mode, args.num_blocks))
             print(json.dumps(rows[-1]), flush=True)
     if "transformers" not in args.skip:
         rows.append(run_transformers(prompts, args.max_tokens, args.model, args.hf_batch_size))

@@ -63,7 +63,7 @@ def rejection(trace: Path, scale: float, prefill: int, decode: int, kv_tokens: i
     print(f"{prefill}P+{decode}D at {scale:g}x, decode KV {kv_tokens or 'HBM'} tokens")
     print("| admission | rejected | at decode (after prefill) | served within TTFT 30 s & TBT 100 ms | prefill GPU s | mean TTFT s |")
     print("|---|---|---|---|---|---|")
-    for adm in ("none", "early", "predictive"):
+    for adm in ("none", "ttft", "early", "predictive"):
         cfg = SimConfig(prefill_instances=prefill, decode_instances=decode, decode_kv_tokens=kv_tokens, conductor=ConductorConfig(admission=adm))  # type: ignore[arg-type]
         res = simulate(cfg, reqs)
         s = res.summary

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import random
 import statistics
@@ -76,7 +77,7 @@ def itl(llm: LLM | None, engine: LLMEngine | None, prompt: list[int], n: int) ->
                 seen = len(out.token_ids)
 
         asyncio.run(run())
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return [b - a for a, b in itertools.pairwise(stamps)]
 
 
 def main() -> None:

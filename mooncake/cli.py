@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 _SUBCOMMANDS: list[tuple[str, str]] = [
     ("mooncake.generate_cli", "add_parser"),
     ("mooncake.worker.cli", "add_parser"),
+    ("mooncake.sim.cli", "add_parser"),
 ]
 
 

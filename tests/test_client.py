@@ -121,3 +121,21 @@ def test_colocated_mode_same_outputs(tiny_llama, reference):
         assert [o.token_ids for o in outs] == reference
         (hist,) = llm.history([outs[0].request_id])
         assert set(hist["ran_on"]) == {"lookup", "generate"}
+
+
+def test_logprobs_align_with_tokens_across_prefill_and_decode(llm, tiny_llama):
+    """The first token's logprob comes from the prefill worker, the rest from decode:
+    every generated token has its logprob, equal to the in-process engine's."""
+    params = mooncake.SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=2)
+    ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64)).generate([_prompts()[2]], params)[0]
+    out = llm.generate([_prompts()[2]], params, use_tqdm=False)[0]
+
+    async def streamed():
+        return [o async for o in llm.stream(_prompts()[2], params)][-1]
+
+    last = asyncio.run(streamed())
+    for got in (out, last):
+        lps = got.outputs[0].logprobs
+        assert lps is not None and len(lps) == len(got.token_ids) == 6
+        for tok, d, r in zip(got.token_ids, lps, ref.outputs[0].logprobs):
+            assert tok in d and abs(d[tok] - r[tok]) < 1e-5

@@ -12,8 +12,8 @@ PREFILL_POLICIES: tuple[PrefillPolicy, ...] = (
     "local_cache_aware",
     "global_cache_aware",
 )
-Admission = Literal["none", "early", "predictive"]
-ADMISSIONS: tuple[Admission, ...] = ("none", "early", "predictive")
+Admission = Literal["none", "ttft", "early", "predictive"]
+ADMISSIONS: tuple[Admission, ...] = ("none", "ttft", "early", "predictive")
 
 
 def _check(cond: bool, name: str, msg: str) -> None:
@@ -31,9 +31,11 @@ class ConductorConfig:
     ``global_cache_aware`` (FAST'25 Algorithm 1: may fetch a longer remote prefix)."""
     admission: Admission = "none"
     """``none``: admit everything (a decode instance that cannot hold a request still
-    refuses it after prefill); ``early``: reject at arrival on estimated TTFT or on the
-    decode load seen now; ``predictive``: reject on the decode load projected to the
-    moment the request would reach decode (FAST'25 §7)."""
+    refuses it after prefill); ``ttft``: reject at arrival only on estimated TTFT, the
+    decode instance still refuses after prefill (FAST'25 Table 3's baseline);
+    ``early``: also reject at arrival on the decode load seen now; ``predictive``:
+    reject on the decode load projected to the moment the request would reach decode
+    (FAST'25 §7)."""
     ttft_slo_s: float = 30.0
     """TTFT SLO in seconds (FAST'25 §8: 30 s)."""
     tbt_slo_s: float = 0.1

@@ -49,7 +49,7 @@ class Placement:
         return self.prefill_choice.ttft_s
 
 
-_VIEW: dict[str, LoadView] = {"none": "committed", "early": "current", "predictive": "projected"}
+_VIEW: dict[str, LoadView] = {"none": "committed", "ttft": "committed", "early": "current", "predictive": "projected"}
 
 
 class Conductor:
@@ -124,7 +124,9 @@ class Conductor:
         views = {w: decode_view(self.decode_loads[w], view, eta, self.token_time(w) if view == "projected" else 0.0) for w in workers}
         capacity = {w: self.decode_loads[w].kv_capacity_tokens for w in workers}
         dchoice = self.decode_scheduler.choose(req, views, capacity, self.step_time)
-        if cfg.admission != "none":
+        if cfg.admission == "ttft" and pchoice.ttft_s > cfg.ttft_slo_s:
+            return Rejection(req.request_id, f"estimated TTFT {pchoice.ttft_s:.2f}s > SLO {cfg.ttft_slo_s:g}s", pchoice.ttft_s - cfg.ttft_slo_s)
+        if cfg.admission in ("early", "predictive"):
             rej = check_slos(req.request_id, pchoice, dchoice, cfg.ttft_slo_s, cfg.tbt_slo_s, self._retry_after(dchoice.worker))
             if rej is not None:
                 return rej
@@ -155,7 +157,8 @@ class Conductor:
             self.prefill_loads[placement.prefill].start(request_id, now)
 
     def on_prefill_finish(self, request_id: str, now: float, prompt_len: int, cached_tokens: int, seconds: float) -> None:
-        """A prefill ended; ``seconds`` of compute (excluding any fetch) refine the
+        """A prefill ended; its observed duration ``seconds`` (excluding any prefix fetch;
+        on a colocated instance including the decode steps it shared) refines the
         prefill time model."""
         placement = self._placed.get(request_id)
         if placement is not None:

@@ -101,6 +101,7 @@ class LLMEngine:
         keep_kv: bool = False,
         arrival_time: float | None = None,
         prior_output_ids: Seq[int] = (),
+        prior_logprobs: Seq[dict[int, float]] | None = None,
     ) -> str:
         """Queue a request.
 
@@ -114,6 +115,8 @@ class LLMEngine:
             prior_output_ids: tokens this request already generated elsewhere (e.g. the
                 first token, sampled by a prefill worker). They count towards
                 ``max_tokens``, appear in the output, and keep seeded sampling aligned.
+            prior_logprobs: their logprobs (when ``params.logprobs`` is set), so the
+                output's logprobs stay aligned with its tokens.
         Returns:
             The request id.
         Raises:
@@ -149,7 +152,8 @@ class LLMEngine:
             token_ids=prompt_ids + prior,
         )
         if params.logprobs is not None:
-            seq.logprobs = []
+            seq.logprobs = [dict(d) for d in (prior_logprobs or [])][: len(prior)]
+            seq.cumulative_logprob = sum(d.get(t, 0.0) for t, d in zip(prior, seq.logprobs))
         if self.tokenizer is not None:
             seq.detok = IncrementalDetokenizer(self.tokenizer, prompt_ids)
             if prior:

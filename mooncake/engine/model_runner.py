@@ -6,10 +6,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mooncake.engine.attention import AttentionMetadata, PrefillSegment, causal_mask
+from mooncake.engine.attention import (
+    AttentionMetadata,
+    DecodeGroup,
+    PrefillSegment,
+    causal_mask,
+    split_by_length,
+)
 from mooncake.engine.kv_cache_manager import KVWrite
 from mooncake.engine.model import LlamaModel
-from mooncake.engine.scheduler import SchedulerOutput
+from mooncake.engine.scheduler import ScheduledSeq, SchedulerOutput
 from mooncake.kvcache import KVBlockSpec
 
 
@@ -49,6 +55,19 @@ class ModelRunner:
             return t.view(torch.int16).numpy().view(np.uint16)
         return t.numpy()
 
+    def _decode_group(self, group: list[ScheduledSeq], max_blocks: int, start: int, dev: torch.device) -> DecodeGroup:
+        bs = self.block_size
+        table = torch.zeros(len(group), max_blocks, dtype=torch.long)
+        for b, s in enumerate(group):
+            nb = -(-(s.start + 1) // bs)
+            table[b, :nb] = torch.tensor([blk.block_id for blk in s.seq.block_table[:nb]])
+        ctx = torch.tensor([s.start + 1 for s in group])[:, None]
+        k_pos = torch.arange(max_blocks * bs)[None, :]
+        mask = k_pos < ctx
+        if self.window is not None:
+            mask &= k_pos >= ctx - self.window
+        return DecodeGroup(start, table.to(dev), mask[:, None, None, :].to(dev))
+
     # -- one step ----------------------------------------------------------------
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, all_logits: bool = False) -> torch.Tensor:
@@ -63,29 +82,24 @@ class ModelRunner:
         slots: list[int] = []
         logits_idx: list[int] = []
 
+        # Decodes sorted by context length (in place: the caller samples in this order),
+        # then cut into at most two groups so short sequences are not padded to the longest.
+        out.decodes.sort(key=lambda s: s.start)
         decodes = out.decodes
         meta = AttentionMetadata(slot_mapping=torch.empty(0, dtype=torch.long))
         if decodes:
-            max_blocks = max(-(-(s.start + 1) // bs) for s in decodes)
-            table = torch.zeros(len(decodes), max_blocks, dtype=torch.long)
-            ctx = torch.empty(len(decodes), dtype=torch.long)
+            nblocks = [-(-(s.start + 1) // bs) for s in decodes]
+            cut = split_by_length(nblocks)
+            for lo, hi in ((0, cut), (cut, len(decodes))):
+                if lo < hi:
+                    meta.decodes.append(self._decode_group(decodes[lo:hi], nblocks[hi - 1], lo, dev))
             for b, s in enumerate(decodes):
                 seq, pos = s.seq, s.start
                 ids.append(seq.token_ids[pos])
                 positions.append(pos)
                 slots.append(seq.block_table[pos // bs].block_id * bs + pos % bs)
-                nb = -(-(pos + 1) // bs)
-                table[b, :nb] = torch.tensor([blk.block_id for blk in seq.block_table[:nb]])
-                ctx[b] = pos + 1
                 if s.samples or all_logits:
                     logits_idx.append(b)
-            k_pos = torch.arange(max_blocks * bs)[None, :]
-            mask = k_pos < ctx[:, None]
-            if self.window is not None:
-                mask &= k_pos >= (ctx[:, None] - self.window)
-            meta.num_decode = len(decodes)
-            meta.decode_block_table = table.to(dev)
-            meta.decode_mask = mask[:, None, None, :].to(dev)
 
         for s in out.prefills:
             seq, start, n = s.seq, s.start, s.num_tokens

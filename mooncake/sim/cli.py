@@ -146,7 +146,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             bar.update(1)
             bar.set_postfix_str(f"x{point.rate_scale:g}")
 
-        curves.append(sweep(name, config, reqs, scales, slos, args.refine, args.target, tick))
+        curves.append(sweep(name, config, reqs, scales, slos, args.refine, args.target, on_point=tick))
         bar.close()
     for c in curves:
         caps = ", ".join(f"{k}: {v:g}x ({v * base_rate:.2f} req/s)" for k, v in c.capacity.items())

@@ -208,7 +208,10 @@ class Simulator:
             record.ttft_s = now - record.arrival_s
             if inst.cache is not None:
                 self._store_blocks(inst.name, inst.cache, work)
-            self.conductor.on_prefill_finish(work.rid, now, record.prompt_len, record.cached_tokens, work.compute_s)
+            # The Conductor learns from what it can observe: the wall time from the first
+            # chunk to the last, which includes the decode steps interleaved with it.
+            started = work.started_at if work.started_at is not None else now
+            self.conductor.on_prefill_finish(work.rid, now, record.prompt_len, record.cached_tokens, now - started)
             self.conductor.on_decode_join(work.rid, now)
             self.prefill_gpu_s += work.compute_s
         self._finish(finished, now)

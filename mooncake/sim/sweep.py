@@ -62,6 +62,7 @@ def sweep(
     slos: Sequence[tuple[float, float]],
     refine: int = 0,
     target: float = 0.9,
+    tolerance: float = 0.02,
     on_point: Callable[[SweepPoint], None] | None = None,
 ) -> CapacityCurve:
     """Replay ``requests`` at each of ``scales``, then bisect ``refine`` times between
@@ -75,6 +76,7 @@ def sweep(
         slos: (TTFT SLO, TBT SLO) pairs in seconds.
         refine: bisection steps per SLO pair.
         target: attainment a scale must reach.
+        tolerance: stop bisecting once the bracket is this narrow (relative).
         on_point: called after every replay (progress reporting).
     """
     labels = [slo_label(t, b) for t, b in slos]
@@ -97,7 +99,7 @@ def sweep(
             pts = sorted(done.values(), key=lambda p: p.rate_scale)
             lo = effective_capacity(pts, label, target)
             above = [p.rate_scale for p in pts if p.rate_scale > lo]
-            if lo == 0.0 or not above:
+            if lo == 0.0 or not above or above[0] - lo <= tolerance * lo:
                 break
             run(round((lo + above[0]) / 2, 4))
     pts = sorted(done.values(), key=lambda p: p.rate_scale)

@@ -57,6 +57,7 @@ class KVHandle:
     first_token_ids: list[int]
     num_cached_tokens: int
     prefill_seconds: float
+    first_logprobs: list[dict[int, float]] | None = None
     queue_seconds: float | None = None
     """Seconds the request waited in the prefill engine before its first step."""
     first_token_time: float | None = None

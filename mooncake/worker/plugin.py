@@ -5,6 +5,7 @@ Conductor."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
@@ -53,11 +54,15 @@ class MooncakeWorker(WorkerPlugin):
         self.roles = roles_of(worker)
         self.outbox: dict[str, KVExport] = {}
         self.inbox: dict[str, KVExport] = {}
+        # Requests that lookup admitted into the engine, awaited by their next task.
+        self.started: dict[str, tuple[concurrent.futures.Future[Any], float]] = {}
         self.prefill_reports: deque[tuple[str, int, int, float]] = deque()
         self.decode_joins: deque[str] = deque()
         self.transfer_reports: deque[tuple[int, float]] = deque()
         self.lookup_reports: deque[dict[str, Any]] = deque()
         self.request_reports: deque[dict[str, Any]] = deque()
+        self.token_times: dict[str, list[float]] = {}
+        """Request id -> wall time of each token its engine produced (inter-token latency)."""
         self._probe = SharedPrefixProbe(self.engine_config.block_size)
         self._probe_lock = threading.Lock()
         # A GPU worker sees only its own device (CUDA_VISIBLE_DEVICES set per process).
@@ -122,6 +127,8 @@ class MooncakeWorker(WorkerPlugin):
     async def handle_abort(self, request_id: str) -> bool:
         self.outbox.pop(request_id, None)
         self.inbox.pop(request_id, None)
+        self.started.pop(request_id, None)
+        self.token_times.pop(request_id, None)
         fut = self.loop.call(lambda e: self.loop.abort(e, request_id))
         return bool(await asyncio.wrap_future(fut))
 

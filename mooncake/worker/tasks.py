@@ -26,7 +26,6 @@ from mooncake.worker.messages import (
 
 if TYPE_CHECKING:
     from mooncake.engine import LLMEngine
-    from mooncake.worker.engine_loop import Watch
     from mooncake.worker.plugin import MooncakeWorker
 
 T = TypeVar("T")
@@ -56,9 +55,12 @@ def _rpc(addr: str, method: str, **kwargs: Any) -> Any:
     return sync(worker.loop, go)
 
 
-def lookup(spec: RequestSpec, placement: PlacementInfo) -> LookupResult:
+def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") -> LookupResult:
     """Prefix lookup on the prefill worker: count the locally cached prefix and, when the
-    Conductor chose to fetch a longer one from a peer, pull those blocks in."""
+    Conductor chose to fetch a longer one from a peer, pull those blocks in. Then the
+    request is admitted into the engine's batch at once (``start``: ``prefill`` for a
+    prefill-only request, ``generate`` for colocated), so its prefill does not wait for
+    the scheduler to dispatch the next task; that task owns and waits for the result."""
     plugin = _plugin()
     t0 = time.perf_counter()
 
@@ -82,12 +84,26 @@ def lookup(spec: RequestSpec, placement: PlacementInfo) -> LookupResult:
         except Exception:
             result.fetched_blocks = 0
     result.fetch_seconds = time.perf_counter() - t0
+    plugin.started[spec.request_id] = (_watch_and_add(spec, prefill_only=start == "prefill"), time.perf_counter())
     return result
 
 
+def _started(spec: RequestSpec, prefill_only: bool) -> tuple[concurrent.futures.Future[RequestOutput], float]:
+    """The engine future that lookup started for this request (or start it now)."""
+    plugin = _plugin()
+    got = plugin.started.pop(spec.request_id, None)
+    return got if got is not None else (_watch_and_add(spec, prefill_only=prefill_only), time.perf_counter())
+
+
 def _watch_and_add(
-    spec: RequestSpec, *, prefill_only: bool, kv: Any = None, prior: list[int] | None = None, cached: int | None = None
-) -> Watch:
+    spec: RequestSpec,
+    *,
+    prefill_only: bool,
+    kv: Any = None,
+    prior: list[int] | None = None,
+    prior_logprobs: list[dict[int, float]] | None = None,
+    cached: int | None = None,
+) -> concurrent.futures.Future[RequestOutput]:
     from mooncake.worker.engine_loop import Watch
 
     plugin = _plugin()
@@ -97,6 +113,8 @@ def _watch_and_add(
         params = dataclasses.replace(params, max_tokens=1, min_tokens=min(params.min_tokens, 1))
 
     w = Watch(done, spec.stream_topic, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
+    # The task that waits on ``done`` reads the token times for inter-token latency.
+    plugin.token_times[spec.request_id] = w.token_times
 
     def add(e: LLMEngine) -> None:
         plugin.loop.watch(spec.request_id, w)
@@ -109,6 +127,7 @@ def _watch_and_add(
                 keep_kv=prefill_only,
                 kv=kv,
                 prior_output_ids=prior or (),
+                prior_logprobs=prior_logprobs,
             )
         except Exception:
             plugin.loop._watches.pop(spec.request_id, None)
@@ -119,7 +138,7 @@ def _watch_and_add(
             w.sent_text = len(seq.detok.text) if seq.detok is not None else 0
 
     plugin.loop.call(add).result()
-    return w
+    return done
 
 
 def _compute_seconds(out: RequestOutput, fallback: float) -> float:
@@ -170,8 +189,9 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     in this worker's outbox for the decode worker."""
     plugin = _plugin()
     spec = lookup_result.spec
-    t0 = time.perf_counter()
-    out = _wait(_watch_and_add(spec, prefill_only=True).future)
+    fut, t0 = _started(spec, prefill_only=True)
+    out = _wait(fut)
+    plugin.token_times.pop(spec.request_id, None)
     seconds = _compute_seconds(out, time.perf_counter() - t0)
     plugin.report_lookup(spec, lookup_result, out.num_cached_tokens)
     first = out.token_ids
@@ -190,6 +210,7 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         first_token_time=first_token_wall,
         num_tokens=export.num_tokens,
         first_token_ids=list(first),
+        first_logprobs=out.outputs[0].logprobs,
         num_cached_tokens=out.num_cached_tokens,
         prefill_seconds=seconds,
         queue_seconds=_queue_seconds(out),
@@ -239,13 +260,17 @@ def decode(tr: TransferResult) -> RequestOutput:
     plugin.decode_joins.append(spec.request_id)
     # On a miss the prompt is recomputed here (prefix cache permitting); the first token
     # is kept, so the output is the same.
-    w = _watch_and_add(spec, prefill_only=False, kv=export, prior=handle.first_token_ids, cached=handle.num_cached_tokens)
-    out = _wait(w.future)
+    out = _wait(
+        _watch_and_add(
+            spec, prefill_only=False, kv=export, prior=handle.first_token_ids, prior_logprobs=handle.first_logprobs, cached=handle.num_cached_tokens
+        )
+    )
+    token_times = plugin.token_times.pop(spec.request_id, [])
     out = _wall_metrics(out, spec, handle.num_cached_tokens)
     m = out.metrics
     decode_s = m.finish_time - m.first_scheduled_time if m.finish_time is not None and m.first_scheduled_time is not None else None
     m.first_token_time = handle.first_token_time
-    plugin.report_request(out, queue_s=handle.queue_seconds, prefill_s=handle.prefill_seconds, decode_s=decode_s, itl=_gaps(handle.first_token_time, w.token_times))
+    plugin.report_request(out, queue_s=handle.queue_seconds, prefill_s=handle.prefill_seconds, decode_s=decode_s, itl=_gaps(handle.first_token_time, token_times))
     return out
 
 
@@ -253,9 +278,9 @@ def generate(lookup_result: LookupResult) -> RequestOutput:
     """Colocated mode: prefill and decode in this worker's engine, one request."""
     plugin = _plugin()
     spec = lookup_result.spec
-    t0 = time.perf_counter()
-    w = _watch_and_add(spec, prefill_only=False)
-    out = _wait(w.future)
+    fut, t0 = _started(spec, prefill_only=False)
+    out = _wait(fut)
+    token_times = plugin.token_times.pop(spec.request_id, [])
     seconds = _compute_seconds(out, time.perf_counter() - t0)
     plugin.prefill_reports.append((spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds))
     plugin.report_lookup(spec, lookup_result, out.num_cached_tokens)
@@ -263,7 +288,7 @@ def generate(lookup_result: LookupResult) -> RequestOutput:
     out = _wall_metrics(out, spec, out.num_cached_tokens)
     m = out.metrics
     decode_s = m.finish_time - m.first_token_time if m.finish_time is not None and m.first_token_time is not None else None
-    plugin.report_request(out, queue_s=queue_s, prefill_s=seconds, decode_s=decode_s, itl=_gaps(None, w.token_times))
+    plugin.report_request(out, queue_s=queue_s, prefill_s=seconds, decode_s=decode_s, itl=_gaps(None, token_times))
     return out
 
 

@@ -115,3 +115,16 @@ def test_config_validates(kwargs: dict[str, object], field: str) -> None:
     """Bad values raise ValueError naming the field."""
     with pytest.raises(ValueError, match=field):
         ConductorConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_ttft_only_admission_leaves_decode_check_for_later(tiny_cost: CostModel) -> None:
+    """admission='ttft' (Table 3's baseline): a request whose KV cannot fit on the decode
+    instance is still admitted at arrival (TTFT 0.5 s ≤ 30 s) and only refused by
+    admit_to_decode; a request estimated at 40 s TTFT is rejected up front."""
+    cfg = ConductorConfig(prefill_policy="load_balancing", admission="ttft")
+    c = Conductor(cfg, ["P"], {"D": 100}, tiny_cost)
+    big = c.place(req("big", 500, (1,), 10), 0.0)
+    assert isinstance(big, Placement)
+    assert isinstance(c.admit_to_decode("big", 0.5), Rejection)
+    slow = c.place(req("slow", 40_000, (2,), 10), 0.0)
+    assert isinstance(slow, Rejection) and "TTFT" in slow.reason
