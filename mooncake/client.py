@@ -35,6 +35,7 @@ from mooncake.kvcache import block_keys, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from mooncake.sampling_params import SamplingParams, params_per_prompt
 from mooncake.tokenizer import Tokenizer
+from mooncake.worker.config import WorkerConfig
 from mooncake.worker.messages import PlacementInfo, RequestSpec
 from mooncake.worker.plugin import MooncakeWorker
 from mooncake.worker.tasks import engine_stats, worker_info
@@ -152,6 +153,7 @@ class LLM:
         conductor_config: placement/admission policy and SLOs.
         threads_per_worker: Dask threads per worker process.
         dashboard_address: where the embedded cluster serves the Dask dashboard.
+        worker_config: each worker's KV store tiers and transfer settings.
     """
 
     def __init__(
@@ -166,6 +168,7 @@ class LLM:
         conductor_config: ConductorConfig | None = None,
         threads_per_worker: int = 4,
         dashboard_address: str | None = ":0",
+        worker_config: WorkerConfig | None = None,
     ) -> None:
         self.build_graph = get_builder(mode)
         self.mode = mode
@@ -187,7 +190,7 @@ class LLM:
             self.client = Client(scheduler)
         self.client.register_plugin(ConductorPlugin(cc))
         self.client.register_plugin(MonitorPlugin())
-        self.client.register_plugin(MooncakeWorker(ec))
+        self.client.register_plugin(MooncakeWorker(ec, worker_config or WorkerConfig()))
         infos = self.client.run(worker_info)
         if not infos:
             raise RuntimeError("the cluster has no workers")

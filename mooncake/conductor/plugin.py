@@ -144,7 +144,7 @@ class ConductorPlugin(SchedulerPlugin):
                 role="+".join(self.worker_info[worker]["roles"]),
                 running=int(load["running"]),
                 waiting=int(load["waiting"]),
-                kv_blocks={"device": (used, int(load["num_blocks"]))},
+                kv_blocks={"device": (used, int(load["num_blocks"])), **{t: (int(u), int(n)) for t, (u, n) in load.get("tiers", {}).items()}},
                 cached_blocks=int(load["cached_blocks"]),
                 prefill_queue_s=pq.queue_time(now) if pq is not None else 0.0,
                 batch_size=int(load["running"]),

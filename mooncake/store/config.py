@@ -6,25 +6,16 @@ the field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from mooncake.config import check_field as _check
+from mooncake.config import reject_unknown_fields as _strict
 
 EvictionPolicyName = Literal["lru", "lfu", "length_aware"]
 EVICTION_POLICIES: tuple[EvictionPolicyName, ...] = ("lru", "lfu", "length_aware")
 ChecksumName = Literal["sum64", "crc32"]
 CHECKSUMS: tuple[ChecksumName, ...] = ("sum64", "crc32")
-
-
-def _check(cond: bool, name: str, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"{name}: {msg}")
-
-
-def _strict(cls: type, data: dict[str, Any]) -> None:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}")
 
 
 @dataclass(frozen=True)

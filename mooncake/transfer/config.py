@@ -9,13 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from mooncake.config import check_field as _check
+
 BackendName = Literal["auto", "tcp", "rdma"]
 BACKENDS: tuple[BackendName, ...] = ("auto", "tcp", "rdma")
-
-
-def _check(cond: bool, name: str, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"{name}: {msg}")
 
 
 @dataclass(frozen=True)

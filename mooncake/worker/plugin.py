@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from distributed import Worker, WorkerPlugin
@@ -21,8 +22,11 @@ from mooncake.engine import LLMEngine
 from mooncake.kvcache import KVExport, block_keys
 from mooncake.kvcache.shared_prefix import SharedPrefixProbe
 from mooncake.outputs import RequestOutput
+from mooncake.transfer import Peer
 from mooncake.types import BlockKey
+from mooncake.worker.config import WorkerConfig
 from mooncake.worker.engine_loop import EngineLoop
+from mooncake.worker.kv_store import KVStore
 
 if TYPE_CHECKING:
     from mooncake.worker.messages import LookupResult, RequestSpec
@@ -46,8 +50,9 @@ class MooncakeWorker(WorkerPlugin):
     name = PLUGIN_NAME
     idempotent = True
 
-    def __init__(self, engine_config: EngineConfig) -> None:
+    def __init__(self, engine_config: EngineConfig, worker_config: WorkerConfig | None = None) -> None:
         self.engine_config = engine_config
+        self.worker_config = worker_config or WorkerConfig()
 
     async def setup(self, worker: Worker) -> None:
         self.worker = worker
@@ -65,10 +70,20 @@ class MooncakeWorker(WorkerPlugin):
         """Request id -> wall time of each token its engine produced (inter-token latency)."""
         self._probe = SharedPrefixProbe(self.engine_config.block_size)
         self._probe_lock = threading.Lock()
+        self.transfer_paths: Counter[str] = Counter()
+        # Prefix blocks found at lookup, by where: device pool, own host/SSD tiers, a peer.
+        self.hit_blocks: Counter[str] = Counter()
         # A GPU worker sees only its own device (CUDA_VISIBLE_DEVICES set per process).
         engine = await asyncio.to_thread(LLMEngine, self.engine_config)
         self.engine = engine
         self.loop = EngineLoop(engine, self._emit)
+        self.kv_store: KVStore | None = None
+        if self.worker_config.enable_store:
+            self.kv_store = await asyncio.to_thread(KVStore, self.worker_config, worker.name or worker.address)
+        self._peers: dict[str, Peer | None] = {}
+        # Keys this worker holds in any tier (device pool, host, SSD): the Conductor's
+        # index sees a block as present until it is gone from all of them.
+        self._holders: dict[bytes, set[str]] = {}
         worker.handlers["mooncake_fetch_kv"] = self.handle_fetch_kv
         worker.handlers["mooncake_fetch_blocks"] = self.handle_fetch_blocks
         worker.handlers["mooncake_abort"] = self.handle_abort
@@ -80,6 +95,8 @@ class MooncakeWorker(WorkerPlugin):
     async def teardown(self, worker: Worker) -> None:
         self._report_task.cancel()
         await asyncio.to_thread(self.loop.stop)
+        if self.kv_store is not None:
+            self.kv_store.close()
 
     # -- streaming ----------------------------------------------------------------
     def _emit(self, topic: str, msgs: list[dict[str, Any]]) -> None:
@@ -107,10 +124,21 @@ class MooncakeWorker(WorkerPlugin):
             "kv_bytes_per_token": e.spec.bytes_per_token,
             "kv_capacity_tokens": e.pool.num_blocks * e.config.block_size,
             "device": e.config.device,
+            "peer": dataclasses.asdict(self.kv_store.peer) if self.kv_store is not None else None,
         }
 
     def handle_info(self) -> dict[str, Any]:
         return self.info()
+
+    def peer_of(self, address: str) -> Peer | None:
+        """How to fetch blocks from the worker at ``address`` (asked once, then cached)."""
+        if address not in self._peers:
+            from mooncake.worker.tasks import _rpc
+
+            info = _rpc(address, "mooncake_info")
+            p = info.get("peer")
+            self._peers[address] = Peer(p["host_id"], tuple(p["tcp"]) if p["tcp"] else None, p["host_tier_path"], p["rdma"]) if p else None
+        return self._peers[address]
 
     def handle_fetch_kv(self, request_id: str) -> dict[str, Any]:
         """A decode worker pulls a prefilled request's KV (once)."""
@@ -139,16 +167,23 @@ class MooncakeWorker(WorkerPlugin):
         bs = self.engine.config.block_size
         root = self.engine.root_key(spec.cache_salt)
         keys = block_keys(spec.prompt_token_ids, bs, root)
-        # Blocks pulled from a peer (Algorithm 1's fetch) count as remote hits; the tiers
-        # of this worker's store will add host/ssd here once they serve lookups.
-        remote = min(cached_tokens, lookup.fetched_blocks * bs) if lookup.fetched_blocks else 0
+        # The reused prefix is, in order: blocks the engine had (device), blocks from this
+        # worker's host/SSD tiers, blocks fetched from a peer (Algorithm 1). Whatever the
+        # engine found beyond that (cached meanwhile by a concurrent request) is device.
+        hits: dict[str, int] = {}
+        left = cached_tokens
+        for src, n in (("device", lookup.cached_tokens // bs), *lookup.store_tiers.items(), ("remote", lookup.fetched_blocks)):
+            take = min(left, n * bs)
+            hits[src] = hits.get(src, 0) + take
+            left -= take
+        hits["device"] += left
         with self._probe_lock:
             kind, shared = self._probe.probe(root, keys, spec.prompt_token_ids, cached_tokens // bs)
             self._probe.record(root, keys, spec.prompt_token_ids)
         self.lookup_reports.append(
             {
                 "prompt_tokens": len(spec.prompt_token_ids),
-                "hits": {"device": cached_tokens - remote, "remote": remote},
+                "hits": hits,
                 "shared_prefix": kind,
                 "shared_below_block_tokens": shared if kind == "below_block" else 0,
             }
@@ -171,6 +206,14 @@ class MooncakeWorker(WorkerPlugin):
             }
         )
 
+    def _tier_blocks(self) -> dict[str, tuple[int, int]]:
+        """Host/SSD tier occupancy in blocks of this engine's size: (used, capacity)."""
+        kvs = self.kv_store
+        if kvs is None:
+            return {}
+        per_block = max(1, self.engine.spec.bytes_per_block)
+        return {name: (kvs.store.used_bytes(name) // per_block, tier.capacity_bytes // per_block) for name, tier in kvs.store.tiers.items()}
+
     # -- reports to the Conductor ---------------------------------------------------
     def _drain(self, q: deque[Any]) -> list[Any]:
         out = []
@@ -178,24 +221,47 @@ class MooncakeWorker(WorkerPlugin):
             out.append(q.popleft())
         return out
 
+    def _presence(self) -> tuple[list[bytes], list[bytes]]:
+        """Fold device-pool and store events into (keys now held, keys now gone)."""
+        changes: list[tuple[str, bytes, str]] = [(kind, k, "device") for kind, k in self._drain(self.loop.block_events)]
+        if self.kv_store is not None:
+            changes += [(ev.kind, ev.key, "store") for ev in self.kv_store.store.events.drain() if ev.kind in ("stored", "removed")]
+        stored: list[bytes] = []
+        removed: list[bytes] = []
+        for kind, key, tier in changes:
+            holders = self._holders.setdefault(key, set())
+            before = bool(holders)
+            if kind == "stored":
+                holders.add(tier)
+            else:
+                holders.discard(tier)
+            if holders and not before:
+                stored.append(key)
+            elif before and not holders:
+                removed.append(key)
+                del self._holders[key]
+        return stored, removed
+
     def report(self) -> dict[str, Any]:
         e = self.engine
-        events = self._drain(self.loop.block_events)
+        stored, removed = self._presence()
         rep: dict[str, Any] = {
-            "stored": [k for kind, k in events if kind == "stored"],
-            "removed": [k for kind, k in events if kind == "removed"],
+            "stored": stored,
+            "removed": removed,
             "prefills": self._drain(self.prefill_reports),
             "decode_joined": self._drain(self.decode_joins),
             "transfers": self._drain(self.transfer_reports),
             "lookups": self._drain(self.lookup_reports),
             "requests": self._drain(self.request_reports),
             "load": {
+                "tiers": self._tier_blocks(),
                 "running": len(e.scheduler.running),
                 "waiting": len(e.scheduler.waiting),
                 "free_blocks": e.pool.num_free,
                 "num_blocks": e.pool.num_blocks,
                 "cached_blocks": e.pool.num_cached,
                 "busy_seconds": self.loop.busy_seconds,
+                "host_bytes": self.kv_store.store.used_bytes("host") if self.kv_store is not None else 0,
             },
         }
         if not self._reported_model:

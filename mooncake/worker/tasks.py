@@ -16,6 +16,7 @@ from distributed.utils import sync
 
 from mooncake.kvcache import block_keys
 from mooncake.outputs import RequestMetrics, RequestOutput
+from mooncake.types import BlockKey
 from mooncake.worker.messages import (
     KVHandle,
     LookupResult,
@@ -72,20 +73,49 @@ def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") 
 
     cached, keys = plugin.loop.call(local_hits).result()
     result = LookupResult(spec, placement, cached_tokens=cached)
-    if placement.fetch_from and placement.fetch_from != plugin.worker.address and placement.fetch_blocks > 0:
-        want = keys[: placement.fetch_blocks]
-        try:
-            reply = _rpc(placement.fetch_from, "mooncake_fetch_blocks", keys=want, token_ids=spec.prompt_token_ids)
-            blocks = reply["blocks"]
-            n = plugin.loop.call(lambda e: e.import_cached_blocks(blocks)).result()
-            result.fetched_blocks = n
-            nbytes = sum(b.data.nbytes for b in blocks)
+    have = cached // plugin.engine.config.block_size
+    plugin.hit_blocks["device"] += have
+    kvs = plugin.kv_store
+    if kvs is not None and have < len(keys):
+        # Host/SSD tier: blocks this worker published earlier and its engine evicted since.
+        result.store_blocks = kvs.local_prefix(keys[have:], lambda blocks: _import(plugin, blocks)).num_blocks
+        if result.store_blocks:
+            for tier in kvs.store.match_prefix(keys[have : have + result.store_blocks]).tiers:
+                result.store_tiers[tier] = result.store_tiers.get(tier, 0) + 1
+        have += result.store_blocks
+        plugin.hit_blocks["store"] += result.store_blocks
+    if placement.fetch_from and placement.fetch_from != plugin.worker.address and placement.fetch_blocks > have:
+        want = keys[have : placement.fetch_blocks]
+        got, nbytes = 0, 0
+        peer = plugin.peer_of(placement.fetch_from) if kvs is not None else None
+        if kvs is not None and peer is not None:
+            f = kvs.fetch(want, peer, lambda blocks: _import(plugin, blocks))
+            got, nbytes = f.num_blocks, f.nbytes
+        if got < len(want):
+            # Not in the peer's store (or no store): ask its engine for what it still caches.
+            try:
+                reply = _rpc(placement.fetch_from, "mooncake_fetch_blocks", keys=keys[: placement.fetch_blocks], token_ids=spec.prompt_token_ids)
+                blocks = reply["blocks"][have + got :]
+                got += _import(plugin, blocks)
+                nbytes += sum(b.data.nbytes for b in blocks)
+            except Exception:
+                pass
+        result.fetched_blocks = got
+        plugin.hit_blocks["remote"] += got
+        if nbytes:
             plugin.transfer_reports.append((nbytes, time.perf_counter() - t0))
-        except Exception:
-            result.fetched_blocks = 0
     result.fetch_seconds = time.perf_counter() - t0
     plugin.started[spec.request_id] = (_watch_and_add(spec, prefill_only=start == "prefill"), time.perf_counter())
     return result
+
+
+def _import(plugin: MooncakeWorker, blocks: list[Any]) -> int:
+    """Copy blocks into this worker's engine prefix cache (on the engine thread, while
+    the caller keeps their memory alive). Returns how many are now usable."""
+    if not blocks:
+        return 0
+    plugin.loop.call(lambda e: e.import_cached_blocks(blocks)).result()
+    return len(blocks)
 
 
 def _started(spec: RequestSpec, prefill_only: bool) -> tuple[concurrent.futures.Future[RequestOutput], float]:
@@ -197,7 +227,10 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     first = out.token_ids
     finished = out.finish_reason in ("stop", "abort") or (spec.params.max_tokens is not None and spec.params.max_tokens <= len(first))
     export = plugin.loop.call(lambda e: e.export_kv(spec.request_id, release=True)).result()
-    if not finished:
+    kvs = plugin.kv_store
+    if kvs is not None:
+        kvs.put(export.blocks)  # full blocks: decode pulls them, later requests reuse them
+    elif not finished:
         plugin.outbox[spec.request_id] = export
     plugin.prefill_reports.append((spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds))
     first_token_wall = out.metrics.first_token_time
@@ -211,6 +244,8 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         num_tokens=export.num_tokens,
         first_token_ids=list(first),
         first_logprobs=out.outputs[0].logprobs,
+        block_keys=[b.key for b in export.blocks if b.key is not None],
+        peer=kvs.peer if kvs is not None else None,
         num_cached_tokens=out.num_cached_tokens,
         prefill_seconds=seconds,
         queue_seconds=_queue_seconds(out),
@@ -227,6 +262,17 @@ def transfer(handle: KVHandle) -> TransferResult:
     if handle.finished:
         return TransferResult(handle, path="none")
     t0 = time.perf_counter()
+    kvs = plugin.kv_store
+    if handle.peer is not None and kvs is not None:
+        # Through the store: the peer's host tier (same host, zero copy) or its block
+        # server. Blocks land in this engine's prefix cache; decode computes the tail.
+        f = kvs.fetch([BlockKey(k) for k in handle.block_keys], handle.peer, lambda blocks: _import(plugin, blocks))
+        seconds = time.perf_counter() - t0
+        if f.nbytes and "shm" not in f.paths:
+            plugin.transfer_reports.append((f.nbytes, seconds))
+        path = "+".join(sorted(set(f.paths))) if f.num_blocks == len(handle.block_keys) else "miss"
+        plugin.transfer_paths[path] += 1
+        return TransferResult(handle, nbytes=f.nbytes, seconds=seconds, path=path)
     if handle.worker == plugin.worker.address:
         export = plugin.outbox.pop(rid, None)
         path = "local"
@@ -236,13 +282,13 @@ def transfer(handle: KVHandle) -> TransferResult:
             export = reply["export"] if reply["found"] else None
         except Exception:
             export = None
-        path = "tcp"
+        path = "dask"
     seconds = time.perf_counter() - t0
     if export is None:
         return TransferResult(handle, path="miss", seconds=seconds)
     plugin.inbox[rid] = export
     nbytes = sum(b.data.nbytes for b in export.blocks)
-    if path == "tcp":
+    if path == "dask":
         plugin.transfer_reports.append((nbytes, seconds))
     return TransferResult(handle, nbytes=nbytes, seconds=seconds, path=path)
 
@@ -304,8 +350,12 @@ def engine_stats(dask_worker: Any) -> dict[str, Any]:
     """This worker's engine counters and pool state (run with ``Client.run``)."""
     from mooncake.worker.plugin import PLUGIN_NAME
 
-    e = dask_worker.plugins[PLUGIN_NAME].engine
+    plugin = dask_worker.plugins[PLUGIN_NAME]
+    e = plugin.engine
     return {
+        "host_blocks": len(plugin.kv_store.store.keys("host")) if plugin.kv_store is not None else 0,
+        "transfer_paths": dict(plugin.transfer_paths),
+        "hit_blocks": dict(plugin.hit_blocks),
         **dataclasses.asdict(e.stats),
         "running": len(e.scheduler.running),
         "waiting": len(e.scheduler.waiting),
