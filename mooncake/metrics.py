@@ -217,8 +217,9 @@ class MetricsState:
         self.shared_below_block_tokens = 0
         self.admitted = 0
         self.rejected: Counter[str] = Counter()
-        self.transfer_bytes = 0
-        self.transfer_seconds = 0.0
+        self.transfer_bytes: Counter[str] = Counter()
+        """By path (``shm``, ``tcp``, ``dask``, ``local``, ``prefix-fetch``, ``miss``...)."""
+        self.transfer_seconds: dict[str, float] = {}
         self.transfers = 0
         self.bandwidth_estimate: float | None = None
         self.workers: dict[str, WorkerLoad] = {}
@@ -256,9 +257,9 @@ class MetricsState:
         else:
             self.rejected[rejection_reason(reason)] += 1
 
-    def observe_transfer(self, nbytes: int, seconds: float) -> None:
-        self.transfer_bytes += nbytes
-        self.transfer_seconds += seconds
+    def observe_transfer(self, nbytes: int, seconds: float, path: str = "tcp") -> None:
+        self.transfer_bytes[path] += nbytes
+        self.transfer_seconds[path] = self.transfer_seconds.get(path, 0.0) + seconds
         self.transfers += 1
 
     def set_worker(self, worker: str, load: WorkerLoad) -> None:
@@ -357,14 +358,18 @@ class MetricsState:
         for reason in sorted(set(REJECTION_REASONS) | set(self.rejected)):
             rej.add_metric([*m, reason], self.rejected[reason])
         yield rej
-        tb = CounterMetricFamily(TRANSFER_BYTES, "KV bytes moved between workers.", labels=lab)
-        tb.add_metric(m, self.transfer_bytes)
-        ts = CounterMetricFamily(TRANSFER_SECONDS, "Seconds spent moving KV between workers.", labels=lab)
-        ts.add_metric(m, self.transfer_seconds)
-        bw = GaugeMetricFamily(TRANSFER_BANDWIDTH, "KV transfer bandwidth: the Conductor's estimate, else bytes/seconds so far.", labels=lab)
+        tb = CounterMetricFamily(TRANSFER_BYTES, "KV bytes moved to where they are used, by path.", labels=[*lab, "path"])
+        ts = CounterMetricFamily(TRANSFER_SECONDS, "Seconds spent moving KV, by path.", labels=[*lab, "path"])
+        for path in sorted(self.transfer_bytes):
+            tb.add_metric([*m, path], self.transfer_bytes[path])
+            ts.add_metric([*m, path], self.transfer_seconds[path])
+        bw = GaugeMetricFamily(
+            TRANSFER_BANDWIDTH, "KV transfer bandwidth between hosts: the Conductor's estimate, else bytes/seconds so far.", labels=lab
+        )
         est = self.bandwidth_estimate
         if est is None:
-            est = self.transfer_bytes / self.transfer_seconds if self.transfer_seconds > 0 else 0.0
+            total_s = sum(self.transfer_seconds.values())
+            est = sum(self.transfer_bytes.values()) / total_s if total_s > 0 else 0.0
         bw.add_metric(m, est)
         yield from (tb, ts, bw)
 

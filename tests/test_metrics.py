@@ -82,7 +82,7 @@ def test_workers_admissions_transfers_and_timeline():
     s.observe_admission(True)
     s.observe_admission(False, "estimated TTFT 9s > SLO 1s")
     s.observe_lookup(LookupRecord(10, {"device": 5}))
-    s.observe_transfer(1000, 0.5)
+    s.observe_transfer(1000, 0.5, "tcp")
     s.tick(0.5)  # too soon: no point
     s.tick(2.0)
     text = _render(s)
@@ -92,6 +92,7 @@ def test_workers_admissions_transfers_and_timeline():
     assert _value(text, 'mooncake:request_rejected_total{model_name="m",reason="ttft_slo"}') == 1
     assert _value(text, 'mooncake:request_admitted_total{model_name="m"}') == 1
     assert _value(text, 'mooncake:kv_transfer_bandwidth_bytes_per_second{model_name="m"}') == 2000
+    assert _value(text, 'mooncake:kv_transfer_bytes_total{model_name="m",path="tcp"}') == 1000
     assert s.rates() == [(2.0, 0.5, 0.5)]
 
 

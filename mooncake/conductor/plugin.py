@@ -125,7 +125,6 @@ class ConductorPlugin(SchedulerPlugin):
         for nbytes, seconds in report["transfers"]:
             if nbytes > 0 and seconds > 0:
                 c.on_transfer(nbytes, seconds)
-                self.metrics.observe_transfer(nbytes, seconds)
         self.loads[worker] = report["load"]
         self._update_metrics(worker, report, now)
 
@@ -135,6 +134,8 @@ class ConductorPlugin(SchedulerPlugin):
             m.observe_lookup(LookupRecord(**lk))
         for r in report.get("requests", ()):
             m.observe_request(RequestRecord(**r), now)
+        for path, nbytes, seconds in report.get("transfer_log", ()):
+            m.observe_transfer(int(nbytes), float(seconds), str(path))
         load = report["load"]
         used = int(load["num_blocks"]) - int(load["free_blocks"])
         pq = c.prefill_loads.get(worker) if c is not None else None

@@ -160,7 +160,7 @@ class MooncakePage:
             f"prefix-cache hit rate {m.hit_rate():.1%} of {m.query_tokens} prompt tokens "
             f"(below-block shares: {m.lookups['below_block']}); "
             f"TTFT p50 {p50 if p50 is None else round(p50, 3)} s; "
-            f"KV transferred {m.transfer_bytes / 2**20:.1f} MiB"
+            f"KV moved {sum(m.transfer_bytes.values()) / 2**20:.1f} MiB ({', '.join(sorted(m.transfer_bytes)) or 'none'})"
             f"<span id='mooncake-counts' data-ttft='{len(m.ttft.recent)}' data-tbt='{len(m.tbt.recent)}' "
             f"data-hit='{len(self.hit.data['t'])}' data-workers='{len(workers)}'></span>"
         )

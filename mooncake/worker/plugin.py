@@ -66,6 +66,8 @@ class MooncakeWorker(WorkerPlugin):
         self.transfer_reports: deque[tuple[int, float]] = deque()
         self.lookup_reports: deque[dict[str, Any]] = deque()
         self.request_reports: deque[dict[str, Any]] = deque()
+        self.transfer_log: deque[tuple[str, int, float]] = deque()
+        """(path, bytes, seconds) of every KV move, for the metrics (any path, local ones too)."""
         self.token_times: dict[str, list[float]] = {}
         """Request id -> wall time of each token its engine produced (inter-token latency)."""
         self._probe = SharedPrefixProbe(self.engine_config.block_size)
@@ -253,6 +255,7 @@ class MooncakeWorker(WorkerPlugin):
             "transfers": self._drain(self.transfer_reports),
             "lookups": self._drain(self.lookup_reports),
             "requests": self._drain(self.request_reports),
+            "transfer_log": self._drain(self.transfer_log),
             "load": {
                 "tiers": self._tier_blocks(),
                 "running": len(e.scheduler.running),

@@ -104,6 +104,7 @@ def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") 
         plugin.hit_blocks["remote"] += got
         if nbytes:
             plugin.transfer_reports.append((nbytes, time.perf_counter() - t0))
+            plugin.transfer_log.append(("prefix-fetch", nbytes, time.perf_counter() - t0))
     result.fetch_seconds = time.perf_counter() - t0
     plugin.started[spec.request_id] = (_watch_and_add(spec, prefill_only=start == "prefill"), time.perf_counter())
     return result
@@ -271,6 +272,7 @@ def transfer(handle: KVHandle) -> TransferResult:
         if f.nbytes and "shm" not in f.paths:
             plugin.transfer_reports.append((f.nbytes, seconds))
         path = "+".join(sorted(set(f.paths))) if f.num_blocks == len(handle.block_keys) else "miss"
+        plugin.transfer_log.append((path, f.nbytes, seconds))
         plugin.transfer_paths[path] += 1
         return TransferResult(handle, nbytes=f.nbytes, seconds=seconds, path=path)
     if handle.worker == plugin.worker.address:
@@ -288,6 +290,7 @@ def transfer(handle: KVHandle) -> TransferResult:
         return TransferResult(handle, path="miss", seconds=seconds)
     plugin.inbox[rid] = export
     nbytes = sum(b.data.nbytes for b in export.blocks)
+    plugin.transfer_log.append((path, nbytes, seconds))
     if path == "dask":
         plugin.transfer_reports.append((nbytes, seconds))
     return TransferResult(handle, nbytes=nbytes, seconds=seconds, path=path)

@@ -79,6 +79,11 @@ def test_scheduler_metrics(served):
     assert 0 < device < queries
     usage = [k for k in m if k.startswith("mooncake:kv_cache_usage_perc") and 'tier="device"' in k]
     assert len(usage) == 2  # one per worker
+    # The prefill worker publishes its blocks to its host tier; decode pulls them from it.
+    host_used = [v for k, v in m.items() if k.startswith("mooncake:kv_cache_blocks") and 'tier="host"' in k and 'state="used"' in k]
+    assert len(host_used) == 2 and max(host_used) > 0
+    moved = {k: v for k, v in m.items() if k.startswith("mooncake:kv_transfer_bytes_total")}
+    assert moved and sum(moved.values()) > 0, moved
     assert any(k.startswith("mooncake:request_rejected_total") for k in m)
 
 
