@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from distributed import Client, Future, LocalCluster, Nanny, as_completed
 
+from mooncake import batch_dask
 from mooncake.batch import plan_batch
+from mooncake.batch_dask import Order
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.plugin import ConductorPlugin
 from mooncake.config import EngineConfig
@@ -47,7 +49,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Mode = Literal["disaggregated", "colocated"]
-Order = Literal["prefix", "input"]
 
 
 class Rejected(Exception):
@@ -425,39 +426,17 @@ class LLM:
                 bar.update(1)
         return [r for r in results if r is not None]
 
-    def generate_partitions(
-        self,
-        partitions: Any,
-        sampling_params: SamplingParams | None = None,
-        *,
-        use_tqdm: bool = True,
-        order: Order = "prefix",
-    ) -> Iterator[list[RequestOutput]]:
-        """Generate over a ``dask.bag.Bag`` of prompts, one partition at a time: only one
+    def generate_partitions(self, bag: Any, sampling_params: SamplingParams | None = None, *, use_tqdm: bool = True, order: Order = "prefix") -> Iterator[list[RequestOutput]]:
+        """``generate`` over a ``dask.bag.Bag`` of prompts, one partition at a time: only one
         input partition is in this process at once; yields each partition's outputs (in
         its order) as soon as it is done, so callers can write them out as they come."""
-        from tqdm.auto import tqdm
-
-        delayed_parts = partitions.to_delayed()
-        bar = tqdm(total=len(delayed_parts), desc="partitions", unit="part", disable=not use_tqdm)
-        try:
-            for part in delayed_parts:
-                prompts = list(self.client.compute(part).result())
-                yield self.generate(prompts, sampling_params, use_tqdm=False, order=order) if prompts else []
-                bar.update(1)
-        finally:
-            bar.close()
+        return batch_dask.generate_partitions(self, bag, sampling_params, use_tqdm=use_tqdm, order=order)
 
     def generate_bag(self, bag: dask.bag.Bag, sampling_params: SamplingParams | None = None, *, use_tqdm: bool = True, order: Order = "prefix") -> dask.bag.Bag:
-        """``generate`` over a ``dask.bag.Bag`` of prompts (text or token ids). Input
-        partitions are read one at a time; returns a bag of ``RequestOutput`` with the
-        same partitioning and order (the outputs are held in this process)."""
-        import dask.bag as db
-        from dask.delayed import delayed
-
-        parts = [delayed(outs) for outs in self.generate_partitions(bag, sampling_params, use_tqdm=use_tqdm, order=order)]
-        result: dask.bag.Bag = db.from_delayed(parts)
-        return result
+        """``generate`` over a ``dask.bag.Bag`` of prompts (text or token ids), read one
+        partition at a time; returns a bag of ``RequestOutput`` with the same partitioning
+        and order (the outputs are held in this process)."""
+        return batch_dask.generate_bag(self, bag, sampling_params, use_tqdm=use_tqdm, order=order)
 
     def generate_dataframe(
         self,
@@ -470,34 +449,9 @@ class LLM:
         order: Order = "prefix",
     ) -> dask.dataframe.DataFrame:
         """``generate`` over the prompts in ``df[column]``; returns ``df`` with the
-        generated text as ``output_column``, partition for partition. Input partitions
-        are read one at a time (the outputs are held in this process)."""
-        import dask.dataframe as dd
-        import pandas as pd
-        from dask.delayed import delayed
-
-        if column not in df.columns:
-            raise ValueError(f"column: {column!r} is not a column of the dataframe")
-        from tqdm.auto import tqdm
-
-        parts: list[pd.DataFrame] = []
-        bar = tqdm(total=df.npartitions, desc="partitions", unit="part", disable=not use_tqdm)
-        try:
-            for part in df.to_delayed():
-                pdf: pd.DataFrame = self.client.compute(part).result()
-                prompts = [p if isinstance(p, str) else [int(t) for t in p] for p in pdf[column].tolist()]
-                outs = self.generate(prompts, sampling_params, use_tqdm=False, order=order) if prompts else []
-                pdf = pdf.assign(**{output_column: [o.outputs[0].text for o in outs]})
-                parts.append(pdf)
-                bar.update(1)
-        finally:
-            bar.close()
-        if not parts:
-            empty: dask.dataframe.DataFrame = df.assign(**{output_column: ""})
-            return empty
-        divisions = df.divisions if df.known_divisions else None
-        result: dask.dataframe.DataFrame = dd.from_delayed([delayed(p) for p in parts], meta=parts[0].iloc[:0], divisions=divisions)
-        return result
+        generated text as ``output_column``, partition for partition (input read one
+        partition at a time, outputs held in this process)."""
+        return batch_dask.generate_dataframe(self, df, column, sampling_params, output_column=output_column, use_tqdm=use_tqdm, order=order)
 
     # -- streaming ------------------------------------------------------------------------
     def _on_event(self, event: tuple[float, dict[str, Any]]) -> None:
