@@ -46,7 +46,7 @@ class MooncakePage:
         self.t0 = time.time()
         self.summary = Div(text="waiting for the Conductor...", name="mooncake-summary", sizing_mode="stretch_width")
         self.workers = ColumnDataSource(
-            {k: [] for k in ("worker", "role", "running", "waiting", "batch", "prefill_queue_s", "kv_used", "kv_total", "cached")},
+            {k: [] for k in ("worker", "role", "running", "waiting", "batch", "prefill_queue_s", "kv_used", "kv_total", "cached", "store")},
             name="mooncake-workers",
         )
         table = DataTable(
@@ -61,6 +61,7 @@ class MooncakePage:
                 TableColumn(field="kv_used", title="KV used (device blocks)"),
                 TableColumn(field="kv_total", title="KV total"),
                 TableColumn(field="cached", title="cached blocks"),
+                TableColumn(field="store", title="store blocks used/total (host, ssd)"),
             ],
             height=160,
             sizing_mode="stretch_width",
@@ -125,6 +126,7 @@ class MooncakePage:
             "kv_used": [ld.kv_blocks.get("device", (0, 0))[0] for _, ld in workers],
             "kv_total": [ld.kv_blocks.get("device", (0, 0))[1] for _, ld in workers],
             "cached": [ld.cached_blocks for _, ld in workers],
+            "store": [", ".join(f"{t} {u}/{n}" for t, (u, n) in ld.kv_blocks.items() if t != "device") or "-" for _, ld in workers],
         }
         rows: list[tuple[str, str]] = []
         in_use: list[float] = []
