@@ -43,6 +43,8 @@ class LookupResult:
     """Prompt tokens already in the prefill worker's engine (device pool)."""
     store_blocks: int = 0
     """Further leading blocks found in the worker's own host/SSD tiers."""
+    store_tiers: dict[str, int] = field(default_factory=dict)
+    """``store_blocks`` by tier (``host``, ``ssd``), for the hit-source metrics."""
     fetched_blocks: int = 0
     fetch_seconds: float = 0.0
 
@@ -60,6 +62,8 @@ class KVHandle:
     num_cached_tokens: int
     prefill_seconds: float
     first_logprobs: list[dict[int, float]] | None = None
+    queue_seconds: float | None = None
+    """Seconds the request waited in the prefill engine before its first step."""
     block_keys: list[bytes] = field(default_factory=list)
     """Keys of the request's full prompt blocks (what decode pulls from the store)."""
     peer: Any = None

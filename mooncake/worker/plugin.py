@@ -9,21 +9,27 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections import Counter, deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed import Worker, WorkerPlugin
 from distributed.protocol.serialize import to_serialize
 
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine
-from mooncake.kvcache import KVExport
+from mooncake.kvcache import KVExport, block_keys
+from mooncake.kvcache.shared_prefix import SharedPrefixProbe
+from mooncake.outputs import RequestOutput
 from mooncake.transfer import Peer
 from mooncake.types import BlockKey
 from mooncake.worker.config import WorkerConfig
 from mooncake.worker.engine_loop import EngineLoop
 from mooncake.worker.kv_store import KVStore
+
+if TYPE_CHECKING:
+    from mooncake.worker.messages import LookupResult, RequestSpec
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +64,14 @@ class MooncakeWorker(WorkerPlugin):
         self.prefill_reports: deque[tuple[str, int, int, float]] = deque()
         self.decode_joins: deque[str] = deque()
         self.transfer_reports: deque[tuple[int, float]] = deque()
+        self.lookup_reports: deque[dict[str, Any]] = deque()
+        self.request_reports: deque[dict[str, Any]] = deque()
+        self.transfer_log: deque[tuple[str, int, float]] = deque()
+        """(path, bytes, seconds) of every KV move, for the metrics (any path, local ones too)."""
+        self.token_times: dict[str, list[float]] = {}
+        """Request id -> wall time of each token its engine produced (inter-token latency)."""
+        self._probe = SharedPrefixProbe(self.engine_config.block_size)
+        self._probe_lock = threading.Lock()
         self.transfer_paths: Counter[str] = Counter()
         # Prefix blocks found at lookup, by where: device pool, own host/SSD tiers, a peer.
         self.hit_blocks: Counter[str] = Counter()
@@ -144,8 +158,63 @@ class MooncakeWorker(WorkerPlugin):
         self.outbox.pop(request_id, None)
         self.inbox.pop(request_id, None)
         self.started.pop(request_id, None)
+        self.token_times.pop(request_id, None)
         fut = self.loop.call(lambda e: self.loop.abort(e, request_id))
         return bool(await asyncio.wrap_future(fut))
+
+    # -- metrics (drained into the next report) ------------------------------------
+    def report_lookup(self, spec: RequestSpec, lookup: LookupResult, cached_tokens: int) -> None:
+        """Record where a prefill's cached prefix came from and, past it, how much an
+        earlier prompt shared (see ``SharedPrefixProbe``)."""
+        bs = self.engine.config.block_size
+        root = self.engine.root_key(spec.cache_salt)
+        keys = block_keys(spec.prompt_token_ids, bs, root)
+        # The reused prefix is, in order: blocks the engine had (device), blocks from this
+        # worker's host/SSD tiers, blocks fetched from a peer (Algorithm 1). Whatever the
+        # engine found beyond that (cached meanwhile by a concurrent request) is device.
+        hits: dict[str, int] = {}
+        left = cached_tokens
+        for src, n in (("device", lookup.cached_tokens // bs), *lookup.store_tiers.items(), ("remote", lookup.fetched_blocks)):
+            take = min(left, n * bs)
+            hits[src] = hits.get(src, 0) + take
+            left -= take
+        hits["device"] += left
+        with self._probe_lock:
+            kind, shared = self._probe.probe(root, keys, spec.prompt_token_ids, cached_tokens // bs)
+            self._probe.record(root, keys, spec.prompt_token_ids)
+        self.lookup_reports.append(
+            {
+                "prompt_tokens": len(spec.prompt_token_ids),
+                "hits": hits,
+                "shared_prefix": kind,
+                "shared_below_block_tokens": shared if kind == "below_block" else 0,
+            }
+        )
+
+    def report_request(self, out: RequestOutput, *, queue_s: float | None, prefill_s: float | None, decode_s: float | None, itl: list[float]) -> None:
+        """Record a finished request's timings (wall clock, from the client's arrival)."""
+        m = out.metrics
+        self.request_reports.append(
+            {
+                "request_id": out.request_id,
+                "ttft_s": m.ttft,
+                "e2e_s": m.finish_time - m.arrival_time if m.finish_time is not None else None,
+                "queue_s": queue_s,
+                "prefill_s": prefill_s,
+                "decode_s": decode_s,
+                "itl_s": itl,
+                "prompt_tokens": len(out.prompt_token_ids),
+                "generation_tokens": len(out.outputs[0].token_ids),
+            }
+        )
+
+    def _tier_blocks(self) -> dict[str, tuple[int, int]]:
+        """Host/SSD tier occupancy in blocks of this engine's size: (used, capacity)."""
+        kvs = self.kv_store
+        if kvs is None:
+            return {}
+        per_block = max(1, self.engine.spec.bytes_per_block)
+        return {name: (kvs.store.used_bytes(name) // per_block, tier.capacity_bytes // per_block) for name, tier in kvs.store.tiers.items()}
 
     # -- reports to the Conductor ---------------------------------------------------
     def _drain(self, q: deque[Any]) -> list[Any]:
@@ -184,7 +253,11 @@ class MooncakeWorker(WorkerPlugin):
             "prefills": self._drain(self.prefill_reports),
             "decode_joined": self._drain(self.decode_joins),
             "transfers": self._drain(self.transfer_reports),
+            "lookups": self._drain(self.lookup_reports),
+            "requests": self._drain(self.request_reports),
+            "transfer_log": self._drain(self.transfer_log),
             "load": {
+                "tiers": self._tier_blocks(),
                 "running": len(e.scheduler.running),
                 "waiting": len(e.scheduler.waiting),
                 "free_blocks": e.pool.num_free,

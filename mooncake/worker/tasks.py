@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -78,6 +79,9 @@ def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") 
     if kvs is not None and have < len(keys):
         # Host/SSD tier: blocks this worker published earlier and its engine evicted since.
         result.store_blocks = kvs.local_prefix(keys[have:], lambda blocks: _import(plugin, blocks)).num_blocks
+        if result.store_blocks:
+            for tier in kvs.store.match_prefix(keys[have : have + result.store_blocks]).tiers:
+                result.store_tiers[tier] = result.store_tiers.get(tier, 0) + 1
         have += result.store_blocks
         plugin.hit_blocks["store"] += result.store_blocks
     if placement.fetch_from and placement.fetch_from != plugin.worker.address and placement.fetch_blocks > have:
@@ -100,6 +104,7 @@ def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") 
         plugin.hit_blocks["remote"] += got
         if nbytes:
             plugin.transfer_reports.append((nbytes, time.perf_counter() - t0))
+            plugin.transfer_log.append(("prefix-fetch", nbytes, time.perf_counter() - t0))
     result.fetch_seconds = time.perf_counter() - t0
     plugin.started[spec.request_id] = (_watch_and_add(spec, prefill_only=start == "prefill"), time.perf_counter())
     return result
@@ -138,8 +143,11 @@ def _watch_and_add(
     if prefill_only:
         params = dataclasses.replace(params, max_tokens=1, min_tokens=min(params.min_tokens, 1))
 
+    w = Watch(done, spec.stream_topic, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
+    # The task that waits on ``done`` reads the token times for inter-token latency.
+    plugin.token_times[spec.request_id] = w.token_times
+
     def add(e: LLMEngine) -> None:
-        w = Watch(done, spec.stream_topic, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
         plugin.loop.watch(spec.request_id, w)
         try:
             e.add_request(
@@ -157,7 +165,7 @@ def _watch_and_add(
             raise
         if prior:
             seq = e._seqs[spec.request_id]
-            w.sent_tokens = len(prior)
+            w.sent_tokens = w.prior_tokens = len(prior)
             w.sent_text = len(seq.detok.text) if seq.detok is not None else 0
 
     plugin.loop.call(add).result()
@@ -171,6 +179,19 @@ def _compute_seconds(out: RequestOutput, fallback: float) -> float:
     if m.first_scheduled_time is not None and m.first_token_time is not None:
         return m.first_token_time - m.first_scheduled_time
     return fallback
+
+
+def _queue_seconds(out: RequestOutput) -> float | None:
+    """Time the request waited in the engine before its first step."""
+    m = out.metrics
+    return None if m.first_scheduled_time is None else max(0.0, m.first_scheduled_time - m.arrival_time)
+
+
+def _gaps(first_token_time: float | None, token_times: list[float]) -> list[float]:
+    """Gaps between consecutive tokens; the first gap starts at the first token sampled
+    elsewhere (prefill), so the hand-over to decode counts as the user sees it."""
+    times = ([first_token_time] if first_token_time is not None else []) + token_times
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def _wall_metrics(out: RequestOutput, spec: RequestSpec, cached: int) -> RequestOutput:
@@ -201,7 +222,9 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     spec = lookup_result.spec
     fut, t0 = _started(spec, prefill_only=True)
     out = _wait(fut)
+    plugin.token_times.pop(spec.request_id, None)
     seconds = _compute_seconds(out, time.perf_counter() - t0)
+    plugin.report_lookup(spec, lookup_result, out.num_cached_tokens)
     first = out.token_ids
     finished = out.finish_reason in ("stop", "abort") or (spec.params.max_tokens is not None and spec.params.max_tokens <= len(first))
     export = plugin.loop.call(lambda e: e.export_kv(spec.request_id, release=True)).result()
@@ -226,6 +249,7 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         peer=kvs.peer if kvs is not None else None,
         num_cached_tokens=out.num_cached_tokens,
         prefill_seconds=seconds,
+        queue_seconds=_queue_seconds(out),
         finished=finished,
         output=_wall_metrics(out, spec, out.num_cached_tokens) if finished else None,
     )
@@ -248,6 +272,7 @@ def transfer(handle: KVHandle) -> TransferResult:
         if f.nbytes and "shm" not in f.paths:
             plugin.transfer_reports.append((f.nbytes, seconds))
         path = "+".join(sorted(set(f.paths))) if f.num_blocks == len(handle.block_keys) else "miss"
+        plugin.transfer_log.append((path, f.nbytes, seconds))
         plugin.transfer_paths[path] += 1
         return TransferResult(handle, nbytes=f.nbytes, seconds=seconds, path=path)
     if handle.worker == plugin.worker.address:
@@ -265,6 +290,7 @@ def transfer(handle: KVHandle) -> TransferResult:
         return TransferResult(handle, path="miss", seconds=seconds)
     plugin.inbox[rid] = export
     nbytes = sum(b.data.nbytes for b in export.blocks)
+    plugin.transfer_log.append((path, nbytes, seconds))
     if path == "dask":
         plugin.transfer_reports.append((nbytes, seconds))
     return TransferResult(handle, nbytes=nbytes, seconds=seconds, path=path)
@@ -276,6 +302,7 @@ def decode(tr: TransferResult) -> RequestOutput:
     handle = tr.handle
     if handle.finished:
         out: RequestOutput = handle.output
+        plugin.report_request(out, queue_s=handle.queue_seconds, prefill_s=handle.prefill_seconds, decode_s=None, itl=[])
         return out
     spec = handle.spec
     export = plugin.inbox.pop(spec.request_id, None)
@@ -287,8 +314,12 @@ def decode(tr: TransferResult) -> RequestOutput:
             spec, prefill_only=False, kv=export, prior=handle.first_token_ids, prior_logprobs=handle.first_logprobs, cached=handle.num_cached_tokens
         )
     )
+    token_times = plugin.token_times.pop(spec.request_id, [])
     out = _wall_metrics(out, spec, handle.num_cached_tokens)
-    out.metrics.first_token_time = handle.first_token_time
+    m = out.metrics
+    decode_s = m.finish_time - m.first_scheduled_time if m.finish_time is not None and m.first_scheduled_time is not None else None
+    m.first_token_time = handle.first_token_time
+    plugin.report_request(out, queue_s=handle.queue_seconds, prefill_s=handle.prefill_seconds, decode_s=decode_s, itl=_gaps(handle.first_token_time, token_times))
     return out
 
 
@@ -298,9 +329,16 @@ def generate(lookup_result: LookupResult) -> RequestOutput:
     spec = lookup_result.spec
     fut, t0 = _started(spec, prefill_only=False)
     out = _wait(fut)
+    token_times = plugin.token_times.pop(spec.request_id, [])
     seconds = _compute_seconds(out, time.perf_counter() - t0)
     plugin.prefill_reports.append((spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds))
-    return _wall_metrics(out, spec, out.num_cached_tokens)
+    plugin.report_lookup(spec, lookup_result, out.num_cached_tokens)
+    queue_s = _queue_seconds(out)
+    out = _wall_metrics(out, spec, out.num_cached_tokens)
+    m = out.metrics
+    decode_s = m.finish_time - m.first_token_time if m.finish_time is not None and m.first_token_time is not None else None
+    plugin.report_request(out, queue_s=queue_s, prefill_s=seconds, decode_s=decode_s, itl=_gaps(None, token_times))
+    return out
 
 
 def worker_info(dask_worker: Any) -> dict[str, Any]:
