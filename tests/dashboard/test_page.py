@@ -14,10 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from chromium import Browser, find_or_install
 
 import mooncake
 from mooncake.config import EngineConfig
+from tests.dashboard.chromium import Browser, find_or_install
 
 pytestmark = pytest.mark.cluster
 
