@@ -14,7 +14,7 @@ def build(spec: RequestSpec, placement: PlacementInfo) -> RequestGraph:
     lookup_key, gen_key = f"lookup-{rid}", f"generate-{rid}"
     return RequestGraph(
         tasks=[
-            TaskSpec(lookup_key, tasks.lookup, (spec, placement), placement.prefill),
+            TaskSpec(lookup_key, tasks.lookup, (spec, placement, "generate"), placement.prefill),
             TaskSpec(gen_key, tasks.generate, (KeyRef(lookup_key),), placement.prefill),
         ],
         output_key=gen_key,

@@ -14,7 +14,7 @@ def build(spec: RequestSpec, placement: PlacementInfo) -> RequestGraph:
     keys = {step: f"{step}-{rid}" for step in ("lookup", "prefill", "transfer", "decode")}
     return RequestGraph(
         tasks=[
-            TaskSpec(keys["lookup"], tasks.lookup, (spec, placement), placement.prefill),
+            TaskSpec(keys["lookup"], tasks.lookup, (spec, placement, "prefill"), placement.prefill),
             TaskSpec(keys["prefill"], tasks.prefill, (KeyRef(keys["lookup"]),), placement.prefill),
             TaskSpec(keys["transfer"], tasks.transfer, (KeyRef(keys["prefill"]),), placement.decode),
             TaskSpec(keys["decode"], tasks.decode, (KeyRef(keys["transfer"]),), placement.decode),

@@ -19,23 +19,32 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from distributed import Client, Future, LocalCluster, Nanny, as_completed
 
+from mooncake import batch_dask
+from mooncake.batch import plan_batch
+from mooncake.batch_dask import Order
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.plugin import ConductorPlugin
 from mooncake.config import EngineConfig
+from mooncake.dashboard import PAGE_PATH, MonitorPlugin
 from mooncake.graphs import KeyRef, get_builder
 from mooncake.kvcache import block_keys, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from mooncake.sampling_params import SamplingParams, params_per_prompt
 from mooncake.tokenizer import Tokenizer
+from mooncake.worker.config import WorkerConfig
 from mooncake.worker.messages import PlacementInfo, RequestSpec
 from mooncake.worker.plugin import MooncakeWorker
 from mooncake.worker.tasks import engine_stats, worker_info
+
+if TYPE_CHECKING:
+    import dask.bag
+    import dask.dataframe
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +154,7 @@ class LLM:
         conductor_config: placement/admission policy and SLOs.
         threads_per_worker: Dask threads per worker process.
         dashboard_address: where the embedded cluster serves the Dask dashboard.
+        worker_config: each worker's KV store tiers and transfer settings.
     """
 
     def __init__(
@@ -159,6 +169,7 @@ class LLM:
         conductor_config: ConductorConfig | None = None,
         threads_per_worker: int = 4,
         dashboard_address: str | None = ":0",
+        worker_config: WorkerConfig | None = None,
     ) -> None:
         self.build_graph = get_builder(mode)
         self.mode = mode
@@ -179,7 +190,8 @@ class LLM:
         else:
             self.client = Client(scheduler)
         self.client.register_plugin(ConductorPlugin(cc))
-        self.client.register_plugin(MooncakeWorker(ec))
+        self.client.register_plugin(MonitorPlugin())
+        self.client.register_plugin(MooncakeWorker(ec, worker_config or WorkerConfig()))
         infos = self.client.run(worker_info)
         if not infos:
             raise RuntimeError("the cluster has no workers")
@@ -239,6 +251,15 @@ class LLM:
     def dashboard_link(self) -> str | None:
         link: str | None = self.client.dashboard_link
         return link
+
+    @property
+    def mooncake_dashboard_link(self) -> str | None:
+        """The Mooncake page of the Dask dashboard (None without a dashboard)."""
+        link = self.dashboard_link
+        if not link:
+            return None
+        base = link.rsplit("/", 1)[0] if link.rstrip("/").endswith("status") else link.rstrip("/")
+        return f"{base}/{PAGE_PATH}"
 
     def stats(self) -> dict[str, Any]:
         """The Conductor's view: placements, rejections, per-worker load."""
@@ -314,6 +335,26 @@ class LLM:
             self._futures.pop(rid, None)
 
     # -- batch --------------------------------------------------------------------------
+    def _submit_with_retry(self, spec: RequestSpec, deadline: float) -> Future[Any]:
+        while True:
+            try:
+                return self.submit(spec, self.place(spec))
+            except Rejected as e:
+                if time.monotonic() + e.retry_after > deadline:
+                    raise
+                time.sleep(max(0.01, e.retry_after))
+
+    def _first_token_future(self, rid: str, final: Future[Any]) -> Future[Any]:
+        """The future of the task that computes the request's prefill (its KV is cached
+        when it is done)."""
+        with self._lock:
+            futures = self._futures.get(rid, {})
+        for step in ("prefill", "generate"):
+            f = futures.get(f"{step}-{rid}")
+            if f is not None:
+                return f
+        return final
+
     def generate(
         self,
         prompts: Sequence[str | Sequence[int]],
@@ -321,37 +362,96 @@ class LLM:
         *,
         use_tqdm: bool = True,
         max_retry_s: float = 600.0,
+        order: Order = "prefix",
     ) -> list[RequestOutput]:
-        """Run every prompt; results in input order. Rejected requests are retried after
-        the Conductor's hint (up to ``max_retry_s``)."""
+        """Run every prompt; results in input order.
+
+        Args:
+            prompts: text or token ids per prompt.
+            sampling_params: one for all, or one per prompt.
+            use_tqdm: show a progress bar (``tqdm.auto``: a widget in notebooks).
+            max_retry_s: rejected requests are retried after the Conductor's hint, for
+                at most this long.
+            order: ``prefix`` (default): group prompts by shared leading blocks, run one
+                per group first and the rest of the group once its prefill has cached the
+                shared prefix (``mooncake.batch.plan_batch``); ``input``: submit in input
+                order, all at once.
+        """
         plist = params_per_prompt(sampling_params, len(prompts))
         specs = [self.make_request(p, sp) for p, sp in zip(prompts, plist)]
-        futures: dict[Future[Any], int] = {}
-        deadline = time.monotonic() + max_retry_s
-        for i, spec in enumerate(specs):
-            while True:
-                try:
-                    futures[self.submit(spec, self.place(spec))] = i
-                    break
-                except Rejected as e:
-                    if time.monotonic() + e.retry_after > deadline:
-                        raise
-                    time.sleep(max(0.01, e.retry_after))
-        results: list[RequestOutput | None] = [None] * len(specs)
         bar = None
         if use_tqdm:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(specs), desc="generate", unit="req")
+        try:
+            return self._run_batch(specs, order, max_retry_s, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _run_batch(self, specs: list[RequestSpec], order: Order, max_retry_s: float, bar: Any) -> list[RequestOutput]:
+        if order not in ("prefix", "input"):
+            raise ValueError(f"order: must be 'prefix' or 'input', got {order!r}")
+        deadline = time.monotonic() + max_retry_s
+        futures: dict[Future[Any], int] = {}
+        if order == "prefix":
+            plan = plan_batch([s.prompt_token_ids for s in specs], int(self.info["block_size"]))
+            warm: list[Future[Any]] = []
+            for i in plan.warm:
+                out_fut = self._submit_with_retry(specs[i], deadline)
+                futures[out_fut] = i
+                warm.append(self._first_token_future(specs[i].request_id, out_fut))
+            if warm:
+                from distributed import wait
+
+                wait(warm)
+                # Let the prefill workers' next report (every 50 ms) put the warmed blocks
+                # into the Conductor's index before the rest are placed.
+                time.sleep(0.1)
+            rest = [i for g in plan.groups for i in g.rest] + list(plan.singles)
+        else:
+            rest = list(range(len(specs)))
+        for i in rest:
+            futures[self._submit_with_retry(specs[i], deadline)] = i
+        results: list[RequestOutput | None] = [None] * len(specs)
         for fut in as_completed(list(futures)):
             out: RequestOutput = fut.result()
-            out.metrics.arrival_time = specs[futures[fut]].arrival_time
+            spec = specs[futures[fut]]
+            out.metrics.arrival_time = spec.arrival_time
+            if out.prompt is None:
+                out.prompt = spec.prompt  # engines see token ids only
             results[futures[fut]] = out
             if bar is not None:
                 bar.update(1)
-        if bar is not None:
-            bar.close()
         return [r for r in results if r is not None]
+
+    def generate_partitions(self, bag: Any, sampling_params: SamplingParams | None = None, *, use_tqdm: bool = True, order: Order = "prefix") -> Iterator[list[RequestOutput]]:
+        """``generate`` over a ``dask.bag.Bag`` of prompts, one partition at a time: only one
+        input partition is in this process at once; yields each partition's outputs (in
+        its order) as soon as it is done, so callers can write them out as they come."""
+        return batch_dask.generate_partitions(self, bag, sampling_params, use_tqdm=use_tqdm, order=order)
+
+    def generate_bag(self, bag: dask.bag.Bag, sampling_params: SamplingParams | None = None, *, use_tqdm: bool = True, order: Order = "prefix") -> dask.bag.Bag:
+        """``generate`` over a ``dask.bag.Bag`` of prompts (text or token ids), read one
+        partition at a time; returns a bag of ``RequestOutput`` with the same partitioning
+        and order (the outputs are held in this process)."""
+        return batch_dask.generate_bag(self, bag, sampling_params, use_tqdm=use_tqdm, order=order)
+
+    def generate_dataframe(
+        self,
+        df: dask.dataframe.DataFrame,
+        column: str,
+        sampling_params: SamplingParams | None = None,
+        *,
+        output_column: str = "generated_text",
+        use_tqdm: bool = True,
+        order: Order = "prefix",
+    ) -> dask.dataframe.DataFrame:
+        """``generate`` over the prompts in ``df[column]``; returns ``df`` with the
+        generated text as ``output_column``, partition for partition (input read one
+        partition at a time, outputs held in this process)."""
+        return batch_dask.generate_dataframe(self, df, column, sampling_params, output_column=output_column, use_tqdm=use_tqdm, order=order)
 
     # -- streaming ------------------------------------------------------------------------
     def _on_event(self, event: tuple[float, dict[str, Any]]) -> None:

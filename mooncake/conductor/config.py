@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from mooncake.config import check_field as _check
+
 PrefillPolicy = Literal["random", "load_balancing", "local_cache_aware", "global_cache_aware"]
 PREFILL_POLICIES: tuple[PrefillPolicy, ...] = (
     "random",
@@ -14,11 +16,6 @@ PREFILL_POLICIES: tuple[PrefillPolicy, ...] = (
 )
 Admission = Literal["none", "ttft", "early", "predictive"]
 ADMISSIONS: tuple[Admission, ...] = ("none", "ttft", "early", "predictive")
-
-
-def _check(cond: bool, name: str, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"{name}: {msg}")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.cost_model import CostModel, HardwareSpec, ModelSpec
 from mooncake.conductor.policy import Conductor, Placement
 from mooncake.conductor.state import RequestInfo
+from mooncake.metrics import LookupRecord, MetricsState, RequestRecord, WorkerLoad
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class ConductorPlugin(SchedulerPlugin):
         self.history: deque[dict[str, Any]] = deque(maxlen=10_000)
         """Finished requests: placement, TTFT estimate, timings (for the dashboard)."""
         self._timings: dict[str, dict[str, Any]] = {}
+        self.metrics = MetricsState()
+        """Counters and histograms behind ``/metrics`` and the Mooncake dashboard page."""
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
@@ -88,6 +91,7 @@ class ConductorPlugin(SchedulerPlugin):
     def _add(self, worker: str, info: dict[str, Any]) -> None:
         c = self._ensure_conductor(info)
         self.worker_info[worker] = info
+        self.metrics.model_name = str(info.get("model_name", ""))
         roles = info["roles"]
         if "prefill" in roles or self.config.colocated:
             c.add_prefill_worker(worker)
@@ -97,6 +101,7 @@ class ConductorPlugin(SchedulerPlugin):
     def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
         self.worker_info.pop(worker, None)
         self.loads.pop(worker, None)
+        self.metrics.remove_worker(worker)
         if self.conductor is not None:
             self.conductor.remove_worker(worker)
 
@@ -121,18 +126,49 @@ class ConductorPlugin(SchedulerPlugin):
             if nbytes > 0 and seconds > 0:
                 c.on_transfer(nbytes, seconds)
         self.loads[worker] = report["load"]
+        self._update_metrics(worker, report, now)
+
+    def _update_metrics(self, worker: str, report: dict[str, Any], now: float) -> None:
+        m, c = self.metrics, self.conductor
+        for lk in report.get("lookups", ()):
+            m.observe_lookup(LookupRecord(**lk))
+        for r in report.get("requests", ()):
+            m.observe_request(RequestRecord(**r), now)
+        for path, nbytes, seconds in report.get("transfer_log", ()):
+            m.observe_transfer(int(nbytes), float(seconds), str(path))
+        load = report["load"]
+        used = int(load["num_blocks"]) - int(load["free_blocks"])
+        pq = c.prefill_loads.get(worker) if c is not None else None
+        m.set_worker(
+            worker,
+            WorkerLoad(
+                role="+".join(self.worker_info[worker]["roles"]),
+                running=int(load["running"]),
+                waiting=int(load["waiting"]),
+                kv_blocks={"device": (used, int(load["num_blocks"])), **{t: (int(u), int(n)) for t, (u, n) in load.get("tiers", {}).items()}},
+                cached_blocks=int(load["cached_blocks"]),
+                prefill_queue_s=pq.queue_time(now) if pq is not None else 0.0,
+                batch_size=int(load["running"]),
+            ),
+        )
+        if c is not None and c.bandwidth is not None and m.transfers:
+            m.bandwidth_estimate = float(c.bandwidth.bandwidth)
+        m.tick(now)
 
     def handle_place(self, request: dict[str, Any]) -> dict[str, Any]:
         """Place one request. ``request``: request_id, prompt_len, block_keys, output_len."""
         c = self.conductor
         if c is None or not c.prefill_loads or not c.decode_loads:
+            self.metrics.observe_admission(False, "no mooncake workers are ready")
             return {"rejected": True, "reason": "no mooncake workers are ready", "retry_after": 1.0}
         req = RequestInfo(request["request_id"], int(request["prompt_len"]), list(request["block_keys"]), int(request["output_len"]))
         decision = c.place(req, time.time())
         if isinstance(decision, Rejection):
             self.rejections[decision.reason.split(":")[0]] += 1
+            self.metrics.observe_admission(False, decision.reason)
             return {"rejected": True, "reason": decision.reason, "retry_after": decision.retry_after}
         self.placements += 1
+        self.metrics.observe_admission(True)
         return self._placement_reply(decision)
 
     def _placement_reply(self, p: Placement) -> dict[str, Any]:

@@ -112,11 +112,15 @@ def paged_attention(
     for g in meta.decodes:
         B = g.block_table.shape[0]
         # [B, MB, bs, Hkv, D] -> [B, Hkv, L, D]
-        kd = kb[g.block_table].view(B, -1, Hkv, D).transpose(1, 2)
-        vd = vb[g.block_table].view(B, -1, Hkv, D).transpose(1, 2)
-        qd = q[g.start : g.start + B].unsqueeze(2)  # [B, Hq, 1, D]
-        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=g.mask, scale=scale, enable_gqa=gqa)
-        out[g.start : g.start + B] = o.squeeze(2)
+        # index_select along the block axis is several times faster than advanced indexing
+        flat = g.block_table.view(-1)
+        kd = kb.index_select(0, flat).view(B, -1, Hkv, D).transpose(1, 2)
+        vd = vb.index_select(0, flat).view(B, -1, Hkv, D).transpose(1, 2)
+        # One query token per sequence: the G query heads sharing a KV head become G query
+        # rows of that head ([B, Hkv, G, D]), so GQA needs no K/V repetition.
+        qd = q[g.start : g.start + B].reshape(B, Hkv, Hq // Hkv, D)
+        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=g.mask, scale=scale)
+        out[g.start : g.start + B] = o.reshape(B, Hq, D)
 
     for seg in meta.prefills:
         sl = slice(seg.start, seg.start + seg.num_tokens)
@@ -124,8 +128,8 @@ def paged_attention(
         if seg.context_len == seg.num_tokens:
             ks, vs = k[sl], v[sl]  # no prefix: this chunk's own K/V
         else:
-            ks = kb[seg.block_table].view(-1, Hkv, D)[: seg.context_len]
-            vs = vb[seg.block_table].view(-1, Hkv, D)[: seg.context_len]
+            ks = kb.index_select(0, seg.block_table).view(-1, Hkv, D)[: seg.context_len]
+            vs = vb.index_select(0, seg.block_table).view(-1, Hkv, D)[: seg.context_len]
         ks = ks.transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, D]
         vs = vs.transpose(0, 1).unsqueeze(0)
         if seg.mask is None:

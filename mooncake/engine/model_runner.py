@@ -3,6 +3,8 @@ pass and returns the logits of the positions that sample."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -40,7 +42,10 @@ class ModelRunner:
     # -- KV import / export ------------------------------------------------------
     def write_blocks(self, writes: list[KVWrite]) -> None:
         for w in writes:
-            data = torch.from_numpy(np.ascontiguousarray(w.data))
+            with warnings.catch_warnings():
+                # Blocks read zero-copy from a store are read-only; they are only copied from.
+                warnings.simplefilter("ignore", UserWarning)
+                data = torch.from_numpy(np.ascontiguousarray(w.data))
             if self.dtype == torch.bfloat16:
                 data = data.view(torch.int16).view(torch.bfloat16)
             n = data.shape[2]

@@ -6,15 +6,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mooncake.conductor import ConductorConfig, CostModel
+from mooncake.config import check_field as _check
 from mooncake.sim.cache import EVICTIONS, Eviction
 
 Mode = Literal["disaggregated", "colocated"]
 MODES: tuple[Mode, ...] = ("disaggregated", "colocated")
-
-
-def _check(cond: bool, name: str, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"{name}: {msg}")
 
 
 @dataclass(frozen=True)

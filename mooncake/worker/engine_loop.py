@@ -13,11 +13,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from mooncake.engine import LLMEngine
 from mooncake.outputs import RequestOutput
+
+if TYPE_CHECKING:
+    from mooncake.engine import LLMEngine
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,10 @@ class Watch:
     final_max_tokens: int | None = None
     num_cached_tokens: int | None = None
     """Prefix-cache hit to report (decode reports prefill's, not its own import)."""
+    token_times: list[float] = field(default_factory=list)
+    """Wall-clock time each output token was published (for inter-token latency)."""
+    prior_tokens: int = 0
+    """Output tokens generated elsewhere before this engine took the request over."""
 
 
 class EngineLoop:
@@ -121,10 +127,13 @@ class EngineLoop:
     def _publish(self, outputs: list[RequestOutput]) -> None:
         by_topic: dict[str, list[dict[str, Any]]] = {}
         finished: list[tuple[Watch, RequestOutput]] = []
+        now = time.time()
         for out in outputs:
             w = self._watches.get(out.request_id)
             if w is None:
                 continue
+            new = len(out.outputs[0].token_ids) - w.prior_tokens - len(w.token_times)
+            w.token_times.extend([now] * max(0, new))
             done = out.finished
             if done and w.prefill_only and out.finish_reason == "length" and (w.final_max_tokens is None or w.final_max_tokens > len(out.token_ids)):
                 done = False  # prefill's own limit, the request goes on at decode

@@ -40,7 +40,11 @@ class LookupResult:
     spec: RequestSpec
     placement: PlacementInfo
     cached_tokens: int = 0
-    """Prompt tokens already in the prefill worker's cache before any fetch."""
+    """Prompt tokens already in the prefill worker's engine (device pool)."""
+    store_blocks: int = 0
+    """Further leading blocks found in the worker's own host/SSD tiers."""
+    store_tiers: dict[str, int] = field(default_factory=dict)
+    """``store_blocks`` by tier (``host``, ``ssd``), for the hit-source metrics."""
     fetched_blocks: int = 0
     fetch_seconds: float = 0.0
 
@@ -58,6 +62,12 @@ class KVHandle:
     num_cached_tokens: int
     prefill_seconds: float
     first_logprobs: list[dict[int, float]] | None = None
+    queue_seconds: float | None = None
+    """Seconds the request waited in the prefill engine before its first step."""
+    block_keys: list[bytes] = field(default_factory=list)
+    """Keys of the request's full prompt blocks (what decode pulls from the store)."""
+    peer: Any = None
+    """``mooncake.transfer.Peer`` of the prefill worker's store, or None (no store)."""
     first_token_time: float | None = None
     """Wall-clock time the first token was sampled."""
     finished: bool = False
@@ -72,5 +82,6 @@ class TransferResult:
     nbytes: int = 0
     seconds: float = 0.0
     path: str = "none"
-    """How the KV moved: ``none`` (same worker), ``tcp``, or ``miss`` (recompute)."""
+    """How the KV moved: the transfer paths used (``shm``, ``tcp``, ``rdma``), ``dask``
+    (RPC, no store), ``local``, ``none`` (nothing to move) or ``miss`` (recompute)."""
     timings: dict[str, float] = field(default_factory=dict)

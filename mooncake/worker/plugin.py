@@ -5,20 +5,30 @@ Conductor."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import dataclasses
 import logging
 import os
+import threading
 import time
-from collections import deque
-from typing import Any
+from collections import Counter, deque
+from typing import TYPE_CHECKING, Any
 
 from distributed import Worker, WorkerPlugin
 from distributed.protocol.serialize import to_serialize
 
 from mooncake.config import EngineConfig
-from mooncake.engine import LLMEngine
-from mooncake.kvcache import KVExport
+from mooncake.kvcache import KVExport, block_keys
+from mooncake.kvcache.shared_prefix import SharedPrefixProbe
+from mooncake.outputs import RequestOutput
+from mooncake.transfer import Peer
 from mooncake.types import BlockKey
+from mooncake.worker.config import WorkerConfig
 from mooncake.worker.engine_loop import EngineLoop
+from mooncake.worker.kv_store import KVStore
+
+if TYPE_CHECKING:
+    from mooncake.worker.messages import LookupResult, RequestSpec
 
 logger = logging.getLogger(__name__)
 
@@ -39,21 +49,44 @@ class MooncakeWorker(WorkerPlugin):
     name = PLUGIN_NAME
     idempotent = True
 
-    def __init__(self, engine_config: EngineConfig) -> None:
+    def __init__(self, engine_config: EngineConfig, worker_config: WorkerConfig | None = None) -> None:
         self.engine_config = engine_config
+        self.worker_config = worker_config or WorkerConfig()
 
     async def setup(self, worker: Worker) -> None:
         self.worker = worker
         self.roles = roles_of(worker)
         self.outbox: dict[str, KVExport] = {}
         self.inbox: dict[str, KVExport] = {}
+        # Requests that lookup admitted into the engine, awaited by their next task.
+        self.started: dict[str, tuple[concurrent.futures.Future[Any], float]] = {}
         self.prefill_reports: deque[tuple[str, int, int, float]] = deque()
         self.decode_joins: deque[str] = deque()
         self.transfer_reports: deque[tuple[int, float]] = deque()
+        self.lookup_reports: deque[dict[str, Any]] = deque()
+        self.request_reports: deque[dict[str, Any]] = deque()
+        self.transfer_log: deque[tuple[str, int, float]] = deque()
+        """(path, bytes, seconds) of every KV move, for the metrics (any path, local ones too)."""
+        self.token_times: dict[str, list[float]] = {}
+        """Request id -> wall time of each token its engine produced (inter-token latency)."""
+        self._probe = SharedPrefixProbe(self.engine_config.block_size)
+        self._probe_lock = threading.Lock()
+        self.transfer_paths: Counter[str] = Counter()
+        # Prefix blocks found at lookup, by where: device pool, own host/SSD tiers, a peer.
+        self.hit_blocks: Counter[str] = Counter()
         # A GPU worker sees only its own device (CUDA_VISIBLE_DEVICES set per process).
+        from mooncake.engine import LLMEngine  # torch loads in worker processes only
+
         engine = await asyncio.to_thread(LLMEngine, self.engine_config)
         self.engine = engine
         self.loop = EngineLoop(engine, self._emit)
+        self.kv_store: KVStore | None = None
+        if self.worker_config.enable_store:
+            self.kv_store = await asyncio.to_thread(KVStore, self.worker_config, worker.name or worker.address)
+        self._peers: dict[str, Peer | None] = {}
+        # Keys this worker holds in any tier (device pool, host, SSD): the Conductor's
+        # index sees a block as present until it is gone from all of them.
+        self._holders: dict[bytes, set[str]] = {}
         worker.handlers["mooncake_fetch_kv"] = self.handle_fetch_kv
         worker.handlers["mooncake_fetch_blocks"] = self.handle_fetch_blocks
         worker.handlers["mooncake_abort"] = self.handle_abort
@@ -65,6 +98,8 @@ class MooncakeWorker(WorkerPlugin):
     async def teardown(self, worker: Worker) -> None:
         self._report_task.cancel()
         await asyncio.to_thread(self.loop.stop)
+        if self.kv_store is not None:
+            self.kv_store.close()
 
     # -- streaming ----------------------------------------------------------------
     def _emit(self, topic: str, msgs: list[dict[str, Any]]) -> None:
@@ -92,10 +127,21 @@ class MooncakeWorker(WorkerPlugin):
             "kv_bytes_per_token": e.spec.bytes_per_token,
             "kv_capacity_tokens": e.pool.num_blocks * e.config.block_size,
             "device": e.config.device,
+            "peer": dataclasses.asdict(self.kv_store.peer) if self.kv_store is not None else None,
         }
 
     def handle_info(self) -> dict[str, Any]:
         return self.info()
+
+    def peer_of(self, address: str) -> Peer | None:
+        """How to fetch blocks from the worker at ``address`` (asked once, then cached)."""
+        if address not in self._peers:
+            from mooncake.worker.tasks import _rpc
+
+            info = _rpc(address, "mooncake_info")
+            p = info.get("peer")
+            self._peers[address] = Peer(p["host_id"], tuple(p["tcp"]) if p["tcp"] else None, p["host_tier_path"], p["rdma"]) if p else None
+        return self._peers[address]
 
     def handle_fetch_kv(self, request_id: str) -> dict[str, Any]:
         """A decode worker pulls a prefilled request's KV (once)."""
@@ -112,8 +158,64 @@ class MooncakeWorker(WorkerPlugin):
     async def handle_abort(self, request_id: str) -> bool:
         self.outbox.pop(request_id, None)
         self.inbox.pop(request_id, None)
+        self.started.pop(request_id, None)
+        self.token_times.pop(request_id, None)
         fut = self.loop.call(lambda e: self.loop.abort(e, request_id))
         return bool(await asyncio.wrap_future(fut))
+
+    # -- metrics (drained into the next report) ------------------------------------
+    def report_lookup(self, spec: RequestSpec, lookup: LookupResult, cached_tokens: int) -> None:
+        """Record where a prefill's cached prefix came from and, past it, how much an
+        earlier prompt shared (see ``SharedPrefixProbe``)."""
+        bs = self.engine.config.block_size
+        root = self.engine.root_key(spec.cache_salt)
+        keys = block_keys(spec.prompt_token_ids, bs, root)
+        # The reused prefix is, in order: blocks the engine had (device), blocks from this
+        # worker's host/SSD tiers, blocks fetched from a peer (Algorithm 1). Whatever the
+        # engine found beyond that (cached meanwhile by a concurrent request) is device.
+        hits: dict[str, int] = {}
+        left = cached_tokens
+        for src, n in (("device", lookup.cached_tokens // bs), *lookup.store_tiers.items(), ("remote", lookup.fetched_blocks)):
+            take = min(left, n * bs)
+            hits[src] = hits.get(src, 0) + take
+            left -= take
+        hits["device"] += left
+        with self._probe_lock:
+            kind, shared = self._probe.probe(root, keys, spec.prompt_token_ids, cached_tokens // bs)
+            self._probe.record(root, keys, spec.prompt_token_ids)
+        self.lookup_reports.append(
+            {
+                "prompt_tokens": len(spec.prompt_token_ids),
+                "hits": hits,
+                "shared_prefix": kind,
+                "shared_below_block_tokens": shared if kind == "below_block" else 0,
+            }
+        )
+
+    def report_request(self, out: RequestOutput, *, queue_s: float | None, prefill_s: float | None, decode_s: float | None, itl: list[float]) -> None:
+        """Record a finished request's timings (wall clock, from the client's arrival)."""
+        m = out.metrics
+        self.request_reports.append(
+            {
+                "request_id": out.request_id,
+                "ttft_s": m.ttft,
+                "e2e_s": m.finish_time - m.arrival_time if m.finish_time is not None else None,
+                "queue_s": queue_s,
+                "prefill_s": prefill_s,
+                "decode_s": decode_s,
+                "itl_s": itl,
+                "prompt_tokens": len(out.prompt_token_ids),
+                "generation_tokens": len(out.outputs[0].token_ids),
+            }
+        )
+
+    def _tier_blocks(self) -> dict[str, tuple[int, int]]:
+        """Host/SSD tier occupancy in blocks of this engine's size: (used, capacity)."""
+        kvs = self.kv_store
+        if kvs is None:
+            return {}
+        per_block = max(1, self.engine.spec.bytes_per_block)
+        return {name: (kvs.store.used_bytes(name) // per_block, tier.capacity_bytes // per_block) for name, tier in kvs.store.tiers.items()}
 
     # -- reports to the Conductor ---------------------------------------------------
     def _drain(self, q: deque[Any]) -> list[Any]:
@@ -122,22 +224,48 @@ class MooncakeWorker(WorkerPlugin):
             out.append(q.popleft())
         return out
 
+    def _presence(self) -> tuple[list[bytes], list[bytes]]:
+        """Fold device-pool and store events into (keys now held, keys now gone)."""
+        changes: list[tuple[str, bytes, str]] = [(kind, k, "device") for kind, k in self._drain(self.loop.block_events)]
+        if self.kv_store is not None:
+            changes += [(ev.kind, ev.key, "store") for ev in self.kv_store.store.events.drain() if ev.kind in ("stored", "removed")]
+        stored: list[bytes] = []
+        removed: list[bytes] = []
+        for kind, key, tier in changes:
+            holders = self._holders.setdefault(key, set())
+            before = bool(holders)
+            if kind == "stored":
+                holders.add(tier)
+            else:
+                holders.discard(tier)
+            if holders and not before:
+                stored.append(key)
+            elif before and not holders:
+                removed.append(key)
+                del self._holders[key]
+        return stored, removed
+
     def report(self) -> dict[str, Any]:
         e = self.engine
-        events = self._drain(self.loop.block_events)
+        stored, removed = self._presence()
         rep: dict[str, Any] = {
-            "stored": [k for kind, k in events if kind == "stored"],
-            "removed": [k for kind, k in events if kind == "removed"],
+            "stored": stored,
+            "removed": removed,
             "prefills": self._drain(self.prefill_reports),
             "decode_joined": self._drain(self.decode_joins),
             "transfers": self._drain(self.transfer_reports),
+            "lookups": self._drain(self.lookup_reports),
+            "requests": self._drain(self.request_reports),
+            "transfer_log": self._drain(self.transfer_log),
             "load": {
+                "tiers": self._tier_blocks(),
                 "running": len(e.scheduler.running),
                 "waiting": len(e.scheduler.waiting),
                 "free_blocks": e.pool.num_free,
                 "num_blocks": e.pool.num_blocks,
                 "cached_blocks": e.pool.num_cached,
                 "busy_seconds": self.loop.busy_seconds,
+                "host_bytes": self.kv_store.store.used_bytes("host") if self.kv_store is not None else 0,
             },
         }
         if not self._reported_model:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,6 +16,7 @@ from distributed.utils import sync
 
 from mooncake.kvcache import block_keys
 from mooncake.outputs import RequestMetrics, RequestOutput
+from mooncake.types import BlockKey
 from mooncake.worker.messages import (
     KVHandle,
     LookupResult,
@@ -54,9 +56,12 @@ def _rpc(addr: str, method: str, **kwargs: Any) -> Any:
     return sync(worker.loop, go)
 
 
-def lookup(spec: RequestSpec, placement: PlacementInfo) -> LookupResult:
+def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") -> LookupResult:
     """Prefix lookup on the prefill worker: count the locally cached prefix and, when the
-    Conductor chose to fetch a longer one from a peer, pull those blocks in."""
+    Conductor chose to fetch a longer one from a peer, pull those blocks in. Then the
+    request is admitted into the engine's batch at once (``start``: ``prefill`` for a
+    prefill-only request, ``generate`` for colocated), so its prefill does not wait for
+    the scheduler to dispatch the next task; that task owns and waits for the result."""
     plugin = _plugin()
     t0 = time.perf_counter()
 
@@ -68,19 +73,57 @@ def lookup(spec: RequestSpec, placement: PlacementInfo) -> LookupResult:
 
     cached, keys = plugin.loop.call(local_hits).result()
     result = LookupResult(spec, placement, cached_tokens=cached)
-    if placement.fetch_from and placement.fetch_from != plugin.worker.address and placement.fetch_blocks > 0:
-        want = keys[: placement.fetch_blocks]
-        try:
-            reply = _rpc(placement.fetch_from, "mooncake_fetch_blocks", keys=want, token_ids=spec.prompt_token_ids)
-            blocks = reply["blocks"]
-            n = plugin.loop.call(lambda e: e.import_cached_blocks(blocks)).result()
-            result.fetched_blocks = n
-            nbytes = sum(b.data.nbytes for b in blocks)
+    have = cached // plugin.engine.config.block_size
+    plugin.hit_blocks["device"] += have
+    kvs = plugin.kv_store
+    if kvs is not None and have < len(keys):
+        # Host/SSD tier: blocks this worker published earlier and its engine evicted since.
+        result.store_blocks = kvs.local_prefix(keys[have:], lambda blocks: _import(plugin, blocks)).num_blocks
+        if result.store_blocks:
+            for tier in kvs.store.match_prefix(keys[have : have + result.store_blocks]).tiers:
+                result.store_tiers[tier] = result.store_tiers.get(tier, 0) + 1
+        have += result.store_blocks
+        plugin.hit_blocks["store"] += result.store_blocks
+    if placement.fetch_from and placement.fetch_from != plugin.worker.address and placement.fetch_blocks > have:
+        want = keys[have : placement.fetch_blocks]
+        got, nbytes = 0, 0
+        peer = plugin.peer_of(placement.fetch_from) if kvs is not None else None
+        if kvs is not None and peer is not None:
+            f = kvs.fetch(want, peer, lambda blocks: _import(plugin, blocks))
+            got, nbytes = f.num_blocks, f.nbytes
+        if got < len(want):
+            # Not in the peer's store (or no store): ask its engine for what it still caches.
+            try:
+                reply = _rpc(placement.fetch_from, "mooncake_fetch_blocks", keys=keys[: placement.fetch_blocks], token_ids=spec.prompt_token_ids)
+                blocks = reply["blocks"][have + got :]
+                got += _import(plugin, blocks)
+                nbytes += sum(b.data.nbytes for b in blocks)
+            except Exception:
+                pass
+        result.fetched_blocks = got
+        plugin.hit_blocks["remote"] += got
+        if nbytes:
             plugin.transfer_reports.append((nbytes, time.perf_counter() - t0))
-        except Exception:
-            result.fetched_blocks = 0
+            plugin.transfer_log.append(("prefix-fetch", nbytes, time.perf_counter() - t0))
     result.fetch_seconds = time.perf_counter() - t0
+    plugin.started[spec.request_id] = (_watch_and_add(spec, prefill_only=start == "prefill"), time.perf_counter())
     return result
+
+
+def _import(plugin: MooncakeWorker, blocks: list[Any]) -> int:
+    """Copy blocks into this worker's engine prefix cache (on the engine thread, while
+    the caller keeps their memory alive). Returns how many are now usable."""
+    if not blocks:
+        return 0
+    plugin.loop.call(lambda e: e.import_cached_blocks(blocks)).result()
+    return len(blocks)
+
+
+def _started(spec: RequestSpec, prefill_only: bool) -> tuple[concurrent.futures.Future[RequestOutput], float]:
+    """The engine future that lookup started for this request (or start it now)."""
+    plugin = _plugin()
+    got = plugin.started.pop(spec.request_id, None)
+    return got if got is not None else (_watch_and_add(spec, prefill_only=prefill_only), time.perf_counter())
 
 
 def _watch_and_add(
@@ -100,8 +143,11 @@ def _watch_and_add(
     if prefill_only:
         params = dataclasses.replace(params, max_tokens=1, min_tokens=min(params.min_tokens, 1))
 
+    w = Watch(done, spec.stream_topic, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
+    # The task that waits on ``done`` reads the token times for inter-token latency.
+    plugin.token_times[spec.request_id] = w.token_times
+
     def add(e: LLMEngine) -> None:
-        w = Watch(done, spec.stream_topic, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
         plugin.loop.watch(spec.request_id, w)
         try:
             e.add_request(
@@ -119,7 +165,7 @@ def _watch_and_add(
             raise
         if prior:
             seq = e._seqs[spec.request_id]
-            w.sent_tokens = len(prior)
+            w.sent_tokens = w.prior_tokens = len(prior)
             w.sent_text = len(seq.detok.text) if seq.detok is not None else 0
 
     plugin.loop.call(add).result()
@@ -133,6 +179,19 @@ def _compute_seconds(out: RequestOutput, fallback: float) -> float:
     if m.first_scheduled_time is not None and m.first_token_time is not None:
         return m.first_token_time - m.first_scheduled_time
     return fallback
+
+
+def _queue_seconds(out: RequestOutput) -> float | None:
+    """Time the request waited in the engine before its first step."""
+    m = out.metrics
+    return None if m.first_scheduled_time is None else max(0.0, m.first_scheduled_time - m.arrival_time)
+
+
+def _gaps(first_token_time: float | None, token_times: list[float]) -> list[float]:
+    """Gaps between consecutive tokens; the first gap starts at the first token sampled
+    elsewhere (prefill), so the hand-over to decode counts as the user sees it."""
+    times = ([first_token_time] if first_token_time is not None else []) + token_times
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def _wall_metrics(out: RequestOutput, spec: RequestSpec, cached: int) -> RequestOutput:
@@ -161,13 +220,18 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     in this worker's outbox for the decode worker."""
     plugin = _plugin()
     spec = lookup_result.spec
-    t0 = time.perf_counter()
-    out = _wait(_watch_and_add(spec, prefill_only=True))
+    fut, t0 = _started(spec, prefill_only=True)
+    out = _wait(fut)
+    plugin.token_times.pop(spec.request_id, None)
     seconds = _compute_seconds(out, time.perf_counter() - t0)
+    plugin.report_lookup(spec, lookup_result, out.num_cached_tokens)
     first = out.token_ids
     finished = out.finish_reason in ("stop", "abort") or (spec.params.max_tokens is not None and spec.params.max_tokens <= len(first))
     export = plugin.loop.call(lambda e: e.export_kv(spec.request_id, release=True)).result()
-    if not finished:
+    kvs = plugin.kv_store
+    if kvs is not None:
+        kvs.put(export.blocks)  # full blocks: decode pulls them, later requests reuse them
+    elif not finished:
         plugin.outbox[spec.request_id] = export
     plugin.prefill_reports.append((spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds))
     first_token_wall = out.metrics.first_token_time
@@ -181,8 +245,11 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         num_tokens=export.num_tokens,
         first_token_ids=list(first),
         first_logprobs=out.outputs[0].logprobs,
+        block_keys=[b.key for b in export.blocks if b.key is not None],
+        peer=kvs.peer if kvs is not None else None,
         num_cached_tokens=out.num_cached_tokens,
         prefill_seconds=seconds,
+        queue_seconds=_queue_seconds(out),
         finished=finished,
         output=_wall_metrics(out, spec, out.num_cached_tokens) if finished else None,
     )
@@ -196,6 +263,18 @@ def transfer(handle: KVHandle) -> TransferResult:
     if handle.finished:
         return TransferResult(handle, path="none")
     t0 = time.perf_counter()
+    kvs = plugin.kv_store
+    if handle.peer is not None and kvs is not None:
+        # Through the store: the peer's host tier (same host, zero copy) or its block
+        # server. Blocks land in this engine's prefix cache; decode computes the tail.
+        f = kvs.fetch([BlockKey(k) for k in handle.block_keys], handle.peer, lambda blocks: _import(plugin, blocks))
+        seconds = time.perf_counter() - t0
+        if f.nbytes and "shm" not in f.paths:
+            plugin.transfer_reports.append((f.nbytes, seconds))
+        path = "+".join(sorted(set(f.paths))) if f.num_blocks == len(handle.block_keys) else "miss"
+        plugin.transfer_log.append((path, f.nbytes, seconds))
+        plugin.transfer_paths[path] += 1
+        return TransferResult(handle, nbytes=f.nbytes, seconds=seconds, path=path)
     if handle.worker == plugin.worker.address:
         export = plugin.outbox.pop(rid, None)
         path = "local"
@@ -205,13 +284,14 @@ def transfer(handle: KVHandle) -> TransferResult:
             export = reply["export"] if reply["found"] else None
         except Exception:
             export = None
-        path = "tcp"
+        path = "dask"
     seconds = time.perf_counter() - t0
     if export is None:
         return TransferResult(handle, path="miss", seconds=seconds)
     plugin.inbox[rid] = export
     nbytes = sum(b.data.nbytes for b in export.blocks)
-    if path == "tcp":
+    plugin.transfer_log.append((path, nbytes, seconds))
+    if path == "dask":
         plugin.transfer_reports.append((nbytes, seconds))
     return TransferResult(handle, nbytes=nbytes, seconds=seconds, path=path)
 
@@ -222,6 +302,7 @@ def decode(tr: TransferResult) -> RequestOutput:
     handle = tr.handle
     if handle.finished:
         out: RequestOutput = handle.output
+        plugin.report_request(out, queue_s=handle.queue_seconds, prefill_s=handle.prefill_seconds, decode_s=None, itl=[])
         return out
     spec = handle.spec
     export = plugin.inbox.pop(spec.request_id, None)
@@ -233,8 +314,12 @@ def decode(tr: TransferResult) -> RequestOutput:
             spec, prefill_only=False, kv=export, prior=handle.first_token_ids, prior_logprobs=handle.first_logprobs, cached=handle.num_cached_tokens
         )
     )
+    token_times = plugin.token_times.pop(spec.request_id, [])
     out = _wall_metrics(out, spec, handle.num_cached_tokens)
-    out.metrics.first_token_time = handle.first_token_time
+    m = out.metrics
+    decode_s = m.finish_time - m.first_scheduled_time if m.finish_time is not None and m.first_scheduled_time is not None else None
+    m.first_token_time = handle.first_token_time
+    plugin.report_request(out, queue_s=handle.queue_seconds, prefill_s=handle.prefill_seconds, decode_s=decode_s, itl=_gaps(handle.first_token_time, token_times))
     return out
 
 
@@ -242,11 +327,18 @@ def generate(lookup_result: LookupResult) -> RequestOutput:
     """Colocated mode: prefill and decode in this worker's engine, one request."""
     plugin = _plugin()
     spec = lookup_result.spec
-    t0 = time.perf_counter()
-    out = _wait(_watch_and_add(spec, prefill_only=False))
+    fut, t0 = _started(spec, prefill_only=False)
+    out = _wait(fut)
+    token_times = plugin.token_times.pop(spec.request_id, [])
     seconds = _compute_seconds(out, time.perf_counter() - t0)
     plugin.prefill_reports.append((spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds))
-    return _wall_metrics(out, spec, out.num_cached_tokens)
+    plugin.report_lookup(spec, lookup_result, out.num_cached_tokens)
+    queue_s = _queue_seconds(out)
+    out = _wall_metrics(out, spec, out.num_cached_tokens)
+    m = out.metrics
+    decode_s = m.finish_time - m.first_token_time if m.finish_time is not None and m.first_token_time is not None else None
+    plugin.report_request(out, queue_s=queue_s, prefill_s=seconds, decode_s=decode_s, itl=_gaps(None, token_times))
+    return out
 
 
 def worker_info(dask_worker: Any) -> dict[str, Any]:
@@ -261,8 +353,12 @@ def engine_stats(dask_worker: Any) -> dict[str, Any]:
     """This worker's engine counters and pool state (run with ``Client.run``)."""
     from mooncake.worker.plugin import PLUGIN_NAME
 
-    e = dask_worker.plugins[PLUGIN_NAME].engine
+    plugin = dask_worker.plugins[PLUGIN_NAME]
+    e = plugin.engine
     return {
+        "host_blocks": len(plugin.kv_store.store.keys("host")) if plugin.kv_store is not None else 0,
+        "transfer_paths": dict(plugin.transfer_paths),
+        "hit_blocks": dict(plugin.hit_blocks),
         **dataclasses.asdict(e.stats),
         "running": len(e.scheduler.running),
         "waiting": len(e.scheduler.waiting),

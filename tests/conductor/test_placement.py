@@ -80,11 +80,15 @@ def test_balancing_threshold_keeps_work_local() -> None:
 
 
 def test_random_is_seeded() -> None:
-    """Same seed, same sequence of choices."""
+    """Same seed, same sequence of 20 choices, and more than one instance is used."""
     loads = make_loads(A=0, B=0, C=0)
-    a = [PrefillScheduler("random", seed=3).choose(REQ, 0.0, loads, {}, est, xfer).worker for _ in range(1)]
-    b = [PrefillScheduler("random", seed=3).choose(REQ, 0.0, loads, {}, est, xfer).worker for _ in range(1)]
-    assert a == b
+
+    def picks(seed: int) -> list[str]:
+        s = PrefillScheduler("random", seed=seed)
+        return [s.choose(REQ, 0.0, loads, {}, est, xfer).worker for _ in range(20)]
+
+    assert picks(3) == picks(3)
+    assert len(set(picks(3))) > 1
 
 
 def test_decode_prefers_fitting_lowest_tbt() -> None:
