@@ -131,7 +131,7 @@ class ScriptedBackend:
     ) -> AsyncIterator[RequestOutput]:
         head = prompt[0] if isinstance(prompt, list) and prompt else None
         if head == self.REJECT:
-            raise Rejected("ttft_slo", 2.5)
+            raise Rejected("estimated TTFT 3.20s > SLO 0.7s", 2.5)
         if head == self.FAIL:
             raise RuntimeError("secret detail: /internal/path worker tcp://10.0.0.7:4242")
         finished = False
