@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
@@ -99,3 +101,19 @@ def test_internal_error_500_hides_details(scripted: tuple[ServerThread, Scripted
     assert "secret" not in info.value.response.text and "tcp://" not in info.value.response.text
     # The server keeps serving.
     assert oc.completions.create(model=model_name, prompt=[256, 1], max_tokens=1).choices
+
+
+def test_real_admission_rejection_and_owned_cluster(chat_checkpoint: object) -> None:
+    """An app built from a config alone starts its own cluster in the lifespan (and closes it
+    on shutdown); with a TTFT SLO no prefill can meet, the Conductor rejects at admission and
+    the client sees 429 with Retry-After."""
+    from mooncake.server import ServerConfig, create_app
+
+    config = ServerConfig(model=str(chat_checkpoint), ttft_slo_s=1e-6, admission="early")
+    with ServerThread(create_app(config)) as server:
+        oc = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.RateLimitError) as info:
+            oc.completions.create(model=Path(str(chat_checkpoint)).name, prompt=[256, *range(30, 90)], max_tokens=2)
+        assert int(info.value.response.headers["retry-after"]) >= 1
+        assert "TTFT" in _error(info.value)["message"]  # type: ignore[operator]
+        assert metric(server.base_url, "mooncake:request_rejected_total", reason="ttft_slo") == 1
