@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import openai
-import pytest
 
 from mooncake.tokenizer import Tokenizer
 
@@ -37,12 +36,6 @@ def test_chat_stream_matches(client: openai.OpenAI, model_name: str) -> None:
     assert chunks[-1].usage.prompt_tokens_details is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cluster bug: in disaggregated mode the decode worker's stream messages slice the "
-    "engine's logprobs by the number of tokens sent (worker/engine_loop.py _delta), so only the "
-    "first token's logprob reaches the client",
-)
 def test_chat_logprobs(client: openai.OpenAI, model_name: str) -> None:
     """logprobs with top_logprobs=3: one entry per token, each with 3 alternatives."""
     resp = client.chat.completions.create(model=model_name, messages=MESSAGES, max_tokens=3, temperature=0, logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True})  # type: ignore[arg-type]

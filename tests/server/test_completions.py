@@ -77,12 +77,6 @@ def test_cached_tokens_on_repeated_prefix(client: openai.OpenAI, model_name: str
     assert second.usage.prompt_tokens_details.cached_tokens >= 48
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cluster bug: in disaggregated mode the decode worker's stream messages slice the "
-    "engine's logprobs by the number of tokens sent (worker/engine_loop.py _delta), so only the "
-    "first token's logprob reaches the client",
-)
 def test_logprobs(client: openai.OpenAI, model_name: str) -> None:
     """logprobs=2 returns, per generated token, its logprob and the 2 most likely tokens; greedy
     picks the most likely one."""
