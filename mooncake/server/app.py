@@ -1,0 +1,163 @@
+"""``create_app(config)``: the Starlette application of ``mooncake serve``.
+
+Its lifespan owns the cluster client: it starts the embedded ``LocalCluster`` (or
+connects to ``config.scheduler``) before the first request and closes it on shutdown.
+Tests and embedders may pass a ``backend`` they own instead; the app then leaves it open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import anyio
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mooncake.server import errors
+from mooncake.server.auth import APIKeyMiddleware
+from mooncake.server.backend import ServingBackend, build_backend
+from mooncake.server.config import ServerConfig
+from mooncake.server.metrics import ServerMetrics
+from mooncake.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from mooncake.server.serving import OpenAIServing
+
+log = logging.getLogger("mooncake.server")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _serving(request: Request) -> OpenAIServing:
+    serving: OpenAIServing | None = getattr(request.app.state, "serving", None)
+    if serving is None:
+        raise errors.APIError(503, "the server is starting", "server_error")
+    return serving
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Turn APIError into its response and any other exception into a bare 500."""
+
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except errors.APIError as e:
+            serving = getattr(request.app.state, "serving", None)
+            if serving is not None and e.status != 429:
+                serving.metrics.error(e.status)
+            return e.response()
+        except Exception:
+            log.exception("%s %s failed", request.method, request.url.path)
+            serving = getattr(request.app.state, "serving", None)
+            if serving is not None:
+                serving.metrics.error(500)
+            return errors.internal().response()
+
+    return run
+
+
+def _request_id(request: Request, body: CompletionRequest | ChatCompletionRequest, prefix: str) -> str:
+    return body.request_id or request.headers.get("x-request-id") or f"{prefix}-{uuid.uuid4().hex}"
+
+
+def _parse(model: type[BaseModel], raw: bytes) -> BaseModel:
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        raise errors.from_validation(e) from None
+
+
+async def completions(request: Request) -> Response:
+    serving = _serving(request)
+    body = _parse(CompletionRequest, await request.body())
+    assert isinstance(body, CompletionRequest)
+    rid = _request_id(request, body, "cmpl")
+    response = await serving.completions(body, rid, request)
+    response.headers["X-Request-Id"] = rid
+    return response
+
+
+async def chat_completions(request: Request) -> Response:
+    serving = _serving(request)
+    body = _parse(ChatCompletionRequest, await request.body())
+    assert isinstance(body, ChatCompletionRequest)
+    rid = _request_id(request, body, "chatcmpl")
+    response = await serving.chat(body, rid, request)
+    response.headers["X-Request-Id"] = rid
+    return response
+
+
+async def models(request: Request) -> Response:
+    serving = _serving(request)
+    cards = [
+        ModelCard(id=name, root=serving.backend.model_name, max_model_len=serving.max_model_len)
+        for name in serving.served_model_names
+    ]
+    return JSONResponse(ModelList(data=cards).model_dump(mode="json"))
+
+
+async def health(request: Request) -> Response:
+    ready = getattr(request.app.state, "serving", None) is not None
+    return Response(status_code=200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    serving = _serving(request)
+    return Response(serving.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def create_app(config: ServerConfig | None = None, backend: ServingBackend | None = None) -> Starlette:
+    """The OpenAI-compatible app.
+
+    Args:
+        config: server options (model, cluster, API key, SLOs).
+        backend: an already running client to serve from (left open at shutdown); by
+            default the lifespan builds one from ``config`` and closes it at shutdown.
+    Returns:
+        A Starlette app to run with uvicorn.
+    """
+    config = config or ServerConfig()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        owned = backend is None
+        llm = await anyio.to_thread.run_sync(build_backend, config) if backend is None else backend
+        try:
+            app.state.serving = OpenAIServing(llm, ServerMetrics(llm.model_name), config.served_model_names)
+            link = getattr(llm, "dashboard_link", None)
+            log.info("serving %s (max_model_len %d)%s", llm.model_name, llm.max_model_len, f"; dashboard {link}" if link else "")
+            yield
+        finally:
+            app.state.serving = None
+            if owned:
+                await anyio.to_thread.run_sync(llm.close)
+
+    routes = [
+        Route("/v1/completions", _guarded(completions), methods=["POST"]),
+        Route("/v1/chat/completions", _guarded(chat_completions), methods=["POST"]),
+        Route("/v1/models", _guarded(models), methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", _guarded(metrics), methods=["GET"]),
+    ]
+    middleware = [Middleware(APIKeyMiddleware, api_key=config.api_key)] if config.api_key else []
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return errors.APIError(404, f"no route {request.method} {request.url.path}", "invalid_request_error").response()
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return errors.APIError(405, f"method {request.method} not allowed on {request.url.path}", "invalid_request_error").response()
+
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 405: method_not_allowed},
+    )
+
+
+__all__ = ["create_app"]

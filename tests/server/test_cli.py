@@ -1,0 +1,70 @@
+"""``mooncake serve`` arguments and the command itself."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from mooncake.cli import build_parser
+from mooncake.server.cli import config_from_args
+from tests.server.conftest import free_port
+
+
+def test_serve_arguments_build_config() -> None:
+    """Flags map onto ServerConfig and EngineConfig; defaults serve the built-in model locally."""
+    cfg = config_from_args(build_parser().parse_args(["serve"]))
+    assert cfg.model is None and cfg.host == "127.0.0.1" and cfg.port == 8000 and cfg.api_key is None
+    assert (cfg.prefill_workers, cfg.decode_workers, cfg.mode) == (1, 1, "disaggregated")
+    args = build_parser().parse_args([
+        "serve", "--model", "/m", "--prefill-workers", "2", "--decode-workers", "3", "--port", "9001",
+        "--api-key", "k", "--ttft-slo", "2", "--tbt-slo", "0.2", "--mode", "colocated", "--max-model-len", "512",
+    ])
+    cfg = config_from_args(args)
+    assert (cfg.model, cfg.prefill_workers, cfg.decode_workers, cfg.port) == ("/m", 2, 3, 9001)
+    assert (cfg.api_key, cfg.ttft_slo_s, cfg.tbt_slo_s, cfg.mode) == ("k", 2.0, 0.2, "colocated")
+    assert cfg.engine.model == "/m" and cfg.engine.max_model_len == 512
+
+
+def test_bad_values_name_the_field() -> None:
+    """A bad value is a ValueError naming the field (the CLI prints it and exits 2)."""
+    with pytest.raises(ValueError, match="prefill_workers"):
+        config_from_args(build_parser().parse_args(["serve", "--prefill-workers", "0"]))
+    with pytest.raises(ValueError, match="tbt_slo_s"):
+        config_from_args(build_parser().parse_args(["serve", "--tbt-slo", "-1"]))
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_mooncake_serve_default_model(tmp_path: object) -> None:
+    """``mooncake serve`` with no model serves the built-in default model on an embedded cluster,
+    and the documented curl request works."""
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mooncake.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            time.sleep(0.5)
+        out = subprocess.run(
+            ["curl", "-s", f"http://127.0.0.1:{port}/v1/completions", "-H", "Content-Type: application/json",
+             "-d", '{"model": "mooncake-default-random-v1", "prompt": "Hello", "max_tokens": 8}'],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        assert '"object":"text_completion"' in out and '"completion_tokens":8' in out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
