@@ -37,3 +37,10 @@ def test_wheel_contains_graphs(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "mooncake/graphs/__init__.py" in names
     assert "mooncake/engine/model.py" in names
+
+
+def test_client_and_server_do_not_load_torch():
+    """Importing the client and the server (what a serving front end loads) leaves torch out."""
+    code = "import sys, mooncake, mooncake.client, mooncake.server; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -14,10 +14,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mooncake.engine import LLMEngine
 from mooncake.outputs import RequestOutput
+
+if TYPE_CHECKING:
+    from mooncake.engine import LLMEngine
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ from distributed import Worker, WorkerPlugin
 from distributed.protocol.serialize import to_serialize
 
 from mooncake.config import EngineConfig
-from mooncake.engine import LLMEngine
 from mooncake.kvcache import KVExport, block_keys
 from mooncake.kvcache.shared_prefix import SharedPrefixProbe
 from mooncake.outputs import RequestOutput
@@ -76,6 +75,8 @@ class MooncakeWorker(WorkerPlugin):
         # Prefix blocks found at lookup, by where: device pool, own host/SSD tiers, a peer.
         self.hit_blocks: Counter[str] = Counter()
         # A GPU worker sees only its own device (CUDA_VISIBLE_DEVICES set per process).
+        from mooncake.engine import LLMEngine  # torch loads in worker processes only
+
         engine = await asyncio.to_thread(LLMEngine, self.engine_config)
         self.engine = engine
         self.loop = EngineLoop(engine, self._emit)
