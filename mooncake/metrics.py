@@ -54,6 +54,13 @@ TRANSFER_BYTES = f"{PREFIX}kv_transfer_bytes"
 TRANSFER_SECONDS = f"{PREFIX}kv_transfer_seconds"
 TRANSFER_BANDWIDTH = f"{PREFIX}kv_transfer_bandwidth_bytes_per_second"
 PREFILL_QUEUE = f"{PREFIX}prefill_queue_seconds"
+PROMPT_TOKENS = f"{PREFIX}prompt_tokens"
+PROMPT_TOKENS_CACHED = f"{PREFIX}prompt_tokens_cached"
+GENERATION_TOKENS = f"{PREFIX}generation_tokens"
+REQUEST_PROMPT_TOKENS = f"{PREFIX}request_prompt_tokens"
+REQUEST_GENERATION_TOKENS = f"{PREFIX}request_generation_tokens"
+REQUEST_SUCCESS = f"{PREFIX}request_success"
+REQUEST_ERRORS = f"{PREFIX}request_errors"
 
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
@@ -310,8 +317,8 @@ class MetricsState:
             (QUEUE, "Time a request waited in its prefill engine's queue.", self.queue),
             (PREFILL, "Prefill compute time (first scheduled to first token).", self.prefill),
             (DECODE, "Decode time (joining the decode batch to the last token).", self.decode),
-            (f"{PREFIX}request_prompt_tokens", "Prompt tokens per request.", self.prompt_tokens),
-            (f"{PREFIX}request_generation_tokens", "Generated tokens per request.", self.generation_tokens),
+            (REQUEST_PROMPT_TOKENS, "Prompt tokens per request.", self.prompt_tokens),
+            (REQUEST_GENERATION_TOKENS, "Generated tokens per request.", self.generation_tokens),
         ):
             fam = HistogramMetricFamily(name, doc, labels=lab)
             fam.add_metric(m, h.cumulative(), h.sum)

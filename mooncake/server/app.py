@@ -130,7 +130,10 @@ def create_app(config: ServerConfig | None = None, backend: ServingBackend | Non
         try:
             app.state.serving = OpenAIServing(llm, ServerMetrics(llm.model_name), config.served_model_names)
             link = getattr(llm, "dashboard_link", None)
+            page = getattr(llm, "mooncake_dashboard_link", None)
             log.info("serving %s (max_model_len %d)%s", llm.model_name, llm.max_model_len, f"; dashboard {link}" if link else "")
+            if page:
+                log.info("Mooncake dashboard page: %s (cluster metrics on the scheduler's /metrics)", page)
             yield
         finally:
             app.state.serving = None
