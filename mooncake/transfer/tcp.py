@@ -1,6 +1,6 @@
 """TCP transfer backend: a dedicated blocking socket per peer, not Dask comms.
 
-Measured on this machine (docs/benchmarks-store.md): plain ``sendall``/``recv_into``
+Measured on this machine (docs/benchmarks.md): plain ``sendall``/``recv_into``
 moves 2.4 GB/s over loopback, Dask's worker-to-worker comm 1.3-1.6 GB/s; the block
 protocol is a thin framing over the former.
 
