@@ -64,7 +64,8 @@ class DecoderLayer(nn.Module):
         attn = paged_attention(q, k, v, k_cache, v_cache, meta, block_size, self.scale)
         x = x + self.o_proj(attn)
         gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
-        out: torch.Tensor = x + self.down_proj(F.silu(gate) * up)
+        # gate/up are views of a temporary: activate and multiply in place (no new buffers)
+        out: torch.Tensor = x + self.down_proj(F.silu(gate, inplace=True).mul_(up))
         return out
 
 

@@ -40,17 +40,22 @@ class RotaryTable:
     def __init__(self, rope: RopeConfig, head_dim: int, max_positions: int, dtype: torch.dtype, device: torch.device) -> None:
         freqs = torch.arange(max_positions, dtype=torch.float32)[:, None] * inv_freq(rope, head_dim)[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)  # [P, head_dim]
+        half = head_dim // 2
+        sin = emb.sin()
         self.cos = emb.cos().to(dtype=dtype, device=device)
-        self.sin = emb.sin().to(dtype=dtype, device=device)
+        # rotate_half(x) * sin == swap_halves(x) * [-sin_lo, sin_hi]: folding the sign into
+        # the table saves the negation pass over every q/k tensor.
+        self.sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(dtype=dtype, device=device)
 
     def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin ``[T, 1, head_dim]`` for ``positions: [T]`` (once per step, all layers)."""
+        """cos, signed sin ``[T, 1, head_dim]`` for ``positions: [T]`` (once per step, all layers)."""
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x: [T, heads, head_dim]`` with ``cos, sin: [T, 1, head_dim]`` (as
-    transformers' ``apply_rotary_pos_emb``: x * cos + rotate_half(x) * sin)."""
+    """Rotate ``x: [T, heads, head_dim]`` with ``cos`` and the signed ``sin`` of
+    :meth:`RotaryTable.lookup` (``[T, 1, head_dim]``): transformers'
+    ``x * cos + rotate_half(x) * sin`` in three passes instead of five."""
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    return torch.addcmul(x * cos, swapped, sin)
