@@ -253,6 +253,27 @@ class TransformersSide:
 RUNNERS = {"mooncake": MooncakeSide, "vllm": VllmSide, "transformers": TransformersSide}
 
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system) used so far by this process and its children (vLLM runs
+    its engine core and model worker as child processes). On a shared machine this is
+    far steadier than wall time: it does not count time spent waiting for a core."""
+    try:
+        import psutil
+    except ImportError:
+        import resource
+
+        return sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+    me = psutil.Process()
+    total = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def worker_main(args: argparse.Namespace) -> None:
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
@@ -273,8 +294,9 @@ def worker_main(args: argparse.Namespace) -> None:
         if op == "quit":
             break
         try:
+            cpu0 = _cpu_seconds()
             res = getattr(side, op)(**cmd)
-            reply({"ok": True, **res})
+            reply({"ok": True, "cpu_s": _cpu_seconds() - cpu0, **res})
         except Exception:
             reply({"ok": False, "error": traceback.format_exc()})
 
@@ -380,7 +402,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     "python": platform.python_version()},
         "settings": {k: getattr(args, k) for k in (
             "num_requests", "prompt_min", "prompt_max", "output_len", "decode_prompt_len",
-            "decode_tokens", "ttft_len", "cached_len", "kv_cache_bytes")},
+            "decode_tokens", "ttft_len", "cached_len", "kv_cache_bytes", "serial_reps")},
         "sides": {}, "raw": {s: {} for s in sides},
     }  # fmt: skip
 
@@ -427,10 +449,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 # transformers has no prefix cache: its warm request would be a cold one.
                 r = workers[s].call("generate", prompts=[cold], max_tokens=1)
                 rec(s, "ttft_cold_s", r["wall_s"])
+                rec(s, "ttft_cold_cpu_s", r["cpu_s"])
                 rec(s, "cold_cached_tokens", r["cached"][0])
                 if s != "transformers":
                     r = workers[s].call("generate", prompts=[warm], max_tokens=1)
                     rec(s, "ttft_warm_s", r["wall_s"])
+                    rec(s, "ttft_warm_cpu_s", r["cpu_s"])
                     rec(s, "warm_cached_tokens", r["cached"][0])
             for s in order:
                 # (b) decode: first to last token of one streamed request, as its caller
@@ -444,12 +468,15 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     rb = workers[s].call("decode_bare", prompt=decn, steps=steps)
                     rec(s, "decode_bare_ms", 1e3 * rb["wall_s"] / steps)
             for s in order:
+                if s == "transformers" and rep >= args.serial_reps:
+                    continue  # serving 16 requests one at a time is the long pole
                 # (a) concurrent batch of mixed lengths.
                 r = workers[s].call("generate", prompts=batch, max_tokens=args.output_len)
                 n_tok = sum(len(t) for t in r["tokens"])
                 rec(s, "batch_tok_s", n_tok / r["wall_s"])
                 rec(s, "batch_wall_s", r["wall_s"])
                 rec(s, "batch_out_tokens", n_tok)
+                rec(s, "batch_tok_per_cpu_s", n_tok / r["cpu_s"])
                 if r["ttft_s"]:
                     rec(s, "batch_ttft_median_s", median(r["ttft_s"]))
             for s in order:
@@ -459,8 +486,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     if "ttft_warm_s" in raw
                     else ""
                 )
+                batch_txt = (
+                    f"{raw['batch_tok_s'][-1]:7.1f} tok/s"
+                    if len(raw["batch_tok_s"]) > rep
+                    else "skipped"
+                )
                 print(
-                    f"[rep {rep + 1}/{args.reps}] {LABEL[s]:>12}: batch {raw['batch_tok_s'][-1]:7.1f} tok/s"
+                    f"[rep {rep + 1}/{args.reps}] {LABEL[s]:>12}: batch {batch_txt}"
                     f" | decode {raw['decode_ms'][-1]:6.2f} ms/tok"
                     f" | TTFT cold {raw['ttft_cold_s'][-1]:.3f} s{warm_txt}",
                     flush=True,
@@ -520,6 +552,8 @@ def summarize(result: dict[str, Any], sides: list[str]) -> None:
     add("(b) decode ms/tok mooncake / transformers bare forward", r, "(info)", None)
     r = rep_ratio("mooncake", "decode_ms", "vllm", "decode_ms")
     add("(b) decode ms/tok mooncake / vLLM-CPU", r, "(info)", None)
+    r = rep_ratio("mooncake", "batch_tok_per_cpu_s", "vllm", "batch_tok_per_cpu_s")
+    add("(a) tokens per CPU-second mooncake / vLLM-CPU", r, "(info)", None)
     r = rep_ratio("mooncake", "ttft_cold_s", "vllm", "ttft_cold_s")
     add(
         "(c) TTFT uncached mooncake / vLLM-CPU",
@@ -529,6 +563,8 @@ def summarize(result: dict[str, Any], sides: list[str]) -> None:
     )
     r = rep_ratio("mooncake", "ttft_cold_s", "transformers", "ttft_cold_s")
     add("(c) TTFT uncached mooncake / transformers", r, "(info)", None)
+    r = rep_ratio("mooncake", "ttft_cold_cpu_s", "vllm", "ttft_cold_cpu_s")
+    add("(c) CPU-s of the uncached prompt mooncake / vLLM-CPU", r, "(info)", None)
     for s in ("mooncake", "vllm"):
         r = rep_ratio(s, "ttft_warm_s", s, "ttft_cold_s")
         target = f"<= 1/{round(1 / TARGET_WARM_FRACTION)}"
@@ -561,11 +597,18 @@ def render(result: dict[str, Any]) -> str:
         (f"(c) TTFT s, {st['ttft_len']}-token prompt, uncached", "ttft_cold_s", "{:.3f}"),
         (f"(d) TTFT s, same length, {st['cached_len']} tokens cached", "ttft_warm_s", "{:.3f}"),
         ("(d) tokens reported cached", "warm_cached_tokens", "{:.0f}"),
+        ("CPU time, all the side's processes (steadier on a shared machine):", "", ""),
+        ("(a) output tokens per CPU-second", "batch_tok_per_cpu_s", "{:.1f}"),
+        ("(c) CPU-s of the uncached prompt", "ttft_cold_cpu_s", "{:.3f}"),
+        ("(d) CPU-s of the cached prompt", "ttft_warm_cpu_s", "{:.3f}"),
         ("load s", None, "{:.1f}"),
     ]  # fmt: skip
     head = [f"measurement (median of {result['reps']})", *(LABEL[s] for s in sides)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for title, key, fmt in rows:
+        if key == "":
+            lines.append(f"| *{title}* |" + " |" * len(sides))
+            continue
         cells = []
         for s in sides:
             v = result["sides"][s]["load_s"] if key is None else med[s].get(key)
@@ -583,6 +626,11 @@ def render(result: dict[str, Any]) -> str:
             continue
         met = {True: "yes", False: "**no**", None: ""}[r["met"]]
         lines.append(f"| {r['name']} | {r['value']:.3f} | {r['target']} | {met} |")
+    if st["serial_reps"] < result["reps"] and "transformers" in sides:
+        lines.append("")
+        lines.append(
+            f"transformers (a) ran {st['serial_reps']} of {result['reps']} repetitions (--serial-reps)."
+        )
     agree = result.get("greedy_agreement_with_transformers") or {}
     if agree:
         lines.append("")
@@ -603,6 +651,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vllm-python", default=os.environ.get("VLLM_PYTHON", DEFAULT_VLLM_PYTHON),
                    help="interpreter of the venv with vllm-cpu (default %(default)s)")  # fmt: skip
     p.add_argument("--reps", type=int, default=3, help="repetitions of every measurement")
+    p.add_argument(
+        "--serial-reps",
+        type=int,
+        default=None,
+        help="repetitions of (a) for transformers one at a time (default: --reps)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--num-requests", type=int, default=16)
     p.add_argument("--prompt-min", type=int, default=64)
@@ -625,6 +679,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         worker_main(args)
         return
+    if args.serial_reps is None:
+        args.serial_reps = args.reps
     if not 0 < args.cached_len < args.ttft_len:
         raise SystemExit("--cached-len must be between 0 and --ttft-len")
     t0 = time.perf_counter()
