@@ -12,9 +12,21 @@ from typing import Any
 from mooncake.types import DTYPES, DType
 
 
-def _check(cond: bool, name: str, msg: str) -> None:
+def check_field(cond: bool, name: str, msg: str) -> None:
+    """Raise ``ValueError("<name>: <msg>")`` unless ``cond``: every config's validation."""
     if not cond:
         raise ValueError(f"{name}: {msg}")
+
+
+def reject_unknown_fields(cls: type, data: dict[str, Any]) -> None:
+    """Strict parsing: a key that is not a field of dataclass ``cls`` is an error."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}")
+
+
+_check = check_field
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,9 @@ class EngineConfig:
     """Context limit; ``None`` takes the model's ``max_position_embeddings``."""
     num_threads: int | None = None
     """torch intra-op threads on CPU; ``None`` leaves torch's default."""
+    null_model: bool = False
+    """Skip the forward pass (all-zero logits, so greedy emits token 0): measures the
+    serving path's own overhead, never for real output."""
 
     def __post_init__(self) -> None:
         _check(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
@@ -63,11 +78,8 @@ class EngineConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineConfig:
         """Strict parse: unknown keys are an error, not silently ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"EngineConfig: unknown field(s) {unknown}")
+        reject_unknown_fields(cls, data)
         return cls(**data)
 
 
-__all__ = ["EngineConfig"]
+__all__ = ["EngineConfig", "check_field", "reject_unknown_fields"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -67,3 +68,14 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+def params_per_prompt(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:
+    """One ``SamplingParams`` per prompt: a single value (or None: defaults) is shared;
+    a sequence must have one per prompt."""
+    if params is None or isinstance(params, SamplingParams):
+        return [params or SamplingParams()] * n
+    out = list(params)
+    if len(out) != n:
+        raise ValueError(f"sampling_params: need one per prompt ({n}), got {len(out)}")
+    return out

@@ -3,9 +3,9 @@ chunked prefill and continuous-batching decode. No distributed code here."""
 
 from mooncake.engine.llm_engine import EngineStats, LLMEngine
 from mooncake.engine.model_config import ModelConfig
-from mooncake.engine.tokenizer import IncrementalDetokenizer, Tokenizer
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from mooncake.sampling_params import SamplingParams
+from mooncake.tokenizer import IncrementalDetokenizer, Tokenizer
 
 __all__ = [
     "CompletionOutput",

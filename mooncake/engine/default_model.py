@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -22,7 +23,7 @@ from mooncake.engine.loader import cache_dir
 NAME = "mooncake-default-random-v1"
 SEED = 20250225
 
-CONFIG = {
+CONFIG: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
     "hidden_size": 256,
@@ -77,7 +78,7 @@ def build_tokenizer() -> Tokenizer:
 
 
 def _weights() -> dict[str, torch.Tensor]:
-    c = CONFIG
+    c = {k: v for k, v in CONFIG.items() if isinstance(v, int)}
     h, i, d = c["hidden_size"], c["intermediate_size"], c["head_dim"]
     q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
     gen = torch.Generator().manual_seed(SEED)

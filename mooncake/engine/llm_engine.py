@@ -19,10 +19,10 @@ from mooncake.engine.model_runner import ModelRunner
 from mooncake.engine.sampler import SampleRequest, sample
 from mooncake.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from mooncake.engine.sequence import Sequence, SequenceStatus
-from mooncake.engine.tokenizer import IncrementalDetokenizer, Tokenizer
 from mooncake.kvcache import BlockPool, KVBlock, KVBlockSpec, KVExport, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from mooncake.sampling_params import SamplingParams
+from mooncake.sampling_params import SamplingParams, params_per_prompt
+from mooncake.tokenizer import IncrementalDetokenizer, Tokenizer
 from mooncake.types import BlockKey
 
 
@@ -69,7 +69,7 @@ class LLMEngine:
         self.pool = BlockPool(num_blocks, enable_caching=config.enable_prefix_caching)
         self.kv = KVCacheManager(self.pool, config.block_size)
         self.scheduler = Scheduler(config, self.kv)
-        self.runner = ModelRunner(self.model, self.spec, num_blocks)
+        self.runner = ModelRunner(self.model, self.spec, num_blocks, null_model=config.null_model)
         self.stats = EngineStats()
         self._seqs: dict[str, Sequence] = {}
         self._held: dict[str, Sequence] = {}
@@ -100,6 +100,8 @@ class LLMEngine:
         kv: KVExport | None = None,
         keep_kv: bool = False,
         arrival_time: float | None = None,
+        prior_output_ids: Seq[int] = (),
+        prior_logprobs: Seq[dict[int, float]] | None = None,
     ) -> str:
         """Queue a request.
 
@@ -110,6 +112,11 @@ class LLMEngine:
             cache_salt: isolates this request's prefix-cache entries (per tenant).
             kv: KV imported from another engine; its tokens must prefix ``prompt``.
             keep_kv: hold the blocks after the request finishes, for :meth:`export_kv`.
+            prior_output_ids: tokens this request already generated elsewhere (e.g. the
+                first token, sampled by a prefill worker). They count towards
+                ``max_tokens``, appear in the output, and keep seeded sampling aligned.
+            prior_logprobs: their logprobs (when ``params.logprobs`` is set), so the
+                output's logprobs stay aligned with its tokens.
         Returns:
             The request id.
         Raises:
@@ -128,8 +135,9 @@ class LLMEngine:
                 f"prompt: {len(prompt_ids)} tokens is longer than the context limit; the model "
                 f"accepts at most {self.max_model_len - 1} prompt tokens"
             )
+        prior = self.tokenize(list(prior_output_ids)) if prior_output_ids else []
         if kv is not None:
-            self._check_import(kv, prompt_ids, cache_salt)
+            self._check_import(kv, prompt_ids + prior, cache_salt)
         seq = Sequence(
             request_id=rid,
             prompt=prompt if isinstance(prompt, str) else None,
@@ -141,11 +149,15 @@ class LLMEngine:
             kv_import=kv,
             keep_kv=keep_kv,
             cache_salt=cache_salt,
+            token_ids=prompt_ids + prior,
         )
         if params.logprobs is not None:
-            seq.logprobs = []
+            seq.logprobs = [dict(d) for d in (prior_logprobs or [])][: len(prior)]
+            seq.cumulative_logprob = sum(d.get(t, 0.0) for t, d in zip(prior, seq.logprobs))
         if self.tokenizer is not None:
             seq.detok = IncrementalDetokenizer(self.tokenizer, prompt_ids)
+            if prior:
+                seq.detok.add(prior)
         self._seqs[rid] = seq
         self.scheduler.add(seq)
         return rid
@@ -219,6 +231,7 @@ class LLMEngine:
         st = self.stats
         st.num_steps += 1
         st.num_preemptions = self.scheduler.num_preemptions
+        st.num_prompt_tokens_cached = self.scheduler.num_cached_tokens
         for s in (*out.decodes, *out.prefills):
             prompt_part = max(0, min(s.start + s.num_tokens, s.seq.num_prompt_tokens) - s.start)
             st.num_prompt_tokens_computed += prompt_part
@@ -301,12 +314,7 @@ class LLMEngine:
         params: SamplingParams | Seq[SamplingParams] | None = None,
     ) -> list[RequestOutput]:
         """Run every prompt to completion as one continuous batch; results in input order."""
-        if isinstance(params, SamplingParams) or params is None:
-            params_list = [params or SamplingParams()] * len(prompts)
-        else:
-            params_list = list(params)
-            if len(params_list) != len(prompts):
-                raise ValueError("params: need one SamplingParams per prompt")
+        params_list = params_per_prompt(params, len(prompts))
         ids = [self.add_request(None, p, sp) for p, sp in zip(prompts, params_list)]
         done: dict[str, RequestOutput] = {}
         while len(done) < len(ids):
@@ -359,6 +367,45 @@ class LLMEngine:
         """Free a held request's blocks (they stay in the prefix cache)."""
         if request_id in self._held:
             self.abort_request(request_id)
+
+    def export_cached_blocks(self, keys: Seq[BlockKey], token_ids: Seq[int]) -> list[KVBlock]:
+        """Copy out the leading run of ``keys`` that this engine still caches (for a peer
+        that fetches a prefix instead of recomputing it). ``token_ids`` verify the hit."""
+        bs = self.config.block_size
+        chunks = [token_ids[i * bs : (i + 1) * bs] for i in range(len(keys))]
+        out = []
+        for i, block in enumerate(self.pool.match_prefix(keys, chunks)):
+            out.append(
+                KVBlock(
+                    key=keys[i],
+                    parent=keys[i - 1] if i else None,
+                    token_ids=tuple(chunks[i]),
+                    data=self.runner.read_block(block.block_id, bs),
+                    spec=self.spec,
+                    model_fingerprint=self.fingerprint,
+                )
+            )
+        return out
+
+    def import_cached_blocks(self, blocks: Seq[KVBlock]) -> int:
+        """Put full blocks received from a peer into this engine's prefix cache (they are
+        evictable at once, like any freed cached block). Returns how many were added."""
+        from mooncake.engine.kv_cache_manager import KVWrite
+
+        fresh = [b for b in blocks if b.is_full and b.key is not None and self.pool.lookup(b.key, b.token_ids) is None]
+        for b in fresh:
+            if b.model_fingerprint != self.fingerprint or b.spec != self.spec:
+                raise ValueError("blocks: exported by a different model or block spec")
+        fresh = fresh[: self.pool.num_free]
+        if not fresh:
+            return 0
+        new = self.pool.allocate(len(fresh))
+        self.runner.write_blocks([KVWrite(nb.block_id, b.data) for nb, b in zip(new, fresh)])
+        for nb, b in zip(new, fresh):
+            assert b.key is not None
+            self.pool.register(nb, b.key, b.token_ids)
+        self.pool.free(new)
+        return len(fresh)
 
     # -- diagnostics -----------------------------------------------------------------
     def prompt_logits(self, token_ids: Seq[int]) -> torch.Tensor:

@@ -87,7 +87,7 @@ def load_model(path: Path, dtype: str, device: torch.device, max_positions: int)
     tensors: dict[str, torch.Tensor] = {}
     for f in weight_files(path):
         with safe_open(str(f), framework="pt") as fh:
-            for name in fh.keys():  # noqa: SIM118 - safe_open is not a Mapping
+            for name in fh.keys():
                 tensors[name] = fh.get_tensor(name)
     torch_dtype = TORCH_DTYPES[dtype]
     with torch.device("meta"):

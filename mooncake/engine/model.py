@@ -12,7 +12,7 @@ from torch import nn
 
 from mooncake.engine.attention import AttentionMetadata, paged_attention
 from mooncake.engine.model_config import ModelConfig
-from mooncake.engine.rope import RotaryTable
+from mooncake.engine.rope import RotaryTable, apply_rope
 
 
 class RMSNorm(nn.Module):
@@ -47,8 +47,7 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        positions: torch.Tensor,
-        rope: RotaryTable,
+        rope: tuple[torch.Tensor, torch.Tensor],
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
@@ -58,14 +57,15 @@ class DecoderLayer(nn.Module):
         cfg = self.cfg
         T = x.shape[0]
         qkv = self.qkv_proj(self.input_layernorm(x))  # [T, q + 2kv]
-        q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
-        q = rope.apply(q.view(T, cfg.num_heads, cfg.head_dim), positions)
-        k = rope.apply(k.view(T, cfg.num_kv_heads, cfg.head_dim), positions)
-        v = v.reshape(T, cfg.num_kv_heads, cfg.head_dim)
+        # q and k rotate together: one pass over [T, Hq + Hkv, D]
+        qk = apply_rope(qkv[:, : self.q_size + self.kv_size].view(T, cfg.num_heads + cfg.num_kv_heads, cfg.head_dim), *rope)
+        q, k = qk[:, : cfg.num_heads], qk[:, cfg.num_heads :]
+        v = qkv[:, self.q_size + self.kv_size :].reshape(T, cfg.num_kv_heads, cfg.head_dim)
         attn = paged_attention(q, k, v, k_cache, v_cache, meta, block_size, self.scale)
         x = x + self.o_proj(attn)
         gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
-        return x + self.down_proj(F.silu(gate) * up)
+        out: torch.Tensor = x + self.down_proj(F.silu(gate) * up)
+        return out
 
 
 class LlamaModel(nn.Module):
@@ -114,10 +114,12 @@ class LlamaModel(nn.Module):
         """
         assert self.rope is not None, "init_rope() not called"
         x = self.embed_tokens(input_ids)  # [T, H]
+        rope = self.rope.lookup(positions)
         for i, layer in enumerate(self.layers):
-            x = layer(x, positions, self.rope, kv_cache[i, 0], kv_cache[i, 1], meta, block_size)
+            x = layer(x, rope, kv_cache[i, 0], kv_cache[i, 1], meta, block_size)
         x = self.norm(x[logits_indices])  # [N, H]; norm is per-token, so select first
-        return self.lm_head(x).float()
+        logits: torch.Tensor = self.lm_head(x).float()
+        return logits
 
 
 def load_hf_state_dict(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> None:

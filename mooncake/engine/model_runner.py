@@ -3,22 +3,30 @@ pass and returns the logits of the positions that sample."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
-from mooncake.engine.attention import AttentionMetadata, PrefillSegment, causal_mask
+from mooncake.engine.attention import (
+    AttentionMetadata,
+    DecodeGroup,
+    PrefillSegment,
+    causal_mask,
+    split_by_length,
+)
 from mooncake.engine.kv_cache_manager import KVWrite
 from mooncake.engine.model import LlamaModel
-from mooncake.engine.scheduler import SchedulerOutput
+from mooncake.engine.scheduler import ScheduledSeq, SchedulerOutput
 from mooncake.kvcache import KVBlockSpec
-
 
 
 class ModelRunner:
     """Args: model; spec: KV block shape; num_blocks: blocks in the pool."""
 
-    def __init__(self, model: LlamaModel, spec: KVBlockSpec, num_blocks: int) -> None:
+    def __init__(self, model: LlamaModel, spec: KVBlockSpec, num_blocks: int, null_model: bool = False) -> None:
         self.model = model
+        self.null_model = null_model
         self.spec = spec
         self.block_size = spec.block_size
         p = model.embed_tokens.weight
@@ -34,7 +42,10 @@ class ModelRunner:
     # -- KV import / export ------------------------------------------------------
     def write_blocks(self, writes: list[KVWrite]) -> None:
         for w in writes:
-            data = torch.from_numpy(np.ascontiguousarray(w.data))
+            with warnings.catch_warnings():
+                # Blocks read zero-copy from a store are read-only; they are only copied from.
+                warnings.simplefilter("ignore", UserWarning)
+                data = torch.from_numpy(np.ascontiguousarray(w.data))
             if self.dtype == torch.bfloat16:
                 data = data.view(torch.int16).view(torch.bfloat16)
             n = data.shape[2]
@@ -48,6 +59,19 @@ class ModelRunner:
         if self.dtype == torch.bfloat16:
             return t.view(torch.int16).numpy().view(np.uint16)
         return t.numpy()
+
+    def _decode_group(self, group: list[ScheduledSeq], max_blocks: int, start: int, dev: torch.device) -> DecodeGroup:
+        bs = self.block_size
+        table = torch.zeros(len(group), max_blocks, dtype=torch.long)
+        for b, s in enumerate(group):
+            nb = -(-(s.start + 1) // bs)
+            table[b, :nb] = torch.tensor([blk.block_id for blk in s.seq.block_table[:nb]])
+        ctx = torch.tensor([s.start + 1 for s in group])[:, None]
+        k_pos = torch.arange(max_blocks * bs)[None, :]
+        mask = k_pos < ctx
+        if self.window is not None:
+            mask &= k_pos >= ctx - self.window
+        return DecodeGroup(start, table.to(dev), mask[:, None, None, :].to(dev))
 
     # -- one step ----------------------------------------------------------------
     @torch.inference_mode()
@@ -63,29 +87,24 @@ class ModelRunner:
         slots: list[int] = []
         logits_idx: list[int] = []
 
+        # Decodes sorted by context length (in place: the caller samples in this order),
+        # then cut into at most two groups so short sequences are not padded to the longest.
+        out.decodes.sort(key=lambda s: s.start)
         decodes = out.decodes
         meta = AttentionMetadata(slot_mapping=torch.empty(0, dtype=torch.long))
         if decodes:
-            max_blocks = max(-(-(s.start + 1) // bs) for s in decodes)
-            table = torch.zeros(len(decodes), max_blocks, dtype=torch.long)
-            ctx = torch.empty(len(decodes), dtype=torch.long)
+            nblocks = [-(-(s.start + 1) // bs) for s in decodes]
+            cut = split_by_length(nblocks)
+            for lo, hi in ((0, cut), (cut, len(decodes))):
+                if lo < hi:
+                    meta.decodes.append(self._decode_group(decodes[lo:hi], nblocks[hi - 1], lo, dev))
             for b, s in enumerate(decodes):
                 seq, pos = s.seq, s.start
                 ids.append(seq.token_ids[pos])
                 positions.append(pos)
                 slots.append(seq.block_table[pos // bs].block_id * bs + pos % bs)
-                nb = -(-(pos + 1) // bs)
-                table[b, :nb] = torch.tensor([blk.block_id for blk in seq.block_table[:nb]])
-                ctx[b] = pos + 1
                 if s.samples or all_logits:
                     logits_idx.append(b)
-            k_pos = torch.arange(max_blocks * bs)[None, :]
-            mask = k_pos < ctx[:, None]
-            if self.window is not None:
-                mask &= k_pos >= (ctx[:, None] - self.window)
-            meta.num_decode = len(decodes)
-            meta.decode_block_table = table.to(dev)
-            meta.decode_mask = mask[:, None, None, :].to(dev)
 
         for s in out.prefills:
             seq, start, n = s.seq, s.start, s.num_tokens
@@ -94,20 +113,22 @@ class ModelRunner:
             ctx_len = start + n
             nb = -(-ctx_len // bs)
             bt = torch.tensor([blk.block_id for blk in seq.block_table[:nb]], dtype=torch.long)
-            pos = torch.arange(start, ctx_len)
-            positions.extend(pos.tolist())
-            slots.extend((bt[pos // bs] * bs + pos % bs).tolist())
-            mask = None
+            pos_t = torch.arange(start, ctx_len)
+            positions.extend(pos_t.tolist())
+            slots.extend((bt[pos_t // bs] * bs + pos_t % bs).tolist())
+            seg_mask = None
             if start > 0 or (self.window is not None and ctx_len > self.window):
-                mask = causal_mask(n, ctx_len, self.window, dev)
-            meta.prefills.append(PrefillSegment(flat_start, n, ctx_len, bt.to(dev), mask))
+                seg_mask = causal_mask(n, ctx_len, self.window, dev)
+            meta.prefills.append(PrefillSegment(flat_start, n, ctx_len, bt.to(dev), seg_mask))
             if all_logits:
                 logits_idx.extend(range(flat_start, flat_start + n))
             elif s.samples:
                 logits_idx.append(flat_start + n - 1)
 
+        if self.null_model:
+            return torch.zeros(len(logits_idx), self.model.cfg.vocab_size, device=dev)
         meta.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
-        return self.model(
+        logits: torch.Tensor = self.model(
             torch.tensor(ids, dtype=torch.long, device=dev),
             torch.tensor(positions, dtype=torch.long, device=dev),
             self.kv_cache,
@@ -115,3 +136,4 @@ class ModelRunner:
             torch.tensor(logits_idx, dtype=torch.long, device=dev),
             bs,
         )
+        return logits

@@ -58,6 +58,8 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.num_cached_tokens = 0
+        """Prompt tokens served from the prefix cache or an import, over all admissions."""
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -120,6 +122,7 @@ class Scheduler:
                 out.kv_writes.extend(self.kv.import_blocks(seq))
                 self.kv.allocate(seq, n)
                 seq.num_cached_tokens = imported
+                self.num_cached_tokens += imported
             else:
                 cached = self.kv.find_cached(seq)
                 start = len(cached) * self.kv.block_size
@@ -129,6 +132,7 @@ class Scheduler:
                 self.kv.admit(seq, cached, n)
                 if seq.num_preemptions == 0:
                     seq.num_cached_tokens = start
+                    self.num_cached_tokens += start
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)

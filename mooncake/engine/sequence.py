@@ -5,10 +5,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from mooncake.engine.tokenizer import IncrementalDetokenizer
 from mooncake.kvcache import Block, KVExport
 from mooncake.outputs import RequestMetrics
 from mooncake.sampling_params import SamplingParams
+from mooncake.tokenizer import IncrementalDetokenizer
 from mooncake.types import BlockKey, FinishReason
 
 

@@ -1,0 +1,135 @@
+"""Cost of the Dask request path, against the same engine in-process, in one run.
+
+1. Added TTFT: one request at a time (max_tokens=1), p50 of cluster TTFT minus p50 of
+   in-process TTFT, same checkpoint and prompts (target: <= 10 ms p50).
+2. Control-plane throughput: requests/s through lookup -> prefill -> transfer -> decode
+   with a null model (no forward pass), all submitted at once.
+3. Streaming: added latency per token, cluster inter-token gaps vs in-process.
+4. Output tokens/s for 16 concurrent requests, cluster (1P+1D) vs in-process engine.
+
+    python benchmarks/runtime_bench.py [--model DIR] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import random
+import statistics
+import time
+
+from mooncake.client import LLM
+from mooncake.config import EngineConfig
+from mooncake.engine import LLMEngine
+from mooncake.sampling_params import SamplingParams
+
+
+def _prompts(n: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(3, 250) for _ in range(rng.randrange(lo, hi))] for _ in range(n)]
+
+
+def _p50(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def engine_ttfts(engine: LLMEngine, prompts: list[list[int]]) -> list[float]:
+    out = []
+    for p in prompts:
+        t0 = time.perf_counter()
+        engine.generate([p], SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True))
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def cluster_ttfts(llm: LLM, prompts: list[list[int]]) -> list[float]:
+    async def one(p: list[int]) -> float:
+        t0 = time.perf_counter()
+        async for _ in llm.stream(p, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)):
+            return time.perf_counter() - t0
+        raise RuntimeError("no output")
+
+    async def run() -> list[float]:
+        return [await one(p) for p in prompts]
+
+    return asyncio.run(run())
+
+
+def itl(llm: LLM | None, engine: LLMEngine | None, prompt: list[int], n: int) -> list[float]:
+    """Inter-token gaps of one streamed request."""
+    params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
+    stamps: list[float] = []
+    if engine is not None:
+        engine.add_request("itl", prompt, params)
+        while engine.has_unfinished():
+            if engine.step():
+                stamps.append(time.perf_counter())
+    else:
+        assert llm is not None
+
+        async def run() -> None:
+            seen = 0
+            async for out in llm.stream(prompt, params):
+                for _ in range(len(out.token_ids) - seen):
+                    stamps.append(time.perf_counter())
+                seen = len(out.token_ids)
+
+        asyncio.run(run())
+    return [b - a for a, b in itertools.pairwise(stamps)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model directory (default: built-in random-weight model)")
+    ap.add_argument("--requests", type=int, default=30)
+    ap.add_argument("--null-requests", type=int, default=200)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    res: dict[str, float] = {}
+    prompts = _prompts(args.requests, 16, 256)
+
+    # In-process engine with the same threads one cluster worker gets.
+    engine = LLMEngine(EngineConfig(model=args.model, num_blocks=2048, num_threads=1, enable_prefix_caching=False))
+    engine_ttfts(engine, prompts[:3])
+    e_ttft = engine_ttfts(engine, prompts)
+    e_itl = itl(None, engine, prompts[0], 64)
+    batch = _prompts(16, 64, 512, seed=1)
+    t0 = time.perf_counter()
+    outs = engine.generate(batch, SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True))
+    res["engine_tok_s"] = sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t0)
+    del engine
+
+    with LLM(args.model, engine_config=EngineConfig(num_blocks=2048, enable_prefix_caching=False), dashboard_address=None) as llm:
+        cluster_ttfts(llm, prompts[:3])
+        c_ttft = cluster_ttfts(llm, prompts)
+        c_itl = itl(llm, None, prompts[0], 64)
+        t0 = time.perf_counter()
+        outs = llm.generate(batch, SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True), use_tqdm=False)
+        res["cluster_tok_s"] = sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t0)
+
+    with LLM(args.model, engine_config=EngineConfig(num_blocks=4096, null_model=True), dashboard_address=None) as llm:
+        small = _prompts(args.null_requests, 8, 64, seed=2)
+        llm.generate(small[:20], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
+        t0 = time.perf_counter()
+        llm.generate(small, SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True), use_tqdm=False)
+        res["null_model_req_s"] = len(small) / (time.perf_counter() - t0)
+
+    res["engine_ttft_p50_ms"] = _p50(e_ttft) * 1e3
+    res["cluster_ttft_p50_ms"] = _p50(c_ttft) * 1e3
+    res["added_ttft_p50_ms"] = res["cluster_ttft_p50_ms"] - res["engine_ttft_p50_ms"]
+    res["engine_itl_p50_ms"] = _p50(e_itl) * 1e3
+    res["cluster_itl_p50_ms"] = _p50(c_itl) * 1e3
+    res["added_itl_p50_ms"] = res["cluster_itl_p50_ms"] - res["engine_itl_p50_ms"]
+    res["cluster_vs_engine_tok_s"] = res["cluster_tok_s"] / res["engine_tok_s"]
+    width = max(map(len, res))
+    for k, v in res.items():
+        print(f"{k:<{width}}  {v:10.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""Store and transfer throughput, each next to a baseline measured in the same run.
+
+    python benchmarks/store_bench.py [--reps 5] [--total-mib 128] [--sizes tiny,tiny-512,70b] [--dask]
+
+- host tier put / get vs numpy memcpy of the same blocks into preallocated memory
+  (get = checked zero-copy view; get+copy = that view copied into a preallocated
+  destination, what an engine loading its KV pool does);
+- SSD tier put / get (an LMDB file under --ssd-dir; reads come from the page cache
+  unless the file was evicted from it);
+- TCP fetch (block server in another process -> BlockFetcher, pipelined, CRC checked)
+  vs raw ``sendall`` -> ``recv_into`` of the same bytes between two processes;
+  with ``--dask``, also Dask's TCP comm moving the same bytes.
+
+Block shapes: the engine's default tiny model (4 layers, 2 KV heads, head_dim 32,
+fp32) with the engine's 16-token blocks (32 KiB) and with the paper's 512-token blocks
+(1 MiB), and LLaMA3-70B (80 layers, 8 KV heads, head_dim 128, bf16: 320 KiB/token) with
+16-token blocks (5 MiB). Every number is a median over --reps repetitions, each
+repetition running the baseline and the measured operations back to back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mooncake.kvcache.block import KVBlock, KVBlockSpec
+from mooncake.store import BlockStore, StoreConfig, TierConfig
+from mooncake.store.block_object import encode
+from mooncake.transfer import BlockFetcher, BlockServer, Peer, TcpBackend, TransferConfig
+from mooncake.types import BlockKey
+
+SPECS = {
+    "tiny": KVBlockSpec(num_layers=4, num_kv_heads=2, head_dim=32, block_size=16, dtype="float32"),
+    "tiny-512": KVBlockSpec(num_layers=4, num_kv_heads=2, head_dim=32, block_size=512, dtype="float32"),
+    "70b": KVBlockSpec(num_layers=80, num_kv_heads=8, head_dim=128, block_size=16, dtype="bfloat16"),
+}
+GB = 1e9
+
+
+def make_blocks(spec: KVBlockSpec, n: int, seed: int = 0) -> list[KVBlock]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        shape = spec.shape(spec.block_size)
+        if spec.dtype == "float32":
+            data = rng.integers(0, 2**31, size=shape, dtype=np.int32).view(np.float32)
+        else:
+            data = rng.integers(0, 2**16, size=shape, dtype=np.uint16)
+        key = BlockKey(i.to_bytes(8, "little") + seed.to_bytes(8, "little"))
+        out.append(KVBlock(key=key, parent=None, token_ids=tuple(range(spec.block_size)), data=data, spec=spec,
+                           model_fingerprint="bench"))  # fmt: skip
+    return out
+
+
+Op = tuple[Callable[[], object], Callable[[], object] | None]
+
+
+def interleaved(ops: dict[str, Op], reps: int) -> dict[str, list[float]]:
+    """Seconds per rep of each op, ops run round-robin inside each rep so that a
+    baseline and what is compared with it see the same machine load (2 shared cores)."""
+    times: dict[str, list[float]] = {name: [] for name in ops}
+    for _ in range(reps):
+        for name, (fn, setup) in ops.items():
+            if setup is not None:
+                setup()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def summarize(times: dict[str, list[float]], nbytes: int, base: str) -> dict[str, tuple[float, float]]:
+    """name -> (median GB/s, median over reps of the per-rep ratio to ``base``)."""
+    out = {}
+    for name, ts in times.items():
+        ratios = [b / t for b, t in zip(times[base], ts)]
+        out[name] = (nbytes / statistics.median(ts) / GB, statistics.median(ratios))
+    return out
+
+
+# -- tiers ------------------------------------------------------------------------------
+def bench_tiers(shm: str, ssd: str, blocks: list[KVBlock], reps: int) -> dict[str, tuple[float, float]]:
+    total = sum(b.data.nbytes for b in blocks)
+    cap = int(total * 1.1) + 1024**2
+    keys = [b.key for b in blocks]
+    dst = [np.empty_like(b.data) for b in blocks]
+    host = BlockStore(StoreConfig(host=TierConfig(path=f"{shm}/host", capacity_bytes=cap), ssd=None))
+    disk = BlockStore(StoreConfig(host=None, ssd=TierConfig(path=f"{ssd}/ssd", capacity_bytes=cap)))
+
+    def memcpy() -> None:
+        for b, d in zip(blocks, dst):
+            np.copyto(d, b.data)
+
+    def ops_for(name: str, store: BlockStore) -> dict[str, Op]:
+        def clear() -> None:
+            store.delete_many(keys)  # type: ignore[arg-type]
+
+        def put_each() -> None:
+            for b in blocks:
+                store.put(b)
+
+        def get_each() -> None:
+            for k in keys:
+                assert store.get(k) is not None  # type: ignore[arg-type]
+
+        def get_batch() -> None:
+            for i in range(0, len(keys), 16):
+                assert all(o is not None for o in store.get_many(keys[i : i + 16]))  # type: ignore[arg-type]
+
+        def get_copy() -> None:
+            for k, d in zip(keys, dst):
+                o = store.get(k)  # type: ignore[arg-type]
+                assert o is not None
+                np.copyto(d, o.numpy())
+
+        return {
+            f"{name} put": (put_each, clear),
+            f"{name} put_many": (lambda: store.put_many(blocks), clear),
+            f"{name} get": (get_each, None),
+            f"{name} get_many": (get_batch, None),
+            f"{name} get+copy": (get_copy, None),
+        }
+
+    try:
+        host.put_many(blocks)
+        disk.put_many(blocks)
+        ops: dict[str, Op] = {"memcpy": (memcpy, None), **ops_for("host", host), **ops_for("SSD", disk)}
+        interleaved(ops, 1)  # warm up: first-touch page faults of destinations and maps
+        times = interleaved(ops, reps)
+        assert host.stats.corrupt == 0 and disk.stats.corrupt == 0
+    finally:
+        host.close()
+        disk.close()
+    return summarize(times, total, "memcpy")
+
+
+def _serve_store(spec_name: str, n: int, shm: str, conn: Connection) -> None:
+    blocks = make_blocks(SPECS[spec_name], n)
+    total = sum(b.data.nbytes for b in blocks)
+    cfg = StoreConfig(host=TierConfig(path=shm, capacity_bytes=int(total * 1.1) + 1024**2), ssd=None)
+    with BlockStore(cfg) as store, BlockServer(store, TransferConfig()) as server:
+        store.put_many(blocks)
+        conn.send(server.address)
+        conn.recv()
+
+
+def _raw_sender(nbytes: int, chunk: int, conn: Connection) -> None:
+    srv = socket.create_server(("127.0.0.1", 0))
+    conn.send(srv.getsockname()[1])
+    buf = np.random.default_rng(0).integers(0, 255, size=nbytes, dtype=np.uint8)
+    c, _ = srv.accept()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    mv = memoryview(buf)
+    while c.recv(1):  # one byte = "send it all again"
+        for off in range(0, nbytes, chunk):
+            c.sendall(mv[off : off + chunk])
+    c.close()
+
+
+def _dask_sender(nbytes: int, chunk: int, conn: Connection) -> None:
+    import asyncio
+
+    from distributed.comm import listen
+    from distributed.protocol import to_serialize
+
+    buf = np.random.default_rng(0).integers(0, 255, size=nbytes, dtype=np.uint8)
+    frames = [to_serialize(buf[off : off + chunk]) for off in range(0, nbytes, chunk)]
+
+    async def main() -> None:
+        async def handle(comm: object) -> None:
+            while True:
+                try:
+                    await comm.read()  # type: ignore[attr-defined]
+                except Exception:
+                    return
+                await comm.write({"frames": frames})  # type: ignore[attr-defined]
+
+        listener = listen("tcp://127.0.0.1:0", handle)
+        await listener.start()
+        conn.send(listener.contact_address)
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+
+    asyncio.run(main())
+
+
+def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool) -> dict[str, tuple[float, float]]:
+    """Raw socket, block fetch (and Dask comm) from three server processes, interleaved."""
+    import asyncio
+
+    spec = SPECS[spec_name]
+    total = n * spec.bytes_per_block
+    ctx = mp.get_context("spawn")
+    procs, pipes = [], []
+
+    def start(target: Callable[..., None], *args: object) -> object:
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=target, args=(*args, child))
+        p.start()
+        procs.append(p)
+        pipes.append(parent)
+        return parent.recv()
+
+    raw_port = start(_raw_sender, total, spec.bytes_per_block)
+    store_addr = start(_serve_store, spec_name, n, shm)
+    raw = socket.create_connection(("127.0.0.1", raw_port))
+    dst = np.empty(total, dtype=np.uint8)
+    mv = memoryview(dst)
+
+    def raw_run() -> None:
+        raw.sendall(b"x")
+        got = 0
+        while got < total:
+            got += raw.recv_into(mv[got:], total - got)
+
+    keys = [b.key for b in make_blocks(spec, n)]
+    cfg = TransferConfig(batch_blocks=max(16, (4 * 1024**2) // spec.bytes_per_block))
+    fetcher = BlockFetcher(cfg, backends=[])
+    fetcher.backends = [TcpBackend(cfg, fetcher.pool)]
+    peer = Peer("bench-remote", tcp=store_addr)  # type: ignore[arg-type]
+
+    def fetch_run() -> None:
+        with fetcher.fetch(keys, peer) as res:  # type: ignore[arg-type]
+            assert res.num_fetched == n, res.errors
+
+    ops: dict[str, Op] = {"raw socket": (raw_run, None), "TCP fetch": (fetch_run, None)}
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # distributed binds its futures to the current loop
+    if dask:
+        from distributed.comm import connect
+
+        dask_addr = start(_dask_sender, total, spec.bytes_per_block)
+        comm = loop.run_until_complete(connect(dask_addr))  # type: ignore[arg-type]
+
+        async def dask_once() -> None:
+            await comm.write("go")
+            msg = await comm.read()
+            assert sum(np.asarray(a).nbytes for a in msg["frames"]) == total
+
+        ops["Dask comm"] = (lambda: loop.run_until_complete(dask_once()), None)
+    try:
+        interleaved(ops, 1)  # warm up: connections, pooled buffers
+        times = interleaved(ops, reps)
+    finally:
+        if dask:
+            loop.run_until_complete(comm.close())
+        loop.close()
+        raw.close()
+        fetcher.close()
+        for pipe in pipes:
+            try:
+                pipe.send("stop")
+            except OSError:
+                pass  # already exited
+        for p in procs:
+            p.join(10)  # type: ignore[attr-defined]
+            if p.is_alive():  # type: ignore[attr-defined]
+                p.kill()  # type: ignore[attr-defined]
+    return summarize(times, total, "raw socket")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--total-mib", type=int, default=128, help="bytes moved per repetition, per block shape")
+    ap.add_argument("--sizes", default="tiny,tiny-512,70b")
+    ap.add_argument("--ssd-dir", default=None, help="directory on disk for the SSD tier (default: a temp dir)")
+    ap.add_argument("--dask", action="store_true", help="also measure Dask's TCP comm")
+    args = ap.parse_args()
+
+    results: dict[str, dict[str, tuple[float, float]]] = {}
+    sizes = args.sizes.split(",")
+    for name in sizes:
+        spec = SPECS[name]
+        n = max(8, args.total_mib * 1024**2 // spec.bytes_per_block)
+        blocks = make_blocks(spec, n)
+        hdr, _ = encode(blocks[0])
+        print(f"# {name}: {n} blocks x {spec.bytes_per_block / 1024:.0f} KiB payload (+{len(hdr)} B header) "
+              f"= {n * spec.bytes_per_block / 1024**2:.0f} MiB per rep", flush=True)  # fmt: skip
+        shm = tempfile.mkdtemp(prefix="mooncake-bench-", dir="/dev/shm")
+        ssd = tempfile.mkdtemp(prefix="mooncake-bench-ssd-", dir=args.ssd_dir)
+        try:
+            res = bench_tiers(shm, ssd, blocks, args.reps)
+            del blocks
+            res.update(bench_tcp(name, n, args.reps, f"{shm}/peer", args.dask))
+        finally:
+            shutil.rmtree(shm, ignore_errors=True)
+            shutil.rmtree(ssd, ignore_errors=True)
+        results[name] = res
+
+    print()
+    print("| operation | " + " | ".join(f"{n}: GB/s | {n}: ratio" for n in sizes) + " |")
+    print("| --- |" + " --- | --- |" * len(sizes))
+    for op in results[sizes[0]]:
+        cells = []
+        for n in sizes:
+            rate, ratio = results[n][op]
+            cells += [f"{rate:.2f}", f"{ratio:.0%}"]
+        print(f"| {op} | " + " | ".join(cells) + " |")
+    print("\nGB/s = 1e9 B/s of KV payload, median of reps; ratio = median over reps of the per-rep "
+          "ratio to memcpy (host/SSD rows) or to the raw socket (TCP/Dask rows), run interleaved.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Colocated baseline (vLLM-style): lookup, then prefill and decode in one engine on one
+worker."""
+
+from __future__ import annotations
+
+from mooncake.graphs.base import KeyRef, RequestGraph, TaskSpec
+
+from mooncake.worker import tasks
+from mooncake.worker.messages import PlacementInfo, RequestSpec
+
+
+def build(spec: RequestSpec, placement: PlacementInfo) -> RequestGraph:
+    rid = spec.request_id
+    lookup_key, gen_key = f"lookup-{rid}", f"generate-{rid}"
+    return RequestGraph(
+        tasks=[
+            TaskSpec(lookup_key, tasks.lookup, (spec, placement, "generate"), placement.prefill),
+            TaskSpec(gen_key, tasks.generate, (KeyRef(lookup_key),), placement.prefill),
+        ],
+        output_key=gen_key,
+    )

@@ -1,0 +1,23 @@
+"""Disaggregated mode: lookup -> prefill on the prefill worker, transfer -> decode on the
+decode worker. Only small handles travel between the tasks, never KV tensors."""
+
+from __future__ import annotations
+
+from mooncake.graphs.base import KeyRef, RequestGraph, TaskSpec
+
+from mooncake.worker import tasks
+from mooncake.worker.messages import PlacementInfo, RequestSpec
+
+
+def build(spec: RequestSpec, placement: PlacementInfo) -> RequestGraph:
+    rid = spec.request_id
+    keys = {step: f"{step}-{rid}" for step in ("lookup", "prefill", "transfer", "decode")}
+    return RequestGraph(
+        tasks=[
+            TaskSpec(keys["lookup"], tasks.lookup, (spec, placement, "prefill"), placement.prefill),
+            TaskSpec(keys["prefill"], tasks.prefill, (KeyRef(keys["lookup"]),), placement.prefill),
+            TaskSpec(keys["transfer"], tasks.transfer, (KeyRef(keys["prefill"]),), placement.decode),
+            TaskSpec(keys["decode"], tasks.decode, (KeyRef(keys["transfer"]),), placement.decode),
+        ],
+        output_key=keys["decode"],
+    )

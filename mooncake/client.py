@@ -1,0 +1,444 @@
+"""``mooncake.LLM``: submit requests as Dask task graphs and get tokens back.
+
+``LLM(model=..., prefill_workers=N, decode_workers=M)`` starts an embedded
+``LocalCluster`` (one process per worker, roles as Dask resources); ``LLM(model=...,
+scheduler="tcp://host:8786")`` joins a cluster started with ``dask scheduler`` and
+``mooncake worker`` (see docs/cluster.md). Every request is tokenized here, placed by
+the Conductor (a scheduler plugin), compiled into its graph and submitted with each task
+restricted to the chosen worker. Tokens stream back as Dask events, one message per
+engine step per worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from distributed import Client, Future, LocalCluster, Nanny, as_completed
+
+from mooncake.conductor.config import ConductorConfig
+from mooncake.conductor.plugin import ConductorPlugin
+from mooncake.config import EngineConfig
+from mooncake.graphs import KeyRef, get_builder
+from mooncake.kvcache import block_keys, root_key
+from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from mooncake.sampling_params import SamplingParams, params_per_prompt
+from mooncake.tokenizer import Tokenizer
+from mooncake.worker.config import WorkerConfig
+from mooncake.worker.messages import PlacementInfo, RequestSpec
+from mooncake.worker.plugin import MooncakeWorker
+from mooncake.worker.tasks import engine_stats, worker_info
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["disaggregated", "colocated"]
+
+
+class Rejected(Exception):
+    """The Conductor refused the request (overload); try again after ``retry_after`` s."""
+
+    def __init__(self, reason: str, retry_after: float) -> None:
+        super().__init__(f"request rejected: {reason} (retry after {retry_after:.2f} s)")
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class _Stream:
+    """Accumulates a request's token deltas into cumulative ``RequestOutput``s."""
+
+    def __init__(self, spec: RequestSpec) -> None:
+        self.spec = spec
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.logprobs: list[dict[int, float]] | None = [] if spec.params.logprobs is not None else None
+        self.finished = False
+        self.finish_reason: Any = None
+        self.stop_reason: Any = None
+        self.cached = 0
+        self.metrics = RequestMetrics(arrival_time=spec.arrival_time)
+
+    def apply(self, msg: dict[str, Any], sent_at: float) -> None:
+        self.token_ids.extend(msg["tokens"])
+        self.text += msg["text"]
+        self.cached = max(self.cached, int(msg.get("cached", 0)))
+        if self.logprobs is not None and "logprobs" in msg:
+            self.logprobs.extend({int(k): float(v) for k, v in d} for d in msg["logprobs"])
+        if self.metrics.first_token_time is None and self.token_ids:
+            self.metrics.first_token_time = time.time()
+        if msg["finished"]:
+            self.finished = True
+            self.finish_reason = msg.get("finish_reason")
+            self.stop_reason = msg.get("stop_reason")
+            self.text = msg.get("final_text", self.text)
+            self.metrics.finish_time = time.time()
+
+    def apply_final(self, out: RequestOutput) -> None:
+        """The decode task's result is authoritative (covers lost or absent stream messages)."""
+        comp = out.outputs[0]
+        self.token_ids = list(comp.token_ids)
+        self.text = comp.text
+        if comp.logprobs is not None:
+            self.logprobs = list(comp.logprobs)
+        self.finish_reason, self.stop_reason = comp.finish_reason, comp.stop_reason
+        self.cached = max(self.cached, out.num_cached_tokens)
+        self.finished = True
+        if self.metrics.first_token_time is None:
+            self.metrics.first_token_time = time.time()
+        self.metrics.finish_time = self.metrics.finish_time or time.time()
+
+    def output(self) -> RequestOutput:
+        return RequestOutput(
+            request_id=self.spec.request_id,
+            prompt=self.spec.prompt,
+            prompt_token_ids=self.spec.prompt_token_ids,
+            outputs=[
+                CompletionOutput(
+                    index=0,
+                    text=self.text,
+                    token_ids=list(self.token_ids),
+                    cumulative_logprob=sum(d[t] for t, d in zip(self.token_ids, self.logprobs) if t in d) if self.logprobs is not None else None,
+                    logprobs=list(self.logprobs) if self.logprobs is not None else None,
+                    finish_reason=self.finish_reason,
+                    stop_reason=self.stop_reason,
+                )
+            ],
+            finished=self.finished,
+            num_cached_tokens=self.cached,
+            metrics=dataclasses.replace(self.metrics),
+        )
+
+
+def _post(loop: asyncio.AbstractEventLoop, q: asyncio.Queue[Any], item: Any) -> None:
+    """Hand an item to a consumer's event loop from the client's thread (a consumer that
+    already went away is not an error)."""
+    try:
+        loop.call_soon_threadsafe(q.put_nowait, item)
+    except RuntimeError:
+        pass
+
+
+def _gpu_count() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len(list(Path("/dev").glob("nvidia[0-9]*")))
+
+
+class LLM:
+    """Disaggregated LLM serving on a Dask cluster.
+
+    Args:
+        model: local Hugging Face directory; None: the built-in default model.
+        prefill_workers, decode_workers: embedded cluster size per role (ignored with
+            ``scheduler``). In ``colocated`` mode, ``prefill_workers`` workers each do both.
+        scheduler: address of an existing Dask scheduler to join instead.
+        mode: ``disaggregated`` (prefill -> transfer -> decode) or ``colocated`` baseline.
+        engine_config: engine settings for every worker (``model`` overrides its field).
+        conductor_config: placement/admission policy and SLOs.
+        threads_per_worker: Dask threads per worker process.
+        dashboard_address: where the embedded cluster serves the Dask dashboard.
+        worker_config: each worker's KV store tiers and transfer settings.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        prefill_workers: int = 1,
+        decode_workers: int = 1,
+        scheduler: str | None = None,
+        mode: Mode = "disaggregated",
+        engine_config: EngineConfig | None = None,
+        conductor_config: ConductorConfig | None = None,
+        threads_per_worker: int = 4,
+        dashboard_address: str | None = ":0",
+        worker_config: WorkerConfig | None = None,
+    ) -> None:
+        self.build_graph = get_builder(mode)
+        self.mode = mode
+        if prefill_workers < 1:
+            raise ValueError(f"prefill_workers: must be at least 1, got {prefill_workers}")
+        if mode == "disaggregated" and decode_workers < 1:
+            raise ValueError(f"decode_workers: must be at least 1, got {decode_workers}")
+        ec = engine_config or EngineConfig()
+        if model is not None:
+            ec = dataclasses.replace(ec, model=model)
+        cc = conductor_config or ConductorConfig()
+        cc = dataclasses.replace(cc, block_size=ec.block_size, colocated=(mode == "colocated"))
+        self.engine_config, self.conductor_config = ec, cc
+        self.cluster: LocalCluster | None = None
+        if scheduler is None:
+            self.cluster = self._start_cluster(ec, prefill_workers, 0 if mode == "colocated" else decode_workers, mode, threads_per_worker, dashboard_address)
+            self.client = Client(self.cluster)
+        else:
+            self.client = Client(scheduler)
+        self.client.register_plugin(ConductorPlugin(cc))
+        self.client.register_plugin(MooncakeWorker(ec, worker_config or WorkerConfig()))
+        infos = self.client.run(worker_info)
+        if not infos:
+            raise RuntimeError("the cluster has no workers")
+        self.info: dict[str, Any] = next(iter(infos.values()))
+        self.workers: dict[str, dict[str, Any]] = infos
+        self._wait_conductor_ready(len(infos))
+        self.model_name: str = self.info["model_name"]
+        self.max_model_len: int = int(self.info["max_model_len"])
+        path = Path(self.info["model_path"])
+        self.tokenizer: Tokenizer | None = Tokenizer(path) if (path / "tokenizer.json").is_file() else None
+        self._topic = f"mooncake-stream-{self.client.id}"
+        self._sinks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
+        self._futures: dict[str, dict[str, Future[Any]]] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self.client.subscribe_topic(self._topic, self._on_event)
+
+    @property
+    def _scheduler(self) -> Any:
+        """RPC handle to the scheduler (its mooncake_* handlers come from the Conductor plugin)."""
+        return self.client.scheduler
+
+    @property
+    def _client_loop(self) -> asyncio.AbstractEventLoop:
+        loop: asyncio.AbstractEventLoop = self.client.loop.asyncio_loop  # type: ignore[union-attr]
+        return loop
+
+    # -- cluster -------------------------------------------------------------------
+    @staticmethod
+    def _start_cluster(ec: EngineConfig, n_prefill: int, n_decode: int, mode: Mode, threads: int, dashboard: str | None) -> LocalCluster:
+        cluster = LocalCluster(n_workers=0, processes=True, threads_per_worker=threads, dashboard_address=dashboard, silence_logs=logging.WARNING)
+        roles = [("prefill-" if mode == "disaggregated" else "worker-") + str(i) for i in range(n_prefill)]
+        roles += [f"decode-{i}" for i in range(n_decode)]
+        gpus = _gpu_count() if ec.device.startswith("cuda") else 0
+        cores = os.cpu_count() or 1
+        for i, name in enumerate(roles):
+            resources = {"prefill": 1.0, "decode": 1.0} if mode == "colocated" else {name.split("-")[0]: 1.0}
+            env = {"OMP_NUM_THREADS": str(max(1, cores // len(roles)))}
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)  # one worker process per GPU
+            opts = dict(cluster.new_spec["options"])
+            opts.update(name=name, resources=resources, env=env)
+            cluster.worker_spec[name] = {"cls": Nanny, "options": opts}
+        cluster.sync(cluster._correct_state)
+        return cluster
+
+    def _wait_conductor_ready(self, n: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stats = self.stats()
+            if len(stats["workers"]) >= n:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("workers did not report to the Conductor in time")
+
+    @property
+    def dashboard_link(self) -> str | None:
+        link: str | None = self.client.dashboard_link
+        return link
+
+    def stats(self) -> dict[str, Any]:
+        """The Conductor's view: placements, rejections, per-worker load."""
+        result: dict[str, Any] = self.client.sync(self._scheduler.mooncake_stats)
+        return result
+
+    def history(self, request_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Finished requests as the Conductor saw them: the worker each step ran on
+        (``ran_on``), the TTFT estimate, when it was placed and finished."""
+        ids = list(request_ids) if request_ids is not None else None
+        result: list[dict[str, Any]] = self.client.sync(self._scheduler.mooncake_history, request_ids=ids)
+        return result
+
+    def worker_stats(self) -> dict[str, dict[str, Any]]:
+        """Each worker's engine counters (prompt tokens computed/cached, steps, ...)."""
+        result: dict[str, dict[str, Any]] = self.client.run(engine_stats)
+        return result
+
+    # -- requests -----------------------------------------------------------------------
+    def make_request(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *, request_id: str | None = None, cache_salt: str | None = None, stream: bool = False) -> RequestSpec:
+        """Tokenize and validate; raises ``ValueError`` naming the problem."""
+        params = params or SamplingParams()
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("prompt: this model has no tokenizer.json; pass token ids")
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = [int(t) for t in prompt]
+            vocab = int(self.info["vocab_size"])
+            if any(not 0 <= t < vocab for t in ids):
+                raise ValueError(f"prompt: token ids must be in [0, {vocab})")
+        if not ids:
+            raise ValueError("prompt: must contain at least one token")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt: {len(ids)} tokens is longer than the context limit; the model accepts at most {self.max_model_len - 1} prompt tokens"
+            )
+        rid = request_id or f"{uuid.uuid4().hex[:12]}{next(self._ids)}"
+        return RequestSpec(rid, ids, params, cache_salt, self._topic if stream else None, time.time(), prompt if isinstance(prompt, str) else None)
+
+    def _place_request(self, spec: RequestSpec) -> dict[str, Any]:
+        root = root_key(int(self.info["hash_seed"]), self.info["fingerprint"], spec.cache_salt)
+        keys = block_keys(spec.prompt_token_ids, int(self.info["block_size"]), root)
+        max_out = spec.params.max_tokens or (self.max_model_len - len(spec.prompt_token_ids))
+        return {"request_id": spec.request_id, "prompt_len": len(spec.prompt_token_ids), "block_keys": keys, "output_len": max_out}
+
+    @staticmethod
+    def _placement(reply: dict[str, Any]) -> PlacementInfo:
+        if reply["rejected"]:
+            raise Rejected(reply["reason"], float(reply["retry_after"]))
+        return PlacementInfo(reply["prefill"], reply["decode"], reply["fetch_from"], int(reply["fetch_blocks"]), float(reply["est_ttft_s"]))
+
+    def place(self, spec: RequestSpec) -> PlacementInfo:
+        """Ask the Conductor where to run ``spec`` (raises ``Rejected``)."""
+        reply = self.client.sync(self._scheduler.mooncake_place, request=self._place_request(spec))
+        return self._placement(reply)
+
+    def submit(self, spec: RequestSpec, placement: PlacementInfo) -> Future[Any]:
+        """Submit the request's graph; returns the future of its final ``RequestOutput``."""
+        graph = self.build_graph(spec, placement)
+        futures: dict[str, Future[Any]] = {}
+        for t in graph.tasks:
+            args = tuple(futures[a.key] if isinstance(a, KeyRef) else a for a in t.args)
+            futures[t.key] = self.client.submit(t.func, *args, key=t.key, workers=[t.worker], allow_other_workers=False, pure=False)
+        with self._lock:
+            self._futures[spec.request_id] = futures
+        out = futures[graph.output_key]
+        out.add_done_callback(lambda _f, rid=spec.request_id: self._forget(rid))
+        return out
+
+    def _forget(self, rid: str) -> None:
+        with self._lock:
+            self._futures.pop(rid, None)
+
+    # -- batch --------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+        max_retry_s: float = 600.0,
+    ) -> list[RequestOutput]:
+        """Run every prompt; results in input order. Rejected requests are retried after
+        the Conductor's hint (up to ``max_retry_s``)."""
+        plist = params_per_prompt(sampling_params, len(prompts))
+        specs = [self.make_request(p, sp) for p, sp in zip(prompts, plist)]
+        futures: dict[Future[Any], int] = {}
+        deadline = time.monotonic() + max_retry_s
+        for i, spec in enumerate(specs):
+            while True:
+                try:
+                    futures[self.submit(spec, self.place(spec))] = i
+                    break
+                except Rejected as e:
+                    if time.monotonic() + e.retry_after > deadline:
+                        raise
+                    time.sleep(max(0.01, e.retry_after))
+        results: list[RequestOutput | None] = [None] * len(specs)
+        bar = None
+        if use_tqdm:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(specs), desc="generate", unit="req")
+        for fut in as_completed(list(futures)):
+            out: RequestOutput = fut.result()
+            out.metrics.arrival_time = specs[futures[fut]].arrival_time
+            results[futures[fut]] = out
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return [r for r in results if r is not None]
+
+    # -- streaming ------------------------------------------------------------------------
+    def _on_event(self, event: tuple[float, dict[str, Any]]) -> None:
+        _, payload = event
+        for msg in payload["msgs"]:
+            sink = self._sinks.get(msg["rid"])
+            if sink is not None:
+                _post(*sink, ("msg", msg, payload["t"]))
+
+    async def _on_client_loop(self, coro: Any) -> Any:
+        fut = asyncio.run_coroutine_threadsafe(coro, self._client_loop)
+        return await asyncio.wrap_future(fut)
+
+    async def stream(
+        self,
+        prompt: str | Sequence[int],
+        sampling_params: SamplingParams | None = None,
+        *,
+        request_id: str | None = None,
+        cache_salt: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield the request's cumulative output each time tokens arrive; the last has
+        ``finished=True``. Raises ``ValueError`` (bad input) or ``Rejected`` before the
+        first yield. Closing the generator early aborts the request."""
+        spec = self.make_request(prompt, sampling_params, request_id=request_id, cache_salt=cache_salt, stream=True)
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        self._sinks[spec.request_id] = (loop, q)
+        acc = _Stream(spec)
+        try:
+            reply = await self._on_client_loop(self._scheduler.mooncake_place(request=self._place_request(spec)))
+            placement = self._placement(reply)
+            out_fut = self.submit(spec, placement)
+            out_fut.add_done_callback(lambda f: _post(loop, q, ("done", f, 0.0)))
+            while not acc.finished:
+                kind, item, sent_at = await q.get()
+                if kind == "msg":
+                    acc.apply(item, sent_at)
+                    yield acc.output()
+                else:
+                    if item.status == "error":
+                        raise await self._on_client_loop(item._exception())
+                    if item.status == "cancelled":
+                        raise asyncio.CancelledError(f"request {spec.request_id} was cancelled")
+                    final = await self._on_client_loop(item._result())
+                    if not acc.finished:
+                        acc.apply_final(final)
+                        yield acc.output()
+        finally:
+            self._sinks.pop(spec.request_id, None)
+            if not acc.finished:
+                await self.abort(spec.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        """Cancel a request wherever it is and free its KV blocks."""
+        await self._on_client_loop(self._abort(request_id))
+
+    def abort_sync(self, request_id: str) -> None:
+        self.client.sync(self._abort, request_id)
+
+    async def _abort(self, request_id: str) -> None:
+        with self._lock:
+            futures = self._futures.pop(request_id, {})
+        if futures:
+            await self.client._cancel(list(futures.values()), force=True)
+        for addr in self.workers:
+            try:
+                await self.client.rpc(addr).mooncake_abort(request_id=request_id)
+            except Exception as e:
+                logger.debug("abort on %s failed: %s", addr, e)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            if self.cluster is not None:
+                self.cluster.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["LLM", "Rejected"]

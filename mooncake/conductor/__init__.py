@@ -1,0 +1,60 @@
+"""The Conductor: pure placement, admission and cost-model policy (FAST'25 §6–7).
+
+Everything here is plain Python (numpy at most): the simulator and the live Dask
+scheduler plugin (``plugin.py``, the only module that may import ``distributed``)
+drive the very same :class:`Conductor`.
+"""
+
+from mooncake.conductor.admission import Rejection, check_slos, decode_view
+from mooncake.conductor.config import (
+    ADMISSIONS,
+    PREFILL_POLICIES,
+    Admission,
+    ConductorConfig,
+    PrefillPolicy,
+)
+from mooncake.conductor.cost_model import (
+    BandwidthEstimator,
+    CostModel,
+    HardwareSpec,
+    ModelSpec,
+    PrefillTimeEstimator,
+)
+from mooncake.conductor.index import GlobalBlockIndex
+from mooncake.conductor.placement import (
+    DecodeChoice,
+    DecodeScheduler,
+    PrefillChoice,
+    PrefillScheduler,
+    prefix_tokens,
+)
+from mooncake.conductor.policy import Conductor, Placement
+from mooncake.conductor.state import DecodeLoad, DecodeSeq, PrefillLoad, RequestInfo
+
+__all__ = [
+    "ADMISSIONS",
+    "PREFILL_POLICIES",
+    "Admission",
+    "BandwidthEstimator",
+    "Conductor",
+    "ConductorConfig",
+    "CostModel",
+    "DecodeChoice",
+    "DecodeLoad",
+    "DecodeScheduler",
+    "DecodeSeq",
+    "GlobalBlockIndex",
+    "HardwareSpec",
+    "ModelSpec",
+    "Placement",
+    "PrefillChoice",
+    "PrefillLoad",
+    "PrefillPolicy",
+    "PrefillScheduler",
+    "PrefillTimeEstimator",
+    "Rejection",
+    "RequestInfo",
+    "check_slos",
+    "decode_view",
+    "prefix_tokens",
+]

@@ -1,0 +1,231 @@
+"""Cost model: how long prefill, one decode step and a KV transfer take.
+
+Defaults describe the FAST'25 testbed: dummy LLaMA3-70B on one 8×A800 node per
+instance. Every constant names its source; the ones marked *assumption* are not in the
+paper and are the knobs to revisit when comparing against it.
+
+The Conductor starts from these formulas and refines them online from observed timings
+(:class:`PrefillTimeEstimator`, :class:`BandwidthEstimator`); the simulator uses the
+formulas as ground truth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _check(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"{name}: {msg}")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """Shape of the served model (defaults: LLaMA3-70B)."""
+
+    num_layers: int = 80
+    """Transformer layers (LLaMA3-70B config; FAST'25 §8 uses l=80)."""
+    d_model: int = 8192
+    """Hidden size d (LLaMA3-70B config; FAST'25 §8 uses d=8192)."""
+    num_params: float = 70.6e9
+    """Parameter count (LLaMA3-70B model card)."""
+    bytes_per_param: float = 2.0
+    """bf16 weights (FAST'25 serves in bf16)."""
+    kv_bytes_per_token: int = 327_680
+    """2 (K,V) × 80 layers × 8 KV heads (GQA) × 128 head dim × 2 bytes = 320 KiB
+    (FAST'25 §2 and Table: "KVCache 320 KB per token" for LLaMA3-70B)."""
+    attn_coef: float = 4.0
+    """a in prefill FLOPs per layer a·n²·d + b·n·d² (FAST'25 §5.2, a=4)."""
+    linear_coef: float = 22.0
+    """b in prefill FLOPs per layer a·n²·d + b·n·d² (FAST'25 §5.2, b=22)."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_layers > 0, "num_layers", f"must be positive, got {self.num_layers}")
+        _check(self.d_model > 0, "d_model", f"must be positive, got {self.d_model}")
+        _check(self.num_params > 0, "num_params", f"must be positive, got {self.num_params}")
+        _check(self.bytes_per_param > 0, "bytes_per_param", f"must be positive, got {self.bytes_per_param}")
+        _check(self.kv_bytes_per_token > 0, "kv_bytes_per_token", f"must be positive, got {self.kv_bytes_per_token}")
+        _check(self.attn_coef >= 0, "attn_coef", f"must be >= 0, got {self.attn_coef}")
+        _check(self.linear_coef >= 0, "linear_coef", f"must be >= 0, got {self.linear_coef}")
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.num_params * self.bytes_per_param
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareSpec:
+    """One serving instance (defaults: one node of 8× NVIDIA A800-SXM4-80GB)."""
+
+    peak_flops: float = 8 * 312e12
+    """Dense bf16 FLOP/s of the instance: 8 × 312 TFLOP/s (A800 = A100 compute; NVIDIA
+    A100 datasheet)."""
+    mfu: float = 0.5
+    """Model FLOPs utilisation reached by prefill (*assumption*; the paper does not state
+    one; 0.4–0.6 is typical for 70B prefill with tensor parallelism on A100-class GPUs)."""
+    hbm_bandwidth: float = 8 * 2.039e12
+    """HBM bytes/s of the instance: 8 × 2,039 GB/s (A100/A800 80GB SXM datasheet)."""
+    mbu: float = 0.7
+    """Fraction of HBM bandwidth reached by a decode step (*assumption*)."""
+    hbm_bytes: float = 8 * 80e9
+    """HBM capacity: 8 × 80 GB (A800-SXM4-80GB)."""
+    kv_memory_fraction: float = 0.9
+    """Share of HBM left to weights + KV after activations/workspace (*assumption*,
+    vLLM's default ``gpu_memory_utilization`` is 0.9)."""
+    rdma_bandwidth: float = 100e9
+    """Bytes/s between two nodes: four 200 Gbps RDMA NICs per node = 800 Gbps
+    (FAST'25 §8 testbed)."""
+
+    def __post_init__(self) -> None:
+        for name in ("peak_flops", "hbm_bandwidth", "hbm_bytes", "rdma_bandwidth"):
+            value = getattr(self, name)
+            _check(value > 0, name, f"must be positive, got {value}")
+        for name in ("mfu", "mbu", "kv_memory_fraction"):
+            value = getattr(self, name)
+            _check(0 < value <= 1, name, f"must be in (0, 1], got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class CostModel:
+    """Closed-form timings for a model on an instance."""
+
+    model: ModelSpec = ModelSpec()
+    """The served model."""
+    hardware: HardwareSpec = HardwareSpec()
+    """One instance's hardware."""
+
+    # -- prefill ---------------------------------------------------------------
+    def prefill_flops(self, n: int, cached: int = 0) -> float:
+        """FLOPs to compute prompt tokens ``cached..n`` given the first ``cached`` in KV.
+
+        Per layer a·n²·d + b·n·d² (FAST'25 §5.2); with a cached prefix of length c only
+        the new tokens' projections (b·(n−c)·d²) and their attention over the whole
+        context (a·(n²−c²)·d) remain, so chunks telescope: f(0,k)+f(k,n) = f(0,n).
+        """
+        m = self.model
+        c = min(cached, n)
+        per_layer = m.attn_coef * (n * n - c * c) * m.d_model + m.linear_coef * (n - c) * m.d_model**2
+        return m.num_layers * per_layer
+
+    def prefill_time(self, n: int, cached: int = 0) -> float:
+        """Seconds of prefill compute for ``n`` prompt tokens with ``cached`` reused."""
+        return self.prefill_flops(n, cached) / (self.hardware.peak_flops * self.hardware.mfu)
+
+    # -- decode ----------------------------------------------------------------
+    def decode_step_time(self, batch: int, kv_tokens: int, prefill_flops: float = 0.0) -> float:
+        """Seconds of one engine step: ``batch`` decode tokens reading ``kv_tokens`` of KV,
+        plus an optional prefill chunk of ``prefill_flops`` (chunked prefill).
+
+        Roofline: the step takes the longer of its compute and its HBM traffic (weights
+        once per step + every cached KV byte), so a big prefill chunk dominates the step
+        and stretches every co-batched decode's token gap.
+        """
+        if batch <= 0 and prefill_flops <= 0:
+            return 0.0
+        m, h = self.model, self.hardware
+        compute = (2.0 * m.num_params * batch + prefill_flops) / (h.peak_flops * h.mfu)
+        memory = (m.weight_bytes + kv_tokens * m.kv_bytes_per_token) / (h.hbm_bandwidth * h.mbu)
+        return max(compute, memory)
+
+    def kv_capacity_tokens(self) -> int:
+        """KV tokens that fit in HBM next to the weights."""
+        h, m = self.hardware, self.model
+        free = h.hbm_bytes * h.kv_memory_fraction - m.weight_bytes
+        return max(0, math.floor(free / m.kv_bytes_per_token))
+
+    # -- transfer --------------------------------------------------------------
+    def transfer_time(self, tokens: int, bandwidth: float | None = None) -> float:
+        """Seconds to move the KV of ``tokens`` tokens between instances."""
+        bw = self.hardware.rdma_bandwidth if bandwidth is None else bandwidth
+        return tokens * self.model.kv_bytes_per_token / bw
+
+
+class PrefillTimeEstimator:
+    """Prefill time as a function of (prompt length, cached length), fitted online.
+
+    Least squares of observed seconds on the features [attention FLOPs, linear FLOPs, 1]
+    with a ridge prior pulling toward the closed-form model, so it starts exactly at the
+    FLOPs formula and drifts toward what the hardware actually does.
+
+    Args:
+        cost: the closed-form model the prior comes from.
+        prior_weight: pseudo-observations the prior is worth.
+        refit_every: observations between refits (a 3×3 solve each).
+    """
+
+    def __init__(self, cost: CostModel, prior_weight: float = 1.0, refit_every: int = 16) -> None:
+        self.cost = cost
+        rate = 1.0 / (cost.hardware.peak_flops * cost.hardware.mfu)
+        # Features are scaled to ~1 for a 10k-token prompt so the solve is well conditioned.
+        scale = np.array([self._attn(10_000, 0), self._linear(10_000, 0), 1.0])
+        self._scale = np.where(scale > 0, scale, 1.0)  # a zero coefficient keeps a zero feature
+        self._prior = np.array([rate * self._scale[0], rate * self._scale[1], 0.0])
+        # The intercept (fixed per-prefill overhead) is held near 0 more firmly than the
+        # slopes, so a handful of samples moves the slopes rather than inventing overhead.
+        self._ata = np.diag([prior_weight, prior_weight, 10.0 * prior_weight])
+        self._atb = self._ata @ self._prior
+        self._coef = self._prior.copy()
+        self._pending = 0
+        self._refit_every = refit_every
+        self.num_observations = 0
+
+    def _attn(self, n: int, c: int) -> float:
+        m = self.cost.model
+        return float(m.num_layers * m.attn_coef * (n * n - c * c) * m.d_model)
+
+    def _linear(self, n: int, c: int) -> float:
+        m = self.cost.model
+        return float(m.num_layers * m.linear_coef * (n - c) * m.d_model**2)
+
+    def _features(self, n: int, cached: int) -> np.ndarray:
+        c = min(cached, n)
+        x: np.ndarray = np.array([self._attn(n, c), self._linear(n, c), 1.0]) / self._scale
+        return x
+
+    def estimate(self, n: int, cached: int = 0) -> float:
+        """Estimated seconds to prefill ``n`` tokens of which ``cached`` are reused."""
+        if cached >= n:
+            return 0.0
+        return max(0.0, float(self._features(n, cached) @ self._coef))
+
+    def observe(self, n: int, cached: int, seconds: float) -> None:
+        """Feed one measured prefill."""
+        x = self._features(n, cached)
+        self._ata += np.outer(x, x)
+        self._atb += x * seconds
+        self.num_observations += 1
+        self._pending += 1
+        if self._pending >= self._refit_every:
+            self._pending = 0
+            self._coef = np.linalg.solve(self._ata, self._atb)
+
+
+class BandwidthEstimator:
+    """Transfer bandwidth as an exponentially weighted mean of measured transfers.
+
+    Args:
+        initial: bytes/s before any measurement (the nominal link speed).
+        alpha: weight of the newest sample.
+    """
+
+    def __init__(self, initial: float, alpha: float = 0.2) -> None:
+        if initial <= 0:
+            raise ValueError(f"initial: must be positive, got {initial}")
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha: must be in (0, 1], got {alpha}")
+        self.bandwidth = initial
+        self.alpha = alpha
+
+    def observe(self, nbytes: float, seconds: float) -> None:
+        if nbytes <= 0 or seconds <= 0:
+            return
+        self.bandwidth += self.alpha * (nbytes / seconds - self.bandwidth)
+
+    def transfer_time(self, nbytes: float) -> float:
+        return nbytes / self.bandwidth
+
+
+__all__ = ["BandwidthEstimator", "CostModel", "HardwareSpec", "ModelSpec", "PrefillTimeEstimator"]

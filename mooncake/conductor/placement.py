@@ -1,0 +1,198 @@
+"""Placement: which prefill instance computes a request and which decode instance
+continues it.
+
+Prefill placement implements the four policies of FAST'25 §8.2 (Fig. 9); the
+``global_cache_aware`` one is the paper's Algorithm 1. Decode placement picks the
+instance with the lowest estimated TBT among those with room for the request's KV.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from mooncake.conductor.config import PREFILL_POLICIES, PrefillPolicy
+from mooncake.conductor.state import PrefillLoad, RequestInfo
+
+#: (prompt tokens, cached tokens) -> estimated prefill seconds.
+PrefillEstimate = Callable[[int, int], float]
+#: tokens -> estimated seconds to move their KV between instances.
+TransferEstimate = Callable[[int], float]
+#: (batch, kv tokens) -> estimated decode step seconds.
+StepEstimate = Callable[[int, int], float]
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillChoice:
+    """Where to prefill and what the estimate was made of."""
+
+    worker: str
+    queue_s: float
+    prefill_s: float
+    transfer_s: float
+    local_tokens: int
+    """Prefix tokens the chosen instance already holds."""
+    cached_tokens: int
+    """Prefix tokens it will reuse (local, or fetched from ``fetch_from``)."""
+    fetch_from: str | None = None
+    """Instance to pull the longer prefix from (Algorithm 1's TransferKVCache)."""
+    fetch_tokens: int = 0
+
+    @property
+    def ttft_s(self) -> float:
+        return self.queue_s + self.transfer_s + self.prefill_s
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeChoice:
+    """Where to decode, the estimated TBT there, and whether the KV fits."""
+
+    worker: str
+    tbt_s: float
+    fits: bool
+
+
+def prefix_tokens(blocks: int, prompt_len: int, block_size: int) -> int:
+    """Reusable tokens for ``blocks`` matched blocks. At least one prompt token is always
+    recomputed: its logits give the first output token."""
+    return max(0, min(blocks * block_size, prompt_len - 1))
+
+
+class PrefillScheduler:
+    """Chooses a prefill instance for a request.
+
+    Args:
+        policy: one of :data:`~mooncake.conductor.config.PREFILL_POLICIES`.
+        kvcache_balancing_threshold: Algorithm 1's fetch-vs-recompute ratio.
+        block_size: tokens per block key.
+        seed: seed of the ``random`` policy.
+    """
+
+    def __init__(self, policy: PrefillPolicy, kvcache_balancing_threshold: float = 1.0, block_size: int = 512, seed: int = 0) -> None:
+        if policy not in PREFILL_POLICIES:
+            raise ValueError(f"policy: must be one of {PREFILL_POLICIES}, got {policy!r}")
+        self.policy = policy
+        self.threshold = kvcache_balancing_threshold
+        self.block_size = block_size
+        self._rng = random.Random(seed)
+
+    def choose(
+        self,
+        req: RequestInfo,
+        now: float,
+        loads: Mapping[str, PrefillLoad],
+        prefix_blocks: Mapping[str, int],
+        estimate: PrefillEstimate,
+        transfer: TransferEstimate,
+    ) -> PrefillChoice:
+        """Pick the prefill instance for ``req``.
+
+        Args:
+            req: the request.
+            now: current time (seconds).
+            loads: every prefill instance's load, by name (iteration order breaks ties).
+            prefix_blocks: leading blocks of ``req`` each instance holds (absent = 0).
+            estimate: prefill time model.
+            transfer: KV transfer time model.
+        """
+        if not loads:
+            raise ValueError("no prefill instances")
+        n, bs = req.prompt_len, self.block_size
+
+        def local(worker: str) -> PrefillChoice:
+            cached = prefix_tokens(prefix_blocks.get(worker, 0), n, bs)
+            return PrefillChoice(worker, loads[worker].queue_time(now), estimate(n, cached), 0.0, cached, cached)
+
+        if self.policy == "random":
+            return local(self._rng.choice(list(loads)))
+        if self.policy == "load_balancing":
+            best = min(loads, key=lambda w: loads[w].queue_time(now))
+            return local(best)
+        if self.policy == "local_cache_aware":
+            return min((local(w) for w in loads), key=lambda c: c.ttft_s)
+        return self._algorithm1(req, now, loads, prefix_blocks, estimate, transfer)
+
+    def _algorithm1(
+        self,
+        req: RequestInfo,
+        now: float,
+        loads: Mapping[str, PrefillLoad],
+        prefix_blocks: Mapping[str, int],
+        estimate: PrefillEstimate,
+        transfer: TransferEstimate,
+    ) -> PrefillChoice:
+        """FAST'25 Algorithm 1: for each instance, either recompute beyond its own prefix
+        or, when the best prefix anywhere is more than ``threshold`` times longer, fetch
+        that prefix first; take the instance with the smallest queue + transfer +
+        prefill. Fetching to a lightly loaded instance is what replicates hot prefixes."""
+        n, bs = req.prompt_len, self.block_size
+        best_worker, best_blocks = None, 0
+        for w, b in prefix_blocks.items():
+            if b > best_blocks and w in loads:
+                best_worker, best_blocks = w, b
+        best_tokens = prefix_tokens(best_blocks, n, bs)
+        choice: PrefillChoice | None = None
+        for w, load in loads.items():
+            local_tokens = prefix_tokens(prefix_blocks.get(w, 0), n, bs)
+            q = load.queue_time(now)
+            if best_worker is not None and best_worker != w and best_tokens > self.threshold * local_tokens:
+                fetch = best_tokens - local_tokens
+                cand = PrefillChoice(w, q, estimate(n, best_tokens), transfer(fetch), local_tokens, best_tokens, best_worker, fetch)
+            else:
+                cand = PrefillChoice(w, q, estimate(n, local_tokens), 0.0, local_tokens, local_tokens)
+            if choice is None or cand.ttft_s < choice.ttft_s:
+                choice = cand
+        assert choice is not None
+        return choice
+
+
+class DecodeScheduler:
+    """Chooses a decode instance: lowest estimated TBT among those with KV room.
+
+    Args:
+        max_batch: most sequences per decode instance.
+    """
+
+    def __init__(self, max_batch: int = 1024) -> None:
+        self.max_batch = max_batch
+
+    def choose(
+        self,
+        req: RequestInfo,
+        views: Mapping[str, tuple[int, int]],
+        capacity: Mapping[str, int],
+        step_time: StepEstimate,
+    ) -> DecodeChoice:
+        """Pick the decode instance for ``req``.
+
+        Args:
+            req: the request.
+            views: per instance (batch, KV tokens) as seen at the moment that matters
+                (now, or projected to the request's arrival at decode).
+            capacity: per instance KV capacity in tokens.
+            step_time: decode step model.
+        """
+        if not views:
+            raise ValueError("no decode instances")
+        need = req.prompt_len + req.output_len
+        best: DecodeChoice | None = None
+        for w, (batch, kv) in views.items():
+            fits = kv + need <= capacity[w] and batch + 1 <= self.max_batch
+            cand = DecodeChoice(w, step_time(batch + 1, kv + need), fits)
+            if best is None or (cand.fits, -cand.tbt_s) > (best.fits, -best.tbt_s):
+                best = cand
+        assert best is not None
+        return best
+
+
+__all__ = [
+    "DecodeChoice",
+    "DecodeScheduler",
+    "PrefillChoice",
+    "PrefillEstimate",
+    "PrefillScheduler",
+    "StepEstimate",
+    "TransferEstimate",
+    "prefix_tokens",
+]

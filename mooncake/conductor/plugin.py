@@ -1,0 +1,190 @@
+"""``ConductorPlugin``: the Dask ``SchedulerPlugin`` that applies the pure Conductor.
+
+- Workers report (``mooncake_report`` handler, every ~50 ms): stored/removed block keys,
+  finished prefills (observed seconds refine the cost model), decode joins, transfer
+  timings, load. The first report carries the model's shape, from which the cost model
+  is built.
+- The client asks ``mooncake_place`` before submitting a request's graph; the answer
+  names the prefill and decode workers (the graph's tasks are restricted to them), or
+  rejects with a reason and a retry-after hint.
+- Task transitions give the prefill start and the end of a request (its last task done,
+  failed or released -- a cancelled request frees its load here).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import asdict
+from typing import Any
+
+from distributed import Scheduler, SchedulerPlugin
+
+from mooncake.conductor.admission import Rejection
+from mooncake.conductor.config import ConductorConfig
+from mooncake.conductor.cost_model import CostModel, HardwareSpec, ModelSpec
+from mooncake.conductor.policy import Conductor, Placement
+from mooncake.conductor.state import RequestInfo
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_NAME = "mooncake-conductor"
+_FINAL_STEPS = ("decode-", "generate-")
+
+#: A 2-core CPU host: the cost model's prior until observed timings take over.
+CPU_HARDWARE = HardwareSpec(
+    peak_flops=1.0e11, mfu=0.5, hbm_bandwidth=2.0e10, mbu=0.5, hbm_bytes=4.0e9, kv_memory_fraction=0.5, rdma_bandwidth=1.0e9
+)
+
+
+def _rid(key: object, prefixes: tuple[str, ...]) -> str | None:
+    if isinstance(key, str):
+        for p in prefixes:
+            if key.startswith(p):
+                return key[len(p) :]
+    return None
+
+
+class ConductorPlugin(SchedulerPlugin):
+    """Args: config: policies and SLOs (``block_size`` must equal the engines');
+    hardware: cost-model prior (default: a CPU host)."""
+
+    name = PLUGIN_NAME
+    idempotent = True
+
+    def __init__(self, config: ConductorConfig, hardware: HardwareSpec | None = None) -> None:
+        self.config = config
+        self.hardware = hardware or CPU_HARDWARE
+        self.conductor: Conductor | None = None
+        self.worker_info: dict[str, dict[str, Any]] = {}
+        self.loads: dict[str, dict[str, Any]] = {}
+        self.rejections: Counter[str] = Counter()
+        self.placements = 0
+        self.history: deque[dict[str, Any]] = deque(maxlen=10_000)
+        """Finished requests: placement, TTFT estimate, timings (for the dashboard)."""
+        self._timings: dict[str, dict[str, Any]] = {}
+
+    async def start(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        scheduler.handlers["mooncake_place"] = self.handle_place
+        scheduler.handlers["mooncake_report"] = self.handle_report
+        scheduler.handlers["mooncake_stats"] = self.handle_stats
+        scheduler.handlers["mooncake_history"] = self.handle_history
+
+    # -- workers --------------------------------------------------------------------
+    def _ensure_conductor(self, info: dict[str, Any]) -> Conductor:
+        if self.conductor is None:
+            model = ModelSpec(
+                num_layers=int(info["num_layers"]),
+                d_model=int(info["hidden_size"]),
+                num_params=float(info["num_params"]),
+                bytes_per_param=float(info["bytes_per_param"]),
+                kv_bytes_per_token=int(info["kv_bytes_per_token"]),
+            )
+            self.conductor = Conductor(self.config, [], {}, CostModel(model=model, hardware=self.hardware))
+        return self.conductor
+
+    def _add(self, worker: str, info: dict[str, Any]) -> None:
+        c = self._ensure_conductor(info)
+        self.worker_info[worker] = info
+        roles = info["roles"]
+        if "prefill" in roles or self.config.colocated:
+            c.add_prefill_worker(worker)
+        if "decode" in roles or self.config.colocated:
+            c.add_decode_worker(worker, int(info["kv_capacity_tokens"]))
+
+    def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
+        self.worker_info.pop(worker, None)
+        self.loads.pop(worker, None)
+        if self.conductor is not None:
+            self.conductor.remove_worker(worker)
+
+    # -- handlers -------------------------------------------------------------------
+    def handle_report(self, worker: str, report: dict[str, Any]) -> None:
+        if "info" in report and worker not in self.worker_info:
+            self._add(worker, report["info"])
+        c = self.conductor
+        if c is None or worker not in self.worker_info:
+            return
+        now = time.time()
+        if report["stored"]:
+            c.on_blocks_stored(worker, report["stored"])
+        if report["removed"]:
+            c.on_blocks_removed(worker, report["removed"])
+        for rid, prompt_len, cached, seconds in report["prefills"]:
+            c.on_prefill_finish(rid, now, prompt_len, cached, seconds)
+            self._timings.setdefault(rid, {})["prefill_s"] = seconds
+        for rid in report["decode_joined"]:
+            c.on_decode_join(rid, now)
+        for nbytes, seconds in report["transfers"]:
+            if nbytes > 0 and seconds > 0:
+                c.on_transfer(nbytes, seconds)
+        self.loads[worker] = report["load"]
+
+    def handle_place(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Place one request. ``request``: request_id, prompt_len, block_keys, output_len."""
+        c = self.conductor
+        if c is None or not c.prefill_loads or not c.decode_loads:
+            return {"rejected": True, "reason": "no mooncake workers are ready", "retry_after": 1.0}
+        req = RequestInfo(request["request_id"], int(request["prompt_len"]), list(request["block_keys"]), int(request["output_len"]))
+        decision = c.place(req, time.time())
+        if isinstance(decision, Rejection):
+            self.rejections[decision.reason.split(":")[0]] += 1
+            return {"rejected": True, "reason": decision.reason, "retry_after": decision.retry_after}
+        self.placements += 1
+        return self._placement_reply(decision)
+
+    def _placement_reply(self, p: Placement) -> dict[str, Any]:
+        fetch_blocks = p.prefill_choice.cached_tokens // self.config.block_size if p.fetch_from is not None else 0
+        self._timings[p.request_id] = {"placed_at": time.time(), "prefill": p.prefill, "decode": p.decode, "est_ttft_s": p.est_ttft_s}
+        return {
+            "rejected": False,
+            "prefill": p.prefill,
+            "decode": p.decode,
+            "fetch_from": p.fetch_from,
+            "fetch_blocks": fetch_blocks,
+            "est_ttft_s": p.est_ttft_s,
+        }
+
+    def handle_history(self, request_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """Finished requests: where each step ran, estimates, timings."""
+        wanted = set(request_ids) if request_ids is not None else None
+        return [h for h in self.history if wanted is None or h["request_id"] in wanted]
+
+    def handle_stats(self) -> dict[str, Any]:
+        c = self.conductor
+        return {
+            "placements": self.placements,
+            "rejections": dict(self.rejections),
+            "workers": {w: {"roles": i["roles"], "load": self.loads.get(w, {})} for w, i in self.worker_info.items()},
+            "prefill_queue_s": {w: load.queued_s for w, load in c.prefill_loads.items()} if c else {},
+            "decode_running": {w: len(load.running) for w, load in c.decode_loads.items()} if c else {},
+            "indexed_blocks": len(c.index) if c is not None else 0,
+            "blocks_on": {w: c.index.blocks_on(w) for w in self.worker_info} if c is not None else {},
+            "config": asdict(self.config),
+        }
+
+    # -- task transitions -------------------------------------------------------------
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        c = self.conductor
+        if c is None:
+            return
+        if finish == "processing":
+            rid = _rid(key, ("lookup-", "prefill-", "transfer-", "decode-", "generate-"))
+            if rid is None:
+                return
+            ts = self.scheduler.tasks.get(key)
+            if ts is not None and ts.processing_on is not None and rid in self._timings:
+                step = str(key).split("-", 1)[0]
+                self._timings[rid].setdefault("ran_on", {})[step] = ts.processing_on.address
+            if str(key).startswith(("prefill-", "generate-")):
+                c.on_prefill_start(rid, time.time())
+            return
+        if finish in ("memory", "erred", "forgotten", "released"):
+            rid = _rid(key, _FINAL_STEPS)
+            if rid is not None and c.placement_of(rid) is not None:
+                c.on_decode_leave(rid, time.time())
+                t = self._timings.pop(rid, {})
+                t.update(request_id=rid, finished_at=time.time(), state=finish)
+                self.history.append(t)

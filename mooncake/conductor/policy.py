@@ -1,0 +1,196 @@
+"""The Conductor: events in, decisions out.
+
+One object owns the global block index, the instances' load, the online cost model
+and the placement/admission policies. The simulator and the live scheduler plugin
+drive it the same way:
+
+- ``place(request, now)`` -> :class:`Placement` or :class:`~mooncake.conductor.admission.Rejection`;
+- ``on_prefill_start/finish``, ``on_decode_join/leave``, ``on_blocks_stored/removed``,
+  ``on_transfer`` report what actually happened;
+- ``admit_to_decode`` is the decode instance's own last-moment check.
+
+No Dask, no torch, no clock: every call carries its time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from mooncake.conductor.admission import LoadView, Rejection, check_slos, decode_view
+from mooncake.conductor.config import ConductorConfig
+from mooncake.conductor.cost_model import BandwidthEstimator, CostModel, PrefillTimeEstimator
+from mooncake.conductor.index import GlobalBlockIndex
+from mooncake.conductor.placement import (
+    DecodeChoice,
+    DecodeScheduler,
+    PrefillChoice,
+    PrefillScheduler,
+)
+from mooncake.conductor.state import DecodeLoad, DecodeSeq, PrefillLoad, RequestInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a request runs, and the estimates behind the choice."""
+
+    request_id: str
+    prefill: str
+    decode: str
+    prefill_choice: PrefillChoice
+    decode_choice: DecodeChoice
+
+    @property
+    def fetch_from(self) -> str | None:
+        return self.prefill_choice.fetch_from
+
+    @property
+    def est_ttft_s(self) -> float:
+        return self.prefill_choice.ttft_s
+
+
+_VIEW: dict[str, LoadView] = {"none": "committed", "ttft": "committed", "early": "current", "predictive": "projected"}
+
+
+class Conductor:
+    """Global scheduler policy (FAST'25 §6–7), pure.
+
+    Args:
+        config: policies and SLOs.
+        prefill_workers: names of prefill instances (all instances when colocated).
+        decode_workers: decode instance name -> KV capacity in tokens (when colocated,
+            the capacity of each prefill instance; names must match).
+        cost: closed-form cost model the online estimators start from.
+    """
+
+    def __init__(self, config: ConductorConfig, prefill_workers: Sequence[str], decode_workers: Mapping[str, int], cost: CostModel | None = None) -> None:
+        self.config = config
+        self.cost = cost or CostModel()
+        self.index = GlobalBlockIndex()
+        self.estimator = PrefillTimeEstimator(self.cost)
+        self.bandwidth = BandwidthEstimator(self.cost.hardware.rdma_bandwidth)
+        self.prefill_scheduler = PrefillScheduler(config.prefill_policy, config.kvcache_balancing_threshold, config.block_size, config.seed)
+        self.decode_scheduler = DecodeScheduler(config.max_decode_batch)
+        self.prefill_loads: dict[str, PrefillLoad] = {w: PrefillLoad() for w in prefill_workers}
+        self.decode_loads: dict[str, DecodeLoad] = {w: DecodeLoad(cap) for w, cap in decode_workers.items()}
+        if config.colocated and set(prefill_workers) != set(decode_workers):
+            raise ValueError("decode_workers: must name the prefill workers when colocated")
+        self._placed: dict[str, Placement] = {}
+
+    # -- membership (the live plugin adds/removes workers as they come and go) -------
+    def add_prefill_worker(self, worker: str) -> None:
+        self.prefill_loads.setdefault(worker, PrefillLoad())
+
+    def add_decode_worker(self, worker: str, kv_capacity_tokens: int) -> None:
+        self.decode_loads.setdefault(worker, DecodeLoad(kv_capacity_tokens))
+
+    def remove_worker(self, worker: str) -> None:
+        self.prefill_loads.pop(worker, None)
+        self.decode_loads.pop(worker, None)
+        self.index.drop_worker(worker)
+
+    # -- estimates -------------------------------------------------------------
+    def step_time(self, batch: int, kv_tokens: int) -> float:
+        """Estimated decode step seconds for a batch."""
+        return self.cost.decode_step_time(batch, kv_tokens)
+
+    def token_time(self, worker: str) -> float:
+        """Uniform decode seconds per token t_d used to project a decode instance."""
+        if self.config.decode_token_time_s is not None:
+            return self.config.decode_token_time_s
+        load = self.decode_loads[worker]
+        return self.step_time(max(1, len(load.running)), load.kv_running)
+
+    def transfer_time(self, tokens: int) -> float:
+        return self.bandwidth.transfer_time(tokens * self.cost.model.kv_bytes_per_token)
+
+    def _retry_after(self, worker: str) -> float:
+        """Seconds until the first running sequence on ``worker`` should finish."""
+        load = self.decode_loads[worker]
+        if not load.running:
+            return 1.0
+        t_d = self.token_time(worker)
+        return max(0.0, min(s.output_len * t_d for s in load.running.values()))
+
+    # -- decisions -------------------------------------------------------------
+    def place(self, req: RequestInfo, now: float) -> Placement | Rejection:
+        """Choose prefill and decode instances for ``req`` or reject it."""
+        cfg = self.config
+        prefix = self.index.match_prefix(req.block_keys)
+        pchoice = self.prefill_scheduler.choose(req, now, self.prefill_loads, prefix, self.estimator.estimate, self.transfer_time)
+        eta = now + pchoice.ttft_s
+        view = _VIEW[cfg.admission]
+        workers = [pchoice.worker] if cfg.colocated else list(self.decode_loads)
+        views = {w: decode_view(self.decode_loads[w], view, eta, self.token_time(w) if view == "projected" else 0.0) for w in workers}
+        capacity = {w: self.decode_loads[w].kv_capacity_tokens for w in workers}
+        dchoice = self.decode_scheduler.choose(req, views, capacity, self.step_time)
+        if cfg.admission == "ttft" and pchoice.ttft_s > cfg.ttft_slo_s:
+            return Rejection(req.request_id, f"estimated TTFT {pchoice.ttft_s:.2f}s > SLO {cfg.ttft_slo_s:g}s", pchoice.ttft_s - cfg.ttft_slo_s)
+        if cfg.admission in ("early", "predictive"):
+            rej = check_slos(req.request_id, pchoice, dchoice, cfg.ttft_slo_s, cfg.tbt_slo_s, self._retry_after(dchoice.worker))
+            if rej is not None:
+                return rej
+        self.prefill_loads[pchoice.worker].enqueue(req.request_id, pchoice.prefill_s + pchoice.transfer_s)
+        self.decode_loads[dchoice.worker].expect(req.request_id, DecodeSeq(req.prompt_len, req.output_len, eta))
+        placement = Placement(req.request_id, pchoice.worker, dchoice.worker, pchoice, dchoice)
+        self._placed[req.request_id] = placement
+        return placement
+
+    def admit_to_decode(self, request_id: str, now: float) -> Rejection | None:
+        """The decode instance's check when a prefilled request arrives: refuse it if its
+        KV does not fit next to the running batch or the batch is full (FAST'25's
+        baseline rejects here, after the prefill was spent)."""
+        placement = self._placed.get(request_id)
+        if placement is None:
+            return Rejection(request_id, "unknown request", 0.0)
+        load = self.decode_loads[placement.decode]
+        seq = load.incoming.get(request_id)
+        need = seq.kv_tokens if seq is not None else 0
+        if load.kv_running + need > load.kv_capacity_tokens or len(load.running) + 1 > self.config.max_decode_batch:
+            return Rejection(request_id, f"decode instance {placement.decode} full", self._retry_after(placement.decode))
+        return None
+
+    # -- events ----------------------------------------------------------------
+    def on_prefill_start(self, request_id: str, now: float) -> None:
+        placement = self._placed.get(request_id)
+        if placement is not None:
+            self.prefill_loads[placement.prefill].start(request_id, now)
+
+    def on_prefill_finish(self, request_id: str, now: float, prompt_len: int, cached_tokens: int, seconds: float) -> None:
+        """A prefill ended; its observed duration ``seconds`` (excluding any prefix fetch;
+        on a colocated instance including the decode steps it shared) refines the
+        prefill time model."""
+        placement = self._placed.get(request_id)
+        if placement is not None:
+            self.prefill_loads[placement.prefill].finish(request_id)
+        if seconds > 0:
+            self.estimator.observe(prompt_len, cached_tokens, seconds)
+
+    def on_transfer(self, nbytes: float, seconds: float) -> None:
+        """A KV transfer of ``nbytes`` took ``seconds``; refines the bandwidth estimate."""
+        self.bandwidth.observe(nbytes, seconds)
+
+    def on_decode_join(self, request_id: str, now: float) -> None:
+        placement = self._placed.get(request_id)
+        if placement is not None:
+            self.decode_loads[placement.decode].join(request_id, now)
+
+    def on_decode_leave(self, request_id: str, now: float) -> None:
+        """The request finished (or was dropped) anywhere in its life: forget it."""
+        placement = self._placed.pop(request_id, None)
+        if placement is None:
+            return
+        self.prefill_loads[placement.prefill].finish(request_id)
+        self.decode_loads[placement.decode].leave(request_id)
+
+    def on_blocks_stored(self, worker: str, keys: Iterable[Hashable]) -> None:
+        self.index.stored(worker, keys)
+
+    def on_blocks_removed(self, worker: str, keys: Iterable[Hashable]) -> None:
+        self.index.removed(worker, keys)
+
+    def placement_of(self, request_id: str) -> Placement | None:
+        return self._placed.get(request_id)
+
+
+__all__ = ["Conductor", "Placement"]

@@ -1,0 +1,118 @@
+"""What the Conductor knows about each instance: load snapshots updated by events.
+
+Plain dataclasses; the :class:`~mooncake.conductor.policy.Conductor` mutates them from
+``on_*`` events and reads them when placing. Times are seconds on the caller's clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What placement needs to know about one request."""
+
+    request_id: str
+    prompt_len: int
+    """Prompt tokens."""
+    block_keys: Sequence[Hashable]
+    """Prefix-chained keys of the prompt's blocks (the last one may be partial)."""
+    output_len: int
+    """Expected output tokens (the trace's length, or a predictor's guess)."""
+
+
+@dataclass(slots=True)
+class PrefillLoad:
+    """One prefill instance: its FIFO of assigned work, one job running at a time.
+
+    Sums are kept incrementally so a placement costs O(1) per instance however long
+    the queue grows under overload.
+    """
+
+    queued: dict[str, float] = field(default_factory=dict)
+    """Request id -> estimated seconds (fetch + prefill), in arrival order."""
+    queued_s: float = 0.0
+    running: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Request id -> (started at, estimated seconds)."""
+
+    def enqueue(self, rid: str, est_s: float) -> None:
+        self.queued[rid] = est_s
+        self.queued_s += est_s
+
+    def start(self, rid: str, now: float) -> None:
+        est = self.queued.pop(rid, None)
+        if est is None:
+            return
+        self.queued_s -= est
+        self.running[rid] = (now, est)
+
+    def finish(self, rid: str) -> None:
+        if rid in self.running:
+            del self.running[rid]
+        else:
+            est = self.queued.pop(rid, None)
+            if est is not None:
+                self.queued_s -= est
+        if not self.queued:
+            self.queued_s = 0.0  # drop float drift
+
+    def queue_time(self, now: float) -> float:
+        """Seconds until a newly queued job would start: queued estimates plus what is
+        left of the running job(s)."""
+        left = sum(max(0.0, est - (now - t0)) for t0, est in self.running.values())
+        return max(0.0, self.queued_s) + left
+
+
+@dataclass(slots=True)
+class DecodeSeq:
+    """A request decoding (or on its way to decode) on one instance."""
+
+    prompt_len: int
+    output_len: int
+    at: float
+    """Joined at (running) or expected arrival time (incoming)."""
+
+    @property
+    def kv_tokens(self) -> int:
+        """KV reserved for the sequence: prompt plus every output token."""
+        return self.prompt_len + self.output_len
+
+
+@dataclass(slots=True)
+class DecodeLoad:
+    """One decode instance: running batch and requests heading to it."""
+
+    kv_capacity_tokens: int
+    running: dict[str, DecodeSeq] = field(default_factory=dict)
+    incoming: dict[str, DecodeSeq] = field(default_factory=dict)
+    kv_running: int = 0
+    """Sum of ``kv_tokens`` over ``running``."""
+    kv_incoming: int = 0
+    """Sum of ``kv_tokens`` over ``incoming``."""
+
+    def expect(self, rid: str, seq: DecodeSeq) -> None:
+        """A request was placed here; it arrives around ``seq.at``."""
+        self.incoming[rid] = seq
+        self.kv_incoming += seq.kv_tokens
+
+    def join(self, rid: str, now: float) -> None:
+        seq = self.incoming.pop(rid, None)
+        if seq is None:
+            return
+        self.kv_incoming -= seq.kv_tokens
+        seq.at = now
+        self.running[rid] = seq
+        self.kv_running += seq.kv_tokens
+
+    def leave(self, rid: str) -> None:
+        seq = self.incoming.pop(rid, None)
+        if seq is not None:
+            self.kv_incoming -= seq.kv_tokens
+        seq = self.running.pop(rid, None)
+        if seq is not None:
+            self.kv_running -= seq.kv_tokens
+
+
+__all__ = ["DecodeLoad", "DecodeSeq", "PrefillLoad", "RequestInfo"]

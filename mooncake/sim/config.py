@@ -1,0 +1,72 @@
+"""Simulation setup: cluster shape, caches, chunking, and the Conductor's policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mooncake.conductor import ConductorConfig, CostModel
+from mooncake.config import check_field as _check
+from mooncake.sim.cache import EVICTIONS, Eviction
+
+Mode = Literal["disaggregated", "colocated"]
+MODES: tuple[Mode, ...] = ("disaggregated", "colocated")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """One simulated cluster."""
+
+    mode: Mode = "disaggregated"
+    """``disaggregated`` (Mooncake: prefill pool + decode pool) or ``colocated``
+    (vLLM-like: every instance prefills and decodes, ``prefill_instances +
+    decode_instances`` of them so both use the same number of nodes)."""
+    prefill_instances: int = 8
+    """Prefill instances (FAST'25 Table 3 setup: 8P+8D)."""
+    decode_instances: int = 8
+    """Decode instances."""
+    conductor: ConductorConfig = field(default_factory=ConductorConfig)
+    """Placement/admission policy and SLOs."""
+    cost: CostModel = field(default_factory=CostModel)
+    """Ground-truth timings (LLaMA3-70B on 8×A800 by default)."""
+    prefill_cache_blocks: int | None = 5859
+    """KV cache per prefill instance in DRAM, blocks: 3M tokens / 512 (FAST'25 §8.2:
+    "each prefill instance has 3M tokens of KVCache capacity"); ``None`` = unbounded."""
+    colocated_cache_blocks: int | None = None
+    """Prefix cache per colocated instance, blocks; ``None`` = the instance's HBM KV
+    capacity (vLLM's prefix cache lives in GPU memory)."""
+    eviction: Eviction = "lru"
+    """Eviction policy of every instance cache."""
+    chunk_tokens: int = 512
+    """Colocated engine's token budget per step (decode tokens + prefill chunk;
+    vLLM's chunked-prefill ``max_num_batched_tokens`` default of 512 in v0.4–0.5)."""
+    decode_kv_tokens: int | None = None
+    """KV capacity of a decode/colocated instance in tokens; ``None`` = what HBM holds
+    next to the weights (:meth:`CostModel.kv_capacity_tokens`)."""
+    layerwise_transfer: bool = True
+    """KV streams to decode layer by layer during prefill (FAST'25 §5.1), so only
+    the last layer's share of the transfer adds to TTFT."""
+
+    def __post_init__(self) -> None:
+        _check(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
+        _check(self.prefill_instances > 0, "prefill_instances", f"must be positive, got {self.prefill_instances}")
+        _check(self.decode_instances >= 0, "decode_instances", f"must be >= 0, got {self.decode_instances}")
+        _check(self.mode == "colocated" or self.decode_instances > 0, "decode_instances", "must be positive when disaggregated")
+        _check(self.prefill_cache_blocks is None or self.prefill_cache_blocks >= 0, "prefill_cache_blocks", f"must be >= 0, got {self.prefill_cache_blocks}")
+        _check(self.colocated_cache_blocks is None or self.colocated_cache_blocks >= 0, "colocated_cache_blocks", f"must be >= 0, got {self.colocated_cache_blocks}")
+        _check(self.eviction in EVICTIONS, "eviction", f"must be one of {EVICTIONS}, got {self.eviction!r}")
+        _check(self.chunk_tokens > 0, "chunk_tokens", f"must be positive, got {self.chunk_tokens}")
+        _check(self.decode_kv_tokens is None or self.decode_kv_tokens > 0, "decode_kv_tokens", f"must be positive, got {self.decode_kv_tokens}")
+        _check(self.conductor.colocated == (self.mode == "colocated"), "conductor", "conductor.colocated must match mode")
+
+    @property
+    def kv_tokens(self) -> int:
+        return self.decode_kv_tokens if self.decode_kv_tokens is not None else self.cost.kv_capacity_tokens()
+
+    @property
+    def num_instances(self) -> int:
+        """Nodes used: the same count in both modes."""
+        return self.prefill_instances + self.decode_instances
+
+
+__all__ = ["MODES", "Mode", "SimConfig"]

@@ -1,0 +1,238 @@
+"""Discrete-event replay of a trace through a simulated cluster.
+
+A heap of timed events drives the instances; every placement and admission decision
+is made by a :class:`mooncake.conductor.Conductor`, the same object the live scheduler
+plugin drives, and every state change is reported back to it through its ``on_*``
+events (prefill start/finish, blocks stored/removed, decode join/leave).
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from mooncake.conductor import Conductor, Placement, RequestInfo, prefix_tokens
+from mooncake.sim.cache import BlockCache
+from mooncake.sim.config import SimConfig
+from mooncake.sim.instances import BatchInstance, DecodingSeq, PrefillInstance, PrefillWork
+from mooncake.sim.metrics import RequestRecord, RunSummary, summarize
+from mooncake.sim.trace import TraceRequest
+
+_ARRIVE, _PREFILL_DONE, _DECODE_ARRIVE, _STEP, _WAKE = range(5)
+
+
+@dataclass
+class SimResult:
+    """Outcome of one run."""
+
+    config: SimConfig
+    records: list[RequestRecord]
+    summary: RunSummary
+    wall_s: float
+    """Seconds the replay took."""
+
+
+class Simulator:
+    """One replay of ``requests`` on the cluster described by ``config``.
+
+    Args:
+        config: the cluster and its policy.
+        requests: the trace (already rate-scaled), sorted by arrival.
+        progress: show a progress bar.
+    """
+
+    def __init__(self, config: SimConfig, requests: Sequence[TraceRequest], progress: bool = False) -> None:
+        self.config = config
+        self.requests = requests
+        self.progress = progress
+        cost = config.cost
+        bs = config.conductor.block_size
+        self.prefill: dict[str, PrefillInstance] = {}
+        self.batch: dict[str, BatchInstance] = {}
+        if config.mode == "disaggregated":
+            for i in range(config.prefill_instances):
+                name = f"prefill-{i}"
+                self.prefill[name] = PrefillInstance(name, BlockCache(config.prefill_cache_blocks, config.eviction))
+            for i in range(config.decode_instances):
+                name = f"decode-{i}"
+                self.batch[name] = BatchInstance(name, cost, config.kv_tokens, config.chunk_tokens, None, bs)
+            self.conductor = Conductor(config.conductor, list(self.prefill), {w: config.kv_tokens for w in self.batch}, cost)
+        else:
+            cache_blocks = config.colocated_cache_blocks
+            if cache_blocks is None:
+                cache_blocks = config.kv_tokens // bs
+            for i in range(config.num_instances):
+                name = f"instance-{i}"
+                self.batch[name] = BatchInstance(name, cost, config.kv_tokens, config.chunk_tokens, BlockCache(cache_blocks, config.eviction), bs)
+            self.conductor = Conductor(config.conductor, list(self.batch), {w: config.kv_tokens for w in self.batch}, cost)
+        self._heap: list[tuple[float, int, int, Any, Any]] = []
+        self._seq = 0
+        self._placements: dict[str, Placement] = {}
+        self.records: list[RequestRecord] = []
+        self.prefill_gpu_s = 0.0
+
+    # -- event queue -----------------------------------------------------------
+    def _push(self, t: float, kind: int, a: Any, b: Any = None) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, a, b))
+
+    def run(self) -> SimResult:
+        """Replay the whole trace; returns records and the summary."""
+        t0 = time.perf_counter()
+        for req in self.requests:
+            self._push(req.arrival_s, _ARRIVE, req)
+        bar = tqdm(total=len(self.requests), unit="req", disable=not self.progress, mininterval=0.5)
+        handlers = (self._on_arrive, self._on_prefill_done, self._on_decode_arrive, self._on_step, self._on_wake)
+        heap = self._heap
+        while heap:
+            now, _, kind, a, b = heapq.heappop(heap)
+            handlers[kind](now, a, b)
+            if kind == _ARRIVE:
+                bar.update(1)
+        bar.close()
+        self.records.sort(key=lambda r: r.index)
+        summary = summarize(self.records, self.prefill_gpu_s)
+        return SimResult(self.config, self.records, summary, time.perf_counter() - t0)
+
+    # -- arrivals --------------------------------------------------------------
+    def _on_arrive(self, now: float, req: TraceRequest, _: Any) -> None:
+        rid = str(req.index)
+        record = RequestRecord(req.index, req.arrival_s, req.input_length, req.output_length)
+        self.records.append(record)
+        decision = self.conductor.place(RequestInfo(rid, req.input_length, req.hash_ids, req.output_length), now)
+        if not isinstance(decision, Placement):
+            record.rejected, record.reason = True, decision.reason
+            return
+        record.prefill_instance, record.decode_instance = decision.prefill, decision.decode
+        work = PrefillWork(rid, record, req.hash_ids)
+        if self.config.mode == "colocated":
+            inst = self.batch[decision.prefill]
+            inst.queue.append(work)
+            self._kick(inst, now)
+            return
+        self._placements[rid] = decision
+        p = self.prefill[decision.prefill]
+        p.queue.append(work)
+        if p.busy is None:
+            self._start_prefill(p, now)
+
+    # -- disaggregated prefill -------------------------------------------------
+    def _start_prefill(self, p: PrefillInstance, now: float) -> None:
+        work = p.queue.popleft()
+        p.busy = work
+        cost, bs = self.config.cost, self.config.conductor.block_size
+        n = work.record.prompt_len
+        local = p.cache.match(work.keys)
+        reuse = local
+        placement = self._placements.pop(work.rid)
+        src = placement.fetch_from
+        if src is not None:
+            remote_cache = self.prefill[src].cache
+            remote = remote_cache.match(work.keys)
+            if remote > local:
+                remote_cache.touch(work.keys[:remote])
+                reuse = remote
+        cached = prefix_tokens(reuse, n, bs)
+        fetch_tokens = cached - prefix_tokens(local, n, bs)
+        fetch_s = cost.transfer_time(fetch_tokens)
+        work.record.cached_tokens = cached
+        work.compute_s = cost.prefill_time(n, cached)
+        work.started_at = now
+        self.conductor.on_prefill_start(work.rid, now)
+        self._push(now + fetch_s + work.compute_s, _PREFILL_DONE, p, (work, fetch_tokens, fetch_s))
+
+    def _store_blocks(self, name: str, cache: BlockCache, work: PrefillWork) -> None:
+        stored, evicted = cache.insert(work.keys)
+        if stored:
+            self.conductor.on_blocks_stored(name, stored)
+        if evicted:
+            self.conductor.on_blocks_removed(name, evicted)
+
+    def _on_prefill_done(self, now: float, p: PrefillInstance, info: tuple[PrefillWork, int, float]) -> None:
+        work, fetch_tokens, fetch_s = info
+        cost = self.config.cost
+        self._store_blocks(p.name, p.cache, work)
+        self.conductor.on_prefill_finish(work.rid, now, work.record.prompt_len, work.record.cached_tokens, work.compute_s)
+        if fetch_tokens > 0:
+            self.conductor.on_transfer(fetch_tokens * cost.model.kv_bytes_per_token, fetch_s)
+        self.prefill_gpu_s += work.compute_s
+        p.busy = None
+        if p.queue:
+            self._start_prefill(p, now)
+        # KV streams to decode layer by layer while prefill runs; only the tail shows.
+        exposed = cost.transfer_time(work.record.prompt_len)
+        if self.config.layerwise_transfer:
+            exposed /= cost.model.num_layers
+        self._push(now + exposed, _DECODE_ARRIVE, self.batch[work.record.decode_instance], work)
+
+    def _on_decode_arrive(self, now: float, inst: BatchInstance, work: PrefillWork) -> None:
+        record = work.record
+        record.ttft_s = now - record.arrival_s
+        rej = self.conductor.admit_to_decode(work.rid, now)
+        if rej is not None:
+            record.rejected, record.reason = True, rej.reason
+            self.conductor.on_decode_leave(work.rid, now)
+            return
+        self.conductor.on_decode_join(work.rid, now)
+        inst.sync(now)
+        inst.join(work.rid, record)
+        self._kick(inst, now)
+
+    # -- batches ---------------------------------------------------------------
+    def _kick(self, inst: BatchInstance, now: float) -> None:
+        """Re-plan an instance after a change: start a mixed step if it has prefill
+        work, else sleep until its next sequence finishes."""
+        if inst.stepping:
+            return  # the step in flight re-plans when it ends
+        inst.sync(now)
+        inst.version += 1
+        if inst.has_prefill_work():
+            tau, started = inst.plan_step(now)
+            for work in started:
+                self.conductor.on_prefill_start(work.rid, now)
+            self._push(now + tau, _STEP, inst, inst.version)
+            return
+        dt = inst.retime()
+        if dt is not None:
+            self._push(now + dt, _WAKE, inst, inst.version)
+
+    def _on_step(self, now: float, inst: BatchInstance, version: int) -> None:
+        completed, finished = inst.end_step(now)
+        for work in completed:
+            record = work.record
+            record.ttft_s = now - record.arrival_s
+            if inst.cache is not None:
+                self._store_blocks(inst.name, inst.cache, work)
+            # The Conductor learns from what it can observe: the wall time from the first
+            # chunk to the last, which includes the decode steps interleaved with it.
+            started = work.started_at if work.started_at is not None else now
+            self.conductor.on_prefill_finish(work.rid, now, record.prompt_len, record.cached_tokens, now - started)
+            self.conductor.on_decode_join(work.rid, now)
+            self.prefill_gpu_s += work.compute_s
+        self._finish(finished, now)
+        self._kick(inst, now)
+
+    def _on_wake(self, now: float, inst: BatchInstance, version: int) -> None:
+        if version != inst.version:
+            return  # superseded by a later re-plan
+        inst.sync(now)
+        self._finish(inst.pop_finished(), now)
+        self._kick(inst, now)
+
+    def _finish(self, seqs: list[DecodingSeq], now: float) -> None:
+        for seq in seqs:
+            seq.record.finish_s = now
+            self.conductor.on_decode_leave(seq.rid, now)
+
+
+def simulate(config: SimConfig, requests: Sequence[TraceRequest], progress: bool = False) -> SimResult:
+    """Run one replay (convenience wrapper around :class:`Simulator`)."""
+    return Simulator(config, requests, progress).run()
+
+
+__all__ = ["SimResult", "Simulator", "simulate"]

@@ -1,0 +1,152 @@
+"""TCP transfer backend: a dedicated blocking socket per peer, not Dask comms.
+
+Measured on this machine (docs/benchmarks-store.md): plain ``sendall``/``recv_into``
+moves 2.4 GB/s over loopback, Dask's worker-to-worker comm 1.3-1.6 GB/s; the block
+protocol is a thin framing over the former.
+
+A fetch is batched and pipelined: all request frames (``batch_blocks`` keys each) go
+out at once, the server streams the blocks back to back, each payload is received
+straight into a pooled buffer, and its checksums are checked on a second thread while the
+next response is still arriving (``recv_into``, zlib and numpy reductions release the GIL).
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from mooncake.store.block_object import BlockObject, CorruptBlockError
+from mooncake.transfer import protocol as proto
+from mooncake.transfer.base import BufferPool, PathResult, Peer, TransferError
+from mooncake.transfer.config import TransferConfig
+from mooncake.types import BlockKey
+
+
+def _check_batch(keys: Sequence[BlockKey], entries: list[tuple[int, int, int]], headers: bytes,
+                 payload: np.ndarray) -> list[BlockObject | CorruptBlockError | None]:  # fmt: skip
+    """Check every block of one response; the objects view slices of ``payload``."""
+    out: list[BlockObject | CorruptBlockError | None] = []
+    hoff = poff = 0
+    for key, (status, hlen, plen) in zip(keys, entries):
+        if status != proto.STATUS_OK:
+            out.append(None)
+            continue
+        try:
+            obj = BlockObject.from_parts(headers[hoff : hoff + hlen], payload[poff : poff + plen], owner=payload)
+            if obj.key != key:
+                raise CorruptBlockError("block key in header does not match the requested key")
+            out.append(obj)
+        except (CorruptBlockError, ValueError) as e:  # anything malformed is corrupt, never data
+            out.append(e if isinstance(e, CorruptBlockError) else CorruptBlockError(str(e)))
+        hoff += hlen
+        poff += plen
+    return out
+
+
+class TcpBackend:
+    """Fetch blocks from a :class:`~mooncake.transfer.server.BlockServer`.
+
+    Args:
+        config: timeouts, batch size, socket buffers.
+        pool: receive buffers to reuse.
+    """
+
+    name = "tcp"
+
+    def __init__(self, config: TransferConfig, pool: BufferPool) -> None:
+        self.config = config
+        self.pool = pool
+        self._idle: dict[tuple[str, int], list[socket.socket]] = {}
+        self._lock = threading.Lock()
+        self._rids = itertools.count(1)
+        self._verifier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mooncake-verify")
+
+    def usable(self, peer: Peer) -> bool:
+        return peer.tcp is not None
+
+    def close(self) -> None:
+        with self._lock:
+            for socks in self._idle.values():
+                for s in socks:
+                    s.close()
+            self._idle.clear()
+        self._verifier.shutdown(wait=True)
+
+    def _connect(self, addr: tuple[str, int]) -> socket.socket:
+        with self._lock:
+            socks = self._idle.get(addr)
+            if socks:
+                return socks.pop()
+        try:
+            s = socket.create_connection(addr, timeout=self.config.connect_timeout_s)
+        except OSError as e:
+            raise TransferError(f"tcp: cannot connect to {addr}: {e}") from e
+        s.settimeout(self.config.io_timeout_s)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.config.socket_buffer_bytes:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.socket_buffer_bytes)
+        return s
+
+    def _park(self, addr: tuple[str, int], s: socket.socket) -> None:
+        with self._lock:
+            self._idle.setdefault(addr, []).append(s)
+
+    def fetch(self, keys: Sequence[BlockKey], peer: Peer) -> PathResult:
+        if peer.tcp is None:
+            raise TransferError("tcp: peer has no TCP address")
+        addr = peer.tcp
+        n = len(keys)
+        objects: list[BlockObject | None] = [None] * n
+        buffers: list[np.ndarray] = []
+        pending: list[tuple[int, Future[list[BlockObject | CorruptBlockError | None]]]] = []
+        errors: list[str] = []
+        sock = self._connect(addr)
+        ok = False
+        step = self.config.batch_blocks
+        try:
+            starts = list(range(0, n, step))
+            rids = [next(self._rids) & 0xFFFFFFFF for _ in starts]
+            sock.sendall(b"".join(proto.encode_request(rid, keys[i : i + step]) for rid, i in zip(rids, starts)))
+            head = bytearray(proto.RESP.size)
+            for rid, start in zip(rids, starts):
+                batch = keys[start : start + step]
+                proto.recv_exact(sock, head)
+                magic, got_rid, count, hlen, plen = proto.RESP.unpack(head)
+                if magic != proto.RESP_MAGIC or got_rid != rid or count != len(batch) or hlen > proto.MAX_HEADER * count:
+                    raise TransferError("tcp: malformed response frame")
+                meta = proto.recv_bytes(sock, count * proto.ENTRY.size + hlen)
+                entries = [proto.ENTRY.unpack_from(meta, j * proto.ENTRY.size) for j in range(count)]
+                if sum(e[1] for e in entries) != hlen or sum(e[2] for e in entries) != plen:
+                    raise TransferError("tcp: response table does not add up")
+                buf = self.pool.take(plen)
+                buffers.append(buf)
+                proto.recv_exact(sock, buf)
+                headers = bytes(meta[count * proto.ENTRY.size :])
+                # Checked on the verifier thread while the next response arrives.
+                pending.append((start, self._verifier.submit(_check_batch, batch, entries, headers, buf)))
+            ok = True
+        except (OSError, TransferError) as e:
+            errors.append(f"tcp: {e}")
+        finally:
+            if ok:
+                self._park(addr, sock)
+            else:
+                sock.close()  # mid-stream state is unknown: never reuse
+            for start, fut in pending:
+                for j, res in enumerate(fut.result()):
+                    if isinstance(res, CorruptBlockError):
+                        errors.append(f"tcp: block {start + j}: {res}")
+                    else:
+                        objects[start + j] = res
+        result = PathResult(objects, buffers, "; ".join(errors) or None)
+        if not ok:
+            raise TransferError(result.error or "tcp: failed", partial=result)
+        return result
+
+
+__all__ = ["TcpBackend"]

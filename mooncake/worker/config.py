@@ -1,0 +1,38 @@
+"""How each worker keeps and moves KV blocks outside its engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mooncake.store.config import EvictionPolicyName
+from mooncake.transfer.config import TransferConfig
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Per-worker store and transfer settings (validated here, at the edge)."""
+
+    enable_store: bool = True
+    """Publish prefilled blocks to a host-tier store and move KV through the transfer
+    layer. Off: KV goes from prefill to decode through a Dask RPC, nothing is kept
+    outside the engines."""
+    store_root: str = "/dev/shm"
+    """tmpfs directory under which each worker makes its host tier (``<root>/mooncake-...``)."""
+    host_capacity_bytes: int = 1024**3
+    """Host tier capacity per worker."""
+    ssd_root: str | None = None
+    """Directory for an SSD tier per worker; None: no SSD tier."""
+    ssd_capacity_bytes: int = 8 * 1024**3
+    """SSD tier capacity per worker."""
+    eviction: EvictionPolicyName = "lru"
+    """Victim order inside each tier: ``lru``, ``lfu`` or ``length_aware``."""
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    """Block server and fetch settings (backend selection: RDMA when a device exists)."""
+
+    def __post_init__(self) -> None:
+        if self.host_capacity_bytes <= 0:
+            raise ValueError(f"host_capacity_bytes: must be positive, got {self.host_capacity_bytes}")
+        if self.ssd_capacity_bytes <= 0:
+            raise ValueError(f"ssd_capacity_bytes: must be positive, got {self.ssd_capacity_bytes}")
+        if not self.store_root:
+            raise ValueError("store_root: must be a directory")

@@ -1,0 +1,97 @@
+"""A worker's KV store and transfer endpoints: the host tier (LMDB on tmpfs) other
+processes on the host read zero-copy, an optional SSD tier, the block server peers fetch
+from, and the fetcher that pulls from peers."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from mooncake.kvcache import KVBlock
+from mooncake.store import BlockObject, BlockStore, StoreConfig, TierConfig
+from mooncake.transfer import BlockFetcher, BlockServer, Peer
+from mooncake.types import BlockKey
+from mooncake.worker.config import WorkerConfig
+
+
+@dataclass
+class Fetched:
+    """What a fetch of a prefix delivered."""
+
+    num_blocks: int
+    nbytes: int
+    paths: list[str]
+
+
+#: Receives the leading blocks found, as zero-copy views valid only during the call
+#: (the engine copies them into its pool); returns how many it took.
+Consumer = Callable[[list[KVBlock]], int]
+
+
+class KVStore:
+    """Args: config: tiers and transfer settings; name: this worker's name (for paths)."""
+
+    def __init__(self, config: WorkerConfig, name: str) -> None:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(name))
+        self._dirs = [tempfile.mkdtemp(prefix=f"mooncake-{safe}-", dir=config.store_root)]
+        host = TierConfig(path=os.path.join(self._dirs[0], "host"), capacity_bytes=config.host_capacity_bytes)
+        ssd = None
+        if config.ssd_root is not None:
+            os.makedirs(config.ssd_root, exist_ok=True)
+            self._dirs.append(tempfile.mkdtemp(prefix=f"mooncake-{safe}-", dir=config.ssd_root))
+            ssd = TierConfig(path=os.path.join(self._dirs[1], "ssd"), capacity_bytes=config.ssd_capacity_bytes)
+        self.store = BlockStore(StoreConfig(host=host, ssd=ssd, eviction=config.eviction))
+        self.server = BlockServer(self.store, config.transfer, host_tier_path=host.path)
+        self.fetcher = BlockFetcher(config.transfer)
+        self.peer: Peer = self.server.peer()
+
+    def put(self, blocks: Sequence[KVBlock]) -> int:
+        """Publish full blocks (block index = position in the sequence)."""
+        full = [(i, b) for i, b in enumerate(blocks) if b.key is not None]
+        return sum(self.store.put_many([b for _, b in full], [i for i, _ in full]))
+
+    def local_prefix(self, keys: Sequence[BlockKey], use: Consumer) -> Fetched:
+        """Hand the leading blocks of ``keys`` found in this worker's tiers to ``use``."""
+        n = self.store.match_prefix(keys).num_matched
+        if not n:
+            return Fetched(0, 0, [])
+        objs = self.store.get_many(list(keys[:n]))
+        try:
+            blocks = _leading(objs)
+            return Fetched(use(blocks), sum(b.data.nbytes for b in blocks), ["local"] * len(blocks))
+        finally:
+            for o in objs:
+                if o is not None:
+                    o.release()
+
+    def fetch(self, keys: Sequence[BlockKey], peer: Peer, use: Consumer) -> Fetched:
+        """Pull ``keys`` from ``peer`` (same host: its host tier, zero copy; else TCP or
+        RDMA, retried once on another path) and hand the leading run that arrived intact
+        to ``use``."""
+        res = self.fetcher.fetch(keys, peer)
+        try:
+            blocks = _leading(res.objects)
+            taken = use(blocks) if blocks else 0
+            return Fetched(taken, sum(b.data.nbytes for b in blocks), [p for p in res.paths[: len(blocks)] if p])
+        finally:
+            res.release()
+
+    def close(self) -> None:
+        self.fetcher.close()
+        self.server.close()
+        self.store.close()
+        for d in self._dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _leading(objs: Sequence[BlockObject | None]) -> list[KVBlock]:
+    out = []
+    for o in objs:
+        if o is None:
+            break
+        out.append(o.to_kvblock(copy=False))
+    return out

@@ -1,0 +1,83 @@
+"""Small values that travel through the request graph (never KV tensors)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mooncake.sampling_params import SamplingParams
+
+
+@dataclass
+class RequestSpec:
+    """A request as the client submits it (already tokenized)."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    cache_salt: str | None = None
+    stream_topic: str | None = None
+    """Dask event topic that token deltas are published on; None: no streaming."""
+    arrival_time: float = 0.0
+    """Client wall-clock time (``time.time()``) when the request arrived."""
+    prompt: str | None = None
+
+
+@dataclass
+class PlacementInfo:
+    """Where the Conductor put the request."""
+
+    prefill: str
+    decode: str
+    fetch_from: str | None = None
+    """Worker to fetch a longer cached prefix from (Algorithm 1), or None."""
+    fetch_blocks: int = 0
+    est_ttft_s: float = 0.0
+
+
+@dataclass
+class LookupResult:
+    spec: RequestSpec
+    placement: PlacementInfo
+    cached_tokens: int = 0
+    """Prompt tokens already in the prefill worker's engine (device pool)."""
+    store_blocks: int = 0
+    """Further leading blocks found in the worker's own host/SSD tiers."""
+    fetched_blocks: int = 0
+    fetch_seconds: float = 0.0
+
+
+@dataclass
+class KVHandle:
+    """What prefill returns: where the request's KV is, and its first token."""
+
+    spec: RequestSpec
+    placement: PlacementInfo
+    worker: str
+    num_tokens: int
+    """Tokens whose KV the prefill worker holds for this request."""
+    first_token_ids: list[int]
+    num_cached_tokens: int
+    prefill_seconds: float
+    first_logprobs: list[dict[int, float]] | None = None
+    block_keys: list[bytes] = field(default_factory=list)
+    """Keys of the request's full prompt blocks (what decode pulls from the store)."""
+    peer: Any = None
+    """``mooncake.transfer.Peer`` of the prefill worker's store, or None (no store)."""
+    first_token_time: float | None = None
+    """Wall-clock time the first token was sampled."""
+    finished: bool = False
+    """The first token already ended the request (EOS, stop, max_tokens=1)."""
+    output: Any = None
+    """The final ``RequestOutput`` when ``finished``."""
+
+
+@dataclass
+class TransferResult:
+    handle: KVHandle
+    nbytes: int = 0
+    seconds: float = 0.0
+    path: str = "none"
+    """How the KV moved: the transfer paths used (``shm``, ``tcp``, ``rdma``), ``dask``
+    (RPC, no store), ``local``, ``none`` (nothing to move) or ``miss`` (recompute)."""
+    timings: dict[str, float] = field(default_factory=dict)

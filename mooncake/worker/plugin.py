@@ -1,0 +1,222 @@
+"""``MooncakeWorker``: the Dask ``WorkerPlugin`` that gives each worker process its
+engine (loaded once), its engine loop, its KV outbox/inbox and its reports to the
+Conductor."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import time
+from collections import Counter, deque
+from typing import Any
+
+from distributed import Worker, WorkerPlugin
+from distributed.protocol.serialize import to_serialize
+
+from mooncake.config import EngineConfig
+from mooncake.engine import LLMEngine
+from mooncake.kvcache import KVExport
+from mooncake.transfer import Peer
+from mooncake.types import BlockKey
+from mooncake.worker.config import WorkerConfig
+from mooncake.worker.engine_loop import EngineLoop
+from mooncake.worker.kv_store import KVStore
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_NAME = "mooncake"
+REPORT_INTERVAL_S = 0.05
+
+
+def roles_of(worker: Worker) -> list[str]:
+    """``prefill`` / ``decode`` from the worker's Dask resources (both when it has neither)."""
+    res = worker.state.total_resources
+    roles = [r for r in ("prefill", "decode") if res.get(r, 0) > 0]
+    return roles or ["prefill", "decode"]
+
+
+class MooncakeWorker(WorkerPlugin):
+    """Args: engine_config: how to build this worker's engine."""
+
+    name = PLUGIN_NAME
+    idempotent = True
+
+    def __init__(self, engine_config: EngineConfig, worker_config: WorkerConfig | None = None) -> None:
+        self.engine_config = engine_config
+        self.worker_config = worker_config or WorkerConfig()
+
+    async def setup(self, worker: Worker) -> None:
+        self.worker = worker
+        self.roles = roles_of(worker)
+        self.outbox: dict[str, KVExport] = {}
+        self.inbox: dict[str, KVExport] = {}
+        # Requests that lookup admitted into the engine, awaited by their next task.
+        self.started: dict[str, tuple[concurrent.futures.Future[Any], float]] = {}
+        self.prefill_reports: deque[tuple[str, int, int, float]] = deque()
+        self.decode_joins: deque[str] = deque()
+        self.transfer_reports: deque[tuple[int, float]] = deque()
+        self.transfer_paths: Counter[str] = Counter()
+        # Prefix blocks found at lookup, by where: device pool, own host/SSD tiers, a peer.
+        self.hit_blocks: Counter[str] = Counter()
+        # A GPU worker sees only its own device (CUDA_VISIBLE_DEVICES set per process).
+        engine = await asyncio.to_thread(LLMEngine, self.engine_config)
+        self.engine = engine
+        self.loop = EngineLoop(engine, self._emit)
+        self.kv_store: KVStore | None = None
+        if self.worker_config.enable_store:
+            self.kv_store = await asyncio.to_thread(KVStore, self.worker_config, worker.name or worker.address)
+        self._peers: dict[str, Peer | None] = {}
+        # Keys this worker holds in any tier (device pool, host, SSD): the Conductor's
+        # index sees a block as present until it is gone from all of them.
+        self._holders: dict[bytes, set[str]] = {}
+        worker.handlers["mooncake_fetch_kv"] = self.handle_fetch_kv
+        worker.handlers["mooncake_fetch_blocks"] = self.handle_fetch_blocks
+        worker.handlers["mooncake_abort"] = self.handle_abort
+        worker.handlers["mooncake_info"] = self.handle_info
+        self._reported_model = False
+        self._report_task = asyncio.ensure_future(self._report_forever())
+        logger.info("mooncake worker %s ready: roles=%s model=%s", worker.address, self.roles, engine.model_path)
+
+    async def teardown(self, worker: Worker) -> None:
+        self._report_task.cancel()
+        await asyncio.to_thread(self.loop.stop)
+        if self.kv_store is not None:
+            self.kv_store.close()
+
+    # -- streaming ----------------------------------------------------------------
+    def _emit(self, topic: str, msgs: list[dict[str, Any]]) -> None:
+        self.worker.log_event(topic, {"worker": self.worker.address, "t": time.time(), "msgs": msgs})
+
+    # -- handlers (called by peers and the client) -----------------------------------
+    def info(self) -> dict[str, Any]:
+        e = self.engine
+        mc = e.model_config
+        return {
+            "worker": self.worker.address,
+            "roles": self.roles,
+            "pid": os.getpid(),
+            "model_path": str(e.model_path),
+            "model_name": e.model_path.name,
+            "fingerprint": e.fingerprint,
+            "hash_seed": e.config.hash_seed,
+            "block_size": e.config.block_size,
+            "max_model_len": e.max_model_len,
+            "vocab_size": mc.vocab_size,
+            "num_layers": mc.num_layers,
+            "hidden_size": mc.hidden_size,
+            "num_params": mc.num_params,
+            "bytes_per_param": 4 if e.config.dtype == "float32" else 2,
+            "kv_bytes_per_token": e.spec.bytes_per_token,
+            "kv_capacity_tokens": e.pool.num_blocks * e.config.block_size,
+            "device": e.config.device,
+            "peer": dataclasses.asdict(self.kv_store.peer) if self.kv_store is not None else None,
+        }
+
+    def handle_info(self) -> dict[str, Any]:
+        return self.info()
+
+    def peer_of(self, address: str) -> Peer | None:
+        """How to fetch blocks from the worker at ``address`` (asked once, then cached)."""
+        if address not in self._peers:
+            from mooncake.worker.tasks import _rpc
+
+            info = _rpc(address, "mooncake_info")
+            p = info.get("peer")
+            self._peers[address] = Peer(p["host_id"], tuple(p["tcp"]) if p["tcp"] else None, p["host_tier_path"], p["rdma"]) if p else None
+        return self._peers[address]
+
+    def handle_fetch_kv(self, request_id: str) -> dict[str, Any]:
+        """A decode worker pulls a prefilled request's KV (once)."""
+        export = self.outbox.pop(request_id, None)
+        return {"found": export is not None, "export": to_serialize(export) if export is not None else None}
+
+    async def handle_fetch_blocks(self, keys: list[bytes], token_ids: list[int]) -> dict[str, Any]:
+        """A prefill worker pulls the leading cached blocks of a prefix (Algorithm 1's
+        fetch of a remote prefix)."""
+        fut = self.loop.call(lambda e: e.export_cached_blocks([BlockKey(k) for k in keys], token_ids))
+        blocks = await asyncio.wrap_future(fut)
+        return {"blocks": to_serialize(blocks)}
+
+    async def handle_abort(self, request_id: str) -> bool:
+        self.outbox.pop(request_id, None)
+        self.inbox.pop(request_id, None)
+        self.started.pop(request_id, None)
+        fut = self.loop.call(lambda e: self.loop.abort(e, request_id))
+        return bool(await asyncio.wrap_future(fut))
+
+    # -- reports to the Conductor ---------------------------------------------------
+    def _drain(self, q: deque[Any]) -> list[Any]:
+        out = []
+        while q:
+            out.append(q.popleft())
+        return out
+
+    def _presence(self) -> tuple[list[bytes], list[bytes]]:
+        """Fold device-pool and store events into (keys now held, keys now gone)."""
+        changes: list[tuple[str, bytes, str]] = [(kind, k, "device") for kind, k in self._drain(self.loop.block_events)]
+        if self.kv_store is not None:
+            changes += [(ev.kind, ev.key, "store") for ev in self.kv_store.store.events.drain() if ev.kind in ("stored", "removed")]
+        stored: list[bytes] = []
+        removed: list[bytes] = []
+        for kind, key, tier in changes:
+            holders = self._holders.setdefault(key, set())
+            before = bool(holders)
+            if kind == "stored":
+                holders.add(tier)
+            else:
+                holders.discard(tier)
+            if holders and not before:
+                stored.append(key)
+            elif before and not holders:
+                removed.append(key)
+                del self._holders[key]
+        return stored, removed
+
+    def report(self) -> dict[str, Any]:
+        e = self.engine
+        stored, removed = self._presence()
+        rep: dict[str, Any] = {
+            "stored": stored,
+            "removed": removed,
+            "prefills": self._drain(self.prefill_reports),
+            "decode_joined": self._drain(self.decode_joins),
+            "transfers": self._drain(self.transfer_reports),
+            "load": {
+                "running": len(e.scheduler.running),
+                "waiting": len(e.scheduler.waiting),
+                "free_blocks": e.pool.num_free,
+                "num_blocks": e.pool.num_blocks,
+                "cached_blocks": e.pool.num_cached,
+                "busy_seconds": self.loop.busy_seconds,
+                "host_bytes": self.kv_store.store.used_bytes("host") if self.kv_store is not None else 0,
+            },
+        }
+        if not self._reported_model:
+            rep["info"] = self.info()
+        return rep
+
+    async def _report_forever(self) -> None:
+        while True:
+            try:
+                rep = self.report()
+                await self.worker.scheduler.mooncake_report(worker=self.worker.address, report=rep)
+                self._reported_model = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                logger.debug("mooncake report failed: %s", e)
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(REPORT_INTERVAL_S)
+
+
+def get_plugin() -> MooncakeWorker:
+    """The plugin of the worker running the current task."""
+    from distributed import get_worker
+
+    plugin = get_worker().plugins.get(PLUGIN_NAME)
+    if not isinstance(plugin, MooncakeWorker):
+        raise RuntimeError("this worker has no mooncake engine (MooncakeWorker plugin not registered)")
+    return plugin

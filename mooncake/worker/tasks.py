@@ -1,0 +1,333 @@
+"""Task functions of the request graph. They run on workers, find the worker's
+``MooncakeWorker`` plugin, post work to its engine loop and wait without holding a
+worker thread (``secede``/``rejoin``). Engine imports stay inside the plugin, so the
+client can import this module without torch."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from distributed import get_worker, rejoin, secede
+from distributed.utils import sync
+
+from mooncake.kvcache import block_keys
+from mooncake.outputs import RequestMetrics, RequestOutput
+from mooncake.types import BlockKey
+from mooncake.worker.messages import (
+    KVHandle,
+    LookupResult,
+    PlacementInfo,
+    RequestSpec,
+    TransferResult,
+)
+
+if TYPE_CHECKING:
+    from mooncake.engine import LLMEngine
+    from mooncake.worker.plugin import MooncakeWorker
+
+T = TypeVar("T")
+
+
+def _plugin() -> MooncakeWorker:
+    from mooncake.worker.plugin import get_plugin
+
+    return get_plugin()
+
+
+def _wait(fut: concurrent.futures.Future[T]) -> T:
+    """Block on an engine-loop future with the worker thread handed back to Dask."""
+    secede()
+    try:
+        return fut.result()
+    finally:
+        rejoin()
+
+
+def _rpc(addr: str, method: str, **kwargs: Any) -> Any:
+    worker = get_worker()
+
+    async def go() -> Any:
+        return await getattr(worker.rpc(addr), method)(**kwargs)
+
+    return sync(worker.loop, go)
+
+
+def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") -> LookupResult:
+    """Prefix lookup on the prefill worker: count the locally cached prefix and, when the
+    Conductor chose to fetch a longer one from a peer, pull those blocks in. Then the
+    request is admitted into the engine's batch at once (``start``: ``prefill`` for a
+    prefill-only request, ``generate`` for colocated), so its prefill does not wait for
+    the scheduler to dispatch the next task; that task owns and waits for the result."""
+    plugin = _plugin()
+    t0 = time.perf_counter()
+
+    def local_hits(e: LLMEngine) -> tuple[int, list[bytes]]:
+        keys = block_keys(spec.prompt_token_ids, e.config.block_size, e.root_key(spec.cache_salt))
+        bs = e.config.block_size
+        chunks = [spec.prompt_token_ids[i * bs : (i + 1) * bs] for i in range(len(keys))]
+        return len(e.pool.match_prefix(keys, chunks)) * bs, list(keys)
+
+    cached, keys = plugin.loop.call(local_hits).result()
+    result = LookupResult(spec, placement, cached_tokens=cached)
+    have = cached // plugin.engine.config.block_size
+    plugin.hit_blocks["device"] += have
+    kvs = plugin.kv_store
+    if kvs is not None and have < len(keys):
+        # Host/SSD tier: blocks this worker published earlier and its engine evicted since.
+        result.store_blocks = kvs.local_prefix(keys[have:], lambda blocks: _import(plugin, blocks)).num_blocks
+        have += result.store_blocks
+        plugin.hit_blocks["store"] += result.store_blocks
+    if placement.fetch_from and placement.fetch_from != plugin.worker.address and placement.fetch_blocks > have:
+        want = keys[have : placement.fetch_blocks]
+        got, nbytes = 0, 0
+        peer = plugin.peer_of(placement.fetch_from) if kvs is not None else None
+        if kvs is not None and peer is not None:
+            f = kvs.fetch(want, peer, lambda blocks: _import(plugin, blocks))
+            got, nbytes = f.num_blocks, f.nbytes
+        if got < len(want):
+            # Not in the peer's store (or no store): ask its engine for what it still caches.
+            try:
+                reply = _rpc(placement.fetch_from, "mooncake_fetch_blocks", keys=keys[: placement.fetch_blocks], token_ids=spec.prompt_token_ids)
+                blocks = reply["blocks"][have + got :]
+                got += _import(plugin, blocks)
+                nbytes += sum(b.data.nbytes for b in blocks)
+            except Exception:
+                pass
+        result.fetched_blocks = got
+        plugin.hit_blocks["remote"] += got
+        if nbytes:
+            plugin.transfer_reports.append((nbytes, time.perf_counter() - t0))
+    result.fetch_seconds = time.perf_counter() - t0
+    plugin.started[spec.request_id] = (_watch_and_add(spec, prefill_only=start == "prefill"), time.perf_counter())
+    return result
+
+
+def _import(plugin: MooncakeWorker, blocks: list[Any]) -> int:
+    """Copy blocks into this worker's engine prefix cache (on the engine thread, while
+    the caller keeps their memory alive). Returns how many are now usable."""
+    if not blocks:
+        return 0
+    plugin.loop.call(lambda e: e.import_cached_blocks(blocks)).result()
+    return len(blocks)
+
+
+def _started(spec: RequestSpec, prefill_only: bool) -> tuple[concurrent.futures.Future[RequestOutput], float]:
+    """The engine future that lookup started for this request (or start it now)."""
+    plugin = _plugin()
+    got = plugin.started.pop(spec.request_id, None)
+    return got if got is not None else (_watch_and_add(spec, prefill_only=prefill_only), time.perf_counter())
+
+
+def _watch_and_add(
+    spec: RequestSpec,
+    *,
+    prefill_only: bool,
+    kv: Any = None,
+    prior: list[int] | None = None,
+    prior_logprobs: list[dict[int, float]] | None = None,
+    cached: int | None = None,
+) -> concurrent.futures.Future[RequestOutput]:
+    from mooncake.worker.engine_loop import Watch
+
+    plugin = _plugin()
+    done: concurrent.futures.Future[RequestOutput] = concurrent.futures.Future()
+    params = spec.params
+    if prefill_only:
+        params = dataclasses.replace(params, max_tokens=1, min_tokens=min(params.min_tokens, 1))
+
+    def add(e: LLMEngine) -> None:
+        w = Watch(done, spec.stream_topic, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
+        plugin.loop.watch(spec.request_id, w)
+        try:
+            e.add_request(
+                spec.request_id,
+                spec.prompt_token_ids,
+                params,
+                cache_salt=spec.cache_salt,
+                keep_kv=prefill_only,
+                kv=kv,
+                prior_output_ids=prior or (),
+                prior_logprobs=prior_logprobs,
+            )
+        except Exception:
+            plugin.loop._watches.pop(spec.request_id, None)
+            raise
+        if prior:
+            seq = e._seqs[spec.request_id]
+            w.sent_tokens = len(prior)
+            w.sent_text = len(seq.detok.text) if seq.detok is not None else 0
+
+    plugin.loop.call(add).result()
+    return done
+
+
+def _compute_seconds(out: RequestOutput, fallback: float) -> float:
+    """Prefill time as the engine saw it (first scheduled -> first token), without the
+    wait in the engine's queue, so the Conductor's cost model learns compute time."""
+    m = out.metrics
+    if m.first_scheduled_time is not None and m.first_token_time is not None:
+        return m.first_token_time - m.first_scheduled_time
+    return fallback
+
+
+def _wall_metrics(out: RequestOutput, spec: RequestSpec, cached: int) -> RequestOutput:
+    """Re-express an engine's timings (``perf_counter`` of this process) on the wall
+    clock the client uses, from the client's arrival time, with the prefix-cache hit of
+    the whole request (not the decode side's import)."""
+    offset = time.time() - time.perf_counter()
+    m = out.metrics
+
+    def wall(t: float | None) -> float | None:
+        return None if t is None else t + offset
+
+    out.metrics = RequestMetrics(
+        arrival_time=spec.arrival_time,
+        first_scheduled_time=wall(m.first_scheduled_time),
+        first_token_time=wall(m.first_token_time),
+        finish_time=wall(m.finish_time),
+        num_computed_prompt_tokens=len(spec.prompt_token_ids) - cached,
+    )
+    out.num_cached_tokens = cached
+    return out
+
+
+def prefill(lookup_result: LookupResult) -> KVHandle:
+    """Compute the prompt's KV (reusing cached blocks) and the first token; keep the KV
+    in this worker's outbox for the decode worker."""
+    plugin = _plugin()
+    spec = lookup_result.spec
+    fut, t0 = _started(spec, prefill_only=True)
+    out = _wait(fut)
+    seconds = _compute_seconds(out, time.perf_counter() - t0)
+    first = out.token_ids
+    finished = out.finish_reason in ("stop", "abort") or (spec.params.max_tokens is not None and spec.params.max_tokens <= len(first))
+    export = plugin.loop.call(lambda e: e.export_kv(spec.request_id, release=True)).result()
+    kvs = plugin.kv_store
+    if kvs is not None:
+        kvs.put(export.blocks)  # full blocks: decode pulls them, later requests reuse them
+    elif not finished:
+        plugin.outbox[spec.request_id] = export
+    plugin.prefill_reports.append((spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds))
+    first_token_wall = out.metrics.first_token_time
+    if first_token_wall is not None:
+        first_token_wall += time.time() - time.perf_counter()
+    return KVHandle(
+        spec=spec,
+        placement=lookup_result.placement,
+        worker=plugin.worker.address,
+        first_token_time=first_token_wall,
+        num_tokens=export.num_tokens,
+        first_token_ids=list(first),
+        first_logprobs=out.outputs[0].logprobs,
+        block_keys=[b.key for b in export.blocks if b.key is not None],
+        peer=kvs.peer if kvs is not None else None,
+        num_cached_tokens=out.num_cached_tokens,
+        prefill_seconds=seconds,
+        finished=finished,
+        output=_wall_metrics(out, spec, out.num_cached_tokens) if finished else None,
+    )
+
+
+def transfer(handle: KVHandle) -> TransferResult:
+    """Bring the request's KV to this (decode) worker: a local hand-over when prefill ran
+    here, else a pull over TCP. A failed pull is a miss: decode then recomputes."""
+    plugin = _plugin()
+    rid = handle.spec.request_id
+    if handle.finished:
+        return TransferResult(handle, path="none")
+    t0 = time.perf_counter()
+    kvs = plugin.kv_store
+    if handle.peer is not None and kvs is not None:
+        # Through the store: the peer's host tier (same host, zero copy) or its block
+        # server. Blocks land in this engine's prefix cache; decode computes the tail.
+        f = kvs.fetch([BlockKey(k) for k in handle.block_keys], handle.peer, lambda blocks: _import(plugin, blocks))
+        seconds = time.perf_counter() - t0
+        if f.nbytes and "shm" not in f.paths:
+            plugin.transfer_reports.append((f.nbytes, seconds))
+        path = "+".join(sorted(set(f.paths))) if f.num_blocks == len(handle.block_keys) else "miss"
+        plugin.transfer_paths[path] += 1
+        return TransferResult(handle, nbytes=f.nbytes, seconds=seconds, path=path)
+    if handle.worker == plugin.worker.address:
+        export = plugin.outbox.pop(rid, None)
+        path = "local"
+    else:
+        try:
+            reply = _rpc(handle.worker, "mooncake_fetch_kv", request_id=rid)
+            export = reply["export"] if reply["found"] else None
+        except Exception:
+            export = None
+        path = "dask"
+    seconds = time.perf_counter() - t0
+    if export is None:
+        return TransferResult(handle, path="miss", seconds=seconds)
+    plugin.inbox[rid] = export
+    nbytes = sum(b.data.nbytes for b in export.blocks)
+    if path == "dask":
+        plugin.transfer_reports.append((nbytes, seconds))
+    return TransferResult(handle, nbytes=nbytes, seconds=seconds, path=path)
+
+
+def decode(tr: TransferResult) -> RequestOutput:
+    """Join this worker's continuous batch with the imported KV and run to the end."""
+    plugin = _plugin()
+    handle = tr.handle
+    if handle.finished:
+        out: RequestOutput = handle.output
+        return out
+    spec = handle.spec
+    export = plugin.inbox.pop(spec.request_id, None)
+    plugin.decode_joins.append(spec.request_id)
+    # On a miss the prompt is recomputed here (prefix cache permitting); the first token
+    # is kept, so the output is the same.
+    out = _wait(
+        _watch_and_add(
+            spec, prefill_only=False, kv=export, prior=handle.first_token_ids, prior_logprobs=handle.first_logprobs, cached=handle.num_cached_tokens
+        )
+    )
+    out = _wall_metrics(out, spec, handle.num_cached_tokens)
+    out.metrics.first_token_time = handle.first_token_time
+    return out
+
+
+def generate(lookup_result: LookupResult) -> RequestOutput:
+    """Colocated mode: prefill and decode in this worker's engine, one request."""
+    plugin = _plugin()
+    spec = lookup_result.spec
+    fut, t0 = _started(spec, prefill_only=False)
+    out = _wait(fut)
+    seconds = _compute_seconds(out, time.perf_counter() - t0)
+    plugin.prefill_reports.append((spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds))
+    return _wall_metrics(out, spec, out.num_cached_tokens)
+
+
+def worker_info(dask_worker: Any) -> dict[str, Any]:
+    """This worker's engine and model facts (run with ``Client.run``, which passes the worker)."""
+    from mooncake.worker.plugin import PLUGIN_NAME
+
+    info: dict[str, Any] = dask_worker.plugins[PLUGIN_NAME].info()
+    return info
+
+
+def engine_stats(dask_worker: Any) -> dict[str, Any]:
+    """This worker's engine counters and pool state (run with ``Client.run``)."""
+    from mooncake.worker.plugin import PLUGIN_NAME
+
+    plugin = dask_worker.plugins[PLUGIN_NAME]
+    e = plugin.engine
+    return {
+        "host_blocks": len(plugin.kv_store.store.keys("host")) if plugin.kv_store is not None else 0,
+        "transfer_paths": dict(plugin.transfer_paths),
+        "hit_blocks": dict(plugin.hit_blocks),
+        **dataclasses.asdict(e.stats),
+        "running": len(e.scheduler.running),
+        "waiting": len(e.scheduler.waiting),
+        "free_blocks": e.pool.num_free,
+        "num_blocks": e.pool.num_blocks,
+        "cached_blocks": e.pool.num_cached,
+    }
+
+
+__all__ = ["decode", "engine_stats", "generate", "lookup", "prefill", "transfer", "worker_info"]

@@ -1,0 +1,48 @@
+"""Admission: SLO checks and the three decode-load views."""
+
+from __future__ import annotations
+
+from mooncake.conductor import (
+    DecodeChoice,
+    DecodeLoad,
+    DecodeSeq,
+    PrefillChoice,
+    check_slos,
+    decode_view,
+)
+
+
+def make_load() -> DecodeLoad:
+    """Two running (joined t=0, output 101 and 11 tokens, 100-token prompts) and one
+    incoming expected at t=5 (prompt 50, output 50)."""
+    load = DecodeLoad(kv_capacity_tokens=1000)
+    for rid, out in (("a", 101), ("b", 11)):
+        load.expect(rid, DecodeSeq(100, out, 0.0))
+        load.join(rid, 0.0)
+    load.expect("c", DecodeSeq(50, 50, 5.0))
+    return load
+
+
+def test_views() -> None:
+    """current: a,b → batch 2, KV 201+111=312. committed: +c → 3, 412.
+    projected at eta=2 s, t_d=0.1 s: b ends at 10·0.1=1 s (gone), a at 10 s (stays),
+    c arrives at 5 s (not yet) → 1, 201. At eta=6 s: a and c → 2, 301."""
+    load = make_load()
+    assert decode_view(load, "current") == (2, 312)
+    assert decode_view(load, "committed") == (3, 412)
+    assert decode_view(load, "projected", eta=2.0, t_d=0.1) == (1, 201)
+    assert decode_view(load, "projected", eta=6.0, t_d=0.1) == (2, 301)
+
+
+def test_check_slos_reasons() -> None:
+    """TTFT 2.5 s > 2 s → rejected, retry after 0.5 s; KV miss → rejected; TBT over → rejected."""
+    p = PrefillChoice("P", 1.5, 1.0, 0.0, 0, 0)
+    ok = DecodeChoice("D", 0.05, True)
+    rej = check_slos("r", p, ok, 2.0, 0.1, 3.0)
+    assert rej is not None and "TTFT" in rej.reason and abs(rej.retry_after - 0.5) < 1e-9
+    fast = PrefillChoice("P", 0.0, 1.0, 0.0, 0, 0)
+    assert check_slos("r", fast, ok, 2.0, 0.1, 3.0) is None
+    full = check_slos("r", fast, DecodeChoice("D", 0.05, False), 2.0, 0.1, 3.0)
+    assert full is not None and "KV" in full.reason and full.retry_after == 3.0
+    slow = check_slos("r", fast, DecodeChoice("D", 0.2, True), 2.0, 0.1, 3.0)
+    assert slow is not None and "TBT" in slow.reason

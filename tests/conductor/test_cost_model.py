@@ -1,0 +1,73 @@
+"""Cost model formulas and the online estimators."""
+
+from __future__ import annotations
+
+import pytest
+
+from mooncake.conductor import (
+    BandwidthEstimator,
+    CostModel,
+    HardwareSpec,
+    ModelSpec,
+    PrefillTimeEstimator,
+)
+
+
+def test_default_llama3_70b_prefill_flops() -> None:
+    """FAST'25 formula per layer a·n²·d + b·n·d², a=4, b=22, d=8192, 80 layers.
+    n=1000: 80·(4·1e6·8192 + 22·1000·8192²) = 80·(3.2768e10 + 1.47639e15)."""
+    cost = CostModel()
+    expected = 80 * (4 * 1000**2 * 8192 + 22 * 1000 * 8192**2)
+    assert cost.prefill_flops(1000) == pytest.approx(expected)
+    # 8 × 312 TFLOP/s at MFU 0.5
+    assert cost.prefill_time(1000) == pytest.approx(expected / (8 * 312e12 * 0.5))
+
+
+def test_cached_prefix_telescopes() -> None:
+    """Computing 0..k then k..n costs exactly what 0..n costs (chunked prefill and
+    prefix reuse agree)."""
+    cost = CostModel()
+    assert cost.prefill_flops(700, 300) + cost.prefill_flops(300) == pytest.approx(cost.prefill_flops(700))
+    assert cost.prefill_flops(500, 500) == 0
+
+
+def test_kv_capacity_and_transfer() -> None:
+    """320 KiB per token; 640 GB × 0.9 − 141.2 GB weights = 434.8 GB → 1,326,904 tokens.
+    10k tokens over 100 GB/s = 3.2768 GB / 100 GB/s = 32.768 ms."""
+    cost = CostModel()
+    assert cost.model.kv_bytes_per_token == 320 * 1024
+    assert cost.kv_capacity_tokens() == int((640e9 * 0.9 - 70.6e9 * 2) // 327_680)
+    assert cost.transfer_time(10_000) == pytest.approx(0.032768)
+
+
+def test_decode_step_is_roofline(tiny_cost: CostModel) -> None:
+    """Tiny model: compute 2·batch/1000 s beats memory (~1e-9 s); a 500-token chunk adds
+    0.5 s of compute."""
+    assert tiny_cost.decode_step_time(3, 10) == pytest.approx(0.006)
+    assert tiny_cost.decode_step_time(1, 0, prefill_flops=500) == pytest.approx(0.502)
+    assert tiny_cost.decode_step_time(0, 0) == 0.0
+
+
+def test_estimator_starts_at_formula_and_learns(tiny_cost: CostModel) -> None:
+    """Starts at (n−c)/1000; after observing a machine twice as slow it predicts ~2×."""
+    est = PrefillTimeEstimator(tiny_cost, refit_every=1)
+    assert est.estimate(1000, 200) == pytest.approx(0.8)
+    assert est.estimate(100, 100) == 0.0
+    for n in range(1000, 20000, 500):
+        est.observe(n, 0, 2 * n / 1000)
+    assert est.estimate(5000, 1000) == pytest.approx(8.0, rel=0.05)
+
+
+def test_bandwidth_estimator_moves_toward_measurements() -> None:
+    """EWMA α=0.5 from 100 B/s after one 50 B/s sample → 75 B/s."""
+    bw = BandwidthEstimator(100.0, alpha=0.5)
+    bw.observe(50.0, 1.0)
+    assert bw.bandwidth == pytest.approx(75.0)
+    assert bw.transfer_time(150.0) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "field"), [(ModelSpec, {"num_layers": 0}, "num_layers"), (HardwareSpec, {"mfu": 1.5}, "mfu"), (HardwareSpec, {"rdma_bandwidth": 0}, "rdma_bandwidth")])
+def test_specs_validate(cls: type, kwargs: dict[str, float], field: str) -> None:
+    """Bad values raise ValueError naming the field."""
+    with pytest.raises(ValueError, match=field):
+        cls(**kwargs)

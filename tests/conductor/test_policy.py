@@ -1,0 +1,130 @@
+"""The Conductor façade: events in, decisions out (tiny cost model: prefill
+(n − c)/1000 s, decode step 2·batch/1000 s, transfer tokens/1e6 s)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mooncake.conductor import (
+    Conductor,
+    ConductorConfig,
+    CostModel,
+    Placement,
+    Rejection,
+    RequestInfo,
+)
+
+
+def req(rid: str, n: int, keys: tuple[int, ...], out: int = 10) -> RequestInfo:
+    return RequestInfo(rid, n, keys, out)
+
+
+def test_queue_estimate_follows_events(tiny_cost: CostModel) -> None:
+    """One prefill instance. r1 (1000 tokens) placed at t=0 → est 1 s queued.
+    r2 placed at t=0 sees queue 1 s → est TTFT 1 + 2 = 3 s. After r1 starts at t=0
+    and time reaches 0.4 s, r3 sees 0.6 s left of r1 + 2 s of r2 = 2.6 s queue."""
+    c = Conductor(ConductorConfig(prefill_policy="load_balancing"), ["P"], {"D": 10**6}, tiny_cost)
+    p1 = c.place(req("r1", 1000, (1, 2)), 0.0)
+    p2 = c.place(req("r2", 2000, (3, 4, 5, 6)), 0.0)
+    assert isinstance(p1, Placement) and isinstance(p2, Placement)
+    assert p2.est_ttft_s == pytest.approx(3.0)
+    c.on_prefill_start("r1", 0.0)
+    p3 = c.place(req("r3", 1000, (7, 8)), 0.4)
+    assert isinstance(p3, Placement) and p3.prefill_choice.queue_s == pytest.approx(2.6)
+
+
+def test_mostly_cached_request_is_not_rejected_for_its_length(tiny_cost: CostModel) -> None:
+    """TTFT SLO 1 s, early admission. A 1500-token prompt costs 1.5 s raw → rejected
+    (retry after 0.5 s). Once P reports blocks 1,2 stored (1024 tokens cached), the same
+    prompt costs 0.476 s → admitted."""
+    cfg = ConductorConfig(prefill_policy="global_cache_aware", admission="early", ttft_slo_s=1.0)
+    c = Conductor(cfg, ["P"], {"D": 10**6}, tiny_cost)
+    r = req("r", 1500, (1, 2, 3))
+    rej = c.place(r, 0.0)
+    assert isinstance(rej, Rejection) and rej.retry_after == pytest.approx(0.5)
+    c.on_blocks_stored("P", [1, 2])
+    ok = c.place(r, 0.0)
+    assert isinstance(ok, Placement)
+    assert ok.prefill_choice.cached_tokens == 1024 and ok.est_ttft_s == pytest.approx(0.476)
+
+
+def test_predictive_admits_what_early_rejects(tiny_cost: CostModel) -> None:
+    """Decode D holds 1000 KV tokens. 'old' (prompt 400, output 500 = 900 tokens)
+    is decoding since t=0 with t_d = 0.01 s/token → done at 499·0.01 = 4.99 s. A new
+    request (prompt 100: 0.1 s prefill behind 5 s of queued work) needs 110 KV tokens
+    and reaches decode at 5.1 s. Early (current load 900 + 110 > 1000) rejects;
+    predictive (old gone by 5.1 s) admits."""
+    def build(admission: str) -> Conductor:
+        cfg = ConductorConfig(prefill_policy="load_balancing", admission=admission, decode_token_time_s=0.01)  # type: ignore[arg-type]
+        c = Conductor(cfg, ["P"], {"D": 1000}, tiny_cost)
+        assert isinstance(c.place(req("old", 400, (1,), 500), 0.0), Placement)
+        c.on_prefill_start("old", 0.0)
+        c.on_prefill_finish("old", 0.0, 400, 0, 0.4)
+        c.on_decode_join("old", 0.0)
+        c.prefill_loads["P"].enqueue("filler", 5.0)
+        return c
+
+    new = req("new", 100, (2,), 10)
+    early = build("early").place(new, 0.0)
+    assert isinstance(early, Rejection) and "KV" in early.reason
+    pred = build("predictive").place(new, 0.0)
+    assert isinstance(pred, Placement) and pred.est_ttft_s == pytest.approx(5.1)
+
+
+def test_decode_refuses_when_full_and_leave_frees(tiny_cost: CostModel) -> None:
+    """No admission: both requests (600 KV tokens each) are placed on D (1000 tokens).
+    The first joins; the second is refused at decode; after the first leaves, D is
+    empty again."""
+    c = Conductor(ConductorConfig(prefill_policy="load_balancing"), ["P"], {"D": 1000}, tiny_cost)
+    a, b = req("a", 500, (1,), 100), req("b", 500, (2,), 100)
+    assert isinstance(c.place(a, 0.0), Placement) and isinstance(c.place(b, 0.0), Placement)
+    assert c.admit_to_decode("a", 1.0) is None
+    c.on_decode_join("a", 1.0)
+    refused = c.admit_to_decode("b", 1.5)
+    assert isinstance(refused, Rejection) and "full" in refused.reason
+    c.on_decode_leave("b", 1.5)
+    c.on_decode_leave("a", 2.0)
+    load = c.decode_loads["D"]
+    assert (load.kv_running, load.kv_incoming, len(load.running)) == (0, 0, 0)
+    assert c.prefill_loads["P"].queue_time(2.0) == 0.0
+
+
+def test_prefill_timings_refine_estimates(tiny_cost: CostModel) -> None:
+    """Observed prefills 3× slower than the formula pull the estimate up."""
+    c = Conductor(ConductorConfig(), ["P"], {"D": 10**6}, tiny_cost)
+    before = c.estimator.estimate(4000, 0)
+    for n in range(500, 20000, 250):
+        c.on_prefill_finish("x", 0.0, n, 0, 3 * n / 1000)
+    assert before == pytest.approx(4.0)
+    assert c.estimator.estimate(4000, 0) == pytest.approx(12.0, rel=0.1)
+
+
+def test_colocated_decodes_where_it_prefills(tiny_cost: CostModel) -> None:
+    """Colocated: the decode instance is the prefill instance."""
+    cfg = ConductorConfig(prefill_policy="load_balancing", colocated=True)
+    c = Conductor(cfg, ["I0", "I1"], {"I0": 10**6, "I1": 10**6}, tiny_cost)
+    c.prefill_loads["I0"].enqueue("busy", 5.0)
+    p = c.place(req("r", 100, (1,)), 0.0)
+    assert isinstance(p, Placement) and p.prefill == p.decode == "I1"
+    with pytest.raises(ValueError, match="decode_workers"):
+        Conductor(cfg, ["I0"], {"D": 1}, tiny_cost)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [({"prefill_policy": "best"}, "prefill_policy"), ({"admission": "maybe"}, "admission"), ({"ttft_slo_s": 0}, "ttft_slo_s"), ({"kvcache_balancing_threshold": 0.5}, "kvcache_balancing_threshold")])
+def test_config_validates(kwargs: dict[str, object], field: str) -> None:
+    """Bad values raise ValueError naming the field."""
+    with pytest.raises(ValueError, match=field):
+        ConductorConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_ttft_only_admission_leaves_decode_check_for_later(tiny_cost: CostModel) -> None:
+    """admission='ttft' (Table 3's baseline): a request whose KV cannot fit on the decode
+    instance is still admitted at arrival (TTFT 0.5 s ≤ 30 s) and only refused by
+    admit_to_decode; a request estimated at 40 s TTFT is rejected up front."""
+    cfg = ConductorConfig(prefill_policy="load_balancing", admission="ttft")
+    c = Conductor(cfg, ["P"], {"D": 100}, tiny_cost)
+    big = c.place(req("big", 500, (1,), 10), 0.0)
+    assert isinstance(big, Placement)
+    assert isinstance(c.admit_to_decode("big", 0.5), Rejection)
+    slow = c.place(req("slow", 40_000, (2,), 10), 0.0)
+    assert isinstance(slow, Rejection) and "TTFT" in slow.reason

@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny random-weight Hugging Face checkpoints written with transformers."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Generated files (default model, fingerprints) go to a per-run directory.
+os.environ.setdefault("MOONCAKE_CACHE", tempfile.mkdtemp(prefix="mooncake-test-cache-"))
+
+TINY: dict[str, Any] = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    vocab_size=300,
+    max_position_embeddings=1024,
+)
+
+
+def write_checkpoint(path: Path, arch: str = "llama", seed: int = 0, max_shard_size: str | None = None, **overrides: Any) -> Path:
+    """Save a random-weight ``{arch}`` model with ``save_pretrained`` (safetensors)."""
+    import torch
+    import transformers
+
+    cfg_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+    }[arch]
+    torch.manual_seed(seed)
+    config = cfg_cls(**{**TINY, **overrides})
+    model = model_cls(config).eval()
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(path, **kwargs)
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``factory(name, arch=..., **config)`` -> directory, cached per session by name."""
+    made: dict[str, Path] = {}
+
+    def factory(name: str, arch: str = "llama", **kwargs: Any) -> Path:
+        if name not in made:
+            made[name] = write_checkpoint(tmp_path_factory.mktemp(name), arch, **kwargs)
+        return made[name]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(checkpoint_factory: Callable[..., Path]) -> Path:
+    return checkpoint_factory("tiny-llama")
+
+
+def hf_model(path: Path) -> Any:
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(path, torch_dtype="float32").eval()
+
+
+def hf_greedy(model: Any, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """transformers' greedy continuation, EOS ignored."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return [int(t) for t in out[0, len(prompt):]]

@@ -1,0 +1,123 @@
+"""End-to-end replays of tiny synthetic traces with hand-computed results.
+
+Tiny cost model (conftest): prefill (n − c)/1000 s, decode step 2·batch/1000 s,
+KV transfer tokens/1e6 s (one layer, so the whole transfer to decode is exposed).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mooncake.conductor import ConductorConfig, CostModel
+from mooncake.sim import SimConfig, Simulator, make_request, simulate
+
+
+def disagg(cost: CostModel, p: int = 1, d: int = 1, **conductor: object) -> SimConfig:
+    cc = ConductorConfig(**conductor)  # type: ignore[arg-type]
+    return SimConfig(prefill_instances=p, decode_instances=d, conductor=cc, cost=cost, prefill_cache_blocks=None)
+
+
+def test_prefill_fifo_queueing(tiny_cost: CostModel) -> None:
+    """1P+1D. r0 (1000 tok) and r1 (2000) at t=0, r2 (1000) at t=0.5, one output token
+    each. Prefill runs 0–1, 1–3, 3–4; transfer to decode adds n/1e6 s.
+    TTFT: 1.001, 3.002, 4.001 − 0.5 = 3.501."""
+    reqs = [make_request(0, 0.0, 1000, 1), make_request(1, 0.0, 2000, 1), make_request(2, 0.5, 1000, 1)]
+    res = simulate(disagg(tiny_cost, prefill_policy="load_balancing"), reqs)
+    assert [r.ttft_s for r in res.records] == pytest.approx([1.001, 3.002, 3.501])
+    assert [r.tbt_s for r in res.records] == [0.0, 0.0, 0.0]
+    assert res.summary.prefill_gpu_s == pytest.approx(4.0)
+
+
+def test_decode_batch_step_time(tiny_cost: CostModel) -> None:
+    """2P+1D: two 1000-token prompts prefill in parallel (0–1 s), reach decode at
+    1.001 s and decode 10 tokens each in a batch of 2 (4 ms per step): finish at
+    1.041 s, TBT 4 ms."""
+    reqs = [make_request(0, 0.0, 1000, 11), make_request(1, 0.0, 1000, 11)]
+    res = simulate(disagg(tiny_cost, p=2, prefill_policy="load_balancing"), reqs)
+    assert {r.prefill_instance for r in res.records} == {"prefill-0", "prefill-1"}
+    assert [r.finish_s for r in res.records] == pytest.approx([1.041, 1.041])
+    assert [r.tbt_s for r in res.records] == pytest.approx([0.004, 0.004])
+
+
+def test_prefix_hits_are_counted(tiny_cost: CostModel) -> None:
+    """A = blocks [1,2] (1024 tok) at t=0; B = [1,2,3] (1536 tok) at t=10 reuses 1024
+    tokens: prefill 0.512 s, TTFT 0.512 + 0.001536. Hit rate 1024 / 2560 = 0.4."""
+    reqs = [make_request(0, 0.0, 1024, 1, [1, 2]), make_request(1, 10.0, 1536, 1, [1, 2, 3])]
+    res = simulate(disagg(tiny_cost), reqs)
+    b = res.records[1]
+    assert b.cached_tokens == 1024 and b.ttft_s == pytest.approx(0.513536)
+    assert res.summary.cache_hit_rate == pytest.approx(0.4)
+    assert res.summary.prefill_gpu_s == pytest.approx(1.024 + 0.512)
+
+
+def test_global_cache_aware_fetches_and_replicates(tiny_cost: CostModel) -> None:
+    """2P. A ([1,2], 1024 tok) prefills on prefill-0 (0–1.024 s). L (5000 unique tokens)
+    lands on prefill-0 at 1.1 s (tie → first). B ([1,2,3]) at 1.2 s: prefill-0 has
+    ~4.9 s queued, so Algorithm 1 sends B to idle prefill-1, fetching 1024 tokens from
+    prefill-0: TTFT = 0.001024 + 0.512 + 0.001536. Afterwards both hold blocks 1 and 2."""
+    reqs = [
+        make_request(0, 0.0, 1024, 1, [1, 2]),
+        make_request(1, 1.1, 5000, 1),
+        make_request(2, 1.2, 1536, 1, [1, 2, 3]),
+    ]
+    sim = Simulator(disagg(tiny_cost, p=2, prefill_policy="global_cache_aware"), reqs)
+    res = sim.run()
+    a, long, b = res.records
+    assert (a.prefill_instance, long.prefill_instance, b.prefill_instance) == ("prefill-0", "prefill-0", "prefill-1")
+    assert b.cached_tokens == 1024
+    assert b.ttft_s == pytest.approx(0.001024 + 0.512 + 0.001536)
+    assert sim.conductor.index.holders(1) == {"prefill-0", "prefill-1"}
+
+
+def test_early_rejection_in_replay(tiny_cost: CostModel) -> None:
+    """TTFT SLO 1.5 s, early admission, 1P: r0 (1000 tok) is admitted (1 s); r1 at the
+    same time would wait 1 s + 1 s = 2 s > 1.5 s → rejected. r2 at t=5 is admitted."""
+    reqs = [make_request(0, 0.0, 1000, 1), make_request(1, 0.0, 1000, 1), make_request(2, 5.0, 1000, 1)]
+    res = simulate(disagg(tiny_cost, prefill_policy="load_balancing", admission="early", ttft_slo_s=1.5), reqs)
+    assert [r.rejected for r in res.records] == [False, True, False]
+    assert "TTFT" in res.records[1].reason
+    assert res.summary.rejected == 1 and res.summary.served == 2
+
+
+def test_decode_full_rejects_after_prefill(tiny_cost: CostModel) -> None:
+    """No admission, 2P+1D, decode KV capacity 1500 tokens. Both 1000-token prompts
+    (100 output tokens, so 1100 KV tokens each) prefill in parallel and reach decode at
+    1.001 s; the first joins, the second no longer fits and is refused there — after
+    its prefill was spent (FAST'25's baseline behaviour)."""
+    reqs = [make_request(0, 0.0, 1000, 100), make_request(1, 0.0, 1000, 100)]
+    cc = ConductorConfig(prefill_policy="load_balancing")
+    cfg = SimConfig(prefill_instances=2, decode_instances=1, conductor=cc, cost=tiny_cost, decode_kv_tokens=1500)
+    res = simulate(cfg, reqs)
+    assert [r.rejected for r in res.records] == [False, True]
+    assert "full" in res.records[1].reason
+    assert res.summary.prefill_gpu_s == pytest.approx(2.0)  # the refused prefill was still spent
+
+
+def test_colocated_chunked_prefill_stretches_tbt(tiny_cost: CostModel) -> None:
+    """One colocated instance, 512-token step budget.
+    A (100 tok, 11 out) at 0: step 0–0.1 s prefills it (TTFT 0.1), then decodes alone
+    at 2 ms/step. B (1000 tok, 2 out) at 0.104 s (A has done 2 steps): mixed steps of
+    A's token + 511 B tokens (0.513 s) and A's token + 489 (0.491 s) → B's TTFT
+    1.108 − 0.104 = 1.004. Then A and B decode together (4 ms): B finishes at 1.112;
+    A has 5 more 2 ms steps → 1.122. A's 10 gaps: slowest 10% = one 0.513 s gap."""
+    reqs = [make_request(0, 0.0, 100, 11), make_request(1, 0.104, 1000, 2)]
+    cc = ConductorConfig(prefill_policy="load_balancing", colocated=True)
+    cfg = SimConfig(mode="colocated", prefill_instances=1, decode_instances=0, conductor=cc, cost=tiny_cost, chunk_tokens=512)
+    a, b = simulate(cfg, reqs).records
+    assert a.ttft_s == pytest.approx(0.1)
+    assert b.ttft_s == pytest.approx(1.004)
+    assert b.finish_s == pytest.approx(1.112) and b.tbt_s == pytest.approx(0.004)
+    assert a.finish_s == pytest.approx(1.122) and a.tbt_s == pytest.approx(0.513)
+
+
+def test_colocated_waits_for_kv_memory(tiny_cost: CostModel) -> None:
+    """Colocated instance with 1200 KV tokens: A (1000 + 11) runs; B (1000 + 11) arrives
+    at 0 too but cannot be reserved until A finishes at 1.0 + 10·0.002 = 1.02 s; then
+    B prefills in 2 steps (512 + 488 tokens → 1.0 s) → TTFT 2.02 s, nothing rejected."""
+    reqs = [make_request(0, 0.0, 1000, 11), make_request(1, 0.0, 1000, 11)]
+    cc = ConductorConfig(prefill_policy="load_balancing", colocated=True)
+    cfg = SimConfig(mode="colocated", prefill_instances=1, decode_instances=0, conductor=cc, cost=tiny_cost, decode_kv_tokens=1200)
+    a, b = simulate(cfg, reqs).records
+    assert a.ttft_s == pytest.approx(1.0)
+    assert b.ttft_s == pytest.approx(2.02)
+    assert not a.rejected and not b.rejected

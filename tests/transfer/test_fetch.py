@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import multiprocessing as mp
+import socket
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mooncake.store.store import BlockStore
+from mooncake.transfer.base import Peer, local_host_id
+from mooncake.transfer.config import TransferConfig
+from mooncake.transfer.fetcher import BlockFetcher
+from mooncake.transfer.server import BlockServer
+from mooncake.transfer.tcp import TcpBackend
+from mooncake.types import BlockKey
+from tests.store.kvfactories import make_chain, store_config
+from tests.transfer import procs
+
+CFG = TransferConfig(batch_blocks=3, io_timeout_s=5)
+
+
+def tcp_fetcher(cfg: TransferConfig = CFG) -> BlockFetcher:
+    f = BlockFetcher(cfg, backends=[])
+    f.backends = [TcpBackend(cfg, f.pool)]
+    return f
+
+
+def keys_of(blocks: list[Any]) -> list[BlockKey]:
+    return [b.key for b in blocks]
+
+
+class FlakyServer(BlockServer):
+    """Corrupts or cuts the stream for chosen keys, a limited number of times."""
+
+    corrupt: dict[BlockKey, int]
+    cut_before: dict[BlockKey, int]
+
+    def _before_block(self, key: BlockKey) -> None:
+        if self.cut_before.get(key, 0) > 0:
+            self.cut_before[key] -= 1
+            raise OSError("simulated connection loss")
+
+    def _wire_parts(self, key: BlockKey, header: Any, payload: Any) -> tuple[Any, Any]:
+        if self.corrupt.get(key, 0) > 0:
+            self.corrupt[key] -= 1
+            bad = bytearray(payload)
+            bad[len(bad) // 2] ^= 0xFF
+            return header, bytes(bad)
+        return header, payload
+
+
+@pytest.fixture
+def served(host_dir: str) -> Any:
+    blocks = make_chain(10)
+    store = BlockStore(store_config(host_dir))
+    store.put_many(blocks)
+    server = FlakyServer(store, CFG)
+    server.corrupt, server.cut_before = {}, {}
+    yield blocks, store, server
+    server.close()
+    store.close()
+
+
+def test_tcp_round_trip_is_byte_identical_and_pipelined(served: Any, shm_dir: Any) -> None:
+    """10 blocks in 4 pipelined frames over 127.0.0.1 arrive byte-identical, in order; an unknown key is a miss."""
+    blocks, _, server = served
+    unknown = BlockKey(b"\x01" * 16)
+    with tcp_fetcher() as f:
+        res = f.fetch([*keys_of(blocks), unknown], Peer("elsewhere", tcp=server.address))
+        assert res.paths == ["tcp"] * 10 + [None] and res.missing == [unknown] and res.prefix_len == 10
+        for b, o in zip(blocks, res.objects):
+            assert o is not None and o.numpy().tobytes() == b.data.tobytes() and o.header.token_ids == b.token_ids
+        res.release()
+        again = f.fetch(keys_of(blocks[:2]), Peer("elsewhere", tcp=server.address))  # parked connection reused
+        assert again.num_fetched == 2
+        with BlockStore(store_config(str(shm_dir / "recv"))) as receiver:
+            f.fetch(keys_of(blocks), Peer("elsewhere", tcp=server.address), into=receiver).release()
+            got = receiver.get(blocks[4].key)
+            assert got is not None and np.array_equal(got.numpy(), blocks[4].data)
+
+
+def test_corrupt_on_the_wire_is_retried_then_reported_missing(served: Any) -> None:
+    """A payload corrupted once is re-fetched on a fresh connection; one corrupted every time is a miss, never data."""
+    blocks, _, server = served
+    k = keys_of(blocks)
+    server.corrupt = {k[2]: 1, k[5]: 99}
+    with tcp_fetcher() as f:
+        res = f.fetch(k, Peer("elsewhere", tcp=server.address))
+        assert res.retried == 2 and res.missing == [k[5]] and res.prefix_len == 5
+        assert res.objects[2] is not None and res.objects[2].numpy().tobytes() == blocks[2].data.tobytes()
+        assert any("checksum" in e for e in res.errors)
+
+
+def test_connection_lost_midway_keeps_what_arrived_and_retries_the_rest(served: Any) -> None:
+    """The server drops the connection before block 6 (its batch is 6-8): blocks 0-5 are kept, 6-9 come on the retry."""
+    blocks, _, server = served
+    k = keys_of(blocks)
+    server.cut_before = {k[6]: 1}
+    with tcp_fetcher() as f:
+        res = f.fetch(k, Peer("elsewhere", tcp=server.address))
+        assert res.num_fetched == 10 and res.retried == 4
+        assert [o.numpy().tobytes() for o in res.objects if o] == [b.data.tobytes() for b in blocks]
+
+
+def test_unreachable_peer_is_all_misses_not_an_exception() -> None:
+    """Connecting to a closed port fails both attempts; every block is reported missing."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with tcp_fetcher(TransferConfig(connect_timeout_s=0.5)) as f:
+        res = f.fetch(keys_of(make_chain(3)), Peer("elsewhere", tcp=("127.0.0.1", port)))
+        assert res.num_fetched == 0 and len(res.missing) == 3 and len(res.errors) == 2
+
+
+def test_same_host_peer_reads_the_shared_tier_zero_copy(served: Any) -> None:
+    """A same-host peer is served from its host tier (no socket); the view is the tier's memory."""
+    blocks, store, server = served
+    peer = Peer(local_host_id(), tcp=server.address, host_tier_path=store.config.host.path)
+    with BlockFetcher(CFG) as f:
+        res = f.fetch(keys_of(blocks), peer)
+        assert res.paths == ["shm"] * 10 and server.blocks_sent == 0
+        direct = store.get(blocks[3].key)
+        assert direct is not None and res.objects[3] is not None
+        assert res.objects[3].payload.address == direct.payload.address
+        assert res.objects[3].numpy().tobytes() == blocks[3].data.tobytes()
+
+
+def test_shm_miss_falls_back_to_tcp(host_dir: str, ssd_dir: str) -> None:
+    """Blocks demoted to the peer's SSD are not in its host tier: the retry over TCP fetches them."""
+    blocks = make_chain(4)
+    with BlockStore(store_config(host_dir, ssd_dir, host_blocks=2)) as store, BlockServer(store, CFG, host_dir) as server:
+        store.put_many(blocks)
+        with BlockFetcher(CFG) as f:
+            res = f.fetch(keys_of(blocks), server.peer())
+            assert res.paths == ["tcp", "tcp", "shm", "shm"] and res.retried == 2
+            assert [o.numpy().tobytes() for o in res.objects if o] == [b.data.tobytes() for b in blocks]
+
+
+def test_fetch_from_a_server_in_another_process(shm_dir: Any) -> None:
+    """A worker process serves its store over TCP; this process fetches every block byte-identical."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    cfg = store_config(str(shm_dir / "peer"))
+    p = ctx.Process(target=procs.serve_chain, args=(cfg, 8, 3, child))
+    p.start()
+    try:
+        assert parent.poll(30)
+        peer: Peer = parent.recv()
+        remote = Peer("another-host", tcp=peer.tcp)  # force the TCP path
+        blocks = make_chain(8, seed=3)
+        with tcp_fetcher() as f, f.fetch(keys_of(blocks), remote) as res:
+            assert [o.numpy().tobytes() for o in res.objects if o] == [b.data.tobytes() for b in blocks]
+    finally:
+        parent.send("stop")
+        p.join(10)
+    assert p.exitcode == 0
+
+
+def test_block_corrupted_in_the_peer_store_is_never_delivered(served: Any) -> None:
+    """The server forwards stored bytes unchecked; a block damaged at rest fails the receiver's check twice and is a miss."""
+    blocks, store, server = served
+    k = keys_of(blocks)
+    txn = store.tiers["host"].begin_read()
+    raw = store.tiers["host"].read_raw(txn, k[1])
+    damaged = bytearray(raw[1])
+    txn.abort()
+    damaged[100] ^= 0x04
+    store.tiers["host"].overwrite_payload(k[1], bytes(damaged))
+    with tcp_fetcher() as f, f.fetch(k[:3], Peer("elsewhere", tcp=server.address)) as res:
+        assert res.missing == [k[1]] and res.prefix_len == 1 and res.retried == 1
+        assert sum("checksum" in e for e in res.errors) == 2
