@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profiler", default="torch", choices=["torch", "python", "none"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--baseline", action="store_true", help="also time one unprofiled run")
     ap.add_argument("--trace", type=Path, help="also write a Chrome trace (torch profiler)")
     args = ap.parse_args(argv)
 
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         return prepare(name)()
 
     run(args.workload)  # warm-up (fresh prompts below, so no cache hits)
-    print(f"unprofiled {args.workload}: {run(args.workload):.3f} s")
+    if args.baseline:
+        print(f"unprofiled {args.workload}: {run(args.workload):.3f} s")
     timed = prepare(args.workload)
     steps0 = engine.stats.num_steps
     if args.profiler == "torch":
