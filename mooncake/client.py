@@ -229,7 +229,13 @@ class LLM:
         cores = os.cpu_count() or 1
         for i, name in enumerate(roles):
             resources = {"prefill": 1.0, "decode": 1.0} if mode == "colocated" else {name.split("-")[0]: 1.0}
-            env = {"OMP_NUM_THREADS": str(max(1, cores // len(roles)))}
+            env = {
+                "OMP_NUM_THREADS": str(max(1, cores // len(roles))),
+                # Dask's Nanny sets a 64 KiB malloc trim threshold so workers hand memory back
+                # eagerly; an engine's step allocates and frees multi-MB temporaries, which then
+                # pay page faults every step (15-25% slower here). Keep freed memory instead.
+                "MALLOC_TRIM_THRESHOLD_": str(128 * 1024**2),
+            }
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)  # one worker process per GPU
             opts = dict(cluster.new_spec["options"])
