@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,21 @@ def hf_greedy(model: Any, prompt: list[int], max_new_tokens: int) -> list[int]:
             pad_token_id=0,
         )
     return [int(t) for t in out[0, len(prompt):]]
+
+
+@pytest.fixture
+def shm_dir() -> Iterator[Path]:
+    """A fresh directory on tmpfs (/dev/shm) for a host tier."""
+    d = Path(tempfile.mkdtemp(prefix="mooncake-test-", dir="/dev/shm"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def host_dir(shm_dir: Path) -> str:
+    return str(shm_dir / "host")
+
+
+@pytest.fixture
+def ssd_dir(tmp_path: Path) -> str:
+    return str(tmp_path / "ssd")
