@@ -74,7 +74,7 @@ class _Stream:
         self.cached = 0
         self.metrics = RequestMetrics(arrival_time=spec.arrival_time)
 
-    def apply(self, msg: dict[str, Any], sent_at: float) -> None:
+    def apply(self, msg: dict[str, Any]) -> None:
         self.token_ids.extend(msg["tokens"])
         self.text += msg["text"]
         self.cached = max(self.cached, int(msg.get("cached", 0)))
@@ -465,7 +465,7 @@ class LLM:
         for msg in payload["msgs"]:
             sink = self._sinks.get(msg["rid"])
             if sink is not None:
-                _post(*sink, ("msg", msg, payload["t"]))
+                _post(*sink, ("msg", msg))
 
     async def _on_client_loop(self, coro: Any) -> Any:
         fut = asyncio.run_coroutine_threadsafe(coro, self._client_loop)
@@ -491,11 +491,11 @@ class LLM:
             reply = await self._on_client_loop(self._scheduler.mooncake_place(request=self._place_request(spec)))
             placement = self._placement(reply)
             out_fut = self.submit(spec, placement)
-            out_fut.add_done_callback(lambda f: _post(loop, q, ("done", f, 0.0)))
+            out_fut.add_done_callback(lambda f: _post(loop, q, ("done", f)))
             while not acc.finished:
-                kind, item, sent_at = await q.get()
+                kind, item = await q.get()
                 if kind == "msg":
-                    acc.apply(item, sent_at)
+                    acc.apply(item)
                     yield acc.output()
                 else:
                     if item.status == "error":

@@ -84,4 +84,3 @@ class TransferResult:
     path: str = "none"
     """How the KV moved: the transfer paths used (``shm``, ``tcp``, ``rdma``), ``dask``
     (RPC, no store), ``local``, ``none`` (nothing to move) or ``miss`` (recompute)."""
-    timings: dict[str, float] = field(default_factory=dict)
