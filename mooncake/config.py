@@ -59,6 +59,10 @@ class EngineConfig:
     """Context limit; ``None`` takes the model's ``max_position_embeddings``."""
     num_threads: int | None = None
     """torch intra-op threads on CPU; ``None`` leaves torch's default."""
+    native_kernels: bool = True
+    """Run decode attention with the compiled in-place kernel (float32 on CPU; built on
+    first use with the system C compiler, see ``mooncake.engine.native``). Off, or where
+    it cannot be built, the torch path computes the same result more slowly."""
     null_model: bool = False
     """Skip the forward pass (all-zero logits, so greedy emits token 0): measures the
     serving path's own overhead, never for real output."""

@@ -1,9 +1,10 @@
 """Attention over the paged KV cache.
 
 The running batch is laid out flat: first one token per decoding sequence, then each
-prefill chunk. Decode attention runs as one batched SDPA over each sequence's blocks
-(gathered by block table, padded, masked); each prefill chunk attends causally over
-its cached prefix plus itself.
+prefill chunk. Decode attention reads each sequence's blocks in place with the native
+kernel (``mooncake.engine.native``) where it is available (float32 on CPU); otherwise it
+runs as one batched SDPA over each group's blocks (gathered by block table, padded,
+masked). Each prefill chunk attends causally over its cached prefix plus itself.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from mooncake.engine.native import NativeKernels
 
 
 @dataclass
@@ -43,6 +46,21 @@ class DecodeGroup:
 
 
 @dataclass
+class NativeDecode:
+    """All single-token decodes of the step, for the in-place kernel (no padding, so no
+    grouping by length)."""
+
+    kernels: NativeKernels
+    block_tables: torch.Tensor
+    """``[B, max_blocks]`` int64 block ids (rows padded with 0)."""
+    context_lens: torch.Tensor
+    """``[B]`` int64 tokens each sequence attends to."""
+    max_context: int
+    window: int | None
+    """Sliding window, or None."""
+
+
+@dataclass
 class AttentionMetadata:
     """Everything attention needs for one step, shared by all layers."""
 
@@ -52,6 +70,8 @@ class AttentionMetadata:
     """Decode tokens (the flat batch's head), grouped by similar context length so
     padding stays small."""
     prefills: list[PrefillSegment] = field(default_factory=list)
+    native_decode: NativeDecode | None = None
+    """Set instead of ``decodes`` when the native kernel runs the decode tokens."""
 
 
 def split_by_length(num_blocks: list[int], min_saving: float = 0.25) -> int:
@@ -108,6 +128,13 @@ def paged_attention(
     out = q.new_empty(T, Hq, D)
     kb = k_cache.view(-1, block_size, Hkv, D)
     vb = v_cache.view(-1, block_size, Hkv, D)
+
+    nd = meta.native_decode
+    if nd is not None:
+        B = nd.context_lens.shape[0]
+        nd.kernels.paged_decode(
+            q[:B], k_cache, v_cache, nd.block_tables, nd.context_lens, out[:B], block_size, nd.window, scale, nd.max_context
+        )
 
     for g in meta.decodes:
         B = g.block_table.shape[0]

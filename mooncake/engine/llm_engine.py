@@ -69,7 +69,9 @@ class LLMEngine:
         self.pool = BlockPool(num_blocks, enable_caching=config.enable_prefix_caching)
         self.kv = KVCacheManager(self.pool, config.block_size)
         self.scheduler = Scheduler(config, self.kv)
-        self.runner = ModelRunner(self.model, self.spec, num_blocks, null_model=config.null_model)
+        self.runner = ModelRunner(
+            self.model, self.spec, num_blocks, null_model=config.null_model, native_kernels=config.native_kernels
+        )
         self.stats = EngineStats()
         self._seqs: dict[str, Sequence] = {}
         self._held: dict[str, Sequence] = {}

@@ -11,20 +11,25 @@ import torch
 from mooncake.engine.attention import (
     AttentionMetadata,
     DecodeGroup,
+    NativeDecode,
     PrefillSegment,
     causal_mask,
     split_by_length,
 )
 from mooncake.engine.kv_cache_manager import KVWrite
 from mooncake.engine.model import LlamaModel
+from mooncake.engine.native import NativeKernels, kernels
 from mooncake.engine.scheduler import ScheduledSeq, SchedulerOutput
 from mooncake.kvcache import KVBlockSpec
 
 
 class ModelRunner:
-    """Args: model; spec: KV block shape; num_blocks: blocks in the pool."""
+    """Args: model; spec: KV block shape; num_blocks: blocks in the pool; native_kernels:
+    use the in-place decode attention kernel where it applies (float32 on CPU)."""
 
-    def __init__(self, model: LlamaModel, spec: KVBlockSpec, num_blocks: int, null_model: bool = False) -> None:
+    def __init__(
+        self, model: LlamaModel, spec: KVBlockSpec, num_blocks: int, null_model: bool = False, native_kernels: bool = True
+    ) -> None:
         self.model = model
         self.null_model = null_model
         self.spec = spec
@@ -38,6 +43,9 @@ class ModelRunner:
             dtype=self.dtype, device=self.device,
         )
         self.window = model.cfg.sliding_window
+        self.native: NativeKernels | None = None
+        if native_kernels and self.device.type == "cpu" and self.dtype == torch.float32 and not null_model:
+            self.native = kernels()
 
     # -- KV import / export ------------------------------------------------------
     def write_blocks(self, writes: list[KVWrite]) -> None:
@@ -59,6 +67,13 @@ class ModelRunner:
         if self.dtype == torch.bfloat16:
             return t.view(torch.int16).numpy().view(np.uint16)
         return t.numpy()
+
+    def _native_decode(self, decodes: list[ScheduledSeq], nblocks: list[int], native: NativeKernels) -> NativeDecode:
+        table = torch.zeros(len(decodes), max(nblocks), dtype=torch.long)
+        for b, (s, nb) in enumerate(zip(decodes, nblocks)):
+            table[b, :nb] = torch.tensor([blk.block_id for blk in s.seq.block_table[:nb]])
+        ctx = [s.start + 1 for s in decodes]
+        return NativeDecode(native, table, torch.tensor(ctx, dtype=torch.long), max(ctx), self.window)
 
     def _decode_group(self, group: list[ScheduledSeq], max_blocks: int, start: int, dev: torch.device) -> DecodeGroup:
         bs = self.block_size
@@ -94,10 +109,13 @@ class ModelRunner:
         meta = AttentionMetadata(slot_mapping=torch.empty(0, dtype=torch.long))
         if decodes:
             nblocks = [-(-(s.start + 1) // bs) for s in decodes]
-            cut = split_by_length(nblocks)
-            for lo, hi in ((0, cut), (cut, len(decodes))):
-                if lo < hi:
-                    meta.decodes.append(self._decode_group(decodes[lo:hi], nblocks[hi - 1], lo, dev))
+            if self.native is not None:
+                meta.native_decode = self._native_decode(decodes, nblocks, self.native)
+            else:
+                cut = split_by_length(nblocks)
+                for lo, hi in ((0, cut), (cut, len(decodes))):
+                    if lo < hi:
+                        meta.decodes.append(self._decode_group(decodes[lo:hi], nblocks[hi - 1], lo, dev))
             for b, s in enumerate(decodes):
                 seq, pos = s.seq, s.start
                 ids.append(seq.token_ids[pos])

@@ -1,0 +1,152 @@
+"""Native CPU kernels, compiled on first use with the system C compiler.
+
+The decode attention kernel (``csrc/paged_attention.c``) reads K/V in place from the
+paged cache. It is plain C with OpenMP, built with ``-O3 -march=native`` into a shared
+library cached under ``$MOONCAKE_KERNEL_CACHE`` (default ``~/.cache/mooncake/kernels``),
+keyed by the source, the flags, the compiler and the CPU's feature flags, so a cache on a
+shared home never hands one CPU a library built for another. It links the same
+``libgomp.so.1`` torch has already loaded, so it shares torch's thread pool instead of
+starting a second one that would spin against it.
+
+Without a compiler, on another OS, or with ``MOONCAKE_NATIVE_KERNELS=0``, :func:`kernels`
+returns ``None`` and attention uses the torch path (same results, slower on CPU).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "paged_attention.c"
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
+
+_lock = threading.Lock()
+_loaded: NativeKernels | None = None
+_tried = False
+
+
+class NativeKernels:
+    """ctypes bindings of the compiled library."""
+
+    def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
+        self.path = path
+        fn = lib.mc_paged_decode_f32
+        i64, p = ctypes.c_int64, ctypes.c_void_p
+        fn.argtypes = [p, i64, p, p, p, i64, p, p, i64, i64, i64, i64, i64, i64, ctypes.c_float, i64, ctypes.c_int]
+        fn.restype = ctypes.c_int
+        self._decode = fn
+
+    def paged_decode(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        block_tables: torch.Tensor,
+        context_lens: torch.Tensor,
+        out: torch.Tensor,
+        block_size: int,
+        window: int | None,
+        scale: float,
+        max_context: int,
+    ) -> None:
+        """Decode attention of ``B`` single-token queries into ``out``.
+
+        Args:
+            q: ``[B, Hq, D]`` float32, each token's heads contiguous (rows may be strided).
+            k_cache, v_cache: ``[num_slots, Hkv, D]`` float32, contiguous (one layer).
+            block_tables: ``[B, max_blocks]`` int64, rows contiguous.
+            context_lens: ``[B]`` int64, each at most ``max_context``.
+            out: ``[B, Hq, D]`` float32, contiguous; written.
+        """
+        B, Hq, D = q.shape
+        Hkv = k_cache.shape[1]
+        if not (q.stride(2) == 1 and q.stride(1) == D and k_cache.is_contiguous() and v_cache.is_contiguous()):
+            raise ValueError("paged_decode: q heads, k_cache and v_cache must be contiguous")
+        if not (out.is_contiguous() and block_tables.stride(1) == 1 and context_lens.is_contiguous()):
+            raise ValueError("paged_decode: out, block table rows and context_lens must be contiguous")
+        rc = self._decode(
+            q.data_ptr(), q.stride(0),
+            k_cache.data_ptr(), v_cache.data_ptr(),
+            block_tables.data_ptr(), block_tables.stride(0),
+            context_lens.data_ptr(),
+            out.data_ptr(),
+            B, Hq, Hkv, D, block_size, window or 0, scale, max_context, torch.get_num_threads(),
+        )  # fmt: skip
+        if rc != 0:
+            raise RuntimeError(f"paged_decode kernel failed (code {rc})")
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("MOONCAKE_KERNEL_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "mooncake" / "kernels"
+
+
+def _build(cc: str) -> Path:
+    src = SOURCE.read_bytes()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
+    key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), version.encode(), _cpu_flags().encode()]))
+    out_dir = _cache_dir()
+    lib = out_dir / f"paged_attention-{key.hexdigest()[:16]}.so"
+    if lib.exists():
+        return lib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: concurrent workers never load a half-written file.
+    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so.tmp")
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, lib)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lib
+
+
+def kernels() -> NativeKernels | None:
+    """The compiled kernels, building them on first call; ``None`` where unavailable."""
+    global _loaded, _tried
+    with _lock:
+        if _tried:
+            return _loaded
+        _tried = True
+        if os.environ.get("MOONCAKE_NATIVE_KERNELS", "1") == "0":
+            log.info("native kernels disabled by MOONCAKE_NATIVE_KERNELS=0; using torch attention")
+            return None
+        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64") or cc is None:
+            log.info("no native kernels here (needs Linux and a C compiler); using torch attention")
+            return None
+        try:
+            path = _build(cc)
+            _loaded = NativeKernels(ctypes.CDLL(str(path)), path)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            log.warning("native kernels unavailable, using torch attention: %s", e)
+            _loaded = None
+        return _loaded
+
+
+__all__ = ["NativeKernels", "kernels"]

@@ -1,0 +1,104 @@
+"""The native in-place decode attention kernel: equal to the torch (gather + SDPA) path,
+used by default on CPU float32, and a clean fallback where it cannot be built."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mooncake.config import EngineConfig
+from mooncake.engine import LLMEngine, SamplingParams
+from mooncake.engine.native import kernels
+from tests.conftest import hf_greedy, hf_model
+
+native = kernels()
+needs_native = pytest.mark.skipif(native is None, reason="no C compiler here: the native kernel cannot be built")
+
+
+def _reference(q, kc, vc, tables, ctx, bs, window, scale):
+    """Gather each sequence's blocks, mask, SDPA (the torch path's math)."""
+    B, Hq, D = q.shape
+    Hkv = kc.shape[1]
+    mb = tables.shape[1]
+    kd = kc.view(-1, bs, Hkv, D).index_select(0, tables.reshape(-1)).view(B, -1, Hkv, D).transpose(1, 2)
+    vd = vc.view(-1, bs, Hkv, D).index_select(0, tables.reshape(-1)).view(B, -1, Hkv, D).transpose(1, 2)
+    pos = torch.arange(mb * bs)[None]
+    mask = pos < ctx[:, None]
+    if window:
+        mask &= pos >= ctx[:, None] - window
+    qd = q.reshape(B, Hkv, Hq // Hkv, D)
+    return F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask[:, None, None], scale=scale).reshape(B, Hq, D)
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "Hq,Hkv,D,bs,window",
+    [(12, 4, 64, 16, None), (4, 4, 32, 16, None), (8, 1, 128, 8, None), (6, 2, 64, 16, 40), (16, 8, 80, 32, None)],
+)
+def test_kernel_equals_gather_and_sdpa(Hq, Hkv, D, bs, window):
+    """Random block tables (blocks scattered over the pool), ragged lengths incl. 1 and
+    partial last blocks, GQA groups, strided q rows as the fused projection gives them."""
+    g = torch.Generator().manual_seed(Hq * 1000 + D)
+    num_blocks, B = 300, 9
+    kc = torch.randn(num_blocks * bs, Hkv, D, generator=g)
+    vc = torch.randn(num_blocks * bs, Hkv, D, generator=g)
+    ctx = torch.tensor([1, 2, bs, bs + 1, 3 * bs - 1, 100, 257, 31, 5 * bs], dtype=torch.long)
+    mb = int(-(-int(ctx.max()) // bs))
+    tables = torch.randperm(num_blocks, generator=g)[: B * mb].view(B, mb).contiguous()
+    fused = torch.randn(B, Hq + 2 * Hkv, D, generator=g)
+    q = fused[:, :Hq]  # rows (Hq + 2 Hkv) * D apart
+    out = torch.full((B, Hq, D), float("nan"))
+    scale = D**-0.5
+    native.paged_decode(q, kc, vc, tables, ctx, out, bs, window, scale, int(ctx.max()))
+    ref = _reference(q, kc, vc, tables, ctx, bs, window, scale)
+    torch.testing.assert_close(out, ref, atol=2e-6, rtol=1e-5)
+
+
+@needs_native
+def test_kernel_rejects_non_contiguous_cache():
+    kc = torch.randn(64, 2, 32).transpose(0, 1).contiguous().transpose(0, 1)  # strided slots
+    with pytest.raises(ValueError, match="contiguous"):
+        native.paged_decode(
+            torch.randn(1, 2, 32), kc, kc, torch.zeros(1, 4, dtype=torch.long), torch.tensor([3]), torch.empty(1, 2, 32), 16, None, 1.0, 3
+        )
+
+
+@needs_native
+def test_engine_uses_kernel_and_matches_torch_path_and_transformers(tiny_llama):
+    """Same greedy continuations with the kernel, without it, and from transformers."""
+    prompts = [[(7 * i + j) % 250 for j in range(n)] for i, n in enumerate([1, 15, 16, 17, 40, 90, 130, 201])]
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    on = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256))
+    off = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256, native_kernels=False))
+    assert on.runner.native is not None and off.runner.native is None
+    got_on = [o.token_ids for o in on.generate(prompts, params)]
+    got_off = [o.token_ids for o in off.generate(prompts, params)]
+    model = hf_model(tiny_llama)
+    assert got_on == got_off == [hf_greedy(model, p, 40) for p in prompts]
+
+
+def _kernels_in_subprocess(env: dict[str, str]) -> str:
+    code = "import logging; logging.basicConfig(); from mooncake.engine.native import kernels; print(kernels() is None)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, check=True)
+    return out.stdout.strip() + "|" + out.stderr
+
+
+def test_disabled_by_environment():
+    assert _kernels_in_subprocess({"MOONCAKE_NATIVE_KERNELS": "0"}).startswith("True|")
+
+
+def test_broken_compiler_falls_back_with_a_warning(tmp_path):
+    """A compiler that fails: no kernel, a warning naming why, and nothing half-written."""
+    cc = tmp_path / "cc"
+    cc.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo fake 1.0; exit 0; }\necho 'cc: broken' >&2; exit 1\n")
+    cc.chmod(0o755)
+    cache = tmp_path / "cache"
+    res = _kernels_in_subprocess({"CC": str(cc), "MOONCAKE_KERNEL_CACHE": str(cache)})
+    assert res.startswith("True|")
+    assert "native kernels unavailable" in res and "broken" in res
+    assert list(cache.glob("*")) == []
