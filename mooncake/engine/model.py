@@ -29,6 +29,37 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(dtype)
 
 
+class Linear(nn.Module):
+    """``y = x W^T + b`` with W stored transposed (``weight_t``: ``[in, out]``).
+
+    With the weight row-major in ``[in, out]`` the BLAS call is a plain ``x @ W_t``, which
+    MKL runs 1.3-2x faster than ``nn.Linear``'s ``x @ W^T`` for the 8-64-row activations
+    of decode steps (and equally fast for prefill-sized ones); see docs/benchmarks.md.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.weight_t = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def load(self, weight: torch.Tensor, bias: torch.Tensor | None, name: str) -> None:
+        """Copy a Hugging Face ``[out, in]`` weight (and bias) in."""
+        want = (self.weight_t.shape[1], self.weight_t.shape[0])
+        if tuple(weight.shape) != want:
+            raise ValueError(f"tensor {name!r} has shape {tuple(weight.shape)}, expected {want}")
+        with torch.no_grad():
+            self.weight_t.copy_(weight.t().to(self.weight_t.dtype))
+            if self.bias is not None and bias is not None:
+                if tuple(bias.shape) != tuple(self.bias.shape):
+                    raise ValueError(f"tensor {name!r} bias has shape {tuple(bias.shape)}, expected {tuple(self.bias.shape)}")
+                self.bias.copy_(bias.to(self.bias.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return torch.mm(x, self.weight_t)
+        return torch.addmm(self.bias, x, self.weight_t)
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -37,11 +68,11 @@ class DecoderLayer(nn.Module):
         self.q_size = cfg.num_heads * d
         self.kv_size = cfg.num_kv_heads * d
         self.input_layernorm = RMSNorm(h, cfg.rms_norm_eps)
-        self.qkv_proj = nn.Linear(h, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, h, bias=cfg.o_bias)
+        self.qkv_proj = Linear(h, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias)
+        self.o_proj = Linear(self.q_size, h, bias=cfg.o_bias)
         self.post_attention_layernorm = RMSNorm(h, cfg.rms_norm_eps)
-        self.gate_up_proj = nn.Linear(h, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.down_proj = nn.Linear(cfg.intermediate_size, h, bias=cfg.mlp_bias)
+        self.gate_up_proj = Linear(h, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = Linear(cfg.intermediate_size, h, bias=cfg.mlp_bias)
         self.scale = d**-0.5
 
     def forward(
@@ -153,18 +184,14 @@ def load_hf_state_dict(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> N
         p = f"{prefix}layers.{i}."
         a = p + "self_attn."
         qkv = torch.cat([take(a + f"{n}_proj.weight") for n in "qkv"], dim=0)
-        put(layer.qkv_proj.weight, qkv, a + "qkv")
-        if cfg.qkv_bias:
-            put(layer.qkv_proj.bias, torch.cat([take(a + f"{n}_proj.bias") for n in "qkv"]), a + "qkv.bias")
-        put(layer.o_proj.weight, take(a + "o_proj.weight"), a + "o_proj.weight")
-        if cfg.o_bias:
-            put(layer.o_proj.bias, take(a + "o_proj.bias"), a + "o_proj.bias")
+        qkv_b = torch.cat([take(a + f"{n}_proj.bias") for n in "qkv"]) if cfg.qkv_bias else None
+        layer.qkv_proj.load(qkv, qkv_b, a + "qkv")
+        layer.o_proj.load(take(a + "o_proj.weight"), take(a + "o_proj.bias") if cfg.o_bias else None, a + "o_proj.weight")
         m = p + "mlp."
         gate_up = torch.cat([take(m + "gate_proj.weight"), take(m + "up_proj.weight")], dim=0)
-        put(layer.gate_up_proj.weight, gate_up, m + "gate_up")
-        put(layer.down_proj.weight, take(m + "down_proj.weight"), m + "down_proj.weight")
-        if cfg.mlp_bias:
-            put(layer.gate_up_proj.bias, torch.cat([take(m + "gate_proj.bias"), take(m + "up_proj.bias")]), m + "gate_up.bias")
-            put(layer.down_proj.bias, take(m + "down_proj.bias"), m + "down_proj.bias")
+        gate_up_b = torch.cat([take(m + "gate_proj.bias"), take(m + "up_proj.bias")]) if cfg.mlp_bias else None
+        layer.gate_up_proj.load(gate_up, gate_up_b, m + "gate_up")
+        down_b = take(m + "down_proj.bias") if cfg.mlp_bias else None
+        layer.down_proj.load(take(m + "down_proj.weight"), down_b, m + "down_proj.weight")
         put(layer.input_layernorm.weight, take(p + "input_layernorm.weight"), p + "input_layernorm.weight")
         put(layer.post_attention_layernorm.weight, take(p + "post_attention_layernorm.weight"), p + "post_attention_layernorm.weight")
