@@ -63,6 +63,10 @@ class EngineConfig:
     """Run decode attention with the compiled in-place kernel (float32 on CPU; built on
     first use with the system C compiler, see ``mooncake.engine.native``). Off, or where
     it cannot be built, the torch path computes the same result more slowly."""
+    keep_freed_memory: bool = True
+    """Raise glibc malloc's mmap/trim thresholds for the process so each step's large
+    activation buffers are reused instead of re-mapped and page-faulted (see
+    ``mooncake.engine.malloc``). Process-wide; turn off to keep glibc's defaults."""
     null_model: bool = False
     """Skip the forward pass (all-zero logits, so greedy emits token 0): measures the
     serving path's own overhead, never for real output."""

@@ -15,6 +15,7 @@ from mooncake.config import EngineConfig
 from mooncake.engine.default_model import default_model_path
 from mooncake.engine.kv_cache_manager import KVCacheManager
 from mooncake.engine.loader import fingerprint, load_model
+from mooncake.engine.malloc import keep_freed_memory
 from mooncake.engine.model_runner import ModelRunner
 from mooncake.engine.sampler import SampleRequest, sample
 from mooncake.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
@@ -50,6 +51,8 @@ class LLMEngine:
         self.config = config = config or EngineConfig()
         if config.num_threads is not None and config.device == "cpu":
             torch.set_num_threads(config.num_threads)
+        if config.keep_freed_memory and config.device == "cpu":
+            keep_freed_memory()
         self.model_path = Path(config.model) if config.model is not None else default_model_path()
         device = torch.device(config.device)
         model_len = config.max_model_len
