@@ -1,10 +1,11 @@
 """Attention over the paged KV cache.
 
 The running batch is laid out flat: first one token per decoding sequence, then each
-prefill chunk. Decode attention reads each sequence's blocks in place with the native
-kernel (``mooncake.engine.native``) where it is available (float32 on CPU); otherwise it
-runs as one batched SDPA over each group's blocks (gathered by block table, padded,
-masked). Each prefill chunk attends causally over its cached prefix plus itself.
+prefill chunk. Where the native kernels are available (float32 on CPU, see
+``mooncake.engine.native``) both read K/V in place from the paged cache. Otherwise decode
+attention runs as one batched SDPA over each group's blocks (gathered by block table,
+padded, masked) and each prefill chunk as one SDPA over its gathered cached prefix plus
+itself.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class AttentionMetadata:
     prefills: list[PrefillSegment] = field(default_factory=list)
     native_decode: NativeDecode | None = None
     """Set instead of ``decodes`` when the native kernel runs the decode tokens."""
+    native_prefill: NativeKernels | None = None
+    """Set when the native kernel runs the prefill segments (their masks are not built)."""
+    window: int | None = None
+    """Sliding window of the model, or None."""
 
 
 def split_by_length(num_blocks: list[int], min_saving: float = 0.25) -> int:
@@ -151,6 +156,12 @@ def paged_attention(
 
     for seg in meta.prefills:
         sl = slice(seg.start, seg.start + seg.num_tokens)
+        if meta.native_prefill is not None and meta.native_prefill.paged_prefill(
+            q[sl], k_cache, v_cache, seg.block_table, seg.context_len, out[sl], block_size, meta.window, scale
+        ):
+            continue
+        if seg.mask is None and (seg.context_len > seg.num_tokens or meta.window is not None):
+            seg.mask = causal_mask(seg.num_tokens, seg.context_len, meta.window, q.device)
         qs = q[sl].transpose(0, 1).unsqueeze(0)  # [1, Hq, n, D]
         if seg.context_len == seg.num_tokens:
             ks, vs = k[sl], v[sl]  # no prefix: this chunk's own K/V

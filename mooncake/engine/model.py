@@ -54,10 +54,10 @@ class Linear(nn.Module):
                     raise ValueError(f"tensor {name!r} bias has shape {tuple(bias.shape)}, expected {tuple(self.bias.shape)}")
                 self.bias.copy_(bias.to(self.bias.dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         if self.bias is None:
-            return torch.mm(x, self.weight_t)
-        return torch.addmm(self.bias, x, self.weight_t)
+            return torch.mm(x, self.weight_t, out=out)
+        return torch.addmm(self.bias, x, self.weight_t, out=out)
 
 
 class DecoderLayer(nn.Module):
@@ -83,8 +83,9 @@ class DecoderLayer(nn.Module):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         block_size: int,
+        mlp_buf: torch.Tensor,
     ) -> torch.Tensor:
-        # x: [T, H]
+        # x: [T, H]; mlp_buf: [T, 2 * intermediate] scratch shared by all layers
         cfg = self.cfg
         T = x.shape[0]
         qkv = self.qkv_proj(self.input_layernorm(x))  # [T, q + 2kv]
@@ -94,7 +95,7 @@ class DecoderLayer(nn.Module):
         v = qkv[:, self.q_size + self.kv_size :].reshape(T, cfg.num_kv_heads, cfg.head_dim)
         attn = paged_attention(q, k, v, k_cache, v_cache, meta, block_size, self.scale)
         x = x + self.o_proj(attn)
-        gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
+        gate, up = self.gate_up_proj(self.post_attention_layernorm(x), out=mlp_buf).chunk(2, dim=-1)
         # gate/up are views of a temporary: activate and multiply in place (no new buffers)
         out: torch.Tensor = x + self.down_proj(F.silu(gate, inplace=True).mul_(up))
         return out
@@ -119,6 +120,10 @@ class LlamaModel(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rope: RotaryTable | None = None
+        # gate/up output, the step's largest temporary (over glibc's 32 MB mmap ceiling for
+        # a 2048-token step of a 100M model): kept and reused by every layer and step
+        # instead of being mapped and page-faulted anew each layer.
+        self._mlp_buf: torch.Tensor | None = None
 
     def init_rope(self) -> None:
         """Build the cos/sin table on the model's device and dtype (after loading)."""
@@ -147,8 +152,12 @@ class LlamaModel(nn.Module):
         assert self.rope is not None, "init_rope() not called"
         x = self.embed_tokens(input_ids)  # [T, H]
         rope = self.rope.lookup(positions)
+        T = input_ids.shape[0]
+        buf = self._mlp_buf
+        if buf is None or buf.shape[0] < T or buf.dtype != x.dtype or buf.device != x.device:
+            buf = self._mlp_buf = x.new_empty(T, 2 * self.cfg.intermediate_size)
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, kv_cache[i, 0], kv_cache[i, 1], meta, block_size)
+            x = layer(x, rope, kv_cache[i, 0], kv_cache[i, 1], meta, block_size, buf[:T])
         x = self.norm(x[logits_indices])  # [N, H]; norm is per-token, so select first
         logits: torch.Tensor = self.lm_head(x).float()
         return logits

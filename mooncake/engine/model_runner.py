@@ -13,7 +13,6 @@ from mooncake.engine.attention import (
     DecodeGroup,
     NativeDecode,
     PrefillSegment,
-    causal_mask,
     split_by_length,
 )
 from mooncake.engine.kv_cache_manager import KVWrite
@@ -106,7 +105,9 @@ class ModelRunner:
         # then cut into at most two groups so short sequences are not padded to the longest.
         out.decodes.sort(key=lambda s: s.start)
         decodes = out.decodes
-        meta = AttentionMetadata(slot_mapping=torch.empty(0, dtype=torch.long))
+        meta = AttentionMetadata(
+            slot_mapping=torch.empty(0, dtype=torch.long), native_prefill=self.native, window=self.window
+        )
         if decodes:
             nblocks = [-(-(s.start + 1) // bs) for s in decodes]
             if self.native is not None:
@@ -134,10 +135,8 @@ class ModelRunner:
             pos_t = torch.arange(start, ctx_len)
             positions.extend(pos_t.tolist())
             slots.extend((bt[pos_t // bs] * bs + pos_t % bs).tolist())
-            seg_mask = None
-            if start > 0 or (self.window is not None and ctx_len > self.window):
-                seg_mask = causal_mask(n, ctx_len, self.window, dev)
-            meta.prefills.append(PrefillSegment(flat_start, n, ctx_len, bt.to(dev), seg_mask))
+            # the mask is built by attention, only if the SDPA path runs
+            meta.prefills.append(PrefillSegment(flat_start, n, ctx_len, bt.to(dev)))
             if all_logits:
                 logits_idx.extend(range(flat_start, flat_start + n))
             elif s.samples:

@@ -59,6 +59,58 @@ def test_kernel_equals_gather_and_sdpa(Hq, Hkv, D, bs, window):
     torch.testing.assert_close(out, ref, atol=2e-6, rtol=1e-5)
 
 
+def _reference_prefill(q, kc, vc, table, ctx, bs, window, scale):
+    n, _, D = q.shape
+    Hkv = kc.shape[1]
+    ks = kc.view(-1, bs, Hkv, D).index_select(0, table).view(-1, Hkv, D)[:ctx]
+    vs = vc.view(-1, bs, Hkv, D).index_select(0, table).view(-1, Hkv, D)[:ctx]
+    qp = torch.arange(ctx - n, ctx)[:, None]
+    kp = torch.arange(ctx)[None]
+    mask = kp <= qp
+    if window:
+        mask &= kp > qp - window
+    o = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], ks.transpose(0, 1)[None], vs.transpose(0, 1)[None], attn_mask=mask[None, None], scale=scale, enable_gqa=True
+    )
+    return o[0].transpose(0, 1)
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "Hq,Hkv,D,bs,n,ctx,window",
+    [
+        (12, 4, 64, 16, 300, 300, None),  # whole prompt, GQA 3
+        (12, 4, 64, 16, 70, 1000, None),  # a chunk after a cached prefix
+        (4, 4, 32, 16, 37, 37, None),  # head_dim 32: the 16-column path
+        (8, 2, 80, 8, 50, 130, None),  # head_dim 80 (64 + 16), block size 8
+        (8, 1, 128, 32, 100, 300, None),
+        (6, 2, 64, 16, 200, 400, 50),  # sliding window
+        (12, 4, 64, 16, 1, 17, None),  # one token
+    ],
+)
+def test_prefill_kernel_equals_sdpa(Hq, Hkv, D, bs, n, ctx, window):
+    g = torch.Generator().manual_seed(n * 7 + ctx)
+    num_blocks = 2 * (-(-ctx // bs)) + 3
+    kc = torch.randn(num_blocks * bs, Hkv, D, generator=g)
+    vc = torch.randn(num_blocks * bs, Hkv, D, generator=g)
+    table = torch.randperm(num_blocks, generator=g)[: -(-ctx // bs)].contiguous()
+    fused = torch.randn(n, Hq + 2 * Hkv, D, generator=g)
+    q = fused[:, :Hq]
+    out = torch.full((n, Hq, D), float("nan"))
+    scale = D**-0.5
+    assert native.paged_prefill(q, kc, vc, table, ctx, out, bs, window, scale)
+    torch.testing.assert_close(out, _reference_prefill(q, kc, vc, table, ctx, bs, window, scale), atol=2e-6, rtol=1e-5)
+
+
+@needs_native
+def test_prefill_kernel_declines_unsupported_head_dim():
+    """head_dim 24 is not a multiple of 16: nothing written, the caller uses SDPA."""
+    out = torch.full((4, 2, 24), float("nan"))
+    kc = torch.randn(32, 2, 24)
+    assert not native.paged_prefill(torch.randn(4, 2, 24), kc, kc, torch.arange(2), 4, out, 16, None, 1.0)
+    assert torch.isnan(out).all()
+
+
 @needs_native
 def test_kernel_rejects_non_contiguous_cache():
     kc = torch.randn(64, 2, 32).transpose(0, 1).contiguous().transpose(0, 1)  # strided slots

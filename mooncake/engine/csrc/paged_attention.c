@@ -129,3 +129,229 @@ int mc_paged_decode_f32(
     }
     return failed;
 }
+
+/* ---------------------------------------------------------------------------------
+ * Prefill attention of one sequence's chunk, read in place from the paged cache.
+ *
+ * The chunk's n query tokens sit at positions ctx-n .. ctx-1; their own K/V are already
+ * in the cache, so every key (cached prefix and chunk alike) is read through the block
+ * table. Flash-style: per (KV head, tile of TQ query tokens) work item, the G query heads
+ * of the KV head form TQ*G rows that stream over 16-key tiles with an online softmax, so
+ * no [n, ctx] score matrix is ever materialised and no K/V is gathered into a copy.
+ *
+ * Layouts: q [n, Hq, D] rows q_stride floats apart; out [n, Hq, D] rows out_stride apart;
+ * table: block ids covering ctx tokens. Needs D % 16 == 0 and D <= 256 (returns 1
+ * otherwise: the caller falls back to SDPA).
+ */
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t vi16 __attribute__((vector_size(64)));
+
+#define TQ 16
+#define TK 32 /* keys per tile: two vectors */
+
+static inline v16 ld16(const float *p) { v16 r; memcpy(&r, p, sizeof r); return r; }
+static inline void st16(float *p, v16 x) { memcpy(p, &x, sizeof x); }
+static inline v16 vmax(v16 a, v16 b) { vi16 m = a > b; return (v16)(((vi16)a & m) | ((vi16)b & ~m)); }
+/* horizontal max / sum in log steps (lane 0 holds the result) */
+static inline float hmax16(v16 x) {
+    x = vmax(x, __builtin_shuffle(x, (vi16){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
+    x = vmax(x, __builtin_shuffle(x, (vi16){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
+    x = vmax(x, __builtin_shuffle(x, (vi16){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
+    x = vmax(x, __builtin_shuffle(x, (vi16){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
+    return x[0];
+}
+static inline float hsum16(v16 x) {
+    x += __builtin_shuffle(x, (vi16){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+    x += __builtin_shuffle(x, (vi16){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+    x += __builtin_shuffle(x, (vi16){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+    x += __builtin_shuffle(x, (vi16){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+    return x[0];
+}
+
+static inline v16 vexp_neg(v16 x) {
+    /* e^x for x <= 0, lane-wise, same polynomial as exp_neg */
+    const v16 lo = (v16){0} - 87.0f;
+    x = (v16)((vi16)((x < lo) & (vi16)lo) | (vi16)((x >= lo) & (vi16)x));
+    v16 t = x * 1.44269504088896341f;
+    vi16 n = __builtin_convertvector(t - 0.5f, vi16); /* t <= 0: rounds to nearest */
+    v16 f = (t - __builtin_convertvector(n, v16)) * 0.69314718055994531f;
+    v16 p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720 + f * (1.0f / 5040)))))));
+    vi16 bits = (n + 127) << 23;
+    return p * (v16)bits;
+}
+
+int mc_paged_prefill_f32(
+    const float *q, int64_t q_stride,
+    const float *k, const float *v,
+    const int64_t *table,
+    int64_t n, int64_t ctx,
+    float *out, int64_t out_stride,
+    int64_t Hq, int64_t Hkv, int64_t D,
+    int64_t block_size, int64_t window, float scale, int num_threads)
+{
+    if (Hkv <= 0 || Hq % Hkv != 0 || D % 16 != 0 || D <= 0 || D > 256 || block_size <= 0 || n <= 0 || n > ctx) return 1;
+    const int64_t G = Hq / Hkv, R = TQ * G; /* R is a multiple of 16 */
+    const int64_t n_qt = (n + TQ - 1) / TQ, n_kt = (ctx + TK - 1) / TK;
+    const int64_t row_stride = Hkv * D; /* floats between consecutive cache slots */
+    /* K transposed once per call, tile by tile: kt_all[h][tile][d][TK]; keys past ctx are 0 */
+    float *kt_all = (float *)aligned_alloc(64, sizeof(float) * (size_t)(Hkv * n_kt * D * TK));
+    float *zero_row = (float *)aligned_alloc(64, sizeof(float) * (size_t)D);
+    if (!kt_all || !zero_row) { free(kt_all); free(zero_row); return 2; }
+    memset(zero_row, 0, sizeof(float) * (size_t)D);
+    int failed = 0;
+
+#pragma omp parallel num_threads(num_threads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t w = 0; w < Hkv * n_kt; ++w) {
+            const int64_t h = w / n_kt, tile = w % n_kt;
+            float *kt = kt_all + w * D * TK;
+            for (int64_t j = 0; j < TK; ++j) {
+                const int64_t tok = tile * TK + j;
+                if (tok < ctx) {
+                    const float *kp = k + (table[tok / block_size] * block_size + tok % block_size) * row_stride + h * D;
+                    for (int64_t d = 0; d < D; ++d) kt[d * TK + j] = kp[d];
+                } else {
+                    for (int64_t d = 0; d < D; ++d) kt[d * TK + j] = 0.0f;
+                }
+            }
+        }
+
+        float *qs = (float *)aligned_alloc(64, sizeof(float) * (size_t)(R * D));
+        float *o = (float *)aligned_alloc(64, sizeof(float) * (size_t)(R * D));
+        float *s = (float *)aligned_alloc(64, sizeof(float) * (size_t)(R * TK));
+        float *m = (float *)malloc(sizeof(float) * (size_t)R);
+        v16 *lv = (v16 *)aligned_alloc(64, sizeof(v16) * (size_t)R);
+        int ok = qs && o && s && m && lv;
+        if (!ok) {
+#pragma omp atomic write
+            failed = 2;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < Hkv * n_qt; ++it) {
+            if (!ok) continue;
+            /* last query tiles (the most keys) first, for balance */
+            const int64_t qt = n_qt - 1 - it / Hkv, h = it % Hkv;
+            const int64_t t0 = qt * TQ;
+            const int64_t nt = n - t0 < TQ ? n - t0 : TQ;
+            const int64_t pos0 = ctx - n + t0; /* position of the tile's first query */
+            const int64_t key_hi = pos0 + nt;  /* exclusive */
+            int64_t key_lo = 0;
+            if (window > 0 && pos0 - window + 1 > 0) key_lo = pos0 - window + 1;
+
+            /* rows r = t * G + g; rows of missing tokens (t >= nt) are zero and discarded */
+            for (int64_t t = 0; t < TQ; ++t)
+                for (int64_t g = 0; g < G; ++g) {
+                    float *dst = qs + (t * G + g) * D;
+                    if (t < nt) {
+                        const float *src = q + (t0 + t) * q_stride + (h * G + g) * D;
+                        for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * scale;
+                    } else {
+                        memset(dst, 0, sizeof(float) * (size_t)D);
+                    }
+                }
+            memset(o, 0, sizeof(float) * (size_t)(R * D));
+            for (int64_t r = 0; r < R; ++r) { m[r] = -__builtin_inff(); lv[r] = (v16){0}; }
+
+            for (int64_t kb = key_lo / TK * TK; kb < key_hi; kb += TK) {
+                const float *kt = kt_all + (h * n_kt + kb / TK) * D * TK;
+                const float *vrow[TK];
+                for (int64_t j = 0; j < TK; ++j) {
+                    const int64_t tok = kb + j;
+                    vrow[j] = tok < key_hi ? v + (table[tok / block_size] * block_size + tok % block_size) * row_stride + h * D : zero_row;
+                }
+                /* S = Qs Kt, 8 rows x 32 keys at a time (R is a multiple of 16) */
+                for (int64_t r = 0; r < R; r += 8) {
+                    v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
+                    v16 b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0}, b4 = {0}, b5 = {0}, b6 = {0}, b7 = {0};
+                    const float *q0 = qs + r * D;
+                    for (int64_t d = 0; d < D; ++d) {
+                        const v16 ka = ld16(kt + d * TK), kb2 = ld16(kt + d * TK + 16);
+                        const float x0 = q0[d], x1 = q0[D + d], x2 = q0[2 * D + d], x3 = q0[3 * D + d];
+                        const float x4 = q0[4 * D + d], x5 = q0[5 * D + d], x6 = q0[6 * D + d], x7 = q0[7 * D + d];
+                        a0 += ka * x0; b0 += kb2 * x0; a1 += ka * x1; b1 += kb2 * x1;
+                        a2 += ka * x2; b2 += kb2 * x2; a3 += ka * x3; b3 += kb2 * x3;
+                        a4 += ka * x4; b4 += kb2 * x4; a5 += ka * x5; b5 += kb2 * x5;
+                        a6 += ka * x6; b6 += kb2 * x6; a7 += ka * x7; b7 += kb2 * x7;
+                    }
+                    float *s0 = s + r * TK;
+                    st16(s0, a0); st16(s0 + 16, b0); st16(s0 + TK, a1); st16(s0 + TK + 16, b1);
+                    st16(s0 + 2 * TK, a2); st16(s0 + 2 * TK + 16, b2); st16(s0 + 3 * TK, a3); st16(s0 + 3 * TK + 16, b3);
+                    st16(s0 + 4 * TK, a4); st16(s0 + 4 * TK + 16, b4); st16(s0 + 5 * TK, a5); st16(s0 + 5 * TK + 16, b5);
+                    st16(s0 + 6 * TK, a6); st16(s0 + 6 * TK + 16, b6); st16(s0 + 7 * TK, a7); st16(s0 + 7 * TK + 16, b7);
+                }
+                /* mask, online softmax; s rows become unnormalised probabilities */
+                vi16 kpos_a, kpos_b;
+                for (int j = 0; j < 16; ++j) { kpos_a[j] = (int32_t)(kb + j); kpos_b[j] = (int32_t)(kb + 16 + j); }
+                const vi16 in_a = kpos_a < (int32_t)key_hi, in_b = kpos_b < (int32_t)key_hi;
+                const v16 ninf = (v16){0} - __builtin_inff();
+                for (int64_t r = 0; r < R; ++r) {
+                    const int32_t p = (int32_t)(pos0 + r / G);
+                    vi16 va = in_a & (kpos_a <= p), vb = in_b & (kpos_b <= p);
+                    if (window > 0) { va &= kpos_a > (int32_t)(p - window); vb &= kpos_b > (int32_t)(p - window); }
+                    float *sr = s + r * TK;
+                    const v16 sa = (v16)(((vi16)ld16(sr) & va) | ((vi16)ninf & ~va));
+                    const v16 sb = (v16)(((vi16)ld16(sr + 16) & vb) | ((vi16)ninf & ~vb));
+                    const float mx = hmax16(vmax(sa, sb));
+                    if (mx == -__builtin_inff()) { st16(sr, (v16){0}); st16(sr + 16, (v16){0}); continue; }
+                    if (mx > m[r]) {
+                        const float corr = exp_neg(m[r] - mx); /* 0 on the row's first keys */
+                        lv[r] *= corr;
+                        m[r] = mx;
+                        float *orow = o + r * D;
+                        for (int64_t c = 0; c < D; c += 16) st16(orow + c, ld16(orow + c) * corr);
+                    }
+                    const v16 pa = (v16)((vi16)vexp_neg(sa - m[r]) & va);
+                    const v16 pb = (v16)((vi16)vexp_neg(sb - m[r]) & vb);
+                    lv[r] += pa + pb; /* lane-wise; summed once at the end */
+                    st16(sr, pa);
+                    st16(sr + 16, pb);
+                }
+                /* O += P V: 4 rows x 64 columns of accumulators */
+                int64_t dc = 0;
+                for (; dc + 64 <= D; dc += 64) {
+                    for (int64_t r = 0; r < R; r += 4) {
+                        float *o0 = o + r * D + dc;
+                        v16 c00 = ld16(o0), c01 = ld16(o0 + 16), c02 = ld16(o0 + 32), c03 = ld16(o0 + 48);
+                        v16 c10 = ld16(o0 + D), c11 = ld16(o0 + D + 16), c12 = ld16(o0 + D + 32), c13 = ld16(o0 + D + 48);
+                        v16 c20 = ld16(o0 + 2 * D), c21 = ld16(o0 + 2 * D + 16), c22 = ld16(o0 + 2 * D + 32), c23 = ld16(o0 + 2 * D + 48);
+                        v16 c30 = ld16(o0 + 3 * D), c31 = ld16(o0 + 3 * D + 16), c32 = ld16(o0 + 3 * D + 32), c33 = ld16(o0 + 3 * D + 48);
+                        const float *p0 = s + r * TK;
+                        for (int64_t j = 0; j < TK; ++j) {
+                            const float *vp = vrow[j] + dc;
+                            const v16 v0 = ld16(vp), v1 = ld16(vp + 16), v2 = ld16(vp + 32), v3 = ld16(vp + 48);
+                            const float w0 = p0[j], w1 = p0[TK + j], w2 = p0[2 * TK + j], w3 = p0[3 * TK + j];
+                            c00 += v0 * w0; c01 += v1 * w0; c02 += v2 * w0; c03 += v3 * w0;
+                            c10 += v0 * w1; c11 += v1 * w1; c12 += v2 * w1; c13 += v3 * w1;
+                            c20 += v0 * w2; c21 += v1 * w2; c22 += v2 * w2; c23 += v3 * w2;
+                            c30 += v0 * w3; c31 += v1 * w3; c32 += v2 * w3; c33 += v3 * w3;
+                        }
+                        st16(o0, c00); st16(o0 + 16, c01); st16(o0 + 32, c02); st16(o0 + 48, c03);
+                        st16(o0 + D, c10); st16(o0 + D + 16, c11); st16(o0 + D + 32, c12); st16(o0 + D + 48, c13);
+                        st16(o0 + 2 * D, c20); st16(o0 + 2 * D + 16, c21); st16(o0 + 2 * D + 32, c22); st16(o0 + 2 * D + 48, c23);
+                        st16(o0 + 3 * D, c30); st16(o0 + 3 * D + 16, c31); st16(o0 + 3 * D + 32, c32); st16(o0 + 3 * D + 48, c33);
+                    }
+                }
+                for (; dc < D; dc += 16) { /* head_dim not a multiple of 64: 16 columns at a time */
+                    for (int64_t r = 0; r < R; ++r) {
+                        v16 c = ld16(o + r * D + dc);
+                        for (int64_t j = 0; j < TK; ++j) c += ld16(vrow[j] + dc) * s[r * TK + j];
+                        st16(o + r * D + dc, c);
+                    }
+                }
+            }
+            for (int64_t t = 0; t < nt; ++t)
+                for (int64_t g = 0; g < G; ++g) {
+                    const int64_t r = t * G + g;
+                    const float l = hsum16(lv[r]);
+                    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+                    float *dst = out + (t0 + t) * out_stride + (h * G + g) * D;
+                    for (int64_t d = 0; d < D; ++d) dst[d] = o[r * D + d] * inv;
+                }
+        }
+        free(qs); free(o); free(s); free(m); free(lv);
+    }
+    free(kt_all);
+    free(zero_row);
+    return failed;
+}
