@@ -1,0 +1,144 @@
+"""The engine's CPU building blocks against their torch baselines, in one run.
+
+Every row times the mooncake variant and its baseline alternately (A B A B ...) on the
+same inputs and prints the median of each and the ratio (baseline time / mooncake time;
+above 1 means mooncake is faster), so a loaded machine slows both sides alike.
+
+- decode attention: the native in-place kernel vs gathering each sequence's blocks by
+  block table into a padded copy + masked SDPA (the torch path);
+- prefill attention: the native flash-style kernel vs SDPA (causal, GQA) on the same K/V;
+- projections: ``x @ W_t`` with the weight stored ``[in, out]`` (mooncake's layout) vs
+  ``F.linear(x, W)`` with ``[out, in]`` (``nn.Linear``), for the 100M shape's matrices.
+
+Usage::
+
+    python benchmarks/kernel_bench.py                 # 2 threads, llama-100m shapes
+    python benchmarks/kernel_bench.py --threads 1 --reps 21
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from mooncake.engine.native import kernels
+
+Hq, Hkv, D, BS = 12, 4, 64, 16  # llama-100m attention shape, 16-token blocks
+
+
+def ab(a: Callable[[], object], b: Callable[[], object], reps: int) -> tuple[float, float]:
+    """Median seconds of a and b, timed alternately after one warm-up each."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a()
+        ta.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        b()
+        tb.append(time.perf_counter() - t)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def row(name: str, ours: float, base: float) -> None:
+    print(f"| {name} | {ours * 1e3:.2f} | {base * 1e3:.2f} | {base / ours:.2f}x |", flush=True)
+
+
+def decode_attention(reps: int, batch: int, seed: int = 0) -> None:
+    native = kernels()
+    assert native is not None, "no native kernels here (C compiler missing?)"
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.tensor([rng.randint(64, 1088) for _ in range(batch)], dtype=torch.long)
+    mb = int(-(-int(ctx.max()) // BS))
+    num_blocks = batch * mb * 2
+    kc = torch.randn(num_blocks * BS, Hkv, D, generator=g)
+    vc = torch.randn(num_blocks * BS, Hkv, D, generator=g)
+    tables = torch.randperm(num_blocks, generator=g)[: batch * mb].view(batch, mb).contiguous()
+    q = torch.randn(batch, Hq + 2 * Hkv, D, generator=g)[:, :Hq]
+    out = torch.empty(batch, Hq, D)
+    scale = D**-0.5
+
+    def ours() -> None:
+        native.paged_decode(q, kc, vc, tables, ctx, out, BS, None, scale, int(ctx.max()))
+
+    def base() -> torch.Tensor:
+        kd = kc.view(-1, BS, Hkv, D).index_select(0, tables.view(-1)).view(batch, -1, Hkv, D).transpose(1, 2)
+        vd = vc.view(-1, BS, Hkv, D).index_select(0, tables.view(-1)).view(batch, -1, Hkv, D).transpose(1, 2)
+        mask = (torch.arange(mb * BS)[None] < ctx[:, None])[:, None, None]
+        qd = q.reshape(batch, Hkv, Hq // Hkv, D)
+        return F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask, scale=scale)
+
+    ours()
+    torch.testing.assert_close(out, base().reshape(batch, Hq, D), atol=2e-6, rtol=1e-5)
+    row(f"decode attention, {batch} seqs, context 64-1088", *ab(ours, base, reps))
+
+
+def prefill_attention(reps: int, n: int, cached: int) -> None:
+    native = kernels()
+    assert native is not None
+    ctx = cached + n
+    g = torch.Generator().manual_seed(1)
+    nb = -(-ctx // BS)
+    kc = torch.randn(nb * BS, Hkv, D, generator=g)
+    vc = torch.randn(nb * BS, Hkv, D, generator=g)
+    table = torch.arange(nb)
+    q = torch.randn(n, Hq + 2 * Hkv, D, generator=g)[:, :Hq]
+    out = torch.empty(n, Hq, D)
+    scale = D**-0.5
+    qs = q.transpose(0, 1).unsqueeze(0)
+    ks = kc[:ctx].transpose(0, 1).unsqueeze(0)
+    vs = vc[:ctx].transpose(0, 1).unsqueeze(0)
+    mask = None
+    if cached:
+        mask = (torch.arange(ctx)[None] <= torch.arange(cached, ctx)[:, None])[None, None]
+
+    def ours() -> None:
+        native.paged_prefill(q, kc, vc, table, ctx, out, BS, None, scale)
+
+    def base() -> torch.Tensor:
+        if mask is None:
+            return F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True)
+        return F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=True)
+
+    ours()
+    torch.testing.assert_close(out, base().squeeze(0).transpose(0, 1), atol=2e-6, rtol=1e-5)
+    row(f"prefill attention, {n} tokens after {cached} cached", *ab(ours, base, reps))
+
+
+def projections(reps: int) -> None:
+    g = torch.Generator().manual_seed(2)
+    for m in (1, 16, 64, 2048):
+        for k, n in ((768, 1280), (768, 4096), (2048, 768)):
+            w = torch.randn(n, k, generator=g)
+            wt = w.t().contiguous()
+            x = torch.randn(m, k, generator=g)
+            row(f"projection {k}->{n}, {m} rows", *ab(lambda: torch.mm(x, wt), lambda: F.linear(x, w), reps))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=15)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.reps}; ratio = baseline / mooncake\n")
+    print("| operation | mooncake ms | baseline ms | ratio |")
+    print("| --- | ---: | ---: | ---: |")
+    with torch.inference_mode():
+        decode_attention(args.reps, 16)
+        decode_attention(args.reps, 1)
+        prefill_attention(args.reps, 2048, 0)
+        prefill_attention(args.reps, 512, 0)
+        prefill_attention(args.reps, 128, 1920)
+        projections(args.reps)
+
+
+if __name__ == "__main__":
+    main()
