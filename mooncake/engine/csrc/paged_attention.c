@@ -51,13 +51,14 @@ int mc_paged_decode_f32(
     {
         float *scores = (float *)malloc(sizeof(float) * (size_t)(G * (max_ctx > 0 ? max_ctx : 1)));
         float *acc = (float *)malloc(sizeof(float) * (size_t)(G * D));
-        if (!scores || !acc) {
+        int64_t *offs = (int64_t *)malloc(sizeof(int64_t) * (size_t)(max_ctx > 0 ? max_ctx : 1));
+        if (!scores || !acc || !offs) {
 #pragma omp atomic write
             failed = 2;
         }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t w = 0; w < B * Hkv; ++w) {
-            if (!scores || !acc) continue;
+            if (!scores || !acc || !offs) continue;
             const int64_t b = w / Hkv, h = w % Hkv;
             const int64_t n_ctx = ctx[b];
             const int64_t lo = (window > 0 && n_ctx > window) ? n_ctx - window : 0;
@@ -70,20 +71,23 @@ int mc_paged_decode_f32(
                 continue;
             }
 
-            /* scores[g][t] = (q_g . k_t) * scale */
+            /* offs[i]: where token lo + i of head h starts in k / v */
             for (int64_t blk = lo / block_size; blk * block_size < n_ctx; ++blk) {
                 const int64_t t0 = blk * block_size > lo ? blk * block_size : lo;
                 const int64_t t1 = (blk + 1) * block_size < n_ctx ? (blk + 1) * block_size : n_ctx;
                 const int64_t base = bt[blk] * block_size - blk * block_size;
-                for (int64_t t = t0; t < t1; ++t) {
-                    const float *kp = k + ((base + t) * Hkv + h) * D;
-                    for (int64_t g = 0; g < G; ++g) {
-                        const float *qg = qh + g * D;
-                        float s = 0.0f;
+                for (int64_t t = t0; t < t1; ++t) offs[t - lo] = ((base + t) * Hkv + h) * D;
+            }
+
+            /* scores[g][i] = (q_g . k_i) * scale */
+            for (int64_t i = 0; i < n; ++i) {
+                const float *kp = k + offs[i];
+                for (int64_t g = 0; g < G; ++g) {
+                    const float *qg = qh + g * D;
+                    float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-                        for (int64_t d = 0; d < D; ++d) s += qg[d] * kp[d];
-                        scores[g * n + (t - lo)] = s * scale;
-                    }
+                    for (int64_t d = 0; d < D; ++d) s += qg[d] * kp[d];
+                    scores[g * n + i] = s * scale;
                 }
             }
 
@@ -93,6 +97,7 @@ int mc_paged_decode_f32(
             for (int64_t g = 0; g < G; ++g) {
                 float *sg = scores + g * n;
                 float m = sg[0];
+#pragma omp simd reduction(max : m)
                 for (int64_t i = 1; i < n; ++i) m = sg[i] > m ? sg[i] : m;
                 float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
@@ -104,20 +109,15 @@ int mc_paged_decode_f32(
                 inv_p[g] = 1.0f / sum;
             }
 
-            /* acc[g] = sum_t p[g][t] * v_t */
+            /* acc[g] = sum_i p[g][i] * v_i */
             for (int64_t i = 0; i < G * D; ++i) acc[i] = 0.0f;
-            for (int64_t blk = lo / block_size; blk * block_size < n_ctx; ++blk) {
-                const int64_t t0 = blk * block_size > lo ? blk * block_size : lo;
-                const int64_t t1 = (blk + 1) * block_size < n_ctx ? (blk + 1) * block_size : n_ctx;
-                const int64_t base = bt[blk] * block_size - blk * block_size;
-                for (int64_t t = t0; t < t1; ++t) {
-                    const float *vp = v + ((base + t) * Hkv + h) * D;
-                    for (int64_t g = 0; g < G; ++g) {
-                        const float p = scores[g * n + (t - lo)];
-                        float *ag = acc + g * D;
+            for (int64_t i = 0; i < n; ++i) {
+                const float *vp = v + offs[i];
+                for (int64_t g = 0; g < G; ++g) {
+                    const float p = scores[g * n + i];
+                    float *ag = acc + g * D;
 #pragma omp simd
-                        for (int64_t d = 0; d < D; ++d) ag[d] += p * vp[d];
-                    }
+                    for (int64_t d = 0; d < D; ++d) ag[d] += p * vp[d];
                 }
             }
             for (int64_t g = 0; g < G; ++g)
@@ -126,6 +126,7 @@ int mc_paged_decode_f32(
         }
         free(scores);
         free(acc);
+        free(offs);
     }
     return failed;
 }
