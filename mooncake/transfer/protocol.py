@@ -14,11 +14,16 @@ Response (server -> client), one per request, in request order::
     n x (u8 status (0 ok, 1 missing) | 3 pad | u32 header length | u64 payload length)
     all headers, back to back | all payloads, back to back
 
+A missing entry has both lengths 0; a table whose lengths do not add up to the frame's
+totals, or with any other status, is a malformed response (the connection is dropped).
+
 One response is one ``sendmsg`` on the server (scatter-gather straight from the store's
 memory map) and two ``recv_into`` on the client (table + headers, then every payload
 into one pooled buffer): per-block syscalls and Python work would otherwise dominate
-small blocks. Header and payload are the block object exactly as stored (see
-``mooncake.store.block_object``); the receiver checks both before using them.
+small blocks. For the same reason the receiver reads the table as one numpy array and
+checks a response's blocks together (:func:`check_response`). Header and payload are
+the block object exactly as stored (see ``mooncake.store.block_object``); the receiver
+checks both before using them.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from mooncake.store.block_object import BlockObject, CorruptBlockError, objects_from_packed
 from mooncake.transfer.base import TransferError
 from mooncake.types import BlockKey
 
@@ -36,6 +44,7 @@ RESP_MAGIC = b"MKR2"
 REQ = struct.Struct("<4sIII")
 RESP = struct.Struct("<4sIIIQ")
 ENTRY = struct.Struct("<B3xIQ")
+TABLE = np.dtype([("status", "u1"), ("pad", "V3"), ("hlen", "<u4"), ("plen", "<u8")])  # ENTRY, as an array
 FLAG_RDMA_HELLO = 1
 FLAG_RDMA_READ = 2
 RDMA_REFUSED = b"MKNO"
@@ -49,6 +58,49 @@ IOV_MAX = 512  # below Linux's 1024 iovecs per sendmsg
 
 def encode_request(rid: int, keys: Sequence[BlockKey], flags: int = 0) -> bytes:
     return REQ.pack(REQ_MAGIC, rid, len(keys), flags) + b"".join(keys)
+
+
+def parse_table(meta: Any, count: int, hlen: int, plen: int) -> np.ndarray:
+    """The response table (``[count]`` of :data:`TABLE`) at the start of ``meta``, checked
+    against the frame's header and payload totals; raises :class:`TransferError`."""
+    table = np.frombuffer(meta, dtype=TABLE, count=count)
+    ok = table["status"] == STATUS_OK
+    missing = ~ok
+    if (table["status"][missing] != STATUS_MISSING).any() or table["hlen"][missing].any() or table["plen"][missing].any():
+        raise TransferError("response table has a bad status or a missing block with bytes")
+    if int(table["hlen"].sum()) != hlen or int(table["plen"].sum()) != plen:
+        raise TransferError("response table does not add up")
+    return table
+
+
+def check_response(keys: Sequence[BlockKey], table: np.ndarray, headers: bytes,
+                   payload: np.ndarray) -> list[BlockObject | CorruptBlockError | None]:  # fmt: skip
+    """Check every block of one response; index-aligned with ``keys``.
+
+    Returns per key the checked object (viewing ``payload``, which it keeps alive),
+    ``None`` if the server did not have it, or the :class:`CorruptBlockError` it failed
+    with (a bad header or payload, or a header naming another key).
+    """
+    hlens: list[int] = table["hlen"].tolist()
+    sizes: list[int] = table["plen"].tolist()
+    ok = table["status"] == STATUS_OK
+    if ok.all():
+        h0 = hlens[0] if hlens else 0
+        if all(h == h0 for h in hlens):
+            parts = [headers[o : o + h0] for o in range(0, len(headers), h0)] if h0 else [b""] * len(hlens)
+        else:
+            ends = np.cumsum(hlens).tolist()
+            parts = [headers[e - h : e] for h, e in zip(hlens, ends)]
+        return list(objects_from_packed(parts, sizes, payload, keys, owner=payload))
+    # Some blocks missing (their lengths are 0): check the others, then re-align.
+    idx = np.flatnonzero(ok).tolist()
+    ends = np.cumsum(hlens).tolist()
+    checked = objects_from_packed([headers[ends[i] - hlens[i] : ends[i]] for i in idx], [sizes[i] for i in idx],
+                                  payload, [keys[i] for i in idx], owner=payload)  # fmt: skip
+    out: list[BlockObject | CorruptBlockError | None] = [None] * len(keys)
+    for i, res in zip(idx, checked):
+        out[i] = res
+    return out
 
 
 def recv_exact(sock: socket.socket, buf: Any) -> None:
@@ -69,15 +121,26 @@ def recv_bytes(sock: socket.socket, n: int) -> bytearray:
 
 
 def send_all(sock: socket.socket, parts: Sequence[Any]) -> None:
-    """``sendmsg`` all of ``parts`` (scatter-gather, no concatenation copy)."""
+    """``sendmsg`` all of ``parts`` (byte buffers; scatter-gather, no concatenation copy).
+
+    A blocking socket takes a response in one call; the per-part bookkeeping only runs
+    when it did not (a timeout socket, a signal, more parts than one call takes)."""
+    if len(parts) <= IOV_MAX:
+        sent = sock.sendmsg(parts)
+        if sent == sum(map(len, parts)):
+            return
+    else:
+        sent = 0
     views = [memoryview(p).cast("B") for p in parts]
     while views:
-        sent = sock.sendmsg(views[:IOV_MAX])
         while views and sent >= len(views[0]):
             sent -= len(views[0])
             views.pop(0)
         if views and sent:
             views[0] = views[0][sent:]
+            sent = 0
+        if views:
+            sent = sock.sendmsg(views[:IOV_MAX])
 
 
 __all__ = [
@@ -94,7 +157,10 @@ __all__ = [
     "RESP_MAGIC",
     "STATUS_MISSING",
     "STATUS_OK",
+    "TABLE",
+    "check_response",
     "encode_request",
+    "parse_table",
     "recv_bytes",
     "recv_exact",
     "send_all",

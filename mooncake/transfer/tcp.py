@@ -27,27 +27,6 @@ from mooncake.transfer.config import TransferConfig
 from mooncake.types import BlockKey
 
 
-def _check_batch(keys: Sequence[BlockKey], entries: list[tuple[int, int, int]], headers: bytes,
-                 payload: np.ndarray) -> list[BlockObject | CorruptBlockError | None]:  # fmt: skip
-    """Check every block of one response; the objects view slices of ``payload``."""
-    out: list[BlockObject | CorruptBlockError | None] = []
-    hoff = poff = 0
-    for key, (status, hlen, plen) in zip(keys, entries):
-        if status != proto.STATUS_OK:
-            out.append(None)
-            continue
-        try:
-            obj = BlockObject.from_parts(headers[hoff : hoff + hlen], payload[poff : poff + plen], owner=payload)
-            if obj.key != key:
-                raise CorruptBlockError("block key in header does not match the requested key")
-            out.append(obj)
-        except (CorruptBlockError, ValueError) as e:  # anything malformed is corrupt, never data
-            out.append(e if isinstance(e, CorruptBlockError) else CorruptBlockError(str(e)))
-        hoff += hlen
-        poff += plen
-    return out
-
-
 class TcpBackend:
     """Fetch blocks from a :class:`~mooncake.transfer.server.BlockServer`.
 
@@ -120,15 +99,13 @@ class TcpBackend:
                 if magic != proto.RESP_MAGIC or got_rid != rid or count != len(batch) or hlen > proto.MAX_HEADER * count:
                     raise TransferError("tcp: malformed response frame")
                 meta = proto.recv_bytes(sock, count * proto.ENTRY.size + hlen)
-                entries = [proto.ENTRY.unpack_from(meta, j * proto.ENTRY.size) for j in range(count)]
-                if sum(e[1] for e in entries) != hlen or sum(e[2] for e in entries) != plen:
-                    raise TransferError("tcp: response table does not add up")
+                table = proto.parse_table(meta, count, hlen, plen)
                 buf = self.pool.take(plen)
                 buffers.append(buf)
                 proto.recv_exact(sock, buf)
                 headers = bytes(meta[count * proto.ENTRY.size :])
                 # Checked on the verifier thread while the next response arrives.
-                pending.append((start, self._verifier.submit(_check_batch, batch, entries, headers, buf)))
+                pending.append((start, self._verifier.submit(proto.check_response, batch, table, headers, buf)))
             ok = True
         except (OSError, TransferError) as e:
             errors.append(f"tcp: {e}")
