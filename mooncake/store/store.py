@@ -417,26 +417,31 @@ class BlockStore:
         """Unchecked (header, payload) views, for a server that forwards bytes whose
         receiver checks them end to end. Counts hits and recency like :meth:`get_many`;
         does not promote. The views live as long as the returned batch."""
-        groups: dict[TierName, list[int]] = {}
+        # Per-key work kept to dictionary lookups: this is the block server's hot loop.
+        where = self._where
+        tier_of: list[TierName | None] = []
         with self._lock:
-            for i, k in enumerate(keys):
-                t = self._where.get(k)
-                if t is None:
-                    self.stats.misses += 1
-                    continue
-                self._policies[t].touch(k)
-                self.stats.hits[t] += 1
-                groups.setdefault(t, []).append(i)
+            for k in keys:
+                t = where.get(k)
+                tier_of.append(t)
+                if t is not None:
+                    self._policies[t].touch(k)
+            for t in self.tiers:
+                self.stats.hits[t] += tier_of.count(t)
+            self.stats.misses += tier_of.count(None)
         batch = RawBatch([None] * len(keys), [])
-        for t, idx in groups.items():
-            tier = self.tiers[t]
+        for t, tier in self.tiers.items():
+            if t not in tier_of:
+                continue
             txn = tier.begin_read()
             batch.txns.append(txn)
-            for i in idx:
-                try:
-                    batch.items[i] = tier.read_raw(txn, keys[i])
-                except CorruptBlockError:
-                    batch.items[i] = None
+            items = batch.items
+            for i, (k, kt) in enumerate(zip(keys, tier_of)):
+                if kt == t:
+                    try:
+                        items[i] = tier.read_raw(txn, k)
+                    except CorruptBlockError:
+                        items[i] = None
         return batch
 
     def _drop_corrupt(self, key: BlockKey, tier: TierName) -> None:

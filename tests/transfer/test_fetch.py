@@ -36,18 +36,19 @@ class FlakyServer(BlockServer):
     corrupt: dict[BlockKey, int]
     cut_before: dict[BlockKey, int]
 
-    def _before_block(self, key: BlockKey) -> None:
-        if self.cut_before.get(key, 0) > 0:
-            self.cut_before[key] -= 1
-            raise OSError("simulated connection loss")
-
-    def _wire_parts(self, key: BlockKey, header: Any, payload: Any) -> tuple[Any, Any]:
-        if self.corrupt.get(key, 0) > 0:
-            self.corrupt[key] -= 1
-            bad = bytearray(payload)
-            bad[len(bad) // 2] ^= 0xFF
-            return header, bytes(bad)
-        return header, payload
+    def _wire_items(self, keys: list[BlockKey], items: list[tuple[Any, Any] | None]) -> list[tuple[Any, Any] | None]:
+        out = list(items)
+        for i, key in enumerate(keys):
+            if self.cut_before.get(key, 0) > 0:
+                self.cut_before[key] -= 1
+                raise OSError("simulated connection loss")
+            it = out[i]
+            if it is not None and self.corrupt.get(key, 0) > 0:
+                self.corrupt[key] -= 1
+                bad = bytearray(it[1])
+                bad[len(bad) // 2] ^= 0xFF
+                out[i] = (it[0], bytes(bad))
+        return out
 
 
 @pytest.fixture
