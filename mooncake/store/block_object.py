@@ -134,6 +134,38 @@ def sum64_rows(rows: np.ndarray) -> np.ndarray:
     return total
 
 
+PAGE_BYTES = _PAGE_WORDS * 8
+
+
+def sum64_pages(data: np.ndarray, out: np.ndarray) -> None:
+    """The first stage of :func:`sum64`: the uint64 sum of every 4 KiB page of ``data``.
+
+    For a receiver that sums a buffer piece by piece while each piece is still in cache.
+
+    Args:
+        data: ``[k * PAGE_BYTES]`` uint8, C-contiguous.
+        out: ``[k]`` uint64, written.
+    """
+    np.add.reduce(data.view(_U64).reshape(-1, _PAGE_WORDS), axis=1, out=out)
+
+
+def sum64_from_pages(pages: np.ndarray, nbytes: int) -> np.ndarray:
+    """:func:`sum64` of equal-sized payloads laid back to back, from their page sums.
+
+    Args:
+        pages: ``[n * nbytes / PAGE_BYTES]`` uint64, from :func:`sum64_pages`.
+        nbytes: each payload's length, a positive multiple of ``PAGE_BYTES``.
+    Returns:
+        ``[n]`` uint64 checksums.
+    """
+    global _WEIGHTS
+    npages = nbytes // PAGE_BYTES
+    if npages >= len(_WEIGHTS):
+        _WEIGHTS = 2 * np.arange(2 * npages + 2, dtype=np.uint64) + 1
+    out: np.ndarray = pages.reshape(-1, npages) @ _WEIGHTS[:npages] + np.uint64(nbytes)
+    return out
+
+
 def checksum(data: Any, algo: ChecksumName = "sum64") -> int:
     """Payload checksum with algorithm ``algo``."""
     if algo == "sum64":
@@ -321,8 +353,8 @@ class BlockObject:
 
 
 def objects_from_packed(headers: Sequence[bytes], sizes: Sequence[int], payload: np.ndarray,
-                        keys: Sequence[BlockKey] | None = None,
-                        owner: object = None) -> list[BlockObject | CorruptBlockError]:  # fmt: skip
+                        keys: Sequence[BlockKey] | None = None, owner: object = None,
+                        sums: Sequence[int] | None = None) -> list[BlockObject | CorruptBlockError]:  # fmt: skip
     """Check and wrap blocks whose payloads lie back to back in one buffer (a network
     receive buffer), with the per-block Python work of :meth:`BlockObject.from_parts`
     cut to a few dictionary lookups: headers are decoded through the same memo, and the
@@ -335,6 +367,8 @@ def objects_from_packed(headers: Sequence[bytes], sizes: Sequence[int], payload:
         payload: ``[sum(sizes)]`` uint8, C-contiguous, every payload back to back.
         keys: if given, the key each header must name.
         owner: kept alive by every returned object (the buffer's owner).
+        sums: the :func:`sum64` of each payload if the caller already has them (a
+            receiver sums pieces while they are in cache); computed here otherwise.
     Returns:
         Per block, the checked object or the :class:`CorruptBlockError` it failed with
         (returned, not raised, so that one bad block does not lose the others).
@@ -347,8 +381,11 @@ def objects_from_packed(headers: Sequence[bytes], sizes: Sequence[int], payload:
     # sum64 of every payload up front (the header says which algorithm it wants; a
     # crc32 block is summed again below). Equal sizes: one pass over a 2-D view.
     size0 = sizes[0]
-    if all(s == size0 for s in sizes):
-        sums: list[int] = sum64_rows(payload.reshape(n, size0)).tolist()
+    if sums is not None:
+        if len(sums) != n:
+            raise ValueError(f"sums: {len(sums)} for {n} blocks")
+    elif all(s == size0 for s in sizes):
+        sums = sum64_rows(payload.reshape(n, size0)).tolist()
     else:
         offs = np.cumsum(sizes).tolist()
         sums = [sum64(payload[e - s : e]) for s, e in zip(sizes, offs)]
@@ -410,6 +447,7 @@ __all__ = [
     "CHECKSUMS",
     "FORMAT_VERSION",
     "MAGIC",
+    "PAGE_BYTES",
     "BlockHeader",
     "BlockObject",
     "ChecksumName",
@@ -423,5 +461,7 @@ __all__ = [
     "objects_from_packed",
     "payload_view",
     "sum64",
+    "sum64_from_pages",
+    "sum64_pages",
     "sum64_rows",
 ]

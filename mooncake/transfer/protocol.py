@@ -35,7 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from mooncake.store.block_object import BlockObject, CorruptBlockError, objects_from_packed
+from mooncake.store.block_object import (
+    PAGE_BYTES,
+    BlockObject,
+    CorruptBlockError,
+    objects_from_packed,
+    sum64_from_pages,
+    sum64_pages,
+)
 from mooncake.transfer.base import TransferError
 from mooncake.types import BlockKey
 
@@ -54,6 +61,7 @@ KEY_BYTES = 16
 MAX_KEYS = 1 << 16
 MAX_HEADER = 1 << 20
 IOV_MAX = 512  # below Linux's 1024 iovecs per sendmsg
+SUM_CHUNK = 64 * PAGE_BYTES  # payload bytes received, then summed while still in L2
 
 
 def encode_request(rid: int, keys: Sequence[BlockKey], flags: int = 0) -> bytes:
@@ -73,11 +81,33 @@ def parse_table(meta: Any, count: int, hlen: int, plen: int) -> np.ndarray:
     return table
 
 
-def check_response(keys: Sequence[BlockKey], table: np.ndarray, headers: bytes,
-                   payload: np.ndarray) -> list[BlockObject | CorruptBlockError | None]:  # fmt: skip
+def recv_payloads(sock: socket.socket, buf: np.ndarray, table: np.ndarray) -> list[int] | None:
+    """Receive a response's payloads into ``buf``; when they share a page-multiple size,
+    also their ``sum64`` checksums, summed :data:`SUM_CHUNK` bytes at a time right after
+    each piece arrives (one pass over cache-hot bytes instead of another over memory).
+
+    Returns the sums of the present blocks in order, or ``None`` (payloads of mixed or
+    odd sizes: :func:`check_response` sums them)."""
+    sizes = table["plen"][table["status"] == STATUS_OK]
+    size = int(sizes[0]) if len(sizes) else 0
+    if size == 0 or size % PAGE_BYTES or (sizes != size).any():
+        recv_exact(sock, buf)
+        return None
+    pages = np.empty(buf.nbytes // PAGE_BYTES, dtype=np.uint64)
+    for off in range(0, buf.nbytes, SUM_CHUNK):
+        piece = buf[off : off + SUM_CHUNK]
+        recv_exact(sock, piece)
+        sum64_pages(piece, pages[off // PAGE_BYTES : (off + piece.nbytes) // PAGE_BYTES])
+    sums: list[int] = sum64_from_pages(pages, size).tolist()
+    return sums
+
+
+def check_response(keys: Sequence[BlockKey], table: np.ndarray, headers: bytes, payload: np.ndarray,
+                   sums: Sequence[int] | None = None) -> list[BlockObject | CorruptBlockError | None]:  # fmt: skip
     """Check every block of one response; index-aligned with ``keys``.
 
-    Returns per key the checked object (viewing ``payload``, which it keeps alive),
+    ``sums``: the present blocks' payload ``sum64`` from :func:`recv_payloads`, if it had
+    them. Returns per key the checked object (viewing ``payload``, which it keeps alive),
     ``None`` if the server did not have it, or the :class:`CorruptBlockError` it failed
     with (a bad header or payload, or a header naming another key).
     """
@@ -91,12 +121,12 @@ def check_response(keys: Sequence[BlockKey], table: np.ndarray, headers: bytes,
         else:
             ends = np.cumsum(hlens).tolist()
             parts = [headers[e - h : e] for h, e in zip(hlens, ends)]
-        return list(objects_from_packed(parts, sizes, payload, keys, owner=payload))
+        return list(objects_from_packed(parts, sizes, payload, keys, owner=payload, sums=sums))
     # Some blocks missing (their lengths are 0): check the others, then re-align.
     idx = np.flatnonzero(ok).tolist()
     ends = np.cumsum(hlens).tolist()
     checked = objects_from_packed([headers[ends[i] - hlens[i] : ends[i]] for i in idx], [sizes[i] for i in idx],
-                                  payload, [keys[i] for i in idx], owner=payload)  # fmt: skip
+                                  payload, [keys[i] for i in idx], owner=payload, sums=sums)  # fmt: skip
     out: list[BlockObject | CorruptBlockError | None] = [None] * len(keys)
     for i, res in zip(idx, checked):
         out[i] = res
@@ -163,5 +193,6 @@ __all__ = [
     "parse_table",
     "recv_bytes",
     "recv_exact",
+    "recv_payloads",
     "send_all",
 ]
