@@ -51,7 +51,8 @@ RESP_MAGIC = b"MKR2"
 REQ = struct.Struct("<4sIII")
 RESP = struct.Struct("<4sIIIQ")
 ENTRY = struct.Struct("<B3xIQ")
-TABLE = np.dtype([("status", "u1"), ("pad", "V3"), ("hlen", "<u4"), ("plen", "<u8")])  # ENTRY, as an array
+# ENTRY, as a numpy record: a whole table is parsed in one call.
+TABLE = np.dtype([("status", "u1"), ("pad", "V3"), ("hlen", "<u4"), ("plen", "<u8")])
 FLAG_RDMA_HELLO = 1
 FLAG_RDMA_READ = 2
 RDMA_REFUSED = b"MKNO"
@@ -72,9 +73,9 @@ def parse_table(meta: Any, count: int, hlen: int, plen: int) -> np.ndarray:
     """The response table (``[count]`` of :data:`TABLE`) at the start of ``meta``, checked
     against the frame's header and payload totals; raises :class:`TransferError`."""
     table = np.frombuffer(meta, dtype=TABLE, count=count)
-    ok = table["status"] == STATUS_OK
-    missing = ~ok
-    if (table["status"][missing] != STATUS_MISSING).any() or table["hlen"][missing].any() or table["plen"][missing].any():
+    missing = table[table["status"] != STATUS_OK]
+    carries_bytes = missing["hlen"].any() or missing["plen"].any()
+    if carries_bytes or (missing["status"] != STATUS_MISSING).any():
         raise TransferError("response table has a bad status or a missing block with bytes")
     if int(table["hlen"].sum()) != hlen or int(table["plen"].sum()) != plen:
         raise TransferError("response table does not add up")
@@ -116,8 +117,8 @@ def check_response(keys: Sequence[BlockKey], table: np.ndarray, headers: bytes, 
     ok = table["status"] == STATUS_OK
     if ok.all():
         h0 = hlens[0] if hlens else 0
-        if all(h == h0 for h in hlens):
-            parts = [headers[o : o + h0] for o in range(0, len(headers), h0)] if h0 else [b""] * len(hlens)
+        if h0 and all(h == h0 for h in hlens):
+            parts = [headers[o : o + h0] for o in range(0, len(headers), h0)]
         else:
             ends = np.cumsum(hlens).tolist()
             parts = [headers[e - h : e] for h, e in zip(hlens, ends)]
