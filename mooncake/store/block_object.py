@@ -307,8 +307,14 @@ class BlockObject:
         self._owner = owner  # keeps the memory behind ``payload`` alive
 
     @classmethod
-    def from_parts(cls, header_raw: Any, payload_raw: Any, owner: object = None, verify: bool = True) -> BlockObject:
-        """Check header and (if ``verify``) payload checksum; raises :class:`CorruptBlockError`."""
+    def from_parts(cls, header_raw: Any, payload_raw: Any, owner: object = None, verify: bool = True,
+                   buffer: pa.Buffer | None = None) -> BlockObject:  # fmt: skip
+        """Check header and (if ``verify``) payload checksum; raises :class:`CorruptBlockError`.
+
+        ``buffer``: the Arrow buffer to expose as the payload, when the caller has already
+        wrapped the memory of ``payload_raw`` (a tier does, so that views keep its read
+        transaction alive); the checksum then reads ``payload_raw`` (a memoryview is read
+        faster than an Arrow buffer)."""
         hb = bytes(header_raw)
         header = _HEADER_CACHE.get(hb) or _decode_cached(hb)
         raw = memoryview(payload_raw).cast("B")  # numpy reads a memoryview faster than an Arrow buffer
@@ -318,8 +324,9 @@ class BlockObject:
             algo = header.checksum_algo
             if (sum64(raw) if algo == "sum64" else checksum(raw, algo)) != header.payload_checksum:
                 raise CorruptBlockError("payload checksum mismatch")
-        buf = payload_raw if isinstance(payload_raw, pa.Buffer) else pa.py_buffer(raw)
-        return cls(header, hb, buf, owner)
+        if buffer is None:
+            buffer = payload_raw if isinstance(payload_raw, pa.Buffer) else pa.py_buffer(raw)
+        return cls(header, hb, buffer, owner)
 
     @classmethod
     def from_block(cls, block: KVBlock, position: int | None = None, algo: ChecksumName = "sum64") -> BlockObject:

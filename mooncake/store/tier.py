@@ -274,7 +274,7 @@ def _object(hdr: Any, data: Any, txn: lmdb.Transaction, verify: bool, key: Block
     # transaction (and with it the mapped pages) alive: ``base=txn``.
     view = pa.py_buffer(data)
     payload = pa.foreign_buffer(view.address, view.size, base=txn) if view.size else view
-    obj = BlockObject.from_parts(hdr, payload, owner=txn, verify=verify)
+    obj = BlockObject.from_parts(hdr, data, owner=txn, verify=verify, buffer=payload)
     if obj.header.key != key:
         raise CorruptBlockError("header key does not match the record key")
     return obj
