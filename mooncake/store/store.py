@@ -418,16 +418,16 @@ class BlockStore:
         receiver checks them end to end. Counts hits and recency like :meth:`get_many`;
         does not promote. The views live as long as the returned batch."""
         # Per-key work kept to dictionary lookups: this is the block server's hot loop.
-        where = self._where
-        tier_of: list[TierName | None] = []
         with self._lock:
-            for k in keys:
-                t = where.get(k)
-                tier_of.append(t)
-                if t is not None:
-                    self._policies[t].touch(k)
-            for t in self.tiers:
-                self.stats.hits[t] += tier_of.count(t)
+            tier_of = [self._where.get(k) for k in keys]
+            for t, policy in self._policies.items():
+                n = tier_of.count(t)
+                if n:
+                    self.stats.hits[t] += n
+                    touch = policy.touch
+                    for k, kt in zip(keys, tier_of):
+                        if kt == t:
+                            touch(k)
             self.stats.misses += tier_of.count(None)
         batch = RawBatch([None] * len(keys), [])
         for t, tier in self.tiers.items():
@@ -435,13 +435,9 @@ class BlockStore:
                 continue
             txn = tier.begin_read()
             batch.txns.append(txn)
-            items = batch.items
-            for i, (k, kt) in enumerate(zip(keys, tier_of)):
-                if kt == t:
-                    try:
-                        items[i] = tier.read_raw(txn, k)
-                    except CorruptBlockError:
-                        items[i] = None
+            idx = [i for i, kt in enumerate(tier_of) if kt == t]
+            for i, item in zip(idx, tier.read_raw_many(txn, [keys[i] for i in idx])):
+                batch.items[i] = item
         return batch
 
     def _drop_corrupt(self, key: BlockKey, tier: TierName) -> None:
