@@ -417,26 +417,27 @@ class BlockStore:
         """Unchecked (header, payload) views, for a server that forwards bytes whose
         receiver checks them end to end. Counts hits and recency like :meth:`get_many`;
         does not promote. The views live as long as the returned batch."""
-        groups: dict[TierName, list[int]] = {}
+        # Per-key work kept to dictionary lookups: this is the block server's hot loop.
         with self._lock:
-            for i, k in enumerate(keys):
-                t = self._where.get(k)
-                if t is None:
-                    self.stats.misses += 1
-                    continue
-                self._policies[t].touch(k)
-                self.stats.hits[t] += 1
-                groups.setdefault(t, []).append(i)
+            tier_of = [self._where.get(k) for k in keys]
+            for t, policy in self._policies.items():
+                n = tier_of.count(t)
+                if n:
+                    self.stats.hits[t] += n
+                    touch = policy.touch
+                    for k, kt in zip(keys, tier_of):
+                        if kt == t:
+                            touch(k)
+            self.stats.misses += tier_of.count(None)
         batch = RawBatch([None] * len(keys), [])
-        for t, idx in groups.items():
-            tier = self.tiers[t]
+        for t, tier in self.tiers.items():
+            if t not in tier_of:
+                continue
             txn = tier.begin_read()
             batch.txns.append(txn)
-            for i in idx:
-                try:
-                    batch.items[i] = tier.read_raw(txn, keys[i])
-                except CorruptBlockError:
-                    batch.items[i] = None
+            idx = [i for i, kt in enumerate(tier_of) if kt == t]
+            for i, item in zip(idx, tier.read_raw_many(txn, [keys[i] for i in idx])):
+                batch.items[i] = item
         return batch
 
     def _drop_corrupt(self, key: BlockKey, tier: TierName) -> None:

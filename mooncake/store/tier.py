@@ -215,6 +215,17 @@ class LmdbTier:
             raise CorruptBlockError("header without payload")
         return hdr, data
 
+    def read_raw_many(self, txn: lmdb.Transaction, keys: Sequence[BlockKey]) -> list[tuple[Any, Any] | None]:
+        """:meth:`read_raw` of each key (``None`` if absent or without a payload): the
+        block server's loop, kept to two lookups per key."""
+        get, hdb, ddb = txn.get, self._hdr, self._data
+        out: list[tuple[Any, Any] | None] = []
+        for key in keys:
+            hdr = get(key, db=hdb)
+            data = None if hdr is None else get(key, db=ddb)
+            out.append(None if data is None else (hdr, data))
+        return out
+
     def begin_read(self) -> lmdb.Transaction:
         return self.env.begin(buffers=True)
 
@@ -274,7 +285,7 @@ def _object(hdr: Any, data: Any, txn: lmdb.Transaction, verify: bool, key: Block
     # transaction (and with it the mapped pages) alive: ``base=txn``.
     view = pa.py_buffer(data)
     payload = pa.foreign_buffer(view.address, view.size, base=txn) if view.size else view
-    obj = BlockObject.from_parts(hdr, payload, owner=txn, verify=verify)
+    obj = BlockObject.from_parts(hdr, data, owner=txn, verify=verify, buffer=payload)
     if obj.header.key != key:
         raise CorruptBlockError("header key does not match the record key")
     return obj

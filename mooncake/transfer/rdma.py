@@ -213,25 +213,17 @@ class RdmaBackend:
                 if magic != proto.RESP_MAGIC or rid != self._rid or count != len(batch) or plen > conn.ep.size:
                     raise TransferError("rdma: malformed response frame")
                 meta = proto.recv_bytes(conn.sock, count * proto.ENTRY.size + hlen)
-                entries = [proto.ENTRY.unpack_from(meta, j * proto.ENTRY.size) for j in range(count)]
-                self._read(conn, [e[2] for e in entries if e[0] == proto.STATUS_OK])
+                table = proto.parse_table(meta, count, hlen, plen)
+                self._read(conn, table["plen"][table["status"] == proto.STATUS_OK].tolist())
                 buf = self.pool.take(plen)
                 buffers.append(buf)
                 buf[:] = np.frombuffer(conn.ep.mr.read(plen, 0), dtype=np.uint8)
-                hoff = poff = 0
                 headers = bytes(meta[count * proto.ENTRY.size :])
-                for j, (status, h, p) in enumerate(entries):
-                    if status != proto.STATUS_OK:
-                        continue
-                    try:
-                        obj = BlockObject.from_parts(headers[hoff : hoff + h], buf[poff : poff + p], owner=buf)
-                        if obj.key != batch[j]:
-                            raise CorruptBlockError("block key in header does not match the requested key")
-                        objects[start + j] = obj
-                    except CorruptBlockError as e:
-                        errors.append(f"rdma: block {start + j}: {e}")
-                    hoff += h
-                    poff += p
+                for j, res in enumerate(proto.check_response(batch, table, headers, buf)):
+                    if isinstance(res, CorruptBlockError):
+                        errors.append(f"rdma: block {start + j}: {res}")
+                    else:
+                        objects[start + j] = res
         except (OSError, TransferError) as e:
             conn.sock.close()
             conn.ep.close()

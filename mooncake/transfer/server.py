@@ -13,7 +13,7 @@ import logging
 import socket
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from mooncake.store.store import RawBatch
 from mooncake.transfer import protocol as proto
@@ -112,8 +112,8 @@ class BlockServer:
                 if flags & proto.FLAG_RDMA_HELLO:
                     rdma = self._rdma_hello(conn, rdma)
                     continue
-                raw = proto.recv_bytes(conn, n * proto.KEY_BYTES)
-                keys = [BlockKey(bytes(raw[i : i + 16])) for i in range(0, len(raw), 16)]
+                raw = bytes(proto.recv_bytes(conn, n * proto.KEY_BYTES))
+                keys = cast(list[BlockKey], [raw[i : i + proto.KEY_BYTES] for i in range(0, len(raw), proto.KEY_BYTES)])
                 batch = self.source.get_raw_many(keys)
                 self._send_batch(conn, rid, keys, batch.items, rdma if flags & proto.FLAG_RDMA_READ else None)
                 del batch  # ends the read transactions
@@ -146,7 +146,10 @@ class BlockServer:
     def _send_batch(self, conn: socket.socket, rid: int, keys: list[BlockKey], items: list[tuple[Any, Any] | None],
                     rdma: RdmaServerSide | None = None) -> None:  # fmt: skip
         """One response: table, headers, then payloads (or, for RDMA, payloads staged in
-        the registered region instead of sent; blocks that do not fit are missing)."""
+        the registered region instead of sent; blocks that do not fit are missing).
+
+        Headers and payloads are 1-D byte buffers (LMDB views): ``len`` is their size."""
+        items = self._wire_items(keys, items)
         if rdma is not None:
             fit = rdma.stage([it[1] for it in items if it is not None])
             kept = 0
@@ -155,31 +158,29 @@ class BlockServer:
                     kept += 1
                     if kept > fit:
                         items[i] = None
+        pack, ok, missing = proto.ENTRY.pack, proto.STATUS_OK, _MISSING_ENTRY
         table, headers, payloads = [], [], []
-        plen = 0
-        for key, it in zip(keys, items):
-            self._before_block(key)
+        for it in items:
             if it is None:
-                table.append(proto.ENTRY.pack(proto.STATUS_MISSING, 0, 0))
+                table.append(missing)
                 continue
-            header, payload = self._wire_parts(key, it[0], it[1])
-            n = memoryview(payload).nbytes
-            table.append(proto.ENTRY.pack(proto.STATUS_OK, len(header), n))
+            header, payload = it
+            table.append(pack(ok, len(header), len(payload)))
             headers.append(header)
             payloads.append(payload)
-            plen += n
         hbytes = b"".join(headers)
+        plen = sum(map(len, payloads))
         head = proto.RESP.pack(proto.RESP_MAGIC, rid, len(keys), len(hbytes), plen)
         proto.send_all(conn, [head + b"".join(table) + hbytes, *(payloads if rdma is None else [])])
         self.blocks_sent += len(payloads)
         self.bytes_sent += plen
 
-    def _before_block(self, key: BlockKey) -> None:
-        """Called before each block of a response; a hook for fault-injection tests."""
+    def _wire_items(self, keys: list[BlockKey], items: list[tuple[Any, Any] | None]) -> list[tuple[Any, Any] | None]:
+        """(header, payload) or ``None`` per key, as they go on the wire: a hook, called
+        once per response, for fault-injection tests (corrupt a block, cut the stream)."""
+        return items
 
-    def _wire_parts(self, key: BlockKey, header: Any, payload: Any) -> tuple[Any, Any]:
-        """(header, payload) to send for ``key``; a hook for fault-injection tests."""
-        return header, payload
 
+_MISSING_ENTRY = proto.ENTRY.pack(proto.STATUS_MISSING, 0, 0)
 
 __all__ = ["BlockServer", "BlockSource"]

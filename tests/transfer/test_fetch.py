@@ -7,8 +7,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mooncake.kvcache.block import KVBlockSpec
 from mooncake.store.store import BlockStore
-from mooncake.transfer.base import Peer, local_host_id
+from mooncake.transfer import protocol as proto
+from mooncake.transfer.base import Peer, TransferError, local_host_id
 from mooncake.transfer.config import TransferConfig
 from mooncake.transfer.fetcher import BlockFetcher
 from mooncake.transfer.server import BlockServer
@@ -36,18 +38,19 @@ class FlakyServer(BlockServer):
     corrupt: dict[BlockKey, int]
     cut_before: dict[BlockKey, int]
 
-    def _before_block(self, key: BlockKey) -> None:
-        if self.cut_before.get(key, 0) > 0:
-            self.cut_before[key] -= 1
-            raise OSError("simulated connection loss")
-
-    def _wire_parts(self, key: BlockKey, header: Any, payload: Any) -> tuple[Any, Any]:
-        if self.corrupt.get(key, 0) > 0:
-            self.corrupt[key] -= 1
-            bad = bytearray(payload)
-            bad[len(bad) // 2] ^= 0xFF
-            return header, bytes(bad)
-        return header, payload
+    def _wire_items(self, keys: list[BlockKey], items: list[tuple[Any, Any] | None]) -> list[tuple[Any, Any] | None]:
+        out = list(items)
+        for i, key in enumerate(keys):
+            if self.cut_before.get(key, 0) > 0:
+                self.cut_before[key] -= 1
+                raise OSError("simulated connection loss")
+            it = out[i]
+            if it is not None and self.corrupt.get(key, 0) > 0:
+                self.corrupt[key] -= 1
+                bad = bytearray(it[1])
+                bad[len(bad) // 2] ^= 0xFF
+                out[i] = (it[0], bytes(bad))
+        return out
 
 
 @pytest.fixture
@@ -171,3 +174,52 @@ def test_block_corrupted_in_the_peer_store_is_never_delivered(served: Any) -> No
     with tcp_fetcher() as f, f.fetch(k[:3], Peer("elsewhere", tcp=server.address)) as res:
         assert res.missing == [k[1]] and res.prefix_len == 1 and res.retried == 1
         assert sum("checksum" in e for e in res.errors) == 2
+
+
+#: 32 KiB blocks (the engine's default model with 16-token blocks): whole 4 KiB pages, so
+#: the receiver sums them piece by piece as they arrive.
+PAGED = KVBlockSpec(num_layers=4, num_kv_heads=2, head_dim=32, block_size=16, dtype="float32")
+
+
+def test_large_batch_of_small_blocks_one_corrupt_one_missing(host_dir: str) -> None:
+    """96 blocks of 32 KiB in batches of 48 (several receive pieces each): a block corrupted on
+    the wire every time is a miss, a block the server lacks is a miss, and every other block
+    arrives byte-identical in its place."""
+    blocks = make_chain(96, PAGED)
+    k = keys_of(blocks)
+    cfg = TransferConfig(batch_blocks=48, io_timeout_s=5)
+    with BlockStore(store_config(host_dir, host_blocks=128, spec=PAGED)) as store, FlakyServer(store, cfg) as server:
+        store.put_many(blocks[:60] + blocks[61:])  # block 60 is not there
+        server.corrupt, server.cut_before = {k[30]: 99}, {}
+        with tcp_fetcher(cfg) as f, f.fetch(k, Peer("elsewhere", tcp=server.address)) as res:
+            assert res.missing == [k[30], k[60]] and res.retried == 2
+            assert any("checksum" in e for e in res.errors)
+            for b, o in zip(blocks, res.objects):
+                if b.key not in (k[30], k[60]):
+                    assert o is not None and o.numpy().tobytes() == b.data.tobytes()
+
+
+def test_one_response_with_blocks_of_different_shapes(host_dir: str) -> None:
+    """A response mixing 32 KiB and 512 B blocks (no common size: summed block by block) arrives intact."""
+    small, paged = make_chain(3, seed=1), make_chain(3, PAGED, seed=2)
+    mixed = [small[0], paged[0], small[1], paged[1], paged[2], small[2]]
+    with BlockStore(store_config(host_dir, host_blocks=16, spec=PAGED)) as store, BlockServer(store, CFG) as server:
+        store.put_many(mixed)
+        with tcp_fetcher(TransferConfig(batch_blocks=6)) as f, f.fetch(keys_of(mixed), Peer("x", tcp=server.address)) as res:
+            assert res.num_fetched == 6 and not res.errors
+            assert [o.numpy().tobytes() for o in res.objects if o] == [b.data.tobytes() for b in mixed]
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [(proto.STATUS_MISSING, 0, 8), (proto.STATUS_OK, 4, 0)],  # a missing block that carries bytes
+        [(7, 0, 0), (proto.STATUS_OK, 4, 8)],  # an unknown status
+        [(proto.STATUS_OK, 4, 4), (proto.STATUS_OK, 4, 4)],  # lengths that do not add up to the frame's
+    ],
+)
+def test_malformed_response_table_is_rejected(entries: list[tuple[int, int, int]]) -> None:
+    """parse_table refuses a table the receiver cannot trust: the connection is dropped, nothing is used."""
+    meta = b"".join(proto.ENTRY.pack(*e) for e in entries)
+    with pytest.raises(TransferError):
+        proto.parse_table(meta, len(entries), hlen=4, plen=8)
