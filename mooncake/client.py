@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import dask
 from distributed import Client, Future, LocalCluster, Nanny, as_completed
 
 from mooncake import batch_dask
@@ -37,7 +38,7 @@ from mooncake.kvcache import block_keys, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from mooncake.sampling_params import SamplingParams, params_per_prompt
 from mooncake.tokenizer import Tokenizer
-from mooncake.worker.config import WorkerConfig
+from mooncake.worker.config import WORKER_MALLOC_ENV, WorkerConfig
 from mooncake.worker.messages import PlacementInfo, RequestSpec
 from mooncake.worker.plugin import MooncakeWorker
 from mooncake.worker.tasks import engine_stats, worker_info
@@ -229,19 +230,16 @@ class LLM:
         cores = os.cpu_count() or 1
         for i, name in enumerate(roles):
             resources = {"prefill": 1.0, "decode": 1.0} if mode == "colocated" else {name.split("-")[0]: 1.0}
-            env = {
-                "OMP_NUM_THREADS": str(max(1, cores // len(roles))),
-                # Dask's Nanny sets a 64 KiB malloc trim threshold so workers hand memory back
-                # eagerly; an engine's step allocates and frees multi-MB temporaries, which then
-                # pay page faults every step (15-25% slower here). Keep freed memory instead.
-                "MALLOC_TRIM_THRESHOLD_": str(128 * 1024**2),
-            }
+            env = {"OMP_NUM_THREADS": str(max(1, cores // len(roles)))}
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)  # one worker process per GPU
             opts = dict(cluster.new_spec["options"])
             opts.update(name=name, resources=resources, env=env)
             cluster.worker_spec[name] = {"cls": Nanny, "options": opts}
-        cluster.sync(cluster._correct_state)
+        # A Nanny applies its ``env`` after spawning the worker process, too late for
+        # malloc settings; those go in ``pre-spawn-environ``, read when the Nanny is made.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": {**dask.config.get("distributed.nanny.pre-spawn-environ"), **WORKER_MALLOC_ENV}}):
+            cluster.sync(cluster._correct_state)
         return cluster
 
     def _wait_conductor_ready(self, n: int, timeout: float = 60.0) -> None:
