@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "mooncake-conductor"
 _FINAL_STEPS = ("decode-", "generate-")
+STREAM_INTERVAL_S = 0.001
+"""Batching interval of the scheduler's message stream to each mooncake worker."""
 
 #: A 2-core CPU host: the cost model's prior until observed timings take over.
 CPU_HARDWARE = HardwareSpec(
@@ -91,6 +93,11 @@ class ConductorPlugin(SchedulerPlugin):
     def _add(self, worker: str, info: dict[str, Any]) -> None:
         c = self._ensure_conductor(info)
         self.worker_info[worker] = info
+        # The scheduler holds messages to a worker until 5 ms after the previous one;
+        # a request's first task should not wait behind the last request's bookkeeping.
+        stream = self.scheduler.stream_comms.get(worker)
+        if stream is not None:
+            stream.interval = STREAM_INTERVAL_S
         self.metrics.model_name = str(info.get("model_name", ""))
         roles = info["roles"]
         if "prefill" in roles or self.config.colocated:
