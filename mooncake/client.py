@@ -27,6 +27,7 @@ import dask
 from dask._task_spec import Task, TaskRef, parse_input
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from distributed import Client, Future, LocalCluster, Nanny, as_completed
+from distributed.protocol.serialize import to_serialize
 
 from mooncake import batch_dask
 from mooncake.batch import plan_batch
@@ -318,7 +319,15 @@ class LLM:
         root = root_key(int(self.info["hash_seed"]), self.info["fingerprint"], spec.cache_salt)
         keys = block_keys(spec.prompt_token_ids, int(self.info["block_size"]), root)
         max_out = spec.params.max_tokens or (self.max_model_len - len(spec.prompt_token_ids))
-        return {"request_id": spec.request_id, "prompt_len": len(spec.prompt_token_ids), "block_keys": keys, "output_len": max_out}
+        return {
+            "request_id": spec.request_id,
+            "prompt_len": len(spec.prompt_token_ids),
+            "block_keys": keys,
+            "output_len": max_out,
+            # Passed on to the prefill worker, which starts the lookup at placement.
+            "spec": to_serialize(spec),
+            "start": "generate" if self.mode == "colocated" else "prefill",
+        }
 
     @staticmethod
     def _placement(reply: dict[str, Any]) -> PlacementInfo:

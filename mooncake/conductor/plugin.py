@@ -6,7 +6,8 @@
   is built.
 - The client asks ``mooncake_place`` before submitting a request's graph; the answer
   names the prefill and decode workers (the graph's tasks are restricted to them), or
-  rejects with a reason and a retry-after hint.
+  rejects with a reason and a retry-after hint. An admitted request's lookup starts on
+  its prefill worker at once (``mooncake-start``), ahead of its graph.
 - Task transitions give the prefill start and the end of a request (its last task done,
   failed or released -- a cancelled request frees its load here).
 """
@@ -176,7 +177,24 @@ class ConductorPlugin(SchedulerPlugin):
             return {"rejected": True, "reason": decision.reason, "retry_after": decision.retry_after}
         self.placements += 1
         self.metrics.observe_admission(True)
-        return self._placement_reply(decision)
+        reply = self._placement_reply(decision)
+        if "spec" in request and decision.fetch_from is None:
+            self._start_early(decision.prefill, request, reply)
+        return reply
+
+    def _start_early(self, worker: str, request: dict[str, Any], reply: dict[str, Any]) -> None:
+        """Tell the prefill worker to start the request's lookup now, on the same stream
+        that will carry its lookup task (so the start arrives first). The prefill then
+        does not wait for the client to submit the graph and for its dispatch; the graph
+        still owns the request. A lookup that must fetch a peer's prefix is left to the task."""
+        stream = self.scheduler.stream_comms.get(worker)
+        if stream is None:
+            return
+        placement = {k: reply[k] for k in ("prefill", "decode", "fetch_from", "fetch_blocks", "est_ttft_s")}
+        try:
+            stream.send({"op": "mooncake-start", "spec": request["spec"], "placement": placement, "start": request.get("start", "prefill")})
+        except Exception as e:  # a closing worker: the lookup task does the lookup
+            logger.debug("early start on %s failed: %s", worker, e)
 
     def _placement_reply(self, p: Placement) -> dict[str, Any]:
         fetch_blocks = p.prefill_choice.cached_tokens // self.config.block_size if p.fetch_from is not None else 0
