@@ -68,7 +68,8 @@ def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") 
     plugin = _plugin()
     early = plugin.early_lookups.pop(spec.request_id, None)
     if early is not None:
-        return _wait(early[0])
+        # Usually done by now: then skip secede, which costs the scheduler a message.
+        return early[0].result() if early[0].done() else _wait(early[0])
     return run_lookup(plugin, spec, placement, start)
 
 
