@@ -2,7 +2,8 @@
 compute): submit -> lookup task start, lookup run, lookup end -> prefill task start, and
 prefill task start -> first token at the client (negative when lookup already admitted
 the request and the token arrived before the prefill task was dispatched). Task times
-come from Dask's task stream.
+come from Dask's task stream. The lookup usually runs on the prefill worker at placement,
+before its task: the task then only collects it, and "total" is the number to read.
 
     python benchmarks/ttft_breakdown.py
 """

@@ -23,7 +23,11 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import dask
+from dask._task_spec import Task, TaskRef, parse_input
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from distributed import Client, Future, LocalCluster, Nanny, as_completed
+from distributed.protocol.serialize import to_serialize
 
 from mooncake import batch_dask
 from mooncake.batch import plan_batch
@@ -37,7 +41,7 @@ from mooncake.kvcache import block_keys, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from mooncake.sampling_params import SamplingParams, params_per_prompt
 from mooncake.tokenizer import Tokenizer
-from mooncake.worker.config import WorkerConfig
+from mooncake.worker.config import WORKER_MALLOC_ENV, WorkerConfig
 from mooncake.worker.messages import PlacementInfo, RequestSpec
 from mooncake.worker.plugin import MooncakeWorker
 from mooncake.worker.tasks import engine_stats, worker_info
@@ -49,6 +53,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Mode = Literal["disaggregated", "colocated"]
+
+CLIENT_SEND_INTERVAL_S = 0.001
+"""Batching interval of the client's message stream to the scheduler."""
 
 
 class Rejected(Exception):
@@ -189,6 +196,11 @@ class LLM:
             self.client = Client(self.cluster)
         else:
             self.client = Client(scheduler)
+        # The client's stream to the scheduler holds a message back until 10 ms after the
+        # previous one (Dask's default): a request submitted right after another's futures
+        # were released waited ~5 ms at p50 for its graph to leave. 1 ms still coalesces bursts.
+        if self.client.scheduler_comm is not None:
+            self.client.scheduler_comm.interval = CLIENT_SEND_INTERVAL_S
         self.client.register_plugin(ConductorPlugin(cc))
         self.client.register_plugin(MonitorPlugin())
         self.client.register_plugin(MooncakeWorker(ec, worker_config or WorkerConfig()))
@@ -229,19 +241,16 @@ class LLM:
         cores = os.cpu_count() or 1
         for i, name in enumerate(roles):
             resources = {"prefill": 1.0, "decode": 1.0} if mode == "colocated" else {name.split("-")[0]: 1.0}
-            env = {
-                "OMP_NUM_THREADS": str(max(1, cores // len(roles))),
-                # Dask's Nanny sets a 64 KiB malloc trim threshold so workers hand memory back
-                # eagerly; an engine's step allocates and frees multi-MB temporaries, which then
-                # pay page faults every step (15-25% slower here). Keep freed memory instead.
-                "MALLOC_TRIM_THRESHOLD_": str(128 * 1024**2),
-            }
+            env = {"OMP_NUM_THREADS": str(max(1, cores // len(roles)))}
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)  # one worker process per GPU
             opts = dict(cluster.new_spec["options"])
             opts.update(name=name, resources=resources, env=env)
             cluster.worker_spec[name] = {"cls": Nanny, "options": opts}
-        cluster.sync(cluster._correct_state)
+        # A Nanny applies its ``env`` after spawning the worker process, too late for
+        # malloc settings; those go in ``pre-spawn-environ``, read when the Nanny is made.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": {**dask.config.get("distributed.nanny.pre-spawn-environ"), **WORKER_MALLOC_ENV}}):
+            cluster.sync(cluster._correct_state)
         return cluster
 
     def _wait_conductor_ready(self, n: int, timeout: float = 60.0) -> None:
@@ -310,7 +319,15 @@ class LLM:
         root = root_key(int(self.info["hash_seed"]), self.info["fingerprint"], spec.cache_salt)
         keys = block_keys(spec.prompt_token_ids, int(self.info["block_size"]), root)
         max_out = spec.params.max_tokens or (self.max_model_len - len(spec.prompt_token_ids))
-        return {"request_id": spec.request_id, "prompt_len": len(spec.prompt_token_ids), "block_keys": keys, "output_len": max_out}
+        return {
+            "request_id": spec.request_id,
+            "prompt_len": len(spec.prompt_token_ids),
+            "block_keys": keys,
+            "output_len": max_out,
+            # Passed on to the prefill worker, which starts the lookup at placement.
+            "spec": to_serialize(spec),
+            "start": "generate" if self.mode == "colocated" else "prefill",
+        }
 
     @staticmethod
     def _placement(reply: dict[str, Any]) -> PlacementInfo:
@@ -326,10 +343,19 @@ class LLM:
     def submit(self, spec: RequestSpec, placement: PlacementInfo) -> Future[Any]:
         """Submit the request's graph; returns the future of its final ``RequestOutput``."""
         graph = self.build_graph(spec, placement)
-        futures: dict[str, Future[Any]] = {}
-        for t in graph.tasks:
-            args = tuple(futures[a.key] if isinstance(a, KeyRef) else a for a in t.args)
-            futures[t.key] = self.client.submit(t.func, *args, key=t.key, workers=[t.worker], allow_other_workers=False, pure=False)
+        # The whole graph in one update-graph message (one submit per task cost the
+        # scheduler a message and a graph update each, and all but the first waited for
+        # the client's batched stream); each task is its own layer, restricted to its worker.
+        layers = {
+            t.key: MaterializedLayer(
+                {t.key: Task(t.key, t.func, *(TaskRef(a.key) if isinstance(a, KeyRef) else parse_input(a) for a in t.args))},
+                annotations={"workers": [t.worker], "allow_other_workers": False},
+            )
+            for t in graph.tasks
+        }
+        deps = {t.key: {a.key for a in t.args if isinstance(a, KeyRef)} for t in graph.tasks}
+        keys = [t.key for t in graph.tasks]
+        futures: dict[str, Future[Any]] = dict(zip(keys, self.client.get(HighLevelGraph(layers, deps), keys, sync=False, fifo_timeout="100ms")))
         with self._lock:
             self._futures[spec.request_id] = futures
         out = futures[graph.output_key]

@@ -118,6 +118,57 @@ def test_dropping_a_stream_cancels_and_frees_blocks(llm):
     assert all(s["running"] == 0 and s["free_blocks"] == s["num_blocks"] for s in stats.values()), stats
 
 
+def _wait_for(pred, timeout: float = 10.0) -> bool:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_placement_starts_the_prefill_before_the_graph_arrives(llm):
+    """The Conductor hands an admitted request to its prefill worker at placement: the
+    prompt is computed before the client submits the graph, and the graph's lookup task
+    then collects that work (prompt computed once, same tokens as the usual path)."""
+    prompt = [7, 299, 11] * 30  # not seen by this cluster before: nothing cached
+    spec = llm.make_request(prompt, GREEDY)
+
+    (prefill,) = [w for w, info in llm.workers.items() if "prefill" in info["roles"]]
+
+    def computed() -> int:
+        return int(llm.worker_stats()[prefill]["num_prompt_tokens_computed"])
+
+    before = computed()
+    placement = llm.place(spec)
+    assert placement.prefill == prefill
+    assert _wait_for(lambda: computed() >= before + len(prompt))
+    out = llm.submit(spec, placement).result()
+    assert computed() == before + len(prompt)
+    assert out.token_ids == llm.generate([prompt], GREEDY, use_tqdm=False)[0].token_ids
+
+
+def test_aborting_a_placed_request_frees_its_blocks(llm):
+    """A request aborted after placement, its prefill done and its KV held for decode,
+    but before its graph was submitted, does not keep those blocks."""
+    spec = llm.make_request(list(range(1, 90)), mooncake.SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
+
+    def computed() -> int:
+        return sum(int(s["num_prompt_tokens_computed"]) for s in llm.worker_stats().values())
+
+    before = computed()
+    llm.place(spec)
+    assert _wait_for(lambda: computed() > before)
+    llm.abort_sync(spec.request_id)
+
+    def idle() -> bool:
+        return all(s["running"] == 0 and s["waiting"] == 0 and s["free_blocks"] == s["num_blocks"] for s in llm.worker_stats().values())
+
+    assert _wait_for(idle), llm.worker_stats()
+
+
 def test_colocated_mode_same_outputs(tiny_llama, reference):
     """The colocated baseline (prefill and decode in one engine) gives the same tokens."""
     with mooncake.LLM(str(tiny_llama), prefill_workers=1, mode="colocated", engine_config=EngineConfig(num_blocks=512), dashboard_address=None) as llm:

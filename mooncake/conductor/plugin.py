@@ -6,7 +6,8 @@
   is built.
 - The client asks ``mooncake_place`` before submitting a request's graph; the answer
   names the prefill and decode workers (the graph's tasks are restricted to them), or
-  rejects with a reason and a retry-after hint.
+  rejects with a reason and a retry-after hint. An admitted request's lookup starts on
+  its prefill worker at once (``mooncake-start``), ahead of its graph.
 - Task transitions give the prefill start and the end of a request (its last task done,
   failed or released -- a cancelled request frees its load here).
 """
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "mooncake-conductor"
 _FINAL_STEPS = ("decode-", "generate-")
+STREAM_INTERVAL_S = 0.001
+"""Batching interval of the scheduler's message stream to each mooncake worker."""
 
 #: A 2-core CPU host: the cost model's prior until observed timings take over.
 CPU_HARDWARE = HardwareSpec(
@@ -91,6 +94,11 @@ class ConductorPlugin(SchedulerPlugin):
     def _add(self, worker: str, info: dict[str, Any]) -> None:
         c = self._ensure_conductor(info)
         self.worker_info[worker] = info
+        # The scheduler holds messages to a worker until 5 ms after the previous one;
+        # a request's first task should not wait behind the last request's bookkeeping.
+        stream = self.scheduler.stream_comms.get(worker)
+        if stream is not None:
+            stream.interval = STREAM_INTERVAL_S
         self.metrics.model_name = str(info.get("model_name", ""))
         roles = info["roles"]
         if "prefill" in roles or self.config.colocated:
@@ -169,7 +177,24 @@ class ConductorPlugin(SchedulerPlugin):
             return {"rejected": True, "reason": decision.reason, "retry_after": decision.retry_after}
         self.placements += 1
         self.metrics.observe_admission(True)
-        return self._placement_reply(decision)
+        reply = self._placement_reply(decision)
+        if "spec" in request and decision.fetch_from is None:
+            self._start_early(decision.prefill, request, reply)
+        return reply
+
+    def _start_early(self, worker: str, request: dict[str, Any], reply: dict[str, Any]) -> None:
+        """Tell the prefill worker to start the request's lookup now, on the same stream
+        that will carry its lookup task (so the start arrives first). The prefill then
+        does not wait for the client to submit the graph and for its dispatch; the graph
+        still owns the request. A lookup that must fetch a peer's prefix is left to the task."""
+        stream = self.scheduler.stream_comms.get(worker)
+        if stream is None:
+            return
+        placement = {k: reply[k] for k in ("prefill", "decode", "fetch_from", "fetch_blocks", "est_ttft_s")}
+        try:
+            stream.send({"op": "mooncake-start", "spec": request["spec"], "placement": placement, "start": request.get("start", "prefill")})
+        except Exception as e:  # a closing worker: the lookup task does the lookup
+            logger.debug("early start on %s failed: %s", worker, e)
 
     def _placement_reply(self, p: Placement) -> dict[str, Any]:
         fetch_blocks = p.prefill_choice.cached_tokens // self.config.block_size if p.fetch_from is not None else 0

@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "mooncake"
 REPORT_INTERVAL_S = 0.05
+EARLY_LOOKUP_TIMEOUT_S = 60.0
+"""How long a lookup started at placement waits for its task before it is aborted."""
+STREAM_INTERVAL_S = 0.001
+"""Batching interval of the worker's message stream to the scheduler."""
 
 
 def roles_of(worker: Worker) -> list[str]:
@@ -60,6 +64,13 @@ class MooncakeWorker(WorkerPlugin):
         self.inbox: dict[str, KVExport] = {}
         # Requests that lookup admitted into the engine, awaited by their next task.
         self.started: dict[str, tuple[concurrent.futures.Future[Any], float]] = {}
+        self.early_lookups: dict[str, tuple[concurrent.futures.Future[LookupResult], float]] = {}
+        """Lookups the Conductor started at placement, awaited by their lookup task
+        (request id -> (result, ``time.monotonic()`` of the start))."""
+        self.aborted: dict[str, float] = {}
+        """Recently aborted request ids (-> monotonic time): an early lookup still running
+        must not admit them."""
+        self._lookup_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mooncake-lookup")
         self.prefill_reports: deque[tuple[str, int, int, float]] = deque()
         self.decode_joins: deque[str] = deque()
         self.transfer_reports: deque[tuple[int, float]] = deque()
@@ -91,12 +102,17 @@ class MooncakeWorker(WorkerPlugin):
         worker.handlers["mooncake_fetch_blocks"] = self.handle_fetch_blocks
         worker.handlers["mooncake_abort"] = self.handle_abort
         worker.handlers["mooncake_info"] = self.handle_info
+        worker.stream_handlers["mooncake-start"] = self.handle_start
+        # Token deltas ride this stream to the scheduler (then the client); Dask holds a
+        # message until 2 ms after the previous one.
+        worker.batched_stream.interval = STREAM_INTERVAL_S
         self._reported_model = False
         self._report_task = asyncio.ensure_future(self._report_forever())
         logger.info("mooncake worker %s ready: roles=%s model=%s", worker.address, self.roles, engine.model_path)
 
     async def teardown(self, worker: Worker) -> None:
         self._report_task.cancel()
+        self._lookup_pool.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.loop.stop)
         if self.kv_store is not None:
             self.kv_store.close()
@@ -155,7 +171,35 @@ class MooncakeWorker(WorkerPlugin):
         blocks = await asyncio.wrap_future(fut)
         return {"blocks": to_serialize(blocks)}
 
+    def handle_start(self, spec: RequestSpec, placement: dict[str, Any], start: str) -> None:
+        """(Stream message from the Conductor at placement.) Start the request's lookup
+        now, so its prefill does not wait for the scheduler to receive its graph and
+        dispatch the lookup task; that task then collects the result."""
+        from mooncake.worker.messages import PlacementInfo
+        from mooncake.worker.tasks import run_lookup
+
+        rid = spec.request_id
+        if rid in self.early_lookups or rid in self.started:
+            return
+        fut = self._lookup_pool.submit(run_lookup, self, spec, PlacementInfo(**placement), start)
+        self.early_lookups[rid] = (fut, time.monotonic())
+
+    async def _expire_early(self) -> None:
+        """Abort early lookups no task claimed (the client went away between placement
+        and submission) and forget old abort marks."""
+        now = time.monotonic()
+        for rid, (_, t) in list(self.early_lookups.items()):
+            if now - t > EARLY_LOOKUP_TIMEOUT_S:
+                logger.warning("request %s was placed but its graph never arrived: aborting it", rid)
+                await self.handle_abort(rid)
+        for rid, t in list(self.aborted.items()):
+            self.started.pop(rid, None)  # admitted by an early lookup as the abort came
+            if now - t > EARLY_LOOKUP_TIMEOUT_S:
+                del self.aborted[rid]
+
     async def handle_abort(self, request_id: str) -> bool:
+        self.aborted[request_id] = time.monotonic()
+        self.early_lookups.pop(request_id, None)
         self.outbox.pop(request_id, None)
         self.inbox.pop(request_id, None)
         self.started.pop(request_id, None)
@@ -275,6 +319,7 @@ class MooncakeWorker(WorkerPlugin):
     async def _report_forever(self) -> None:
         while True:
             try:
+                await self._expire_early()
                 rep = self.report()
                 await self.worker.scheduler.mooncake_report(worker=self.worker.address, report=rep)
                 self._reported_model = True

@@ -61,8 +61,20 @@ def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") 
     Conductor chose to fetch a longer one from a peer, pull those blocks in. Then the
     request is admitted into the engine's batch at once (``start``: ``prefill`` for a
     prefill-only request, ``generate`` for colocated), so its prefill does not wait for
-    the scheduler to dispatch the next task; that task owns and waits for the result."""
+    the scheduler to dispatch the next task; that task owns and waits for the result.
+
+    When the Conductor already started the lookup at placement (``MooncakeWorker.
+    handle_start``), this task collects its result instead of doing it again."""
     plugin = _plugin()
+    early = plugin.early_lookups.pop(spec.request_id, None)
+    if early is not None:
+        # Usually done by now: then skip secede, which costs the scheduler a message.
+        return early[0].result() if early[0].done() else _wait(early[0])
+    return run_lookup(plugin, spec, placement, start)
+
+
+def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementInfo, start: str) -> LookupResult:
+    """The lookup itself (in a task, or in the plugin's lookup thread at placement)."""
     t0 = time.perf_counter()
 
     def local_hits(e: LLMEngine) -> tuple[int, list[bytes]]:
@@ -106,7 +118,7 @@ def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") 
             plugin.transfer_reports.append((nbytes, time.perf_counter() - t0))
             plugin.transfer_log.append(("prefix-fetch", nbytes, time.perf_counter() - t0))
     result.fetch_seconds = time.perf_counter() - t0
-    plugin.started[spec.request_id] = (_watch_and_add(spec, prefill_only=start == "prefill"), time.perf_counter())
+    plugin.started[spec.request_id] = (_watch_and_add(spec, prefill_only=start == "prefill", plugin=plugin), time.perf_counter())
     return result
 
 
@@ -134,10 +146,11 @@ def _watch_and_add(
     prior: list[int] | None = None,
     prior_logprobs: list[dict[int, float]] | None = None,
     cached: int | None = None,
+    plugin: MooncakeWorker | None = None,
 ) -> concurrent.futures.Future[RequestOutput]:
-    from mooncake.worker.engine_loop import Watch
+    from mooncake.worker.engine_loop import RequestAborted, Watch
 
-    plugin = _plugin()
+    plugin = plugin or _plugin()
     done: concurrent.futures.Future[RequestOutput] = concurrent.futures.Future()
     params = spec.params
     if prefill_only:
@@ -148,6 +161,9 @@ def _watch_and_add(
     plugin.token_times[spec.request_id] = w.token_times
 
     def add(e: LLMEngine) -> None:
+        if spec.request_id in plugin.aborted:
+            # Aborted while its lookup ran outside a task (at placement): do not admit it.
+            raise RequestAborted(spec.request_id)
         plugin.loop.watch(spec.request_id, w)
         try:
             e.add_request(
