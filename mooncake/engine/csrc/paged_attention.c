@@ -34,6 +34,112 @@ static inline float exp_neg(float x) {
     return p * s;
 }
 
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t vi16 __attribute__((vector_size(64)));
+
+static inline v16 ld16(const float *p) { v16 r; memcpy(&r, p, sizeof r); return r; }
+static inline void st16(float *p, v16 x) { memcpy(p, &x, sizeof x); }
+static inline v16 vmax(v16 a, v16 b) { vi16 m = a > b; return (v16)(((vi16)a & m) | ((vi16)b & ~m)); }
+/* horizontal max / sum in log steps (lane 0 holds the result) */
+static inline float hmax16(v16 x) {
+    x = vmax(x, __builtin_shuffle(x, (vi16){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
+    x = vmax(x, __builtin_shuffle(x, (vi16){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
+    x = vmax(x, __builtin_shuffle(x, (vi16){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
+    x = vmax(x, __builtin_shuffle(x, (vi16){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
+    return x[0];
+}
+static inline float hsum16(v16 x) {
+    x += __builtin_shuffle(x, (vi16){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+    x += __builtin_shuffle(x, (vi16){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+    x += __builtin_shuffle(x, (vi16){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+    x += __builtin_shuffle(x, (vi16){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+    return x[0];
+}
+
+static inline v16 vexp_neg(v16 x) {
+    /* e^x for x <= 0, lane-wise, same polynomial as exp_neg */
+    const v16 lo = (v16){0} - 87.0f;
+    x = (v16)((vi16)((x < lo) & (vi16)lo) | (vi16)((x >= lo) & (vi16)x));
+    v16 t = x * 1.44269504088896341f;
+    vi16 n = __builtin_convertvector(t - 0.5f, vi16); /* t <= 0: rounds to nearest */
+    v16 f = (t - __builtin_convertvector(n, v16)) * 0.69314718055994531f;
+    v16 p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720 + f * (1.0f / 5040)))))));
+    vi16 bits = (n + 127) << 23;
+    return p * (v16)bits;
+}
+
+
+/* lane j of the result = sum of the 16 lanes of p[j]: a transpose-and-add tree, ~45
+ * vector ops for 16 dot products instead of 16 separate horizontal sums */
+static inline v16 reduce16x16(const v16 *p) {
+    v16 y[8], z[4], w[2];
+    for (int i = 0; i < 8; ++i)
+        y[i] = __builtin_shuffle(p[2 * i], p[2 * i + 1], (vi16){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23})
+             + __builtin_shuffle(p[2 * i], p[2 * i + 1], (vi16){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
+    for (int i = 0; i < 4; ++i)
+        z[i] = __builtin_shuffle(y[2 * i], y[2 * i + 1], (vi16){0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27})
+             + __builtin_shuffle(y[2 * i], y[2 * i + 1], (vi16){4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31});
+    for (int i = 0; i < 2; ++i)
+        w[i] = __builtin_shuffle(z[2 * i], z[2 * i + 1], (vi16){0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29})
+             + __builtin_shuffle(z[2 * i], z[2 * i + 1], (vi16){2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31});
+    return __builtin_shuffle(w[0], w[1], (vi16){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30})
+         + __builtin_shuffle(w[0], w[1], (vi16){1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31});
+}
+
+/* One (sequence, KV head) of decode, head_dim a multiple of 16: scores 16 tokens at a
+ * time (partial dot-product vectors reduced together), vector softmax, and the value sum
+ * with the output row in registers. ND = head_dim / 16 (constant in the fast paths). */
+static inline void decode_item_vec(
+    const float *qh, const float *k, const float *v, const int64_t *offs, int64_t n,
+    float *o, int64_t G, const int64_t ND, float scale, float *scores /* G * n_pad */)
+{
+    const int64_t D = ND * 16, n_pad = (n + 15) / 16 * 16;
+    const v16 ninf = (v16){0} - __builtin_inff();
+    for (int64_t g = 0; g < G; ++g) {
+        const float *qg = qh + g * D;
+        v16 qv[16];
+        for (int64_t c = 0; c < ND; ++c) qv[c] = ld16(qg + 16 * c) * scale;
+        float *sg = scores + g * n_pad;
+        v16 mx = ninf;
+        for (int64_t i0 = 0; i0 < n; i0 += 16) {
+            v16 part[16];
+            const int64_t cnt = n - i0 < 16 ? n - i0 : 16;
+            for (int64_t j = 0; j < 16; ++j) {
+                v16 a = {0};
+                if (j < cnt) {
+                    const float *kp = k + offs[i0 + j];
+                    for (int64_t c = 0; c < ND; ++c) a += qv[c] * ld16(kp + 16 * c);
+                }
+                part[j] = a;
+            }
+            v16 sv = reduce16x16(part);
+            if (cnt < 16)
+                for (int64_t j = cnt; j < 16; ++j) sv[j] = -__builtin_inff();
+            st16(sg + i0, sv);
+            mx = vmax(mx, sv);
+        }
+        const float m = hmax16(mx);
+        v16 sum = {0};
+        for (int64_t i0 = 0; i0 < n; i0 += 16) {
+            const v16 e = vexp_neg(ld16(sg + i0) - m);
+            vi16 keep = {0};
+            for (int j = 0; j < 16; ++j) keep[j] = i0 + j < n ? -1 : 0;
+            const v16 pe = (v16)((vi16)e & keep);
+            st16(sg + i0, pe);
+            sum += pe;
+        }
+        const float inv = 1.0f / hsum16(sum);
+        v16 acc[16];
+        for (int64_t c = 0; c < ND; ++c) acc[c] = (v16){0};
+        for (int64_t i = 0; i < n; ++i) {
+            const float pi = sg[i];
+            const float *vp = v + offs[i];
+            for (int64_t c = 0; c < ND; ++c) acc[c] += ld16(vp + 16 * c) * pi;
+        }
+        for (int64_t c = 0; c < ND; ++c) st16(o + g * D + 16 * c, acc[c] * inv);
+    }
+}
+
 int mc_paged_decode_f32(
     const float *q, int64_t q_stride,
     const float *k, const float *v,
@@ -49,7 +155,8 @@ int mc_paged_decode_f32(
 
 #pragma omp parallel num_threads(num_threads)
     {
-        float *scores = (float *)malloc(sizeof(float) * (size_t)(G * (max_ctx > 0 ? max_ctx : 1)));
+        const int64_t ctx_pad = (max_ctx > 0 ? max_ctx : 1) + 16;
+        float *scores = (float *)malloc(sizeof(float) * (size_t)(G * ctx_pad));
         float *acc = (float *)malloc(sizeof(float) * (size_t)(G * D));
         int64_t *offs = (int64_t *)malloc(sizeof(int64_t) * (size_t)(max_ctx > 0 ? max_ctx : 1));
         if (!scores || !acc || !offs) {
@@ -79,7 +186,14 @@ int mc_paged_decode_f32(
                 for (int64_t t = t0; t < t1; ++t) offs[t - lo] = ((base + t) * Hkv + h) * D;
             }
 
-            /* scores[g][i] = (q_g . k_i) * scale */
+            if (D % 16 == 0 && D <= 256) {
+                if (D == 64) decode_item_vec(qh, k, v, offs, n, o, G, 4, scale, scores);
+                else if (D == 128) decode_item_vec(qh, k, v, offs, n, o, G, 8, scale, scores);
+                else decode_item_vec(qh, k, v, offs, n, o, G, D / 16, scale, scores);
+                continue;
+            }
+
+            /* other head sizes, scalar: scores[g][i] = (q_g . k_i) * scale */
             for (int64_t i = 0; i < n; ++i) {
                 const float *kp = k + offs[i];
                 for (int64_t g = 0; g < G; ++g) {
@@ -144,42 +258,8 @@ int mc_paged_decode_f32(
  * table: block ids covering ctx tokens. Needs D % 16 == 0 and D <= 256 (returns 1
  * otherwise: the caller falls back to SDPA).
  */
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t vi16 __attribute__((vector_size(64)));
-
 #define TQ 16
 #define TK 32 /* keys per tile: two vectors */
-
-static inline v16 ld16(const float *p) { v16 r; memcpy(&r, p, sizeof r); return r; }
-static inline void st16(float *p, v16 x) { memcpy(p, &x, sizeof x); }
-static inline v16 vmax(v16 a, v16 b) { vi16 m = a > b; return (v16)(((vi16)a & m) | ((vi16)b & ~m)); }
-/* horizontal max / sum in log steps (lane 0 holds the result) */
-static inline float hmax16(v16 x) {
-    x = vmax(x, __builtin_shuffle(x, (vi16){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
-    x = vmax(x, __builtin_shuffle(x, (vi16){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
-    x = vmax(x, __builtin_shuffle(x, (vi16){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
-    x = vmax(x, __builtin_shuffle(x, (vi16){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
-    return x[0];
-}
-static inline float hsum16(v16 x) {
-    x += __builtin_shuffle(x, (vi16){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-    x += __builtin_shuffle(x, (vi16){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
-    x += __builtin_shuffle(x, (vi16){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
-    x += __builtin_shuffle(x, (vi16){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
-    return x[0];
-}
-
-static inline v16 vexp_neg(v16 x) {
-    /* e^x for x <= 0, lane-wise, same polynomial as exp_neg */
-    const v16 lo = (v16){0} - 87.0f;
-    x = (v16)((vi16)((x < lo) & (vi16)lo) | (vi16)((x >= lo) & (vi16)x));
-    v16 t = x * 1.44269504088896341f;
-    vi16 n = __builtin_convertvector(t - 0.5f, vi16); /* t <= 0: rounds to nearest */
-    v16 f = (t - __builtin_convertvector(n, v16)) * 0.69314718055994531f;
-    v16 p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720 + f * (1.0f / 5040)))))));
-    vi16 bits = (n + 127) << 23;
-    return p * (v16)bits;
-}
 
 int mc_paged_prefill_f32(
     const float *q, int64_t q_stride,
