@@ -12,6 +12,7 @@ from torch import nn
 
 from mooncake.engine.attention import AttentionMetadata, paged_attention
 from mooncake.engine.model_config import ModelConfig
+from mooncake.engine.native import NativeKernels
 from mooncake.engine.rope import RotaryTable, apply_rope
 
 
@@ -21,7 +22,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, native: NativeKernels | None = None) -> torch.Tensor:
+        if native is not None:  # float32 on CPU: one fused pass (same order of operations)
+            return native.rms_norm(x, self.weight, self.eps)
         # Same order of operations as transformers' LlamaRMSNorm (float32 statistics).
         dtype = x.dtype
         h = x.float()
@@ -84,18 +87,26 @@ class DecoderLayer(nn.Module):
         meta: AttentionMetadata,
         block_size: int,
         mlp_buf: torch.Tensor,
+        native: NativeKernels | None = None,
     ) -> torch.Tensor:
         # x: [T, H]; mlp_buf: [T, 2 * intermediate] scratch shared by all layers
         cfg = self.cfg
         T = x.shape[0]
-        qkv = self.qkv_proj(self.input_layernorm(x))  # [T, q + 2kv]
+        qkv = self.qkv_proj(self.input_layernorm(x, native))  # [T, q + 2kv]
         # q and k rotate together: one pass over [T, Hq + Hkv, D]
         qk = apply_rope(qkv[:, : self.q_size + self.kv_size].view(T, cfg.num_heads + cfg.num_kv_heads, cfg.head_dim), *rope)
         q, k = qk[:, : cfg.num_heads], qk[:, cfg.num_heads :]
         v = qkv[:, self.q_size + self.kv_size :].reshape(T, cfg.num_kv_heads, cfg.head_dim)
         attn = paged_attention(q, k, v, k_cache, v_cache, meta, block_size, self.scale)
-        x = x + self.o_proj(attn)
-        gate, up = self.gate_up_proj(self.post_attention_layernorm(x), out=mlp_buf).chunk(2, dim=-1)
+        if native is not None:
+            # residual add fused into the norm (x += o_proj(attn) in place: x is this
+            # step's own activation, nobody else holds it)
+            norm = self.post_attention_layernorm
+            h = native.rms_norm(x, norm.weight, norm.eps, add=self.o_proj(attn))
+        else:
+            x = x + self.o_proj(attn)
+            h = self.post_attention_layernorm(x)
+        gate, up = self.gate_up_proj(h, out=mlp_buf).chunk(2, dim=-1)
         # gate/up are views of a temporary: activate and multiply in place (no new buffers)
         out: torch.Tensor = x + self.down_proj(F.silu(gate, inplace=True).mul_(up))
         return out
@@ -138,6 +149,7 @@ class LlamaModel(nn.Module):
         meta: AttentionMetadata,
         logits_indices: torch.Tensor,
         block_size: int,
+        native: NativeKernels | None = None,
     ) -> torch.Tensor:
         """One step over the flat batch.
 
@@ -146,6 +158,7 @@ class LlamaModel(nn.Module):
             kv_cache: ``[num_layers, 2, num_slots, Hkv, D]``.
             meta: attention layout of this step.
             logits_indices: ``[N]`` flat positions whose next-token logits are needed.
+            native: compiled CPU kernels for the norms (float32 CPU only), or None.
         Returns:
             float32 logits ``[N, vocab]``.
         """
@@ -157,8 +170,8 @@ class LlamaModel(nn.Module):
         if buf is None or buf.shape[0] < T or buf.dtype != x.dtype or buf.device != x.device:
             buf = self._mlp_buf = x.new_empty(T, 2 * self.cfg.intermediate_size)
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, kv_cache[i, 0], kv_cache[i, 1], meta, block_size, buf[:T])
-        x = self.norm(x[logits_indices])  # [N, H]; norm is per-token, so select first
+            x = layer(x, rope, kv_cache[i, 0], kv_cache[i, 1], meta, block_size, buf[:T], native)
+        x = self.norm(x[logits_indices], native)  # [N, H]; norm is per-token, so select first
         logits: torch.Tensor = self.lm_head(x).float()
         return logits
 

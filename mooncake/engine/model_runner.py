@@ -152,5 +152,6 @@ class ModelRunner:
             meta,
             torch.tensor(logits_idx, dtype=torch.long, device=dev),
             bs,
+            self.native,
         )
         return logits

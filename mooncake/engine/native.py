@@ -52,6 +52,28 @@ class NativeKernels:
         fn.argtypes = [p, i64, p, p, p, i64, i64, p, i64, i64, i64, i64, i64, i64, ctypes.c_float, ctypes.c_int]
         fn.restype = ctypes.c_int
         self._prefill = fn
+        fn = lib.mc_add_rmsnorm_f32
+        fn.argtypes = [p, p, p, p, i64, i64, ctypes.c_float, ctypes.c_int]
+        fn.restype = ctypes.c_int
+        self._rmsnorm = fn
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, add: torch.Tensor | None = None) -> torch.Tensor:
+        """``weight * x * rsqrt(mean(x^2) + eps)`` per row of ``x`` ``[T, H]`` (float32,
+        contiguous), after ``x += add`` in place when ``add`` is given. Returns a new
+        tensor."""
+        if not (x.is_contiguous() and weight.is_contiguous() and (add is None or add.is_contiguous())):
+            raise ValueError("rms_norm: x, weight and add must be contiguous")
+        if add is not None and add.shape != x.shape:
+            raise ValueError(f"rms_norm: add has shape {tuple(add.shape)}, x {tuple(x.shape)}")
+        out = torch.empty_like(x)
+        T, H = x.shape
+        rc = self._rmsnorm(
+            x.data_ptr(), None if add is None else add.data_ptr(), out.data_ptr(), weight.data_ptr(),
+            T, H, eps, torch.get_num_threads(),
+        )  # fmt: skip
+        if rc != 0:
+            raise RuntimeError(f"rms_norm kernel failed (code {rc})")
+        return out
 
     def paged_prefill(
         self,

@@ -154,3 +154,18 @@ def test_broken_compiler_falls_back_with_a_warning(tmp_path):
     assert res.startswith("True|")
     assert "native kernels unavailable" in res and "broken" in res
     assert list(cache.glob("*")) == []
+
+
+@needs_native
+@pytest.mark.parametrize("with_add", [False, True])
+def test_rms_norm_kernel_equals_transformers_formula(with_add):
+    """Fused (residual add +) RMSNorm: same values as LlamaRMSNorm's ops; x updated in place."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(37, 200, generator=g)
+    add = torch.randn(37, 200, generator=g) if with_add else None
+    w = torch.randn(200, generator=g)
+    want_x = x + add if add is not None else x.clone()
+    want = w * (want_x * torch.rsqrt(want_x.pow(2).mean(-1, keepdim=True) + 1e-5))
+    got = native.rms_norm(x, w, 1e-5, add=add)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(x, want_x, atol=0, rtol=0)

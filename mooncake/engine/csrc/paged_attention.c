@@ -436,3 +436,33 @@ int mc_paged_prefill_f32(
     free(zero_row);
     return failed;
 }
+
+/* ---------------------------------------------------------------------------------
+ * RMSNorm, optionally fused with the residual add before it (float32, rows of H):
+ *   if add: x += add (in place);  out = weight * (x * rsqrt(mean(x^2) + eps))
+ * The same order of operations as transformers' LlamaRMSNorm; one read of x for the
+ * statistics and one for the output instead of the five passes of the torch ops.
+ */
+int mc_add_rmsnorm_f32(float *x, const float *add, float *out, const float *weight,
+                       int64_t T, int64_t H, float eps, int num_threads)
+{
+    if (H <= 0) return 1;
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+    for (int64_t t = 0; t < T; ++t) {
+        float *xr = x + t * H;
+        float ss = 0.0f;
+        if (add) {
+            const float *ar = add + t * H;
+#pragma omp simd reduction(+ : ss)
+            for (int64_t i = 0; i < H; ++i) { const float y = xr[i] + ar[i]; xr[i] = y; ss += y * y; }
+        } else {
+#pragma omp simd reduction(+ : ss)
+            for (int64_t i = 0; i < H; ++i) ss += xr[i] * xr[i];
+        }
+        const float r = 1.0f / __builtin_sqrtf(ss / (float)H + eps);
+        float *orow = out + t * H;
+#pragma omp simd
+        for (int64_t i = 0; i < H; ++i) orow[i] = weight[i] * (xr[i] * r);
+    }
+    return 0;
+}
