@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "paged_attention.c"
 # gnu11, not c11: strict ISO mode turns off FMA contraction (half the kernel speed).
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11"]
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11", "-fno-math-errno"]
+LIBS = ["-lm"]
 
 _lock = threading.Lock()
 _loaded: NativeKernels | None = None
@@ -179,7 +180,7 @@ def _cache_dir() -> Path:
 def _build(cc: str) -> Path:
     src = SOURCE.read_bytes()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), version.encode(), _cpu_flags().encode()]))
+    key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS + LIBS).encode(), version.encode(), _cpu_flags().encode()]))
     out_dir = _cache_dir()
     lib = out_dir / f"paged_attention-{key.hexdigest()[:16]}.so"
     if lib.exists():
@@ -189,7 +190,7 @@ def _build(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so.tmp")
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+        proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), *LIBS], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp, lib)
