@@ -98,7 +98,7 @@ class NativeKernels:
             out: ``[n, Hq, D]`` float32, each token's heads contiguous; written.
         Returns:
             False (nothing written) for shapes the kernel does not take (head_dim not a
-            multiple of 16 or over 256, block_size not a multiple of 16).
+            multiple of 16, or over 256).
         """
         n, Hq, D = q.shape
         Hkv = k_cache.shape[1]
