@@ -7,6 +7,8 @@ above 1 means mooncake is faster), so a loaded machine slows both sides alike.
 - decode attention: the native in-place kernel vs gathering each sequence's blocks by
   block table into a padded copy + masked SDPA (the torch path);
 - prefill attention: the native flash-style kernel vs SDPA (causal, GQA) on the same K/V;
+- elementwise: fused residual add + RMSNorm, rotary embedding of q and k, SiLU-and-mul,
+  each vs the torch ops they replace, on a 2048-token step;
 - projections: ``x @ W_t`` with the weight stored ``[in, out]`` (mooncake's layout) vs
   ``F.linear(x, W)`` with ``[out, in]`` (``nn.Linear``), for the 100M shape's matrices.
 
@@ -112,6 +114,45 @@ def prefill_attention(reps: int, n: int, cached: int) -> None:
     row(f"prefill attention, {n} tokens after {cached} cached", *ab(ours, base, reps))
 
 
+def elementwise(reps: int, tokens: int = 2048, hidden: int = 768, inter: int = 2048) -> None:
+    native = kernels()
+    assert native is not None
+    from mooncake.engine.model_config import RopeConfig
+    from mooncake.engine.rope import RotaryTable, apply_rope
+
+    g = torch.Generator().manual_seed(3)
+    x0, add, w = torch.randn(tokens, hidden, generator=g), torch.randn(tokens, hidden, generator=g), torch.randn(hidden)
+    x = x0.clone()
+
+    def norm_base() -> torch.Tensor:
+        h = x0 + add
+        return w * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5))
+
+    def norm_ours() -> None:
+        x.copy_(x0)  # the kernel adds in place; the baseline's add makes a new tensor
+        native.rms_norm(x, w, 1e-5, add=add)
+
+    row(f"residual add + RMSNorm, {tokens} x {hidden}", *ab(norm_ours, norm_base, reps))
+    table = RotaryTable(RopeConfig(), D, tokens, torch.float32, torch.device("cpu"))
+    cos, sin = table.lookup(torch.arange(tokens))
+    qk = torch.randn(tokens, Hq + 2 * Hkv, D, generator=g)[:, : Hq + Hkv]
+    c2, s2 = cos.view(tokens, -1), sin.view(tokens, -1)
+    row(f"rotary q+k, {tokens} tokens", *ab(lambda: native.rope(qk, c2, s2), lambda: apply_rope(qk, cos, sin), reps))
+    src = torch.randn(tokens, 2 * inter, generator=g)
+    buf = torch.empty_like(src)
+
+    def act_ours() -> None:
+        buf.copy_(src)  # in place: fresh values each time (repeated SiLU would reach denormals)
+        native.silu_mul(buf)
+
+    def act_base() -> None:
+        buf.copy_(src)
+        gate, up = buf.chunk(2, dim=-1)
+        F.silu(gate, inplace=True).mul_(up)
+
+    row(f"SiLU-and-mul (incl. a {tokens} x {2 * inter} copy on both sides)", *ab(act_ours, act_base, reps))
+
+
 def projections(reps: int) -> None:
     g = torch.Generator().manual_seed(2)
     for m in (1, 16, 64, 2048):
@@ -139,6 +180,7 @@ def main() -> None:
         prefill_attention(args.reps, 2048, 0)
         prefill_attention(args.reps, 512, 0)
         prefill_attention(args.reps, 128, 1920)
+        elementwise(args.reps)
         projections(args.reps)
 
 

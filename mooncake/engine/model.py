@@ -95,7 +95,11 @@ class DecoderLayer(nn.Module):
         T = x.shape[0]
         qkv = self.qkv_proj(self.input_layernorm(x, native))  # [T, q + 2kv]
         # q and k rotate together: one pass over [T, Hq + Hkv, D]
-        qk = apply_rope(qkv[:, : self.q_size + self.kv_size].view(T, cfg.num_heads + cfg.num_kv_heads, cfg.head_dim), *rope)
+        qk_in = qkv[:, : self.q_size + self.kv_size].view(T, cfg.num_heads + cfg.num_kv_heads, cfg.head_dim)
+        if native is not None:
+            qk = native.rope(qk_in, rope[0].view(T, -1), rope[1].view(T, -1))
+        else:
+            qk = apply_rope(qk_in, *rope)
         q, k = qk[:, : cfg.num_heads], qk[:, cfg.num_heads :]
         v = qkv[:, self.q_size + self.kv_size :].reshape(T, cfg.num_kv_heads, cfg.head_dim)
         attn = paged_attention(q, k, v, k_cache, v_cache, meta, block_size, self.scale)
@@ -107,9 +111,14 @@ class DecoderLayer(nn.Module):
         else:
             x = x + self.o_proj(attn)
             h = self.post_attention_layernorm(x)
-        gate, up = self.gate_up_proj(h, out=mlp_buf).chunk(2, dim=-1)
-        # gate/up are views of a temporary: activate and multiply in place (no new buffers)
-        out: torch.Tensor = x + self.down_proj(F.silu(gate, inplace=True).mul_(up))
+        gate_up = self.gate_up_proj(h, out=mlp_buf)
+        if native is not None:
+            act = native.silu_mul(gate_up)
+        else:
+            # gate/up are views of a temporary: activate and multiply in place (no new buffers)
+            gate, up = gate_up.chunk(2, dim=-1)
+            act = F.silu(gate, inplace=True).mul_(up)
+        out: torch.Tensor = x + self.down_proj(act)
         return out
 
 

@@ -57,6 +57,38 @@ class NativeKernels:
         fn.argtypes = [p, p, p, p, i64, i64, ctypes.c_float, ctypes.c_int]
         fn.restype = ctypes.c_int
         self._rmsnorm = fn
+        fn = lib.mc_rope_f32
+        fn.argtypes = [p, i64, p, p, p, i64, i64, i64, ctypes.c_int]
+        fn.restype = ctypes.c_int
+        self._rope = fn
+        fn = lib.mc_silu_mul_f32
+        fn.argtypes = [p, i64, i64, ctypes.c_int]
+        fn.restype = ctypes.c_int
+        self._silu_mul = fn
+
+    def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """``x * cos + swap_halves(x) * sin`` (``mooncake.engine.rope.apply_rope``) for
+        ``x: [T, H, D]`` float32 with each token's heads contiguous; ``cos``, ``sin``:
+        ``[T, D]`` contiguous. Returns a new contiguous tensor."""
+        T, H, D = x.shape
+        if not (x.stride(2) == 1 and x.stride(1) == D and cos.is_contiguous() and sin.is_contiguous()):
+            raise ValueError("rope: x heads, cos and sin must be contiguous")
+        if cos.shape != (T, D) or sin.shape != (T, D):
+            raise ValueError(f"rope: cos/sin must be [{T}, {D}], got {list(cos.shape)} / {list(sin.shape)}")
+        out = x.new_empty(T, H, D)
+        rc = self._rope(x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), T, H, D, torch.get_num_threads())
+        if rc != 0:
+            raise RuntimeError(f"rope kernel failed (code {rc})")
+        return out
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """In place on ``gate_up: [T, 2I]`` (float32, contiguous): its first half becomes
+        ``silu(gate) * up``; returns that ``[T, I]`` view."""
+        if not gate_up.is_contiguous():
+            raise ValueError("silu_mul: gate_up must be contiguous")
+        T, two_i = gate_up.shape
+        self._silu_mul(gate_up.data_ptr(), T, two_i // 2, torch.get_num_threads())
+        return gate_up[:, : two_i // 2]
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, add: torch.Tensor | None = None) -> torch.Tensor:
         """``weight * x * rsqrt(mean(x^2) + eps)`` per row of ``x`` ``[T, H]`` (float32,

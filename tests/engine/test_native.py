@@ -169,3 +169,29 @@ def test_rms_norm_kernel_equals_transformers_formula(with_add):
     got = native.rms_norm(x, w, 1e-5, add=add)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(x, want_x, atol=0, rtol=0)
+
+
+@needs_native
+def test_rope_kernel_equals_apply_rope():
+    """q and k rotated together from the fused projection's strided view."""
+    from mooncake.engine.model_config import RopeConfig
+    from mooncake.engine.rope import RotaryTable, apply_rope
+
+    g = torch.Generator().manual_seed(4)
+    table = RotaryTable(RopeConfig(), 64, 512, torch.float32, torch.device("cpu"))
+    pos = torch.randint(0, 512, (29,), generator=g)
+    cos, sin = table.lookup(pos)
+    fused = torch.randn(29, 16 + 4, 64, generator=g)
+    x = fused[:, :16]
+    torch.testing.assert_close(native.rope(x, cos.view(29, -1), sin.view(29, -1)), apply_rope(x, cos, sin), atol=1e-6, rtol=1e-6)
+
+
+@needs_native
+def test_silu_mul_kernel_equals_torch():
+    g = torch.Generator().manual_seed(5)
+    gate_up = torch.randn(13, 2 * 96, generator=g) * 6  # large |x|: both sigmoid branches
+    gate, up = gate_up.clone().chunk(2, dim=-1)
+    want = F.silu(gate) * up
+    got = native.silu_mul(gate_up)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert got.data_ptr() == gate_up.data_ptr()  # in place, first half

@@ -466,3 +466,48 @@ int mc_add_rmsnorm_f32(float *x, const float *add, float *out, const float *weig
     }
     return 0;
 }
+
+/* ---------------------------------------------------------------------------------
+ * Rotary embedding of q and k together: x [T, H, D] (token rows x_stride floats apart,
+ * each token's heads contiguous) into out [T, H, D] contiguous:
+ *   out = x * cos + swap_halves(x) * sin      (sin carries rotate_half's sign)
+ * cos, sin: [T, D] contiguous (the step's table rows).
+ */
+int mc_rope_f32(const float *x, int64_t x_stride, const float *cos, const float *sin, float *out,
+                int64_t T, int64_t H, int64_t D, int num_threads)
+{
+    if (D % 2 != 0) return 1;
+    const int64_t half = D / 2;
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+    for (int64_t t = 0; t < T; ++t) {
+        const float *c = cos + t * D, *s = sin + t * D;
+        for (int64_t h = 0; h < H; ++h) {
+            const float *xr = x + t * x_stride + h * D;
+            float *o = out + (t * H + h) * D;
+#pragma omp simd
+            for (int64_t d = 0; d < half; ++d) o[d] = xr[d] * c[d] + xr[d + half] * s[d];
+#pragma omp simd
+            for (int64_t d = half; d < D; ++d) o[d] = xr[d] * c[d] + xr[d - half] * s[d];
+        }
+    }
+    return 0;
+}
+
+/* SwiGLU's activation in place: gate <- silu(gate) * up, for gate and up the two halves
+ * of each row of the fused gate/up projection ([T, 2I], rows 2I floats apart). */
+int mc_silu_mul_f32(float *gate_up, int64_t T, int64_t I, int num_threads)
+{
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+    for (int64_t t = 0; t < T; ++t) {
+        float *g = gate_up + t * 2 * I;
+        const float *u = g + I;
+#pragma omp simd
+        for (int64_t i = 0; i < I; ++i) {
+            const float x = g[i];
+            const float e = exp_neg(x > 0.0f ? -x : x); /* e^-|x|, never overflows */
+            const float num = x > 0.0f ? x : x * e;      /* one division per element */
+            g[i] = num / (1.0f + e) * u[i];
+        }
+    }
+    return 0;
+}
