@@ -108,10 +108,16 @@ class Browser:
         data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
         path.write_bytes(base64.b64decode(data))
 
+    async def _close_ws(self) -> None:
+        self.ws.close()
+        await asyncio.sleep(0)
+
     def close(self) -> None:
         try:
             if hasattr(self, "ws"):
-                self.ws.close()
+                # inside our own loop: tornado's close() looks up the current loop, and
+                # outside a running one that fails when earlier tests closed the default
+                self.loop.run_until_complete(self._close_ws())
         finally:
             self.proc.terminate()
             try:
