@@ -367,15 +367,6 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from checkpoints import SHAPES, ensure_checkpoint, num_params
@@ -576,10 +567,13 @@ def summarize(result: dict[str, Any], sides: list[str]) -> None:
     # random weights make near-ties, so an early fp32 divergence is possible, not a bug).
     agree: dict[str, list[int]] = {}
     if "transformers" in raw:
+        # imported here: this file also runs as the vLLM side, whose venv has no mooncake
+        from mooncake.types import common_prefix_len
+
         for s in sides:
             if s != "transformers":
                 agree[s] = [
-                    common_prefix(a, b)
+                    common_prefix_len(a, b)
                     for a, b in zip(raw[s]["decode_tokens"], raw["transformers"]["decode_tokens"])
                 ]
     result["greedy_agreement_with_transformers"] = agree

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mooncake.types import common_prefix_len
+
 
 @dataclass(frozen=True, slots=True)
 class PrefixGroup:
@@ -49,15 +51,6 @@ def _chunks(ids: Sequence[int], block_size: int) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(ids[i * block_size : (i + 1) * block_size]) for i in range(n))
 
 
-def _common_blocks(a: tuple[tuple[int, ...], ...], b: tuple[tuple[int, ...], ...]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def plan_batch(prompts: Sequence[Sequence[int]], block_size: int) -> BatchPlan:
     """Group token-id prompts by shared leading blocks and choose warm-ups.
 
@@ -80,7 +73,7 @@ def plan_batch(prompts: Sequence[Sequence[int]], block_size: int) -> BatchPlan:
         if len(run) < 2:
             singles.extend(run)
             return
-        shared = min(_common_blocks(chunks[run[0]], chunks[j]) for j in run[1:])
+        shared = min(common_prefix_len(chunks[run[0]], chunks[j]) for j in run[1:])
         warm = min(run, key=lambda j: (len(prompts[j]), j))
         groups.append(PrefixGroup(warm, tuple(j for j in run if j != warm), shared))
 

@@ -1,8 +1,10 @@
-"""Identifiers and small value types shared by every layer (stdlib only)."""
+"""Identifiers, small value types and one sequence helper shared by every layer (stdlib
+only)."""
 
 from __future__ import annotations
 
-from typing import Literal, NewType
+from collections.abc import Sequence
+from typing import Literal, NewType, TypeVar
 
 #: Request id as given by the caller (or generated); stable across the whole graph.
 RequestId = NewType("RequestId", str)
@@ -18,3 +20,17 @@ DTYPES: tuple[DType, ...] = ("float32", "bfloat16", "float16")
 
 Role = Literal["prefill", "decode"]
 FinishReason = Literal["stop", "length", "abort"]
+
+
+_T = TypeVar("_T")
+
+
+def common_prefix_len(a: Sequence[_T], b: Sequence[_T]) -> int:
+    """How many leading items ``a`` and ``b`` share (tokens, or whole blocks of them)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+

@@ -14,18 +14,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
 
-from mooncake.types import BlockKey
+from mooncake.types import BlockKey, common_prefix_len
 
 SharedPrefix = Literal["none", "below_block", "block_or_more"]
-
-
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class SharedPrefixProbe:
@@ -54,7 +45,7 @@ class SharedPrefixProbe:
         if not chunk:
             return "none", 0
         parent = keys[hit_blocks - 1] if hit_blocks > 0 else root
-        best = max((_common(chunk, c) for c in self._children.get(parent, ())), default=0)
+        best = max((common_prefix_len(chunk, c) for c in self._children.get(parent, ())), default=0)
         if best == 0:
             return "none", 0
         if best >= bs:
