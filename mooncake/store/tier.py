@@ -232,13 +232,10 @@ class LmdbTier:
     def read(self, key: BlockKey, verify: bool = True) -> BlockObject | None:
         """One checked block, or ``None`` if absent; raises :class:`CorruptBlockError`."""
         txn = self.env.begin(buffers=True)
-        hdr = txn.get(key, db=self._hdr)
-        if hdr is None:
+        raw = self.read_raw(txn, key)
+        if raw is None:
             return None
-        data = txn.get(key, db=self._data)
-        if data is None:
-            raise CorruptBlockError("header without payload")
-        return _object(hdr, data, txn, verify, key)
+        return _object(*raw, txn, verify, key)
 
     def read_many(self, keys: Sequence[BlockKey], verify: bool = True) -> list[BlockObject | CorruptBlockError | None]:
         """Checked blocks sharing one read transaction; a corrupt one is returned as its
