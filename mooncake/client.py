@@ -41,7 +41,7 @@ from mooncake.kvcache import block_keys, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from mooncake.sampling_params import SamplingParams, params_per_prompt
 from mooncake.tokenizer import Tokenizer
-from mooncake.worker.config import WORKER_MALLOC_ENV, WorkerConfig
+from mooncake.worker.config import WorkerConfig
 from mooncake.worker.messages import PlacementInfo, RequestSpec
 from mooncake.worker.plugin import MooncakeWorker
 from mooncake.worker.tasks import engine_stats, worker_info
@@ -247,10 +247,7 @@ class LLM:
             opts = dict(cluster.new_spec["options"])
             opts.update(name=name, resources=resources, env=env)
             cluster.worker_spec[name] = {"cls": Nanny, "options": opts}
-        # A Nanny applies its ``env`` after spawning the worker process, too late for
-        # malloc settings; those go in ``pre-spawn-environ``, read when the Nanny is made.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": {**dask.config.get("distributed.nanny.pre-spawn-environ"), **WORKER_MALLOC_ENV}}):
-            cluster.sync(cluster._correct_state)
+        cluster.sync(cluster._correct_state)
         return cluster
 
     def _wait_conductor_ready(self, n: int, timeout: float = 60.0) -> None:

@@ -12,8 +12,6 @@ import os
 import subprocess
 import sys
 
-from mooncake.worker.config import WORKER_MALLOC_ENV
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("worker", help="join a Dask cluster as a prefill/decode worker", description=__doc__)
@@ -37,8 +35,7 @@ def run(args: argparse.Namespace) -> int:
     gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else [None]
     procs = []
     for gpu in gpus:
-        # The Nanny passes these to the worker process it spawns (unless set already).
-        env = {**WORKER_MALLOC_ENV, **os.environ}
+        env = dict(os.environ)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         procs.append(subprocess.Popen(command(args, gpu), env=env))

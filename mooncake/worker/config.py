@@ -7,18 +7,6 @@ from dataclasses import dataclass, field
 from mooncake.store.config import EvictionPolicyName
 from mooncake.transfer.config import TransferConfig
 
-WORKER_MALLOC_ENV: dict[str, str] = {
-    "MALLOC_TRIM_THRESHOLD_": str(128 * 1024**2),
-    "MALLOC_MMAP_THRESHOLD_": str(32 * 1024**2),
-}
-"""glibc malloc settings for engine worker processes. Dask's Nanny spawns workers with a
-64 KiB trim threshold, which also freezes the mmap threshold at 128 KiB: every engine
-step's multi-MB temporaries are then mmapped and unmapped, and re-faulted the next step
-(~2,800 page faults per 16-256-token prefill with the built-in model, 16 ms of CPU
-instead of 11). Keeping freed memory (trim above 128 MiB) and serving blocks under
-32 MiB (glibc's maximum) from the heap removes them. glibc reads these only at process
-start: they must be in the environment the worker process is spawned with."""
-
 
 @dataclass(frozen=True)
 class WorkerConfig:
