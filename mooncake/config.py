@@ -60,9 +60,10 @@ class EngineConfig:
     num_threads: int | None = None
     """torch intra-op threads on CPU; ``None`` leaves torch's default."""
     native_kernels: bool = True
-    """Run decode attention with the compiled in-place kernel (float32 on CPU; built on
-    first use with the system C compiler, see ``mooncake.engine.native``). Off, or where
-    it cannot be built, the torch path computes the same result more slowly."""
+    """Run attention (reading the paged cache in place), RMSNorm, rotary embedding and
+    SiLU-and-mul with the compiled CPU kernels (float32 on CPU; built on first use with
+    the system C compiler, see ``mooncake.engine.native``). Off, or where they cannot be
+    built, the torch path computes the same result more slowly."""
     keep_freed_memory: bool = True
     """Raise glibc malloc's mmap/trim thresholds for the process so each step's large
     activation buffers are reused instead of re-mapped and page-faulted (see

@@ -51,14 +51,11 @@ class NativeDecode:
     """All single-token decodes of the step, for the in-place kernel (no padding, so no
     grouping by length)."""
 
-    kernels: NativeKernels
     block_tables: torch.Tensor
     """``[B, max_blocks]`` int64 block ids (rows padded with 0)."""
     context_lens: torch.Tensor
     """``[B]`` int64 tokens each sequence attends to."""
     max_context: int
-    window: int | None
-    """Sliding window, or None."""
 
 
 @dataclass
@@ -71,10 +68,11 @@ class AttentionMetadata:
     """Decode tokens (the flat batch's head), grouped by similar context length so
     padding stays small."""
     prefills: list[PrefillSegment] = field(default_factory=list)
+    native: NativeKernels | None = None
+    """The compiled kernels, when they run this step's attention (then prefill masks are
+    not built unless a segment falls back to SDPA)."""
     native_decode: NativeDecode | None = None
     """Set instead of ``decodes`` when the native kernel runs the decode tokens."""
-    native_prefill: NativeKernels | None = None
-    """Set when the native kernel runs the prefill segments (their masks are not built)."""
     window: int | None = None
     """Sliding window of the model, or None."""
 
@@ -136,9 +134,10 @@ def paged_attention(
 
     nd = meta.native_decode
     if nd is not None:
+        assert meta.native is not None
         B = nd.context_lens.shape[0]
-        nd.kernels.paged_decode(
-            q[:B], k_cache, v_cache, nd.block_tables, nd.context_lens, out[:B], block_size, nd.window, scale, nd.max_context
+        meta.native.paged_decode(
+            q[:B], k_cache, v_cache, nd.block_tables, nd.context_lens, out[:B], block_size, meta.window, scale, nd.max_context
         )
 
     for g in meta.decodes:
@@ -156,7 +155,7 @@ def paged_attention(
 
     for seg in meta.prefills:
         sl = slice(seg.start, seg.start + seg.num_tokens)
-        if meta.native_prefill is not None and meta.native_prefill.paged_prefill(
+        if meta.native is not None and meta.native.paged_prefill(
             q[sl], k_cache, v_cache, seg.block_table, seg.context_len, out[sl], block_size, meta.window, scale
         ):
             continue

@@ -168,7 +168,8 @@ class LlamaModel(nn.Module):
             kv_cache: ``[num_layers, 2, num_slots, Hkv, D]``.
             meta: attention layout of this step.
             logits_indices: ``[N]`` flat positions whose next-token logits are needed.
-            native: compiled CPU kernels for the norms (float32 CPU only), or None.
+            native: compiled CPU kernels for the norms, rotary and SiLU (float32 CPU only;
+                attention takes them from ``meta``), or None.
         Returns:
             float32 logits ``[N, vocab]``.
         """

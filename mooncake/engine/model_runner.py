@@ -24,7 +24,8 @@ from mooncake.kvcache import KVBlockSpec
 
 class ModelRunner:
     """Args: model; spec: KV block shape; num_blocks: blocks in the pool; native_kernels:
-    use the in-place decode attention kernel where it applies (float32 on CPU)."""
+    use the compiled CPU kernels (attention, norms, rotary, SiLU) where they apply
+    (float32 on CPU)."""
 
     def __init__(
         self, model: LlamaModel, spec: KVBlockSpec, num_blocks: int, null_model: bool = False, native_kernels: bool = True
@@ -67,25 +68,26 @@ class ModelRunner:
             return t.view(torch.int16).numpy().view(np.uint16)
         return t.numpy()
 
-    def _native_decode(self, decodes: list[ScheduledSeq], nblocks: list[int], native: NativeKernels) -> NativeDecode:
-        table = torch.zeros(len(decodes), max(nblocks), dtype=torch.long)
-        for b, (s, nb) in enumerate(zip(decodes, nblocks)):
-            table[b, :nb] = torch.tensor([blk.block_id for blk in s.seq.block_table[:nb]])
-        ctx = [s.start + 1 for s in decodes]
-        return NativeDecode(native, table, torch.tensor(ctx, dtype=torch.long), max(ctx), self.window)
-
-    def _decode_group(self, group: list[ScheduledSeq], max_blocks: int, start: int, dev: torch.device) -> DecodeGroup:
-        bs = self.block_size
+    def _block_tables(self, group: list[ScheduledSeq], max_blocks: int) -> torch.Tensor:
+        """``[len(group), max_blocks]`` block ids covering each sequence's context (rows
+        padded with 0)."""
         table = torch.zeros(len(group), max_blocks, dtype=torch.long)
         for b, s in enumerate(group):
-            nb = -(-(s.start + 1) // bs)
+            nb = -(-(s.start + 1) // self.block_size)
             table[b, :nb] = torch.tensor([blk.block_id for blk in s.seq.block_table[:nb]])
+        return table
+
+    def _native_decode(self, decodes: list[ScheduledSeq], max_blocks: int) -> NativeDecode:
+        ctx = [s.start + 1 for s in decodes]
+        return NativeDecode(self._block_tables(decodes, max_blocks), torch.tensor(ctx, dtype=torch.long), max(ctx))
+
+    def _decode_group(self, group: list[ScheduledSeq], max_blocks: int, start: int, dev: torch.device) -> DecodeGroup:
         ctx = torch.tensor([s.start + 1 for s in group])[:, None]
-        k_pos = torch.arange(max_blocks * bs)[None, :]
+        k_pos = torch.arange(max_blocks * self.block_size)[None, :]
         mask = k_pos < ctx
         if self.window is not None:
             mask &= k_pos >= ctx - self.window
-        return DecodeGroup(start, table.to(dev), mask[:, None, None, :].to(dev))
+        return DecodeGroup(start, self._block_tables(group, max_blocks).to(dev), mask[:, None, None, :].to(dev))
 
     # -- one step ----------------------------------------------------------------
     @torch.inference_mode()
@@ -105,13 +107,11 @@ class ModelRunner:
         # then cut into at most two groups so short sequences are not padded to the longest.
         out.decodes.sort(key=lambda s: s.start)
         decodes = out.decodes
-        meta = AttentionMetadata(
-            slot_mapping=torch.empty(0, dtype=torch.long), native_prefill=self.native, window=self.window
-        )
+        meta = AttentionMetadata(slot_mapping=torch.empty(0, dtype=torch.long), native=self.native, window=self.window)
         if decodes:
             nblocks = [-(-(s.start + 1) // bs) for s in decodes]
             if self.native is not None:
-                meta.native_decode = self._native_decode(decodes, nblocks, self.native)
+                meta.native_decode = self._native_decode(decodes, max(nblocks))
             else:
                 cut = split_by_length(nblocks)
                 for lo, hi in ((0, cut), (cut, len(decodes))):
