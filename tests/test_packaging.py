@@ -37,7 +37,7 @@ def test_wheel_contains_graphs(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "mooncake/graphs/__init__.py" in names
     assert "mooncake/engine/model.py" in names
-    assert "mooncake/engine/csrc/paged_attention.c" in names
+    assert "mooncake/engine/csrc/cpu_kernels.c" in names
 
 
 def test_client_and_server_do_not_load_torch():

@@ -1,16 +1,16 @@
 """Native CPU kernels, compiled on first use with the system C compiler.
 
-The decode attention kernel (``csrc/paged_attention.c``) reads K/V in place from the
-paged cache. It is plain C with OpenMP, built with ``-O3 -march=native`` into a shared
-library cached under ``$MOONCAKE_KERNEL_CACHE`` (default ``~/.cache/mooncake/kernels``),
-keyed by the source, the flags, the compiler and the CPU's feature flags, so a cache on a
-shared home never hands one CPU a library built for another. It links the same
-``libgomp.so.1`` torch has already loaded, so it shares torch's thread pool instead of
-starting a second one that would spin against it.
+``csrc/cpu_kernels.c`` holds the engine's float32 CPU kernels: decode and prefill
+attention reading K/V in place from the paged cache, residual add + RMSNorm, rotary
+embedding and SiLU-and-mul. It is plain C with OpenMP, built with ``-O3 -march=native``
+into a shared library cached under ``$MOONCAKE_KERNEL_CACHE`` (default
+``~/.cache/mooncake/kernels``), keyed by the source, the flags, the compiler and the CPU's
+feature flags, so a cache on a shared home never hands one CPU a library built for
+another. It links the same ``libgomp.so.1`` torch has already loaded, so it shares
+torch's thread pool instead of starting a second one that would spin against it.
 
 Without a compiler, on another OS, or with ``MOONCAKE_NATIVE_KERNELS=0``, :func:`kernels`
-returns ``None`` and attention uses the torch path (same results, slower on CPU).
-"""
+returns ``None`` and the engine uses torch ops (same results, slower on CPU)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "paged_attention.c"
+SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 # gnu11, not c11: strict ISO mode turns off FMA contraction (half the kernel speed).
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11", "-fno-math-errno"]
 LIBS = ["-lm"]
@@ -214,7 +214,7 @@ def _build(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS + LIBS).encode(), version.encode(), _cpu_flags().encode()]))
     out_dir = _cache_dir()
-    lib = out_dir / f"paged_attention-{key.hexdigest()[:16]}.so"
+    lib = out_dir / f"cpu_kernels-{key.hexdigest()[:16]}.so"
     if lib.exists():
         return lib
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,8 @@
-/* Decode attention read in place from the paged KV cache (float32, CPU).
+/* The engine's float32 CPU kernels, called from mooncake/engine/native.py: decode and
+ * prefill attention over the paged KV cache, residual add + RMSNorm, rotary embedding,
+ * SiLU-and-mul.
+ *
+ * Decode attention read in place from the paged KV cache.
  *
  * One query token per sequence attends to its sequence's cached keys and values, found
  * through its block table, without first gathering them into a padded copy: the gather
