@@ -276,7 +276,7 @@ class OpenAIServing:
             self.metrics.num_requests_running.dec(len(prompts))
             raise
         if req.stream:
-            gen = self._completion_stream(req, model, request_id, streams, echo_texts)
+            gen = _event_stream(request_id, self._completion_events(req, model, request_id, streams, echo_texts), streams)
             return EventStreamResponse(gen, on_close=_closer(streams, self.metrics, len(prompts)))
         try:
             outs = await _until_disconnect(request, asyncio.gather(*(s.collect() for s in streams)))
@@ -302,7 +302,7 @@ class OpenAIServing:
         resp = CompletionResponse(id=request_id, model=model, choices=choices, usage=_usage(outs))
         return JSONResponse(resp.model_dump(mode="json"))
 
-    async def _completion_stream(
+    async def _completion_events(
         self, req: CompletionRequest, model: str, rid: str, streams: list[RequestStream], echo_texts: list[str]
     ) -> AsyncIterator[bytes]:
         created = now()
@@ -310,36 +310,26 @@ class OpenAIServing:
         include_usage = bool(opts and opts.include_usage)
         continuous = bool(opts and opts.continuous_usage_stats)
         k = req.logprobs or 0
-        try:
-            for i, text in enumerate(echo_texts):
-                yield event(CompletionResponse(id=rid, created=created, model=model, choices=[CompletionChoice(index=i, text=text)]))
-            async for i, d in _merge(streams):
-                s = streams[i]
-                choice = CompletionChoice(
-                    index=i,
-                    text=d.text,
-                    logprobs=self._completion_logprobs(d.token_ids, d.logprobs, k, len(s._sent_text) - len(d.text)),
-                    finish_reason=d.finish_reason,  # type: ignore[arg-type]
-                    stop_reason=d.stop_reason if d.finish_reason else None,
-                    token_ids=d.token_ids if req.return_token_ids else None,
-                    prompt_token_ids=list(s.first.prompt_token_ids) if req.return_token_ids and s._sent_tokens == len(d.token_ids) else None,
-                )
-                chunk = CompletionResponse(id=rid, created=created, model=model, choices=[choice])
-                if continuous:
-                    chunk.usage = _usage([s.last or s.first])
-                yield event(chunk)
-            if include_usage:
-                outs = [s.last or s.first for s in streams]
-                yield event(CompletionResponse(id=rid, created=created, model=model, choices=[], usage=_usage(outs)))
-        except errors.APIError as e:
-            yield event(e.body())
-        except Exception:
-            log.exception("request %s failed while streaming", rid)
-            yield event(errors.internal().body())
-        finally:
-            for s in streams:
-                await s.close()
-        yield DONE
+        for i, text in enumerate(echo_texts):
+            yield event(CompletionResponse(id=rid, created=created, model=model, choices=[CompletionChoice(index=i, text=text)]))
+        async for i, d in _merge(streams):
+            s = streams[i]
+            choice = CompletionChoice(
+                index=i,
+                text=d.text,
+                logprobs=self._completion_logprobs(d.token_ids, d.logprobs, k, len(s._sent_text) - len(d.text)),
+                finish_reason=d.finish_reason,  # type: ignore[arg-type]
+                stop_reason=d.stop_reason if d.finish_reason else None,
+                token_ids=d.token_ids if req.return_token_ids else None,
+                prompt_token_ids=list(s.first.prompt_token_ids) if req.return_token_ids and s._sent_tokens == len(d.token_ids) else None,
+            )
+            chunk = CompletionResponse(id=rid, created=created, model=model, choices=[choice])
+            if continuous:
+                chunk.usage = _usage([s.last or s.first])
+            yield event(chunk)
+        if include_usage:
+            outs = [s.last or s.first for s in streams]
+            yield event(CompletionResponse(id=rid, created=created, model=model, choices=[], usage=_usage(outs)))
 
     def _completion_logprobs(
         self, token_ids: list[int], lps: list[dict[int, float]] | None, k: int, offset: int = 0
@@ -376,7 +366,8 @@ class OpenAIServing:
             self.metrics.num_requests_running.dec()
             raise
         if req.stream:
-            return EventStreamResponse(self._chat_stream(req, model, request_id, stream), on_close=_closer([stream], self.metrics, 1))
+            body = _event_stream(request_id, self._chat_events(req, model, request_id, stream), [stream])
+            return EventStreamResponse(body, on_close=_closer([stream], self.metrics, 1))
         try:
             out = await _until_disconnect(request, stream.collect())
         finally:
@@ -400,7 +391,7 @@ class OpenAIServing:
         )
         return JSONResponse(resp.model_dump(mode="json"))
 
-    async def _chat_stream(self, req: ChatCompletionRequest, model: str, rid: str, s: RequestStream) -> AsyncIterator[bytes]:
+    async def _chat_events(self, req: ChatCompletionRequest, model: str, rid: str, s: RequestStream) -> AsyncIterator[bytes]:
         created = now()
         opts = req.stream_options
         include_usage = bool(opts and opts.include_usage)
@@ -410,28 +401,19 @@ class OpenAIServing:
         def chunk(choice: ChatChunkChoice | None, usage: Usage | None = None) -> bytes:
             return event(ChatCompletionChunk(id=rid, created=created, model=model, choices=[choice] if choice else [], usage=usage))
 
-        try:
-            yield chunk(ChatChunkChoice(index=0, delta={"role": "assistant", "content": ""}))
-            async for d in s.deltas():
-                choice = ChatChunkChoice(
-                    index=0,
-                    delta={"content": d.text} if d.text or not d.finish_reason else {},
-                    logprobs=self._chat_logprobs(d.token_ids, d.logprobs, k),
-                    finish_reason=d.finish_reason,  # type: ignore[arg-type]
-                    stop_reason=d.stop_reason if d.finish_reason else None,
-                    token_ids=d.token_ids if req.return_token_ids else None,
-                )
-                yield chunk(choice, _usage([s.last or s.first]) if continuous else None)
-            if include_usage:
-                yield chunk(None, _usage([s.last or s.first]))
-        except errors.APIError as e:
-            yield event(e.body())
-        except Exception:
-            log.exception("request %s failed while streaming", rid)
-            yield event(errors.internal().body())
-        finally:
-            await s.close()
-        yield DONE
+        yield chunk(ChatChunkChoice(index=0, delta={"role": "assistant", "content": ""}))
+        async for d in s.deltas():
+            choice = ChatChunkChoice(
+                index=0,
+                delta={"content": d.text} if d.text or not d.finish_reason else {},
+                logprobs=self._chat_logprobs(d.token_ids, d.logprobs, k),
+                finish_reason=d.finish_reason,  # type: ignore[arg-type]
+                stop_reason=d.stop_reason if d.finish_reason else None,
+                token_ids=d.token_ids if req.return_token_ids else None,
+            )
+            yield chunk(choice, _usage([s.last or s.first]) if continuous else None)
+        if include_usage:
+            yield chunk(None, _usage([s.last or s.first]))
 
     def _chat_logprobs(self, token_ids: list[int], lps: list[dict[int, float]] | None, k: int) -> ChatLogprobs | None:
         if lps is None:
@@ -458,6 +440,23 @@ def _sampling(build: Any) -> SamplingParams:
     except ValueError as e:
         raise errors.from_value_error(e) from None
     return params
+
+
+async def _event_stream(rid: str, body: AsyncIterator[bytes], streams: list[RequestStream]) -> AsyncIterator[bytes]:
+    """A streamed response's SSE body: ``body``'s events, then an OpenAI error event if it
+    failed, the request streams closed in every case, and ``[DONE]``."""
+    try:
+        async for frame in body:
+            yield frame
+    except errors.APIError as e:
+        yield event(e.body())
+    except Exception:
+        log.exception("request %s failed while streaming", rid)
+        yield event(errors.internal().body())
+    finally:
+        for s in streams:
+            await s.close()
+    yield DONE
 
 
 async def _merge(streams: list[RequestStream]) -> AsyncIterator[tuple[int, Delta]]:
