@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import time
@@ -36,30 +37,15 @@ def _prompts(n: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
 
 
 def instrument_worker(dask_worker: Any) -> dict[str, Any]:
-    """Wrap the engine's step and admission, the loop's emit and the lookup task."""
-    import resource
-
-    import torch
-
+    """Time the worker's emit of token deltas and its lookup task; the engine process
+    itself times its steps and admissions (``MOONCAKE_ENGINE_PROFILE=1``)."""
     from mooncake.worker import tasks
 
     plugin = dask_worker.plugins["mooncake"]
     log: list[tuple[Any, ...]] = []
     plugin.profile_log = log
-    loop, engine = plugin.loop, plugin.loop.engine
-    step, add, emit, lookup = engine.step, engine.add_request, loop.emit, tasks.lookup
-
-    def timed_step() -> Any:
-        r0, t0, c0 = resource.getrusage(resource.RUSAGE_THREAD), time.time(), time.thread_time()
-        out = step()
-        r1 = resource.getrusage(resource.RUSAGE_THREAD)
-        counts = (r1.ru_minflt - r0.ru_minflt, r1.ru_nivcsw - r0.ru_nivcsw, r1.ru_nvcsw - r0.ru_nvcsw)
-        log.append(("step", [o.request_id for o in out], t0, time.time(), time.thread_time() - c0, counts))
-        return out
-
-    def timed_add(rid: str, *a: Any, **k: Any) -> Any:
-        log.append(("admit", rid, time.time()))
-        return add(rid, *a, **k)
+    engine = plugin.engine
+    emit, lookup = engine.emit, tasks.lookup
 
     def timed_emit(topic: str, msgs: list[dict[str, Any]]) -> None:
         t = time.time()
@@ -73,8 +59,14 @@ def instrument_worker(dask_worker: Any) -> dict[str, Any]:
         return r
 
     timed_lookup.__module__, timed_lookup.__qualname__ = lookup.__module__, "lookup"  # pickled by name
-    engine.step, engine.add_request, loop.emit, tasks.lookup = timed_step, timed_add, timed_emit, timed_lookup
-    return {"torch_threads": loop.call(lambda e: torch.get_num_threads()).result()}
+    engine.emit, tasks.lookup = timed_emit, timed_lookup
+    return {"torch_threads": engine.info["torch_threads"], "engine_pid": engine.proc.pid}
+
+
+def worker_log(dask_worker: Any) -> list[tuple[Any, ...]]:
+    plugin = dask_worker.plugins["mooncake"]
+    engine_log: list[tuple[Any, ...]] = plugin.engine.call("profile_log").result()
+    return plugin.profile_log + engine_log
 
 
 class _GraphTimes(SchedulerPlugin):
@@ -113,6 +105,7 @@ def main() -> None:
         steps.append((time.perf_counter() - t0, time.thread_time() - c0))
     del engine
     rows: list[tuple[str, float, float]] = []
+    os.environ["MOONCAKE_ENGINE_PROFILE"] = "1"  # inherited by the workers' engine processes
     with LLM(engine_config=EngineConfig(num_blocks=2048, enable_prefix_caching=False, null_model=args.null), dashboard_address=None) as llm:
         print("engine threads per worker:", llm.client.run(instrument_worker))
         llm.client.run_on_scheduler(instrument_scheduler)
@@ -126,7 +119,7 @@ def main() -> None:
                 await asyncio.sleep(args.gap)
 
         asyncio.run(run())
-        logs = llm.client.run(lambda dask_worker: dask_worker.plugins["mooncake"].profile_log)
+        logs = llm.client.run(worker_log)
         graph_log = llm.client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins["prefill-profile"].log)
     ev: dict[str, dict[str, Any]] = {}
     for log in logs.values():

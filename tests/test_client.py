@@ -194,3 +194,21 @@ def test_logprobs_align_with_tokens_across_prefill_and_decode(llm, tiny_llama):
         assert lps is not None and len(lps) == len(got.token_ids) == 6
         for tok, d, r in zip(got.token_ids, lps, ref.outputs[0].logprobs):
             assert tok in d and abs(d[tok] - r[tok]) < 1e-5
+
+
+def test_each_worker_runs_its_engine_in_its_own_process(llm):
+    """The Dask worker processes never load torch: each engine lives in a child process
+    of its worker (its own GIL), which the worker reports."""
+
+    def probe(dask_worker):
+        import os
+        import sys
+
+        return {"torch": "torch" in sys.modules, "pid": os.getpid(), "engine_pid": dask_worker.plugins["mooncake"].engine.proc.pid}
+
+    got = llm.client.run(probe)
+    assert len(got) == 2
+    for addr, p in got.items():
+        assert not p["torch"]
+        assert p["engine_pid"] != p["pid"]
+        assert llm.workers[addr]["pid"] == p["engine_pid"]

@@ -1,40 +1,45 @@
-"""A thread that owns one engine and steps it whenever there is work.
+"""The loop that owns one engine, in the engine process (``engine_process``).
 
-Tasks never touch the engine directly: they post commands (run between steps) and wait
-on futures. After each step the loop publishes token deltas, batched per topic, through
-the emit callback (one message per step, not per token).
+One thread does everything: between steps it runs the commands the worker sent (add a
+request, abort, look up or import or export blocks), then steps the engine while it
+has work. After each step it sends the worker one message: the token deltas per
+stream topic, the requests that finished, the block events and the load. Nothing else
+runs Python in this process, so a step never waits for the GIL.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import logging
-import threading
+import resource
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mooncake.outputs import RequestOutput
+from mooncake.types import BlockKey
+from mooncake.worker.channel import Channel, ChannelClosed
 
 if TYPE_CHECKING:
     from mooncake.engine import LLMEngine
+    from mooncake.kvcache import KVBlock, KVExport
+    from mooncake.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
+ABORT_MEMORY_S = 60.0
+"""How long an aborted request id is remembered (an add that arrives later is refused)."""
+
+
 class RequestAborted(RuntimeError):
     """The request was cancelled while its task waited on it."""
-
-
-Emit = Callable[[str, list[dict[str, Any]]], None]
 
 
 @dataclass
 class Watch:
     """How the loop reports one request."""
 
-    future: concurrent.futures.Future[RequestOutput]
     topic: str | None
     sent_tokens: int = 0
     sent_text: int = 0
@@ -50,83 +55,182 @@ class Watch:
 
 
 class EngineLoop:
-    """Args: engine: owned from now on; emit: ``emit(topic, messages)``, thread-safe."""
+    """Args: engine: owned from now on; channel: to the worker; profile: record each
+    step's wall/CPU time, page faults and context switches (``profile_log`` command)."""
 
-    def __init__(self, engine: LLMEngine, emit: Emit) -> None:
+    def __init__(self, engine: LLMEngine, channel: Channel, profile: bool = False) -> None:
         self.engine = engine
-        self.emit = emit
-        self._commands: collections.deque[tuple[Callable[[LLMEngine], Any], concurrent.futures.Future[Any]]] = collections.deque()
-        self._wake = threading.Event()
-        self._stop = False
+        self.channel = channel
+        self.profile = profile
+        self.profile_log: list[tuple[Any, ...]] = []
         self._watches: dict[str, Watch] = {}
-        self.block_events: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._aborted: dict[str, float] = {}
+        self._events: list[tuple[str, bytes]] = []
+        self._failed: list[tuple[str, str]] = []
         self.busy_seconds = 0.0
-        self._thread = threading.Thread(target=self._run, name="mooncake-engine", daemon=True)
-        self._thread.start()
+        self._stop = False
+        self._commands: dict[str, Callable[..., Any]] = {
+            "add": self.add,
+            "abort": self.abort,
+            "match_prefix": self.match_prefix,
+            "import_blocks": self.import_blocks,
+            "export_kv": self.export_kv,
+            "export_cached_blocks": self.export_cached_blocks,
+            "stats": self.stats,
+            "profile_log": lambda: self.profile_log,
+            "stop": self.stop,
+        }
 
-    # -- API for tasks (any thread) ---------------------------------------------------
-    def call(self, fn: Callable[[LLMEngine], Any]) -> concurrent.futures.Future[Any]:
-        """Run ``fn(engine)`` on the loop thread between steps."""
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._commands.append((fn, fut))
-        self._wake.set()
-        return fut
-
-    def watch(self, request_id: str, watch: Watch) -> None:
-        """Register before adding the request (from the loop thread, via ``call``)."""
+    # -- commands (run between steps) -------------------------------------------------
+    def add(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        watch: Watch,
+        *,
+        cache_salt: str | None = None,
+        keep_kv: bool = False,
+        kv: KVExport | None = None,
+        prior_output_ids: Sequence[int] = (),
+        prior_logprobs: list[dict[int, float]] | None = None,
+    ) -> None:
+        """Admit a request and report it under ``watch``."""
+        if request_id in self._aborted:
+            # Aborted while its lookup ran outside a task (at placement): do not admit it.
+            raise RequestAborted(request_id)
+        if self.profile:
+            self.profile_log.append(("admit", request_id, time.time()))
+        e = self.engine
+        e.add_request(
+            request_id,
+            prompt_token_ids,
+            params,
+            cache_salt=cache_salt,
+            keep_kv=keep_kv,
+            kv=kv,
+            prior_output_ids=prior_output_ids,
+            prior_logprobs=prior_logprobs,
+        )
         self._watches[request_id] = watch
+        if prior_output_ids:
+            seq = e._seqs[request_id]
+            watch.sent_tokens = watch.prior_tokens = len(prior_output_ids)
+            watch.sent_text = len(seq.detok.text) if seq.detok is not None else 0
 
-    def abort(self, engine: LLMEngine, request_id: str) -> bool:
-        """(Loop thread.) Abort a request and fail the task waiting on it."""
-        found = engine.abort_request(request_id)
+    def abort(self, request_id: str) -> bool:
+        """Abort a request; its waiting task fails with ``RequestAborted``."""
+        now = time.monotonic()
+        self._aborted[request_id] = now
+        for rid, t in list(self._aborted.items()):
+            if now - t > ABORT_MEMORY_S:
+                del self._aborted[rid]
+        found = self.engine.abort_request(request_id)
         w = self._watches.pop(request_id, None)
-        if w is not None and not w.future.done():
-            w.future.set_exception(RequestAborted(request_id))
+        if w is not None:
+            self._failed.append((request_id, "aborted"))
         return found or w is not None
+
+    def match_prefix(self, prompt_token_ids: list[int], cache_salt: str | None) -> int:
+        """Prompt tokens whose blocks this engine caches (leading full blocks)."""
+        from mooncake.kvcache import block_keys
+
+        e = self.engine
+        bs = e.config.block_size
+        keys = block_keys(prompt_token_ids, bs, e.root_key(cache_salt))
+        chunks = [prompt_token_ids[i * bs : (i + 1) * bs] for i in range(len(keys))]
+        return len(e.pool.match_prefix(keys, chunks)) * bs
+
+    def import_blocks(self, blocks: list[KVBlock]) -> int:
+        return self.engine.import_cached_blocks(blocks)
+
+    def export_kv(self, request_id: str) -> KVExport:
+        return self.engine.export_kv(request_id, release=True)
+
+    def export_cached_blocks(self, keys: list[bytes], token_ids: list[int]) -> list[KVBlock]:
+        return self.engine.export_cached_blocks([BlockKey(k) for k in keys], token_ids)
+
+    def stats(self) -> dict[str, Any]:
+        import dataclasses
+
+        e = self.engine
+        return {**dataclasses.asdict(e.stats), **self.load()}
 
     def stop(self) -> None:
         self._stop = True
-        self._wake.set()
-        self._thread.join(timeout=10)
 
-    # -- loop thread ------------------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stop:
-            while self._commands:
-                fn, fut = self._commands.popleft()
-                if fut.set_running_or_notify_cancel():
-                    try:
-                        fut.set_result(fn(self.engine))
-                    except BaseException as e:
-                        fut.set_exception(e)
-            if self.engine.has_unfinished():
-                t0 = time.perf_counter()
-                try:
-                    outputs = self.engine.step()
-                except Exception:  # pragma: no cover - a bug: fail every waiting request
-                    logger.exception("engine step failed")
-                    self._fail_all()
-                    continue
-                self.busy_seconds += time.perf_counter() - t0
-                self._publish(outputs)
-                for ev in self.engine.pool.drain_events():
-                    self.block_events.append((ev.kind, ev.key))
-            else:
-                for ev in self.engine.pool.drain_events():
-                    self.block_events.append((ev.kind, ev.key))
-                self._wake.wait(0.05)
-                self._wake.clear()
+    def load(self) -> dict[str, Any]:
+        e = self.engine
+        return {
+            "running": len(e.scheduler.running),
+            "waiting": len(e.scheduler.waiting),
+            "free_blocks": e.pool.num_free,
+            "num_blocks": e.pool.num_blocks,
+            "cached_blocks": e.pool.num_cached,
+            "busy_seconds": self.busy_seconds,
+        }
 
-    def _fail_all(self) -> None:
-        for rid, w in list(self._watches.items()):
-            self.engine.abort_request(rid)
-            if not w.future.done():
-                w.future.set_exception(RuntimeError("engine step failed"))
-        self._watches.clear()
+    # -- the loop ---------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until the worker says stop or goes away."""
+        try:
+            while not self._stop:
+                busy = self.engine.has_unfinished()
+                if self.channel.poll(0.0 if busy else 0.05):
+                    self._run_commands()
+                if self._stop:
+                    break
+                if self.engine.has_unfinished():
+                    self._step()
+                elif self._failed or self._drain_events():
+                    self._send_state([], [])
+        except ChannelClosed:
+            logger.info("worker went away: engine process exits")
+
+    def _run_commands(self) -> None:
+        while True:
+            cid, name, args, kwargs = self.channel.recv()
+            try:
+                self.channel.send(("result", cid, True, self._commands[name](*args, **kwargs)))
+            except Exception as exc:
+                self.channel.send(("result", cid, False, _picklable(exc)))
+            if self._stop or not self.channel.poll(0.0):
+                return
+
+    def _step(self) -> None:
+        t0 = time.perf_counter()
+        if self.profile:
+            r0, w0, c0 = resource.getrusage(resource.RUSAGE_THREAD), time.time(), time.thread_time()
+        try:
+            outputs = self.engine.step()
+        except Exception:  # pragma: no cover - a bug: fail every waiting request
+            logger.exception("engine step failed")
+            for rid in list(self._watches):
+                self.engine.abort_request(rid)
+                self._failed.append((rid, "engine step failed"))
+            self._watches.clear()
+            self._send_state([], [])
+            return
+        self.busy_seconds += time.perf_counter() - t0
+        if self.profile:
+            r1 = resource.getrusage(resource.RUSAGE_THREAD)
+            counts = (r1.ru_minflt - r0.ru_minflt, r1.ru_nivcsw - r0.ru_nivcsw, r1.ru_nvcsw - r0.ru_nvcsw)
+            self.profile_log.append(("step", [o.request_id for o in outputs], w0, time.time(), time.thread_time() - c0, counts))
+        self._publish(outputs)
+
+    def _drain_events(self) -> bool:
+        self._events += [(ev.kind, ev.key) for ev in self.engine.pool.drain_events()]
+        return bool(self._events)
+
+    def _send_state(self, deltas: list[tuple[str, list[dict[str, Any]]]], finished: list[tuple[str, RequestOutput, list[float]]]) -> None:
+        self._drain_events()
+        events, self._events = self._events, []
+        failed, self._failed = self._failed, []
+        self.channel.send(("state", deltas, finished, failed, events, self.load()))
 
     def _publish(self, outputs: list[RequestOutput]) -> None:
         by_topic: dict[str, list[dict[str, Any]]] = {}
-        finished: list[tuple[Watch, RequestOutput]] = []
+        finished: list[tuple[str, RequestOutput, list[float]]] = []
         now = time.time()
         for out in outputs:
             w = self._watches.get(out.request_id)
@@ -141,13 +245,10 @@ class EngineLoop:
                 by_topic.setdefault(w.topic, []).append(self._delta(out, w, done))
             if out.finished:
                 del self._watches[out.request_id]
-                finished.append((w, out))
-        # Stream first, then resolve the tasks: a client sees the last tokens no later
-        # than the task's completion.
-        for topic, msgs in by_topic.items():
-            self.emit(topic, msgs)
-        for w, out in finished:
-            w.future.set_result(out)
+                finished.append((out.request_id, out, w.token_times))
+        # One message: the worker streams the deltas first, then resolves the tasks, so
+        # a client sees the last tokens no later than the task's completion.
+        self._send_state(list(by_topic.items()), finished)
 
     @staticmethod
     def _delta(out: RequestOutput, w: Watch, done: bool) -> dict[str, Any]:
@@ -167,3 +268,14 @@ class EngineLoop:
         w.sent_tokens = len(comp.token_ids)
         w.sent_text = len(comp.text)
         return msg
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    """The exception itself when it pickles, else a RuntimeError that says what it was."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc))}")

@@ -18,13 +18,13 @@ from distributed import Worker, WorkerPlugin
 from distributed.protocol.serialize import to_serialize
 
 from mooncake.config import EngineConfig
-from mooncake.kvcache import KVExport, block_keys
+from mooncake.kvcache import KVExport, block_keys, root_key
 from mooncake.kvcache.shared_prefix import SharedPrefixProbe
 from mooncake.outputs import RequestOutput
 from mooncake.transfer import Peer
 from mooncake.types import BlockKey
 from mooncake.worker.config import WorkerConfig
-from mooncake.worker.engine_loop import EngineLoop
+from mooncake.worker.engine_client import EngineClient
 from mooncake.worker.kv_store import KVStore
 
 if TYPE_CHECKING:
@@ -78,19 +78,19 @@ class MooncakeWorker(WorkerPlugin):
         self.request_reports: deque[dict[str, Any]] = deque()
         self.transfer_log: deque[tuple[str, int, float]] = deque()
         """(path, bytes, seconds) of every KV move, for the metrics (any path, local ones too)."""
-        self.token_times: dict[str, list[float]] = {}
-        """Request id -> wall time of each token its engine produced (inter-token latency)."""
         self._probe = SharedPrefixProbe(self.engine_config.block_size)
         self._probe_lock = threading.Lock()
         self.transfer_paths: Counter[str] = Counter()
         # Prefix blocks found at lookup, by where: device pool, own host/SSD tiers, a peer.
         self.hit_blocks: Counter[str] = Counter()
-        # A GPU worker sees only its own device (CUDA_VISIBLE_DEVICES set per process).
-        from mooncake.engine import LLMEngine  # torch loads in worker processes only
-
-        engine = await asyncio.to_thread(LLMEngine, self.engine_config)
-        self.engine = engine
-        self.loop = EngineLoop(engine, self._emit)
+        # The engine process inherits this worker's environment: a GPU worker's
+        # CUDA_VISIBLE_DEVICES, the thread count. torch loads there, never here.
+        self.engine = EngineClient(self.engine_config, self._emit)
+        try:
+            await asyncio.to_thread(self.engine.start)
+        except BaseException:
+            self.engine.stop()
+            raise
         self.kv_store: KVStore | None = None
         if self.worker_config.enable_store:
             self.kv_store = await asyncio.to_thread(KVStore, self.worker_config, worker.name or worker.address)
@@ -108,12 +108,12 @@ class MooncakeWorker(WorkerPlugin):
         worker.batched_stream.interval = STREAM_INTERVAL_S
         self._reported_model = False
         self._report_task = asyncio.ensure_future(self._report_forever())
-        logger.info("mooncake worker %s ready: roles=%s model=%s", worker.address, self.roles, engine.model_path)
+        logger.info("mooncake worker %s ready: roles=%s model=%s engine pid=%s", worker.address, self.roles, self.engine.info["model_path"], self.engine.proc.pid)
 
     async def teardown(self, worker: Worker) -> None:
         self._report_task.cancel()
         self._lookup_pool.shutdown(wait=False, cancel_futures=True)
-        await asyncio.to_thread(self.loop.stop)
+        await asyncio.to_thread(self.engine.stop)
         if self.kv_store is not None:
             self.kv_store.close()
 
@@ -123,28 +123,23 @@ class MooncakeWorker(WorkerPlugin):
 
     # -- handlers (called by peers and the client) -----------------------------------
     def info(self) -> dict[str, Any]:
-        e = self.engine
-        mc = e.model_config
         return {
             "worker": self.worker.address,
             "roles": self.roles,
-            "pid": os.getpid(),
-            "model_path": str(e.model_path),
-            "model_name": e.model_path.name,
-            "fingerprint": e.fingerprint,
-            "hash_seed": e.config.hash_seed,
-            "block_size": e.config.block_size,
-            "max_model_len": e.max_model_len,
-            "vocab_size": mc.vocab_size,
-            "num_layers": mc.num_layers,
-            "hidden_size": mc.hidden_size,
-            "num_params": mc.num_params,
-            "bytes_per_param": 4 if e.config.dtype == "float32" else 2,
-            "kv_bytes_per_token": e.spec.bytes_per_token,
-            "kv_capacity_tokens": e.pool.num_blocks * e.config.block_size,
-            "device": e.config.device,
+            "worker_pid": os.getpid(),
+            **self.engine.info,
             "peer": dataclasses.asdict(self.kv_store.peer) if self.kv_store is not None else None,
         }
+
+    @property
+    def block_size(self) -> int:
+        bs: int = self.engine.info["block_size"]
+        return bs
+
+    def root_key(self, cache_salt: str | None) -> BlockKey:
+        """The engine's block-key chain root for this salt (see ``LLMEngine.root_key``)."""
+        info = self.engine.info
+        return root_key(info["hash_seed"], info["fingerprint"], cache_salt)
 
     def handle_info(self) -> dict[str, Any]:
         return self.info()
@@ -167,8 +162,7 @@ class MooncakeWorker(WorkerPlugin):
     async def handle_fetch_blocks(self, keys: list[bytes], token_ids: list[int]) -> dict[str, Any]:
         """A prefill worker pulls the leading cached blocks of a prefix (Algorithm 1's
         fetch of a remote prefix)."""
-        fut = self.loop.call(lambda e: e.export_cached_blocks([BlockKey(k) for k in keys], token_ids))
-        blocks = await asyncio.wrap_future(fut)
+        blocks = await asyncio.wrap_future(self.engine.call("export_cached_blocks", keys, token_ids))
         return {"blocks": to_serialize(blocks)}
 
     def handle_start(self, spec: RequestSpec, placement: dict[str, Any], start: str) -> None:
@@ -203,16 +197,15 @@ class MooncakeWorker(WorkerPlugin):
         self.outbox.pop(request_id, None)
         self.inbox.pop(request_id, None)
         self.started.pop(request_id, None)
-        self.token_times.pop(request_id, None)
-        fut = self.loop.call(lambda e: self.loop.abort(e, request_id))
-        return bool(await asyncio.wrap_future(fut))
+        self.engine.token_times.pop(request_id, None)
+        return bool(await asyncio.wrap_future(self.engine.call("abort", request_id)))
 
     # -- metrics (drained into the next report) ------------------------------------
     def report_lookup(self, spec: RequestSpec, lookup: LookupResult, cached_tokens: int) -> None:
         """Record where a prefill's cached prefix came from and, past it, how much an
         earlier prompt shared (see ``SharedPrefixProbe``)."""
-        bs = self.engine.config.block_size
-        root = self.engine.root_key(spec.cache_salt)
+        bs = self.block_size
+        root = self.root_key(spec.cache_salt)
         keys = block_keys(spec.prompt_token_ids, bs, root)
         # The reused prefix is, in order: blocks the engine had (device), blocks from this
         # worker's host/SSD tiers, blocks fetched from a peer (Algorithm 1). Whatever the
@@ -258,7 +251,7 @@ class MooncakeWorker(WorkerPlugin):
         kvs = self.kv_store
         if kvs is None:
             return {}
-        per_block = max(1, self.engine.spec.bytes_per_block)
+        per_block = max(1, self.engine.info["kv_bytes_per_block"])
         return {name: (kvs.store.used_bytes(name) // per_block, tier.capacity_bytes // per_block) for name, tier in kvs.store.tiers.items()}
 
     # -- reports to the Conductor ---------------------------------------------------
@@ -270,7 +263,7 @@ class MooncakeWorker(WorkerPlugin):
 
     def _presence(self) -> tuple[list[bytes], list[bytes]]:
         """Fold device-pool and store events into (keys now held, keys now gone)."""
-        changes: list[tuple[str, bytes, str]] = [(kind, k, "device") for kind, k in self._drain(self.loop.block_events)]
+        changes: list[tuple[str, bytes, str]] = [(kind, k, "device") for kind, k in self._drain(self.engine.block_events)]
         if self.kv_store is not None:
             changes += [(ev.kind, ev.key, "store") for ev in self.kv_store.store.events.drain() if ev.kind in ("stored", "removed")]
         stored: list[bytes] = []
@@ -290,7 +283,7 @@ class MooncakeWorker(WorkerPlugin):
         return stored, removed
 
     def report(self) -> dict[str, Any]:
-        e = self.engine
+        load = self.engine.load
         stored, removed = self._presence()
         rep: dict[str, Any] = {
             "stored": stored,
@@ -303,12 +296,12 @@ class MooncakeWorker(WorkerPlugin):
             "transfer_log": self._drain(self.transfer_log),
             "load": {
                 "tiers": self._tier_blocks(),
-                "running": len(e.scheduler.running),
-                "waiting": len(e.scheduler.waiting),
-                "free_blocks": e.pool.num_free,
-                "num_blocks": e.pool.num_blocks,
-                "cached_blocks": e.pool.num_cached,
-                "busy_seconds": self.loop.busy_seconds,
+                "running": load["running"],
+                "waiting": load["waiting"],
+                "free_blocks": load["free_blocks"],
+                "num_blocks": load["num_blocks"],
+                "cached_blocks": load["cached_blocks"],
+                "busy_seconds": load["busy_seconds"],
                 "host_bytes": self.kv_store.store.used_bytes("host") if self.kv_store is not None else 0,
             },
         }

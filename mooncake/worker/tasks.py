@@ -26,7 +26,6 @@ from mooncake.worker.messages import (
 )
 
 if TYPE_CHECKING:
-    from mooncake.engine import LLMEngine
     from mooncake.worker.plugin import MooncakeWorker
 
 T = TypeVar("T")
@@ -77,15 +76,11 @@ def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementIn
     """The lookup itself (in a task, or in the plugin's lookup thread at placement)."""
     t0 = time.perf_counter()
 
-    def local_hits(e: LLMEngine) -> tuple[int, list[bytes]]:
-        keys = block_keys(spec.prompt_token_ids, e.config.block_size, e.root_key(spec.cache_salt))
-        bs = e.config.block_size
-        chunks = [spec.prompt_token_ids[i * bs : (i + 1) * bs] for i in range(len(keys))]
-        return len(e.pool.match_prefix(keys, chunks)) * bs, list(keys)
-
-    cached, keys = plugin.loop.call(local_hits).result()
+    bs = plugin.block_size
+    keys = block_keys(spec.prompt_token_ids, bs, plugin.root_key(spec.cache_salt))
+    cached = plugin.engine.call("match_prefix", spec.prompt_token_ids, spec.cache_salt).result()
     result = LookupResult(spec, placement, cached_tokens=cached)
-    have = cached // plugin.engine.config.block_size
+    have = cached // bs
     plugin.hit_blocks["device"] += have
     kvs = plugin.kv_store
     if kvs is not None and have < len(keys):
@@ -127,7 +122,7 @@ def _import(plugin: MooncakeWorker, blocks: list[Any]) -> int:
     the caller keeps their memory alive). Returns how many are now usable."""
     if not blocks:
         return 0
-    plugin.loop.call(lambda e: e.import_cached_blocks(blocks)).result()
+    plugin.engine.call("import_blocks", blocks).result()
     return len(blocks)
 
 
@@ -148,44 +143,24 @@ def _watch_and_add(
     cached: int | None = None,
     plugin: MooncakeWorker | None = None,
 ) -> concurrent.futures.Future[RequestOutput]:
-    from mooncake.worker.engine_loop import RequestAborted, Watch
+    from mooncake.worker.engine_loop import Watch
 
     plugin = plugin or _plugin()
-    done: concurrent.futures.Future[RequestOutput] = concurrent.futures.Future()
     params = spec.params
     if prefill_only:
         params = dataclasses.replace(params, max_tokens=1, min_tokens=min(params.min_tokens, 1))
-
-    w = Watch(done, spec.stream_topic, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
-    # The task that waits on ``done`` reads the token times for inter-token latency.
-    plugin.token_times[spec.request_id] = w.token_times
-
-    def add(e: LLMEngine) -> None:
-        if spec.request_id in plugin.aborted:
-            # Aborted while its lookup ran outside a task (at placement): do not admit it.
-            raise RequestAborted(spec.request_id)
-        plugin.loop.watch(spec.request_id, w)
-        try:
-            e.add_request(
-                spec.request_id,
-                spec.prompt_token_ids,
-                params,
-                cache_salt=spec.cache_salt,
-                keep_kv=prefill_only,
-                kv=kv,
-                prior_output_ids=prior or (),
-                prior_logprobs=prior_logprobs,
-            )
-        except Exception:
-            plugin.loop._watches.pop(spec.request_id, None)
-            raise
-        if prior:
-            seq = e._seqs[spec.request_id]
-            w.sent_tokens = w.prior_tokens = len(prior)
-            w.sent_text = len(seq.detok.text) if seq.detok is not None else 0
-
-    plugin.loop.call(add).result()
-    return done
+    w = Watch(spec.stream_topic, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
+    return plugin.engine.add(
+        spec.request_id,
+        spec.prompt_token_ids,
+        params,
+        w,
+        cache_salt=spec.cache_salt,
+        keep_kv=prefill_only,
+        kv=kv,
+        prior_output_ids=prior or (),
+        prior_logprobs=prior_logprobs,
+    )
 
 
 def _compute_seconds(out: RequestOutput, fallback: float) -> float:
@@ -238,12 +213,12 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     spec = lookup_result.spec
     fut, t0 = _started(spec, prefill_only=True)
     out = _wait(fut)
-    plugin.token_times.pop(spec.request_id, None)
+    plugin.engine.token_times.pop(spec.request_id, None)
     seconds = _compute_seconds(out, time.perf_counter() - t0)
     plugin.report_lookup(spec, lookup_result, out.num_cached_tokens)
     first = out.token_ids
     finished = out.finish_reason in ("stop", "abort") or (spec.params.max_tokens is not None and spec.params.max_tokens <= len(first))
-    export = plugin.loop.call(lambda e: e.export_kv(spec.request_id, release=True)).result()
+    export = plugin.engine.call("export_kv", spec.request_id).result()
     kvs = plugin.kv_store
     if kvs is not None:
         kvs.put(export.blocks)  # full blocks: decode pulls them, later requests reuse them
@@ -330,7 +305,7 @@ def decode(tr: TransferResult) -> RequestOutput:
             spec, prefill_only=False, kv=export, prior=handle.first_token_ids, prior_logprobs=handle.first_logprobs, cached=handle.num_cached_tokens
         )
     )
-    token_times = plugin.token_times.pop(spec.request_id, [])
+    token_times = plugin.engine.token_times.pop(spec.request_id, [])
     out = _wall_metrics(out, spec, handle.num_cached_tokens)
     m = out.metrics
     decode_s = m.finish_time - m.first_scheduled_time if m.finish_time is not None and m.first_scheduled_time is not None else None
@@ -345,7 +320,7 @@ def generate(lookup_result: LookupResult) -> RequestOutput:
     spec = lookup_result.spec
     fut, t0 = _started(spec, prefill_only=False)
     out = _wait(fut)
-    token_times = plugin.token_times.pop(spec.request_id, [])
+    token_times = plugin.engine.token_times.pop(spec.request_id, [])
     seconds = _compute_seconds(out, time.perf_counter() - t0)
     plugin.prefill_reports.append((spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds))
     plugin.report_lookup(spec, lookup_result, out.num_cached_tokens)
@@ -370,17 +345,12 @@ def engine_stats(dask_worker: Any) -> dict[str, Any]:
     from mooncake.worker.plugin import PLUGIN_NAME
 
     plugin = dask_worker.plugins[PLUGIN_NAME]
-    e = plugin.engine
+    stats: dict[str, Any] = plugin.engine.call("stats").result()
     return {
         "host_blocks": len(plugin.kv_store.store.keys("host")) if plugin.kv_store is not None else 0,
         "transfer_paths": dict(plugin.transfer_paths),
         "hit_blocks": dict(plugin.hit_blocks),
-        **dataclasses.asdict(e.stats),
-        "running": len(e.scheduler.running),
-        "waiting": len(e.scheduler.waiting),
-        "free_blocks": e.pool.num_free,
-        "num_blocks": e.pool.num_blocks,
-        "cached_blocks": e.pool.num_cached,
+        **stats,
     }
 
 

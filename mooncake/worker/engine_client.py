@@ -1,0 +1,229 @@
+"""The worker's handle on its engine process.
+
+The engine runs in a child process of the worker (``engine_process``), not in a
+thread of it: a Dask worker runs Python all the time (its event loop, task threads,
+heartbeats, the block server), and an engine thread sharing that GIL waited for it at
+every small torch op — a prefill step of the built-in model took twice its in-process
+time. In its own process the engine has a GIL to itself and the worker keeps the
+control plane.
+
+Commands are named calls answered in order (``call``); requests are admitted with
+``add``, whose future resolves when the request finishes. One reader thread receives
+results, token deltas (handed to ``emit``), finished requests, block events and the
+engine's load.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from mooncake.outputs import RequestOutput
+from mooncake.worker.channel import Channel, ChannelClosed
+from mooncake.worker.engine_loop import RequestAborted, Watch
+
+if TYPE_CHECKING:
+    from mooncake.config import EngineConfig
+    from mooncake.kvcache import KVExport
+    from mooncake.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[str, list[dict[str, Any]]], None]
+
+
+class EngineProcessError(RuntimeError):
+    """The engine process failed to start or exited."""
+
+
+class EngineClient:
+    """Start an engine process for ``config``; ``emit(topic, messages)`` receives token
+    deltas (from the reader thread). ``start`` is blocking (it loads the model).
+
+    Args:
+        profile: the process records per-step timings (``call("profile_log")``); also
+            on with ``MOONCAKE_ENGINE_PROFILE=1`` in the environment.
+    """
+
+    def __init__(self, config: EngineConfig, emit: Emit, profile: bool = False) -> None:
+        self.config = config
+        self.emit = emit
+        self.info: dict[str, Any] = {}
+        self.load: dict[str, Any] = {"running": 0, "waiting": 0, "free_blocks": 0, "num_blocks": 0, "cached_blocks": 0, "busy_seconds": 0.0}
+        self.block_events: collections.deque[tuple[str, bytes]] = collections.deque()
+        self.token_times: dict[str, list[float]] = {}
+        """Request id -> wall time of each token the engine produced (set at its end)."""
+        self._ids = itertools.count()
+        self._calls: dict[int, concurrent.futures.Future[Any]] = {}
+        self._requests: dict[str, concurrent.futures.Future[RequestOutput]] = {}
+        self._lock = threading.Lock()
+        self._closed: BaseException | None = None
+        ours, theirs = socket.socketpair()
+        for s in (ours, theirs):  # room for a few blocks per write
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        env = dict(os.environ)
+        # The same imports as this process, whatever put them on its path.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mooncake.worker.engine_process", str(theirs.fileno()), str(os.getpid())],
+            pass_fds=(theirs.fileno(),),
+            env=env,
+        )
+        theirs.close()
+        self.channel = Channel(ours)
+        self.channel.send(("init", config, {"profile": profile or os.environ.get("MOONCAKE_ENGINE_PROFILE") == "1"}))
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> dict[str, Any]:
+        """Wait for the model to load; returns the engine's facts (``engine_info``)."""
+        try:
+            msg = self.channel.recv()
+        except ChannelClosed:
+            code = self.proc.wait()
+            raise EngineProcessError(f"engine process exited with code {code} before it was ready") from None
+        if msg[0] == "error":
+            self.proc.wait()
+            logger.error("engine process failed to start:\n%s", msg[2])
+            raise msg[1]
+        self.info, self.load = msg[1], msg[2]
+        self._reader = threading.Thread(target=self._read, name="mooncake-engine-reader", daemon=True)
+        self._reader.start()
+        return self.info
+
+    # -- calls --------------------------------------------------------------------------
+    def call(self, name: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """Run the engine loop's command ``name`` between steps; the future holds its result."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed is not None:
+                fut.set_exception(EngineProcessError(str(self._closed)))
+                return fut
+            cid = next(self._ids)
+            self._calls[cid] = fut
+        try:
+            self.channel.send((cid, name, args, kwargs))
+        except OSError as e:
+            with self._lock:
+                self._calls.pop(cid, None)
+            fut.set_exception(EngineProcessError(f"engine process unreachable: {e}"))
+        return fut
+
+    def add(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        watch: Watch,
+        *,
+        cache_salt: str | None = None,
+        keep_kv: bool = False,
+        kv: KVExport | None = None,
+        prior_output_ids: Sequence[int] = (),
+        prior_logprobs: list[dict[int, float]] | None = None,
+    ) -> concurrent.futures.Future[RequestOutput]:
+        """Admit a request (blocks until the engine accepted it; its errors, e.g.
+        ``ValueError`` for bad input, raise here). The future resolves to its final output
+        or fails with ``RequestAborted``."""
+        done: concurrent.futures.Future[RequestOutput] = concurrent.futures.Future()
+        with self._lock:
+            self._requests[request_id] = done
+        try:
+            self.call(
+                "add",
+                request_id,
+                prompt_token_ids,
+                params,
+                watch,
+                cache_salt=cache_salt,
+                keep_kv=keep_kv,
+                kv=kv,
+                prior_output_ids=tuple(prior_output_ids),
+                prior_logprobs=prior_logprobs,
+            ).result()
+        except BaseException:
+            with self._lock:
+                self._requests.pop(request_id, None)
+            raise
+        return done
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the engine process (killed if it does not exit within ``timeout``)."""
+        if self.proc.poll() is None:
+            try:
+                self.call("stop").result(timeout)
+            except Exception:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.channel.close()
+
+    # -- reader thread ------------------------------------------------------------------
+    def _read(self) -> None:
+        try:
+            while True:
+                msg = self.channel.recv()
+                if msg[0] == "result":
+                    _, cid, ok, value = msg
+                    with self._lock:
+                        fut = self._calls.pop(cid)
+                    if ok:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(value)
+                else:
+                    self._state(*msg[1:])
+        except (ChannelClosed, OSError) as e:
+            code = self.proc.wait()
+            reason = EngineProcessError(f"engine process exited with code {code}" if code else "engine process stopped")
+            if code:
+                logger.error("%s (%s)", reason, e)
+            self._fail_all(reason)
+
+    def _state(
+        self,
+        deltas: list[tuple[str, list[dict[str, Any]]]],
+        finished: list[tuple[str, RequestOutput, list[float]]],
+        failed: list[tuple[str, str]],
+        events: list[tuple[str, bytes]],
+        load: dict[str, Any],
+    ) -> None:
+        self.block_events.extend(events)
+        self.load = load
+        # Stream first, then resolve the tasks: a client sees the last tokens no later
+        # than the task's completion.
+        for topic, msgs in deltas:
+            self.emit(topic, msgs)
+        for rid, out, times in finished:
+            self.token_times[rid] = times
+            with self._lock:
+                fut = self._requests.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(out)
+        for rid, why in failed:
+            with self._lock:
+                fut = self._requests.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(RequestAborted(rid) if why == "aborted" else RuntimeError(why))
+
+    def _fail_all(self, reason: BaseException) -> None:
+        with self._lock:
+            self._closed = reason
+            pending = list(self._calls.values()) + list(self._requests.values())
+            self._calls.clear()
+            self._requests.clear()
+        for fut in pending:
+            if not fut.done():
+                fut.set_exception(EngineProcessError(str(reason)))

@@ -1,0 +1,140 @@
+"""The worker's engine process (``EngineClient``): a real child process with the tiny
+checkpoint — same outputs as the in-process engine, streamed deltas, abort, bad config,
+and the process never outlives its worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+import pytest
+
+from mooncake.config import EngineConfig
+from mooncake.engine import LLMEngine
+from mooncake.sampling_params import SamplingParams
+from mooncake.worker.engine_client import EngineClient, EngineProcessError
+from mooncake.worker.engine_loop import RequestAborted, Watch
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+PROMPTS = [list(range(3, 40)), list(range(50, 53)), [7] * 70]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama):
+    deltas: list[tuple[str, list[dict[str, Any]]]] = []
+    client = EngineClient(EngineConfig(model=str(tiny_llama), num_blocks=256), lambda topic, msgs: deltas.append((topic, msgs)))
+    client.start()
+    client.deltas = deltas  # type: ignore[attr-defined]
+    yield client
+    client.stop()
+    assert client.proc.poll() is not None
+
+
+def _wait_gone(pid: int, timeout: float = 20.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_engine_runs_in_a_child_process_with_the_same_outputs(engine, tiny_llama):
+    assert engine.info["pid"] == engine.proc.pid != os.getpid()
+    assert engine.info["block_size"] == 16 and engine.info["kv_capacity_tokens"] == 256 * 16
+    futs = [engine.add(f"r{i}", p, GREEDY, Watch(f"topic-{i}")) for i, p in enumerate(PROMPTS)]
+    outs = [f.result(60) for f in futs]
+    ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256)).generate(PROMPTS, GREEDY)
+    assert [o.token_ids for o in outs] == [r.token_ids for r in ref]
+    # Every token was streamed under its topic, the last delta says finished.
+    for i, out in enumerate(outs):
+        msgs = [m for topic, ms in engine.deltas if topic == f"topic-{i}" for m in ms]
+        assert [t for m in msgs for t in m["tokens"]] == out.token_ids
+        assert msgs[-1]["finished"] and not any(m["finished"] for m in msgs[:-1])
+        assert len(engine.token_times.pop(f"r{i}")) == len(out.token_ids)
+    stats = engine.call("stats").result(10)
+    assert stats["num_generated_tokens"] >= 3 * 12 and stats["running"] == 0
+
+
+def test_prefix_lookup_export_and_import_across_processes(engine, tiny_llama):
+    prompt = list(range(100, 164))  # 4 full blocks
+    engine.add("held", prompt, SamplingParams(temperature=0.0, max_tokens=1), Watch(None), keep_kv=True).result(60)
+    assert engine.call("match_prefix", prompt, None).result(10) == 64
+    assert engine.call("match_prefix", prompt, "another tenant").result(10) == 0
+    export = engine.call("export_kv", "held").result(10)
+    assert export.num_tokens == 64 and len(export.blocks) == 4
+    # A second engine process takes the blocks in and finds the prefix cached.
+    other = EngineClient(EngineConfig(model=str(tiny_llama), num_blocks=64), lambda *a: None)
+    try:
+        other.start()
+        assert other.call("import_blocks", export.blocks).result(30) == 4
+        assert other.call("match_prefix", prompt, None).result(10) == 64
+    finally:
+        other.stop()
+
+
+def test_bad_input_raises_in_the_caller_and_the_engine_goes_on(engine):
+    with pytest.raises(ValueError, match="prompt"):
+        engine.add("bad", [10**9], GREEDY, Watch(None))
+    assert engine.add("fine", [5, 6, 7], GREEDY, Watch(None)).result(60).finished
+
+
+def test_abort_fails_the_waiting_request_and_refuses_a_late_add(engine):
+    long = SamplingParams(temperature=0.0, max_tokens=10_000, ignore_eos=True)
+    fut = engine.add("long", [1, 2, 3], long, Watch(None))
+    assert engine.call("abort", "long").result(10)
+    with pytest.raises(RequestAborted):
+        fut.result(30)
+    with pytest.raises(RequestAborted):
+        engine.add("long", [1, 2, 3], GREEDY, Watch(None))
+
+
+def test_unknown_model_fails_start_with_value_error(tmp_path):
+    client = EngineClient(EngineConfig(model=str(tmp_path / "missing")), lambda *a: None)
+    with pytest.raises(ValueError):
+        client.start()
+    assert client.proc.poll() is not None
+
+
+def test_a_killed_engine_fails_pending_work(tiny_llama):
+    client = EngineClient(EngineConfig(model=str(tiny_llama), num_blocks=64), lambda *a: None)
+    client.start()
+    fut = client.add("r", [1, 2, 3], SamplingParams(temperature=0.0, max_tokens=100_000, ignore_eos=True), Watch(None))
+    os.kill(client.proc.pid, signal.SIGKILL)
+    with pytest.raises(EngineProcessError, match="exited"):
+        fut.result(30)
+    with pytest.raises(EngineProcessError):
+        client.call("stats").result(5)
+    client.stop()
+
+
+def test_engine_process_dies_with_its_worker(tiny_llama, tmp_path):
+    """kill -9 of the process that started the engine takes the engine with it."""
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from mooncake.config import EngineConfig
+        from mooncake.worker.engine_client import EngineClient
+        c = EngineClient(EngineConfig(model={str(tiny_llama)!r}, num_blocks=64), lambda *a: None)
+        c.start()
+        print(c.proc.pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        engine_pid = int(parent.stdout.readline())
+        os.kill(engine_pid, 0)  # running
+        parent.kill()
+        parent.wait()
+        assert _wait_gone(engine_pid)
+    finally:
+        parent.kill()
