@@ -324,6 +324,7 @@ class LLM:
             # Passed on to the prefill worker, which starts the lookup at placement.
             "spec": to_serialize(spec),
             "start": "generate" if self.mode == "colocated" else "prefill",
+            "client": self.client.id,
         }
 
     @staticmethod

@@ -177,6 +177,11 @@ class ConductorPlugin(SchedulerPlugin):
             return {"rejected": True, "reason": decision.reason, "retry_after": decision.retry_after}
         self.placements += 1
         self.metrics.observe_admission(True)
+        # Token deltas reach the client on the scheduler's stream to it, which holds a
+        # message until 2 ms after the previous one (e.g. the last task's result).
+        client = self.scheduler.client_comms.get(request.get("client", ""))
+        if client is not None:
+            client.interval = STREAM_INTERVAL_S
         reply = self._placement_reply(decision)
         if "spec" in request and decision.fetch_from is None:
             self._start_early(decision.prefill, request, reply)

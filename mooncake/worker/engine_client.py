@@ -134,11 +134,39 @@ class EngineClient:
         """Admit a request (blocks until the engine accepted it; its errors, e.g.
         ``ValueError`` for bad input, raise here). The future resolves to its final output
         or fails with ``RequestAborted``."""
+        done, _ = self._add(request_id, prompt_token_ids, params, watch, cache_salt, keep_kv, kv, prior_output_ids, prior_logprobs, None)
+        assert done is not None
+        return done
+
+    def lookup_and_add(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, watch: Watch, stored: Sequence[bool], *, cache_salt: str | None = None, keep_kv: bool = False
+    ) -> tuple[concurrent.futures.Future[RequestOutput] | None, int]:
+        """Look the prompt up in the engine's prefix cache and admit it, in one call.
+        ``stored[i]``: the worker's store holds the prompt's block ``i``. Returns (the
+        request's future, cached tokens), or (None, cached tokens) when the store holds
+        the next block: import it, then ``add``."""
+        done, cached = self._add(request_id, prompt_token_ids, params, watch, cache_salt, keep_kv, None, (), None, list(stored))
+        assert cached is not None
+        return done, cached
+
+    def _add(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        watch: Watch,
+        cache_salt: str | None,
+        keep_kv: bool,
+        kv: KVExport | None,
+        prior_output_ids: Sequence[int],
+        prior_logprobs: list[dict[int, float]] | None,
+        stored: list[bool] | None,
+    ) -> tuple[concurrent.futures.Future[RequestOutput] | None, int | None]:
         done: concurrent.futures.Future[RequestOutput] = concurrent.futures.Future()
         with self._lock:
             self._requests[request_id] = done
         try:
-            self.call(
+            cached = self.call(
                 "add",
                 request_id,
                 prompt_token_ids,
@@ -149,12 +177,17 @@ class EngineClient:
                 kv=kv,
                 prior_output_ids=tuple(prior_output_ids),
                 prior_logprobs=prior_logprobs,
+                stored=stored,
             ).result()
         except BaseException:
             with self._lock:
                 self._requests.pop(request_id, None)
             raise
-        return done
+        if cached is not None and cached < 0:  # not admitted (see EngineLoop.add)
+            with self._lock:
+                self._requests.pop(request_id, None)
+            return None, -1 - cached
+        return done, cached
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the engine process (killed if it does not exit within ``timeout``)."""

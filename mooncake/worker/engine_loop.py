@@ -94,11 +94,24 @@ class EngineLoop:
         kv: KVExport | None = None,
         prior_output_ids: Sequence[int] = (),
         prior_logprobs: list[dict[int, float]] | None = None,
-    ) -> None:
-        """Admit a request and report it under ``watch``."""
+        stored: Sequence[bool] | None = None,
+    ) -> int | None:
+        """Admit a request and report it under ``watch``.
+
+        With ``stored`` (whether the worker's store holds each full block of the prompt),
+        look the prompt up first and return the cached tokens: when the store holds the
+        block right after the cached prefix, the request is not admitted (the worker
+        imports from the store first, then adds it); otherwise it is, in the same call.
+        """
         if request_id in self._aborted:
             # Aborted while its lookup ran outside a task (at placement): do not admit it.
             raise RequestAborted(request_id)
+        cached = None
+        if stored is not None:
+            cached = self.match_prefix(prompt_token_ids, cache_salt)
+            have = cached // self.engine.config.block_size
+            if have < len(stored) and stored[have]:
+                return -1 - cached  # not admitted: the store extends the prefix
         if self.profile:
             self.profile_log.append(("admit", request_id, time.time()))
         e = self.engine
@@ -117,6 +130,7 @@ class EngineLoop:
             seq = e._seqs[request_id]
             watch.sent_tokens = watch.prior_tokens = len(prior_output_ids)
             watch.sent_text = len(seq.detok.text) if seq.detok is not None else 0
+        return cached
 
     def abort(self, request_id: str) -> bool:
         """Abort a request; its waiting task fails with ``RequestAborted``."""

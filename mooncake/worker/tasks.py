@@ -16,7 +16,9 @@ from distributed.utils import sync
 
 from mooncake.kvcache import block_keys
 from mooncake.outputs import RequestMetrics, RequestOutput
+from mooncake.sampling_params import SamplingParams
 from mooncake.types import BlockKey
+from mooncake.worker.engine_loop import Watch
 from mooncake.worker.messages import (
     KVHandle,
     LookupResult,
@@ -75,15 +77,23 @@ def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") 
 def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementInfo, start: str) -> LookupResult:
     """The lookup itself (in a task, or in the plugin's lookup thread at placement)."""
     t0 = time.perf_counter()
-
+    prefill_only = start == "prefill"
     bs = plugin.block_size
     keys = block_keys(spec.prompt_token_ids, bs, plugin.root_key(spec.cache_salt))
-    cached = plugin.engine.call("match_prefix", spec.prompt_token_ids, spec.cache_salt).result()
+    kvs = plugin.kv_store
+    done: concurrent.futures.Future[RequestOutput] | None = None
+    if placement.fetch_from and placement.fetch_from != plugin.worker.address:
+        cached = plugin.engine.call("match_prefix", spec.prompt_token_ids, spec.cache_salt).result()
+    else:
+        # One engine call looks the prompt up and admits it, unless this worker's store
+        # holds the block after the cached prefix (then: import, admit).
+        params, watch = _admission(spec, prefill_only)
+        stored = kvs.store.contains_many(keys) if kvs is not None else [False] * len(keys)
+        done, cached = plugin.engine.lookup_and_add(spec.request_id, spec.prompt_token_ids, params, watch, stored, cache_salt=spec.cache_salt, keep_kv=prefill_only)
     result = LookupResult(spec, placement, cached_tokens=cached)
     have = cached // bs
     plugin.hit_blocks["device"] += have
-    kvs = plugin.kv_store
-    if kvs is not None and have < len(keys):
+    if done is None and kvs is not None and have < len(keys):
         # Host/SSD tier: blocks this worker published earlier and its engine evicted since.
         result.store_blocks = kvs.local_prefix(keys[have:], lambda blocks: _import(plugin, blocks)).num_blocks
         if result.store_blocks:
@@ -113,7 +123,9 @@ def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementIn
             plugin.transfer_reports.append((nbytes, time.perf_counter() - t0))
             plugin.transfer_log.append(("prefix-fetch", nbytes, time.perf_counter() - t0))
     result.fetch_seconds = time.perf_counter() - t0
-    plugin.started[spec.request_id] = (_watch_and_add(spec, prefill_only=start == "prefill", plugin=plugin), time.perf_counter())
+    if done is None:
+        done = _watch_and_add(spec, prefill_only=prefill_only, plugin=plugin)
+    plugin.started[spec.request_id] = (done, time.perf_counter())
     return result
 
 
@@ -133,6 +145,15 @@ def _started(spec: RequestSpec, prefill_only: bool) -> tuple[concurrent.futures.
     return got if got is not None else (_watch_and_add(spec, prefill_only=prefill_only), time.perf_counter())
 
 
+def _admission(spec: RequestSpec, prefill_only: bool, cached: int | None = None) -> tuple[SamplingParams, Watch]:
+    """The sampling parameters the engine runs (prefill: the first token only) and how
+    it reports the request."""
+    params = spec.params
+    if prefill_only:
+        params = dataclasses.replace(params, max_tokens=1, min_tokens=min(params.min_tokens, 1))
+    return params, Watch(spec.stream_topic, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
+
+
 def _watch_and_add(
     spec: RequestSpec,
     *,
@@ -143,13 +164,8 @@ def _watch_and_add(
     cached: int | None = None,
     plugin: MooncakeWorker | None = None,
 ) -> concurrent.futures.Future[RequestOutput]:
-    from mooncake.worker.engine_loop import Watch
-
     plugin = plugin or _plugin()
-    params = spec.params
-    if prefill_only:
-        params = dataclasses.replace(params, max_tokens=1, min_tokens=min(params.min_tokens, 1))
-    w = Watch(spec.stream_topic, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
+    params, w = _admission(spec, prefill_only, cached)
     return plugin.engine.add(
         spec.request_id,
         spec.prompt_token_ids,
