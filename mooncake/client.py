@@ -27,6 +27,7 @@ import dask
 from dask._task_spec import Task, TaskRef, parse_input
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from distributed import Client, Future, LocalCluster, Nanny, as_completed
+from distributed.comm.addressing import get_address_host
 from distributed.protocol.serialize import to_serialize
 
 from mooncake import batch_dask
@@ -45,6 +46,7 @@ from mooncake.worker.config import WorkerConfig
 from mooncake.worker.messages import PlacementInfo, RequestSpec
 from mooncake.worker.plugin import MooncakeWorker
 from mooncake.worker.tasks import engine_stats, worker_info
+from mooncake.worker.token_stream import TokenStreamServer
 
 if TYPE_CHECKING:
     import dask.bag
@@ -220,6 +222,10 @@ class LLM:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self.client.subscribe_topic(self._topic, self._on_event)
+        # Deltas come straight from the engine processes to this port; the topic above
+        # is their fallback (see mooncake.worker.token_stream).
+        self._stream_server = TokenStreamServer(self._on_msgs)
+        self.client.sync(self._stream_server.start, self._stream_host())
 
     @property
     def _scheduler(self) -> Any:
@@ -310,7 +316,16 @@ class LLM:
                 f"prompt: {len(ids)} tokens is longer than the context limit; the model accepts at most {self.max_model_len - 1} prompt tokens"
             )
         rid = request_id or f"{uuid.uuid4().hex[:12]}{next(self._ids)}"
-        return RequestSpec(rid, ids, params, cache_salt, self._topic if stream else None, time.time(), prompt if isinstance(prompt, str) else None)
+        return RequestSpec(
+            rid,
+            ids,
+            params,
+            cache_salt,
+            stream_topic=self._topic if stream else None,
+            stream_addr=self._stream_server.address if stream else None,
+            arrival_time=time.time(),
+            prompt=prompt if isinstance(prompt, str) else None,
+        )
 
     def _place_request(self, spec: RequestSpec) -> dict[str, Any]:
         root = root_key(int(self.info["hash_seed"]), self.info["fingerprint"], spec.cache_salt)
@@ -486,10 +501,24 @@ class LLM:
     # -- streaming ------------------------------------------------------------------------
     def _on_event(self, event: tuple[float, dict[str, Any]]) -> None:
         _, payload = event
-        for msg in payload["msgs"]:
+        self._on_msgs(payload["msgs"])
+
+    def _on_msgs(self, msgs: list[dict[str, Any]]) -> None:
+        for msg in msgs:
             sink = self._sinks.get(msg["rid"])
             if sink is not None:
                 _post(*sink, ("msg", msg))
+
+    def _stream_host(self) -> str:
+        """The address this process reaches the scheduler from: workers reach it there."""
+        comm = getattr(self.client.scheduler_comm, "comm", None)
+        addr = getattr(comm, "local_address", None)
+        if addr:
+            try:
+                return str(get_address_host(addr))
+            except Exception:
+                pass
+        return "127.0.0.1"
 
     async def _on_client_loop(self, coro: Any) -> Any:
         fut = asyncio.run_coroutine_threadsafe(coro, self._client_loop)
@@ -555,6 +584,10 @@ class LLM:
 
     # -- lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
+        try:
+            self.client.sync(self._stream_server.close)
+        except Exception as e:
+            logger.debug("token stream server close: %s", e)
         try:
             self.client.close()
         finally:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mooncake.outputs import RequestOutput
 from mooncake.types import BlockKey
 from mooncake.worker.channel import Channel, ChannelClosed
+from mooncake.worker.token_stream import DirectStreams
 
 if TYPE_CHECKING:
     from mooncake.engine import LLMEngine
@@ -41,6 +42,9 @@ class Watch:
     """How the loop reports one request."""
 
     topic: str | None
+    """Dask event topic of the request's deltas (through the worker), or None."""
+    stream_addr: tuple[str, int] | None = None
+    """The client's token stream address: deltas go there directly while it answers."""
     sent_tokens: int = 0
     sent_text: int = 0
     prefill_only: bool = False
@@ -69,6 +73,7 @@ class EngineLoop:
         self._failed: list[tuple[str, str]] = []
         self.busy_seconds = 0.0
         self._stop = False
+        self._direct = DirectStreams()
         self._commands: dict[str, Callable[..., Any]] = {
             "add": self.add,
             "abort": self.abort,
@@ -200,6 +205,8 @@ class EngineLoop:
                     self._send_state([], [])
         except ChannelClosed:
             logger.info("worker went away: engine process exits")
+        finally:
+            self._direct.close()
 
     def _run_commands(self) -> None:
         while True:
@@ -244,6 +251,7 @@ class EngineLoop:
 
     def _publish(self, outputs: list[RequestOutput]) -> None:
         by_topic: dict[str, list[dict[str, Any]]] = {}
+        direct: dict[tuple[str, int], list[tuple[Watch, dict[str, Any]]]] = {}
         finished: list[tuple[str, RequestOutput, list[float]]] = []
         now = time.time()
         for out in outputs:
@@ -255,11 +263,20 @@ class EngineLoop:
             done = out.finished
             if done and w.prefill_only and out.finish_reason == "length" and (w.final_max_tokens is None or w.final_max_tokens > len(out.token_ids)):
                 done = False  # prefill's own limit, the request goes on at decode
-            if w.topic is not None:
+            if w.stream_addr is not None:
+                direct.setdefault(w.stream_addr, []).append((w, self._delta(out, w, done)))
+            elif w.topic is not None:
                 by_topic.setdefault(w.topic, []).append(self._delta(out, w, done))
             if out.finished:
                 del self._watches[out.request_id]
                 finished.append((out.request_id, out, w.token_times))
+        for addr, items in direct.items():
+            if not self._direct.send(addr, [m for _, m in items]):
+                # Through the worker from now on, for these requests (keeps their order).
+                for w, m in items:
+                    w.stream_addr = None
+                    if w.topic is not None:
+                        by_topic.setdefault(w.topic, []).append(m)
         # One message: the worker streams the deltas first, then resolves the tasks, so
         # a client sees the last tokens no later than the task's completion.
         self._send_state(list(by_topic.items()), finished)

@@ -18,6 +18,8 @@ class RequestSpec:
     cache_salt: str | None = None
     stream_topic: str | None = None
     """Dask event topic that token deltas are published on; None: no streaming."""
+    stream_addr: tuple[str, int] | None = None
+    """The client's direct token stream (``token_stream``); the topic is the fallback."""
     arrival_time: float = 0.0
     """Client wall-clock time (``time.time()``) when the request arrived."""
     prompt: str | None = None

@@ -151,7 +151,7 @@ def _admission(spec: RequestSpec, prefill_only: bool, cached: int | None = None)
     params = spec.params
     if prefill_only:
         params = dataclasses.replace(params, max_tokens=1, min_tokens=min(params.min_tokens, 1))
-    return params, Watch(spec.stream_topic, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
+    return params, Watch(spec.stream_topic, spec.stream_addr, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
 
 
 def _watch_and_add(
