@@ -38,19 +38,18 @@ class FlakyServer(BlockServer):
     corrupt: dict[BlockKey, int]
     cut_before: dict[BlockKey, int]
 
-    def _wire_items(self, keys: list[BlockKey], items: list[tuple[Any, Any] | None]) -> list[tuple[Any, Any] | None]:
-        out = list(items)
+    def _wire_items(self, keys: list[BlockKey], headers: list[Any], payloads: list[Any]) -> tuple[list[Any], list[Any]]:
+        payloads = list(payloads)
         for i, key in enumerate(keys):
             if self.cut_before.get(key, 0) > 0:
                 self.cut_before[key] -= 1
                 raise OSError("simulated connection loss")
-            it = out[i]
-            if it is not None and self.corrupt.get(key, 0) > 0:
+            if payloads[i] is not None and self.corrupt.get(key, 0) > 0:
                 self.corrupt[key] -= 1
-                bad = bytearray(it[1])
+                bad = bytearray(payloads[i])
                 bad[len(bad) // 2] ^= 0xFF
-                out[i] = (it[0], bytes(bad))
-        return out
+                payloads[i] = bytes(bad)
+        return headers, payloads
 
 
 @pytest.fixture
