@@ -52,7 +52,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -71,6 +71,7 @@ _CODE_DTYPES: dict[int, DType] = {0: "float32", 1: "bfloat16", 2: "float16"}
 _ZERO_KEY = bytes(16)
 _HAS_KEY = 1
 _HAS_PARENT = 2
+_SUM64_CODE = CHECKSUMS.index("sum64")
 
 
 _PAGE_WORDS = 512  # 4 KiB pages of uint64 words
@@ -363,13 +364,27 @@ class BlockObject:
         self._owner = None
 
 
+# The fixed header fields a batch check reads, as one numpy record per header (the
+# layout of ``_FIXED``): equal-length headers laid back to back are then one strided
+# array, and a response's blocks are compared field by field in a few numpy calls.
+_FIXED_NP = np.dtype({
+    "names": ["flags", "nbytes", "checksum", "algo", "key"],
+    "formats": ["u1", "<u8", "<u8", "u1", "V16"],
+    "offsets": [7, 40, 48, 56, 64],
+    "itemsize": _FIXED.size,
+})  # fmt: skip
+
+
 def objects_from_packed(headers: Sequence[bytes], sizes: Sequence[int], payload: np.ndarray,
                         keys: Sequence[BlockKey] | None = None, owner: object = None,
-                        sums: Sequence[int] | None = None) -> list[BlockObject | CorruptBlockError]:  # fmt: skip
+                        sums: Sequence[int] | np.ndarray | None = None) -> list[BlockObject | CorruptBlockError]:  # fmt: skip
     """Check and wrap blocks whose payloads lie back to back in one buffer (a network
     receive buffer), with the per-block Python work of :meth:`BlockObject.from_parts`
-    cut to a few dictionary lookups: headers are decoded through the same memo, and the
-    payload checksums of equal-sized blocks are computed in one numpy pass.
+    cut to a dictionary lookup and the object itself: headers are decoded through the
+    same memo (which also checks each header's CRC), and for equal-sized ``sum64``
+    blocks the payload length, checksum and key of every block are compared at once,
+    in numpy, against the fixed fields of the (CRC-checked) headers. A block that fails
+    any of them is checked again on its own, for its precise error.
 
     Args:
         headers: each block's header bytes.
@@ -389,18 +404,61 @@ def objects_from_packed(headers: Sequence[bytes], sizes: Sequence[int], payload:
         raise ValueError(f"payload has {payload.nbytes} bytes, the sizes add up to {sum(sizes)}")
     if n == 0:
         return []
-    # sum64 of every payload up front (the header says which algorithm it wants; a
-    # crc32 block is summed again below). Equal sizes: one pass over a 2-D view.
+    if sums is not None and len(sums) != n:
+        raise ValueError(f"sums: {len(sums)} for {n} blocks")
     size0 = sizes[0]
-    if sums is not None:
-        if len(sums) != n:
-            raise ValueError(f"sums: {len(sums)} for {n} blocks")
-    elif all(s == size0 for s in sizes):
-        sums = sum64_rows(payload.reshape(n, size0)).tolist()
-    else:
+    if sizes.count(size0) == n if isinstance(sizes, list) else all(s == size0 for s in sizes):
+        if sums is None:
+            sums = sum64_rows(payload.reshape(n, size0))
+        return _objects_of_equal_size(headers, size0, payload, keys, owner, np.asarray(sums, dtype=np.uint64))
+    if sums is None:
         offs = np.cumsum(sizes).tolist()
-        sums = [sum64(payload[e - s : e]) for s, e in zip(sizes, offs)]
+        each: list[int] = [sum64(payload[e - s : e]) for s, e in zip(sizes, offs)]
+    else:
+        each = np.asarray(sums, dtype=np.uint64).tolist()
+    return _objects_one_by_one(headers, sizes, payload, keys, owner, each, pa.py_buffer(payload))
+
+
+def _objects_of_equal_size(headers: Sequence[bytes], size: int, payload: np.ndarray, keys: Sequence[BlockKey] | None,
+                           owner: object, sums: np.ndarray) -> list[BlockObject | CorruptBlockError]:  # fmt: skip
+    n = len(headers)
     buf = pa.py_buffer(payload)
+    h0 = len(headers[0])
+    blob = b"".join(headers)
+    if h0 < _FIXED.size or len(blob) != n * h0:  # short or unequal headers: no common layout
+        return _objects_one_by_one(headers, [size] * n, payload, keys, owner, sums.tolist(), buf)
+    # Each header's CRC is checked by the decode below (memoised on its exact bytes), so
+    # these raw fields are the header's own once it decodes.
+    fixed = np.ndarray((n,), dtype=_FIXED_NP, buffer=blob, strides=(h0,))
+    good = (fixed["nbytes"] == size) & (fixed["checksum"] == sums) & (fixed["algo"] == _SUM64_CODE)
+    if keys is not None:
+        good &= (fixed["flags"] & _HAS_KEY).astype(bool) & (fixed["key"] == np.frombuffer(b"".join(keys), dtype="V16"))
+    cache = _HEADER_CACHE
+    decoded = list(map(cache.get, headers))
+    if all(decoded) and good.all():  # (``None in`` would call BlockHeader.__eq__ per block)
+        # Every block passed: build the objects in C-level loops.
+        slices = list(map(buf.slice, range(0, n * size, size), [size] * n))
+        return list(map(BlockObject, cast(list[BlockHeader], decoded), headers, slices, [owner] * n))
+    out: list[BlockObject | CorruptBlockError] = []
+    sums_list = sums.tolist()
+    for i, ok in enumerate(good.tolist()):
+        hb = headers[i]
+        if ok:
+            try:
+                h = decoded[i] or _decode_cached(hb)
+            except CorruptBlockError as e:
+                out.append(e)
+                continue
+            out.append(BlockObject(h, hb, buf.slice(i * size, size), owner))
+        else:  # failed a batch check: find out which, on its own
+            out.extend(_objects_one_by_one([hb], [size], payload[i * size : (i + 1) * size],
+                                           None if keys is None else [keys[i]], owner, [sums_list[i]], buf.slice(i * size, size)))  # fmt: skip
+    return out
+
+
+def _objects_one_by_one(headers: Sequence[bytes], sizes: Sequence[int], payload: np.ndarray,
+                        keys: Sequence[BlockKey] | None, owner: object, sums: Sequence[int],
+                        buf: pa.Buffer) -> list[BlockObject | CorruptBlockError]:  # fmt: skip
     cache = _HEADER_CACHE
     out: list[BlockObject | CorruptBlockError] = []
     off = 0

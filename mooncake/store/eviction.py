@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import heapq
 from abc import ABC, abstractmethod
-from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -35,6 +35,11 @@ class EvictionPolicy(ABC, Generic[K]):
     @abstractmethod
     def touch(self, key: K) -> None:
         """A key was read. Unknown keys are ignored."""
+
+    def touch_many(self, keys: Iterable[K]) -> None:
+        """:meth:`touch` each of ``keys``, in order."""
+        for key in keys:
+            self.touch(key)
 
     @abstractmethod
     def remove(self, key: K) -> None:
@@ -65,6 +70,16 @@ class LRUPolicy(EvictionPolicy[K]):
     def touch(self, key: K) -> None:
         if key in self._order:
             self._order.move_to_end(key)
+
+    def touch_many(self, keys: Iterable[K]) -> None:
+        # One C-level loop (a block server touches every key it sends); an unknown key
+        # stops it, and the plain loop, which skips unknown keys, finishes the job.
+        keys = list(keys)
+        try:
+            deque(map(self._order.move_to_end, keys), maxlen=0)
+        except KeyError:
+            for key in keys:
+                self.touch(key)
 
     def remove(self, key: K) -> None:
         self._order.pop(key, None)

@@ -50,8 +50,10 @@ class StoreStats:
 class RawBatch:
     """Result of :meth:`BlockStore.get_raw_many`: views valid while this is alive."""
 
-    items: list[tuple[Any, Any] | None]
-    """(header view, payload view) per key, ``None`` for a miss."""
+    headers: list[Any]
+    """Header view per key, ``None`` for a miss."""
+    payloads: list[Any]
+    """Payload view per key, ``None`` for a miss."""
     txns: list[Any]
     """Read transactions that keep the views valid."""
 
@@ -417,27 +419,30 @@ class BlockStore:
         """Unchecked (header, payload) views, for a server that forwards bytes whose
         receiver checks them end to end. Counts hits and recency like :meth:`get_many`;
         does not promote. The views live as long as the returned batch."""
-        # Per-key work kept to dictionary lookups: this is the block server's hot loop.
+        # The block server's hot loop: per key, a dictionary lookup and C-level loops only.
+        n = len(keys)
         with self._lock:
-            tier_of = [self._where.get(k) for k in keys]
+            tier_of = list(map(self._where.get, keys))
             for t, policy in self._policies.items():
-                n = tier_of.count(t)
-                if n:
-                    self.stats.hits[t] += n
-                    touch = policy.touch
-                    for k, kt in zip(keys, tier_of):
-                        if kt == t:
-                            touch(k)
+                hits = tier_of.count(t)
+                if hits:
+                    self.stats.hits[t] += hits
+                    policy.touch_many(keys if hits == n else [k for k, kt in zip(keys, tier_of) if kt == t])
             self.stats.misses += tier_of.count(None)
-        batch = RawBatch([None] * len(keys), [])
+        batch = RawBatch([None] * n, [None] * n, [])
         for t, tier in self.tiers.items():
-            if t not in tier_of:
+            hits = tier_of.count(t)
+            if not hits:
                 continue
             txn = tier.begin_read()
             batch.txns.append(txn)
+            if hits == n:
+                batch.headers, batch.payloads = tier.read_raw_many(txn, keys)
+                break
             idx = [i for i, kt in enumerate(tier_of) if kt == t]
-            for i, item in zip(idx, tier.read_raw_many(txn, [keys[i] for i in idx])):
-                batch.items[i] = item
+            hdrs, datas = tier.read_raw_many(txn, [keys[i] for i in idx])
+            for i, h, d in zip(idx, hdrs, datas):
+                batch.headers[i], batch.payloads[i] = h, d
         return batch
 
     def _drop_corrupt(self, key: BlockKey, tier: TierName) -> None:

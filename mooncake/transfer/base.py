@@ -115,7 +115,7 @@ class FetchResult:
 
     @property
     def num_fetched(self) -> int:
-        return sum(o is not None for o in self.objects)
+        return len(self.objects) - self.objects.count(None)
 
     @property
     def prefix_len(self) -> int:

@@ -89,6 +89,11 @@ class BlockFetcher:
                 result.retried = len(todo)
                 log.info("transfer: retrying %d block(s) via %s", len(todo), backend.name)
             got = self._attempt(backend, [keys[i] for i in todo], peer, result)
+            if n == 0 and None not in got:  # the common case, without a loop per block
+                result.objects = list(got)
+                result.paths = [backend.name] * len(keys)
+                todo = []
+                break
             for i, obj in zip(todo, got):
                 if obj is not None:
                     result.objects[i] = obj

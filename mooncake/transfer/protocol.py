@@ -31,7 +31,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -82,7 +82,7 @@ def parse_table(meta: Any, count: int, hlen: int, plen: int) -> np.ndarray:
     return table
 
 
-def recv_payloads(sock: socket.socket, buf: np.ndarray, table: np.ndarray) -> list[int] | None:
+def recv_payloads(sock: socket.socket, buf: np.ndarray, table: np.ndarray) -> np.ndarray | None:
     """Receive a response's payloads into ``buf``; when they share a page-multiple size,
     also their ``sum64`` checksums, summed :data:`SUM_CHUNK` bytes at a time right after
     each piece arrives (one pass over cache-hot bytes instead of another over memory).
@@ -99,39 +99,46 @@ def recv_payloads(sock: socket.socket, buf: np.ndarray, table: np.ndarray) -> li
         piece = buf[off : off + SUM_CHUNK]
         recv_exact(sock, piece)
         sum64_pages(piece, pages[off // PAGE_BYTES : (off + piece.nbytes) // PAGE_BYTES])
-    sums: list[int] = sum64_from_pages(pages, size).tolist()
-    return sums
+    return sum64_from_pages(pages, size)
 
 
 def check_response(keys: Sequence[BlockKey], table: np.ndarray, headers: bytes, payload: np.ndarray,
-                   sums: Sequence[int] | None = None) -> list[BlockObject | CorruptBlockError | None]:  # fmt: skip
-    """Check every block of one response; index-aligned with ``keys``.
+                   sums: np.ndarray | None = None) -> tuple[list[BlockObject | None], list[tuple[int, CorruptBlockError]]]:  # fmt: skip
+    """Check every block of one response.
 
     ``sums``: the present blocks' payload ``sum64`` from :func:`recv_payloads`, if it had
-    them. Returns per key the checked object (viewing ``payload``, which it keeps alive),
-    ``None`` if the server did not have it, or the :class:`CorruptBlockError` it failed
-    with (a bad header or payload, or a header naming another key).
+    them. Returns the checked objects, index-aligned with ``keys`` (each viewing
+    ``payload``, which it keeps alive; ``None`` where the server did not have the block
+    or it failed a check), and ``(index, error)`` for each block that failed (a bad
+    header or payload, or a header naming another key).
     """
     hlens: list[int] = table["hlen"].tolist()
     sizes: list[int] = table["plen"].tolist()
     ok = table["status"] == STATUS_OK
     if ok.all():
+        idx = None
         h0 = hlens[0] if hlens else 0
-        if h0 and all(h == h0 for h in hlens):
-            parts = [headers[o : o + h0] for o in range(0, len(headers), h0)]
+        if h0 and hlens.count(h0) == len(hlens):
+            total = len(headers)
+            parts = list(map(headers.__getitem__, map(slice, range(0, total, h0), range(h0, total + 1, h0))))
         else:
             ends = np.cumsum(hlens).tolist()
             parts = [headers[e - h : e] for h, e in zip(hlens, ends)]
-        return list(objects_from_packed(parts, sizes, payload, keys, owner=payload, sums=sums))
-    # Some blocks missing (their lengths are 0): check the others, then re-align.
-    idx = np.flatnonzero(ok).tolist()
-    ends = np.cumsum(hlens).tolist()
-    checked = objects_from_packed([headers[ends[i] - hlens[i] : ends[i]] for i in idx], [sizes[i] for i in idx],
-                                  payload, [keys[i] for i in idx], owner=payload, sums=sums)  # fmt: skip
-    out: list[BlockObject | CorruptBlockError | None] = [None] * len(keys)
-    for i, res in zip(idx, checked):
-        out[i] = res
-    return out
+        checked = objects_from_packed(parts, sizes, payload, keys, owner=payload, sums=sums)
+    else:  # some blocks missing (their lengths are 0): check the others, then re-align
+        idx = np.flatnonzero(ok).tolist()
+        ends = np.cumsum(hlens).tolist()
+        checked = objects_from_packed([headers[ends[i] - hlens[i] : ends[i]] for i in idx], [sizes[i] for i in idx],
+                                      payload, [keys[i] for i in idx], owner=payload, sums=sums)  # fmt: skip
+    errors = [(j, r) for j, r in enumerate(checked) if isinstance(r, CorruptBlockError)]
+    if idx is None and not errors:
+        return cast(list[BlockObject | None], checked), []
+    out: list[BlockObject | None] = [None] * len(keys)
+    at = range(len(keys)) if idx is None else idx
+    for i, res in zip(at, checked):
+        if isinstance(res, BlockObject):
+            out[i] = res
+    return out, [(at[j], e) for j, e in errors]
 
 
 def recv_exact(sock: socket.socket, buf: Any) -> None:

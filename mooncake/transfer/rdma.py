@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from mooncake.store.block_object import BlockObject, CorruptBlockError
+from mooncake.store.block_object import BlockObject
 from mooncake.transfer import protocol as proto
 from mooncake.transfer.base import BufferPool, PathResult, Peer, TransferError
 from mooncake.transfer.config import TransferConfig
@@ -219,11 +219,9 @@ class RdmaBackend:
                 buffers.append(buf)
                 buf[:] = np.frombuffer(conn.ep.mr.read(plen, 0), dtype=np.uint8)
                 headers = bytes(meta[count * proto.ENTRY.size :])
-                for j, res in enumerate(proto.check_response(batch, table, headers, buf)):
-                    if isinstance(res, CorruptBlockError):
-                        errors.append(f"rdma: block {start + j}: {res}")
-                    else:
-                        objects[start + j] = res
+                checked, bad = proto.check_response(batch, table, headers, buf)
+                objects[start : start + len(batch)] = checked
+                errors.extend(f"rdma: block {start + j}: {e}" for j, e in bad)
         except (OSError, TransferError) as e:
             conn.sock.close()
             conn.ep.close()

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
+import numpy as np
+
 from mooncake.store.store import RawBatch
 from mooncake.transfer import protocol as proto
 from mooncake.transfer.base import Peer, TransferError, local_host_id
@@ -115,7 +117,8 @@ class BlockServer:
                 raw = bytes(proto.recv_bytes(conn, n * proto.KEY_BYTES))
                 keys = cast(list[BlockKey], [raw[i : i + proto.KEY_BYTES] for i in range(0, len(raw), proto.KEY_BYTES)])
                 batch = self.source.get_raw_many(keys)
-                self._send_batch(conn, rid, keys, batch.items, rdma if flags & proto.FLAG_RDMA_READ else None)
+                self._send_batch(conn, rid, keys, batch.headers, batch.payloads,
+                                 rdma if flags & proto.FLAG_RDMA_READ else None)  # fmt: skip
                 del batch  # ends the read transactions
         except (OSError, TransferError) as e:
             if not self._closed:
@@ -143,44 +146,46 @@ class BlockServer:
         conn.sendall(side.hello_reply())
         return side
 
-    def _send_batch(self, conn: socket.socket, rid: int, keys: list[BlockKey], items: list[tuple[Any, Any] | None],
+    def _send_batch(self, conn: socket.socket, rid: int, keys: list[BlockKey], headers: list[Any], payloads: list[Any],
                     rdma: RdmaServerSide | None = None) -> None:  # fmt: skip
         """One response: table, headers, then payloads (or, for RDMA, payloads staged in
         the registered region instead of sent; blocks that do not fit are missing).
 
-        Headers and payloads are 1-D byte buffers (LMDB views): ``len`` is their size."""
-        items = self._wire_items(keys, items)
+        ``headers``/``payloads``: 1-D byte buffers (LMDB views), ``None`` for a missing
+        block. The table is filled column by column: no Python work per block beyond
+        ``len``."""
+        headers, payloads = self._wire_items(keys, headers, payloads)
         if rdma is not None:
-            fit = rdma.stage([it[1] for it in items if it is not None])
+            fit = rdma.stage([p for p in payloads if p is not None])
             kept = 0
-            for i, it in enumerate(items):
-                if it is not None:
+            for i, p in enumerate(payloads):
+                if p is not None:
                     kept += 1
                     if kept > fit:
-                        items[i] = None
-        pack, ok, missing = proto.ENTRY.pack, proto.STATUS_OK, _MISSING_ENTRY
-        table, headers, payloads = [], [], []
-        for it in items:
-            if it is None:
-                table.append(missing)
-                continue
-            header, payload = it
-            table.append(pack(ok, len(header), len(payload)))
-            headers.append(header)
-            payloads.append(payload)
+                        headers[i] = payloads[i] = None
+        table = np.zeros(len(keys), dtype=proto.TABLE)
+        if any(h is None for h in headers):
+            missing = [h is None for h in headers]
+            table["status"][missing] = proto.STATUS_MISSING
+            headers = [h for h in headers if h is not None]
+            payloads = [p for p in payloads if p is not None]
+            present = table["status"] == proto.STATUS_OK
+            table["hlen"][present] = list(map(len, headers))
+            table["plen"][present] = list(map(len, payloads))
+        elif headers:
+            table["hlen"] = list(map(len, headers))
+            table["plen"] = list(map(len, payloads))
         hbytes = b"".join(headers)
-        plen = sum(map(len, payloads))
+        plen = int(table["plen"].sum())
         head = proto.RESP.pack(proto.RESP_MAGIC, rid, len(keys), len(hbytes), plen)
-        proto.send_all(conn, [head + b"".join(table) + hbytes, *(payloads if rdma is None else [])])
+        proto.send_all(conn, [head + table.tobytes() + hbytes, *(payloads if rdma is None else [])])
         self.blocks_sent += len(payloads)
         self.bytes_sent += plen
 
-    def _wire_items(self, keys: list[BlockKey], items: list[tuple[Any, Any] | None]) -> list[tuple[Any, Any] | None]:
-        """(header, payload) or ``None`` per key, as they go on the wire: a hook, called
-        once per response, for fault-injection tests (corrupt a block, cut the stream)."""
-        return items
+    def _wire_items(self, keys: list[BlockKey], headers: list[Any], payloads: list[Any]) -> tuple[list[Any], list[Any]]:
+        """(headers, payloads) as they go on the wire: a hook, called once per response,
+        for fault-injection tests (corrupt a block, cut the stream)."""
+        return headers, payloads
 
-
-_MISSING_ENTRY = proto.ENTRY.pack(proto.STATUS_MISSING, 0, 0)
 
 __all__ = ["BlockServer", "BlockSource"]

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mooncake.store.block_object import BlockObject, CorruptBlockError
+from mooncake.store.block_object import BlockObject
 from mooncake.transfer import protocol as proto
 from mooncake.transfer.base import BufferPool, PathResult, Peer, TransferError
 from mooncake.transfer.config import TransferConfig
@@ -103,11 +103,9 @@ class TcpBackend:
                 buffers.append(buf)
                 sums = proto.recv_payloads(sock, buf, table)
                 headers = bytes(meta[count * proto.ENTRY.size :])
-                for j, res in enumerate(proto.check_response(batch, table, headers, buf, sums)):
-                    if isinstance(res, CorruptBlockError):
-                        errors.append(f"tcp: block {start + j}: {res}")
-                    else:
-                        objects[start + j] = res
+                checked, bad = proto.check_response(batch, table, headers, buf, sums)
+                objects[start : start + len(batch)] = checked
+                errors.extend(f"tcp: block {start + j}: {e}" for j, e in bad)
             ok = True
         except (OSError, TransferError) as e:
             errors.append(f"tcp: {e}")

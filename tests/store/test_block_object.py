@@ -187,3 +187,22 @@ def test_objects_from_packed_turns_each_bad_block_into_its_error_and_keeps_the_r
     grown = np.concatenate([payload[: 6 * sizes[0]], np.zeros(8, np.uint8), payload[6 * sizes[0] :]])
     out = objects_from_packed(headers, sizes, grown, owner=grown)
     assert isinstance(out[5], CorruptBlockError) and isinstance(out[6], BlockObject)
+
+
+def test_objects_from_packed_batch_check_catches_each_bad_block_with_memoised_headers() -> None:
+    """64 packed 8 KiB blocks pass twice (the second time every header is memoised: the
+    all-in-numpy path); then a flipped payload bit, and a header re-sealed with a valid CRC
+    but its has-key flag cleared, each fail only their own block."""
+    spec = KVBlockSpec(num_layers=2, num_kv_heads=2, head_dim=64, block_size=4, dtype="bfloat16")  # 8 KiB
+    headers, sizes, payload, keys = _packed(64, spec)
+    for _ in range(2):
+        out = objects_from_packed(headers, sizes, payload, keys, owner=payload)
+        assert all(isinstance(o, BlockObject) for o in out)
+    payload[9 * sizes[0] + 5] ^= 0x01
+    body = bytearray(headers[20][:-4])
+    body[7] &= ~1  # has-key flag
+    headers[20] = bytes(body) + zlib.crc32(bytes(body)).to_bytes(4, "little")
+    out = objects_from_packed(headers, sizes, payload, keys, owner=payload)
+    bad = {i: str(o) for i, o in enumerate(out) if isinstance(o, CorruptBlockError)}
+    assert sorted(bad) == [9, 20] and "checksum" in bad[9] and "key" in bad[20]
+    assert out[10] is not None and out[10].numpy().tobytes() == payload[10 * sizes[0] : 11 * sizes[0]].tobytes()

@@ -38,19 +38,18 @@ class FlakyServer(BlockServer):
     corrupt: dict[BlockKey, int]
     cut_before: dict[BlockKey, int]
 
-    def _wire_items(self, keys: list[BlockKey], items: list[tuple[Any, Any] | None]) -> list[tuple[Any, Any] | None]:
-        out = list(items)
+    def _wire_items(self, keys: list[BlockKey], headers: list[Any], payloads: list[Any]) -> tuple[list[Any], list[Any]]:
+        payloads = list(payloads)
         for i, key in enumerate(keys):
             if self.cut_before.get(key, 0) > 0:
                 self.cut_before[key] -= 1
                 raise OSError("simulated connection loss")
-            it = out[i]
-            if it is not None and self.corrupt.get(key, 0) > 0:
+            if payloads[i] is not None and self.corrupt.get(key, 0) > 0:
                 self.corrupt[key] -= 1
-                bad = bytearray(it[1])
+                bad = bytearray(payloads[i])
                 bad[len(bad) // 2] ^= 0xFF
-                out[i] = (it[0], bytes(bad))
-        return out
+                payloads[i] = bytes(bad)
+        return headers, payloads
 
 
 @pytest.fixture
@@ -223,3 +222,23 @@ def test_malformed_response_table_is_rejected(entries: list[tuple[int, int, int]
     meta = b"".join(proto.ENTRY.pack(*e) for e in entries)
     with pytest.raises(TransferError):
         proto.parse_table(meta, len(entries), hlen=4, plen=8)
+
+
+def test_corrupt_blocks_among_many_small_ones_in_one_response_are_misses(host_dir: str) -> None:
+    """40 blocks in one response, 3 corrupted on every send: those 3 are misses after the retry,
+    the other 37 arrive byte-identical."""
+    blocks = make_chain(40)
+    k = keys_of(blocks)
+    with BlockStore(store_config(host_dir)) as store:
+        store.put_many(blocks)
+        server = FlakyServer(store, CFG)
+        server.corrupt, server.cut_before = {k[1]: 99, k[17]: 99, k[38]: 99}, {}
+        try:
+            with tcp_fetcher(TransferConfig(batch_blocks=40, io_timeout_s=5)) as f:
+                res = f.fetch(k, Peer("elsewhere", tcp=server.address))
+                assert res.missing == [k[1], k[17], k[38]] and res.retried == 3
+                for b, o in zip(blocks, res.objects):
+                    assert o is None or o.numpy().tobytes() == b.data.tobytes()
+                res.release()
+        finally:
+            server.close()
