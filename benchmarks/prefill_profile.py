@@ -58,8 +58,15 @@ def instrument_worker(dask_worker: Any) -> dict[str, Any]:
         log.append(("lookup", spec.request_id, t, time.time()))
         return r
 
+    start = dask_worker.stream_handlers["mooncake-start"]
+
+    def timed_start(spec: Any, **kwargs: Any) -> None:
+        log.append(("start", spec.request_id, time.time()))
+        start(spec=spec, **kwargs)
+
     timed_lookup.__module__, timed_lookup.__qualname__ = lookup.__module__, "lookup"  # pickled by name
     engine.emit, tasks.lookup = timed_emit, timed_lookup
+    dask_worker.stream_handlers["mooncake-start"] = timed_start
     return {"torch_threads": engine.info["torch_threads"], "engine_pid": engine.proc.pid}
 
 
@@ -85,7 +92,15 @@ class _GraphTimes(SchedulerPlugin):
 
 
 def instrument_scheduler(dask_scheduler: Any) -> None:
-    dask_scheduler.add_plugin(_GraphTimes())
+    plugin = _GraphTimes()
+    dask_scheduler.add_plugin(plugin)
+    place = dask_scheduler.handlers["mooncake_place"]
+
+    def timed_place(request: dict[str, Any]) -> Any:
+        plugin.log.append(("place", "place-" + request["request_id"], time.time()))
+        return place(request=request)
+
+    dask_scheduler.handlers["mooncake_place"] = timed_place
 
 
 def main() -> None:
@@ -140,6 +155,9 @@ def main() -> None:
     for rid, t0, t1 in rows[3:]:
         e = ev[rid]
         s0, s1, cpu, (faults, invol, vol) = e["step"]
+        add("client -> placement at the scheduler (ms)", (e["place-place"] - t0) * 1e3)
+        add("placement -> start at the worker (ms)", (e["start"][0] - e["place-place"]) * 1e3)
+        add("start at the worker -> engine admit (ms)", (e["admit"][0] - e["start"][0]) * 1e3)
         add("client -> graph at the scheduler (ms)", (e["graph-lookup"] - t0) * 1e3)
         add("graph -> lookup task start (ms)", (e["lookup"][0] - e["graph-lookup"]) * 1e3)
         add("engine admit - lookup task start (ms)", (e["admit"][0] - e["lookup"][0]) * 1e3)

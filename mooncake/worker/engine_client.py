@@ -134,22 +134,41 @@ class EngineClient:
         """Admit a request (blocks until the engine accepted it; its errors, e.g.
         ``ValueError`` for bad input, raise here). The future resolves to its final output
         or fails with ``RequestAborted``."""
-        done, _ = self._add(request_id, prompt_token_ids, params, watch, cache_salt, keep_kv, kv, prior_output_ids, prior_logprobs, None)
-        assert done is not None
+        done, call = self._send_add(request_id, prompt_token_ids, params, watch, cache_salt, keep_kv, kv, prior_output_ids, prior_logprobs, None)
+        try:
+            call.result()
+        except BaseException:
+            self._forget(request_id, done)
+            raise
         return done
 
     def lookup_and_add(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, watch: Watch, stored: Sequence[bool], *, cache_salt: str | None = None, keep_kv: bool = False
-    ) -> tuple[concurrent.futures.Future[RequestOutput] | None, int]:
-        """Look the prompt up in the engine's prefix cache and admit it, in one call.
-        ``stored[i]``: the worker's store holds the prompt's block ``i``. Returns (the
-        request's future, cached tokens), or (None, cached tokens) when the store holds
-        the next block: import it, then ``add``."""
-        done, cached = self._add(request_id, prompt_token_ids, params, watch, cache_salt, keep_kv, None, (), None, list(stored))
-        assert cached is not None
-        return done, cached
+    ) -> concurrent.futures.Future[tuple[concurrent.futures.Future[RequestOutput] | None, int]]:
+        """Look the prompt up in the engine's prefix cache and admit it, in one call that
+        is sent before this returns. ``stored[i]``: the worker's store holds the prompt's
+        block ``i``. The future resolves to (the request's future, cached tokens), or to
+        (None, cached tokens) when the store holds the next block: import it, then ``add``."""
+        done, call = self._send_add(request_id, prompt_token_ids, params, watch, cache_salt, keep_kv, None, (), None, list(stored))
+        out: concurrent.futures.Future[tuple[concurrent.futures.Future[RequestOutput] | None, int]] = concurrent.futures.Future()
 
-    def _add(
+        def answered(f: concurrent.futures.Future[Any]) -> None:
+            try:
+                cached = f.result()
+            except BaseException as e:
+                self._forget(request_id, done)
+                out.set_exception(e)
+                return
+            if cached < 0:  # not admitted (see EngineLoop.add)
+                self._forget(request_id, done)
+                out.set_result((None, -1 - cached))
+            else:
+                out.set_result((done, cached))
+
+        call.add_done_callback(answered)
+        return out
+
+    def _send_add(
         self,
         request_id: str,
         prompt_token_ids: list[int],
@@ -161,33 +180,29 @@ class EngineClient:
         prior_output_ids: Sequence[int],
         prior_logprobs: list[dict[int, float]] | None,
         stored: list[bool] | None,
-    ) -> tuple[concurrent.futures.Future[RequestOutput] | None, int | None]:
+    ) -> tuple[concurrent.futures.Future[RequestOutput], concurrent.futures.Future[Any]]:
         done: concurrent.futures.Future[RequestOutput] = concurrent.futures.Future()
         with self._lock:
             self._requests[request_id] = done
-        try:
-            cached = self.call(
-                "add",
-                request_id,
-                prompt_token_ids,
-                params,
-                watch,
-                cache_salt=cache_salt,
-                keep_kv=keep_kv,
-                kv=kv,
-                prior_output_ids=tuple(prior_output_ids),
-                prior_logprobs=prior_logprobs,
-                stored=stored,
-            ).result()
-        except BaseException:
-            with self._lock:
-                self._requests.pop(request_id, None)
-            raise
-        if cached is not None and cached < 0:  # not admitted (see EngineLoop.add)
-            with self._lock:
-                self._requests.pop(request_id, None)
-            return None, -1 - cached
-        return done, cached
+        call = self.call(
+            "add",
+            request_id,
+            prompt_token_ids,
+            params,
+            watch,
+            cache_salt=cache_salt,
+            keep_kv=keep_kv,
+            kv=kv,
+            prior_output_ids=tuple(prior_output_ids),
+            prior_logprobs=prior_logprobs,
+            stored=stored,
+        )
+        return done, call
+
+    def _forget(self, request_id: str, done: concurrent.futures.Future[RequestOutput]) -> None:
+        with self._lock:
+            if self._requests.get(request_id) is done:
+                del self._requests[request_id]
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the engine process (killed if it does not exit within ``timeout``)."""

@@ -170,12 +170,16 @@ class MooncakeWorker(WorkerPlugin):
         now, so its prefill does not wait for the scheduler to receive its graph and
         dispatch the lookup task; that task then collects the result."""
         from mooncake.worker.messages import PlacementInfo
-        from mooncake.worker.tasks import run_lookup
+        from mooncake.worker.tasks import begin_lookup, fetches_remote, run_lookup
 
         rid = spec.request_id
         if rid in self.early_lookups or rid in self.started:
             return
-        fut = self._lookup_pool.submit(run_lookup, self, spec, PlacementInfo(**placement), start)
+        where = PlacementInfo(**placement)
+        # The engine admits the request as soon as it reads this call; the lookup thread
+        # only collects the answer (and imports stored blocks when there are any).
+        begun = None if fetches_remote(self, where) else begin_lookup(self, spec, start)
+        fut = self._lookup_pool.submit(run_lookup, self, spec, where, start, begun)
         self.early_lookups[rid] = (fut, time.monotonic())
 
     async def _expire_early(self) -> None:

@@ -74,22 +74,39 @@ def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") 
     return run_lookup(plugin, spec, placement, start)
 
 
-def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementInfo, start: str) -> LookupResult:
-    """The lookup itself (in a task, or in the plugin's lookup thread at placement)."""
+Admission = concurrent.futures.Future[tuple[concurrent.futures.Future[RequestOutput] | None, int]]
+
+
+def fetches_remote(plugin: MooncakeWorker, placement: PlacementInfo) -> bool:
+    """Whether the Conductor asked this lookup to fetch a prefix from another worker."""
+    return bool(placement.fetch_from and placement.fetch_from != plugin.worker.address)
+
+
+def begin_lookup(plugin: MooncakeWorker, spec: RequestSpec, start: str) -> Admission:
+    """Send the engine the call that looks the prompt up and admits it, unless this
+    worker's store holds the block after the cached prefix (then the lookup imports it
+    and admits the request after). Returns at once; ``run_lookup`` finishes the job."""
+    keys = block_keys(spec.prompt_token_ids, plugin.block_size, plugin.root_key(spec.cache_salt))
+    kvs = plugin.kv_store
+    stored = kvs.store.contains_many(keys) if kvs is not None else [False] * len(keys)
+    prefill_only = start == "prefill"
+    params, watch = _admission(spec, prefill_only)
+    return plugin.engine.lookup_and_add(spec.request_id, spec.prompt_token_ids, params, watch, stored, cache_salt=spec.cache_salt, keep_kv=prefill_only)
+
+
+def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementInfo, start: str, begun: Admission | None = None) -> LookupResult:
+    """The lookup itself (in a task, or in the plugin's lookup thread at placement, then
+    ``begun`` is the admission ``begin_lookup`` already sent)."""
     t0 = time.perf_counter()
     prefill_only = start == "prefill"
     bs = plugin.block_size
     keys = block_keys(spec.prompt_token_ids, bs, plugin.root_key(spec.cache_salt))
     kvs = plugin.kv_store
     done: concurrent.futures.Future[RequestOutput] | None = None
-    if placement.fetch_from and placement.fetch_from != plugin.worker.address:
+    if fetches_remote(plugin, placement):
         cached = plugin.engine.call("match_prefix", spec.prompt_token_ids, spec.cache_salt).result()
     else:
-        # One engine call looks the prompt up and admits it, unless this worker's store
-        # holds the block after the cached prefix (then: import, admit).
-        params, watch = _admission(spec, prefill_only)
-        stored = kvs.store.contains_many(keys) if kvs is not None else [False] * len(keys)
-        done, cached = plugin.engine.lookup_and_add(spec.request_id, spec.prompt_token_ids, params, watch, stored, cache_salt=spec.cache_salt, keep_kv=prefill_only)
+        done, cached = (begun or begin_lookup(plugin, spec, start)).result()
     result = LookupResult(spec, placement, cached_tokens=cached)
     have = cached // bs
     plugin.hit_blocks["device"] += have
