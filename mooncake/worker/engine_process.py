@@ -86,7 +86,12 @@ def main(argv: list[str]) -> int:
         return 1
     loop.run()
     channel.close()
-    return 0
+    # Skip the interpreter's teardown of torch and the model (over a second): the worker
+    # waits for this exit, and Dask's Nanny kills a worker that takes 4 s to close.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
