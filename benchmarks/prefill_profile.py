@@ -98,7 +98,10 @@ def instrument_scheduler(dask_scheduler: Any) -> None:
 
     def timed_place(request: dict[str, Any]) -> Any:
         plugin.log.append(("place", "place-" + request["request_id"], time.time()))
-        return place(request=request)
+        try:
+            return place(request=request)
+        finally:
+            plugin.log.append(("placed", "place-" + request["request_id"], time.time()))
 
     dask_scheduler.handlers["mooncake_place"] = timed_place
 
@@ -156,6 +159,7 @@ def main() -> None:
         e = ev[rid]
         s0, s1, cpu, (faults, invol, vol) = e["step"]
         add("client -> placement at the scheduler (ms)", (e["place-place"] - t0) * 1e3)
+        add("placement handler at the scheduler (ms)", (e["placed-place"] - e["place-place"]) * 1e3)
         add("placement -> start at the worker (ms)", (e["start"][0] - e["place-place"]) * 1e3)
         add("start at the worker -> engine admit (ms)", (e["admit"][0] - e["start"][0]) * 1e3)
         add("client -> graph at the scheduler (ms)", (e["graph-lookup"] - t0) * 1e3)
