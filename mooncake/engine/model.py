@@ -89,8 +89,11 @@ class DecoderLayer(nn.Module):
         block_size: int,
         mlp_buf: torch.Tensor,
         native: NativeKernels | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        # x: [T, H]; mlp_buf: [T, 2 * intermediate] scratch shared by all layers
+        """x: ``[T, H]``; mlp_buf: ``[T, 2 * intermediate]`` scratch shared by all layers;
+        keep: ``[N]`` rows whose output is wanted (``meta`` then lays out those N queries),
+        or None for all. Every row's K/V is written either way. Returns ``[T or N, H]``."""
         cfg = self.cfg
         T = x.shape[0]
         qkv = self.qkv_proj(self.input_layernorm(x, native))  # [T, q + 2kv]
@@ -102,6 +105,8 @@ class DecoderLayer(nn.Module):
             qk = apply_rope(qk_in, *rope)
         q, k = qk[:, : cfg.num_heads], qk[:, cfg.num_heads :]
         v = qkv[:, self.q_size + self.kv_size :].reshape(T, cfg.num_kv_heads, cfg.head_dim)
+        if keep is not None:
+            q, x = q[keep], x[keep]  # [N, Hq, D], [N, H] (copies: x is then this layer's own)
         attn = paged_attention(q, k, v, k_cache, v_cache, meta, block_size, self.scale)
         if native is not None:
             # residual add fused into the norm (x += o_proj(attn) in place: x is this
@@ -111,7 +116,7 @@ class DecoderLayer(nn.Module):
         else:
             x = x + self.o_proj(attn)
             h = self.post_attention_layernorm(x)
-        gate_up = self.gate_up_proj(h, out=mlp_buf)
+        gate_up = self.gate_up_proj(h, out=mlp_buf[: h.shape[0]])
         if native is not None:
             act = native.silu_mul(gate_up)
         else:
@@ -160,6 +165,7 @@ class LlamaModel(nn.Module):
         logits_indices: torch.Tensor,
         block_size: int,
         native: NativeKernels | None = None,
+        last_meta: AttentionMetadata | None = None,
     ) -> torch.Tensor:
         """One step over the flat batch.
 
@@ -170,6 +176,9 @@ class LlamaModel(nn.Module):
             logits_indices: ``[N]`` flat positions whose next-token logits are needed.
             native: compiled CPU kernels for the norms, rotary and SiLU (float32 CPU only;
                 attention takes them from ``meta``), or None.
+            last_meta: if given, the last layer computes only the ``logits_indices`` rows
+                past their K/V, with this layout (one query per row, at its sequence's
+                last position); other rows' outputs would be discarded anyway.
         Returns:
             float32 logits ``[N, vocab]``.
         """
@@ -180,9 +189,15 @@ class LlamaModel(nn.Module):
         buf = self._mlp_buf
         if buf is None or buf.shape[0] < T or buf.dtype != x.dtype or buf.device != x.device:
             buf = self._mlp_buf = x.new_empty(T, 2 * self.cfg.intermediate_size)
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, kv_cache[i, 0], kv_cache[i, 1], meta, block_size, buf[:T], native)
-        x = self.norm(x[logits_indices], native)  # [N, H]; norm is per-token, so select first
+            if i == last and last_meta is not None:
+                x = layer(x, rope, kv_cache[i, 0], kv_cache[i, 1], last_meta, block_size, buf[:T], native, logits_indices)
+            else:
+                x = layer(x, rope, kv_cache[i, 0], kv_cache[i, 1], meta, block_size, buf[:T], native)
+        if last_meta is None:
+            x = x[logits_indices]  # norm is per-token, so select first
+        x = self.norm(x, native)  # [N, H]
         logits: torch.Tensor = self.lm_head(x).float()
         return logits
 

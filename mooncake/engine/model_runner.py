@@ -69,25 +69,41 @@ class ModelRunner:
         return t.numpy()
 
     def _block_tables(self, group: list[ScheduledSeq], max_blocks: int) -> torch.Tensor:
-        """``[len(group), max_blocks]`` block ids covering each sequence's context (rows
-        padded with 0)."""
+        """``[len(group), max_blocks]`` block ids covering each sequence's context up to
+        the step's last token (rows padded with 0)."""
         table = torch.zeros(len(group), max_blocks, dtype=torch.long)
         for b, s in enumerate(group):
-            nb = -(-(s.start + 1) // self.block_size)
+            nb = -(-(s.start + s.num_tokens) // self.block_size)
             table[b, :nb] = torch.tensor([blk.block_id for blk in s.seq.block_table[:nb]])
         return table
 
-    def _native_decode(self, decodes: list[ScheduledSeq], max_blocks: int) -> NativeDecode:
-        ctx = [s.start + 1 for s in decodes]
-        return NativeDecode(self._block_tables(decodes, max_blocks), torch.tensor(ctx, dtype=torch.long), max(ctx))
+    def _native_decode(self, rows: list[ScheduledSeq], max_blocks: int) -> NativeDecode:
+        """One query per sequence, its step's last token (a decode, or a prefill chunk's
+        sampling row in the last layer)."""
+        ctx = [s.start + s.num_tokens for s in rows]
+        return NativeDecode(self._block_tables(rows, max_blocks), torch.tensor(ctx, dtype=torch.long), max(ctx))
 
     def _decode_group(self, group: list[ScheduledSeq], max_blocks: int, start: int, dev: torch.device) -> DecodeGroup:
-        ctx = torch.tensor([s.start + 1 for s in group])[:, None]
+        ctx = torch.tensor([s.start + s.num_tokens for s in group])[:, None]
         k_pos = torch.arange(max_blocks * self.block_size)[None, :]
         mask = k_pos < ctx
         if self.window is not None:
             mask &= k_pos >= ctx - self.window
         return DecodeGroup(start, self._block_tables(group, max_blocks).to(dev), mask[:, None, None, :].to(dev))
+
+    def _sampling_meta(self, rows: list[ScheduledSeq], meta: AttentionMetadata, dev: torch.device) -> AttentionMetadata:
+        """Attention layout of the last layer when only the sampling rows go on: every
+        token's K/V is still written (``meta.slot_mapping``), but each row left is one
+        query at its sequence's last position, attended like a decode."""
+        last = AttentionMetadata(slot_mapping=meta.slot_mapping, native=meta.native, window=meta.window)
+        if not rows:
+            return last
+        max_blocks = max(-(-(s.start + s.num_tokens) // self.block_size) for s in rows)
+        if self.native is not None:
+            last.native_decode = self._native_decode(rows, max_blocks)
+        else:
+            last.decodes.append(self._decode_group(rows, max_blocks, 0, dev))
+        return last
 
     # -- one step ----------------------------------------------------------------
     @torch.inference_mode()
@@ -145,6 +161,13 @@ class ModelRunner:
         if self.null_model:
             return torch.zeros(len(logits_idx), self.model.cfg.vocab_size, device=dev)
         meta.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
+        # Only the sampling rows' hidden states leave the last layer: when that is not every
+        # row (a prefill chunk needs one), the last layer computes attention and MLP for
+        # those rows alone (1/12 of a 12-layer prefill's matmuls, less its K/V projection).
+        last_meta = None
+        if len(logits_idx) < len(ids):
+            sampling = [s for s in decodes if s.samples] + [s for s in out.prefills if s.samples]
+            last_meta = self._sampling_meta(sampling, meta, dev)
         logits: torch.Tensor = self.model(
             torch.tensor(ids, dtype=torch.long, device=dev),
             torch.tensor(positions, dtype=torch.long, device=dev),
@@ -153,5 +176,6 @@ class ModelRunner:
             torch.tensor(logits_idx, dtype=torch.long, device=dev),
             bs,
             self.native,
+            last_meta,
         )
         return logits

@@ -58,3 +58,34 @@ def test_decode_logits_match_with_cached_prefix(tiny_llama):
         seq.num_computed_tokens = start + n
     ours = torch.cat(got)
     assert (ours - ref).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("name", ["llama", "mistral-sliding"])
+def test_last_layer_of_sampling_rows_only_equals_all_rows(checkpoint_factory, name, native):
+    """A step with a decode, a prompt that samples and a chunk that does not: the logits
+    computed with the last layer restricted to the two sampling rows equal those rows of
+    the step computed for every token (native kernels and torch path alike)."""
+    from mooncake.engine.scheduler import ScheduledSeq, SchedulerOutput
+    from mooncake.engine.sequence import Sequence
+    from mooncake.outputs import RequestMetrics
+    from mooncake.sampling_params import SamplingParams
+
+    path = checkpoint_factory(f"eq-{name}", **CASES[name])
+    engine = LLMEngine(EngineConfig(model=str(path), num_blocks=64, native_kernels=native))
+    g = torch.Generator().manual_seed(3)
+
+    def seq(rid: str, n: int) -> Sequence:
+        s = Sequence(rid, None, torch.randint(0, 300, (n,), generator=g).tolist(), SamplingParams(), 0, engine.root_key(), RequestMetrics(0.0))
+        engine.kv.allocate(s, n)
+        return s
+
+    a, b, c = seq("a", 70), seq("b", 30), seq("c", 50)
+    first = SchedulerOutput(prefills=[ScheduledSeq(a, 0, 69)])
+    engine.runner.execute(first)
+    a.num_computed_tokens = 69
+    step = SchedulerOutput(decodes=[ScheduledSeq(a, 69, 1)], prefills=[ScheduledSeq(b, 0, 30), ScheduledSeq(c, 0, 20)])
+    sampled = engine.runner.execute(step)
+    every = engine.runner.execute(step, all_logits=True)
+    assert sampled.shape == (2, every.shape[1])
+    torch.testing.assert_close(sampled, every[[0, 30]], atol=2e-5, rtol=1e-5)

@@ -85,6 +85,8 @@ def _reference_prefill(q, kc, vc, table, ctx, bs, window, scale):
         (8, 2, 80, 8, 50, 130, None),  # head_dim 80 (64 + 16), block size 8
         (8, 1, 128, 32, 100, 300, None),
         (6, 2, 64, 16, 200, 400, 50),  # sliding window
+        (12, 4, 64, 16, 40, 1060, None),  # a 256-key chunk starts past some rows' positions
+        (6, 2, 64, 16, 300, 700, 300),  # window over several 256-key chunks
         (12, 4, 64, 16, 1, 17, None),  # one token
     ],
 )

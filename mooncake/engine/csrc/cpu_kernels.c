@@ -254,16 +254,43 @@ int mc_paged_decode_f32(
  *
  * The chunk's n query tokens sit at positions ctx-n .. ctx-1; their own K/V are already
  * in the cache, so every key (cached prefix and chunk alike) is read through the block
- * table. Flash-style: per (KV head, tile of TQ query tokens) work item, the G query heads
- * of the KV head form TQ*G rows that stream over 16-key tiles with an online softmax, so
- * no [n, ctx] score matrix is ever materialised and no K/V is gathered into a copy.
+ * table. Work items are (KV head, TQ query tokens): the G query heads of the KV head form
+ * R = TQ*G rows. Their keys are taken KC at a time; for each such key chunk:
+ *   1. S = Q K^T for the R rows (8 rows x 32 keys register tiles over K transposed once
+ *      per call: the inner loop is one K vector pair and eight broadcasts per 16 FMAs);
+ *   2. softmax on whole rows of S: one max per row and chunk (the output and the sum are
+ *      rescaled only when it grows), exp in place, the causal / window mask applied only
+ *      to the vectors that straddle a row's boundary (the others need none);
+ *   3. O += P V, 4 rows x 64 columns of accumulators, 32 keys at a time.
+ * The scores of a chunk stay in L2 (R*KC floats); no [n, ctx] matrix is built and no K/V
+ * is gathered into a copy. Compared with an online softmax per 32-key tile this does one
+ * horizontal max per row per KC keys instead of per 32 and no masking in the interior
+ * of the causal triangle.
  *
  * Layouts: q [n, Hq, D] rows q_stride floats apart; out [n, Hq, D] rows out_stride apart;
  * table: block ids covering ctx tokens. Needs D % 16 == 0 and D <= 256 (returns 1
  * otherwise: the caller falls back to SDPA).
  */
 #define TQ 16
-#define TK 32 /* keys per tile: two vectors */
+#define TK 32  /* keys per register tile: two vectors */
+#define KC 256 /* keys per softmax chunk */
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* e^x for x <= 0, lane-wise: the polynomial of vexp_neg, with the power of two applied by
+ * vscalefps (no integer round trip); -inf and anything below -87 give e^-87 (~1.6e-38),
+ * which callers mask where it must be exactly 0 */
+static inline v16 vexp_le0(v16 x) {
+    const __m512 xc = _mm512_max_ps((__m512)x, _mm512_set1_ps(-87.0f));
+    const __m512 t = _mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f));
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const v16 f = (v16)_mm512_sub_ps(t, n) * 0.69314718055994531f;
+    const v16 p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720 + f * (1.0f / 5040)))))));
+    return (v16)_mm512_scalef_ps((__m512)p, n);
+}
+#else
+#define vexp_le0 vexp_neg
+#endif
 
 int mc_paged_prefill_f32(
     const float *q, int64_t q_stride,
@@ -281,8 +308,11 @@ int mc_paged_prefill_f32(
     /* K transposed once per call, tile by tile: kt_all[h][tile][d][TK]; keys past ctx are 0 */
     float *kt_all = (float *)aligned_alloc(64, sizeof(float) * (size_t)(Hkv * n_kt * D * TK));
     float *zero_row = (float *)aligned_alloc(64, sizeof(float) * (size_t)D);
-    if (!kt_all || !zero_row) { free(kt_all); free(zero_row); return 2; }
+    float *vp_all = (float *)aligned_alloc(64, sizeof(float) * (size_t)(Hkv * n_kt * TK * D)); /* [h][tok][D], 0 past ctx */
+    int64_t *slot = (int64_t *)malloc(sizeof(int64_t) * (size_t)ctx); /* cache slot of each token */
+    if (!kt_all || !zero_row || !slot || !vp_all) { free(kt_all); free(zero_row); free(slot); free(vp_all); return 2; }
     memset(zero_row, 0, sizeof(float) * (size_t)D);
+    for (int64_t tok = 0; tok < ctx; ++tok) slot[tok] = table[tok / block_size] * block_size + tok % block_size;
     int failed = 0;
 
 #pragma omp parallel num_threads(num_threads)
@@ -293,21 +323,24 @@ int mc_paged_prefill_f32(
             float *kt = kt_all + w * D * TK;
             for (int64_t j = 0; j < TK; ++j) {
                 const int64_t tok = tile * TK + j;
+                float *vd = vp_all + (h * n_kt * TK + tok) * D;
                 if (tok < ctx) {
-                    const float *kp = k + (table[tok / block_size] * block_size + tok % block_size) * row_stride + h * D;
+                    const float *kp = k + slot[tok] * row_stride + h * D;
                     for (int64_t d = 0; d < D; ++d) kt[d * TK + j] = kp[d];
+                    memcpy(vd, v + slot[tok] * row_stride + h * D, sizeof(float) * (size_t)D);
                 } else {
                     for (int64_t d = 0; d < D; ++d) kt[d * TK + j] = 0.0f;
+                    memset(vd, 0, sizeof(float) * (size_t)D);
                 }
             }
         }
 
         float *qs = (float *)aligned_alloc(64, sizeof(float) * (size_t)(R * D));
         float *o = (float *)aligned_alloc(64, sizeof(float) * (size_t)(R * D));
-        float *s = (float *)aligned_alloc(64, sizeof(float) * (size_t)(R * TK));
+        float *s = (float *)aligned_alloc(64, sizeof(float) * (size_t)(R * KC));
         float *m = (float *)malloc(sizeof(float) * (size_t)R);
-        v16 *lv = (v16 *)aligned_alloc(64, sizeof(v16) * (size_t)R);
-        int ok = qs && o && s && m && lv;
+        float *l = (float *)malloc(sizeof(float) * (size_t)R);
+        int ok = qs && o && s && m && l;
         if (!ok) {
 #pragma omp atomic write
             failed = 2;
@@ -315,8 +348,10 @@ int mc_paged_prefill_f32(
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < Hkv * n_qt; ++it) {
             if (!ok) continue;
-            /* last query tiles (the most keys) first, for balance */
-            const int64_t qt = n_qt - 1 - it / Hkv, h = it % Hkv;
+            /* one KV head after the other, so the threads share its K and V in cache (all
+             * heads' K and V of a long prompt exceed L2); last query tiles (the most keys)
+             * first, for balance */
+            const int64_t h = it / n_qt, qt = n_qt - 1 - it % n_qt;
             const int64_t t0 = qt * TQ;
             const int64_t nt = n - t0 < TQ ? n - t0 : TQ;
             const int64_t pos0 = ctx - n + t0; /* position of the tile's first query */
@@ -336,108 +371,137 @@ int mc_paged_prefill_f32(
                     }
                 }
             memset(o, 0, sizeof(float) * (size_t)(R * D));
-            for (int64_t r = 0; r < R; ++r) { m[r] = -__builtin_inff(); lv[r] = (v16){0}; }
+            for (int64_t r = 0; r < R; ++r) { m[r] = -__builtin_inff(); l[r] = 0.0f; }
 
-            for (int64_t kb = key_lo / TK * TK; kb < key_hi; kb += TK) {
-                const float *kt = kt_all + (h * n_kt + kb / TK) * D * TK;
-                const float *vrow[TK];
-                for (int64_t j = 0; j < TK; ++j) {
-                    const int64_t tok = kb + j;
-                    vrow[j] = tok < key_hi ? v + (table[tok / block_size] * block_size + tok % block_size) * row_stride + h * D : zero_row;
-                }
-                /* S = Qs Kt, 8 rows x 32 keys at a time (R is a multiple of 16) */
-                for (int64_t r = 0; r < R; r += 8) {
-                    v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
-                    v16 b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0}, b4 = {0}, b5 = {0}, b6 = {0}, b7 = {0};
-                    const float *q0 = qs + r * D;
-                    for (int64_t d = 0; d < D; ++d) {
-                        const v16 ka = ld16(kt + d * TK), kb2 = ld16(kt + d * TK + 16);
-                        const float x0 = q0[d], x1 = q0[D + d], x2 = q0[2 * D + d], x3 = q0[3 * D + d];
-                        const float x4 = q0[4 * D + d], x5 = q0[5 * D + d], x6 = q0[6 * D + d], x7 = q0[7 * D + d];
-                        a0 += ka * x0; b0 += kb2 * x0; a1 += ka * x1; b1 += kb2 * x1;
-                        a2 += ka * x2; b2 += kb2 * x2; a3 += ka * x3; b3 += kb2 * x3;
-                        a4 += ka * x4; b4 += kb2 * x4; a5 += ka * x5; b5 += kb2 * x5;
-                        a6 += ka * x6; b6 += kb2 * x6; a7 += ka * x7; b7 += kb2 * x7;
-                    }
-                    float *s0 = s + r * TK;
-                    st16(s0, a0); st16(s0 + 16, b0); st16(s0 + TK, a1); st16(s0 + TK + 16, b1);
-                    st16(s0 + 2 * TK, a2); st16(s0 + 2 * TK + 16, b2); st16(s0 + 3 * TK, a3); st16(s0 + 3 * TK + 16, b3);
-                    st16(s0 + 4 * TK, a4); st16(s0 + 4 * TK + 16, b4); st16(s0 + 5 * TK, a5); st16(s0 + 5 * TK + 16, b5);
-                    st16(s0 + 6 * TK, a6); st16(s0 + 6 * TK + 16, b6); st16(s0 + 7 * TK, a7); st16(s0 + 7 * TK + 16, b7);
-                }
-                /* mask, online softmax; s rows become unnormalised probabilities */
-                vi16 kpos_a, kpos_b;
-                for (int j = 0; j < 16; ++j) { kpos_a[j] = (int32_t)(kb + j); kpos_b[j] = (int32_t)(kb + 16 + j); }
-                const vi16 in_a = kpos_a < (int32_t)key_hi, in_b = kpos_b < (int32_t)key_hi;
-                const v16 ninf = (v16){0} - __builtin_inff();
-                for (int64_t r = 0; r < R; ++r) {
-                    const int32_t p = (int32_t)(pos0 + r / G);
-                    vi16 va = in_a & (kpos_a <= p), vb = in_b & (kpos_b <= p);
-                    if (window > 0) { va &= kpos_a > (int32_t)(p - window); vb &= kpos_b > (int32_t)(p - window); }
-                    float *sr = s + r * TK;
-                    const v16 sa = (v16)(((vi16)ld16(sr) & va) | ((vi16)ninf & ~va));
-                    const v16 sb = (v16)(((vi16)ld16(sr + 16) & vb) | ((vi16)ninf & ~vb));
-                    const float mx = hmax16(vmax(sa, sb));
-                    if (mx == -__builtin_inff()) { st16(sr, (v16){0}); st16(sr + 16, (v16){0}); continue; }
-                    if (mx > m[r]) {
-                        const float corr = exp_neg(m[r] - mx); /* 0 on the row's first keys */
-                        lv[r] *= corr;
-                        m[r] = mx;
-                        float *orow = o + r * D;
-                        for (int64_t c = 0; c < D; c += 16) st16(orow + c, ld16(orow + c) * corr);
-                    }
-                    const v16 pa = (v16)((vi16)vexp_neg(sa - m[r]) & va);
-                    const v16 pb = (v16)((vi16)vexp_neg(sb - m[r]) & vb);
-                    lv[r] += pa + pb; /* lane-wise; summed once at the end */
-                    st16(sr, pa);
-                    st16(sr + 16, pb);
-                }
-                /* O += P V: 4 rows x 64 columns of accumulators */
-                int64_t dc = 0;
-                for (; dc + 64 <= D; dc += 64) {
-                    for (int64_t r = 0; r < R; r += 4) {
-                        float *o0 = o + r * D + dc;
-                        v16 c00 = ld16(o0), c01 = ld16(o0 + 16), c02 = ld16(o0 + 32), c03 = ld16(o0 + 48);
-                        v16 c10 = ld16(o0 + D), c11 = ld16(o0 + D + 16), c12 = ld16(o0 + D + 32), c13 = ld16(o0 + D + 48);
-                        v16 c20 = ld16(o0 + 2 * D), c21 = ld16(o0 + 2 * D + 16), c22 = ld16(o0 + 2 * D + 32), c23 = ld16(o0 + 2 * D + 48);
-                        v16 c30 = ld16(o0 + 3 * D), c31 = ld16(o0 + 3 * D + 16), c32 = ld16(o0 + 3 * D + 32), c33 = ld16(o0 + 3 * D + 48);
-                        const float *p0 = s + r * TK;
-                        for (int64_t j = 0; j < TK; ++j) {
-                            const float *vp = vrow[j] + dc;
-                            const v16 v0 = ld16(vp), v1 = ld16(vp + 16), v2 = ld16(vp + 32), v3 = ld16(vp + 48);
-                            const float w0 = p0[j], w1 = p0[TK + j], w2 = p0[2 * TK + j], w3 = p0[3 * TK + j];
-                            c00 += v0 * w0; c01 += v1 * w0; c02 += v2 * w0; c03 += v3 * w0;
-                            c10 += v0 * w1; c11 += v1 * w1; c12 += v2 * w1; c13 += v3 * w1;
-                            c20 += v0 * w2; c21 += v1 * w2; c22 += v2 * w2; c23 += v3 * w2;
-                            c30 += v0 * w3; c31 += v1 * w3; c32 += v2 * w3; c33 += v3 * w3;
+            for (int64_t c0 = key_lo / TK * TK; c0 < key_hi; c0 += KC) {
+                const int64_t c1 = c0 + KC < key_hi ? c0 + KC : key_hi;
+                const int64_t nk = (c1 - c0 + TK - 1) / TK * TK; /* keys of the chunk, whole tiles */
+
+                /* 1. S = Qs Kt, 8 rows x 32 keys at a time */
+                for (int64_t kb = 0; kb < nk; kb += TK) {
+                    const float *kt = kt_all + (h * n_kt + (c0 + kb) / TK) * D * TK;
+                    for (int64_t r = 0; r < R; r += 8) {
+                        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
+                        v16 b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0}, b4 = {0}, b5 = {0}, b6 = {0}, b7 = {0};
+                        const float *q0 = qs + r * D;
+                        for (int64_t d = 0; d < D; ++d) {
+                            const v16 ka = ld16(kt + d * TK), kb2 = ld16(kt + d * TK + 16);
+                            const float x0 = q0[d], x1 = q0[D + d], x2 = q0[2 * D + d], x3 = q0[3 * D + d];
+                            const float x4 = q0[4 * D + d], x5 = q0[5 * D + d], x6 = q0[6 * D + d], x7 = q0[7 * D + d];
+                            a0 += ka * x0; b0 += kb2 * x0; a1 += ka * x1; b1 += kb2 * x1;
+                            a2 += ka * x2; b2 += kb2 * x2; a3 += ka * x3; b3 += kb2 * x3;
+                            a4 += ka * x4; b4 += kb2 * x4; a5 += ka * x5; b5 += kb2 * x5;
+                            a6 += ka * x6; b6 += kb2 * x6; a7 += ka * x7; b7 += kb2 * x7;
                         }
-                        st16(o0, c00); st16(o0 + 16, c01); st16(o0 + 32, c02); st16(o0 + 48, c03);
-                        st16(o0 + D, c10); st16(o0 + D + 16, c11); st16(o0 + D + 32, c12); st16(o0 + D + 48, c13);
-                        st16(o0 + 2 * D, c20); st16(o0 + 2 * D + 16, c21); st16(o0 + 2 * D + 32, c22); st16(o0 + 2 * D + 48, c23);
-                        st16(o0 + 3 * D, c30); st16(o0 + 3 * D + 16, c31); st16(o0 + 3 * D + 32, c32); st16(o0 + 3 * D + 48, c33);
+                        float *s0 = s + r * KC + kb;
+                        st16(s0, a0); st16(s0 + 16, b0); st16(s0 + KC, a1); st16(s0 + KC + 16, b1);
+                        st16(s0 + 2 * KC, a2); st16(s0 + 2 * KC + 16, b2); st16(s0 + 3 * KC, a3); st16(s0 + 3 * KC + 16, b3);
+                        st16(s0 + 4 * KC, a4); st16(s0 + 4 * KC + 16, b4); st16(s0 + 5 * KC, a5); st16(s0 + 5 * KC + 16, b5);
+                        st16(s0 + 6 * KC, a6); st16(s0 + 6 * KC + 16, b6); st16(s0 + 7 * KC, a7); st16(s0 + 7 * KC + 16, b7);
                     }
                 }
-                for (; dc < D; dc += 16) { /* head_dim not a multiple of 64: 16 columns at a time */
-                    for (int64_t r = 0; r < R; ++r) {
-                        v16 c = ld16(o + r * D + dc);
-                        for (int64_t j = 0; j < TK; ++j) c += ld16(vrow[j] + dc) * s[r * TK + j];
-                        st16(o + r * D + dc, c);
+
+                /* 2. softmax per row over the chunk; row r sees keys [vis_lo, vis_hi) */
+                vi16 iota;
+                for (int j = 0; j < 16; ++j) iota[j] = j;
+                for (int64_t r = 0; r < R; ++r) {
+                    const int64_t p = pos0 + r / G;
+                    const int64_t vis_hi = p + 1 < key_hi ? p + 1 : key_hi;
+                    const int64_t vis_lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+                    float *sr = s + r * KC;
+                    /* vectors [f_lo, f_hi) lie wholly inside the visible range */
+                    const int64_t f_lo = vis_lo <= c0 ? 0 : (vis_lo - c0 + 15) / 16;
+                    const int64_t f_hi = vis_hi >= c0 + nk ? nk / 16 : (vis_hi > c0 ? (vis_hi - c0) / 16 : 0);
+                    v16 mx = (v16){0} - __builtin_inff();
+                    for (int64_t i = 0; i < nk / 16; ++i) {
+                        const v16 x = ld16(sr + 16 * i);
+                        if (i >= f_lo && i < f_hi) { mx = vmax(mx, x); continue; }
+                        const vi16 key = iota + (int32_t)(c0 + 16 * i);
+                        const vi16 in = (key >= (int32_t)vis_lo) & (key < (int32_t)vis_hi);
+                        mx = vmax(mx, (v16)(((vi16)x & in) | ((vi16)mx & ~in)));
+                    }
+                    const float cmax = hmax16(mx);
+                    if (cmax == -__builtin_inff()) { /* no visible key in this chunk */
+                        memset(sr, 0, sizeof(float) * (size_t)nk);
+                        continue;
+                    }
+                    if (cmax > m[r]) {
+                        if (m[r] != -__builtin_inff()) {
+                            const float corr = exp_neg(m[r] - cmax);
+                            l[r] *= corr;
+                            float *orow = o + r * D;
+                            for (int64_t c = 0; c < D; c += 16) st16(orow + c, ld16(orow + c) * corr);
+                        }
+                        m[r] = cmax;
+                    }
+                    const float mr = m[r];
+                    v16 sum = {0};
+                    for (int64_t i = 0; i < nk / 16; ++i) {
+                        v16 e = vexp_le0(ld16(sr + 16 * i) - mr);
+                        if (i < f_lo || i >= f_hi) {
+                            const vi16 key = iota + (int32_t)(c0 + 16 * i);
+                            e = (v16)((vi16)e & ((key >= (int32_t)vis_lo) & (key < (int32_t)vis_hi)));
+                        }
+                        st16(sr + 16 * i, e);
+                        sum += e;
+                    }
+                    l[r] += hsum16(sum);
+                }
+
+                /* 3. O += P V, 32 keys at a time */
+                for (int64_t kb = 0; kb < nk; kb += TK) {
+                    const float *vrow[TK];
+                    for (int64_t j = 0; j < TK; ++j) {
+                        const int64_t tok = c0 + kb + j;
+                        vrow[j] = vp_all + (h * n_kt * TK + tok) * D;
+                    }
+                    int64_t dc = 0;
+                    for (; dc + 64 <= D; dc += 64) { /* 4 rows x 64 columns of accumulators */
+                        for (int64_t r = 0; r < R; r += 4) {
+                            float *o0 = o + r * D + dc;
+                            v16 c00 = ld16(o0), c01 = ld16(o0 + 16), c02 = ld16(o0 + 32), c03 = ld16(o0 + 48);
+                            v16 c10 = ld16(o0 + D), c11 = ld16(o0 + D + 16), c12 = ld16(o0 + D + 32), c13 = ld16(o0 + D + 48);
+                            v16 c20 = ld16(o0 + 2 * D), c21 = ld16(o0 + 2 * D + 16), c22 = ld16(o0 + 2 * D + 32), c23 = ld16(o0 + 2 * D + 48);
+                            v16 c30 = ld16(o0 + 3 * D), c31 = ld16(o0 + 3 * D + 16), c32 = ld16(o0 + 3 * D + 32), c33 = ld16(o0 + 3 * D + 48);
+                            const float *p0 = s + r * KC + kb;
+                            for (int64_t j = 0; j < TK; ++j) {
+                                const float *vp = vrow[j] + dc;
+                                const v16 v0 = ld16(vp), v1 = ld16(vp + 16), v2 = ld16(vp + 32), v3 = ld16(vp + 48);
+                                const float w0 = p0[j], w1 = p0[KC + j], w2 = p0[2 * KC + j], w3 = p0[3 * KC + j];
+                                c00 += v0 * w0; c01 += v1 * w0; c02 += v2 * w0; c03 += v3 * w0;
+                                c10 += v0 * w1; c11 += v1 * w1; c12 += v2 * w1; c13 += v3 * w1;
+                                c20 += v0 * w2; c21 += v1 * w2; c22 += v2 * w2; c23 += v3 * w2;
+                                c30 += v0 * w3; c31 += v1 * w3; c32 += v2 * w3; c33 += v3 * w3;
+                            }
+                            st16(o0, c00); st16(o0 + 16, c01); st16(o0 + 32, c02); st16(o0 + 48, c03);
+                            st16(o0 + D, c10); st16(o0 + D + 16, c11); st16(o0 + D + 32, c12); st16(o0 + D + 48, c13);
+                            st16(o0 + 2 * D, c20); st16(o0 + 2 * D + 16, c21); st16(o0 + 2 * D + 32, c22); st16(o0 + 2 * D + 48, c23);
+                            st16(o0 + 3 * D, c30); st16(o0 + 3 * D + 16, c31); st16(o0 + 3 * D + 32, c32); st16(o0 + 3 * D + 48, c33);
+                        }
+                    }
+                    for (; dc < D; dc += 16) { /* head_dim not a multiple of 64: 16 columns at a time */
+                        for (int64_t r = 0; r < R; ++r) {
+                            v16 c = ld16(o + r * D + dc);
+                            for (int64_t j = 0; j < TK; ++j) c += ld16(vrow[j] + dc) * s[r * KC + kb + j];
+                            st16(o + r * D + dc, c);
+                        }
                     }
                 }
             }
             for (int64_t t = 0; t < nt; ++t)
                 for (int64_t g = 0; g < G; ++g) {
                     const int64_t r = t * G + g;
-                    const float l = hsum16(lv[r]);
-                    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+                    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
                     float *dst = out + (t0 + t) * out_stride + (h * G + g) * D;
                     for (int64_t d = 0; d < D; ++d) dst[d] = o[r * D + d] * inv;
                 }
         }
-        free(qs); free(o); free(s); free(m); free(lv);
+        free(qs); free(o); free(s); free(m); free(l);
     }
     free(kt_all);
     free(zero_row);
+    free(slot);
+    free(vp_all);
     return failed;
 }
 
