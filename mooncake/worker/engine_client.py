@@ -29,12 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from mooncake.outputs import RequestOutput
 from mooncake.worker.channel import Channel, ChannelClosed
-from mooncake.worker.engine_loop import RequestAborted, Watch
+from mooncake.worker.engine_loop import AddRequest, RequestAborted
 
 if TYPE_CHECKING:
     from mooncake.config import EngineConfig
-    from mooncake.kvcache import KVExport
-    from mooncake.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -118,49 +116,35 @@ class EngineClient:
             fut.set_exception(EngineProcessError(f"engine process unreachable: {e}"))
         return fut
 
-    def add(
-        self,
-        request_id: str,
-        prompt_token_ids: list[int],
-        params: SamplingParams,
-        watch: Watch,
-        *,
-        cache_salt: str | None = None,
-        keep_kv: bool = False,
-        kv: KVExport | None = None,
-        prior_output_ids: Sequence[int] = (),
-        prior_logprobs: list[dict[int, float]] | None = None,
-    ) -> concurrent.futures.Future[RequestOutput]:
+    def add(self, req: AddRequest) -> concurrent.futures.Future[RequestOutput]:
         """Admit a request (blocks until the engine accepted it; its errors, e.g.
         ``ValueError`` for bad input, raise here). The future resolves to its final output
         or fails with ``RequestAborted``."""
-        done, call = self._send_add(request_id, prompt_token_ids, params, watch, cache_salt, keep_kv, kv, prior_output_ids, prior_logprobs, None)
+        done, call = self._send_add(req, None)
         try:
             call.result()
         except BaseException:
-            self._forget(request_id, done)
+            self._forget(req.request_id, done)
             raise
         return done
 
-    def lookup_and_add(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, watch: Watch, stored: Sequence[bool], *, cache_salt: str | None = None, keep_kv: bool = False
-    ) -> concurrent.futures.Future[tuple[concurrent.futures.Future[RequestOutput] | None, int]]:
+    def lookup_and_add(self, req: AddRequest, stored: Sequence[bool]) -> concurrent.futures.Future[tuple[concurrent.futures.Future[RequestOutput] | None, int]]:
         """Look the prompt up in the engine's prefix cache and admit it, in one call that
         is sent before this returns. ``stored[i]``: the worker's store holds the prompt's
         block ``i``. The future resolves to (the request's future, cached tokens), or to
         (None, cached tokens) when the store holds the next block: import it, then ``add``."""
-        done, call = self._send_add(request_id, prompt_token_ids, params, watch, cache_salt, keep_kv, None, (), None, list(stored))
+        done, call = self._send_add(req, list(stored))
         out: concurrent.futures.Future[tuple[concurrent.futures.Future[RequestOutput] | None, int]] = concurrent.futures.Future()
 
         def answered(f: concurrent.futures.Future[Any]) -> None:
             try:
                 cached = f.result()
             except BaseException as e:
-                self._forget(request_id, done)
+                self._forget(req.request_id, done)
                 out.set_exception(e)
                 return
             if cached < 0:  # not admitted (see EngineLoop.add)
-                self._forget(request_id, done)
+                self._forget(req.request_id, done)
                 out.set_result((None, -1 - cached))
             else:
                 out.set_result((done, cached))
@@ -168,36 +152,11 @@ class EngineClient:
         call.add_done_callback(answered)
         return out
 
-    def _send_add(
-        self,
-        request_id: str,
-        prompt_token_ids: list[int],
-        params: SamplingParams,
-        watch: Watch,
-        cache_salt: str | None,
-        keep_kv: bool,
-        kv: KVExport | None,
-        prior_output_ids: Sequence[int],
-        prior_logprobs: list[dict[int, float]] | None,
-        stored: list[bool] | None,
-    ) -> tuple[concurrent.futures.Future[RequestOutput], concurrent.futures.Future[Any]]:
+    def _send_add(self, req: AddRequest, stored: list[bool] | None) -> tuple[concurrent.futures.Future[RequestOutput], concurrent.futures.Future[Any]]:
         done: concurrent.futures.Future[RequestOutput] = concurrent.futures.Future()
         with self._lock:
-            self._requests[request_id] = done
-        call = self.call(
-            "add",
-            request_id,
-            prompt_token_ids,
-            params,
-            watch,
-            cache_salt=cache_salt,
-            keep_kv=keep_kv,
-            kv=kv,
-            prior_output_ids=tuple(prior_output_ids),
-            prior_logprobs=prior_logprobs,
-            stored=stored,
-        )
-        return done, call
+            self._requests[req.request_id] = done
+        return done, self.call("add", req, stored)
 
     def _forget(self, request_id: str, done: concurrent.futures.Future[RequestOutput]) -> None:
         with self._lock:

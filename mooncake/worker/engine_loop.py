@@ -58,6 +58,24 @@ class Watch:
     """Output tokens generated elsewhere before this engine took the request over."""
 
 
+@dataclass
+class AddRequest:
+    """A request for the engine to admit, as the worker sends it."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    watch: Watch
+    cache_salt: str | None = None
+    keep_kv: bool = False
+    """Keep the KV after the request finishes (prefill: the worker exports it)."""
+    kv: KVExport | None = None
+    """KV computed elsewhere to start from (decode without a store)."""
+    prior_output_ids: Sequence[int] = ()
+    """Output tokens generated elsewhere (prefill's first token)."""
+    prior_logprobs: list[dict[int, float]] | None = None
+
+
 class EngineLoop:
     """Args: engine: owned from now on; channel: to the worker; profile: record each
     step's wall/CPU time, page faults and context switches (``profile_log`` command)."""
@@ -87,27 +105,15 @@ class EngineLoop:
         }
 
     # -- commands (run between steps) -------------------------------------------------
-    def add(
-        self,
-        request_id: str,
-        prompt_token_ids: list[int],
-        params: SamplingParams,
-        watch: Watch,
-        *,
-        cache_salt: str | None = None,
-        keep_kv: bool = False,
-        kv: KVExport | None = None,
-        prior_output_ids: Sequence[int] = (),
-        prior_logprobs: list[dict[int, float]] | None = None,
-        stored: Sequence[bool] | None = None,
-    ) -> int | None:
-        """Admit a request and report it under ``watch``.
+    def add(self, req: AddRequest, stored: Sequence[bool] | None = None) -> int | None:
+        """Admit a request and report it under ``req.watch``.
 
         With ``stored`` (whether the worker's store holds each full block of the prompt),
         look the prompt up first and return the cached tokens: when the store holds the
         block right after the cached prefix, the request is not admitted (the worker
         imports from the store first, then adds it); otherwise it is, in the same call.
         """
+        request_id, prompt_token_ids, cache_salt = req.request_id, req.prompt_token_ids, req.cache_salt
         if request_id in self._aborted:
             # Aborted while its lookup ran outside a task (at placement): do not admit it.
             raise RequestAborted(request_id)
@@ -123,17 +129,17 @@ class EngineLoop:
         e.add_request(
             request_id,
             prompt_token_ids,
-            params,
+            req.params,
             cache_salt=cache_salt,
-            keep_kv=keep_kv,
-            kv=kv,
-            prior_output_ids=prior_output_ids,
-            prior_logprobs=prior_logprobs,
+            keep_kv=req.keep_kv,
+            kv=req.kv,
+            prior_output_ids=req.prior_output_ids,
+            prior_logprobs=req.prior_logprobs,
         )
-        self._watches[request_id] = watch
-        if prior_output_ids:
+        watch = self._watches[request_id] = req.watch
+        if req.prior_output_ids:
             seq = e._seqs[request_id]
-            watch.sent_tokens = watch.prior_tokens = len(prior_output_ids)
+            watch.sent_tokens = watch.prior_tokens = len(req.prior_output_ids)
             watch.sent_text = len(seq.detok.text) if seq.detok is not None else 0
         return cached
 

@@ -16,9 +16,8 @@ from distributed.utils import sync
 
 from mooncake.kvcache import block_keys
 from mooncake.outputs import RequestMetrics, RequestOutput
-from mooncake.sampling_params import SamplingParams
 from mooncake.types import BlockKey
-from mooncake.worker.engine_loop import Watch
+from mooncake.worker.engine_loop import AddRequest, Watch
 from mooncake.worker.messages import (
     KVHandle,
     LookupResult,
@@ -89,9 +88,7 @@ def begin_lookup(plugin: MooncakeWorker, spec: RequestSpec, start: str) -> Admis
     keys = block_keys(spec.prompt_token_ids, plugin.block_size, plugin.root_key(spec.cache_salt))
     kvs = plugin.kv_store
     stored = kvs.store.contains_many(keys) if kvs is not None else [False] * len(keys)
-    prefill_only = start == "prefill"
-    params, watch = _admission(spec, prefill_only)
-    return plugin.engine.lookup_and_add(spec.request_id, spec.prompt_token_ids, params, watch, stored, cache_salt=spec.cache_salt, keep_kv=prefill_only)
+    return plugin.engine.lookup_and_add(_admission(spec, start == "prefill"), stored)
 
 
 def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementInfo, start: str, begun: Admission | None = None) -> LookupResult:
@@ -162,13 +159,31 @@ def _started(spec: RequestSpec, prefill_only: bool) -> tuple[concurrent.futures.
     return got if got is not None else (_watch_and_add(spec, prefill_only=prefill_only), time.perf_counter())
 
 
-def _admission(spec: RequestSpec, prefill_only: bool, cached: int | None = None) -> tuple[SamplingParams, Watch]:
-    """The sampling parameters the engine runs (prefill: the first token only) and how
-    it reports the request."""
+def _admission(
+    spec: RequestSpec,
+    prefill_only: bool,
+    cached: int | None = None,
+    kv: Any = None,
+    prior: list[int] | None = None,
+    prior_logprobs: list[dict[int, float]] | None = None,
+) -> AddRequest:
+    """What the engine admits: prefill runs the first token only (and keeps the KV);
+    the watch says how the request is reported."""
     params = spec.params
     if prefill_only:
         params = dataclasses.replace(params, max_tokens=1, min_tokens=min(params.min_tokens, 1))
-    return params, Watch(spec.stream_topic, spec.stream_addr, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
+    watch = Watch(spec.stream_topic, spec.stream_addr, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
+    return AddRequest(
+        spec.request_id,
+        spec.prompt_token_ids,
+        params,
+        watch,
+        cache_salt=spec.cache_salt,
+        keep_kv=prefill_only,
+        kv=kv,
+        prior_output_ids=prior or (),
+        prior_logprobs=prior_logprobs,
+    )
 
 
 def _watch_and_add(
@@ -182,18 +197,7 @@ def _watch_and_add(
     plugin: MooncakeWorker | None = None,
 ) -> concurrent.futures.Future[RequestOutput]:
     plugin = plugin or _plugin()
-    params, w = _admission(spec, prefill_only, cached)
-    return plugin.engine.add(
-        spec.request_id,
-        spec.prompt_token_ids,
-        params,
-        w,
-        cache_salt=spec.cache_salt,
-        keep_kv=prefill_only,
-        kv=kv,
-        prior_output_ids=prior or (),
-        prior_logprobs=prior_logprobs,
-    )
+    return plugin.engine.add(_admission(spec, prefill_only, cached, kv, prior, prior_logprobs))
 
 
 def _compute_seconds(out: RequestOutput, fallback: float) -> float:

@@ -18,7 +18,7 @@ from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine
 from mooncake.sampling_params import SamplingParams
 from mooncake.worker.engine_client import EngineClient, EngineProcessError
-from mooncake.worker.engine_loop import RequestAborted, Watch
+from mooncake.worker.engine_loop import AddRequest, RequestAborted, Watch
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 PROMPTS = [list(range(3, 40)), list(range(50, 53)), [7] * 70]
@@ -49,7 +49,7 @@ def _wait_gone(pid: int, timeout: float = 20.0) -> bool:
 def test_engine_runs_in_a_child_process_with_the_same_outputs(engine, tiny_llama):
     assert engine.info["pid"] == engine.proc.pid != os.getpid()
     assert engine.info["block_size"] == 16 and engine.info["kv_capacity_tokens"] == 256 * 16
-    futs = [engine.add(f"r{i}", p, GREEDY, Watch(f"topic-{i}")) for i, p in enumerate(PROMPTS)]
+    futs = [engine.add(AddRequest(f"r{i}", p, GREEDY, Watch(f"topic-{i}"))) for i, p in enumerate(PROMPTS)]
     outs = [f.result(60) for f in futs]
     ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256)).generate(PROMPTS, GREEDY)
     assert [o.token_ids for o in outs] == [r.token_ids for r in ref]
@@ -65,7 +65,7 @@ def test_engine_runs_in_a_child_process_with_the_same_outputs(engine, tiny_llama
 
 def test_prefix_lookup_export_and_import_across_processes(engine, tiny_llama):
     prompt = list(range(100, 164))  # 4 full blocks
-    engine.add("held", prompt, SamplingParams(temperature=0.0, max_tokens=1), Watch(None), keep_kv=True).result(60)
+    engine.add(AddRequest("held", prompt, SamplingParams(temperature=0.0, max_tokens=1), Watch(None), keep_kv=True)).result(60)
     assert engine.call("match_prefix", prompt, None).result(10) == 64
     assert engine.call("match_prefix", prompt, "another tenant").result(10) == 0
     export = engine.call("export_kv", "held").result(10)
@@ -82,18 +82,18 @@ def test_prefix_lookup_export_and_import_across_processes(engine, tiny_llama):
 
 def test_bad_input_raises_in_the_caller_and_the_engine_goes_on(engine):
     with pytest.raises(ValueError, match="prompt"):
-        engine.add("bad", [10**9], GREEDY, Watch(None))
-    assert engine.add("fine", [5, 6, 7], GREEDY, Watch(None)).result(60).finished
+        engine.add(AddRequest("bad", [10**9], GREEDY, Watch(None)))
+    assert engine.add(AddRequest("fine", [5, 6, 7], GREEDY, Watch(None))).result(60).finished
 
 
 def test_abort_fails_the_waiting_request_and_refuses_a_late_add(engine):
     long = SamplingParams(temperature=0.0, max_tokens=10_000, ignore_eos=True)
-    fut = engine.add("long", [1, 2, 3], long, Watch(None))
+    fut = engine.add(AddRequest("long", [1, 2, 3], long, Watch(None)))
     assert engine.call("abort", "long").result(10)
     with pytest.raises(RequestAborted):
         fut.result(30)
     with pytest.raises(RequestAborted):
-        engine.add("long", [1, 2, 3], GREEDY, Watch(None))
+        engine.add(AddRequest("long", [1, 2, 3], GREEDY, Watch(None)))
 
 
 def test_unknown_model_fails_start_with_value_error(tmp_path):
@@ -106,7 +106,7 @@ def test_unknown_model_fails_start_with_value_error(tmp_path):
 def test_a_killed_engine_fails_pending_work(tiny_llama):
     client = EngineClient(EngineConfig(model=str(tiny_llama), num_blocks=64), lambda *a: None)
     client.start()
-    fut = client.add("r", [1, 2, 3], SamplingParams(temperature=0.0, max_tokens=100_000, ignore_eos=True), Watch(None))
+    fut = client.add(AddRequest("r", [1, 2, 3], SamplingParams(temperature=0.0, max_tokens=100_000, ignore_eos=True), Watch(None)))
     os.kill(client.proc.pid, signal.SIGKILL)
     with pytest.raises(EngineProcessError, match="exited"):
         fut.result(30)
@@ -156,7 +156,7 @@ def test_deltas_go_straight_to_the_client_stream_or_fall_back_to_the_worker(engi
     addr = asyncio.run_coroutine_threadsafe(server.start("127.0.0.1"), loop).result(10)
     try:
         before = len(engine.deltas)
-        out = engine.add("direct", [4, 5, 6], GREEDY, Watch("topic-direct", addr)).result(60)
+        out = engine.add(AddRequest("direct", [4, 5, 6], GREEDY, Watch("topic-direct", addr))).result(60)
         deadline = time.monotonic() + 10
         while not (got and got[-1]["finished"]) and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -169,6 +169,6 @@ def test_deltas_go_straight_to_the_client_stream_or_fall_back_to_the_worker(engi
     s.bind(("127.0.0.1", 0))
     dead = s.getsockname()[:2]
     s.close()  # nobody listens there
-    out = engine.add("fallback", [4, 5, 6], GREEDY, Watch("topic-fallback", dead)).result(60)
+    out = engine.add(AddRequest("fallback", [4, 5, 6], GREEDY, Watch("topic-fallback", dead))).result(60)
     msgs = [m for topic, ms in engine.deltas if topic == "topic-fallback" for m in ms]
     assert [t for m in msgs for t in m["tokens"]] == out.token_ids
