@@ -1,7 +1,12 @@
 """Cost of the Dask request path, against the same engine in-process, in one run.
 
 1. Added TTFT: one request at a time (max_tokens=1), p50 of cluster TTFT minus p50 of
-   in-process TTFT, same checkpoint and prompts (target: <= 10 ms p50).
+   in-process TTFT, same checkpoint and prompts (target: <= 10 ms p50). The in-process
+   engine runs in a separate process of its own, and the two alternate phase by phase
+   (``--phases``, each the whole prompt set) while both are up, so the machine's
+   drifting load hits both alike. Each request starts ``--gap`` seconds after the
+   previous one's first token (default 50 ms: one request at a time, the previous
+   request's graph done); ``added_ttft_back_to_back_p50_ms`` is the same with no gap.
 2. Control-plane throughput: requests/s through lookup -> prefill -> transfer -> decode
    with a null model (no forward pass), all submitted at once.
 3. Streaming: added latency per token, cluster inter-token gaps vs in-process.
@@ -16,9 +21,11 @@ import argparse
 import asyncio
 import itertools
 import json
+import multiprocessing
 import random
 import statistics
 import time
+from multiprocessing.connection import Connection
 
 from mooncake.client import LLM
 from mooncake.config import EngineConfig
@@ -35,17 +42,27 @@ def _p50(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def engine_ttfts(engine: LLMEngine, prompts: list[list[int]]) -> list[float]:
+def engine_ttfts(engine: LLMEngine, prompts: list[list[int]], gap: float = 0.0) -> list[float]:
     out = []
     for p in prompts:
+        time.sleep(gap)
         t0 = time.perf_counter()
         engine.generate([p], SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True))
         out.append(time.perf_counter() - t0)
     return out
 
 
-def cluster_ttfts(llm: LLM, prompts: list[list[int]]) -> list[float]:
+def _engine_process(model: str | None, conn: Connection) -> None:
+    """In-process side, in its own process: TTFTs of each prompt list it is sent."""
+    engine = LLMEngine(EngineConfig(model=model, num_blocks=2048, num_threads=1, enable_prefix_caching=False))
+    conn.send("ready")
+    while (job := conn.recv()) is not None:
+        conn.send(engine_ttfts(engine, *job))
+
+
+def cluster_ttfts(llm: LLM, prompts: list[list[int]], gap: float = 0.0) -> list[float]:
     async def one(p: list[int]) -> float:
+        await asyncio.sleep(gap)
         t0 = time.perf_counter()
         async for _ in llm.stream(p, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)):
             return time.perf_counter() - t0
@@ -83,7 +100,9 @@ def itl(llm: LLM | None, engine: LLMEngine | None, prompt: list[int], n: int) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model directory (default: built-in random-weight model)")
-    ap.add_argument("--requests", type=int, default=30)
+    ap.add_argument("--requests", type=int, default=30, help="prompts per TTFT phase")
+    ap.add_argument("--phases", type=int, default=3, help="alternating in-process / cluster TTFT phases")
+    ap.add_argument("--gap", type=float, default=0.05, help="idle seconds before each TTFT request (both sides)")
     ap.add_argument("--null-requests", type=int, default=200)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -92,8 +111,6 @@ def main() -> None:
 
     # In-process engine with the same threads one cluster worker gets.
     engine = LLMEngine(EngineConfig(model=args.model, num_blocks=2048, num_threads=1, enable_prefix_caching=False))
-    engine_ttfts(engine, prompts[:3])
-    e_ttft = engine_ttfts(engine, prompts)
     e_itl = itl(None, engine, prompts[0], 64)
     batch = _prompts(16, 64, 512, seed=1)
     t0 = time.perf_counter()
@@ -101,9 +118,32 @@ def main() -> None:
     res["engine_tok_s"] = sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t0)
     del engine
 
+    ctx = multiprocessing.get_context("spawn")
+    conn, child_conn = ctx.Pipe()
+    proc = ctx.Process(target=_engine_process, args=(args.model, child_conn), daemon=True)
+    proc.start()
+    e_ttft: list[float] = []
+    c_ttft: list[float] = []
     with LLM(args.model, engine_config=EngineConfig(num_blocks=2048, enable_prefix_caching=False), dashboard_address=None) as llm:
+        assert conn.recv() == "ready"
+        conn.send((prompts[:3],))
+        conn.recv()
         cluster_ttfts(llm, prompts[:3])
-        c_ttft = cluster_ttfts(llm, prompts)
+        for phase in range(args.phases):
+            conn.send((prompts, args.gap))
+            e = conn.recv()
+            c = cluster_ttfts(llm, prompts, args.gap)
+            print(f"phase {phase + 1}/{args.phases}: in-process p50 {_p50(e) * 1e3:.2f} ms, cluster p50 {_p50(c) * 1e3:.2f} ms", flush=True)
+            e_ttft += e
+            c_ttft += c
+        # Back to back: each request starts the moment the previous one's first (and
+        # only) token arrives, while that request's graph (KV publish, transfer and
+        # decode tasks) is still finishing on the same two cores.
+        conn.send((prompts, 0.0))
+        e_b2b = conn.recv()
+        c_b2b = cluster_ttfts(llm, prompts)
+        conn.send(None)
+        proc.join(30)
         c_itl = itl(llm, None, prompts[0], 64)
         t0 = time.perf_counter()
         outs = llm.generate(batch, SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True), use_tqdm=False)
@@ -119,6 +159,9 @@ def main() -> None:
     res["engine_ttft_p50_ms"] = _p50(e_ttft) * 1e3
     res["cluster_ttft_p50_ms"] = _p50(c_ttft) * 1e3
     res["added_ttft_p50_ms"] = res["cluster_ttft_p50_ms"] - res["engine_ttft_p50_ms"]
+    res["engine_ttft_back_to_back_p50_ms"] = _p50(e_b2b) * 1e3
+    res["cluster_ttft_back_to_back_p50_ms"] = _p50(c_b2b) * 1e3
+    res["added_ttft_back_to_back_p50_ms"] = res["cluster_ttft_back_to_back_p50_ms"] - res["engine_ttft_back_to_back_p50_ms"]
     res["engine_itl_p50_ms"] = _p50(e_itl) * 1e3
     res["cluster_itl_p50_ms"] = _p50(c_itl) * 1e3
     res["added_itl_p50_ms"] = res["cluster_itl_p50_ms"] - res["engine_itl_p50_ms"]
