@@ -50,10 +50,8 @@ class StoreStats:
 class RawBatch:
     """Result of :meth:`BlockStore.get_raw_many`: views valid while this is alive."""
 
-    headers: list[Any]
-    """Header view per key, ``None`` for a miss."""
-    payloads: list[Any]
-    """Payload view per key, ``None`` for a miss."""
+    records: list[Any]
+    """Block record view per key (``mooncake.store.records``), ``None`` for a miss."""
     txns: list[Any]
     """Read transactions that keep the views valid."""
 
@@ -189,11 +187,11 @@ class BlockStore:
             return False
         txn = host.begin_read()
         try:
-            raw = host.read_raw(txn, key)
-            if raw is None:
+            rec = host.read_record(txn, key)
+            if rec is None:
                 return False
-            # Verbatim copy: the SSD reader checks the checksum when it is read back.
-            ssd.put(key, bytes(raw[0]), raw[1], self._next_seq(), position)
+            # Verbatim copy: the SSD reader checks the block when it is read back.
+            ssd.put_record(key, rec, nbytes, self._next_seq(), position)
         except (CorruptBlockError, TierFullError):
             return False
         finally:
@@ -416,8 +414,8 @@ class BlockStore:
         return out
 
     def get_raw_many(self, keys: Sequence[BlockKey]) -> RawBatch:
-        """Unchecked (header, payload) views, for a server that forwards bytes whose
-        receiver checks them end to end. Counts hits and recency like :meth:`get_many`;
+        """Unchecked record views, for a server that forwards bytes whose receiver checks
+        them end to end. Counts hits and recency like :meth:`get_many`;
         does not promote. The views live as long as the returned batch."""
         # The block server's hot loop: per key, a dictionary lookup and C-level loops only.
         n = len(keys)
@@ -429,7 +427,7 @@ class BlockStore:
                     self.stats.hits[t] += hits
                     policy.touch_many(keys if hits == n else [k for k, kt in zip(keys, tier_of) if kt == t])
             self.stats.misses += tier_of.count(None)
-        batch = RawBatch([None] * n, [None] * n, [])
+        batch = RawBatch([None] * n, [])
         for t, tier in self.tiers.items():
             hits = tier_of.count(t)
             if not hits:
@@ -437,12 +435,11 @@ class BlockStore:
             txn = tier.begin_read()
             batch.txns.append(txn)
             if hits == n:
-                batch.headers, batch.payloads = tier.read_raw_many(txn, keys)
+                batch.records = tier.read_records(txn, keys)
                 break
             idx = [i for i, kt in enumerate(tier_of) if kt == t]
-            hdrs, datas = tier.read_raw_many(txn, [keys[i] for i in idx])
-            for i, h, d in zip(idx, hdrs, datas):
-                batch.headers[i], batch.payloads[i] = h, d
+            for i, rec in zip(idx, tier.read_records(txn, [keys[i] for i in idx])):
+                batch.records[i] = rec
         return batch
 
     def _drop_corrupt(self, key: BlockKey, tier: TierName) -> None:
