@@ -95,7 +95,10 @@ def recv_records(sock: socket.socket, buf: np.ndarray, rlens: np.ndarray,
     """
     lib = records_lib()
     if lib is None:
-        recv_exact(sock, buf)
+        try:
+            recv_exact(sock, buf)
+        except TimeoutError as e:
+            raise TransferError(f"timed out during a response of {buf.nbytes} bytes") from e
         hlens, _sums, status = check_records(buf, rlens, keys)
         return hlens, status
     n = len(rlens)
