@@ -35,6 +35,7 @@ from mooncake.store.block_object import (
     _decode_cached,
     checksum,
     sum64,
+    sum64_numpy,
 )
 from mooncake.store.native import records_lib
 from mooncake.types import BlockKey
@@ -182,7 +183,7 @@ def _check_one(r: memoryview, key: bytes | None) -> tuple[int, int, int]:
         return STATUS_KEY, hlen, 0
     if r[56] != 0:
         return STATUS_OTHER_ALGO, hlen, 0
-    s = sum64(r[off:])
+    s = sum64_numpy(r[off:])
     return (STATUS_OK if s == _U64.unpack_from(r, 48)[0] else STATUS_CHECKSUM), hlen, s
 
 

@@ -12,6 +12,7 @@ from mooncake.store.block_object import (
     decode_header,
     encode,
     sum64,
+    sum64_numpy,
 )
 from mooncake.store.native import records_lib
 from tests.store.kvfactories import TINY, make_chain
@@ -137,13 +138,15 @@ def _sum64_reference(data: bytes) -> int:
 
 @pytest.mark.parametrize("nbytes", [0, 7, 8, 4096, 4096 * 3, 4096 * 3 + 24, 4096 * 3 + 5, 32 * 1024])
 def test_sum64_numpy_and_compiled_agree_with_the_definition(nbytes: int) -> None:
-    """sum64 (whole-page fast path and general path) and the compiled mc_sum64 (where a
-    compiler is present) equal the plain-Python definition, carries and odd tails included."""
+    """sum64, its numpy twin (whole-page fast path and general path) and the compiled
+    mc_sum64 (where a compiler is present) equal the plain-Python definition, carries and
+    odd tails included."""
     rng = np.random.default_rng(nbytes + 1)
     rows = rng.integers(0, 256, size=(5, nbytes), dtype=np.uint8)
     rows[0] = 0xFF  # carries: every word at its maximum
     want = [_sum64_reference(r.tobytes()) for r in rows]
     assert [sum64(r.tobytes()) for r in rows] == want
+    assert [sum64_numpy(r.tobytes()) for r in rows] == want
     lib = records_lib()
     if lib is not None:
         assert [lib.sum64(r.ctypes.data, nbytes) for r in rows] == want
