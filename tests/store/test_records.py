@@ -186,6 +186,34 @@ def test_recv_records_receives_and_checks_a_response(impl: str) -> None:
     assert isinstance(out[57], CorruptBlockError) and all(isinstance(o, BlockObject) for i, o in enumerate(out) if i != 57)
 
 
+@pytest.mark.parametrize("chunk", [5000, 64 * 1024, proto.RECV_CHUNK])
+def test_recv_records_sums_records_longer_than_a_chunk_as_they_arrive(impl: str, chunk: int,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Records of 1 MiB (and odd-sized ones) received in chunks smaller than a record, so
+    their pages are summed as they arrive: a bit flipped in a middle page, in the last page
+    and in the header's checksum field are each caught, and the statuses and header
+    lengths equal those of the check on the whole buffer."""
+    monkeypatch.setattr(proto, "RECV_CHUNK", chunk)
+    big = KVBlockSpec(num_layers=4, num_kv_heads=2, head_dim=32, block_size=512, dtype="float32")  # 1 MiB
+    odd = KVBlockSpec(num_layers=1, num_kv_heads=1, head_dim=3, block_size=3, dtype="bfloat16")
+    r1, k1 = _records(5, big)
+    r2, k2 = _records(3, odd, seed=4)
+    recs, keys = r1[:2] + r2 + r1[2:], k1[:2] + k2 + k1[2:]
+    damaged = {0: len(recs[0]) // 2, 5: len(recs[5]) - 3, 6: 48}
+    for i, at in damaged.items():
+        r = bytearray(recs[i])
+        r[at] ^= 0x20
+        recs[i] = bytes(r)
+    rlens = np.array([len(r) for r in recs], dtype=np.uint64)
+    buf = np.empty(int(rlens.sum()), dtype=np.uint8)
+    with _serve_bytes(b"".join(recs)) as s:
+        s.settimeout(5)
+        hlens, status = proto.recv_records(s, buf, rlens, b"".join(keys))
+    want_h, _, want_s = check_records_py(buf, rlens, b"".join(keys))
+    assert status.tolist() == want_s.tolist() and hlens.tolist() == want_h.tolist()
+    assert sorted(np.flatnonzero(status).tolist()) == sorted(damaged)
+
+
 def test_recv_records_reports_a_cut_stream_and_a_timeout(impl: str) -> None:
     """A peer that closes midway, and one that stops sending, are TransferErrors (never a partial success)."""
     recs, keys = _records(4)

@@ -51,12 +51,10 @@ static uint32_t crc32_bytes(const uint8_t *p, int64_t n) {
     return c ^ 0xFFFFFFFFu;
 }
 
-/* sum64: sum_j (2j + 1) * page_sum_j + (tail words) * (2 npages + 1) + (crc32(tail bytes) << 32) + n,
- * all mod 2^64, pages being 4 KiB of little-endian uint64 words. */
-uint64_t mc_sum64(const uint8_t *p, int64_t n) {
-    int64_t nwords = n >> 3, npages = nwords / PAGE_WORDS;
+/* Weighted sum of pages j0..j1-1 of the payload at p: sum_j (2j + 1) * page_sum_j. */
+static uint64_t pages_sum(const uint8_t *p, int64_t j0, int64_t j1) {
     uint64_t total = 0;
-    for (int64_t j = 0; j < npages; j++) {
+    for (int64_t j = j0; j < j1; j++) {
         const uint8_t *pg = p + j * PAGE_WORDS * 8;
         /* four accumulators: lets the compiler vectorise without reassociation flags */
         uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
@@ -68,6 +66,13 @@ uint64_t mc_sum64(const uint8_t *p, int64_t n) {
         }
         total += (s0 + s1 + s2 + s3) * (uint64_t)(2 * j + 1);
     }
+    return total;
+}
+
+/* sum64 of n bytes at p whose first j0 pages are already summed into partial. */
+static uint64_t sum64_from(const uint8_t *p, int64_t n, int64_t j0, uint64_t partial) {
+    int64_t nwords = n >> 3, npages = nwords / PAGE_WORDS;
+    uint64_t total = partial + pages_sum(p, j0, npages);
     uint64_t rest = 0;
     for (int64_t w = npages * PAGE_WORDS; w < nwords; w++) rest += load_u64(p + 8 * w);
     total += rest * (uint64_t)(2 * npages + 1);
@@ -75,10 +80,16 @@ uint64_t mc_sum64(const uint8_t *p, int64_t n) {
     return total + (uint64_t)n;
 }
 
+/* sum64: sum_j (2j + 1) * page_sum_j + (tail words) * (2 npages + 1) + (crc32(tail bytes) << 32) + n,
+ * all mod 2^64, pages being 4 KiB of little-endian uint64 words. */
+uint64_t mc_sum64(const uint8_t *p, int64_t n) { return sum64_from(p, n, 0, 0); }
+
 static int64_t align_up(int64_t x) { return (x + RECORD_ALIGN - 1) & ~(int64_t)(RECORD_ALIGN - 1); }
 
-/* Check one record of rlen bytes at r against key (16 bytes, or NULL). */
-static uint8_t check_one(const uint8_t *r, int64_t rlen, const uint8_t *key, int32_t *hlen_out, uint64_t *sum_out) {
+/* Check one record of rlen bytes at r against key (16 bytes, or NULL); the first j0 pages
+ * of its payload are already summed into partial (a receiver sums them as they arrive). */
+static uint8_t check_one(const uint8_t *r, int64_t rlen, const uint8_t *key, int32_t *hlen_out, uint64_t *sum_out,
+                         int64_t j0, uint64_t partial) {
     *hlen_out = 0;
     *sum_out = 0;
     if (rlen < FIXED_BYTES + CRC_BYTES || memcmp(r, "MKVB", 4) != 0) return 1;
@@ -89,7 +100,7 @@ static uint8_t check_one(const uint8_t *r, int64_t rlen, const uint8_t *key, int
     if ((uint64_t)plen != load_u64(r + 40)) return 2;
     if (key != NULL && (!(r[7] & HAS_KEY) || memcmp(r + 64, key, 16) != 0)) return 4;
     if (r[56] != 0) return 5;
-    uint64_t s = mc_sum64(r + off, plen);
+    uint64_t s = sum64_from(r + off, plen, j0, partial);
     *sum_out = s;
     return s == load_u64(r + 48) ? 0 : 3;
 }
@@ -101,7 +112,8 @@ int64_t mc_check_records(const uint8_t *buf, const uint64_t *rlen, int64_t n, co
                          int32_t *hlen_out, uint64_t *sum_out, uint8_t *status_out) {
     int64_t off = 0, bad = 0;
     for (int64_t i = 0; i < n; i++) {
-        status_out[i] = check_one(buf + off, (int64_t)rlen[i], keys ? keys + 16 * i : NULL, hlen_out + i, sum_out + i);
+        status_out[i] = check_one(buf + off, (int64_t)rlen[i], keys ? keys + 16 * i : NULL, hlen_out + i, sum_out + i,
+                                  0, 0);
         bad += status_out[i] != 0;
         off += (int64_t)rlen[i];
     }
@@ -109,27 +121,47 @@ int64_t mc_check_records(const uint8_t *buf, const uint64_t *rlen, int64_t n, co
 }
 
 /* Receive n records (sum of rlen bytes) from socket fd into buf and check each one as
- * soon as it has fully arrived, while its bytes are still in cache; chunk bounds one
- * recv so that a record is checked before the next chunk evicts it. A non-blocking fd
- * (a Python socket with a timeout) waits in poll for up to timeout_ms per chunk.
- * Returns the number of records not ok (>= 0), or -1 peer closed, -2 timed out,
- * -3 another error (errno in *err). */
+ * soon as it has fully arrived; a record longer than a chunk has its payload pages summed
+ * as they arrive. Either way every byte is summed while still in cache; chunk bounds one
+ * recv so that this holds. A non-blocking fd (a Python socket with a timeout) waits in
+ * poll for up to timeout_ms per chunk. Returns the number of records not ok (>= 0), or
+ * -1 peer closed, -2 timed out, -3 another error (errno in *err). */
 int64_t mc_recv_records(int fd, uint8_t *buf, const uint64_t *rlen, int64_t n, const uint8_t *keys,
                         int32_t *hlen_out, uint64_t *sum_out, uint8_t *status_out, int64_t chunk,
                         int32_t timeout_ms, int32_t *err) {
     int64_t total = 0, got = 0, done = 0, rec_start = 0, bad = 0;
+    int64_t pages_done = 0; /* of the record being received */
+    uint64_t partial = 0;
     for (int64_t i = 0; i < n; i++) total += (int64_t)rlen[i];
     *err = 0;
     while (done < n) {
         /* every record wholly received so far */
         while (done < n && rec_start + (int64_t)rlen[done] <= got) {
             status_out[done] = check_one(buf + rec_start, (int64_t)rlen[done], keys ? keys + 16 * done : NULL,
-                                         hlen_out + done, sum_out + done);
+                                         hlen_out + done, sum_out + done, pages_done, partial);
             bad += status_out[done] != 0;
             rec_start += (int64_t)rlen[done];
             done++;
+            pages_done = 0;
+            partial = 0;
         }
         if (done == n) break;
+        /* the whole pages of the record in progress that have arrived (check_one redoes
+         * the framing checks; these pages are only summed once its header is framed) */
+        int64_t rl = (int64_t)rlen[done];
+        if (got - rec_start >= 12) {
+            int64_t hlen = load_u32(buf + rec_start + 8);
+            if (hlen >= FIXED_BYTES + CRC_BYTES && align_up(hlen) <= rl) {
+                int64_t off = rec_start + align_up(hlen);
+                int64_t npages = ((rl - align_up(hlen)) >> 3) / PAGE_WORDS;
+                int64_t avail = got > off ? (got - off) / (PAGE_WORDS * 8) : 0;
+                if (avail > npages) avail = npages;
+                if (avail > pages_done) {
+                    partial += pages_sum(buf + off, pages_done, avail);
+                    pages_done = avail;
+                }
+            }
+        }
         int64_t want = total - got < chunk ? total - got : chunk;
         ssize_t r = recv(fd, buf + got, (size_t)want, 0);
         if (r > 0) {
