@@ -58,7 +58,11 @@ STATUS_MISSING = 1
 KEY_BYTES = 16
 MAX_KEYS = 1 << 16
 IOV_MAX = 512  # below Linux's 1024 iovecs per sendmsg
-RECV_CHUNK = 256 * 1024  # bytes per recv: a record is checked before later bytes evict it from L2
+# Bytes per recv. 64 KiB, not more: records are checked while in cache, and on loopback
+# a long recv holds the socket while arriving segments wait in its backlog and the window
+# opens late (256 KiB measured 66-80% of the raw baseline where 64 KiB measured 84-128%,
+# docs/benchmarks.md).
+RECV_CHUNK = 64 * 1024
 
 
 def encode_request(rid: int, keys: Sequence[BlockKey], flags: int = 0) -> bytes:

@@ -186,7 +186,7 @@ def test_recv_records_receives_and_checks_a_response(impl: str) -> None:
     assert isinstance(out[57], CorruptBlockError) and all(isinstance(o, BlockObject) for i, o in enumerate(out) if i != 57)
 
 
-@pytest.mark.parametrize("chunk", [5000, 64 * 1024, proto.RECV_CHUNK])
+@pytest.mark.parametrize("chunk", [5000, 64 * 1024 + 8, 256 * 1024])
 def test_recv_records_sums_records_longer_than_a_chunk_as_they_arrive(impl: str, chunk: int,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """Records of 1 MiB (and odd-sized ones) received in chunks smaller than a record, so
