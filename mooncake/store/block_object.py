@@ -180,6 +180,11 @@ def encode_header(block: KVBlock, payload_checksum: int, position: int | None = 
     return body + _CRC.pack(crc32(body))
 
 
+def header_length(block: KVBlock) -> int:
+    """Length of :func:`encode_header`'s bytes for ``block`` (without encoding them)."""
+    return _FIXED.size + len(block.model_fingerprint.encode()) + 4 * block.num_tokens + _CRC.size
+
+
 def decode_header(raw: Any) -> BlockHeader:
     """Parse and check header bytes; raises :class:`CorruptBlockError` on any mismatch."""
     mv = memoryview(raw).cast("B")
@@ -370,6 +375,7 @@ __all__ = [
     "encode",
     "encode_header",
     "export_from_objects",
+    "header_length",
     "payload_view",
     "sum64",
     "sum64_numpy",

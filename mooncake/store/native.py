@@ -34,6 +34,9 @@ class RecordsLib:
         self.sum64 = lib.mc_sum64
         self.sum64.argtypes = [p, i64]
         self.sum64.restype = ctypes.c_uint64
+        self.copy_sum64 = lib.mc_copy_sum64
+        self.copy_sum64.argtypes = [p, p, i64]
+        self.copy_sum64.restype = ctypes.c_uint64
         self.check_records = lib.mc_check_records
         self.check_records.argtypes = [p, p, i64, p, p, p, p]
         self.check_records.restype = i64

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from mooncake.kvcache.block import KVBlock
 from mooncake.store.block_object import (
     _HEADER_CACHE,
     MAGIC,
@@ -34,9 +36,13 @@ from mooncake.store.block_object import (
     CorruptBlockError,
     _decode_cached,
     checksum,
+    encode_header,
+    header_length,
+    payload_view,
     sum64,
     sum64_numpy,
 )
+from mooncake.store.config import ChecksumName
 from mooncake.store.native import records_lib
 from mooncake.types import BlockKey
 
@@ -78,6 +84,68 @@ def pack_record(header: bytes, payload: Any, out: bytearray | None = None) -> me
     mv[hlen:off] = bytes(off - hlen)
     mv[off:size] = pv
     return mv[:size]
+
+
+def encode_record(block: KVBlock, position: int | None, algo: ChecksumName, out: bytearray) -> memoryview:
+    """The record of ``block``, written into ``out`` (grown as needed): the payload is
+    copied in and checksummed in the same pass (compiled ``sum64``), then the header with
+    that checksum goes in front. One read of the payload instead of two."""
+    payload = payload_view(block)
+    hlen = header_length(block)
+    off = payload_offset(hlen)
+    n = payload.nbytes
+    size = off + n
+    if len(out) < size:
+        out.extend(bytes(size - len(out)))
+    mv = memoryview(out)
+    lib = records_lib()
+    if algo == "sum64" and lib is not None and n:
+        dst = pa.py_buffer(mv[off:size]).address
+        check = int(lib.copy_sum64(dst, pa.py_buffer(payload).address, n))
+    else:
+        mv[off:size] = payload
+        check = checksum(mv[off:size], algo)
+    header = encode_header(block, check, position, algo)
+    mv[:hlen] = header
+    mv[hlen:off] = bytes(off - hlen)
+    return mv[:size]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredParts:
+    """A record to write from a header and payload as they are (a checked object, a
+    promotion): copied verbatim."""
+
+    header: bytes
+    payload: Any
+
+    @property
+    def nbytes(self) -> int:
+        """Header + payload bytes (what a tier counts against its capacity)."""
+        return len(self.header) + memoryview(self.payload).nbytes
+
+    def write(self, out: bytearray) -> memoryview:
+        return pack_record(self.header, self.payload, out)
+
+
+@dataclass(frozen=True, slots=True)
+class NewBlock:
+    """A record to write from a KV block, encoded while its payload is copied in."""
+
+    block: KVBlock
+    position: int | None
+    algo: ChecksumName
+
+    @property
+    def nbytes(self) -> int:
+        return header_length(self.block) + self.block.data.nbytes
+
+    def write(self, out: bytearray) -> memoryview:
+        return encode_record(self.block, self.position, self.algo, out)
+
+
+RecordSource = StoredParts | NewBlock
+"""What a tier writes as one record."""
 
 
 def split_record(rec: Any) -> tuple[memoryview, memoryview]:
@@ -242,8 +310,12 @@ __all__ = [
     "STATUS_LENGTH",
     "STATUS_OK",
     "STATUS_OTHER_ALGO",
+    "NewBlock",
+    "RecordSource",
+    "StoredParts",
     "check_records",
     "check_records_py",
+    "encode_record",
     "object_from_record",
     "objects_from_records",
     "pack_record",

@@ -21,11 +21,12 @@ from threading import RLock
 from typing import Any
 
 from mooncake.kvcache.block import KVBlock, KVExport
-from mooncake.store.block_object import BlockObject, CorruptBlockError, encode
+from mooncake.store.block_object import BlockObject, CorruptBlockError
 from mooncake.store.config import StoreConfig
 from mooncake.store.events import EventLog, StoreEvent
 from mooncake.store.eviction import EvictionPolicy, make_policy
 from mooncake.store.lease import Lease, LeaseTable
+from mooncake.store.records import NewBlock, RecordSource, StoredParts
 from mooncake.store.tier import LmdbTier, TierFullError, TierName
 from mooncake.types import BlockKey
 
@@ -225,8 +226,8 @@ class BlockStore:
             if b.key is None:
                 raise ValueError("put: a block without a key (trailing partial block) cannot be cached")
             pos = positions[i] if positions is not None else self._guess_position(b)
-            hdr, payload = encode(b, pos, self.config.checksum)
-            items.append((b.key, hdr, payload, pos))
+            # encoded (checksummed) while the tier copies it in: one pass over the payload
+            items.append((b.key, NewBlock(b, pos, self.config.checksum), pos))
         return self._put_raw(items)
 
     def put_export(self, export: KVExport) -> int:
@@ -241,36 +242,36 @@ class BlockStore:
         for o in objs:
             if o.key is None:
                 raise ValueError("put_objects: a block without a key cannot be cached")
-            items.append((o.key, o.header_bytes, o.payload, o.header.position))
+            items.append((o.key, StoredParts(o.header_bytes, o.payload), o.header.position))
         return self._put_raw(items)
 
     def _guess_position(self, block: KVBlock) -> int | None:
         parent_pos = self._position.get(block.parent) if block.parent is not None else None
         return None if parent_pos is None else parent_pos + 1
 
-    def _put_raw(self, items: Sequence[tuple[BlockKey, bytes, Any, int | None]]) -> list[bool]:
+    def _put_raw(self, items: Sequence[tuple[BlockKey, RecordSource, int | None]]) -> list[bool]:
         """Write new keys in as few transactions as capacity allows: a chunk grows while
         room can be made for it; then it is written, indexed (so later items of the same
         batch may evict it, as sequential puts would) and the next chunk starts."""
         ok = [False] * len(items)
         with self._lock:
             tier = self._top
-            chunk: list[tuple[int, BlockKey, bytes, Any, int | None]] = []
+            chunk: list[tuple[int, BlockKey, RecordSource, int | None]] = []
             pending = 0
             seen: set[BlockKey] = set()
-            for i, (key, hdr, payload, pos) in enumerate(items):
+            for i, (key, source, pos) in enumerate(items):
                 if key in self._where or key in seen:
                     # Content-addressed: same key, same bytes. Count it as a use.
                     self._policies[self._where.get(key, tier)].touch(key)
                     ok[i] = True
                     continue
                 seen.add(key)
-                size = len(hdr) + memoryview(payload).nbytes
+                size = source.nbytes
                 if not self._make_room(tier, pending + size) and chunk:
                     self._flush(tier, chunk, ok)
                     chunk, pending = [], 0
                 if self._make_room(tier, pending + size):
-                    chunk.append((i, key, hdr, payload, pos))
+                    chunk.append((i, key, source, pos))
                     pending += size
                 else:
                     self.stats.rejected_puts += 1
@@ -278,18 +279,18 @@ class BlockStore:
                 self._flush(tier, chunk, ok)
         return ok
 
-    def _flush(self, tier: TierName, chunk: list[tuple[int, BlockKey, bytes, Any, int | None]], ok: list[bool]) -> None:
+    def _flush(self, tier: TierName, chunk: list[tuple[int, BlockKey, RecordSource, int | None]], ok: list[bool]) -> None:
         if not self._write(tier, chunk):
             self.stats.rejected_puts += len(chunk)
             return
-        for i, key, hdr, payload, pos in chunk:
-            self._index(key, tier, len(hdr) + memoryview(payload).nbytes, pos)
+        for i, key, source, pos in chunk:
+            self._index(key, tier, source.nbytes, pos)
             ok[i] = True
             self.stats.puts += 1
             self.events.emit(StoreEvent("stored", key, tier, reason="put"))
 
-    def _write(self, tier: TierName, items: list[tuple[int, BlockKey, bytes, Any, int | None]]) -> bool:
-        rows = [(key, hdr, payload, self._next_seq(), pos) for _, key, hdr, payload, pos in items]
+    def _write(self, tier: TierName, items: list[tuple[int, BlockKey, RecordSource, int | None]]) -> bool:
+        rows = [(key, source, self._next_seq(), pos) for _, key, source, pos in items]
         for _ in range(_MAP_FULL_RETRIES):
             try:
                 self.tiers[tier].put_many(rows)
@@ -463,7 +464,7 @@ class BlockStore:
                 if not self._make_room("host", nbytes):
                     return
                 try:
-                    self.tiers["host"].put(key, obj.header_bytes, obj.payload, self._next_seq(), position)
+                    self.tiers["host"].put(key, StoredParts(obj.header_bytes, obj.payload), self._next_seq(), position)
                 except TierFullError:
                     return
             try:

@@ -34,7 +34,7 @@ import lmdb
 
 from mooncake.store.block_object import BlockObject, CorruptBlockError
 from mooncake.store.config import TierConfig
-from mooncake.store.records import object_from_record, pack_record, split_record
+from mooncake.store.records import RecordSource, object_from_record, pack_record, split_record
 from mooncake.types import BlockKey
 
 log = logging.getLogger(__name__)
@@ -216,20 +216,22 @@ class LmdbTier:
             self._owner_lock = None
 
     # -- writes ---------------------------------------------------------------------
-    def put(self, key: BlockKey, header: bytes, payload: Any, seq: int, position: int | None) -> int:
+    def put(self, key: BlockKey, source: RecordSource, seq: int, position: int | None) -> int:
         """Store one block atomically; returns the bytes it counts for (header + payload)."""
-        return self.put_many([(key, header, payload, seq, position)])[0]
+        return self.put_many([(key, source, seq, position)])[0]
 
-    def put_many(self, items: Sequence[tuple[BlockKey, bytes, Any, int, int | None]]) -> list[int]:
-        """Store several blocks in one transaction (all or none)."""
+    def put_many(self, items: Sequence[tuple[BlockKey, RecordSource, int, int | None]]) -> list[int]:
+        """Store several blocks in one transaction (all or none). Each record is assembled
+        in a reused staging buffer (LMDB takes one value per key, and py-lmdb has no
+        reserve-then-write put), then copied into the map by LMDB."""
         out: list[int] = []
         stage = self._stage
         try:
             with self.env.begin(write=True) as txn:
-                for key, header, payload, seq, position in items:
-                    with pack_record(header, payload, stage) as rec:  # released before the stage grows
+                for key, source, seq, position in items:
+                    with source.write(stage) as rec:  # released before the stage grows
                         txn.put(key, rec, db=self._blk)
-                    nbytes = len(header) + memoryview(payload).nbytes
+                    nbytes = source.nbytes
                     txn.put(key, _META.pack(seq, nbytes, -1 if position is None else position), db=self._meta)
                     out.append(nbytes)
         except lmdb.MapFullError as e:

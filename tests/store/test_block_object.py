@@ -138,9 +138,9 @@ def _sum64_reference(data: bytes) -> int:
 
 @pytest.mark.parametrize("nbytes", [0, 7, 8, 4096, 4096 * 3, 4096 * 3 + 24, 4096 * 3 + 5, 32 * 1024])
 def test_sum64_numpy_and_compiled_agree_with_the_definition(nbytes: int) -> None:
-    """sum64, its numpy twin (whole-page fast path and general path) and the compiled
-    mc_sum64 (where a compiler is present) equal the plain-Python definition, carries and
-    odd tails included."""
+    """sum64, its numpy twin (whole-page fast path and general path), the compiled mc_sum64
+    and mc_copy_sum64 (where a compiler is present) equal the plain-Python definition,
+    carries and odd tails included."""
     rng = np.random.default_rng(nbytes + 1)
     rows = rng.integers(0, 256, size=(5, nbytes), dtype=np.uint8)
     rows[0] = 0xFF  # carries: every word at its maximum
@@ -150,3 +150,7 @@ def test_sum64_numpy_and_compiled_agree_with_the_definition(nbytes: int) -> None
     lib = records_lib()
     if lib is not None:
         assert [lib.sum64(r.ctypes.data, nbytes) for r in rows] == want
+        dst = np.full(nbytes + 1, 0xAB, dtype=np.uint8)
+        for r, w in zip(rows, want):  # copy and sum in one pass: same sum, exact copy, nothing past the end
+            assert lib.copy_sum64(dst.ctypes.data, r.ctypes.data, nbytes) == w
+            assert dst[:nbytes].tobytes() == r.tobytes() and dst[nbytes] == 0xAB

@@ -29,6 +29,7 @@ from mooncake.store.records import (
     STATUS_OTHER_ALGO,
     check_records,
     check_records_py,
+    encode_record,
     objects_from_records,
     pack_record,
     payload_offset,
@@ -79,6 +80,19 @@ def test_record_layout_puts_the_payload_at_an_aligned_offset() -> None:
     assert off % 64 == 0 and off >= len(hdr) and rec[len(hdr) : off] == bytes(off - len(hdr))
     h, p = split_record(rec)
     assert bytes(h) == hdr and bytes(p) == b.data.tobytes()
+
+
+@pytest.mark.parametrize("algo", ["sum64", "crc32"])
+def test_a_block_encoded_while_copied_in_equals_its_encoded_parts(impl: str, algo: str) -> None:
+    """encode_record (payload copied and checksummed in one pass, header in front), into a
+    reused buffer that shrinks and grows between blocks, gives byte for byte the record of
+    encode()'s header and payload; odd-sized payloads included."""
+    odd = KVBlockSpec(num_layers=1, num_kv_heads=1, head_dim=3, block_size=3, dtype="bfloat16")
+    stage = bytearray(b"\xff" * 100)
+    for b in [*make_chain(2, SPEC_8K), *make_chain(2, odd, seed=3), make_chain(1)[0]]:
+        want = bytes(pack_record(*encode(b, 7, algo)))  # type: ignore[arg-type]
+        with encode_record(b, 7, algo, stage) as rec:  # type: ignore[arg-type]
+            assert bytes(rec) == want
 
 
 @pytest.mark.parametrize("algo", ["sum64", "crc32"])

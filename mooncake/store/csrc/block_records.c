@@ -84,6 +84,19 @@ static uint64_t sum64_from(const uint8_t *p, int64_t n, int64_t j0, uint64_t par
  * all mod 2^64, pages being 4 KiB of little-endian uint64 words. */
 uint64_t mc_sum64(const uint8_t *p, int64_t n) { return sum64_from(p, n, 0, 0); }
 
+/* Copy n bytes from src to dst and return their sum64, in one pass over src: each page
+ * is summed from dst right after it is copied, while it is in L1. */
+uint64_t mc_copy_sum64(uint8_t *dst, const uint8_t *src, int64_t n) {
+    int64_t page = PAGE_WORDS * 8, npages = n / page;
+    uint64_t partial = 0;
+    for (int64_t j = 0; j < npages; j++) {
+        memcpy(dst + j * page, src + j * page, (size_t)page);
+        partial += pages_sum(dst, j, j + 1);
+    }
+    memcpy(dst + npages * page, src + npages * page, (size_t)(n - npages * page));
+    return sum64_from(dst, n, npages, partial);
+}
+
 static int64_t align_up(int64_t x) { return (x + RECORD_ALIGN - 1) & ~(int64_t)(RECORD_ALIGN - 1); }
 
 /* Check one record of rlen bytes at r against key (16 bytes, or NULL); the first j0 pages
