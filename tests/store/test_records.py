@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import zlib
+from typing import Any
 
 import lmdb
 import numpy as np
@@ -298,18 +299,35 @@ def test_tier_of_the_previous_format_is_dropped_by_its_writer_and_refused_by_a_r
         assert len(again) == 2
 
 
-def test_records_lib_disabled_by_environment() -> None:
-    """MOONCAKE_NATIVE_KERNELS=0: no compiled record checks, and a store still reads its blocks (numpy twin)."""
+def _store_in_subprocess(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     code = (
-        "import tempfile; from mooncake.store.native import records_lib; from mooncake.store import BlockStore\n"
+        "import logging, tempfile; logging.basicConfig()\n"
+        "from mooncake.store.native import records_lib; from mooncake.store import BlockStore\n"
         "from tests.store.kvfactories import make_chain, store_config\n"
         "d = tempfile.mkdtemp(dir='/dev/shm'); b = make_chain(2)\n"
         "with BlockStore(store_config(d + '/h')) as s:\n"
         "    s.put_many(b); o = s.get(b[1].key); print(records_lib() is None, o.numpy().tobytes() == b[1].data.tobytes())\n"
     )
-    env = {**os.environ, "MOONCAKE_NATIVE_KERNELS": "0"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, cwd=_root())
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env},
+                          check=True, cwd=_root())  # fmt: skip
+
+
+def test_records_lib_disabled_by_environment() -> None:
+    """MOONCAKE_NATIVE_KERNELS=0: no compiled record checks, and a store still puts and reads its blocks (numpy twins)."""
+    assert _store_in_subprocess({"MOONCAKE_NATIVE_KERNELS": "0"}).stdout.split() == ["True", "True"]
+
+
+def test_broken_compiler_falls_back_to_numpy_with_a_warning(tmp_path: Any) -> None:
+    """A compiler that fails: no library, a warning naming why, nothing half-written in the
+    cache, and the store still works."""
+    cc = tmp_path / "cc"
+    cc.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo fake 1.0; exit 0; }\necho 'cc: broken' >&2; exit 1\n")
+    cc.chmod(0o755)
+    cache = tmp_path / "cache"
+    out = _store_in_subprocess({"CC": str(cc), "MOONCAKE_KERNEL_CACHE": str(cache)})
     assert out.stdout.split() == ["True", "True"]
+    assert "native block checks unavailable" in out.stderr and "broken" in out.stderr
+    assert list(cache.glob("*")) == []
 
 
 def _root() -> str:
