@@ -38,6 +38,7 @@ def test_wheel_contains_graphs(tmp_path):
     assert "mooncake/graphs/__init__.py" in names
     assert "mooncake/engine/model.py" in names
     assert "mooncake/engine/csrc/cpu_kernels.c" in names
+    assert "mooncake/store/csrc/block_records.c" in names
 
 
 def test_client_and_server_do_not_load_torch():

@@ -3,11 +3,9 @@
 ``csrc/cpu_kernels.c`` holds the engine's float32 CPU kernels: decode and prefill
 attention reading K/V in place from the paged cache, residual add + RMSNorm, rotary
 embedding and SiLU-and-mul. It is plain C with OpenMP, built with ``-O3 -march=native``
-into a shared library cached under ``$MOONCAKE_KERNEL_CACHE`` (default
-``~/.cache/mooncake/kernels``), keyed by the source, the flags, the compiler and the CPU's
-feature flags, so a cache on a shared home never hands one CPU a library built for
-another. It links the same ``libgomp.so.1`` torch has already loaded, so it shares
-torch's thread pool instead of starting a second one that would spin against it.
+into a shared library cached by :mod:`mooncake.native_build` (under
+``$MOONCAKE_KERNEL_CACHE``, keyed by source, flags, compiler and CPU flags). It links
+the same ``libgomp.so.1`` torch has already loaded, so it shares torch's thread pool instead of starting a second one that would spin against it.
 
 Without a compiler, on another OS, or with ``MOONCAKE_NATIVE_KERNELS=0``, :func:`kernels`
 returns ``None`` and the engine uses torch ops (same results, slower on CPU)."""
@@ -15,19 +13,12 @@ returns ``None`` and the engine uses torch ops (same results, slower on CPU)."""
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
+from mooncake import native_build
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 # gnu11, not c11: strict ISO mode turns off FMA contraction (half the kernel speed).
@@ -194,44 +185,6 @@ class NativeKernels:
             raise RuntimeError(f"paged_decode kernel failed (code {rc})")
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("MOONCAKE_KERNEL_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "mooncake" / "kernels"
-
-
-def _build(cc: str) -> Path:
-    src = SOURCE.read_bytes()
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS + LIBS).encode(), version.encode(), _cpu_flags().encode()]))
-    out_dir = _cache_dir()
-    lib = out_dir / f"cpu_kernels-{key.hexdigest()[:16]}.so"
-    if lib.exists():
-        return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: concurrent workers never load a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so.tmp")
-    os.close(fd)
-    try:
-        proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), *LIBS], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-2000:]}")
-        os.replace(tmp, lib)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return lib
-
-
 def kernels() -> NativeKernels | None:
     """The compiled kernels, building them on first call; ``None`` where unavailable."""
     global _loaded, _tried
@@ -239,19 +192,8 @@ def kernels() -> NativeKernels | None:
         if _tried:
             return _loaded
         _tried = True
-        if os.environ.get("MOONCAKE_NATIVE_KERNELS", "1") == "0":
-            log.info("native kernels disabled by MOONCAKE_NATIVE_KERNELS=0; using torch attention")
-            return None
-        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-        if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64") or cc is None:
-            log.info("no native kernels here (needs Linux and a C compiler); using torch attention")
-            return None
-        try:
-            path = _build(cc)
-            _loaded = NativeKernels(ctypes.CDLL(str(path)), path)
-        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-            log.warning("native kernels unavailable, using torch attention: %s", e)
-            _loaded = None
+        built = native_build.load(SOURCE, FLAGS, LIBS, what="native kernels")
+        _loaded = None if built is None else NativeKernels(*built)
         return _loaded
 
 

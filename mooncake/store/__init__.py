@@ -20,7 +20,7 @@ from mooncake.store.eviction import (
 from mooncake.store.lease import Lease
 from mooncake.store.reader import HostTierReader, TierReader
 from mooncake.store.store import BlockStore, PrefixMatch, RawBatch, StoreStats
-from mooncake.store.tier import TierFullError, TierName, TierOwnedError
+from mooncake.store.tier import TierFormatError, TierFullError, TierName, TierOwnedError
 
 __all__ = [
     "BlockHeader",
@@ -39,6 +39,7 @@ __all__ = [
     "StoreEvent",
     "StoreStats",
     "TierConfig",
+    "TierFormatError",
     "TierFullError",
     "TierName",
     "TierOwnedError",

@@ -59,11 +59,9 @@ class TierReader:
         txn = self._tier.begin_read()
         try:
             for k in keys:
-                if self._tier.read_raw(txn, k) is None:
+                if self._tier.read_record(txn, k) is None:
                     break
                 n += 1
-        except CorruptBlockError:
-            pass
         finally:
             txn.abort()
         return n

@@ -21,11 +21,12 @@ from threading import RLock
 from typing import Any
 
 from mooncake.kvcache.block import KVBlock, KVExport
-from mooncake.store.block_object import BlockObject, CorruptBlockError, encode
+from mooncake.store.block_object import BlockObject, CorruptBlockError
 from mooncake.store.config import StoreConfig
 from mooncake.store.events import EventLog, StoreEvent
 from mooncake.store.eviction import EvictionPolicy, make_policy
 from mooncake.store.lease import Lease, LeaseTable
+from mooncake.store.records import NewBlock, RecordSource, StoredParts
 from mooncake.store.tier import LmdbTier, TierFullError, TierName
 from mooncake.types import BlockKey
 
@@ -50,10 +51,8 @@ class StoreStats:
 class RawBatch:
     """Result of :meth:`BlockStore.get_raw_many`: views valid while this is alive."""
 
-    headers: list[Any]
-    """Header view per key, ``None`` for a miss."""
-    payloads: list[Any]
-    """Payload view per key, ``None`` for a miss."""
+    records: list[Any]
+    """Block record view per key (``mooncake.store.records``), ``None`` for a miss."""
     txns: list[Any]
     """Read transactions that keep the views valid."""
 
@@ -189,11 +188,11 @@ class BlockStore:
             return False
         txn = host.begin_read()
         try:
-            raw = host.read_raw(txn, key)
-            if raw is None:
+            rec = host.read_record(txn, key)
+            if rec is None:
                 return False
-            # Verbatim copy: the SSD reader checks the checksum when it is read back.
-            ssd.put(key, bytes(raw[0]), raw[1], self._next_seq(), position)
+            # Verbatim copy: the SSD reader checks the block when it is read back.
+            ssd.put_record(key, rec, nbytes, self._next_seq(), position)
         except (CorruptBlockError, TierFullError):
             return False
         finally:
@@ -227,8 +226,8 @@ class BlockStore:
             if b.key is None:
                 raise ValueError("put: a block without a key (trailing partial block) cannot be cached")
             pos = positions[i] if positions is not None else self._guess_position(b)
-            hdr, payload = encode(b, pos, self.config.checksum)
-            items.append((b.key, hdr, payload, pos))
+            # encoded (checksummed) while the tier copies it in: one pass over the payload
+            items.append((b.key, NewBlock(b, pos, self.config.checksum), pos))
         return self._put_raw(items)
 
     def put_export(self, export: KVExport) -> int:
@@ -243,36 +242,36 @@ class BlockStore:
         for o in objs:
             if o.key is None:
                 raise ValueError("put_objects: a block without a key cannot be cached")
-            items.append((o.key, o.header_bytes, o.payload, o.header.position))
+            items.append((o.key, StoredParts(o.header_bytes, o.payload), o.header.position))
         return self._put_raw(items)
 
     def _guess_position(self, block: KVBlock) -> int | None:
         parent_pos = self._position.get(block.parent) if block.parent is not None else None
         return None if parent_pos is None else parent_pos + 1
 
-    def _put_raw(self, items: Sequence[tuple[BlockKey, bytes, Any, int | None]]) -> list[bool]:
+    def _put_raw(self, items: Sequence[tuple[BlockKey, RecordSource, int | None]]) -> list[bool]:
         """Write new keys in as few transactions as capacity allows: a chunk grows while
         room can be made for it; then it is written, indexed (so later items of the same
         batch may evict it, as sequential puts would) and the next chunk starts."""
         ok = [False] * len(items)
         with self._lock:
             tier = self._top
-            chunk: list[tuple[int, BlockKey, bytes, Any, int | None]] = []
+            chunk: list[tuple[int, BlockKey, RecordSource, int | None]] = []
             pending = 0
             seen: set[BlockKey] = set()
-            for i, (key, hdr, payload, pos) in enumerate(items):
+            for i, (key, source, pos) in enumerate(items):
                 if key in self._where or key in seen:
                     # Content-addressed: same key, same bytes. Count it as a use.
                     self._policies[self._where.get(key, tier)].touch(key)
                     ok[i] = True
                     continue
                 seen.add(key)
-                size = len(hdr) + memoryview(payload).nbytes
+                size = source.nbytes
                 if not self._make_room(tier, pending + size) and chunk:
                     self._flush(tier, chunk, ok)
                     chunk, pending = [], 0
                 if self._make_room(tier, pending + size):
-                    chunk.append((i, key, hdr, payload, pos))
+                    chunk.append((i, key, source, pos))
                     pending += size
                 else:
                     self.stats.rejected_puts += 1
@@ -280,18 +279,18 @@ class BlockStore:
                 self._flush(tier, chunk, ok)
         return ok
 
-    def _flush(self, tier: TierName, chunk: list[tuple[int, BlockKey, bytes, Any, int | None]], ok: list[bool]) -> None:
+    def _flush(self, tier: TierName, chunk: list[tuple[int, BlockKey, RecordSource, int | None]], ok: list[bool]) -> None:
         if not self._write(tier, chunk):
             self.stats.rejected_puts += len(chunk)
             return
-        for i, key, hdr, payload, pos in chunk:
-            self._index(key, tier, len(hdr) + memoryview(payload).nbytes, pos)
+        for i, key, source, pos in chunk:
+            self._index(key, tier, source.nbytes, pos)
             ok[i] = True
             self.stats.puts += 1
             self.events.emit(StoreEvent("stored", key, tier, reason="put"))
 
-    def _write(self, tier: TierName, items: list[tuple[int, BlockKey, bytes, Any, int | None]]) -> bool:
-        rows = [(key, hdr, payload, self._next_seq(), pos) for _, key, hdr, payload, pos in items]
+    def _write(self, tier: TierName, items: list[tuple[int, BlockKey, RecordSource, int | None]]) -> bool:
+        rows = [(key, source, self._next_seq(), pos) for _, key, source, pos in items]
         for _ in range(_MAP_FULL_RETRIES):
             try:
                 self.tiers[tier].put_many(rows)
@@ -416,8 +415,8 @@ class BlockStore:
         return out
 
     def get_raw_many(self, keys: Sequence[BlockKey]) -> RawBatch:
-        """Unchecked (header, payload) views, for a server that forwards bytes whose
-        receiver checks them end to end. Counts hits and recency like :meth:`get_many`;
+        """Unchecked record views, for a server that forwards bytes whose receiver checks
+        them end to end. Counts hits and recency like :meth:`get_many`;
         does not promote. The views live as long as the returned batch."""
         # The block server's hot loop: per key, a dictionary lookup and C-level loops only.
         n = len(keys)
@@ -429,7 +428,7 @@ class BlockStore:
                     self.stats.hits[t] += hits
                     policy.touch_many(keys if hits == n else [k for k, kt in zip(keys, tier_of) if kt == t])
             self.stats.misses += tier_of.count(None)
-        batch = RawBatch([None] * n, [None] * n, [])
+        batch = RawBatch([None] * n, [])
         for t, tier in self.tiers.items():
             hits = tier_of.count(t)
             if not hits:
@@ -437,12 +436,11 @@ class BlockStore:
             txn = tier.begin_read()
             batch.txns.append(txn)
             if hits == n:
-                batch.headers, batch.payloads = tier.read_raw_many(txn, keys)
+                batch.records = tier.read_records(txn, keys)
                 break
             idx = [i for i, kt in enumerate(tier_of) if kt == t]
-            hdrs, datas = tier.read_raw_many(txn, [keys[i] for i in idx])
-            for i, h, d in zip(idx, hdrs, datas):
-                batch.headers[i], batch.payloads[i] = h, d
+            for i, rec in zip(idx, tier.read_records(txn, [keys[i] for i in idx])):
+                batch.records[i] = rec
         return batch
 
     def _drop_corrupt(self, key: BlockKey, tier: TierName) -> None:
@@ -466,7 +464,7 @@ class BlockStore:
                 if not self._make_room("host", nbytes):
                     return
                 try:
-                    self.tiers["host"].put(key, obj.header_bytes, obj.payload, self._next_seq(), position)
+                    self.tiers["host"].put(key, StoredParts(obj.header_bytes, obj.payload), self._next_seq(), position)
                 except TierFullError:
                     return
             try:

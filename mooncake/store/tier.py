@@ -1,13 +1,17 @@
 """One LMDB-backed tier: the host shared-memory tier (on tmpfs) or the SSD tier.
 
-Each block is three records written in ONE LMDB write transaction, so a reader (in this
+Each block is two records written in ONE LMDB write transaction, so a reader (in this
 or any other process) sees all of a block or none of it, and a writer killed mid-put
 leaves the previous committed state:
 
-- ``hdr``:  key -> header bytes (see :mod:`mooncake.store.block_object`)
-- ``data``: key -> KV payload bytes
+- ``blk``:  key -> the block record: header, zero padding, payload at a 64-byte aligned
+  offset (:mod:`mooncake.store.records`); one lookup reads a block;
 - ``meta``: key -> (insertion sequence, bytes, position), to rebuild the store's
   index, byte accounting and eviction order on reopen.
+
+``info`` holds the tier's format version (:data:`TIER_FORMAT`). Format 1 kept header and
+payload as two records (``hdr``, ``data``); a writer opening such a tier drops those
+blocks (the tier is a cache) and a reader refuses it (:class:`TierFormatError`).
 
 Reads run in a read transaction opened with ``buffers=True``: the payload is a view of
 the memory map, not a copy, and the returned :class:`BlockObject` keeps that
@@ -18,6 +22,7 @@ copy-on-write means a later delete or overwrite never changes bytes an open read
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import struct
 import threading
@@ -26,15 +31,22 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import lmdb
-import pyarrow as pa
 
 from mooncake.store.block_object import BlockObject, CorruptBlockError
 from mooncake.store.config import TierConfig
+from mooncake.store.records import RecordSource, object_from_record, pack_record, split_record
 from mooncake.types import BlockKey
 
+log = logging.getLogger(__name__)
+
 TierName = Literal["host", "ssd"]
+TIER_FORMAT = 2
+"""On-disk layout version: 2 = one record per block (``blk``); 1 = ``hdr`` + ``data``."""
 _META = struct.Struct("<QQq")
-_MAX_DBS = 4
+_FORMAT = struct.Struct("<I")
+_FORMAT_KEY = b"format"
+_OLD_DBS = (b"hdr", b"data")
+_MAX_DBS = 8
 
 # LMDB allows one Environment per path per process; share it between a writer and any
 # reader in the same process.
@@ -116,6 +128,10 @@ class TierOwnedError(RuntimeError):
     """Another live store already owns this tier's writes."""
 
 
+class TierFormatError(RuntimeError):
+    """The tier on disk has another format version than this code reads."""
+
+
 class TierFullError(RuntimeError):
     """LMDB's map is full (pages still held by readers); evict or retry later."""
 
@@ -141,12 +157,49 @@ class LmdbTier:
         except BaseException:
             self._release_owner_lock()
             raise
-        create = not readonly
-        self._hdr = self.env.open_db(b"hdr", create=create)
-        self._data = self.env.open_db(b"data", create=create)
-        self._meta = self.env.open_db(b"meta", create=create)
-        if not readonly:
-            self.env.reader_check()  # clear reader slots of killed processes
+        try:
+            self._open_dbs(readonly)
+        except BaseException:
+            self.close()
+            raise
+        self._stage = bytearray()  # a put's record is assembled here (reused)
+
+    def _open_dbs(self, readonly: bool) -> None:
+        if readonly:
+            try:
+                info = self.env.open_db(b"info", create=False)
+            except lmdb.NotFoundError:
+                raise TierFormatError(f"{self.cfg.path}: no tier format record (format 1, or not initialised)") from None
+            with self.env.begin() as txn:
+                raw = txn.get(_FORMAT_KEY, db=info)
+            version = _FORMAT.unpack(raw)[0] if raw is not None and len(raw) == _FORMAT.size else None
+            if version != TIER_FORMAT:
+                raise TierFormatError(f"{self.cfg.path}: tier format {version}, this code reads {TIER_FORMAT}")
+            self._blk = self.env.open_db(b"blk", create=False)
+            self._meta = self.env.open_db(b"meta", create=False)
+            return
+        info = self.env.open_db(b"info", create=True)
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(_FORMAT_KEY, db=info)
+            version = _FORMAT.unpack(raw)[0] if raw is not None and len(raw) == _FORMAT.size else None
+            if version != TIER_FORMAT:
+                # Another layout (format 1: header and payload as two records): the tier is
+                # a cache, so its blocks are dropped rather than converted.
+                dropped = 0
+                for name in (*_OLD_DBS, b"blk", b"meta"):
+                    try:
+                        db = self.env.open_db(name, txn=txn, create=False)
+                    except lmdb.NotFoundError:
+                        continue
+                    dropped = max(dropped, int(txn.stat(db)["entries"]))
+                    txn.drop(db, delete=name in _OLD_DBS)
+                if dropped:
+                    log.warning("%s tier at %s: format %s, this code writes %d; dropped its %d block(s)",
+                                self.name, self.cfg.path, version, TIER_FORMAT, dropped)  # fmt: skip
+                txn.put(_FORMAT_KEY, _FORMAT.pack(TIER_FORMAT), db=info)
+        self._blk = self.env.open_db(b"blk", create=True)
+        self._meta = self.env.open_db(b"meta", create=True)
+        self.env.reader_check()  # clear reader slots of killed processes
 
     @property
     def capacity_bytes(self) -> int:
@@ -163,33 +216,36 @@ class LmdbTier:
             self._owner_lock = None
 
     # -- writes ---------------------------------------------------------------------
-    def put(self, key: BlockKey, header: bytes, payload: Any, seq: int, position: int | None) -> int:
-        """Store one block atomically; returns the bytes it occupies (header + payload)."""
-        nbytes = len(header) + memoryview(payload).nbytes
-        meta = _META.pack(seq, nbytes, -1 if position is None else position)
-        try:
-            with self.env.begin(write=True) as txn:
-                txn.put(key, header, db=self._hdr)
-                txn.put(key, payload, db=self._data)
-                txn.put(key, meta, db=self._meta)
-        except lmdb.MapFullError as e:
-            raise TierFullError(f"{self.name} tier map is full") from e
-        return nbytes
+    def put(self, key: BlockKey, source: RecordSource, seq: int, position: int | None) -> int:
+        """Store one block atomically; returns the bytes it counts for (header + payload)."""
+        return self.put_many([(key, source, seq, position)])[0]
 
-    def put_many(self, items: Sequence[tuple[BlockKey, bytes, Any, int, int | None]]) -> list[int]:
-        """Store several blocks in one transaction (all or none)."""
+    def put_many(self, items: Sequence[tuple[BlockKey, RecordSource, int, int | None]]) -> list[int]:
+        """Store several blocks in one transaction (all or none). Each record is assembled
+        in a reused staging buffer (LMDB takes one value per key, and py-lmdb has no
+        reserve-then-write put), then copied into the map by LMDB."""
         out: list[int] = []
+        stage = self._stage
         try:
             with self.env.begin(write=True) as txn:
-                for key, header, payload, seq, position in items:
-                    nbytes = len(header) + memoryview(payload).nbytes
-                    txn.put(key, header, db=self._hdr)
-                    txn.put(key, payload, db=self._data)
+                for key, source, seq, position in items:
+                    with source.write(stage) as rec:  # released before the stage grows
+                        txn.put(key, rec, db=self._blk)
+                    nbytes = source.nbytes
                     txn.put(key, _META.pack(seq, nbytes, -1 if position is None else position), db=self._meta)
                     out.append(nbytes)
         except lmdb.MapFullError as e:
             raise TierFullError(f"{self.name} tier map is full") from e
         return out
+
+    def put_record(self, key: BlockKey, record: Any, nbytes: int, seq: int, position: int | None) -> None:
+        """Store a record read from another tier, verbatim (a demotion)."""
+        try:
+            with self.env.begin(write=True) as txn:
+                txn.put(key, record, db=self._blk)
+                txn.put(key, _META.pack(seq, nbytes, -1 if position is None else position), db=self._meta)
+        except lmdb.MapFullError as e:
+            raise TierFullError(f"{self.name} tier map is full") from e
 
     def delete(self, keys: Sequence[BlockKey]) -> int:
         """Delete blocks in one transaction; returns how many existed."""
@@ -197,36 +253,28 @@ class LmdbTier:
         try:
             with self.env.begin(write=True) as txn:
                 for key in keys:
-                    txn.delete(key, db=self._hdr)
-                    txn.delete(key, db=self._data)
+                    txn.delete(key, db=self._blk)
                     n += bool(txn.delete(key, db=self._meta))
         except lmdb.MapFullError as e:
             raise TierFullError(f"{self.name} tier map is full (even for a delete)") from e
         return n
 
     # -- reads ----------------------------------------------------------------------
-    def read_raw(self, txn: lmdb.Transaction, key: BlockKey) -> tuple[Any, Any] | None:
-        """(header view, payload view) inside ``txn`` (a ``buffers=True`` read txn)."""
-        hdr = txn.get(key, db=self._hdr)
-        if hdr is None:
-            return None
-        data = txn.get(key, db=self._data)
-        if data is None:
-            raise CorruptBlockError("header without payload")
-        return hdr, data
+    def read_record(self, txn: lmdb.Transaction, key: BlockKey) -> Any:
+        """The block's record (a view inside ``txn``, a ``buffers=True`` read txn), or ``None``."""
+        return txn.get(key, db=self._blk)
 
-    def read_raw_many(self, txn: lmdb.Transaction, keys: Sequence[BlockKey]) -> tuple[list[Any], list[Any]]:
-        """(header views, payload views) of ``keys`` inside ``txn``, index-aligned, ``None``
-        where a key is absent or has no payload: the block server's loop, two lookups per
-        key (``Cursor.getmulti`` measured no faster: the B-tree walks dominate)."""
-        get, hdb, ddb = txn.get, self._hdr, self._data
-        hdrs = [get(k, db=hdb) for k in keys]
-        datas = [get(k, db=ddb) for k in keys]
-        if None in hdrs or None in datas:
-            for i, (h, d) in enumerate(zip(hdrs, datas)):
-                if h is None or d is None:
-                    hdrs[i] = datas[i] = None
-        return hdrs, datas
+    def read_raw(self, txn: lmdb.Transaction, key: BlockKey) -> tuple[Any, Any] | None:
+        """(header view, payload view) inside ``txn``; raises :class:`CorruptBlockError`
+        when the record's framing is broken."""
+        rec = txn.get(key, db=self._blk)
+        return None if rec is None else split_record(rec)
+
+    def read_records(self, txn: lmdb.Transaction, keys: Sequence[BlockKey]) -> list[Any]:
+        """Record views of ``keys`` inside ``txn``, index-aligned, ``None`` where absent:
+        the block server's loop, one lookup per key."""
+        get, db = txn.get, self._blk
+        return [get(k, db=db) for k in keys]
 
     def begin_read(self) -> lmdb.Transaction:
         return self.env.begin(buffers=True)
@@ -234,27 +282,31 @@ class LmdbTier:
     def read(self, key: BlockKey, verify: bool = True) -> BlockObject | None:
         """One checked block, or ``None`` if absent; raises :class:`CorruptBlockError`."""
         txn = self.env.begin(buffers=True)
-        raw = self.read_raw(txn, key)
-        if raw is None:
+        rec = txn.get(key, db=self._blk)
+        if rec is None:
             return None
-        return _object(*raw, txn, verify, key)
+        return object_from_record(rec, txn, verify, key)
 
     def read_many(self, keys: Sequence[BlockKey], verify: bool = True) -> list[BlockObject | CorruptBlockError | None]:
         """Checked blocks sharing one read transaction; a corrupt one is returned as its
         :class:`CorruptBlockError` (not raised) so the others still come back."""
         txn = self.begin_read()
+        get, db = txn.get, self._blk
         out: list[BlockObject | CorruptBlockError | None] = []
         for key in keys:
+            rec = get(key, db=db)
+            if rec is None:
+                out.append(None)
+                continue
             try:
-                raw = self.read_raw(txn, key)
-                out.append(None if raw is None else _object(raw[0], raw[1], txn, verify, key))
+                out.append(object_from_record(rec, txn, verify, key))
             except CorruptBlockError as e:
                 out.append(e)
         return out
 
     def contains(self, key: BlockKey) -> bool:
         with self.env.begin(buffers=True) as txn:
-            return txn.get(key, db=self._hdr) is not None
+            return txn.get(key, db=self._blk) is not None
 
     def entries(self) -> Iterator[TierEntry]:
         """Every stored block's meta record (to rebuild the index on open)."""
@@ -265,29 +317,25 @@ class LmdbTier:
 
     def stat_entries(self) -> int:
         with self.env.begin() as txn:
-            return int(txn.stat(self._hdr)["entries"])
+            return int(txn.stat(self._blk)["entries"])
 
     # -- fault injection for tests and operators ------------------------------------
     def overwrite_payload(self, key: BlockKey, payload: bytes) -> None:
-        """Replace a block's payload bytes without touching its header (corruption drill)."""
-        with self.env.begin(write=True) as txn:
-            txn.put(key, payload, db=self._data)
+        """Replace a block's payload bytes, keeping its header (corruption drill)."""
+        with self.env.begin(write=True, buffers=True) as txn:
+            header = bytes(split_record(txn.get(key, db=self._blk))[0])
+            txn.put(key, bytes(pack_record(header, payload)), db=self._blk)
 
     def overwrite_header(self, key: BlockKey, header: bytes) -> None:
-        """Replace a block's header bytes (corruption drill)."""
+        """Replace a block's header bytes, keeping its payload (corruption drill)."""
+        with self.env.begin(write=True, buffers=True) as txn:
+            payload = bytes(split_record(txn.get(key, db=self._blk))[1])
+            txn.put(key, bytes(pack_record(header, payload)), db=self._blk)
+
+    def overwrite_record(self, key: BlockKey, record: bytes) -> None:
+        """Replace a block's whole record (corruption drill: broken framing)."""
         with self.env.begin(write=True) as txn:
-            txn.put(key, header, db=self._hdr)
+            txn.put(key, record, db=self._blk)
 
 
-def _object(hdr: Any, data: Any, txn: lmdb.Transaction, verify: bool, key: BlockKey) -> BlockObject:
-    # Wrap the mapped payload so that every numpy/Arrow view of it keeps the read
-    # transaction (and with it the mapped pages) alive: ``base=txn``.
-    view = pa.py_buffer(data)
-    payload = pa.foreign_buffer(view.address, view.size, base=txn) if view.size else view
-    obj = BlockObject.from_parts(hdr, data, owner=txn, verify=verify, buffer=payload)
-    if obj.header.key != key:
-        raise CorruptBlockError("header key does not match the record key")
-    return obj
-
-
-__all__ = ["LmdbTier", "TierEntry", "TierFullError", "TierName", "TierOwnedError"]
+__all__ = ["TIER_FORMAT", "LmdbTier", "TierEntry", "TierFormatError", "TierFullError", "TierName", "TierOwnedError"]

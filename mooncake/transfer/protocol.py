@@ -1,29 +1,31 @@
-"""Wire format of the TCP block protocol (little-endian).
+"""Wire format of the TCP block protocol, version 3 (little-endian).
 
 Request (client -> server), one per batch; a client may send many before reading::
 
     4s magic b"MKQ1" | u32 request id | u32 n keys | u32 flags | n x 16-byte keys
 
 flags: 0 plain; ``FLAG_RDMA_HELLO`` (no keys; the client's queue pair address follows);
-``FLAG_RDMA_READ`` (payloads are staged for RDMA READ instead of sent, see
+``FLAG_RDMA_READ`` (records are staged for RDMA READ instead of sent, see
 ``mooncake.transfer.rdma``).
 
 Response (server -> client), one per request, in request order::
 
-    4s magic b"MKR2" | u32 request id | u32 n | u32 total header bytes | u64 total payload bytes
-    n x (u8 status (0 ok, 1 missing) | 3 pad | u32 header length | u64 payload length)
-    all headers, back to back | all payloads, back to back
+    4s magic b"MKR3" | u32 request id | u32 n | u64 total record bytes
+    n x (u8 status (0 ok, 1 missing) | 7 pad | u64 record length)
+    all records, back to back
 
-A missing entry has both lengths 0; a table whose lengths do not add up to the frame's
-totals, or with any other status, is a malformed response (the connection is dropped).
+A record is the block exactly as its tier stores it (header, padding, payload at a
+64-byte aligned offset: ``mooncake.store.records``). A missing entry has length 0; a
+table whose lengths do not add up to the frame's total, or with any other status, is a
+malformed response (the connection is dropped). Version 2 (``MKR2``) sent headers and
+payloads as two sections; a peer speaking it is refused by the magic.
 
 One response is one ``sendmsg`` on the server (scatter-gather straight from the store's
-memory map) and two ``recv_into`` on the client (table + headers, then every payload
-into one pooled buffer): per-block syscalls and Python work would otherwise dominate
-small blocks. For the same reason the receiver reads the table as one numpy array and
-checks a response's blocks together (:func:`check_response`). Header and payload are
-the block object exactly as stored (see ``mooncake.store.block_object``); the receiver
-checks both before using them.
+memory map, one iovec per block) and, on the client, one ``recv_into`` of the table and
+one call that receives every record into one pooled buffer and checks each one as soon
+as it has arrived (:func:`recv_records`: compiled, without the GIL; a numpy twin where no
+compiler is present). Per-block syscalls and Python work would otherwise dominate small
+blocks. The receiver checks every header and payload before using them.
 """
 
 from __future__ import annotations
@@ -35,24 +37,19 @@ from typing import Any, cast
 
 import numpy as np
 
-from mooncake.store.block_object import (
-    PAGE_BYTES,
-    BlockObject,
-    CorruptBlockError,
-    objects_from_packed,
-    sum64_from_pages,
-    sum64_pages,
-)
+from mooncake.store.block_object import BlockObject, CorruptBlockError
+from mooncake.store.native import records_lib
+from mooncake.store.records import check_records, objects_from_records
 from mooncake.transfer.base import TransferError
 from mooncake.types import BlockKey
 
 REQ_MAGIC = b"MKQ1"
-RESP_MAGIC = b"MKR2"
+RESP_MAGIC = b"MKR3"
 REQ = struct.Struct("<4sIII")
-RESP = struct.Struct("<4sIIIQ")
-ENTRY = struct.Struct("<B3xIQ")
+RESP = struct.Struct("<4sIIQ")
+ENTRY = struct.Struct("<B7xQ")
 # ENTRY, as a numpy record: a whole table is parsed in one call.
-TABLE = np.dtype([("status", "u1"), ("pad", "V3"), ("hlen", "<u4"), ("plen", "<u8")])
+TABLE = np.dtype([("status", "u1"), ("pad", "V7"), ("rlen", "<u8")])
 FLAG_RDMA_HELLO = 1
 FLAG_RDMA_READ = 2
 RDMA_REFUSED = b"MKNO"
@@ -60,76 +57,91 @@ STATUS_OK = 0
 STATUS_MISSING = 1
 KEY_BYTES = 16
 MAX_KEYS = 1 << 16
-MAX_HEADER = 1 << 20
 IOV_MAX = 512  # below Linux's 1024 iovecs per sendmsg
-SUM_CHUNK = 64 * PAGE_BYTES  # payload bytes received, then summed while still in L2
+# Bytes per recv. 64 KiB, not more: records are checked while in cache, and on loopback
+# a long recv holds the socket while arriving segments wait in its backlog and the window
+# opens late (256 KiB measured 66-80% of the raw baseline where 64 KiB measured 84-128%,
+# docs/benchmarks.md).
+RECV_CHUNK = 64 * 1024
 
 
 def encode_request(rid: int, keys: Sequence[BlockKey], flags: int = 0) -> bytes:
     return REQ.pack(REQ_MAGIC, rid, len(keys), flags) + b"".join(keys)
 
 
-def parse_table(meta: Any, count: int, hlen: int, plen: int) -> np.ndarray:
+def parse_table(meta: Any, count: int, total: int) -> np.ndarray:
     """The response table (``[count]`` of :data:`TABLE`) at the start of ``meta``, checked
-    against the frame's header and payload totals; raises :class:`TransferError`."""
+    against the frame's total record bytes; raises :class:`TransferError`."""
     table = np.frombuffer(meta, dtype=TABLE, count=count)
     missing = table[table["status"] != STATUS_OK]
-    carries_bytes = missing["hlen"].any() or missing["plen"].any()
-    if carries_bytes or (missing["status"] != STATUS_MISSING).any():
+    if missing["rlen"].any() or (missing["status"] != STATUS_MISSING).any():
         raise TransferError("response table has a bad status or a missing block with bytes")
-    if int(table["hlen"].sum()) != hlen or int(table["plen"].sum()) != plen:
+    if int(table["rlen"].sum()) != total:
         raise TransferError("response table does not add up")
     return table
 
 
-def recv_payloads(sock: socket.socket, buf: np.ndarray, table: np.ndarray) -> np.ndarray | None:
-    """Receive a response's payloads into ``buf``; when they share a page-multiple size,
-    also their ``sum64`` checksums, summed :data:`SUM_CHUNK` bytes at a time right after
-    each piece arrives (one pass over cache-hot bytes instead of another over memory).
+def recv_records(sock: socket.socket, buf: np.ndarray, rlens: np.ndarray,
+                 keys: bytes | None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Receive records back to back into ``buf`` and check each (framing, payload length,
+    key, ``sum64``: :func:`mooncake.store.records.check_records`) as soon as it has
+    arrived, while its bytes are in cache. The compiled path does both in one call
+    without the GIL; the fallback receives, then checks.
 
-    Returns the sums of the present blocks in order, or ``None`` (payloads of mixed or
-    odd sizes: :func:`check_response` sums them)."""
-    sizes = table["plen"][table["status"] == STATUS_OK]
-    size = int(sizes[0]) if len(sizes) else 0
-    if size == 0 or size % PAGE_BYTES or (sizes != size).any():
-        recv_exact(sock, buf)
-        return None
-    pages = np.empty(buf.nbytes // PAGE_BYTES, dtype=np.uint64)
-    for off in range(0, buf.nbytes, SUM_CHUNK):
-        piece = buf[off : off + SUM_CHUNK]
-        recv_exact(sock, piece)
-        sum64_pages(piece, pages[off // PAGE_BYTES : (off + piece.nbytes) // PAGE_BYTES])
-    return sum64_from_pages(pages, size)
-
-
-def check_response(keys: Sequence[BlockKey], table: np.ndarray, headers: bytes, payload: np.ndarray,
-                   sums: np.ndarray | None = None) -> tuple[list[BlockObject | None], list[tuple[int, CorruptBlockError]]]:  # fmt: skip
-    """Check every block of one response.
-
-    ``sums``: the present blocks' payload ``sum64`` from :func:`recv_payloads`, if it had
-    them. Returns the checked objects, index-aligned with ``keys`` (each viewing
-    ``payload``, which it keeps alive; ``None`` where the server did not have the block
-    or it failed a check), and ``(index, error)`` for each block that failed (a bad
-    header or payload, or a header naming another key).
+    Args:
+        buf: ``[sum(rlens)]`` uint8, written.
+        rlens: ``[n]`` uint64 record lengths.
+        keys: ``n`` x 16 bytes, the key each record must name.
+    Returns:
+        ``(hlens, status)``, as :func:`~mooncake.store.records.check_records` returns them.
+    Raises:
+        TransferError: the connection closed or timed out midway.
     """
-    hlens: list[int] = table["hlen"].tolist()
-    sizes: list[int] = table["plen"].tolist()
+    lib = records_lib()
+    if lib is None:
+        try:
+            recv_exact(sock, buf)
+        except TimeoutError as e:
+            raise TransferError(f"timed out during a response of {buf.nbytes} bytes") from e
+        hlens, _sums, status = check_records(buf, rlens, keys)
+        return hlens, status
+    n = len(rlens)
+    rlens = np.ascontiguousarray(rlens, dtype=np.uint64)
+    hlens = np.zeros(n, dtype=np.int32)
+    sums = np.zeros(n, dtype=np.uint64)
+    status = np.zeros(n, dtype=np.uint8)
+    err = np.zeros(1, dtype=np.int32)
+    kbuf = None if keys is None else np.frombuffer(keys, dtype=np.uint8)
+    timeout = sock.gettimeout()
+    rc = lib.recv_records(sock.fileno(), buf.ctypes.data, rlens.ctypes.data, n,
+                          None if kbuf is None else kbuf.ctypes.data, hlens.ctypes.data, sums.ctypes.data,
+                          status.ctypes.data, RECV_CHUNK, -1 if timeout is None else int(timeout * 1000),
+                          err.ctypes.data)  # fmt: skip
+    if rc == -1:
+        raise TransferError(f"connection closed during a response of {buf.nbytes} bytes")
+    if rc == -2:
+        raise TransferError(f"timed out during a response of {buf.nbytes} bytes")
+    if rc < 0:
+        raise TransferError(f"receive failed: errno {int(err[0])}")
+    return hlens, status
+
+
+def check_response(keys: Sequence[BlockKey], table: np.ndarray, buf: np.ndarray, hlens: np.ndarray,
+                   status: np.ndarray) -> tuple[list[BlockObject | None], list[tuple[int, CorruptBlockError]]]:  # fmt: skip
+    """The objects of one response from its batch check (:func:`recv_records`).
+
+    ``hlens``, ``status``: per present record, in order. Returns the checked objects,
+    index-aligned with ``keys`` (each viewing ``buf``, which it keeps alive; ``None``
+    where the server did not have the block or it failed a check), and ``(index,
+    error)`` for each block that failed (a bad record, header or payload, or a header
+    naming another key)."""
     ok = table["status"] == STATUS_OK
     if ok.all():
         idx = None
-        h0 = hlens[0] if hlens else 0
-        if h0 and hlens.count(h0) == len(hlens):
-            total = len(headers)
-            parts = list(map(headers.__getitem__, map(slice, range(0, total, h0), range(h0, total + 1, h0))))
-        else:
-            ends = np.cumsum(hlens).tolist()
-            parts = [headers[e - h : e] for h, e in zip(hlens, ends)]
-        checked = objects_from_packed(parts, sizes, payload, keys, owner=payload, sums=sums)
+        checked = objects_from_records(buf, table["rlen"].tolist(), hlens, status, keys, owner=buf)
     else:  # some blocks missing (their lengths are 0): check the others, then re-align
         idx = np.flatnonzero(ok).tolist()
-        ends = np.cumsum(hlens).tolist()
-        checked = objects_from_packed([headers[ends[i] - hlens[i] : ends[i]] for i in idx], [sizes[i] for i in idx],
-                                      payload, [keys[i] for i in idx], owner=payload, sums=sums)  # fmt: skip
+        checked = objects_from_records(buf, table["rlen"][ok].tolist(), hlens, status, [keys[i] for i in idx], owner=buf)
     errors = [(j, r) for j, r in enumerate(checked) if isinstance(r, CorruptBlockError)]
     if idx is None and not errors:
         return cast(list[BlockObject | None], checked), []
@@ -139,6 +151,12 @@ def check_response(keys: Sequence[BlockKey], table: np.ndarray, headers: bytes, 
         if isinstance(res, BlockObject):
             out[i] = res
     return out, [(at[j], e) for j, e in errors]
+
+
+def present_keys(keys: Sequence[BlockKey], table: np.ndarray) -> bytes:
+    """The keys of the blocks a response carries, back to back (for :func:`recv_records`)."""
+    ok = table["status"] == STATUS_OK
+    return b"".join(keys) if ok.all() else b"".join(k for k, o in zip(keys, ok.tolist()) if o)
 
 
 def recv_exact(sock: socket.socket, buf: Any) -> None:
@@ -186,7 +204,6 @@ __all__ = [
     "FLAG_RDMA_HELLO",
     "FLAG_RDMA_READ",
     "KEY_BYTES",
-    "MAX_HEADER",
     "MAX_KEYS",
     "RDMA_REFUSED",
     "REQ",
@@ -199,8 +216,9 @@ __all__ = [
     "check_response",
     "encode_request",
     "parse_table",
+    "present_keys",
     "recv_bytes",
     "recv_exact",
-    "recv_payloads",
+    "recv_records",
     "send_all",
 ]

@@ -6,9 +6,9 @@ Control stays on the block server's TCP connection; data moves by RDMA:
    with ``FLAG_RDMA_HELLO``; the server creates a queue pair and a registered staging
    region for this connection, connects, and answers with its own address plus the
    staging region's (address, rkey, size).
-2. fetch: a request with ``FLAG_RDMA_READ`` makes the server copy the requested blocks
-   into its staging region back to back and answer with the usual response table and
-   headers but no payload bytes; the client posts one RDMA READ per block into its own
+2. fetch: a request with ``FLAG_RDMA_READ`` makes the server copy the requested block
+   records into its staging region back to back and answer with the usual response
+   table but no record bytes; the client posts one RDMA READ per block into its own
    registered region, polls the completions, and checks every block exactly like the TCP
    path does. Blocks that do not fit the staging region come back as missing, and the
    fetcher's retry moves them over TCP.
@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from mooncake.store.block_object import BlockObject
+from mooncake.store.records import check_records
 from mooncake.transfer import protocol as proto
 from mooncake.transfer.base import BufferPool, PathResult, Peer, TransferError
 from mooncake.transfer.config import TransferConfig
@@ -136,16 +137,16 @@ class RdmaServerSide:
     def hello_reply(self) -> bytes:
         return self.ep.info() + _MR_INFO.pack(self.ep.mr.buf, self.ep.mr.rkey, self.ep.size)
 
-    def stage(self, payloads: Sequence[Any]) -> int:
-        """Copy payloads back to back into the staging region; returns how many fit."""
+    def stage(self, records: Sequence[Any]) -> int:
+        """Copy records back to back into the staging region; returns how many fit."""
         off = 0
-        for i, p in enumerate(payloads):
+        for i, p in enumerate(records):
             n = memoryview(p).nbytes
             if off + n > self.ep.size:
                 return i
             self.ep.mr.write(bytes(memoryview(p).cast("B")), n, off)
             off += n
-        return len(payloads)
+        return len(records)
 
     def close(self) -> None:
         self.ep.close()
@@ -209,17 +210,17 @@ class RdmaBackend:
                 self._rid = (self._rid + 1) & 0xFFFFFFFF
                 conn.sock.sendall(proto.encode_request(self._rid, batch, proto.FLAG_RDMA_READ))
                 head = proto.recv_bytes(conn.sock, proto.RESP.size)
-                magic, rid, count, hlen, plen = proto.RESP.unpack(head)
-                if magic != proto.RESP_MAGIC or rid != self._rid or count != len(batch) or plen > conn.ep.size:
+                magic, rid, count, total = proto.RESP.unpack(head)
+                if magic != proto.RESP_MAGIC or rid != self._rid or count != len(batch) or total > conn.ep.size:
                     raise TransferError("rdma: malformed response frame")
-                meta = proto.recv_bytes(conn.sock, count * proto.ENTRY.size + hlen)
-                table = proto.parse_table(meta, count, hlen, plen)
-                self._read(conn, table["plen"][table["status"] == proto.STATUS_OK].tolist())
-                buf = self.pool.take(plen)
+                table = proto.parse_table(proto.recv_bytes(conn.sock, count * proto.ENTRY.size), count, total)
+                present = table["status"] == proto.STATUS_OK
+                self._read(conn, table["rlen"][present].tolist())
+                buf = self.pool.take(total)
                 buffers.append(buf)
-                buf[:] = np.frombuffer(conn.ep.mr.read(plen, 0), dtype=np.uint8)
-                headers = bytes(meta[count * proto.ENTRY.size :])
-                checked, bad = proto.check_response(batch, table, headers, buf)
+                buf[:] = np.frombuffer(conn.ep.mr.read(total, 0), dtype=np.uint8)
+                hlens, _sums, status = check_records(buf, table["rlen"][present], proto.present_keys(batch, table))
+                checked, bad = proto.check_response(batch, table, buf, hlens, status)
                 objects[start : start + len(batch)] = checked
                 errors.extend(f"rdma: block {start + j}: {e}" for j, e in bad)
         except (OSError, TransferError) as e:
@@ -231,7 +232,7 @@ class RdmaBackend:
         return PathResult(objects, buffers, "; ".join(errors) or None)
 
     def _read(self, conn: _ClientConn, sizes: list[int]) -> None:
-        """RDMA READ each staged payload into the same offset of the local region."""
+        """RDMA READ each staged record into the same offset of the local region."""
         v = conn.ep.v
         off = 0
         for i, n in enumerate(sizes):

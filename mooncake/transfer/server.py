@@ -117,8 +117,7 @@ class BlockServer:
                 raw = bytes(proto.recv_bytes(conn, n * proto.KEY_BYTES))
                 keys = cast(list[BlockKey], [raw[i : i + proto.KEY_BYTES] for i in range(0, len(raw), proto.KEY_BYTES)])
                 batch = self.source.get_raw_many(keys)
-                self._send_batch(conn, rid, keys, batch.headers, batch.payloads,
-                                 rdma if flags & proto.FLAG_RDMA_READ else None)  # fmt: skip
+                self._send_batch(conn, rid, keys, batch.records, rdma if flags & proto.FLAG_RDMA_READ else None)
                 del batch  # ends the read transactions
         except (OSError, TransferError) as e:
             if not self._closed:
@@ -146,46 +145,40 @@ class BlockServer:
         conn.sendall(side.hello_reply())
         return side
 
-    def _send_batch(self, conn: socket.socket, rid: int, keys: list[BlockKey], headers: list[Any], payloads: list[Any],
+    def _send_batch(self, conn: socket.socket, rid: int, keys: list[BlockKey], records: list[Any],
                     rdma: RdmaServerSide | None = None) -> None:  # fmt: skip
-        """One response: table, headers, then payloads (or, for RDMA, payloads staged in
-        the registered region instead of sent; blocks that do not fit are missing).
+        """One response: table, then records (or, for RDMA, records staged in the
+        registered region instead of sent; blocks that do not fit are missing).
 
-        ``headers``/``payloads``: 1-D byte buffers (LMDB views), ``None`` for a missing
-        block. The table is filled column by column: no Python work per block beyond
-        ``len``."""
-        headers, payloads = self._wire_items(keys, headers, payloads)
+        ``records``: 1-D byte buffers (LMDB views), ``None`` for a missing block. The
+        table is filled column by column: no Python work per block beyond ``len``."""
+        records = self._wire_items(keys, records)
         if rdma is not None:
-            fit = rdma.stage([p for p in payloads if p is not None])
+            fit = rdma.stage([r for r in records if r is not None])
             kept = 0
-            for i, p in enumerate(payloads):
-                if p is not None:
+            for i, r in enumerate(records):
+                if r is not None:
                     kept += 1
                     if kept > fit:
-                        headers[i] = payloads[i] = None
+                        records[i] = None
         table = np.zeros(len(keys), dtype=proto.TABLE)
-        if any(h is None for h in headers):
-            missing = [h is None for h in headers]
+        if None in records:
+            missing = [r is None for r in records]
             table["status"][missing] = proto.STATUS_MISSING
-            headers = [h for h in headers if h is not None]
-            payloads = [p for p in payloads if p is not None]
-            present = table["status"] == proto.STATUS_OK
-            table["hlen"][present] = list(map(len, headers))
-            table["plen"][present] = list(map(len, payloads))
-        elif headers:
-            table["hlen"] = list(map(len, headers))
-            table["plen"] = list(map(len, payloads))
-        hbytes = b"".join(headers)
-        plen = int(table["plen"].sum())
-        head = proto.RESP.pack(proto.RESP_MAGIC, rid, len(keys), len(hbytes), plen)
-        proto.send_all(conn, [head + table.tobytes() + hbytes, *(payloads if rdma is None else [])])
-        self.blocks_sent += len(payloads)
-        self.bytes_sent += plen
+            records = [r for r in records if r is not None]
+            table["rlen"][table["status"] == proto.STATUS_OK] = list(map(len, records))
+        elif records:
+            table["rlen"] = list(map(len, records))
+        total = int(table["rlen"].sum())
+        head = proto.RESP.pack(proto.RESP_MAGIC, rid, len(keys), total)
+        proto.send_all(conn, [head + table.tobytes(), *(records if rdma is None else [])])
+        self.blocks_sent += len(records)
+        self.bytes_sent += total
 
-    def _wire_items(self, keys: list[BlockKey], headers: list[Any], payloads: list[Any]) -> tuple[list[Any], list[Any]]:
-        """(headers, payloads) as they go on the wire: a hook, called once per response,
-        for fault-injection tests (corrupt a block, cut the stream)."""
-        return headers, payloads
+    def _wire_items(self, keys: list[BlockKey], records: list[Any]) -> list[Any]:
+        """Records as they go on the wire: a hook, called once per response, for
+        fault-injection tests (corrupt a block, cut the stream)."""
+        return records
 
 
 __all__ = ["BlockServer", "BlockSource"]

@@ -6,11 +6,12 @@ protocol is a thin framing over the former.
 
 A fetch is batched and pipelined: all request frames (``batch_blocks`` keys each) go
 out at once, the server streams the responses back to back, and each response's
-payloads are received straight into a pooled buffer and summed piece by piece while
-the pieces are in cache (``protocol.recv_payloads``); the blocks of a response are then
-checked together (``protocol.check_response``). The check runs on the receiving thread:
-the kernel keeps filling the socket buffer meanwhile, and a second thread only added
-GIL handoffs (and a pass over bytes no longer in cache) on the 2-core machine measured.
+records are received straight into a pooled buffer, each checked as soon as it has
+arrived while it is in cache (``protocol.recv_records``: one compiled call per response,
+without the GIL); the objects of a response are then built together
+(``protocol.check_response``). The check runs on the receiving thread: the kernel keeps
+filling the socket buffer meanwhile, and a second thread only added GIL handoffs (and a
+pass over bytes no longer in cache) on the 2-core machine measured.
 """
 
 from __future__ import annotations
@@ -94,16 +95,15 @@ class TcpBackend:
             for rid, start in zip(rids, starts):
                 batch = keys[start : start + step]
                 proto.recv_exact(sock, head)
-                magic, got_rid, count, hlen, plen = proto.RESP.unpack(head)
-                if magic != proto.RESP_MAGIC or got_rid != rid or count != len(batch) or hlen > proto.MAX_HEADER * count:
+                magic, got_rid, count, total = proto.RESP.unpack(head)
+                if magic != proto.RESP_MAGIC or got_rid != rid or count != len(batch):
                     raise TransferError("tcp: malformed response frame")
-                meta = proto.recv_bytes(sock, count * proto.ENTRY.size + hlen)
-                table = proto.parse_table(meta, count, hlen, plen)
-                buf = self.pool.take(plen)
+                table = proto.parse_table(proto.recv_bytes(sock, count * proto.ENTRY.size), count, total)
+                buf = self.pool.take(total)
                 buffers.append(buf)
-                sums = proto.recv_payloads(sock, buf, table)
-                headers = bytes(meta[count * proto.ENTRY.size :])
-                checked, bad = proto.check_response(batch, table, headers, buf, sums)
+                present = table["status"] == proto.STATUS_OK
+                hlens, status = proto.recv_records(sock, buf, table["rlen"][present], proto.present_keys(batch, table))
+                checked, bad = proto.check_response(batch, table, buf, hlens, status)
                 objects[start : start + len(batch)] = checked
                 errors.extend(f"tcp: block {start + j}: {e}" for j, e in bad)
             ok = True

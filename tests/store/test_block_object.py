@@ -7,18 +7,14 @@ import pytest
 
 from mooncake.kvcache.block import KVBlockSpec
 from mooncake.store.block_object import (
-    PAGE_BYTES,
     BlockObject,
     CorruptBlockError,
     decode_header,
     encode,
-    objects_from_packed,
     sum64,
-    sum64_from_pages,
-    sum64_pages,
-    sum64_rows,
+    sum64_numpy,
 )
-from mooncake.types import BlockKey
+from mooncake.store.native import records_lib
 from tests.store.kvfactories import TINY, make_chain
 
 
@@ -140,69 +136,21 @@ def _sum64_reference(data: bytes) -> int:
     return (total + n) % 2**64
 
 
-@pytest.mark.parametrize("nbytes", [0, 8, 4096, 4096 * 3, 4096 * 3 + 24, 4096 * 3 + 5, 32 * 1024])
-def test_sum64_and_its_batched_forms_agree_with_the_definition(nbytes: int) -> None:
-    """sum64 (whole-page fast path and general path), sum64_rows over a batch, and page sums
-    taken piece by piece then combined all equal the plain-Python definition."""
+@pytest.mark.parametrize("nbytes", [0, 7, 8, 4096, 4096 * 3, 4096 * 3 + 24, 4096 * 3 + 5, 32 * 1024])
+def test_sum64_numpy_and_compiled_agree_with_the_definition(nbytes: int) -> None:
+    """sum64, its numpy twin (whole-page fast path and general path), the compiled mc_sum64
+    and mc_copy_sum64 (where a compiler is present) equal the plain-Python definition,
+    carries and odd tails included."""
     rng = np.random.default_rng(nbytes + 1)
     rows = rng.integers(0, 256, size=(5, nbytes), dtype=np.uint8)
     rows[0] = 0xFF  # carries: every word at its maximum
     want = [_sum64_reference(r.tobytes()) for r in rows]
     assert [sum64(r.tobytes()) for r in rows] == want
-    assert sum64_rows(rows).tolist() == want
-    if nbytes and nbytes % PAGE_BYTES == 0:
-        flat = rows.reshape(-1)
-        pages = np.empty(flat.nbytes // PAGE_BYTES, dtype=np.uint64)
-        for off in range(0, flat.nbytes, 2 * PAGE_BYTES):  # pieces that do not align with the rows
-            piece = flat[off : off + 2 * PAGE_BYTES]
-            sum64_pages(piece, pages[off // PAGE_BYTES : (off + piece.nbytes) // PAGE_BYTES])
-        assert sum64_from_pages(pages, nbytes).tolist() == want
-
-
-def _packed(n: int, spec: KVBlockSpec, algo: str = "sum64") -> tuple[list[bytes], list[int], np.ndarray, list[BlockKey]]:
-    blocks = make_chain(n, spec)
-    enc = [encode(b, algo=algo) for b in blocks]  # type: ignore[arg-type]
-    payload = np.frombuffer(b"".join(bytes(p) for _, p in enc), dtype=np.uint8).copy()
-    return [h for h, _ in enc], [p.nbytes for _, p in enc], payload, [b.key for b in blocks]  # type: ignore[misc]
-
-
-@pytest.mark.parametrize("algo", ["sum64", "crc32"])
-def test_objects_from_packed_turns_each_bad_block_into_its_error_and_keeps_the_rest(algo: str) -> None:
-    """In 40 packed blocks, a flipped payload bit, a damaged header, a header of another key and
-    a size that disagrees with the header each fail only their own block; the rest match byte for byte."""
-    spec = KVBlockSpec(num_layers=2, num_kv_heads=2, head_dim=64, block_size=4, dtype="bfloat16")  # 8 KiB
-    headers, sizes, payload, keys = _packed(40, spec, algo)
-    payload[3 * sizes[0] + 100] ^= 0x10
-    headers[7] = headers[7][:20] + bytes([headers[7][20] ^ 1]) + headers[7][21:]
-    keys[11] = BlockKey(b"\x07" * 16)
-    out = objects_from_packed(headers, sizes, payload, keys, owner=payload)
-    bad = {i: str(o) for i, o in enumerate(out) if isinstance(o, CorruptBlockError)}
-    assert sorted(bad) == [3, 7, 11]
-    assert "checksum" in bad[3] and "key" in bad[11]
-    for i, o in enumerate(out):
-        if i not in bad:
-            assert isinstance(o, BlockObject) and o.key == keys[i]
-            assert o.numpy().tobytes() == payload[i * sizes[0] : (i + 1) * sizes[0]].tobytes()
-    sizes[5] += 8  # the sender framed block 5 longer than its header says
-    grown = np.concatenate([payload[: 6 * sizes[0]], np.zeros(8, np.uint8), payload[6 * sizes[0] :]])
-    out = objects_from_packed(headers, sizes, grown, owner=grown)
-    assert isinstance(out[5], CorruptBlockError) and isinstance(out[6], BlockObject)
-
-
-def test_objects_from_packed_batch_check_catches_each_bad_block_with_memoised_headers() -> None:
-    """64 packed 8 KiB blocks pass twice (the second time every header is memoised: the
-    all-in-numpy path); then a flipped payload bit, and a header re-sealed with a valid CRC
-    but its has-key flag cleared, each fail only their own block."""
-    spec = KVBlockSpec(num_layers=2, num_kv_heads=2, head_dim=64, block_size=4, dtype="bfloat16")  # 8 KiB
-    headers, sizes, payload, keys = _packed(64, spec)
-    for _ in range(2):
-        out = objects_from_packed(headers, sizes, payload, keys, owner=payload)
-        assert all(isinstance(o, BlockObject) for o in out)
-    payload[9 * sizes[0] + 5] ^= 0x01
-    body = bytearray(headers[20][:-4])
-    body[7] &= ~1  # has-key flag
-    headers[20] = bytes(body) + zlib.crc32(bytes(body)).to_bytes(4, "little")
-    out = objects_from_packed(headers, sizes, payload, keys, owner=payload)
-    bad = {i: str(o) for i, o in enumerate(out) if isinstance(o, CorruptBlockError)}
-    assert sorted(bad) == [9, 20] and "checksum" in bad[9] and "key" in bad[20]
-    assert out[10] is not None and out[10].numpy().tobytes() == payload[10 * sizes[0] : 11 * sizes[0]].tobytes()
+    assert [sum64_numpy(r.tobytes()) for r in rows] == want
+    lib = records_lib()
+    if lib is not None:
+        assert [lib.sum64(r.ctypes.data, nbytes) for r in rows] == want
+        dst = np.full(nbytes + 1, 0xAB, dtype=np.uint8)
+        for r, w in zip(rows, want):  # copy and sum in one pass: same sum, exact copy, nothing past the end
+            assert lib.copy_sum64(dst.ctypes.data, r.ctypes.data, nbytes) == w
+            assert dst[:nbytes].tobytes() == r.tobytes() and dst[nbytes] == 0xAB

@@ -38,18 +38,18 @@ class FlakyServer(BlockServer):
     corrupt: dict[BlockKey, int]
     cut_before: dict[BlockKey, int]
 
-    def _wire_items(self, keys: list[BlockKey], headers: list[Any], payloads: list[Any]) -> tuple[list[Any], list[Any]]:
-        payloads = list(payloads)
+    def _wire_items(self, keys: list[BlockKey], records: list[Any]) -> list[Any]:
+        records = list(records)
         for i, key in enumerate(keys):
             if self.cut_before.get(key, 0) > 0:
                 self.cut_before[key] -= 1
                 raise OSError("simulated connection loss")
-            if payloads[i] is not None and self.corrupt.get(key, 0) > 0:
+            if records[i] is not None and self.corrupt.get(key, 0) > 0:
                 self.corrupt[key] -= 1
-                bad = bytearray(payloads[i])
-                bad[len(bad) // 2] ^= 0xFF
-                payloads[i] = bytes(bad)
-        return headers, payloads
+                bad = bytearray(records[i])
+                bad[-8] ^= 0xFF  # a payload byte (the payload ends the record)
+                records[i] = bytes(bad)
+        return records
 
 
 @pytest.fixture
@@ -212,16 +212,16 @@ def test_one_response_with_blocks_of_different_shapes(host_dir: str) -> None:
 @pytest.mark.parametrize(
     "entries",
     [
-        [(proto.STATUS_MISSING, 0, 8), (proto.STATUS_OK, 4, 0)],  # a missing block that carries bytes
-        [(7, 0, 0), (proto.STATUS_OK, 4, 8)],  # an unknown status
-        [(proto.STATUS_OK, 4, 4), (proto.STATUS_OK, 4, 4)],  # lengths that do not add up to the frame's
+        [(proto.STATUS_MISSING, 8), (proto.STATUS_OK, 0)],  # a missing block that carries bytes
+        [(7, 0), (proto.STATUS_OK, 8)],  # an unknown status
+        [(proto.STATUS_OK, 4), (proto.STATUS_OK, 3)],  # lengths that do not add up to the frame's
     ],
 )
-def test_malformed_response_table_is_rejected(entries: list[tuple[int, int, int]]) -> None:
+def test_malformed_response_table_is_rejected(entries: list[tuple[int, int]]) -> None:
     """parse_table refuses a table the receiver cannot trust: the connection is dropped, nothing is used."""
     meta = b"".join(proto.ENTRY.pack(*e) for e in entries)
     with pytest.raises(TransferError):
-        proto.parse_table(meta, len(entries), hlen=4, plen=8)
+        proto.parse_table(meta, len(entries), total=8)
 
 
 def test_corrupt_blocks_among_many_small_ones_in_one_response_are_misses(host_dir: str) -> None:

@@ -1,0 +1,61 @@
+"""Compiled block-record checks (``csrc/block_records.c``), loaded on first use.
+
+The C library computes ``sum64`` and checks records laid back to back (a transfer
+response), and can receive such a response from a socket checking each record as soon
+as it has arrived, in one call without the GIL. It is built by
+:mod:`mooncake.native_build` (``-O3 -march=native``, cached). Where it cannot be built
+(no compiler, ``MOONCAKE_NATIVE_KERNELS=0``) :func:`records_lib` returns ``None`` and the
+callers use their numpy twins in :mod:`mooncake.store.records`, which give identical
+results (``tests/store/test_records.py`` checks both).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from pathlib import Path
+
+from mooncake import native_build
+
+SOURCE = Path(__file__).with_name("csrc") / "block_records.c"
+FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=gnu11"]
+
+_lock = threading.Lock()
+_loaded: RecordsLib | None = None
+_tried = False
+
+
+class RecordsLib:
+    """ctypes bindings of the compiled library (raw addresses; see ``records.py``)."""
+
+    def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
+        self.path = path
+        p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+        self.sum64 = lib.mc_sum64
+        self.sum64.argtypes = [p, i64]
+        self.sum64.restype = ctypes.c_uint64
+        self.copy_sum64 = lib.mc_copy_sum64
+        self.copy_sum64.argtypes = [p, p, i64]
+        self.copy_sum64.restype = ctypes.c_uint64
+        self.check_records = lib.mc_check_records
+        self.check_records.argtypes = [p, p, i64, p, p, p, p]
+        self.check_records.restype = i64
+        self.recv_records = lib.mc_recv_records
+        self.recv_records.argtypes = [ctypes.c_int, p, p, i64, p, p, p, p, i64, i32, p]
+        self.recv_records.restype = i64
+
+
+def records_lib() -> RecordsLib | None:
+    """The compiled library, built on first call; ``None`` where unavailable."""
+    global _loaded, _tried
+    if _tried:
+        return _loaded
+    with _lock:
+        if not _tried:
+            built = native_build.load(SOURCE, FLAGS, what="native block checks")
+            _loaded = None if built is None else RecordsLib(*built)
+            _tried = True
+        return _loaded
+
+
+__all__ = ["RecordsLib", "records_lib"]
