@@ -19,8 +19,10 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -100,4 +102,34 @@ def load(source: Path, flags: Sequence[str], libs: Sequence[str] = (), what: str
         return None
 
 
-__all__ = ["DISABLE_ENV", "build", "cache_dir", "compiler", "cpu_flags", "load"]
+T = TypeVar("T")
+
+
+class LoadOnce(Generic[T]):
+    """A library built, loaded and bound on the first ``get()`` of any thread, then kept
+    (``None`` where it is unavailable: that answer is kept too).
+
+    Args:
+        bind: wraps the loaded library and its path (ctypes signatures).
+    """
+
+    def __init__(self, source: Path, flags: Sequence[str], bind: Callable[[ctypes.CDLL, Path], T], libs: Sequence[str] = (), what: str = "native code") -> None:
+        self._args = (source, list(flags), list(libs), what)
+        self._bind = bind
+        self._lock = threading.Lock()
+        self._tried = False
+        self._value: T | None = None
+
+    def get(self) -> T | None:
+        if self._tried:
+            return self._value
+        with self._lock:
+            if not self._tried:
+                source, flags, libs, what = self._args
+                built = load(source, flags, libs, what=what)
+                self._value = None if built is None else self._bind(*built)
+                self._tried = True
+            return self._value
+
+
+__all__ = ["DISABLE_ENV", "LoadOnce", "build", "cache_dir", "compiler", "cpu_flags", "load"]

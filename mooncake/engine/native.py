@@ -13,7 +13,6 @@ returns ``None`` and the engine uses torch ops (same results, slower on CPU)."""
 from __future__ import annotations
 
 import ctypes
-import threading
 from pathlib import Path
 
 import torch
@@ -24,10 +23,6 @@ SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 # gnu11, not c11: strict ISO mode turns off FMA contraction (half the kernel speed).
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11", "-fno-math-errno"]
 LIBS = ["-lm"]
-
-_lock = threading.Lock()
-_loaded: NativeKernels | None = None
-_tried = False
 
 
 class NativeKernels:
@@ -185,16 +180,12 @@ class NativeKernels:
             raise RuntimeError(f"paged_decode kernel failed (code {rc})")
 
 
+_LIB = native_build.LoadOnce(SOURCE, FLAGS, NativeKernels, LIBS, what="native kernels")
+
+
 def kernels() -> NativeKernels | None:
     """The compiled kernels, building them on first call; ``None`` where unavailable."""
-    global _loaded, _tried
-    with _lock:
-        if _tried:
-            return _loaded
-        _tried = True
-        built = native_build.load(SOURCE, FLAGS, LIBS, what="native kernels")
-        _loaded = None if built is None else NativeKernels(*built)
-        return _loaded
+    return _LIB.get()
 
 
 __all__ = ["NativeKernels", "kernels"]

@@ -12,17 +12,12 @@ results (``tests/store/test_records.py`` checks both).
 from __future__ import annotations
 
 import ctypes
-import threading
 from pathlib import Path
 
 from mooncake import native_build
 
 SOURCE = Path(__file__).with_name("csrc") / "block_records.c"
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=gnu11"]
-
-_lock = threading.Lock()
-_loaded: RecordsLib | None = None
-_tried = False
 
 
 class RecordsLib:
@@ -45,17 +40,12 @@ class RecordsLib:
         self.recv_records.restype = i64
 
 
+_LIB = native_build.LoadOnce(SOURCE, FLAGS, RecordsLib, what="native block checks")
+
+
 def records_lib() -> RecordsLib | None:
     """The compiled library, built on first call; ``None`` where unavailable."""
-    global _loaded, _tried
-    if _tried:
-        return _loaded
-    with _lock:
-        if not _tried:
-            built = native_build.load(SOURCE, FLAGS, what="native block checks")
-            _loaded = None if built is None else RecordsLib(*built)
-            _tried = True
-        return _loaded
+    return _LIB.get()
 
 
 __all__ = ["RecordsLib", "records_lib"]
