@@ -74,6 +74,8 @@ def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") 
 
 
 Admission = concurrent.futures.Future[tuple[concurrent.futures.Future[RequestOutput] | None, int]]
+Begun = tuple[list[BlockKey], Admission]
+"""The prompt's block keys and the admission call ``begin_lookup`` sent."""
 
 
 def fetches_remote(plugin: MooncakeWorker, placement: PlacementInfo) -> bool:
@@ -81,29 +83,34 @@ def fetches_remote(plugin: MooncakeWorker, placement: PlacementInfo) -> bool:
     return bool(placement.fetch_from and placement.fetch_from != plugin.worker.address)
 
 
-def begin_lookup(plugin: MooncakeWorker, spec: RequestSpec, start: str) -> Admission:
+def _keys(plugin: MooncakeWorker, spec: RequestSpec) -> list[BlockKey]:
+    return block_keys(spec.prompt_token_ids, plugin.block_size, plugin.root_key(spec.cache_salt))
+
+
+def begin_lookup(plugin: MooncakeWorker, spec: RequestSpec, start: str, keys: list[BlockKey] | None = None) -> Begun:
     """Send the engine the call that looks the prompt up and admits it, unless this
     worker's store holds the block after the cached prefix (then the lookup imports it
     and admits the request after). Returns at once; ``run_lookup`` finishes the job."""
-    keys = block_keys(spec.prompt_token_ids, plugin.block_size, plugin.root_key(spec.cache_salt))
+    keys = _keys(plugin, spec) if keys is None else keys
     kvs = plugin.kv_store
     stored = kvs.store.contains_many(keys) if kvs is not None else [False] * len(keys)
-    return plugin.engine.lookup_and_add(_admission(spec, start == "prefill"), stored)
+    return keys, plugin.engine.lookup_and_add(_admission(spec, start == "prefill"), stored)
 
 
-def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementInfo, start: str, begun: Admission | None = None) -> LookupResult:
+def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementInfo, start: str, begun: Begun | None = None) -> LookupResult:
     """The lookup itself (in a task, or in the plugin's lookup thread at placement, then
-    ``begun`` is the admission ``begin_lookup`` already sent)."""
+    ``begun`` is what ``begin_lookup`` already sent)."""
     t0 = time.perf_counter()
     prefill_only = start == "prefill"
     bs = plugin.block_size
-    keys = block_keys(spec.prompt_token_ids, bs, plugin.root_key(spec.cache_salt))
     kvs = plugin.kv_store
     done: concurrent.futures.Future[RequestOutput] | None = None
     if fetches_remote(plugin, placement):
+        keys = _keys(plugin, spec)
         cached = plugin.engine.call("match_prefix", spec.prompt_token_ids, spec.cache_salt).result()
     else:
-        done, cached = (begun or begin_lookup(plugin, spec, start)).result()
+        keys, admission = begun or begin_lookup(plugin, spec, start)
+        done, cached = admission.result()
     result = LookupResult(spec, placement, cached_tokens=cached)
     have = cached // bs
     plugin.hit_blocks["device"] += have
