@@ -56,7 +56,8 @@ class EngineClient:
         self.config = config
         self.emit = emit
         self.info: dict[str, Any] = {}
-        self.load: dict[str, Any] = {"running": 0, "waiting": 0, "free_blocks": 0, "num_blocks": 0, "cached_blocks": 0, "busy_seconds": 0.0}
+        self.load: dict[str, Any] = {}
+        """The engine's latest load (``EngineLoop.load``), first sent with ``ready``."""
         self.block_events: collections.deque[tuple[str, bytes]] = collections.deque()
         self.token_times: dict[str, list[float]] = {}
         """Request id -> wall time of each token the engine produced (set at its end)."""

@@ -287,7 +287,6 @@ class MooncakeWorker(WorkerPlugin):
         return stored, removed
 
     def report(self) -> dict[str, Any]:
-        load = self.engine.load
         stored, removed = self._presence()
         rep: dict[str, Any] = {
             "stored": stored,
@@ -300,12 +299,7 @@ class MooncakeWorker(WorkerPlugin):
             "transfer_log": self._drain(self.transfer_log),
             "load": {
                 "tiers": self._tier_blocks(),
-                "running": load["running"],
-                "waiting": load["waiting"],
-                "free_blocks": load["free_blocks"],
-                "num_blocks": load["num_blocks"],
-                "cached_blocks": load["cached_blocks"],
-                "busy_seconds": load["busy_seconds"],
+                **self.engine.load,  # running, waiting, free/num/cached blocks, busy_seconds
                 "host_bytes": self.kv_store.store.used_bytes("host") if self.kv_store is not None else 0,
             },
         }
