@@ -28,7 +28,12 @@ class TransferConfig:
     listen_port: int = 0
     """Block server port; 0 picks a free one."""
     batch_blocks: int = 8
-    """Blocks per request frame; all frames of a fetch are sent up front (pipelined)."""
+    """Blocks in a fetch's first request frame, and the fewest in any later one."""
+    batch_bytes: int = 4 * 1024**2
+    """Bytes a later request frame asks for, at the record size the first response showed
+    (``0``: every frame asks for ``batch_blocks``). One response per ~4 MiB keeps the
+    per-response costs small for 32 KiB blocks without holding 100 MiB responses for 5
+    MiB ones (docs/benchmarks.md)."""
     connect_timeout_s: float = 5.0
     """Giving up on connecting to a peer after this long (then the retry path runs)."""
     io_timeout_s: float = 30.0
@@ -51,6 +56,7 @@ class TransferConfig:
         _check(self.backend in BACKENDS, "backend", f"must be one of {BACKENDS}, got {self.backend!r}")
         _check(0 <= self.listen_port < 65536, "listen_port", f"must be in [0, 65535], got {self.listen_port}")
         _check(self.batch_blocks > 0, "batch_blocks", f"must be positive, got {self.batch_blocks}")
+        _check(self.batch_bytes >= 0, "batch_bytes", f"must be >= 0, got {self.batch_bytes}")
         _check(self.connect_timeout_s > 0, "connect_timeout_s", f"must be positive, got {self.connect_timeout_s}")
         _check(self.io_timeout_s > 0, "io_timeout_s", f"must be positive, got {self.io_timeout_s}")
         _check(self.socket_buffer_bytes is None or self.socket_buffer_bytes > 0, "socket_buffer_bytes",

@@ -4,9 +4,13 @@ Measured on this machine (docs/benchmarks.md): plain ``sendall``/``recv_into``
 moves 2.4 GB/s over loopback, Dask's worker-to-worker comm 1.3-1.6 GB/s; the block
 protocol is a thin framing over the former.
 
-A fetch is batched and pipelined: all request frames (``batch_blocks`` keys each) go
-out at once, the server streams the responses back to back, and each response's
-records are received straight into a pooled buffer, each checked as soon as it has
+A fetch is batched and pipelined. The first request frame asks for ``batch_blocks``
+keys; once its response's table shows how large the records are, later frames ask for
+about ``batch_bytes`` each, and up to ``FRAMES_AHEAD`` of them are kept in flight (each
+sent as the table of an earlier one arrives), so the server streams responses back to
+back without ever waiting for a request, and a fetch of a very long prefix never has
+megabytes of requests outstanding (a client blocked sending requests while the server
+is blocked sending responses would deadlock). Each response's records are received straight into a pooled buffer, each checked as soon as it has
 arrived while it is in cache (``protocol.recv_records``: one compiled call per response,
 without the GIL); the objects of a response are then built together
 (``protocol.check_response``). The check runs on the receiving thread: the kernel keeps
@@ -19,6 +23,7 @@ from __future__ import annotations
 import itertools
 import socket
 import threading
+from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +33,46 @@ from mooncake.transfer import protocol as proto
 from mooncake.transfer.base import BufferPool, PathResult, Peer, TransferError
 from mooncake.transfer.config import TransferConfig
 from mooncake.types import BlockKey
+
+FRAMES_AHEAD = 4
+"""Request frames a fetch keeps in flight: enough that the next one is always waiting at
+the server when it finishes a response."""
+
+
+class _Frames:
+    """The request frames of one fetch: which keys each asks for, sent a few at a time."""
+
+    def __init__(self, keys: Sequence[BlockKey], config: TransferConfig, rids: itertools.count[int]) -> None:
+        self.keys = keys
+        self.config = config
+        self.rids = rids
+        self.step = config.batch_blocks
+        self.sized = config.batch_bytes == 0  # nothing to learn: every frame is batch_blocks
+        self.pos = 0
+        self.sent: deque[tuple[int, int, int]] = deque()  # (request id, first key, count)
+
+    def top_up(self, sock: socket.socket) -> None:
+        """Send frames until ``FRAMES_AHEAD`` are in flight (one until the size is known)."""
+        ahead = FRAMES_AHEAD if self.sized else 1
+        out = []
+        while self.pos < len(self.keys) and len(self.sent) < ahead:
+            count = min(self.step, len(self.keys) - self.pos)
+            rid = next(self.rids) & 0xFFFFFFFF
+            out.append(proto.encode_request(rid, self.keys[self.pos : self.pos + count]))
+            self.sent.append((rid, self.pos, count))
+            self.pos += count
+        if out:
+            sock.sendall(b"".join(out))
+
+    def learn(self, table: np.ndarray) -> None:
+        """Size later frames from a response's record lengths (once some block was present)."""
+        if self.sized:
+            return
+        rlen = table["rlen"][table["status"] == proto.STATUS_OK]
+        if len(rlen):
+            per = max(1, int(rlen.mean()))
+            self.step = min(proto.MAX_KEYS, max(self.config.batch_blocks, self.config.batch_bytes // per))
+            self.sized = True
 
 
 class TcpBackend:
@@ -86,19 +131,20 @@ class TcpBackend:
         errors: list[str] = []
         sock = self._connect(addr)
         ok = False
-        step = self.config.batch_blocks
+        frames = _Frames(keys, self.config, self._rids)
         try:
-            starts = list(range(0, n, step))
-            rids = [next(self._rids) & 0xFFFFFFFF for _ in starts]
-            sock.sendall(b"".join(proto.encode_request(rid, keys[i : i + step]) for rid, i in zip(rids, starts)))
             head = bytearray(proto.RESP.size)
-            for rid, start in zip(rids, starts):
-                batch = keys[start : start + step]
+            frames.top_up(sock)
+            while frames.sent:
+                rid, start, count = frames.sent.popleft()
+                batch = keys[start : start + count]
                 proto.recv_exact(sock, head)
-                magic, got_rid, count, total = proto.RESP.unpack(head)
-                if magic != proto.RESP_MAGIC or got_rid != rid or count != len(batch):
+                magic, got_rid, got_count, total = proto.RESP.unpack(head)
+                if magic != proto.RESP_MAGIC or got_rid != rid or got_count != count:
                     raise TransferError("tcp: malformed response frame")
                 table = proto.parse_table(proto.recv_bytes(sock, count * proto.ENTRY.size), count, total)
+                frames.learn(table)
+                frames.top_up(sock)  # before this response's records: the server never waits
                 buf = self.pool.take(total)
                 buffers.append(buf)
                 present = table["status"] == proto.STATUS_OK

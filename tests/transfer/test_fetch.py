@@ -19,7 +19,8 @@ from mooncake.types import BlockKey
 from tests.store.kvfactories import make_chain, store_config
 from tests.transfer import procs
 
-CFG = TransferConfig(batch_blocks=3, io_timeout_s=5)
+# Frames of 3 keys each (batch_bytes=0), so that tests can say which frame a block is in.
+CFG = TransferConfig(batch_blocks=3, batch_bytes=0, io_timeout_s=5)
 
 
 def tcp_fetcher(cfg: TransferConfig = CFG) -> BlockFetcher:
@@ -38,7 +39,11 @@ class FlakyServer(BlockServer):
     corrupt: dict[BlockKey, int]
     cut_before: dict[BlockKey, int]
 
+    frames: list[int] | None = None
+
     def _wire_items(self, keys: list[BlockKey], records: list[Any]) -> list[Any]:
+        if self.frames is not None:
+            self.frames.append(len(keys))
         records = list(records)
         for i, key in enumerate(keys):
             if self.cut_before.get(key, 0) > 0:
@@ -196,6 +201,28 @@ def test_large_batch_of_small_blocks_one_corrupt_one_missing(host_dir: str) -> N
             for b, o in zip(blocks, res.objects):
                 if b.key not in (k[30], k[60]):
                     assert o is not None and o.numpy().tobytes() == b.data.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("batch_blocks", "batch_records", "frames"),
+    [(4, 10, [4, 10, 10, 10, 6]), (4, 0, [4] * 10), (12, 10, [12, 12, 12, 4]), (1, None, [1] * 40)],
+)
+def test_later_frames_ask_for_batch_bytes_at_the_record_size_the_first_showed(
+    host_dir: str, batch_blocks: int, batch_records: int | None, frames: list[int]
+) -> None:
+    """The first frame asks for batch_blocks keys; later ones for batch_bytes at the first
+    response's record size, never fewer than batch_blocks (batch_bytes=0: all batch_blocks;
+    frames of one key each, 40 of them, with only a few in flight, still all arrive)."""
+    blocks = make_chain(40, PAGED)
+    with BlockStore(store_config(host_dir, host_blocks=64, spec=PAGED)) as store, FlakyServer(store, CFG) as server:
+        store.put_many(blocks)
+        rlen = len(store.get_raw_many([blocks[0].key]).records[0])
+        server.corrupt, server.cut_before, server.frames = {}, {}, []
+        batch_bytes = 0 if not batch_records else batch_records * rlen + rlen // 2
+        cfg = TransferConfig(batch_blocks=batch_blocks, batch_bytes=batch_bytes, io_timeout_s=5)
+        with tcp_fetcher(cfg) as f, f.fetch(keys_of(blocks), Peer("x", tcp=server.address)) as res:
+            assert [o.numpy().tobytes() for o in res.objects if o] == [b.data.tobytes() for b in blocks]
+        assert server.frames == frames
 
 
 def test_one_response_with_blocks_of_different_shapes(host_dir: str) -> None:

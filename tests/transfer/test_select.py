@@ -56,7 +56,7 @@ def test_explicit_rdma_without_device_is_a_config_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"backend": "ucx"}, "backend"), ({"listen_port": 70000}, "listen_port"), ({"batch_blocks": 0}, "batch_blocks"),
+    [({"backend": "ucx"}, "backend"), ({"listen_port": 70000}, "listen_port"), ({"batch_blocks": 0}, "batch_blocks"), ({"batch_bytes": -1}, "batch_bytes"),
      ({"io_timeout_s": 0}, "io_timeout_s"), ({"socket_buffer_bytes": 0}, "socket_buffer_bytes"), ({"pool_bytes": -1}, "pool_bytes")],
 )
 def test_transfer_config_names_bad_field(kwargs: dict[str, object], field: str) -> None:
