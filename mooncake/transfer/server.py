@@ -92,6 +92,9 @@ class BlockServer:
             except OSError:
                 return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # A peer that stops reading for io_timeout_s loses its connection; an idle one
+            # (between fetches) keeps it: no receive timeout.
+            proto.set_io_timeout(conn, self.config.io_timeout_s, receive=False)
             if self.config.socket_buffer_bytes:
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_buffer_bytes)
             with self._lock:

@@ -111,7 +111,7 @@ class TcpBackend:
             s = socket.create_connection(addr, timeout=self.config.connect_timeout_s)
         except OSError as e:
             raise TransferError(f"tcp: cannot connect to {addr}: {e}") from e
-        s.settimeout(self.config.io_timeout_s)
+        proto.set_io_timeout(s, self.config.io_timeout_s)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.config.socket_buffer_bytes:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.socket_buffer_bytes)

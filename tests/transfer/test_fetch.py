@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import socket
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -269,3 +271,60 @@ def test_corrupt_blocks_among_many_small_ones_in_one_response_are_misses(host_di
                 res.release()
         finally:
             server.close()
+
+
+class StallingServer:
+    """Answers each request with ``reply(rid, n)`` bytes, then sends nothing more while
+    keeping the connection open (a peer that hangs mid-transfer)."""
+
+    def __init__(self, reply: Any) -> None:
+        self.reply = reply
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = self.sock.getsockname()[:2]
+        self.stop = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            _, rid, n, _ = proto.REQ.unpack(proto.recv_bytes(conn, proto.REQ.size))
+            proto.recv_bytes(conn, n * proto.KEY_BYTES)
+            conn.sendall(self.reply(rid, n))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.mark.parametrize("where", ["before the response", "inside the records"])
+def test_a_peer_that_stalls_times_out_into_misses(where: str) -> None:
+    """A peer that stops sending (before its response, or halfway through the records) ends
+    each attempt after io_timeout_s without progress: the blocks are misses, the fetch
+    returns, and the error says it timed out."""
+    record = 4096
+
+    def reply(rid: int, n: int) -> bytes:
+        if where == "before the response":
+            return b""
+        table = b"".join(proto.ENTRY.pack(proto.STATUS_OK, record) for _ in range(n))
+        return proto.RESP.pack(proto.RESP_MAGIC, rid, n, n * record) + table + bytes(record // 2)
+
+    server = StallingServer(reply)
+    keys = [BlockKey(bytes([i]) * 16) for i in range(3)]
+    try:
+        with tcp_fetcher(TransferConfig(io_timeout_s=0.3)) as f:
+            t0 = time.monotonic()
+            res = f.fetch(keys, Peer("elsewhere", tcp=server.address))  # type: ignore[arg-type]
+            elapsed = time.monotonic() - t0
+        assert res.missing == keys and res.retried == 3
+        assert len(res.errors) == 2 and all("timed out" in e for e in res.errors), res.errors
+        assert 0.5 < elapsed < 5
+    finally:
+        server.close()

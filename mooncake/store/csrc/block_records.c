@@ -17,6 +17,7 @@
  *   5 checksum algorithm is not sum64: the caller computes it.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdint.h>
 #include <string.h>
@@ -136,15 +137,18 @@ int64_t mc_check_records(const uint8_t *buf, const uint64_t *rlen, int64_t n, co
 /* Receive n records (sum of rlen bytes) from socket fd into buf and check each one as
  * soon as it has fully arrived; a record longer than a chunk has its payload pages summed
  * as they arrive. Either way every byte is summed while still in cache; chunk bounds one
- * recv so that this holds. A non-blocking fd (a Python socket with a timeout) waits in
- * poll for up to timeout_ms per chunk. Returns the number of records not ok (>= 0), or
- * -1 peer closed, -2 timed out, -3 another error (errno in *err). */
+ * recv so that this holds. A blocking fd waits in recv (its SO_RCVTIMEO, if any, ends a
+ * stalled receive: EAGAIN is then a timeout); a non-blocking one (a Python socket with a
+ * timeout) waits in poll for up to timeout_ms per chunk. Returns the number of records
+ * not ok (>= 0), or -1 peer closed, -2 timed out, -3 another error (errno in *err). */
 int64_t mc_recv_records(int fd, uint8_t *buf, const uint64_t *rlen, int64_t n, const uint8_t *keys,
                         int32_t *hlen_out, uint64_t *sum_out, uint8_t *status_out, int64_t chunk,
                         int32_t timeout_ms, int32_t *err) {
     int64_t total = 0, got = 0, done = 0, rec_start = 0, bad = 0;
     int64_t pages_done = 0; /* of the record being received */
     uint64_t partial = 0;
+    int flags = fcntl(fd, F_GETFL);
+    int blocking = flags >= 0 && !(flags & O_NONBLOCK);
     for (int64_t i = 0; i < n; i++) total += (int64_t)rlen[i];
     *err = 0;
     while (done < n) {
@@ -184,6 +188,7 @@ int64_t mc_recv_records(int fd, uint8_t *buf, const uint64_t *rlen, int64_t n, c
         if (r == 0) return -1;
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (blocking) return -2; /* SO_RCVTIMEO elapsed without a byte */
             struct pollfd pfd = {fd, POLLIN, 0};
             int pr = poll(&pfd, 1, timeout_ms < 0 ? -1 : timeout_ms);
             if (pr == 0) return -2;
