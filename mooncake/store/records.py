@@ -273,7 +273,7 @@ def objects_from_records(buf: np.ndarray, rlens: Sequence[int], hlens: np.ndarra
         # one copy; objects are built in C-level loops.
         total = n * r0
         blob = buf[:total].reshape(n, r0)[:, :h0].tobytes()
-        headers = list(map(blob.__getitem__, map(slice, range(0, n * h0, h0), range(h0, n * h0 + 1, h0))))
+        headers = np.frombuffer(blob, f"V{h0}").tolist()  # one bytes object each, cut in C
         decoded = list(map(_HEADER_CACHE.get, headers))
         if all(decoded):  # (``None in`` would call BlockHeader.__eq__ per record)
             off = payload_offset(h0)

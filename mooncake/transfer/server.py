@@ -117,8 +117,9 @@ class BlockServer:
                 if flags & proto.FLAG_RDMA_HELLO:
                     rdma = self._rdma_hello(conn, rdma)
                     continue
-                raw = bytes(proto.recv_bytes(conn, n * proto.KEY_BYTES))
-                keys = cast(list[BlockKey], [raw[i : i + proto.KEY_BYTES] for i in range(0, len(raw), proto.KEY_BYTES)])
+                raw = proto.recv_bytes(conn, n * proto.KEY_BYTES)
+                # one bytes object per key, cut in C (a slice per key costs 4x as much)
+                keys = cast(list[BlockKey], np.frombuffer(raw, f"V{proto.KEY_BYTES}").tolist())
                 batch = self.source.get_raw_many(keys)
                 self._send_batch(conn, rid, keys, batch.records, rdma if flags & proto.FLAG_RDMA_READ else None)
                 del batch  # ends the read transactions
