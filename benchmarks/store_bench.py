@@ -1,6 +1,6 @@
 """Store and transfer throughput, each next to a baseline measured in the same run.
 
-    python benchmarks/store_bench.py [--reps 5] [--total-mib 128] [--sizes tiny,tiny-512,70b] [--dask]
+    python benchmarks/store_bench.py [--reps 5] [--total-mib 128] [--sizes tiny,tiny-512,70b] [--dask] [--variants]
 
 - host tier put / get vs numpy memcpy of the same blocks into preallocated memory
   (get = checked zero-copy view; get+copy = that view copied into a preallocated
@@ -11,7 +11,9 @@
   vs raw ``sendall`` -> ``recv_into`` of the same bytes between two processes (the
   baseline: one ``recv_into`` asks for everything still missing; a second row caps each
   ``recv_into`` at 64 KiB, as the block receiver does, which is faster on loopback);
-  with ``--dask``, also Dask's TCP comm moving the same bytes.
+  with ``--dask``, also Dask's TCP comm moving the same bytes; with ``--variants``, also
+  the fetch with every request frame at ``batch_blocks`` keys (``batch_bytes=0``) and
+  with Python timeout sockets instead of blocking ones.
 
 Block shapes: the engine's default tiny model (4 layers, 2 KV heads, head_dim 32,
 fp32) with the engine's 16-token blocks (32 KiB) and with the paper's 512-token blocks
@@ -198,7 +200,18 @@ def _dask_sender(nbytes: int, chunk: int, conn: Connection) -> None:
     asyncio.run(main())
 
 
-def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool) -> dict[str, tuple[float, float]]:
+class _TimeoutSocketTcp(TcpBackend):
+    """The TCP backend with a Python timeout socket (non-blocking underneath: every wait is
+    a failed ``recv``, a ``poll`` and a second ``recv``), as it was before blocking sockets."""
+
+    def _connect(self, addr: tuple[str, int]) -> socket.socket:
+        s = super()._connect(addr)
+        s.settimeout(self.config.io_timeout_s)
+        return s
+
+
+def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool,
+              variants: bool = False) -> dict[str, tuple[float, float]]:  # fmt: skip
     """Raw socket, block fetch (and Dask comm) from three server processes, interleaved."""
     import asyncio
 
@@ -241,12 +254,26 @@ def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool) -> dict[s
     fetcher.backends = [TcpBackend(cfg, fetcher.pool)]
     peer = Peer("bench-remote", tcp=store_addr)  # type: ignore[arg-type]
 
-    def fetch_run() -> None:
-        with fetcher.fetch(keys, peer) as res:  # type: ignore[arg-type]
-            assert res.num_fetched == n, res.errors
+    def fetch_with(f: BlockFetcher) -> Callable[[], None]:
+        def run() -> None:
+            with f.fetch(keys, peer) as res:  # type: ignore[arg-type]
+                assert res.num_fetched == n, res.errors
+
+        return run
 
     ops: dict[str, Op] = {"raw socket": (raw_run, None), "raw socket, 64 KiB recv": (raw_run_64k, None),
-                          "TCP fetch": (fetch_run, None)}  # fmt: skip
+                          "TCP fetch": (fetch_with(fetcher), None)}  # fmt: skip
+    others: list[BlockFetcher] = []
+    if variants:
+        # What two of the transfer layer's choices are worth, measured beside the default.
+        fixed_cfg = TransferConfig(batch_bytes=0)  # every frame batch_blocks (8) keys
+        fixed = BlockFetcher(fixed_cfg, backends=[])
+        fixed.backends = [TcpBackend(fixed_cfg, fixed.pool)]
+        timeout_sockets = BlockFetcher(cfg, backends=[])
+        timeout_sockets.backends = [_TimeoutSocketTcp(cfg, timeout_sockets.pool)]
+        others += [fixed, timeout_sockets]
+        ops["TCP fetch, 8-block frames"] = (fetch_with(fixed), None)
+        ops["TCP fetch, timeout sockets"] = (fetch_with(timeout_sockets), None)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)  # distributed binds its futures to the current loop
     if dask:
@@ -269,7 +296,8 @@ def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool) -> dict[s
             loop.run_until_complete(comm.close())
         loop.close()
         raw.close()
-        fetcher.close()
+        for f in (fetcher, *others):
+            f.close()
         for pipe in pipes:
             try:
                 pipe.send("stop")
@@ -283,6 +311,10 @@ def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool) -> dict[s
     # The same fetch against the stronger baseline (ratio per rep, as above).
     tuned = summarize({k: times[k] for k in ("raw socket, 64 KiB recv", "TCP fetch")}, total, "raw socket, 64 KiB recv")
     out["TCP fetch / 64 KiB-recv raw"] = tuned["TCP fetch"]
+    for name in ("TCP fetch, 8-block frames", "TCP fetch, timeout sockets"):
+        if name in times:
+            out[f"{name} / 64 KiB-recv raw"] = summarize({k: times[k] for k in ("raw socket, 64 KiB recv", name)},
+                                                         total, "raw socket, 64 KiB recv")[name]  # fmt: skip
     return out
 
 
@@ -293,6 +325,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="tiny,tiny-512,70b")
     ap.add_argument("--ssd-dir", default=None, help="directory on disk for the SSD tier (default: a temp dir)")
     ap.add_argument("--dask", action="store_true", help="also measure Dask's TCP comm")
+    ap.add_argument("--variants", action="store_true",
+                    help="also measure TCP fetch with fixed 8-block frames and with Python timeout sockets")  # fmt: skip
     args = ap.parse_args()
 
     results: dict[str, dict[str, tuple[float, float]]] = {}
@@ -309,7 +343,7 @@ def main() -> None:
         try:
             res = bench_tiers(shm, ssd, blocks, args.reps)
             del blocks
-            res.update(bench_tcp(name, n, args.reps, f"{shm}/peer", args.dask))
+            res.update(bench_tcp(name, n, args.reps, f"{shm}/peer", args.dask, args.variants))
         finally:
             shutil.rmtree(shm, ignore_errors=True)
             shutil.rmtree(ssd, ignore_errors=True)

@@ -174,8 +174,8 @@ def set_io_timeout(sock: socket.socket, seconds: float, receive: bool = True) ->
     """Make ``sock`` blocking, with ``seconds`` without progress ending a send (and a
     receive, if ``receive``) in ``EAGAIN``. A blocking socket waits inside ``recv`` and
     ``sendmsg``; a Python timeout socket is non-blocking underneath and pays a failed
-    ``recv`` and a ``poll`` for every wait, which measured 5-16% of the TCP fetch rate
-    (docs/benchmarks.md)."""
+    ``recv``, a ``poll`` and a second ``recv`` for every wait (``store_bench.py
+    --variants`` measures both; on loopback here the difference is within the noise)."""
     sock.settimeout(None)
     sec = int(seconds)
     tv = struct.pack("@ll", sec, int((seconds - sec) * 1e6))
