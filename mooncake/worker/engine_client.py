@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mooncake.outputs import RequestOutput
+from mooncake.types import BlockKey
 from mooncake.worker.channel import Channel, ChannelClosed
 from mooncake.worker.engine_loop import AddRequest, RequestAborted
 
@@ -121,7 +122,7 @@ class EngineClient:
         """Admit a request (blocks until the engine accepted it; its errors, e.g.
         ``ValueError`` for bad input, raise here). The future resolves to its final output
         or fails with ``RequestAborted``."""
-        done, call = self._send_add(req, None)
+        done, call = self._send_add(req, None, None)
         try:
             call.result()
         except BaseException:
@@ -129,12 +130,13 @@ class EngineClient:
             raise
         return done
 
-    def lookup_and_add(self, req: AddRequest, stored: Sequence[bool]) -> concurrent.futures.Future[tuple[concurrent.futures.Future[RequestOutput] | None, int]]:
+    def lookup_and_add(self, req: AddRequest, stored: Sequence[bool], keys: Sequence[BlockKey]) -> concurrent.futures.Future[tuple[concurrent.futures.Future[RequestOutput] | None, int]]:
         """Look the prompt up in the engine's prefix cache and admit it, in one call that
-        is sent before this returns. ``stored[i]``: the worker's store holds the prompt's
-        block ``i``. The future resolves to (the request's future, cached tokens), or to
-        (None, cached tokens) when the store holds the next block: import it, then ``add``."""
-        done, call = self._send_add(req, list(stored))
+        is sent before this returns. ``keys``: the prompt's block keys (the worker has
+        them already); ``stored[i]``: the worker's store holds block ``i``. The future
+        resolves to (the request's future, cached tokens), or to (None, cached tokens)
+        when the store holds the next block: import it, then ``add``."""
+        done, call = self._send_add(req, list(stored), list(keys))
         out: concurrent.futures.Future[tuple[concurrent.futures.Future[RequestOutput] | None, int]] = concurrent.futures.Future()
 
         def answered(f: concurrent.futures.Future[Any]) -> None:
@@ -153,11 +155,11 @@ class EngineClient:
         call.add_done_callback(answered)
         return out
 
-    def _send_add(self, req: AddRequest, stored: list[bool] | None) -> tuple[concurrent.futures.Future[RequestOutput], concurrent.futures.Future[Any]]:
+    def _send_add(self, req: AddRequest, stored: list[bool] | None, keys: list[BlockKey] | None) -> tuple[concurrent.futures.Future[RequestOutput], concurrent.futures.Future[Any]]:
         done: concurrent.futures.Future[RequestOutput] = concurrent.futures.Future()
         with self._lock:
             self._requests[req.request_id] = done
-        return done, self.call("add", req, stored)
+        return done, self.call("add", req, stored, keys)
 
     def _forget(self, request_id: str, done: concurrent.futures.Future[RequestOutput]) -> None:
         with self._lock:

@@ -105,13 +105,14 @@ class EngineLoop:
         }
 
     # -- commands (run between steps) -------------------------------------------------
-    def add(self, req: AddRequest, stored: Sequence[bool] | None = None) -> int | None:
+    def add(self, req: AddRequest, stored: Sequence[bool] | None = None, keys: Sequence[BlockKey] | None = None) -> int | None:
         """Admit a request and report it under ``req.watch``.
 
-        With ``stored`` (whether the worker's store holds each full block of the prompt),
-        look the prompt up first and return the cached tokens: when the store holds the
-        block right after the cached prefix, the request is not admitted (the worker
-        imports from the store first, then adds it); otherwise it is, in the same call.
+        With ``stored`` (whether the worker's store holds each full block of the prompt)
+        and ``keys`` (the prompt's block keys, as the worker computed them), look the
+        prompt up first and return the cached tokens: when the store holds the block
+        right after the cached prefix, the request is not admitted (the worker imports
+        from the store first, then adds it); otherwise it is, in the same call.
         """
         request_id, prompt_token_ids, cache_salt = req.request_id, req.prompt_token_ids, req.cache_salt
         if request_id in self._aborted:
@@ -119,7 +120,7 @@ class EngineLoop:
             raise RequestAborted(request_id)
         cached = None
         if stored is not None:
-            cached = self.match_prefix(prompt_token_ids, cache_salt)
+            cached = self.match_prefix(prompt_token_ids, cache_salt, keys)
             have = cached // self.engine.config.block_size
             if have < len(stored) and stored[have]:
                 return -1 - cached  # not admitted: the store extends the prefix
@@ -156,13 +157,16 @@ class EngineLoop:
             self._failed.append((request_id, "aborted"))
         return found or w is not None
 
-    def match_prefix(self, prompt_token_ids: list[int], cache_salt: str | None) -> int:
-        """Prompt tokens whose blocks this engine caches (leading full blocks)."""
+    def match_prefix(self, prompt_token_ids: list[int], cache_salt: str | None, keys: Sequence[BlockKey] | None = None) -> int:
+        """Prompt tokens whose blocks this engine caches (leading full blocks). ``keys``:
+        the prompt's block keys when the caller has them (a worker hashes the prompt once
+        for both processes); else they are computed here."""
         from mooncake.kvcache import block_keys
 
         e = self.engine
         bs = e.config.block_size
-        keys = block_keys(prompt_token_ids, bs, e.root_key(cache_salt))
+        if keys is None:
+            keys = block_keys(prompt_token_ids, bs, e.root_key(cache_salt))
         chunks = [prompt_token_ids[i * bs : (i + 1) * bs] for i in range(len(keys))]
         return len(e.pool.match_prefix(keys, chunks)) * bs
 

@@ -87,14 +87,14 @@ def _keys(plugin: MooncakeWorker, spec: RequestSpec) -> list[BlockKey]:
     return block_keys(spec.prompt_token_ids, plugin.block_size, plugin.root_key(spec.cache_salt))
 
 
-def begin_lookup(plugin: MooncakeWorker, spec: RequestSpec, start: str, keys: list[BlockKey] | None = None) -> Begun:
+def begin_lookup(plugin: MooncakeWorker, spec: RequestSpec, start: str) -> Begun:
     """Send the engine the call that looks the prompt up and admits it, unless this
     worker's store holds the block after the cached prefix (then the lookup imports it
     and admits the request after). Returns at once; ``run_lookup`` finishes the job."""
-    keys = _keys(plugin, spec) if keys is None else keys
+    keys = _keys(plugin, spec)
     kvs = plugin.kv_store
     stored = kvs.store.contains_many(keys) if kvs is not None else [False] * len(keys)
-    return keys, plugin.engine.lookup_and_add(_admission(spec, start == "prefill"), stored)
+    return keys, plugin.engine.lookup_and_add(_admission(spec, start == "prefill"), stored, keys)
 
 
 def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementInfo, start: str, begun: Begun | None = None) -> LookupResult:
@@ -107,7 +107,7 @@ def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementIn
     done: concurrent.futures.Future[RequestOutput] | None = None
     if fetches_remote(plugin, placement):
         keys = _keys(plugin, spec)
-        cached = plugin.engine.call("match_prefix", spec.prompt_token_ids, spec.cache_salt).result()
+        cached = plugin.engine.call("match_prefix", spec.prompt_token_ids, spec.cache_salt, keys).result()
     else:
         keys, admission = begun or begin_lookup(plugin, spec, start)
         done, cached = admission.result()
