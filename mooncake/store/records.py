@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -118,11 +118,12 @@ class StoredParts:
 
     header: bytes
     payload: Any
+    nbytes: int = field(init=False)
+    """Header + payload bytes (what a tier counts against its capacity); computed once,
+    a put reads it several times."""
 
-    @property
-    def nbytes(self) -> int:
-        """Header + payload bytes (what a tier counts against its capacity)."""
-        return len(self.header) + memoryview(self.payload).nbytes
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nbytes", len(self.header) + memoryview(self.payload).nbytes)
 
     def write(self, out: bytearray) -> memoryview:
         return pack_record(self.header, self.payload, out)
@@ -135,10 +136,11 @@ class NewBlock:
     block: KVBlock
     position: int | None
     algo: ChecksumName
+    nbytes: int = field(init=False)
+    """Header + payload bytes; computed once (a put reads it several times)."""
 
-    @property
-    def nbytes(self) -> int:
-        return header_length(self.block) + self.block.data.nbytes
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nbytes", header_length(self.block) + self.block.data.nbytes)
 
     def write(self, out: bytearray) -> memoryview:
         return encode_record(self.block, self.position, self.algo, out)
