@@ -65,10 +65,6 @@ def payload_offset(hlen: int) -> int:
     return (hlen + RECORD_ALIGN - 1) & -RECORD_ALIGN
 
 
-def record_size(hlen: int, plen: int) -> int:
-    return payload_offset(hlen) + plen
-
-
 def pack_record(header: bytes, payload: Any, out: bytearray | None = None) -> memoryview:
     """The record of ``header`` and ``payload``, written into ``out`` (grown as needed,
     reused by a writer so a put does not allocate and fault in fresh pages each time)."""
@@ -322,6 +318,5 @@ __all__ = [
     "objects_from_records",
     "pack_record",
     "payload_offset",
-    "record_size",
     "split_record",
 ]

@@ -128,6 +128,12 @@ class TierOwnedError(RuntimeError):
     """Another live store already owns this tier's writes."""
 
 
+def _format_version(txn: lmdb.Transaction, info: Any) -> int | None:
+    """The tier's format version from its ``info`` database, ``None`` if absent or unreadable."""
+    raw = txn.get(_FORMAT_KEY, db=info)
+    return _FORMAT.unpack(raw)[0] if raw is not None and len(raw) == _FORMAT.size else None
+
+
 class TierFormatError(RuntimeError):
     """The tier on disk has another format version than this code reads."""
 
@@ -171,8 +177,7 @@ class LmdbTier:
             except lmdb.NotFoundError:
                 raise TierFormatError(f"{self.cfg.path}: no tier format record (format 1, or not initialised)") from None
             with self.env.begin() as txn:
-                raw = txn.get(_FORMAT_KEY, db=info)
-            version = _FORMAT.unpack(raw)[0] if raw is not None and len(raw) == _FORMAT.size else None
+                version = _format_version(txn, info)
             if version != TIER_FORMAT:
                 raise TierFormatError(f"{self.cfg.path}: tier format {version}, this code reads {TIER_FORMAT}")
             self._blk = self.env.open_db(b"blk", create=False)
@@ -180,8 +185,7 @@ class LmdbTier:
             return
         info = self.env.open_db(b"info", create=True)
         with self.env.begin(write=True) as txn:
-            raw = txn.get(_FORMAT_KEY, db=info)
-            version = _FORMAT.unpack(raw)[0] if raw is not None and len(raw) == _FORMAT.size else None
+            version = _format_version(txn, info)
             if version != TIER_FORMAT:
                 # Another layout (format 1: header and payload as two records): the tier is
                 # a cache, so its blocks are dropped rather than converted.

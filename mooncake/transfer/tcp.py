@@ -10,12 +10,13 @@ about ``batch_bytes`` each, and up to ``FRAMES_AHEAD`` of them are kept in fligh
 sent as the table of an earlier one arrives), so the server streams responses back to
 back without ever waiting for a request, and a fetch of a very long prefix never has
 megabytes of requests outstanding (a client blocked sending requests while the server
-is blocked sending responses would deadlock). Each response's records are received straight into a pooled buffer, each checked as soon as it has
-arrived while it is in cache (``protocol.recv_records``: one compiled call per response,
-without the GIL); the objects of a response are then built together
-(``protocol.check_response``). The check runs on the receiving thread: the kernel keeps
-filling the socket buffer meanwhile, and a second thread only added GIL handoffs (and a
-pass over bytes no longer in cache) on the 2-core machine measured.
+is blocked sending responses would deadlock). Each response's records are received
+straight into a pooled buffer, each checked as soon as it has arrived while it is in
+cache (``protocol.recv_records``: one compiled call per response, without the GIL); the
+objects of a response are then built together (``protocol.check_response``). The check
+runs on the receiving thread: the kernel keeps filling the socket buffer meanwhile, and a
+second thread only added GIL handoffs (and a pass over bytes no longer in cache) on the
+2-core machine measured.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Entry point of a worker's engine process: ``python -m mooncake.worker.engine_process FD``.
+"""Entry point of a worker's engine process: ``python -m mooncake.worker.engine_process FD PARENT_PID``.
 
 The worker starts it (``EngineClient``) with one end of a socket pair as ``FD``, sends
-``("init", EngineConfig, options)``, and gets ``("ready", info)`` once the model is
-loaded, or ``("error", traceback)``. Then ``EngineLoop`` serves until the worker says
+``("init", EngineConfig, options)``, and gets ``("ready", info, load)`` once the model is
+loaded, or ``("error", exception, traceback)``. Then ``EngineLoop`` serves until the worker says
 stop or its end of the socket closes. The process also dies with its parent (Linux
 ``PR_SET_PDEATHSIG``), so a killed worker never leaves an engine holding memory.
 """
