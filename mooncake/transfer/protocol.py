@@ -175,7 +175,7 @@ def set_io_timeout(sock: socket.socket, seconds: float, receive: bool = True) ->
     receive, if ``receive``) in ``EAGAIN``. A blocking socket waits inside ``recv`` and
     ``sendmsg``; a Python timeout socket is non-blocking underneath and pays a failed
     ``recv``, a ``poll`` and a second ``recv`` for every wait (``store_bench.py
-    --variants`` measures both; on loopback here the difference is within the noise)."""
+    --variants`` measures both; on loopback here neither is clearly faster)."""
     sock.settimeout(None)
     sec = int(seconds)
     tv = struct.pack("@ll", sec, int((seconds - sec) * 1e6))
