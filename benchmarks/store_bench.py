@@ -40,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mooncake.auth import new_secret
 from mooncake.kvcache.block import KVBlock, KVBlockSpec
 from mooncake.store import BlockStore, StoreConfig, TierConfig
 from mooncake.store.block_object import encode
@@ -151,11 +152,11 @@ def bench_tiers(shm: str, ssd: str, blocks: list[KVBlock], reps: int) -> dict[st
     return summarize(times, total, "memcpy")
 
 
-def _serve_store(spec_name: str, n: int, shm: str, conn: Connection) -> None:
+def _serve_store(spec_name: str, n: int, shm: str, secret: bytes, conn: Connection) -> None:
     blocks = make_blocks(SPECS[spec_name], n)
     total = sum(b.data.nbytes for b in blocks)
     cfg = StoreConfig(host=TierConfig(path=shm, capacity_bytes=int(total * 1.1) + 1024**2), ssd=None)
-    with BlockStore(cfg) as store, BlockServer(store, TransferConfig()) as server:
+    with BlockStore(cfg) as store, BlockServer(store, TransferConfig(secret=secret)) as server:
         store.put_many(blocks)
         conn.send(server.address)
         conn.recv()
@@ -229,7 +230,8 @@ def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool,
         return parent.recv()
 
     raw_port = start(_raw_sender, total, spec.bytes_per_block)
-    store_addr = start(_serve_store, spec_name, n, shm)
+    secret = new_secret()  # the cluster secret both ends hold
+    store_addr = start(_serve_store, spec_name, n, shm, secret)
     raw = socket.create_connection(("127.0.0.1", raw_port))
     dst = np.empty(total, dtype=np.uint8)
     mv = memoryview(dst)
@@ -249,7 +251,7 @@ def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool,
             got += raw.recv_into(mv[got:], min(65536, total - got))
 
     keys = [b.key for b in make_blocks(spec, n)]
-    cfg = TransferConfig()  # the defaults a worker runs with
+    cfg = TransferConfig(secret=secret)  # the defaults a worker runs with
     fetcher = BlockFetcher(cfg, backends=[])
     fetcher.backends = [TcpBackend(cfg, fetcher.pool)]
     peer = Peer("bench-remote", tcp=store_addr)  # type: ignore[arg-type]
@@ -266,7 +268,7 @@ def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool,
     others: list[BlockFetcher] = []
     if variants:
         # What two of the transfer layer's choices are worth, measured beside the default.
-        fixed_cfg = TransferConfig(batch_bytes=0)  # every frame batch_blocks (8) keys
+        fixed_cfg = TransferConfig(batch_bytes=0, secret=secret)  # every frame batch_blocks (8) keys
         fixed = BlockFetcher(fixed_cfg, backends=[])
         fixed.backends = [TcpBackend(fixed_cfg, fixed.pool)]
         timeout_sockets = BlockFetcher(cfg, backends=[])

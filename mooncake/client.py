@@ -29,8 +29,10 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from distributed import Client, Future, LocalCluster, Nanny, as_completed
 from distributed.comm.addressing import get_address_host
 from distributed.protocol.serialize import to_serialize
+from distributed.security import Security
 
 from mooncake import batch_dask
+from mooncake.auth import new_secret
 from mooncake.batch import plan_batch
 from mooncake.batch_dask import Order
 from mooncake.conductor.config import ConductorConfig
@@ -41,6 +43,7 @@ from mooncake.graphs import KeyRef, get_builder
 from mooncake.kvcache import block_keys, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from mooncake.sampling_params import SamplingParams, params_per_prompt
+from mooncake.security import TLSFiles, check_address, client_security, embedded_security, uses_tls
 from mooncake.tokenizer import Tokenizer
 from mooncake.worker.config import WorkerConfig
 from mooncake.worker.messages import PlacementInfo, RequestSpec
@@ -162,8 +165,12 @@ class LLM:
         engine_config: engine settings for every worker (``model`` overrides its field).
         conductor_config: placement/admission policy and SLOs.
         threads_per_worker: Dask threads per worker process.
-        dashboard_address: where the embedded cluster serves the Dask dashboard.
+        dashboard_address: where the embedded cluster serves the Dask dashboard
+            (loopback only by default; ``":8787"`` exposes it on every interface).
         worker_config: each worker's KV store tiers and transfer settings.
+        tls: TLS files to join ``scheduler`` with (default: Dask's TLS config, if any).
+        insecure: allow a plain-TCP scheduler off the loopback; for the embedded
+            cluster, use plain TCP on the loopback instead of TLS with a temporary CA.
     """
 
     def __init__(
@@ -177,8 +184,10 @@ class LLM:
         engine_config: EngineConfig | None = None,
         conductor_config: ConductorConfig | None = None,
         threads_per_worker: int = 4,
-        dashboard_address: str | None = ":0",
+        dashboard_address: str | None = "127.0.0.1:0",
         worker_config: WorkerConfig | None = None,
+        tls: TLSFiles | None = None,
+        insecure: bool = False,
     ) -> None:
         self.build_graph = get_builder(mode)
         self.mode = mode
@@ -194,10 +203,13 @@ class LLM:
         self.engine_config, self.conductor_config = ec, cc
         self.cluster: LocalCluster | None = None
         if scheduler is None:
-            self.cluster = self._start_cluster(ec, prefill_workers, 0 if mode == "colocated" else decode_workers, mode, threads_per_worker, dashboard_address)
+            security = Security() if insecure else embedded_security()
+            self.cluster = self._start_cluster(ec, prefill_workers, 0 if mode == "colocated" else decode_workers, mode, threads_per_worker, dashboard_address, security)
             self.client = Client(self.cluster)
         else:
-            self.client = Client(scheduler)
+            security = client_security(tls)
+            check_address(scheduler, uses_tls(scheduler, security), insecure, "scheduler")
+            self.client = Client(scheduler, security=security)
         # The client's stream to the scheduler holds a message back until 10 ms after the
         # previous one (Dask's default): a request submitted right after another's futures
         # were released waited ~5 ms at p50 for its graph to leave. 1 ms still coalesces bursts.
@@ -224,7 +236,8 @@ class LLM:
         self.client.subscribe_topic(self._topic, self._on_event)
         # Deltas come straight from the engine processes to this port; the topic above
         # is their fallback (see mooncake.worker.token_stream).
-        self._stream_server = TokenStreamServer(self._on_msgs)
+        self._stream_key = new_secret()
+        self._stream_server = TokenStreamServer(self._on_msgs, self._stream_key)
         self.client.sync(self._stream_server.start, self._stream_host())
 
     @property
@@ -239,8 +252,10 @@ class LLM:
 
     # -- cluster -------------------------------------------------------------------
     @staticmethod
-    def _start_cluster(ec: EngineConfig, n_prefill: int, n_decode: int, mode: Mode, threads: int, dashboard: str | None) -> LocalCluster:
-        cluster = LocalCluster(n_workers=0, processes=True, threads_per_worker=threads, dashboard_address=dashboard, silence_logs=logging.WARNING)
+    def _start_cluster(ec: EngineConfig, n_prefill: int, n_decode: int, mode: Mode, threads: int, dashboard: str | None, security: Security) -> LocalCluster:
+        # Loopback only; TLS with a temporary CA unless insecure (mooncake.security).
+        cluster = LocalCluster(n_workers=0, processes=True, threads_per_worker=threads, host="127.0.0.1", dashboard_address=dashboard,
+                               security=security, silence_logs=logging.WARNING)  # fmt: skip
         roles = [("prefill-" if mode == "disaggregated" else "worker-") + str(i) for i in range(n_prefill)]
         roles += [f"decode-{i}" for i in range(n_decode)]
         gpus = _gpu_count() if ec.device.startswith("cuda") else 0
@@ -323,6 +338,7 @@ class LLM:
             cache_salt,
             stream_topic=self._topic if stream else None,
             stream_addr=self._stream_server.address if stream else None,
+            stream_key=self._stream_key if stream else None,
             arrival_time=time.time(),
             prompt=prompt if isinstance(prompt, str) else None,
         )

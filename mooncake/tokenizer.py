@@ -50,10 +50,20 @@ class Tokenizer:
             stop.add(eid)
         self.eos_token_ids: frozenset[int] = frozenset(int(i) for i in stop)
         self._template: jinja2.Template | None = None
+        self._max_token_chars: int | None = None
 
     @property
     def vocab_size(self) -> int:
         return int(self._tok.get_vocab_size(with_added_tokens=True))
+
+    @property
+    def max_token_chars(self) -> int:
+        """Characters of the longest vocabulary entry (added tokens included): no token
+        covers more of a text than its entry spells (a byte-level entry has one
+        character per byte), which bounds the tokens a text can become from below."""
+        if self._max_token_chars is None:
+            self._max_token_chars = max((len(t) for t in self._tok.get_vocab(with_added_tokens=True)), default=1)
+        return self._max_token_chars
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)

@@ -25,6 +25,7 @@ from mooncake.server.auth import APIKeyMiddleware
 from mooncake.server.backend import ServingBackend, build_backend
 from mooncake.server.config import ServerConfig
 from mooncake.server.metrics import ServerMetrics
+from mooncake.server.openapi import openapi_schema
 from mooncake.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from mooncake.server.serving import OpenAIServing
 
@@ -65,16 +66,42 @@ def _request_id(request: Request, body: CompletionRequest | ChatCompletionReques
     return body.request_id or request.headers.get("x-request-id") or f"{prefix}-{uuid.uuid4().hex}"
 
 
-def _parse(model: type[BaseModel], raw: bytes) -> BaseModel:
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as e:
-        raise errors.from_validation(e) from None
+PARSE_INLINE_BYTES = 256 * 1024
+"""Bodies up to this size are parsed on the event loop; larger ones on a worker thread."""
+
+
+async def _read_body(request: Request) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed the limit (from
+    ``Content-Length``, else while it streams in)."""
+    limit: int = request.app.state.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise errors.too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise errors.too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _parse(model: type[BaseModel], request: Request) -> BaseModel:
+    raw = await _read_body(request)
+
+    def parse() -> BaseModel:
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as e:
+            raise errors.from_validation(e) from None
+
+    return parse() if len(raw) <= PARSE_INLINE_BYTES else await anyio.to_thread.run_sync(parse)
 
 
 async def completions(request: Request) -> Response:
     serving = _serving(request)
-    body = _parse(CompletionRequest, await request.body())
+    body = await _parse(CompletionRequest, request)
     assert isinstance(body, CompletionRequest)
     rid = _request_id(request, body, "cmpl")
     response = await serving.completions(body, rid, request)
@@ -84,7 +111,7 @@ async def completions(request: Request) -> Response:
 
 async def chat_completions(request: Request) -> Response:
     serving = _serving(request)
-    body = _parse(ChatCompletionRequest, await request.body())
+    body = await _parse(ChatCompletionRequest, request)
     assert isinstance(body, ChatCompletionRequest)
     rid = _request_id(request, body, "chatcmpl")
     response = await serving.chat(body, rid, request)
@@ -104,6 +131,10 @@ async def models(request: Request) -> Response:
 async def health(request: Request) -> Response:
     ready = getattr(request.app.state, "serving", None) is not None
     return Response(status_code=200 if ready else 503)
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_schema())
 
 
 async def metrics(request: Request) -> Response:
@@ -128,7 +159,8 @@ def create_app(config: ServerConfig | None = None, backend: ServingBackend | Non
         owned = backend is None
         llm = await anyio.to_thread.run_sync(build_backend, config) if backend is None else backend
         try:
-            app.state.serving = OpenAIServing(llm, ServerMetrics(llm.model_name), config.served_model_names)
+            app.state.serving = OpenAIServing(llm, ServerMetrics(llm.model_name), config.served_model_names,
+                                              config.max_prompts_per_request, config.max_prompt_chars)  # fmt: skip
             link = getattr(llm, "dashboard_link", None)
             page = getattr(llm, "mooncake_dashboard_link", None)
             log.info("serving %s (max_model_len %d)%s", llm.model_name, llm.max_model_len, f"; dashboard {link}" if link else "")
@@ -146,6 +178,7 @@ def create_app(config: ServerConfig | None = None, backend: ServingBackend | Non
         Route("/v1/models", _guarded(models), methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", _guarded(metrics), methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
     middleware = [Middleware(APIKeyMiddleware, api_key=config.api_key)] if config.api_key else []
 
@@ -155,12 +188,14 @@ def create_app(config: ServerConfig | None = None, backend: ServingBackend | Non
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
         return errors.APIError(405, f"method {request.method} not allowed on {request.url.path}", "invalid_request_error").response()
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: method_not_allowed},
     )
+    app.state.max_body_bytes = config.max_body_bytes
+    return app
 
 
 __all__ = ["create_app"]

@@ -12,7 +12,8 @@ from typing import Protocol
 
 from mooncake.outputs import RequestOutput
 from mooncake.sampling_params import SamplingParams
-from mooncake.server.config import ServerConfig
+from mooncake.conductor.config import ConductorConfig
+from mooncake.server.config import DEFAULT_TTFT_SLO_S, ServerConfig
 from mooncake.tokenizer import Tokenizer
 
 
@@ -54,18 +55,8 @@ def build_backend(config: ServerConfig) -> ServingBackend:
     from dataclasses import replace
 
     from mooncake.client import LLM
+    from mooncake.security import TLSFiles
 
-    conductor = None
-    if config.admission or config.ttft_slo_s or config.tbt_slo_s:
-        from mooncake.conductor.config import ConductorConfig
-
-        slos: dict[str, float] = {}
-        if config.ttft_slo_s is not None:
-            slos["ttft_slo_s"] = config.ttft_slo_s
-        if config.tbt_slo_s is not None:
-            slos["tbt_slo_s"] = config.tbt_slo_s
-        admission = config.admission or ("predictive" if slos else "none")
-        conductor = ConductorConfig(admission=admission, **slos)  # type: ignore[arg-type]
     return LLM(
         model=config.model,
         prefill_workers=config.prefill_workers,
@@ -73,8 +64,24 @@ def build_backend(config: ServerConfig) -> ServingBackend:
         scheduler=config.scheduler,
         mode=config.mode,
         engine_config=replace(config.engine, model=config.model),
-        conductor_config=conductor,
+        conductor_config=conductor_config(config),
+        dashboard_address=config.dashboard_address,
+        tls=TLSFiles(config.tls_ca_file, config.tls_cert, config.tls_key),
+        insecure=config.insecure,
     )
 
 
-__all__ = ["ServingBackend", "build_backend"]
+def conductor_config(config: ServerConfig) -> ConductorConfig:
+    """The Conductor's admission and SLOs for ``config``: admission is on by default
+    (``ttft`` against ``DEFAULT_TTFT_SLO_S``); ``predictive`` when an SLO is given."""
+    slos: dict[str, float] = {}
+    if config.ttft_slo_s is not None:
+        slos["ttft_slo_s"] = config.ttft_slo_s
+    if config.tbt_slo_s is not None:
+        slos["tbt_slo_s"] = config.tbt_slo_s
+    admission = config.admission or ("predictive" if slos else "ttft")
+    slos.setdefault("ttft_slo_s", DEFAULT_TTFT_SLO_S)
+    return ConductorConfig(admission=admission, **slos)  # type: ignore[arg-type]
+
+
+__all__ = ["ServingBackend", "build_backend", "conductor_config"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from mooncake.server.config import ServerConfig
+from mooncake.server.config import ADMISSIONS, DEFAULT_TTFT_SLO_S, ServerConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,15 +22,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     cluster.add_argument("--decode-workers", type=int, default=1, help="decode workers of the embedded cluster")
     cluster.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (instead of an embedded cluster)")
     cluster.add_argument("--mode", choices=["disaggregated", "colocated"], default="disaggregated", help="request graph")
+    cluster.add_argument("--dashboard-address", default="127.0.0.1:0", metavar="HOST:PORT",
+                         help="Dask dashboard of the embedded cluster (default: loopback, a free port; ':8787' exposes it; 'none': off)")
+    sec = p.add_argument_group("cluster security (docs/security.md)")
+    sec.add_argument("--tls-ca-file", default=None, help="CA certificate to join --scheduler over TLS (default: Dask's distributed.comm.tls config)")
+    sec.add_argument("--tls-cert", default=None, help="this client's certificate for --scheduler")
+    sec.add_argument("--tls-key", default=None, help="this client's private key (if not inside --tls-cert)")
+    sec.add_argument("--insecure", action="store_true",
+                     help="allow a plain-TCP --scheduler off the loopback; embedded cluster: plain TCP on loopback instead of TLS")
     http = p.add_argument_group("http")
     http.add_argument("--host", default="127.0.0.1")
     http.add_argument("--port", type=int, default=8000)
     http.add_argument("--api-key", default=os.environ.get("MOONCAKE_API_KEY"), help="require 'Authorization: Bearer KEY' (default: $MOONCAKE_API_KEY)")
     http.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    http.add_argument("--max-body-bytes", type=int, default=8 * 1024**2, help="largest request body (413 beyond)")
+    http.add_argument("--max-prompts-per-request", type=int, default=32, help="most prompts in one /v1/completions request")
+    http.add_argument("--max-prompt-chars", type=int, default=None,
+                      help="longest text prompt before tokenization (default: max_model_len x the longest vocabulary entry)")
     slo = p.add_argument_group("admission")
-    slo.add_argument("--ttft-slo", type=float, default=None, metavar="S", help="TTFT SLO in seconds")
+    slo.add_argument("--ttft-slo", type=float, default=None, metavar="S", help=f"TTFT SLO in seconds (default {DEFAULT_TTFT_SLO_S:g})")
     slo.add_argument("--tbt-slo", type=float, default=None, metavar="S", help="time-between-tokens SLO in seconds")
-    slo.add_argument("--admission", choices=["none", "early", "predictive"], default=None, help="admission policy (default: predictive with an SLO, else none)")
+    slo.add_argument("--admission", choices=list(ADMISSIONS), default=None,
+                     help="admission policy (default: predictive with an SLO given, else ttft against the default TTFT SLO; none: admit all)")
     eng = p.add_argument_group("engine")
     eng.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     eng.add_argument("--device", default="cpu")
@@ -72,6 +85,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ttft_slo_s=args.ttft_slo,
         tbt_slo_s=args.tbt_slo,
         admission=args.admission,
+        dashboard_address=None if args.dashboard_address == "none" else args.dashboard_address,
+        tls_ca_file=args.tls_ca_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        insecure=args.insecure,
+        max_body_bytes=args.max_body_bytes,
+        max_prompts_per_request=args.max_prompts_per_request,
+        max_prompt_chars=args.max_prompt_chars,
         engine=engine,
         log_level=args.log_level,
     )

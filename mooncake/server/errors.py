@@ -89,6 +89,11 @@ def rejected(reason: str, retry_after: float) -> APIError:
     )
 
 
+def too_large(limit: int) -> APIError:
+    """413 for a body over the server's limit."""
+    return APIError(413, f"request body is larger than the limit of {limit} bytes", "invalid_request_error", None, "request_too_large")
+
+
 def internal() -> APIError:
     return APIError(500, "internal server error", "server_error")
 
@@ -101,4 +106,4 @@ def model_not_found(model: str) -> APIError:
     return APIError(404, f"model: the model {model!r} does not exist", "invalid_request_error", "model", "model_not_found")
 
 
-__all__ = ["APIError", "bad_request", "from_validation", "from_value_error", "internal", "model_not_found", "rejected", "unauthorized"]
+__all__ = ["APIError", "bad_request", "from_validation", "from_value_error", "internal", "model_not_found", "rejected", "too_large", "unauthorized"]

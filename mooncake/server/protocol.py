@@ -1,6 +1,7 @@
 """Request and response bodies of the OpenAI-compatible routes (pydantic models).
 
-Field names and defaults follow OpenAI's API; the extra sampling fields (``top_k``,
+Field names, defaults and types follow OpenAI's API (strictly: no string or boolean is
+coerced into a number); the extra sampling fields (``top_k``,
 ``min_tokens``, ``ignore_eos``, ``stop_token_ids``, ...) follow vLLM's, so clients
 written for either work unchanged. Unknown fields are ignored (as vLLM does); known
 fields with bad values fail validation with the field's name.
@@ -18,7 +19,9 @@ from mooncake.sampling_params import SamplingParams
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: types as OpenAI checks them ("seed": "42", "max_tokens": 1.0 or true,
+    # "temperature": true are errors, not coerced); an integer is still a number.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class StreamOptions(_Body):
@@ -39,7 +42,7 @@ class _SamplingFields(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**64)] | None = None
     presence_penalty: Annotated[float, Field(ge=0.0, le=0.0)] = 0.0
     """Not supported: only 0 is accepted."""
     frequency_penalty: Annotated[float, Field(ge=0.0, le=0.0)] = 0.0

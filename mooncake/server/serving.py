@@ -1,7 +1,10 @@
 """Completions and chat completions: validated request in, backend stream, OpenAI body out.
 
 Every request is turned into token ids here (so the context-length check and the chat
-template are the server's business) and handed to the backend's ``stream``. The first
+template are the server's business) and handed to the backend's ``stream``. A text is
+measured in characters before it is tokenized (a text too long to fit the context in any
+tokenization is refused without tokenizing it), and tokenizing runs on a worker thread,
+never on the event loop. The first
 output is awaited before any byte is sent, so that a bad prompt or an admission
 rejection is an HTTP status (400, 429 with ``Retry-After``) even for ``stream: true``.
 """
@@ -187,12 +190,20 @@ class OpenAIServing:
         served_model_names: names accepted in ``model`` (the first is echoed back).
     """
 
-    def __init__(self, backend: ServingBackend, metrics: ServerMetrics, served_model_names: tuple[str, ...]) -> None:
+    def __init__(self, backend: ServingBackend, metrics: ServerMetrics, served_model_names: tuple[str, ...],
+                 max_prompts_per_request: int = 32, max_prompt_chars: int | None = None) -> None:  # fmt: skip
         self.backend = backend
         self.metrics = metrics
         self.served_model_names = served_model_names or (backend.model_name,)
         self.tokenizer: Tokenizer | None = backend.tokenizer
         self.max_model_len = backend.max_model_len
+        self.max_prompts_per_request = max_prompts_per_request
+        if max_prompt_chars is None:
+            # Any text longer than this is more than max_model_len tokens; the factor 2
+            # covers normalizers that shorten a text (composing accents, stripping).
+            per_token = self.tokenizer.max_token_chars if self.tokenizer is not None else 1
+            max_prompt_chars = 2 * self.max_model_len * per_token
+        self.max_prompt_chars = max_prompt_chars
 
     # -- request preparation ---------------------------------------------------------
     def check_model(self, model: str | None) -> str:
@@ -205,10 +216,22 @@ class OpenAIServing:
             return f"token_id:{token_id}"
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
-    def _encode(self, text: str, add_special_tokens: bool, param: str) -> list[int]:
-        if self.tokenizer is None:
+    def _check_chars(self, n: int, param: str) -> None:
+        if n > self.max_prompt_chars:
+            raise errors.bad_request(
+                f"{param}: {n} characters is more than this model's maximum context length of {self.max_model_len} "
+                f"tokens can hold (at most {self.max_prompt_chars} characters are accepted)",
+                param,
+                "context_length_exceeded",
+            )
+
+    async def _encode(self, text: str, add_special_tokens: bool, param: str) -> list[int]:
+        """Token ids of ``text``: its length checked first, tokenized off the event loop."""
+        tokenizer = self.tokenizer
+        if tokenizer is None:
             raise errors.bad_request(f"{param}: this model has no tokenizer; send token ids", param)
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        self._check_chars(len(text), param)
+        return await anyio.to_thread.run_sync(lambda: tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     def _check_length(self, ids: list[int], params: SamplingParams, param: str) -> None:
         n, limit = len(ids), self.max_model_len
@@ -263,8 +286,11 @@ class OpenAIServing:
         params = _sampling(req.sampling_params)
         prompts: list[list[int]] = []
         echo_texts: list[str] = []
-        for p in req.prompts():
-            ids = self._encode(p, True, "prompt") if isinstance(p, str) else p
+        given = req.prompts()
+        if len(given) > self.max_prompts_per_request:
+            raise errors.bad_request(f"prompt: {len(given)} prompts in one request; at most {self.max_prompts_per_request} are accepted", "prompt")
+        for p in given:
+            ids = await self._encode(p, True, "prompt") if isinstance(p, str) else p
             self._check_length(ids, params, "prompt")
             prompts.append(ids)
             if req.echo:
@@ -351,13 +377,20 @@ class OpenAIServing:
     async def chat(self, req: ChatCompletionRequest, request_id: str, request: Request) -> Response:
         model = self.check_model(req.model)
         params = _sampling(req.sampling_params)
-        if self.tokenizer is None:
+        tokenizer = self.tokenizer
+        if tokenizer is None:
             raise errors.bad_request("messages: this model has no tokenizer, so no chat template", "messages")
+        messages = req.chat_messages()
+        self._check_chars(sum(len(m["content"]) for m in messages), "messages")
+
+        def render() -> str:
+            return tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt)
+
         try:
-            text = self.tokenizer.apply_chat_template(req.chat_messages(), add_generation_prompt=req.add_generation_prompt)
+            text = await anyio.to_thread.run_sync(render)
         except ValueError as e:
             raise errors.bad_request(f"messages: {e}", "messages") from None
-        ids = self._encode(text, False, "messages")
+        ids = await self._encode(text, False, "messages")
         self._check_length(ids, params, "messages")
         self.metrics.num_requests_running.inc()
         try:

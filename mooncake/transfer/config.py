@@ -6,9 +6,10 @@ the field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from mooncake.auth import check_secret, new_secret
 from mooncake.config import check_field as _check
 
 BackendName = Literal["auto", "tcp", "rdma"]
@@ -48,6 +49,11 @@ class TransferConfig:
     """RDMA device name; ``None`` takes the first one found."""
     rdma_gid_index: int = 0
     """GID table index used for RoCE addressing."""
+    secret: bytes = field(default_factory=new_secret, repr=False)
+    """The cluster's shared secret: a block server serves only peers that prove they hold
+    it (HMAC challenge-response on connect, ``mooncake.auth``; never sent in clear). A
+    fresh random one per config by default: the client creates the cluster's worker
+    config once and every worker receives that same one."""
     rdma_staging_bytes: int = 64 * 1024**2
     """Registered region per RDMA connection (server staging, client landing); a batch's
     blocks beyond it come back as misses and are retried over TCP."""
@@ -63,6 +69,7 @@ class TransferConfig:
                f"must be positive, got {self.socket_buffer_bytes}")  # fmt: skip
         _check(self.pool_bytes >= 0, "pool_bytes", f"must be >= 0, got {self.pool_bytes}")
         _check(self.rdma_staging_bytes > 0, "rdma_staging_bytes", f"must be positive, got {self.rdma_staging_bytes}")
+        check_secret(self.secret, "secret")
         _check(self.rdma_gid_index >= 0, "rdma_gid_index", f"must be >= 0, got {self.rdma_gid_index}")
 
     @classmethod

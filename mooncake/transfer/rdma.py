@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from mooncake import auth
 from mooncake.store.block_object import BlockObject
 from mooncake.store.records import check_records
 from mooncake.transfer import protocol as proto
@@ -182,6 +183,11 @@ class RdmaBackend:
             sock = socket.create_connection(addr, timeout=self.config.connect_timeout_s)
         except OSError as e:
             raise TransferError(f"rdma: cannot reach control port {addr}: {e}") from e
+        try:
+            auth.client_handshake(sock, self.config.secret, auth.PURPOSE_BLOCKS, self.config.connect_timeout_s)
+        except auth.AuthError as e:
+            sock.close()
+            raise TransferError(f"rdma: {addr} refused the cluster secret: {e}") from e
         sock.settimeout(self.config.io_timeout_s)
         ep = _Endpoint(self.config, self.config.rdma_staging_bytes, remote_read=False)
         sock.sendall(proto.REQ.pack(proto.REQ_MAGIC, 0, 0, proto.FLAG_RDMA_HELLO) + ep.info())

@@ -5,6 +5,10 @@ the store and handed to ``sendmsg`` straight from the LMDB map: the server never
 copies a payload in user space. It forwards the stored bytes unchecked (the receiver
 checks header and payload end to end), so a corrupt block costs the receiver a retry,
 never wrong data.
+
+A connection serves nothing before the peer proves it holds the cluster's secret
+(``TransferConfig.secret``, :mod:`mooncake.auth`): a process that can reach the port but
+is not part of the cluster gets no block, whatever key it names.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 
+from mooncake import auth
 from mooncake.store.store import RawBatch
 from mooncake.transfer import protocol as proto
 from mooncake.transfer.base import Peer, TransferError, local_host_id
@@ -56,6 +61,8 @@ class BlockServer:
         self._lock = threading.Lock()
         self._closed = False
         self.blocks_sent = 0
+        self.refused = 0
+        """Connections cut off because the peer did not prove the secret."""
         self.bytes_sent = 0
         self._thread = threading.Thread(target=self._accept_loop, name="mooncake-block-server", daemon=True)
         self._thread.start()
@@ -105,6 +112,12 @@ class BlockServer:
         head = bytearray(proto.REQ.size)
         rdma: RdmaServerSide | None = None
         try:
+            try:
+                auth.server_handshake(conn, self.config.secret, auth.PURPOSE_BLOCKS)
+            except auth.AuthError as e:
+                self.refused += 1
+                log.warning("block server: refused %s: %s", _peername(conn), e)
+                return
             while True:
                 try:
                     proto.recv_exact(conn, head)
@@ -183,6 +196,13 @@ class BlockServer:
         """Records as they go on the wire: a hook, called once per response, for
         fault-injection tests (corrupt a block, cut the stream)."""
         return records
+
+
+def _peername(conn: socket.socket) -> object:
+    try:
+        return conn.getpeername()
+    except OSError:
+        return "a peer"
 
 
 __all__ = ["BlockServer", "BlockSource"]

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mooncake import auth
 from mooncake.store.block_object import BlockObject
 from mooncake.transfer import protocol as proto
 from mooncake.transfer.base import BufferPool, PathResult, Peer, TransferError
@@ -112,6 +113,11 @@ class TcpBackend:
             s = socket.create_connection(addr, timeout=self.config.connect_timeout_s)
         except OSError as e:
             raise TransferError(f"tcp: cannot connect to {addr}: {e}") from e
+        try:
+            auth.client_handshake(s, self.config.secret, auth.PURPOSE_BLOCKS, self.config.connect_timeout_s)
+        except auth.AuthError as e:
+            s.close()
+            raise TransferError(f"tcp: {addr} refused the cluster secret: {e}") from e
         proto.set_io_timeout(s, self.config.io_timeout_s)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.config.socket_buffer_bytes:

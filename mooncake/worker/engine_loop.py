@@ -45,6 +45,8 @@ class Watch:
     """Dask event topic of the request's deltas (through the worker), or None."""
     stream_addr: tuple[str, int] | None = None
     """The client's token stream address: deltas go there directly while it answers."""
+    stream_key: bytes | None = None
+    """The key that stream authenticates with (no key: no direct stream)."""
     sent_tokens: int = 0
     sent_text: int = 0
     prefill_only: bool = False
@@ -261,7 +263,7 @@ class EngineLoop:
 
     def _publish(self, outputs: list[RequestOutput]) -> None:
         by_topic: dict[str, list[dict[str, Any]]] = {}
-        direct: dict[tuple[str, int], list[tuple[Watch, dict[str, Any]]]] = {}
+        direct: dict[tuple[tuple[str, int], bytes], list[tuple[Watch, dict[str, Any]]]] = {}
         finished: list[tuple[str, RequestOutput, list[float]]] = []
         now = time.time()
         for out in outputs:
@@ -273,15 +275,15 @@ class EngineLoop:
             done = out.finished
             if done and w.prefill_only and out.finish_reason == "length" and (w.final_max_tokens is None or w.final_max_tokens > len(out.token_ids)):
                 done = False  # prefill's own limit, the request goes on at decode
-            if w.stream_addr is not None:
-                direct.setdefault(w.stream_addr, []).append((w, self._delta(out, w, done)))
+            if w.stream_addr is not None and w.stream_key is not None:
+                direct.setdefault((w.stream_addr, w.stream_key), []).append((w, self._delta(out, w, done)))
             elif w.topic is not None:
                 by_topic.setdefault(w.topic, []).append(self._delta(out, w, done))
             if out.finished:
                 del self._watches[out.request_id]
                 finished.append((out.request_id, out, w.token_times))
-        for addr, items in direct.items():
-            if not self._direct.send(addr, [m for _, m in items]):
+        for (addr, key), items in direct.items():
+            if not self._direct.send(addr, key, [m for _, m in items]):
                 # Through the worker from now on, for these requests (keeps their order).
                 for w, m in items:
                     w.stream_addr = None

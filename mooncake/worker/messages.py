@@ -20,6 +20,8 @@ class RequestSpec:
     """Dask event topic that token deltas are published on; None: no streaming."""
     stream_addr: tuple[str, int] | None = None
     """The client's direct token stream (``token_stream``); the topic is the fallback."""
+    stream_key: bytes | None = field(default=None, repr=False)
+    """The key the engine proves to that stream (travels over Dask's comms only)."""
     arrival_time: float = 0.0
     """Client wall-clock time (``time.time()``) when the request arrived."""
     prompt: str | None = None

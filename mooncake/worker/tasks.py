@@ -179,7 +179,7 @@ def _admission(
     params = spec.params
     if prefill_only:
         params = dataclasses.replace(params, max_tokens=1, min_tokens=min(params.min_tokens, 1))
-    watch = Watch(spec.stream_topic, spec.stream_addr, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
+    watch = Watch(spec.stream_topic, spec.stream_addr, spec.stream_key, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
     return AddRequest(
         spec.request_id,
         spec.prompt_token_ids,

@@ -4,7 +4,14 @@ The Dask path for a delta is engine process -> worker -> scheduler -> client: th
 processes and two batched streams between the token and the user. The client instead
 listens on a TCP port (``TokenStreamServer``, on the Dask client's event loop) and names
 it in each streamed request; the engine process sends the request's deltas there
-(``DirectStreams``), one length-prefixed pickle of a list of deltas per step.
+(``DirectStreams``), one length-prefixed frame per step: a msgpack list of
+:class:`TokenDelta` (msgspec), decoded against that type, so a frame is data, never code.
+
+The port is reachable by any local process (and, across hosts, by the network), so a
+connection carries nothing before the engine proves it holds the client's stream key
+(:mod:`mooncake.auth`, mutual HMAC challenge-response). The key is made by the client,
+travels to the workers inside each request's spec over Dask's (TLS) comms, and never
+crosses this socket.
 
 The Dask event topic stays the fallback: a delta that cannot be sent directly goes
 through the worker as before, and so does every later delta of that request, so the
@@ -16,12 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pickle
 import socket
 import struct
 import time
 from collections.abc import Callable
 from typing import Any
+
+import msgspec
+
+from mooncake import auth
 
 logger = logging.getLogger(__name__)
 
@@ -33,34 +43,64 @@ RETRY_AFTER_S = 5.0
 SEND_TIMEOUT_S = 1.0
 """A client that does not take a delta within this time is given up (the engine must
 never stall on a slow reader)."""
+MAX_FRAME_BYTES = 64 * 1024**2
+"""A frame announcing more is a broken or hostile peer: the connection is dropped."""
+
+
+class TokenDelta(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+    """What one engine step adds to one request (the dict ``EngineLoop._delta`` builds)."""
+
+    rid: str
+    tokens: list[int]
+    text: str
+    finished: bool
+    cached: int = 0
+    prompt_len: int = 0
+    logprobs: list[list[tuple[int, float]]] | None = None
+    """Per new token: (token id, logprob) pairs."""
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    final_text: str | None = None
+
+    def to_msg(self) -> dict[str, Any]:
+        """The dict form the client's consumers read (absent fields left out)."""
+        return {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not None}
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(list[TokenDelta])
 
 
 class DirectStreams:
     """(Engine process.) One connection per client address, opened on first use."""
 
     def __init__(self) -> None:
-        self._socks: dict[Address, socket.socket] = {}
-        self._down: dict[Address, float] = {}
+        self._socks: dict[tuple[Address, bytes], socket.socket] = {}
+        self._down: dict[tuple[Address, bytes], float] = {}
 
-    def send(self, addr: Address, msgs: list[dict[str, Any]]) -> bool:
-        """Send ``msgs`` to ``addr``; False when it could not (use the fallback)."""
-        sock = self._socks.get(addr)
+    def send(self, addr: Address, key: bytes, msgs: list[dict[str, Any]]) -> bool:
+        """Send ``msgs`` to ``addr``, authenticated with the client's ``key``; False when
+        it could not (use the fallback)."""
+        at = (addr, key)
+        sock = self._socks.get(at)
         try:
             if sock is None:
-                if time.monotonic() - self._down.get(addr, -RETRY_AFTER_S) < RETRY_AFTER_S:
+                if time.monotonic() - self._down.get(at, -RETRY_AFTER_S) < RETRY_AFTER_S:
                     return False
                 sock = socket.create_connection(addr, timeout=SEND_TIMEOUT_S)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._socks[addr] = sock
-            data = pickle.dumps(msgs, protocol=5)
+                auth.client_handshake(sock, key, auth.PURPOSE_TOKENS, SEND_TIMEOUT_S)
+                sock.settimeout(SEND_TIMEOUT_S)
+                self._socks[at] = sock
+            data = _encoder.encode(msgs)
             sock.sendall(_LEN.pack(len(data)) + data)
             return True
-        except OSError as e:
+        except (OSError, TypeError) as e:  # AuthError is an OSError
             logger.info("token stream to %s:%s unavailable (%s): deltas go through the scheduler", *addr, e)
-            self._down[addr] = time.monotonic()
+            self._down[at] = time.monotonic()
             if sock is not None:
                 sock.close()
-                self._socks.pop(addr, None)
+                self._socks.pop(at, None)
             return False
 
     def close(self) -> None:
@@ -71,10 +111,19 @@ class DirectStreams:
 
 class TokenStreamServer:
     """(Client.) Accept engine processes' connections and hand every received list of
-    deltas to ``on_msgs`` (called on the event loop the server runs on)."""
+    deltas to ``on_msgs`` (called on the event loop the server runs on).
 
-    def __init__(self, on_msgs: Callable[[list[dict[str, Any]]], None]) -> None:
+    Args:
+        on_msgs: the consumer.
+        key: the secret engines must prove (:func:`mooncake.auth.new_secret`).
+    """
+
+    def __init__(self, on_msgs: Callable[[list[dict[str, Any]]], None], key: bytes) -> None:
+        auth.check_secret(key, "key")
         self.on_msgs = on_msgs
+        self.key = key
+        self.refused = 0
+        """Connections cut off: no proof of the key, or a malformed frame."""
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -94,13 +143,22 @@ class TokenStreamServer:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
+            await auth.server_handshake_async(reader, writer, self.key, auth.PURPOSE_TOKENS)
             while True:
                 (n,) = _LEN.unpack(await reader.readexactly(_LEN.size))
-                msgs = pickle.loads(await reader.readexactly(n))
+                if n > MAX_FRAME_BYTES:
+                    raise ValueError(f"frame of {n} bytes")
+                deltas = _decoder.decode(await reader.readexactly(n))
                 try:
-                    self.on_msgs(msgs)
+                    self.on_msgs([d.to_msg() for d in deltas])
                 except Exception:  # a consumer's bug must not cut the engine's stream
                     logger.exception("token stream consumer failed")
+        except auth.AuthError as e:
+            self.refused += 1
+            logger.warning("token stream: refused a connection: %s", e)
+        except (msgspec.DecodeError, ValueError) as e:
+            self.refused += 1
+            logger.warning("token stream: dropped a connection that sent a bad frame: %s", e)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mooncake.auth import PURPOSE_BLOCKS, server_handshake
 from mooncake.kvcache.block import KVBlockSpec
 from mooncake.store.store import BlockStore
 from mooncake.transfer import protocol as proto
@@ -22,6 +23,7 @@ from tests.store.kvfactories import make_chain, store_config
 from tests.transfer import procs
 
 # Frames of 3 keys each (batch_bytes=0), so that tests can say which frame a block is in.
+# Every config that fetches from a server built with CFG shares its secret.
 CFG = TransferConfig(batch_blocks=3, batch_bytes=0, io_timeout_s=5)
 
 
@@ -118,7 +120,7 @@ def test_unreachable_peer_is_all_misses_not_an_exception() -> None:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    with tcp_fetcher(TransferConfig(connect_timeout_s=0.5)) as f:
+    with tcp_fetcher(TransferConfig(connect_timeout_s=0.5, secret=CFG.secret)) as f:
         res = f.fetch(keys_of(make_chain(3)), Peer("elsewhere", tcp=("127.0.0.1", port)))
         assert res.num_fetched == 0 and len(res.missing) == 3 and len(res.errors) == 2
 
@@ -152,7 +154,7 @@ def test_fetch_from_a_server_in_another_process(shm_dir: Any) -> None:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     cfg = store_config(str(shm_dir / "peer"))
-    p = ctx.Process(target=procs.serve_chain, args=(cfg, 8, 3, child))
+    p = ctx.Process(target=procs.serve_chain, args=(cfg, 8, 3, child, CFG))
     p.start()
     try:
         assert parent.poll(30)
@@ -165,6 +167,31 @@ def test_fetch_from_a_server_in_another_process(shm_dir: Any) -> None:
         parent.send("stop")
         p.join(10)
     assert p.exitcode == 0
+
+
+def test_fetch_without_the_cluster_secret_is_refused(shm_dir: Any) -> None:
+    """A fetcher holding another secret gets no block (the server cuts it off at the
+    handshake), and a raw request frame sent without any handshake gets no record back:
+    only the server's challenge, then the connection closes."""
+    blocks = make_chain(4, seed=5)
+    with BlockStore(store_config(str(shm_dir / "auth"))) as store, BlockServer(store, CFG) as server:
+        store.put_many(blocks)
+        remote = Peer("another-host", tcp=server.address)
+        outsider = TransferConfig(batch_blocks=3, batch_bytes=0, io_timeout_s=5)  # a fresh secret
+        with tcp_fetcher(outsider) as f, f.fetch(keys_of(blocks), remote) as res:
+            assert not any(res.objects)
+        with socket.create_connection(server.address, timeout=5) as s:
+            s.sendall(proto.encode_request(1, keys_of(blocks)))
+            got = b""
+            try:
+                while chunk := s.recv(65536):
+                    got += chunk
+            except ConnectionResetError:  # closed with our unread request in its buffer
+                pass
+        assert got.startswith(b"MKAUTH1") and len(got) < 64  # the challenge, nothing else
+        assert server.refused >= 2 and server.blocks_sent == 0
+        with tcp_fetcher() as f, f.fetch(keys_of(blocks), remote) as res:  # the cluster's secret
+            assert all(res.objects)
 
 
 def test_block_corrupted_in_the_peer_store_is_never_delivered(served: Any) -> None:
@@ -193,7 +220,7 @@ def test_large_batch_of_small_blocks_one_corrupt_one_missing(host_dir: str) -> N
     arrives byte-identical in its place."""
     blocks = make_chain(96, PAGED)
     k = keys_of(blocks)
-    cfg = TransferConfig(batch_blocks=48, io_timeout_s=5)
+    cfg = TransferConfig(batch_blocks=48, io_timeout_s=5, secret=CFG.secret)
     with BlockStore(store_config(host_dir, host_blocks=128, spec=PAGED)) as store, FlakyServer(store, cfg) as server:
         store.put_many(blocks[:60] + blocks[61:])  # block 60 is not there
         server.corrupt, server.cut_before = {k[30]: 99}, {}
@@ -221,7 +248,7 @@ def test_later_frames_ask_for_batch_bytes_at_the_record_size_the_first_showed(
         rlen = len(store.get_raw_many([blocks[0].key]).records[0])
         server.corrupt, server.cut_before, server.frames = {}, {}, []
         batch_bytes = 0 if not batch_records else batch_records * rlen + rlen // 2
-        cfg = TransferConfig(batch_blocks=batch_blocks, batch_bytes=batch_bytes, io_timeout_s=5)
+        cfg = TransferConfig(batch_blocks=batch_blocks, batch_bytes=batch_bytes, io_timeout_s=5, secret=CFG.secret)
         with tcp_fetcher(cfg) as f, f.fetch(keys_of(blocks), Peer("x", tcp=server.address)) as res:
             assert [o.numpy().tobytes() for o in res.objects if o] == [b.data.tobytes() for b in blocks]
         assert server.frames == frames
@@ -233,7 +260,7 @@ def test_one_response_with_blocks_of_different_shapes(host_dir: str) -> None:
     mixed = [small[0], paged[0], small[1], paged[1], paged[2], small[2]]
     with BlockStore(store_config(host_dir, host_blocks=16, spec=PAGED)) as store, BlockServer(store, CFG) as server:
         store.put_many(mixed)
-        with tcp_fetcher(TransferConfig(batch_blocks=6)) as f, f.fetch(keys_of(mixed), Peer("x", tcp=server.address)) as res:
+        with tcp_fetcher(TransferConfig(batch_blocks=6, secret=CFG.secret)) as f, f.fetch(keys_of(mixed), Peer("x", tcp=server.address)) as res:
             assert res.num_fetched == 6 and not res.errors
             assert [o.numpy().tobytes() for o in res.objects if o] == [b.data.tobytes() for b in mixed]
 
@@ -263,7 +290,7 @@ def test_corrupt_blocks_among_many_small_ones_in_one_response_are_misses(host_di
         server = FlakyServer(store, CFG)
         server.corrupt, server.cut_before = {k[1]: 99, k[17]: 99, k[38]: 99}, {}
         try:
-            with tcp_fetcher(TransferConfig(batch_blocks=40, io_timeout_s=5)) as f:
+            with tcp_fetcher(TransferConfig(batch_blocks=40, io_timeout_s=5, secret=CFG.secret)) as f:
                 res = f.fetch(k, Peer("elsewhere", tcp=server.address))
                 assert res.missing == [k[1], k[17], k[38]] and res.retried == 3
                 for b, o in zip(blocks, res.objects):
@@ -292,6 +319,7 @@ class StallingServer:
             except OSError:
                 return
             self.conns.append(conn)
+            server_handshake(conn, CFG.secret, PURPOSE_BLOCKS)
             _, rid, n, _ = proto.REQ.unpack(proto.recv_bytes(conn, proto.REQ.size))
             proto.recv_bytes(conn, n * proto.KEY_BYTES)
             conn.sendall(self.reply(rid, n))
@@ -319,7 +347,7 @@ def test_a_peer_that_stalls_times_out_into_misses(where: str) -> None:
     server = StallingServer(reply)
     keys = [BlockKey(bytes([i]) * 16) for i in range(3)]
     try:
-        with tcp_fetcher(TransferConfig(io_timeout_s=0.3)) as f:
+        with tcp_fetcher(TransferConfig(io_timeout_s=0.3, secret=CFG.secret)) as f:
             t0 = time.monotonic()
             res = f.fetch(keys, Peer("elsewhere", tcp=server.address))  # type: ignore[arg-type]
             elapsed = time.monotonic() - t0

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from mooncake.auth import PURPOSE_BLOCKS, client_handshake
 from mooncake.store.store import BlockStore
 from mooncake.transfer import protocol as proto
 from mooncake.transfer import select
@@ -44,9 +45,11 @@ def test_rdma_round_trip_is_byte_identical(host_dir: str) -> None:
 def test_server_without_rdma_refuses_hello_and_keeps_serving_tcp(host_dir: str) -> None:
     """An RDMA hello to a server that cannot do RDMA gets a refusal; the same connection then serves a TCP request."""
     blocks = make_chain(2)
-    with BlockStore(store_config(host_dir)) as store, BlockServer(store, TransferConfig()) as server:
+    cfg = TransferConfig()
+    with BlockStore(store_config(host_dir)) as store, BlockServer(store, cfg) as server:
         store.put_many(blocks)
         with socket.create_connection(server.address, timeout=5) as s:
+            client_handshake(s, cfg.secret, PURPOSE_BLOCKS)
             s.sendall(proto.REQ.pack(proto.REQ_MAGIC, 0, 0, proto.FLAG_RDMA_HELLO) + bytes(CLIENT_INFO_BYTES))
             reply = proto.recv_bytes(s, HELLO_REPLY_BYTES)
             assert bytes(reply[:4]) == proto.RDMA_REFUSED

@@ -141,27 +141,35 @@ def test_engine_process_dies_with_its_worker(tiny_llama, tmp_path):
 
 
 def test_deltas_go_straight_to_the_client_stream_or_fall_back_to_the_worker(engine):
-    """With a reachable stream address the engine process sends deltas there (not through
-    the worker); with an unreachable one they come through the worker's emit, in order."""
+    """With a reachable stream address and the right key the engine process sends deltas
+    there (not through the worker); with a wrong key, or an unreachable address, they come
+    through the worker's emit, in order, and the stream receives nothing."""
     import asyncio
     import socket
     import threading
 
+    from mooncake.auth import new_secret
     from mooncake.worker.token_stream import TokenStreamServer
 
     got: list[dict[str, Any]] = []
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
-    server = TokenStreamServer(got.extend)
+    key = new_secret()
+    server = TokenStreamServer(got.extend, key)
     addr = asyncio.run_coroutine_threadsafe(server.start("127.0.0.1"), loop).result(10)
     try:
         before = len(engine.deltas)
-        out = engine.add(AddRequest("direct", [4, 5, 6], GREEDY, Watch("topic-direct", addr))).result(60)
+        out = engine.add(AddRequest("direct", [4, 5, 6], GREEDY, Watch("topic-direct", addr, key))).result(60)
         deadline = time.monotonic() + 10
         while not (got and got[-1]["finished"]) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert [t for m in got for t in m["tokens"]] == out.token_ids
         assert not [1 for topic, _ in engine.deltas[before:] if topic == "topic-direct"]
+        n = len(got)
+        out = engine.add(AddRequest("wrong-key", [4, 5, 6], GREEDY, Watch("topic-wrong", addr, new_secret()))).result(60)
+        msgs = [m for topic, ms in engine.deltas if topic == "topic-wrong" for m in ms]
+        assert [t for m in msgs for t in m["tokens"]] == out.token_ids
+        assert len(got) == n and server.refused == 1
     finally:
         asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
@@ -169,6 +177,6 @@ def test_deltas_go_straight_to_the_client_stream_or_fall_back_to_the_worker(engi
     s.bind(("127.0.0.1", 0))
     dead = s.getsockname()[:2]
     s.close()  # nobody listens there
-    out = engine.add(AddRequest("fallback", [4, 5, 6], GREEDY, Watch("topic-fallback", dead))).result(60)
+    out = engine.add(AddRequest("fallback", [4, 5, 6], GREEDY, Watch("topic-fallback", dead, key))).result(60)
     msgs = [m for topic, ms in engine.deltas if topic == "topic-fallback" for m in ms]
     assert [t for m in msgs for t in m["tokens"]] == out.token_ids
