@@ -70,21 +70,20 @@ PARSE_INLINE_BYTES = 256 * 1024
 """Bodies up to this size are parsed on the event loop; larger ones on a worker thread."""
 
 
-async def _read_body(request: Request) -> bytes:
+async def _read_body(request: Request) -> bytearray:
     """The request body, refused with 413 as soon as it is known to exceed the limit (from
-    ``Content-Length``, else while it streams in)."""
+    ``Content-Length``, else while it streams in). Gathered chunk by chunk: no step holds
+    the event loop for long, however large the body."""
     limit: int = request.app.state.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise errors.too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
+    body = bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise errors.too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return body
 
 
 async def _parse(model: type[BaseModel], request: Request) -> BaseModel:
@@ -159,8 +158,11 @@ def create_app(config: ServerConfig | None = None, backend: ServingBackend | Non
         owned = backend is None
         llm = await anyio.to_thread.run_sync(build_backend, config) if backend is None else backend
         try:
-            app.state.serving = OpenAIServing(llm, ServerMetrics(llm.model_name), config.served_model_names,
-                                              config.max_prompts_per_request, config.max_prompt_chars)  # fmt: skip
+            serving = OpenAIServing(llm, ServerMetrics(llm.model_name), config.served_model_names,
+                                    config.max_prompts_per_request, config.max_prompt_chars)  # fmt: skip
+            # No acceptable request is larger than the prompts it may carry, JSON-escaped.
+            app.state.max_body_bytes = min(config.max_body_bytes, serving.max_request_bytes())
+            app.state.serving = serving
             link = getattr(llm, "dashboard_link", None)
             page = getattr(llm, "mooncake_dashboard_link", None)
             log.info("serving %s (max_model_len %d)%s", llm.model_name, llm.max_model_len, f"; dashboard {link}" if link else "")

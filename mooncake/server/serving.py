@@ -205,6 +205,13 @@ class OpenAIServing:
             max_prompt_chars = 2 * self.max_model_len * per_token
         self.max_prompt_chars = max_prompt_chars
 
+    def max_request_bytes(self) -> int:
+        """The largest body an acceptable request can need: every prompt at the character
+        limit, each character escaped as JSON's longest form (12 bytes: a surrogate pair of
+        ``\\uXXXX``), every token-id prompt at the context length, plus 1 MiB for the rest."""
+        per_prompt = max(12 * self.max_prompt_chars, 12 * self.max_model_len)
+        return self.max_prompts_per_request * per_prompt + 1024**2
+
     # -- request preparation ---------------------------------------------------------
     def check_model(self, model: str | None) -> str:
         if model is not None and model not in self.served_model_names:

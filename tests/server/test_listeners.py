@@ -170,8 +170,8 @@ def test_a_dask_client_without_credentials_cannot_run_anything(served: Served, t
 
     async def attempt(address: str) -> str | None:
         try:
-            client = await Client(address, asynchronous=True, timeout=2)
-        except Exception:
+            client = await asyncio.wait_for(Client(address, asynchronous=True, timeout=2), 8)
+        except Exception:  # refused, timed out (a TLS port answering a plain handshake), ...
             return None
         try:
             await asyncio.wait_for(client.run_on_scheduler(touch), 5)
