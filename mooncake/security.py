@@ -77,8 +77,8 @@ def client_security(tls: TLSFiles | None = None) -> Security:
 
 def uses_tls(address: str, security: Security) -> bool:
     """Whether a connection to ``address`` under ``security`` is TLS."""
-    scheme, _ = parse_address(address, strict=False)
-    return scheme == "tls" or (bool(security.require_encryption) and scheme != "tcp")
+    scheme = parse_address(address, strict=False)[0] if "://" in address else None
+    return scheme == "tls" or (bool(security.require_encryption) and scheme is None)
 
 
 def check_address(address: str, tls: bool, insecure: bool, what: str) -> None:

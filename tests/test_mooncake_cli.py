@@ -31,3 +31,22 @@ def test_bad_value_is_a_clean_error(capsys):
 def test_console_script_version():
     out = subprocess.run([sys.executable, "-m", "mooncake.cli", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("mooncake ")
+
+
+def test_worker_refuses_plain_tcp_off_the_loopback(capsys):
+    """`mooncake worker` to a routable scheduler without TLS exits 2 naming --insecure, before
+    starting anything."""
+    assert main(["worker", "tcp://10.1.2.3:8786", "--role", "prefill"]) == 2
+    assert "--insecure" in capsys.readouterr().err
+
+
+def test_worker_passes_its_tls_files_to_dask_worker():
+    """The TLS flags reach `dask worker`; with them a tls:// scheduler passes the check."""
+    from mooncake.worker.cli import check_security, command
+
+    args = build_parser().parse_args(["worker", "tls://10.1.2.3:8786", "--role", "decode", "--tls-ca-file", "ca.pem",
+                                      "--tls-cert", "w.pem", "--tls-key", "w.key"])  # fmt: skip
+    check_security(args)
+    cmd = command(args, None)
+    assert cmd[cmd.index("--tls-ca-file") + 1] == "ca.pem" and cmd[cmd.index("--tls-cert") + 1] == "w.pem"
+    assert cmd[cmd.index("--tls-key") + 1] == "w.key" and "decode=1" in cmd

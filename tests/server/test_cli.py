@@ -30,12 +30,40 @@ def test_serve_arguments_build_config() -> None:
     assert cfg.engine.model == "/m" and cfg.engine.max_model_len == 512
 
 
+def test_security_and_limit_flags_and_admission_default() -> None:
+    """Defaults: dashboard on loopback, TLS for the embedded cluster (not insecure), body and
+    prompt limits, and admission on (ttft against the documented default SLO); the flags
+    override each, and ``--admission none`` turns admission off."""
+    from mooncake.server.backend import conductor_config
+    from mooncake.server.config import DEFAULT_TTFT_SLO_S
+
+    cfg = config_from_args(build_parser().parse_args(["serve"]))
+    assert cfg.dashboard_address == "127.0.0.1:0" and not cfg.insecure and cfg.tls_ca_file is None
+    assert (cfg.max_body_bytes, cfg.max_prompts_per_request, cfg.max_prompt_chars) == (8 * 1024**2, 32, None)
+    cc = conductor_config(cfg)
+    assert (cc.admission, cc.ttft_slo_s) == ("ttft", DEFAULT_TTFT_SLO_S)
+    assert conductor_config(config_from_args(build_parser().parse_args(["serve", "--admission", "none"]))).admission == "none"
+    assert conductor_config(config_from_args(build_parser().parse_args(["serve", "--tbt-slo", "0.2"]))).admission == "predictive"
+    cfg = config_from_args(build_parser().parse_args([
+        "serve", "--dashboard-address", ":8787", "--scheduler", "tls://10.0.0.1:8786", "--tls-ca-file", "ca.pem",
+        "--tls-cert", "c.pem", "--tls-key", "k.pem", "--max-body-bytes", "1000", "--max-prompts-per-request", "4",
+        "--max-prompt-chars", "99",
+    ]))
+    assert (cfg.dashboard_address, cfg.tls_ca_file, cfg.tls_cert, cfg.tls_key) == (":8787", "ca.pem", "c.pem", "k.pem")
+    assert (cfg.max_body_bytes, cfg.max_prompts_per_request, cfg.max_prompt_chars) == (1000, 4, 99)
+    assert config_from_args(build_parser().parse_args(["serve", "--dashboard-address", "none"])).dashboard_address is None
+
+
 def test_bad_values_name_the_field() -> None:
     """A bad value is a ValueError naming the field (the CLI prints it and exits 2)."""
     with pytest.raises(ValueError, match="prefill_workers"):
         config_from_args(build_parser().parse_args(["serve", "--prefill-workers", "0"]))
     with pytest.raises(ValueError, match="tbt_slo_s"):
         config_from_args(build_parser().parse_args(["serve", "--tbt-slo", "-1"]))
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        config_from_args(build_parser().parse_args(["serve", "--max-body-bytes", "0"]))
+    with pytest.raises(ValueError, match="tls_ca_file"):
+        config_from_args(build_parser().parse_args(["serve", "--tls-cert", "c.pem"]))
 
 
 @pytest.mark.slow
