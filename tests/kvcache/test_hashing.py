@@ -21,6 +21,11 @@ def test_vectors():
     keys = block_keys(list(range(8)), 4, ROOT)
     assert [k.hex() for k in keys] == ["71666ad123a8d4b408c798fe2a260b53", "a8348223cfeb34b0510ffb8bda9a98e7"]
     assert hash_block(ROOT, [0, 1, 2, 3], b"lora:7").hex() == "bb0e543016fb3429b8ffc768c3b01dbd"
+    salted = block_keys(list(range(8)), 4, root_key(0, FP, "tenant-a"))
+    assert [k.hex() for k in salted] == ["26db4f6b8d596ac2ebb545a95a3772c7", "c4b2a87c85dc0581f65cefa1a231d7ad"]
+    assert root_key(0, FP, "tenant-b").hex() == "a6761a850fb4998e23f145592b235398"
+    salted = block_keys(list(range(8)), 4, root_key(0, FP, "tenant-b"))
+    assert [k.hex() for k in salted] == ["493620f98bbfd04cc6245fb9a7b16763", "bdaf91807097d44293c928e409b04e2b"]
 
 
 def test_same_prefix_same_keys():
