@@ -552,6 +552,8 @@ class LLM:
         ``finished=True``. Raises ``ValueError`` (bad input) or ``Rejected`` before the
         first yield. Closing the generator early aborts the request."""
         spec = self.make_request(prompt, sampling_params, request_id=request_id, cache_salt=cache_salt, stream=True)
+        if spec.request_id in self._sinks:  # two requests must never share an id in the engines
+            raise ValueError(f"request_id: {spec.request_id!r} is already running")
         loop = asyncio.get_running_loop()
         q: asyncio.Queue[Any] = asyncio.Queue()
         self._sinks[spec.request_id] = (loop, q)

@@ -67,7 +67,13 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Below GREEDY_TEMPERATURE, logits / temperature overflows float32 to inf and the
+        # softmax to NaN (vLLM draws the same line): such a request is greedy.
+        return self.temperature < GREEDY_TEMPERATURE
+
+
+GREEDY_TEMPERATURE = 1e-5
+"""Temperatures below this sample greedily."""
 
 
 def params_per_prompt(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:

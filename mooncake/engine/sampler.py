@@ -48,6 +48,9 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
         probs = sorted_logits.softmax(-1)
         # drop a token when the mass before it already reaches top_p (keeps at least one)
         drop = (probs.cumsum(-1) - probs) >= top_p
+        # A top_p below float32's smallest value compares as 0: the top token always stays
+        # (else every logit is -inf and the softmax NaN).
+        drop[0] = False
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
     return logits
 

@@ -61,8 +61,9 @@ class _SamplingFields(_Body):
     """Not supported: only 1.0 is accepted (vLLM's benchmark client sends it)."""
     cache_salt: Annotated[str, Field(min_length=1)] | None = None
     """Isolates this request's prefix-cache entries (per tenant)."""
-    request_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
-    """Caller's id for this request (else ``X-Request-Id`` or a generated one)."""
+    request_id: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[!-~]+$")] | None = None
+    """Caller's id for this request (else ``X-Request-Id`` or a generated one): visible
+    ASCII, since it is echoed in the ``X-Request-Id`` header."""
     return_token_ids: bool = False
     """Also return ``prompt_token_ids`` and each choice's ``token_ids``."""
 

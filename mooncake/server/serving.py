@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -253,9 +254,13 @@ class OpenAIServing:
             )
 
     async def open(self, ids: list[int], params: SamplingParams, request_id: str, cache_salt: str | None) -> RequestStream:
-        """Submit one request and wait for its first output (errors surface here)."""
+        """Submit one request and wait for its first output (errors surface here).
+
+        The cluster sees ``<request_id>-<random>``: a caller's id (``request_id`` field,
+        ``X-Request-Id``) names the response, but two requests sent with the same id must
+        never share one inside the engines."""
         arrival = time.perf_counter()
-        agen = self.backend.stream(ids, params, request_id=request_id, cache_salt=cache_salt)
+        agen = self.backend.stream(ids, params, request_id=f"{request_id}-{uuid.uuid4().hex[:8]}", cache_salt=cache_salt)
         try:
             first = await agen.__anext__()
         except ValueError as e:

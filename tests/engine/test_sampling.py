@@ -40,6 +40,15 @@ def test_top_k_one_and_tiny_top_p_are_greedy(engine):
     assert greedy == k1 == p0
 
 
+def test_extreme_top_p_and_temperature_are_greedy_not_nan(engine):
+    """A top_p below float32's range (5e-324) and a temperature below 1e-5 (both valid
+    request values) sample greedily instead of failing the engine step (NaN softmax)."""
+    greedy = engine.generate([_prompt(20)], SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))[0].token_ids
+    tiny_p = engine.generate([_prompt(20)], SamplingParams(temperature=1.0, top_p=5e-324, seed=1, max_tokens=6, ignore_eos=True))[0].token_ids
+    tiny_t = engine.generate([_prompt(20)], SamplingParams(temperature=1e-300, seed=1, max_tokens=6, ignore_eos=True))[0].token_ids
+    assert greedy == tiny_p == tiny_t
+
+
 def test_top_k_restricts_support(engine):
     """With top_k=3 every sampled token is among the 3 most likely at its position."""
     prompt = _prompt(25, 3)
