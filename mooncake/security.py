@@ -64,7 +64,8 @@ def is_loopback(host: str) -> bool:
 
 def embedded_security() -> Security:
     """TLS with a temporary, in-memory CA for a cluster this process starts."""
-    return Security.temporary()
+    security: Security = Security.temporary()
+    return security
 
 
 def client_security(tls: TLSFiles | None = None) -> Security:

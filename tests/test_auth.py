@@ -50,7 +50,7 @@ def test_wrong_secret_is_refused_by_the_server() -> None:
 def test_a_proof_for_one_purpose_does_not_open_another() -> None:
     """A client expecting a block server does not accept a token-stream listener's hello."""
     key = auth.new_secret()
-    srv, cli = _pair_run(key, key, auth.PURPOSE_TOKENS, auth.PURPOSE_BLOCKS)
+    _, cli = _pair_run(key, key, auth.PURPOSE_TOKENS, auth.PURPOSE_BLOCKS)
     assert isinstance(cli, auth.AuthError) and "not a mooncake" in str(cli)
 
 

@@ -16,7 +16,7 @@ def test_loopback_detection() -> None:
 def test_plain_tcp_off_the_loopback_is_refused_unless_insecure() -> None:
     """tcp:// to a routable address is a ValueError naming the field and the remedy;
     --insecure, TLS or the loopback let it through."""
-    with pytest.raises(ValueError, match="scheduler: .*--insecure"):
+    with pytest.raises(ValueError, match=r"scheduler: .*--insecure"):
         check_address("tcp://10.1.2.3:8786", tls=False, insecure=False, what="scheduler")
     check_address("tcp://10.1.2.3:8786", tls=False, insecure=True, what="scheduler")
     check_address("tls://10.1.2.3:8786", tls=True, insecure=False, what="scheduler")

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from mooncake.conductor.config import ConductorConfig
 from mooncake.outputs import RequestOutput
 from mooncake.sampling_params import SamplingParams
-from mooncake.conductor.config import ConductorConfig
 from mooncake.server.config import DEFAULT_TTFT_SLO_S, ServerConfig
 from mooncake.tokenizer import Tokenizer
 

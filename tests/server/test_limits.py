@@ -52,7 +52,7 @@ def test_health_stays_fast_while_a_20mb_body_is_handled(server: ServerThread) ->
     for body, status in bodies:
         result: dict[str, httpx.Response] = {}
 
-        def post(body: bytes = body) -> None:
+        def post(body: bytes = body, result: dict[str, httpx.Response] = result) -> None:
             result["r"] = httpx.post(f"{server.base_url}/v1/completions", content=body, headers={"content-type": "application/json"}, timeout=120)
 
         worst = 0.0
