@@ -15,7 +15,9 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import multiprocessing
 import os
+import sys
 import threading
 import time
 import uuid
@@ -150,6 +152,24 @@ def _gpu_count() -> int:
     return len(list(Path("/dev").glob("nvidia[0-9]*")))
 
 
+def _refuse_in_spawn_bootstrap() -> None:
+    """Raise if this process is a spawned child still importing the parent's main module.
+
+    The embedded cluster starts its workers with multiprocessing's ``spawn``, which
+    re-imports the script that created the ``LLM``. Without a ``__main__`` guard every
+    worker would build an ``LLM`` of its own and fail deep inside multiprocessing
+    ("...before the current process has finished its bootstrapping phase", then
+    "Nanny failed to start"); this names the fix instead.
+    """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(
+            "mooncake.LLM(...) was created while a worker process was importing your main "
+            "module: the embedded cluster starts its workers by re-importing the script. "
+            "Put the code that creates and uses the LLM under "
+            "`if __name__ == \"__main__\":` (or in a function called from there)."
+        )
+
+
 class LLM:
     """Disaggregated LLM serving on a Dask cluster.
 
@@ -180,6 +200,7 @@ class LLM:
         dashboard_address: str | None = ":0",
         worker_config: WorkerConfig | None = None,
     ) -> None:
+        _refuse_in_spawn_bootstrap()
         self.build_graph = get_builder(mode)
         self.mode = mode
         if prefill_workers < 1:
@@ -253,7 +274,19 @@ class LLM:
             opts = dict(cluster.new_spec["options"])
             opts.update(name=name, resources=resources, env=env)
             cluster.worker_spec[name] = {"cls": Nanny, "options": opts}
-        cluster.sync(cluster._correct_state)
+        try:
+            cluster.sync(cluster._correct_state)
+        except RuntimeError as e:
+            cluster.close()
+            if getattr(sys.modules.get("__main__"), "__file__", None) is None:
+                raise
+            # The usual cause in a script is a missing __main__ guard; the workers' own
+            # error (printed above by each worker process) says so, this repeats it here.
+            raise RuntimeError(
+                f"{e} If the worker errors above say the LLM was created while importing the "
+                "main module, put the code that creates the LLM under "
+                '`if __name__ == "__main__":`.'
+            ) from e
         return cluster
 
     def _wait_conductor_ready(self, n: int, timeout: float = 60.0) -> None:
