@@ -5,8 +5,10 @@
 scheduler="tcp://host:8786")`` joins a cluster started with ``dask scheduler`` and
 ``mooncake worker`` (see docs/cluster.md). Every request is tokenized here, placed by
 the Conductor (a scheduler plugin), compiled into its graph and submitted with each task
-restricted to the chosen worker. Tokens stream back as Dask events, one message per
-engine step per worker.
+restricted to the chosen worker. Streamed tokens come straight from the engine
+processes to a port this client listens on (``mooncake.worker.token_stream``), with a
+Dask event topic as the fallback; each request's final output comes back as the result
+of its graph.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ class TransferConfig:
     """Bytes a later request frame asks for, at the record size the first response showed
     (``0``: every frame asks for ``batch_blocks``). One response per ~4 MiB keeps the
     per-response costs small for 32 KiB blocks without holding 100 MiB responses for 5
-    MiB ones (docs/benchmarks.md)."""
+    MiB ones."""
     connect_timeout_s: float = 5.0
     """Giving up on connecting to a peer after this long (then the retry path runs)."""
     io_timeout_s: float = 30.0
