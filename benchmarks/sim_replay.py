@@ -22,7 +22,9 @@ from mooncake.sim.config import SimConfig  # noqa: E402
 from mooncake.sim.engine import simulate  # noqa: E402
 from mooncake.sim.trace import load_trace, scale_rate  # noqa: E402
 
-DEFAULT_TRACE = ROOT.parent / "shared" / "traces" / "conversation_trace.jsonl"
+# The FAST'25 trace is public but not shipped: docs/paper-reproduction.md says how to
+# fetch it into traces/ (or point MOONCAKE_TRACES at the folder that holds it).
+DEFAULT_TRACE = Path(os.environ.get("MOONCAKE_TRACES") or ROOT / "traces") / "conversation_trace.jsonl"
 
 
 def main() -> int:
