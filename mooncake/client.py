@@ -226,8 +226,9 @@ class LLM:
         # were released waited ~5 ms at p50 for its graph to leave. 1 ms still coalesces bursts.
         if self.client.scheduler_comm is not None:
             self.client.scheduler_comm.interval = CLIENT_SEND_INTERVAL_S
-        self.client.register_plugin(ConductorPlugin(cc))
+        # The monitor first: it owns the metric state that the Conductor then feeds.
         self.client.register_plugin(MonitorPlugin())
+        self.client.register_plugin(ConductorPlugin(cc))
         self.client.register_plugin(MooncakeWorker(ec, worker_config or WorkerConfig()))
         infos = self.client.run(worker_info)
         if not infos:
