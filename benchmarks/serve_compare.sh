@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 VLLM_PY=${VLLM_PY:-/work/vllm-venv/bin/python}
 CKPT=${CKPT:-.bench/checkpoints/llama-57m}
-OUT=${OUT:-docs/serve-bench}
+OUT=${OUT:-.bench/serve}
 RATE=${RATE:-2}
 N=${N:-60}
 PREFIX=${PREFIX:-256}

@@ -318,6 +318,38 @@ def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool,
     return out
 
 
+def save_results(results: dict[str, dict[str, tuple[float, float]]], sizes: list[str], reps: int, total_mib: int) -> None:
+    """docs/performance.md's store section (``benchmarks/results/store.json``)."""
+    import result_file as rf
+
+    def label(n: str) -> str:
+        kib = SPECS[n].bytes_per_block / 1024
+        return f"{n} ({kib / 1024:.0f} MiB)" if kib >= 1024 else f"{n} ({kib:.0f} KiB)"
+
+    rows = [("TCP fetch", "TCP fetch", "raw socket", "raw socket (`recv_into` of all that is missing)", "≥ 0.7"),
+            ("TCP fetch / 64 KiB-recv raw", "TCP fetch", "raw socket, 64 KiB recv", "raw socket, 64 KiB receives", None),
+            ("host get", "host-tier get (checked, zero copy)", "memcpy", "memcpy", "≥ 0.5"),
+            ("host put_many", "host-tier put_many", "memcpy", "memcpy", None)]  # fmt: skip
+    claims = []
+    for op, what, base, base_label, target in rows:
+        for n in sizes:
+            if op in results[n] and base in results[n]:
+                rate, ratio = results[n][op]
+                claims.append(rf.claim(f"{what}, {label(n)} blocks", rate, "GB/s", base_label, results[n][base][0], ratio=ratio, target=target))
+
+    def series(op: str) -> list[float]:
+        return [results[n][op][1] if op in results[n] else 0.0 for n in sizes]
+
+    xs = [label(n) for n in sizes]
+    rf.save("store", "KV store and transfer", claims, series={
+        "TCP fetch / raw socket": {"x": xs, "ylabel": "ratio to baseline", "reference": 0.7,
+                                   "groups": {"vs raw socket": series("TCP fetch"), "vs raw, 64 KiB receives": series("TCP fetch / 64 KiB-recv raw")}},
+        "host-tier get / memcpy": {"x": xs, "ylabel": "ratio to baseline", "reference": 0.5, "groups": {"checked zero-copy get": series("host get")}},
+    }, notes=(f"Per repetition ({reps}) the baseline and each operation move {total_mib} MiB of KV payload back to back; a ratio "
+              "is the median of per-repetition ratios, GB/s the median rate. TCP fetch uses the default `TransferConfig()` and "
+              "checks every record. Block shapes: this script's docstring."))  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5)
@@ -327,6 +359,7 @@ def main() -> None:
     ap.add_argument("--dask", action="store_true", help="also measure Dask's TCP comm")
     ap.add_argument("--variants", action="store_true",
                     help="also measure TCP fetch with fixed 8-block frames and with Python timeout sockets")  # fmt: skip
+    ap.add_argument("--save-results", action="store_true", help="write benchmarks/results/store.json for docs/performance.md")
     args = ap.parse_args()
 
     results: dict[str, dict[str, tuple[float, float]]] = {}
@@ -360,6 +393,8 @@ def main() -> None:
         print(f"| {op} | " + " | ".join(cells) + " |")
     print("\nGB/s = 1e9 B/s of KV payload, median of reps; ratio = median over reps of the per-rep "
           "ratio to memcpy (host/SSD rows) or to the raw socket (TCP/Dask rows), run interleaved.")
+    if args.save_results:
+        save_results(results, sizes, args.reps, args.total_mib)
 
 
 if __name__ == "__main__":
