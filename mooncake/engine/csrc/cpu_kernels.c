@@ -133,14 +133,23 @@ static inline void decode_item_vec(
             sum += pe;
         }
         const float inv = 1.0f / hsum16(sum);
-        v16 acc[16];
-        for (int64_t c = 0; c < ND; ++c) acc[c] = (v16){0};
-        for (int64_t i = 0; i < n; ++i) {
-            const float pi = sg[i];
-            const float *vp = v + offs[i];
-            for (int64_t c = 0; c < ND; ++c) acc[c] += ld16(vp + 16 * c) * pi;
+#if defined(__AVX512F__)
+        const int64_t CB = ND; /* the whole output row in (up to 16) registers */
+#else
+        const int64_t CB = ND < 4 ? ND : 4; /* 16 ymm registers: 64 columns per pass */
+#endif
+        for (int64_t c0 = 0; c0 < ND; c0 += CB) {
+            /* a constant when CB divides ND (the fast paths), so acc stays in registers */
+            const int64_t cn = ND % CB == 0 ? CB : (ND - c0 < CB ? ND - c0 : CB);
+            v16 acc[16];
+            for (int64_t c = 0; c < cn; ++c) acc[c] = (v16){0};
+            for (int64_t i = 0; i < n; ++i) {
+                const float pi = sg[i];
+                const float *vp = v + offs[i] + 16 * c0;
+                for (int64_t c = 0; c < cn; ++c) acc[c] += ld16(vp + 16 * c) * pi;
+            }
+            for (int64_t c = 0; c < cn; ++c) st16(o + g * D + 16 * (c0 + c), acc[c] * inv);
         }
-        for (int64_t c = 0; c < ND; ++c) st16(o + g * D + 16 * c, acc[c] * inv);
     }
 }
 
@@ -377,9 +386,26 @@ int mc_paged_prefill_f32(
                 const int64_t c1 = c0 + KC < key_hi ? c0 + KC : key_hi;
                 const int64_t nk = (c1 - c0 + TK - 1) / TK * TK; /* keys of the chunk, whole tiles */
 
-                /* 1. S = Qs Kt, 8 rows x 32 keys at a time */
+                /* 1. S = Qs Kt, 8 rows x 32 keys at a time (4 rows x 16 keys on AVX2) */
                 for (int64_t kb = 0; kb < nk; kb += TK) {
                     const float *kt = kt_all + (h * n_kt + (c0 + kb) / TK) * D * TK;
+#if !defined(__AVX512F__)
+                    /* 16 ymm registers, and a v16 takes two: 4 rows x 16 keys keep their 8
+                     * accumulators, the K vector and a broadcast in registers (the 8 x 32
+                     * tile below would need 36 and spill on every FMA) */
+                    for (int64_t r = 0; r < R; r += 4)
+                        for (int64_t half = 0; half < TK; half += 16) {
+                            v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                            const float *q0 = qs + r * D;
+                            for (int64_t d = 0; d < D; ++d) {
+                                const v16 ka = ld16(kt + d * TK + half);
+                                a0 += ka * q0[d]; a1 += ka * q0[D + d]; a2 += ka * q0[2 * D + d]; a3 += ka * q0[3 * D + d];
+                            }
+                            float *s0 = s + r * KC + kb + half;
+                            st16(s0, a0); st16(s0 + KC, a1); st16(s0 + 2 * KC, a2); st16(s0 + 3 * KC, a3);
+                        }
+                    continue;
+#endif
                     for (int64_t r = 0; r < R; r += 8) {
                         v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
                         v16 b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0}, b4 = {0}, b5 = {0}, b6 = {0}, b7 = {0};
@@ -456,6 +482,7 @@ int mc_paged_prefill_f32(
                         vrow[j] = vp_all + (h * n_kt * TK + tok) * D;
                     }
                     int64_t dc = 0;
+#if defined(__AVX512F__)
                     for (; dc + 64 <= D; dc += 64) { /* 4 rows x 64 columns of accumulators */
                         for (int64_t r = 0; r < R; r += 4) {
                             float *o0 = o + r * D + dc;
@@ -479,7 +506,23 @@ int mc_paged_prefill_f32(
                             st16(o0 + 3 * D, c30); st16(o0 + 3 * D + 16, c31); st16(o0 + 3 * D + 32, c32); st16(o0 + 3 * D + 48, c33);
                         }
                     }
-                    for (; dc < D; dc += 16) { /* head_dim not a multiple of 64: 16 columns at a time */
+#endif
+                    /* head_dim not a multiple of 64 (and every head on AVX2, whose 16 registers
+                     * hold 4 rows x 16 columns but not the 4 x 64 tile): 16 columns at a time */
+                    for (; dc < D; dc += 16) {
+#if !defined(__AVX512F__)
+                        for (int64_t r = 0; r < R; r += 4) {
+                            float *o0 = o + r * D + dc;
+                            v16 c0 = ld16(o0), c1 = ld16(o0 + D), c2 = ld16(o0 + 2 * D), c3 = ld16(o0 + 3 * D);
+                            const float *p0 = s + r * KC + kb;
+                            for (int64_t j = 0; j < TK; ++j) {
+                                const v16 vv = ld16(vrow[j] + dc);
+                                c0 += vv * p0[j]; c1 += vv * p0[KC + j]; c2 += vv * p0[2 * KC + j]; c3 += vv * p0[3 * KC + j];
+                            }
+                            st16(o0, c0); st16(o0 + D, c1); st16(o0 + 2 * D, c2); st16(o0 + 3 * D, c3);
+                        }
+                        continue;
+#endif
                         for (int64_t r = 0; r < R; ++r) {
                             v16 c = ld16(o + r * D + dc);
                             for (int64_t j = 0; j < TK; ++j) c += ld16(vrow[j] + dc) * s[r * KC + kb + j];
