@@ -201,9 +201,11 @@ def test_rope_kernel_equals_apply_rope(native):
 
 
 @needs_native
-def test_silu_mul_kernel_equals_torch(native):
+@pytest.mark.parametrize("inter", [96, 100])
+def test_silu_mul_kernel_equals_torch(native, inter):
+    """Vectors of the build's width, and (100) a scalar tail after them."""
     g = torch.Generator().manual_seed(5)
-    gate_up = torch.randn(13, 2 * 96, generator=g) * 6  # large |x|: both sigmoid branches
+    gate_up = torch.randn(13, 2 * inter, generator=g) * 6  # large |x|: both sigmoid branches
     gate, up = gate_up.clone().chunk(2, dim=-1)
     want = F.silu(gate) * up
     got = native.silu_mul(gate_up)
