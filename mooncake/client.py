@@ -172,6 +172,11 @@ def _refuse_in_spawn_bootstrap() -> None:
         )
 
 
+JOIN_TIMEOUT_S = 120.0
+"""How long ``LLM(scheduler=...)`` waits for the scheduler and for a worker of each role
+it needs (workers of a deployed cluster may start after the server)."""
+
+
 class LLM:
     """Disaggregated LLM serving on a Dask cluster.
 
@@ -220,7 +225,9 @@ class LLM:
             self.cluster = self._start_cluster(ec, prefill_workers, 0 if mode == "colocated" else decode_workers, mode, threads_per_worker, dashboard_address)
             self.client = Client(self.cluster)
         else:
-            self.client = Client(scheduler)
+            self.client = Client(scheduler, timeout=JOIN_TIMEOUT_S)
+            # Workers of a deployed cluster may start before or after this client.
+            self._wait_for_roles(("prefill",) if mode == "colocated" else ("prefill", "decode"), JOIN_TIMEOUT_S)
         # The client's stream to the scheduler holds a message back until 10 ms after the
         # previous one (Dask's default): a request submitted right after another's futures
         # were released waited ~5 ms at p50 for its graph to leave. 1 ms still coalesces bursts.
@@ -250,6 +257,23 @@ class LLM:
         # is their fallback (see mooncake.worker.token_stream).
         self._stream_server = TokenStreamServer(self._on_msgs)
         self.client.sync(self._stream_server.start, self._stream_host())
+
+    def _wait_for_roles(self, roles: tuple[str, ...], timeout: float) -> None:
+        """Wait until the cluster has a worker of every role (Dask resources), or raise
+        ``RuntimeError`` naming the missing ones after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+            have = {r for w in workers.values() for r in (w.get("resources") or {})}
+            missing = [r for r in roles if r not in have]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the cluster has no {' or '.join(missing)} worker after {timeout:.0f} s "
+                    f"(start them with `mooncake worker SCHEDULER --role ROLE`)"
+                )
+            time.sleep(0.5)
 
     @property
     def _scheduler(self) -> Any:

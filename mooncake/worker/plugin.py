@@ -18,6 +18,7 @@ from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from distributed import Worker, WorkerPlugin
+from distributed.comm.addressing import get_address_host
 from distributed.protocol.serialize import to_serialize
 
 from mooncake.config import EngineConfig
@@ -97,7 +98,11 @@ class MooncakeWorker(WorkerPlugin):
             raise
         self.kv_store: KVStore | None = None
         if self.worker_config.enable_store:
-            self.kv_store = await asyncio.to_thread(KVStore, self.worker_config, worker.name or worker.address)
+            wc = self.worker_config
+            if wc.transfer.listen_host is None:
+                # Peers on other hosts reach the block server where they reach this worker.
+                wc = dataclasses.replace(wc, transfer=dataclasses.replace(wc.transfer, listen_host=get_address_host(worker.address)))
+            self.kv_store = await asyncio.to_thread(KVStore, wc, worker.name or worker.address)
         self._peers: dict[str, Peer | None] = {}
         # Keys this worker holds in any tier (device pool, host, SSD): the Conductor's
         # index sees a block as present until it is gone from all of them.

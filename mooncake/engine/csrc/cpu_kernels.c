@@ -25,6 +25,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Threads for a call of `work` element-operations: one below PAR_MIN_WORK. A parallel
+ * region ends when its slowest thread does, so on a box shared with a server and a
+ * worker (2 cores), a second thread that the kernel scheduler has given to another
+ * process turns a microsecond of work into a time slice; a decode step's norms and
+ * activations (16 rows of a few hundred values) are cheaper on the calling thread. */
+#define PAR_MIN_WORK (1 << 16)
+static inline int threads_for(int64_t work, int num_threads) {
+    return work < PAR_MIN_WORK ? 1 : num_threads;
+}
+
 static inline float exp_neg(float x) {
     /* e^x for x <= 0 (max-subtracted scores): 2^(x log2 e) = 2^n * 2^f, |f| <= 0.5 */
     if (x < -87.0f) x = -87.0f;
@@ -209,7 +219,7 @@ int mc_paged_decode_f32(
     const int64_t G = Hq / Hkv;
     int failed = 0;
 
-#pragma omp parallel num_threads(num_threads)
+#pragma omp parallel num_threads(threads_for(B * Hq * (max_ctx > 0 ? max_ctx : 1) * D / 8, num_threads))
     {
         const int64_t ctx_pad = (max_ctx > 0 ? max_ctx : 1) + 16;
         float *scores = (float *)malloc(sizeof(float) * (size_t)(G * ctx_pad));
@@ -378,7 +388,7 @@ int mc_paged_prefill_f32(
     for (int64_t tok = 0; tok < ctx; ++tok) slot[tok] = table[tok / block_size] * block_size + tok % block_size;
     int failed = 0;
 
-#pragma omp parallel num_threads(num_threads)
+#pragma omp parallel num_threads(threads_for(n * ctx * Hq * D / 8, num_threads))
     {
 #pragma omp for schedule(static)
         for (int64_t w = 0; w < Hkv * n_kt; ++w) {
@@ -575,7 +585,7 @@ int mc_add_rmsnorm_f32(float *x, const float *add, float *out, const float *weig
                        int64_t T, int64_t H, float eps, int num_threads)
 {
     if (H <= 0) return 1;
-#pragma omp parallel for schedule(static) num_threads(num_threads)
+#pragma omp parallel for schedule(static) num_threads(threads_for(T * H, num_threads))
     for (int64_t t = 0; t < T; ++t) {
         float *xr = x + t * H;
         float ss = 0.0f;
@@ -606,7 +616,7 @@ int mc_rope_f32(const float *x, int64_t x_stride, const float *cos, const float 
 {
     if (D % 2 != 0) return 1;
     const int64_t half = D / 2;
-#pragma omp parallel for schedule(static) num_threads(num_threads)
+#pragma omp parallel for schedule(static) num_threads(threads_for(T * H * D, num_threads))
     for (int64_t t = 0; t < T; ++t) {
         const float *c = cos + t * D, *s = sin + t * D;
         for (int64_t h = 0; h < H; ++h) {
@@ -627,7 +637,7 @@ int mc_silu_mul_f32(float *gate_up, int64_t T, int64_t I, int num_threads)
 {
     /* explicit vectors: GCC vectorizes the scalar loop for AVX-512 (masked selects) but
      * not for AVX2, where it ran 8x slower than torch's op */
-#pragma omp parallel for schedule(static) num_threads(num_threads)
+#pragma omp parallel for schedule(static) num_threads(threads_for(T * I * 4, num_threads))
     for (int64_t t = 0; t < T; ++t) {
         float *g = gate_up + t * 2 * I;
         const float *u = g + I;
