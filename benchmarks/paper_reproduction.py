@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +21,9 @@ from mooncake.conductor import ConductorConfig  # noqa: E402
 from mooncake.sim import EVICTIONS, SimConfig, hit_rate, load_trace, scale_rate, simulate  # noqa: E402
 from mooncake.sim.sweep import slo_label  # noqa: E402
 
-DEFAULT_TRACE = ROOT.parent / "shared" / "traces" / "conversation_trace.jsonl"
+# The FAST'25 trace is public but not shipped: docs/paper-reproduction.md says how to
+# fetch it into traces/ (or point MOONCAKE_TRACES at the folder that holds it).
+DEFAULT_TRACE = Path(os.environ.get("MOONCAKE_TRACES") or ROOT / "traces") / "conversation_trace.jsonl"
 
 
 def hitrate(trace: Path) -> dict[str, Any]:
