@@ -91,7 +91,8 @@ class PrefillScheduler:
         Args:
             req: the request.
             now: current time (seconds).
-            loads: every prefill instance's load, by name (iteration order breaks ties).
+            loads: every prefill instance's load, by name; equal estimates go to the
+                first in this order (registration order: deterministic for a replay).
             prefix_blocks: leading blocks of ``req`` each instance holds (absent = 0).
             estimate: prefill time model.
             transfer: KV transfer time model.
@@ -127,9 +128,12 @@ class PrefillScheduler:
         that prefix first; take the instance with the smallest queue + transfer +
         prefill. Fetching to a lightly loaded instance is what replicates hot prefixes."""
         n, bs = req.prompt_len, self.block_size
-        best_worker, best_blocks = None, 0
+        # Ties between equally long prefixes go to the smallest worker name, whatever
+        # order ``prefix_blocks`` comes in, so a replay is the same in every process.
+        best_worker: str | None = None
+        best_blocks = 0
         for w, b in prefix_blocks.items():
-            if b > best_blocks and w in loads:
+            if w in loads and b > 0 and (b > best_blocks or (b == best_blocks and best_worker is not None and w < best_worker)):
                 best_worker, best_blocks = w, b
         best_tokens = prefix_tokens(best_blocks, n, bs)
         choice: PrefillChoice | None = None
