@@ -75,6 +75,7 @@ class Simulator:
         self._placements: dict[str, Placement] = {}
         self.records: list[RequestRecord] = []
         self.prefill_gpu_s = 0.0
+        self._bar: tqdm | None = None
 
     # -- event queue -----------------------------------------------------------
     def _push(self, t: float, kind: int, a: Any, b: Any = None) -> None:
@@ -86,15 +87,16 @@ class Simulator:
         t0 = time.perf_counter()
         for req in self.requests:
             self._push(req.arrival_s, _ARRIVE, req)
-        bar = tqdm(total=len(self.requests), unit="req", disable=not self.progress, mininterval=0.5)
+        # The bar counts requests that are done (finished or rejected), not arrivals,
+        # so it does not read 100% while the queues are still draining.
+        self._bar = tqdm(total=len(self.requests), unit="req", disable=not self.progress, mininterval=0.5)
         handlers = (self._on_arrive, self._on_prefill_done, self._on_decode_arrive, self._on_step, self._on_wake)
         heap = self._heap
         while heap:
             now, _, kind, a, b = heapq.heappop(heap)
             handlers[kind](now, a, b)
-            if kind == _ARRIVE:
-                bar.update(1)
-        bar.close()
+        self._bar.close()
+        self._bar = None
         self.records.sort(key=lambda r: r.index)
         summary = summarize(self.records, self.prefill_gpu_s)
         return SimResult(self.config, self.records, summary, time.perf_counter() - t0)
@@ -107,6 +109,7 @@ class Simulator:
         decision = self.conductor.place(RequestInfo(rid, req.input_length, req.hash_ids, req.output_length), now)
         if not isinstance(decision, Placement):
             record.rejected, record.reason = True, decision.reason
+            self._done()
             return
         record.prefill_instance, record.decode_instance = decision.prefill, decision.decode
         work = PrefillWork(rid, record, req.hash_ids)
@@ -177,6 +180,7 @@ class Simulator:
         if rej is not None:
             record.rejected, record.reason = True, rej.reason
             self.conductor.on_decode_leave(work.rid, now)
+            self._done()
             return
         self.conductor.on_decode_join(work.rid, now)
         inst.sync(now)
@@ -228,6 +232,11 @@ class Simulator:
         for seq in seqs:
             seq.record.finish_s = now
             self.conductor.on_decode_leave(seq.rid, now)
+            self._done()
+
+    def _done(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
 
 
 def simulate(config: SimConfig, requests: Sequence[TraceRequest], progress: bool = False) -> SimResult:

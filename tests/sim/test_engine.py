@@ -121,3 +121,30 @@ def test_colocated_waits_for_kv_memory(tiny_cost: CostModel) -> None:
     assert a.ttft_s == pytest.approx(1.0)
     assert b.ttft_s == pytest.approx(2.02)
     assert not a.rejected and not b.rejected
+
+
+def test_progress_bar_counts_finished_requests(tiny_cost: CostModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All 5 requests arrive at t=0 and take seconds to serve: the bar moves only when a
+    request is finished (or rejected), so after the arrivals it still reads 0, and every
+    update matches the number of requests done."""
+    import mooncake.sim.engine as engine
+
+    counts: list[tuple[int, int]] = []
+    sim = Simulator(SimConfig(cost=tiny_cost, prefill_instances=1, decode_instances=1), [make_request(i, 0.0, 1000, 50) for i in range(5)], progress=True)
+
+    class Bar:
+        def __init__(self, **kw: object) -> None:
+            self.n = 0
+
+        def update(self, k: int) -> None:
+            self.n += k
+            done = sum(1 for r in sim.records if r.rejected or r.finish_s is not None)
+            counts.append((self.n, done))
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(engine, "tqdm", Bar)
+    sim.run()
+    assert [n for n, _ in counts] == [1, 2, 3, 4, 5]
+    assert all(n == done for n, done in counts)
