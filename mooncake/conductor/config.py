@@ -27,9 +27,9 @@ class ConductorConfig:
     ``local_cache_aware`` (queue + prefill with the instance's own prefix) or
     ``global_cache_aware`` (FAST'25 Algorithm 1: may fetch a longer remote prefix)."""
     admission: Admission = "none"
-    """``none``: admit everything (a decode instance that cannot hold a request still
-    refuses it after prefill); ``ttft``: reject at arrival only on estimated TTFT, the
-    decode instance still refuses after prefill (FAST'25 Table 3's baseline);
+    """``none``: admit everything; ``ttft``: reject at arrival only on estimated TTFT
+    (FAST'25 Table 3's baseline, whose decode instances also refuse after prefill:
+    :meth:`Conductor.admit_to_decode`, a simulator what-if);
     ``early``: also reject at arrival on the decode load seen now; ``predictive``:
     reject on the decode load projected to the moment the request would reach decode
     (FAST'25 §7)."""

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from mooncake.conductor import ADMISSIONS, PREFILL_POLICIES, ConductorConfig
 from mooncake.sim.cache import EVICTIONS
-from mooncake.sim.config import SimConfig
+from mooncake.sim.config import WHAT_IFS, SimConfig
 from mooncake.sim.engine import simulate
 from mooncake.sim.sweep import CapacityCurve, SweepPoint, sweep
 from mooncake.sim.trace import TraceError, TraceRequest, load_trace, scale_rate
@@ -67,6 +67,7 @@ def build_config(args: argparse.Namespace, policy: str, split: tuple[int, int] |
         colocated=colocated,
     )
     p, d = split if split is not None else (args.prefill_instances, args.decode_instances)
+    what_ifs = parse_what_ifs(args.what_if)
     return SimConfig(
         mode="colocated" if colocated else "disaggregated",
         prefill_instances=p,
@@ -75,7 +76,24 @@ def build_config(args: argparse.Namespace, policy: str, split: tuple[int, int] |
         prefill_cache_blocks=None if args.cache_blocks < 0 else args.cache_blocks,
         eviction=args.eviction,
         chunk_tokens=args.chunk_tokens,
+        layerwise_transfer="layerwise_transfer" in what_ifs,
+        decode_refusal="decode_refusal" in what_ifs,
+        reserve_full_output="reserve_full_output" in what_ifs,
     )
+
+
+def parse_what_ifs(spec: str) -> list[str]:
+    """``--what-if``: comma-separated names of :data:`~mooncake.sim.config.WHAT_IFS`
+    (dashes or underscores)."""
+    out: list[str] = []
+    for item in (x.strip().replace("-", "_") for x in spec.split(",")):
+        if not item:
+            continue
+        if item not in WHAT_IFS:
+            names = ", ".join(n.replace("_", "-") for n in WHAT_IFS)
+            raise ValueError(f"what_if: must be among {names}, got {item.replace('_', '-')!r}")
+        out.append(item)
+    return out
 
 
 def split_label(config: SimConfig) -> str:
@@ -132,6 +150,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-blocks", type=int, default=5859, help="KV cache blocks per prefill instance; -1 = unbounded (default 5859 = 3M tokens)")
     p.add_argument("--eviction", choices=EVICTIONS, default="lru", help="cache eviction policy (default lru)")
     p.add_argument("--chunk-tokens", type=int, default=512, help="colocated step token budget (default 512)")
+    what_ifs = "; ".join(f"{n.replace('_', '-')}: {d}" for n, d in WHAT_IFS.items())
+    p.add_argument("--what-if", default="", metavar="NAMES", help=f"comma-separated behaviour the live system does not have, all off by default ({what_ifs})")
     p.add_argument("--limit", type=int, default=None, help="replay only the first N requests")
     p.add_argument("--json", type=Path, default=None, help=f"write results as JSON here (schema version {JSON_SCHEMA_VERSION})")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG plot here")

@@ -54,25 +54,33 @@ class Simulator:
         bs = config.conductor.block_size
         self.prefill: dict[str, PrefillInstance] = {}
         self.batch: dict[str, BatchInstance] = {}
+        max_batch = config.conductor.max_decode_batch
+
+        def batch(name: str, cache: BlockCache | None) -> BatchInstance:
+            return BatchInstance(name, cost, config.kv_tokens, config.chunk_tokens, cache, bs, config.reserve_full_output, max_batch)
+
+        # Workers join the Conductor one by one, as they do in the live plugin.
+        self.conductor = Conductor(config.conductor, [], {}, cost)
         if config.mode == "disaggregated":
             for i in range(config.prefill_instances):
                 name = f"prefill-{i}"
                 self.prefill[name] = PrefillInstance(name, BlockCache(config.prefill_cache_blocks, config.eviction))
+                self.conductor.add_prefill_worker(name)
             for i in range(config.decode_instances):
                 name = f"decode-{i}"
-                self.batch[name] = BatchInstance(name, cost, config.kv_tokens, config.chunk_tokens, None, bs)
-            self.conductor = Conductor(config.conductor, list(self.prefill), {w: config.kv_tokens for w in self.batch}, cost)
+                self.batch[name] = batch(name, None)
+                self.conductor.add_decode_worker(name, config.kv_tokens)
         else:
             cache_blocks = config.colocated_cache_blocks
             if cache_blocks is None:
                 cache_blocks = config.kv_tokens // bs
             for i in range(config.num_instances):
                 name = f"instance-{i}"
-                self.batch[name] = BatchInstance(name, cost, config.kv_tokens, config.chunk_tokens, BlockCache(cache_blocks, config.eviction), bs)
-            self.conductor = Conductor(config.conductor, list(self.batch), {w: config.kv_tokens for w in self.batch}, cost)
+                self.batch[name] = batch(name, BlockCache(cache_blocks, config.eviction))
+                self.conductor.add_prefill_worker(name)
+                self.conductor.add_decode_worker(name, config.kv_tokens)
         self._heap: list[tuple[float, int, int, Any, Any]] = []
         self._seq = 0
-        self._placements: dict[str, Placement] = {}
         self.records: list[RequestRecord] = []
         self.prefill_gpu_s = 0.0
         self._bar: tqdm | None = None
@@ -118,7 +126,6 @@ class Simulator:
             inst.queue.append(work)
             self._kick(inst, now)
             return
-        self._placements[rid] = decision
         p = self.prefill[decision.prefill]
         p.queue.append(work)
         if p.busy is None:
@@ -132,8 +139,8 @@ class Simulator:
         n = work.record.prompt_len
         local = p.cache.match(work.keys)
         reuse = local
-        placement = self._placements.pop(work.rid)
-        src = placement.fetch_from
+        placement = self.conductor.placement_of(work.rid)
+        src = placement.fetch_from if placement is not None else None
         if src is not None:
             remote_cache = self.prefill[src].cache
             remote = remote_cache.match(work.keys)
@@ -176,29 +183,37 @@ class Simulator:
     def _on_decode_arrive(self, now: float, inst: BatchInstance, work: PrefillWork) -> None:
         record = work.record
         record.ttft_s = now - record.arrival_s
-        rej = self.conductor.admit_to_decode(work.rid, now)
-        if rej is not None:
-            record.rejected, record.reason = True, rej.reason
-            self.conductor.on_decode_leave(work.rid, now)
-            self._done()
-            return
-        self.conductor.on_decode_join(work.rid, now)
-        inst.sync(now)
-        inst.join(work.rid, record)
+        if self.config.decode_refusal:  # what-if: refuse instead of waiting for memory
+            rej = self.conductor.admit_to_decode(work.rid, now)
+            if rej is not None:
+                record.rejected, record.reason = True, rej.reason
+                self.conductor.on_decode_leave(work.rid, now)
+                self._done()
+                return
+        work.imported = True
+        work.done = work.tokens
+        work.queued_at = now
+        inst.queue.append(work)
         self._kick(inst, now)
 
     # -- batches ---------------------------------------------------------------
     def _kick(self, inst: BatchInstance, now: float) -> None:
-        """Re-plan an instance after a change: start a mixed step if it has prefill
-        work, else sleep until its next sequence finishes."""
+        """Re-plan an instance after a change: admit queued sequences, preempt if the
+        next step's KV does not fit, then start a mixed step if anything computes, else
+        sleep until the next sequence finishes or KV runs out."""
         if inst.stepping:
             return  # the step in flight re-plans when it ends
         inst.sync(now)
         inst.version += 1
-        if inst.has_prefill_work():
-            tau, started = inst.plan_step(now)
-            for work in started:
+        started, joined = inst.admit(now)
+        for work in started:
+            if work.resume is None:
                 self.conductor.on_prefill_start(work.rid, now)
+        for work in joined:
+            self.conductor.on_decode_join(work.rid, now)
+        inst.make_room(now)
+        if inst.active:
+            tau = inst.plan_step(now)
             self._push(now + tau, _STEP, inst, inst.version)
             return
         dt = inst.retime()
@@ -208,6 +223,8 @@ class Simulator:
     def _on_step(self, now: float, inst: BatchInstance, version: int) -> None:
         completed, finished = inst.end_step(now)
         for work in completed:
+            if work.resume is not None:
+                continue  # a preempted sequence recomputed: it simply continues
             record = work.record
             record.ttft_s = now - record.arrival_s
             if inst.cache is not None:

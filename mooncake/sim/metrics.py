@@ -31,6 +31,8 @@ class RequestRecord:
     reason: str = ""
     prefill_instance: str = ""
     decode_instance: str = ""
+    preemptions: int = 0
+    """Times its KV was freed to make room and recomputed later."""
 
 
 def slowest_gaps_mean(gaps: Iterable[tuple[float, float]], fraction: float = 0.1) -> float:
@@ -83,6 +85,8 @@ class RunSummary:
     prefill_gpu_s: float
     """Instance-seconds of prefill compute (fetches excluded)."""
     makespan_s: float
+    preemptions: int = 0
+    """Preemptions (KV freed, recomputed later) over all requests."""
     slo_attainment: dict[str, float] = field(default_factory=dict)
     """``"ttft<=T,tbt<=B"`` -> fraction of all requests meeting both."""
 
@@ -117,6 +121,7 @@ def summarize(records: Sequence[RequestRecord], prefill_gpu_s: float, slos: Iter
         cache_hit_rate=sum(r.cached_tokens for r in served) / prompt if prompt else 0.0,
         prefill_gpu_s=prefill_gpu_s,
         makespan_s=max(finish) if finish else 0.0,
+        preemptions=sum(r.preemptions for r in records),
         slo_attainment={f"ttft<={t:g},tbt<={b:g}": attainment(records, t, b) for t, b in slos},
     )
 

@@ -156,3 +156,15 @@ def test_sweep_per_policy_instances_and_auto_split(tmp_path: Path) -> None:
     assert set(moon["splits_tried"]) == {"1P+2D", "2P+1D"}
     assert moon["split"] in moon["splits_tried"]
     assert main([*argv[:5], "--instances", "random=2:2", "--no-progress"]) == 2
+
+
+def test_what_if_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--what-if decode-refusal,layerwise-transfer sets both SimConfig fields (written
+    in the JSON config); an unknown name is a one-line error, exit 2."""
+    trace = write_trace(tmp_path / "t.jsonl")
+    out = tmp_path / "r.json"
+    assert main(["--trace", str(trace), "--what-if", "decode-refusal,layerwise-transfer", "--json", str(out), "--no-progress"]) == 0
+    cfg = json.loads(out.read_text())["config"]
+    assert (cfg["decode_refusal"], cfg["layerwise_transfer"], cfg["reserve_full_output"]) == (True, True, False)
+    assert main(["--trace", str(trace), "--what-if", "magic", "--no-progress"]) == 2
+    assert "what_if" in capsys.readouterr().err

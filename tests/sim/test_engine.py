@@ -79,18 +79,56 @@ def test_early_rejection_in_replay(tiny_cost: CostModel) -> None:
     assert res.summary.rejected == 1 and res.summary.served == 2
 
 
-def test_decode_full_rejects_after_prefill(tiny_cost: CostModel) -> None:
-    """No admission, 2P+1D, decode KV capacity 1500 tokens. Both 1000-token prompts
-    (100 output tokens, so 1100 KV tokens each) prefill in parallel and reach decode at
-    1.001 s; the first joins, the second no longer fits and is refused there — after
-    its prefill was spent (FAST'25's baseline behaviour)."""
+def test_decode_full_rejects_after_prefill_under_what_if(tiny_cost: CostModel) -> None:
+    """What-if decode_refusal, no admission, 2P+1D, decode KV capacity 1500 tokens. Both
+    1000-token prompts (100 output tokens, so 1100 KV tokens each) prefill in parallel
+    and reach decode at 1.001 s; the first joins, the second no longer fits and is
+    refused there — after its prefill was spent (FAST'25's baseline behaviour)."""
     reqs = [make_request(0, 0.0, 1000, 100), make_request(1, 0.0, 1000, 100)]
     cc = ConductorConfig(prefill_policy="load_balancing")
-    cfg = SimConfig(prefill_instances=2, decode_instances=1, conductor=cc, cost=tiny_cost, decode_kv_tokens=1500)
+    cfg = SimConfig(prefill_instances=2, decode_instances=1, conductor=cc, cost=tiny_cost, decode_kv_tokens=1500, decode_refusal=True)
     res = simulate(cfg, reqs)
     assert [r.rejected for r in res.records] == [False, True]
     assert "full" in res.records[1].reason
     assert res.summary.prefill_gpu_s == pytest.approx(2.0)  # the refused prefill was still spent
+
+
+def test_decode_waits_for_memory_by_default(tiny_cost: CostModel) -> None:
+    """As above without the what-if (the live engine's behaviour): B's KV waits in the
+    decode instance's queue until A finishes at 1.001 + 99·0.002 = 1.199 s, then B
+    decodes its 99 steps alone → 1.397 s. Nothing is refused; B's TTFT is its arrival at
+    decode (1.001 s); its 0.198 s wait counts as one token gap, so its TBT (slowest 10
+    of 100 gaps) is (0.198 + 9·0.002)/10."""
+    reqs = [make_request(0, 0.0, 1000, 100), make_request(1, 0.0, 1000, 100)]
+    cc = ConductorConfig(prefill_policy="load_balancing")
+    cfg = SimConfig(prefill_instances=2, decode_instances=1, conductor=cc, cost=tiny_cost, decode_kv_tokens=1500)
+    a, b = simulate(cfg, reqs).records
+    assert not a.rejected and not b.rejected
+    assert a.finish_s == pytest.approx(1.199) and b.ttft_s == pytest.approx(1.001)
+    assert b.finish_s == pytest.approx(1.397) and b.tbt_s == pytest.approx(0.0216)
+
+
+def test_decode_preempts_newest_and_recomputes(tiny_cost: CostModel) -> None:
+    """2P+1D, decode KV 2100 tokens taken on demand; A and B (1000 tokens, 101 out)
+    reach decode at 1.001 s and both fit (2000 + room for a step). The batch grows 2
+    tokens per 4 ms step: after 50 steps (1.201 s) the next would pass 2100, so B, the
+    newest, is preempted with 50 tokens generated. A finishes its 50 remaining 2 ms
+    steps at 1.301; B's 1050 tokens are recomputed in 512/512/26-token chunks
+    (1.05 s → 2.351), then B decodes its last 49 tokens → 2.449. B's slowest 10 gaps:
+    the 1.15 s outage and nine 4 ms steps. With the what-if reserve_full_output, B
+    (1101 tokens reserved) waits for A instead (1.201), nothing is preempted, and
+    finishes at 1.401."""
+    reqs = [make_request(0, 0.0, 1000, 101), make_request(1, 0.0, 1000, 101)]
+    cc = ConductorConfig(prefill_policy="load_balancing")
+    base = dict(prefill_instances=2, decode_instances=1, conductor=cc, cost=tiny_cost, decode_kv_tokens=2100)
+    res = simulate(SimConfig(**base), reqs)  # type: ignore[arg-type]
+    a, b = res.records
+    assert (res.summary.preemptions, a.preemptions, b.preemptions) == (1, 0, 1)
+    assert a.finish_s == pytest.approx(1.301) and b.finish_s == pytest.approx(2.449)
+    assert b.tbt_s == pytest.approx((1.15 + 9 * 0.004) / 10)
+    a, b = simulate(SimConfig(**base, reserve_full_output=True), reqs).records  # type: ignore[arg-type]
+    assert (a.preemptions, b.preemptions) == (0, 0)
+    assert a.finish_s == pytest.approx(1.201) and b.finish_s == pytest.approx(1.401)
 
 
 def test_colocated_chunked_prefill_stretches_tbt(tiny_cost: CostModel) -> None:
