@@ -15,6 +15,8 @@ PREFILL_POLICIES: tuple[PrefillPolicy, ...] = (
     "global_cache_aware",
 )
 Admission = Literal["none", "ttft", "early", "predictive"]
+OutputPrediction = Literal["expected", "max_tokens"]
+OUTPUT_PREDICTIONS: tuple[OutputPrediction, ...] = ("expected", "max_tokens")
 ADMISSIONS: tuple[Admission, ...] = ("none", "ttft", "early", "predictive")
 
 
@@ -46,6 +48,12 @@ class ConductorConfig:
     decode_token_time_s: float | None = None
     """Uniform decode time per token t_d for predictive rejection; ``None`` uses each
     decode instance's current estimated step time."""
+    output_prediction: OutputPrediction = "expected"
+    """Output length the decode-load prediction assumes for a new request:
+    ``expected`` = E[min(L, max_tokens)] over the last ``output_window`` finished
+    requests (the cap until one has finished); ``max_tokens`` = the request's cap."""
+    output_window: int = 2048
+    """Finished requests whose output lengths make the ``expected`` distribution."""
     max_decode_batch: int = 1024
     """Most sequences one decode instance runs at once."""
     colocated: bool = False
@@ -62,7 +70,9 @@ class ConductorConfig:
         _check(self.kvcache_balancing_threshold >= 1.0, "kvcache_balancing_threshold", f"must be >= 1, got {self.kvcache_balancing_threshold}")
         _check(self.block_size > 0, "block_size", f"must be positive, got {self.block_size}")
         _check(self.decode_token_time_s is None or self.decode_token_time_s > 0, "decode_token_time_s", f"must be positive, got {self.decode_token_time_s}")
+        _check(self.output_prediction in OUTPUT_PREDICTIONS, "output_prediction", f"must be one of {OUTPUT_PREDICTIONS}, got {self.output_prediction!r}")
+        _check(self.output_window > 0, "output_window", f"must be positive, got {self.output_window}")
         _check(self.max_decode_batch > 0, "max_decode_batch", f"must be positive, got {self.max_decode_batch}")
 
 
-__all__ = ["ADMISSIONS", "PREFILL_POLICIES", "Admission", "ConductorConfig", "PrefillPolicy"]
+__all__ = ["ADMISSIONS", "OUTPUT_PREDICTIONS", "PREFILL_POLICIES", "Admission", "ConductorConfig", "OutputPrediction", "PrefillPolicy"]

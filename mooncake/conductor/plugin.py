@@ -130,6 +130,8 @@ class ConductorPlugin(SchedulerPlugin):
             self._timings.setdefault(rid, {})["prefill_s"] = seconds
         for rid in report["decode_joined"]:
             c.on_decode_join(rid, now)
+        for r in report.get("requests", ()):  # finished: real output lengths
+            c.on_request_finished(str(r["request_id"]), int(r.get("generation_tokens", 0)))
         for nbytes, seconds in report["transfers"]:
             if nbytes > 0 and seconds > 0:
                 c.on_transfer(nbytes, seconds)
@@ -229,6 +231,7 @@ class ConductorPlugin(SchedulerPlugin):
             "indexed_blocks": len(c.index) if c is not None else 0,
             "blocks_on": {w: c.index.blocks_on(w) for w in self.worker_info} if c is not None else {},
             "config": asdict(self.config),
+            "output_prediction": asdict(c.outputs.error()) if c is not None else {},
         }
 
     # -- task transitions -------------------------------------------------------------

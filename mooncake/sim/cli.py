@@ -15,6 +15,7 @@ from typing import Any
 from tqdm import tqdm
 
 from mooncake.conductor import ADMISSIONS, PREFILL_POLICIES, ConductorConfig
+from mooncake.conductor.config import OUTPUT_PREDICTIONS
 from mooncake.sim.cache import EVICTIONS
 from mooncake.sim.config import WHAT_IFS, SimConfig
 from mooncake.sim.engine import simulate
@@ -65,6 +66,7 @@ def build_config(args: argparse.Namespace, policy: str, split: tuple[int, int] |
         tbt_slo_s=args.tbt_slo,
         kvcache_balancing_threshold=args.balancing_threshold,
         colocated=colocated,
+        output_prediction=args.output_prediction,
     )
     p, d = split if split is not None else (args.prefill_instances, args.decode_instances)
     what_ifs = parse_what_ifs(args.what_if)
@@ -76,6 +78,7 @@ def build_config(args: argparse.Namespace, policy: str, split: tuple[int, int] |
         prefill_cache_blocks=None if args.cache_blocks < 0 else args.cache_blocks,
         eviction=args.eviction,
         chunk_tokens=args.chunk_tokens,
+        max_tokens=args.max_tokens,
         layerwise_transfer="layerwise_transfer" in what_ifs,
         decode_refusal="decode_refusal" in what_ifs,
         reserve_full_output="reserve_full_output" in what_ifs,
@@ -150,6 +153,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-blocks", type=int, default=5859, help="KV cache blocks per prefill instance; -1 = unbounded (default 5859 = 3M tokens)")
     p.add_argument("--eviction", choices=EVICTIONS, default="lru", help="cache eviction policy (default lru)")
     p.add_argument("--chunk-tokens", type=int, default=512, help="colocated step token budget (default 512)")
+    p.add_argument("--max-tokens", type=int, default=None, help="output cap every request states (default: its trace output length)")
+    p.add_argument("--output-prediction", choices=OUTPUT_PREDICTIONS, default="expected", help="output length decode-load prediction plans with: expected (online distribution of finished requests, capped by max_tokens) or max_tokens (default expected)")
     what_ifs = "; ".join(f"{n.replace('_', '-')}: {d}" for n, d in WHAT_IFS.items())
     p.add_argument("--what-if", default="", metavar="NAMES", help=f"comma-separated behaviour the live system does not have, all off by default ({what_ifs})")
     p.add_argument("--limit", type=int, default=None, help="replay only the first N requests")
@@ -215,6 +220,7 @@ def run_sim(args: argparse.Namespace) -> int:
     print(f"requests={s.requests} served={s.served} rejected={s.rejected} hit_rate={s.cache_hit_rate:.3f} prefill_gpu_s={s.prefill_gpu_s:.0f}")
     print(f"TTFT mean={s.ttft_mean_s:.2f}s p50={s.ttft_p50_s:.2f}s p90={s.ttft_p90_s:.2f}s p99={s.ttft_p99_s:.2f}s")
     print(f"TBT  mean={s.tbt_mean_s * 1e3:.1f}ms p50={s.tbt_p50_s * 1e3:.1f}ms p90={s.tbt_p90_s * 1e3:.1f}ms p99={s.tbt_p99_s * 1e3:.1f}ms")
+    print(f"preemptions={s.preemptions} output-length prediction: MAE={s.output_len_mae:.0f} tokens bias={s.output_len_bias:+.0f} relative={s.output_len_rel_error:.2f}")
     for label, value in s.slo_attainment.items():
         print(f"SLO {label}: {value:.3f}")
     if args.json is not None:

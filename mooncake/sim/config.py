@@ -59,6 +59,11 @@ class SimConfig:
     decode_kv_tokens: int | None = None
     """KV capacity of a decode/colocated instance in tokens; ``None`` = what HBM holds
     next to the weights (:meth:`CostModel.kv_capacity_tokens`)."""
+    max_tokens: int | None = None
+    """Output cap every request states (``max_tokens``); a request generates
+    min(its trace length, cap). ``None``: each request's cap is its trace length, as in
+    the paper's replay (and ``mooncake bench serve`` on a trace). The Conductor sees
+    only the cap; it predicts the real length (``ConductorConfig.output_prediction``)."""
     layerwise_transfer: bool = False
     """What-if: KV streams to decode layer by layer during prefill (FAST'25 §5.1), so
     only the last layer's share of the transfer adds to TTFT. Off: the whole transfer
@@ -81,6 +86,7 @@ class SimConfig:
         _check(self.colocated_cache_blocks is None or self.colocated_cache_blocks >= 0, "colocated_cache_blocks", f"must be >= 0, got {self.colocated_cache_blocks}")
         _check(self.eviction in EVICTIONS, "eviction", f"must be one of {EVICTIONS}, got {self.eviction!r}")
         _check(self.chunk_tokens > 0, "chunk_tokens", f"must be positive, got {self.chunk_tokens}")
+        _check(self.max_tokens is None or self.max_tokens > 0, "max_tokens", f"must be positive, got {self.max_tokens}")
         _check(self.decode_kv_tokens is None or self.decode_kv_tokens > 0, "decode_kv_tokens", f"must be positive, got {self.decode_kv_tokens}")
         _check(self.conductor.colocated == (self.mode == "colocated"), "conductor", "conductor.colocated must match mode")
 

@@ -112,14 +112,16 @@ class Simulator:
     # -- arrivals --------------------------------------------------------------
     def _on_arrive(self, now: float, req: TraceRequest, _: Any) -> None:
         rid = str(req.index)
-        record = RequestRecord(req.index, req.arrival_s, req.input_length, req.output_length)
+        cap = req.output_length if self.config.max_tokens is None else self.config.max_tokens
+        record = RequestRecord(req.index, req.arrival_s, req.input_length, min(req.output_length, cap))
         self.records.append(record)
-        decision = self.conductor.place(RequestInfo(rid, req.input_length, req.hash_ids, req.output_length), now)
+        decision = self.conductor.place(RequestInfo(rid, req.input_length, req.hash_ids, cap), now)
         if not isinstance(decision, Placement):
             record.rejected, record.reason = True, decision.reason
             self._done()
             return
         record.prefill_instance, record.decode_instance = decision.prefill, decision.decode
+        record.predicted_output_len = decision.expected_output_len
         work = PrefillWork(rid, record, req.hash_ids)
         if self.config.mode == "colocated":
             inst = self.batch[decision.prefill]
@@ -248,6 +250,7 @@ class Simulator:
     def _finish(self, seqs: list[DecodingSeq], now: float) -> None:
         for seq in seqs:
             seq.record.finish_s = now
+            self.conductor.on_request_finished(seq.rid, seq.record.output_len)
             self.conductor.on_decode_leave(seq.rid, now)
             self._done()
 

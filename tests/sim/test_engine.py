@@ -186,3 +186,18 @@ def test_progress_bar_counts_finished_requests(tiny_cost: CostModel, monkeypatch
     sim.run()
     assert [n for n, _ in counts] == [1, 2, 3, 4, 5]
     assert all(n == done for n, done in counts)
+
+
+def test_replay_reports_output_length_prediction_error(tiny_cost: CostModel) -> None:
+    """40 requests that generate 10 tokens each, all capped at max_tokens=200. The first
+    is predicted at the cap (error 190); once requests finish the Conductor predicts
+    10, so the mean error is far below 190 and the bias positive. Planning with the cap
+    (output_prediction="max_tokens") errs by 190 on every request."""
+    reqs = [make_request(i, 0.5 * i, 600, 10) for i in range(40)]
+    cfg = disagg(tiny_cost)
+    res = simulate(SimConfig(**{**cfg.__dict__, "max_tokens": 200}), reqs)
+    s = res.summary
+    assert res.records[0].predicted_output_len == 200 and res.records[-1].predicted_output_len == 10
+    assert 0 < s.output_len_mae < 50 and s.output_len_bias > 0
+    capped = simulate(SimConfig(**{**cfg.__dict__, "max_tokens": 200, "conductor": ConductorConfig(output_prediction="max_tokens")}), reqs)
+    assert capped.summary.output_len_mae == pytest.approx(190) and capped.summary.output_len_rel_error == pytest.approx(19)
