@@ -78,11 +78,17 @@ class HardwareSpec:
     rdma_bandwidth: float = 100e9
     """Bytes/s between two nodes: four 200 Gbps RDMA NICs per node = 800 Gbps
     (FAST'25 §8 testbed)."""
+    step_overhead_s: float = 0.005
+    """CPU time per engine step (scheduling, input preparation, sampled-token
+    transfer and output processing) while the GPU idles: vLLM's multi-step scheduling
+    RFC (vllm-project/vllm#6854, July 2024, v0.5) measured 5–13 ms of GPU bubble per
+    decode step; the low end is used. Added to every continuous-batching step."""
 
     def __post_init__(self) -> None:
         for name in ("peak_flops", "hbm_bandwidth", "hbm_bytes", "rdma_bandwidth"):
             value = getattr(self, name)
             _check(value > 0, name, f"must be positive, got {value}")
+        _check(self.step_overhead_s >= 0, "step_overhead_s", f"must be >= 0, got {self.step_overhead_s}")
         for name in ("mfu", "mbu", "kv_memory_fraction"):
             value = getattr(self, name)
             _check(0 < value <= 1, name, f"must be in (0, 1], got {value}")
@@ -121,14 +127,15 @@ class CostModel:
 
         Roofline: the step takes the longer of its compute and its HBM traffic (weights
         once per step + every cached KV byte), so a big prefill chunk dominates the step
-        and stretches every co-batched decode's token gap.
+        and stretches every co-batched decode's token gap; plus the engine's fixed
+        per-step overhead (``HardwareSpec.step_overhead_s``).
         """
         if batch <= 0 and prefill_flops <= 0:
             return 0.0
         m, h = self.model, self.hardware
         compute = (2.0 * m.num_params * batch + prefill_flops) / (h.peak_flops * h.mfu)
         memory = (m.weight_bytes + kv_tokens * m.kv_bytes_per_token) / (h.hbm_bandwidth * h.mbu)
-        return max(compute, memory)
+        return max(compute, memory) + h.step_overhead_s
 
     def kv_capacity_tokens(self) -> int:
         """KV tokens that fit in HBM next to the weights."""

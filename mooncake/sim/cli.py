@@ -23,8 +23,10 @@ from mooncake.sim.sweep import CapacityCurve, SweepPoint, sweep
 from mooncake.sim.trace import TraceError, TraceRequest, load_trace, scale_rate
 
 #: CLI policy names: the Conductor's prefill policies (disaggregated) plus the
-#: colocated baseline; ``mooncake`` is an alias of ``global_cache_aware``.
-POLICIES = ("vllm", "mooncake", *PREFILL_POLICIES)
+#: colocated baseline, routed by load (``vllm``) or by load and local prefix
+#: (``vllm_cache_aware``); ``mooncake`` is an alias of ``global_cache_aware``.
+POLICIES = ("vllm", "vllm_cache_aware", "mooncake", *PREFILL_POLICIES)
+COLOCATED_POLICIES = {"vllm": "load_balancing", "vllm_cache_aware": "local_cache_aware"}
 
 #: Version of the ``--json`` layout; bumped when a field changes meaning or goes away.
 JSON_SCHEMA_VERSION = 1
@@ -57,8 +59,8 @@ def build_config(args: argparse.Namespace, policy: str, split: tuple[int, int] |
         split: (prefill, decode) instances; default ``--prefill-instances``/``--decode-instances``.
     """
     name = _name(policy)
-    colocated = name == "vllm"
-    prefill_policy = "load_balancing" if colocated else ("global_cache_aware" if name == "mooncake" else name)
+    colocated = name in COLOCATED_POLICIES
+    prefill_policy = COLOCATED_POLICIES.get(name, "global_cache_aware" if name == "mooncake" else name)
     conductor = ConductorConfig(
         prefill_policy=prefill_policy,  # type: ignore[arg-type]
         admission=args.admission,
@@ -76,6 +78,7 @@ def build_config(args: argparse.Namespace, policy: str, split: tuple[int, int] |
         decode_instances=d,
         conductor=conductor,
         prefill_cache_blocks=None if args.cache_blocks < 0 else args.cache_blocks,
+        colocated_cache_blocks=None if args.colocated_cache_blocks < 0 else args.colocated_cache_blocks,
         eviction=args.eviction,
         chunk_tokens=args.chunk_tokens,
         max_tokens=args.max_tokens,
@@ -122,7 +125,7 @@ def parse_instances(spec: str) -> dict[str, tuple[int, int] | None]:
         name = _name(policy.strip())
         value = value.strip()
         if value == "auto":
-            if name == "vllm":
+            if name in COLOCATED_POLICIES:
                 raise ValueError("instances: 'auto' searches prefill/decode splits; vllm has none")
             out[name] = None
             continue
@@ -130,15 +133,16 @@ def parse_instances(spec: str) -> dict[str, tuple[int, int] | None]:
             if ":" in value:
                 p_s, d_s = value.split(":", 1)
                 p, d = int(p_s), int(d_s)
-            elif name == "vllm":
+            elif name in COLOCATED_POLICIES:
                 p, d = int(value), 0
             else:
                 raise ValueError
         except ValueError:
             raise ValueError(f"instances: expected P:D (e.g. 8:8) or auto for {name}, got {value!r}") from None
-        if p < 0 or d < 0 or (name != "vllm" and (p == 0 or d == 0)) or p + d == 0:
+        colocated = name in COLOCATED_POLICIES
+        if p < 0 or d < 0 or (not colocated and (p == 0 or d == 0)) or p + d == 0:
             raise ValueError(f"instances: {name}={value} needs positive counts")
-        out[name] = (p, d) if name != "vllm" else (p + d, 0)  # colocated: P+D instances in all
+        out[name] = (p + d, 0) if colocated else (p, d)  # colocated: P+D instances in all
     return out
 
 
@@ -151,6 +155,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tbt-slo", type=float, default=0.1, help="TBT SLO used by admission, seconds (default 0.1)")
     p.add_argument("--balancing-threshold", type=float, default=1.0, help="kvcache_balancing_threshold (default 1.0)")
     p.add_argument("--cache-blocks", type=int, default=5859, help="KV cache blocks per prefill instance; -1 = unbounded (default 5859 = 3M tokens)")
+    p.add_argument("--colocated-cache-blocks", type=int, default=-1, help="prefix cache per colocated instance, blocks; 0 = no prefix caching; -1 = its HBM KV capacity (default)")
     p.add_argument("--eviction", choices=EVICTIONS, default="lru", help="cache eviction policy (default lru)")
     p.add_argument("--chunk-tokens", type=int, default=512, help="colocated step token budget (default 512)")
     p.add_argument("--max-tokens", type=int, default=None, help="output cap every request states (default: its trace output length)")

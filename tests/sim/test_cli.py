@@ -168,3 +168,15 @@ def test_what_if_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert (cfg["decode_refusal"], cfg["layerwise_transfer"], cfg["reserve_full_output"]) == (True, True, False)
     assert main(["--trace", str(trace), "--what-if", "magic", "--no-progress"]) == 2
     assert "what_if" in capsys.readouterr().err
+
+
+def test_vllm_cache_aware_policy_and_prefix_cache_flag(tmp_path: Path) -> None:
+    """--policy vllm-cache-aware is the colocated baseline routed by load and local
+    prefix; --colocated-cache-blocks 0 turns its prefix caching off."""
+    trace = write_trace(tmp_path / "t.jsonl")
+    out = tmp_path / "r.json"
+    assert main(["--trace", str(trace), "--policy", "vllm-cache-aware", "--colocated-cache-blocks", "0", "--json", str(out), "--no-progress"]) == 0
+    data = json.loads(out.read_text())
+    cfg = data["config"]
+    assert (cfg["mode"], cfg["conductor"]["prefill_policy"], cfg["colocated_cache_blocks"]) == ("colocated", "local_cache_aware", 0)
+    assert data["summary"]["cache_hit_rate"] == 0.0

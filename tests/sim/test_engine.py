@@ -201,3 +201,37 @@ def test_replay_reports_output_length_prediction_error(tiny_cost: CostModel) -> 
     assert 0 < s.output_len_mae < 50 and s.output_len_bias > 0
     capped = simulate(SimConfig(**{**cfg.__dict__, "max_tokens": 200, "conductor": ConductorConfig(output_prediction="max_tokens")}), reqs)
     assert capped.summary.output_len_mae == pytest.approx(190) and capped.summary.output_len_rel_error == pytest.approx(19)
+
+
+def test_step_overhead_lengthens_every_step(tiny_cost: CostModel) -> None:
+    """A 5 ms per-step overhead on the tiny model: a 1000-token prompt with 11 output
+    tokens decodes 10 steps of 2 + 5 ms on its decode instance → finishes at
+    1.001 + 0.07 s, TBT 7 ms. Colocated, its two 512-token-budget prefill steps cost
+    5 ms more each too."""
+    from mooncake.conductor import HardwareSpec
+
+    cost = CostModel(tiny_cost.model, HardwareSpec(**{**{f: getattr(tiny_cost.hardware, f) for f in HardwareSpec.__slots__}, "step_overhead_s": 0.005}))
+    (r,) = simulate(disagg(cost), [make_request(0, 0.0, 1000, 11)]).records
+    assert r.finish_s == pytest.approx(1.071) and r.tbt_s == pytest.approx(0.007)
+    cc = ConductorConfig(prefill_policy="load_balancing", colocated=True)
+    (c,) = simulate(SimConfig(mode="colocated", prefill_instances=1, decode_instances=0, conductor=cc, cost=cost), [make_request(0, 0.0, 1000, 11)]).records
+    assert c.ttft_s == pytest.approx(1.01)
+
+
+def test_colocated_cache_aware_routing_and_no_prefix_cache(tiny_cost: CostModel) -> None:
+    """Two colocated instances. A (blocks 1,2) at 0 and B (blocks 3,4) at 0 go to one
+    instance each; C (blocks 1,2,5) at 5 s: load-based routing sends it to the least
+    loaded instance by name order (instance-0, where A ran: a hit either way), so D
+    (blocks 3,4,6) tells them apart: cache-aware routing sends it where B ran and reuses
+    1024 tokens; load-only routing picks instance-0 and reuses nothing. Without prefix
+    caching (cache 0 blocks) nothing is reused at all."""
+    reqs = [make_request(0, 0.0, 1024, 2, [1, 2]), make_request(1, 0.0, 1024, 2, [3, 4]), make_request(2, 5.0, 1536, 2, [1, 2, 5]), make_request(3, 10.0, 1536, 2, [3, 4, 6])]
+
+    def run(policy: str, cache: int | None) -> list[int]:
+        cc = ConductorConfig(prefill_policy=policy, colocated=True)  # type: ignore[arg-type]
+        cfg = SimConfig(mode="colocated", prefill_instances=2, decode_instances=0, conductor=cc, cost=tiny_cost, colocated_cache_blocks=cache)
+        return [r.cached_tokens for r in simulate(cfg, reqs).records]
+
+    assert run("local_cache_aware", None) == [0, 0, 1024, 1024]
+    assert run("load_balancing", None)[3] == 0
+    assert run("local_cache_aware", 0) == [0, 0, 0, 0]
