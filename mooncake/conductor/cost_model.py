@@ -102,6 +102,11 @@ class CostModel:
     """The served model."""
     hardware: HardwareSpec = HardwareSpec()
     """One instance's hardware."""
+    prefill_fit: tuple[float, float, float] | None = None
+    """Fitted prefill time: (seconds per attention FLOP, seconds per linear FLOP,
+    seconds per prefill), e.g. what a live Conductor learned online
+    (:func:`mooncake.conductor.cost_export.export_cost_model`); ``None`` = FLOPs at
+    ``peak_flops × mfu``."""
 
     # -- prefill ---------------------------------------------------------------
     def prefill_flops(self, n: int, cached: int = 0) -> float:
@@ -118,7 +123,16 @@ class CostModel:
 
     def prefill_time(self, n: int, cached: int = 0) -> float:
         """Seconds of prefill compute for ``n`` prompt tokens with ``cached`` reused."""
-        return self.prefill_flops(n, cached) / (self.hardware.peak_flops * self.hardware.mfu)
+        if self.prefill_fit is None:
+            return self.prefill_flops(n, cached) / (self.hardware.peak_flops * self.hardware.mfu)
+        if cached >= n:
+            return 0.0
+        m = self.model
+        c = min(cached, n)
+        attn = m.num_layers * m.attn_coef * (n * n - c * c) * m.d_model
+        linear = m.num_layers * m.linear_coef * (n - c) * m.d_model**2
+        per_attn, per_linear, fixed = self.prefill_fit
+        return max(0.0, per_attn * attn + per_linear * linear + fixed)
 
     # -- decode ----------------------------------------------------------------
     def decode_step_time(self, batch: int, kv_tokens: int, prefill_flops: float = 0.0) -> float:
@@ -197,6 +211,12 @@ class PrefillTimeEstimator:
         if cached >= n:
             return 0.0
         return max(0.0, float(self._features(n, cached) @ self._coef))
+
+    def coefficients(self) -> tuple[float, float, float]:
+        """The current fit as (seconds per attention FLOP, seconds per linear FLOP,
+        seconds per prefill): :attr:`CostModel.prefill_fit`."""
+        c = self._coef / self._scale
+        return float(c[0]), float(c[1]), float(c[2])
 
     def observe(self, n: int, cached: int, seconds: float) -> None:
         """Feed one measured prefill."""

@@ -16,6 +16,8 @@ from tqdm import tqdm
 
 from mooncake.conductor import ADMISSIONS, PREFILL_POLICIES, ConductorConfig
 from mooncake.conductor.config import OUTPUT_PREDICTIONS
+from mooncake.conductor.cost_export import load_cost_model
+from mooncake.conductor.cost_model import CostModel
 from mooncake.sim.cache import EVICTIONS
 from mooncake.sim.config import WHAT_IFS, SimConfig
 from mooncake.sim.engine import simulate
@@ -72,7 +74,9 @@ def build_config(args: argparse.Namespace, policy: str, split: tuple[int, int] |
     )
     p, d = split if split is not None else (args.prefill_instances, args.decode_instances)
     what_ifs = parse_what_ifs(args.what_if)
+    cost = load_cost_model(args.cost_model) if args.cost_model is not None else CostModel()
     return SimConfig(
+        cost=cost,
         mode="colocated" if colocated else "disaggregated",
         prefill_instances=p,
         decode_instances=d,
@@ -158,6 +162,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--colocated-cache-blocks", type=int, default=-1, help="prefix cache per colocated instance, blocks; 0 = no prefix caching; -1 = its HBM KV capacity (default)")
     p.add_argument("--eviction", choices=EVICTIONS, default="lru", help="cache eviction policy (default lru)")
     p.add_argument("--chunk-tokens", type=int, default=512, help="colocated step token budget (default 512)")
+    p.add_argument("--cost-model", type=Path, default=None, metavar="FILE", help="timings from a cost model a live Conductor fitted ('mooncake cost-model --out FILE'; default: LLaMA3-70B on 8xA800)")
     p.add_argument("--max-tokens", type=int, default=None, help="output cap every request states (default: its trace output length)")
     p.add_argument("--output-prediction", choices=OUTPUT_PREDICTIONS, default="expected", help="output length decode-load prediction plans with: expected (online distribution of finished requests, capped by max_tokens) or max_tokens (default expected)")
     what_ifs = "; ".join(f"{n.replace('_', '-')}: {d}" for n, d in WHAT_IFS.items())

@@ -180,3 +180,30 @@ def test_vllm_cache_aware_policy_and_prefix_cache_flag(tmp_path: Path) -> None:
     cfg = data["config"]
     assert (cfg["mode"], cfg["conductor"]["prefill_policy"], cfg["colocated_cache_blocks"]) == ("colocated", "local_cache_aware", 0)
     assert data["summary"]["cache_hit_rate"] == 0.0
+
+
+def test_sim_uses_an_exported_cost_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--cost-model FILE replays with the file's timings: a cost model whose prefill is
+    10× slower than the default gives a higher mean TTFT; a broken file is one line,
+    exit 2."""
+    from dataclasses import asdict
+
+    from mooncake.conductor import CostModel
+
+    trace = write_trace(tmp_path / "t.jsonl")
+    base = CostModel()
+    rate = 1.0 / (base.hardware.peak_flops * base.hardware.mfu)
+    doc = {"schema_version": 1, "model": asdict(base.model), "hardware": asdict(base.hardware), "prefill_fit": {"per_attn_flop_s": 10 * rate, "per_linear_flop_s": 10 * rate, "fixed_s": 0.0}}
+    cm = tmp_path / "cost.json"
+    cm.write_text(json.dumps(doc))
+    fast, slow = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["--trace", str(trace), "--json", str(fast), "--no-progress"]) == 0
+    assert main(["--trace", str(trace), "--cost-model", str(cm), "--json", str(slow), "--no-progress"]) == 0
+    t_fast = json.loads(fast.read_text())["summary"]["ttft_mean_s"]
+    t_slow = json.loads(slow.read_text())["summary"]["ttft_mean_s"]
+    assert t_slow > 5 * t_fast
+    cm.write_text("{}")
+    capsys.readouterr()
+    assert main(["--trace", str(trace), "--cost-model", str(cm), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "schema_version" in err
