@@ -52,6 +52,11 @@ class ConductorConfig:
     """Output length the decode-load prediction assumes for a new request:
     ``expected`` = E[min(L, max_tokens)] over the last ``output_window`` finished
     requests (the cap until one has finished); ``max_tokens`` = the request's cap."""
+    output_reserve_quantile: float = 0.9
+    """KV the Conductor counts for a placed sequence (its ``fits`` check and decode
+    load): prompt + min(max_tokens, this quantile of the recent output lengths), with
+    ``output_prediction="expected"``. The mean alone under-counts the long outputs that
+    fill an instance's memory; 1.0 counts the longest recent output."""
     output_window: int = 2048
     """Finished requests whose output lengths make the ``expected`` distribution."""
     max_decode_batch: int = 1024
@@ -71,6 +76,7 @@ class ConductorConfig:
         _check(self.block_size > 0, "block_size", f"must be positive, got {self.block_size}")
         _check(self.decode_token_time_s is None or self.decode_token_time_s > 0, "decode_token_time_s", f"must be positive, got {self.decode_token_time_s}")
         _check(self.output_prediction in OUTPUT_PREDICTIONS, "output_prediction", f"must be one of {OUTPUT_PREDICTIONS}, got {self.output_prediction!r}")
+        _check(0 < self.output_reserve_quantile <= 1, "output_reserve_quantile", f"must be in (0, 1], got {self.output_reserve_quantile}")
         _check(self.output_window > 0, "output_window", f"must be positive, got {self.output_window}")
         _check(self.max_decode_batch > 0, "max_decode_batch", f"must be positive, got {self.max_decode_batch}")
 

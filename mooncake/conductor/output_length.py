@@ -3,7 +3,9 @@
 A request only states a cap (``max_tokens``); how many tokens it really generates is
 known when it finishes. The predictor keeps the output lengths of the last ``window``
 finished requests and predicts E[min(L, max_tokens)] over them: the mean of the recent
-distribution, capped by the request's own limit. Before anything has finished it falls
+distribution, capped by the request's own limit (used to project when sequences
+finish); :meth:`OutputLengthPredictor.quantile` gives a high quantile, capped the same
+way (used to count the KV a sequence may grow to). Before anything has finished it falls
 back to the cap (the conservative guess). It also keeps the error of every prediction
 it can check, so a run can say how good the decode-load prediction was.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
@@ -65,6 +68,29 @@ class OutputLengthPredictor:
         i = bisect.bisect_left(snap, max_tokens)
         total = self._prefix[i] + (len(snap) - i) * max_tokens
         return max(1, min(max_tokens, round(total / len(snap))))
+
+    def expected_given(self, max_tokens: int, generated: float) -> int:
+        """E[min(L, max_tokens) | L > generated]: the expected total length of a
+        sequence that has already generated ``generated`` tokens (one that outlived the
+        mean is expected to run on); the cap when no recent length exceeds it."""
+        snap = self._snapshot
+        if not snap:
+            return max_tokens
+        j = bisect.bisect_right(snap, generated)
+        if j >= len(snap) or generated >= max_tokens:
+            return max_tokens
+        i = max(j, bisect.bisect_left(snap, max_tokens))
+        total = self._prefix[i] - self._prefix[j] + (len(snap) - i) * max_tokens
+        return max(1, min(max_tokens, round(total / (len(snap) - j))))
+
+    def quantile(self, max_tokens: int, q: float) -> int:
+        """min(max_tokens, the ``q`` quantile of the recent finished lengths); the cap
+        itself while nothing has finished."""
+        snap = self._snapshot
+        if not snap:
+            return max_tokens
+        i = min(len(snap) - 1, max(0, math.ceil(q * len(snap)) - 1))
+        return max(1, min(max_tokens, snap[i]))
 
     def track(self, request_id: str, guess: int) -> None:
         """Remember the output length assumed for a placed request, so :meth:`observe`

@@ -109,6 +109,13 @@ class Conductor:
     def transfer_time(self, tokens: int) -> float:
         return self.bandwidth.transfer_time(tokens * self.cost.model.kv_bytes_per_token)
 
+    def _total_len(self, seq: DecodeSeq, generated: float) -> int:
+        """Expected output length of a running sequence that has generated
+        ``generated`` tokens: one that outlived the mean is expected to run on."""
+        if seq.max_tokens <= 0:
+            return seq.output_len
+        return self.outputs.expected_given(seq.max_tokens, generated)
+
     def _retry_after(self, worker: str) -> float:
         """Seconds until the first running sequence on ``worker`` should finish."""
         load = self.decode_loads[worker]
@@ -124,14 +131,19 @@ class Conductor:
         ``req.output_len`` is the request's cap (``max_tokens``); decode load is planned
         with the expected output length (``ConductorConfig.output_prediction``)."""
         cfg = self.config
-        out_len = self.outputs.expected(req.output_len) if cfg.output_prediction == "expected" else req.output_len
-        dreq = req if out_len == req.output_len else replace(req, output_len=out_len)
+        if cfg.output_prediction == "expected":
+            out_len = self.outputs.expected(req.output_len)
+            kv_out = max(out_len, self.outputs.quantile(req.output_len, cfg.output_reserve_quantile))
+        else:
+            out_len = kv_out = req.output_len
+        dreq = req if kv_out == req.output_len else replace(req, output_len=kv_out)
         prefix = self.index.match_prefix(req.block_keys)
         pchoice = self.prefill_scheduler.choose(req, now, self.prefill_loads, prefix, self.estimator.estimate, self.transfer_time)
         eta = now + pchoice.ttft_s
         view = _VIEW[cfg.admission]
         workers = [pchoice.worker] if cfg.colocated else list(self.decode_loads)
-        views = {w: decode_view(self.decode_loads[w], view, eta, self.token_time(w) if view == "projected" else 0.0) for w in workers}
+        total = self._total_len if cfg.output_prediction == "expected" else None
+        views = {w: decode_view(self.decode_loads[w], view, eta, self.token_time(w) if view == "projected" else 0.0, now, total) for w in workers}
         capacity = {w: self.decode_loads[w].kv_capacity_tokens for w in workers}
         dchoice = self.decode_scheduler.choose(dreq, views, capacity, self.step_time)
         if cfg.admission == "ttft" and pchoice.ttft_s > cfg.ttft_slo_s:
@@ -141,7 +153,7 @@ class Conductor:
             if rej is not None:
                 return rej
         self.prefill_loads[pchoice.worker].enqueue(req.request_id, pchoice.prefill_s + pchoice.transfer_s)
-        self.decode_loads[dchoice.worker].expect(req.request_id, DecodeSeq(req.prompt_len, out_len, eta))
+        self.decode_loads[dchoice.worker].expect(req.request_id, DecodeSeq(req.prompt_len, out_len, eta, kv_out, req.output_len))
         self.outputs.track(req.request_id, out_len)
         placement = Placement(req.request_id, pchoice.worker, dchoice.worker, pchoice, dchoice, out_len)
         self._placed[req.request_id] = placement

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import asdict
@@ -75,6 +76,8 @@ def build_config(args: argparse.Namespace, policy: str, split: tuple[int, int] |
     p, d = split if split is not None else (args.prefill_instances, args.decode_instances)
     what_ifs = parse_what_ifs(args.what_if)
     cost = load_cost_model(args.cost_model) if args.cost_model is not None else CostModel()
+    if args.step_overhead is not None:
+        cost = dataclasses.replace(cost, hardware=dataclasses.replace(cost.hardware, step_overhead_s=args.step_overhead))
     return SimConfig(
         cost=cost,
         mode="colocated" if colocated else "disaggregated",
@@ -163,6 +166,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eviction", choices=EVICTIONS, default="lru", help="cache eviction policy (default lru)")
     p.add_argument("--chunk-tokens", type=int, default=512, help="colocated step token budget (default 512)")
     p.add_argument("--cost-model", type=Path, default=None, metavar="FILE", help="timings from a cost model a live Conductor fitted ('mooncake cost-model --out FILE'; default: LLaMA3-70B on 8xA800)")
+    p.add_argument("--step-overhead", type=float, default=None, metavar="S", help="engine overhead per continuous-batching step, seconds (default 0.005, or the cost model file's)")
     p.add_argument("--max-tokens", type=int, default=None, help="output cap every request states (default: its trace output length)")
     p.add_argument("--output-prediction", choices=OUTPUT_PREDICTIONS, default="expected", help="output length decode-load prediction plans with: expected (online distribution of finished requests, capped by max_tokens) or max_tokens (default expected)")
     what_ifs = "; ".join(f"{n.replace('_', '-')}: {d}" for n, d in WHAT_IFS.items())
@@ -340,6 +344,14 @@ def run_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def sim_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """``mooncake sim`` arguments parsed from ``argv`` (defaults for the rest): a
+    namespace :func:`build_config` accepts, for scripts."""
+    parser = argparse.ArgumentParser(prog="mooncake")
+    add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["sim", *(argv or [])])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry point (``python -m mooncake.sim``)."""
     parser = argparse.ArgumentParser(prog="mooncake")
@@ -350,4 +362,4 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-__all__ = ["JSON_SCHEMA_VERSION", "POLICIES", "add_parser", "build_config", "main", "parse_instances", "run_sim", "run_sweep", "split_label"]
+__all__ = ["JSON_SCHEMA_VERSION", "POLICIES", "add_parser", "build_config", "main", "parse_instances", "run_sim", "run_sweep", "sim_args", "split_label"]

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from mooncake.conductor import Conductor, ConductorConfig, CostModel
-from mooncake.conductor.cost_export import COST_MODEL_SCHEMA_VERSION, cost_model_from_dict, export_cost_model, load_cost_model
+from mooncake.conductor.cost_export import (
+    COST_MODEL_SCHEMA_VERSION,
+    cost_model_from_dict,
+    export_cost_model,
+    load_cost_model,
+)
 from mooncake.conductor.plugin import ConductorPlugin
 
 
@@ -46,13 +51,13 @@ def test_bad_documents_name_the_field(tiny_cost: CostModel, tmp_path: Path) -> N
     doc = export_cost_model(fitted(tiny_cost))
     with pytest.raises(ValueError, match="schema_version"):
         cost_model_from_dict({**doc, "schema_version": 99})
-    with pytest.raises(ValueError, match="hardware.warp_drive"):
+    with pytest.raises(ValueError, match=r"hardware\.warp_drive"):
         cost_model_from_dict({**doc, "hardware": {**doc["hardware"], "warp_drive": 1}})
-    with pytest.raises(ValueError, match="prefill_fit.fixed_s"):
+    with pytest.raises(ValueError, match=r"prefill_fit\.fixed_s"):
         cost_model_from_dict({**doc, "prefill_fit": {**doc["prefill_fit"], "fixed_s": "x"}})
     bad = tmp_path / "bad.json"
     bad.write_text("{\n nope")
-    with pytest.raises(ValueError, match="bad.json:2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad\.json:2: not valid JSON"):
         load_cost_model(bad)
     with pytest.raises(ValueError, match="no such file"):
         load_cost_model(tmp_path / "missing.json")

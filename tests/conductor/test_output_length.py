@@ -49,3 +49,17 @@ def test_window_must_be_positive() -> None:
     """window=0 is refused, naming the field."""
     with pytest.raises(ValueError, match="window"):
         OutputLengthPredictor(window=0)
+
+
+def test_expected_given_generated_and_quantile() -> None:
+    """Lengths 10, 20, 30, 1000. A sequence that has generated 25 tokens is one of the
+    30 or the 1000: (30 + min(1000, 500))/2 = 265 with cap 500; past every recent
+    length (or the cap) it is expected to run to the cap. The 0.75 quantile is 30, the
+    0.9 quantile 1000 (capped at 500)."""
+    p = OutputLengthPredictor(refresh_every=1)
+    for n in (10, 20, 30, 1000):
+        p.observe(None, n)
+    assert p.expected_given(500, 25) == 265
+    assert p.expected_given(500, 0) == round((10 + 20 + 30 + 500) / 4)
+    assert p.expected_given(5000, 1000) == 5000 and p.expected_given(500, 600) == 500
+    assert p.quantile(5000, 0.75) == 30 and p.quantile(500, 0.9) == 500

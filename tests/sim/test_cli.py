@@ -138,7 +138,7 @@ def test_parse_instances() -> None:
 
     assert parse_instances("vllm=16,mooncake=12:4,random=auto") == {"vllm": (16, 0), "mooncake": (12, 4), "random": None}
     for bad in ("mooncake", "mooncake=12", "vllm=auto", "mooncake=0:4", "best=1:1"):
-        with pytest.raises(ValueError, match="instances|policy"):
+        with pytest.raises(ValueError, match=r"instances|policy"):
             parse_instances(bad)
 
 
