@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import sys
 from dataclasses import asdict
@@ -29,7 +30,9 @@ from mooncake.sim import EVICTIONS, SimConfig, hit_rate, load_trace, scale_rate,
 from mooncake.sim.cli import build_config, sim_args  # noqa: E402
 from mooncake.sim.sweep import slo_label  # noqa: E402
 
-DEFAULT_TRACE = ROOT.parent / "shared" / "traces" / "conversation_trace.jsonl"
+# The FAST'25 trace is public but not shipped: docs/paper-reproduction.md says how to
+# fetch it into traces/ (or point MOONCAKE_TRACES at the folder that holds it).
+DEFAULT_TRACE = Path(os.environ.get("MOONCAKE_TRACES") or ROOT / "traces") / "conversation_trace.jsonl"
 
 
 def config(policy: str, argv: list[str]) -> SimConfig:

@@ -28,7 +28,13 @@ from mooncake.conductor.cost_export import export_cost_model
 from mooncake.conductor.cost_model import CostModel, HardwareSpec, ModelSpec
 from mooncake.conductor.policy import Conductor, Placement
 from mooncake.conductor.state import RequestInfo
-from mooncake.metrics import LookupRecord, MetricsState, RequestRecord, WorkerLoad
+from mooncake.metrics import (
+    MONITOR_PLUGIN_NAME,
+    LookupRecord,
+    MetricsState,
+    RequestRecord,
+    WorkerLoad,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +76,16 @@ class ConductorPlugin(SchedulerPlugin):
         """Finished requests: placement, TTFT estimate, timings (for the dashboard)."""
         self._timings: dict[str, dict[str, Any]] = {}
         self.metrics = MetricsState()
-        """Counters and histograms behind ``/metrics`` and the Mooncake dashboard page."""
+        """Counters and histograms behind ``/metrics`` and the Mooncake dashboard page: the
+        monitor plugin's state once it is found at ``start`` (the monitor owns what it
+        draws; the Conductor feeds it), its own without a monitor."""
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
+        monitor_state = getattr(scheduler.plugins.get(MONITOR_PLUGIN_NAME), "metrics", None)
+        if isinstance(monitor_state, MetricsState):
+            self.metrics = monitor_state
+        self.metrics.ttft_slo_s, self.metrics.tbt_slo_s = self.config.ttft_slo_s, self.config.tbt_slo_s
         scheduler.handlers["mooncake_place"] = self.handle_place
         scheduler.handlers["mooncake_report"] = self.handle_report
         scheduler.handlers["mooncake_stats"] = self.handle_stats

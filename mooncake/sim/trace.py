@@ -1,6 +1,6 @@
 """Mooncake trace files: one JSON object per line with ``timestamp`` (ms),
 ``input_length``, ``output_length`` and ``hash_ids`` (prefix-chained ids of 512-token
-blocks). See ``shared/traces/README.md`` for the format."""
+blocks). The FAST'25 traces are public; docs/paper-reproduction.md says where."""
 
 from __future__ import annotations
 
