@@ -61,6 +61,8 @@ class PrefillLoad:
     def queue_time(self, now: float) -> float:
         """Seconds until a newly queued job would start: queued estimates plus what is
         left of the running job(s)."""
+        if not self.running:  # the common case: no generator for an idle instance
+            return max(0.0, self.queued_s)
         left = sum(max(0.0, est - (now - t0)) for t0, est in self.running.values())
         return max(0.0, self.queued_s) + left
 
