@@ -146,8 +146,8 @@ class PrefillScheduler:
         chosen: tuple[str, float, int, bool] | None = None  # worker, q, local tokens, fetch
         best_ttft = 0.0
         for w, load in loads.items():
-            b = prefix_blocks.get(w)
-            local_tokens = prefix_tokens(b, n, bs) if b else 0
+            held = prefix_blocks.get(w)
+            local_tokens = prefix_tokens(held, n, bs) if held else 0
             q = load.queue_time(now)
             fetches = best_worker is not None and best_worker != w and best_tokens > self.threshold * local_tokens
             cached = best_tokens if fetches else local_tokens
