@@ -80,14 +80,30 @@ def main() -> None:
     ap.add_argument("--rate-scale", type=float, default=8.0, help="times the trace's rate (at every size)")
     ap.add_argument("--rate-per-16", action="store_true", help="also scale the rate by N/16")
     ap.add_argument("--limit", type=int, default=None, help="replay only the first N requests")
+    ap.add_argument("--save-results", action="store_true", help="write benchmarks/results/conductor-scale.json for docs/performance.md")
     args = ap.parse_args()
+    rows: list[tuple[int, float, dict[str, float]]] = []
     print("| instances (P + D) | rate x | decisions | place p50 ms | place p99 ms | max ms | Conductor MiB | replay s |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in (int(x) for x in args.instances.split(",")):
         rate = args.rate_scale * (n / 16 if args.rate_per_16 else 1.0)
         r = run(args.trace, n, rate, args.limit)
+        rows.append((n, rate, r))
         print(f"| {n} + {n} | {rate:g} | {r['decisions']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['max_ms']:.2f} | "
               f"{r['conductor_mib']:.1f} | {r['wall_s']:.1f} |", flush=True)  # fmt: skip
+    if args.save_results:
+        import result_file as rf
+
+        claims = []
+        for n, rate, r in rows:
+            claims.append(rf.claim(f"Conductor.place p50, {n} + {n} instances, {rate:g}x rate", r["p50_ms"], "ms", "1 ms budget", 1.0, ratio=r["p50_ms"]))
+            claims.append(rf.claim(f"Conductor.place p99, {n} + {n} instances, {rate:g}x rate", r["p99_ms"], "ms", "1 ms budget", 1.0,
+                                   ratio=r["p99_ms"], target="≤ 1.0" if n >= 256 else None))  # fmt: skip
+            claims.append(rf.claim(f"Conductor memory, {n} + {n} instances", r["conductor_mib"], "MiB", "", None))
+        rf.save("conductor-scale", "The Conductor at scale", claims, notes=(
+            f"Every `Conductor.place` of a simulator replay of the first {args.limit or 'all'} requests of the conversation "
+            "trace (policy mooncake, admission none), timed with perf_counter; ratio = time / 1 ms. Memory: what the "
+            "Conductor's own code allocated and still holds at the end (tracemalloc)."))  # fmt: skip
 
 
 if __name__ == "__main__":

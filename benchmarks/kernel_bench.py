@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from mooncake.engine.native import kernels
 
 Hq, Hkv, D, BS = 12, 4, 64, 16  # llama-100m attention shape, 16-token blocks
+ISA: str | None = None  # --isa: the instruction set the kernels are built for (None: this CPU's)
 
 
 def ab(a: Callable[[], object], b: Callable[[], object], reps: int) -> tuple[float, float]:
@@ -58,7 +59,7 @@ def row(name: str, ours: float, base: float) -> None:
 
 
 def decode_attention(reps: int, batch: int, seed: int = 0) -> None:
-    native = kernels()
+    native = kernels(ISA)
     assert native is not None, "no native kernels here (C compiler missing?)"
     rng = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
@@ -88,7 +89,7 @@ def decode_attention(reps: int, batch: int, seed: int = 0) -> None:
 
 
 def prefill_attention(reps: int, n: int, cached: int) -> None:
-    native = kernels()
+    native = kernels(ISA)
     assert native is not None
     ctx = cached + n
     g = torch.Generator().manual_seed(1)
@@ -120,7 +121,7 @@ def prefill_attention(reps: int, n: int, cached: int) -> None:
 
 
 def elementwise(reps: int, tokens: int = 2048, hidden: int = 768, inter: int = 2048) -> None:
-    native = kernels()
+    native = kernels(ISA)
     assert native is not None
     from mooncake.engine.model_config import RopeConfig
     from mooncake.engine.rope import RotaryTable, apply_rope
@@ -174,8 +175,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--save-results", action="store_true", help="write benchmarks/results/kernels.json for docs/performance.md")
+    ap.add_argument("--isa", default=None, help="build the kernels for this instruction set (native, avx2, avx512)")
+    ap.add_argument("--save-results", action="store_true", help="write benchmarks/results/kernels[-ISA].json for docs/performance.md")
     args = ap.parse_args()
+    global ISA
+    ISA = args.isa
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.reps}; ratio = baseline / mooncake\n")
     print("| operation | mooncake ms | baseline ms | ratio |")
@@ -192,7 +196,9 @@ def main() -> None:
         import result_file as rf
 
         # Ratio = baseline time / kernel time (higher is better), as printed.
-        rf.save("kernels", "Native CPU kernels vs torch", [
+        result_name = "kernels" if args.isa in (None, "native") else f"kernels-{args.isa}"
+        title = "Native CPU kernels vs torch" + ("" if result_name == "kernels" else f", kernels built for {args.isa.upper()}")
+        rf.save(result_name, title, [
             rf.claim(name, ours * 1e3, "ms", "torch baseline", base * 1e3, ratio=base / ours, target=None if name.startswith("projection") else "≥ 1.0")
             for name, ours, base in ROWS
         ], notes=f"{args.threads} threads, median of {args.reps} alternating calls; ratio = baseline time / kernel time (higher is better).")  # fmt: skip

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 OUT = ROOT / "docs" / "performance.md"
 
-SECTIONS = ["engine-vllm", "engine-transformers", "kernels", "runtime", "store", "serving", "batch-templates", "batch-cache-bound", "batch-transformers", "sim-replay-mooncake", "sim-replay-vllm"]
+SECTIONS = ["engine-vllm", "engine-vllm-avx2", "engine-transformers", "kernels", "kernels-avx2", "runtime", "store", "store-between-hosts", "serving", "batch-templates", "batch-cache-bound", "batch-transformers", "sim-replay-mooncake", "sim-replay-vllm", "conductor-scale"]
 """Section order; result files not listed here follow in name order."""
 
 HEADER = """# Performance

@@ -39,13 +39,9 @@ def main() -> int:
         return 2
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
-    from mooncake.sim.cli import build_config
+    from mooncake.sim.cli import build_config, sim_args
 
-    ns = argparse.Namespace(
-        admission="none", ttft_slo=30.0, tbt_slo=0.1, balancing_threshold=1.0, prefill_instances=8,
-        decode_instances=8, cache_blocks=5859, eviction="lru", chunk_tokens=512,
-    )
-    config: SimConfig = build_config(ns, args.policy)
+    config: SimConfig = build_config(sim_args(), args.policy)
     t0 = time.perf_counter()
     reqs = scale_rate(load_trace(args.trace), args.rate_scale)
     load_s = time.perf_counter() - t0

@@ -387,8 +387,10 @@ def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool,
     return out
 
 
-def save_results(results: dict[str, dict[str, tuple[float, float]]], sizes: list[str], reps: int, total_mib: int) -> None:
-    """docs/performance.md's store section (``benchmarks/results/store.json``)."""
+def save_results(results: dict[str, dict[str, tuple[float, float]]], sizes: list[str], reps: int, total_mib: int,
+                 between_hosts: bool = False) -> None:  # fmt: skip
+    """docs/performance.md's store section (``benchmarks/results/store.json``; between test
+    hosts ``store-between-hosts.json``, TCP rows only)."""
     import result_file as rf
 
     def label(n: str) -> str:
@@ -410,6 +412,12 @@ def save_results(results: dict[str, dict[str, tuple[float, float]]], sizes: list
         return [results[n][op][1] if op in results[n] else 0.0 for n in sizes]
 
     xs = [label(n) for n in sizes]
+    if between_hosts:
+        rf.save("store-between-hosts", "KV transfer between two test hosts", claims, notes=(
+            f"TCP block fetch between two network namespaces joined by veth pairs on a bridge (block server on one, fetcher "
+            f"on the other), against a raw socket between the same two, {total_mib} MiB per repetition, median of {reps} "
+            "per-repetition ratios; `tests/multihost` builds the same network."))  # fmt: skip
+        return
     rf.save("store", "KV store and transfer", claims, series={
         "TCP fetch / raw socket": {"x": xs, "ylabel": "ratio to baseline", "reference": 0.7,
                                    "groups": {"vs raw socket": series("TCP fetch"), "vs raw, 64 KiB receives": series("TCP fetch / 64 KiB-recv raw")}},
@@ -481,7 +489,7 @@ def main() -> None:
     print("\nGB/s = 1e9 B/s of KV payload, median of reps; ratio = median over reps of the per-rep "
           "ratio to memcpy (host/SSD rows) or to the raw socket (TCP/Dask rows), run interleaved.")
     if args.save_results:
-        save_results(results, sizes, args.reps, args.total_mib)
+        save_results(results, sizes, args.reps, args.total_mib, between_hosts=args.on_host is not None)
 
 
 def _between_hosts(args: argparse.Namespace) -> None:

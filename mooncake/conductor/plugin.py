@@ -24,6 +24,7 @@ from distributed import Scheduler, SchedulerPlugin
 
 from mooncake.conductor.admission import Rejection
 from mooncake.conductor.config import ConductorConfig
+from mooncake.conductor.cost_export import export_cost_model
 from mooncake.conductor.cost_model import CostModel, HardwareSpec, ModelSpec
 from mooncake.conductor.policy import Conductor, Placement
 from mooncake.conductor.state import RequestInfo
@@ -89,6 +90,7 @@ class ConductorPlugin(SchedulerPlugin):
         scheduler.handlers["mooncake_report"] = self.handle_report
         scheduler.handlers["mooncake_stats"] = self.handle_stats
         scheduler.handlers["mooncake_history"] = self.handle_history
+        scheduler.handlers["mooncake_cost_model"] = self.handle_cost_model
 
     # -- workers --------------------------------------------------------------------
     def _ensure_conductor(self, info: dict[str, Any]) -> Conductor:
@@ -142,6 +144,8 @@ class ConductorPlugin(SchedulerPlugin):
             self._timings.setdefault(rid, {})["prefill_s"] = seconds
         for rid in report["decode_joined"]:
             c.on_decode_join(rid, now)
+        for r in report.get("requests", ()):  # finished: real output lengths
+            c.on_request_finished(str(r["request_id"]), int(r.get("generation_tokens", 0)))
         for nbytes, seconds in report["transfers"]:
             if nbytes > 0 and seconds > 0:
                 c.on_transfer(nbytes, seconds)
@@ -241,7 +245,14 @@ class ConductorPlugin(SchedulerPlugin):
             "indexed_blocks": len(c.index) if c is not None else 0,
             "blocks_on": {w: c.index.blocks_on(w) for w in self.worker_info} if c is not None else {},
             "config": asdict(self.config),
+            "output_prediction": asdict(c.outputs.error()) if c is not None else {},
         }
+
+    def handle_cost_model(self) -> dict[str, Any]:
+        """The cost model fitted online (``mooncake cost-model``; docs/simulator.md)."""
+        if self.conductor is None:
+            return {"error": "no mooncake worker has reported yet"}
+        return export_cost_model(self.conductor)
 
     # -- task transitions -------------------------------------------------------------
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
