@@ -24,7 +24,13 @@ def test_export_from_live_cluster_feeds_the_simulator(tiny_llama: Path, tmp_path
     with mooncake.LLM(str(tiny_llama), prefill_workers=1, decode_workers=1, engine_config=EngineConfig(num_blocks=256), dashboard_address=None) as llm:
         llm.generate([[i % 300 + 1] * (40 + 20 * i) for i in range(4)], params, use_tqdm=False)
         out = tmp_path / "cost.json"
-        assert main(["cost-model", "--scheduler", llm.client.scheduler.address, "--out", str(out)]) == 0
+        # The embedded cluster is TLS with an in-memory CA: hand its certificate to the CLI.
+        sec = llm.cluster.security
+        pem, key = tmp_path / "cluster.pem", tmp_path / "cluster.key"
+        pem.write_text(sec.tls_ca_file)
+        key.write_text(sec.tls_client_key)
+        tls = ["--tls-ca-file", str(pem), "--tls-cert", str(pem), "--tls-key", str(key)]
+        assert main(["cost-model", "--scheduler", llm.client.scheduler.address, "--out", str(out), *tls]) == 0
     doc = json.loads(out.read_text())
     assert doc["schema_version"] == 1 and doc["prefill_observations"] >= 1
     cost = load_cost_model(out)
