@@ -58,6 +58,8 @@ Mode = Literal["disaggregated", "colocated"]
 
 CLIENT_SEND_INTERVAL_S = 0.001
 """Batching interval of the client's message stream to the scheduler."""
+ABORT_TIMEOUT_S = 5.0
+"""How long an abort waits for one worker's answer (a dead worker never answers)."""
 
 
 class Rejected(Exception):
@@ -219,6 +221,8 @@ class LLM:
         self._topic = f"mooncake-stream-{self.client.id}"
         self._sinks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
         self._futures: dict[str, dict[str, Future[Any]]] = {}
+        self._placed: dict[str, set[str]] = {}
+        """Request id -> the workers its graph's tasks run on (until it ends)."""
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self.client.subscribe_topic(self._topic, self._on_event)
@@ -371,6 +375,7 @@ class LLM:
         futures: dict[str, Future[Any]] = dict(zip(keys, self.client.get(HighLevelGraph(layers, deps), keys, sync=False, fifo_timeout="100ms")))
         with self._lock:
             self._futures[spec.request_id] = futures
+            self._placed[spec.request_id] = {t.worker for t in graph.tasks}
         out = futures[graph.output_key]
         out.add_done_callback(lambda _f, rid=spec.request_id: self._forget(rid))
         return out
@@ -378,6 +383,7 @@ class LLM:
     def _forget(self, rid: str) -> None:
         with self._lock:
             self._futures.pop(rid, None)
+            self._placed.pop(rid, None)
 
     # -- batch --------------------------------------------------------------------------
     def _submit_with_retry(self, spec: RequestSpec, deadline: float) -> Future[Any]:
@@ -562,7 +568,7 @@ class LLM:
         finally:
             self._sinks.pop(spec.request_id, None)
             if not acc.finished:
-                await self.abort(spec.request_id)
+                await self._abort_unless_cancelled(spec.request_id)
 
     async def abort(self, request_id: str) -> None:
         """Cancel a request wherever it is and free its KV blocks."""
@@ -571,16 +577,39 @@ class LLM:
     def abort_sync(self, request_id: str) -> None:
         self.client.sync(self._abort, request_id)
 
+    async def _abort_unless_cancelled(self, request_id: str) -> None:
+        """Abort from a stream's ``finally``. The caller's task is often being cancelled
+        right then (a server's cancel scope cancels every later await of it too), and an
+        abort awaited through ``_on_client_loop`` was cancelled with it: the request
+        then kept decoding on its worker to the end. So the abort is started on the
+        client's loop first and only awaited here, shielded: cancelling the caller no
+        longer cancels the abort."""
+        fut = asyncio.run_coroutine_threadsafe(self._abort(request_id), self._client_loop)
+        await asyncio.shield(asyncio.wrap_future(fut))
+
     async def _abort(self, request_id: str) -> None:
         with self._lock:
             futures = self._futures.pop(request_id, {})
+
+        async def on(addr: str) -> None:
+            try:
+                await asyncio.wait_for(self.client.rpc(addr).mooncake_abort(request_id=request_id), ABORT_TIMEOUT_S)
+            except Exception as e:  # a worker that is gone has nothing to stop
+                logger.debug("abort on %s failed: %s", addr, e)
+
+        # The engines first and all at once: each step a request keeps running costs
+        # every other request in the batch. Cancelling the graph only releases the tasks
+        # (a running decode task would wait for its engine to the end).
+        await asyncio.gather(*(on(a) for a in self._worker_addresses(request_id)))
         if futures:
             await self.client._cancel(list(futures.values()), force=True)
-        for addr in self.workers:
-            try:
-                await self.client.rpc(addr).mooncake_abort(request_id=request_id)
-            except Exception as e:
-                logger.debug("abort on %s failed: %s", addr, e)
+
+    def _worker_addresses(self, request_id: str) -> list[str]:
+        """Where the request may be: the workers it was placed on, and every worker
+        this client has seen (an early lookup may run before its placement is known)."""
+        with self._lock:
+            placed = self._placed.pop(request_id, ())
+        return sorted(set(self.workers) | set(placed))
 
     # -- lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
