@@ -41,6 +41,7 @@ from mooncake.graphs import KeyRef, get_builder
 from mooncake.kvcache import block_keys, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from mooncake.sampling_params import SamplingParams, params_per_prompt
+from mooncake.store import tier_dirs
 from mooncake.tokenizer import Tokenizer
 from mooncake.worker.config import WorkerConfig
 from mooncake.worker.messages import PlacementInfo, RequestSpec
@@ -207,7 +208,8 @@ class LLM:
             self.client.scheduler_comm.interval = CLIENT_SEND_INTERVAL_S
         self.client.register_plugin(ConductorPlugin(cc))
         self.client.register_plugin(MonitorPlugin())
-        self.client.register_plugin(MooncakeWorker(ec, worker_config or WorkerConfig()))
+        self.worker_config = worker_config or WorkerConfig()
+        self.client.register_plugin(MooncakeWorker(ec, self.worker_config))
         infos = self.client.run(worker_info)
         if not infos:
             raise RuntimeError("the cluster has no workers")
@@ -621,7 +623,13 @@ class LLM:
             self.client.close()
         finally:
             if self.cluster is not None:
+                address = self.cluster.scheduler_address
                 self.cluster.close()
+                # Every worker of the embedded cluster has stopped: remove what workers
+                # killed on the way left in the store roots.
+                for root in (self.worker_config.store_root, self.worker_config.ssd_root):
+                    if root is not None:
+                        tier_dirs.remove_cluster(root, address)
 
     def __enter__(self) -> LLM:
         return self

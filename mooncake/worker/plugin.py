@@ -93,7 +93,8 @@ class MooncakeWorker(WorkerPlugin):
             raise
         self.kv_store: KVStore | None = None
         if self.worker_config.enable_store:
-            self.kv_store = await asyncio.to_thread(KVStore, self.worker_config, worker.name or worker.address)
+            cluster = worker.scheduler.address  # the same on every worker of the cluster
+            self.kv_store = await asyncio.to_thread(KVStore, self.worker_config, str(worker.name or worker.address), cluster)
         self._peers: dict[str, Peer | None] = {}
         # Keys this worker holds in any tier (device pool, host, SSD): the Conductor's
         # index sees a block as present until it is gone from all of them.
