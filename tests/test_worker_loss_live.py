@@ -201,3 +201,48 @@ def test_only_decode_worker_lost(cluster: tuple[mooncake.LLM, ServerThread]) -> 
     r = httpx.post(f"{server.base_url}/v1/completions", json={"model": llm.model_name, "prompt": [1, 2, 3], "max_tokens": 4, "ignore_eos": True}, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] == 4
+
+
+def test_decode_worker_lost_streams_resume(tiny_llama: Path) -> None:
+    """1 prefill + 2 decode workers; four greedy streams run, and the decode worker that
+    serves at least one of them is killed with ``kill -9`` mid-stream. Every stream
+    completes on the surviving decode worker; what each stream delivered (no token
+    repeated or missing) equals the in-process engine's uninterrupted greedy output."""
+    prompts = [_tokens(30 + 5 * i, 400 + i) for i in range(4)]
+    params = mooncake.SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
+    ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256)).generate(prompts, params)
+    with mooncake.LLM(str(tiny_llama), prefill_workers=1, decode_workers=2, dashboard_address=None) as llm:
+        delivered: dict[int, list[list[int]]] = {i: [] for i in range(4)}
+        errors: list[BaseException] = []
+        going = threading.Event()
+
+        async def one(i: int) -> None:
+            async for out in llm.stream(prompts[i], params, request_id=f"resume-{i}"):
+                delivered[i].append(list(out.token_ids))
+                if all(len(d) >= 5 for d in delivered.values()):
+                    going.set()
+
+        def run() -> None:
+            async def main() -> None:
+                res = await asyncio.gather(*(one(i) for i in range(4)), return_exceptions=True)
+                errors.extend(r for r in res if isinstance(r, BaseException))
+
+            asyncio.run(main())
+
+        t = threading.Thread(target=run)
+        t.start()
+        try:
+            assert going.wait(60), "streams did not start"
+            on = [w for i in range(4) for w in llm._placed.get(f"resume-{i}", ())]
+            decoders = {w for w, info in llm.workers.items() if list(info["roles"]) == ["decode"]}
+            victim = max(decoders, key=on.count)
+            assert on.count(victim) > 0
+            os.kill(_infos(llm)[victim]["worker_pid"], signal.SIGKILL)
+        finally:
+            t.join(timeout=120)
+        assert not t.is_alive(), "streams hung after their decode worker was killed"
+        assert errors == []
+        for i in range(4):
+            outs = delivered[i]
+            assert all(b[: len(a)] == a for a, b in zip(outs, outs[1:])), "a stream went back on a token"
+            assert outs[-1] == ref[i].token_ids
