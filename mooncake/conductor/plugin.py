@@ -122,6 +122,13 @@ class ConductorPlugin(SchedulerPlugin):
         affected = self.conductor.remove_worker(worker) if self.conductor is not None else []
         if info is None:
             return
+        for other in self.worker_info:  # they drop KV they were keeping for it
+            stream = scheduler.stream_comms.get(other)
+            if stream is not None:
+                try:
+                    stream.send({"op": "mooncake-peer-lost", "worker": worker})
+                except Exception as e:
+                    logger.debug("peer-lost to %s failed: %s", other, e)
         left = WorkerLeft(worker, tuple(info.get("roles", ())), tuple(affected))
         logger.warning("mooncake worker %s (%s) left with %d requests placed on it", worker, "+".join(left.roles), len(affected))
         try:
