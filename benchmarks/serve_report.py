@@ -1,16 +1,22 @@
-"""Markdown table of the results ``benchmarks/serve_compare.sh`` wrote.
+"""Tables (and a goodput plot) of the results ``benchmarks/serve_compare.sh`` wrote.
 
-    python benchmarks/serve_report.py docs/serve-bench
+    python benchmarks/serve_report.py .bench/serve
+    python benchmarks/serve_report.py .bench/serve --plot goodput.png
 
-Reads ``<server>-<client>.json`` (client ``mooncake-bench`` or ``vllm-bench``; both use
-vLLM's key names) and prints one row per run.
+Reads ``<server>-r<rate>-<client>.json`` (client ``mooncake-bench`` or ``vllm-bench``;
+both use vLLM's key names) and prints one row per server, rate and client; then, per
+rate and client, each mooncake server's goodput and p50 TTFT/TPOT as ratios to
+``vllm serve``'s. ``--plot`` draws goodput against offered rate, one line per server and
+client.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+import re
 from pathlib import Path
+from typing import Any
 
 SERVERS = {"vllm": "vllm serve", "mooncake": "mooncake serve (disaggregated 1P+1D)", "mooncake-colocated": "mooncake serve (colocated)"}
 CLIENTS = {"mooncake-bench": "mooncake bench serve", "vllm-bench": "vllm bench serve"}
@@ -19,29 +25,94 @@ COLS = [
     ("request_throughput", "req/s", "{:.2f}"),
     ("request_goodput", "goodput req/s", "{:.2f}"),
     ("output_throughput", "out tok/s", "{:.1f}"),
-    ("mean_ttft_ms", "TTFT mean ms", "{:.0f}"),
     ("median_ttft_ms", "TTFT p50 ms", "{:.0f}"),
     ("p99_ttft_ms", "TTFT p99 ms", "{:.0f}"),
-    ("mean_tpot_ms", "TPOT mean ms", "{:.1f}"),
     ("median_tpot_ms", "TPOT p50 ms", "{:.1f}"),
     ("p99_tpot_ms", "TPOT p99 ms", "{:.1f}"),
     ("median_itl_ms", "ITL p50 ms", "{:.1f}"),
     ("median_e2el_ms", "E2E p50 ms", "{:.0f}"),
 ]
+NAME = re.compile(r"^(?P<server>vllm|mooncake|mooncake-colocated)-r(?P<rate>[0-9.]+)-(?P<client>mooncake-bench|vllm-bench)\.json$")
 
 
-def main(root: Path) -> None:
-    print("| server | client | " + " | ".join(c[1] for c in COLS) + " |")
-    print("| --- | --- | " + " | ".join("---:" for _ in COLS) + " |")
+def load(root: Path) -> dict[tuple[str, float, str], dict[str, Any]]:
+    """Every result under ``root``, keyed by (server, rate, client)."""
+    runs: dict[tuple[str, float, str], dict[str, Any]] = {}
+    for path in sorted(root.glob("*.json")):
+        m = NAME.match(path.name)
+        if m:
+            runs[(m["server"], float(m["rate"]), m["client"])] = json.loads(path.read_text())
+    return runs
+
+
+def table(runs: dict[tuple[str, float, str], dict[str, Any]]) -> None:
+    print("| server | rate req/s | client | " + " | ".join(c[1] for c in COLS) + " |")
+    print("| --- | ---: | --- | " + " | ".join("---:" for _ in COLS) + " |")
+    for rate in sorted({r for _, r, _ in runs}):
+        for server, sname in SERVERS.items():
+            for client, cname in CLIENTS.items():
+                data = runs.get((server, rate, client))
+                if data is None:
+                    continue
+                cells = [fmt.format(data[key]) if data.get(key) is not None else "n/a" for key, _, fmt in COLS]
+                print(f"| {sname} | {rate:g} | {cname} | " + " | ".join(cells) + " |")
+
+
+def ratios(runs: dict[tuple[str, float, str], dict[str, Any]]) -> None:
+    """Each mooncake server against vllm serve at the same rate and client."""
+    print("\n| server | rate req/s | client | goodput / vLLM | TTFT p50 / vLLM | TPOT p50 / vLLM |")
+    print("| --- | ---: | --- | ---: | ---: | ---: |")
+    for (server, rate, client), data in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+        base = runs.get(("vllm", rate, client))
+        if server == "vllm" or base is None:
+            continue
+
+        def ratio(key: str, data: dict[str, Any] = data, base: dict[str, Any] = base) -> str:
+            a, b = data.get(key), base.get(key)
+            return f"{a / b:.2f}x" if a is not None and b else "n/a"
+
+        print(f"| {SERVERS[server]} | {rate:g} | {CLIENTS[client]} | {ratio('request_goodput')} | {ratio('median_ttft_ms')} | {ratio('median_tpot_ms')} |")
+
+
+def plot(runs: dict[tuple[str, float, str], dict[str, Any]], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    rates = sorted({r for _, r, _ in runs})
+    ax.plot(rates, rates, color="0.8", linestyle=":", label="offered rate")
     for server, sname in SERVERS.items():
         for client, cname in CLIENTS.items():
-            path = root / f"{server}-{client}.json"
-            if not path.is_file():
-                continue
-            data = json.loads(path.read_text())
-            cells = [fmt.format(data[key]) if data.get(key) is not None else "n/a" for key, _, fmt in COLS]
-            print(f"| {sname} | {cname} | " + " | ".join(cells) + " |")
+            pts = [(r, runs[(server, r, client)].get("request_goodput") or 0.0) for r in rates if (server, r, client) in runs]
+            if pts:
+                style = "-" if client == "mooncake-bench" else "--"
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=f"{sname} ({cname})")
+    ax.set_xlabel("offered rate (req/s)")
+    ax.set_ylabel("goodput (req/s within the SLO)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("root", type=Path, nargs="?", default=Path(".bench/serve"))
+    ap.add_argument("--plot", type=Path, default=None, help="write goodput vs offered rate to this PNG")
+    ap.add_argument("--title", default="goodput vs offered rate (llama-57m, fp32, 2 cores)")
+    args = ap.parse_args()
+    runs = load(args.root)
+    if not runs:
+        raise SystemExit(f"no <server>-r<rate>-<client>.json results under {args.root}")
+    table(runs)
+    ratios(runs)
+    if args.plot is not None:
+        plot(runs, args.plot, args.title)
+        print(f"\nplot: {args.plot}")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/serve-bench"))
+    main()

@@ -13,6 +13,10 @@ import pytest
 
 # Generated files (default model, fingerprints) go to a per-run directory.
 os.environ.setdefault("MOONCAKE_CACHE", tempfile.mkdtemp(prefix="mooncake-test-cache-"))
+# Every native kernel runs in the tests (their equality with transformers is what is
+# checked), whichever is faster on this CPU; tests/engine/test_kernel_choice.py tests
+# the measured choice itself.
+os.environ.setdefault("MOONCAKE_KERNEL_TUNE", "0")
 
 TINY: dict[str, Any] = dict(
     hidden_size=64,

@@ -56,6 +56,8 @@ class NativeDecode:
     context_lens: torch.Tensor
     """``[B]`` int64 tokens each sequence attends to."""
     max_context: int
+    kernels: NativeKernels
+    """The compiled kernels that run it."""
 
 
 @dataclass
@@ -69,8 +71,8 @@ class AttentionMetadata:
     padding stays small."""
     prefills: list[PrefillSegment] = field(default_factory=list)
     native: NativeKernels | None = None
-    """The compiled kernels, when they run this step's attention (then prefill masks are
-    not built unless a segment falls back to SDPA)."""
+    """The compiled kernels, when they run this step's prefill attention (then prefill
+    masks are not built unless a segment falls back to SDPA)."""
     native_decode: NativeDecode | None = None
     """Set instead of ``decodes`` when the native kernel runs the decode tokens."""
     window: int | None = None
@@ -134,9 +136,8 @@ def paged_attention(
 
     nd = meta.native_decode
     if nd is not None:
-        assert meta.native is not None
         B = nd.context_lens.shape[0]
-        meta.native.paged_decode(
+        nd.kernels.paged_decode(
             q[:B], k_cache, v_cache, nd.block_tables, nd.context_lens, out[:B], block_size, meta.window, scale, nd.max_context
         )
 

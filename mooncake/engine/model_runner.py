@@ -15,6 +15,7 @@ from mooncake.engine.attention import (
     PrefillSegment,
     split_by_length,
 )
+from mooncake.engine.kernel_choice import KernelChoice, KernelShape, choose
 from mooncake.engine.kv_cache_manager import KVWrite
 from mooncake.engine.model import LlamaModel
 from mooncake.engine.native import NativeKernels, kernels
@@ -25,7 +26,8 @@ from mooncake.kvcache import KVBlockSpec
 class ModelRunner:
     """Args: model; spec: KV block shape; num_blocks: blocks in the pool; native_kernels:
     use the compiled CPU kernels (attention, norms, rotary, SiLU) where they apply
-    (float32 on CPU)."""
+    (float32 on CPU) and where they beat torch's ops on this CPU
+    (``mooncake.engine.kernel_choice``)."""
 
     def __init__(
         self, model: LlamaModel, spec: KVBlockSpec, num_blocks: int, null_model: bool = False, native_kernels: bool = True
@@ -44,8 +46,21 @@ class ModelRunner:
         )
         self.window = model.cfg.sliding_window
         self.native: NativeKernels | None = None
+        self.kernel_choice = KernelChoice.every(False)
         if native_kernels and self.device.type == "cpu" and self.dtype == torch.float32 and not null_model:
             self.native = kernels()
+        if self.native is not None:
+            cfg = model.cfg
+            shape = KernelShape(
+                cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, cfg.intermediate_size,
+                spec.block_size, torch.get_num_threads(),
+            )  # fmt: skip
+            self.kernel_choice = choose(self.native, shape)
+        # Each group of kernels runs only where it was measured faster than torch's ops.
+        pick = self.kernel_choice
+        self.native_decode = self.native if pick.decode else None
+        self.native_prefill = self.native if pick.prefill else None
+        self.native_elementwise = self.native if pick.elementwise else None
 
     # -- KV import / export ------------------------------------------------------
     def write_blocks(self, writes: list[KVWrite]) -> None:
@@ -81,7 +96,8 @@ class ModelRunner:
         """One query per sequence, its step's last token (a decode, or a prefill chunk's
         sampling row in the last layer)."""
         ctx = [s.start + s.num_tokens for s in rows]
-        return NativeDecode(self._block_tables(rows, max_blocks), torch.tensor(ctx, dtype=torch.long), max(ctx))
+        assert self.native_decode is not None
+        return NativeDecode(self._block_tables(rows, max_blocks), torch.tensor(ctx, dtype=torch.long), max(ctx), self.native_decode)
 
     def _decode_group(self, group: list[ScheduledSeq], max_blocks: int, start: int, dev: torch.device) -> DecodeGroup:
         ctx = torch.tensor([s.start + s.num_tokens for s in group])[:, None]
@@ -99,7 +115,7 @@ class ModelRunner:
         if not rows:
             return last
         max_blocks = max(-(-(s.start + s.num_tokens) // self.block_size) for s in rows)
-        if self.native is not None:
+        if self.native_decode is not None:
             last.native_decode = self._native_decode(rows, max_blocks)
         else:
             last.decodes.append(self._decode_group(rows, max_blocks, 0, dev))
@@ -123,10 +139,10 @@ class ModelRunner:
         # then cut into at most two groups so short sequences are not padded to the longest.
         out.decodes.sort(key=lambda s: s.start)
         decodes = out.decodes
-        meta = AttentionMetadata(slot_mapping=torch.empty(0, dtype=torch.long), native=self.native, window=self.window)
+        meta = AttentionMetadata(slot_mapping=torch.empty(0, dtype=torch.long), native=self.native_prefill, window=self.window)
         if decodes:
             nblocks = [-(-(s.start + 1) // bs) for s in decodes]
-            if self.native is not None:
+            if self.native_decode is not None:
                 meta.native_decode = self._native_decode(decodes, max(nblocks))
             else:
                 cut = split_by_length(nblocks)
@@ -175,7 +191,7 @@ class ModelRunner:
             meta,
             torch.tensor(logits_idx, dtype=torch.long, device=dev),
             bs,
-            self.native,
+            self.native_elementwise,
             last_meta,
         )
         return logits

@@ -2,8 +2,8 @@
 
 ``csrc/cpu_kernels.c`` holds the engine's float32 CPU kernels: decode and prefill
 attention reading K/V in place from the paged cache, residual add + RMSNorm, rotary
-embedding and SiLU-and-mul. It is plain C with OpenMP, built with ``-O3 -march=native``
-into a shared library cached by :mod:`mooncake.native_build` (under
+embedding and SiLU-and-mul. It is plain C with OpenMP, built with ``-O3`` for this CPU
+(or the instruction set ``$MOONCAKE_KERNEL_ISA`` names) into a shared library cached by :mod:`mooncake.native_build` (under
 ``$MOONCAKE_KERNEL_CACHE``, keyed by source, flags, compiler and CPU flags). It links
 the same ``libgomp.so.1`` torch has already loaded, so it shares torch's thread pool
 instead of starting a second one that would spin against it.
@@ -14,16 +14,42 @@ returns ``None`` and the engine uses torch ops (same results, slower on CPU)."""
 from __future__ import annotations
 
 import ctypes
+import logging
+import os
 from pathlib import Path
 
 import torch
 
 from mooncake import native_build
 
+log = logging.getLogger(__name__)
+
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 # gnu11, not c11: strict ISO mode turns off FMA contraction (half the kernel speed).
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11", "-fno-math-errno"]
+BASE_FLAGS = ["-O3", "-fopenmp", "-fPIC", "-shared", "-std=gnu11", "-fno-math-errno"]
 LIBS = ["-lm"]
+
+ISA_ENV = "MOONCAKE_KERNEL_ISA"
+"""Which instruction set the kernels are built for: ``native`` (default: this CPU's own,
+``-march=native``), ``avx2`` (Haswell: AVX2 + FMA, 16 vector registers) or ``avx512``
+(Skylake-AVX512). The kernels take different register tiles on the two (``#if
+__AVX512F__`` in the source), so ``avx2`` on an AVX-512 CPU runs, and tests, the path an
+AVX2-only server takes."""
+
+ISAS: dict[str, tuple[list[str], tuple[str, ...]]] = {
+    # name: (compiler flags, CPU flags it needs)
+    "native": (["-march=native"], ()),
+    "avx2": (["-march=haswell"], ("avx2", "fma")),
+    "avx512": (["-march=skylake-avx512"], ("avx512f", "avx512bw", "avx512vl", "avx512dq")),
+}
+
+
+def isa_supported(isa: str) -> bool:
+    """Whether this CPU runs code built for ``isa`` (a name of :data:`ISAS`)."""
+    if isa not in ISAS:
+        raise ValueError(f"{ISA_ENV}: unknown instruction set {isa!r} (choose from {sorted(ISAS)})")
+    have = set(native_build.cpu_flags().split())
+    return all(f in have for f in ISAS[isa][1])
 
 
 class NativeKernels:
@@ -181,12 +207,26 @@ class NativeKernels:
             raise RuntimeError(f"paged_decode kernel failed (code {rc})")
 
 
-_LIB = native_build.LoadOnce(SOURCE, FLAGS, NativeKernels, LIBS, what="native kernels")
+_LIBS: dict[str, native_build.LoadOnce[NativeKernels]] = {
+    isa: native_build.LoadOnce(SOURCE, BASE_FLAGS + flags, NativeKernels, LIBS, what="native kernels" if isa == "native" else f"native kernels for {isa}")
+    for isa, (flags, _) in ISAS.items()
+}
 
 
-def kernels() -> NativeKernels | None:
-    """The compiled kernels, building them on first call; ``None`` where unavailable."""
-    return _LIB.get()
+def kernels(isa: str | None = None) -> NativeKernels | None:
+    """The compiled kernels, building them on first call; ``None`` where unavailable.
+
+    Args:
+        isa: instruction set to build for (see :data:`ISA_ENV`); ``None`` reads
+            ``$MOONCAKE_KERNEL_ISA`` (default ``native``).
+    Raises:
+        ValueError: an unknown instruction set.
+    """
+    isa = isa or os.environ.get(ISA_ENV, "native") or "native"
+    if not isa_supported(isa):
+        log.warning("native kernels: this CPU lacks %s (needs %s); using torch's ops", isa, ", ".join(ISAS[isa][1]))
+        return None
+    return _LIBS[isa].get()
 
 
-__all__ = ["NativeKernels", "kernels"]
+__all__ = ["ISAS", "ISA_ENV", "NativeKernels", "isa_supported", "kernels"]

@@ -1,5 +1,7 @@
-"""The native in-place decode attention kernel: equal to the torch (gather + SDPA) path,
-used by default on CPU float32, and a clean fallback where it cannot be built."""
+"""The native kernels: equal to the torch ops (gather + SDPA, the norm, rotary and SiLU
+formulas) in every instruction-set build this CPU runs (its own, and the AVX2 build whose
+register tiles AVX2-only servers take), used by default on CPU float32, and a clean
+fallback where they cannot be built."""
 
 from __future__ import annotations
 
@@ -13,11 +15,21 @@ import torch.nn.functional as F
 
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine, SamplingParams
-from mooncake.engine.native import kernels
+from mooncake.engine.native import ISAS, isa_supported, kernels
 from tests.conftest import hf_greedy, hf_model
 
-native = kernels()
-needs_native = pytest.mark.skipif(native is None, reason="no C compiler here: the native kernel cannot be built")
+needs_native = pytest.mark.skipif(kernels() is None, reason="no C compiler here: the native kernel cannot be built")
+
+
+@pytest.fixture(params=sorted(ISAS))
+def native(request):
+    """The kernels built for one instruction set (skipped where this CPU cannot run it)."""
+    if not isa_supported(request.param):
+        pytest.skip(f"this CPU does not run {request.param} code")
+    built = kernels(request.param)
+    if built is None:
+        pytest.skip("no C compiler here: the native kernel cannot be built")
+    return built
 
 
 def _reference(q, kc, vc, tables, ctx, bs, window, scale):
@@ -40,7 +52,7 @@ def _reference(q, kc, vc, tables, ctx, bs, window, scale):
     "Hq,Hkv,D,bs,window",
     [(12, 4, 64, 16, None), (4, 4, 32, 16, None), (8, 1, 128, 8, None), (6, 2, 64, 16, 40), (16, 8, 80, 32, None)],
 )
-def test_kernel_equals_gather_and_sdpa(Hq, Hkv, D, bs, window):
+def test_kernel_equals_gather_and_sdpa(native, Hq, Hkv, D, bs, window):
     """Random block tables (blocks scattered over the pool), ragged lengths incl. 1 and
     partial last blocks, GQA groups, strided q rows as the fused projection gives them."""
     g = torch.Generator().manual_seed(Hq * 1000 + D)
@@ -90,7 +102,7 @@ def _reference_prefill(q, kc, vc, table, ctx, bs, window, scale):
         (12, 4, 64, 16, 1, 17, None),  # one token
     ],
 )
-def test_prefill_kernel_equals_sdpa(Hq, Hkv, D, bs, n, ctx, window):
+def test_prefill_kernel_equals_sdpa(native, Hq, Hkv, D, bs, n, ctx, window):
     g = torch.Generator().manual_seed(n * 7 + ctx)
     num_blocks = 2 * (-(-ctx // bs)) + 3
     kc = torch.randn(num_blocks * bs, Hkv, D, generator=g)
@@ -105,7 +117,7 @@ def test_prefill_kernel_equals_sdpa(Hq, Hkv, D, bs, n, ctx, window):
 
 
 @needs_native
-def test_prefill_kernel_declines_unsupported_head_dim():
+def test_prefill_kernel_declines_unsupported_head_dim(native):
     """head_dim 24 is not a multiple of 16: nothing written, the caller uses SDPA."""
     out = torch.full((4, 2, 24), float("nan"))
     kc = torch.randn(32, 2, 24)
@@ -114,7 +126,7 @@ def test_prefill_kernel_declines_unsupported_head_dim():
 
 
 @needs_native
-def test_kernel_rejects_non_contiguous_cache():
+def test_kernel_rejects_non_contiguous_cache(native):
     kc = torch.randn(64, 2, 32).transpose(0, 1).contiguous().transpose(0, 1)  # strided slots
     with pytest.raises(ValueError, match="contiguous"):
         native.paged_decode(
@@ -160,7 +172,7 @@ def test_broken_compiler_falls_back_with_a_warning(tmp_path):
 
 @needs_native
 @pytest.mark.parametrize("with_add", [False, True])
-def test_rms_norm_kernel_equals_transformers_formula(with_add):
+def test_rms_norm_kernel_equals_transformers_formula(native, with_add):
     """Fused (residual add +) RMSNorm: same values as LlamaRMSNorm's ops; x updated in place."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(37, 200, generator=g)
@@ -174,7 +186,7 @@ def test_rms_norm_kernel_equals_transformers_formula(with_add):
 
 
 @needs_native
-def test_rope_kernel_equals_apply_rope():
+def test_rope_kernel_equals_apply_rope(native):
     """q and k rotated together from the fused projection's strided view."""
     from mooncake.engine.model_config import RopeConfig
     from mooncake.engine.rope import RotaryTable, apply_rope
@@ -189,11 +201,18 @@ def test_rope_kernel_equals_apply_rope():
 
 
 @needs_native
-def test_silu_mul_kernel_equals_torch():
+@pytest.mark.parametrize("inter", [96, 100])
+def test_silu_mul_kernel_equals_torch(native, inter):
+    """Vectors of the build's width, and (100) a scalar tail after them."""
     g = torch.Generator().manual_seed(5)
-    gate_up = torch.randn(13, 2 * 96, generator=g) * 6  # large |x|: both sigmoid branches
+    gate_up = torch.randn(13, 2 * inter, generator=g) * 6  # large |x|: both sigmoid branches
     gate, up = gate_up.clone().chunk(2, dim=-1)
     want = F.silu(gate) * up
     got = native.silu_mul(gate_up)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     assert got.data_ptr() == gate_up.data_ptr()  # in place, first half
+
+
+def test_unknown_isa_is_a_clear_error():
+    with pytest.raises(ValueError, match="MOONCAKE_KERNEL_ISA"):
+        kernels("avx9000")

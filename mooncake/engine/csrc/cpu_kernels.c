@@ -25,6 +25,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Threads for a call of `work` element-operations: one below PAR_MIN_WORK. A parallel
+ * region ends when its slowest thread does, so on a box shared with a server and a
+ * worker (2 cores), a second thread that the kernel scheduler has given to another
+ * process turns a microsecond of work into a time slice; a decode step's norms and
+ * activations (16 rows of a few hundred values) are cheaper on the calling thread. */
+#define PAR_MIN_WORK (1 << 16)
+static inline int threads_for(int64_t work, int num_threads) {
+    return work < PAR_MIN_WORK ? 1 : num_threads;
+}
+
 static inline float exp_neg(float x) {
     /* e^x for x <= 0 (max-subtracted scores): 2^(x log2 e) = 2^n * 2^f, |f| <= 0.5 */
     if (x < -87.0f) x = -87.0f;
@@ -38,109 +48,161 @@ static inline float exp_neg(float x) {
     return p * s;
 }
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t vi16 __attribute__((vector_size(64)));
+/* Vectors are the machine's own width: 16 floats where AVX-512 is on, 8 elsewhere. A
+ * 16-float vector type on a machine without 512-bit registers is not split into register
+ * pairs but kept as a 64-byte block on the stack: every use becomes loads and stores (the
+ * kernels ran 5-20x slower on AVX2 that way). Register tiles are sized per width below. */
+#if defined(__AVX512F__)
+#define VW 16
+#else
+#define VW 8
+#endif
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef int32_t vi __attribute__((vector_size(VW * 4)));
 
-static inline v16 ld16(const float *p) { v16 r; memcpy(&r, p, sizeof r); return r; }
-static inline void st16(float *p, v16 x) { memcpy(p, &x, sizeof x); }
-static inline v16 vmax(v16 a, v16 b) { vi16 m = a > b; return (v16)(((vi16)a & m) | ((vi16)b & ~m)); }
+static inline vf ldv(const float *p) { vf r; memcpy(&r, p, sizeof r); return r; }
+static inline void stv(float *p, vf x) { memcpy(p, &x, sizeof x); }
+static inline vf vmax(vf a, vf b) { vi m = a > b; return (vf)(((vi)a & m) | ((vi)b & ~m)); }
+
+/* lane permutations for the horizontal reductions: swap halves, quarters, ... */
+#if VW == 16
+#define SWAP8 (vi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}
+#define SWAP4 (vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}
+#define SWAP2 (vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}
+#define SWAP1 (vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}
+#else
+#define SWAP4 (vi){4, 5, 6, 7, 0, 1, 2, 3}
+#define SWAP2 (vi){2, 3, 0, 1, 6, 7, 4, 5}
+#define SWAP1 (vi){1, 0, 3, 2, 5, 4, 7, 6}
+#endif
+
 /* horizontal max / sum in log steps (lane 0 holds the result) */
-static inline float hmax16(v16 x) {
-    x = vmax(x, __builtin_shuffle(x, (vi16){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
-    x = vmax(x, __builtin_shuffle(x, (vi16){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
-    x = vmax(x, __builtin_shuffle(x, (vi16){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
-    x = vmax(x, __builtin_shuffle(x, (vi16){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
+static inline float hmaxv(vf x) {
+#if VW == 16
+    x = vmax(x, __builtin_shuffle(x, SWAP8));
+#endif
+    x = vmax(x, __builtin_shuffle(x, SWAP4));
+    x = vmax(x, __builtin_shuffle(x, SWAP2));
+    x = vmax(x, __builtin_shuffle(x, SWAP1));
     return x[0];
 }
-static inline float hsum16(v16 x) {
-    x += __builtin_shuffle(x, (vi16){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-    x += __builtin_shuffle(x, (vi16){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
-    x += __builtin_shuffle(x, (vi16){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
-    x += __builtin_shuffle(x, (vi16){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+static inline float hsumv(vf x) {
+#if VW == 16
+    x += __builtin_shuffle(x, SWAP8);
+#endif
+    x += __builtin_shuffle(x, SWAP4);
+    x += __builtin_shuffle(x, SWAP2);
+    x += __builtin_shuffle(x, SWAP1);
     return x[0];
 }
 
-static inline v16 vexp_neg(v16 x) {
+static inline vf vexp_neg(vf x) {
     /* e^x for x <= 0, lane-wise, same polynomial as exp_neg */
-    const v16 lo = (v16){0} - 87.0f;
-    x = (v16)((vi16)((x < lo) & (vi16)lo) | (vi16)((x >= lo) & (vi16)x));
-    v16 t = x * 1.44269504088896341f;
-    vi16 n = __builtin_convertvector(t - 0.5f, vi16); /* t <= 0: rounds to nearest */
-    v16 f = (t - __builtin_convertvector(n, v16)) * 0.69314718055994531f;
-    v16 p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720 + f * (1.0f / 5040)))))));
-    vi16 bits = (n + 127) << 23;
-    return p * (v16)bits;
+    const vf lo = (vf){0} - 87.0f;
+    x = (vf)((vi)((x < lo) & (vi)lo) | (vi)((x >= lo) & (vi)x));
+    vf t = x * 1.44269504088896341f;
+    vi n = __builtin_convertvector(t - 0.5f, vi); /* t <= 0: rounds to nearest */
+    vf f = (t - __builtin_convertvector(n, vf)) * 0.69314718055994531f;
+    vf p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720 + f * (1.0f / 5040)))))));
+    vi bits = (n + 127) << 23;
+    return p * (vf)bits;
 }
 
 
-/* lane j of the result = sum of the 16 lanes of p[j]: a transpose-and-add tree, ~45
- * vector ops for 16 dot products instead of 16 separate horizontal sums */
-static inline v16 reduce16x16(const v16 *p) {
-    v16 y[8], z[4], w[2];
+/* lane j of the result = sum of the VW lanes of p[j]: a transpose-and-add tree, a few
+ * vector ops per dot product instead of a separate horizontal sum each. Each level adds
+ * the two halves of every vector's remaining span and packs two vectors into one. */
+static inline vf reduce_vxv(const vf *p) {
+#if VW == 16
+    vf y[8], z[4], w[2];
     for (int i = 0; i < 8; ++i)
-        y[i] = __builtin_shuffle(p[2 * i], p[2 * i + 1], (vi16){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23})
-             + __builtin_shuffle(p[2 * i], p[2 * i + 1], (vi16){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
+        y[i] = __builtin_shuffle(p[2 * i], p[2 * i + 1], (vi){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23})
+             + __builtin_shuffle(p[2 * i], p[2 * i + 1], (vi){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
     for (int i = 0; i < 4; ++i)
-        z[i] = __builtin_shuffle(y[2 * i], y[2 * i + 1], (vi16){0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27})
-             + __builtin_shuffle(y[2 * i], y[2 * i + 1], (vi16){4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31});
+        z[i] = __builtin_shuffle(y[2 * i], y[2 * i + 1], (vi){0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27})
+             + __builtin_shuffle(y[2 * i], y[2 * i + 1], (vi){4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31});
     for (int i = 0; i < 2; ++i)
-        w[i] = __builtin_shuffle(z[2 * i], z[2 * i + 1], (vi16){0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29})
-             + __builtin_shuffle(z[2 * i], z[2 * i + 1], (vi16){2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31});
-    return __builtin_shuffle(w[0], w[1], (vi16){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30})
-         + __builtin_shuffle(w[0], w[1], (vi16){1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31});
+        w[i] = __builtin_shuffle(z[2 * i], z[2 * i + 1], (vi){0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29})
+             + __builtin_shuffle(z[2 * i], z[2 * i + 1], (vi){2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31});
+    return __builtin_shuffle(w[0], w[1], (vi){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30})
+         + __builtin_shuffle(w[0], w[1], (vi){1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31});
+#else
+    vf y[4], z[2];
+    for (int i = 0; i < 4; ++i)
+        y[i] = __builtin_shuffle(p[2 * i], p[2 * i + 1], (vi){0, 1, 2, 3, 8, 9, 10, 11})
+             + __builtin_shuffle(p[2 * i], p[2 * i + 1], (vi){4, 5, 6, 7, 12, 13, 14, 15});
+    for (int i = 0; i < 2; ++i)
+        z[i] = __builtin_shuffle(y[2 * i], y[2 * i + 1], (vi){0, 1, 4, 5, 8, 9, 12, 13})
+             + __builtin_shuffle(y[2 * i], y[2 * i + 1], (vi){2, 3, 6, 7, 10, 11, 14, 15});
+    return __builtin_shuffle(z[0], z[1], (vi){0, 2, 4, 6, 8, 10, 12, 14})
+         + __builtin_shuffle(z[0], z[1], (vi){1, 3, 5, 7, 9, 11, 13, 15});
+#endif
 }
 
-/* One (sequence, KV head) of decode, head_dim a multiple of 16: scores 16 tokens at a
+/* Value-sum accumulators per pass: the whole output row (up to 256 columns) with AVX-512's
+ * 32 registers; 64 columns with AVX2's 16. */
+#if VW == 16
+#define DECODE_ACC 16
+#else
+#define DECODE_ACC 8
+#endif
+
+/* One (sequence, KV head) of decode, head_dim a multiple of 16: scores VW tokens at a
  * time (partial dot-product vectors reduced together), vector softmax, and the value sum
- * with the output row in registers. ND = head_dim / 16 (constant in the fast paths). */
+ * with the output row in registers. ND = head_dim / VW (constant in the fast paths). */
 static inline void decode_item_vec(
     const float *qh, const float *k, const float *v, const int64_t *offs, int64_t n,
     float *o, int64_t G, const int64_t ND, float scale, float *scores /* G * n_pad */)
 {
-    const int64_t D = ND * 16, n_pad = (n + 15) / 16 * 16;
-    const v16 ninf = (v16){0} - __builtin_inff();
+    const int64_t D = ND * VW, n_pad = (n + VW - 1) / VW * VW;
+    const vf ninf = (vf){0} - __builtin_inff();
     for (int64_t g = 0; g < G; ++g) {
         const float *qg = qh + g * D;
-        v16 qv[16];
-        for (int64_t c = 0; c < ND; ++c) qv[c] = ld16(qg + 16 * c) * scale;
+        vf qv[256 / VW];
+        for (int64_t c = 0; c < ND; ++c) qv[c] = ldv(qg + VW * c) * scale;
         float *sg = scores + g * n_pad;
-        v16 mx = ninf;
-        for (int64_t i0 = 0; i0 < n; i0 += 16) {
-            v16 part[16];
-            const int64_t cnt = n - i0 < 16 ? n - i0 : 16;
-            for (int64_t j = 0; j < 16; ++j) {
-                v16 a = {0};
+        vf mx = ninf;
+        for (int64_t i0 = 0; i0 < n; i0 += VW) {
+            vf part[VW];
+            const int64_t cnt = n - i0 < VW ? n - i0 : VW;
+            for (int64_t j = 0; j < VW; ++j) {
+                vf a = {0};
                 if (j < cnt) {
                     const float *kp = k + offs[i0 + j];
-                    for (int64_t c = 0; c < ND; ++c) a += qv[c] * ld16(kp + 16 * c);
+                    for (int64_t c = 0; c < ND; ++c) a += qv[c] * ldv(kp + VW * c);
                 }
                 part[j] = a;
             }
-            v16 sv = reduce16x16(part);
-            if (cnt < 16)
-                for (int64_t j = cnt; j < 16; ++j) sv[j] = -__builtin_inff();
-            st16(sg + i0, sv);
+            vf sv = reduce_vxv(part);
+            if (cnt < VW)
+                for (int64_t j = cnt; j < VW; ++j) sv[j] = -__builtin_inff();
+            stv(sg + i0, sv);
             mx = vmax(mx, sv);
         }
-        const float m = hmax16(mx);
-        v16 sum = {0};
-        for (int64_t i0 = 0; i0 < n; i0 += 16) {
-            const v16 e = vexp_neg(ld16(sg + i0) - m);
-            vi16 keep = {0};
-            for (int j = 0; j < 16; ++j) keep[j] = i0 + j < n ? -1 : 0;
-            const v16 pe = (v16)((vi16)e & keep);
-            st16(sg + i0, pe);
+        const float m = hmaxv(mx);
+        vf sum = {0};
+        for (int64_t i0 = 0; i0 < n; i0 += VW) {
+            const vf e = vexp_neg(ldv(sg + i0) - m);
+            vi keep = {0};
+            for (int j = 0; j < VW; ++j) keep[j] = i0 + j < n ? -1 : 0;
+            const vf pe = (vf)((vi)e & keep);
+            stv(sg + i0, pe);
             sum += pe;
         }
-        const float inv = 1.0f / hsum16(sum);
-        v16 acc[16];
-        for (int64_t c = 0; c < ND; ++c) acc[c] = (v16){0};
-        for (int64_t i = 0; i < n; ++i) {
-            const float pi = sg[i];
-            const float *vp = v + offs[i];
-            for (int64_t c = 0; c < ND; ++c) acc[c] += ld16(vp + 16 * c) * pi;
+        const float inv = 1.0f / hsumv(sum);
+        const int64_t CB = ND < DECODE_ACC ? ND : DECODE_ACC;
+        for (int64_t c0 = 0; c0 < ND; c0 += CB) {
+            /* a constant when CB divides ND (the fast paths), so acc stays in registers */
+            const int64_t cn = ND % CB == 0 ? CB : (ND - c0 < CB ? ND - c0 : CB);
+            vf acc[DECODE_ACC];
+            for (int64_t c = 0; c < cn; ++c) acc[c] = (vf){0};
+            for (int64_t i = 0; i < n; ++i) {
+                const float pi = sg[i];
+                const float *vp = v + offs[i] + VW * c0;
+                for (int64_t c = 0; c < cn; ++c) acc[c] += ldv(vp + VW * c) * pi;
+            }
+            for (int64_t c = 0; c < cn; ++c) stv(o + g * D + VW * (c0 + c), acc[c] * inv);
         }
-        for (int64_t c = 0; c < ND; ++c) st16(o + g * D + 16 * c, acc[c] * inv);
     }
 }
 
@@ -157,7 +219,7 @@ int mc_paged_decode_f32(
     const int64_t G = Hq / Hkv;
     int failed = 0;
 
-#pragma omp parallel num_threads(num_threads)
+#pragma omp parallel num_threads(threads_for(B * Hq * (max_ctx > 0 ? max_ctx : 1) * D / 8, num_threads))
     {
         const int64_t ctx_pad = (max_ctx > 0 ? max_ctx : 1) + 16;
         float *scores = (float *)malloc(sizeof(float) * (size_t)(G * ctx_pad));
@@ -191,9 +253,9 @@ int mc_paged_decode_f32(
             }
 
             if (D % 16 == 0 && D <= 256) {
-                if (D == 64) decode_item_vec(qh, k, v, offs, n, o, G, 4, scale, scores);
-                else if (D == 128) decode_item_vec(qh, k, v, offs, n, o, G, 8, scale, scores);
-                else decode_item_vec(qh, k, v, offs, n, o, G, D / 16, scale, scores);
+                if (D == 64) decode_item_vec(qh, k, v, offs, n, o, G, 64 / VW, scale, scores);
+                else if (D == 128) decode_item_vec(qh, k, v, offs, n, o, G, 128 / VW, scale, scores);
+                else decode_item_vec(qh, k, v, offs, n, o, G, D / VW, scale, scores);
                 continue;
             }
 
@@ -256,12 +318,13 @@ int mc_paged_decode_f32(
  * in the cache, so every key (cached prefix and chunk alike) is read through the block
  * table. Work items are (KV head, TQ query tokens): the G query heads of the KV head form
  * R = TQ*G rows. Their keys are taken KC at a time; for each such key chunk:
- *   1. S = Q K^T for the R rows (8 rows x 32 keys register tiles over K transposed once
- *      per call: the inner loop is one K vector pair and eight broadcasts per 16 FMAs);
+ *   1. S = Q K^T for the R rows (SRB rows x 2 vectors of keys register tiles over K
+ *      transposed once per call: on AVX-512 the inner loop is one K vector pair and
+ *      eight broadcasts per 16 FMAs);
  *   2. softmax on whole rows of S: one max per row and chunk (the output and the sum are
  *      rescaled only when it grows), exp in place, the causal / window mask applied only
  *      to the vectors that straddle a row's boundary (the others need none);
- *   3. O += P V, 4 rows x 64 columns of accumulators, 32 keys at a time.
+ *   3. O += P V, 4 rows x PCV vectors of columns of accumulators, 32 keys at a time.
  * The scores of a chunk stay in L2 (R*KC floats); no [n, ctx] matrix is built and no K/V
  * is gathered into a copy. Compared with an online softmax per 32-key tile this does one
  * horizontal max per row per KC keys instead of per 32 and no masking in the interior
@@ -272,21 +335,31 @@ int mc_paged_decode_f32(
  * otherwise: the caller falls back to SDPA).
  */
 #define TQ 16
-#define TK 32  /* keys per register tile: two vectors */
+#define TK 32  /* keys per transposed K tile */
 #define KC 256 /* keys per softmax chunk */
+/* Register tiles: S takes SRB rows x 2 vectors of keys, O += P V 4 rows x PCV vectors of
+ * columns; AVX-512's 32 registers hold 8 x 2 and 4 x 4 accumulators, AVX2's 16 hold 4 x 2
+ * and 4 x 2 with room for the loaded vectors and a broadcast. */
+#if VW == 16
+#define SRB 8
+#define PCV 4
+#else
+#define SRB 4
+#define PCV 2
+#endif
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
 /* e^x for x <= 0, lane-wise: the polynomial of vexp_neg, with the power of two applied by
  * vscalefps (no integer round trip); -inf and anything below -87 give e^-87 (~1.6e-38),
  * which callers mask where it must be exactly 0 */
-static inline v16 vexp_le0(v16 x) {
+static inline vf vexp_le0(vf x) {
     const __m512 xc = _mm512_max_ps((__m512)x, _mm512_set1_ps(-87.0f));
     const __m512 t = _mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f));
     const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const v16 f = (v16)_mm512_sub_ps(t, n) * 0.69314718055994531f;
-    const v16 p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720 + f * (1.0f / 5040)))))));
-    return (v16)_mm512_scalef_ps((__m512)p, n);
+    const vf f = (vf)_mm512_sub_ps(t, n) * 0.69314718055994531f;
+    const vf p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720 + f * (1.0f / 5040)))))));
+    return (vf)_mm512_scalef_ps((__m512)p, n);
 }
 #else
 #define vexp_le0 vexp_neg
@@ -315,7 +388,7 @@ int mc_paged_prefill_f32(
     for (int64_t tok = 0; tok < ctx; ++tok) slot[tok] = table[tok / block_size] * block_size + tok % block_size;
     int failed = 0;
 
-#pragma omp parallel num_threads(num_threads)
+#pragma omp parallel num_threads(threads_for(n * ctx * Hq * D / 8, num_threads))
     {
 #pragma omp for schedule(static)
         for (int64_t w = 0; w < Hkv * n_kt; ++w) {
@@ -377,50 +450,50 @@ int mc_paged_prefill_f32(
                 const int64_t c1 = c0 + KC < key_hi ? c0 + KC : key_hi;
                 const int64_t nk = (c1 - c0 + TK - 1) / TK * TK; /* keys of the chunk, whole tiles */
 
-                /* 1. S = Qs Kt, 8 rows x 32 keys at a time */
+                /* 1. S = Qs Kt, SRB rows x 2 vectors of keys at a time */
                 for (int64_t kb = 0; kb < nk; kb += TK) {
                     const float *kt = kt_all + (h * n_kt + (c0 + kb) / TK) * D * TK;
-                    for (int64_t r = 0; r < R; r += 8) {
-                        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
-                        v16 b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0}, b4 = {0}, b5 = {0}, b6 = {0}, b7 = {0};
-                        const float *q0 = qs + r * D;
-                        for (int64_t d = 0; d < D; ++d) {
-                            const v16 ka = ld16(kt + d * TK), kb2 = ld16(kt + d * TK + 16);
-                            const float x0 = q0[d], x1 = q0[D + d], x2 = q0[2 * D + d], x3 = q0[3 * D + d];
-                            const float x4 = q0[4 * D + d], x5 = q0[5 * D + d], x6 = q0[6 * D + d], x7 = q0[7 * D + d];
-                            a0 += ka * x0; b0 += kb2 * x0; a1 += ka * x1; b1 += kb2 * x1;
-                            a2 += ka * x2; b2 += kb2 * x2; a3 += ka * x3; b3 += kb2 * x3;
-                            a4 += ka * x4; b4 += kb2 * x4; a5 += ka * x5; b5 += kb2 * x5;
-                            a6 += ka * x6; b6 += kb2 * x6; a7 += ka * x7; b7 += kb2 * x7;
+                    for (int64_t r = 0; r < R; r += SRB)
+                        for (int64_t k0 = 0; k0 < TK; k0 += 2 * VW) {
+                            vf a[SRB], b[SRB];
+                            for (int i = 0; i < SRB; ++i) a[i] = b[i] = (vf){0};
+                            const float *q0 = qs + r * D;
+                            for (int64_t d = 0; d < D; ++d) {
+                                const vf ka = ldv(kt + d * TK + k0), kb2 = ldv(kt + d * TK + k0 + VW);
+                                for (int i = 0; i < SRB; ++i) {
+                                    const float x = q0[i * D + d];
+                                    a[i] += ka * x;
+                                    b[i] += kb2 * x;
+                                }
+                            }
+                            float *s0 = s + r * KC + kb + k0;
+                            for (int i = 0; i < SRB; ++i) {
+                                stv(s0 + i * KC, a[i]);
+                                stv(s0 + i * KC + VW, b[i]);
+                            }
                         }
-                        float *s0 = s + r * KC + kb;
-                        st16(s0, a0); st16(s0 + 16, b0); st16(s0 + KC, a1); st16(s0 + KC + 16, b1);
-                        st16(s0 + 2 * KC, a2); st16(s0 + 2 * KC + 16, b2); st16(s0 + 3 * KC, a3); st16(s0 + 3 * KC + 16, b3);
-                        st16(s0 + 4 * KC, a4); st16(s0 + 4 * KC + 16, b4); st16(s0 + 5 * KC, a5); st16(s0 + 5 * KC + 16, b5);
-                        st16(s0 + 6 * KC, a6); st16(s0 + 6 * KC + 16, b6); st16(s0 + 7 * KC, a7); st16(s0 + 7 * KC + 16, b7);
-                    }
                 }
 
                 /* 2. softmax per row over the chunk; row r sees keys [vis_lo, vis_hi) */
-                vi16 iota;
-                for (int j = 0; j < 16; ++j) iota[j] = j;
+                vi iota;
+                for (int j = 0; j < VW; ++j) iota[j] = j;
                 for (int64_t r = 0; r < R; ++r) {
                     const int64_t p = pos0 + r / G;
                     const int64_t vis_hi = p + 1 < key_hi ? p + 1 : key_hi;
                     const int64_t vis_lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
                     float *sr = s + r * KC;
                     /* vectors [f_lo, f_hi) lie wholly inside the visible range */
-                    const int64_t f_lo = vis_lo <= c0 ? 0 : (vis_lo - c0 + 15) / 16;
-                    const int64_t f_hi = vis_hi >= c0 + nk ? nk / 16 : (vis_hi > c0 ? (vis_hi - c0) / 16 : 0);
-                    v16 mx = (v16){0} - __builtin_inff();
-                    for (int64_t i = 0; i < nk / 16; ++i) {
-                        const v16 x = ld16(sr + 16 * i);
+                    const int64_t f_lo = vis_lo <= c0 ? 0 : (vis_lo - c0 + VW - 1) / VW;
+                    const int64_t f_hi = vis_hi >= c0 + nk ? nk / VW : (vis_hi > c0 ? (vis_hi - c0) / VW : 0);
+                    vf mx = (vf){0} - __builtin_inff();
+                    for (int64_t i = 0; i < nk / VW; ++i) {
+                        const vf x = ldv(sr + VW * i);
                         if (i >= f_lo && i < f_hi) { mx = vmax(mx, x); continue; }
-                        const vi16 key = iota + (int32_t)(c0 + 16 * i);
-                        const vi16 in = (key >= (int32_t)vis_lo) & (key < (int32_t)vis_hi);
-                        mx = vmax(mx, (v16)(((vi16)x & in) | ((vi16)mx & ~in)));
+                        const vi key = iota + (int32_t)(c0 + VW * i);
+                        const vi in = (key >= (int32_t)vis_lo) & (key < (int32_t)vis_hi);
+                        mx = vmax(mx, (vf)(((vi)x & in) | ((vi)mx & ~in)));
                     }
-                    const float cmax = hmax16(mx);
+                    const float cmax = hmaxv(mx);
                     if (cmax == -__builtin_inff()) { /* no visible key in this chunk */
                         memset(sr, 0, sizeof(float) * (size_t)nk);
                         continue;
@@ -430,22 +503,22 @@ int mc_paged_prefill_f32(
                             const float corr = exp_neg(m[r] - cmax);
                             l[r] *= corr;
                             float *orow = o + r * D;
-                            for (int64_t c = 0; c < D; c += 16) st16(orow + c, ld16(orow + c) * corr);
+                            for (int64_t c = 0; c < D; c += VW) stv(orow + c, ldv(orow + c) * corr);
                         }
                         m[r] = cmax;
                     }
                     const float mr = m[r];
-                    v16 sum = {0};
-                    for (int64_t i = 0; i < nk / 16; ++i) {
-                        v16 e = vexp_le0(ld16(sr + 16 * i) - mr);
+                    vf sum = {0};
+                    for (int64_t i = 0; i < nk / VW; ++i) {
+                        vf e = vexp_le0(ldv(sr + VW * i) - mr);
                         if (i < f_lo || i >= f_hi) {
-                            const vi16 key = iota + (int32_t)(c0 + 16 * i);
-                            e = (v16)((vi16)e & ((key >= (int32_t)vis_lo) & (key < (int32_t)vis_hi)));
+                            const vi key = iota + (int32_t)(c0 + VW * i);
+                            e = (vf)((vi)e & ((key >= (int32_t)vis_lo) & (key < (int32_t)vis_hi)));
                         }
-                        st16(sr + 16 * i, e);
+                        stv(sr + VW * i, e);
                         sum += e;
                     }
-                    l[r] += hsum16(sum);
+                    l[r] += hsumv(sum);
                 }
 
                 /* 3. O += P V, 32 keys at a time */
@@ -456,34 +529,31 @@ int mc_paged_prefill_f32(
                         vrow[j] = vp_all + (h * n_kt * TK + tok) * D;
                     }
                     int64_t dc = 0;
-                    for (; dc + 64 <= D; dc += 64) { /* 4 rows x 64 columns of accumulators */
+                    for (; dc + PCV * VW <= D; dc += PCV * VW) { /* 4 rows x PCV vectors of accumulators */
                         for (int64_t r = 0; r < R; r += 4) {
                             float *o0 = o + r * D + dc;
-                            v16 c00 = ld16(o0), c01 = ld16(o0 + 16), c02 = ld16(o0 + 32), c03 = ld16(o0 + 48);
-                            v16 c10 = ld16(o0 + D), c11 = ld16(o0 + D + 16), c12 = ld16(o0 + D + 32), c13 = ld16(o0 + D + 48);
-                            v16 c20 = ld16(o0 + 2 * D), c21 = ld16(o0 + 2 * D + 16), c22 = ld16(o0 + 2 * D + 32), c23 = ld16(o0 + 2 * D + 48);
-                            v16 c30 = ld16(o0 + 3 * D), c31 = ld16(o0 + 3 * D + 16), c32 = ld16(o0 + 3 * D + 32), c33 = ld16(o0 + 3 * D + 48);
+                            vf c[4][PCV];
+                            for (int i = 0; i < 4; ++i)
+                                for (int u = 0; u < PCV; ++u) c[i][u] = ldv(o0 + i * D + u * VW);
                             const float *p0 = s + r * KC + kb;
                             for (int64_t j = 0; j < TK; ++j) {
                                 const float *vp = vrow[j] + dc;
-                                const v16 v0 = ld16(vp), v1 = ld16(vp + 16), v2 = ld16(vp + 32), v3 = ld16(vp + 48);
-                                const float w0 = p0[j], w1 = p0[KC + j], w2 = p0[2 * KC + j], w3 = p0[3 * KC + j];
-                                c00 += v0 * w0; c01 += v1 * w0; c02 += v2 * w0; c03 += v3 * w0;
-                                c10 += v0 * w1; c11 += v1 * w1; c12 += v2 * w1; c13 += v3 * w1;
-                                c20 += v0 * w2; c21 += v1 * w2; c22 += v2 * w2; c23 += v3 * w2;
-                                c30 += v0 * w3; c31 += v1 * w3; c32 += v2 * w3; c33 += v3 * w3;
+                                vf vv[PCV];
+                                for (int u = 0; u < PCV; ++u) vv[u] = ldv(vp + u * VW);
+                                for (int i = 0; i < 4; ++i) {
+                                    const float w = p0[i * KC + j];
+                                    for (int u = 0; u < PCV; ++u) c[i][u] += vv[u] * w;
+                                }
                             }
-                            st16(o0, c00); st16(o0 + 16, c01); st16(o0 + 32, c02); st16(o0 + 48, c03);
-                            st16(o0 + D, c10); st16(o0 + D + 16, c11); st16(o0 + D + 32, c12); st16(o0 + D + 48, c13);
-                            st16(o0 + 2 * D, c20); st16(o0 + 2 * D + 16, c21); st16(o0 + 2 * D + 32, c22); st16(o0 + 2 * D + 48, c23);
-                            st16(o0 + 3 * D, c30); st16(o0 + 3 * D + 16, c31); st16(o0 + 3 * D + 32, c32); st16(o0 + 3 * D + 48, c33);
+                            for (int i = 0; i < 4; ++i)
+                                for (int u = 0; u < PCV; ++u) stv(o0 + i * D + u * VW, c[i][u]);
                         }
                     }
-                    for (; dc < D; dc += 16) { /* head_dim not a multiple of 64: 16 columns at a time */
+                    for (; dc < D; dc += VW) { /* columns left over: one vector at a time */
                         for (int64_t r = 0; r < R; ++r) {
-                            v16 c = ld16(o + r * D + dc);
-                            for (int64_t j = 0; j < TK; ++j) c += ld16(vrow[j] + dc) * s[r * KC + kb + j];
-                            st16(o + r * D + dc, c);
+                            vf c = ldv(o + r * D + dc);
+                            for (int64_t j = 0; j < TK; ++j) c += ldv(vrow[j] + dc) * s[r * KC + kb + j];
+                            stv(o + r * D + dc, c);
                         }
                     }
                 }
@@ -515,7 +585,7 @@ int mc_add_rmsnorm_f32(float *x, const float *add, float *out, const float *weig
                        int64_t T, int64_t H, float eps, int num_threads)
 {
     if (H <= 0) return 1;
-#pragma omp parallel for schedule(static) num_threads(num_threads)
+#pragma omp parallel for schedule(static) num_threads(threads_for(T * H, num_threads))
     for (int64_t t = 0; t < T; ++t) {
         float *xr = x + t * H;
         float ss = 0.0f;
@@ -546,7 +616,7 @@ int mc_rope_f32(const float *x, int64_t x_stride, const float *cos, const float 
 {
     if (D % 2 != 0) return 1;
     const int64_t half = D / 2;
-#pragma omp parallel for schedule(static) num_threads(num_threads)
+#pragma omp parallel for schedule(static) num_threads(threads_for(T * H * D, num_threads))
     for (int64_t t = 0; t < T; ++t) {
         const float *c = cos + t * D, *s = sin + t * D;
         for (int64_t h = 0; h < H; ++h) {
@@ -565,12 +635,22 @@ int mc_rope_f32(const float *x, int64_t x_stride, const float *cos, const float 
  * of each row of the fused gate/up projection ([T, 2I], rows 2I floats apart). */
 int mc_silu_mul_f32(float *gate_up, int64_t T, int64_t I, int num_threads)
 {
-#pragma omp parallel for schedule(static) num_threads(num_threads)
+    /* explicit vectors: GCC vectorizes the scalar loop for AVX-512 (masked selects) but
+     * not for AVX2, where it ran 8x slower than torch's op */
+#pragma omp parallel for schedule(static) num_threads(threads_for(T * I * 4, num_threads))
     for (int64_t t = 0; t < T; ++t) {
         float *g = gate_up + t * 2 * I;
         const float *u = g + I;
-#pragma omp simd
-        for (int64_t i = 0; i < I; ++i) {
+        int64_t i = 0;
+        for (; i + VW <= I; i += VW) {
+            const vf x = ldv(g + i);
+            const vi pos = x > 0.0f;
+            const vf negabs = (vf)(((vi)(0.0f - x) & pos) | ((vi)x & ~pos)); /* -|x| */
+            const vf e = vexp_neg(negabs);                                    /* e^-|x| */
+            const vf num = (vf)(((vi)x & pos) | ((vi)(x * e) & ~pos));
+            stv(g + i, num / (1.0f + e) * ldv(u + i));
+        }
+        for (; i < I; ++i) {
             const float x = g[i];
             const float e = exp_neg(x > 0.0f ? -x : x); /* e^-|x|, never overflows */
             const float num = x > 0.0f ? x : x * e;      /* one division per element */
