@@ -12,6 +12,7 @@ engine step per worker.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import itertools
 import logging
@@ -246,6 +247,8 @@ class LLM:
         self._futures: dict[str, dict[str, Future[Any]]] = {}
         self._placed: dict[str, set[str]] = {}
         """Request id -> the workers its graph's tasks run on (until it ends)."""
+        self.moves: collections.Counter[str] = collections.Counter()
+        """Request id -> how many times it was moved off a lost worker."""
         self._task_workers: dict[str, str] = {}
         """Task key -> the worker it is restricted to (until its request ends)."""
         self._gone: set[str] = set()
@@ -547,6 +550,7 @@ class LLM:
                 if lost is None or not self._needs_move(rid, lost):
                     continue
                 self.abort_sync(rid)
+                self.moves[specs[i].request_id] += 1
                 n = int(rid.rsplit("~", 1)[1]) + 1 if "~" in rid else 1
                 attempts[i] = dataclasses.replace(specs[i], request_id=f"{specs[i].request_id}~{n}")
                 logger.warning("request %s: worker %s lost; placed again", specs[i].request_id, lost)
@@ -746,6 +750,7 @@ class LLM:
         yet it is placed from scratch; otherwise it resumes on a decode worker from the
         tokens delivered so far. Raises ``WorkerLost`` when that is impossible."""
         old = attempt.request_id
+        self.moves[spec.request_id] += 1
         n = int(old.rsplit("~", 1)[1]) + 1 if "~" in old else 1
         new = dataclasses.replace(attempt, request_id=f"{spec.request_id}~{n}")
         # Stop what is left of the old attempt (on the surviving workers); not awaited.
