@@ -249,6 +249,8 @@ class LLM:
         """Request id -> the workers its graph's tasks run on (until it ends)."""
         self.moves: collections.Counter[str] = collections.Counter()
         """Request id -> how many times it was moved off a lost worker."""
+        self._moved_to: dict[str, str] = {}
+        """A moved stream's request id -> the id of its current attempt."""
         self._task_workers: dict[str, str] = {}
         """Task key -> the worker it is restricted to (until its request ends)."""
         self._gone: set[str] = set()
@@ -684,6 +686,7 @@ class LLM:
         finally:
             self._sinks.pop(attempt.request_id, None)
             self._sinks.pop(spec.request_id, None)
+            self._moved_to.pop(spec.request_id, None)
             if not acc.finished:
                 await self._abort_unless_cancelled(attempt.request_id)
 
@@ -757,6 +760,7 @@ class LLM:
         asyncio.run_coroutine_threadsafe(self._abort(old), self._client_loop)
         self._sinks.pop(old, None)
         self._sinks[new.request_id] = (loop, q)
+        self._moved_to[spec.request_id] = new.request_id
         resume = bool(acc.token_ids)
         deadline = time.monotonic() + MOVE_DEADLINE_S
         while True:
@@ -803,8 +807,9 @@ class LLM:
         )
 
     async def abort(self, request_id: str) -> None:
-        """Cancel a request wherever it is and free its KV blocks."""
-        await self._on_client_loop(self._abort(request_id))
+        """Cancel a request wherever it is and free its KV blocks (also after it moved
+        off a lost worker)."""
+        await self._on_client_loop(self._abort(self._moved_to.get(request_id, request_id)))
 
     def abort_sync(self, request_id: str) -> None:
         self.client.sync(self._abort, request_id)
