@@ -71,6 +71,8 @@ ABORT_TIMEOUT_S = 5.0
 LIVENESS_INTERVAL_S = 1.0
 """A stream with nothing to read for this long checks that its workers are still in
 the cluster (a missed worker-left event must not leave it waiting forever)."""
+PLACE_TIMEOUT_S = 30.0
+"""How long a placement waits for the scheduler's answer."""
 MOVE_DEADLINE_S = 5.0
 """How long a request whose worker was lost may wait to be placed again (an overloaded
 cluster) before it fails with ``WorkerLost``."""
@@ -400,7 +402,7 @@ class LLM:
 
     def place(self, spec: RequestSpec) -> PlacementInfo:
         """Ask the Conductor where to run ``spec`` (raises ``Rejected``)."""
-        reply = self.client.sync(self._scheduler.mooncake_place, request=self._place_request(spec))
+        reply = self.client.sync(self._scheduler.mooncake_place, request=self._place_request(spec), callback_timeout=PLACE_TIMEOUT_S)
         return self._placement(reply)
 
     def submit(self, spec: RequestSpec, placement: PlacementInfo) -> Future[Any]:
@@ -657,7 +659,7 @@ class LLM:
         attempt = spec
         self._sinks[spec.request_id] = (loop, q)
         try:
-            placement = self._placement(await self._on_client_loop(self._scheduler.mooncake_place(request=self._place_request(spec))))
+            placement = self._placement(await self._place_async(spec))
             out_fut = self.submit(spec, placement)
             out_fut.add_done_callback(lambda f: _post(loop, q, ("done", f)))
             while not acc.finished:
@@ -689,6 +691,13 @@ class LLM:
             self._moved_to.pop(spec.request_id, None)
             if not acc.finished:
                 await self._abort_unless_cancelled(attempt.request_id)
+
+    async def _place_async(self, spec: RequestSpec, resume: bool = False) -> dict[str, Any]:
+        """The Conductor's answer for ``spec`` (``asyncio.TimeoutError`` when the scheduler
+        does not answer within ``PLACE_TIMEOUT_S``)."""
+        place = self._scheduler.mooncake_place(request=self._place_request(spec, resume=resume))
+        reply: dict[str, Any] = await asyncio.wait_for(self._on_client_loop(place), PLACE_TIMEOUT_S)
+        return reply
 
     # -- liveness: requests on a worker that left -----------------------------------------
     def _on_membership(self, event: tuple[float, dict[str, Any]]) -> None:
@@ -765,8 +774,7 @@ class LLM:
         deadline = time.monotonic() + MOVE_DEADLINE_S
         while True:
             try:
-                reply = await self._on_client_loop(self._scheduler.mooncake_place(request=self._place_request(new, resume=resume)))
-                placement = self._placement(reply)
+                placement = self._placement(await self._place_async(new, resume))
                 break
             except Unavailable as e:
                 raise WorkerLost(f"request {spec.request_id}: worker {lost} was lost and no worker can take the request over ({e})") from None
