@@ -107,6 +107,9 @@ def main() -> None:
     p.add_argument("--hf-batch-size", type=int, default=16)
     p.add_argument("--num-blocks", type=int, default=None, help="KV blocks per worker (default: from kv_cache_bytes); small values make the cache the constraint")
     p.add_argument("--skip", nargs="*", default=[], choices=["prefix", "input", "transformers"])
+    p.add_argument("--save-results", metavar="NAME", default=None,
+                   help="write benchmarks/results/NAME.json for docs/performance.md (the page has batch-templates, "
+                        "batch-cache-bound, batch-transformers)")  # fmt: skip
     args = p.parse_args()
     prompts = make_batch(args.prompts, args.templates)
     rows = []
@@ -122,6 +125,21 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['run']} | {r['seconds']} | {r['requests_per_s']} | {r['tokens_per_s']} | {r['generated_per_s']} | {r['hit_rate']:.1%} | {r['tokens_per_s'] / base:.2f}x |")
+    if args.save_results and rows:
+        import result_file as rf
+
+        first, claims = rows[0], []
+        for other in rows[1:]:
+            claims.append(rf.claim(f"requests/s, {first['run']}", first["requests_per_s"], "req/s", other["run"], other["requests_per_s"], target="≥ 1.0"))
+            claims.append(rf.claim(f"tokens/s (prompt + generated), {first['run']}", first["tokens_per_s"], "tok/s", other["run"], other["tokens_per_s"], target="≥ 1.0"))
+        claims += [rf.claim(f"prefix-cache hit rate, {r['run']}", r["hit_rate"] * 100, "%") for r in rows if r["hit_rate"]]
+        titles = {"batch-templates": "Batch inference: 4 templates, ample KV cache",
+                  "batch-cache-bound": "Batch inference: 32 templates, KV cache smaller than the templates",
+                  "batch-transformers": "Batch inference vs transformers, back to back"}  # fmt: skip
+        title = titles.get(args.save_results, f"Batch inference: {args.prompts} prompts, {args.templates} templates")
+        rf.save(args.save_results, title, claims,
+                notes=(f"`LLM.generate` over few-shot prompts, {args.max_tokens} generated tokens each, {args.mode} mode; "
+                       "each mooncake run starts a fresh cluster (start-up not timed). transformers has no prefix cache."))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ class Shape:
 SHAPES: dict[str, Shape] = {
     # A toy: the cost is all framework overhead. head_dim 32: the smallest vLLM-CPU runs.
     "tiny": Shape(128, 2, 4, 2, 256, 260),
-    # The shape of DESIGN.md's peer table (~57M parameters with untied embeddings).
+    # ~57M parameters with untied embeddings: the small peer-comparison shape.
     "llama-57m": Shape(512, 8, 8, 2, 1536, 32000),
     # ~100M parameters: 12 layers of 768 hidden, GQA 12/4.
     "llama-100m": Shape(768, 12, 12, 4, 2048, 32000),

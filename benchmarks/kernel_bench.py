@@ -48,7 +48,12 @@ def ab(a: Callable[[], object], b: Callable[[], object], reps: int) -> tuple[flo
     return statistics.median(ta), statistics.median(tb)
 
 
+ROWS: list[tuple[str, float, float]] = []
+"""Every row printed (name, mooncake s, baseline s), for ``--save-results``."""
+
+
 def row(name: str, ours: float, base: float) -> None:
+    ROWS.append((name, ours, base))
     print(f"| {name} | {ours * 1e3:.2f} | {base * 1e3:.2f} | {base / ours:.2f}x |", flush=True)
 
 
@@ -169,6 +174,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--save-results", action="store_true", help="write benchmarks/results/kernels.json for docs/performance.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.reps}; ratio = baseline / mooncake\n")
@@ -182,6 +188,14 @@ def main() -> None:
         prefill_attention(args.reps, 128, 1920)
         elementwise(args.reps)
         projections(args.reps)
+    if args.save_results:
+        import result_file as rf
+
+        # Ratio = baseline time / kernel time (higher is better), as printed.
+        rf.save("kernels", "Native CPU kernels vs torch", [
+            rf.claim(name, ours * 1e3, "ms", "torch baseline", base * 1e3, ratio=base / ours, target=None if name.startswith("projection") else "≥ 1.0")
+            for name, ours, base in ROWS
+        ], notes=f"{args.threads} threads, median of {args.reps} alternating calls; ratio = baseline time / kernel time (higher is better).")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -98,9 +98,34 @@ def plot(runs: dict[tuple[str, float, str], dict[str, Any]], out: Path, title: s
     fig.savefig(out, dpi=120)
 
 
+def save_results(runs: dict[tuple[str, float, str], dict[str, Any]], root: Path) -> None:
+    """docs/performance.md's serving section (``benchmarks/results/serving.json``): each
+    mooncake server against vllm serve at the same rate and client."""
+    import result_file as rf
+
+    claims = []
+    for (server, rate, client), data in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+        base = runs.get(("vllm", rate, client))
+        if server == "vllm" or base is None:
+            continue
+        mode = "disaggregated" if server == "mooncake" else "colocated"
+        for key, label, unit, target in (("request_goodput", "goodput", "req/s", "≥ 1.0"), ("median_ttft_ms", "TTFT p50", "ms", "≤ 1.0"), ("median_tpot_ms", "TPOT p50", "ms", "≤ 1.0")):
+            if data.get(key) is not None and base.get(key) is not None:
+                claims.append(rf.claim(f"{label} at {rate:g} req/s, {mode}, `{CLIENTS[client]}` client", data[key], unit, "vllm serve", base[key], target=target))
+    if not claims:
+        raise SystemExit(f"no mooncake and vllm serve results side by side under {root}")
+    rates = sorted({r for _, r, _ in runs})
+    groups = {f"{SERVERS[s]} ({CLIENTS[c]})": [float(runs[(s, r, c)].get("request_goodput") or 0.0) if (s, r, c) in runs else 0.0 for r in rates]
+              for s in SERVERS for c in CLIENTS if any((s, r, c) in runs for r in rates)}  # fmt: skip
+    rf.save("serving", "Serving: mooncake serve vs vllm serve", claims,
+            series={"goodput by offered rate": {"x": [f"{r:g} req/s" for r in rates], "ylabel": "goodput (req/s within the SLO)", "groups": groups}},
+            notes=f"Results of `benchmarks/serve_compare.sh` read from `{root}` (workload and SLOs: the script's header).")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", type=Path, nargs="?", default=Path(".bench/serve"))
+    ap.add_argument("--save-results", action="store_true", help="write benchmarks/results/serving.json for docs/performance.md")
     ap.add_argument("--plot", type=Path, default=None, help="write goodput vs offered rate to this PNG")
     ap.add_argument("--title", default="goodput vs offered rate (llama-57m, fp32, 2 cores)")
     args = ap.parse_args()
@@ -112,6 +137,8 @@ def main() -> None:
     if args.plot is not None:
         plot(runs, args.plot, args.title)
         print(f"\nplot: {args.plot}")
+    if args.save_results:
+        save_results(runs, args.root)
 
 
 if __name__ == "__main__":

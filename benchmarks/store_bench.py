@@ -1,6 +1,12 @@
 """Store and transfer throughput, each next to a baseline measured in the same run.
 
     python benchmarks/store_bench.py [--reps 5] [--total-mib 128] [--sizes tiny,tiny-512,70b] [--dask] [--variants]
+    python benchmarks/store_bench.py --between-hosts [--reps 5] [--sizes ...]   # as root
+
+``--between-hosts`` measures the TCP rows between two test hosts (network namespaces
+joined by veth pairs on a bridge, made and removed by this run, as the multi-host
+tests do): the block server and the raw sender on one, the fetcher and the raw
+receiver on the other. Host tiers are not measured then.
 
 - host tier put / get vs numpy memcpy of the same blocks into preallocated memory
   (get = checked zero-copy view; get+copy = that view copied into a preallocated
@@ -25,26 +31,67 @@ repetition running the baseline and the measured operations back to back.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
+import os
 import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # mooncake, and tests.multihost between hosts
 
 from mooncake.kvcache.block import KVBlock, KVBlockSpec
 from mooncake.store import BlockStore, StoreConfig, TierConfig
 from mooncake.store.block_object import encode
 from mooncake.transfer import BlockFetcher, BlockServer, Peer, TcpBackend, TransferConfig
 from mooncake.types import BlockKey
+
+
+class Conn(Protocol):
+    """What a server process talks to its parent through: a multiprocessing pipe, or
+    (a server on another test host) JSON lines on its standard input and output."""
+
+    def send(self, obj: Any) -> None: ...
+
+    def recv(self) -> Any: ...
+
+
+class _StdioConn:
+    def send(self, obj: Any) -> None:
+        print(json.dumps(obj), flush=True)
+
+    def recv(self) -> Any:
+        line = sys.stdin.readline()
+        return json.loads(line) if line else "stop"
+
+
+class _ChildConn:
+    """The parent's end of a server started on another test host."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+
+    def send(self, obj: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(obj) + "\n")
+        self.proc.stdin.flush()
+
+    def recv(self) -> Any:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"server on the other host exited ({self.proc.wait()})")
+        return json.loads(line)
+
 
 SPECS = {
     "tiny": KVBlockSpec(num_layers=4, num_kv_heads=2, head_dim=32, block_size=16, dtype="float32"),
@@ -151,18 +198,18 @@ def bench_tiers(shm: str, ssd: str, blocks: list[KVBlock], reps: int) -> dict[st
     return summarize(times, total, "memcpy")
 
 
-def _serve_store(spec_name: str, n: int, shm: str, conn: Connection) -> None:
+def _serve_store(spec_name: str, n: int, shm: str, conn: Conn, host: str = "127.0.0.1") -> None:
     blocks = make_blocks(SPECS[spec_name], n)
     total = sum(b.data.nbytes for b in blocks)
     cfg = StoreConfig(host=TierConfig(path=shm, capacity_bytes=int(total * 1.1) + 1024**2), ssd=None)
-    with BlockStore(cfg) as store, BlockServer(store, TransferConfig()) as server:
+    with BlockStore(cfg) as store, BlockServer(store, TransferConfig(listen_host=host)) as server:
         store.put_many(blocks)
         conn.send(server.address)
         conn.recv()
 
 
-def _raw_sender(nbytes: int, chunk: int, conn: Connection) -> None:
-    srv = socket.create_server(("127.0.0.1", 0))
+def _raw_sender(nbytes: int, chunk: int, conn: Conn, host: str = "127.0.0.1") -> None:
+    srv = socket.create_server((host, 0))
     conn.send(srv.getsockname()[1])
     buf = np.random.default_rng(0).integers(0, 255, size=nbytes, dtype=np.uint8)
     c, _ = srv.accept()
@@ -174,7 +221,7 @@ def _raw_sender(nbytes: int, chunk: int, conn: Connection) -> None:
     c.close()
 
 
-def _dask_sender(nbytes: int, chunk: int, conn: Connection) -> None:
+def _dask_sender(nbytes: int, chunk: int, conn: Conn) -> None:
     import asyncio
 
     from distributed.comm import listen
@@ -211,16 +258,28 @@ class _TimeoutSocketTcp(TcpBackend):
 
 
 def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool,
-              variants: bool = False) -> dict[str, tuple[float, float]]:  # fmt: skip
-    """Raw socket, block fetch (and Dask comm) from three server processes, interleaved."""
+              variants: bool = False, server_host: Any = None) -> dict[str, tuple[float, float]]:  # fmt: skip
+    """Raw socket, block fetch (and Dask comm) from three server processes, interleaved.
+
+    ``server_host``: a test host (``tests/multihost``) to run the servers on instead of
+    this host; this process must then run on another test host of the same network."""
     import asyncio
 
     spec = SPECS[spec_name]
     total = n * spec.bytes_per_block
     ctx = mp.get_context("spawn")
-    procs, pipes = [], []
+    procs: list[Any] = []
+    pipes: list[Conn] = []
+    ip = "127.0.0.1" if server_host is None else server_host.ip
 
-    def start(target: Callable[..., None], *args: object) -> object:
+    def start(target: Callable[..., None], *args: object) -> Any:
+        if server_host is not None:
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", target.__name__, json.dumps([*args, ip])]
+            proc = subprocess.Popen(server_host.argv(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            procs.append(proc)
+            pipes.append(_ChildConn(proc))
+            got = pipes[-1].recv()
+            return tuple(got) if isinstance(got, list) else got
         parent, child = ctx.Pipe()
         p = ctx.Process(target=target, args=(*args, child))
         p.start()
@@ -230,7 +289,7 @@ def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool,
 
     raw_port = start(_raw_sender, total, spec.bytes_per_block)
     store_addr = start(_serve_store, spec_name, n, shm)
-    raw = socket.create_connection(("127.0.0.1", raw_port))
+    raw = socket.create_connection((ip, raw_port))
     dst = np.empty(total, dtype=np.uint8)
     mv = memoryview(dst)
 
@@ -276,6 +335,8 @@ def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool,
         ops["TCP fetch, timeout sockets"] = (fetch_with(timeout_sockets), None)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)  # distributed binds its futures to the current loop
+    if dask and server_host is not None:
+        raise SystemExit("--dask is not measured between hosts")
     if dask:
         from distributed.comm import connect
 
@@ -304,9 +365,15 @@ def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool,
             except OSError:
                 pass  # already exited
         for p in procs:
-            p.join(10)  # type: ignore[attr-defined]
-            if p.is_alive():  # type: ignore[attr-defined]
-                p.kill()  # type: ignore[attr-defined]
+            if isinstance(p, subprocess.Popen):
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                continue
+            p.join(10)
+            if p.is_alive():
+                p.kill()
     out = summarize(times, total, "raw socket")
     # The same fetch against the stronger baseline (ratio per rep, as above).
     tuned = summarize({k: times[k] for k in ("raw socket, 64 KiB recv", "TCP fetch")}, total, "raw socket, 64 KiB recv")
@@ -318,6 +385,38 @@ def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool,
     return out
 
 
+def save_results(results: dict[str, dict[str, tuple[float, float]]], sizes: list[str], reps: int, total_mib: int) -> None:
+    """docs/performance.md's store section (``benchmarks/results/store.json``)."""
+    import result_file as rf
+
+    def label(n: str) -> str:
+        kib = SPECS[n].bytes_per_block / 1024
+        return f"{n} ({kib / 1024:.0f} MiB)" if kib >= 1024 else f"{n} ({kib:.0f} KiB)"
+
+    rows = [("TCP fetch", "TCP fetch", "raw socket", "raw socket (`recv_into` of all that is missing)", "≥ 0.7"),
+            ("TCP fetch / 64 KiB-recv raw", "TCP fetch", "raw socket, 64 KiB recv", "raw socket, 64 KiB receives", None),
+            ("host get", "host-tier get (checked, zero copy)", "memcpy", "memcpy", "≥ 0.5"),
+            ("host put_many", "host-tier put_many", "memcpy", "memcpy", None)]  # fmt: skip
+    claims = []
+    for op, what, base, base_label, target in rows:
+        for n in sizes:
+            if op in results[n] and base in results[n]:
+                rate, ratio = results[n][op]
+                claims.append(rf.claim(f"{what}, {label(n)} blocks", rate, "GB/s", base_label, results[n][base][0], ratio=ratio, target=target))
+
+    def series(op: str) -> list[float]:
+        return [results[n][op][1] if op in results[n] else 0.0 for n in sizes]
+
+    xs = [label(n) for n in sizes]
+    rf.save("store", "KV store and transfer", claims, series={
+        "TCP fetch / raw socket": {"x": xs, "ylabel": "ratio to baseline", "reference": 0.7,
+                                   "groups": {"vs raw socket": series("TCP fetch"), "vs raw, 64 KiB receives": series("TCP fetch / 64 KiB-recv raw")}},
+        "host-tier get / memcpy": {"x": xs, "ylabel": "ratio to baseline", "reference": 0.5, "groups": {"checked zero-copy get": series("host get")}},
+    }, notes=(f"Per repetition ({reps}) the baseline and each operation move {total_mib} MiB of KV payload back to back; a ratio "
+              "is the median of per-repetition ratios, GB/s the median rate. TCP fetch uses the default `TransferConfig()` and "
+              "checks every record. Block shapes: this script's docstring."))  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5)
@@ -327,7 +426,19 @@ def main() -> None:
     ap.add_argument("--dask", action="store_true", help="also measure Dask's TCP comm")
     ap.add_argument("--variants", action="store_true",
                     help="also measure TCP fetch with fixed 8-block frames and with Python timeout sockets")  # fmt: skip
+    ap.add_argument("--save-results", action="store_true", help="write benchmarks/results/store.json for docs/performance.md")
+    ap.add_argument("--between-hosts", action="store_true", help="TCP rows between two test hosts (network namespaces; root)")
+    ap.add_argument("--child", nargs=2, metavar=("SERVER", "ARGS"), help=argparse.SUPPRESS)
+    ap.add_argument("--on-host", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        server = {"_raw_sender": _raw_sender, "_serve_store": _serve_store}[args.child[0]]
+        *pos, host = json.loads(args.child[1])
+        server(*pos, _StdioConn(), host)
+        return
+    if args.between_hosts and args.on_host is None:
+        _between_hosts(args)
+        return
 
     results: dict[str, dict[str, tuple[float, float]]] = {}
     sizes = args.sizes.split(",")
@@ -341,9 +452,16 @@ def main() -> None:
         shm = tempfile.mkdtemp(prefix="mooncake-bench-", dir="/dev/shm")
         ssd = tempfile.mkdtemp(prefix="mooncake-bench-ssd-", dir=args.ssd_dir)
         try:
-            res = bench_tiers(shm, ssd, blocks, args.reps)
+            server_host = None
+            if args.on_host is not None:  # between hosts: the TCP rows only
+                from tests.multihost.conftest import Host
+
+                res = {}
+                server_host = Host(**json.loads(args.on_host))
+            else:
+                res = bench_tiers(shm, ssd, blocks, args.reps)
             del blocks
-            res.update(bench_tcp(name, n, args.reps, f"{shm}/peer", args.dask, args.variants))
+            res.update(bench_tcp(name, n, args.reps, f"{shm}/peer", args.dask, args.variants, server_host))
         finally:
             shutil.rmtree(shm, ignore_errors=True)
             shutil.rmtree(ssd, ignore_errors=True)
@@ -360,6 +478,24 @@ def main() -> None:
         print(f"| {op} | " + " | ".join(cells) + " |")
     print("\nGB/s = 1e9 B/s of KV payload, median of reps; ratio = median over reps of the per-rep "
           "ratio to memcpy (host/SSD rows) or to the raw socket (TCP/Dask rows), run interleaved.")
+    if args.save_results:
+        save_results(results, sizes, args.reps, args.total_mib)
+
+
+def _between_hosts(args: argparse.Namespace) -> None:
+    """Make two test hosts, run this benchmark on host 2 with its servers on host 1."""
+    from tests.multihost.conftest import TestNetwork, why_not
+
+    reason = why_not()
+    if reason is not None:
+        raise SystemExit(reason)
+    argv = [a for a in sys.argv[1:] if a != "--between-hosts"]
+    with TestNetwork(2) as net:
+        server, here = net.hosts
+        spec = json.dumps({"netns": server.netns, "name": server.name, "ip": server.ip})
+        cmd = [sys.executable, os.path.abspath(__file__), *argv, "--between-hosts", "--on-host", spec]
+        print(f"# between test hosts: servers on {server.name} ({server.ip}), fetcher on {here.name} ({here.ip})", flush=True)
+        subprocess.run(here.argv(cmd), check=True)
 
 
 if __name__ == "__main__":

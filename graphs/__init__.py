@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Protocol
 
-from mooncake.graphs.base import KeyRef, RequestGraph, TaskSpec
-
 from mooncake.worker.messages import PlacementInfo, RequestSpec
+
+from .base import KeyRef, RequestGraph, TaskSpec
 
 MODES = ("disaggregated", "colocated")
 

@@ -3,10 +3,10 @@ decode worker. Only small handles travel between the tasks, never KV tensors."""
 
 from __future__ import annotations
 
-from mooncake.graphs.base import KeyRef, RequestGraph, TaskSpec
-
 from mooncake.worker import tasks
 from mooncake.worker.messages import PlacementInfo, RequestSpec
+
+from .base import KeyRef, RequestGraph, TaskSpec
 
 
 def build(spec: RequestSpec, placement: PlacementInfo) -> RequestGraph:

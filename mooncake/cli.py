@@ -12,6 +12,7 @@ _SUBCOMMANDS: list[tuple[str, str]] = [
     ("mooncake.generate_cli", "add_parser"),
     ("mooncake.worker.cli", "add_parser"),
     ("mooncake.sim.cli", "add_parser"),
+    ("mooncake.cost_model_cli", "add_parser"),
     ("mooncake.server.cli", "add_parser"),
     ("mooncake.bench.cli", "add_parser"),
 ]

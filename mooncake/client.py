@@ -5,8 +5,10 @@
 scheduler="tcp://host:8786")`` joins a cluster started with ``dask scheduler`` and
 ``mooncake worker`` (see docs/cluster.md). Every request is tokenized here, placed by
 the Conductor (a scheduler plugin), compiled into its graph and submitted with each task
-restricted to the chosen worker. Tokens stream back as Dask events, one message per
-engine step per worker.
+restricted to the chosen worker. Streamed tokens come straight from the engine
+processes to a port this client listens on (``mooncake.worker.token_stream``), with a
+Dask event topic as the fallback; each request's final output comes back as the result
+of its graph.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import collections
 import dataclasses
 import itertools
 import logging
+import multiprocessing
 import os
 import random
+import sys
 import threading
 import time
 import uuid
@@ -177,6 +181,29 @@ def _gpu_count() -> int:
     return len(list(Path("/dev").glob("nvidia[0-9]*")))
 
 
+def _refuse_in_spawn_bootstrap() -> None:
+    """Raise if this process is a spawned child still importing the parent's main module.
+
+    The embedded cluster starts its workers with multiprocessing's ``spawn``, which
+    re-imports the script that created the ``LLM``. Without a ``__main__`` guard every
+    worker would build an ``LLM`` of its own and fail deep inside multiprocessing
+    ("...before the current process has finished its bootstrapping phase", then
+    "Nanny failed to start"); this names the fix instead.
+    """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(
+            "mooncake.LLM(...) was created while a worker process was importing your main "
+            "module: the embedded cluster starts its workers by re-importing the script. "
+            "Put the code that creates and uses the LLM under "
+            "`if __name__ == \"__main__\":` (or in a function called from there)."
+        )
+
+
+JOIN_TIMEOUT_S = 120.0
+"""How long ``LLM(scheduler=...)`` waits for the scheduler and for a worker of each role
+it needs (workers of a deployed cluster may start after the server)."""
+
+
 class LLM:
     """Disaggregated LLM serving on a Dask cluster.
 
@@ -207,6 +234,7 @@ class LLM:
         dashboard_address: str | None = ":0",
         worker_config: WorkerConfig | None = None,
     ) -> None:
+        _refuse_in_spawn_bootstrap()
         self.build_graph = get_builder(mode)
         self.mode = mode
         if prefill_workers < 1:
@@ -224,14 +252,17 @@ class LLM:
             self.cluster = self._start_cluster(ec, prefill_workers, 0 if mode == "colocated" else decode_workers, mode, threads_per_worker, dashboard_address)
             self.client = Client(self.cluster)
         else:
-            self.client = Client(scheduler)
+            self.client = Client(scheduler, timeout=JOIN_TIMEOUT_S)
+            # Workers of a deployed cluster may start before or after this client.
+            self._wait_for_roles(("prefill",) if mode == "colocated" else ("prefill", "decode"), JOIN_TIMEOUT_S)
         # The client's stream to the scheduler holds a message back until 10 ms after the
         # previous one (Dask's default): a request submitted right after another's futures
         # were released waited ~5 ms at p50 for its graph to leave. 1 ms still coalesces bursts.
         if self.client.scheduler_comm is not None:
             self.client.scheduler_comm.interval = CLIENT_SEND_INTERVAL_S
-        self.client.register_plugin(ConductorPlugin(cc))
+        # The monitor first: it owns the metric state that the Conductor then feeds.
         self.client.register_plugin(MonitorPlugin())
+        self.client.register_plugin(ConductorPlugin(cc))
         self.worker_config = worker_config or WorkerConfig()
         self.client.register_plugin(MooncakeWorker(ec, self.worker_config))
         infos = self.client.run(worker_info)
@@ -267,6 +298,23 @@ class LLM:
         self._stream_server = TokenStreamServer(self._on_msgs)
         self.client.sync(self._stream_server.start, self._stream_host())
 
+    def _wait_for_roles(self, roles: tuple[str, ...], timeout: float) -> None:
+        """Wait until the cluster has a worker of every role (Dask resources), or raise
+        ``RuntimeError`` naming the missing ones after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+            have = {r for w in workers.values() for r in (w.get("resources") or {})}
+            missing = [r for r in roles if r not in have]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the cluster has no {' or '.join(missing)} worker after {timeout:.0f} s "
+                    f"(start them with `mooncake worker SCHEDULER --role ROLE`)"
+                )
+            time.sleep(0.5)
+
     @property
     def _scheduler(self) -> Any:
         """RPC handle to the scheduler (its mooncake_* handlers come from the Conductor plugin)."""
@@ -293,7 +341,19 @@ class LLM:
             opts = dict(cluster.new_spec["options"])
             opts.update(name=name, resources=resources, env=env)
             cluster.worker_spec[name] = {"cls": Nanny, "options": opts}
-        cluster.sync(cluster._correct_state)
+        try:
+            cluster.sync(cluster._correct_state)
+        except RuntimeError as e:
+            cluster.close()
+            if getattr(sys.modules.get("__main__"), "__file__", None) is None:
+                raise
+            # The usual cause in a script is a missing __main__ guard; the workers' own
+            # error (printed above by each worker process) says so, this repeats it here.
+            raise RuntimeError(
+                f"{e} If the worker errors above say the LLM was created while importing the "
+                "main module, put the code that creates the LLM under "
+                '`if __name__ == "__main__":`.'
+            ) from e
         return cluster
 
     def _wait_conductor_ready(self, n: int, timeout: float = 60.0) -> None:

@@ -30,6 +30,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+MONITOR_PLUGIN_NAME = "mooncake-monitor"
+"""Name of the scheduler plugin that owns the cluster's :class:`MetricsState` (the
+dashboard's ``MonitorPlugin``); the Conductor plugin finds it by this name and feeds it."""
+
 PREFIX = "mooncake:"
 
 # -- names (vLLM's, with the mooncake: prefix) --------------------------------------
@@ -232,6 +236,10 @@ class MetricsState:
         self.workers: dict[str, WorkerLoad] = {}
         self.timeline: deque[TimelinePoint] = deque(maxlen=3600)
         self.timeline_interval_s = timeline_interval_s
+        self.ttft_slo_s: float | None = None
+        """The Conductor's TTFT SLO (the dashboard draws it on the TTFT histogram)."""
+        self.tbt_slo_s: float | None = None
+        """The Conductor's TBT SLO."""
 
     # -- events ----------------------------------------------------------------------
     def observe_request(self, r: RequestRecord, at: float | None = None) -> None:
@@ -401,6 +409,7 @@ class MooncakeCollector(Collector):
 __all__ = [
     "HIT_SOURCES",
     "LATENCY_BUCKETS",
+    "MONITOR_PLUGIN_NAME",
     "SHARED_PREFIX",
     "TIERS",
     "TOKEN_BUCKETS",

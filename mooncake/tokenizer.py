@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.decoders import DecodeStream
 
 
 def _token_str(value: Any) -> str | None:
@@ -61,66 +63,110 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return str(self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens))
 
-    def apply_chat_template(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        """Render the model's chat template.
+    def apply_chat_template(
+        self,
+        messages: Sequence[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        documents: Sequence[dict[str, Any]] | None = None,
+        **template_kwargs: Any,
+    ) -> str:
+        """Render the model's chat template in the environment Hugging Face templates are
+        written for (see :func:`chat_template_environment`).
+
+        Args:
+            messages: ``{"role", "content"}`` dicts; ``content`` may be a string or a list
+                of parts (``{"type": "text", "text": ...}``), passed to the template as is.
+            add_generation_prompt: end with the assistant turn's opening.
+            tools: tool (function) schemas, as the template's ``tools``.
+            documents: retrieval documents, as the template's ``documents``.
+            template_kwargs: further template variables (e.g. ``enable_thinking``).
 
         Raises:
-            ValueError: the model has no chat template, or the template rejects the input.
+            ValueError: the model has no chat template, or the template rejects the input
+                (``raise_exception`` in the template, or any template error).
         """
         if self.chat_template is None:
             raise ValueError("this model has no chat_template in tokenizer_config.json")
         if self._template is None:
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-            def raise_exception(message: str) -> None:
-                raise ValueError(message)
-
-            env.globals["raise_exception"] = raise_exception
-            self._template = env.from_string(self.chat_template)
+            self._template = chat_template_environment().from_string(self.chat_template)
+        variables: dict[str, Any] = {
+            **template_kwargs,
+            "messages": list(messages),
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token or "",
+            "eos_token": self.eos_token or "",
+        }
+        if tools is not None:
+            variables["tools"] = list(tools)
+        if documents is not None:
+            variables["documents"] = list(documents)
         try:
-            return self._template.render(
-                messages=list(messages),
-                add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token or "",
-                eos_token=self.eos_token or "",
-            )
+            return self._template.render(**variables)
         except jinja2.TemplateError as e:
             raise ValueError(f"chat template failed: {e}") from None
+
+
+def _raise_exception(message: str) -> NoReturn:
+    raise jinja2.TemplateError(message)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    # jinja2's own ``tojson`` escapes <, >, & and ' for HTML; a prompt needs the JSON as is.
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.datetime.now().strftime(fmt)
+
+
+def chat_template_environment() -> ImmutableSandboxedEnvironment:
+    """The sandboxed jinja2 environment chat templates are rendered in, with what Hugging
+    Face's ``apply_chat_template`` gives templates: ``trim_blocks`` / ``lstrip_blocks``,
+    the ``loopcontrols`` extension (``{% break %}``, ``{% continue %}``), the globals
+    ``raise_exception(message)`` and ``strftime_now(format)``, and a ``tojson`` filter
+    that does not HTML-escape."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
 
 
 class IncrementalDetokenizer:
     """Text deltas for a growing list of token ids, never splitting a multi-byte character.
 
-    Decodes a small window (the last few tokens) rather than the whole output each time.
+    The work is done by ``tokenizers``' own ``DecodeStream`` (it decodes a small window
+    of the last tokens, not the whole output, each step). The stream is primed with the
+    prompt's last few tokens, so a decoder rule that treats the first token of a text
+    differently (SentencePiece's leading space) applies as it would mid-text. The
+    priming stops at the prompt's last whole character: ``DecodeStream`` would otherwise
+    hold a prompt that ends inside a UTF-8 sequence (token-id prompts can) as pending
+    bytes and emit their replacement characters as output text. With that cut, the
+    deltas always add up to a prefix of the output decoded on its own (the final text).
+
+    Args:
+        tokenizer: the model's tokenizer.
+        prompt_ids: the prompt (only its tail is used).
     """
 
+    CONTEXT_TOKENS = 6
+    """Prompt tokens the stream is primed with."""
+
     def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int] = ()) -> None:
-        self.tokenizer = tokenizer
-        # Start from the prompt's tail so a leading-space rule (SentencePiece) applies as
-        # it would mid-text.
-        self.ids: list[int] = list(prompt_ids[-6:])
-        self._prefix_offset = 0
-        self._read_offset = len(self.ids)
+        self._tok = tokenizer._tok
+        self._stream = DecodeStream(skip_special_tokens=True)
+        context = [int(i) for i in prompt_ids[-self.CONTEXT_TOKENS :]]
+        while context and self._tok.decode(context, skip_special_tokens=True).endswith("\ufffd"):
+            context.pop()
+        for i in context:
+            self._stream.step(self._tok, i)
         self.text = ""
 
     def add(self, new_ids: Sequence[int]) -> str:
         """Append ids; return the newly completed text (possibly empty)."""
-        self.ids.extend(new_ids)
-        prefix = self.tokenizer.decode(self.ids[self._prefix_offset : self._read_offset])
-        full = self.tokenizer.decode(self.ids[self._prefix_offset :])
-        if len(full) > len(prefix) and not full.endswith("\ufffd"):
-            delta = full[len(prefix) :]
-            self._prefix_offset = self._read_offset
-            self._read_offset = len(self.ids)
-            self.text += delta
-            return delta
-        return ""
-
-    def flush(self) -> str:
-        """At the end: emit whatever is left, replacement characters included."""
-        prefix = self.tokenizer.decode(self.ids[self._prefix_offset : self._read_offset])
-        full = self.tokenizer.decode(self.ids[self._prefix_offset :])
-        delta = full[len(prefix) :]
-        self._prefix_offset = self._read_offset = len(self.ids)
+        pieces = [piece for i in new_ids if (piece := self._stream.step(self._tok, int(i)))]
+        delta = "".join(pieces)
         self.text += delta
         return delta

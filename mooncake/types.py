@@ -6,19 +6,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, NewType, TypeVar
 
-#: Request id as given by the caller (or generated); stable across the whole graph.
-RequestId = NewType("RequestId", str)
 #: Prefix-chained block key (16-byte digest, see docs/kv-hashing.md).
 BlockKey = NewType("BlockKey", bytes)
 #: Index of a block inside one engine's device block pool.
 BlockId = NewType("BlockId", int)
-#: Address of a Dask worker ("tcp://host:port").
-WorkerAddress = NewType("WorkerAddress", str)
+# Request ids and worker names stay plain ``str``: the Conductor's policy and the
+# simulator share them as opaque names (a simulated worker has no address), and each
+# arrives as ``str`` from the caller or from Dask, so a NewType would only be a cast
+# at every boundary.
 
 DType = Literal["float32", "bfloat16", "float16"]
 DTYPES: tuple[DType, ...] = ("float32", "bfloat16", "float16")
 
-Role = Literal["prefill", "decode"]
 FinishReason = Literal["stop", "length", "abort"]
 
 

@@ -104,3 +104,40 @@ def host_dir(shm_dir: Path) -> str:
 @pytest.fixture
 def ssd_dir(tmp_path: Path) -> str:
     return str(tmp_path / "ssd")
+
+
+# -- the ``cluster`` mark ---------------------------------------------------------------
+# Fixtures that start a Dask cluster: a test that uses one (directly or through another
+# fixture) starts a cluster, so it is marked ``cluster`` here instead of by hand.
+CLUSTER_FIXTURES = frozenset({"llm", "llm2"})
+
+_current_item: pytest.Item | None = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    global _current_item
+    _current_item = item
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A test without the ``cluster`` mark that starts a ``LocalCluster`` in this process
+    fails at once, so ``ci/test-fast`` (``-m "not cluster"``) stays cluster-free."""
+    from distributed.deploy.local import LocalCluster
+
+    init = LocalCluster.__init__
+
+    def checked_init(self: LocalCluster, *args: Any, **kwargs: Any) -> None:
+        item = _current_item
+        if item is not None and item.get_closest_marker("cluster") is None:
+            raise RuntimeError(f"{item.nodeid} starts a Dask cluster: mark it @pytest.mark.cluster (or use a fixture in tests/conftest.py CLUSTER_FIXTURES)")
+        init(self, *args, **kwargs)
+
+    LocalCluster.__init__ = checked_init  # type: ignore[method-assign]

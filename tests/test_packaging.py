@@ -46,3 +46,16 @@ def test_client_and_server_do_not_load_torch():
     code = "import sys, mooncake, mooncake.client, mooncake.server; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_only_the_client_imports_the_graph_builders():
+    """``graphs/`` is a layer between the client and the worker. import-linter checks its
+    own imports (as the root package ``graphs``) but cannot see ``mooncake.graphs``, the
+    name it is installed under, so this checks the other direction: no module of the
+    package but the client (and the CLI above it) imports the graph builders."""
+    import re
+
+    pattern = re.compile(r"^\s*(from mooncake\.graphs\b|import mooncake\.graphs\b|from mooncake import graphs\b)", re.M)
+    allowed = {ROOT / "mooncake" / "client.py", ROOT / "mooncake" / "cli.py"}
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "mooncake").rglob("*.py") if p not in allowed and pattern.search(p.read_text())]
+    assert offenders == []

@@ -8,10 +8,11 @@ second that met every SLO given (``ttft``, ``tpot``, ``e2el`` in milliseconds).
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from mooncake.bench.request import RequestResult
 
@@ -36,13 +37,11 @@ def parse_goodput(items: Sequence[str] | None) -> dict[str, float]:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), ``q`` in [0, 100]."""
+    """``numpy.percentile`` (linear interpolation, as ``vllm bench serve`` reports), ``q``
+    in [0, 100]; 0.0 for no values (a run where every request failed)."""
     if not values:
         return 0.0
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+    return float(np.percentile(values, q))
 
 
 def _stats(name: str, values_s: Sequence[float], percentiles: Sequence[float]) -> dict[str, float]:

@@ -21,6 +21,7 @@ from mooncake.conductor.cost_model import (
     PrefillTimeEstimator,
 )
 from mooncake.conductor.index import GlobalBlockIndex
+from mooncake.conductor.output_length import OutputLengthPredictor, PredictionError
 from mooncake.conductor.placement import (
     DecodeChoice,
     DecodeScheduler,
@@ -46,7 +47,9 @@ __all__ = [
     "GlobalBlockIndex",
     "HardwareSpec",
     "ModelSpec",
+    "OutputLengthPredictor",
     "Placement",
+    "PredictionError",
     "PrefillChoice",
     "PrefillLoad",
     "PrefillPolicy",

@@ -15,6 +15,8 @@ PREFILL_POLICIES: tuple[PrefillPolicy, ...] = (
     "global_cache_aware",
 )
 Admission = Literal["none", "ttft", "early", "predictive"]
+OutputPrediction = Literal["expected", "max_tokens"]
+OUTPUT_PREDICTIONS: tuple[OutputPrediction, ...] = ("expected", "max_tokens")
 ADMISSIONS: tuple[Admission, ...] = ("none", "ttft", "early", "predictive")
 
 
@@ -27,9 +29,9 @@ class ConductorConfig:
     ``local_cache_aware`` (queue + prefill with the instance's own prefix) or
     ``global_cache_aware`` (FAST'25 Algorithm 1: may fetch a longer remote prefix)."""
     admission: Admission = "none"
-    """``none``: admit everything (a decode instance that cannot hold a request still
-    refuses it after prefill); ``ttft``: reject at arrival only on estimated TTFT, the
-    decode instance still refuses after prefill (FAST'25 Table 3's baseline);
+    """``none``: admit everything; ``ttft``: reject at arrival only on estimated TTFT
+    (FAST'25 Table 3's baseline, whose decode instances also refuse after prefill:
+    :meth:`Conductor.admit_to_decode`, a simulator what-if);
     ``early``: also reject at arrival on the decode load seen now; ``predictive``:
     reject on the decode load projected to the moment the request would reach decode
     (FAST'25 §7)."""
@@ -46,6 +48,17 @@ class ConductorConfig:
     decode_token_time_s: float | None = None
     """Uniform decode time per token t_d for predictive rejection; ``None`` uses each
     decode instance's current estimated step time."""
+    output_prediction: OutputPrediction = "expected"
+    """Output length the decode-load prediction assumes for a new request:
+    ``expected`` = E[min(L, max_tokens)] over the last ``output_window`` finished
+    requests (the cap until one has finished); ``max_tokens`` = the request's cap."""
+    output_reserve_quantile: float = 0.9
+    """KV the Conductor counts for a placed sequence (its ``fits`` check and decode
+    load): prompt + min(max_tokens, this quantile of the recent output lengths), with
+    ``output_prediction="expected"``. The mean alone under-counts the long outputs that
+    fill an instance's memory; 1.0 counts the longest recent output."""
+    output_window: int = 2048
+    """Finished requests whose output lengths make the ``expected`` distribution."""
     max_decode_batch: int = 1024
     """Most sequences one decode instance runs at once."""
     colocated: bool = False
@@ -62,7 +75,10 @@ class ConductorConfig:
         _check(self.kvcache_balancing_threshold >= 1.0, "kvcache_balancing_threshold", f"must be >= 1, got {self.kvcache_balancing_threshold}")
         _check(self.block_size > 0, "block_size", f"must be positive, got {self.block_size}")
         _check(self.decode_token_time_s is None or self.decode_token_time_s > 0, "decode_token_time_s", f"must be positive, got {self.decode_token_time_s}")
+        _check(self.output_prediction in OUTPUT_PREDICTIONS, "output_prediction", f"must be one of {OUTPUT_PREDICTIONS}, got {self.output_prediction!r}")
+        _check(0 < self.output_reserve_quantile <= 1, "output_reserve_quantile", f"must be in (0, 1], got {self.output_reserve_quantile}")
+        _check(self.output_window > 0, "output_window", f"must be positive, got {self.output_window}")
         _check(self.max_decode_batch > 0, "max_decode_batch", f"must be positive, got {self.max_decode_batch}")
 
 
-__all__ = ["ADMISSIONS", "PREFILL_POLICIES", "Admission", "ConductorConfig", "PrefillPolicy"]
+__all__ = ["ADMISSIONS", "OUTPUT_PREDICTIONS", "PREFILL_POLICIES", "Admission", "ConductorConfig", "OutputPrediction", "PrefillPolicy"]

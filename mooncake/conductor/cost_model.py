@@ -78,11 +78,17 @@ class HardwareSpec:
     rdma_bandwidth: float = 100e9
     """Bytes/s between two nodes: four 200 Gbps RDMA NICs per node = 800 Gbps
     (FAST'25 §8 testbed)."""
+    step_overhead_s: float = 0.005
+    """CPU time per engine step (scheduling, input preparation, sampled-token
+    transfer and output processing) while the GPU idles: vLLM's multi-step scheduling
+    RFC (vllm-project/vllm#6854, July 2024, v0.5) measured 5–13 ms of GPU bubble per
+    decode step; the low end is used. Added to every continuous-batching step."""
 
     def __post_init__(self) -> None:
         for name in ("peak_flops", "hbm_bandwidth", "hbm_bytes", "rdma_bandwidth"):
             value = getattr(self, name)
             _check(value > 0, name, f"must be positive, got {value}")
+        _check(self.step_overhead_s >= 0, "step_overhead_s", f"must be >= 0, got {self.step_overhead_s}")
         for name in ("mfu", "mbu", "kv_memory_fraction"):
             value = getattr(self, name)
             _check(0 < value <= 1, name, f"must be in (0, 1], got {value}")
@@ -96,6 +102,11 @@ class CostModel:
     """The served model."""
     hardware: HardwareSpec = HardwareSpec()
     """One instance's hardware."""
+    prefill_fit: tuple[float, float, float] | None = None
+    """Fitted prefill time: (seconds per attention FLOP, seconds per linear FLOP,
+    seconds per prefill), e.g. what a live Conductor learned online
+    (:func:`mooncake.conductor.cost_export.export_cost_model`); ``None`` = FLOPs at
+    ``peak_flops × mfu``."""
 
     # -- prefill ---------------------------------------------------------------
     def prefill_flops(self, n: int, cached: int = 0) -> float:
@@ -112,7 +123,16 @@ class CostModel:
 
     def prefill_time(self, n: int, cached: int = 0) -> float:
         """Seconds of prefill compute for ``n`` prompt tokens with ``cached`` reused."""
-        return self.prefill_flops(n, cached) / (self.hardware.peak_flops * self.hardware.mfu)
+        if self.prefill_fit is None:
+            return self.prefill_flops(n, cached) / (self.hardware.peak_flops * self.hardware.mfu)
+        if cached >= n:
+            return 0.0
+        m = self.model
+        c = min(cached, n)
+        attn = m.num_layers * m.attn_coef * (n * n - c * c) * m.d_model
+        linear = m.num_layers * m.linear_coef * (n - c) * m.d_model**2
+        per_attn, per_linear, fixed = self.prefill_fit
+        return max(0.0, per_attn * attn + per_linear * linear + fixed)
 
     # -- decode ----------------------------------------------------------------
     def decode_step_time(self, batch: int, kv_tokens: int, prefill_flops: float = 0.0) -> float:
@@ -121,14 +141,15 @@ class CostModel:
 
         Roofline: the step takes the longer of its compute and its HBM traffic (weights
         once per step + every cached KV byte), so a big prefill chunk dominates the step
-        and stretches every co-batched decode's token gap.
+        and stretches every co-batched decode's token gap; plus the engine's fixed
+        per-step overhead (``HardwareSpec.step_overhead_s``).
         """
         if batch <= 0 and prefill_flops <= 0:
             return 0.0
         m, h = self.model, self.hardware
         compute = (2.0 * m.num_params * batch + prefill_flops) / (h.peak_flops * h.mfu)
         memory = (m.weight_bytes + kv_tokens * m.kv_bytes_per_token) / (h.hbm_bandwidth * h.mbu)
-        return max(compute, memory)
+        return max(compute, memory) + h.step_overhead_s
 
     def kv_capacity_tokens(self) -> int:
         """KV tokens that fit in HBM next to the weights."""
@@ -190,6 +211,12 @@ class PrefillTimeEstimator:
         if cached >= n:
             return 0.0
         return max(0.0, float(self._features(n, cached) @ self._coef))
+
+    def coefficients(self) -> tuple[float, float, float]:
+        """The current fit as (seconds per attention FLOP, seconds per linear FLOP,
+        seconds per prefill): :attr:`CostModel.prefill_fit`."""
+        c = self._coef / self._scale
+        return float(c[0]), float(c[1]), float(c[2])
 
     def observe(self, n: int, cached: int, seconds: float) -> None:
         """Feed one measured prefill."""

@@ -5,6 +5,11 @@ system uses 16-byte ``BlockKey`` digests, traces use integer hash ids. Because k
 prefix-chained, a worker holding key i for a request usually holds keys 0..i-1 as
 well; :meth:`GlobalBlockIndex.match_prefix` still checks every position, so a hole
 (an evicted middle block) ends the usable prefix there.
+
+Determinism: holders are kept in sets (fast membership), but nothing a caller sees
+depends on a set's iteration order, which varies with ``PYTHONHASHSEED`` for string
+worker names: :meth:`GlobalBlockIndex.match_prefix` returns workers sorted by name, so
+the same events give the same placements in any process.
 """
 
 from __future__ import annotations
@@ -59,7 +64,8 @@ class GlobalBlockIndex:
         self._counts.pop(worker, None)
 
     def match_prefix(self, keys: Sequence[Hashable]) -> dict[str, int]:
-        """Per worker, how many leading ``keys`` it holds (workers with 0 are omitted)."""
+        """Per worker, how many leading ``keys`` it holds (workers with 0 are omitted),
+        in ascending order of worker name."""
         out: dict[str, int] = {}
         if not keys:
             return out
@@ -76,7 +82,7 @@ class GlobalBlockIndex:
             i += 1
         for w in alive:
             out[w] = i
-        return out
+        return {w: out[w] for w in sorted(out)}
 
 
 __all__ = ["GlobalBlockIndex"]

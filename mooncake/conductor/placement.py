@@ -91,7 +91,8 @@ class PrefillScheduler:
         Args:
             req: the request.
             now: current time (seconds).
-            loads: every prefill instance's load, by name (iteration order breaks ties).
+            loads: every prefill instance's load, by name; equal estimates go to the
+                first in this order (registration order: deterministic for a replay).
             prefix_blocks: leading blocks of ``req`` each instance holds (absent = 0).
             estimate: prefill time model.
             transfer: KV transfer time model.
@@ -127,24 +128,45 @@ class PrefillScheduler:
         that prefix first; take the instance with the smallest queue + transfer +
         prefill. Fetching to a lightly loaded instance is what replicates hot prefixes."""
         n, bs = req.prompt_len, self.block_size
-        best_worker, best_blocks = None, 0
+        # Ties between equally long prefixes go to the smallest worker name, whatever
+        # order ``prefix_blocks`` comes in, so a replay is the same in every process.
+        best_worker: str | None = None
+        best_blocks = 0
         for w, b in prefix_blocks.items():
-            if b > best_blocks and w in loads:
+            if w in loads and b > 0 and (b > best_blocks or (b == best_blocks and best_worker is not None and w < best_worker)):
                 best_worker, best_blocks = w, b
         best_tokens = prefix_tokens(best_blocks, n, bs)
-        choice: PrefillChoice | None = None
+        # The estimates depend on the instance only through its local prefix, and most
+        # instances hold none of it: one estimate per distinct prefix length, not per
+        # instance, keeps a decision over hundreds of instances to one cheap pass (the
+        # queue time) per instance. The sum below is PrefillChoice.ttft_s's, in its
+        # order, so the choice is the same float for float.
+        est: dict[int, float] = {}
+        xfer: dict[int, float] = {}
+        chosen: tuple[str, float, int, bool] | None = None  # worker, q, local tokens, fetch
+        best_ttft = 0.0
         for w, load in loads.items():
-            local_tokens = prefix_tokens(prefix_blocks.get(w, 0), n, bs)
+            held = prefix_blocks.get(w)
+            local_tokens = prefix_tokens(held, n, bs) if held else 0
             q = load.queue_time(now)
-            if best_worker is not None and best_worker != w and best_tokens > self.threshold * local_tokens:
-                fetch = best_tokens - local_tokens
-                cand = PrefillChoice(w, q, estimate(n, best_tokens), transfer(fetch), local_tokens, best_tokens, best_worker, fetch)
-            else:
-                cand = PrefillChoice(w, q, estimate(n, local_tokens), 0.0, local_tokens, local_tokens)
-            if choice is None or cand.ttft_s < choice.ttft_s:
-                choice = cand
-        assert choice is not None
-        return choice
+            fetches = best_worker is not None and best_worker != w and best_tokens > self.threshold * local_tokens
+            cached = best_tokens if fetches else local_tokens
+            p = est.get(cached)
+            if p is None:
+                p = est[cached] = estimate(n, cached)
+            t = 0.0
+            if fetches:
+                t = xfer.get(local_tokens, -1.0)
+                if t < 0.0:
+                    t = xfer[local_tokens] = transfer(best_tokens - local_tokens)
+            ttft = q + t + p
+            if chosen is None or ttft < best_ttft:
+                chosen, best_ttft = (w, q, local_tokens, fetches), ttft
+        assert chosen is not None
+        w, q, local_tokens, fetches = chosen
+        if fetches:
+            return PrefillChoice(w, q, est[best_tokens], xfer[local_tokens], local_tokens, best_tokens, best_worker, best_tokens - local_tokens)
+        return PrefillChoice(w, q, est[local_tokens], 0.0, local_tokens, local_tokens)
 
 
 class DecodeScheduler:
@@ -176,14 +198,18 @@ class DecodeScheduler:
         if not views:
             raise ValueError("no decode instances")
         need = req.prompt_len + req.output_len
-        best: DecodeChoice | None = None
+        # The first instance with room and the lowest TBT; none with room: the lowest
+        # TBT. (Compared without building a choice per instance.)
+        best: tuple[str, float, bool] | None = None
         for w, (batch, kv) in views.items():
             fits = kv + need <= capacity[w] and batch + 1 <= self.max_batch
-            cand = DecodeChoice(w, step_time(batch + 1, kv + need), fits)
-            if best is None or (cand.fits, -cand.tbt_s) > (best.fits, -best.tbt_s):
-                best = cand
+            if best is not None and best[2] and not fits:
+                continue
+            tbt = step_time(batch + 1, kv + need)
+            if best is None or (fits and not best[2]) or tbt < best[1]:
+                best = (w, tbt, fits)
         assert best is not None
-        return best
+        return DecodeChoice(*best)
 
 
 __all__ = [

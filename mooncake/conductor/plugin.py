@@ -24,12 +24,19 @@ from distributed import Scheduler, SchedulerPlugin
 
 from mooncake.conductor.admission import Rejection
 from mooncake.conductor.config import ConductorConfig
+from mooncake.conductor.cost_export import export_cost_model
 from mooncake.conductor.cost_model import CostModel, HardwareSpec, ModelSpec
 from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
 from mooncake.conductor.membership import WorkerJoined, WorkerLeft
 from mooncake.conductor.policy import NO_WORKER, Conductor, Placement
 from mooncake.conductor.state import RequestInfo
-from mooncake.metrics import LookupRecord, MetricsState, RequestRecord, WorkerLoad
+from mooncake.metrics import (
+    MONITOR_PLUGIN_NAME,
+    LookupRecord,
+    MetricsState,
+    RequestRecord,
+    WorkerLoad,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +78,22 @@ class ConductorPlugin(SchedulerPlugin):
         """Finished requests: placement, TTFT estimate, timings (for the dashboard)."""
         self._timings: dict[str, dict[str, Any]] = {}
         self.metrics = MetricsState()
-        """Counters and histograms behind ``/metrics`` and the Mooncake dashboard page."""
+        """Counters and histograms behind ``/metrics`` and the Mooncake dashboard page: the
+        monitor plugin's state once it is found at ``start`` (the monitor owns what it
+        draws; the Conductor feeds it), its own without a monitor."""
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
+        monitor_state = getattr(scheduler.plugins.get(MONITOR_PLUGIN_NAME), "metrics", None)
+        if isinstance(monitor_state, MetricsState):
+            self.metrics = monitor_state
+        self.metrics.ttft_slo_s, self.metrics.tbt_slo_s = self.config.ttft_slo_s, self.config.tbt_slo_s
         scheduler.handlers["mooncake_place"] = self.handle_place
         scheduler.handlers["mooncake_report"] = self.handle_report
         scheduler.handlers["mooncake_stats"] = self.handle_stats
         scheduler.handlers["mooncake_history"] = self.handle_history
         scheduler.handlers["mooncake_workers"] = self.handle_workers
+        scheduler.handlers["mooncake_cost_model"] = self.handle_cost_model
 
     # -- workers --------------------------------------------------------------------
     def _ensure_conductor(self, info: dict[str, Any]) -> Conductor:
@@ -153,6 +167,8 @@ class ConductorPlugin(SchedulerPlugin):
             self._timings.setdefault(rid, {})["prefill_s"] = seconds
         for rid in report["decode_joined"]:
             c.on_decode_join(rid, now)
+        for r in report.get("requests", ()):  # finished: real output lengths
+            c.on_request_finished(str(r["request_id"]), int(r.get("generation_tokens", 0)))
         for nbytes, seconds in report["transfers"]:
             if nbytes > 0 and seconds > 0:
                 c.on_transfer(nbytes, seconds)
@@ -263,7 +279,14 @@ class ConductorPlugin(SchedulerPlugin):
             "indexed_blocks": len(c.index) if c is not None else 0,
             "blocks_on": {w: c.index.blocks_on(w) for w in self.worker_info} if c is not None else {},
             "config": asdict(self.config),
+            "output_prediction": asdict(c.outputs.error()) if c is not None else {},
         }
+
+    def handle_cost_model(self) -> dict[str, Any]:
+        """The cost model fitted online (``mooncake cost-model``; docs/simulator.md)."""
+        if self.conductor is None:
+            return {"error": "no mooncake worker has reported yet"}
+        return export_cost_model(self.conductor)
 
     # -- task transitions -------------------------------------------------------------
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:

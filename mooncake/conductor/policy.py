@@ -15,12 +15,13 @@ No Dask, no torch, no clock: every call carries its time.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mooncake.conductor.admission import LoadView, Rejection, check_slos, decode_view
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.cost_model import BandwidthEstimator, CostModel, PrefillTimeEstimator
 from mooncake.conductor.index import GlobalBlockIndex
+from mooncake.conductor.output_length import OutputLengthPredictor
 from mooncake.conductor.placement import (
     DecodeChoice,
     DecodeScheduler,
@@ -39,6 +40,8 @@ class Placement:
     decode: str
     prefill_choice: PrefillChoice
     decode_choice: DecodeChoice
+    expected_output_len: int = 0
+    """Output tokens the decode-load prediction assumed for it."""
 
     @property
     def fetch_from(self) -> str | None:
@@ -75,6 +78,8 @@ class Conductor:
         self.bandwidth = BandwidthEstimator(self.cost.hardware.rdma_bandwidth)
         self.prefill_scheduler = PrefillScheduler(config.prefill_policy, config.kvcache_balancing_threshold, config.block_size, config.seed)
         self.decode_scheduler = DecodeScheduler(config.max_decode_batch)
+        self.outputs = OutputLengthPredictor(config.output_window)
+        """Expected output lengths (decode-load prediction) and their error so far."""
         self.prefill_loads: dict[str, PrefillLoad] = {w: PrefillLoad() for w in prefill_workers}
         self.decode_loads: dict[str, DecodeLoad] = {w: DecodeLoad(cap) for w, cap in decode_workers.items()}
         if config.colocated and set(prefill_workers) != set(decode_workers):
@@ -112,6 +117,13 @@ class Conductor:
     def transfer_time(self, tokens: int) -> float:
         return self.bandwidth.transfer_time(tokens * self.cost.model.kv_bytes_per_token)
 
+    def _total_len(self, seq: DecodeSeq, generated: float) -> int:
+        """Expected output length of a running sequence that has generated
+        ``generated`` tokens: one that outlived the mean is expected to run on."""
+        if seq.max_tokens <= 0:
+            return seq.output_len
+        return self.outputs.expected_given(seq.max_tokens, generated)
+
     def _retry_after(self, worker: str) -> float:
         """Seconds until the first running sequence on ``worker`` should finish."""
         load = self.decode_loads[worker]
@@ -122,19 +134,29 @@ class Conductor:
 
     # -- decisions -------------------------------------------------------------
     def place(self, req: RequestInfo, now: float) -> Placement | Rejection:
-        """Choose prefill and decode instances for ``req`` or reject it."""
+        """Choose prefill and decode instances for ``req`` or reject it.
+
+        ``req.output_len`` is the request's cap (``max_tokens``); decode load is planned
+        with the expected output length (``ConductorConfig.output_prediction``)."""
         cfg = self.config
         if not self.prefill_loads or not self.decode_loads:
             role = "prefill" if not self.prefill_loads else "decode"
             return Rejection(req.request_id, f"{NO_WORKER}{role}", 1.0)
+        if cfg.output_prediction == "expected":
+            out_len = self.outputs.expected(req.output_len)
+            kv_out = max(out_len, self.outputs.quantile(req.output_len, cfg.output_reserve_quantile))
+        else:
+            out_len = kv_out = req.output_len
+        dreq = req if kv_out == req.output_len else replace(req, output_len=kv_out)
         prefix = self.index.match_prefix(req.block_keys)
         pchoice = self.prefill_scheduler.choose(req, now, self.prefill_loads, prefix, self.estimator.estimate, self.transfer_time)
         eta = now + pchoice.ttft_s
         view = _VIEW[cfg.admission]
         workers = [pchoice.worker] if cfg.colocated else list(self.decode_loads)
-        views = {w: decode_view(self.decode_loads[w], view, eta, self.token_time(w) if view == "projected" else 0.0) for w in workers}
+        total = self._total_len if cfg.output_prediction == "expected" else None
+        views = {w: decode_view(self.decode_loads[w], view, eta, self.token_time(w) if view == "projected" else 0.0, now, total) for w in workers}
         capacity = {w: self.decode_loads[w].kv_capacity_tokens for w in workers}
-        dchoice = self.decode_scheduler.choose(req, views, capacity, self.step_time)
+        dchoice = self.decode_scheduler.choose(dreq, views, capacity, self.step_time)
         if cfg.admission == "ttft" and pchoice.ttft_s > cfg.ttft_slo_s:
             return Rejection(req.request_id, f"estimated TTFT {pchoice.ttft_s:.2f}s > SLO {cfg.ttft_slo_s:g}s", pchoice.ttft_s - cfg.ttft_slo_s)
         if cfg.admission in ("early", "predictive"):
@@ -142,8 +164,9 @@ class Conductor:
             if rej is not None:
                 return rej
         self.prefill_loads[pchoice.worker].enqueue(req.request_id, pchoice.prefill_s + pchoice.transfer_s)
-        self.decode_loads[dchoice.worker].expect(req.request_id, DecodeSeq(req.prompt_len, req.output_len, eta))
-        placement = Placement(req.request_id, pchoice.worker, dchoice.worker, pchoice, dchoice)
+        self.decode_loads[dchoice.worker].expect(req.request_id, DecodeSeq(req.prompt_len, out_len, eta, kv_out, req.output_len))
+        self.outputs.track(req.request_id, out_len)
+        placement = Placement(req.request_id, pchoice.worker, dchoice.worker, pchoice, dchoice, out_len)
         self._placed[req.request_id] = placement
         return placement
 
@@ -203,6 +226,11 @@ class Conductor:
         dload = self.decode_loads.get(placement.decode)
         if dload is not None:
             dload.leave(request_id)
+
+    def on_request_finished(self, request_id: str, output_tokens: int) -> None:
+        """A request generated ``output_tokens`` in all: feeds the output-length
+        distribution and scores the length assumed when it was placed."""
+        self.outputs.observe(request_id, output_tokens)
 
     def on_blocks_stored(self, worker: str, keys: Iterable[Hashable]) -> None:
         self.index.stored(worker, keys)

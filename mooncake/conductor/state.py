@@ -61,6 +61,8 @@ class PrefillLoad:
     def queue_time(self, now: float) -> float:
         """Seconds until a newly queued job would start: queued estimates plus what is
         left of the running job(s)."""
+        if not self.running:  # the common case: no generator for an idle instance
+            return max(0.0, self.queued_s)
         left = sum(max(0.0, est - (now - t0)) for t0, est in self.running.values())
         return max(0.0, self.queued_s) + left
 
@@ -71,13 +73,19 @@ class DecodeSeq:
 
     prompt_len: int
     output_len: int
+    """Output tokens expected (when the sequence is projected to finish)."""
     at: float
     """Joined at (running) or expected arrival time (incoming)."""
+    kv_output_len: int | None = None
+    """Output tokens its KV is counted for (``None``: ``output_len``)."""
+    max_tokens: int = 0
+    """The request's cap (0: unknown); lets the projection re-estimate ``output_len``
+    from what the sequence has already generated."""
 
     @property
     def kv_tokens(self) -> int:
-        """KV reserved for the sequence: prompt plus every output token."""
-        return self.prompt_len + self.output_len
+        """KV counted for the sequence: prompt plus the output it may grow to."""
+        return self.prompt_len + (self.output_len if self.kv_output_len is None else self.kv_output_len)
 
 
 @dataclass(slots=True)

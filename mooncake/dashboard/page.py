@@ -1,5 +1,6 @@
 """The "Mooncake" page of the Dask dashboard (Bokeh), refreshed twice a second from the
-Conductor plugin's :class:`~mooncake.metrics.MetricsState`.
+cluster's :class:`~mooncake.metrics.MetricsState` (owned by the monitor plugin, which
+hands this page a getter for it).
 
 Panels: a worker table (role, running/waiting, batch, prefill queue, KV blocks), KV
 occupancy per worker and tier, prefix-cache hit rate over time, TTFT and TBT histograms
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,17 +34,21 @@ def _hist(h: Histogram, slo: float) -> dict[str, list[float]]:
     values = values[values > 0]
     if values.size == 0:
         return {"left": [], "right": [], "count": []}
-    lo, hi = min(float(values.min()), slo) / 1.5, max(float(values.max()), slo) * 1.5
+    lo, hi = float(values.min()), float(values.max())
+    if slo > 0:
+        lo, hi = min(lo, slo), max(hi, slo)
+    lo, hi = lo / 1.5, hi * 1.5
     edges = np.geomspace(lo, hi, 41)
     counts, _ = np.histogram(values, bins=edges)
     return {"left": edges[:-1].tolist(), "right": edges[1:].tolist(), "count": counts.astype(float).tolist()}
 
 
 class MooncakePage:
-    """The page's models and their update from a plugin (``.metrics``, ``.config``)."""
+    """The page's models and their update from ``state()``, the metric state to draw
+    (None while there is nothing to draw)."""
 
-    def __init__(self, scheduler: Any) -> None:
-        self.scheduler = scheduler
+    def __init__(self, state: Callable[[], MetricsState | None]) -> None:
+        self.state = state
         self.t0 = time.time()
         self.summary = Div(text="waiting for the Conductor...", name="mooncake-summary", sizing_mode="stretch_width")
         self.workers = ColumnDataSource(
@@ -109,11 +115,8 @@ class MooncakePage:
         )
 
     def update(self) -> None:
-        from mooncake.dashboard.plugin import conductor_of
-
-        plugin = conductor_of(self.scheduler)
-        m: MetricsState | None = getattr(plugin, "metrics", None)
-        if plugin is None or m is None:
+        m = self.state()
+        if m is None:
             return
         workers = sorted(m.workers.items())
         self.workers.data = {
@@ -150,7 +153,7 @@ class MooncakePage:
         self.hit.data = {"t": [t - t0 for t, r, _ in rates if r is not None], "hit_rate": [r for _, r, _ in rates if r is not None]}
         admitted = [(b.admitted - a.admitted) / max(1e-9, b.t - a.t) for a, b in itertools.pairwise(pts)]
         self.rej.data = {"t": [t - t0 for t, _, _ in rates], "rejected_per_s": [r for _, _, r in rates], "admitted_per_s": admitted}
-        slo_ttft, slo_tbt = float(plugin.config.ttft_slo_s), float(plugin.config.tbt_slo_s)
+        slo_ttft, slo_tbt = float(m.ttft_slo_s or 0.0), float(m.tbt_slo_s or 0.0)
         self.ttft.data = _hist(m.ttft, slo_ttft)
         self.tbt.data = _hist(m.tbt, slo_tbt)
         self.ttft_slo.location = slo_ttft
@@ -168,11 +171,12 @@ class MooncakePage:
         )
 
 
-def mooncake_doc(scheduler: Any, extra: dict[str, Any], doc: Any) -> None:
-    """Bokeh document factory, called per browser session."""
+def mooncake_doc(scheduler: Any, extra: dict[str, Any], doc: Any, *, state: Callable[[], MetricsState | None]) -> None:
+    """Bokeh document factory, called per browser session (``state``: the metric state
+    to draw, bound by the monitor plugin)."""
     from distributed.dashboard.components.scheduler import BOKEH_THEME, env
 
-    page = MooncakePage(scheduler)
+    page = MooncakePage(state)
     page.update()
     doc.add_periodic_callback(page.update, REFRESH_MS)
     doc.title = "Dask: Mooncake"

@@ -1,5 +1,10 @@
-"""``MonitorPlugin``: installs the Mooncake page and the metrics collector in the
-scheduler process.
+"""``MonitorPlugin``: owns the cluster's metric state and installs the Mooncake page and
+the metrics collector that draw it in the scheduler process.
+
+- The state (:class:`~mooncake.metrics.MetricsState`) is the monitor's; the Conductor
+  plugin finds the monitor by name when it starts and feeds that state (placements,
+  rejections, worker reports). A Conductor registered before the monitor has been
+  feeding a state of its own, which the monitor then adopts, so nothing counted is lost.
 
 - The page is a Bokeh application served next to Dask's own (a second
   ``BokehTornado`` added to the scheduler's routing application, under the same
@@ -8,22 +13,23 @@ scheduler process.
   table are read when the scheduler starts, before a client can register a plugin, so
   the page is added to the running HTTP application instead.
 - The collector is registered once per process in ``prometheus_client.REGISTRY``, which
-  the scheduler's ``/metrics`` serves; it reads the Conductor plugin of the most recently
-  started scheduler (tests start several in one process, one after another).
+  the scheduler's ``/metrics`` serves; it reads the monitor of the most recently started
+  scheduler (tests start several in one process, one after another), and shows nothing
+  until a Conductor feeds it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import weakref
-from typing import Any
 
 import prometheus_client
 from distributed import Scheduler, SchedulerPlugin
 
 from mooncake.conductor.plugin import PLUGIN_NAME as CONDUCTOR
-from mooncake.metrics import MetricsState, MooncakeCollector
+from mooncake.metrics import MONITOR_PLUGIN_NAME, MetricsState, MooncakeCollector
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +41,17 @@ _registered = False
 _lock = threading.Lock()
 
 
-def conductor_of(scheduler: Scheduler | None) -> Any:
-    """The scheduler's Conductor plugin, or None before a client registered it."""
-    if scheduler is None:
+def metrics_of(scheduler: Scheduler | None) -> MetricsState | None:
+    """The metric state of the scheduler's monitor, or None while no Conductor feeds it
+    (no monitor, or no client has registered a Conductor yet)."""
+    if scheduler is None or CONDUCTOR not in scheduler.plugins:
         return None
-    return scheduler.plugins.get(CONDUCTOR)
+    metrics = getattr(scheduler.plugins.get(MONITOR_PLUGIN_NAME), "metrics", None)
+    return metrics if isinstance(metrics, MetricsState) else None
 
 
 def _state() -> MetricsState | None:
-    plugin = conductor_of(_current() if _current is not None else None)
-    metrics = getattr(plugin, "metrics", None)
-    return metrics if isinstance(metrics, MetricsState) else None
+    return metrics_of(_current() if _current is not None else None)
 
 
 def install_collector(scheduler: Scheduler) -> None:
@@ -80,7 +86,8 @@ def install_page(scheduler: Scheduler) -> bool:
         # The dashboard's page list is shared (memoized per scheduler): every Dask page's
         # navigation bar links to the Mooncake page from now on.
         tv["pages"].append(PAGE_PATH)
-    bokeh_app = BokehApplication({f"/{PAGE_PATH}": mooncake_doc}, scheduler, prefix=prefix, template_variables=tv)
+    doc = functools.partial(mooncake_doc, state=functools.partial(metrics_of, scheduler))
+    bokeh_app = BokehApplication({f"/{PAGE_PATH}": doc}, scheduler, prefix=prefix, template_variables=tv)
     app.add_application(bokeh_app)
     bokeh_app.initialize(IOLoop.current())
     bokeh_app.start()
@@ -95,17 +102,21 @@ def install(scheduler: Scheduler) -> None:
 
 
 class MonitorPlugin(SchedulerPlugin):
-    """Registers the Mooncake page and metrics on start; holds no state of its own."""
+    """Owns the metric state the page and ``/metrics`` draw; installs both on start."""
 
-    name = "mooncake-monitor"
+    name = MONITOR_PLUGIN_NAME
     idempotent = True
 
     def __init__(self) -> None:
         self.scheduler: Scheduler | None = None
+        self.metrics = MetricsState()
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
+        earlier = getattr(scheduler.plugins.get(CONDUCTOR), "metrics", None)
+        if isinstance(earlier, MetricsState):
+            self.metrics = earlier
         install(scheduler)
 
 
-__all__ = ["PAGE_PATH", "MonitorPlugin", "conductor_of", "install", "install_collector", "install_page"]
+__all__ = ["PAGE_PATH", "MonitorPlugin", "install", "install_collector", "install_page", "metrics_of"]

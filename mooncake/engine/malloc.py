@@ -1,12 +1,11 @@
 """Keep freed activation memory in the process (glibc ``mallopt``).
 
 An engine step allocates and frees the same large activation buffers every layer
-(a 2048-token prefill of a 100M model: ~1 GB of temporaries per step, 10-35 MB each).
-With glibc's defaults, buffers above the (dynamic) mmap threshold are mapped and
-unmapped each time and the heap top is trimmed back to the OS, so the next layer
-page-faults the same memory in again: ~100k minor faults and a tenth of the CPU time of
-such a prefill, measured. Raising the thresholds once makes those buffers come back
-from malloc's free lists instead. vLLM's CPU backend gets the same effect by preloading
+(a long prefill makes tens of MB of temporaries per layer). With glibc's defaults,
+buffers above the (dynamic) mmap threshold are mapped and unmapped each time and the
+heap top is trimmed back to the OS, so the next layer page-faults the same memory in
+again, which costs a noticeable share of a long prefill's CPU time. Raising the
+thresholds once makes those buffers come back from malloc's free lists instead. vLLM's CPU backend gets the same effect by preloading
 tcmalloc.
 """
 

@@ -36,9 +36,9 @@ class Linear(nn.Module):
     """``y = x W^T + b`` with W stored transposed (``weight_t``: ``[in, out]``).
 
     With the weight row-major in ``[in, out]`` the BLAS call is a plain ``x @ W_t``, which
-    MKL runs up to 1.4x faster than ``nn.Linear``'s ``x @ W^T`` for the 8-64-row
-    activations of decode steps, and as fast for one row or prefill-sized ones
-    (``benchmarks/kernel_bench.py``, docs/benchmarks.md).
+    MKL runs faster than ``nn.Linear``'s ``x @ W^T`` for the few-row activations of
+    decode steps, and as fast for one row or prefill-sized ones
+    (``benchmarks/kernel_bench.py`` compares both).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
@@ -140,8 +140,8 @@ class LlamaModel(nn.Module):
         self.cfg = cfg
         self.max_positions = max_positions
         # Weights are allocated, never initialised: the checkpoint overwrites them. (An
-        # initialiser such as normal_ run on the meta device costs the first model built
-        # in a process ~1 s of torch's lazy meta-kernel imports.)
+        # initialiser such as normal_ run on the meta device makes the first model built
+        # in a process pay for torch's lazy meta-kernel imports.)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)

@@ -8,7 +8,14 @@ from mooncake.sim.cache import EVICTIONS, BlockCache, Eviction, hit_rate
 from mooncake.sim.config import MODES, Mode, SimConfig
 from mooncake.sim.engine import SimResult, Simulator, simulate
 from mooncake.sim.metrics import RequestRecord, RunSummary, attainment, slowest_gaps_mean, summarize
-from mooncake.sim.trace import TraceRequest, load_trace, make_request, parse_trace, scale_rate
+from mooncake.sim.trace import (
+    TraceError,
+    TraceRequest,
+    load_trace,
+    make_request,
+    parse_trace,
+    scale_rate,
+)
 
 __all__ = [
     "EVICTIONS",
@@ -21,6 +28,7 @@ __all__ = [
     "SimConfig",
     "SimResult",
     "Simulator",
+    "TraceError",
     "TraceRequest",
     "attainment",
     "hit_rate",

@@ -10,6 +10,22 @@ from mooncake.config import check_field as _check
 from mooncake.sim.cache import EVICTIONS, Eviction
 
 Mode = Literal["disaggregated", "colocated"]
+
+#: Behaviour the simulator can add that the live system does not have (all off by
+#: default): field of :class:`SimConfig` -> what it changes.
+WHAT_IFS: dict[str, str] = {
+    "layerwise_transfer": "KV streams to decode layer by layer; only the last layer's share adds to TTFT",
+    "decode_refusal": "a decode instance refuses a prefilled request whose KV does not fit (Conductor.admit_to_decode)",
+    "reserve_full_output": "KV for prompt + whole output is reserved at admission; no preemption",
+}
+
+#: Conductor methods that only one of the two drivers (the simulator and the live
+#: scheduler plugin) calls, and why. Anything else must be driven by both
+#: (``tests/sim/test_parity.py``).
+ONE_DRIVER_METHODS: dict[str, str] = {
+    "admit_to_decode": "simulator only, and only under the decode_refusal what-if",
+    "remove_worker": "live plugin only: a simulated cluster does not lose workers",
+}
 MODES: tuple[Mode, ...] = ("disaggregated", "colocated")
 
 
@@ -43,9 +59,23 @@ class SimConfig:
     decode_kv_tokens: int | None = None
     """KV capacity of a decode/colocated instance in tokens; ``None`` = what HBM holds
     next to the weights (:meth:`CostModel.kv_capacity_tokens`)."""
-    layerwise_transfer: bool = True
-    """KV streams to decode layer by layer during prefill (FAST'25 §5.1), so only
-    the last layer's share of the transfer adds to TTFT."""
+    max_tokens: int | None = None
+    """Output cap every request states (``max_tokens``); a request generates
+    min(its trace length, cap). ``None``: each request's cap is its trace length, as in
+    the paper's replay (and ``mooncake bench serve`` on a trace). The Conductor sees
+    only the cap; it predicts the real length (``ConductorConfig.output_prediction``)."""
+    layerwise_transfer: bool = False
+    """What-if: KV streams to decode layer by layer during prefill (FAST'25 §5.1), so
+    only the last layer's share of the transfer adds to TTFT. Off: the whole transfer
+    follows the prefill, as the live transfer task does today."""
+    decode_refusal: bool = False
+    """What-if: a decode instance refuses a prefilled request whose KV does not fit
+    (``Conductor.admit_to_decode``; FAST'25 Table 3's baseline rejects there). Off: it
+    waits in the decode instance's queue for memory, as the live engine does."""
+    reserve_full_output: bool = False
+    """What-if: reserve KV for prompt + the whole output at admission and never
+    preempt. Off: KV is taken on demand and the newest sequence is preempted and later
+    recomputed when it runs out, as the live engine (and vLLM) does."""
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
@@ -56,6 +86,7 @@ class SimConfig:
         _check(self.colocated_cache_blocks is None or self.colocated_cache_blocks >= 0, "colocated_cache_blocks", f"must be >= 0, got {self.colocated_cache_blocks}")
         _check(self.eviction in EVICTIONS, "eviction", f"must be one of {EVICTIONS}, got {self.eviction!r}")
         _check(self.chunk_tokens > 0, "chunk_tokens", f"must be positive, got {self.chunk_tokens}")
+        _check(self.max_tokens is None or self.max_tokens > 0, "max_tokens", f"must be positive, got {self.max_tokens}")
         _check(self.decode_kv_tokens is None or self.decode_kv_tokens > 0, "decode_kv_tokens", f"must be positive, got {self.decode_kv_tokens}")
         _check(self.conductor.colocated == (self.mode == "colocated"), "conductor", "conductor.colocated must match mode")
 
@@ -69,4 +100,4 @@ class SimConfig:
         return self.prefill_instances + self.decode_instances
 
 
-__all__ = ["MODES", "Mode", "SimConfig"]
+__all__ = ["MODES", "ONE_DRIVER_METHODS", "WHAT_IFS", "Mode", "SimConfig"]

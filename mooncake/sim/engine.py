@@ -54,27 +54,36 @@ class Simulator:
         bs = config.conductor.block_size
         self.prefill: dict[str, PrefillInstance] = {}
         self.batch: dict[str, BatchInstance] = {}
+        max_batch = config.conductor.max_decode_batch
+
+        def batch(name: str, cache: BlockCache | None) -> BatchInstance:
+            return BatchInstance(name, cost, config.kv_tokens, config.chunk_tokens, cache, bs, config.reserve_full_output, max_batch)
+
+        # Workers join the Conductor one by one, as they do in the live plugin.
+        self.conductor = Conductor(config.conductor, [], {}, cost)
         if config.mode == "disaggregated":
             for i in range(config.prefill_instances):
                 name = f"prefill-{i}"
                 self.prefill[name] = PrefillInstance(name, BlockCache(config.prefill_cache_blocks, config.eviction))
+                self.conductor.add_prefill_worker(name)
             for i in range(config.decode_instances):
                 name = f"decode-{i}"
-                self.batch[name] = BatchInstance(name, cost, config.kv_tokens, config.chunk_tokens, None, bs)
-            self.conductor = Conductor(config.conductor, list(self.prefill), {w: config.kv_tokens for w in self.batch}, cost)
+                self.batch[name] = batch(name, None)
+                self.conductor.add_decode_worker(name, config.kv_tokens)
         else:
             cache_blocks = config.colocated_cache_blocks
             if cache_blocks is None:
                 cache_blocks = config.kv_tokens // bs
             for i in range(config.num_instances):
                 name = f"instance-{i}"
-                self.batch[name] = BatchInstance(name, cost, config.kv_tokens, config.chunk_tokens, BlockCache(cache_blocks, config.eviction), bs)
-            self.conductor = Conductor(config.conductor, list(self.batch), {w: config.kv_tokens for w in self.batch}, cost)
+                self.batch[name] = batch(name, BlockCache(cache_blocks, config.eviction))
+                self.conductor.add_prefill_worker(name)
+                self.conductor.add_decode_worker(name, config.kv_tokens)
         self._heap: list[tuple[float, int, int, Any, Any]] = []
         self._seq = 0
-        self._placements: dict[str, Placement] = {}
         self.records: list[RequestRecord] = []
         self.prefill_gpu_s = 0.0
+        self._bar: tqdm | None = None
 
     # -- event queue -----------------------------------------------------------
     def _push(self, t: float, kind: int, a: Any, b: Any = None) -> None:
@@ -86,15 +95,16 @@ class Simulator:
         t0 = time.perf_counter()
         for req in self.requests:
             self._push(req.arrival_s, _ARRIVE, req)
-        bar = tqdm(total=len(self.requests), unit="req", disable=not self.progress, mininterval=0.5)
+        # The bar counts requests that are done (finished or rejected), not arrivals,
+        # so it does not read 100% while the queues are still draining.
+        self._bar = tqdm(total=len(self.requests), unit="req", disable=not self.progress, mininterval=0.5)
         handlers = (self._on_arrive, self._on_prefill_done, self._on_decode_arrive, self._on_step, self._on_wake)
         heap = self._heap
         while heap:
             now, _, kind, a, b = heapq.heappop(heap)
             handlers[kind](now, a, b)
-            if kind == _ARRIVE:
-                bar.update(1)
-        bar.close()
+        self._bar.close()
+        self._bar = None
         self.records.sort(key=lambda r: r.index)
         summary = summarize(self.records, self.prefill_gpu_s)
         return SimResult(self.config, self.records, summary, time.perf_counter() - t0)
@@ -102,20 +112,22 @@ class Simulator:
     # -- arrivals --------------------------------------------------------------
     def _on_arrive(self, now: float, req: TraceRequest, _: Any) -> None:
         rid = str(req.index)
-        record = RequestRecord(req.index, req.arrival_s, req.input_length, req.output_length)
+        cap = req.output_length if self.config.max_tokens is None else self.config.max_tokens
+        record = RequestRecord(req.index, req.arrival_s, req.input_length, min(req.output_length, cap))
         self.records.append(record)
-        decision = self.conductor.place(RequestInfo(rid, req.input_length, req.hash_ids, req.output_length), now)
+        decision = self.conductor.place(RequestInfo(rid, req.input_length, req.hash_ids, cap), now)
         if not isinstance(decision, Placement):
             record.rejected, record.reason = True, decision.reason
+            self._done()
             return
         record.prefill_instance, record.decode_instance = decision.prefill, decision.decode
+        record.predicted_output_len = decision.expected_output_len
         work = PrefillWork(rid, record, req.hash_ids)
         if self.config.mode == "colocated":
             inst = self.batch[decision.prefill]
             inst.queue.append(work)
             self._kick(inst, now)
             return
-        self._placements[rid] = decision
         p = self.prefill[decision.prefill]
         p.queue.append(work)
         if p.busy is None:
@@ -129,8 +141,8 @@ class Simulator:
         n = work.record.prompt_len
         local = p.cache.match(work.keys)
         reuse = local
-        placement = self._placements.pop(work.rid)
-        src = placement.fetch_from
+        placement = self.conductor.placement_of(work.rid)
+        src = placement.fetch_from if placement is not None else None
         if src is not None:
             remote_cache = self.prefill[src].cache
             remote = remote_cache.match(work.keys)
@@ -173,28 +185,37 @@ class Simulator:
     def _on_decode_arrive(self, now: float, inst: BatchInstance, work: PrefillWork) -> None:
         record = work.record
         record.ttft_s = now - record.arrival_s
-        rej = self.conductor.admit_to_decode(work.rid, now)
-        if rej is not None:
-            record.rejected, record.reason = True, rej.reason
-            self.conductor.on_decode_leave(work.rid, now)
-            return
-        self.conductor.on_decode_join(work.rid, now)
-        inst.sync(now)
-        inst.join(work.rid, record)
+        if self.config.decode_refusal:  # what-if: refuse instead of waiting for memory
+            rej = self.conductor.admit_to_decode(work.rid, now)
+            if rej is not None:
+                record.rejected, record.reason = True, rej.reason
+                self.conductor.on_decode_leave(work.rid, now)
+                self._done()
+                return
+        work.imported = True
+        work.done = work.tokens
+        work.queued_at = now
+        inst.queue.append(work)
         self._kick(inst, now)
 
     # -- batches ---------------------------------------------------------------
     def _kick(self, inst: BatchInstance, now: float) -> None:
-        """Re-plan an instance after a change: start a mixed step if it has prefill
-        work, else sleep until its next sequence finishes."""
+        """Re-plan an instance after a change: admit queued sequences, preempt if the
+        next step's KV does not fit, then start a mixed step if anything computes, else
+        sleep until the next sequence finishes or KV runs out."""
         if inst.stepping:
             return  # the step in flight re-plans when it ends
         inst.sync(now)
         inst.version += 1
-        if inst.has_prefill_work():
-            tau, started = inst.plan_step(now)
-            for work in started:
+        started, joined = inst.admit(now)
+        for work in started:
+            if work.resume is None:
                 self.conductor.on_prefill_start(work.rid, now)
+        for work in joined:
+            self.conductor.on_decode_join(work.rid, now)
+        inst.make_room(now)
+        if inst.active:
+            tau = inst.plan_step(now)
             self._push(now + tau, _STEP, inst, inst.version)
             return
         dt = inst.retime()
@@ -204,6 +225,8 @@ class Simulator:
     def _on_step(self, now: float, inst: BatchInstance, version: int) -> None:
         completed, finished = inst.end_step(now)
         for work in completed:
+            if work.resume is not None:
+                continue  # a preempted sequence recomputed: it simply continues
             record = work.record
             record.ttft_s = now - record.arrival_s
             if inst.cache is not None:
@@ -227,7 +250,13 @@ class Simulator:
     def _finish(self, seqs: list[DecodingSeq], now: float) -> None:
         for seq in seqs:
             seq.record.finish_s = now
+            self.conductor.on_request_finished(seq.rid, seq.record.output_len)
             self.conductor.on_decode_leave(seq.rid, now)
+            self._done()
+
+    def _done(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
 
 
 def simulate(config: SimConfig, requests: Sequence[TraceRequest], progress: bool = False) -> SimResult:

@@ -31,6 +31,10 @@ class RequestRecord:
     reason: str = ""
     prefill_instance: str = ""
     decode_instance: str = ""
+    predicted_output_len: int = 0
+    """Output tokens the Conductor assumed when placing it (0: not placed)."""
+    preemptions: int = 0
+    """Times its KV was freed to make room and recomputed later."""
 
 
 def slowest_gaps_mean(gaps: Iterable[tuple[float, float]], fraction: float = 0.1) -> float:
@@ -83,6 +87,15 @@ class RunSummary:
     prefill_gpu_s: float
     """Instance-seconds of prefill compute (fetches excluded)."""
     makespan_s: float
+    preemptions: int = 0
+    """Preemptions (KV freed, recomputed later) over all requests."""
+    output_len_mae: float = 0.0
+    """Mean |predicted − actual| output tokens over finished requests (decode-load
+    prediction error)."""
+    output_len_bias: float = 0.0
+    """Mean predicted − actual output tokens (positive: over-predicted)."""
+    output_len_rel_error: float = 0.0
+    """Sum of |predicted − actual| / sum of actual output tokens."""
     slo_attainment: dict[str, float] = field(default_factory=dict)
     """``"ttft<=T,tbt<=B"`` -> fraction of all requests meeting both."""
 
@@ -102,6 +115,9 @@ def summarize(records: Sequence[RequestRecord], prefill_gpu_s: float, slos: Iter
     tbt = [r.tbt_s for r in served if r.tbt_s is not None]
     prompt = sum(r.prompt_len for r in served)
     finish = [r.finish_s for r in served if r.finish_s is not None]
+    checked = [r for r in served if r.finish_s is not None and r.predicted_output_len > 0]
+    err = np.array([r.predicted_output_len - r.output_len for r in checked], dtype=float)
+    actual = float(sum(r.output_len for r in checked))
     return RunSummary(
         requests=len(records),
         rejected=sum(1 for r in records if r.rejected),
@@ -117,6 +133,10 @@ def summarize(records: Sequence[RequestRecord], prefill_gpu_s: float, slos: Iter
         cache_hit_rate=sum(r.cached_tokens for r in served) / prompt if prompt else 0.0,
         prefill_gpu_s=prefill_gpu_s,
         makespan_s=max(finish) if finish else 0.0,
+        preemptions=sum(r.preemptions for r in records),
+        output_len_mae=float(np.mean(np.abs(err))) if len(err) else 0.0,
+        output_len_bias=float(np.mean(err)) if len(err) else 0.0,
+        output_len_rel_error=float(np.abs(err).sum() / actual) if actual else 0.0,
         slo_attainment={f"ttft<={t:g},tbt<={b:g}": attainment(records, t, b) for t, b in slos},
     )
 

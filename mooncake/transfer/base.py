@@ -8,6 +8,7 @@ missing; it never hands out bytes that failed their checksum.
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import threading
 from collections.abc import Sequence
@@ -25,13 +26,22 @@ PathName = str  # "shm", "tcp", "rdma"
 
 @functools.cache
 def local_host_id() -> str:
-    """Identity of this host: processes with equal ids share /dev/shm and the host tier."""
+    """Identity of this host: processes with equal ids share /dev/shm and the host tier.
+
+    The hostname and boot id, and the device of /dev/shm: containers (or test hosts in
+    namespaces) on one machine share the boot id and may share a hostname, but a private
+    /dev/shm is a tmpfs of its own, and a peer whose shared memory is elsewhere must be
+    reached over the network."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
     except OSError:  # pragma: no cover - non-Linux
         boot = ""
-    return f"{socket.gethostname()}/{boot}"
+    try:
+        shm = str(os.stat("/dev/shm").st_dev)
+    except OSError:  # pragma: no cover - no /dev/shm
+        shm = ""
+    return f"{socket.gethostname()}/{boot}/{shm}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,11 @@ class TransferConfig:
     """Between hosts: ``rdma`` (pyverbs), ``tcp``, or ``auto`` (RDMA when a device is
     present under ``rdma_sysfs`` and pyverbs imports, else TCP with a log line).
     Same-host peers always go through the shared host tier first."""
-    listen_host: str = "127.0.0.1"
-    """Interface the block server binds to (``0.0.0.0`` to serve other hosts)."""
+    listen_host: str | None = None
+    """Interface the block server binds to. ``None``: a worker binds it where its own
+    Dask address is (the interface the cluster reaches it on: 127.0.0.1 for a local
+    cluster, the host's cluster address across hosts); a block server started alone
+    binds 127.0.0.1."""
     listen_port: int = 0
     """Block server port; 0 picks a free one."""
     batch_blocks: int = 8
@@ -33,7 +36,7 @@ class TransferConfig:
     """Bytes a later request frame asks for, at the record size the first response showed
     (``0``: every frame asks for ``batch_blocks``). One response per ~4 MiB keeps the
     per-response costs small for 32 KiB blocks without holding 100 MiB responses for 5
-    MiB ones (docs/benchmarks.md)."""
+    MiB ones."""
     connect_timeout_s: float = 5.0
     """Giving up on connecting to a peer after this long (then the retry path runs)."""
     io_timeout_s: float = 30.0

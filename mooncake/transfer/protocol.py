@@ -60,8 +60,8 @@ MAX_KEYS = 1 << 16
 IOV_MAX = 512  # below Linux's 1024 iovecs per sendmsg
 # Bytes per recv. 64 KiB, not more: records are checked while in cache, and on loopback
 # a long recv holds the socket while arriving segments wait in its backlog and the window
-# opens late (256 KiB measured 66-80% of the raw baseline where 64 KiB measured 84-128%,
-# docs/benchmarks.md).
+# opens late (benchmarks/store_bench.py's "raw socket, 64 KiB recv" row shows the effect
+# on a bare socket pair).
 RECV_CHUNK = 64 * 1024
 
 
@@ -175,7 +175,7 @@ def set_io_timeout(sock: socket.socket, seconds: float, receive: bool = True) ->
     receive, if ``receive``) in ``EAGAIN``. A blocking socket waits inside ``recv`` and
     ``sendmsg``; a Python timeout socket is non-blocking underneath and pays a failed
     ``recv``, a ``poll`` and a second ``recv`` for every wait (``store_bench.py
-    --variants`` measures both; on loopback here neither is clearly faster)."""
+    --variants`` compares both)."""
     sock.settimeout(None)
     sec = int(seconds)
     tv = struct.pack("@ll", sec, int((seconds - sec) * 1e6))

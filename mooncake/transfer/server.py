@@ -50,7 +50,7 @@ class BlockServer:
         self.source = source
         self.config = config
         self.host_tier_path = host_tier_path
-        self._sock = socket.create_server((config.listen_host, config.listen_port))
+        self._sock = socket.create_server((config.listen_host or "127.0.0.1", config.listen_port))
         self.address: tuple[str, int] = self._sock.getsockname()[:2]
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()

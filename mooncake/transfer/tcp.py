@@ -1,8 +1,8 @@
 """TCP transfer backend: a dedicated blocking socket per peer, not Dask comms.
 
-Measured on this machine (docs/benchmarks.md): plain ``sendall``/``recv_into``
-moves 2.4 GB/s over loopback, Dask's worker-to-worker comm 1.3-1.6 GB/s; the block
-protocol is a thin framing over the former.
+Plain blocking ``sendall``/``recv_into`` moves bulk bytes faster than Dask's comms (which
+add a serialization layer and an event loop to every message), so the block protocol is a
+thin framing over plain sockets (docs/performance.md has the current figures).
 
 A fetch is batched and pipelined. The first request frame asks for ``batch_blocks``
 keys; once its response's table shows how large the records are, later frames ask for
@@ -15,8 +15,7 @@ straight into a pooled buffer, each checked as soon as it has arrived while it i
 cache (``protocol.recv_records``: one compiled call per response, without the GIL); the
 objects of a response are then built together (``protocol.check_response``). The check
 runs on the receiving thread: the kernel keeps filling the socket buffer meanwhile, and a
-second thread only added GIL handoffs (and a pass over bytes no longer in cache) on the
-2-core machine measured.
+second thread would only add GIL handoffs (and a pass over bytes no longer in cache).
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
-"""``MooncakeWorker``: the Dask ``WorkerPlugin`` that gives each worker process its
-engine (loaded once), its engine loop, its KV outbox/inbox and its reports to the
-Conductor."""
+"""``MooncakeWorker``: the Dask ``WorkerPlugin`` of each worker process.
+
+It starts the worker's engine in a child process (``EngineClient`` /
+``engine_process``: torch never loads in the worker itself), opens the worker's KV
+store, keeps the KV outbox/inbox the graph's tasks use, registers the handlers peers and
+the client call, and reports the worker's blocks and load to the Conductor."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from distributed import Worker, WorkerPlugin
+from distributed.comm.addressing import get_address_host
 from distributed.protocol.serialize import to_serialize
 
 from mooncake.config import EngineConfig
@@ -49,7 +53,8 @@ def roles_of(worker: Worker) -> list[str]:
 
 
 class MooncakeWorker(WorkerPlugin):
-    """Args: engine_config: how to build this worker's engine."""
+    """Args: engine_config: how to build this worker's engine (in its engine process);
+    worker_config: the worker's KV store tiers and transfer settings."""
 
     name = PLUGIN_NAME
     idempotent = True
@@ -95,8 +100,12 @@ class MooncakeWorker(WorkerPlugin):
             raise
         self.kv_store: KVStore | None = None
         if self.worker_config.enable_store:
+            wc = self.worker_config
+            if wc.transfer.listen_host is None:
+                # Peers on other hosts reach the block server where they reach this worker.
+                wc = dataclasses.replace(wc, transfer=dataclasses.replace(wc.transfer, listen_host=get_address_host(worker.address)))
             cluster = worker.scheduler.address  # the same on every worker of the cluster
-            self.kv_store = await asyncio.to_thread(KVStore, self.worker_config, str(worker.name or worker.address), cluster)
+            self.kv_store = await asyncio.to_thread(KVStore, wc, str(worker.name or worker.address), cluster)
         self._peers: dict[str, Peer | None] = {}
         # Keys this worker holds in any tier (device pool, host, SSD): the Conductor's
         # index sees a block as present until it is gone from all of them.
@@ -107,8 +116,9 @@ class MooncakeWorker(WorkerPlugin):
         worker.handlers["mooncake_info"] = self.handle_info
         worker.stream_handlers["mooncake-start"] = self.handle_start
         worker.stream_handlers["mooncake-peer-lost"] = self.handle_peer_lost
-        # Token deltas ride this stream to the scheduler (then the client); Dask holds a
-        # message until 2 ms after the previous one.
+        # Token deltas that cannot go straight to the client (mooncake.worker.token_stream)
+        # ride this stream to the scheduler, then the client; Dask holds a message until
+        # 2 ms after the previous one.
         worker.batched_stream.interval = STREAM_INTERVAL_S
         self._reported_model = False
         self._report_task = asyncio.ensure_future(self._report_forever())

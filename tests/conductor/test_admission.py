@@ -46,3 +46,16 @@ def test_check_slos_reasons() -> None:
     assert full is not None and "KV" in full.reason and full.retry_after == 3.0
     slow = check_slos("r", fast, DecodeChoice("D", 0.2, True), 2.0, 0.1, 3.0)
     assert slow is not None and "TBT" in slow.reason
+
+
+def test_projection_re_estimates_long_running_sequences() -> None:
+    """Projected at eta = 2 s with t_d = 0.1 s: a sequence placed with 10 expected output
+    tokens at t = 0 would be gone by 0.9 s, but when total_len says a sequence that has
+    generated 10 tokens (now = 1 s) runs to 50, it is still decoding at eta and counts."""
+    from mooncake.conductor.state import DecodeLoad, DecodeSeq
+
+    load = DecodeLoad(10**6)
+    load.expect("a", DecodeSeq(100, 10, 0.0, None, 1000))
+    load.join("a", 0.0)
+    assert decode_view(load, "projected", eta=2.0, t_d=0.1) == (0, 0)
+    assert decode_view(load, "projected", eta=2.0, t_d=0.1, now=1.0, total_len=lambda seq, g: 50 if g >= 10 else 10) == (1, 110)

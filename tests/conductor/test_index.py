@@ -37,3 +37,12 @@ def test_bytes_keys_and_drop_worker() -> None:
     idx.drop_worker("w1")
     assert idx.match_prefix([k1, k2]) == {"w2": 1}
     assert len(idx) == 1
+
+
+def test_match_prefix_orders_workers_by_name() -> None:
+    """Workers stored in the order z, a, m with the same prefix come back sorted
+    (a, m, z): callers never see a set's hash-seed-dependent order."""
+    idx = GlobalBlockIndex()
+    for w in ("worker-z", "worker-a", "worker-m"):
+        idx.stored(w, [1, 2])
+    assert list(idx.match_prefix([1, 2, 3])) == ["worker-a", "worker-m", "worker-z"]

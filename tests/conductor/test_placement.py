@@ -100,3 +100,13 @@ def test_decode_prefers_fitting_lowest_tbt() -> None:
     assert (c.worker, c.fits, c.tbt_s) == ("D2", True, pytest.approx(0.06))
     c = s.choose(REQ, {"D1": (1, 9000), "D2": (5, 9000)}, {"D1": 10_000, "D2": 10_000}, step)
     assert (c.worker, c.fits) == ("D1", False)
+
+
+def test_algorithm1_equal_prefixes_fetch_from_smallest_name() -> None:
+    """C is idle with nothing cached; A and B both hold all 4 blocks, queued 5 s each.
+    C fetches the prefix; of the two equally long sources it takes A, whichever order
+    the prefix map lists them in."""
+    s = PrefillScheduler("global_cache_aware")
+    for prefix in ({"B": 4, "A": 4}, {"A": 4, "B": 4}):
+        c = s.choose(REQ, 0.0, make_loads(A=5, B=5, C=0), prefix, est, xfer)
+        assert (c.worker, c.fetch_from) == ("C", "A")

@@ -171,3 +171,23 @@ def test_no_worker_of_a_role_rejects_as_unavailable(tiny_cost: CostModel) -> Non
     c.add_decode_worker("D-new", 10**6)
     ok = c.place(req("r", 100, (1,)), 0.0)
     assert isinstance(ok, Placement) and ok.decode == "D-new"
+
+
+def test_decode_load_uses_expected_output_length(tiny_cost: CostModel) -> None:
+    """Requests cap their output at 1000 tokens but 16 finished ones generated 20: the
+    next placement plans 20 output tokens on the decode instance (not 1000), reports it
+    on the Placement, and the error of the tracked guesses is scored. With
+    output_prediction="max_tokens" the cap is planned."""
+    c = Conductor(ConductorConfig(), ["P"], {"D": 10**6}, tiny_cost)
+    for i in range(16):
+        c.on_request_finished(f"old{i}", 20)
+    p = c.place(req("new", 1000, (1, 2), out=1000), 0.0)
+    assert isinstance(p, Placement) and p.expected_output_len == 20
+    assert c.decode_loads["D"].incoming["new"].output_len == 20
+    c.on_request_finished("new", 30)
+    assert c.outputs.error().count == 1 and c.outputs.error().mae_tokens == 10
+    cap = Conductor(ConductorConfig(output_prediction="max_tokens"), ["P"], {"D": 10**6}, tiny_cost)
+    for i in range(16):
+        cap.on_request_finished(f"old{i}", 20)
+    q = cap.place(req("new", 1000, (1, 2), out=1000), 0.0)
+    assert isinstance(q, Placement) and q.expected_output_len == 1000

@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -31,6 +33,7 @@ def _get(url: str, deadline: float) -> str:
             time.sleep(0.3)
 
 
+@pytest.mark.cluster
 def test_preloaded_scheduler_serves_page_and_metrics():
     """The page answers with its Bokeh document, the status page links it, and /metrics
     works with no Conductor yet (no mooncake samples, no error)."""

@@ -12,6 +12,11 @@ from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine, SamplingParams
 from tests.conftest import hf_greedy, hf_model
 
+# The reference continuations (20 prompts x 64 tokens through transformers' generate) take
+# most of a minute on two cores; tests/engine/test_model_equivalence.py keeps a quick
+# equivalence check in the fast lane.
+pytestmark = pytest.mark.slow
+
 N_PROMPTS = 20
 MAX_NEW = 64
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, ignore_eos=True)

@@ -103,6 +103,7 @@ def test_internal_error_500_hides_details(scripted: tuple[ServerThread, Scripted
     assert oc.completions.create(model=model_name, prompt=[256, 1], max_tokens=1).choices
 
 
+@pytest.mark.cluster
 def test_real_admission_rejection_and_owned_cluster(chat_checkpoint: object) -> None:
     """An app built from a config alone starts its own cluster in the lifespan (and closes it
     on shutdown); with a TTFT SLO no prefill can meet, the Conductor rejects at admission and

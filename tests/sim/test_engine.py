@@ -79,18 +79,56 @@ def test_early_rejection_in_replay(tiny_cost: CostModel) -> None:
     assert res.summary.rejected == 1 and res.summary.served == 2
 
 
-def test_decode_full_rejects_after_prefill(tiny_cost: CostModel) -> None:
-    """No admission, 2P+1D, decode KV capacity 1500 tokens. Both 1000-token prompts
-    (100 output tokens, so 1100 KV tokens each) prefill in parallel and reach decode at
-    1.001 s; the first joins, the second no longer fits and is refused there — after
-    its prefill was spent (FAST'25's baseline behaviour)."""
+def test_decode_full_rejects_after_prefill_under_what_if(tiny_cost: CostModel) -> None:
+    """What-if decode_refusal, no admission, 2P+1D, decode KV capacity 1500 tokens. Both
+    1000-token prompts (100 output tokens, so 1100 KV tokens each) prefill in parallel
+    and reach decode at 1.001 s; the first joins, the second no longer fits and is
+    refused there — after its prefill was spent (FAST'25's baseline behaviour)."""
     reqs = [make_request(0, 0.0, 1000, 100), make_request(1, 0.0, 1000, 100)]
     cc = ConductorConfig(prefill_policy="load_balancing")
-    cfg = SimConfig(prefill_instances=2, decode_instances=1, conductor=cc, cost=tiny_cost, decode_kv_tokens=1500)
+    cfg = SimConfig(prefill_instances=2, decode_instances=1, conductor=cc, cost=tiny_cost, decode_kv_tokens=1500, decode_refusal=True)
     res = simulate(cfg, reqs)
     assert [r.rejected for r in res.records] == [False, True]
     assert "full" in res.records[1].reason
     assert res.summary.prefill_gpu_s == pytest.approx(2.0)  # the refused prefill was still spent
+
+
+def test_decode_waits_for_memory_by_default(tiny_cost: CostModel) -> None:
+    """As above without the what-if (the live engine's behaviour): B's KV waits in the
+    decode instance's queue until A finishes at 1.001 + 99·0.002 = 1.199 s, then B
+    decodes its 99 steps alone → 1.397 s. Nothing is refused; B's TTFT is its arrival at
+    decode (1.001 s); its 0.198 s wait counts as one token gap, so its TBT (slowest 10
+    of 100 gaps) is (0.198 + 9·0.002)/10."""
+    reqs = [make_request(0, 0.0, 1000, 100), make_request(1, 0.0, 1000, 100)]
+    cc = ConductorConfig(prefill_policy="load_balancing")
+    cfg = SimConfig(prefill_instances=2, decode_instances=1, conductor=cc, cost=tiny_cost, decode_kv_tokens=1500)
+    a, b = simulate(cfg, reqs).records
+    assert not a.rejected and not b.rejected
+    assert a.finish_s == pytest.approx(1.199) and b.ttft_s == pytest.approx(1.001)
+    assert b.finish_s == pytest.approx(1.397) and b.tbt_s == pytest.approx(0.0216)
+
+
+def test_decode_preempts_newest_and_recomputes(tiny_cost: CostModel) -> None:
+    """2P+1D, decode KV 2100 tokens taken on demand; A and B (1000 tokens, 101 out)
+    reach decode at 1.001 s and both fit (2000 + room for a step). The batch grows 2
+    tokens per 4 ms step: after 50 steps (1.201 s) the next would pass 2100, so B, the
+    newest, is preempted with 50 tokens generated. A finishes its 50 remaining 2 ms
+    steps at 1.301; B's 1050 tokens are recomputed in 512/512/26-token chunks
+    (1.05 s → 2.351), then B decodes its last 49 tokens → 2.449. B's slowest 10 gaps:
+    the 1.15 s outage and nine 4 ms steps. With the what-if reserve_full_output, B
+    (1101 tokens reserved) waits for A instead (1.201), nothing is preempted, and
+    finishes at 1.401."""
+    reqs = [make_request(0, 0.0, 1000, 101), make_request(1, 0.0, 1000, 101)]
+    cc = ConductorConfig(prefill_policy="load_balancing")
+    base = dict(prefill_instances=2, decode_instances=1, conductor=cc, cost=tiny_cost, decode_kv_tokens=2100)
+    res = simulate(SimConfig(**base), reqs)  # type: ignore[arg-type]
+    a, b = res.records
+    assert (res.summary.preemptions, a.preemptions, b.preemptions) == (1, 0, 1)
+    assert a.finish_s == pytest.approx(1.301) and b.finish_s == pytest.approx(2.449)
+    assert b.tbt_s == pytest.approx((1.15 + 9 * 0.004) / 10)
+    a, b = simulate(SimConfig(**base, reserve_full_output=True), reqs).records  # type: ignore[arg-type]
+    assert (a.preemptions, b.preemptions) == (0, 0)
+    assert a.finish_s == pytest.approx(1.201) and b.finish_s == pytest.approx(1.401)
 
 
 def test_colocated_chunked_prefill_stretches_tbt(tiny_cost: CostModel) -> None:
@@ -121,3 +159,79 @@ def test_colocated_waits_for_kv_memory(tiny_cost: CostModel) -> None:
     assert a.ttft_s == pytest.approx(1.0)
     assert b.ttft_s == pytest.approx(2.02)
     assert not a.rejected and not b.rejected
+
+
+def test_progress_bar_counts_finished_requests(tiny_cost: CostModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All 5 requests arrive at t=0 and take seconds to serve: the bar moves only when a
+    request is finished (or rejected), so after the arrivals it still reads 0, and every
+    update matches the number of requests done."""
+    import mooncake.sim.engine as engine
+
+    counts: list[tuple[int, int]] = []
+    sim = Simulator(SimConfig(cost=tiny_cost, prefill_instances=1, decode_instances=1), [make_request(i, 0.0, 1000, 50) for i in range(5)], progress=True)
+
+    class Bar:
+        def __init__(self, **kw: object) -> None:
+            self.n = 0
+
+        def update(self, k: int) -> None:
+            self.n += k
+            done = sum(1 for r in sim.records if r.rejected or r.finish_s is not None)
+            counts.append((self.n, done))
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(engine, "tqdm", Bar)
+    sim.run()
+    assert [n for n, _ in counts] == [1, 2, 3, 4, 5]
+    assert all(n == done for n, done in counts)
+
+
+def test_replay_reports_output_length_prediction_error(tiny_cost: CostModel) -> None:
+    """40 requests that generate 10 tokens each, all capped at max_tokens=200. The first
+    is predicted at the cap (error 190); once requests finish the Conductor predicts
+    10, so the mean error is far below 190 and the bias positive. Planning with the cap
+    (output_prediction="max_tokens") errs by 190 on every request."""
+    reqs = [make_request(i, 0.5 * i, 600, 10) for i in range(40)]
+    cfg = disagg(tiny_cost)
+    res = simulate(SimConfig(**{**cfg.__dict__, "max_tokens": 200}), reqs)
+    s = res.summary
+    assert res.records[0].predicted_output_len == 200 and res.records[-1].predicted_output_len == 10
+    assert 0 < s.output_len_mae < 50 and s.output_len_bias > 0
+    capped = simulate(SimConfig(**{**cfg.__dict__, "max_tokens": 200, "conductor": ConductorConfig(output_prediction="max_tokens")}), reqs)
+    assert capped.summary.output_len_mae == pytest.approx(190) and capped.summary.output_len_rel_error == pytest.approx(19)
+
+
+def test_step_overhead_lengthens_every_step(tiny_cost: CostModel) -> None:
+    """A 5 ms per-step overhead on the tiny model: a 1000-token prompt with 11 output
+    tokens decodes 10 steps of 2 + 5 ms on its decode instance → finishes at
+    1.001 + 0.07 s, TBT 7 ms. Colocated, its two 512-token-budget prefill steps cost
+    5 ms more each too."""
+    from mooncake.conductor import HardwareSpec
+
+    cost = CostModel(tiny_cost.model, HardwareSpec(**{**{f: getattr(tiny_cost.hardware, f) for f in HardwareSpec.__slots__}, "step_overhead_s": 0.005}))
+    (r,) = simulate(disagg(cost), [make_request(0, 0.0, 1000, 11)]).records
+    assert r.finish_s == pytest.approx(1.071) and r.tbt_s == pytest.approx(0.007)
+    cc = ConductorConfig(prefill_policy="load_balancing", colocated=True)
+    (c,) = simulate(SimConfig(mode="colocated", prefill_instances=1, decode_instances=0, conductor=cc, cost=cost), [make_request(0, 0.0, 1000, 11)]).records
+    assert c.ttft_s == pytest.approx(1.01)
+
+
+def test_colocated_cache_aware_routing_and_no_prefix_cache(tiny_cost: CostModel) -> None:
+    """Two colocated instances. A (blocks 1,2) at 0 and B (blocks 3,4) at 0 go to one
+    instance each; C (blocks 1,2,5) at 5 s: load-based routing sends it to the least
+    loaded instance by name order (instance-0, where A ran: a hit either way), so D
+    (blocks 3,4,6) tells them apart: cache-aware routing sends it where B ran and reuses
+    1024 tokens; load-only routing picks instance-0 and reuses nothing. Without prefix
+    caching (cache 0 blocks) nothing is reused at all."""
+    reqs = [make_request(0, 0.0, 1024, 2, [1, 2]), make_request(1, 0.0, 1024, 2, [3, 4]), make_request(2, 5.0, 1536, 2, [1, 2, 5]), make_request(3, 10.0, 1536, 2, [3, 4, 6])]
+
+    def run(policy: str, cache: int | None) -> list[int]:
+        cc = ConductorConfig(prefill_policy=policy, colocated=True)  # type: ignore[arg-type]
+        cfg = SimConfig(mode="colocated", prefill_instances=2, decode_instances=0, conductor=cc, cost=tiny_cost, colocated_cache_blocks=cache)
+        return [r.cached_tokens for r in simulate(cfg, reqs).records]
+
+    assert run("local_cache_aware", None) == [0, 0, 1024, 1024]
+    assert run("load_balancing", None)[3] == 0
+    assert run("local_cache_aware", 0) == [0, 0, 0, 0]

@@ -1,7 +1,10 @@
-"""Smoke replay of the first requests of the real conversation trace (if present)."""
+"""Smoke replay of the first requests of the real conversation trace, when it is present
+(``$MOONCAKE_TRACES`` or ``traces/`` at the repository root; docs/paper-reproduction.md
+says where to get it); skipped otherwise."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,8 @@ import pytest
 from mooncake.conductor import ConductorConfig
 from mooncake.sim import SimConfig, load_trace, simulate
 
-TRACE = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / "conversation_trace.jsonl"
+ROOT = Path(__file__).resolve().parents[2]
+TRACE = Path(os.environ.get("MOONCAKE_TRACES") or ROOT / "traces") / "conversation_trace.jsonl"
 
 
 @pytest.mark.skipif(not TRACE.exists(), reason=f"conversation trace not found at {TRACE}")

@@ -1,0 +1,105 @@
+"""The cost model a live Conductor fitted online, as a JSON document the simulator reads.
+
+The live scheduler plugin starts from the closed-form :class:`CostModel` (the served
+model's shape and a hardware prior) and refines the prefill time model and the
+transfer bandwidth from observed timings. :func:`export_cost_model` writes what it has
+learned; :func:`load_cost_model` turns such a file back into a :class:`CostModel`
+(``mooncake sim --cost-model FILE``), so a replay uses the timings the cluster
+actually showed. Decode step times are not fitted online: they come from the
+hardware prior.
+
+Format (``schema_version`` 1)::
+
+    {"schema_version": 1,
+     "model": {ModelSpec fields}, "hardware": {HardwareSpec fields},
+     "prefill_fit": {"per_attn_flop_s": ..., "per_linear_flop_s": ..., "fixed_s": ...},
+     "prefill_observations": int, "transfer_bandwidth_bytes_per_s": float}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mooncake.conductor.cost_model import CostModel, HardwareSpec, ModelSpec
+
+if TYPE_CHECKING:
+    from mooncake.conductor.policy import Conductor
+
+COST_MODEL_SCHEMA_VERSION = 1
+
+
+def export_cost_model(conductor: Conductor) -> dict[str, Any]:
+    """What ``conductor`` has learned, as a JSON-able document (see module docstring)."""
+    per_attn, per_linear, fixed = conductor.estimator.coefficients()
+    bandwidth = conductor.bandwidth.bandwidth
+    return {
+        "schema_version": COST_MODEL_SCHEMA_VERSION,
+        "model": asdict(conductor.cost.model),
+        "hardware": asdict(replace(conductor.cost.hardware, rdma_bandwidth=bandwidth)),
+        "prefill_fit": {"per_attn_flop_s": per_attn, "per_linear_flop_s": per_linear, "fixed_s": fixed},
+        "prefill_observations": conductor.estimator.num_observations,
+        "transfer_bandwidth_bytes_per_s": bandwidth,
+    }
+
+
+def _spec(cls: type[Any], data: Any, field_name: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{field_name}: must be an object")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{field_name}.{unknown[0]}: unknown field")
+    for k, v in data.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise ValueError(f"{field_name}.{k}: must be a finite number, got {v!r}")
+    try:
+        return cls(**data)
+    except ValueError as e:
+        raise ValueError(f"{field_name}.{e}") from None
+
+
+def cost_model_from_dict(data: Any) -> CostModel:
+    """A :class:`CostModel` from an exported document; ``ValueError`` names the field."""
+    if not isinstance(data, dict):
+        raise ValueError("cost model: must be a JSON object")
+    version = data.get("schema_version")
+    if version != COST_MODEL_SCHEMA_VERSION:
+        raise ValueError(f"schema_version: expected {COST_MODEL_SCHEMA_VERSION}, got {version!r}")
+    model = _spec(ModelSpec, data.get("model"), "model")
+    hardware = _spec(HardwareSpec, data.get("hardware"), "hardware")
+    fit = data.get("prefill_fit")
+    if fit is None:
+        return CostModel(model, hardware)
+    if not isinstance(fit, dict):
+        raise ValueError("prefill_fit: must be an object")
+    coef = []
+    for key in ("per_attn_flop_s", "per_linear_flop_s", "fixed_s"):
+        v = fit.get(key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise ValueError(f"prefill_fit.{key}: must be a finite number, got {v!r}")
+        coef.append(float(v))
+    return CostModel(model, hardware, (coef[0], coef[1], coef[2]))
+
+
+def load_cost_model(path: str | Path) -> CostModel:
+    """Read an exported cost model; ``ValueError`` names the file and the field."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{p}: is a directory, not a cost model file") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
+    try:
+        return cost_model_from_dict(data)
+    except ValueError as e:
+        raise ValueError(f"{p}: {e}") from None
+
+
+__all__ = ["COST_MODEL_SCHEMA_VERSION", "cost_model_from_dict", "export_cost_model", "load_cost_model"]

@@ -1,0 +1,72 @@
+"""Exporting the cost model a Conductor fitted online, and reading it back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mooncake.conductor import Conductor, ConductorConfig, CostModel
+from mooncake.conductor.cost_export import (
+    COST_MODEL_SCHEMA_VERSION,
+    cost_model_from_dict,
+    export_cost_model,
+    load_cost_model,
+)
+from mooncake.conductor.plugin import ConductorPlugin
+
+
+def fitted(tiny_cost: CostModel) -> Conductor:
+    """A Conductor that saw 64 prefills running 3× slower than its prior, plus 0.05 s
+    each, and transfers at 2e6 bytes/s."""
+    c = Conductor(ConductorConfig(), ["P"], {"D": 10**6}, tiny_cost)
+    for i in range(64):
+        n = 200 + 37 * i
+        c.on_prefill_finish(f"r{i}", 0.0, n, 0, 3 * tiny_cost.prefill_time(n) + 0.05)
+        c.on_transfer(2e6, 1.0)
+    return c
+
+
+def test_export_round_trip_reproduces_the_fitted_times(tiny_cost: CostModel, tmp_path: Path) -> None:
+    """Exported as JSON and loaded again, the cost model's prefill time equals the live
+    estimator's estimate (well above the prior, toward the observed 3×) and its transfer uses the learned
+    bandwidth; the document carries the schema version and the observation count."""
+    c = fitted(tiny_cost)
+    doc = export_cost_model(c)
+    assert doc["schema_version"] == COST_MODEL_SCHEMA_VERSION and doc["prefill_observations"] == 64
+    path = tmp_path / "cost.json"
+    path.write_text(json.dumps(doc))
+    cost = load_cost_model(path)
+    for n, cached in ((500, 0), (2000, 512), (2000, 0)):
+        assert cost.prefill_time(n, cached) == pytest.approx(c.estimator.estimate(n, cached), rel=1e-9)
+    assert cost.prefill_time(2000) > 2 * tiny_cost.prefill_time(2000)  # moved toward the observed 3×
+    assert cost.hardware.rdma_bandwidth == pytest.approx(c.bandwidth.bandwidth)
+    assert cost.prefill_time(100, 100) == 0.0
+
+
+def test_bad_documents_name_the_field(tiny_cost: CostModel, tmp_path: Path) -> None:
+    """A wrong schema version, an unknown hardware field, a non-number coefficient, bad
+    JSON and a missing file each raise ValueError naming what is wrong."""
+    doc = export_cost_model(fitted(tiny_cost))
+    with pytest.raises(ValueError, match="schema_version"):
+        cost_model_from_dict({**doc, "schema_version": 99})
+    with pytest.raises(ValueError, match=r"hardware\.warp_drive"):
+        cost_model_from_dict({**doc, "hardware": {**doc["hardware"], "warp_drive": 1}})
+    with pytest.raises(ValueError, match=r"prefill_fit\.fixed_s"):
+        cost_model_from_dict({**doc, "prefill_fit": {**doc["prefill_fit"], "fixed_s": "x"}})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\n nope")
+    with pytest.raises(ValueError, match=r"bad\.json:2: not valid JSON"):
+        load_cost_model(bad)
+    with pytest.raises(ValueError, match="no such file"):
+        load_cost_model(tmp_path / "missing.json")
+
+
+def test_plugin_handler_exports_its_conductor(tiny_cost: CostModel) -> None:
+    """The scheduler plugin's mooncake_cost_model handler answers with the export of its
+    Conductor, or an error before any worker has reported."""
+    plugin = ConductorPlugin(ConductorConfig())
+    assert "error" in plugin.handle_cost_model()
+    plugin.conductor = fitted(tiny_cost)
+    assert plugin.handle_cost_model() == export_cost_model(plugin.conductor)

@@ -1,0 +1,86 @@
+"""`mooncake serve` over a cluster of four test hosts (network namespaces, see conftest):
+host 1 runs `dask scheduler` and `mooncake serve --scheduler`, host 2 and host 4 a
+prefill worker each, host 3 a decode worker. The official `openai` client on host 1
+talks to the server; KV crosses from a prefill host to the decode host over TCP."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from mooncake.config import EngineConfig
+from mooncake.engine import LLMEngine, SamplingParams
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+SCHEDULER_PORT = 8786
+HTTP_PORT = 8000
+DASHBOARD_PORT = 8787  # the scheduler's Prometheus page (/metrics), on host 1's loopback
+
+# Runs on host 1: waits for the server to answer, then sends the prompts one at a time
+# with the official client and prints the texts and the scheduler's /metrics (where the
+# Conductor publishes the cluster's KV transfers by path) as JSON.
+CLIENT = r"""
+import json, sys, time, urllib.request
+from openai import OpenAI
+
+base, scheduler_http, prompts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+client = OpenAI(base_url=base + "/v1", api_key="unused", timeout=60, max_retries=0)
+deadline = time.monotonic() + 150
+texts, last = [], None
+for prompt in prompts:
+    while True:
+        try:
+            r = client.completions.create(model="m", prompt=prompt, max_tokens=12, temperature=0.0)
+            texts.append(r.choices[0].text)
+            break
+        except Exception as e:  # the server or its workers still starting
+            last = e
+            if time.monotonic() > deadline:
+                raise SystemExit(f"no answer from the server: {last!r}")
+            time.sleep(1.0)
+metrics = urllib.request.urlopen(scheduler_http + "/metrics", timeout=30).read().decode()
+print(json.dumps({"texts": texts, "metrics": metrics}))
+"""
+
+
+def _transfer_bytes(metrics: str, path: str) -> float:
+    """Sum of the KV transfer byte counters for one path in a Prometheus text page."""
+    total = 0.0
+    for m in re.finditer(r'^mooncake:kv_transfer_bytes(?:_total)?\{([^}]*)\} ([0-9.e+-]+)$', metrics, re.M):
+        if f'path="{path}"' in m.group(1):
+            total += float(m.group(2))
+    return total
+
+
+def test_openai_client_across_four_hosts(network_of, tiny_llama, tmp_path: Path):
+    """Greedy completions through the HTTP server on host 1 equal the in-process
+    engine's; the KV reached the decode host over TCP (the transfer metrics say so, and
+    no byte went through shared memory, which the hosts do not share)."""
+    prompts = [[(11 * i + j) % 200 + 3 for j in range(n)] for i, n in enumerate((40, 70, 33))]
+    engine = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256))
+    want = [o.text for o in engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=12))]
+
+    net = network_of(4)
+    h1, h2, h3, h4 = net.hosts
+    sched = f"tcp://{h1.ip}:{SCHEDULER_PORT}"
+    py = sys.executable
+    h1.start([py, "-m", "distributed.cli.dask_scheduler", "--host", h1.ip, "--port", str(SCHEDULER_PORT), "--dashboard-address", f"127.0.0.1:{DASHBOARD_PORT}"], tmp_path / "scheduler.log")
+    for host, role in ((h2, "prefill"), (h3, "decode"), (h4, "prefill")):
+        host.start([py, "-m", "mooncake.cli", "worker", sched, "--role", role, "--nthreads", "2"], tmp_path / f"worker-{host.name}.log")
+    h1.start(
+        [py, "-m", "mooncake.cli", "serve", "--model", str(tiny_llama), "--served-model-name", "m", "--scheduler", sched,
+         "--host", "127.0.0.1", "--port", str(HTTP_PORT), "--log-level", "warning"],
+        tmp_path / "server.log",
+    )  # fmt: skip
+    res = h1.run([py, "-c", CLIENT, f"http://127.0.0.1:{HTTP_PORT}", f"http://127.0.0.1:{DASHBOARD_PORT}", json.dumps(prompts)], timeout=240)
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("*.log")))
+    assert res.returncode == 0, f"client failed: {res.stderr[-3000:]}\n{logs}"
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["texts"] == want
+    assert _transfer_bytes(got["metrics"], "tcp") > 0, got["metrics"][-3000:]
+    assert _transfer_bytes(got["metrics"], "shm") == 0
