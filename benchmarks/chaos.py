@@ -33,7 +33,9 @@ from mooncake.client import LLM, Rejected, Unavailable
 from mooncake.config import EngineConfig
 from mooncake.sampling_params import SamplingParams
 
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "conversation_trace.jsonl"
+ROOT = Path(__file__).resolve().parents[1]
+TRACE = Path(os.environ.get("MOONCAKE_TRACES") or ROOT / "traces") / "conversation_trace.jsonl"
+"""The FAST'25 conversation trace (docs/paper-reproduction.md says where to get it)."""
 
 
 @dataclass
