@@ -89,6 +89,14 @@ def rejected(reason: str, retry_after: float) -> APIError:
     )
 
 
+def unavailable(lost: bool) -> APIError:
+    """503 when no worker can serve the request now (``lost``: the one serving it left
+    and none could take it over). Internals (addresses) stay in the server log."""
+    if lost:
+        return APIError(503, "the worker serving this request was lost and no other worker could take it over; retry", "server_error", None, "worker_lost", {"Retry-After": "1"})
+    return APIError(503, "no worker can serve this request now; retry", "server_error", None, "unavailable", {"Retry-After": "1"})
+
+
 def internal() -> APIError:
     return APIError(500, "internal server error", "server_error")
 
