@@ -6,10 +6,10 @@ still be."""
 
 from __future__ import annotations
 
-from mooncake.graphs.base import KeyRef, RequestGraph, TaskSpec
-
 from mooncake.worker import tasks
 from mooncake.worker.messages import KVHandle, PlacementInfo
+
+from .base import KeyRef, RequestGraph, TaskSpec
 
 
 def build(handle: KVHandle, placement: PlacementInfo) -> RequestGraph:
