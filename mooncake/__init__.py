@@ -13,15 +13,15 @@ from mooncake.sampling_params import SamplingParams
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from mooncake.client import LLM, Rejected
+    from mooncake.client import LLM, Rejected, Unavailable, WorkerLost
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("LLM", "Rejected"):
+    if name in ("LLM", "Rejected", "Unavailable", "WorkerLost"):
         from mooncake import client
 
         return getattr(client, name)
     raise AttributeError(f"module 'mooncake' has no attribute {name!r}")
 
 
-__all__ = ["LLM", "Rejected", "SamplingParams", "__version__"]
+__all__ = ["LLM", "Rejected", "SamplingParams", "Unavailable", "WorkerLost", "__version__"]

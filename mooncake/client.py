@@ -14,11 +14,13 @@ of its graph.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import itertools
 import logging
 import multiprocessing
 import os
+import random
 import sys
 import threading
 import time
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import dask
 from dask._task_spec import Task, TaskRef, parse_input
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
-from distributed import Client, Future, LocalCluster, Nanny, as_completed
+from distributed import Client, Future, LocalCluster, Nanny, as_completed, wait
 from distributed.comm.addressing import get_address_host
 from distributed.protocol.serialize import to_serialize
 from distributed.security import Security
@@ -39,18 +41,24 @@ from mooncake import batch_dask
 from mooncake.auth import new_secret
 from mooncake.batch import plan_batch
 from mooncake.batch_dask import Order
+from mooncake.conductor import membership
 from mooncake.conductor.config import ConductorConfig
+from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
+from mooncake.conductor.membership import WorkerJoined
 from mooncake.conductor.plugin import ConductorPlugin
 from mooncake.config import EngineConfig
 from mooncake.dashboard import PAGE_PATH, MonitorPlugin
 from mooncake.graphs import KeyRef, get_builder
+from mooncake.graphs import resume as resume_graph
 from mooncake.kvcache import block_keys, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from mooncake.sampling_params import SamplingParams, params_per_prompt
 from mooncake.security import TLSFiles, check_address, client_security, embedded_security, uses_tls
+from mooncake.store import tier_dirs
 from mooncake.tokenizer import Tokenizer
+from mooncake.transfer import Peer
 from mooncake.worker.config import WorkerConfig
-from mooncake.worker.messages import PlacementInfo, RequestSpec
+from mooncake.worker.messages import KVHandle, PlacementInfo, RequestSpec
 from mooncake.worker.plugin import MooncakeWorker
 from mooncake.worker.tasks import engine_stats, worker_info
 from mooncake.worker.token_stream import TokenStreamServer
@@ -65,6 +73,16 @@ Mode = Literal["disaggregated", "colocated"]
 
 CLIENT_SEND_INTERVAL_S = 0.001
 """Batching interval of the client's message stream to the scheduler."""
+ABORT_TIMEOUT_S = 5.0
+"""How long an abort waits for one worker's answer (a dead worker never answers)."""
+LIVENESS_INTERVAL_S = 1.0
+"""A stream with nothing to read for this long checks that its workers are still in
+the cluster (a missed worker-left event must not leave it waiting forever)."""
+PLACE_TIMEOUT_S = 30.0
+"""How long a placement waits for the scheduler's answer."""
+MOVE_DEADLINE_S = 5.0
+"""How long a request whose worker was lost may wait to be placed again (an overloaded
+cluster) before it fails with ``WorkerLost``."""
 
 
 class Rejected(Exception):
@@ -74,6 +92,15 @@ class Rejected(Exception):
         super().__init__(f"request rejected: {reason} (retry after {retry_after:.2f} s)")
         self.reason = reason
         self.retry_after = retry_after
+
+
+class Unavailable(Exception):
+    """No worker of a role the request needs is in the cluster (a server answers 503);
+    the request can run once one has joined."""
+
+
+class WorkerLost(Unavailable):
+    """A worker serving the request left and the request could not be moved to another."""
 
 
 class _Stream:
@@ -248,7 +275,8 @@ class LLM:
         # The monitor first: it owns the metric state that the Conductor then feeds.
         self.client.register_plugin(MonitorPlugin())
         self.client.register_plugin(ConductorPlugin(cc))
-        self.client.register_plugin(MooncakeWorker(ec, worker_config or WorkerConfig()))
+        self.worker_config = worker_config or WorkerConfig()
+        self.client.register_plugin(MooncakeWorker(ec, self.worker_config))
         infos = self.client.run(worker_info)
         if not infos:
             raise RuntimeError("the cluster has no workers")
@@ -262,9 +290,21 @@ class LLM:
         self._topic = f"mooncake-stream-{self.client.id}"
         self._sinks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
         self._futures: dict[str, dict[str, Future[Any]]] = {}
+        self._placed: dict[str, set[str]] = {}
+        """Request id -> the workers its graph's tasks run on (until it ends)."""
+        self.moves: collections.Counter[str] = collections.Counter()
+        """Request id -> how many times it was moved off a lost worker."""
+        self._moved_to: dict[str, str] = {}
+        """A moved stream's request id -> the id of its current attempt."""
+        self._task_workers: dict[str, str] = {}
+        """Task key -> the worker it is restricted to (until its request ends)."""
+        self._gone: set[str] = set()
+        """Workers the scheduler reported gone (``WorkerLeft``)."""
+        self._live_cache: tuple[float, set[str]] = (0.0, set())
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self.client.subscribe_topic(self._topic, self._on_event)
+        self.client.subscribe_topic(MEMBERSHIP_TOPIC, self._on_membership)
         # Deltas come straight from the engine processes to this port; the topic above
         # is their fallback (see mooncake.worker.token_stream).
         self._stream_key = new_secret()
@@ -391,6 +431,10 @@ class LLM:
                 f"prompt: {len(ids)} tokens is longer than the context limit; the model accepts at most {self.max_model_len - 1} prompt tokens"
             )
         rid = request_id or f"{uuid.uuid4().hex[:12]}{next(self._ids)}"
+        if not params.greedy and params.seed is None:
+            # A seed of its own (what the engine would draw anyway) makes the request
+            # reproducible: moved to another worker, it samples the same tokens again.
+            params = dataclasses.replace(params, seed=random.getrandbits(63))
         return RequestSpec(
             rid,
             ids,
@@ -403,35 +447,45 @@ class LLM:
             prompt=prompt if isinstance(prompt, str) else None,
         )
 
-    def _place_request(self, spec: RequestSpec) -> dict[str, Any]:
+    def _block_keys(self, spec: RequestSpec) -> list[Any]:
         root = root_key(int(self.info["hash_seed"]), self.info["fingerprint"], spec.cache_salt)
-        keys = block_keys(spec.prompt_token_ids, int(self.info["block_size"]), root)
+        return block_keys(spec.prompt_token_ids, int(self.info["block_size"]), root)
+
+    def _place_request(self, spec: RequestSpec, resume: bool = False) -> dict[str, Any]:
         max_out = spec.params.max_tokens or (self.max_model_len - len(spec.prompt_token_ids))
-        return {
+        req: dict[str, Any] = {
             "request_id": spec.request_id,
             "prompt_len": len(spec.prompt_token_ids),
-            "block_keys": keys,
+            "block_keys": self._block_keys(spec),
             "output_len": max_out,
-            # Passed on to the prefill worker, which starts the lookup at placement.
-            "spec": to_serialize(spec),
-            "start": "generate" if self.mode == "colocated" else "prefill",
             "client": self.client.id,
         }
+        if resume:
+            req["resume"] = True  # goes straight to a decode worker: no early lookup
+        else:
+            # Passed on to the prefill worker, which starts the lookup at placement.
+            req["spec"] = to_serialize(spec)
+            req["start"] = "generate" if self.mode == "colocated" else "prefill"
+        return req
 
     @staticmethod
     def _placement(reply: dict[str, Any]) -> PlacementInfo:
         if reply["rejected"]:
+            if reply.get("unavailable"):
+                raise Unavailable(f"request not placed: {reply['reason']}")
             raise Rejected(reply["reason"], float(reply["retry_after"]))
         return PlacementInfo(reply["prefill"], reply["decode"], reply["fetch_from"], int(reply["fetch_blocks"]), float(reply["est_ttft_s"]))
 
     def place(self, spec: RequestSpec) -> PlacementInfo:
         """Ask the Conductor where to run ``spec`` (raises ``Rejected``)."""
-        reply = self.client.sync(self._scheduler.mooncake_place, request=self._place_request(spec))
+        reply = self.client.sync(self._scheduler.mooncake_place, request=self._place_request(spec), callback_timeout=PLACE_TIMEOUT_S)
         return self._placement(reply)
 
     def submit(self, spec: RequestSpec, placement: PlacementInfo) -> Future[Any]:
         """Submit the request's graph; returns the future of its final ``RequestOutput``."""
-        graph = self.build_graph(spec, placement)
+        return self._submit_graph(spec, self.build_graph(spec, placement))
+
+    def _submit_graph(self, spec: RequestSpec, graph: Any) -> Future[Any]:
         # The whole graph in one update-graph message (one submit per task cost the
         # scheduler a message and a graph update each, and all but the first waited for
         # the client's batched stream); each task is its own layer, restricted to its worker.
@@ -447,13 +501,17 @@ class LLM:
         futures: dict[str, Future[Any]] = dict(zip(keys, self.client.get(HighLevelGraph(layers, deps), keys, sync=False, fifo_timeout="100ms")))
         with self._lock:
             self._futures[spec.request_id] = futures
+            self._placed[spec.request_id] = {t.worker for t in graph.tasks}
+            self._task_workers.update({t.key: t.worker for t in graph.tasks})
         out = futures[graph.output_key]
         out.add_done_callback(lambda _f, rid=spec.request_id: self._forget(rid))
         return out
 
     def _forget(self, rid: str) -> None:
         with self._lock:
-            self._futures.pop(rid, None)
+            for key in self._futures.pop(rid, {}):
+                self._task_workers.pop(key, None)
+            self._placed.pop(rid, None)
 
     # -- batch --------------------------------------------------------------------------
     def _submit_with_retry(self, spec: RequestSpec, deadline: float) -> Future[Any]:
@@ -523,10 +581,15 @@ class LLM:
                 out_fut = self._submit_with_retry(specs[i], deadline)
                 futures[out_fut] = i
                 warm.append(self._first_token_future(specs[i].request_id, out_fut))
+            while warm:
+                try:
+                    wait(warm, timeout=LIVENESS_INTERVAL_S)
+                    break
+                except TimeoutError:
+                    # A warm-up on a worker that left: the loop below moves it.
+                    if any(self._lost_worker_sync(specs[i].request_id) for i in plan.warm):
+                        break
             if warm:
-                from distributed import wait
-
-                wait(warm)
                 # Let the prefill workers' next report (every 50 ms) put the warmed blocks
                 # into the Conductor's index before the rest are placed.
                 time.sleep(0.1)
@@ -536,16 +599,68 @@ class LLM:
         for i in rest:
             futures[self._submit_with_retry(specs[i], deadline)] = i
         results: list[RequestOutput | None] = [None] * len(specs)
-        for fut in as_completed(list(futures)):
-            out: RequestOutput = fut.result()
-            spec = specs[futures[fut]]
-            out.metrics.arrival_time = spec.arrival_time
-            if out.prompt is None:
-                out.prompt = spec.prompt  # engines see token ids only
-            results[futures[fut]] = out
-            if bar is not None:
-                bar.update(1)
+        attempts = {i: specs[i] for i in futures.values()}
+        pending = dict(futures)
+        ac = as_completed(list(futures))
+        checked = time.monotonic()
+        while pending:
+            with ac.thread_condition:
+                if not ac.has_ready():
+                    ac.thread_condition.wait(timeout=LIVENESS_INTERVAL_S)
+            for fut in ac.next_batch(block=False):
+                if fut not in pending:
+                    continue  # an attempt given up after its worker left
+                i = pending.pop(fut)
+                out: RequestOutput = fut.result()
+                out.request_id = specs[i].request_id
+                out.metrics.arrival_time = specs[i].arrival_time
+                if out.prompt is None:
+                    out.prompt = specs[i].prompt  # engines see token ids only
+                results[i] = out
+                if bar is not None:
+                    bar.update(1)
+            if time.monotonic() - checked < LIVENESS_INTERVAL_S:
+                continue
+            checked = time.monotonic()
+            # Liveness: a request on a worker that left runs again elsewhere, from scratch
+            # (nothing was delivered yet; its seed makes the output the same).
+            for fut, i in list(pending.items()):
+                rid = attempts[i].request_id
+                lost = self._lost_worker_sync(rid)
+                if lost is None or not self._needs_move(rid, lost):
+                    continue
+                self.abort_sync(rid)
+                self.moves[specs[i].request_id] += 1
+                n = int(rid.rsplit("~", 1)[1]) + 1 if "~" in rid else 1
+                attempts[i] = dataclasses.replace(specs[i], request_id=f"{specs[i].request_id}~{n}")
+                logger.warning("request %s: worker %s lost; placed again", specs[i].request_id, lost)
+                try:
+                    new = self._submit_with_retry(attempts[i], time.monotonic() + MOVE_DEADLINE_S)
+                except (Unavailable, Rejected) as e:
+                    raise WorkerLost(f"request {specs[i].request_id}: worker {lost} was lost and no worker can take the request over ({e})") from None
+                del pending[fut]
+                pending[new] = i
+                ac.add(new)
         return [r for r in results if r is not None]
+
+    def _lost_worker_sync(self, rid: str) -> str | None:
+        """``_lost_worker_of`` for callers outside the client's event loop."""
+        with self._lock:
+            workers = set(self._placed.get(rid, ()))
+            gone = workers & self._gone
+        if not workers:
+            return None
+        if not gone:
+            t, live = self._live_cache
+            if time.monotonic() - t > LIVENESS_INTERVAL_S:
+                try:
+                    live = set(self.client.sync(self._scheduler.mooncake_workers))
+                except Exception as e:
+                    logger.debug("liveness check failed: %s", e)
+                    return None
+                self._live_cache = (time.monotonic(), live)
+            gone = workers - live
+        return min(gone) if gone else None
 
     def generate_partitions(self, bag: Any, sampling_params: SamplingParams | None = None, *, use_tqdm: bool = True, order: Order = "prefix") -> Iterator[list[RequestOutput]]:
         """``generate`` over a ``dask.bag.Bag`` of prompts, one partition at a time: only one
@@ -609,26 +724,37 @@ class LLM:
         cache_salt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Yield the request's cumulative output each time tokens arrive; the last has
-        ``finished=True``. Raises ``ValueError`` (bad input) or ``Rejected`` before the
-        first yield. Closing the generator early aborts the request."""
+        ``finished=True``. Raises ``ValueError`` (bad input), ``Rejected`` or
+        ``Unavailable`` before the first yield. Closing the generator early aborts the
+        request. A request whose worker is lost moves to another one and the stream goes
+        on (no token repeated or missing); when none is left it raises ``WorkerLost``."""
         spec = self.make_request(prompt, sampling_params, request_id=request_id, cache_salt=cache_salt, stream=True)
         if spec.request_id in self._sinks:  # two requests must never share an id in the engines
             raise ValueError(f"request_id: {spec.request_id!r} is already running")
         loop = asyncio.get_running_loop()
         q: asyncio.Queue[Any] = asyncio.Queue()
-        self._sinks[spec.request_id] = (loop, q)
         acc = _Stream(spec)
+        attempt = spec
+        self._sinks[spec.request_id] = (loop, q)
         try:
-            reply = await self._on_client_loop(self._scheduler.mooncake_place(request=self._place_request(spec)))
-            placement = self._placement(reply)
+            placement = self._placement(await self._place_async(spec))
             out_fut = self.submit(spec, placement)
             out_fut.add_done_callback(lambda f: _post(loop, q, ("done", f)))
             while not acc.finished:
-                kind, item = await q.get()
+                try:
+                    kind, item = await asyncio.wait_for(q.get(), LIVENESS_INTERVAL_S)
+                except asyncio.TimeoutError:
+                    kind, item = "lost", await self._lost_worker_of(attempt.request_id)
+                    if item is None:
+                        continue
                 if kind == "msg":
-                    acc.apply(item)
-                    yield acc.output()
-                else:
+                    if item["rid"] == attempt.request_id:
+                        acc.apply(item)
+                        yield acc.output()
+                elif kind == "lost":
+                    if self._needs_move(attempt.request_id, item):
+                        attempt, out_fut = await self._move(spec, acc, attempt, item, loop, q)
+                elif item is out_fut:  # the graph's output (an earlier attempt's is stale)
                     if item.status == "error":
                         raise await self._on_client_loop(item._exception())
                     if item.status == "cancelled":
@@ -638,27 +764,178 @@ class LLM:
                         acc.apply_final(final)
                         yield acc.output()
         finally:
+            self._sinks.pop(attempt.request_id, None)
             self._sinks.pop(spec.request_id, None)
+            self._moved_to.pop(spec.request_id, None)
             if not acc.finished:
-                await self.abort(spec.request_id)
+                await self._abort_unless_cancelled(attempt.request_id)
+
+    async def _place_async(self, spec: RequestSpec, resume: bool = False) -> dict[str, Any]:
+        """The Conductor's answer for ``spec`` (``asyncio.TimeoutError`` when the scheduler
+        does not answer within ``PLACE_TIMEOUT_S``)."""
+        place = self._scheduler.mooncake_place(request=self._place_request(spec, resume=resume))
+        reply: dict[str, Any] = await asyncio.wait_for(self._on_client_loop(place), PLACE_TIMEOUT_S)
+        return reply
+
+    # -- liveness: requests on a worker that left -----------------------------------------
+    def _on_membership(self, event: tuple[float, dict[str, Any]]) -> None:
+        """(Client loop.) A worker joined: it is known from now on. A worker left: every
+        stream with a request on it is told."""
+        _, msg = event
+        left = membership.parse(msg)
+        if isinstance(left, WorkerJoined):
+            with self._lock:
+                self.workers[left.worker] = left.info
+                self._gone.discard(left.worker)
+            return
+        if left is None:
+            return
+        with self._lock:
+            self._gone.add(left.worker)
+            self.workers.pop(left.worker, None)
+            affected = [rid for rid, workers in self._placed.items() if left.worker in workers]
+        for rid in affected:
+            sink = self._sinks.get(rid)
+            if sink is not None:
+                _post(*sink, ("lost", left.worker))
+
+    async def _live_workers(self) -> set[str]:
+        """The mooncake workers in the cluster now (asked at most every second)."""
+        t, live = self._live_cache
+        if time.monotonic() - t > LIVENESS_INTERVAL_S:
+            live = set(await self._on_client_loop(self._scheduler.mooncake_workers()))
+            self._live_cache = (time.monotonic(), live)
+        return live
+
+    async def _lost_worker_of(self, rid: str) -> str | None:
+        """A worker of the request that is no longer in the cluster, or None."""
+        with self._lock:
+            workers = set(self._placed.get(rid, ()))
+            gone = workers & self._gone
+        if not workers:
+            return None
+        if not gone:
+            try:
+                gone = workers - await self._live_workers()
+            except Exception as e:  # the scheduler itself is unreachable: Dask reconnects or fails the futures
+                logger.debug("liveness check failed: %s", e)
+                return None
+        return min(gone) if gone else None
+
+    def _needs_move(self, rid: str, worker: str) -> bool:
+        """Whether losing ``worker`` stops the request: a task of it that has not finished
+        runs (or waits to run) there, or the prefill's result that its transfer still
+        needs lived there. A request whose KV already reached decode goes on as it is."""
+        with self._lock:
+            futures = dict(self._futures.get(rid, {}))
+            where = {k: self._task_workers.get(k) for k in futures}
+        if any(w == worker and futures[k].status != "finished" for k, w in where.items()):
+            return True
+        transfer = futures.get(f"transfer-{rid}")
+        return where.get(f"prefill-{rid}") == worker and transfer is not None and transfer.status != "finished"
+
+    async def _move(self, spec: RequestSpec, acc: _Stream, attempt: RequestSpec, lost: str, loop: asyncio.AbstractEventLoop, q: asyncio.Queue[Any]) -> tuple[RequestSpec, Future[Any]]:
+        """Run the request again without the lost worker, under a new attempt id (the
+        old id stays refused by the engines that aborted it). With no token delivered
+        yet it is placed from scratch; otherwise it resumes on a decode worker from the
+        tokens delivered so far. Raises ``WorkerLost`` when that is impossible."""
+        old = attempt.request_id
+        self.moves[spec.request_id] += 1
+        n = int(old.rsplit("~", 1)[1]) + 1 if "~" in old else 1
+        new = dataclasses.replace(attempt, request_id=f"{spec.request_id}~{n}")
+        # Stop what is left of the old attempt (on the surviving workers); not awaited.
+        asyncio.run_coroutine_threadsafe(self._abort(old), self._client_loop)
+        self._sinks.pop(old, None)
+        self._sinks[new.request_id] = (loop, q)
+        self._moved_to[spec.request_id] = new.request_id
+        resume = bool(acc.token_ids)
+        deadline = time.monotonic() + MOVE_DEADLINE_S
+        while True:
+            try:
+                placement = self._placement(await self._place_async(new, resume))
+                break
+            except Unavailable as e:
+                raise WorkerLost(f"request {spec.request_id}: worker {lost} was lost and no worker can take the request over ({e})") from None
+            except Rejected as e:
+                if time.monotonic() + e.retry_after > deadline:
+                    raise WorkerLost(f"request {spec.request_id}: worker {lost} was lost and the cluster is too busy to take the request over") from None
+                await asyncio.sleep(max(0.01, e.retry_after))
+        logger.warning("request %s: worker %s lost; %s on %s", spec.request_id, lost, "resuming" if resume else "placed again", placement.decode)
+        if resume:
+            out_fut = self._submit_graph(new, resume_graph.build(self._resume_handle(new, acc, placement, lost), placement))
+        else:
+            out_fut = self.submit(new, placement)
+        out_fut.add_done_callback(lambda f: _post(loop, q, ("done", f)))
+        return new, out_fut
+
+    def _resume_handle(self, spec: RequestSpec, acc: _Stream, placement: PlacementInfo, lost: str) -> KVHandle:
+        """What a resumed request's decode starts from: the tokens delivered so far as
+        its first tokens, and the prompt's blocks in the prefill worker's store when that
+        worker is alive (decode recomputes whatever it cannot fetch)."""
+        bs = int(self.info["block_size"])
+        full = len(spec.prompt_token_ids) // bs
+        info = self.workers.get(placement.prefill) if placement.prefill != lost else None
+        p = info.get("peer") if info else None
+        peer = Peer(p["host_id"], tuple(p["tcp"]) if p["tcp"] else None, p["host_tier_path"], p["rdma"]) if p else None
+        return KVHandle(
+            spec=spec,
+            placement=placement,
+            # No store: decode asks this worker's outbox, which has nothing (a miss: recompute).
+            worker=placement.prefill if peer is not None else placement.decode,
+            num_tokens=0,
+            first_token_ids=list(acc.token_ids),
+            first_logprobs=list(acc.logprobs) if acc.logprobs is not None else None,
+            num_cached_tokens=acc.cached,
+            prefill_seconds=0.0,
+            block_keys=[bytes(k) for k in self._block_keys(spec)[:full]],
+            peer=peer,
+            first_token_time=acc.metrics.first_token_time,
+        )
 
     async def abort(self, request_id: str) -> None:
-        """Cancel a request wherever it is and free its KV blocks."""
-        await self._on_client_loop(self._abort(request_id))
+        """Cancel a request wherever it is and free its KV blocks (also after it moved
+        off a lost worker)."""
+        await self._on_client_loop(self._abort(self._moved_to.get(request_id, request_id)))
 
     def abort_sync(self, request_id: str) -> None:
         self.client.sync(self._abort, request_id)
 
+    async def _abort_unless_cancelled(self, request_id: str) -> None:
+        """Abort from a stream's ``finally``. The caller's task is often being cancelled
+        right then (a server's cancel scope cancels every later await of it too), and an
+        abort awaited through ``_on_client_loop`` was cancelled with it: the request
+        then kept decoding on its worker to the end. So the abort is started on the
+        client's loop first and only awaited here, shielded: cancelling the caller no
+        longer cancels the abort."""
+        fut = asyncio.run_coroutine_threadsafe(self._abort(request_id), self._client_loop)
+        await asyncio.shield(asyncio.wrap_future(fut))
+
     async def _abort(self, request_id: str) -> None:
         with self._lock:
             futures = self._futures.pop(request_id, {})
+            for key in futures:
+                self._task_workers.pop(key, None)
+
+        async def on(addr: str) -> None:
+            try:
+                await asyncio.wait_for(self.client.rpc(addr).mooncake_abort(request_id=request_id), ABORT_TIMEOUT_S)
+            except Exception as e:  # a worker that is gone has nothing to stop
+                logger.debug("abort on %s failed: %s", addr, e)
+
+        # The engines first and all at once: each step a request keeps running costs
+        # every other request in the batch. Cancelling the graph only releases the tasks
+        # (a running decode task would wait for its engine to the end).
+        await asyncio.gather(*(on(a) for a in self._worker_addresses(request_id)))
         if futures:
             await self.client._cancel(list(futures.values()), force=True)
-        for addr in self.workers:
-            try:
-                await self.client.rpc(addr).mooncake_abort(request_id=request_id)
-            except Exception as e:
-                logger.debug("abort on %s failed: %s", addr, e)
+
+    def _worker_addresses(self, request_id: str) -> list[str]:
+        """Where the request may be: the workers it was placed on, and every worker
+        this client has seen (an early lookup may run before its placement is known)."""
+        with self._lock:
+            placed = self._placed.pop(request_id, ())
+            # Not those known gone: connecting to a dead address retries until the timeout.
+            return sorted((set(self.workers) | set(placed)) - self._gone)
 
     # -- lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
@@ -670,7 +947,13 @@ class LLM:
             self.client.close()
         finally:
             if self.cluster is not None:
+                address = self.cluster.scheduler_address
                 self.cluster.close()
+                # Every worker of the embedded cluster has stopped: remove what workers
+                # killed on the way left in the store roots.
+                for root in (self.worker_config.store_root, self.worker_config.ssd_root):
+                    if root is not None:
+                        tier_dirs.remove_cluster(root, address)
 
     def __enter__(self) -> LLM:
         return self
@@ -679,4 +962,4 @@ class LLM:
         self.close()
 
 
-__all__ = ["LLM", "Rejected"]
+__all__ = ["LLM", "Rejected", "Unavailable", "WorkerLost"]

@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+GREEDY_TEMPERATURE = 1e-5
+"""Temperatures below this sample greedily: dividing logits by a smaller one overflows
+float32 (``1e-300`` is 0 there) and turns the distribution into inf/NaN."""
+
 
 @dataclass
 class SamplingParams:
@@ -13,7 +17,7 @@ class SamplingParams:
     n: int = 1
     """Completions per prompt (only 1 is supported)."""
     temperature: float = 1.0
-    """0 means greedy."""
+    """0 (or anything below ``GREEDY_TEMPERATURE``) means greedy."""
     top_p: float = 1.0
     """Nucleus sampling mass, in (0, 1]."""
     top_k: int = 0
@@ -67,13 +71,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        # Below GREEDY_TEMPERATURE, logits / temperature overflows float32 to inf and the
-        # softmax to NaN (vLLM draws the same line): such a request is greedy.
         return self.temperature < GREEDY_TEMPERATURE
-
-
-GREEDY_TEMPERATURE = 1e-5
-"""Temperatures below this sample greedily."""
 
 
 def params_per_prompt(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:

@@ -26,7 +26,9 @@ from mooncake.conductor.admission import Rejection
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.cost_export import export_cost_model
 from mooncake.conductor.cost_model import CostModel, HardwareSpec, ModelSpec
-from mooncake.conductor.policy import Conductor, Placement
+from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
+from mooncake.conductor.membership import WorkerJoined, WorkerLeft
+from mooncake.conductor.policy import NO_WORKER, Conductor, Placement
 from mooncake.conductor.state import RequestInfo
 from mooncake.metrics import (
     MONITOR_PLUGIN_NAME,
@@ -90,6 +92,7 @@ class ConductorPlugin(SchedulerPlugin):
         scheduler.handlers["mooncake_report"] = self.handle_report
         scheduler.handlers["mooncake_stats"] = self.handle_stats
         scheduler.handlers["mooncake_history"] = self.handle_history
+        scheduler.handlers["mooncake_workers"] = self.handle_workers
         scheduler.handlers["mooncake_cost_model"] = self.handle_cost_model
 
     # -- workers --------------------------------------------------------------------
@@ -119,13 +122,33 @@ class ConductorPlugin(SchedulerPlugin):
             c.add_prefill_worker(worker)
         if "decode" in roles or self.config.colocated:
             c.add_decode_worker(worker, int(info["kv_capacity_tokens"]))
+        try:
+            self.scheduler.log_event(MEMBERSHIP_TOPIC, WorkerJoined(worker, info).to_msg())
+        except Exception as e:
+            logger.debug("worker-joined event not published: %s", e)
 
     def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
-        self.worker_info.pop(worker, None)
+        """A worker left: its blocks leave the index and its load goes; clients learn
+        which of their requests it held (they move or fail them, see ``mooncake.client``)."""
+        info = self.worker_info.pop(worker, None)
         self.loads.pop(worker, None)
         self.metrics.remove_worker(worker)
-        if self.conductor is not None:
-            self.conductor.remove_worker(worker)
+        affected = self.conductor.remove_worker(worker) if self.conductor is not None else []
+        if info is None:
+            return
+        for other in self.worker_info:  # they drop KV they were keeping for it
+            stream = scheduler.stream_comms.get(other)
+            if stream is not None:
+                try:
+                    stream.send({"op": "mooncake-peer-lost", "worker": worker})
+                except Exception as e:
+                    logger.debug("peer-lost to %s failed: %s", other, e)
+        left = WorkerLeft(worker, tuple(info.get("roles", ())), tuple(affected))
+        logger.warning("mooncake worker %s (%s) left with %d requests placed on it", worker, "+".join(left.roles), len(affected))
+        try:
+            scheduler.log_event(MEMBERSHIP_TOPIC, left.to_msg())
+        except Exception as e:  # the scheduler is closing
+            logger.debug("worker-left event not published: %s", e)
 
     # -- handlers -------------------------------------------------------------------
     def handle_report(self, worker: str, report: dict[str, Any]) -> None:
@@ -182,15 +205,22 @@ class ConductorPlugin(SchedulerPlugin):
     def handle_place(self, request: dict[str, Any]) -> dict[str, Any]:
         """Place one request. ``request``: request_id, prompt_len, block_keys, output_len."""
         c = self.conductor
-        if c is None or not c.prefill_loads or not c.decode_loads:
+        if c is None:
             self.metrics.observe_admission(False, "no mooncake workers are ready")
-            return {"rejected": True, "reason": "no mooncake workers are ready", "retry_after": 1.0}
+            return {"rejected": True, "unavailable": True, "reason": "no mooncake workers are ready", "retry_after": 1.0}
         req = RequestInfo(request["request_id"], int(request["prompt_len"]), list(request["block_keys"]), int(request["output_len"]))
-        decision = c.place(req, time.time())
+        now = time.time()
+        decision = c.place(req, now)
         if isinstance(decision, Rejection):
             self.rejections[decision.reason.split(":")[0]] += 1
             self.metrics.observe_admission(False, decision.reason)
-            return {"rejected": True, "reason": decision.reason, "retry_after": decision.retry_after}
+            # No worker of a role: an outage until one joins, not an overload.
+            unavailable = decision.reason.startswith(NO_WORKER)
+            return {"rejected": True, "unavailable": unavailable, "reason": decision.reason, "retry_after": decision.retry_after}
+        if request.get("resume"):
+            # A request moved off a lost worker: it goes straight to decode (which
+            # recomputes or fetches its KV), nothing is queued at prefill.
+            c.on_prefill_finish(req.request_id, now, req.prompt_len, 0, 0.0)
         self.placements += 1
         self.metrics.observe_admission(True)
         # Token deltas reach the client on the scheduler's stream to it, which holds a
@@ -228,6 +258,10 @@ class ConductorPlugin(SchedulerPlugin):
             "fetch_blocks": fetch_blocks,
             "est_ttft_s": p.est_ttft_s,
         }
+
+    def handle_workers(self) -> list[str]:
+        """Addresses of the mooncake workers in the cluster now (a client's liveness check)."""
+        return list(self.worker_info)
 
     def handle_history(self, request_ids: list[str] | None = None) -> list[dict[str, Any]]:
         """Finished requests: where each step ran, estimates, timings."""

@@ -52,6 +52,10 @@ class Placement:
         return self.prefill_choice.ttft_s
 
 
+NO_WORKER = "no worker of this role: "
+"""Start of a rejection's reason when no worker of a role is in the cluster (the
+request can run once one joins: a service outage, not an overload)."""
+
 _VIEW: dict[str, LoadView] = {"none": "committed", "ttft": "committed", "early": "current", "predictive": "projected"}
 
 
@@ -89,10 +93,14 @@ class Conductor:
     def add_decode_worker(self, worker: str, kv_capacity_tokens: int) -> None:
         self.decode_loads.setdefault(worker, DecodeLoad(kv_capacity_tokens))
 
-    def remove_worker(self, worker: str) -> None:
+    def remove_worker(self, worker: str) -> list[str]:
+        """A worker left (or died): forget its load and its blocks in the global index.
+        Returns the requests placed on it (as prefill or decode) that have not left yet;
+        they stay known until ``on_decode_leave`` or ``replace``."""
         self.prefill_loads.pop(worker, None)
         self.decode_loads.pop(worker, None)
         self.index.drop_worker(worker)
+        return [rid for rid, p in self._placed.items() if worker in (p.prefill, p.decode)]
 
     # -- estimates -------------------------------------------------------------
     def step_time(self, batch: int, kv_tokens: int) -> float:
@@ -131,6 +139,9 @@ class Conductor:
         ``req.output_len`` is the request's cap (``max_tokens``); decode load is planned
         with the expected output length (``ConductorConfig.output_prediction``)."""
         cfg = self.config
+        if not self.prefill_loads or not self.decode_loads:
+            role = "prefill" if not self.prefill_loads else "decode"
+            return Rejection(req.request_id, f"{NO_WORKER}{role}", 1.0)
         if cfg.output_prediction == "expected":
             out_len = self.outputs.expected(req.output_len)
             kv_out = max(out_len, self.outputs.quantile(req.output_len, cfg.output_reserve_quantile))
@@ -166,7 +177,9 @@ class Conductor:
         placement = self._placed.get(request_id)
         if placement is None:
             return Rejection(request_id, "unknown request", 0.0)
-        load = self.decode_loads[placement.decode]
+        load = self.decode_loads.get(placement.decode)
+        if load is None:
+            return Rejection(request_id, f"decode instance {placement.decode} left", 0.0)
         seq = load.incoming.get(request_id)
         need = seq.kv_tokens if seq is not None else 0
         if load.kv_running + need > load.kv_capacity_tokens or len(load.running) + 1 > self.config.max_decode_batch:
@@ -176,16 +189,18 @@ class Conductor:
     # -- events ----------------------------------------------------------------
     def on_prefill_start(self, request_id: str, now: float) -> None:
         placement = self._placed.get(request_id)
-        if placement is not None:
-            self.prefill_loads[placement.prefill].start(request_id, now)
+        load = self.prefill_loads.get(placement.prefill) if placement is not None else None
+        if load is not None:
+            load.start(request_id, now)
 
     def on_prefill_finish(self, request_id: str, now: float, prompt_len: int, cached_tokens: int, seconds: float) -> None:
         """A prefill ended; its observed duration ``seconds`` (excluding any prefix fetch;
         on a colocated instance including the decode steps it shared) refines the
         prefill time model."""
         placement = self._placed.get(request_id)
-        if placement is not None:
-            self.prefill_loads[placement.prefill].finish(request_id)
+        load = self.prefill_loads.get(placement.prefill) if placement is not None else None
+        if load is not None:
+            load.finish(request_id)
         if seconds > 0:
             self.estimator.observe(prompt_len, cached_tokens, seconds)
 
@@ -195,16 +210,22 @@ class Conductor:
 
     def on_decode_join(self, request_id: str, now: float) -> None:
         placement = self._placed.get(request_id)
-        if placement is not None:
-            self.decode_loads[placement.decode].join(request_id, now)
+        load = self.decode_loads.get(placement.decode) if placement is not None else None
+        if load is not None:
+            load.join(request_id, now)
 
     def on_decode_leave(self, request_id: str, now: float) -> None:
         """The request finished (or was dropped) anywhere in its life: forget it."""
         placement = self._placed.pop(request_id, None)
         if placement is None:
             return
-        self.prefill_loads[placement.prefill].finish(request_id)
-        self.decode_loads[placement.decode].leave(request_id)
+        # Either worker may have left meanwhile (its load went with it).
+        pload = self.prefill_loads.get(placement.prefill)
+        if pload is not None:
+            pload.finish(request_id)
+        dload = self.decode_loads.get(placement.decode)
+        if dload is not None:
+            dload.leave(request_id)
 
     def on_request_finished(self, request_id: str, output_tokens: int) -> None:
         """A request generated ``output_tokens`` in all: feeds the output-length
@@ -221,4 +242,4 @@ class Conductor:
         return self._placed.get(request_id)
 
 
-__all__ = ["Conductor", "Placement"]
+__all__ = ["NO_WORKER", "Conductor", "Placement"]

@@ -78,6 +78,7 @@ class LLMEngine:
         self.stats = EngineStats()
         self._seqs: dict[str, Sequence] = {}
         self._held: dict[str, Sequence] = {}
+        self._failed: dict[str, str] = {}
         self._ids = itertools.count()
 
     # -- requests ------------------------------------------------------------------
@@ -193,6 +194,16 @@ class LLMEngine:
             seq.finish_reason = "abort"
         return True
 
+    def take_failed(self) -> dict[str, str]:
+        """Requests that failed on their own since the last call (request id -> why).
+        They are gone from the engine, their blocks freed; the rest of the batch went on."""
+        failed, self._failed = self._failed, {}
+        return failed
+
+    def _fail(self, seq: Sequence, why: str) -> None:
+        self.abort_request(seq.request_id)
+        self._failed[seq.request_id] = why
+
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
@@ -220,13 +231,20 @@ class LLMEngine:
         outputs = []
         for s, res in zip(sampling, results):
             seq = s.seq
+            if res.error is not None:
+                self._fail(seq, res.error)
+                continue
             seq.token_ids.append(res.token_id)
             if seq.logprobs is not None and res.top_logprobs is not None and res.logprob is not None:
                 seq.logprobs.append(res.top_logprobs)
                 seq.cumulative_logprob += res.logprob
             if seq.metrics.first_token_time is None:
                 seq.metrics.first_token_time = now
-            self._check_stop(seq)
+            try:
+                self._check_stop(seq)
+            except Exception as e:  # e.g. a detokenizer bug on one request's ids
+                self._fail(seq, f"{type(e).__name__}: {e}")
+                continue
             if seq.finish_reason is not None:
                 self._finish(seq, now)
             outputs.append(self._output(seq))
@@ -326,6 +344,12 @@ class LLMEngine:
             for o in self.step():
                 if o.finished:
                     done[o.request_id] = o
+            failed = self.take_failed()
+            if failed:
+                for rid in ids:
+                    self.abort_request(rid)
+                rid, why = next(iter(failed.items()))
+                raise RuntimeError(f"request {rid} failed: {why}")
             if not self.has_unfinished() and len(done) < len(ids):  # pragma: no cover
                 raise RuntimeError("engine stopped with requests unfinished")
         return [done[i] for i in ids]

@@ -3,6 +3,11 @@
 Randomness for the token at output index i of a request comes from a generator seeded
 with (request seed, i) alone, so a request samples the same tokens whatever it is
 batched with, after preemption, and after its KV moved to another engine.
+
+Each row is sampled on its own: parameters are made numerically safe (a temperature
+too small to divide by is greedy, a nucleus always keeps the most likely token), and a
+row that still cannot be sampled (non-finite logits) gets an ``error`` instead of a
+token, so one request never fails the batch it shares.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ class SampleResult:
     token_id: int
     logprob: float | None = None
     top_logprobs: dict[int, float] | None = None
+    error: str | None = None
+    """Why this row could not be sampled (``token_id`` is then meaningless)."""
 
 
 def _position_seed(seed: int, index: int) -> int:
@@ -46,13 +53,25 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
         probs = sorted_logits.softmax(-1)
-        # drop a token when the mass before it already reaches top_p (keeps at least one)
+        # drop a token when the mass before it already reaches top_p; the most likely
+        # token always stays (a top_p that rounds to 0 in float32 would drop them all)
         drop = (probs.cumsum(-1) - probs) >= top_p
-        # A top_p below float32's smallest value compares as 0: the top token always stays
-        # (else every logit is -inf and the softmax NaN).
         drop[0] = False
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
     return logits
+
+
+def _sample_row(logits: torch.Tensor, req: SampleRequest) -> int:
+    """One token from one row of logits ``[V]`` (temperature, top-k, top-p, seed)."""
+    p = req.params
+    scaled = _filter(logits / p.temperature, p.top_k, p.top_p)
+    probs = scaled.softmax(-1)
+    if not bool(torch.isfinite(probs).all()):
+        # A finite row can still overflow once divided by a small temperature; the
+        # distribution is then all on its maximum.
+        return int(logits.argmax())
+    gen = torch.Generator(device=logits.device).manual_seed(_position_seed(req.seed, req.output_index))
+    return int(torch.multinomial(probs, 1, generator=gen).item())
 
 
 def sample(logits: torch.Tensor, requests: list[SampleRequest]) -> list[SampleResult]:
@@ -63,17 +82,23 @@ def sample(logits: torch.Tensor, requests: list[SampleRequest]) -> list[SampleRe
         requests: one per row.
     """
     greedy_ids = logits.argmax(-1).tolist()
+    finite = torch.isfinite(logits).all(-1).tolist()
     need_lp = any(r.params.logprobs is not None for r in requests)
     logprobs = logits.log_softmax(-1) if need_lp else None
     results = []
     for row, req in enumerate(requests):
         p = req.params
+        if not finite[row]:
+            results.append(SampleResult(-1, error="the model produced non-finite logits for this request"))
+            continue
         if p.greedy:
             tok = int(greedy_ids[row])
         else:
-            scaled = _filter(logits[row] / p.temperature, p.top_k, p.top_p)
-            gen = torch.Generator(device=logits.device).manual_seed(_position_seed(req.seed, req.output_index))
-            tok = int(torch.multinomial(scaled.softmax(-1), 1, generator=gen).item())
+            try:
+                tok = _sample_row(logits[row], req)
+            except (RuntimeError, ValueError) as e:  # what torch raises on a bad distribution
+                results.append(SampleResult(-1, error=f"sampling failed: {e}"))
+                continue
         res = SampleResult(tok)
         if logprobs is not None and p.logprobs is not None:
             lp = logprobs[row]

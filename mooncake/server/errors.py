@@ -94,6 +94,14 @@ def too_large(limit: int) -> APIError:
     return APIError(413, f"request body is larger than the limit of {limit} bytes", "invalid_request_error", None, "request_too_large")
 
 
+def unavailable(lost: bool) -> APIError:
+    """503 when no worker can serve the request now (``lost``: the one serving it left
+    and none could take it over). Internals (addresses) stay in the server log."""
+    if lost:
+        return APIError(503, "the worker serving this request was lost and no other worker could take it over; retry", "server_error", None, "worker_lost", {"Retry-After": "1"})
+    return APIError(503, "no worker can serve this request now; retry", "server_error", None, "unavailable", {"Retry-After": "1"})
+
+
 def internal() -> APIError:
     return APIError(500, "internal server error", "server_error")
 
@@ -106,4 +114,4 @@ def model_not_found(model: str) -> APIError:
     return APIError(404, f"model: the model {model!r} does not exist", "invalid_request_error", "model", "model_not_found")
 
 
-__all__ = ["APIError", "bad_request", "from_validation", "from_value_error", "internal", "model_not_found", "rejected", "too_large", "unauthorized"]
+__all__ = ["APIError", "bad_request", "from_validation", "from_value_error", "internal", "model_not_found", "rejected", "too_large", "unauthorized", "unavailable"]

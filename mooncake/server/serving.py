@@ -24,7 +24,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from mooncake.client import Rejected
+from mooncake.client import Rejected, Unavailable, WorkerLost
 from mooncake.outputs import RequestOutput
 from mooncake.sampling_params import SamplingParams
 from mooncake.server import errors
@@ -141,12 +141,16 @@ class RequestStream:
             yield d
         if self.first.finished:
             return
-        async for out in self.agen:
-            d = self._delta(out)
-            if d is not None:
-                yield d
-            if out.finished:
-                return
+        try:
+            async for out in self.agen:
+                d = self._delta(out)
+                if d is not None:
+                    yield d
+                if out.finished:
+                    return
+        except Unavailable as e:
+            log.warning("request %s: %s", self.request_id, e)
+            raise errors.unavailable(isinstance(e, WorkerLost)) from None
         raise RuntimeError(f"request {self.request_id}: stream ended before the request finished")
 
     async def collect(self) -> RequestOutput:
@@ -268,6 +272,11 @@ class OpenAIServing:
         except Rejected as e:
             self.metrics.rejected(e.reason)
             raise errors.rejected(e.reason, e.retry_after) from None
+        except Unavailable as e:
+            log.warning("request %s: %s", request_id, e)
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await agen.aclose()  # type: ignore[attr-defined]
+            raise errors.unavailable(isinstance(e, WorkerLost)) from None
         except StopAsyncIteration:
             raise errors.internal() from None
         except BaseException:

@@ -245,6 +245,11 @@ class EngineLoop:
             self._send_state([], [])
             return
         self.busy_seconds += time.perf_counter() - t0
+        for rid, why in self.engine.take_failed().items():
+            # Failed on its own (e.g. its sampling): its task fails, the batch goes on.
+            logger.warning("request %s failed: %s", rid, why)
+            if self._watches.pop(rid, None) is not None:
+                self._failed.append((rid, why))
         if self.profile:
             r1 = resource.getrusage(resource.RUSAGE_THREAD)
             counts = (r1.ru_minflt - r0.ru_minflt, r1.ru_nivcsw - r0.ru_nivcsw, r1.ru_nvcsw - r0.ru_nvcsw)

@@ -5,14 +5,11 @@ from, and the fetcher that pulls from peers."""
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mooncake.kvcache import KVBlock
-from mooncake.store import BlockObject, BlockStore, StoreConfig, TierConfig
+from mooncake.store import BlockObject, BlockStore, StoreConfig, TierConfig, tier_dirs
 from mooncake.transfer import BlockFetcher, BlockServer, Peer
 from mooncake.types import BlockKey
 from mooncake.worker.config import WorkerConfig
@@ -33,16 +30,18 @@ Consumer = Callable[[list[KVBlock]], int]
 
 
 class KVStore:
-    """Args: config: tiers and transfer settings; name: this worker's name (for paths)."""
+    """Args: config: tiers and transfer settings; name: this worker's name; cluster:
+    its cluster's name (the scheduler's address). The tiers live in this process's
+    directory under each store root (``mooncake.store.tier_dirs``), claimed after
+    removing what dead workers left there."""
 
-    def __init__(self, config: WorkerConfig, name: str) -> None:
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(name))
-        self._dirs = [tempfile.mkdtemp(prefix=f"mooncake-{safe}-", dir=config.store_root)]
+    def __init__(self, config: WorkerConfig, name: str, cluster: str = "local") -> None:
+        self._dirs = [tier_dirs.claim(config.store_root, cluster, str(name))]
         host = TierConfig(path=os.path.join(self._dirs[0], "host"), capacity_bytes=config.host_capacity_bytes)
         ssd = None
         if config.ssd_root is not None:
             os.makedirs(config.ssd_root, exist_ok=True)
-            self._dirs.append(tempfile.mkdtemp(prefix=f"mooncake-{safe}-", dir=config.ssd_root))
+            self._dirs.append(tier_dirs.claim(config.ssd_root, cluster, str(name)))
             ssd = TierConfig(path=os.path.join(self._dirs[1], "ssd"), capacity_bytes=config.ssd_capacity_bytes)
         self.store = BlockStore(StoreConfig(host=host, ssd=ssd, eviction=config.eviction))
         self.server = BlockServer(self.store, config.transfer, host_tier_path=host.path)
@@ -85,7 +84,8 @@ class KVStore:
         self.server.close()
         self.store.close()
         for d in self._dirs:
-            shutil.rmtree(d, ignore_errors=True)
+            tier_dirs.release(d)
+            tier_dirs.sweep(os.path.dirname(os.path.dirname(d)))  # and what dead peers left
 
 
 def _leading(objs: Sequence[BlockObject | None]) -> list[KVBlock]:

@@ -27,6 +27,7 @@ from mooncake.kvcache.shared_prefix import SharedPrefixProbe
 from mooncake.outputs import RequestOutput
 from mooncake.transfer import Peer
 from mooncake.types import BlockKey
+from mooncake.worker import request_state
 from mooncake.worker.config import WorkerConfig
 from mooncake.worker.engine_client import EngineClient
 from mooncake.worker.kv_store import KVStore
@@ -72,9 +73,10 @@ class MooncakeWorker(WorkerPlugin):
         self.early_lookups: dict[str, tuple[concurrent.futures.Future[LookupResult], float]] = {}
         """Lookups the Conductor started at placement, awaited by their lookup task
         (request id -> (result, ``time.monotonic()`` of the start))."""
-        self.aborted: dict[str, float] = {}
-        """Recently aborted request ids (-> monotonic time): an early lookup still running
-        must not admit them."""
+        self.requests = request_state.WorkerRequests(EARLY_LOOKUP_TIMEOUT_S, EARLY_LOOKUP_TIMEOUT_S)
+        """Each request's state on this worker: the decisions (a repeated start, an abort
+        that came first, a graph that never arrived, a lost peer) are made there."""
+        self._requests_lock = threading.Lock()
         self._lookup_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mooncake-lookup")
         self.prefill_reports: deque[tuple[str, int, int, float]] = deque()
         self.decode_joins: deque[str] = deque()
@@ -102,7 +104,8 @@ class MooncakeWorker(WorkerPlugin):
             if wc.transfer.listen_host is None:
                 # Peers on other hosts reach the block server where they reach this worker.
                 wc = dataclasses.replace(wc, transfer=dataclasses.replace(wc.transfer, listen_host=get_address_host(worker.address)))
-            self.kv_store = await asyncio.to_thread(KVStore, wc, worker.name or worker.address)
+            cluster = worker.scheduler.address  # the same on every worker of the cluster
+            self.kv_store = await asyncio.to_thread(KVStore, wc, str(worker.name or worker.address), cluster)
         self._peers: dict[str, Peer | None] = {}
         # Keys this worker holds in any tier (device pool, host, SSD): the Conductor's
         # index sees a block as present until it is gone from all of them.
@@ -112,6 +115,7 @@ class MooncakeWorker(WorkerPlugin):
         worker.handlers["mooncake_abort"] = self.handle_abort
         worker.handlers["mooncake_info"] = self.handle_info
         worker.stream_handlers["mooncake-start"] = self.handle_start
+        worker.stream_handlers["mooncake-peer-lost"] = self.handle_peer_lost
         # Token deltas that cannot go straight to the client (mooncake.worker.token_stream)
         # ride this stream to the scheduler, then the client; Dask holds a message until
         # 2 ms after the previous one.
@@ -167,6 +171,7 @@ class MooncakeWorker(WorkerPlugin):
     def handle_fetch_kv(self, request_id: str) -> dict[str, Any]:
         """A decode worker pulls a prefilled request's KV (once)."""
         export = self.outbox.pop(request_id, None)
+        self.on_event(request_state.HandedOff(request_id, time.monotonic()))
         return {"found": export is not None, "export": to_serialize(export) if export is not None else None}
 
     async def handle_fetch_blocks(self, keys: list[bytes], token_ids: list[int]) -> dict[str, Any]:
@@ -183,36 +188,53 @@ class MooncakeWorker(WorkerPlugin):
         from mooncake.worker.tasks import begin_lookup, fetches_remote, run_lookup
 
         rid = spec.request_id
-        if rid in self.early_lookups or rid in self.started:
-            return
         where = PlacementInfo(**placement)
+        if not any(isinstance(i, request_state.BeginLookup) for i in self.on_event(request_state.Placed(rid, time.monotonic(), where.decode))):
+            return  # started already, or aborted before its start arrived
         # The engine admits the request as soon as it reads this call; the lookup thread
         # only collects the answer (and imports stored blocks when there are any).
         begun = None if fetches_remote(self, where) else begin_lookup(self, spec, start)
         fut = self._lookup_pool.submit(run_lookup, self, spec, where, start, begun)
         self.early_lookups[rid] = (fut, time.monotonic())
 
-    async def _expire_early(self) -> None:
-        """Abort early lookups no task claimed (the client went away between placement
-        and submission) and forget old abort marks."""
-        now = time.monotonic()
-        for rid, (_, t) in list(self.early_lookups.items()):
-            if now - t > EARLY_LOOKUP_TIMEOUT_S:
-                logger.warning("request %s was placed but its graph never arrived: aborting it", rid)
-                await self.handle_abort(rid)
-        for rid, t in list(self.aborted.items()):
-            self.started.pop(rid, None)  # admitted by an early lookup as the abort came
-            if now - t > EARLY_LOOKUP_TIMEOUT_S:
-                del self.aborted[rid]
+    def on_event(self, event: request_state.Event) -> list[request_state.Instruction]:
+        """Apply one event to the request states (from any thread)."""
+        with self._requests_lock:
+            return self.requests.handle(event)
 
-    async def handle_abort(self, request_id: str) -> bool:
-        self.aborted[request_id] = time.monotonic()
+    def drop(self, request_id: str) -> None:
+        """Forget what this worker keeps for a request (``DropKV``)."""
         self.early_lookups.pop(request_id, None)
         self.outbox.pop(request_id, None)
         self.inbox.pop(request_id, None)
         self.started.pop(request_id, None)
         self.engine.token_times.pop(request_id, None)
+
+    def apply(self, instructions: list[request_state.Instruction]) -> None:
+        """Carry out the engine and KV instructions (a task raises on ``FailTask`` itself)."""
+        for ins in instructions:
+            if isinstance(ins, request_state.AbortEngine):
+                self.engine.call("abort", ins.request_id)
+            elif isinstance(ins, request_state.DropKV):
+                self.drop(ins.request_id)
+
+    async def _expire_early(self) -> None:
+        """Deadlines: abort early lookups no task claimed (the client went away between
+        placement and submission), forget old aborts."""
+        instructions = self.on_event(request_state.Tick(time.monotonic()))
+        for ins in instructions:
+            if isinstance(ins, request_state.AbortEngine):
+                logger.warning("request %s was placed but its graph never arrived: aborting it", ins.request_id)
+        self.apply(instructions)
+
+    async def handle_abort(self, request_id: str) -> bool:
+        self.on_event(request_state.Abort(request_id, time.monotonic()))
+        self.drop(request_id)
         return bool(await asyncio.wrap_future(self.engine.call("abort", request_id)))
+
+    def handle_peer_lost(self, worker: str) -> None:
+        """(Stream message from the scheduler.) A worker left: drop what was kept for it."""
+        self.apply(self.on_event(request_state.PeerLost(worker, time.monotonic())))
 
     # -- metrics (drained into the next report) ------------------------------------
     def report_lookup(self, spec: RequestSpec, lookup: LookupResult, cached_tokens: int) -> None:

@@ -17,7 +17,8 @@ from distributed.utils import sync
 from mooncake.kvcache import block_keys
 from mooncake.outputs import RequestMetrics, RequestOutput
 from mooncake.types import BlockKey
-from mooncake.worker.engine_loop import AddRequest, Watch
+from mooncake.worker import request_state
+from mooncake.worker.engine_loop import AddRequest, RequestAborted, Watch
 from mooncake.worker.messages import (
     KVHandle,
     LookupResult,
@@ -66,11 +67,16 @@ def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") 
     When the Conductor already started the lookup at placement (``MooncakeWorker.
     handle_start``), this task collects its result instead of doing it again."""
     plugin = _plugin()
+    _arrived(plugin, spec.request_id, "lookup")
     early = plugin.early_lookups.pop(spec.request_id, None)
-    if early is not None:
-        # Usually done by now: then skip secede, which costs the scheduler a message.
-        return early[0].result() if early[0].done() else _wait(early[0])
-    return run_lookup(plugin, spec, placement, start)
+    try:
+        if early is not None:
+            # Usually done by now: then skip secede, which costs the scheduler a message.
+            return early[0].result() if early[0].done() else _wait(early[0])
+        return run_lookup(plugin, spec, placement, start)
+    except BaseException as e:
+        plugin.apply(plugin.on_event(request_state.EngineFailed(spec.request_id, str(e), time.monotonic())))
+        raise
 
 
 Admission = concurrent.futures.Future[tuple[concurrent.futures.Future[RequestOutput] | None, int]]
@@ -147,7 +153,28 @@ def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementIn
     if done is None:
         done = _watch_and_add(spec, prefill_only=prefill_only, plugin=plugin)
     plugin.started[spec.request_id] = (done, time.perf_counter())
+    # An abort that came while the lookup ran takes the request out again.
+    plugin.apply(plugin.on_event(request_state.LookupDone(spec.request_id, time.monotonic())))
     return result
+
+
+def _arrived(plugin: MooncakeWorker, rid: str, step: request_state.Step, peer: str | None = None) -> None:
+    """A task of the request started here; it fails at once when the request was aborted."""
+    for ins in plugin.on_event(request_state.TaskArrived(rid, step, time.monotonic(), peer)):
+        if isinstance(ins, request_state.FailTask):
+            raise RequestAborted(rid)
+
+
+def _ended(plugin: MooncakeWorker, rid: str, fut: concurrent.futures.Future[RequestOutput]) -> RequestOutput:
+    """Wait for the engine's end of the request and tell the request state how it ended."""
+    try:
+        out = _wait(fut)
+    except RequestAborted:
+        raise
+    except BaseException as e:
+        plugin.apply(plugin.on_event(request_state.EngineFailed(rid, str(e), time.monotonic())))
+        raise
+    return out
 
 
 def _import(plugin: MooncakeWorker, blocks: list[Any]) -> int:
@@ -255,8 +282,9 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     in this worker's outbox for the decode worker."""
     plugin = _plugin()
     spec = lookup_result.spec
+    _arrived(plugin, spec.request_id, "prefill")
     fut, t0 = _started(spec, prefill_only=True)
-    out = _wait(fut)
+    out = _ended(plugin, spec.request_id, fut)
     plugin.engine.token_times.pop(spec.request_id, None)
     seconds = _compute_seconds(out, time.perf_counter() - t0)
     plugin.report_lookup(spec, lookup_result, out.num_cached_tokens)
@@ -268,6 +296,9 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         kvs.put(export.blocks)  # full blocks: decode pulls them, later requests reuse them
     elif not finished:
         plugin.outbox[spec.request_id] = export
+    kept = kvs is None and not finished
+    ev = request_state.Prefilled(spec.request_id, time.monotonic(), lookup_result.placement.decode) if kept else request_state.EngineFinished(spec.request_id, time.monotonic())
+    plugin.apply(plugin.on_event(ev))
     plugin.prefill_reports.append((spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds))
     first_token_wall = out.metrics.first_token_time
     if first_token_wall is not None:
@@ -297,6 +328,14 @@ def transfer(handle: KVHandle) -> TransferResult:
     rid = handle.spec.request_id
     if handle.finished:
         return TransferResult(handle, path="none")
+    _arrived(plugin, rid, "transfer", handle.worker)
+    try:
+        return _transfer(plugin, handle, rid)
+    finally:
+        plugin.on_event(request_state.HandedOff(rid, time.monotonic()))
+
+
+def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferResult:
     t0 = time.perf_counter()
     kvs = plugin.kv_store
     if handle.peer is not None and kvs is not None:
@@ -340,15 +379,19 @@ def decode(tr: TransferResult) -> RequestOutput:
         plugin.report_request(out, queue_s=handle.queue_seconds, prefill_s=handle.prefill_seconds, decode_s=None, itl=[])
         return out
     spec = handle.spec
+    _arrived(plugin, spec.request_id, "decode", handle.worker)
     export = plugin.inbox.pop(spec.request_id, None)
     plugin.decode_joins.append(spec.request_id)
     # On a miss the prompt is recomputed here (prefix cache permitting); the first token
     # is kept, so the output is the same.
-    out = _wait(
+    out = _ended(
+        plugin,
+        spec.request_id,
         _watch_and_add(
             spec, prefill_only=False, kv=export, prior=handle.first_token_ids, prior_logprobs=handle.first_logprobs, cached=handle.num_cached_tokens
-        )
+        ),
     )
+    plugin.on_event(request_state.EngineFinished(spec.request_id, time.monotonic()))
     token_times = plugin.engine.token_times.pop(spec.request_id, [])
     out = _wall_metrics(out, spec, handle.num_cached_tokens)
     m = out.metrics
@@ -362,8 +405,10 @@ def generate(lookup_result: LookupResult) -> RequestOutput:
     """Colocated mode: prefill and decode in this worker's engine, one request."""
     plugin = _plugin()
     spec = lookup_result.spec
+    _arrived(plugin, spec.request_id, "generate")
     fut, t0 = _started(spec, prefill_only=False)
-    out = _wait(fut)
+    out = _ended(plugin, spec.request_id, fut)
+    plugin.on_event(request_state.EngineFinished(spec.request_id, time.monotonic()))
     token_times = plugin.engine.token_times.pop(spec.request_id, [])
     seconds = _compute_seconds(out, time.perf_counter() - t0)
     plugin.prefill_reports.append((spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds))

@@ -130,6 +130,49 @@ def test_ttft_only_admission_leaves_decode_check_for_later(tiny_cost: CostModel)
     assert isinstance(slow, Rejection) and "TTFT" in slow.reason
 
 
+def test_worker_removal_forgets_its_blocks_and_load(tiny_cost: CostModel) -> None:
+    """Two decode instances; D1 holds a request and P's blocks are indexed. P2 and D1
+    leave: remove_worker names the requests placed on them, their blocks leave the global
+    index, and every later event for those requests (start, finish, join, leave, the
+    decode check) is a no-op instead of a KeyError."""
+    c = Conductor(ConductorConfig(), ["P1", "P2"], {"D1": 10**6, "D2": 10**6}, tiny_cost)
+    c.on_blocks_stored("P2", [1, 2])
+    placed = [c.place(req(f"r{i}", 1000, (1, 2)), 0.0) for i in range(4)]
+    assert all(isinstance(p, Placement) for p in placed)
+    on_d1 = sorted(p.request_id for p in placed if isinstance(p, Placement) and p.decode == "D1")
+    on_p2 = sorted(p.request_id for p in placed if isinstance(p, Placement) and p.prefill == "P2")
+    assert on_d1 and sorted(c.remove_worker("D1")) == on_d1
+    assert sorted(c.remove_worker("P2")) == sorted(set(on_d1) | set(on_p2))
+    assert c.index.match_prefix([1, 2]) == {} and "D1" not in c.decode_loads
+    for p in placed:
+        assert isinstance(p, Placement)
+        c.on_prefill_start(p.request_id, 0.1)
+        c.on_prefill_finish(p.request_id, 0.2, 1000, 0, 0.1)
+        c.on_decode_join(p.request_id, 0.3)
+        if p.decode == "D1":
+            rej = c.admit_to_decode(p.request_id, 0.3)
+            assert isinstance(rej, Rejection) and "left" in rej.reason
+        c.on_decode_leave(p.request_id, 0.4)
+    assert c.placement_of("r0") is None
+    assert not c.decode_loads["D2"].running and not c.prefill_loads["P1"].running
+    again = c.place(req("r9", 1000, (1, 2)), 1.0)
+    assert isinstance(again, Placement) and (again.prefill, again.decode) == ("P1", "D2")
+
+
+def test_no_worker_of_a_role_rejects_as_unavailable(tiny_cost: CostModel) -> None:
+    """With the only decode instance gone, placing is refused with the no-worker reason
+    (an outage), not a KeyError; once one joins, requests are placed again."""
+    from mooncake.conductor.policy import NO_WORKER
+
+    c = Conductor(ConductorConfig(), ["P"], {"D": 10**6}, tiny_cost)
+    c.remove_worker("D")
+    rej = c.place(req("r", 100, (1,)), 0.0)
+    assert isinstance(rej, Rejection) and rej.reason == f"{NO_WORKER}decode"
+    c.add_decode_worker("D-new", 10**6)
+    ok = c.place(req("r", 100, (1,)), 0.0)
+    assert isinstance(ok, Placement) and ok.decode == "D-new"
+
+
 def test_decode_load_uses_expected_output_length(tiny_cost: CostModel) -> None:
     """Requests cap their output at 1000 tokens but 16 finished ones generated 20: the
     next placement plans 20 output tokens on the decode instance (not 1000), reports it
