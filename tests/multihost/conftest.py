@@ -164,3 +164,17 @@ def network_of(tmp_path: Path) -> Iterator[type[TestNetwork]]:
     finally:
         for net in made:
             net.close()
+
+
+def tls_flags(tmp_path: Path) -> list[str]:
+    """A self-signed certificate that is also its CA (as ``Security.temporary()`` makes),
+    written as PEM files: the ``--tls-*`` flags of every process of a test cluster (its
+    scheduler needs ``--protocol tls`` too; docs/security.md)."""
+    from distributed.security import Security
+
+    sec = Security.temporary()
+    cert, key = tmp_path / "cluster.pem", tmp_path / "cluster.key"
+    cert.write_text(sec.tls_ca_file)
+    key.write_text(sec.tls_scheduler_key)
+    key.chmod(0o600)
+    return ["--tls-ca-file", str(cert), "--tls-cert", str(cert), "--tls-key", str(key)]

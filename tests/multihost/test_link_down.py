@@ -14,6 +14,7 @@ import pytest
 
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine, SamplingParams
+from tests.multihost.conftest import tls_flags
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -64,15 +65,16 @@ def test_decode_link_down_mid_stream_resumes_on_the_other_decode_host(network_of
 
     net = network_of(4)
     h1, h2, h3, h4 = net.hosts
-    sched = f"tcp://{h1.ip}:{SCHEDULER_PORT}"
+    sched = f"tls://{h1.ip}:{SCHEDULER_PORT}"
+    tls = tls_flags(tmp_path)
     py = sys.executable
     ttl = {"DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": WORKER_TTL}
-    h1.start([py, "-m", "distributed.cli.dask_scheduler", "--host", h1.ip, "--port", str(SCHEDULER_PORT), "--no-dashboard"], tmp_path / "scheduler.log", env=ttl)
-    h2.start([py, "-m", "mooncake.cli", "worker", sched, "--role", "prefill", "--nthreads", "2"], tmp_path / "worker-prefill.log")
-    h3.start([py, "-m", "mooncake.cli", "worker", sched, "--role", "decode", "--nthreads", "2"], tmp_path / "worker-decode-a.log")
+    h1.start([py, "-m", "distributed.cli.dask_scheduler", "--host", h1.ip, "--port", str(SCHEDULER_PORT), "--no-dashboard", "--protocol", "tls", *tls], tmp_path / "scheduler.log", env=ttl)
+    h2.start([py, "-m", "mooncake.cli", "worker", sched, "--role", "prefill", "--nthreads", "2", *tls], tmp_path / "worker-prefill.log")
+    h3.start([py, "-m", "mooncake.cli", "worker", sched, "--role", "decode", "--nthreads", "2", *tls], tmp_path / "worker-decode-a.log")
     h1.start(
         [py, "-m", "mooncake.cli", "serve", "--model", str(tiny_llama), "--served-model-name", "m", "--scheduler", sched,
-         "--host", "127.0.0.1", "--port", str(HTTP_PORT), "--log-level", "warning"],
+         "--host", "127.0.0.1", "--port", str(HTTP_PORT), "--log-level", "warning", *tls],
         tmp_path / "server.log",
     )  # fmt: skip
     mark = tmp_path / "mark"
@@ -87,7 +89,7 @@ def test_decode_link_down_mid_stream_resumes_on_the_other_decode_host(network_of
         assert time.monotonic() < deadline, f"the stream never started\n{logs()}"
         time.sleep(0.1)
     # Only now does the second decode host exist: the stream is on host 3.
-    h4.start([py, "-m", "mooncake.cli", "worker", sched, "--role", "decode", "--nthreads", "2"], tmp_path / "worker-decode-b.log")
+    h4.start([py, "-m", "mooncake.cli", "worker", sched, "--role", "decode", "--nthreads", "2", *tls], tmp_path / "worker-decode-b.log")
     h3.link(up=False)
     try:
         client.wait(timeout=120)

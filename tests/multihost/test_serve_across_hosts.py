@@ -15,6 +15,7 @@ import pytest
 
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine, SamplingParams
+from tests.multihost.conftest import tls_flags
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -58,19 +59,6 @@ def _transfer_bytes(metrics: str, path: str) -> float:
     return total
 
 
-def _tls_files(tmp_path: Path) -> list[str]:
-    """A self-signed certificate that is also its CA (as ``Security.temporary()`` makes),
-    written as PEM files: the ``--tls-*`` flags of every process."""
-    from distributed.security import Security
-
-    sec = Security.temporary()
-    cert, key = tmp_path / "cluster.pem", tmp_path / "cluster.key"
-    cert.write_text(sec.tls_ca_file)
-    key.write_text(sec.tls_scheduler_key)
-    key.chmod(0o600)
-    return ["--tls-ca-file", str(cert), "--tls-cert", str(cert), "--tls-key", str(key)]
-
-
 def test_openai_client_across_four_hosts(network_of, tiny_llama, tmp_path: Path):
     """Greedy completions through the HTTP server on host 1 equal the in-process
     engine's; the KV reached the decode host over TCP (the transfer metrics say so, and
@@ -82,7 +70,7 @@ def test_openai_client_across_four_hosts(network_of, tiny_llama, tmp_path: Path)
     net = network_of(4)
     h1, h2, h3, h4 = net.hosts
     sched = f"tls://{h1.ip}:{SCHEDULER_PORT}"
-    tls = _tls_files(tmp_path)
+    tls = tls_flags(tmp_path)
     py = sys.executable
     h1.start([py, "-m", "distributed.cli.dask_scheduler", "--host", h1.ip, "--port", str(SCHEDULER_PORT), "--protocol", "tls", *tls,
               "--dashboard-address", f"127.0.0.1:{DASHBOARD_PORT}"], tmp_path / "scheduler.log")  # fmt: skip
