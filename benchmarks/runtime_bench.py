@@ -104,6 +104,8 @@ def main() -> None:
     ap.add_argument("--phases", type=int, default=3, help="alternating in-process / cluster TTFT phases")
     ap.add_argument("--gap", type=float, default=0.05, help="idle seconds before each TTFT request (both sides)")
     ap.add_argument("--null-requests", type=int, default=200)
+    ap.add_argument("--insecure", action="store_true",
+                    help="embedded cluster on plain TCP instead of TLS (to measure what TLS and authenticated streams cost)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--save-results", action="store_true", help="write benchmarks/results/runtime.json for docs/performance.md")
     args = ap.parse_args()
@@ -125,7 +127,7 @@ def main() -> None:
     proc.start()
     e_ttft: list[float] = []
     c_ttft: list[float] = []
-    with LLM(args.model, engine_config=EngineConfig(num_blocks=2048, enable_prefix_caching=False), dashboard_address=None) as llm:
+    with LLM(args.model, engine_config=EngineConfig(num_blocks=2048, enable_prefix_caching=False), dashboard_address=None, insecure=args.insecure) as llm:
         assert conn.recv() == "ready"
         conn.send((prompts[:3],))
         conn.recv()
@@ -150,7 +152,7 @@ def main() -> None:
         outs = llm.generate(batch, SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True), use_tqdm=False)
         res["cluster_tok_s"] = sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t0)
 
-    with LLM(args.model, engine_config=EngineConfig(num_blocks=4096, null_model=True), dashboard_address=None) as llm:
+    with LLM(args.model, engine_config=EngineConfig(num_blocks=4096, null_model=True), dashboard_address=None, insecure=args.insecure) as llm:
         small = _prompts(args.null_requests, 8, 64, seed=2)
         llm.generate(small[:20], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
         t0 = time.perf_counter()
