@@ -37,16 +37,32 @@ def make_batch(n: int, templates: int, seed: int = 0) -> list[str]:
     for t in range(templates):
         shots = "".join(f"Review: {sentence(12)}\nAnswer: {sentence(3)}\n\n" for _ in range(6))
         heads.append(f"Task {t}: answer each review briefly.\n\n{shots}")
-    return [f"{rng.choice(heads)}Review: {sentence(rng.randrange(4, 10))}\nAnswer:" for _ in range(n)]
+    return [
+        f"{rng.choice(heads)}Review: {sentence(rng.randrange(4, 10))}\nAnswer:" for _ in range(n)
+    ]
 
 
-def run_mooncake(prompts: list[str], max_tokens: int, order: str, model: str | None, mode: str, num_blocks: int | None) -> dict[str, Any]:
+def run_mooncake(
+    prompts: list[str],
+    max_tokens: int,
+    order: str,
+    model: str | None,
+    mode: str,
+    num_blocks: int | None,
+) -> dict[str, Any]:
     import mooncake
     from mooncake.config import EngineConfig
 
     params = mooncake.SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     ec = EngineConfig(num_blocks=num_blocks)
-    with mooncake.LLM(model, prefill_workers=1, decode_workers=1, mode=mode, engine_config=ec, dashboard_address=None) as llm:  # type: ignore[arg-type]
+    with mooncake.LLM(
+        model,
+        prefill_workers=1,
+        decode_workers=1,
+        mode=mode,
+        engine_config=ec,
+        dashboard_address=None,
+    ) as llm:  # type: ignore[arg-type]
         t0 = time.perf_counter()
         outs = llm.generate(prompts, params, use_tqdm=False, order=order)  # type: ignore[arg-type]
         dt = time.perf_counter() - t0
@@ -63,7 +79,9 @@ def run_mooncake(prompts: list[str], max_tokens: int, order: str, model: str | N
     }
 
 
-def run_transformers(prompts: list[str], max_tokens: int, model: str | None, batch_size: int) -> dict[str, Any]:
+def run_transformers(
+    prompts: list[str], max_tokens: int, model: str | None, batch_size: int
+) -> dict[str, Any]:
     import torch
     import transformers
 
@@ -84,7 +102,14 @@ def run_transformers(prompts: list[str], max_tokens: int, model: str | None, bat
             width = max(len(x) for x in chunk)
             inp = torch.tensor([[0] * (width - len(x)) + x for x in chunk])  # left padding
             mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk])
-            out = hf.generate(inp, attention_mask=mask, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False, pad_token_id=0)
+            out = hf.generate(
+                inp,
+                attention_mask=mask,
+                max_new_tokens=max_tokens,
+                min_new_tokens=max_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
             gen += (out.shape[1] - width) * len(chunk)
     dt = time.perf_counter() - t0
     return {
@@ -98,14 +123,25 @@ def run_transformers(prompts: list[str], max_tokens: int, model: str | None, bat
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--prompts", type=int, default=400)
     p.add_argument("--templates", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=16)
-    p.add_argument("--model", default=None, help="local HF directory (default: the built-in random-weight model)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="local HF directory (default: the built-in random-weight model)",
+    )
     p.add_argument("--mode", default="disaggregated", choices=["disaggregated", "colocated"])
     p.add_argument("--hf-batch-size", type=int, default=16)
-    p.add_argument("--num-blocks", type=int, default=None, help="KV blocks per worker (default: from kv_cache_bytes); small values make the cache the constraint")
+    p.add_argument(
+        "--num-blocks",
+        type=int,
+        default=None,
+        help="KV blocks per worker (default: from kv_cache_bytes); small values make the cache the constraint",
+    )
     p.add_argument("--skip", nargs="*", default=[], choices=["prefix", "input", "transformers"])
     p.add_argument("--save-results", metavar="NAME", default=None,
                    help="write benchmarks/results/NAME.json for docs/performance.md (the page has batch-templates, "
@@ -115,28 +151,61 @@ def main() -> None:
     rows = []
     for order in ("prefix", "input"):
         if order not in args.skip:
-            rows.append(run_mooncake(prompts, args.max_tokens, order, args.model, args.mode, args.num_blocks))
+            rows.append(
+                run_mooncake(
+                    prompts, args.max_tokens, order, args.model, args.mode, args.num_blocks
+                )
+            )
             print(json.dumps(rows[-1]), flush=True)
     if "transformers" not in args.skip:
         rows.append(run_transformers(prompts, args.max_tokens, args.model, args.hf_batch_size))
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["tokens_per_s"] if rows else 1.0
-    print("\n| run | seconds | requests/s | tokens/s (prompt+generated) | generated tok/s | hit rate | throughput vs first row |")
+    print(
+        "\n| run | seconds | requests/s | tokens/s (prompt+generated) | generated tok/s | hit rate | throughput vs first row |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['run']} | {r['seconds']} | {r['requests_per_s']} | {r['tokens_per_s']} | {r['generated_per_s']} | {r['hit_rate']:.1%} | {r['tokens_per_s'] / base:.2f}x |")
+        print(
+            f"| {r['run']} | {r['seconds']} | {r['requests_per_s']} | {r['tokens_per_s']} | {r['generated_per_s']} | {r['hit_rate']:.1%} | {r['tokens_per_s'] / base:.2f}x |"
+        )
     if args.save_results and rows:
         import result_file as rf
 
         first, claims = rows[0], []
         for other in rows[1:]:
-            claims.append(rf.claim(f"requests/s, {first['run']}", first["requests_per_s"], "req/s", other["run"], other["requests_per_s"], target="≥ 1.0"))
-            claims.append(rf.claim(f"tokens/s (prompt + generated), {first['run']}", first["tokens_per_s"], "tok/s", other["run"], other["tokens_per_s"], target="≥ 1.0"))
-        claims += [rf.claim(f"prefix-cache hit rate, {r['run']}", r["hit_rate"] * 100, "%") for r in rows if r["hit_rate"]]
+            claims.append(
+                rf.claim(
+                    f"requests/s, {first['run']}",
+                    first["requests_per_s"],
+                    "req/s",
+                    other["run"],
+                    other["requests_per_s"],
+                    target="≥ 1.0",
+                )
+            )
+            claims.append(
+                rf.claim(
+                    f"tokens/s (prompt + generated), {first['run']}",
+                    first["tokens_per_s"],
+                    "tok/s",
+                    other["run"],
+                    other["tokens_per_s"],
+                    target="≥ 1.0",
+                )
+            )
+        claims += [
+            rf.claim(f"prefix-cache hit rate, {r['run']}", r["hit_rate"] * 100, "%")
+            for r in rows
+            if r["hit_rate"]
+        ]
         titles = {"batch-templates": "Batch inference: 4 templates, ample KV cache",
                   "batch-cache-bound": "Batch inference: 32 templates, KV cache smaller than the templates",
                   "batch-transformers": "Batch inference vs transformers, back to back"}  # fmt: skip
-        title = titles.get(args.save_results, f"Batch inference: {args.prompts} prompts, {args.templates} templates")
+        title = titles.get(
+            args.save_results,
+            f"Batch inference: {args.prompts} prompts, {args.templates} templates",
+        )
         rf.save(args.save_results, title, claims,
                 notes=(f"`LLM.generate` over few-shot prompts, {args.max_tokens} generated tokens each, {args.mode} mode; "
                        "each mooncake run starts a fresh cluster (start-up not timed). transformers has no prefix cache."))  # fmt: skip

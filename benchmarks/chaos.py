@@ -51,9 +51,15 @@ class Outcome:
 def workload(args: argparse.Namespace) -> list[SampleRequest]:
     if args.dataset == "mooncake-trace":
         return mooncake_trace_dataset(
-            Path(args.trace), args.num_prompts, length_scale=args.length_scale, max_input_len=args.max_input_len, max_output_len=args.output_len
+            Path(args.trace),
+            args.num_prompts,
+            length_scale=args.length_scale,
+            max_input_len=args.max_input_len,
+            max_output_len=args.output_len,
         )
-    return prefix_repetition_dataset(args.num_prompts, args.prefix_len, args.suffix_len, args.num_prefixes, args.output_len)
+    return prefix_repetition_dataset(
+        args.num_prompts, args.prefix_len, args.suffix_len, args.num_prefixes, args.output_len
+    )
 
 
 async def run_one(llm: LLM, i: int, req: SampleRequest, timeout: float) -> Outcome:
@@ -80,7 +86,9 @@ async def run_one(llm: LLM, i: int, req: SampleRequest, timeout: float) -> Outco
     return out
 
 
-def killer(llm: LLM, every: float, stop: threading.Event, rng: random.Random, log: list[tuple[float, str]]) -> None:
+def killer(
+    llm: LLM, every: float, stop: threading.Event, rng: random.Random, log: list[tuple[float, str]]
+) -> None:
     """Kill a random worker process every ``every`` seconds until ``stop``."""
     t0 = time.monotonic()
     while not stop.wait(every):
@@ -100,9 +108,15 @@ def killer(llm: LLM, every: float, stop: threading.Event, rng: random.Random, lo
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="HF checkpoint directory (default: the built-in model)")
-    ap.add_argument("--dataset", choices=("prefix-repetition", "mooncake-trace"), default="prefix-repetition")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--model", default=None, help="HF checkpoint directory (default: the built-in model)"
+    )
+    ap.add_argument(
+        "--dataset", choices=("prefix-repetition", "mooncake-trace"), default="prefix-repetition"
+    )
     ap.add_argument("--trace", default=str(TRACE))
     ap.add_argument("--num-prompts", type=int, default=200)
     ap.add_argument("--rate", type=float, default=4.0, help="requests per second (Poisson)")
@@ -122,9 +136,17 @@ def main() -> None:
     reqs = workload(args)
     rng = random.Random(args.seed)
     kills: list[tuple[float, str]] = []
-    with LLM(args.model, prefill_workers=1, decode_workers=args.decode_workers, engine_config=EngineConfig(), dashboard_address=None) as llm:
+    with LLM(
+        args.model,
+        prefill_workers=1,
+        decode_workers=args.decode_workers,
+        engine_config=EngineConfig(),
+        dashboard_address=None,
+    ) as llm:
         stop = threading.Event()
-        k = threading.Thread(target=killer, args=(llm, args.kill_every, stop, rng, kills), daemon=True)
+        k = threading.Thread(
+            target=killer, args=(llm, args.kill_every, stop, rng, kills), daemon=True
+        )
 
         async def drive() -> list[Outcome]:
             tasks = []
@@ -143,7 +165,9 @@ def main() -> None:
         wall = time.monotonic() - t0
         moves = dict(llm.moves)
 
-    counts = {kind: sum(o.kind == kind for o in outcomes) for kind in ("completed", "failed", "lost")}
+    counts = {
+        kind: sum(o.kind == kind for o in outcomes) for kind in ("completed", "failed", "lost")
+    }
     moved = [o for o in outcomes if moves.get(o.request_id) and o.kind == "completed"]
     still = [o for o in outcomes if not moves.get(o.request_id) and o.kind == "completed"]
 
@@ -167,7 +191,16 @@ def main() -> None:
         "wall_s": wall,
         "args": vars(args),
     }
-    for key in ("requests", "completed", "failed", "lost", "moved", "moved_completed", "extra_ttft_p50_s", "extra_e2e_p50_s"):
+    for key in (
+        "requests",
+        "completed",
+        "failed",
+        "lost",
+        "moved",
+        "moved_completed",
+        "extra_ttft_p50_s",
+        "extra_e2e_p50_s",
+    ):
         print(f"{key:>18}: {result[key]}")
     kill_list = ", ".join(f"{d['roles']}@{d['t_s']}s" for d in kills_out)
     print(f"{'kills':>18}: {kill_list}")

@@ -57,7 +57,9 @@ def run(trace: Path, n: int, rate_scale: float, limit: int | None) -> dict[str, 
     finally:
         conductor_policy.Conductor.place = place  # type: ignore[method-assign]
     wall = time.perf_counter() - t0
-    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, "*mooncake/conductor/*")])
+    snap = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(True, "*mooncake/conductor/*")]
+    )
     held = sum(s.size for s in snap.statistics("filename"))
     tracemalloc.stop()
     if rc != 0:
@@ -76,14 +78,24 @@ def run(trace: Path, n: int, rate_scale: float, limit: int | None) -> dict[str, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trace", type=Path, required=True)
-    ap.add_argument("--instances", default="16,128", help="comma-separated prefill (= decode) instance counts")
-    ap.add_argument("--rate-scale", type=float, default=8.0, help="times the trace's rate (at every size)")
+    ap.add_argument(
+        "--instances", default="16,128", help="comma-separated prefill (= decode) instance counts"
+    )
+    ap.add_argument(
+        "--rate-scale", type=float, default=8.0, help="times the trace's rate (at every size)"
+    )
     ap.add_argument("--rate-per-16", action="store_true", help="also scale the rate by N/16")
     ap.add_argument("--limit", type=int, default=None, help="replay only the first N requests")
-    ap.add_argument("--save-results", action="store_true", help="write benchmarks/results/conductor-scale.json for docs/performance.md")
+    ap.add_argument(
+        "--save-results",
+        action="store_true",
+        help="write benchmarks/results/conductor-scale.json for docs/performance.md",
+    )
     args = ap.parse_args()
     rows: list[tuple[int, float, dict[str, float]]] = []
-    print("| instances (P + D) | rate x | decisions | place p50 ms | place p99 ms | max ms | Conductor MiB | replay s |")
+    print(
+        "| instances (P + D) | rate x | decisions | place p50 ms | place p99 ms | max ms | Conductor MiB | replay s |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in (int(x) for x in args.instances.split(",")):
         rate = args.rate_scale * (n / 16 if args.rate_per_16 else 1.0)
@@ -96,10 +108,23 @@ def main() -> None:
 
         claims = []
         for n, rate, r in rows:
-            claims.append(rf.claim(f"Conductor.place p50, {n} + {n} instances, {rate:g}x rate", r["p50_ms"], "ms", "1 ms budget", 1.0, ratio=r["p50_ms"]))
+            claims.append(
+                rf.claim(
+                    f"Conductor.place p50, {n} + {n} instances, {rate:g}x rate",
+                    r["p50_ms"],
+                    "ms",
+                    "1 ms budget",
+                    1.0,
+                    ratio=r["p50_ms"],
+                )
+            )
             claims.append(rf.claim(f"Conductor.place p99, {n} + {n} instances, {rate:g}x rate", r["p99_ms"], "ms", "1 ms budget", 1.0,
                                    ratio=r["p99_ms"], target="≤ 1.0" if n >= 256 else None))  # fmt: skip
-            claims.append(rf.claim(f"Conductor memory, {n} + {n} instances", r["conductor_mib"], "MiB", "", None))
+            claims.append(
+                rf.claim(
+                    f"Conductor memory, {n} + {n} instances", r["conductor_mib"], "MiB", "", None
+                )
+            )
         rf.save("conductor-scale", "The Conductor at scale", claims, notes=(
             f"Every `Conductor.place` of a simulator replay of the first {args.limit or 'all'} requests of the conversation "
             "trace (policy mooncake, admission none), timed with perf_counter; ratio = time / 1 ms. Memory: what the "

@@ -528,7 +528,9 @@ def summarize(result: dict[str, Any], sides: list[str]) -> None:
     r = rep_ratio("mooncake", "batch_tok_s", "transformers", "batch_tok_s")
     goal("(a) tok/s mooncake / transformers 1-at-a-time", r, TARGET_VS_HF_TPUT, at_least=True)
     r = rep_ratio("mooncake", "decode_ms", "transformers", "decode_ms")
-    goal("(b) decode ms/tok mooncake / transformers generate", r, TARGET_DECODE_VS_HF, at_least=False)
+    goal(
+        "(b) decode ms/tok mooncake / transformers generate", r, TARGET_DECODE_VS_HF, at_least=False
+    )
     r = rep_ratio("mooncake", "decode_ms", "transformers", "decode_bare_ms")
     add("(b) decode ms/tok mooncake / transformers bare forward", r, "(info)", None)
     r = rep_ratio("mooncake", "decode_ms", "vllm", "decode_ms")
@@ -630,34 +632,112 @@ def save_results(result: dict[str, Any]) -> None:
              f"{result['threads']} threads per side; ratios are medians of per-repetition ratios "
              f"over {result['reps']} repetitions. What each measurement does: this script's docstring.")  # fmt: skip
 
-    def claims(peer: str, rows: list[tuple[str, str, str, str, str | None]]) -> list[dict[str, Any]]:
+    def claims(
+        peer: str, rows: list[tuple[str, str, str, str, str | None]]
+    ) -> list[dict[str, Any]]:
         out = []
         for what, key, unit, rname, target in rows:
-            out.append(rf.claim(what, med["mooncake"].get(key), unit, LABEL[peer], med[peer].get(key), ratio=ratio.get(rname), target=target))
+            out.append(
+                rf.claim(
+                    what,
+                    med["mooncake"].get(key),
+                    unit,
+                    LABEL[peer],
+                    med[peer].get(key),
+                    ratio=ratio.get(rname),
+                    target=target,
+                )
+            )
         warm = ratio.get("(d) TTFT warm / uncached, mooncake")
-        out.append(rf.claim(f"(d) TTFT with {result['settings']['cached_len']} tokens cached", None, "", "the same prompt uncached", None, ratio=warm, target=f"≤ {TARGET_WARM_FRACTION:g}"))
+        out.append(
+            rf.claim(
+                f"(d) TTFT with {result['settings']['cached_len']} tokens cached",
+                None,
+                "",
+                "the same prompt uncached",
+                None,
+                ratio=warm,
+                target=f"≤ {TARGET_WARM_FRACTION:g}",
+            )
+        )
         return out
 
     a = f"(a) output tok/s, {result['settings']['num_requests']} requests"
     # The kernels' AVX2 build on a CPU with AVX-512 stands in for an AVX2-only server:
     # its figures get a section of their own.
     isa = os.environ.get("MOONCAKE_KERNEL_ISA", "native") or "native"
-    suffix, title = ("", "") if isa == "native" else (f"-{isa}", f", mooncake's kernels built for {isa.upper()}")
+    suffix, title = (
+        ("", "")
+        if isa == "native"
+        else (f"-{isa}", f", mooncake's kernels built for {isa.upper()}")
+    )
     if isa != "native":
         notes += (f" mooncake ran its native kernels built for {isa.upper()} (MOONCAKE_KERNEL_ISA={isa}), the code an "
                   f"{isa.upper()}-only CPU runs; vLLM-CPU ran its own build for this CPU.")  # fmt: skip
     if "vllm" in med and "mooncake" in med:
-        rf.save(f"engine-vllm{suffix}", f"Engine vs vLLM-CPU{title}", claims("vllm", [
-            (a, "batch_tok_s", "tok/s", "(a) tok/s mooncake / vLLM-CPU", f"≥ {TARGET_VS_VLLM_TPUT:g}"),
-            ("(b) single-stream decode, ms/token", "decode_ms", "ms", "(b) decode ms/tok mooncake / vLLM-CPU", None),
-            ("(c) TTFT, uncached prompt", "ttft_cold_s", "s", "(c) TTFT uncached mooncake / vLLM-CPU", f"≤ {TARGET_TTFT_VS_VLLM:g}"),
-        ]), notes=notes)
+        rf.save(
+            f"engine-vllm{suffix}",
+            f"Engine vs vLLM-CPU{title}",
+            claims(
+                "vllm",
+                [
+                    (
+                        a,
+                        "batch_tok_s",
+                        "tok/s",
+                        "(a) tok/s mooncake / vLLM-CPU",
+                        f"≥ {TARGET_VS_VLLM_TPUT:g}",
+                    ),
+                    (
+                        "(b) single-stream decode, ms/token",
+                        "decode_ms",
+                        "ms",
+                        "(b) decode ms/tok mooncake / vLLM-CPU",
+                        None,
+                    ),
+                    (
+                        "(c) TTFT, uncached prompt",
+                        "ttft_cold_s",
+                        "s",
+                        "(c) TTFT uncached mooncake / vLLM-CPU",
+                        f"≤ {TARGET_TTFT_VS_VLLM:g}",
+                    ),
+                ],
+            ),
+            notes=notes,
+        )
     if "transformers" in med and "mooncake" in med:
-        rf.save(f"engine-transformers{suffix}", f"Engine vs transformers{title}", claims("transformers", [
-            (a + " (transformers one at a time)", "batch_tok_s", "tok/s", "(a) tok/s mooncake / transformers 1-at-a-time", f"≥ {TARGET_VS_HF_TPUT:g}"),
-            ("(b) single-stream decode, ms/token", "decode_ms", "ms", "(b) decode ms/tok mooncake / transformers generate", f"≤ {TARGET_DECODE_VS_HF:g}"),
-            ("(c) TTFT, uncached prompt", "ttft_cold_s", "s", "(c) TTFT uncached mooncake / transformers", None),
-        ]), notes=notes)
+        rf.save(
+            f"engine-transformers{suffix}",
+            f"Engine vs transformers{title}",
+            claims(
+                "transformers",
+                [
+                    (
+                        a + " (transformers one at a time)",
+                        "batch_tok_s",
+                        "tok/s",
+                        "(a) tok/s mooncake / transformers 1-at-a-time",
+                        f"≥ {TARGET_VS_HF_TPUT:g}",
+                    ),
+                    (
+                        "(b) single-stream decode, ms/token",
+                        "decode_ms",
+                        "ms",
+                        "(b) decode ms/tok mooncake / transformers generate",
+                        f"≤ {TARGET_DECODE_VS_HF:g}",
+                    ),
+                    (
+                        "(c) TTFT, uncached prompt",
+                        "ttft_cold_s",
+                        "s",
+                        "(c) TTFT uncached mooncake / transformers",
+                        None,
+                    ),
+                ],
+            ),
+            notes=notes,
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

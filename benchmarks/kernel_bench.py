@@ -77,8 +77,18 @@ def decode_attention(reps: int, batch: int, seed: int = 0) -> None:
         native.paged_decode(q, kc, vc, tables, ctx, out, BS, None, scale, int(ctx.max()))
 
     def base() -> torch.Tensor:
-        kd = kc.view(-1, BS, Hkv, D).index_select(0, tables.view(-1)).view(batch, -1, Hkv, D).transpose(1, 2)
-        vd = vc.view(-1, BS, Hkv, D).index_select(0, tables.view(-1)).view(batch, -1, Hkv, D).transpose(1, 2)
+        kd = (
+            kc.view(-1, BS, Hkv, D)
+            .index_select(0, tables.view(-1))
+            .view(batch, -1, Hkv, D)
+            .transpose(1, 2)
+        )
+        vd = (
+            vc.view(-1, BS, Hkv, D)
+            .index_select(0, tables.view(-1))
+            .view(batch, -1, Hkv, D)
+            .transpose(1, 2)
+        )
         mask = (torch.arange(mb * BS)[None] < ctx[:, None])[:, None, None]
         qd = q.reshape(batch, Hkv, Hq // Hkv, D)
         return F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask, scale=scale)
@@ -112,8 +122,12 @@ def prefill_attention(reps: int, n: int, cached: int) -> None:
 
     def base() -> torch.Tensor:
         if mask is None:
-            return F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True)
-        return F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=True)
+            return F.scaled_dot_product_attention(
+                qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True
+            )
+        return F.scaled_dot_product_attention(
+            qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=True
+        )
 
     ours()
     torch.testing.assert_close(out, base().squeeze(0).transpose(0, 1), atol=2e-6, rtol=1e-5)
@@ -127,7 +141,11 @@ def elementwise(reps: int, tokens: int = 2048, hidden: int = 768, inter: int = 2
     from mooncake.engine.rope import RotaryTable, apply_rope
 
     g = torch.Generator().manual_seed(3)
-    x0, add, w = torch.randn(tokens, hidden, generator=g), torch.randn(tokens, hidden, generator=g), torch.randn(hidden)
+    x0, add, w = (
+        torch.randn(tokens, hidden, generator=g),
+        torch.randn(tokens, hidden, generator=g),
+        torch.randn(hidden),
+    )
     x = x0.clone()
 
     def norm_base() -> torch.Tensor:
@@ -143,7 +161,10 @@ def elementwise(reps: int, tokens: int = 2048, hidden: int = 768, inter: int = 2
     cos, sin = table.lookup(torch.arange(tokens))
     qk = torch.randn(tokens, Hq + 2 * Hkv, D, generator=g)[:, : Hq + Hkv]
     c2, s2 = cos.view(tokens, -1), sin.view(tokens, -1)
-    row(f"rotary q+k, {tokens} tokens", *ab(lambda: native.rope(qk, c2, s2), lambda: apply_rope(qk, cos, sin), reps))
+    row(
+        f"rotary q+k, {tokens} tokens",
+        *ab(lambda: native.rope(qk, c2, s2), lambda: apply_rope(qk, cos, sin), reps),
+    )
     src = torch.randn(tokens, 2 * inter, generator=g)
     buf = torch.empty_like(src)
 
@@ -156,7 +177,10 @@ def elementwise(reps: int, tokens: int = 2048, hidden: int = 768, inter: int = 2
         gate, up = buf.chunk(2, dim=-1)
         F.silu(gate, inplace=True).mul_(up)
 
-    row(f"SiLU-and-mul (incl. a {tokens} x {2 * inter} copy on both sides)", *ab(act_ours, act_base, reps))
+    row(
+        f"SiLU-and-mul (incl. a {tokens} x {2 * inter} copy on both sides)",
+        *ab(act_ours, act_base, reps),
+    )
 
 
 def projections(reps: int) -> None:
@@ -175,13 +199,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--isa", default=None, help="build the kernels for this instruction set (native, avx2, avx512)")
-    ap.add_argument("--save-results", action="store_true", help="write benchmarks/results/kernels[-ISA].json for docs/performance.md")
+    ap.add_argument(
+        "--isa",
+        default=None,
+        help="build the kernels for this instruction set (native, avx2, avx512)",
+    )
+    ap.add_argument(
+        "--save-results",
+        action="store_true",
+        help="write benchmarks/results/kernels[-ISA].json for docs/performance.md",
+    )
     args = ap.parse_args()
     global ISA
     ISA = args.isa
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.reps}; ratio = baseline / mooncake\n")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, median of {args.reps}; ratio = baseline / mooncake\n"
+    )
     print("| operation | mooncake ms | baseline ms | ratio |")
     print("| --- | ---: | ---: | ---: |")
     with torch.inference_mode():
@@ -197,7 +231,9 @@ def main() -> None:
 
         # Ratio = baseline time / kernel time (higher is better), as printed.
         result_name = "kernels" if args.isa in (None, "native") else f"kernels-{args.isa}"
-        title = "Native CPU kernels vs torch" + ("" if result_name == "kernels" else f", kernels built for {args.isa.upper()}")
+        title = "Native CPU kernels vs torch" + (
+            "" if result_name == "kernels" else f", kernels built for {args.isa.upper()}"
+        )
         rf.save(result_name, title, [
             rf.claim(name, ours * 1e3, "ms", "torch baseline", base * 1e3, ratio=base / ours, target=None if name.startswith("projection") else "≥ 1.0")
             for name, ours, base in ROWS

@@ -32,7 +32,9 @@ from mooncake.sim.sweep import slo_label  # noqa: E402
 
 # The FAST'25 trace is public but not shipped: docs/paper-reproduction.md says how to
 # fetch it into traces/ (or point MOONCAKE_TRACES at the folder that holds it).
-DEFAULT_TRACE = Path(os.environ.get("MOONCAKE_TRACES") or ROOT / "traces") / "conversation_trace.jsonl"
+DEFAULT_TRACE = (
+    Path(os.environ.get("MOONCAKE_TRACES") or ROOT / "traces") / "conversation_trace.jsonl"
+)
 
 
 def config(policy: str, argv: list[str]) -> SimConfig:
@@ -64,30 +66,53 @@ def scheduling(trace: Path, scales: list[float], decode: int, extra: list[str]) 
     for scale in scales:
         row = []
         for pol in policies:
-            cfg = config(pol, ["--prefill-instances", "10", "--decode-instances", str(decode), *extra])
+            cfg = config(
+                pol, ["--prefill-instances", "10", "--decode-instances", str(decode), *extra]
+            )
             s = simulate(cfg, scale_rate(reqs, scale)).summary
             out[f"{scale}/{pol}"] = asdict(s)
-            row.append(f"{s.ttft_mean_s:.2f} s (p90 {s.ttft_p90_s:.1f}, hit {s.cache_hit_rate:.2f})")
+            row.append(
+                f"{s.ttft_mean_s:.2f} s (p90 {s.ttft_p90_s:.1f}, hit {s.cache_hit_rate:.2f})"
+            )
         print(f"| {scale:g}x | " + " | ".join(row) + " |")
     return out
 
 
-def rejection(trace: Path, scale: float, prefill: int, decode: int, kv_tokens: int | None, extra: list[str]) -> dict[str, Any]:
+def rejection(
+    trace: Path, scale: float, prefill: int, decode: int, kv_tokens: int | None, extra: list[str]
+) -> dict[str, Any]:
     """Table 3 setup: rejected requests with no / TTFT-only / early / predictive admission."""
     reqs = scale_rate(load_trace(trace), scale)
     out: dict[str, Any] = {}
-    print(f"{prefill}P+{decode}D at {scale:g}x, decode KV {kv_tokens or 'HBM'} tokens, extra args: {' '.join(extra) or '-'}")
-    print("| admission | rejected | of which after prefill | within TTFT 30 s & TBT 100 ms | preemptions | prefill GPU s | mean TTFT s | TBT p90 ms | output-length MAE |")
+    print(
+        f"{prefill}P+{decode}D at {scale:g}x, decode KV {kv_tokens or 'HBM'} tokens, extra args: {' '.join(extra) or '-'}"
+    )
+    print(
+        "| admission | rejected | of which after prefill | within TTFT 30 s & TBT 100 ms | preemptions | prefill GPU s | mean TTFT s | TBT p90 ms | output-length MAE |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for adm in ("none", "ttft", "early", "predictive"):
-        cfg = config("mooncake", ["--prefill-instances", str(prefill), "--decode-instances", str(decode), "--admission", adm, *extra])
+        cfg = config(
+            "mooncake",
+            [
+                "--prefill-instances",
+                str(prefill),
+                "--decode-instances",
+                str(decode),
+                "--admission",
+                adm,
+                *extra,
+            ],
+        )
         cfg = dataclasses.replace(cfg, decode_kv_tokens=kv_tokens)
         res = simulate(cfg, reqs)
         s = res.summary
         late = sum(1 for r in res.records if r.rejected and r.ttft_s is not None)
         ok = round(s.slo_attainment[slo_label(30.0, 0.1)] * s.requests)
         out[adm] = {**asdict(s), "rejected_at_decode": late, "within_slo": ok}
-        print(f"| {adm} | {s.rejected:,} | {late:,} | {ok:,} | {s.preemptions:,} | {s.prefill_gpu_s:,.0f} | {s.ttft_mean_s:.2f} | {s.tbt_p90_s * 1e3:.0f} | {s.output_len_mae:.0f} |")
+        print(
+            f"| {adm} | {s.rejected:,} | {late:,} | {ok:,} | {s.preemptions:,} | {s.prefill_gpu_s:,.0f} | {s.ttft_mean_s:.2f} | {s.tbt_p90_s * 1e3:.0f} | {s.output_len_mae:.0f} |"
+        )
     return out
 
 
@@ -97,31 +122,48 @@ def variants(trace: Path, policy: str, scale: float, variant_args: list[str]) ->
     reqs = scale_rate(load_trace(trace), scale)
     out: dict[str, Any] = {}
     print(f"{policy} at {scale:g}x")
-    print("| options | rejected | preemptions | hit rate | mean TTFT s | TBT p50 / p90 / p99 ms | within SLO I / II / III |")
+    print(
+        "| options | rejected | preemptions | hit rate | mean TTFT s | TBT p50 / p90 / p99 ms | within SLO I / II / III |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for v in variant_args:
         cfg = config(policy, shlex.split(v))
         s = simulate(cfg, reqs).summary
         out[v] = asdict(s)
         att = " / ".join(f"{s.slo_attainment[slo_label(30.0, b)]:.3f}" for b in (0.1, 0.2, 0.3))
-        print(f"| `{v or 'default'}` | {s.rejected:,} | {s.preemptions:,} | {s.cache_hit_rate:.3f} | {s.ttft_mean_s:.2f} | {s.tbt_p50_s * 1e3:.0f} / {s.tbt_p90_s * 1e3:.0f} / {s.tbt_p99_s * 1e3:.0f} | {att} |")
+        print(
+            f"| `{v or 'default'}` | {s.rejected:,} | {s.preemptions:,} | {s.cache_hit_rate:.3f} | {s.ttft_mean_s:.2f} | {s.tbt_p50_s * 1e3:.0f} / {s.tbt_p90_s * 1e3:.0f} / {s.tbt_p99_s * 1e3:.0f} | {att} |"
+        )
     return out
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("experiment", choices=("hitrate", "scheduling", "rejection", "variants"))
     p.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--sim-args", default="", help="extra 'mooncake sim' options for scheduling/rejection")
+    p.add_argument(
+        "--sim-args", default="", help="extra 'mooncake sim' options for scheduling/rejection"
+    )
     p.add_argument("--scales", default="1.25,1.5", help="scheduling: rate scales")
     p.add_argument("--decode-instances", type=int, default=6, help="scheduling: decode instances")
     p.add_argument("--rate-scale", type=float, default=2.0, help="rejection/variants: rate scale")
     p.add_argument("--prefill-instances", type=int, default=8, help="rejection: prefill instances")
-    p.add_argument("--rej-decode-instances", type=int, default=8, help="rejection: decode instances")
-    p.add_argument("--decode-kv-tokens", type=int, default=None, help="rejection: KV tokens per decode instance")
+    p.add_argument(
+        "--rej-decode-instances", type=int, default=8, help="rejection: decode instances"
+    )
+    p.add_argument(
+        "--decode-kv-tokens",
+        type=int,
+        default=None,
+        help="rejection: KV tokens per decode instance",
+    )
     p.add_argument("--policy", default="vllm", help="variants: policy")
-    p.add_argument("--variant", action="append", default=None, help="variants: one option set (repeatable)")
+    p.add_argument(
+        "--variant", action="append", default=None, help="variants: one option set (repeatable)"
+    )
     args = p.parse_args()
     if not args.trace.exists():
         print(f"trace not found: {args.trace}", file=sys.stderr)
@@ -130,9 +172,18 @@ def main() -> int:
     if args.experiment == "hitrate":
         data = hitrate(args.trace)
     elif args.experiment == "scheduling":
-        data = scheduling(args.trace, [float(x) for x in args.scales.split(",")], args.decode_instances, extra)
+        data = scheduling(
+            args.trace, [float(x) for x in args.scales.split(",")], args.decode_instances, extra
+        )
     elif args.experiment == "rejection":
-        data = rejection(args.trace, args.rate_scale, args.prefill_instances, args.rej_decode_instances, args.decode_kv_tokens, extra)
+        data = rejection(
+            args.trace,
+            args.rate_scale,
+            args.prefill_instances,
+            args.rej_decode_instances,
+            args.decode_kv_tokens,
+            extra,
+        )
     else:
         data = variants(args.trace, args.policy, args.rate_scale, args.variant or [""])
     if args.json is not None:

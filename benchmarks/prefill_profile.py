@@ -64,7 +64,10 @@ def instrument_worker(dask_worker: Any) -> dict[str, Any]:
         log.append(("start", spec.request_id, time.time()))
         start(spec=spec, **kwargs)
 
-    timed_lookup.__module__, timed_lookup.__qualname__ = lookup.__module__, "lookup"  # pickled by name
+    timed_lookup.__module__, timed_lookup.__qualname__ = (
+        lookup.__module__,
+        "lookup",
+    )  # pickled by name
     engine.emit, tasks.lookup = timed_emit, timed_lookup
     dask_worker.stream_handlers["mooncake-start"] = timed_start
     return {"torch_threads": engine.info["torch_threads"], "engine_pid": engine.proc.pid}
@@ -107,14 +110,20 @@ def instrument_scheduler(dask_scheduler: Any) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--null", action="store_true", help="null model (no forward pass)")
     ap.add_argument("--gap", type=float, default=0.02, help="seconds between requests")
     ap.add_argument("--requests", type=int, default=30)
     args = ap.parse_args()
     prompts = _prompts(args.requests + 3, 16, 256)
 
-    engine = LLMEngine(EngineConfig(num_blocks=2048, num_threads=1, enable_prefix_caching=False, null_model=args.null))
+    engine = LLMEngine(
+        EngineConfig(
+            num_blocks=2048, num_threads=1, enable_prefix_caching=False, null_model=args.null
+        )
+    )
     steps = []
     for p in prompts:
         engine.add_request(None, p, PARAMS)
@@ -124,7 +133,12 @@ def main() -> None:
     del engine
     rows: list[tuple[str, float, float]] = []
     os.environ["MOONCAKE_ENGINE_PROFILE"] = "1"  # inherited by the workers' engine processes
-    with LLM(engine_config=EngineConfig(num_blocks=2048, enable_prefix_caching=False, null_model=args.null), dashboard_address=None) as llm:
+    with LLM(
+        engine_config=EngineConfig(
+            num_blocks=2048, enable_prefix_caching=False, null_model=args.null
+        ),
+        dashboard_address=None,
+    ) as llm:
         print("engine threads per worker:", llm.client.run(instrument_worker))
         llm.client.run_on_scheduler(instrument_scheduler)
 
@@ -138,7 +152,9 @@ def main() -> None:
 
         asyncio.run(run())
         logs = llm.client.run(worker_log)
-        graph_log = llm.client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins["prefill-profile"].log)
+        graph_log = llm.client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.plugins["prefill-profile"].log
+        )
     ev: dict[str, dict[str, Any]] = {}
     for log in logs.values():
         for item in log:
@@ -173,7 +189,9 @@ def main() -> None:
         add("step voluntary switches", vol)
         add("step end -> token at the client (ms)", (t1 - s1) * 1e3)
         add("total TTFT (ms)", (t1 - t0) * 1e3)
-    print(f"in-process step: wall {statistics.median(s[0] for s in steps[3:]) * 1e3:.2f} ms, CPU {statistics.median(s[1] for s in steps[3:]) * 1e3:.2f} ms (p50)")
+    print(
+        f"in-process step: wall {statistics.median(s[0] for s in steps[3:]) * 1e3:.2f} ms, CPU {statistics.median(s[1] for s in steps[3:]) * 1e3:.2f} ms (p50)"
+    )
     for name, v in cols.items():
         print(f"{name:40s} p50 {statistics.median(v):8.2f}   max {max(v):8.2f}")
 

@@ -23,7 +23,23 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 OUT = ROOT / "docs" / "performance.md"
 
-SECTIONS = ["engine-vllm", "engine-vllm-avx2", "engine-transformers", "kernels", "kernels-avx2", "runtime", "store", "store-between-hosts", "serving", "batch-templates", "batch-cache-bound", "batch-transformers", "sim-replay-mooncake", "sim-replay-vllm", "conductor-scale"]
+SECTIONS = [
+    "engine-vllm",
+    "engine-vllm-avx2",
+    "engine-transformers",
+    "kernels",
+    "kernels-avx2",
+    "runtime",
+    "store",
+    "store-between-hosts",
+    "serving",
+    "batch-templates",
+    "batch-cache-bound",
+    "batch-transformers",
+    "sim-replay-mooncake",
+    "sim-replay-vllm",
+    "conductor-scale",
+]
 """Section order; result files not listed here follow in name order."""
 
 HEADER = """# Performance
@@ -88,19 +104,35 @@ def anchor(title: str) -> str:
 
 
 def section(doc: dict[str, Any], plot: str | None) -> list[str]:
-    lines = [f"## {doc['title']}", "", "| claim | figure | baseline | ratio | target |", "| --- | ---: | --- | ---: | --- |"]
+    lines = [
+        f"## {doc['title']}",
+        "",
+        "| claim | figure | baseline | ratio | target |",
+        "| --- | ---: | --- | ---: | --- |",
+    ]
     for c in doc["claims"]:
         base = c.get("baseline") or "—"
         if c.get("baseline_value") is not None:
             base = f"{base}: {_num(c['baseline_value'], c.get('unit', ''))}"
         ratio = "—" if c.get("ratio") is None else f"{c['ratio']:.2f}×"
         target = c.get("target") or ""
-        met = {True: "met", False: "**not met**"}.get(c["met"], "") if "met" in c else _met(c.get("ratio"), target)
+        met = (
+            {True: "met", False: "**not met**"}.get(c["met"], "")
+            if "met" in c
+            else _met(c.get("ratio"), target)
+        )
         target = f"{target} ({met})" if met else target
         what = c["claim"] + (f" ({c['note']})" if c.get("note") else "")
-        lines.append(f"| {what} | {_num(c.get('value'), c.get('unit', ''))} | {base} | {ratio} | {target} |")
+        lines.append(
+            f"| {what} | {_num(c.get('value'), c.get('unit', ''))} | {base} | {ratio} | {target} |"
+        )
     commit = f", commit `{doc['commit']}`" if doc.get("commit") else ""
-    lines += ["", f"Command: `{doc['command']}`  ", f"Machine: {_machine(doc.get('machine', {}))}  ", f"Run: {doc['date']}{commit}"]
+    lines += [
+        "",
+        f"Command: `{doc['command']}`  ",
+        f"Machine: {_machine(doc.get('machine', {}))}  ",
+        f"Run: {doc['date']}{commit}",
+    ]
     if doc.get("notes"):
         lines += ["", doc["notes"].strip()]
     if plot:
@@ -138,7 +170,11 @@ def draw(doc: dict[str, Any], out: Path) -> bool:
 
 
 def render(docs: list[dict[str, Any]], out: Path, plots: bool = True) -> str:
-    lines = [HEADER, "Sections: " + " · ".join(f"[{d['title']}](#{anchor(d['title'])})" for d in docs), ""]
+    lines = [
+        HEADER,
+        "Sections: " + " · ".join(f"[{d['title']}](#{anchor(d['title'])})" for d in docs),
+        "",
+    ]
     for doc in docs:
         plot = None
         if doc.get("series"):
@@ -154,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-plots", action="store_true", help="leave existing figures as they are")
-    ap.add_argument("--check", action="store_true", help="exit 1 if the page is not what the results render to")
+    ap.add_argument(
+        "--check", action="store_true", help="exit 1 if the page is not what the results render to"
+    )
     args = ap.parse_args(argv)
     text = render(load(args.results), args.out, plots=not (args.no_plots or args.check))
     if args.check:

@@ -46,8 +46,18 @@ def cpu_model() -> str:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), platform.machine())
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
+    flags = next(
+        (line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")),
+        [],
+    )
     vec = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
     return f"{model} ({vec})" if vec else model
 
@@ -56,17 +66,33 @@ def machine(notes: str = "") -> dict[str, Any]:
     """The machine a benchmark runs on, as recorded with its results."""
     mem = None
     try:
-        kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+        kb = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
         mem = round(kb / 2**20)
     except (OSError, StopIteration):
         pass
     load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "memory_gib": mem, "load_avg": load, "notes": notes}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": mem,
+        "load_avg": load,
+        "notes": notes,
+    }
 
 
 def commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -82,14 +108,41 @@ def command() -> str:
     return "python " + shlex.join(argv)
 
 
-def claim(what: str, value: float | None, unit: str, baseline: str | None = None, baseline_value: float | None = None, ratio: float | None = None, target: str | None = None, note: str | None = None) -> dict[str, Any]:
+def claim(
+    what: str,
+    value: float | None,
+    unit: str,
+    baseline: str | None = None,
+    baseline_value: float | None = None,
+    ratio: float | None = None,
+    target: str | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
     """One claimed figure; ``ratio`` defaults to ``value / baseline_value``."""
     if ratio is None and value is not None and baseline_value:
         ratio = value / baseline_value
-    return {"claim": what, "value": value, "unit": unit, "baseline": baseline, "baseline_value": baseline_value, "ratio": ratio, "target": target, "note": note}
+    return {
+        "claim": what,
+        "value": value,
+        "unit": unit,
+        "baseline": baseline,
+        "baseline_value": baseline_value,
+        "ratio": ratio,
+        "target": target,
+        "note": note,
+    }
 
 
-def save(name: str, title: str, claims: list[dict[str, Any]], *, notes: str = "", machine_notes: str = "", series: dict[str, Any] | None = None, results_dir: Path | None = None) -> Path:
+def save(
+    name: str,
+    title: str,
+    claims: list[dict[str, Any]],
+    *,
+    notes: str = "",
+    machine_notes: str = "",
+    series: dict[str, Any] | None = None,
+    results_dir: Path | None = None,
+) -> Path:
     """Write ``<results_dir>/<name>.json`` for this run and return its path."""
     doc = {
         "name": name,

@@ -54,7 +54,9 @@ def engine_ttfts(engine: LLMEngine, prompts: list[list[int]], gap: float = 0.0) 
 
 def _engine_process(model: str | None, conn: Connection) -> None:
     """In-process side, in its own process: TTFTs of each prompt list it is sent."""
-    engine = LLMEngine(EngineConfig(model=model, num_blocks=2048, num_threads=1, enable_prefix_caching=False))
+    engine = LLMEngine(
+        EngineConfig(model=model, num_blocks=2048, num_threads=1, enable_prefix_caching=False)
+    )
     conn.send("ready")
     while (job := conn.recv()) is not None:
         conn.send(engine_ttfts(engine, *job))
@@ -64,7 +66,9 @@ def cluster_ttfts(llm: LLM, prompts: list[list[int]], gap: float = 0.0) -> list[
     async def one(p: list[int]) -> float:
         await asyncio.sleep(gap)
         t0 = time.perf_counter()
-        async for _ in llm.stream(p, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)):
+        async for _ in llm.stream(
+            p, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+        ):
             return time.perf_counter() - t0
         raise RuntimeError("no output")
 
@@ -98,22 +102,39 @@ def itl(llm: LLM | None, engine: LLMEngine | None, prompt: list[int], n: int) ->
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="model directory (default: built-in random-weight model)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--model", default=None, help="model directory (default: built-in random-weight model)"
+    )
     ap.add_argument("--requests", type=int, default=30, help="prompts per TTFT phase")
-    ap.add_argument("--phases", type=int, default=3, help="alternating in-process / cluster TTFT phases")
-    ap.add_argument("--gap", type=float, default=0.05, help="idle seconds before each TTFT request (both sides)")
+    ap.add_argument(
+        "--phases", type=int, default=3, help="alternating in-process / cluster TTFT phases"
+    )
+    ap.add_argument(
+        "--gap", type=float, default=0.05, help="idle seconds before each TTFT request (both sides)"
+    )
     ap.add_argument("--null-requests", type=int, default=200)
-    ap.add_argument("--insecure", action="store_true",
-                    help="embedded cluster on plain TCP instead of TLS (to measure what TLS and authenticated streams cost)")
+    ap.add_argument(
+        "--insecure",
+        action="store_true",
+        help="embedded cluster on plain TCP instead of TLS (to measure what TLS and authenticated streams cost)",
+    )
     ap.add_argument("--json", default=None)
-    ap.add_argument("--save-results", action="store_true", help="write benchmarks/results/runtime.json for docs/performance.md")
+    ap.add_argument(
+        "--save-results",
+        action="store_true",
+        help="write benchmarks/results/runtime.json for docs/performance.md",
+    )
     args = ap.parse_args()
     res: dict[str, float] = {}
     prompts = _prompts(args.requests, 16, 256)
 
     # In-process engine with the same threads one cluster worker gets.
-    engine = LLMEngine(EngineConfig(model=args.model, num_blocks=2048, num_threads=1, enable_prefix_caching=False))
+    engine = LLMEngine(
+        EngineConfig(model=args.model, num_blocks=2048, num_threads=1, enable_prefix_caching=False)
+    )
     e_itl = itl(None, engine, prompts[0], 64)
     batch = _prompts(16, 64, 512, seed=1)
     t0 = time.perf_counter()
@@ -127,7 +148,12 @@ def main() -> None:
     proc.start()
     e_ttft: list[float] = []
     c_ttft: list[float] = []
-    with LLM(args.model, engine_config=EngineConfig(num_blocks=2048, enable_prefix_caching=False), dashboard_address=None, insecure=args.insecure) as llm:
+    with LLM(
+        args.model,
+        engine_config=EngineConfig(num_blocks=2048, enable_prefix_caching=False),
+        dashboard_address=None,
+        insecure=args.insecure,
+    ) as llm:
         assert conn.recv() == "ready"
         conn.send((prompts[:3],))
         conn.recv()
@@ -136,7 +162,10 @@ def main() -> None:
             conn.send((prompts, args.gap))
             e = conn.recv()
             c = cluster_ttfts(llm, prompts, args.gap)
-            print(f"phase {phase + 1}/{args.phases}: in-process p50 {_p50(e) * 1e3:.2f} ms, cluster p50 {_p50(c) * 1e3:.2f} ms", flush=True)
+            print(
+                f"phase {phase + 1}/{args.phases}: in-process p50 {_p50(e) * 1e3:.2f} ms, cluster p50 {_p50(c) * 1e3:.2f} ms",
+                flush=True,
+            )
             e_ttft += e
             c_ttft += c
         # Back to back: each request starts the moment the previous one's first (and
@@ -149,14 +178,23 @@ def main() -> None:
         proc.join(30)
         c_itl = itl(llm, None, prompts[0], 64)
         t0 = time.perf_counter()
-        outs = llm.generate(batch, SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True), use_tqdm=False)
+        outs = llm.generate(
+            batch, SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True), use_tqdm=False
+        )
         res["cluster_tok_s"] = sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t0)
 
-    with LLM(args.model, engine_config=EngineConfig(num_blocks=4096, null_model=True), dashboard_address=None, insecure=args.insecure) as llm:
+    with LLM(
+        args.model,
+        engine_config=EngineConfig(num_blocks=4096, null_model=True),
+        dashboard_address=None,
+        insecure=args.insecure,
+    ) as llm:
         small = _prompts(args.null_requests, 8, 64, seed=2)
         llm.generate(small[:20], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
         t0 = time.perf_counter()
-        llm.generate(small, SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True), use_tqdm=False)
+        llm.generate(
+            small, SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True), use_tqdm=False
+        )
         res["null_model_req_s"] = len(small) / (time.perf_counter() - t0)
 
     res["engine_ttft_p50_ms"] = _p50(e_ttft) * 1e3
@@ -164,7 +202,9 @@ def main() -> None:
     res["added_ttft_p50_ms"] = res["cluster_ttft_p50_ms"] - res["engine_ttft_p50_ms"]
     res["engine_ttft_back_to_back_p50_ms"] = _p50(e_b2b) * 1e3
     res["cluster_ttft_back_to_back_p50_ms"] = _p50(c_b2b) * 1e3
-    res["added_ttft_back_to_back_p50_ms"] = res["cluster_ttft_back_to_back_p50_ms"] - res["engine_ttft_back_to_back_p50_ms"]
+    res["added_ttft_back_to_back_p50_ms"] = (
+        res["cluster_ttft_back_to_back_p50_ms"] - res["engine_ttft_back_to_back_p50_ms"]
+    )
     res["engine_itl_p50_ms"] = _p50(e_itl) * 1e3
     res["cluster_itl_p50_ms"] = _p50(c_itl) * 1e3
     res["added_itl_p50_ms"] = res["cluster_itl_p50_ms"] - res["engine_itl_p50_ms"]

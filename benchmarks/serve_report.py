@@ -18,7 +18,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-SERVERS = {"vllm": "vllm serve", "mooncake": "mooncake serve (disaggregated 1P+1D)", "mooncake-colocated": "mooncake serve (colocated)"}
+SERVERS = {
+    "vllm": "vllm serve",
+    "mooncake": "mooncake serve (disaggregated 1P+1D)",
+    "mooncake-colocated": "mooncake serve (colocated)",
+}
 CLIENTS = {"mooncake-bench": "mooncake bench serve", "vllm-bench": "vllm bench serve"}
 COLS = [
     ("completed", "done", "{:.0f}"),
@@ -32,7 +36,9 @@ COLS = [
     ("median_itl_ms", "ITL p50 ms", "{:.1f}"),
     ("median_e2el_ms", "E2E p50 ms", "{:.0f}"),
 ]
-NAME = re.compile(r"^(?P<server>vllm|mooncake|mooncake-colocated)-r(?P<rate>[0-9.]+)-(?P<client>mooncake-bench|vllm-bench)\.json$")
+NAME = re.compile(
+    r"^(?P<server>vllm|mooncake|mooncake-colocated)-r(?P<rate>[0-9.]+)-(?P<client>mooncake-bench|vllm-bench)\.json$"
+)
 
 
 def load(root: Path) -> dict[tuple[str, float, str], dict[str, Any]]:
@@ -54,7 +60,10 @@ def table(runs: dict[tuple[str, float, str], dict[str, Any]]) -> None:
                 data = runs.get((server, rate, client))
                 if data is None:
                     continue
-                cells = [fmt.format(data[key]) if data.get(key) is not None else "n/a" for key, _, fmt in COLS]
+                cells = [
+                    fmt.format(data[key]) if data.get(key) is not None else "n/a"
+                    for key, _, fmt in COLS
+                ]
                 print(f"| {sname} | {rate:g} | {cname} | " + " | ".join(cells) + " |")
 
 
@@ -62,7 +71,9 @@ def ratios(runs: dict[tuple[str, float, str], dict[str, Any]]) -> None:
     """Each mooncake server against vllm serve at the same rate and client."""
     print("\n| server | rate req/s | client | goodput / vLLM | TTFT p50 / vLLM | TPOT p50 / vLLM |")
     print("| --- | ---: | --- | ---: | ---: | ---: |")
-    for (server, rate, client), data in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+    for (server, rate, client), data in sorted(
+        runs.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])
+    ):
         base = runs.get(("vllm", rate, client))
         if server == "vllm" or base is None:
             continue
@@ -71,7 +82,9 @@ def ratios(runs: dict[tuple[str, float, str], dict[str, Any]]) -> None:
             a, b = data.get(key), base.get(key)
             return f"{a / b:.2f}x" if a is not None and b else "n/a"
 
-        print(f"| {SERVERS[server]} | {rate:g} | {CLIENTS[client]} | {ratio('request_goodput')} | {ratio('median_ttft_ms')} | {ratio('median_tpot_ms')} |")
+        print(
+            f"| {SERVERS[server]} | {rate:g} | {CLIENTS[client]} | {ratio('request_goodput')} | {ratio('median_ttft_ms')} | {ratio('median_tpot_ms')} |"
+        )
 
 
 def plot(runs: dict[tuple[str, float, str], dict[str, Any]], out: Path, title: str) -> None:
@@ -85,10 +98,20 @@ def plot(runs: dict[tuple[str, float, str], dict[str, Any]], out: Path, title: s
     ax.plot(rates, rates, color="0.8", linestyle=":", label="offered rate")
     for server, sname in SERVERS.items():
         for client, cname in CLIENTS.items():
-            pts = [(r, runs[(server, r, client)].get("request_goodput") or 0.0) for r in rates if (server, r, client) in runs]
+            pts = [
+                (r, runs[(server, r, client)].get("request_goodput") or 0.0)
+                for r in rates
+                if (server, r, client) in runs
+            ]
             if pts:
                 style = "-" if client == "mooncake-bench" else "--"
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=f"{sname} ({cname})")
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    style,
+                    marker="o",
+                    label=f"{sname} ({cname})",
+                )
     ax.set_xlabel("offered rate (req/s)")
     ax.set_ylabel("goodput (req/s within the SLO)")
     ax.set_title(title, fontsize=9)
@@ -104,14 +127,29 @@ def save_results(runs: dict[tuple[str, float, str], dict[str, Any]], root: Path)
     import result_file as rf
 
     claims = []
-    for (server, rate, client), data in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+    for (server, rate, client), data in sorted(
+        runs.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])
+    ):
         base = runs.get(("vllm", rate, client))
         if server == "vllm" or base is None:
             continue
         mode = "disaggregated" if server == "mooncake" else "colocated"
-        for key, label, unit, target in (("request_goodput", "goodput", "req/s", "≥ 1.0"), ("median_ttft_ms", "TTFT p50", "ms", "≤ 1.0"), ("median_tpot_ms", "TPOT p50", "ms", "≤ 1.0")):
+        for key, label, unit, target in (
+            ("request_goodput", "goodput", "req/s", "≥ 1.0"),
+            ("median_ttft_ms", "TTFT p50", "ms", "≤ 1.0"),
+            ("median_tpot_ms", "TPOT p50", "ms", "≤ 1.0"),
+        ):
             if data.get(key) is not None and base.get(key) is not None:
-                claims.append(rf.claim(f"{label} at {rate:g} req/s, {mode}, `{CLIENTS[client]}` client", data[key], unit, "vllm serve", base[key], target=target))
+                claims.append(
+                    rf.claim(
+                        f"{label} at {rate:g} req/s, {mode}, `{CLIENTS[client]}` client",
+                        data[key],
+                        unit,
+                        "vllm serve",
+                        base[key],
+                        target=target,
+                    )
+                )
     if not claims:
         raise SystemExit(f"no mooncake and vllm serve results side by side under {root}")
     rates = sorted({r for _, r, _ in runs})
@@ -125,8 +163,14 @@ def save_results(runs: dict[tuple[str, float, str], dict[str, Any]], root: Path)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", type=Path, nargs="?", default=Path(".bench/serve"))
-    ap.add_argument("--save-results", action="store_true", help="write benchmarks/results/serving.json for docs/performance.md")
-    ap.add_argument("--plot", type=Path, default=None, help="write goodput vs offered rate to this PNG")
+    ap.add_argument(
+        "--save-results",
+        action="store_true",
+        help="write benchmarks/results/serving.json for docs/performance.md",
+    )
+    ap.add_argument(
+        "--plot", type=Path, default=None, help="write goodput vs offered rate to this PNG"
+    )
     ap.add_argument("--title", default="goodput vs offered rate (llama-57m, fp32, 2 cores)")
     args = ap.parse_args()
     runs = load(args.root)

@@ -24,7 +24,9 @@ from mooncake.sim.trace import load_trace, scale_rate  # noqa: E402
 
 # The FAST'25 trace is public but not shipped: docs/paper-reproduction.md says how to
 # fetch it into traces/ (or point MOONCAKE_TRACES at the folder that holds it).
-DEFAULT_TRACE = Path(os.environ.get("MOONCAKE_TRACES") or ROOT / "traces") / "conversation_trace.jsonl"
+DEFAULT_TRACE = (
+    Path(os.environ.get("MOONCAKE_TRACES") or ROOT / "traces") / "conversation_trace.jsonl"
+)
 
 
 def main() -> int:
@@ -32,7 +34,11 @@ def main() -> int:
     p.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
     p.add_argument("--policy", default="mooncake", choices=POLICIES)
     p.add_argument("--rate-scale", type=float, default=1.0)
-    p.add_argument("--save-results", action="store_true", help="write benchmarks/results/sim-replay-POLICY.json for docs/performance.md")
+    p.add_argument(
+        "--save-results",
+        action="store_true",
+        help="write benchmarks/results/sim-replay-POLICY.json for docs/performance.md",
+    )
     args = p.parse_args()
     if not args.trace.exists():
         print(f"trace not found: {args.trace}", file=sys.stderr)
@@ -48,7 +54,9 @@ def main() -> int:
     cpu0 = time.process_time()
     res = simulate(config, reqs)
     cpu_s = time.process_time() - cpu0
-    print(f"sim_replay policy={args.policy} rate_scale={args.rate_scale:g} requests={len(reqs)} load={load_s:.2f}s replay={res.wall_s:.2f}s cpu={cpu_s:.2f}s")
+    print(
+        f"sim_replay policy={args.policy} rate_scale={args.rate_scale:g} requests={len(reqs)} load={load_s:.2f}s replay={res.wall_s:.2f}s cpu={cpu_s:.2f}s"
+    )
     if args.save_results:
         import result_file as rf
 

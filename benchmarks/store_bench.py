@@ -47,7 +47,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # mooncake, and tests.multihost between hosts
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # mooncake, and tests.multihost between hosts
 
 from mooncake.auth import new_secret
 from mooncake.kvcache.block import KVBlock, KVBlockSpec
@@ -96,8 +98,12 @@ class _ChildConn:
 
 SPECS = {
     "tiny": KVBlockSpec(num_layers=4, num_kv_heads=2, head_dim=32, block_size=16, dtype="float32"),
-    "tiny-512": KVBlockSpec(num_layers=4, num_kv_heads=2, head_dim=32, block_size=512, dtype="float32"),
-    "70b": KVBlockSpec(num_layers=80, num_kv_heads=8, head_dim=128, block_size=16, dtype="bfloat16"),
+    "tiny-512": KVBlockSpec(
+        num_layers=4, num_kv_heads=2, head_dim=32, block_size=512, dtype="float32"
+    ),
+    "70b": KVBlockSpec(
+        num_layers=80, num_kv_heads=8, head_dim=128, block_size=16, dtype="bfloat16"
+    ),
 }
 GB = 1e9
 
@@ -134,7 +140,9 @@ def interleaved(ops: dict[str, Op], reps: int) -> dict[str, list[float]]:
     return times
 
 
-def summarize(times: dict[str, list[float]], nbytes: int, base: str) -> dict[str, tuple[float, float]]:
+def summarize(
+    times: dict[str, list[float]], nbytes: int, base: str
+) -> dict[str, tuple[float, float]]:
     """name -> (median GB/s, median over reps of the per-rep ratio to ``base``)."""
     out = {}
     for name, ts in times.items():
@@ -144,12 +152,16 @@ def summarize(times: dict[str, list[float]], nbytes: int, base: str) -> dict[str
 
 
 # -- tiers ------------------------------------------------------------------------------
-def bench_tiers(shm: str, ssd: str, blocks: list[KVBlock], reps: int) -> dict[str, tuple[float, float]]:
+def bench_tiers(
+    shm: str, ssd: str, blocks: list[KVBlock], reps: int
+) -> dict[str, tuple[float, float]]:
     total = sum(b.data.nbytes for b in blocks)
     cap = int(total * 1.1) + 1024**2
     keys = [b.key for b in blocks]
     dst = [np.empty_like(b.data) for b in blocks]
-    host = BlockStore(StoreConfig(host=TierConfig(path=f"{shm}/host", capacity_bytes=cap), ssd=None))
+    host = BlockStore(
+        StoreConfig(host=TierConfig(path=f"{shm}/host", capacity_bytes=cap), ssd=None)
+    )
     disk = BlockStore(StoreConfig(host=None, ssd=TierConfig(path=f"{ssd}/ssd", capacity_bytes=cap)))
 
     def memcpy() -> None:
@@ -189,7 +201,11 @@ def bench_tiers(shm: str, ssd: str, blocks: list[KVBlock], reps: int) -> dict[st
     try:
         host.put_many(blocks)
         disk.put_many(blocks)
-        ops: dict[str, Op] = {"memcpy": (memcpy, None), **ops_for("host", host), **ops_for("SSD", disk)}
+        ops: dict[str, Op] = {
+            "memcpy": (memcpy, None),
+            **ops_for("host", host),
+            **ops_for("SSD", disk),
+        }
         interleaved(ops, 1)  # warm up: first-touch page faults of destinations and maps
         times = interleaved(ops, reps)
         assert host.stats.corrupt == 0 and disk.stats.corrupt == 0
@@ -199,11 +215,20 @@ def bench_tiers(shm: str, ssd: str, blocks: list[KVBlock], reps: int) -> dict[st
     return summarize(times, total, "memcpy")
 
 
-def _serve_store(spec_name: str, n: int, shm: str, secret: str, conn: Conn, host: str = "127.0.0.1") -> None:
+def _serve_store(
+    spec_name: str, n: int, shm: str, secret: str, conn: Conn, host: str = "127.0.0.1"
+) -> None:
     blocks = make_blocks(SPECS[spec_name], n)
     total = sum(b.data.nbytes for b in blocks)
-    cfg = StoreConfig(host=TierConfig(path=shm, capacity_bytes=int(total * 1.1) + 1024**2), ssd=None)
-    with BlockStore(cfg) as store, BlockServer(store, TransferConfig(listen_host=host, secret=bytes.fromhex(secret))) as server:
+    cfg = StoreConfig(
+        host=TierConfig(path=shm, capacity_bytes=int(total * 1.1) + 1024**2), ssd=None
+    )
+    with (
+        BlockStore(cfg) as store,
+        BlockServer(
+            store, TransferConfig(listen_host=host, secret=bytes.fromhex(secret))
+        ) as server,
+    ):
         store.put_many(blocks)
         conn.send(server.address)
         conn.recv()
@@ -275,8 +300,16 @@ def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool,
 
     def start(target: Callable[..., None], *args: object) -> Any:
         if server_host is not None:
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", target.__name__, json.dumps([*args, ip])]
-            proc = subprocess.Popen(server_host.argv(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--child",
+                target.__name__,
+                json.dumps([*args, ip]),
+            ]
+            proc = subprocess.Popen(
+                server_host.argv(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
             procs.append(proc)
             pipes.append(_ChildConn(proc))
             got = pipes[-1].recv()
@@ -327,7 +360,9 @@ def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool,
     others: list[BlockFetcher] = []
     if variants:
         # What two of the transfer layer's choices are worth, measured beside the default.
-        fixed_cfg = TransferConfig(batch_bytes=0, secret=secret)  # every frame batch_blocks (8) keys
+        fixed_cfg = TransferConfig(
+            batch_bytes=0, secret=secret
+        )  # every frame batch_blocks (8) keys
         fixed = BlockFetcher(fixed_cfg, backends=[])
         fixed.backends = [TcpBackend(fixed_cfg, fixed.pool)]
         timeout_sockets = BlockFetcher(cfg, backends=[])
@@ -378,7 +413,11 @@ def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool,
                 p.kill()
     out = summarize(times, total, "raw socket")
     # The same fetch against the stronger baseline (ratio per rep, as above).
-    tuned = summarize({k: times[k] for k in ("raw socket, 64 KiB recv", "TCP fetch")}, total, "raw socket, 64 KiB recv")
+    tuned = summarize(
+        {k: times[k] for k in ("raw socket, 64 KiB recv", "TCP fetch")},
+        total,
+        "raw socket, 64 KiB recv",
+    )
     out["TCP fetch / 64 KiB-recv raw"] = tuned["TCP fetch"]
     for name in ("TCP fetch, 8-block frames", "TCP fetch, timeout sockets"):
         if name in times:
@@ -406,7 +445,17 @@ def save_results(results: dict[str, dict[str, tuple[float, float]]], sizes: list
         for n in sizes:
             if op in results[n] and base in results[n]:
                 rate, ratio = results[n][op]
-                claims.append(rf.claim(f"{what}, {label(n)} blocks", rate, "GB/s", base_label, results[n][base][0], ratio=ratio, target=target))
+                claims.append(
+                    rf.claim(
+                        f"{what}, {label(n)} blocks",
+                        rate,
+                        "GB/s",
+                        base_label,
+                        results[n][base][0],
+                        ratio=ratio,
+                        target=target,
+                    )
+                )
 
     def series(op: str) -> list[float]:
         return [results[n][op][1] if op in results[n] else 0.0 for n in sizes]
@@ -428,16 +477,30 @@ def save_results(results: dict[str, dict[str, tuple[float, float]]], sizes: list
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--total-mib", type=int, default=128, help="bytes moved per repetition, per block shape")
+    ap.add_argument(
+        "--total-mib", type=int, default=128, help="bytes moved per repetition, per block shape"
+    )
     ap.add_argument("--sizes", default="tiny,tiny-512,70b")
-    ap.add_argument("--ssd-dir", default=None, help="directory on disk for the SSD tier (default: a temp dir)")
+    ap.add_argument(
+        "--ssd-dir", default=None, help="directory on disk for the SSD tier (default: a temp dir)"
+    )
     ap.add_argument("--dask", action="store_true", help="also measure Dask's TCP comm")
     ap.add_argument("--variants", action="store_true",
                     help="also measure TCP fetch with fixed 8-block frames and with Python timeout sockets")  # fmt: skip
-    ap.add_argument("--save-results", action="store_true", help="write benchmarks/results/store.json for docs/performance.md")
-    ap.add_argument("--between-hosts", action="store_true", help="TCP rows between two test hosts (network namespaces; root)")
+    ap.add_argument(
+        "--save-results",
+        action="store_true",
+        help="write benchmarks/results/store.json for docs/performance.md",
+    )
+    ap.add_argument(
+        "--between-hosts",
+        action="store_true",
+        help="TCP rows between two test hosts (network namespaces; root)",
+    )
     ap.add_argument("--child", nargs=2, metavar=("SERVER", "ARGS"), help=argparse.SUPPRESS)
     ap.add_argument("--on-host", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -471,7 +534,9 @@ def main() -> None:
             else:
                 res = bench_tiers(shm, ssd, blocks, args.reps)
             del blocks
-            res.update(bench_tcp(name, n, args.reps, f"{shm}/peer", args.dask, args.variants, server_host))
+            res.update(
+                bench_tcp(name, n, args.reps, f"{shm}/peer", args.dask, args.variants, server_host)
+            )
         finally:
             shutil.rmtree(shm, ignore_errors=True)
             shutil.rmtree(ssd, ignore_errors=True)
@@ -486,10 +551,14 @@ def main() -> None:
             rate, ratio = results[n][op]
             cells += [f"{rate:.2f}", f"{ratio:.0%}"]
         print(f"| {op} | " + " | ".join(cells) + " |")
-    print("\nGB/s = 1e9 B/s of KV payload, median of reps; ratio = median over reps of the per-rep "
-          "ratio to memcpy (host/SSD rows) or to the raw socket (TCP/Dask rows), run interleaved.")
+    print(
+        "\nGB/s = 1e9 B/s of KV payload, median of reps; ratio = median over reps of the per-rep "
+        "ratio to memcpy (host/SSD rows) or to the raw socket (TCP/Dask rows), run interleaved."
+    )
     if args.save_results:
-        save_results(results, sizes, args.reps, args.total_mib, between_hosts=args.on_host is not None)
+        save_results(
+            results, sizes, args.reps, args.total_mib, between_hosts=args.on_host is not None
+        )
 
 
 def _between_hosts(args: argparse.Namespace) -> None:
@@ -503,8 +572,18 @@ def _between_hosts(args: argparse.Namespace) -> None:
     with TestNetwork(2) as net:
         server, here = net.hosts
         spec = json.dumps({"netns": server.netns, "name": server.name, "ip": server.ip})
-        cmd = [sys.executable, os.path.abspath(__file__), *argv, "--between-hosts", "--on-host", spec]
-        print(f"# between test hosts: servers on {server.name} ({server.ip}), fetcher on {here.name} ({here.ip})", flush=True)
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            *argv,
+            "--between-hosts",
+            "--on-host",
+            spec,
+        ]
+        print(
+            f"# between test hosts: servers on {server.name} ({server.ip}), fetcher on {here.name} ({here.ip})",
+            flush=True,
+        )
         subprocess.run(here.argv(cmd), check=True)
 
 

@@ -16,7 +16,9 @@ def build(spec: RequestSpec, placement: PlacementInfo) -> RequestGraph:
         tasks=[
             TaskSpec(keys["lookup"], tasks.lookup, (spec, placement, "prefill"), placement.prefill),
             TaskSpec(keys["prefill"], tasks.prefill, (KeyRef(keys["lookup"]),), placement.prefill),
-            TaskSpec(keys["transfer"], tasks.transfer, (KeyRef(keys["prefill"]),), placement.decode),
+            TaskSpec(
+                keys["transfer"], tasks.transfer, (KeyRef(keys["prefill"]),), placement.decode
+            ),
             TaskSpec(keys["decode"], tasks.decode, (KeyRef(keys["transfer"]),), placement.decode),
         ],
         output_key=keys["decode"],

@@ -74,7 +74,9 @@ def _with_deadline(sock: socket.socket, timeout: float) -> float | None:
     return old
 
 
-def server_handshake(sock: socket.socket, secret: bytes, purpose: bytes, timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
+def server_handshake(
+    sock: socket.socket, secret: bytes, purpose: bytes, timeout: float = HANDSHAKE_TIMEOUT_S
+) -> None:
     """Authenticate the client on a freshly accepted blocking socket; raises ``AuthError``.
 
     Restores the socket's timeout afterwards (socket-option timeouts are left alone)."""
@@ -96,7 +98,9 @@ def server_handshake(sock: socket.socket, secret: bytes, purpose: bytes, timeout
         sock.settimeout(old)
 
 
-def client_handshake(sock: socket.socket, secret: bytes, purpose: bytes, timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
+def client_handshake(
+    sock: socket.socket, secret: bytes, purpose: bytes, timeout: float = HANDSHAKE_TIMEOUT_S
+) -> None:
     """Prove the secret to a server and check its proof; raises ``AuthError``."""
     old = _with_deadline(sock, timeout)
     try:
@@ -114,7 +118,11 @@ def client_handshake(sock: socket.socket, secret: bytes, purpose: bytes, timeout
 
 
 def _check_hello(head: bytes, purpose: bytes) -> bytes:
-    if head[: len(MAGIC)] != MAGIC or head[len(MAGIC)] != len(purpose) or head[len(MAGIC) + 1 : -NONCE_BYTES] != purpose:
+    if (
+        head[: len(MAGIC)] != MAGIC
+        or head[len(MAGIC)] != len(purpose)
+        or head[len(MAGIC) + 1 : -NONCE_BYTES] != purpose
+    ):
         raise AuthError(f"not a mooncake {purpose.decode(errors='replace')} listener")
     return head[-NONCE_BYTES:]
 

@@ -35,7 +35,14 @@ class Generator(Protocol):
     ) -> list[RequestOutput]: ...
 
 
-def generate_partitions(llm: Generator, bag: Any, sampling_params: SamplingParams | None = None, *, use_tqdm: bool = True, order: Order = "prefix") -> Iterator[list[RequestOutput]]:
+def generate_partitions(
+    llm: Generator,
+    bag: Any,
+    sampling_params: SamplingParams | None = None,
+    *,
+    use_tqdm: bool = True,
+    order: Order = "prefix",
+) -> Iterator[list[RequestOutput]]:
     """Yield each partition's outputs (in its order) as soon as it is done; only one
     input partition is in this process at once."""
     from tqdm.auto import tqdm
@@ -45,19 +52,33 @@ def generate_partitions(llm: Generator, bag: Any, sampling_params: SamplingParam
     try:
         for part in parts:
             prompts = list(llm.client.compute(part).result())
-            yield llm.generate(prompts, sampling_params, use_tqdm=False, order=order) if prompts else []
+            yield (
+                llm.generate(prompts, sampling_params, use_tqdm=False, order=order)
+                if prompts
+                else []
+            )
             bar.update(1)
     finally:
         bar.close()
 
 
-def generate_bag(llm: Generator, bag: dask.bag.Bag, sampling_params: SamplingParams | None = None, *, use_tqdm: bool = True, order: Order = "prefix") -> dask.bag.Bag:
+def generate_bag(
+    llm: Generator,
+    bag: dask.bag.Bag,
+    sampling_params: SamplingParams | None = None,
+    *,
+    use_tqdm: bool = True,
+    order: Order = "prefix",
+) -> dask.bag.Bag:
     """A bag of ``RequestOutput`` with the input's partitioning and order (the outputs are
     held in this process)."""
     import dask.bag as db
     from dask.delayed import delayed
 
-    parts = [delayed(outs) for outs in generate_partitions(llm, bag, sampling_params, use_tqdm=use_tqdm, order=order)]
+    parts = [
+        delayed(outs)
+        for outs in generate_partitions(llm, bag, sampling_params, use_tqdm=use_tqdm, order=order)
+    ]
     result: dask.bag.Bag = db.from_delayed(parts)
     return result
 
@@ -87,8 +108,14 @@ def generate_dataframe(
     try:
         for part in df.to_delayed():
             pdf: pd.DataFrame = llm.client.compute(part).result()
-            prompts = [p if isinstance(p, str) else [int(t) for t in p] for p in pdf[column].tolist()]
-            outs = llm.generate(prompts, sampling_params, use_tqdm=False, order=order) if prompts else []
+            prompts = [
+                p if isinstance(p, str) else [int(t) for t in p] for p in pdf[column].tolist()
+            ]
+            outs = (
+                llm.generate(prompts, sampling_params, use_tqdm=False, order=order)
+                if prompts
+                else []
+            )
             parts.append(pdf.assign(**{output_column: [o.outputs[0].text for o in outs]}))
             bar.update(1)
     finally:
@@ -97,7 +124,9 @@ def generate_dataframe(
         empty: dask.dataframe.DataFrame = df.assign(**{output_column: ""})
         return empty
     divisions = df.divisions if df.known_divisions else None
-    result: dask.dataframe.DataFrame = dd.from_delayed([delayed(p) for p in parts], meta=parts[0].iloc[:0], divisions=divisions)
+    result: dask.dataframe.DataFrame = dd.from_delayed(
+        [delayed(p) for p in parts], meta=parts[0].iloc[:0], divisions=divisions
+    )
     return result
 
 

@@ -19,7 +19,9 @@ _SUBCOMMANDS: list[tuple[str, str]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mooncake", description="KVCache-centric, disaggregated LLM serving on Dask.")
+    parser = argparse.ArgumentParser(
+        prog="mooncake", description="KVCache-centric, disaggregated LLM serving on Dask."
+    )
     from mooncake import __version__
 
     parser.add_argument("--version", action="version", version=f"mooncake {__version__}")
@@ -28,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     for module, fn in _SUBCOMMANDS:
-        add: Callable[[argparse._SubParsersAction], None] = getattr(importlib.import_module(module), fn)  # type: ignore[type-arg]
+        add: Callable[[argparse._SubParsersAction], None] = getattr(
+            importlib.import_module(module), fn
+        )  # type: ignore[type-arg]
         add(sub)
     return parser
 

@@ -110,7 +110,9 @@ class _Stream:
         self.spec = spec
         self.token_ids: list[int] = []
         self.text = ""
-        self.logprobs: list[dict[int, float]] | None = [] if spec.params.logprobs is not None else None
+        self.logprobs: list[dict[int, float]] | None = (
+            [] if spec.params.logprobs is not None else None
+        )
         self.finished = False
         self.finish_reason: Any = None
         self.stop_reason: Any = None
@@ -156,7 +158,11 @@ class _Stream:
                     index=0,
                     text=self.text,
                     token_ids=list(self.token_ids),
-                    cumulative_logprob=sum(d[t] for t, d in zip(self.token_ids, self.logprobs) if t in d) if self.logprobs is not None else None,
+                    cumulative_logprob=sum(
+                        d[t] for t, d in zip(self.token_ids, self.logprobs) if t in d
+                    )
+                    if self.logprobs is not None
+                    else None,
                     logprobs=list(self.logprobs) if self.logprobs is not None else None,
                     finish_reason=self.finish_reason,
                     stop_reason=self.stop_reason,
@@ -198,7 +204,7 @@ def _refuse_in_spawn_bootstrap() -> None:
             "mooncake.LLM(...) was created while a worker process was importing your main "
             "module: the embedded cluster starts its workers by re-importing the script. "
             "Put the code that creates and uses the LLM under "
-            "`if __name__ == \"__main__\":` (or in a function called from there)."
+            '`if __name__ == "__main__":` (or in a function called from there).'
         )
 
 
@@ -259,14 +265,24 @@ class LLM:
         self.cluster: LocalCluster | None = None
         if scheduler is None:
             security = Security() if insecure else embedded_security()
-            self.cluster = self._start_cluster(ec, prefill_workers, 0 if mode == "colocated" else decode_workers, mode, threads_per_worker, dashboard_address, security)
+            self.cluster = self._start_cluster(
+                ec,
+                prefill_workers,
+                0 if mode == "colocated" else decode_workers,
+                mode,
+                threads_per_worker,
+                dashboard_address,
+                security,
+            )
             self.client = Client(self.cluster)
         else:
             security = client_security(tls)
             check_address(scheduler, uses_tls(scheduler, security), insecure, "scheduler")
             self.client = Client(scheduler, security=security, timeout=JOIN_TIMEOUT_S)
             # Workers of a deployed cluster may start before or after this client.
-            self._wait_for_roles(("prefill",) if mode == "colocated" else ("prefill", "decode"), JOIN_TIMEOUT_S)
+            self._wait_for_roles(
+                ("prefill",) if mode == "colocated" else ("prefill", "decode"), JOIN_TIMEOUT_S
+            )
         # The client's stream to the scheduler holds a message back until 10 ms after the
         # previous one (Dask's default): a request submitted right after another's futures
         # were released waited ~5 ms at p50 for its graph to leave. 1 ms still coalesces bursts.
@@ -286,7 +302,9 @@ class LLM:
         self.model_name: str = self.info["model_name"]
         self.max_model_len: int = int(self.info["max_model_len"])
         path = Path(self.info["model_path"])
-        self.tokenizer: Tokenizer | None = Tokenizer(path) if (path / "tokenizer.json").is_file() else None
+        self.tokenizer: Tokenizer | None = (
+            Tokenizer(path) if (path / "tokenizer.json").is_file() else None
+        )
         self._topic = f"mooncake-stream-{self.client.id}"
         self._sinks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
         self._futures: dict[str, dict[str, Future[Any]]] = {}
@@ -340,16 +358,31 @@ class LLM:
 
     # -- cluster -------------------------------------------------------------------
     @staticmethod
-    def _start_cluster(ec: EngineConfig, n_prefill: int, n_decode: int, mode: Mode, threads: int, dashboard: str | None, security: Security) -> LocalCluster:
+    def _start_cluster(
+        ec: EngineConfig,
+        n_prefill: int,
+        n_decode: int,
+        mode: Mode,
+        threads: int,
+        dashboard: str | None,
+        security: Security,
+    ) -> LocalCluster:
         # Loopback only; TLS with a temporary CA unless insecure (mooncake.security).
         cluster = LocalCluster(n_workers=0, processes=True, threads_per_worker=threads, host="127.0.0.1", dashboard_address=dashboard,
                                security=security, silence_logs=logging.WARNING)  # fmt: skip
-        roles = [("prefill-" if mode == "disaggregated" else "worker-") + str(i) for i in range(n_prefill)]
+        roles = [
+            ("prefill-" if mode == "disaggregated" else "worker-") + str(i)
+            for i in range(n_prefill)
+        ]
         roles += [f"decode-{i}" for i in range(n_decode)]
         gpus = _gpu_count() if ec.device.startswith("cuda") else 0
         cores = os.cpu_count() or 1
         for i, name in enumerate(roles):
-            resources = {"prefill": 1.0, "decode": 1.0} if mode == "colocated" else {name.split("-")[0]: 1.0}
+            resources = (
+                {"prefill": 1.0, "decode": 1.0}
+                if mode == "colocated"
+                else {name.split("-")[0]: 1.0}
+            )
             env = {"OMP_NUM_THREADS": str(max(1, cores // len(roles)))}
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)  # one worker process per GPU
@@ -403,7 +436,9 @@ class LLM:
         """Finished requests as the Conductor saw them: the worker each step ran on
         (``ran_on``), the TTFT estimate, when it was placed and finished."""
         ids = list(request_ids) if request_ids is not None else None
-        result: list[dict[str, Any]] = self.client.sync(self._scheduler.mooncake_history, request_ids=ids)
+        result: list[dict[str, Any]] = self.client.sync(
+            self._scheduler.mooncake_history, request_ids=ids
+        )
         return result
 
     def worker_stats(self) -> dict[str, dict[str, Any]]:
@@ -412,7 +447,15 @@ class LLM:
         return result
 
     # -- requests -----------------------------------------------------------------------
-    def make_request(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *, request_id: str | None = None, cache_salt: str | None = None, stream: bool = False) -> RequestSpec:
+    def make_request(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams | None = None,
+        *,
+        request_id: str | None = None,
+        cache_salt: str | None = None,
+        stream: bool = False,
+    ) -> RequestSpec:
         """Tokenize and validate; raises ``ValueError`` naming the problem."""
         params = params or SamplingParams()
         if isinstance(prompt, str):
@@ -474,11 +517,21 @@ class LLM:
             if reply.get("unavailable"):
                 raise Unavailable(f"request not placed: {reply['reason']}")
             raise Rejected(reply["reason"], float(reply["retry_after"]))
-        return PlacementInfo(reply["prefill"], reply["decode"], reply["fetch_from"], int(reply["fetch_blocks"]), float(reply["est_ttft_s"]))
+        return PlacementInfo(
+            reply["prefill"],
+            reply["decode"],
+            reply["fetch_from"],
+            int(reply["fetch_blocks"]),
+            float(reply["est_ttft_s"]),
+        )
 
     def place(self, spec: RequestSpec) -> PlacementInfo:
         """Ask the Conductor where to run ``spec`` (raises ``Rejected``)."""
-        reply = self.client.sync(self._scheduler.mooncake_place, request=self._place_request(spec), callback_timeout=PLACE_TIMEOUT_S)
+        reply = self.client.sync(
+            self._scheduler.mooncake_place,
+            request=self._place_request(spec),
+            callback_timeout=PLACE_TIMEOUT_S,
+        )
         return self._placement(reply)
 
     def submit(self, spec: RequestSpec, placement: PlacementInfo) -> Future[Any]:
@@ -491,14 +544,30 @@ class LLM:
         # the client's batched stream); each task is its own layer, restricted to its worker.
         layers = {
             t.key: MaterializedLayer(
-                {t.key: Task(t.key, t.func, *(TaskRef(a.key) if isinstance(a, KeyRef) else parse_input(a) for a in t.args))},
+                {
+                    t.key: Task(
+                        t.key,
+                        t.func,
+                        *(
+                            TaskRef(a.key) if isinstance(a, KeyRef) else parse_input(a)
+                            for a in t.args
+                        ),
+                    )
+                },
                 annotations={"workers": [t.worker], "allow_other_workers": False},
             )
             for t in graph.tasks
         }
         deps = {t.key: {a.key for a in t.args if isinstance(a, KeyRef)} for t in graph.tasks}
         keys = [t.key for t in graph.tasks]
-        futures: dict[str, Future[Any]] = dict(zip(keys, self.client.get(HighLevelGraph(layers, deps), keys, sync=False, fifo_timeout="100ms")))
+        futures: dict[str, Future[Any]] = dict(
+            zip(
+                keys,
+                self.client.get(
+                    HighLevelGraph(layers, deps), keys, sync=False, fifo_timeout="100ms"
+                ),
+            )
+        )
         with self._lock:
             self._futures[spec.request_id] = futures
             self._placed[spec.request_id] = {t.worker for t in graph.tasks}
@@ -569,7 +638,9 @@ class LLM:
             if bar is not None:
                 bar.close()
 
-    def _run_batch(self, specs: list[RequestSpec], order: Order, max_retry_s: float, bar: Any) -> list[RequestOutput]:
+    def _run_batch(
+        self, specs: list[RequestSpec], order: Order, max_retry_s: float, bar: Any
+    ) -> list[RequestOutput]:
         if order not in ("prefix", "input"):
             raise ValueError(f"order: must be 'prefix' or 'input', got {order!r}")
         deadline = time.monotonic() + max_retry_s
@@ -633,11 +704,15 @@ class LLM:
                 self.moves[specs[i].request_id] += 1
                 n = int(rid.rsplit("~", 1)[1]) + 1 if "~" in rid else 1
                 attempts[i] = dataclasses.replace(specs[i], request_id=f"{specs[i].request_id}~{n}")
-                logger.warning("request %s: worker %s lost; placed again", specs[i].request_id, lost)
+                logger.warning(
+                    "request %s: worker %s lost; placed again", specs[i].request_id, lost
+                )
                 try:
                     new = self._submit_with_retry(attempts[i], time.monotonic() + MOVE_DEADLINE_S)
                 except (Unavailable, Rejected) as e:
-                    raise WorkerLost(f"request {specs[i].request_id}: worker {lost} was lost and no worker can take the request over ({e})") from None
+                    raise WorkerLost(
+                        f"request {specs[i].request_id}: worker {lost} was lost and no worker can take the request over ({e})"
+                    ) from None
                 del pending[fut]
                 pending[new] = i
                 ac.add(new)
@@ -662,13 +737,29 @@ class LLM:
             gone = workers - live
         return min(gone) if gone else None
 
-    def generate_partitions(self, bag: Any, sampling_params: SamplingParams | None = None, *, use_tqdm: bool = True, order: Order = "prefix") -> Iterator[list[RequestOutput]]:
+    def generate_partitions(
+        self,
+        bag: Any,
+        sampling_params: SamplingParams | None = None,
+        *,
+        use_tqdm: bool = True,
+        order: Order = "prefix",
+    ) -> Iterator[list[RequestOutput]]:
         """``generate`` over a ``dask.bag.Bag`` of prompts, one partition at a time: only one
         input partition is in this process at once; yields each partition's outputs (in
         its order) as soon as it is done, so callers can write them out as they come."""
-        return batch_dask.generate_partitions(self, bag, sampling_params, use_tqdm=use_tqdm, order=order)
+        return batch_dask.generate_partitions(
+            self, bag, sampling_params, use_tqdm=use_tqdm, order=order
+        )
 
-    def generate_bag(self, bag: dask.bag.Bag, sampling_params: SamplingParams | None = None, *, use_tqdm: bool = True, order: Order = "prefix") -> dask.bag.Bag:
+    def generate_bag(
+        self,
+        bag: dask.bag.Bag,
+        sampling_params: SamplingParams | None = None,
+        *,
+        use_tqdm: bool = True,
+        order: Order = "prefix",
+    ) -> dask.bag.Bag:
         """``generate`` over a ``dask.bag.Bag`` of prompts (text or token ids), read one
         partition at a time; returns a bag of ``RequestOutput`` with the same partitioning
         and order (the outputs are held in this process)."""
@@ -687,7 +778,15 @@ class LLM:
         """``generate`` over the prompts in ``df[column]``; returns ``df`` with the
         generated text as ``output_column``, partition for partition (input read one
         partition at a time, outputs held in this process)."""
-        return batch_dask.generate_dataframe(self, df, column, sampling_params, output_column=output_column, use_tqdm=use_tqdm, order=order)
+        return batch_dask.generate_dataframe(
+            self,
+            df,
+            column,
+            sampling_params,
+            output_column=output_column,
+            use_tqdm=use_tqdm,
+            order=order,
+        )
 
     # -- streaming ------------------------------------------------------------------------
     def _on_event(self, event: tuple[float, dict[str, Any]]) -> None:
@@ -728,7 +827,9 @@ class LLM:
         ``Unavailable`` before the first yield. Closing the generator early aborts the
         request. A request whose worker is lost moves to another one and the stream goes
         on (no token repeated or missing); when none is left it raises ``WorkerLost``."""
-        spec = self.make_request(prompt, sampling_params, request_id=request_id, cache_salt=cache_salt, stream=True)
+        spec = self.make_request(
+            prompt, sampling_params, request_id=request_id, cache_salt=cache_salt, stream=True
+        )
         if spec.request_id in self._sinks:  # two requests must never share an id in the engines
             raise ValueError(f"request_id: {spec.request_id!r} is already running")
         loop = asyncio.get_running_loop()
@@ -817,7 +918,9 @@ class LLM:
         if not gone:
             try:
                 gone = workers - await self._live_workers()
-            except Exception as e:  # the scheduler itself is unreachable: Dask reconnects or fails the futures
+            except (
+                Exception
+            ) as e:  # the scheduler itself is unreachable: Dask reconnects or fails the futures
                 logger.debug("liveness check failed: %s", e)
                 return None
         return min(gone) if gone else None
@@ -832,9 +935,21 @@ class LLM:
         if any(w == worker and futures[k].status != "finished" for k, w in where.items()):
             return True
         transfer = futures.get(f"transfer-{rid}")
-        return where.get(f"prefill-{rid}") == worker and transfer is not None and transfer.status != "finished"
+        return (
+            where.get(f"prefill-{rid}") == worker
+            and transfer is not None
+            and transfer.status != "finished"
+        )
 
-    async def _move(self, spec: RequestSpec, acc: _Stream, attempt: RequestSpec, lost: str, loop: asyncio.AbstractEventLoop, q: asyncio.Queue[Any]) -> tuple[RequestSpec, Future[Any]]:
+    async def _move(
+        self,
+        spec: RequestSpec,
+        acc: _Stream,
+        attempt: RequestSpec,
+        lost: str,
+        loop: asyncio.AbstractEventLoop,
+        q: asyncio.Queue[Any],
+    ) -> tuple[RequestSpec, Future[Any]]:
         """Run the request again without the lost worker, under a new attempt id (the
         old id stays refused by the engines that aborted it). With no token delivered
         yet it is placed from scratch; otherwise it resumes on a decode worker from the
@@ -855,20 +970,34 @@ class LLM:
                 placement = self._placement(await self._place_async(new, resume))
                 break
             except Unavailable as e:
-                raise WorkerLost(f"request {spec.request_id}: worker {lost} was lost and no worker can take the request over ({e})") from None
+                raise WorkerLost(
+                    f"request {spec.request_id}: worker {lost} was lost and no worker can take the request over ({e})"
+                ) from None
             except Rejected as e:
                 if time.monotonic() + e.retry_after > deadline:
-                    raise WorkerLost(f"request {spec.request_id}: worker {lost} was lost and the cluster is too busy to take the request over") from None
+                    raise WorkerLost(
+                        f"request {spec.request_id}: worker {lost} was lost and the cluster is too busy to take the request over"
+                    ) from None
                 await asyncio.sleep(max(0.01, e.retry_after))
-        logger.warning("request %s: worker %s lost; %s on %s", spec.request_id, lost, "resuming" if resume else "placed again", placement.decode)
+        logger.warning(
+            "request %s: worker %s lost; %s on %s",
+            spec.request_id,
+            lost,
+            "resuming" if resume else "placed again",
+            placement.decode,
+        )
         if resume:
-            out_fut = self._submit_graph(new, resume_graph.build(self._resume_handle(new, acc, placement, lost), placement))
+            out_fut = self._submit_graph(
+                new, resume_graph.build(self._resume_handle(new, acc, placement, lost), placement)
+            )
         else:
             out_fut = self.submit(new, placement)
         out_fut.add_done_callback(lambda f: _post(loop, q, ("done", f)))
         return new, out_fut
 
-    def _resume_handle(self, spec: RequestSpec, acc: _Stream, placement: PlacementInfo, lost: str) -> KVHandle:
+    def _resume_handle(
+        self, spec: RequestSpec, acc: _Stream, placement: PlacementInfo, lost: str
+    ) -> KVHandle:
         """What a resumed request's decode starts from: the tokens delivered so far as
         its first tokens, and the prompt's blocks in the prefill worker's store when that
         worker is alive (decode recomputes whatever it cannot fetch)."""
@@ -876,7 +1005,13 @@ class LLM:
         full = len(spec.prompt_token_ids) // bs
         info = self.workers.get(placement.prefill) if placement.prefill != lost else None
         p = info.get("peer") if info else None
-        peer = Peer(p["host_id"], tuple(p["tcp"]) if p["tcp"] else None, p["host_tier_path"], p["rdma"]) if p else None
+        peer = (
+            Peer(
+                p["host_id"], tuple(p["tcp"]) if p["tcp"] else None, p["host_tier_path"], p["rdma"]
+            )
+            if p
+            else None
+        )
         return KVHandle(
             spec=spec,
             placement=placement,
@@ -918,7 +1053,9 @@ class LLM:
 
         async def on(addr: str) -> None:
             try:
-                await asyncio.wait_for(self.client.rpc(addr).mooncake_abort(request_id=request_id), ABORT_TIMEOUT_S)
+                await asyncio.wait_for(
+                    self.client.rpc(addr).mooncake_abort(request_id=request_id), ABORT_TIMEOUT_S
+                )
             except Exception as e:  # a worker that is gone has nothing to stop
                 logger.debug("abort on %s failed: %s", addr, e)
 

@@ -75,14 +75,42 @@ class EngineConfig:
     def __post_init__(self) -> None:
         _check(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         _check(self.block_size > 0, "block_size", f"must be positive, got {self.block_size}")
-        _check(self.num_blocks is None or self.num_blocks > 0, "num_blocks", f"must be positive, got {self.num_blocks}")
-        _check(self.kv_cache_bytes > 0, "kv_cache_bytes", f"must be positive, got {self.kv_cache_bytes}")
+        _check(
+            self.num_blocks is None or self.num_blocks > 0,
+            "num_blocks",
+            f"must be positive, got {self.num_blocks}",
+        )
+        _check(
+            self.kv_cache_bytes > 0,
+            "kv_cache_bytes",
+            f"must be positive, got {self.kv_cache_bytes}",
+        )
         _check(self.max_num_seqs > 0, "max_num_seqs", f"must be positive, got {self.max_num_seqs}")
-        _check(self.max_num_batched_tokens > 0, "max_num_batched_tokens", f"must be positive, got {self.max_num_batched_tokens}")
-        _check(self.long_prefill_chunk > 0, "long_prefill_chunk", f"must be positive, got {self.long_prefill_chunk}")
-        _check(self.max_model_len is None or self.max_model_len > 0, "max_model_len", f"must be positive, got {self.max_model_len}")
-        _check(self.num_threads is None or self.num_threads > 0, "num_threads", f"must be positive, got {self.num_threads}")
-        _check(self.device == "cpu" or self.device.startswith("cuda"), "device", f"must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        _check(
+            self.max_num_batched_tokens > 0,
+            "max_num_batched_tokens",
+            f"must be positive, got {self.max_num_batched_tokens}",
+        )
+        _check(
+            self.long_prefill_chunk > 0,
+            "long_prefill_chunk",
+            f"must be positive, got {self.long_prefill_chunk}",
+        )
+        _check(
+            self.max_model_len is None or self.max_model_len > 0,
+            "max_model_len",
+            f"must be positive, got {self.max_model_len}",
+        )
+        _check(
+            self.num_threads is None or self.num_threads > 0,
+            "num_threads",
+            f"must be positive, got {self.num_threads}",
+        )
+        _check(
+            self.device == "cpu" or self.device.startswith("cuda"),
+            "device",
+            f"must be 'cpu' or 'cuda[:N]', got {self.device!r}",
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineConfig:

@@ -22,18 +22,36 @@ DESCRIPTION = (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("cost-model", help="export the cost model a live Conductor fitted", description=DESCRIPTION)
-    p.add_argument("--scheduler", required=True, help="address of the cluster's Dask scheduler (e.g. tcp://127.0.0.1:8786)")
+    p = sub.add_parser(
+        "cost-model", help="export the cost model a live Conductor fitted", description=DESCRIPTION
+    )
+    p.add_argument(
+        "--scheduler",
+        required=True,
+        help="address of the cluster's Dask scheduler (e.g. tcp://127.0.0.1:8786)",
+    )
     p.add_argument("--out", type=Path, default=None, help="write the JSON here (default: stdout)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the scheduler (default 10)")
-    p.add_argument("--tls-ca-file", default=None, help="CA certificate of the cluster (Dask mutual TLS; default: Dask's TLS config)")
+    p.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the scheduler (default 10)"
+    )
+    p.add_argument(
+        "--tls-ca-file",
+        default=None,
+        help="CA certificate of the cluster (Dask mutual TLS; default: Dask's TLS config)",
+    )
     p.add_argument("--tls-cert", default=None, help="this client's certificate")
-    p.add_argument("--tls-key", default=None, help="this client's private key (if not inside --tls-cert)")
-    p.add_argument("--insecure", action="store_true", help="allow a plain-TCP scheduler off the loopback")
+    p.add_argument(
+        "--tls-key", default=None, help="this client's private key (if not inside --tls-cert)"
+    )
+    p.add_argument(
+        "--insecure", action="store_true", help="allow a plain-TCP scheduler off the loopback"
+    )
     p.set_defaults(func=run)
 
 
-def fetch(address: str, timeout: float, tls: TLSFiles | None = None, insecure: bool = False) -> dict[str, Any]:
+def fetch(
+    address: str, timeout: float, tls: TLSFiles | None = None, insecure: bool = False
+) -> dict[str, Any]:
     """The scheduler plugin's ``mooncake_cost_model`` answer (over TLS with ``tls`` or
     Dask's TLS config; plain TCP off the loopback only when ``insecure``)."""
     from distributed import Client
@@ -43,7 +61,9 @@ def fetch(address: str, timeout: float, tls: TLSFiles | None = None, insecure: b
     security = client_security(tls)
     check_address(address, uses_tls(address, security), insecure, "scheduler")
     with Client(address, timeout=timeout, security=security) as client:
-        data: dict[str, Any] = client.sync(client.scheduler.mooncake_cost_model, callback_timeout=timeout)
+        data: dict[str, Any] = client.sync(
+            client.scheduler.mooncake_cost_model, callback_timeout=timeout
+        )
     return data
 
 
@@ -51,7 +71,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         from mooncake.security import TLSFiles
 
-        data = fetch(args.scheduler, args.timeout, TLSFiles(args.tls_ca_file, args.tls_cert, args.tls_key), args.insecure)
+        data = fetch(
+            args.scheduler,
+            args.timeout,
+            TLSFiles(args.tls_ca_file, args.tls_cert, args.tls_key),
+            args.insecure,
+        )
     except (OSError, TimeoutError) as e:
         print(f"mooncake cost-model: error: cannot reach {args.scheduler}: {e}", file=sys.stderr)
         return 2

@@ -71,7 +71,23 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
 )  # fmt: skip
 """Seconds; vLLM's TTFT/ITL buckets with a 1 ms bucket added (small models on CPU)."""
-TOKEN_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+TOKEN_BUCKETS: tuple[float, ...] = (
+    1,
+    2,
+    5,
+    10,
+    20,
+    50,
+    100,
+    200,
+    500,
+    1000,
+    2000,
+    5000,
+    10000,
+    20000,
+    50000,
+)
 
 Tier = Literal["device", "host", "ssd"]
 TIERS: tuple[Tier, ...] = ("device", "host", "ssd")
@@ -289,7 +305,13 @@ class MetricsState:
         if self.timeline and now - self.timeline[-1].t < self.timeline_interval_s:
             return
         self.timeline.append(
-            TimelinePoint(now, self.query_tokens, sum(self.hit_tokens.values()), self.admitted, sum(self.rejected.values()))
+            TimelinePoint(
+                now,
+                self.query_tokens,
+                sum(self.hit_tokens.values()),
+                self.admitted,
+                sum(self.rejected.values()),
+            )
         )
 
     # -- views -----------------------------------------------------------------------
@@ -331,11 +353,27 @@ class MetricsState:
             fam = HistogramMetricFamily(name, doc, labels=lab)
             fam.add_metric(m, h.cumulative(), h.sum)
             yield fam
-        running = GaugeMetricFamily(RUNNING, "Requests in engines' running batches.", labels=[*lab, "worker", "role"])
-        waiting = GaugeMetricFamily(WAITING, "Requests waiting in engines' queues.", labels=[*lab, "worker", "role"])
-        usage = GaugeMetricFamily(KV_USAGE, "Fraction of KV blocks in use, per tier and worker (1 = full).", labels=[*lab, "worker", "tier"])
-        blocks = GaugeMetricFamily(KV_BLOCKS, "KV blocks per tier and worker, by state (used, total, cached).", labels=[*lab, "worker", "tier", "state"])
-        pq = GaugeMetricFamily(PREFILL_QUEUE, "Estimated seconds of prefill work queued at a worker.", labels=[*lab, "worker"])
+        running = GaugeMetricFamily(
+            RUNNING, "Requests in engines' running batches.", labels=[*lab, "worker", "role"]
+        )
+        waiting = GaugeMetricFamily(
+            WAITING, "Requests waiting in engines' queues.", labels=[*lab, "worker", "role"]
+        )
+        usage = GaugeMetricFamily(
+            KV_USAGE,
+            "Fraction of KV blocks in use, per tier and worker (1 = full).",
+            labels=[*lab, "worker", "tier"],
+        )
+        blocks = GaugeMetricFamily(
+            KV_BLOCKS,
+            "KV blocks per tier and worker, by state (used, total, cached).",
+            labels=[*lab, "worker", "tier", "state"],
+        )
+        pq = GaugeMetricFamily(
+            PREFILL_QUEUE,
+            "Estimated seconds of prefill work queued at a worker.",
+            labels=[*lab, "worker"],
+        )
         for w, load in sorted(self.workers.items()):
             running.add_metric([*m, w, load.role], load.running)
             waiting.add_metric([*m, w, load.role], load.waiting)
@@ -347,10 +385,16 @@ class MetricsState:
                 if tier == "device":
                     blocks.add_metric([*m, w, tier, "cached"], load.cached_blocks)
         yield from (running, waiting, usage, blocks, pq)
-        q = CounterMetricFamily(PREFIX_QUERIES, "Prompt tokens looked up in the prefix cache.", labels=lab)
+        q = CounterMetricFamily(
+            PREFIX_QUERIES, "Prompt tokens looked up in the prefix cache.", labels=lab
+        )
         q.add_metric(m, self.query_tokens)
         yield q
-        hits = CounterMetricFamily(PREFIX_HITS, "Prompt tokens served from the prefix cache, by where the blocks came from.", labels=[*lab, "source"])
+        hits = CounterMetricFamily(
+            PREFIX_HITS,
+            "Prompt tokens served from the prefix cache, by where the blocks came from.",
+            labels=[*lab, "source"],
+        )
         for src in HIT_SOURCES:
             hits.add_metric([*m, src], self.hit_tokens[src])
         yield hits
@@ -363,23 +407,37 @@ class MetricsState:
         for s in SHARED_PREFIX:
             reqs.add_metric([*m, s], self.lookups[s])
         yield reqs
-        unusable = CounterMetricFamily(PREFIX_UNUSABLE, "Prompt tokens shared with an earlier prompt but inside a block that differs later.", labels=lab)
+        unusable = CounterMetricFamily(
+            PREFIX_UNUSABLE,
+            "Prompt tokens shared with an earlier prompt but inside a block that differs later.",
+            labels=lab,
+        )
         unusable.add_metric(m, self.shared_below_block_tokens)
         yield unusable
-        adm = CounterMetricFamily(ADMISSIONS, "Requests admitted and placed by the Conductor.", labels=lab)
+        adm = CounterMetricFamily(
+            ADMISSIONS, "Requests admitted and placed by the Conductor.", labels=lab
+        )
         adm.add_metric(m, self.admitted)
         yield adm
-        rej = CounterMetricFamily(REJECTIONS, "Requests rejected by the Conductor, by reason.", labels=[*lab, "reason"])
+        rej = CounterMetricFamily(
+            REJECTIONS, "Requests rejected by the Conductor, by reason.", labels=[*lab, "reason"]
+        )
         for reason in sorted(set(REJECTION_REASONS) | set(self.rejected)):
             rej.add_metric([*m, reason], self.rejected[reason])
         yield rej
-        tb = CounterMetricFamily(TRANSFER_BYTES, "KV bytes moved to where they are used, by path.", labels=[*lab, "path"])
-        ts = CounterMetricFamily(TRANSFER_SECONDS, "Seconds spent moving KV, by path.", labels=[*lab, "path"])
+        tb = CounterMetricFamily(
+            TRANSFER_BYTES, "KV bytes moved to where they are used, by path.", labels=[*lab, "path"]
+        )
+        ts = CounterMetricFamily(
+            TRANSFER_SECONDS, "Seconds spent moving KV, by path.", labels=[*lab, "path"]
+        )
         for path in sorted(self.transfer_bytes):
             tb.add_metric([*m, path], self.transfer_bytes[path])
             ts.add_metric([*m, path], self.transfer_seconds[path])
         bw = GaugeMetricFamily(
-            TRANSFER_BANDWIDTH, "KV transfer bandwidth between hosts: the Conductor's estimate, else bytes/seconds so far.", labels=lab
+            TRANSFER_BANDWIDTH,
+            "KV transfer bandwidth between hosts: the Conductor's estimate, else bytes/seconds so far.",
+            labels=lab,
         )
         est = self.bandwidth_estimate
         if est is None:

@@ -56,7 +56,9 @@ def compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def build(source: Path, flags: Sequence[str], libs: Sequence[str] = (), cc: str | None = None) -> Path:
+def build(
+    source: Path, flags: Sequence[str], libs: Sequence[str] = (), cc: str | None = None
+) -> Path:
     """The shared library built from ``source`` (from the cache when already built).
 
     Raises:
@@ -67,7 +69,11 @@ def build(source: Path, flags: Sequence[str], libs: Sequence[str] = (), cc: str 
         raise RuntimeError("no C compiler (or native code disabled)")
     src = source.read_bytes()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256(b"\0".join([src, " ".join([*flags, *libs]).encode(), version.encode(), cpu_flags().encode()]))
+    key = hashlib.sha256(
+        b"\0".join(
+            [src, " ".join([*flags, *libs]).encode(), version.encode(), cpu_flags().encode()]
+        )
+    )
     out_dir = cache_dir()
     lib = out_dir / f"{source.stem}-{key.hexdigest()[:16]}.so"
     if lib.exists():
@@ -77,7 +83,9 @@ def build(source: Path, flags: Sequence[str], libs: Sequence[str] = (), cc: str 
     fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so.tmp")
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *flags, "-o", tmp, str(source), *libs], capture_output=True, text=True)
+        proc = subprocess.run(
+            [cc, *flags, "-o", tmp, str(source), *libs], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp, lib)
@@ -87,12 +95,18 @@ def build(source: Path, flags: Sequence[str], libs: Sequence[str] = (), cc: str 
     return lib
 
 
-def load(source: Path, flags: Sequence[str], libs: Sequence[str] = (), what: str = "native code") -> tuple[ctypes.CDLL, Path] | None:
+def load(
+    source: Path, flags: Sequence[str], libs: Sequence[str] = (), what: str = "native code"
+) -> tuple[ctypes.CDLL, Path] | None:
     """Build (or find in the cache) and load ``source``; ``None``, with a log line saying
     why, where that is not possible (the caller then uses its pure fallback)."""
     cc = compiler()
     if cc is None:
-        log.info("%s: not built (needs Linux, a C compiler and %s != 0); using the fallback", what, DISABLE_ENV)
+        log.info(
+            "%s: not built (needs Linux, a C compiler and %s != 0); using the fallback",
+            what,
+            DISABLE_ENV,
+        )
         return None
     try:
         path = build(source, flags, libs, cc)
@@ -113,7 +127,14 @@ class LoadOnce(Generic[T]):
         bind: wraps the loaded library and its path (ctypes signatures).
     """
 
-    def __init__(self, source: Path, flags: Sequence[str], bind: Callable[[ctypes.CDLL, Path], T], libs: Sequence[str] = (), what: str = "native code") -> None:
+    def __init__(
+        self,
+        source: Path,
+        flags: Sequence[str],
+        bind: Callable[[ctypes.CDLL, Path], T],
+        libs: Sequence[str] = (),
+        what: str = "native code",
+    ) -> None:
         self._args = (source, list(flags), list(libs), what)
         self._bind = bind
         self._lock = threading.Lock()

@@ -58,7 +58,9 @@ class SamplingParams:
             raise ValueError(f"top_k: must be -1, 0 (disabled) or positive, got {self.top_k}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens: must be at least 1, got {self.max_tokens}")
-        if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
+        if self.min_tokens < 0 or (
+            self.max_tokens is not None and self.min_tokens > self.max_tokens
+        ):
             raise ValueError(f"min_tokens: must be in [0, max_tokens], got {self.min_tokens}")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise ValueError(f"logprobs: must be in [0, 20], got {self.logprobs}")
@@ -74,7 +76,9 @@ class SamplingParams:
         return self.temperature < GREEDY_TEMPERATURE
 
 
-def params_per_prompt(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:
+def params_per_prompt(
+    params: SamplingParams | Sequence[SamplingParams] | None, n: int
+) -> list[SamplingParams]:
     """One ``SamplingParams`` per prompt: a single value (or None: defaults) is shared;
     a sequence must have one per prompt."""
     if params is None or isinstance(params, SamplingParams):

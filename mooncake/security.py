@@ -59,7 +59,9 @@ def is_loopback(host: str) -> bool:
         infos = socket.getaddrinfo(host, None)
     except OSError:
         return False
-    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
+    return bool(infos) and all(
+        ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos
+    )
 
 
 def embedded_security() -> Security:
@@ -72,7 +74,12 @@ def client_security(tls: TLSFiles | None = None) -> Security:
     """What a client uses to join a running cluster: the files given, else Dask's
     configuration (``distributed.comm.tls.*``; empty when none is set)."""
     if tls is not None and tls.given:
-        return Security(tls_ca_file=tls.ca_file, tls_client_cert=tls.cert, tls_client_key=tls.key, require_encryption=True)
+        return Security(
+            tls_ca_file=tls.ca_file,
+            tls_client_cert=tls.cert,
+            tls_client_key=tls.key,
+            require_encryption=True,
+        )
     return Security()
 
 
@@ -97,4 +104,11 @@ def check_address(address: str, tls: bool, insecure: bool, what: str) -> None:
         )
 
 
-__all__ = ["TLSFiles", "check_address", "client_security", "embedded_security", "is_loopback", "uses_tls"]
+__all__ = [
+    "TLSFiles",
+    "check_address",
+    "client_security",
+    "embedded_security",
+    "is_loopback",
+    "uses_tls",
+]

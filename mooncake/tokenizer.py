@@ -48,7 +48,10 @@ class Tokenizer:
         if gen_file.is_file():
             eos = json.loads(gen_file.read_text()).get("eos_token_id")
             stop.update(eos if isinstance(eos, list) else ([] if eos is None else [eos]))
-        if self.eos_token is not None and (eid := self._tok.token_to_id(self.eos_token)) is not None:
+        if (
+            self.eos_token is not None
+            and (eid := self._tok.token_to_id(self.eos_token)) is not None
+        ):
             stop.add(eid)
         self.eos_token_ids: frozenset[int] = frozenset(int(i) for i in stop)
         self._template: jinja2.Template | None = None
@@ -64,7 +67,9 @@ class Tokenizer:
         covers more of a text than its entry spells (a byte-level entry has one
         character per byte), which bounds the tokens a text can become from below."""
         if self._max_token_chars is None:
-            self._max_token_chars = max((len(t) for t in self._tok.get_vocab(with_added_tokens=True)), default=1)
+            self._max_token_chars = max(
+                (len(t) for t in self._tok.get_vocab(with_added_tokens=True)), default=1
+            )
         return self._max_token_chars
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -122,9 +127,17 @@ def _raise_exception(message: str) -> NoReturn:
     raise jinja2.TemplateError(message)
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
     # jinja2's own ``tojson`` escapes <, >, & and ' for HTML; a prompt needs the JSON as is.
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 def _strftime_now(fmt: str) -> str:
@@ -137,7 +150,9 @@ def chat_template_environment() -> ImmutableSandboxedEnvironment:
     the ``loopcontrols`` extension (``{% break %}``, ``{% continue %}``), the globals
     ``raise_exception(message)`` and ``strftime_now(format)``, and a ``tojson`` filter
     that does not HTML-escape."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now

@@ -32,4 +32,3 @@ def common_prefix_len(a: Sequence[_T], b: Sequence[_T]) -> int:
             break
         n += 1
     return n
-

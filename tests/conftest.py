@@ -29,7 +29,13 @@ TINY: dict[str, Any] = dict(
 )
 
 
-def write_checkpoint(path: Path, arch: str = "llama", seed: int = 0, max_shard_size: str | None = None, **overrides: Any) -> Path:
+def write_checkpoint(
+    path: Path,
+    arch: str = "llama",
+    seed: int = 0,
+    max_shard_size: str | None = None,
+    **overrides: Any,
+) -> Path:
     """Save a random-weight ``{arch}`` model with ``save_pretrained`` (safetensors)."""
     import torch
     import transformers
@@ -85,7 +91,7 @@ def hf_greedy(model: Any, prompt: list[int], max_new_tokens: int) -> list[int]:
             eos_token_id=None,
             pad_token_id=0,
         )
-    return [int(t) for t in out[0, len(prompt):]]
+    return [int(t) for t in out[0, len(prompt) :]]
 
 
 @pytest.fixture
@@ -137,7 +143,9 @@ def pytest_configure(config: pytest.Config) -> None:
     def checked_init(self: LocalCluster, *args: Any, **kwargs: Any) -> None:
         item = _current_item
         if item is not None and item.get_closest_marker("cluster") is None:
-            raise RuntimeError(f"{item.nodeid} starts a Dask cluster: mark it @pytest.mark.cluster (or use a fixture in tests/conftest.py CLUSTER_FIXTURES)")
+            raise RuntimeError(
+                f"{item.nodeid} starts a Dask cluster: mark it @pytest.mark.cluster (or use a fixture in tests/conftest.py CLUSTER_FIXTURES)"
+            )
         init(self, *args, **kwargs)
 
     LocalCluster.__init__ = checked_init  # type: ignore[method-assign]

@@ -55,18 +55,30 @@ async def _dask_frames(port: int, marker_dir: str) -> None:
     from distributed.protocol.serialize import Serialize
 
     # A message whose payload Dask serializes with pickle, as a worker's "run" would.
-    msg = {"op": "run", "function": Serialize(Touch(os.path.join(marker_dir, f"{port}-dask-raw"))), "reply": True}
+    msg = {
+        "op": "run",
+        "function": Serialize(Touch(os.path.join(marker_dir, f"{port}-dask-raw"))),
+        "reply": True,
+    }
     frames = await to_frames(msg, serializers=["pickle"])
     frames, _, _ = _add_frames_header(frames)
     _send_raw(port, b"".join(bytes(f) for f in frames))
     for scheme in ("tcp", "tls"):
         try:
-            comm = await asyncio.wait_for(connect(f"{scheme}://127.0.0.1:{port}", timeout=TIMEOUT_S), TIMEOUT_S + 1)
+            comm = await asyncio.wait_for(
+                connect(f"{scheme}://127.0.0.1:{port}", timeout=TIMEOUT_S), TIMEOUT_S + 1
+            )
         except Exception:
             continue
         try:
             path = os.path.join(marker_dir, f"{port}-dask-{scheme}")
-            await asyncio.wait_for(comm.write({"op": "run", "function": Serialize(Touch(path)), "reply": True}, serializers=["pickle"]), TIMEOUT_S)
+            await asyncio.wait_for(
+                comm.write(
+                    {"op": "run", "function": Serialize(Touch(path)), "reply": True},
+                    serializers=["pickle"],
+                ),
+                TIMEOUT_S,
+            )
             await asyncio.wait_for(comm.read(), TIMEOUT_S)
         except Exception:
             pass

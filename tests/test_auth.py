@@ -71,7 +71,9 @@ def test_async_server_side_interoperates() -> None:
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                await auth.server_handshake_async(reader, writer, key, auth.PURPOSE_TOKENS, timeout=2)
+                await auth.server_handshake_async(
+                    reader, writer, key, auth.PURPOSE_TOKENS, timeout=2
+                )
                 ok.set_result(True)
             except auth.AuthError:
                 ok.set_result(False)

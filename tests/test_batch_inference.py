@@ -20,14 +20,19 @@ def _few_shot(n: int, seed: int = 0) -> list[list[int]]:
     """Three 64-token templates (4 blocks each) followed by short questions, shuffled."""
     rng = random.Random(seed)
     templates = [[rng.randrange(300) for _ in range(64)] for _ in range(3)]
-    prompts = [templates[i % 3] + [rng.randrange(300) for _ in range(rng.randrange(3, 12))] for i in range(n)]
+    prompts = [
+        templates[i % 3] + [rng.randrange(300) for _ in range(rng.randrange(3, 12))]
+        for i in range(n)
+    ]
     rng.shuffle(prompts)
     return prompts
 
 
 @pytest.fixture(scope="module")
 def llm(tiny_llama):
-    with mooncake.LLM(str(tiny_llama), engine_config=EngineConfig(num_blocks=256), dashboard_address=None) as llm:
+    with mooncake.LLM(
+        str(tiny_llama), engine_config=EngineConfig(num_blocks=256), dashboard_address=None
+    ) as llm:
         yield llm
 
 
@@ -67,7 +72,9 @@ def test_bag_and_dataframe_paths(llm):
     pdf = pd.DataFrame({"id": range(9), "prompt": prompts})
     with dask.config.set({"dataframe.convert-string": False}):  # token-id lists, not text
         df = dd.from_pandas(pdf, npartitions=3)
-    result = llm.generate_dataframe(df, "prompt", PARAMS, output_column="answer", use_tqdm=False).compute(scheduler="sync")
+    result = llm.generate_dataframe(
+        df, "prompt", PARAMS, output_column="answer", use_tqdm=False
+    ).compute(scheduler="sync")
     assert list(result["id"]) == list(range(9))
     assert list(result["answer"]) == [o.text for o in outs]
     with pytest.raises(ValueError, match="column"):

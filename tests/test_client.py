@@ -25,7 +25,13 @@ def _prompts(n: int = 20, seed: int = 0) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def llm(tiny_llama):
-    with mooncake.LLM(str(tiny_llama), prefill_workers=1, decode_workers=1, engine_config=EngineConfig(num_blocks=512), dashboard_address=None) as llm:
+    with mooncake.LLM(
+        str(tiny_llama),
+        prefill_workers=1,
+        decode_workers=1,
+        engine_config=EngineConfig(num_blocks=512),
+        dashboard_address=None,
+    ) as llm:
         yield llm
 
 
@@ -54,11 +60,16 @@ def test_prefill_and_decode_run_on_their_workers(llm):
     assert roles[ran["prefill"]] == ["prefill"] and ran["lookup"] == ran["prefill"]
     assert roles[ran["decode"]] == ["decode"] and ran["transfer"] == ran["decode"]
     after = llm.worker_stats()
-    computed = {w: after[w]["num_prompt_tokens_computed"] - before[w]["num_prompt_tokens_computed"] for w in after}
+    computed = {
+        w: after[w]["num_prompt_tokens_computed"] - before[w]["num_prompt_tokens_computed"]
+        for w in after
+    }
     assert computed[ran["prefill"]] == 99
     assert computed[ran["decode"]] == 99 % 16
     assert after[ran["prefill"]]["host_blocks"] >= 99 // 16
-    gained = after[ran["decode"]]["transfer_paths"].get("shm", 0) - before[ran["decode"]]["transfer_paths"].get("shm", 0)
+    gained = after[ran["decode"]]["transfer_paths"].get("shm", 0) - before[ran["decode"]][
+        "transfer_paths"
+    ].get("shm", 0)
     assert gained == 1
 
 
@@ -98,7 +109,10 @@ def test_dropping_a_stream_cancels_and_frees_blocks(llm):
     and every block is free (or merely cached) again."""
 
     async def run():
-        gen = llm.stream(list(range(1, 60)), mooncake.SamplingParams(temperature=0.0, max_tokens=5000, ignore_eos=True))
+        gen = llm.stream(
+            list(range(1, 60)),
+            mooncake.SamplingParams(temperature=0.0, max_tokens=5000, ignore_eos=True),
+        )
         n = 0
         async for _ in gen:
             n += 1
@@ -112,10 +126,15 @@ def test_dropping_a_stream_cancels_and_frees_blocks(llm):
     deadline = time.time() + 10
     while time.time() < deadline:
         stats = llm.worker_stats()
-        if all(s["running"] == 0 and s["waiting"] == 0 and s["free_blocks"] == s["num_blocks"] for s in stats.values()):
+        if all(
+            s["running"] == 0 and s["waiting"] == 0 and s["free_blocks"] == s["num_blocks"]
+            for s in stats.values()
+        ):
             break
         time.sleep(0.1)
-    assert all(s["running"] == 0 and s["free_blocks"] == s["num_blocks"] for s in stats.values()), stats
+    assert all(s["running"] == 0 and s["free_blocks"] == s["num_blocks"] for s in stats.values()), (
+        stats
+    )
 
 
 def _wait_for(pred, timeout: float = 10.0) -> bool:
@@ -153,7 +172,9 @@ def test_placement_starts_the_prefill_before_the_graph_arrives(llm):
 def test_aborting_a_placed_request_frees_its_blocks(llm):
     """A request aborted after placement, its prefill done and its KV held for decode,
     but before its graph was submitted, does not keep those blocks."""
-    spec = llm.make_request(list(range(1, 90)), mooncake.SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
+    spec = llm.make_request(
+        list(range(1, 90)), mooncake.SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    )
 
     def computed() -> int:
         return sum(int(s["num_prompt_tokens_computed"]) for s in llm.worker_stats().values())
@@ -164,14 +185,23 @@ def test_aborting_a_placed_request_frees_its_blocks(llm):
     llm.abort_sync(spec.request_id)
 
     def idle() -> bool:
-        return all(s["running"] == 0 and s["waiting"] == 0 and s["free_blocks"] == s["num_blocks"] for s in llm.worker_stats().values())
+        return all(
+            s["running"] == 0 and s["waiting"] == 0 and s["free_blocks"] == s["num_blocks"]
+            for s in llm.worker_stats().values()
+        )
 
     assert _wait_for(idle), llm.worker_stats()
 
 
 def test_colocated_mode_same_outputs(tiny_llama, reference):
     """The colocated baseline (prefill and decode in one engine) gives the same tokens."""
-    with mooncake.LLM(str(tiny_llama), prefill_workers=1, mode="colocated", engine_config=EngineConfig(num_blocks=512), dashboard_address=None) as llm:
+    with mooncake.LLM(
+        str(tiny_llama),
+        prefill_workers=1,
+        mode="colocated",
+        engine_config=EngineConfig(num_blocks=512),
+        dashboard_address=None,
+    ) as llm:
         outs = llm.generate(_prompts(), GREEDY, use_tqdm=False)
         assert [o.token_ids for o in outs] == reference
         (hist,) = llm.history([outs[0].request_id])
@@ -182,7 +212,9 @@ def test_logprobs_align_with_tokens_across_prefill_and_decode(llm, tiny_llama):
     """The first token's logprob comes from the prefill worker, the rest from decode:
     every generated token has its logprob, equal to the in-process engine's."""
     params = mooncake.SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=2)
-    ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64)).generate([_prompts()[2]], params)[0]
+    ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64)).generate(
+        [_prompts()[2]], params
+    )[0]
     out = llm.generate([_prompts()[2]], params, use_tqdm=False)[0]
 
     async def streamed():
@@ -204,7 +236,11 @@ def test_each_worker_runs_its_engine_in_its_own_process(llm):
         import os
         import sys
 
-        return {"torch": "torch" in sys.modules, "pid": os.getpid(), "engine_pid": dask_worker.plugins["mooncake"].engine.proc.pid}
+        return {
+            "torch": "torch" in sys.modules,
+            "pid": os.getpid(),
+            "engine_pid": dask_worker.plugins["mooncake"].engine.proc.pid,
+        }
 
     got = llm.client.run(probe)
     assert len(got) == 2

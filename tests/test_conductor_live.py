@@ -34,7 +34,13 @@ def _wait_indexed(llm, worker: str, blocks: int, timeout: float = 10.0) -> None:
 
 @pytest.fixture(scope="module")
 def llm2(tiny_llama):
-    with mooncake.LLM(str(tiny_llama), prefill_workers=2, decode_workers=1, engine_config=EngineConfig(num_blocks=1024), dashboard_address=None) as llm:
+    with mooncake.LLM(
+        str(tiny_llama),
+        prefill_workers=2,
+        decode_workers=1,
+        engine_config=EngineConfig(num_blocks=1024),
+        dashboard_address=None,
+    ) as llm:
         yield llm
 
 
@@ -72,7 +78,12 @@ def test_overload_rejects_early_while_admitted_finish(tiny_llama):
     """With early rejection and a tight TTFT SLO, a burst of long prompts gets some
     Rejected (with a retry hint) and every admitted request completes."""
     cc = ConductorConfig(admission="early", ttft_slo_s=0.05)
-    with mooncake.LLM(str(tiny_llama), engine_config=EngineConfig(num_blocks=2048), conductor_config=cc, dashboard_address=None) as llm:
+    with mooncake.LLM(
+        str(tiny_llama),
+        engine_config=EngineConfig(num_blocks=2048),
+        conductor_config=cc,
+        dashboard_address=None,
+    ) as llm:
 
         async def one(i: int):
             outs = [o async for o in llm.stream(_tokens(900, 1000 + i), ONE)]

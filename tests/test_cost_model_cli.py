@@ -21,7 +21,13 @@ def test_export_from_live_cluster_feeds_the_simulator(tiny_llama: Path, tmp_path
     CostModel with the served model's shape, and `mooncake sim --cost-model F` replays
     a small trace with it (exit 0)."""
     params = mooncake.SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
-    with mooncake.LLM(str(tiny_llama), prefill_workers=1, decode_workers=1, engine_config=EngineConfig(num_blocks=256), dashboard_address=None) as llm:
+    with mooncake.LLM(
+        str(tiny_llama),
+        prefill_workers=1,
+        decode_workers=1,
+        engine_config=EngineConfig(num_blocks=256),
+        dashboard_address=None,
+    ) as llm:
         llm.generate([[i % 300 + 1] * (40 + 20 * i) for i in range(4)], params, use_tqdm=False)
         out = tmp_path / "cost.json"
         # The embedded cluster is TLS with an in-memory CA: hand its certificate to the CLI.
@@ -30,14 +36,43 @@ def test_export_from_live_cluster_feeds_the_simulator(tiny_llama: Path, tmp_path
         pem.write_text(sec.tls_ca_file)
         key.write_text(sec.tls_client_key)
         tls = ["--tls-ca-file", str(pem), "--tls-cert", str(pem), "--tls-key", str(key)]
-        assert main(["cost-model", "--scheduler", llm.client.scheduler.address, "--out", str(out), *tls]) == 0
+        assert (
+            main(
+                ["cost-model", "--scheduler", llm.client.scheduler.address, "--out", str(out), *tls]
+            )
+            == 0
+        )
     doc = json.loads(out.read_text())
     assert doc["schema_version"] == 1 and doc["prefill_observations"] >= 1
     cost = load_cost_model(out)
     assert cost.prefill_fit is not None and cost.model.num_layers == doc["model"]["num_layers"]
     trace = tmp_path / "t.jsonl"
-    trace.write_text("\n".join(json.dumps({"timestamp": 100 * i, "input_length": 64, "output_length": 4, "hash_ids": [0, i]}) for i in range(10)) + "\n")
-    assert main(["sim", "--trace", str(trace), "--cost-model", str(out), "--prefill-instances", "1", "--decode-instances", "1", "--no-progress"]) == 0
+    trace.write_text(
+        "\n".join(
+            json.dumps(
+                {"timestamp": 100 * i, "input_length": 64, "output_length": 4, "hash_ids": [0, i]}
+            )
+            for i in range(10)
+        )
+        + "\n"
+    )
+    assert (
+        main(
+            [
+                "sim",
+                "--trace",
+                str(trace),
+                "--cost-model",
+                str(out),
+                "--prefill-instances",
+                "1",
+                "--decode-instances",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
 def test_unreachable_scheduler_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

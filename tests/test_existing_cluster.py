@@ -26,19 +26,55 @@ def test_llm_joins_scheduler_with_mooncake_workers(tiny_llama):
     """Prefill and decode run on the workers started by `mooncake worker --role ...`."""
     port = _free_port()
     addr = f"tcp://127.0.0.1:{port}"
-    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"], stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dashboard-address",
+                ":0",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     try:
         time.sleep(2)
         for role in ("prefill", "decode"):
-            procs.append(subprocess.Popen([sys.executable, "-m", "mooncake.cli", "worker", addr, "--role", role, "--nthreads", "2"], stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "mooncake.cli",
+                        "worker",
+                        addr,
+                        "--role",
+                        role,
+                        "--nthreads",
+                        "2",
+                    ],
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         from distributed import Client
 
         with Client(addr) as c:
             c.wait_for_workers(2, timeout=60)
-        with mooncake.LLM(str(tiny_llama), scheduler=addr, engine_config=EngineConfig(num_blocks=256)) as llm:
+        with mooncake.LLM(
+            str(tiny_llama), scheduler=addr, engine_config=EngineConfig(num_blocks=256)
+        ) as llm:
             roles = sorted(tuple(i["roles"]) for i in llm.workers.values())
             assert roles == [("decode",), ("prefill",)]
-            out = llm.generate([list(range(1, 40))], mooncake.SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True), use_tqdm=False)[0]
+            out = llm.generate(
+                [list(range(1, 40))],
+                mooncake.SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True),
+                use_tqdm=False,
+            )[0]
             assert len(out.token_ids) == 8
             ran = llm.history([out.request_id])[0]["ran_on"]
             assert llm.workers[ran["prefill"]]["roles"] == ["prefill"]

@@ -25,7 +25,9 @@ def _tokens(n: int, seed: int) -> list[int]:
 def test_evicted_prefix_comes_back_from_host_tier(tiny_llama):
     """A 32-block device pool forgets a 320-token prefix after other long prompts; the
     next request with that prefix still gets it cached, from the host tier."""
-    with mooncake.LLM(str(tiny_llama), engine_config=EngineConfig(num_blocks=48), dashboard_address=None) as llm:
+    with mooncake.LLM(
+        str(tiny_llama), engine_config=EngineConfig(num_blocks=48), dashboard_address=None
+    ) as llm:
         prefix = _tokens(320, 1)
         llm.generate([prefix + _tokens(10, 2)], GREEDY, use_tqdm=False)
         for i in range(4):  # evict it from the device pool
@@ -40,7 +42,12 @@ def test_without_store_kv_moves_by_rpc(tiny_llama):
     """enable_store=False: same outputs, decode imports every prompt token (no tail recompute)."""
     prompts = [_tokens(n, 20 + n) for n in (5, 40, 99)]
     ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=128)).generate(prompts, GREEDY)
-    with mooncake.LLM(str(tiny_llama), engine_config=EngineConfig(num_blocks=128), worker_config=WorkerConfig(enable_store=False), dashboard_address=None) as llm:
+    with mooncake.LLM(
+        str(tiny_llama),
+        engine_config=EngineConfig(num_blocks=128),
+        worker_config=WorkerConfig(enable_store=False),
+        dashboard_address=None,
+    ) as llm:
         outs = llm.generate(prompts, GREEDY, use_tqdm=False)
         assert [o.token_ids for o in outs] == [r.token_ids for r in ref]
         stats = llm.worker_stats()

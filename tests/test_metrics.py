@@ -47,12 +47,30 @@ def test_rejection_reasons_are_bounded_labels():
 def test_request_histograms_render_in_vllm_style():
     """Two requests: TTFT histogram count/sum, ITL gets every gap, TBT one per request."""
     s = MetricsState("m")
-    s.observe_request(RequestRecord("a", ttft_s=0.2, e2e_s=1.0, queue_s=0.01, prefill_s=0.1, decode_s=0.8, itl_s=[0.05, 0.05, 0.3], prompt_tokens=10, generation_tokens=4))
-    s.observe_request(RequestRecord("b", ttft_s=0.4, e2e_s=2.0, prompt_tokens=20, generation_tokens=1))
+    s.observe_request(
+        RequestRecord(
+            "a",
+            ttft_s=0.2,
+            e2e_s=1.0,
+            queue_s=0.01,
+            prefill_s=0.1,
+            decode_s=0.8,
+            itl_s=[0.05, 0.05, 0.3],
+            prompt_tokens=10,
+            generation_tokens=4,
+        )
+    )
+    s.observe_request(
+        RequestRecord("b", ttft_s=0.4, e2e_s=2.0, prompt_tokens=20, generation_tokens=1)
+    )
     text = _render(s)
     assert _value(text, 'mooncake:time_to_first_token_seconds_count{model_name="m"}') == 2
-    assert abs(_value(text, 'mooncake:time_to_first_token_seconds_sum{model_name="m"}') - 0.6) < 1e-9
-    assert _value(text, 'mooncake:time_to_first_token_seconds_bucket{le="0.25",model_name="m"}') == 1
+    assert (
+        abs(_value(text, 'mooncake:time_to_first_token_seconds_sum{model_name="m"}') - 0.6) < 1e-9
+    )
+    assert (
+        _value(text, 'mooncake:time_to_first_token_seconds_bucket{le="0.25",model_name="m"}') == 1
+    )
     assert _value(text, 'mooncake:inter_token_latency_seconds_count{model_name="m"}') == 3
     assert _value(text, 'mooncake:request_time_between_tokens_seconds_count{model_name="m"}') == 1
     assert _value(text, 'mooncake:request_decode_time_seconds_count{model_name="m"}') == 1
@@ -68,8 +86,15 @@ def test_prefix_cache_counters_by_source_and_share():
     assert _value(text, 'mooncake:prefix_cache_hits_total{model_name="m",source="device"}') == 48
     assert _value(text, 'mooncake:prefix_cache_hits_total{model_name="m",source="remote"}') == 16
     assert _value(text, 'mooncake:prefix_cache_hits_total{model_name="m",source="ssd"}') == 0
-    assert _value(text, 'mooncake:prefix_cache_requests_total{model_name="m",shared_prefix="below_block"}') == 1
-    assert _value(text, 'mooncake:prefix_cache_shared_below_block_tokens_total{model_name="m"}') == 7
+    assert (
+        _value(
+            text, 'mooncake:prefix_cache_requests_total{model_name="m",shared_prefix="below_block"}'
+        )
+        == 1
+    )
+    assert (
+        _value(text, 'mooncake:prefix_cache_shared_below_block_tokens_total{model_name="m"}') == 7
+    )
     assert s.hit_rate() == 0.32
 
 
@@ -77,7 +102,16 @@ def test_workers_admissions_transfers_and_timeline():
     """Per-worker gauges per tier, admissions/rejections, transfer bandwidth, and the
     timeline's per-interval hit rate and rejection rate."""
     s = MetricsState("m", timeline_interval_s=1.0)
-    s.set_worker("w1", WorkerLoad("prefill", running=2, waiting=1, kv_blocks={"device": (30, 120), "host": (0, 0)}, cached_blocks=40))
+    s.set_worker(
+        "w1",
+        WorkerLoad(
+            "prefill",
+            running=2,
+            waiting=1,
+            kv_blocks={"device": (30, 120), "host": (0, 0)},
+            cached_blocks=40,
+        ),
+    )
     s.tick(0.0)
     s.observe_admission(True)
     s.observe_admission(False, "estimated TTFT 9s > SLO 1s")
@@ -86,8 +120,14 @@ def test_workers_admissions_transfers_and_timeline():
     s.tick(0.5)  # too soon: no point
     s.tick(2.0)
     text = _render(s)
-    assert _value(text, 'mooncake:num_requests_running{model_name="m",role="prefill",worker="w1"}') == 2
-    assert _value(text, 'mooncake:kv_cache_usage_perc{model_name="m",tier="device",worker="w1"}') == 0.25
+    assert (
+        _value(text, 'mooncake:num_requests_running{model_name="m",role="prefill",worker="w1"}')
+        == 2
+    )
+    assert (
+        _value(text, 'mooncake:kv_cache_usage_perc{model_name="m",tier="device",worker="w1"}')
+        == 0.25
+    )
     assert _value(text, 'mooncake:kv_cache_usage_perc{model_name="m",tier="host",worker="w1"}') == 0
     assert _value(text, 'mooncake:request_rejected_total{model_name="m",reason="ttft_slo"}') == 1
     assert _value(text, 'mooncake:request_admitted_total{model_name="m"}') == 1

@@ -17,7 +17,22 @@ def test_subcommands_registered():
 
 def test_generate_runs_default_model(capsys):
     """`mooncake generate` with no model runs the built-in random-weight model."""
-    assert main(["generate", "--prompt", "hi", "--max-tokens", "4", "--seed", "1", "--temperature", "1.0"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--prompt",
+                "hi",
+                "--max-tokens",
+                "4",
+                "--seed",
+                "1",
+                "--temperature",
+                "1.0",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in out and "4 tokens" in out
 
@@ -29,7 +44,12 @@ def test_bad_value_is_a_clean_error(capsys):
 
 @pytest.mark.slow
 def test_console_script_version():
-    out = subprocess.run([sys.executable, "-m", "mooncake.cli", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "mooncake.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.startswith("mooncake ")
 
 
@@ -48,5 +68,8 @@ def test_worker_passes_its_tls_files_to_dask_worker():
                                       "--tls-cert", "w.pem", "--tls-key", "w.key"])  # fmt: skip
     check_security(args)
     cmd = command(args, None)
-    assert cmd[cmd.index("--tls-ca-file") + 1] == "ca.pem" and cmd[cmd.index("--tls-cert") + 1] == "w.pem"
+    assert (
+        cmd[cmd.index("--tls-ca-file") + 1] == "ca.pem"
+        and cmd[cmd.index("--tls-cert") + 1] == "w.pem"
+    )
     assert cmd[cmd.index("--tls-key") + 1] == "w.key" and "decode=1" in cmd

@@ -21,7 +21,9 @@ def _listed() -> set[str]:
 
 def test_every_package_listed():
     """A new subpackage under mooncake/ must be added to setup.cfg or it would not ship."""
-    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "mooncake").rglob("__init__.py")}
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "mooncake").rglob("__init__.py")
+    }
     assert found | {"mooncake.graphs"} == _listed()
 
 
@@ -29,7 +31,18 @@ def test_every_package_listed():
 def test_wheel_contains_graphs(tmp_path):
     """The built wheel holds mooncake/graphs/__init__.py."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
         capture_output=True,
     )
@@ -55,7 +68,14 @@ def test_only_the_client_imports_the_graph_builders():
     package but the client (and the CLI above it) imports the graph builders."""
     import re
 
-    pattern = re.compile(r"^\s*(from mooncake\.graphs\b|import mooncake\.graphs\b|from mooncake import graphs\b)", re.M)
+    pattern = re.compile(
+        r"^\s*(from mooncake\.graphs\b|import mooncake\.graphs\b|from mooncake import graphs\b)",
+        re.M,
+    )
     allowed = {ROOT / "mooncake" / "client.py", ROOT / "mooncake" / "cli.py"}
-    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "mooncake").rglob("*.py") if p not in allowed and pattern.search(p.read_text())]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "mooncake").rglob("*.py")
+        if p not in allowed and pattern.search(p.read_text())
+    ]
     assert offenders == []

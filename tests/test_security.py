@@ -9,8 +9,18 @@ from mooncake.security import TLSFiles, check_address, client_security, is_loopb
 
 def test_loopback_detection() -> None:
     """Loopback addresses and names are loopback; wildcard and routable addresses are not."""
-    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("127.3.4.5")
-    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("") and not is_loopback("::")
+    assert (
+        is_loopback("127.0.0.1")
+        and is_loopback("::1")
+        and is_loopback("localhost")
+        and is_loopback("127.3.4.5")
+    )
+    assert (
+        not is_loopback("0.0.0.0")
+        and not is_loopback("10.1.2.3")
+        and not is_loopback("")
+        and not is_loopback("::")
+    )
 
 
 def test_plain_tcp_off_the_loopback_is_refused_unless_insecure() -> None:
@@ -27,7 +37,9 @@ def test_tls_files_make_a_requiring_security() -> None:
     """Given files, the client's Security requires encryption, so a scheme-less address
     is TLS; a tcp:// address stays plain (and is refused off the loopback)."""
     sec = client_security(TLSFiles("ca.pem", "cert.pem", "key.pem"))
-    assert sec.require_encryption and sec.tls_ca_file == "ca.pem" and sec.tls_client_cert == "cert.pem"
+    assert (
+        sec.require_encryption and sec.tls_ca_file == "ca.pem" and sec.tls_client_cert == "cert.pem"
+    )
     assert uses_tls("10.1.2.3:8786", sec) and uses_tls("tls://10.1.2.3:8786", sec)
     assert not uses_tls("tcp://10.1.2.3:8786", sec)
     assert not uses_tls("tcp://10.1.2.3:8786", client_security(None))

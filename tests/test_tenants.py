@@ -55,7 +55,10 @@ def test_same_prompt_other_tenant_gets_no_cached_tokens(llm):
     assert b1.num_cached_tokens == 0 and none.num_cached_tokens == 0
     assert b1.outputs[0].token_ids == a1.outputs[0].token_ids  # same model, same answer
     after = llm.worker_stats()
-    fetched = sum(after[w]["hit_blocks"].get("remote", 0) - before[w]["hit_blocks"].get("remote", 0) for w in after)
+    fetched = sum(
+        after[w]["hit_blocks"].get("remote", 0) - before[w]["hit_blocks"].get("remote", 0)
+        for w in after
+    )
     assert fetched <= 96 // 16  # only A's second request may have fetched (A's own blocks)
     b2 = _run(llm, prompt, "tenant-b")
     assert b2.num_cached_tokens == 96
@@ -90,5 +93,7 @@ def test_another_worker_cannot_fetch_a_tenants_blocks_under_another_salt(llm):
     over_tcp = Peer("another-host", tuple(p["tcp"]))  # the block server, as a remote host sees it
     for peer in (same_host, over_tcp):
         for salt, blocks in (("tenant-b", 0), (None, 0), ("tenant-a", 64 // 16)):
-            got = llm.client.run(_fetch_from, peer=peer, prompt=prompt, salt=salt, workers=[other])[other]
+            got = llm.client.run(_fetch_from, peer=peer, prompt=prompt, salt=salt, workers=[other])[
+                other
+            ]
             assert got == blocks, (peer, salt)

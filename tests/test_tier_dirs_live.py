@@ -20,7 +20,12 @@ pytestmark = pytest.mark.cluster
 
 def _pids_in(root: Path) -> set[int]:
     """Pids named by the worker directories under every cluster root of ``root``."""
-    return {int(d.name.rsplit(".", 1)[1]) for c in root.glob("mooncake-*") for d in c.iterdir() if d.is_dir()}
+    return {
+        int(d.name.rsplit(".", 1)[1])
+        for c in root.glob("mooncake-*")
+        for d in c.iterdir()
+        if d.is_dir()
+    }
 
 
 def test_killed_worker_directory_removed(tiny_llama, shm_dir: Path) -> None:
@@ -31,12 +36,21 @@ def test_killed_worker_directory_removed(tiny_llama, shm_dir: Path) -> None:
     llm = mooncake.LLM(str(tiny_llama), worker_config=cfg, dashboard_address=None)
     try:
         rng = random.Random(0)
-        llm.generate([[rng.randrange(300) for _ in range(200)]], mooncake.SamplingParams(max_tokens=2), use_tqdm=False)
+        llm.generate(
+            [[rng.randrange(300) for _ in range(200)]],
+            mooncake.SamplingParams(max_tokens=2),
+            use_tqdm=False,
+        )
         pids = llm.client.run(os.getpid)
         assert _pids_in(shm_dir) == set(pids.values())
         prefill = next(a for a, i in llm.workers.items() if "prefill" in i["roles"])
         dead = pids[prefill]
-        dead_dir = next(d for c in shm_dir.glob("mooncake-*") for d in c.iterdir() if d.name.endswith(f".{dead}"))
+        dead_dir = next(
+            d
+            for c in shm_dir.glob("mooncake-*")
+            for d in c.iterdir()
+            if d.name.endswith(f".{dead}")
+        )
         assert any((dead_dir / "host").iterdir())
         os.kill(dead, signal.SIGKILL)
         deadline = time.monotonic() + 90

@@ -19,7 +19,13 @@ from tokenizers import decoders, models, normalizers
 from mooncake.engine.default_model import build_tokenizer
 from mooncake.tokenizer import IncrementalDetokenizer, Tokenizer
 
-TEXTS = ["hello world", " héllo wörld, 世界! 🚀🚀 ok", "añ世🚀b" * 3, "  two  spaces\nand a line", "ünïcödé ☃ 𝄞 done"]
+TEXTS = [
+    "hello world",
+    " héllo wörld, 世界! 🚀🚀 ok",
+    "añ世🚀b" * 3,
+    "  two  spaces\nand a line",
+    "ünïcödé ☃ 𝄞 done",
+]
 
 
 class WindowDetokenizer:
@@ -57,23 +63,44 @@ def _sentencepiece_style() -> HFTokenizer:
         vocab[f"<0x{b:02X}>"] = len(vocab)
     for piece in ["▁", *"abcdehlnorstwäö", "▁h", "el", "▁hel", "lo", "▁w", "or", "▁wor"]:
         vocab[piece] = len(vocab)
-    merges = [("▁", "h"), ("e", "l"), ("▁h", "el"), ("l", "o"), ("▁", "w"), ("o", "r"), ("▁w", "or")]
-    tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    merges = [
+        ("▁", "h"),
+        ("e", "l"),
+        ("▁h", "el"),
+        ("l", "o"),
+        ("▁", "w"),
+        ("o", "r"),
+        ("▁w", "or"),
+    ]
+    tok = HFTokenizer(
+        models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True)
+    )
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tok.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
     tok.add_special_tokens(["<unk>", "<s>", "</s>"])
     return tok
 
 
 @pytest.fixture(scope="module", params=["byte-level", "sentencepiece"])
-def tokenizer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+def tokenizer(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Tokenizer:
     path = tmp_path_factory.mktemp(request.param)
     if request.param == "byte-level":
         return _save(build_tokenizer(), path, {"bos_token": "<s>", "eos_token": "</s>"})
     return _save(_sentencepiece_style(), path, {"bos_token": "<s>", "eos_token": "</s>"})
 
 
-def _streams(tok: Tokenizer, prompt: list[int], output: list[int], chunk: int) -> tuple[list[str], list[str]]:
+def _streams(
+    tok: Tokenizer, prompt: list[int], output: list[int], chunk: int
+) -> tuple[list[str], list[str]]:
     ours, ref = IncrementalDetokenizer(tok, prompt), WindowDetokenizer(tok, prompt)
     chunks = [output[i : i + chunk] for i in range(0, len(output), chunk)]
     return [ours.add(c) for c in chunks], [ref.add(c) for c in chunks]
@@ -88,7 +115,11 @@ def test_text_streams_as_before(tokenizer: Tokenizer, chunk: int) -> None:
     characters of a chunk whose last token ends mid-character, where the old window
     held the whole chunk back. No delta holds U+FFFD; with the byte-level tokenizer (no
     leading-space rule) the deltas add up to the output decoded whole."""
-    specials = [tokenizer.encode("", add_special_tokens=True)[0]] if tokenizer.encode("", add_special_tokens=True) else []
+    specials = (
+        [tokenizer.encode("", add_special_tokens=True)[0]]
+        if tokenizer.encode("", add_special_tokens=True)
+        else []
+    )
     specials += sorted(tokenizer.eos_token_ids)
     assert specials, "the tokenizers above have special tokens"
     rng = random.Random(3)
@@ -130,7 +161,11 @@ def test_arbitrary_token_ids_match_or_stay_a_prefix_of_the_final_text(tmp_path: 
 
 
 def _with_template(tmp_path: Path, template: str) -> Tokenizer:
-    return _save(build_tokenizer(), tmp_path / "chat", {"bos_token": "<s>", "eos_token": "</s>", "chat_template": template})
+    return _save(
+        build_tokenizer(),
+        tmp_path / "chat",
+        {"bos_token": "<s>", "eos_token": "</s>", "chat_template": template},
+    )
 
 
 def test_loopcontrols_break_and_continue(tmp_path: Path) -> None:
@@ -140,7 +175,13 @@ def test_loopcontrols_break_and_continue(tmp_path: Path) -> None:
         "{% for m in messages %}{% if m['role'] == 'system' %}{% continue %}{% endif %}"
         "{% if m['role'] == 'assistant' %}{% break %}{% endif %}[{{ m['content'] }}]{% endfor %}"
     )
-    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}, {"role": "user", "content": "d"}]
+    msgs = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "a"},
+        {"role": "user", "content": "b"},
+        {"role": "assistant", "content": "c"},
+        {"role": "user", "content": "d"},
+    ]
     assert _with_template(tmp_path, tpl).apply_chat_template(msgs) == "[a][b]"
 
 
@@ -149,7 +190,9 @@ def test_strftime_now_dates_the_prompt(tmp_path: Path) -> None:
     tpl = "Today Date: {{ strftime_now('%d %b %Y') }}\n{{ messages[0]['content'] }}"
     before = datetime.datetime.now().strftime("%d %b %Y")
     out = _with_template(tmp_path, tpl).apply_chat_template([{"role": "user", "content": "hi"}])
-    assert out in {f"Today Date: {d}\nhi" for d in (before, datetime.datetime.now().strftime("%d %b %Y"))}
+    assert out in {
+        f"Today Date: {d}\nhi" for d in (before, datetime.datetime.now().strftime("%d %b %Y"))
+    }
 
 
 def test_raise_exception_is_a_value_error(tmp_path: Path) -> None:
@@ -161,9 +204,16 @@ def test_raise_exception_is_a_value_error(tmp_path: Path) -> None:
         "{{ m['content'] }}{% endfor %}"
     )
     tok = _with_template(tmp_path, tpl)
-    assert tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]) == "ab"
+    assert (
+        tok.apply_chat_template(
+            [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+        )
+        == "ab"
+    )
     with pytest.raises(ValueError, match="roles must alternate"):
-        tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+        tok.apply_chat_template(
+            [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+        )
 
 
 def test_tools_rendered_as_plain_json(tmp_path: Path) -> None:
@@ -173,7 +223,14 @@ def test_tools_rendered_as_plain_json(tmp_path: Path) -> None:
         "{% if tools %}<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>\n{% endif %}"
         "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     )
-    tool = {"type": "function", "function": {"name": "weather", "description": "<city> & 'country' → °C", "parameters": {"type": "object"}}}
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "weather",
+            "description": "<city> & 'country' → °C",
+            "parameters": {"type": "object"},
+        },
+    }
     tok = _with_template(tmp_path, tpl)
     out = tok.apply_chat_template([{"role": "user", "content": "hi"}], tools=[tool])
     assert out == f"<tools>{json.dumps(tool, ensure_ascii=False)}</tools>\nhi"
@@ -189,15 +246,31 @@ def test_multi_part_content(tmp_path: Path) -> None:
         "{% elif p['type'] == 'image' %}<image>{% endif %}{% endfor %}{% endif %}{{ '\\n' }}{% endfor %}"
         "{% if add_generation_prompt %}assistant: {% endif %}"
     )
-    msgs = [{"role": "user", "content": [{"type": "text", "text": "Look "}, {"type": "image"}, {"type": "text", "text": " what?"}]}, {"role": "assistant", "content": "A cat."}]
-    assert _with_template(tmp_path, tpl).apply_chat_template(msgs) == "user: Look <image> what?\nassistant: A cat.\nassistant: "
+    msgs = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Look "},
+                {"type": "image"},
+                {"type": "text", "text": " what?"},
+            ],
+        },
+        {"role": "assistant", "content": "A cat."},
+    ]
+    assert (
+        _with_template(tmp_path, tpl).apply_chat_template(msgs)
+        == "user: Look <image> what?\nassistant: A cat.\nassistant: "
+    )
 
 
 def test_extra_template_variables(tmp_path: Path) -> None:
     """Keyword arguments become template variables (e.g. a thinking switch)."""
     tpl = "{{ messages[0]['content'] }}{% if enable_thinking is defined and not enable_thinking %} /no_think{% endif %}"
     tok = _with_template(tmp_path, tpl)
-    assert tok.apply_chat_template([{"role": "user", "content": "q"}], enable_thinking=False) == "q /no_think"
+    assert (
+        tok.apply_chat_template([{"role": "user", "content": "q"}], enable_thinking=False)
+        == "q /no_think"
+    )
     assert tok.apply_chat_template([{"role": "user", "content": "q"}]) == "q"
 
 

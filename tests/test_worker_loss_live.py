@@ -60,7 +60,10 @@ def _wait_members(llm: mooncake.LLM, prefill: int, decode: int, timeout: float =
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         roles = list(_roles(llm).values())
-        if sum("prefill" in r for r in roles) == prefill and sum("decode" in r for r in roles) == decode:
+        if (
+            sum("prefill" in r for r in roles) == prefill
+            and sum("decode" in r for r in roles) == decode
+        ):
             return
         time.sleep(0.2)
     pytest.fail(f"cluster never got back to {prefill}P+{decode}D: {_roles(llm)}")
@@ -71,7 +74,9 @@ def _infos(llm: mooncake.LLM) -> dict[str, dict[str, Any]]:
     return infos
 
 
-def test_prefill_worker_lost_with_queued_requests(cluster: tuple[mooncake.LLM, ServerThread], tiny_llama: Path) -> None:
+def test_prefill_worker_lost_with_queued_requests(
+    cluster: tuple[mooncake.LLM, ServerThread], tiny_llama: Path
+) -> None:
     """Prefill worker P1's engine is frozen (SIGSTOP), so requests placed on it wait in its
     queue; then P1 is killed with ``kill -9``. Every request completes, greedy tokens equal
     to the in-process engine's."""
@@ -102,7 +107,10 @@ def test_prefill_worker_lost_with_queued_requests(cluster: tuple[mooncake.LLM, S
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and len(results) + len(errors) < 6:
-            if llm.stats()["prefill_queue_s"].get(victim, 0.0) > 0 and time.monotonic() > deadline - 18:
+            if (
+                llm.stats()["prefill_queue_s"].get(victim, 0.0) > 0
+                and time.monotonic() > deadline - 18
+            ):
                 break
             time.sleep(0.1)
         stuck = 6 - len(results) - len(errors)
@@ -115,11 +123,16 @@ def test_prefill_worker_lost_with_queued_requests(cluster: tuple[mooncake.LLM, S
     assert [results[i] for i in range(6)] == [r.token_ids for r in ref]
 
 
-def _stream_until_end(base_url: str, body: dict[str, Any], started: threading.Event, out: dict[str, Any]) -> None:
+def _stream_until_end(
+    base_url: str, body: dict[str, Any], started: threading.Event, out: dict[str, Any]
+) -> None:
     """Read an SSE stream to its end; records the events' payloads and when it ended."""
     events: list[Any] = []
     try:
-        with httpx.Client(timeout=httpx.Timeout(30.0)) as http, http.stream("POST", f"{base_url}/v1/completions", json=body) as r:
+        with (
+            httpx.Client(timeout=httpx.Timeout(30.0)) as http,
+            http.stream("POST", f"{base_url}/v1/completions", json=body) as r,
+        ):
             out["status"] = r.status_code
             for line in r.iter_lines():
                 if line.startswith("data: "):
@@ -148,7 +161,18 @@ def test_only_decode_worker_lost(cluster: tuple[mooncake.LLM, ServerThread]) -> 
     threads = [
         threading.Thread(
             target=_stream_until_end,
-            args=(server.base_url, {"model": llm.model_name, "prompt": _tokens(20, 200 + i), "max_tokens": 900, "stream": True, "ignore_eos": True}, started[i], outs[i]),
+            args=(
+                server.base_url,
+                {
+                    "model": llm.model_name,
+                    "prompt": _tokens(20, 200 + i),
+                    "max_tokens": 900,
+                    "stream": True,
+                    "ignore_eos": True,
+                },
+                started[i],
+                outs[i],
+            ),
         )
         for i in range(3)
     ]
@@ -159,7 +183,10 @@ def test_only_decode_worker_lost(cluster: tuple[mooncake.LLM, ServerThread]) -> 
         async def main() -> None:
             n = 0
             try:
-                async for _ in llm.stream(_tokens(20, 300), mooncake.SamplingParams(temperature=0, max_tokens=900, ignore_eos=True)):
+                async for _ in llm.stream(
+                    _tokens(20, 300),
+                    mooncake.SamplingParams(temperature=0, max_tokens=900, ignore_eos=True),
+                ):
                     n += 1
                     if n == 3:
                         llm_started.set()
@@ -176,14 +203,22 @@ def test_only_decode_worker_lost(cluster: tuple[mooncake.LLM, ServerThread]) -> 
     try:
         for ev in [*started, llm_started]:
             assert ev.wait(60), "streams did not start"
-        assert all("ended" not in o for o in outs) and "ended" not in llm_result, "a stream ended before the kill"
+        assert all("ended" not in o for o in outs) and "ended" not in llm_result, (
+            "a stream ended before the kill"
+        )
         t_kill = time.monotonic()
         os.kill(decode_pid, signal.SIGKILL)
         for t in [*threads, lt]:
             t.join(timeout=30)
-        assert not any(t.is_alive() for t in [*threads, lt]), "a stream hung after its decode worker was killed"
+        assert not any(t.is_alive() for t in [*threads, lt]), (
+            "a stream hung after its decode worker was killed"
+        )
         # New requests while no decode worker is in the cluster: 503 in OpenAI's shape.
-        r = httpx.post(f"{server.base_url}/v1/completions", json={"model": llm.model_name, "prompt": [1, 2, 3], "max_tokens": 2}, timeout=30)
+        r = httpx.post(
+            f"{server.base_url}/v1/completions",
+            json={"model": llm.model_name, "prompt": [1, 2, 3], "max_tokens": 2},
+            timeout=30,
+        )
         joined_early = r.status_code == 200 and any("decode" in x for x in _roles(llm).values())
         if not joined_early:
             assert r.status_code == 503, r.text
@@ -199,7 +234,11 @@ def test_only_decode_worker_lost(cluster: tuple[mooncake.LLM, ServerThread]) -> 
     assert isinstance(llm_result.get("exception"), mooncake.WorkerLost), llm_result
     assert llm_result["ended"] - t_kill < 5.0
     _wait_members(llm, 2, 1)
-    r = httpx.post(f"{server.base_url}/v1/completions", json={"model": llm.model_name, "prompt": [1, 2, 3], "max_tokens": 4, "ignore_eos": True}, timeout=60)
+    r = httpx.post(
+        f"{server.base_url}/v1/completions",
+        json={"model": llm.model_name, "prompt": [1, 2, 3], "max_tokens": 4, "ignore_eos": True},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] == 4
 
@@ -212,7 +251,9 @@ def test_decode_worker_lost_streams_resume(tiny_llama: Path) -> None:
     prompts = [_tokens(30 + 5 * i, 400 + i) for i in range(4)]
     params = mooncake.SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
     ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256)).generate(prompts, params)
-    with mooncake.LLM(str(tiny_llama), prefill_workers=1, decode_workers=2, dashboard_address=None) as llm:
+    with mooncake.LLM(
+        str(tiny_llama), prefill_workers=1, decode_workers=2, dashboard_address=None
+    ) as llm:
         delivered: dict[int, list[list[int]]] = {i: [] for i in range(4)}
         errors: list[BaseException] = []
         going = threading.Event()
@@ -245,5 +286,7 @@ def test_decode_worker_lost_streams_resume(tiny_llama: Path) -> None:
         assert errors == []
         for i in range(4):
             outs = delivered[i]
-            assert all(b[: len(a)] == a for a, b in itertools.pairwise(outs)), "a stream went back on a token"
+            assert all(b[: len(a)] == a for a, b in itertools.pairwise(outs)), (
+                "a stream went back on a token"
+            )
             assert outs[-1] == ref[i].token_ids

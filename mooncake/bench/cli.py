@@ -21,14 +21,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = bsub.add_parser("serve", help="load-test an OpenAI-compatible server", description=__doc__)
     p.add_argument("--base-url", required=True, help="server root, e.g. http://127.0.0.1:8000")
     p.add_argument("--endpoint", default="/v1/completions")
-    p.add_argument("--model", default=None, help="'model' of every request (default: the server's first model)")
+    p.add_argument(
+        "--model", default=None, help="'model' of every request (default: the server's first model)"
+    )
     p.add_argument("--api-key", default=None, help="sent as 'Authorization: Bearer KEY'")
-    p.add_argument("--label", default=None, help="name of this run in the results and the plot title")
+    p.add_argument(
+        "--label", default=None, help="name of this run in the results and the plot title"
+    )
     ds = p.add_argument_group("dataset")
-    ds.add_argument("--dataset-name", choices=["random", "prefix-repetition", "mooncake-trace"], default="random")
+    ds.add_argument(
+        "--dataset-name",
+        choices=["random", "prefix-repetition", "mooncake-trace"],
+        default="random",
+    )
     ds.add_argument("--num-prompts", type=int, default=100)
     ds.add_argument("--seed", type=int, default=0)
-    ds.add_argument("--vocab-size", type=int, default=256, help="prompt token ids are drawn from [16, vocab-size)")
+    ds.add_argument(
+        "--vocab-size",
+        type=int,
+        default=256,
+        help="prompt token ids are drawn from [16, vocab-size)",
+    )
     ds.add_argument("--random-input-len", type=int, default=256)
     ds.add_argument("--random-output-len", type=int, default=32)
     ds.add_argument("--random-range-ratio", type=float, default=0.0)
@@ -36,24 +49,62 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     ds.add_argument("--prefix-repetition-suffix-len", type=int, default=256)
     ds.add_argument("--prefix-repetition-num-prefixes", type=int, default=10)
     ds.add_argument("--prefix-repetition-output-len", type=int, default=32)
-    ds.add_argument("--trace-path", type=Path, default=None, help="Mooncake trace (JSON Lines) for mooncake-trace")
-    ds.add_argument("--time-scale", type=float, default=1.0, help="trace arrival times are multiplied by this")
-    ds.add_argument("--length-scale", type=float, default=1.0, help="trace block/prompt/output lengths are multiplied by this")
-    ds.add_argument("--max-input-len", type=int, default=None, help="cut trace prompts to this many tokens")
-    ds.add_argument("--max-output-len", type=int, default=None, help="cap trace outputs at this many tokens")
+    ds.add_argument(
+        "--trace-path",
+        type=Path,
+        default=None,
+        help="Mooncake trace (JSON Lines) for mooncake-trace",
+    )
+    ds.add_argument(
+        "--time-scale", type=float, default=1.0, help="trace arrival times are multiplied by this"
+    )
+    ds.add_argument(
+        "--length-scale",
+        type=float,
+        default=1.0,
+        help="trace block/prompt/output lengths are multiplied by this",
+    )
+    ds.add_argument(
+        "--max-input-len", type=int, default=None, help="cut trace prompts to this many tokens"
+    )
+    ds.add_argument(
+        "--max-output-len", type=int, default=None, help="cap trace outputs at this many tokens"
+    )
     load = p.add_argument_group("load")
-    load.add_argument("--request-rate", type=float, default=math.inf, help="mean requests/s (default inf: all at once)")
-    load.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of arrival gaps (1: Poisson)")
+    load.add_argument(
+        "--request-rate",
+        type=float,
+        default=math.inf,
+        help="mean requests/s (default inf: all at once)",
+    )
+    load.add_argument(
+        "--burstiness", type=float, default=1.0, help="gamma shape of arrival gaps (1: Poisson)"
+    )
     load.add_argument("--max-concurrency", type=int, default=None)
     load.add_argument("--no-ignore-eos", action="store_true", help="let requests stop at EOS")
-    load.add_argument("--goodput", nargs="+", default=None, metavar="NAME:MS", help="SLOs for goodput: ttft:MS tpot:MS e2el:MS")
+    load.add_argument(
+        "--goodput",
+        nargs="+",
+        default=None,
+        metavar="NAME:MS",
+        help="SLOs for goodput: ttft:MS tpot:MS e2el:MS",
+    )
     load.add_argument("--metric-percentiles", default="50,90,99")
     load.add_argument("--disable-tqdm", action="store_true")
     out = p.add_argument_group("output")
-    out.add_argument("--save-result", action="store_true", help="write the JSON result (and the plot)")
+    out.add_argument(
+        "--save-result", action="store_true", help="write the JSON result (and the plot)"
+    )
     out.add_argument("--result-dir", type=Path, default=Path("."))
-    out.add_argument("--result-filename", default=None, help="default: <label or dataset>-<rate>qps-<time>.json")
-    out.add_argument("--plot", type=Path, default=None, help="PNG path (default with --save-result: next to the JSON)")
+    out.add_argument(
+        "--result-filename", default=None, help="default: <label or dataset>-<rate>qps-<time>.json"
+    )
+    out.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="PNG path (default with --save-result: next to the JSON)",
+    )
     p.set_defaults(func=run)
 
 
@@ -65,7 +116,12 @@ def _dataset(args: argparse.Namespace) -> list[Any]:
         raise ValueError(f"vocab_size: must be above 16, got {args.vocab_size}")
     if args.dataset_name == "random":
         return datasets.random_dataset(
-            args.num_prompts, args.random_input_len, args.random_output_len, args.random_range_ratio, vocab, args.seed
+            args.num_prompts,
+            args.random_input_len,
+            args.random_output_len,
+            args.random_range_ratio,
+            vocab,
+            args.seed,
         )
     if args.dataset_name == "prefix-repetition":
         return datasets.prefix_repetition_dataset(
@@ -138,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
             "command": " ".join(sys.argv),
             **summary,
             "requests": [
-                {k: v for k, v in asdict(r).items() if k != "itl_s"} | {"tpot_s": r.tpot_s} for r in results
+                {k: v for k, v in asdict(r).items() if k != "itl_s"} | {"tpot_s": r.tpot_s}
+                for r in results
             ],
         }
         plot_path = args.plot

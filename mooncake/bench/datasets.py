@@ -61,9 +61,14 @@ def random_dataset(
     rng = random.Random(seed)
 
     def length(n: int) -> int:
-        return max(1, rng.randint(math.floor(n * (1 - range_ratio)), math.ceil(n * (1 + range_ratio))))
+        return max(
+            1, rng.randint(math.floor(n * (1 - range_ratio)), math.ceil(n * (1 + range_ratio)))
+        )
 
-    return [SampleRequest(_tokens(rng, length(input_len), *vocab), length(output_len)) for _ in range(num_prompts)]
+    return [
+        SampleRequest(_tokens(rng, length(input_len), *vocab), length(output_len))
+        for _ in range(num_prompts)
+    ]
 
 
 def prefix_repetition_dataset(
@@ -77,7 +82,9 @@ def prefix_repetition_dataset(
 ) -> list[SampleRequest]:
     """``num_prompts // num_prefixes`` requests per shared prefix, shuffled."""
     if num_prefixes < 1 or num_prompts < num_prefixes:
-        raise ValueError(f"prefix_repetition_num_prefixes: must be in [1, num_prompts={num_prompts}], got {num_prefixes}")
+        raise ValueError(
+            f"prefix_repetition_num_prefixes: must be in [1, num_prompts={num_prompts}], got {num_prefixes}"
+        )
     rng = random.Random(seed)
     out = []
     for _ in range(num_prefixes):
@@ -140,4 +147,10 @@ def mooncake_trace_dataset(
     return out
 
 
-__all__ = ["DATASETS", "SampleRequest", "mooncake_trace_dataset", "prefix_repetition_dataset", "random_dataset"]
+__all__ = [
+    "DATASETS",
+    "SampleRequest",
+    "mooncake_trace_dataset",
+    "prefix_repetition_dataset",
+    "random_dataset",
+]

@@ -25,7 +25,9 @@ def parse_goodput(items: Sequence[str] | None) -> dict[str, float]:
     for item in items or []:
         name, sep, value = item.partition(":")
         if not sep or name not in GOODPUT_METRICS:
-            raise ValueError(f"goodput: expected NAME:MS with NAME in {GOODPUT_METRICS}, got {item!r}")
+            raise ValueError(
+                f"goodput: expected NAME:MS with NAME in {GOODPUT_METRICS}, got {item!r}"
+            )
         try:
             ms = float(value)
         except ValueError:
@@ -120,8 +122,12 @@ def format_table(summary: dict[str, Any], percentiles: Sequence[float] = (50, 90
         row("Request goodput (req/s):", summary["request_goodput"])
     row("Output token throughput (tok/s):", summary["output_throughput"])
     row("Total token throughput (tok/s):", summary["total_token_throughput"])
-    for name, title in (("ttft", "Time to First Token"), ("tpot", "Time per Output Token (excl. 1st token)"),
-                        ("itl", "Inter-token Latency"), ("e2el", "End-to-end Latency")):
+    for name, title in (
+        ("ttft", "Time to First Token"),
+        ("tpot", "Time per Output Token (excl. 1st token)"),
+        ("itl", "Inter-token Latency"),
+        ("e2el", "End-to-end Latency"),
+    ):
         lines.append("{s:{c}^60}".format(s=f" {title} ", c="-"))
         row(f"Mean {name.upper()} (ms):", summary[f"mean_{name}_ms"])
         row(f"Median {name.upper()} (ms):", summary[f"median_{name}_ms"])

@@ -20,7 +20,12 @@ def _cdf(ax: object, values_ms: Sequence[float], label: str, slo_ms: float | Non
     ax.grid(alpha=0.3)  # type: ignore[attr-defined]
 
 
-def plot_run(results: Sequence[RequestResult], path: Path, title: str, slos_ms: dict[str, float] | None = None) -> Path:
+def plot_run(
+    results: Sequence[RequestResult],
+    path: Path,
+    title: str,
+    slos_ms: dict[str, float] | None = None,
+) -> Path:
     """Write a 2×2 PNG: TTFT and TPOT CDFs, TTFT over the run (rejections marked), E2E CDF."""
     import matplotlib
 
@@ -31,12 +36,24 @@ def plot_run(results: Sequence[RequestResult], path: Path, title: str, slos_ms: 
     ok = [r for r in results if r.success]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     _cdf(axes[0][0], [r.ttft_s * 1000 for r in ok], "TTFT", slos_ms.get("ttft"))
-    _cdf(axes[0][1], [r.tpot_s * 1000 for r in ok if r.output_tokens > 1], "TPOT", slos_ms.get("tpot"))
+    _cdf(
+        axes[0][1],
+        [r.tpot_s * 1000 for r in ok if r.output_tokens > 1],
+        "TPOT",
+        slos_ms.get("tpot"),
+    )
     ax = axes[1][0]
     ax.scatter([r.start_s for r in ok], [r.ttft_s * 1000 for r in ok], s=8, label="TTFT")
     rej = [r for r in results if r.rejected]
     if rej:
-        ax.scatter([r.start_s for r in rej], [0.0] * len(rej), marker="x", color="red", s=20, label=f"rejected ({len(rej)})")
+        ax.scatter(
+            [r.start_s for r in rej],
+            [0.0] * len(rej),
+            marker="x",
+            color="red",
+            s=20,
+            label=f"rejected ({len(rej)})",
+        )
     ax.set_xlabel("request sent at (s)")
     ax.set_ylabel("TTFT (ms)")
     ax.legend(loc="upper left")

@@ -35,10 +35,16 @@ class RequestResult:
     @property
     def tpot_s(self) -> float:
         """Mean time per output token after the first (0 for a single token)."""
-        return (self.latency_s - self.ttft_s) / (self.output_tokens - 1) if self.output_tokens > 1 else 0.0
+        return (
+            (self.latency_s - self.ttft_s) / (self.output_tokens - 1)
+            if self.output_tokens > 1
+            else 0.0
+        )
 
 
-def payload(model: str, req: SampleRequest, ignore_eos: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def payload(
+    model: str, req: SampleRequest, ignore_eos: bool, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
         "prompt": req.prompt,

@@ -74,7 +74,9 @@ async def resolve_model(client: httpx.AsyncClient, base_url: str) -> str:
     return str(resp.json()["data"][0]["id"])
 
 
-async def run_load(cfg: LoadConfig, requests: Sequence[SampleRequest]) -> tuple[list[RequestResult], float, str]:
+async def run_load(
+    cfg: LoadConfig, requests: Sequence[SampleRequest]
+) -> tuple[list[RequestResult], float, str]:
     """Send ``requests``; returns per-request results, the wall duration and the model name."""
     base = cfg.base_url.rstrip("/")
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}

@@ -37,7 +37,14 @@ class Rejection:
     """Seconds after which the same request may be admitted (a hint, ≥ 0)."""
 
 
-def decode_view(load: DecodeLoad, view: LoadView, eta: float = 0.0, t_d: float = 0.0, now: float = 0.0, total_len: OutputEstimate | None = None) -> tuple[int, int]:
+def decode_view(
+    load: DecodeLoad,
+    view: LoadView,
+    eta: float = 0.0,
+    t_d: float = 0.0,
+    now: float = 0.0,
+    total_len: OutputEstimate | None = None,
+) -> tuple[int, int]:
     """(batch, KV tokens) of a decode instance under ``view``.
 
     Args:
@@ -55,7 +62,11 @@ def decode_view(load: DecodeLoad, view: LoadView, eta: float = 0.0, t_d: float =
         return len(load.running) + len(load.incoming), load.kv_running + load.kv_incoming
     batch, kv = 0, 0
     for seq in load.running.values():
-        out = seq.output_len if total_len is None or t_d <= 0 else total_len(seq, (now - seq.at) / t_d)
+        out = (
+            seq.output_len
+            if total_len is None or t_d <= 0
+            else total_len(seq, (now - seq.at) / t_d)
+        )
         if seq.at + (out - 1) * t_d > eta:
             batch += 1
             kv += seq.kv_tokens
@@ -66,18 +77,35 @@ def decode_view(load: DecodeLoad, view: LoadView, eta: float = 0.0, t_d: float =
     return batch, kv
 
 
-def check_slos(request_id: str, prefill: PrefillChoice, decode: DecodeChoice, ttft_slo_s: float, tbt_slo_s: float, retry_after_decode: float) -> Rejection | None:
+def check_slos(
+    request_id: str,
+    prefill: PrefillChoice,
+    decode: DecodeChoice,
+    ttft_slo_s: float,
+    tbt_slo_s: float,
+    retry_after_decode: float,
+) -> Rejection | None:
     """Reject when the estimated TTFT or TBT breaks its SLO or the KV does not fit.
 
     Estimates already count the cached prefix (``prefill.cached_tokens``), so a long but
     mostly cached prompt is judged by the work it really needs.
     """
     if prefill.ttft_s > ttft_slo_s:
-        return Rejection(request_id, f"estimated TTFT {prefill.ttft_s:.2f}s > SLO {ttft_slo_s:g}s", prefill.ttft_s - ttft_slo_s)
+        return Rejection(
+            request_id,
+            f"estimated TTFT {prefill.ttft_s:.2f}s > SLO {ttft_slo_s:g}s",
+            prefill.ttft_s - ttft_slo_s,
+        )
     if not decode.fits:
-        return Rejection(request_id, f"no KV memory on decode instance {decode.worker}", retry_after_decode)
+        return Rejection(
+            request_id, f"no KV memory on decode instance {decode.worker}", retry_after_decode
+        )
     if decode.tbt_s > tbt_slo_s:
-        return Rejection(request_id, f"estimated TBT {decode.tbt_s * 1e3:.0f}ms > SLO {tbt_slo_s * 1e3:g}ms", retry_after_decode)
+        return Rejection(
+            request_id,
+            f"estimated TBT {decode.tbt_s * 1e3:.0f}ms > SLO {tbt_slo_s * 1e3:g}ms",
+            retry_after_decode,
+        )
     return None
 
 

@@ -68,17 +68,55 @@ class ConductorConfig:
     """Seed of the ``random`` policy."""
 
     def __post_init__(self) -> None:
-        _check(self.prefill_policy in PREFILL_POLICIES, "prefill_policy", f"must be one of {PREFILL_POLICIES}, got {self.prefill_policy!r}")
-        _check(self.admission in ADMISSIONS, "admission", f"must be one of {ADMISSIONS}, got {self.admission!r}")
+        _check(
+            self.prefill_policy in PREFILL_POLICIES,
+            "prefill_policy",
+            f"must be one of {PREFILL_POLICIES}, got {self.prefill_policy!r}",
+        )
+        _check(
+            self.admission in ADMISSIONS,
+            "admission",
+            f"must be one of {ADMISSIONS}, got {self.admission!r}",
+        )
         _check(self.ttft_slo_s > 0, "ttft_slo_s", f"must be positive, got {self.ttft_slo_s}")
         _check(self.tbt_slo_s > 0, "tbt_slo_s", f"must be positive, got {self.tbt_slo_s}")
-        _check(self.kvcache_balancing_threshold >= 1.0, "kvcache_balancing_threshold", f"must be >= 1, got {self.kvcache_balancing_threshold}")
+        _check(
+            self.kvcache_balancing_threshold >= 1.0,
+            "kvcache_balancing_threshold",
+            f"must be >= 1, got {self.kvcache_balancing_threshold}",
+        )
         _check(self.block_size > 0, "block_size", f"must be positive, got {self.block_size}")
-        _check(self.decode_token_time_s is None or self.decode_token_time_s > 0, "decode_token_time_s", f"must be positive, got {self.decode_token_time_s}")
-        _check(self.output_prediction in OUTPUT_PREDICTIONS, "output_prediction", f"must be one of {OUTPUT_PREDICTIONS}, got {self.output_prediction!r}")
-        _check(0 < self.output_reserve_quantile <= 1, "output_reserve_quantile", f"must be in (0, 1], got {self.output_reserve_quantile}")
-        _check(self.output_window > 0, "output_window", f"must be positive, got {self.output_window}")
-        _check(self.max_decode_batch > 0, "max_decode_batch", f"must be positive, got {self.max_decode_batch}")
+        _check(
+            self.decode_token_time_s is None or self.decode_token_time_s > 0,
+            "decode_token_time_s",
+            f"must be positive, got {self.decode_token_time_s}",
+        )
+        _check(
+            self.output_prediction in OUTPUT_PREDICTIONS,
+            "output_prediction",
+            f"must be one of {OUTPUT_PREDICTIONS}, got {self.output_prediction!r}",
+        )
+        _check(
+            0 < self.output_reserve_quantile <= 1,
+            "output_reserve_quantile",
+            f"must be in (0, 1], got {self.output_reserve_quantile}",
+        )
+        _check(
+            self.output_window > 0, "output_window", f"must be positive, got {self.output_window}"
+        )
+        _check(
+            self.max_decode_batch > 0,
+            "max_decode_batch",
+            f"must be positive, got {self.max_decode_batch}",
+        )
 
 
-__all__ = ["ADMISSIONS", "OUTPUT_PREDICTIONS", "PREFILL_POLICIES", "Admission", "ConductorConfig", "OutputPrediction", "PrefillPolicy"]
+__all__ = [
+    "ADMISSIONS",
+    "OUTPUT_PREDICTIONS",
+    "PREFILL_POLICIES",
+    "Admission",
+    "ConductorConfig",
+    "OutputPrediction",
+    "PrefillPolicy",
+]

@@ -40,7 +40,11 @@ def export_cost_model(conductor: Conductor) -> dict[str, Any]:
         "schema_version": COST_MODEL_SCHEMA_VERSION,
         "model": asdict(conductor.cost.model),
         "hardware": asdict(replace(conductor.cost.hardware, rdma_bandwidth=bandwidth)),
-        "prefill_fit": {"per_attn_flop_s": per_attn, "per_linear_flop_s": per_linear, "fixed_s": fixed},
+        "prefill_fit": {
+            "per_attn_flop_s": per_attn,
+            "per_linear_flop_s": per_linear,
+            "fixed_s": fixed,
+        },
         "prefill_observations": conductor.estimator.num_observations,
         "transfer_bandwidth_bytes_per_s": bandwidth,
     }
@@ -102,4 +106,9 @@ def load_cost_model(path: str | Path) -> CostModel:
         raise ValueError(f"{p}: {e}") from None
 
 
-__all__ = ["COST_MODEL_SCHEMA_VERSION", "cost_model_from_dict", "export_cost_model", "load_cost_model"]
+__all__ = [
+    "COST_MODEL_SCHEMA_VERSION",
+    "cost_model_from_dict",
+    "export_cost_model",
+    "load_cost_model",
+]

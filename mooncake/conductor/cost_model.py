@@ -46,8 +46,16 @@ class ModelSpec:
         _check(self.num_layers > 0, "num_layers", f"must be positive, got {self.num_layers}")
         _check(self.d_model > 0, "d_model", f"must be positive, got {self.d_model}")
         _check(self.num_params > 0, "num_params", f"must be positive, got {self.num_params}")
-        _check(self.bytes_per_param > 0, "bytes_per_param", f"must be positive, got {self.bytes_per_param}")
-        _check(self.kv_bytes_per_token > 0, "kv_bytes_per_token", f"must be positive, got {self.kv_bytes_per_token}")
+        _check(
+            self.bytes_per_param > 0,
+            "bytes_per_param",
+            f"must be positive, got {self.bytes_per_param}",
+        )
+        _check(
+            self.kv_bytes_per_token > 0,
+            "kv_bytes_per_token",
+            f"must be positive, got {self.kv_bytes_per_token}",
+        )
         _check(self.attn_coef >= 0, "attn_coef", f"must be >= 0, got {self.attn_coef}")
         _check(self.linear_coef >= 0, "linear_coef", f"must be >= 0, got {self.linear_coef}")
 
@@ -88,7 +96,11 @@ class HardwareSpec:
         for name in ("peak_flops", "hbm_bandwidth", "hbm_bytes", "rdma_bandwidth"):
             value = getattr(self, name)
             _check(value > 0, name, f"must be positive, got {value}")
-        _check(self.step_overhead_s >= 0, "step_overhead_s", f"must be >= 0, got {self.step_overhead_s}")
+        _check(
+            self.step_overhead_s >= 0,
+            "step_overhead_s",
+            f"must be >= 0, got {self.step_overhead_s}",
+        )
         for name in ("mfu", "mbu", "kv_memory_fraction"):
             value = getattr(self, name)
             _check(0 < value <= 1, name, f"must be in (0, 1], got {value}")
@@ -118,7 +130,9 @@ class CostModel:
         """
         m = self.model
         c = min(cached, n)
-        per_layer = m.attn_coef * (n * n - c * c) * m.d_model + m.linear_coef * (n - c) * m.d_model**2
+        per_layer = (
+            m.attn_coef * (n * n - c * c) * m.d_model + m.linear_coef * (n - c) * m.d_model**2
+        )
         return m.num_layers * per_layer
 
     def prefill_time(self, n: int, cached: int = 0) -> float:

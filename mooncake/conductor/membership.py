@@ -24,11 +24,20 @@ class WorkerLeft:
     """Requests the Conductor had placed on it and that had not ended."""
 
     def to_msg(self) -> dict[str, Any]:
-        return {"kind": "left", "worker": self.worker, "roles": list(self.roles), "requests": list(self.requests)}
+        return {
+            "kind": "left",
+            "worker": self.worker,
+            "roles": list(self.roles),
+            "requests": list(self.requests),
+        }
 
     @classmethod
     def from_msg(cls, msg: dict[str, Any]) -> WorkerLeft:
-        return cls(str(msg["worker"]), tuple(str(r) for r in msg["roles"]), tuple(str(r) for r in msg["requests"]))
+        return cls(
+            str(msg["worker"]),
+            tuple(str(r) for r in msg["roles"]),
+            tuple(str(r) for r in msg["requests"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)

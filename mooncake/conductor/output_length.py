@@ -123,7 +123,12 @@ class OutputLengthPredictor:
     def error(self) -> PredictionError:
         """Errors of the predictions checked so far."""
         n = self._n
-        return PredictionError(n, self._abs / n if n else 0.0, self._signed / n if n else 0.0, self._abs / self._actual if self._actual else 0.0)
+        return PredictionError(
+            n,
+            self._abs / n if n else 0.0,
+            self._signed / n if n else 0.0,
+            self._abs / self._actual if self._actual else 0.0,
+        )
 
 
 __all__ = ["OutputLengthPredictor", "PredictionError"]

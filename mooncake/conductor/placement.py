@@ -69,7 +69,13 @@ class PrefillScheduler:
         seed: seed of the ``random`` policy.
     """
 
-    def __init__(self, policy: PrefillPolicy, kvcache_balancing_threshold: float = 1.0, block_size: int = 512, seed: int = 0) -> None:
+    def __init__(
+        self,
+        policy: PrefillPolicy,
+        kvcache_balancing_threshold: float = 1.0,
+        block_size: int = 512,
+        seed: int = 0,
+    ) -> None:
         if policy not in PREFILL_POLICIES:
             raise ValueError(f"policy: must be one of {PREFILL_POLICIES}, got {policy!r}")
         self.policy = policy
@@ -103,7 +109,9 @@ class PrefillScheduler:
 
         def local(worker: str) -> PrefillChoice:
             cached = prefix_tokens(prefix_blocks.get(worker, 0), n, bs)
-            return PrefillChoice(worker, loads[worker].queue_time(now), estimate(n, cached), 0.0, cached, cached)
+            return PrefillChoice(
+                worker, loads[worker].queue_time(now), estimate(n, cached), 0.0, cached, cached
+            )
 
         if self.policy == "random":
             return local(self._rng.choice(list(loads)))
@@ -133,7 +141,14 @@ class PrefillScheduler:
         best_worker: str | None = None
         best_blocks = 0
         for w, b in prefix_blocks.items():
-            if w in loads and b > 0 and (b > best_blocks or (b == best_blocks and best_worker is not None and w < best_worker)):
+            if (
+                w in loads
+                and b > 0
+                and (
+                    b > best_blocks
+                    or (b == best_blocks and best_worker is not None and w < best_worker)
+                )
+            ):
                 best_worker, best_blocks = w, b
         best_tokens = prefix_tokens(best_blocks, n, bs)
         # The estimates depend on the instance only through its local prefix, and most
@@ -149,7 +164,11 @@ class PrefillScheduler:
             held = prefix_blocks.get(w)
             local_tokens = prefix_tokens(held, n, bs) if held else 0
             q = load.queue_time(now)
-            fetches = best_worker is not None and best_worker != w and best_tokens > self.threshold * local_tokens
+            fetches = (
+                best_worker is not None
+                and best_worker != w
+                and best_tokens > self.threshold * local_tokens
+            )
             cached = best_tokens if fetches else local_tokens
             p = est.get(cached)
             if p is None:
@@ -165,7 +184,16 @@ class PrefillScheduler:
         assert chosen is not None
         w, q, local_tokens, fetches = chosen
         if fetches:
-            return PrefillChoice(w, q, est[best_tokens], xfer[local_tokens], local_tokens, best_tokens, best_worker, best_tokens - local_tokens)
+            return PrefillChoice(
+                w,
+                q,
+                est[best_tokens],
+                xfer[local_tokens],
+                local_tokens,
+                best_tokens,
+                best_worker,
+                best_tokens - local_tokens,
+            )
         return PrefillChoice(w, q, est[local_tokens], 0.0, local_tokens, local_tokens)
 
 

@@ -47,7 +47,13 @@ STREAM_INTERVAL_S = 0.001
 
 #: A 2-core CPU host: the cost model's prior until observed timings take over.
 CPU_HARDWARE = HardwareSpec(
-    peak_flops=1.0e11, mfu=0.5, hbm_bandwidth=2.0e10, mbu=0.5, hbm_bytes=4.0e9, kv_memory_fraction=0.5, rdma_bandwidth=1.0e9
+    peak_flops=1.0e11,
+    mfu=0.5,
+    hbm_bandwidth=2.0e10,
+    mbu=0.5,
+    hbm_bytes=4.0e9,
+    kv_memory_fraction=0.5,
+    rdma_bandwidth=1.0e9,
 )
 
 
@@ -87,7 +93,10 @@ class ConductorPlugin(SchedulerPlugin):
         monitor_state = getattr(scheduler.plugins.get(MONITOR_PLUGIN_NAME), "metrics", None)
         if isinstance(monitor_state, MetricsState):
             self.metrics = monitor_state
-        self.metrics.ttft_slo_s, self.metrics.tbt_slo_s = self.config.ttft_slo_s, self.config.tbt_slo_s
+        self.metrics.ttft_slo_s, self.metrics.tbt_slo_s = (
+            self.config.ttft_slo_s,
+            self.config.tbt_slo_s,
+        )
         scheduler.handlers["mooncake_place"] = self.handle_place
         scheduler.handlers["mooncake_report"] = self.handle_report
         scheduler.handlers["mooncake_stats"] = self.handle_stats
@@ -105,7 +114,9 @@ class ConductorPlugin(SchedulerPlugin):
                 bytes_per_param=float(info["bytes_per_param"]),
                 kv_bytes_per_token=int(info["kv_bytes_per_token"]),
             )
-            self.conductor = Conductor(self.config, [], {}, CostModel(model=model, hardware=self.hardware))
+            self.conductor = Conductor(
+                self.config, [], {}, CostModel(model=model, hardware=self.hardware)
+            )
         return self.conductor
 
     def _add(self, worker: str, info: dict[str, Any]) -> None:
@@ -144,7 +155,12 @@ class ConductorPlugin(SchedulerPlugin):
                 except Exception as e:
                     logger.debug("peer-lost to %s failed: %s", other, e)
         left = WorkerLeft(worker, tuple(info.get("roles", ())), tuple(affected))
-        logger.warning("mooncake worker %s (%s) left with %d requests placed on it", worker, "+".join(left.roles), len(affected))
+        logger.warning(
+            "mooncake worker %s (%s) left with %d requests placed on it",
+            worker,
+            "+".join(left.roles),
+            len(affected),
+        )
         try:
             scheduler.log_event(MEMBERSHIP_TOPIC, left.to_msg())
         except Exception as e:  # the scheduler is closing
@@ -192,7 +208,10 @@ class ConductorPlugin(SchedulerPlugin):
                 role="+".join(self.worker_info[worker]["roles"]),
                 running=int(load["running"]),
                 waiting=int(load["waiting"]),
-                kv_blocks={"device": (used, int(load["num_blocks"])), **{t: (int(u), int(n)) for t, (u, n) in load.get("tiers", {}).items()}},
+                kv_blocks={
+                    "device": (used, int(load["num_blocks"])),
+                    **{t: (int(u), int(n)) for t, (u, n) in load.get("tiers", {}).items()},
+                },
                 cached_blocks=int(load["cached_blocks"]),
                 prefill_queue_s=pq.queue_time(now) if pq is not None else 0.0,
                 batch_size=int(load["running"]),
@@ -207,8 +226,18 @@ class ConductorPlugin(SchedulerPlugin):
         c = self.conductor
         if c is None:
             self.metrics.observe_admission(False, "no mooncake workers are ready")
-            return {"rejected": True, "unavailable": True, "reason": "no mooncake workers are ready", "retry_after": 1.0}
-        req = RequestInfo(request["request_id"], int(request["prompt_len"]), list(request["block_keys"]), int(request["output_len"]))
+            return {
+                "rejected": True,
+                "unavailable": True,
+                "reason": "no mooncake workers are ready",
+                "retry_after": 1.0,
+            }
+        req = RequestInfo(
+            request["request_id"],
+            int(request["prompt_len"]),
+            list(request["block_keys"]),
+            int(request["output_len"]),
+        )
         now = time.time()
         decision = c.place(req, now)
         if isinstance(decision, Rejection):
@@ -216,7 +245,12 @@ class ConductorPlugin(SchedulerPlugin):
             self.metrics.observe_admission(False, decision.reason)
             # No worker of a role: an outage until one joins, not an overload.
             unavailable = decision.reason.startswith(NO_WORKER)
-            return {"rejected": True, "unavailable": unavailable, "reason": decision.reason, "retry_after": decision.retry_after}
+            return {
+                "rejected": True,
+                "unavailable": unavailable,
+                "reason": decision.reason,
+                "retry_after": decision.retry_after,
+            }
         if request.get("resume"):
             # A request moved off a lost worker: it goes straight to decode (which
             # recomputes or fetches its KV), nothing is queued at prefill.
@@ -241,15 +275,33 @@ class ConductorPlugin(SchedulerPlugin):
         stream = self.scheduler.stream_comms.get(worker)
         if stream is None:
             return
-        placement = {k: reply[k] for k in ("prefill", "decode", "fetch_from", "fetch_blocks", "est_ttft_s")}
+        placement = {
+            k: reply[k] for k in ("prefill", "decode", "fetch_from", "fetch_blocks", "est_ttft_s")
+        }
         try:
-            stream.send({"op": "mooncake-start", "spec": request["spec"], "placement": placement, "start": request.get("start", "prefill")})
+            stream.send(
+                {
+                    "op": "mooncake-start",
+                    "spec": request["spec"],
+                    "placement": placement,
+                    "start": request.get("start", "prefill"),
+                }
+            )
         except Exception as e:  # a closing worker: the lookup task does the lookup
             logger.debug("early start on %s failed: %s", worker, e)
 
     def _placement_reply(self, p: Placement) -> dict[str, Any]:
-        fetch_blocks = p.prefill_choice.cached_tokens // self.config.block_size if p.fetch_from is not None else 0
-        self._timings[p.request_id] = {"placed_at": time.time(), "prefill": p.prefill, "decode": p.decode, "est_ttft_s": p.est_ttft_s}
+        fetch_blocks = (
+            p.prefill_choice.cached_tokens // self.config.block_size
+            if p.fetch_from is not None
+            else 0
+        )
+        self._timings[p.request_id] = {
+            "placed_at": time.time(),
+            "prefill": p.prefill,
+            "decode": p.decode,
+            "est_ttft_s": p.est_ttft_s,
+        }
         return {
             "rejected": False,
             "prefill": p.prefill,
@@ -273,11 +325,20 @@ class ConductorPlugin(SchedulerPlugin):
         return {
             "placements": self.placements,
             "rejections": dict(self.rejections),
-            "workers": {w: {"roles": i["roles"], "load": self.loads.get(w, {})} for w, i in self.worker_info.items()},
-            "prefill_queue_s": {w: load.queued_s for w, load in c.prefill_loads.items()} if c else {},
-            "decode_running": {w: len(load.running) for w, load in c.decode_loads.items()} if c else {},
+            "workers": {
+                w: {"roles": i["roles"], "load": self.loads.get(w, {})}
+                for w, i in self.worker_info.items()
+            },
+            "prefill_queue_s": {w: load.queued_s for w, load in c.prefill_loads.items()}
+            if c
+            else {},
+            "decode_running": {w: len(load.running) for w, load in c.decode_loads.items()}
+            if c
+            else {},
             "indexed_blocks": len(c.index) if c is not None else 0,
-            "blocks_on": {w: c.index.blocks_on(w) for w in self.worker_info} if c is not None else {},
+            "blocks_on": {w: c.index.blocks_on(w) for w in self.worker_info}
+            if c is not None
+            else {},
             "config": asdict(self.config),
             "output_prediction": asdict(c.outputs.error()) if c is not None else {},
         }

@@ -56,7 +56,12 @@ NO_WORKER = "no worker of this role: "
 """Start of a rejection's reason when no worker of a role is in the cluster (the
 request can run once one joins: a service outage, not an overload)."""
 
-_VIEW: dict[str, LoadView] = {"none": "committed", "ttft": "committed", "early": "current", "predictive": "projected"}
+_VIEW: dict[str, LoadView] = {
+    "none": "committed",
+    "ttft": "committed",
+    "early": "current",
+    "predictive": "projected",
+}
 
 
 class Conductor:
@@ -70,18 +75,31 @@ class Conductor:
         cost: closed-form cost model the online estimators start from.
     """
 
-    def __init__(self, config: ConductorConfig, prefill_workers: Sequence[str], decode_workers: Mapping[str, int], cost: CostModel | None = None) -> None:
+    def __init__(
+        self,
+        config: ConductorConfig,
+        prefill_workers: Sequence[str],
+        decode_workers: Mapping[str, int],
+        cost: CostModel | None = None,
+    ) -> None:
         self.config = config
         self.cost = cost or CostModel()
         self.index = GlobalBlockIndex()
         self.estimator = PrefillTimeEstimator(self.cost)
         self.bandwidth = BandwidthEstimator(self.cost.hardware.rdma_bandwidth)
-        self.prefill_scheduler = PrefillScheduler(config.prefill_policy, config.kvcache_balancing_threshold, config.block_size, config.seed)
+        self.prefill_scheduler = PrefillScheduler(
+            config.prefill_policy,
+            config.kvcache_balancing_threshold,
+            config.block_size,
+            config.seed,
+        )
         self.decode_scheduler = DecodeScheduler(config.max_decode_batch)
         self.outputs = OutputLengthPredictor(config.output_window)
         """Expected output lengths (decode-load prediction) and their error so far."""
         self.prefill_loads: dict[str, PrefillLoad] = {w: PrefillLoad() for w in prefill_workers}
-        self.decode_loads: dict[str, DecodeLoad] = {w: DecodeLoad(cap) for w, cap in decode_workers.items()}
+        self.decode_loads: dict[str, DecodeLoad] = {
+            w: DecodeLoad(cap) for w, cap in decode_workers.items()
+        }
         if config.colocated and set(prefill_workers) != set(decode_workers):
             raise ValueError("decode_workers: must name the prefill workers when colocated")
         self._placed: dict[str, Placement] = {}
@@ -144,29 +162,60 @@ class Conductor:
             return Rejection(req.request_id, f"{NO_WORKER}{role}", 1.0)
         if cfg.output_prediction == "expected":
             out_len = self.outputs.expected(req.output_len)
-            kv_out = max(out_len, self.outputs.quantile(req.output_len, cfg.output_reserve_quantile))
+            kv_out = max(
+                out_len, self.outputs.quantile(req.output_len, cfg.output_reserve_quantile)
+            )
         else:
             out_len = kv_out = req.output_len
         dreq = req if kv_out == req.output_len else replace(req, output_len=kv_out)
         prefix = self.index.match_prefix(req.block_keys)
-        pchoice = self.prefill_scheduler.choose(req, now, self.prefill_loads, prefix, self.estimator.estimate, self.transfer_time)
+        pchoice = self.prefill_scheduler.choose(
+            req, now, self.prefill_loads, prefix, self.estimator.estimate, self.transfer_time
+        )
         eta = now + pchoice.ttft_s
         view = _VIEW[cfg.admission]
         workers = [pchoice.worker] if cfg.colocated else list(self.decode_loads)
         total = self._total_len if cfg.output_prediction == "expected" else None
-        views = {w: decode_view(self.decode_loads[w], view, eta, self.token_time(w) if view == "projected" else 0.0, now, total) for w in workers}
+        views = {
+            w: decode_view(
+                self.decode_loads[w],
+                view,
+                eta,
+                self.token_time(w) if view == "projected" else 0.0,
+                now,
+                total,
+            )
+            for w in workers
+        }
         capacity = {w: self.decode_loads[w].kv_capacity_tokens for w in workers}
         dchoice = self.decode_scheduler.choose(dreq, views, capacity, self.step_time)
         if cfg.admission == "ttft" and pchoice.ttft_s > cfg.ttft_slo_s:
-            return Rejection(req.request_id, f"estimated TTFT {pchoice.ttft_s:.2f}s > SLO {cfg.ttft_slo_s:g}s", pchoice.ttft_s - cfg.ttft_slo_s)
+            return Rejection(
+                req.request_id,
+                f"estimated TTFT {pchoice.ttft_s:.2f}s > SLO {cfg.ttft_slo_s:g}s",
+                pchoice.ttft_s - cfg.ttft_slo_s,
+            )
         if cfg.admission in ("early", "predictive"):
-            rej = check_slos(req.request_id, pchoice, dchoice, cfg.ttft_slo_s, cfg.tbt_slo_s, self._retry_after(dchoice.worker))
+            rej = check_slos(
+                req.request_id,
+                pchoice,
+                dchoice,
+                cfg.ttft_slo_s,
+                cfg.tbt_slo_s,
+                self._retry_after(dchoice.worker),
+            )
             if rej is not None:
                 return rej
-        self.prefill_loads[pchoice.worker].enqueue(req.request_id, pchoice.prefill_s + pchoice.transfer_s)
-        self.decode_loads[dchoice.worker].expect(req.request_id, DecodeSeq(req.prompt_len, out_len, eta, kv_out, req.output_len))
+        self.prefill_loads[pchoice.worker].enqueue(
+            req.request_id, pchoice.prefill_s + pchoice.transfer_s
+        )
+        self.decode_loads[dchoice.worker].expect(
+            req.request_id, DecodeSeq(req.prompt_len, out_len, eta, kv_out, req.output_len)
+        )
         self.outputs.track(req.request_id, out_len)
-        placement = Placement(req.request_id, pchoice.worker, dchoice.worker, pchoice, dchoice, out_len)
+        placement = Placement(
+            req.request_id, pchoice.worker, dchoice.worker, pchoice, dchoice, out_len
+        )
         self._placed[req.request_id] = placement
         return placement
 
@@ -182,8 +231,15 @@ class Conductor:
             return Rejection(request_id, f"decode instance {placement.decode} left", 0.0)
         seq = load.incoming.get(request_id)
         need = seq.kv_tokens if seq is not None else 0
-        if load.kv_running + need > load.kv_capacity_tokens or len(load.running) + 1 > self.config.max_decode_batch:
-            return Rejection(request_id, f"decode instance {placement.decode} full", self._retry_after(placement.decode))
+        if (
+            load.kv_running + need > load.kv_capacity_tokens
+            or len(load.running) + 1 > self.config.max_decode_batch
+        ):
+            return Rejection(
+                request_id,
+                f"decode instance {placement.decode} full",
+                self._retry_after(placement.decode),
+            )
         return None
 
     # -- events ----------------------------------------------------------------
@@ -193,7 +249,9 @@ class Conductor:
         if load is not None:
             load.start(request_id, now)
 
-    def on_prefill_finish(self, request_id: str, now: float, prompt_len: int, cached_tokens: int, seconds: float) -> None:
+    def on_prefill_finish(
+        self, request_id: str, now: float, prompt_len: int, cached_tokens: int, seconds: float
+    ) -> None:
         """A prefill ended; its observed duration ``seconds`` (excluding any prefix fetch;
         on a colocated instance including the decode steps it shared) refines the
         prefill time model."""

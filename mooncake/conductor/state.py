@@ -85,7 +85,9 @@ class DecodeSeq:
     @property
     def kv_tokens(self) -> int:
         """KV counted for the sequence: prompt plus the output it may grow to."""
-        return self.prompt_len + (self.output_len if self.kv_output_len is None else self.kv_output_len)
+        return self.prompt_len + (
+            self.output_len if self.kv_output_len is None else self.kv_output_len
+        )
 
 
 @dataclass(slots=True)

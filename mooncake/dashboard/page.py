@@ -40,7 +40,11 @@ def _hist(h: Histogram, slo: float) -> dict[str, list[float]]:
     lo, hi = lo / 1.5, hi * 1.5
     edges = np.geomspace(lo, hi, 41)
     counts, _ = np.histogram(values, bins=edges)
-    return {"left": edges[:-1].tolist(), "right": edges[1:].tolist(), "count": counts.astype(float).tolist()}
+    return {
+        "left": edges[:-1].tolist(),
+        "right": edges[1:].tolist(),
+        "count": counts.astype(float).tolist(),
+    }
 
 
 class MooncakePage:
@@ -50,9 +54,27 @@ class MooncakePage:
     def __init__(self, state: Callable[[], MetricsState | None]) -> None:
         self.state = state
         self.t0 = time.time()
-        self.summary = Div(text="waiting for the Conductor...", name="mooncake-summary", sizing_mode="stretch_width")
+        self.summary = Div(
+            text="waiting for the Conductor...",
+            name="mooncake-summary",
+            sizing_mode="stretch_width",
+        )
         self.workers = ColumnDataSource(
-            {k: [] for k in ("worker", "role", "running", "waiting", "batch", "prefill_queue_s", "kv_used", "kv_total", "cached", "store")},
+            {
+                k: []
+                for k in (
+                    "worker",
+                    "role",
+                    "running",
+                    "waiting",
+                    "batch",
+                    "prefill_queue_s",
+                    "kv_used",
+                    "kv_total",
+                    "cached",
+                    "store",
+                )
+            },
             name="mooncake-workers",
         )
         table = DataTable(
@@ -84,25 +106,77 @@ class MooncakePage:
             tooltips=[("", "@row"), ("in use", "@in_use{0.0%}"), ("cached", "@cached{0.0%}")],
             toolbar_location=None,
         )
-        kv_fig.hbar_stack(["in_use", "cached"], y="row", height=0.7, source=self.kv, color=["#1f77b4", "#aec7e8"], legend_label=["in use", "cached, evictable"])
+        kv_fig.hbar_stack(
+            ["in_use", "cached"],
+            y="row",
+            height=0.7,
+            source=self.kv,
+            color=["#1f77b4", "#aec7e8"],
+            legend_label=["in use", "cached, evictable"],
+        )
         kv_fig.legend.location = "bottom_right"
         self.kv_fig = kv_fig
         self.hit = ColumnDataSource({"t": [], "hit_rate": []}, name="mooncake-hit-rate")
-        hit_fig = figure(title="Prefix-cache hit rate (tokens, per interval)", height=220, width=460, y_range=(0, 1.05), x_axis_label="seconds since start", tools="", toolbar_location=None)
+        hit_fig = figure(
+            title="Prefix-cache hit rate (tokens, per interval)",
+            height=220,
+            width=460,
+            y_range=(0, 1.05),
+            x_axis_label="seconds since start",
+            tools="",
+            toolbar_location=None,
+        )
         hit_fig.line("t", "hit_rate", source=self.hit, line_width=2)
         hit_fig.scatter("t", "hit_rate", source=self.hit, size=4)
-        self.rej = ColumnDataSource({"t": [], "rejected_per_s": [], "admitted_per_s": []}, name="mooncake-rejections")
-        rej_fig = figure(title="Admitted and rejected requests per second", height=220, width=460, x_axis_label="seconds since start", tools="", toolbar_location=None)
-        rej_fig.line("t", "admitted_per_s", source=self.rej, line_width=2, color="#2ca02c", legend_label="admitted")
-        rej_fig.line("t", "rejected_per_s", source=self.rej, line_width=2, color="#d62728", legend_label="rejected")
+        self.rej = ColumnDataSource(
+            {"t": [], "rejected_per_s": [], "admitted_per_s": []}, name="mooncake-rejections"
+        )
+        rej_fig = figure(
+            title="Admitted and rejected requests per second",
+            height=220,
+            width=460,
+            x_axis_label="seconds since start",
+            tools="",
+            toolbar_location=None,
+        )
+        rej_fig.line(
+            "t",
+            "admitted_per_s",
+            source=self.rej,
+            line_width=2,
+            color="#2ca02c",
+            legend_label="admitted",
+        )
+        rej_fig.line(
+            "t",
+            "rejected_per_s",
+            source=self.rej,
+            line_width=2,
+            color="#d62728",
+            legend_label="rejected",
+        )
         rej_fig.legend.location = "top_left"
         self.ttft = ColumnDataSource({"left": [], "right": [], "count": []}, name="mooncake-ttft")
         self.tbt = ColumnDataSource({"left": [], "right": [], "count": []}, name="mooncake-tbt")
-        self.ttft_slo = Span(location=0, dimension="height", line_color="#d62728", line_dash="dashed", line_width=2)
-        self.tbt_slo = Span(location=0, dimension="height", line_color="#d62728", line_dash="dashed", line_width=2)
+        self.ttft_slo = Span(
+            location=0, dimension="height", line_color="#d62728", line_dash="dashed", line_width=2
+        )
+        self.tbt_slo = Span(
+            location=0, dimension="height", line_color="#d62728", line_dash="dashed", line_width=2
+        )
         figs = []
-        for title, src, span in (("TTFT (s), SLO dashed", self.ttft, self.ttft_slo), ("TBT: mean of slowest 10% gaps (s), SLO dashed", self.tbt, self.tbt_slo)):
-            f = figure(title=title, height=220, width=460, x_axis_type="log", tools="", toolbar_location=None)
+        for title, src, span in (
+            ("TTFT (s), SLO dashed", self.ttft, self.ttft_slo),
+            ("TBT: mean of slowest 10% gaps (s), SLO dashed", self.tbt, self.tbt_slo),
+        ):
+            f = figure(
+                title=title,
+                height=220,
+                width=460,
+                x_axis_type="log",
+                tools="",
+                toolbar_location=None,
+            )
             f.quad(left="left", right="right", top="count", bottom=0, source=src, fill_alpha=0.7)
             f.add_layout(span)
             figs.append(f)
@@ -129,7 +203,11 @@ class MooncakePage:
             "kv_used": [ld.kv_blocks.get("device", (0, 0))[0] for _, ld in workers],
             "kv_total": [ld.kv_blocks.get("device", (0, 0))[1] for _, ld in workers],
             "cached": [ld.cached_blocks for _, ld in workers],
-            "store": [", ".join(f"{t} {u}/{n}" for t, (u, n) in ld.kv_blocks.items() if t != "device") or "-" for _, ld in workers],
+            "store": [
+                ", ".join(f"{t} {u}/{n}" for t, (u, n) in ld.kv_blocks.items() if t != "device")
+                or "-"
+                for _, ld in workers
+            ],
         }
         rows: list[tuple[str, str]] = []
         in_use: list[float] = []
@@ -150,9 +228,18 @@ class MooncakePage:
         rates = m.rates()
         pts = list(m.timeline)
         t0 = pts[0].t if pts else self.t0
-        self.hit.data = {"t": [t - t0 for t, r, _ in rates if r is not None], "hit_rate": [r for _, r, _ in rates if r is not None]}
-        admitted = [(b.admitted - a.admitted) / max(1e-9, b.t - a.t) for a, b in itertools.pairwise(pts)]
-        self.rej.data = {"t": [t - t0 for t, _, _ in rates], "rejected_per_s": [r for _, _, r in rates], "admitted_per_s": admitted}
+        self.hit.data = {
+            "t": [t - t0 for t, r, _ in rates if r is not None],
+            "hit_rate": [r for _, r, _ in rates if r is not None],
+        }
+        admitted = [
+            (b.admitted - a.admitted) / max(1e-9, b.t - a.t) for a, b in itertools.pairwise(pts)
+        ]
+        self.rej.data = {
+            "t": [t - t0 for t, _, _ in rates],
+            "rejected_per_s": [r for _, _, r in rates],
+            "admitted_per_s": admitted,
+        }
         slo_ttft, slo_tbt = float(m.ttft_slo_s or 0.0), float(m.tbt_slo_s or 0.0)
         self.ttft.data = _hist(m.ttft, slo_ttft)
         self.tbt.data = _hist(m.tbt, slo_tbt)
@@ -171,7 +258,9 @@ class MooncakePage:
         )
 
 
-def mooncake_doc(scheduler: Any, extra: dict[str, Any], doc: Any, *, state: Callable[[], MetricsState | None]) -> None:
+def mooncake_doc(
+    scheduler: Any, extra: dict[str, Any], doc: Any, *, state: Callable[[], MetricsState | None]
+) -> None:
     """Bokeh document factory, called per browser session (``state``: the metric state
     to draw, bound by the monitor plugin)."""
     from distributed.dashboard.components.scheduler import BOKEH_THEME, env

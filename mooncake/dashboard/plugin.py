@@ -87,7 +87,9 @@ def install_page(scheduler: Scheduler) -> bool:
         # navigation bar links to the Mooncake page from now on.
         tv["pages"].append(PAGE_PATH)
     doc = functools.partial(mooncake_doc, state=functools.partial(metrics_of, scheduler))
-    bokeh_app = BokehApplication({f"/{PAGE_PATH}": doc}, scheduler, prefix=prefix, template_variables=tv)
+    bokeh_app = BokehApplication(
+        {f"/{PAGE_PATH}": doc}, scheduler, prefix=prefix, template_variables=tv
+    )
     app.add_application(bokeh_app)
     bokeh_app.initialize(IOLoop.current())
     bokeh_app.start()
@@ -119,4 +121,11 @@ class MonitorPlugin(SchedulerPlugin):
         install(scheduler)
 
 
-__all__ = ["PAGE_PATH", "MonitorPlugin", "install", "install_collector", "install_page", "metrics_of"]
+__all__ = [
+    "PAGE_PATH",
+    "MonitorPlugin",
+    "install",
+    "install_collector",
+    "install_page",
+    "metrics_of",
+]

@@ -95,7 +95,9 @@ def split_by_length(num_blocks: list[int], min_saving: float = 0.25) -> int:
     return best if best_cost <= (1 - min_saving) * whole else n
 
 
-def causal_mask(num_tokens: int, context_len: int, window: int | None, device: torch.device) -> torch.Tensor:
+def causal_mask(
+    num_tokens: int, context_len: int, window: int | None, device: torch.device
+) -> torch.Tensor:
     """``[1, 1, n, ctx]``: query i (absolute position ctx-n+i) sees keys j <= its position
     (and within the sliding window, if any)."""
     q_pos = torch.arange(context_len - num_tokens, context_len, device=device)[:, None]
@@ -138,7 +140,16 @@ def paged_attention(
     if nd is not None:
         B = nd.context_lens.shape[0]
         nd.kernels.paged_decode(
-            q[:B], k_cache, v_cache, nd.block_tables, nd.context_lens, out[:B], block_size, meta.window, scale, nd.max_context
+            q[:B],
+            k_cache,
+            v_cache,
+            nd.block_tables,
+            nd.context_lens,
+            out[:B],
+            block_size,
+            meta.window,
+            scale,
+            nd.max_context,
         )
 
     for g in meta.decodes:
@@ -157,7 +168,15 @@ def paged_attention(
     for seg in meta.prefills:
         sl = slice(seg.start, seg.start + seg.num_tokens)
         if meta.native is not None and meta.native.paged_prefill(
-            q[sl], k_cache, v_cache, seg.block_table, seg.context_len, out[sl], block_size, meta.window, scale
+            q[sl],
+            k_cache,
+            v_cache,
+            seg.block_table,
+            seg.context_len,
+            out[sl],
+            block_size,
+            meta.window,
+            scale,
         ):
             continue
         if seg.mask is None and (seg.context_len > seg.num_tokens or meta.window is not None):
@@ -171,8 +190,12 @@ def paged_attention(
         ks = ks.transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, D]
         vs = vs.transpose(0, 1).unsqueeze(0)
         if seg.mask is None:
-            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=gqa)
+            o = F.scaled_dot_product_attention(
+                qs, ks, vs, is_causal=True, scale=scale, enable_gqa=gqa
+            )
         else:
-            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=seg.mask, scale=scale, enable_gqa=gqa)
+            o = F.scaled_dot_product_attention(
+                qs, ks, vs, attn_mask=seg.mask, scale=scale, enable_gqa=gqa
+            )
         out[sl] = o.squeeze(0).transpose(0, 1)
     return out.view(T, Hq * D)

@@ -53,7 +53,11 @@ CHAT_TEMPLATE = (
 
 def _bytes_to_unicode() -> dict[int, str]:
     """The GPT-2 byte -> printable character table used by byte-level BPE."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -73,7 +77,9 @@ def build_tokenizer() -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(["<s>", "</s>", "<pad>"])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 256)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 256)]
+    )
     return tok
 
 
@@ -86,7 +92,10 @@ def _weights() -> dict[str, torch.Tensor]:
     def normal(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen) * 0.02
 
-    w = {"model.embed_tokens.weight": normal(c["vocab_size"], h), "model.norm.weight": torch.ones(h)}
+    w = {
+        "model.embed_tokens.weight": normal(c["vocab_size"], h),
+        "model.norm.weight": torch.ones(h),
+    }
     for layer in range(c["num_hidden_layers"]):
         p = f"model.layers.{layer}."
         w[p + "self_attn.q_proj.weight"] = normal(q, h)
@@ -105,7 +114,9 @@ def write_default_model(path: Path) -> None:
     """Write the default model's files into ``path`` (a Hugging Face directory)."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(CONFIG, indent=2))
-    (path / "generation_config.json").write_text(json.dumps({"bos_token_id": 256, "eos_token_id": 257}))
+    (path / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 256, "eos_token_id": 257})
+    )
     save_file(_weights(), str(path / "model.safetensors"), metadata={"format": "pt"})
     build_tokenizer().save(str(path / "tokenizer.json"))
     tok_cfg = {

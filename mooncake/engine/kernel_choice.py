@@ -72,7 +72,9 @@ class KernelChoice:
         return cls(decode=on, prefill=on, elementwise=on)
 
 
-def _best_pair(ours: Callable[[], object], base: Callable[[], object], reps: int) -> tuple[float, float]:
+def _best_pair(
+    ours: Callable[[], object], base: Callable[[], object], reps: int
+) -> tuple[float, float]:
     """Fastest seconds of each, timed alternately after a warm-up of both. The minimum,
     not the median: an engine often starts beside other busy processes, and what they
     take from a run only ever adds to its time."""
@@ -89,13 +91,17 @@ def _best_pair(ours: Callable[[], object], base: Callable[[], object], reps: int
     return min(a), min(b)
 
 
-def _paged_cache(shape: KernelShape, tokens: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _paged_cache(
+    shape: KernelShape, tokens: int, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     slots = -(-tokens // shape.block_size) * shape.block_size
     kc = torch.randn(slots, shape.num_kv_heads, shape.head_dim, generator=g)
     return kc, torch.randn_like(kc)
 
 
-def _decode_case(nk: NativeKernels, shape: KernelShape, ctx: torch.Tensor, g: torch.Generator, reps: int) -> tuple[float, float]:
+def _decode_case(
+    nk: NativeKernels, shape: KernelShape, ctx: torch.Tensor, g: torch.Generator, reps: int
+) -> tuple[float, float]:
     """One decode step of ``len(ctx)`` sequences: in place vs gather + SDPA."""
     Hq, Hkv, D, bs = shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.block_size
     batch, scale = ctx.shape[0], D**-0.5
@@ -110,15 +116,27 @@ def _decode_case(nk: NativeKernels, shape: KernelShape, ctx: torch.Tensor, g: to
         nk.paged_decode(q, kc, vc, tables, ctx, out, bs, None, scale, int(ctx.max()))
 
     def torch_path() -> torch.Tensor:
-        kd = kc.view(-1, bs, Hkv, D).index_select(0, tables.view(-1)).view(batch, -1, Hkv, D).transpose(1, 2)
-        vd = vc.view(-1, bs, Hkv, D).index_select(0, tables.view(-1)).view(batch, -1, Hkv, D).transpose(1, 2)
+        kd = (
+            kc.view(-1, bs, Hkv, D)
+            .index_select(0, tables.view(-1))
+            .view(batch, -1, Hkv, D)
+            .transpose(1, 2)
+        )
+        vd = (
+            vc.view(-1, bs, Hkv, D)
+            .index_select(0, tables.view(-1))
+            .view(batch, -1, Hkv, D)
+            .transpose(1, 2)
+        )
         qd = q.reshape(batch, Hkv, Hq // Hkv, D)
         return F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask, scale=scale)
 
     return _best_pair(native, torch_path, reps)
 
 
-def _prefill_case(nk: NativeKernels, shape: KernelShape, n: int, cached: int, g: torch.Generator, reps: int) -> tuple[float, float]:
+def _prefill_case(
+    nk: NativeKernels, shape: KernelShape, n: int, cached: int, g: torch.Generator, reps: int
+) -> tuple[float, float]:
     """Attention of an ``n``-token chunk after ``cached`` tokens: in place vs gather +
     masked SDPA; ``(inf, 0)`` for a head size the kernel does not take."""
     Hq, Hkv, D, bs = shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.block_size
@@ -135,17 +153,37 @@ def _prefill_case(nk: NativeKernels, shape: KernelShape, n: int, cached: int, g:
         nk.paged_prefill(q, kc, vc, table, ctx, out, bs, None, scale)
 
     def torch_path() -> torch.Tensor:
-        ks = kc.view(-1, bs, Hkv, D).index_select(0, table).view(-1, Hkv, D)[:ctx].transpose(0, 1)[None]
-        vs = vc.view(-1, bs, Hkv, D).index_select(0, table).view(-1, Hkv, D)[:ctx].transpose(0, 1)[None]
+        ks = (
+            kc.view(-1, bs, Hkv, D)
+            .index_select(0, table)
+            .view(-1, Hkv, D)[:ctx]
+            .transpose(0, 1)[None]
+        )
+        vs = (
+            vc.view(-1, bs, Hkv, D)
+            .index_select(0, table)
+            .view(-1, Hkv, D)[:ctx]
+            .transpose(0, 1)[None]
+        )
         qs = q.transpose(0, 1)[None]
-        return F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=Hq != Hkv)
+        return F.scaled_dot_product_attention(
+            qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=Hq != Hkv
+        )
 
     return _best_pair(native, torch_path, reps)
 
 
-def _elementwise_case(nk: NativeKernels, shape: KernelShape, tokens: int, g: torch.Generator, reps: int) -> tuple[float, float]:
+def _elementwise_case(
+    nk: NativeKernels, shape: KernelShape, tokens: int, g: torch.Generator, reps: int
+) -> tuple[float, float]:
     """Residual add + RMSNorm, rotary of q and k, SiLU-and-mul of one step's rows."""
-    H, inter, Hq, Hkv, D = shape.hidden_size, shape.intermediate_size, shape.num_heads, shape.num_kv_heads, shape.head_dim
+    H, inter, Hq, Hkv, D = (
+        shape.hidden_size,
+        shape.intermediate_size,
+        shape.num_heads,
+        shape.num_kv_heads,
+        shape.head_dim,
+    )
     x0 = torch.randn(tokens, H, generator=g)
     add = torch.randn(tokens, H, generator=g)
     w = torch.randn(H, generator=g)
@@ -182,14 +220,18 @@ def _time_decode(nk: NativeKernels, shape: KernelShape, reps: int) -> tuple[floa
     """One step of 1 and of 16 sequences (contexts 64..1088), summed."""
     g = torch.Generator().manual_seed(0)
     rng = random.Random(0)
-    ctxs = [torch.tensor([rng.randint(64, 1088) for _ in range(b)], dtype=torch.long) for b in (1, 16)]
+    ctxs = [
+        torch.tensor([rng.randint(64, 1088) for _ in range(b)], dtype=torch.long) for b in (1, 16)
+    ]
     return _sum([_decode_case(nk, shape, ctx, g, reps) for ctx in ctxs])
 
 
 def _time_prefill(nk: NativeKernels, shape: KernelShape, reps: int) -> tuple[float, float]:
     """A 256-token prompt, and a 64-token chunk after 960 cached tokens, summed."""
     g = torch.Generator().manual_seed(1)
-    return _sum([_prefill_case(nk, shape, n, cached, g, reps) for n, cached in ((256, 0), (64, 960))])
+    return _sum(
+        [_prefill_case(nk, shape, n, cached, g, reps) for n, cached in ((256, 0), (64, 960))]
+    )
 
 
 def _time_elementwise(nk: NativeKernels, shape: KernelShape, reps: int) -> tuple[float, float]:
@@ -216,14 +258,23 @@ def measure(nk: NativeKernels, shape: KernelShape, reps: int = 7) -> KernelChoic
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            for name, fn in (("decode", _time_decode), ("prefill", _time_prefill), ("elementwise", _time_elementwise)):
+            for name, fn in (
+                ("decode", _time_decode),
+                ("prefill", _time_prefill),
+                ("elementwise", _time_elementwise),
+            ):
                 n, t = fn(nk, shape, reps)
                 timings[f"{name}_native_ms"] = round(n * 1e3, 4)
                 timings[f"{name}_torch_ms"] = round(t * 1e3, 4)
                 picks[name] = n <= MARGIN * t
     finally:
         torch.set_num_threads(threads)
-    return KernelChoice(decode=picks["decode"], prefill=picks["prefill"], elementwise=picks["elementwise"], timings_ms=timings)
+    return KernelChoice(
+        decode=picks["decode"],
+        prefill=picks["prefill"],
+        elementwise=picks["elementwise"],
+        timings_ms=timings,
+    )
 
 
 def choose(nk: NativeKernels, shape: KernelShape) -> KernelChoice:
@@ -239,7 +290,11 @@ def choose(nk: NativeKernels, shape: KernelShape) -> KernelChoice:
     except (OSError, ValueError, TypeError):
         pass
     choice = measure(nk, shape)
-    log.info("native kernels on this CPU: %s (%s)", {k: v for k, v in asdict(choice).items() if k != "timings_ms"}, choice.timings_ms)
+    log.info(
+        "native kernels on this CPU: %s (%s)",
+        {k: v for k, v in asdict(choice).items() if k != "timings_ms"},
+        choice.timings_ms,
+    )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

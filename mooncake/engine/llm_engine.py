@@ -56,7 +56,9 @@ class LLMEngine:
         self.model_path = Path(config.model) if config.model is not None else default_model_path()
         device = torch.device(config.device)
         model_len = config.max_model_len
-        self.model, self.model_config = load_model(self.model_path, config.dtype, device, model_len or 0)
+        self.model, self.model_config = load_model(
+            self.model_path, config.dtype, device, model_len or 0
+        )
         mc = self.model_config
         self.max_model_len = model_len or mc.max_position_embeddings
         if self.model.max_positions < self.max_model_len:  # table sized once the limit is known
@@ -65,15 +67,23 @@ class LLMEngine:
         self.tokenizer: Tokenizer | None = None
         if (self.model_path / "tokenizer.json").is_file():
             self.tokenizer = Tokenizer(self.model_path, mc.eos_token_ids)
-        self.eos_token_ids = self.tokenizer.eos_token_ids if self.tokenizer else frozenset(mc.eos_token_ids)
+        self.eos_token_ids = (
+            self.tokenizer.eos_token_ids if self.tokenizer else frozenset(mc.eos_token_ids)
+        )
         self.fingerprint = fingerprint(self.model_path)
-        self.spec = KVBlockSpec(mc.num_layers, mc.num_kv_heads, mc.head_dim, config.block_size, config.dtype)
+        self.spec = KVBlockSpec(
+            mc.num_layers, mc.num_kv_heads, mc.head_dim, config.block_size, config.dtype
+        )
         num_blocks = config.num_blocks or max(1, config.kv_cache_bytes // self.spec.bytes_per_block)
         self.pool = BlockPool(num_blocks, enable_caching=config.enable_prefix_caching)
         self.kv = KVCacheManager(self.pool, config.block_size)
         self.scheduler = Scheduler(config, self.kv)
         self.runner = ModelRunner(
-            self.model, self.spec, num_blocks, null_model=config.null_model, native_kernels=config.native_kernels
+            self.model,
+            self.spec,
+            num_blocks,
+            null_model=config.null_model,
+            native_kernels=config.native_kernels,
         )
         self.stats = EngineStats()
         self._seqs: dict[str, Sequence] = {}
@@ -93,7 +103,9 @@ class LLMEngine:
         ids = [int(t) for t in prompt]
         bad = [t for t in ids if not 0 <= t < self.model_config.vocab_size]
         if bad:
-            raise ValueError(f"prompt: token id(s) {bad[:5]} outside the vocabulary [0, {self.model_config.vocab_size})")
+            raise ValueError(
+                f"prompt: token id(s) {bad[:5]} outside the vocabulary [0, {self.model_config.vocab_size})"
+            )
         return ids
 
     def add_request(
@@ -151,7 +163,9 @@ class LLMEngine:
             params=params,
             seed=params.seed if params.seed is not None else random.getrandbits(63),
             root_key=self.root_key(cache_salt),
-            metrics=RequestMetrics(arrival_time if arrival_time is not None else time.perf_counter()),
+            metrics=RequestMetrics(
+                arrival_time if arrival_time is not None else time.perf_counter()
+            ),
             kv_import=kv,
             keep_kv=keep_kv,
             cache_salt=cache_salt,
@@ -226,7 +240,10 @@ class LLMEngine:
         self.scheduler.update(out)
         self._count(out)
         sampling = [s for s in (*out.decodes, *out.prefills) if s.samples]
-        results = sample(logits, [SampleRequest(s.seq.params, s.seq.seed, s.seq.num_output_tokens) for s in sampling])
+        results = sample(
+            logits,
+            [SampleRequest(s.seq.params, s.seq.seed, s.seq.num_output_tokens) for s in sampling],
+        )
         now = time.perf_counter()
         outputs = []
         for s, res in zip(sampling, results):
@@ -235,7 +252,11 @@ class LLMEngine:
                 self._fail(seq, res.error)
                 continue
             seq.token_ids.append(res.token_id)
-            if seq.logprobs is not None and res.top_logprobs is not None and res.logprob is not None:
+            if (
+                seq.logprobs is not None
+                and res.top_logprobs is not None
+                and res.logprob is not None
+            ):
                 seq.logprobs.append(res.top_logprobs)
                 seq.cumulative_logprob += res.logprob
             if seq.metrics.first_token_time is None:
@@ -276,7 +297,9 @@ class LLMEngine:
                 return
             if p.stop and seq.detok is not None and self._match_stop(seq):
                 return
-        if (p.max_tokens is not None and n_out >= p.max_tokens) or seq.num_tokens >= self.max_model_len:
+        if (
+            p.max_tokens is not None and n_out >= p.max_tokens
+        ) or seq.num_tokens >= self.max_model_len:
             seq.finish_reason = "length"
 
     def _match_stop(self, seq: Sequence) -> bool:
@@ -421,7 +444,11 @@ class LLMEngine:
         evictable at once, like any freed cached block). Returns how many were added."""
         from mooncake.engine.kv_cache_manager import KVWrite
 
-        fresh = [b for b in blocks if b.is_full and b.key is not None and self.pool.lookup(b.key, b.token_ids) is None]
+        fresh = [
+            b
+            for b in blocks
+            if b.is_full and b.key is not None and self.pool.lookup(b.key, b.token_ids) is None
+        ]
         for b in fresh:
             if b.model_fingerprint != self.fingerprint or b.spec != self.spec:
                 raise ValueError("blocks: exported by a different model or block spec")
@@ -440,7 +467,9 @@ class LLMEngine:
     def prompt_logits(self, token_ids: Seq[int]) -> torch.Tensor:
         """float32 logits ``[len, vocab]`` of every position of a prompt (no caching)."""
         ids = self.tokenize(token_ids)
-        seq = Sequence("__logits__", None, ids, SamplingParams(), 0, self.root_key(), RequestMetrics(0.0))
+        seq = Sequence(
+            "__logits__", None, ids, SamplingParams(), 0, self.root_key(), RequestMetrics(0.0)
+        )
         if not self.kv.allocate(seq, len(ids)):
             raise ValueError("prompt: not enough free KV blocks")
         try:

@@ -75,7 +75,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MOONCAKE_CACHE", Path.home() / ".cache" / "mooncake"))
 
 
-def load_model(path: Path, dtype: str, device: torch.device, max_positions: int) -> tuple[LlamaModel, ModelConfig]:
+def load_model(
+    path: Path, dtype: str, device: torch.device, max_positions: int
+) -> tuple[LlamaModel, ModelConfig]:
     """Build the model and copy the checkpoint's weights into it.
 
     Raises:

@@ -40,7 +40,11 @@ def keep_freed_memory() -> bool:
         libc = ctypes.CDLL(None)
         ok = all(
             libc.mallopt(opt, value) == 1
-            for opt, value in ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD))
+            for opt, value in (
+                (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+                (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+                (M_TOP_PAD, TOP_PAD),
+            )
         )
     except (OSError, AttributeError):
         return False

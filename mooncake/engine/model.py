@@ -55,7 +55,9 @@ class Linear(nn.Module):
             self.weight_t.copy_(weight.t().to(self.weight_t.dtype))
             if self.bias is not None and bias is not None:
                 if tuple(bias.shape) != tuple(self.bias.shape):
-                    raise ValueError(f"tensor {name!r} bias has shape {tuple(bias.shape)}, expected {tuple(self.bias.shape)}")
+                    raise ValueError(
+                        f"tensor {name!r} bias has shape {tuple(bias.shape)}, expected {tuple(self.bias.shape)}"
+                    )
                 self.bias.copy_(bias.to(self.bias.dtype))
 
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -98,7 +100,9 @@ class DecoderLayer(nn.Module):
         T = x.shape[0]
         qkv = self.qkv_proj(self.input_layernorm(x, native))  # [T, q + 2kv]
         # q and k rotate together: one pass over [T, Hq + Hkv, D]
-        qk_in = qkv[:, : self.q_size + self.kv_size].view(T, cfg.num_heads + cfg.num_kv_heads, cfg.head_dim)
+        qk_in = qkv[:, : self.q_size + self.kv_size].view(
+            T, cfg.num_heads + cfg.num_kv_heads, cfg.head_dim
+        )
         if native is not None:
             qk = native.rope(qk_in, rope[0].view(T, -1), rope[1].view(T, -1))
         else:
@@ -142,7 +146,9 @@ class LlamaModel(nn.Module):
         # Weights are allocated, never initialised: the checkpoint overwrites them. (An
         # initialiser such as normal_ run on the meta device makes the first model built
         # in a process pay for torch's lazy meta-kernel imports.)
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
+        self.embed_tokens = nn.Embedding(
+            cfg.vocab_size, cfg.hidden_size, _weight=torch.empty(cfg.vocab_size, cfg.hidden_size)
+        )
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, device="meta")
@@ -158,7 +164,9 @@ class LlamaModel(nn.Module):
     def init_rope(self) -> None:
         """Build the cos/sin table on the model's device and dtype (after loading)."""
         w = self.embed_tokens.weight
-        self.rope = RotaryTable(self.cfg.rope, self.cfg.head_dim, self.max_positions, w.dtype, w.device)
+        self.rope = RotaryTable(
+            self.cfg.rope, self.cfg.head_dim, self.max_positions, w.dtype, w.device
+        )
 
     def forward(
         self,
@@ -196,9 +204,21 @@ class LlamaModel(nn.Module):
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             if i == last and last_meta is not None:
-                x = layer(x, rope, kv_cache[i, 0], kv_cache[i, 1], last_meta, block_size, buf[:T], native, logits_indices)
+                x = layer(
+                    x,
+                    rope,
+                    kv_cache[i, 0],
+                    kv_cache[i, 1],
+                    last_meta,
+                    block_size,
+                    buf[:T],
+                    native,
+                    logits_indices,
+                )
             else:
-                x = layer(x, rope, kv_cache[i, 0], kv_cache[i, 1], meta, block_size, buf[:T], native)
+                x = layer(
+                    x, rope, kv_cache[i, 0], kv_cache[i, 1], meta, block_size, buf[:T], native
+                )
         if last_meta is None:
             x = x[logits_indices]  # norm is per-token, so select first
         x = self.norm(x, native)  # [N, H]
@@ -223,7 +243,9 @@ def load_hf_state_dict(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> N
 
     def put(param: torch.Tensor, value: torch.Tensor, name: str) -> None:
         if tuple(param.shape) != tuple(value.shape):
-            raise ValueError(f"tensor {name!r} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
+            raise ValueError(
+                f"tensor {name!r} has shape {tuple(value.shape)}, expected {tuple(param.shape)}"
+            )
         with torch.no_grad():
             param.copy_(value.to(param.dtype))
 
@@ -238,12 +260,28 @@ def load_hf_state_dict(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> N
         qkv = torch.cat([take(a + f"{n}_proj.weight") for n in "qkv"], dim=0)
         qkv_b = torch.cat([take(a + f"{n}_proj.bias") for n in "qkv"]) if cfg.qkv_bias else None
         layer.qkv_proj.load(qkv, qkv_b, a + "qkv")
-        layer.o_proj.load(take(a + "o_proj.weight"), take(a + "o_proj.bias") if cfg.o_bias else None, a + "o_proj.weight")
+        layer.o_proj.load(
+            take(a + "o_proj.weight"),
+            take(a + "o_proj.bias") if cfg.o_bias else None,
+            a + "o_proj.weight",
+        )
         m = p + "mlp."
         gate_up = torch.cat([take(m + "gate_proj.weight"), take(m + "up_proj.weight")], dim=0)
-        gate_up_b = torch.cat([take(m + "gate_proj.bias"), take(m + "up_proj.bias")]) if cfg.mlp_bias else None
+        gate_up_b = (
+            torch.cat([take(m + "gate_proj.bias"), take(m + "up_proj.bias")])
+            if cfg.mlp_bias
+            else None
+        )
         layer.gate_up_proj.load(gate_up, gate_up_b, m + "gate_up")
         down_b = take(m + "down_proj.bias") if cfg.mlp_bias else None
         layer.down_proj.load(take(m + "down_proj.weight"), down_b, m + "down_proj.weight")
-        put(layer.input_layernorm.weight, take(p + "input_layernorm.weight"), p + "input_layernorm.weight")
-        put(layer.post_attention_layernorm.weight, take(p + "post_attention_layernorm.weight"), p + "post_attention_layernorm.weight")
+        put(
+            layer.input_layernorm.weight,
+            take(p + "input_layernorm.weight"),
+            p + "input_layernorm.weight",
+        )
+        put(
+            layer.post_attention_layernorm.weight,
+            take(p + "post_attention_layernorm.weight"),
+            p + "post_attention_layernorm.weight",
+        )

@@ -30,7 +30,12 @@ class ModelRunner:
     (``mooncake.engine.kernel_choice``)."""
 
     def __init__(
-        self, model: LlamaModel, spec: KVBlockSpec, num_blocks: int, null_model: bool = False, native_kernels: bool = True
+        self,
+        model: LlamaModel,
+        spec: KVBlockSpec,
+        num_blocks: int,
+        null_model: bool = False,
+        native_kernels: bool = True,
     ) -> None:
         self.model = model
         self.null_model = null_model
@@ -41,13 +46,23 @@ class ModelRunner:
         self.dtype = p.dtype
         # [layers, K/V, slots, Hkv, D]
         self.kv_cache = torch.zeros(
-            spec.num_layers, 2, num_blocks * spec.block_size, spec.num_kv_heads, spec.head_dim,
-            dtype=self.dtype, device=self.device,
+            spec.num_layers,
+            2,
+            num_blocks * spec.block_size,
+            spec.num_kv_heads,
+            spec.head_dim,
+            dtype=self.dtype,
+            device=self.device,
         )
         self.window = model.cfg.sliding_window
         self.native: NativeKernels | None = None
         self.kernel_choice = KernelChoice.every(False)
-        if native_kernels and self.device.type == "cpu" and self.dtype == torch.float32 and not null_model:
+        if (
+            native_kernels
+            and self.device.type == "cpu"
+            and self.dtype == torch.float32
+            and not null_model
+        ):
             self.native = kernels()
         if self.native is not None:
             cfg = model.cfg
@@ -97,21 +112,34 @@ class ModelRunner:
         sampling row in the last layer)."""
         ctx = [s.start + s.num_tokens for s in rows]
         assert self.native_decode is not None
-        return NativeDecode(self._block_tables(rows, max_blocks), torch.tensor(ctx, dtype=torch.long), max(ctx), self.native_decode)
+        return NativeDecode(
+            self._block_tables(rows, max_blocks),
+            torch.tensor(ctx, dtype=torch.long),
+            max(ctx),
+            self.native_decode,
+        )
 
-    def _decode_group(self, group: list[ScheduledSeq], max_blocks: int, start: int, dev: torch.device) -> DecodeGroup:
+    def _decode_group(
+        self, group: list[ScheduledSeq], max_blocks: int, start: int, dev: torch.device
+    ) -> DecodeGroup:
         ctx = torch.tensor([s.start + s.num_tokens for s in group])[:, None]
         k_pos = torch.arange(max_blocks * self.block_size)[None, :]
         mask = k_pos < ctx
         if self.window is not None:
             mask &= k_pos >= ctx - self.window
-        return DecodeGroup(start, self._block_tables(group, max_blocks).to(dev), mask[:, None, None, :].to(dev))
+        return DecodeGroup(
+            start, self._block_tables(group, max_blocks).to(dev), mask[:, None, None, :].to(dev)
+        )
 
-    def _sampling_meta(self, rows: list[ScheduledSeq], meta: AttentionMetadata, dev: torch.device) -> AttentionMetadata:
+    def _sampling_meta(
+        self, rows: list[ScheduledSeq], meta: AttentionMetadata, dev: torch.device
+    ) -> AttentionMetadata:
         """Attention layout of the last layer when only the sampling rows go on: every
         token's K/V is still written (``meta.slot_mapping``), but each row left is one
         query at its sequence's last position, attended like a decode."""
-        last = AttentionMetadata(slot_mapping=meta.slot_mapping, native=meta.native, window=meta.window)
+        last = AttentionMetadata(
+            slot_mapping=meta.slot_mapping, native=meta.native, window=meta.window
+        )
         if not rows:
             return last
         max_blocks = max(-(-(s.start + s.num_tokens) // self.block_size) for s in rows)
@@ -139,7 +167,11 @@ class ModelRunner:
         # then cut into at most two groups so short sequences are not padded to the longest.
         out.decodes.sort(key=lambda s: s.start)
         decodes = out.decodes
-        meta = AttentionMetadata(slot_mapping=torch.empty(0, dtype=torch.long), native=self.native_prefill, window=self.window)
+        meta = AttentionMetadata(
+            slot_mapping=torch.empty(0, dtype=torch.long),
+            native=self.native_prefill,
+            window=self.window,
+        )
         if decodes:
             nblocks = [-(-(s.start + 1) // bs) for s in decodes]
             if self.native_decode is not None:
@@ -148,7 +180,9 @@ class ModelRunner:
                 cut = split_by_length(nblocks)
                 for lo, hi in ((0, cut), (cut, len(decodes))):
                     if lo < hi:
-                        meta.decodes.append(self._decode_group(decodes[lo:hi], nblocks[hi - 1], lo, dev))
+                        meta.decodes.append(
+                            self._decode_group(decodes[lo:hi], nblocks[hi - 1], lo, dev)
+                        )
             for b, s in enumerate(decodes):
                 seq, pos = s.seq, s.start
                 ids.append(seq.token_ids[pos])

@@ -59,11 +59,46 @@ class NativeKernels:
         self.path = path
         fn = lib.mc_paged_decode_f32
         i64, p = ctypes.c_int64, ctypes.c_void_p
-        fn.argtypes = [p, i64, p, p, p, i64, p, p, i64, i64, i64, i64, i64, i64, ctypes.c_float, i64, ctypes.c_int]
+        fn.argtypes = [
+            p,
+            i64,
+            p,
+            p,
+            p,
+            i64,
+            p,
+            p,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            ctypes.c_float,
+            i64,
+            ctypes.c_int,
+        ]
         fn.restype = ctypes.c_int
         self._decode = fn
         fn = lib.mc_paged_prefill_f32
-        fn.argtypes = [p, i64, p, p, p, i64, i64, p, i64, i64, i64, i64, i64, i64, ctypes.c_float, ctypes.c_int]
+        fn.argtypes = [
+            p,
+            i64,
+            p,
+            p,
+            p,
+            i64,
+            i64,
+            p,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            ctypes.c_float,
+            ctypes.c_int,
+        ]
         fn.restype = ctypes.c_int
         self._prefill = fn
         fn = lib.mc_add_rmsnorm_f32
@@ -84,12 +119,26 @@ class NativeKernels:
         ``x: [T, H, D]`` float32 with each token's heads contiguous; ``cos``, ``sin``:
         ``[T, D]`` contiguous. Returns a new contiguous tensor."""
         T, H, D = x.shape
-        if not (x.stride(2) == 1 and x.stride(1) == D and cos.is_contiguous() and sin.is_contiguous()):
+        if not (
+            x.stride(2) == 1 and x.stride(1) == D and cos.is_contiguous() and sin.is_contiguous()
+        ):
             raise ValueError("rope: x heads, cos and sin must be contiguous")
         if cos.shape != (T, D) or sin.shape != (T, D):
-            raise ValueError(f"rope: cos/sin must be [{T}, {D}], got {list(cos.shape)} / {list(sin.shape)}")
+            raise ValueError(
+                f"rope: cos/sin must be [{T}, {D}], got {list(cos.shape)} / {list(sin.shape)}"
+            )
         out = x.new_empty(T, H, D)
-        rc = self._rope(x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), T, H, D, torch.get_num_threads())
+        rc = self._rope(
+            x.data_ptr(),
+            x.stride(0),
+            cos.data_ptr(),
+            sin.data_ptr(),
+            out.data_ptr(),
+            T,
+            H,
+            D,
+            torch.get_num_threads(),
+        )
         if rc != 0:
             raise RuntimeError(f"rope kernel failed (code {rc})")
         return out
@@ -103,11 +152,15 @@ class NativeKernels:
         self._silu_mul(gate_up.data_ptr(), T, two_i // 2, torch.get_num_threads())
         return gate_up[:, : two_i // 2]
 
-    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, add: torch.Tensor | None = None) -> torch.Tensor:
+    def rms_norm(
+        self, x: torch.Tensor, weight: torch.Tensor, eps: float, add: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``weight * x * rsqrt(mean(x^2) + eps)`` per row of ``x`` ``[T, H]`` (float32,
         contiguous), after ``x += add`` in place when ``add`` is given. Returns a new
         tensor."""
-        if not (x.is_contiguous() and weight.is_contiguous() and (add is None or add.is_contiguous())):
+        if not (
+            x.is_contiguous() and weight.is_contiguous() and (add is None or add.is_contiguous())
+        ):
             raise ValueError("rms_norm: x, weight and add must be contiguous")
         if add is not None and add.shape != x.shape:
             raise ValueError(f"rms_norm: add has shape {tuple(add.shape)}, x {tuple(x.shape)}")
@@ -147,9 +200,13 @@ class NativeKernels:
         """
         n, Hq, D = q.shape
         Hkv = k_cache.shape[1]
-        if not (q.stride(2) == 1 and q.stride(1) == D and out.stride(2) == 1 and out.stride(1) == D):
+        if not (
+            q.stride(2) == 1 and q.stride(1) == D and out.stride(2) == 1 and out.stride(1) == D
+        ):
             raise ValueError("paged_prefill: q and out heads must be contiguous")
-        if not (k_cache.is_contiguous() and v_cache.is_contiguous() and block_table.is_contiguous()):
+        if not (
+            k_cache.is_contiguous() and v_cache.is_contiguous() and block_table.is_contiguous()
+        ):
             raise ValueError("paged_prefill: k_cache, v_cache and block_table must be contiguous")
         if block_table.shape[0] * block_size < context_len:
             raise ValueError("paged_prefill: block_table does not cover context_len")
@@ -191,10 +248,19 @@ class NativeKernels:
         """
         B, Hq, D = q.shape
         Hkv = k_cache.shape[1]
-        if not (q.stride(2) == 1 and q.stride(1) == D and k_cache.is_contiguous() and v_cache.is_contiguous()):
+        if not (
+            q.stride(2) == 1
+            and q.stride(1) == D
+            and k_cache.is_contiguous()
+            and v_cache.is_contiguous()
+        ):
             raise ValueError("paged_decode: q heads, k_cache and v_cache must be contiguous")
-        if not (out.is_contiguous() and block_tables.stride(1) == 1 and context_lens.is_contiguous()):
-            raise ValueError("paged_decode: out, block table rows and context_lens must be contiguous")
+        if not (
+            out.is_contiguous() and block_tables.stride(1) == 1 and context_lens.is_contiguous()
+        ):
+            raise ValueError(
+                "paged_decode: out, block table rows and context_lens must be contiguous"
+            )
         rc = self._decode(
             q.data_ptr(), q.stride(0),
             k_cache.data_ptr(), v_cache.data_ptr(),
@@ -208,7 +274,13 @@ class NativeKernels:
 
 
 _LIBS: dict[str, native_build.LoadOnce[NativeKernels]] = {
-    isa: native_build.LoadOnce(SOURCE, BASE_FLAGS + flags, NativeKernels, LIBS, what="native kernels" if isa == "native" else f"native kernels for {isa}")
+    isa: native_build.LoadOnce(
+        SOURCE,
+        BASE_FLAGS + flags,
+        NativeKernels,
+        LIBS,
+        what="native kernels" if isa == "native" else f"native kernels for {isa}",
+    )
     for isa, (flags, _) in ISAS.items()
 }
 
@@ -224,7 +296,11 @@ def kernels(isa: str | None = None) -> NativeKernels | None:
     """
     isa = isa or os.environ.get(ISA_ENV, "native") or "native"
     if not isa_supported(isa):
-        log.warning("native kernels: this CPU lacks %s (needs %s); using torch's ops", isa, ", ".join(ISAS[isa][1]))
+        log.warning(
+            "native kernels: this CPU lacks %s (needs %s); using torch's ops",
+            isa,
+            ", ".join(ISAS[isa][1]),
+        )
         return None
     return _LIBS[isa].get()
 

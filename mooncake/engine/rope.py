@@ -11,7 +11,9 @@ from mooncake.engine.model_config import RopeConfig
 
 def inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
     """Inverse frequencies ``[head_dim // 2]`` (float32), llama3/linear scaling applied."""
-    base = 1.0 / (rope.theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    base = 1.0 / (
+        rope.theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
+    )
     if rope.rope_type == "linear":
         return base / rope.factor
     if rope.rope_type != "llama3":
@@ -37,8 +39,18 @@ class RotaryTable:
         dtype, device: of the returned cos/sin.
     """
 
-    def __init__(self, rope: RopeConfig, head_dim: int, max_positions: int, dtype: torch.dtype, device: torch.device) -> None:
-        freqs = torch.arange(max_positions, dtype=torch.float32)[:, None] * inv_freq(rope, head_dim)[None, :]
+    def __init__(
+        self,
+        rope: RopeConfig,
+        head_dim: int,
+        max_positions: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        freqs = (
+            torch.arange(max_positions, dtype=torch.float32)[:, None]
+            * inv_freq(rope, head_dim)[None, :]
+        )
         emb = torch.cat((freqs, freqs), dim=-1)  # [P, head_dim]
         half = head_dim // 2
         sin = emb.sin()

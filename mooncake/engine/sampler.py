@@ -70,7 +70,9 @@ def _sample_row(logits: torch.Tensor, req: SampleRequest) -> int:
         # A finite row can still overflow once divided by a small temperature; the
         # distribution is then all on its maximum.
         return int(logits.argmax())
-    gen = torch.Generator(device=logits.device).manual_seed(_position_seed(req.seed, req.output_index))
+    gen = torch.Generator(device=logits.device).manual_seed(
+        _position_seed(req.seed, req.output_index)
+    )
     return int(torch.multinomial(probs, 1, generator=gen).item())
 
 
@@ -89,7 +91,9 @@ def sample(logits: torch.Tensor, requests: list[SampleRequest]) -> list[SampleRe
     for row, req in enumerate(requests):
         p = req.params
         if not finite[row]:
-            results.append(SampleResult(-1, error="the model produced non-finite logits for this request"))
+            results.append(
+                SampleResult(-1, error="the model produced non-finite logits for this request")
+            )
             continue
         if p.greedy:
             tok = int(greedy_ids[row])

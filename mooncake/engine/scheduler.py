@@ -111,13 +111,20 @@ class Scheduler:
                 continue
             break  # seq itself was preempted: nothing else fits either
 
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs and not out.preempted:
+        while (
+            self.waiting
+            and budget > 0
+            and len(self.running) < self.config.max_num_seqs
+            and not out.preempted
+        ):
             seq = self.waiting[0]
             if seq.kv_import is not None:
                 imported = seq.kv_import.num_tokens
                 cached = self.kv.find_cached(seq)[: imported // self.kv.block_size]
                 n = min(seq.num_tokens - imported, budget)
-                if not self.kv.can_admit(seq, cached, imported - len(cached) * self.kv.block_size + n):
+                if not self.kv.can_admit(
+                    seq, cached, imported - len(cached) * self.kv.block_size + n
+                ):
                     break
                 out.kv_writes.extend(self.kv.import_blocks(seq))
                 self.kv.allocate(seq, n)

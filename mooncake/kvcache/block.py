@@ -68,7 +68,9 @@ class KVBlock:
         if tuple(self.data.shape) != expected:
             raise ValueError(f"KVBlock.data has shape {self.data.shape}, expected {expected}")
         if self.data.dtype != np.dtype(self.spec.numpy_dtype):
-            raise ValueError(f"KVBlock.data has dtype {self.data.dtype}, expected {self.spec.numpy_dtype}")
+            raise ValueError(
+                f"KVBlock.data has dtype {self.data.dtype}, expected {self.spec.numpy_dtype}"
+            )
 
     @property
     def num_tokens(self) -> int:

@@ -54,7 +54,9 @@ class BlockPool:
         self.blocks = [Block(BlockId(i)) for i in range(num_blocks)]
         self.enable_caching = enable_caching
         # Insertion order is eviction order; values unused.
-        self._free: OrderedDict[BlockId, None] = OrderedDict((b.block_id, None) for b in self.blocks)
+        self._free: OrderedDict[BlockId, None] = OrderedDict(
+            (b.block_id, None) for b in self.blocks
+        )
         self._cached: dict[BlockKey, BlockId] = {}
         self._events: list[BlockEvent] = []
 
@@ -90,7 +92,9 @@ class BlockPool:
             return None
         return block
 
-    def match_prefix(self, keys: Sequence[BlockKey], chunks: Sequence[Sequence[int]]) -> list[Block]:
+    def match_prefix(
+        self, keys: Sequence[BlockKey], chunks: Sequence[Sequence[int]]
+    ) -> list[Block]:
         """Longest leading run of ``keys`` that is cached (tokens verified)."""
         hits: list[Block] = []
         if not self.enable_caching:

@@ -42,7 +42,9 @@ def root_key(seed: int, model_fingerprint: str, cache_salt: str | None = None) -
     """
     fp = model_fingerprint.encode()
     salt = (cache_salt or "").encode()
-    return _digest(_DOMAIN, struct.pack("<Q", seed & (2**64 - 1)), _u32(len(fp)), fp, _u32(len(salt)), salt)
+    return _digest(
+        _DOMAIN, struct.pack("<Q", seed & (2**64 - 1)), _u32(len(fp)), fp, _u32(len(salt)), salt
+    )
 
 
 def _tokens_bytes(tokens: Sequence[int]) -> bytes:
@@ -79,6 +81,8 @@ def block_keys(
     parent = root
     for i in range(len(tokens) // block_size):
         chunk = tokens[i * block_size : (i + 1) * block_size]
-        parent = hash_block(parent, chunk, extra[i] if extra is not None and i < len(extra) else b"")
+        parent = hash_block(
+            parent, chunk, extra[i] if extra is not None and i < len(extra) else b""
+        )
         keys.append(parent)
     return keys

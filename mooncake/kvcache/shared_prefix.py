@@ -31,7 +31,9 @@ class SharedPrefixProbe:
         self.per_parent = per_parent
         self._children: OrderedDict[BlockKey, list[tuple[int, ...]]] = OrderedDict()
 
-    def probe(self, root: BlockKey, keys: Sequence[BlockKey], token_ids: Sequence[int], hit_blocks: int) -> tuple[SharedPrefix, int]:
+    def probe(
+        self, root: BlockKey, keys: Sequence[BlockKey], token_ids: Sequence[int], hit_blocks: int
+    ) -> tuple[SharedPrefix, int]:
         """Classify a lookup whose first ``hit_blocks`` blocks were cached.
 
         Returns ``(kind, tokens)``: ``("none", 0)`` when no remembered prompt continued

@@ -62,7 +62,9 @@ def _guarded(handler: Handler) -> Handler:
     return run
 
 
-def _request_id(request: Request, body: CompletionRequest | ChatCompletionRequest, prefix: str) -> str:
+def _request_id(
+    request: Request, body: CompletionRequest | ChatCompletionRequest, prefix: str
+) -> str:
     return body.request_id or request.headers.get("x-request-id") or f"{prefix}-{uuid.uuid4().hex}"
 
 
@@ -141,7 +143,9 @@ async def metrics(request: Request) -> Response:
     return Response(serving.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-def create_app(config: ServerConfig | None = None, backend: ServingBackend | None = None) -> Starlette:
+def create_app(
+    config: ServerConfig | None = None, backend: ServingBackend | None = None
+) -> Starlette:
     """The OpenAI-compatible app.
 
     Args:
@@ -165,9 +169,17 @@ def create_app(config: ServerConfig | None = None, backend: ServingBackend | Non
             app.state.serving = serving
             link = getattr(llm, "dashboard_link", None)
             page = getattr(llm, "mooncake_dashboard_link", None)
-            log.info("serving %s (max_model_len %d)%s", llm.model_name, llm.max_model_len, f"; dashboard {link}" if link else "")
+            log.info(
+                "serving %s (max_model_len %d)%s",
+                llm.model_name,
+                llm.max_model_len,
+                f"; dashboard {link}" if link else "",
+            )
             if page:
-                log.info("Mooncake dashboard page: %s (cluster metrics on the scheduler's /metrics)", page)
+                log.info(
+                    "Mooncake dashboard page: %s (cluster metrics on the scheduler's /metrics)",
+                    page,
+                )
             yield
         finally:
             app.state.serving = None
@@ -185,10 +197,16 @@ def create_app(config: ServerConfig | None = None, backend: ServingBackend | Non
     middleware = [Middleware(APIKeyMiddleware, api_key=config.api_key)] if config.api_key else []
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return errors.APIError(404, f"no route {request.method} {request.url.path}", "invalid_request_error").response()
+        return errors.APIError(
+            404, f"no route {request.method} {request.url.path}", "invalid_request_error"
+        ).response()
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        return errors.APIError(405, f"method {request.method} not allowed on {request.url.path}", "invalid_request_error").response()
+        return errors.APIError(
+            405,
+            f"method {request.method} not allowed on {request.url.path}",
+            "invalid_request_error",
+        ).response()
 
     app = Starlette(
         routes=routes,

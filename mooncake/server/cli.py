@@ -15,35 +15,103 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         description="Serve a model over an OpenAI-compatible HTTP API. With no arguments: the "
         "built-in default model (random weights) on an embedded cluster, offline.",
     )
-    p.add_argument("--model", default=None, help="local Hugging Face model directory (default: built-in random-weight model)")
-    p.add_argument("--served-model-name", nargs="+", default=None, help="name(s) clients use in 'model' (default: the model's name)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="local Hugging Face model directory (default: built-in random-weight model)",
+    )
+    p.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        help="name(s) clients use in 'model' (default: the model's name)",
+    )
     cluster = p.add_argument_group("cluster")
-    cluster.add_argument("--prefill-workers", type=int, default=1, help="prefill workers of the embedded cluster")
-    cluster.add_argument("--decode-workers", type=int, default=1, help="decode workers of the embedded cluster")
-    cluster.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (instead of an embedded cluster)")
-    cluster.add_argument("--mode", choices=["disaggregated", "colocated"], default="disaggregated", help="request graph")
-    cluster.add_argument("--dashboard-address", default="127.0.0.1:0", metavar="HOST:PORT",
-                         help="Dask dashboard of the embedded cluster (default: loopback, a free port; ':8787' exposes it; 'none': off)")
+    cluster.add_argument(
+        "--prefill-workers", type=int, default=1, help="prefill workers of the embedded cluster"
+    )
+    cluster.add_argument(
+        "--decode-workers", type=int, default=1, help="decode workers of the embedded cluster"
+    )
+    cluster.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of a running Dask scheduler (instead of an embedded cluster)",
+    )
+    cluster.add_argument(
+        "--mode",
+        choices=["disaggregated", "colocated"],
+        default="disaggregated",
+        help="request graph",
+    )
+    cluster.add_argument(
+        "--dashboard-address",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="Dask dashboard of the embedded cluster (default: loopback, a free port; ':8787' exposes it; 'none': off)",
+    )
     sec = p.add_argument_group("cluster security (docs/security.md)")
-    sec.add_argument("--tls-ca-file", default=None, help="CA certificate to join --scheduler over TLS (default: Dask's distributed.comm.tls config)")
+    sec.add_argument(
+        "--tls-ca-file",
+        default=None,
+        help="CA certificate to join --scheduler over TLS (default: Dask's distributed.comm.tls config)",
+    )
     sec.add_argument("--tls-cert", default=None, help="this client's certificate for --scheduler")
-    sec.add_argument("--tls-key", default=None, help="this client's private key (if not inside --tls-cert)")
-    sec.add_argument("--insecure", action="store_true",
-                     help="allow a plain-TCP --scheduler off the loopback; embedded cluster: plain TCP on loopback instead of TLS")
+    sec.add_argument(
+        "--tls-key", default=None, help="this client's private key (if not inside --tls-cert)"
+    )
+    sec.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a plain-TCP --scheduler off the loopback; embedded cluster: plain TCP on loopback instead of TLS",
+    )
     http = p.add_argument_group("http")
     http.add_argument("--host", default="127.0.0.1")
     http.add_argument("--port", type=int, default=8000)
-    http.add_argument("--api-key", default=os.environ.get("MOONCAKE_API_KEY"), help="require 'Authorization: Bearer KEY' (default: $MOONCAKE_API_KEY)")
-    http.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    http.add_argument("--max-body-bytes", type=int, default=8 * 1024**2, help="largest request body (413 beyond)")
-    http.add_argument("--max-prompts-per-request", type=int, default=32, help="most prompts in one /v1/completions request")
-    http.add_argument("--max-prompt-chars", type=int, default=None,
-                      help="longest text prompt before tokenization (default: max_model_len x the longest vocabulary entry)")
+    http.add_argument(
+        "--api-key",
+        default=os.environ.get("MOONCAKE_API_KEY"),
+        help="require 'Authorization: Bearer KEY' (default: $MOONCAKE_API_KEY)",
+    )
+    http.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    http.add_argument(
+        "--max-body-bytes", type=int, default=8 * 1024**2, help="largest request body (413 beyond)"
+    )
+    http.add_argument(
+        "--max-prompts-per-request",
+        type=int,
+        default=32,
+        help="most prompts in one /v1/completions request",
+    )
+    http.add_argument(
+        "--max-prompt-chars",
+        type=int,
+        default=None,
+        help="longest text prompt before tokenization (default: max_model_len x the longest vocabulary entry)",
+    )
     slo = p.add_argument_group("admission")
-    slo.add_argument("--ttft-slo", type=float, default=None, metavar="S", help=f"TTFT SLO in seconds (default {DEFAULT_TTFT_SLO_S:g})")
-    slo.add_argument("--tbt-slo", type=float, default=None, metavar="S", help="time-between-tokens SLO in seconds")
-    slo.add_argument("--admission", choices=list(ADMISSIONS), default=None,
-                     help="admission policy (default: predictive with an SLO given, else ttft against the default TTFT SLO; none: admit all)")
+    slo.add_argument(
+        "--ttft-slo",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"TTFT SLO in seconds (default {DEFAULT_TTFT_SLO_S:g})",
+    )
+    slo.add_argument(
+        "--tbt-slo",
+        type=float,
+        default=None,
+        metavar="S",
+        help="time-between-tokens SLO in seconds",
+    )
+    slo.add_argument(
+        "--admission",
+        choices=list(ADMISSIONS),
+        default=None,
+        help="admission policy (default: predictive with an SLO given, else ttft against the default TTFT SLO; none: admit all)",
+    )
     eng = p.add_argument_group("engine")
     eng.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     eng.add_argument("--device", default="cpu")
@@ -106,9 +174,13 @@ def run(args: argparse.Namespace) -> int:
     from mooncake.server.app import create_app
 
     config = config_from_args(args)
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if config.model is None:
-        logging.getLogger("mooncake.server").warning("serving the built-in default model: RANDOM WEIGHTS, output is meaningless")
+        logging.getLogger("mooncake.server").warning(
+            "serving the built-in default model: RANDOM WEIGHTS, output is meaningless"
+        )
     uvicorn.run(
         create_app(config),
         host=config.host,
@@ -117,4 +189,3 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
     )
     return 0
-

@@ -78,20 +78,63 @@ class ServerConfig:
     """uvicorn log level."""
 
     def __post_init__(self) -> None:
-        _check(self.prefill_workers > 0, "prefill_workers", f"must be positive, got {self.prefill_workers}")
-        _check(self.decode_workers > 0, "decode_workers", f"must be positive, got {self.decode_workers}")
+        _check(
+            self.prefill_workers > 0,
+            "prefill_workers",
+            f"must be positive, got {self.prefill_workers}",
+        )
+        _check(
+            self.decode_workers > 0,
+            "decode_workers",
+            f"must be positive, got {self.decode_workers}",
+        )
         _check(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
         _check(0 <= self.port < 65536, "port", f"must be in [0, 65535], got {self.port}")
         _check(self.api_key is None or len(self.api_key) > 0, "api_key", "must not be empty")
-        _check(self.ttft_slo_s is None or self.ttft_slo_s > 0, "ttft_slo_s", f"must be positive, got {self.ttft_slo_s}")
-        _check(self.tbt_slo_s is None or self.tbt_slo_s > 0, "tbt_slo_s", f"must be positive, got {self.tbt_slo_s}")
-        _check(self.admission is None or self.admission in ADMISSIONS, "admission", f"must be one of {ADMISSIONS}, got {self.admission!r}")
-        _check(self.max_body_bytes > 0, "max_body_bytes", f"must be positive, got {self.max_body_bytes}")
-        _check(self.max_prompts_per_request > 0, "max_prompts_per_request", f"must be positive, got {self.max_prompts_per_request}")
-        _check(self.max_prompt_chars is None or self.max_prompt_chars > 0, "max_prompt_chars", f"must be positive, got {self.max_prompt_chars}")
-        _check((self.tls_ca_file is None) == (self.tls_cert is None), "tls_ca_file", "tls_ca_file and tls_cert go together")
+        _check(
+            self.ttft_slo_s is None or self.ttft_slo_s > 0,
+            "ttft_slo_s",
+            f"must be positive, got {self.ttft_slo_s}",
+        )
+        _check(
+            self.tbt_slo_s is None or self.tbt_slo_s > 0,
+            "tbt_slo_s",
+            f"must be positive, got {self.tbt_slo_s}",
+        )
+        _check(
+            self.admission is None or self.admission in ADMISSIONS,
+            "admission",
+            f"must be one of {ADMISSIONS}, got {self.admission!r}",
+        )
+        _check(
+            self.max_body_bytes > 0,
+            "max_body_bytes",
+            f"must be positive, got {self.max_body_bytes}",
+        )
+        _check(
+            self.max_prompts_per_request > 0,
+            "max_prompts_per_request",
+            f"must be positive, got {self.max_prompts_per_request}",
+        )
+        _check(
+            self.max_prompt_chars is None or self.max_prompt_chars > 0,
+            "max_prompt_chars",
+            f"must be positive, got {self.max_prompt_chars}",
+        )
+        _check(
+            (self.tls_ca_file is None) == (self.tls_cert is None),
+            "tls_ca_file",
+            "tls_ca_file and tls_cert go together",
+        )
         _check(self.tls_key is None or self.tls_cert is not None, "tls_key", "needs tls_cert")
         _check(all(self.served_model_names), "served_model_names", "names must be non-empty")
 
 
-__all__ = ["ADMISSIONS", "DEFAULT_TTFT_SLO_S", "MODES", "AdmissionName", "GraphMode", "ServerConfig"]
+__all__ = [
+    "ADMISSIONS",
+    "DEFAULT_TTFT_SLO_S",
+    "MODES",
+    "AdmissionName",
+    "GraphMode",
+    "ServerConfig",
+]

@@ -37,7 +37,14 @@ class APIError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, dict[str, str | None]]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
@@ -54,14 +61,22 @@ def from_validation(e: ValidationError) -> APIError:
     # per member; a constraint error (too short, negative id) says more than "not a string".
     err = next((x for x in errors if not x["type"].endswith("_type")), errors[0])
     # Union members add their type to the location ("prompt.list[str]"): keep field names.
-    loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and (p in _TYPE_NAMES or "[" in p or "-" in p))]
+    loc = [
+        str(p)
+        for p in err["loc"]
+        if not (isinstance(p, str) and (p in _TYPE_NAMES or "[" in p or "-" in p))
+    ]
     param = ".".join(loc) or None
     msg = err["msg"].removeprefix("Value error, ")
     m = _FIELD.match(msg)
     if m:  # a model validator that names its field ("echo: ...")
         param, msg = m.group(1), msg[m.end() :]
     message = f"{param}: {msg}" if param else msg
-    return bad_request(message, param, "invalid_value" if err["type"] != "missing" else "missing_required_parameter")
+    return bad_request(
+        message,
+        param,
+        "invalid_value" if err["type"] != "missing" else "missing_required_parameter",
+    )
 
 
 _TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list", "none", "literal"}
@@ -72,7 +87,11 @@ def from_value_error(e: ValueError) -> APIError:
     msg = str(e)
     m = _FIELD.match(msg)
     param = m.group(1) if m else None
-    code = "context_length_exceeded" if "context" in msg and param in ("prompt", "messages", "max_tokens") else None
+    code = (
+        "context_length_exceeded"
+        if "context" in msg and param in ("prompt", "messages", "max_tokens")
+        else None
+    )
     return bad_request(msg, param, code)
 
 
@@ -91,15 +110,35 @@ def rejected(reason: str, retry_after: float) -> APIError:
 
 def too_large(limit: int) -> APIError:
     """413 for a body over the server's limit."""
-    return APIError(413, f"request body is larger than the limit of {limit} bytes", "invalid_request_error", None, "request_too_large")
+    return APIError(
+        413,
+        f"request body is larger than the limit of {limit} bytes",
+        "invalid_request_error",
+        None,
+        "request_too_large",
+    )
 
 
 def unavailable(lost: bool) -> APIError:
     """503 when no worker can serve the request now (``lost``: the one serving it left
     and none could take it over). Internals (addresses) stay in the server log."""
     if lost:
-        return APIError(503, "the worker serving this request was lost and no other worker could take it over; retry", "server_error", None, "worker_lost", {"Retry-After": "1"})
-    return APIError(503, "no worker can serve this request now; retry", "server_error", None, "unavailable", {"Retry-After": "1"})
+        return APIError(
+            503,
+            "the worker serving this request was lost and no other worker could take it over; retry",
+            "server_error",
+            None,
+            "worker_lost",
+            {"Retry-After": "1"},
+        )
+    return APIError(
+        503,
+        "no worker can serve this request now; retry",
+        "server_error",
+        None,
+        "unavailable",
+        {"Retry-After": "1"},
+    )
 
 
 def internal() -> APIError:
@@ -107,11 +146,34 @@ def internal() -> APIError:
 
 
 def unauthorized() -> APIError:
-    return APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')", "authentication_error", None, "invalid_api_key")
+    return APIError(
+        401,
+        "invalid or missing API key (send 'Authorization: Bearer <key>')",
+        "authentication_error",
+        None,
+        "invalid_api_key",
+    )
 
 
 def model_not_found(model: str) -> APIError:
-    return APIError(404, f"model: the model {model!r} does not exist", "invalid_request_error", "model", "model_not_found")
+    return APIError(
+        404,
+        f"model: the model {model!r} does not exist",
+        "invalid_request_error",
+        "model",
+        "model_not_found",
+    )
 
 
-__all__ = ["APIError", "bad_request", "from_validation", "from_value_error", "internal", "model_not_found", "rejected", "too_large", "unauthorized", "unavailable"]
+__all__ = [
+    "APIError",
+    "bad_request",
+    "from_validation",
+    "from_value_error",
+    "internal",
+    "model_not_found",
+    "rejected",
+    "too_large",
+    "unauthorized",
+    "unavailable",
+]

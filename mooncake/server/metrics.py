@@ -12,7 +12,26 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from mooncake import metrics as names
 from mooncake.metrics import rejection_reason
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
 _TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
 
 
@@ -33,23 +52,33 @@ class ServerMetrics:
         self.num_requests_running = Gauge(
             names.RUNNING, "Requests in flight through this server.", labels, registry=r
         ).labels(model_name)
-        self.prompt_tokens = counter(names.PROMPT_TOKENS, "Prompt tokens of finished requests.").labels(model_name)
+        self.prompt_tokens = counter(
+            names.PROMPT_TOKENS, "Prompt tokens of finished requests."
+        ).labels(model_name)
         self.cached_prompt_tokens = counter(
             names.PROMPT_TOKENS_CACHED, "Prompt tokens served from the KV cache (prefix hits)."
         ).labels(model_name)
-        self.generation_tokens = counter(names.GENERATION_TOKENS, "Generated tokens.").labels(model_name)
+        self.generation_tokens = counter(names.GENERATION_TOKENS, "Generated tokens.").labels(
+            model_name
+        )
         self.request_success = counter(
             names.REQUEST_SUCCESS, "Finished requests, by finish reason.", ("finished_reason",)
         )
         self.request_rejected = counter(
             names.REJECTIONS, "Requests refused by admission control (429), by reason.", ("reason",)
         )
-        self.request_errors = counter(names.REQUEST_ERRORS, "Requests answered with an error, by HTTP status.", ("status",))
-        self.ttft = histogram(names.TTFT, "Time to first token.", _LATENCY_BUCKETS).labels(model_name)
+        self.request_errors = counter(
+            names.REQUEST_ERRORS, "Requests answered with an error, by HTTP status.", ("status",)
+        )
+        self.ttft = histogram(names.TTFT, "Time to first token.", _LATENCY_BUCKETS).labels(
+            model_name
+        )
         self.itl = histogram(
             names.ITL, "Time between streamed outputs of one request.", _LATENCY_BUCKETS
         ).labels(model_name)
-        self.e2e = histogram(names.E2E, "Arrival to last token.", _LATENCY_BUCKETS).labels(model_name)
+        self.e2e = histogram(names.E2E, "Arrival to last token.", _LATENCY_BUCKETS).labels(
+            model_name
+        )
         self.request_prompt_tokens = histogram(
             names.REQUEST_PROMPT_TOKENS, "Prompt tokens per request.", _TOKEN_BUCKETS
         ).labels(model_name)

@@ -42,18 +42,30 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 def _errors(*statuses: int) -> dict[str, Any]:
     what = {400: "invalid request", 401: "missing or wrong API key", 404: "unknown model", 413: "body too large",
             429: "rejected by admission control (see Retry-After)", 503: "starting"}  # fmt: skip
-    return {str(s): {"description": what[s], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}} for s in statuses}
+    return {
+        str(s): {
+            "description": what[s],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for s in statuses
+    }
 
 
 def _post(summary: str, request: type[BaseModel], response: type[BaseModel]) -> dict[str, Any]:
     return {
         "post": {
             "summary": summary,
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(request)}}},
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(request)}},
+            },
             "responses": {
                 "200": {
                     "description": "the result (``stream: true``: server-sent events of chunks)",
-                    "content": {"application/json": {"schema": _ref(response)}, "text/event-stream": {"schema": {"type": "string"}}},
+                    "content": {
+                        "application/json": {"schema": _ref(response)},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
                 },
                 **_errors(400, 401, 404, 413, 429, 503),
             },
@@ -64,7 +76,13 @@ def _post(summary: str, request: type[BaseModel], response: type[BaseModel]) -> 
 @cache
 def openapi_schema() -> dict[str, Any]:
     """The OpenAPI document (built once)."""
-    models: list[type[BaseModel]] = [CompletionRequest, CompletionResponse, ChatCompletionRequest, ChatCompletionResponse, ModelList]
+    models: list[type[BaseModel]] = [
+        CompletionRequest,
+        CompletionResponse,
+        ChatCompletionRequest,
+        ChatCompletionResponse,
+        ModelList,
+    ]
     _, defs = models_json_schema([(m, "validation" if m.__name__.endswith("Request") else "serialization") for m in models],
                                  ref_template="#/components/schemas/{model}")  # fmt: skip
     schemas = {**defs.get("$defs", {}), "Error": _ERROR}
@@ -73,10 +91,39 @@ def openapi_schema() -> dict[str, Any]:
         "info": {"title": "mooncake OpenAI-compatible API", "version": "1"},
         "paths": {
             "/v1/completions": _post("Create a completion", CompletionRequest, CompletionResponse),
-            "/v1/chat/completions": _post("Create a chat completion", ChatCompletionRequest, ChatCompletionResponse),
-            "/v1/models": {"get": {"summary": "List served models", "responses": {"200": {"description": "models", "content": {"application/json": {"schema": _ref(ModelList)}}}, **_errors(401)}}},
-            "/health": {"get": {"summary": "Liveness (200 when serving, 503 while starting)", "responses": {"200": {"description": "serving"}, **_errors(503)}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}, **_errors(401)}}},
+            "/v1/chat/completions": _post(
+                "Create a chat completion", ChatCompletionRequest, ChatCompletionResponse
+            ),
+            "/v1/models": {
+                "get": {
+                    "summary": "List served models",
+                    "responses": {
+                        "200": {
+                            "description": "models",
+                            "content": {"application/json": {"schema": _ref(ModelList)}},
+                        },
+                        **_errors(401),
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "Liveness (200 when serving, 503 while starting)",
+                    "responses": {"200": {"description": "serving"}, **_errors(503)},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(401),
+                    },
+                }
+            },
         },
         "components": {"schemas": schemas},
     }

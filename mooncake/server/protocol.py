@@ -61,7 +61,9 @@ class _SamplingFields(_Body):
     """Not supported: only 1.0 is accepted (vLLM's benchmark client sends it)."""
     cache_salt: Annotated[str, Field(min_length=1)] | None = None
     """Isolates this request's prefix-cache entries (per tenant)."""
-    request_id: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[!-~]+$")] | None = None
+    request_id: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[!-~]+$")] | None = (
+        None
+    )
     """Caller's id for this request (else ``X-Request-Id`` or a generated one): visible
     ASCII, since it is echoed in the ``X-Request-Id`` header."""
     return_token_ids: bool = False
@@ -85,7 +87,14 @@ class _SamplingFields(_Body):
         )
 
 
-Prompt = str | Annotated[list[str], Field(min_length=1)] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | Annotated[list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]], Field(min_length=1)]
+Prompt = (
+    str
+    | Annotated[list[str], Field(min_length=1)]
+    | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+    | Annotated[
+        list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]], Field(min_length=1)
+    ]
+)
 
 
 class CompletionRequest(_SamplingFields):
@@ -164,10 +173,17 @@ class ChatCompletionRequest(_SamplingFields):
         return self
 
     def chat_messages(self) -> list[dict[str, Any]]:
-        return [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in self.messages]
+        return [
+            {"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
+            for m in self.messages
+        ]
 
     def sampling_params(self) -> SamplingParams:
-        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        max_tokens = (
+            self.max_completion_tokens
+            if self.max_completion_tokens is not None
+            else self.max_tokens
+        )
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         return self._sampling(max_tokens, logprobs)
 

@@ -106,7 +106,9 @@ class RequestStream:
         self.last = out
         if out.finished:
             self._finish(out, t)
-        return Delta(text, list(new_ids), lps, c.finish_reason if out.finished else None, c.stop_reason)
+        return Delta(
+            text, list(new_ids), lps, c.finish_reason if out.finished else None, c.stop_reason
+        )
 
     def _text(self, out: RequestOutput, new_ids: list[int]) -> str:
         """The text to send now. While streaming, the server decodes the token ids itself
@@ -243,7 +245,9 @@ class OpenAIServing:
         if tokenizer is None:
             raise errors.bad_request(f"{param}: this model has no tokenizer; send token ids", param)
         self._check_chars(len(text), param)
-        return await anyio.to_thread.run_sync(lambda: tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        return await anyio.to_thread.run_sync(
+            lambda: tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        )
 
     def _check_length(self, ids: list[int], params: SamplingParams, param: str) -> None:
         n, limit = len(ids), self.max_model_len
@@ -257,14 +261,18 @@ class OpenAIServing:
                 "context_length_exceeded",
             )
 
-    async def open(self, ids: list[int], params: SamplingParams, request_id: str, cache_salt: str | None) -> RequestStream:
+    async def open(
+        self, ids: list[int], params: SamplingParams, request_id: str, cache_salt: str | None
+    ) -> RequestStream:
         """Submit one request and wait for its first output (errors surface here).
 
         The cluster sees ``<request_id>-<random>``: a caller's id (``request_id`` field,
         ``X-Request-Id``) names the response, but two requests sent with the same id must
         never share one inside the engines."""
         arrival = time.perf_counter()
-        agen = self.backend.stream(ids, params, request_id=f"{request_id}-{uuid.uuid4().hex[:8]}", cache_salt=cache_salt)
+        agen = self.backend.stream(
+            ids, params, request_id=f"{request_id}-{uuid.uuid4().hex[:8]}", cache_salt=cache_salt
+        )
         try:
             first = await agen.__anext__()
         except ValueError as e:
@@ -283,15 +291,22 @@ class OpenAIServing:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await agen.aclose()  # type: ignore[attr-defined]
             raise
-        detok = IncrementalDetokenizer(self.tokenizer, ids) if self.tokenizer is not None and params.skip_special_tokens else None
+        detok = (
+            IncrementalDetokenizer(self.tokenizer, ids)
+            if self.tokenizer is not None and params.skip_special_tokens
+            else None
+        )
         holdback = max((len(x) for x in params.stop), default=1) - 1
         return RequestStream(agen, request_id, self.metrics, arrival, first, detok, holdback)
 
-    async def _open_all(self, prompts: list[list[int]], params: SamplingParams, base_id: str, cache_salt: str | None) -> list[RequestStream]:
+    async def _open_all(
+        self, prompts: list[list[int]], params: SamplingParams, base_id: str, cache_salt: str | None
+    ) -> list[RequestStream]:
         if len(prompts) == 1:
             return [await self.open(prompts[0], params, base_id, cache_salt)]
         results = await asyncio.gather(
-            *(self.open(p, params, f"{base_id}-{i}", cache_salt) for i, p in enumerate(prompts)), return_exceptions=True
+            *(self.open(p, params, f"{base_id}-{i}", cache_salt) for i, p in enumerate(prompts)),
+            return_exceptions=True,
         )
         streams = [r for r in results if isinstance(r, RequestStream)]
         failed = [r for r in results if isinstance(r, BaseException)]
@@ -302,20 +317,29 @@ class OpenAIServing:
         return streams
 
     # -- /v1/completions -------------------------------------------------------------
-    async def completions(self, req: CompletionRequest, request_id: str, request: Request) -> Response:
+    async def completions(
+        self, req: CompletionRequest, request_id: str, request: Request
+    ) -> Response:
         model = self.check_model(req.model)
         params = _sampling(req.sampling_params)
         prompts: list[list[int]] = []
         echo_texts: list[str] = []
         given = req.prompts()
         if len(given) > self.max_prompts_per_request:
-            raise errors.bad_request(f"prompt: {len(given)} prompts in one request; at most {self.max_prompts_per_request} are accepted", "prompt")
+            raise errors.bad_request(
+                f"prompt: {len(given)} prompts in one request; at most {self.max_prompts_per_request} are accepted",
+                "prompt",
+            )
         for p in given:
             ids = await self._encode(p, True, "prompt") if isinstance(p, str) else p
             self._check_length(ids, params, "prompt")
             prompts.append(ids)
             if req.echo:
-                echo_texts.append(p if isinstance(p, str) else (self.tokenizer.decode(p) if self.tokenizer else ""))
+                echo_texts.append(
+                    p
+                    if isinstance(p, str)
+                    else (self.tokenizer.decode(p) if self.tokenizer else "")
+                )
         self.metrics.num_requests_running.inc(len(prompts))
         try:
             streams = await self._open_all(prompts, params, request_id, req.cache_salt)
@@ -323,7 +347,11 @@ class OpenAIServing:
             self.metrics.num_requests_running.dec(len(prompts))
             raise
         if req.stream:
-            gen = _event_stream(request_id, self._completion_events(req, model, request_id, streams, echo_texts), streams)
+            gen = _event_stream(
+                request_id,
+                self._completion_events(req, model, request_id, streams, echo_texts),
+                streams,
+            )
             return EventStreamResponse(gen, on_close=_closer(streams, self.metrics, len(prompts)))
         try:
             outs = await _until_disconnect(request, asyncio.gather(*(s.collect() for s in streams)))
@@ -339,7 +367,9 @@ class OpenAIServing:
                 CompletionChoice(
                     index=i,
                     text=text,
-                    logprobs=self._completion_logprobs(c.token_ids, c.logprobs, params.logprobs or 0),
+                    logprobs=self._completion_logprobs(
+                        c.token_ids, c.logprobs, params.logprobs or 0
+                    ),
                     finish_reason=c.finish_reason,
                     stop_reason=c.stop_reason,
                     token_ids=list(c.token_ids) if req.return_token_ids else None,
@@ -350,7 +380,12 @@ class OpenAIServing:
         return JSONResponse(resp.model_dump(mode="json"))
 
     async def _completion_events(
-        self, req: CompletionRequest, model: str, rid: str, streams: list[RequestStream], echo_texts: list[str]
+        self,
+        req: CompletionRequest,
+        model: str,
+        rid: str,
+        streams: list[RequestStream],
+        echo_texts: list[str],
     ) -> AsyncIterator[bytes]:
         created = now()
         opts = req.stream_options
@@ -358,17 +393,28 @@ class OpenAIServing:
         continuous = bool(opts and opts.continuous_usage_stats)
         k = req.logprobs or 0
         for i, text in enumerate(echo_texts):
-            yield event(CompletionResponse(id=rid, created=created, model=model, choices=[CompletionChoice(index=i, text=text)]))
+            yield event(
+                CompletionResponse(
+                    id=rid,
+                    created=created,
+                    model=model,
+                    choices=[CompletionChoice(index=i, text=text)],
+                )
+            )
         async for i, d in _merge(streams):
             s = streams[i]
             choice = CompletionChoice(
                 index=i,
                 text=d.text,
-                logprobs=self._completion_logprobs(d.token_ids, d.logprobs, k, len(s._sent_text) - len(d.text)),
+                logprobs=self._completion_logprobs(
+                    d.token_ids, d.logprobs, k, len(s._sent_text) - len(d.text)
+                ),
                 finish_reason=d.finish_reason,  # type: ignore[arg-type]
                 stop_reason=d.stop_reason if d.finish_reason else None,
                 token_ids=d.token_ids if req.return_token_ids else None,
-                prompt_token_ids=list(s.first.prompt_token_ids) if req.return_token_ids and s._sent_tokens == len(d.token_ids) else None,
+                prompt_token_ids=list(s.first.prompt_token_ids)
+                if req.return_token_ids and s._sent_tokens == len(d.token_ids)
+                else None,
             )
             chunk = CompletionResponse(id=rid, created=created, model=model, choices=[choice])
             if continuous:
@@ -376,7 +422,11 @@ class OpenAIServing:
             yield event(chunk)
         if include_usage:
             outs = [s.last or s.first for s in streams]
-            yield event(CompletionResponse(id=rid, created=created, model=model, choices=[], usage=_usage(outs)))
+            yield event(
+                CompletionResponse(
+                    id=rid, created=created, model=model, choices=[], usage=_usage(outs)
+                )
+            )
 
     def _completion_logprobs(
         self, token_ids: list[int], lps: list[dict[int, float]] | None, k: int, offset: int = 0
@@ -400,12 +450,16 @@ class OpenAIServing:
         params = _sampling(req.sampling_params)
         tokenizer = self.tokenizer
         if tokenizer is None:
-            raise errors.bad_request("messages: this model has no tokenizer, so no chat template", "messages")
+            raise errors.bad_request(
+                "messages: this model has no tokenizer, so no chat template", "messages"
+            )
         messages = req.chat_messages()
         self._check_chars(sum(len(m["content"]) for m in messages), "messages")
 
         def render() -> str:
-            return tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt)
+            return tokenizer.apply_chat_template(
+                messages, add_generation_prompt=req.add_generation_prompt
+            )
 
         try:
             text = await anyio.to_thread.run_sync(render)
@@ -420,7 +474,9 @@ class OpenAIServing:
             self.metrics.num_requests_running.dec()
             raise
         if req.stream:
-            body = _event_stream(request_id, self._chat_events(req, model, request_id, stream), [stream])
+            body = _event_stream(
+                request_id, self._chat_events(req, model, request_id, stream), [stream]
+            )
             return EventStreamResponse(body, on_close=_closer([stream], self.metrics, 1))
         try:
             out = await _until_disconnect(request, stream.collect())
@@ -445,7 +501,9 @@ class OpenAIServing:
         )
         return JSONResponse(resp.model_dump(mode="json"))
 
-    async def _chat_events(self, req: ChatCompletionRequest, model: str, rid: str, s: RequestStream) -> AsyncIterator[bytes]:
+    async def _chat_events(
+        self, req: ChatCompletionRequest, model: str, rid: str, s: RequestStream
+    ) -> AsyncIterator[bytes]:
         created = now()
         opts = req.stream_options
         include_usage = bool(opts and opts.include_usage)
@@ -453,7 +511,15 @@ class OpenAIServing:
         k = req.top_logprobs or 0
 
         def chunk(choice: ChatChunkChoice | None, usage: Usage | None = None) -> bytes:
-            return event(ChatCompletionChunk(id=rid, created=created, model=model, choices=[choice] if choice else [], usage=usage))
+            return event(
+                ChatCompletionChunk(
+                    id=rid,
+                    created=created,
+                    model=model,
+                    choices=[choice] if choice else [],
+                    usage=usage,
+                )
+            )
 
         yield chunk(ChatChunkChoice(index=0, delta={"role": "assistant", "content": ""}))
         async for d in s.deltas():
@@ -469,7 +535,9 @@ class OpenAIServing:
         if include_usage:
             yield chunk(None, _usage([s.last or s.first]))
 
-    def _chat_logprobs(self, token_ids: list[int], lps: list[dict[int, float]] | None, k: int) -> ChatLogprobs | None:
+    def _chat_logprobs(
+        self, token_ids: list[int], lps: list[dict[int, float]] | None, k: int
+    ) -> ChatLogprobs | None:
         if lps is None:
             return None
         content = []
@@ -481,7 +549,12 @@ class OpenAIServing:
                     token=tok,
                     logprob=lp.get(tid, float("-inf")),
                     bytes=list(tok.encode()),
-                    top_logprobs=[TopLogprob(token=(t := self._token_str(i)), logprob=v, bytes=list(t.encode())) for i, v in top],
+                    top_logprobs=[
+                        TopLogprob(
+                            token=(t := self._token_str(i)), logprob=v, bytes=list(t.encode())
+                        )
+                        for i, v in top
+                    ],
                 )
             )
         return ChatLogprobs(content=content)
@@ -496,7 +569,9 @@ def _sampling(build: Any) -> SamplingParams:
     return params
 
 
-async def _event_stream(rid: str, body: AsyncIterator[bytes], streams: list[RequestStream]) -> AsyncIterator[bytes]:
+async def _event_stream(
+    rid: str, body: AsyncIterator[bytes], streams: list[RequestStream]
+) -> AsyncIterator[bytes]:
     """A streamed response's SSE body: ``body``'s events, then an OpenAI error event if it
     failed, the request streams closed in every case, and ``[DONE]``."""
     try:
@@ -545,7 +620,9 @@ async def _merge(streams: list[RequestStream]) -> AsyncIterator[tuple[int, Delta
             t.cancel()
 
 
-def _closer(streams: list[RequestStream], metrics: ServerMetrics, n: int) -> Callable[[], Awaitable[None]]:
+def _closer(
+    streams: list[RequestStream], metrics: ServerMetrics, n: int
+) -> Callable[[], Awaitable[None]]:
     """Cleanup of a streamed response, run once however it ends (finished, client gone,
     or gone before the body started, when the body's own ``finally`` never runs)."""
     done = False

@@ -119,7 +119,9 @@ class BlockCache:
         return evicted
 
 
-def hit_rate(requests: Iterable[Sequence[Hashable]], capacity: int | None, eviction: Eviction = "lru") -> float:
+def hit_rate(
+    requests: Iterable[Sequence[Hashable]], capacity: int | None, eviction: Eviction = "lru"
+) -> float:
     """Block hit rate of one global cache replaying requests' block keys in order:
     matched leading blocks / all blocks (FAST'25 Table 1 setting)."""
     cache = BlockCache(capacity, eviction)

@@ -53,7 +53,9 @@ def _name(policy: str) -> str:
     return name
 
 
-def build_config(args: argparse.Namespace, policy: str, split: tuple[int, int] | None = None) -> SimConfig:
+def build_config(
+    args: argparse.Namespace, policy: str, split: tuple[int, int] | None = None
+) -> SimConfig:
     """SimConfig from parsed arguments for one policy name.
 
     Args:
@@ -63,7 +65,9 @@ def build_config(args: argparse.Namespace, policy: str, split: tuple[int, int] |
     """
     name = _name(policy)
     colocated = name in COLOCATED_POLICIES
-    prefill_policy = COLOCATED_POLICIES.get(name, "global_cache_aware" if name == "mooncake" else name)
+    prefill_policy = COLOCATED_POLICIES.get(
+        name, "global_cache_aware" if name == "mooncake" else name
+    )
     conductor = ConductorConfig(
         prefill_policy=prefill_policy,  # type: ignore[arg-type]
         admission=args.admission,
@@ -77,7 +81,9 @@ def build_config(args: argparse.Namespace, policy: str, split: tuple[int, int] |
     what_ifs = parse_what_ifs(args.what_if)
     cost = load_cost_model(args.cost_model) if args.cost_model is not None else CostModel()
     if args.step_overhead is not None:
-        cost = dataclasses.replace(cost, hardware=dataclasses.replace(cost.hardware, step_overhead_s=args.step_overhead))
+        cost = dataclasses.replace(
+            cost, hardware=dataclasses.replace(cost.hardware, step_overhead_s=args.step_overhead)
+        )
     return SimConfig(
         cost=cost,
         mode="colocated" if colocated else "disaggregated",
@@ -85,7 +91,9 @@ def build_config(args: argparse.Namespace, policy: str, split: tuple[int, int] |
         decode_instances=d,
         conductor=conductor,
         prefill_cache_blocks=None if args.cache_blocks < 0 else args.cache_blocks,
-        colocated_cache_blocks=None if args.colocated_cache_blocks < 0 else args.colocated_cache_blocks,
+        colocated_cache_blocks=None
+        if args.colocated_cache_blocks < 0
+        else args.colocated_cache_blocks,
         eviction=args.eviction,
         chunk_tokens=args.chunk_tokens,
         max_tokens=args.max_tokens,
@@ -145,7 +153,9 @@ def parse_instances(spec: str) -> dict[str, tuple[int, int] | None]:
             else:
                 raise ValueError
         except ValueError:
-            raise ValueError(f"instances: expected P:D (e.g. 8:8) or auto for {name}, got {value!r}") from None
+            raise ValueError(
+                f"instances: expected P:D (e.g. 8:8) or auto for {name}, got {value!r}"
+            ) from None
         colocated = name in COLOCATED_POLICIES
         if p < 0 or d < 0 or (not colocated and (p == 0 or d == 0)) or p + d == 0:
             raise ValueError(f"instances: {name}={value} needs positive counts")
@@ -155,40 +165,121 @@ def parse_instances(spec: str) -> dict[str, tuple[int, int] | None]:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", type=Path, help="trace file (JSON lines)")
-    p.add_argument("--admission", choices=ADMISSIONS, default="none", help="admission control (default: none)")
+    p.add_argument(
+        "--admission", choices=ADMISSIONS, default="none", help="admission control (default: none)"
+    )
     p.add_argument("--prefill-instances", type=int, default=8, help="prefill instances (default 8)")
-    p.add_argument("--decode-instances", type=int, default=8, help="decode instances (default 8); vllm runs P+D colocated instances")
+    p.add_argument(
+        "--decode-instances",
+        type=int,
+        default=8,
+        help="decode instances (default 8); vllm runs P+D colocated instances",
+    )
     p.add_argument("--ttft-slo", type=float, default=30.0, help="TTFT SLO, seconds (default 30)")
-    p.add_argument("--tbt-slo", type=float, default=0.1, help="TBT SLO used by admission, seconds (default 0.1)")
-    p.add_argument("--balancing-threshold", type=float, default=1.0, help="kvcache_balancing_threshold (default 1.0)")
-    p.add_argument("--cache-blocks", type=int, default=5859, help="KV cache blocks per prefill instance; -1 = unbounded (default 5859 = 3M tokens)")
-    p.add_argument("--colocated-cache-blocks", type=int, default=-1, help="prefix cache per colocated instance, blocks; 0 = no prefix caching; -1 = its HBM KV capacity (default)")
-    p.add_argument("--eviction", choices=EVICTIONS, default="lru", help="cache eviction policy (default lru)")
-    p.add_argument("--chunk-tokens", type=int, default=512, help="colocated step token budget (default 512)")
-    p.add_argument("--cost-model", type=Path, default=None, metavar="FILE", help="timings from a cost model a live Conductor fitted ('mooncake cost-model --out FILE'; default: LLaMA3-70B on 8xA800)")
-    p.add_argument("--step-overhead", type=float, default=None, metavar="S", help="engine overhead per continuous-batching step, seconds (default 0.005, or the cost model file's)")
-    p.add_argument("--max-tokens", type=int, default=None, help="output cap every request states (default: its trace output length)")
-    p.add_argument("--output-prediction", choices=OUTPUT_PREDICTIONS, default="expected", help="output length decode-load prediction plans with: expected (online distribution of finished requests, capped by max_tokens) or max_tokens (default expected)")
+    p.add_argument(
+        "--tbt-slo",
+        type=float,
+        default=0.1,
+        help="TBT SLO used by admission, seconds (default 0.1)",
+    )
+    p.add_argument(
+        "--balancing-threshold",
+        type=float,
+        default=1.0,
+        help="kvcache_balancing_threshold (default 1.0)",
+    )
+    p.add_argument(
+        "--cache-blocks",
+        type=int,
+        default=5859,
+        help="KV cache blocks per prefill instance; -1 = unbounded (default 5859 = 3M tokens)",
+    )
+    p.add_argument(
+        "--colocated-cache-blocks",
+        type=int,
+        default=-1,
+        help="prefix cache per colocated instance, blocks; 0 = no prefix caching; -1 = its HBM KV capacity (default)",
+    )
+    p.add_argument(
+        "--eviction", choices=EVICTIONS, default="lru", help="cache eviction policy (default lru)"
+    )
+    p.add_argument(
+        "--chunk-tokens", type=int, default=512, help="colocated step token budget (default 512)"
+    )
+    p.add_argument(
+        "--cost-model",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="timings from a cost model a live Conductor fitted ('mooncake cost-model --out FILE'; default: LLaMA3-70B on 8xA800)",
+    )
+    p.add_argument(
+        "--step-overhead",
+        type=float,
+        default=None,
+        metavar="S",
+        help="engine overhead per continuous-batching step, seconds (default 0.005, or the cost model file's)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="output cap every request states (default: its trace output length)",
+    )
+    p.add_argument(
+        "--output-prediction",
+        choices=OUTPUT_PREDICTIONS,
+        default="expected",
+        help="output length decode-load prediction plans with: expected (online distribution of finished requests, capped by max_tokens) or max_tokens (default expected)",
+    )
     what_ifs = "; ".join(f"{n.replace('_', '-')}: {d}" for n, d in WHAT_IFS.items())
-    p.add_argument("--what-if", default="", metavar="NAMES", help=f"comma-separated behaviour the live system does not have, all off by default ({what_ifs})")
+    p.add_argument(
+        "--what-if",
+        default="",
+        metavar="NAMES",
+        help=f"comma-separated behaviour the live system does not have, all off by default ({what_ifs})",
+    )
     p.add_argument("--limit", type=int, default=None, help="replay only the first N requests")
-    p.add_argument("--json", type=Path, default=None, help=f"write results as JSON here (schema version {JSON_SCHEMA_VERSION})")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help=f"write results as JSON here (schema version {JSON_SCHEMA_VERSION})",
+    )
     p.add_argument("--plot", type=Path, default=None, help="write a PNG plot here")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def add_parser(subparsers: Any) -> None:
     """Register ``sim`` (and ``sim sweep``) on an argparse subparsers object."""
-    sim = subparsers.add_parser("sim", help="replay a Mooncake trace in the simulator", description=SIM_DESCRIPTION)
+    sim = subparsers.add_parser(
+        "sim", help="replay a Mooncake trace in the simulator", description=SIM_DESCRIPTION
+    )
     _common(sim)
-    sim.add_argument("--policy", default="mooncake", help=f"one of {', '.join(POLICIES)} (default mooncake)")
-    sim.add_argument("--rate-scale", type=float, default=1.0, help="replay X times faster (default 1)")
-    sim.add_argument("--records", action="store_true", help="with --json: add one record per request (arrival, TTFT, TBT, instances, rejection reason)")
+    sim.add_argument(
+        "--policy", default="mooncake", help=f"one of {', '.join(POLICIES)} (default mooncake)"
+    )
+    sim.add_argument(
+        "--rate-scale", type=float, default=1.0, help="replay X times faster (default 1)"
+    )
+    sim.add_argument(
+        "--records",
+        action="store_true",
+        help="with --json: add one record per request (arrival, TTFT, TBT, instances, rejection reason)",
+    )
     sim.set_defaults(func=run_sim)
     nested = sim.add_subparsers(dest="sim_command")
-    sw = nested.add_parser("sweep", help="effective capacity of each policy over rate scales", description=SWEEP_DESCRIPTION)
+    sw = nested.add_parser(
+        "sweep",
+        help="effective capacity of each policy over rate scales",
+        description=SWEEP_DESCRIPTION,
+    )
     _common(sw)
-    sw.add_argument("--policies", default="vllm,mooncake", help="comma-separated policy names (default vllm,mooncake)")
+    sw.add_argument(
+        "--policies",
+        default="vllm,mooncake",
+        help="comma-separated policy names (default vllm,mooncake)",
+    )
     sw.add_argument(
         "--instances",
         default="",
@@ -196,10 +287,22 @@ def add_parser(subparsers: Any) -> None:
         "(try every P:D split of --prefill-instances + --decode-instances nodes and keep the best); "
         "policies not named use --prefill-instances/--decode-instances",
     )
-    sw.add_argument("--scales", default="0.5,1,1.5,2,3,4", help="comma-separated rate scales (default 0.5,1,1.5,2,3,4)")
-    sw.add_argument("--tbt-slos", default="0.1,0.2,0.3", help="TBT SLOs in seconds to evaluate (default 0.1,0.2,0.3)")
-    sw.add_argument("--refine", type=int, default=3, help="bisection steps per SLO after the grid (default 3)")
-    sw.add_argument("--target", type=float, default=0.9, help="attainment that counts as capacity (default 0.9)")
+    sw.add_argument(
+        "--scales",
+        default="0.5,1,1.5,2,3,4",
+        help="comma-separated rate scales (default 0.5,1,1.5,2,3,4)",
+    )
+    sw.add_argument(
+        "--tbt-slos",
+        default="0.1,0.2,0.3",
+        help="TBT SLOs in seconds to evaluate (default 0.1,0.2,0.3)",
+    )
+    sw.add_argument(
+        "--refine", type=int, default=3, help="bisection steps per SLO after the grid (default 3)"
+    )
+    sw.add_argument(
+        "--target", type=float, default=0.9, help="attainment that counts as capacity (default 0.9)"
+    )
     sw.set_defaults(func=run_sweep)
 
 
@@ -216,7 +319,9 @@ def _load(args: argparse.Namespace) -> list[TraceRequest]:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.write_text(json.dumps({"schema_version": JSON_SCHEMA_VERSION, **payload}, indent=2, default=str))
+    path.write_text(
+        json.dumps({"schema_version": JSON_SCHEMA_VERSION, **payload}, indent=2, default=str)
+    )
 
 
 def run_sim(args: argparse.Namespace) -> int:
@@ -230,11 +335,21 @@ def run_sim(args: argparse.Namespace) -> int:
         return _error(str(e))
     result = simulate(config, reqs, progress=not args.no_progress)
     s = result.summary
-    print(f"policy={args.policy} split={split_label(config)} admission={args.admission} rate_scale={args.rate_scale:g} wall={result.wall_s:.1f}s")
-    print(f"requests={s.requests} served={s.served} rejected={s.rejected} hit_rate={s.cache_hit_rate:.3f} prefill_gpu_s={s.prefill_gpu_s:.0f}")
-    print(f"TTFT mean={s.ttft_mean_s:.2f}s p50={s.ttft_p50_s:.2f}s p90={s.ttft_p90_s:.2f}s p99={s.ttft_p99_s:.2f}s")
-    print(f"TBT  mean={s.tbt_mean_s * 1e3:.1f}ms p50={s.tbt_p50_s * 1e3:.1f}ms p90={s.tbt_p90_s * 1e3:.1f}ms p99={s.tbt_p99_s * 1e3:.1f}ms")
-    print(f"preemptions={s.preemptions} output-length prediction: MAE={s.output_len_mae:.0f} tokens bias={s.output_len_bias:+.0f} relative={s.output_len_rel_error:.2f}")
+    print(
+        f"policy={args.policy} split={split_label(config)} admission={args.admission} rate_scale={args.rate_scale:g} wall={result.wall_s:.1f}s"
+    )
+    print(
+        f"requests={s.requests} served={s.served} rejected={s.rejected} hit_rate={s.cache_hit_rate:.3f} prefill_gpu_s={s.prefill_gpu_s:.0f}"
+    )
+    print(
+        f"TTFT mean={s.ttft_mean_s:.2f}s p50={s.ttft_p50_s:.2f}s p90={s.ttft_p90_s:.2f}s p99={s.ttft_p99_s:.2f}s"
+    )
+    print(
+        f"TBT  mean={s.tbt_mean_s * 1e3:.1f}ms p50={s.tbt_p50_s * 1e3:.1f}ms p90={s.tbt_p90_s * 1e3:.1f}ms p99={s.tbt_p99_s * 1e3:.1f}ms"
+    )
+    print(
+        f"preemptions={s.preemptions} output-length prediction: MAE={s.output_len_mae:.0f} tokens bias={s.output_len_bias:+.0f} relative={s.output_len_rel_error:.2f}"
+    )
     for label, value in s.slo_attainment.items():
         print(f"SLO {label}: {value:.3f}")
     if args.json is not None:
@@ -255,11 +370,19 @@ def run_sim(args: argparse.Namespace) -> int:
         from mooncake.sim.plot import plot_run
 
         title = f"{args.policy}, {split_label(config)}, rate x{args.rate_scale:g}, admission {args.admission}"
-        plot_run(result, args.plot, title=title, ttft_slo_s=args.ttft_slo, tbt_slos_s=sorted({args.tbt_slo, 0.1, 0.2, 0.3}))
+        plot_run(
+            result,
+            args.plot,
+            title=title,
+            ttft_slo_s=args.ttft_slo,
+            tbt_slos_s=sorted({args.tbt_slo, 0.1, 0.2, 0.3}),
+        )
     return 0
 
 
-def _splits(args: argparse.Namespace, name: str, shapes: dict[str, tuple[int, int] | None]) -> list[tuple[int, int]]:
+def _splits(
+    args: argparse.Namespace, name: str, shapes: dict[str, tuple[int, int] | None]
+) -> list[tuple[int, int]]:
     """Cluster shapes to try for one policy."""
     if name not in shapes:
         return [(args.prefill_instances, args.decode_instances)]
@@ -285,11 +408,15 @@ def run_sweep(args: argparse.Namespace) -> int:
         unknown = sorted(set(shapes) - set(names))
         if unknown:
             raise ValueError(f"instances: {', '.join(unknown)} not in --policies")
-        plans = {n: [build_config(args, n, split) for split in _splits(args, n, shapes)] for n in names}
+        plans = {
+            n: [build_config(args, n, split) for split in _splits(args, n, shapes)] for n in names
+        }
         reqs = _load(args)
     except ValueError as e:
         return _error(str(e))
-    base_rate = len(reqs) / max(1e-9, reqs[-1].arrival_s - reqs[0].arrival_s) if len(reqs) > 1 else 0.0
+    base_rate = (
+        len(reqs) / max(1e-9, reqs[-1].arrival_s - reqs[0].arrival_s) if len(reqs) > 1 else 0.0
+    )
     slos = [(args.ttft_slo, b) for b in tbts]
     curves: list[CapacityCurve] = []
     configs: dict[str, SimConfig] = {}
@@ -304,7 +431,9 @@ def run_sweep(args: argparse.Namespace) -> int:
                 bar.update(1)
                 bar.set_postfix_str(f"x{point.rate_scale:g}")
 
-            found.append(sweep(name, config, reqs, scales, slos, args.refine, args.target, on_point=tick))
+            found.append(
+                sweep(name, config, reqs, scales, slos, args.refine, args.target, on_point=tick)
+            )
             configs[f"{name}/{split_label(config)}"] = config
             bar.close()
         best = _best(found)
@@ -340,7 +469,13 @@ def run_sweep(args: argparse.Namespace) -> int:
         from mooncake.sim.plot import plot_curves
 
         labels = {c.name: f"{c.name} {split_label(configs[c.name])}" for c in curves}
-        plot_curves(curves, args.plot, args.target, labels=labels, title=f"{args.trace.name}, admission {args.admission}")
+        plot_curves(
+            curves,
+            args.plot,
+            args.target,
+            labels=labels,
+            title=f"{args.trace.name}, admission {args.admission}",
+        )
     return 0
 
 
@@ -362,4 +497,15 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-__all__ = ["JSON_SCHEMA_VERSION", "POLICIES", "add_parser", "build_config", "main", "parse_instances", "run_sim", "run_sweep", "sim_args", "split_label"]
+__all__ = [
+    "JSON_SCHEMA_VERSION",
+    "POLICIES",
+    "add_parser",
+    "build_config",
+    "main",
+    "parse_instances",
+    "run_sim",
+    "run_sweep",
+    "sim_args",
+    "split_label",
+]

@@ -79,20 +79,60 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
-        _check(self.prefill_instances > 0, "prefill_instances", f"must be positive, got {self.prefill_instances}")
-        _check(self.decode_instances >= 0, "decode_instances", f"must be >= 0, got {self.decode_instances}")
-        _check(self.mode == "colocated" or self.decode_instances > 0, "decode_instances", "must be positive when disaggregated")
-        _check(self.prefill_cache_blocks is None or self.prefill_cache_blocks >= 0, "prefill_cache_blocks", f"must be >= 0, got {self.prefill_cache_blocks}")
-        _check(self.colocated_cache_blocks is None or self.colocated_cache_blocks >= 0, "colocated_cache_blocks", f"must be >= 0, got {self.colocated_cache_blocks}")
-        _check(self.eviction in EVICTIONS, "eviction", f"must be one of {EVICTIONS}, got {self.eviction!r}")
+        _check(
+            self.prefill_instances > 0,
+            "prefill_instances",
+            f"must be positive, got {self.prefill_instances}",
+        )
+        _check(
+            self.decode_instances >= 0,
+            "decode_instances",
+            f"must be >= 0, got {self.decode_instances}",
+        )
+        _check(
+            self.mode == "colocated" or self.decode_instances > 0,
+            "decode_instances",
+            "must be positive when disaggregated",
+        )
+        _check(
+            self.prefill_cache_blocks is None or self.prefill_cache_blocks >= 0,
+            "prefill_cache_blocks",
+            f"must be >= 0, got {self.prefill_cache_blocks}",
+        )
+        _check(
+            self.colocated_cache_blocks is None or self.colocated_cache_blocks >= 0,
+            "colocated_cache_blocks",
+            f"must be >= 0, got {self.colocated_cache_blocks}",
+        )
+        _check(
+            self.eviction in EVICTIONS,
+            "eviction",
+            f"must be one of {EVICTIONS}, got {self.eviction!r}",
+        )
         _check(self.chunk_tokens > 0, "chunk_tokens", f"must be positive, got {self.chunk_tokens}")
-        _check(self.max_tokens is None or self.max_tokens > 0, "max_tokens", f"must be positive, got {self.max_tokens}")
-        _check(self.decode_kv_tokens is None or self.decode_kv_tokens > 0, "decode_kv_tokens", f"must be positive, got {self.decode_kv_tokens}")
-        _check(self.conductor.colocated == (self.mode == "colocated"), "conductor", "conductor.colocated must match mode")
+        _check(
+            self.max_tokens is None or self.max_tokens > 0,
+            "max_tokens",
+            f"must be positive, got {self.max_tokens}",
+        )
+        _check(
+            self.decode_kv_tokens is None or self.decode_kv_tokens > 0,
+            "decode_kv_tokens",
+            f"must be positive, got {self.decode_kv_tokens}",
+        )
+        _check(
+            self.conductor.colocated == (self.mode == "colocated"),
+            "conductor",
+            "conductor.colocated must match mode",
+        )
 
     @property
     def kv_tokens(self) -> int:
-        return self.decode_kv_tokens if self.decode_kv_tokens is not None else self.cost.kv_capacity_tokens()
+        return (
+            self.decode_kv_tokens
+            if self.decode_kv_tokens is not None
+            else self.cost.kv_capacity_tokens()
+        )
 
     @property
     def num_instances(self) -> int:

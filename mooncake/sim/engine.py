@@ -46,7 +46,9 @@ class Simulator:
         progress: show a progress bar.
     """
 
-    def __init__(self, config: SimConfig, requests: Sequence[TraceRequest], progress: bool = False) -> None:
+    def __init__(
+        self, config: SimConfig, requests: Sequence[TraceRequest], progress: bool = False
+    ) -> None:
         self.config = config
         self.requests = requests
         self.progress = progress
@@ -57,14 +59,25 @@ class Simulator:
         max_batch = config.conductor.max_decode_batch
 
         def batch(name: str, cache: BlockCache | None) -> BatchInstance:
-            return BatchInstance(name, cost, config.kv_tokens, config.chunk_tokens, cache, bs, config.reserve_full_output, max_batch)
+            return BatchInstance(
+                name,
+                cost,
+                config.kv_tokens,
+                config.chunk_tokens,
+                cache,
+                bs,
+                config.reserve_full_output,
+                max_batch,
+            )
 
         # Workers join the Conductor one by one, as they do in the live plugin.
         self.conductor = Conductor(config.conductor, [], {}, cost)
         if config.mode == "disaggregated":
             for i in range(config.prefill_instances):
                 name = f"prefill-{i}"
-                self.prefill[name] = PrefillInstance(name, BlockCache(config.prefill_cache_blocks, config.eviction))
+                self.prefill[name] = PrefillInstance(
+                    name, BlockCache(config.prefill_cache_blocks, config.eviction)
+                )
                 self.conductor.add_prefill_worker(name)
             for i in range(config.decode_instances):
                 name = f"decode-{i}"
@@ -97,8 +110,16 @@ class Simulator:
             self._push(req.arrival_s, _ARRIVE, req)
         # The bar counts requests that are done (finished or rejected), not arrivals,
         # so it does not read 100% while the queues are still draining.
-        self._bar = tqdm(total=len(self.requests), unit="req", disable=not self.progress, mininterval=0.5)
-        handlers = (self._on_arrive, self._on_prefill_done, self._on_decode_arrive, self._on_step, self._on_wake)
+        self._bar = tqdm(
+            total=len(self.requests), unit="req", disable=not self.progress, mininterval=0.5
+        )
+        handlers = (
+            self._on_arrive,
+            self._on_prefill_done,
+            self._on_decode_arrive,
+            self._on_step,
+            self._on_wake,
+        )
         heap = self._heap
         while heap:
             now, _, kind, a, b = heapq.heappop(heap)
@@ -113,7 +134,9 @@ class Simulator:
     def _on_arrive(self, now: float, req: TraceRequest, _: Any) -> None:
         rid = str(req.index)
         cap = req.output_length if self.config.max_tokens is None else self.config.max_tokens
-        record = RequestRecord(req.index, req.arrival_s, req.input_length, min(req.output_length, cap))
+        record = RequestRecord(
+            req.index, req.arrival_s, req.input_length, min(req.output_length, cap)
+        )
         self.records.append(record)
         decision = self.conductor.place(RequestInfo(rid, req.input_length, req.hash_ids, cap), now)
         if not isinstance(decision, Placement):
@@ -165,11 +188,15 @@ class Simulator:
         if evicted:
             self.conductor.on_blocks_removed(name, evicted)
 
-    def _on_prefill_done(self, now: float, p: PrefillInstance, info: tuple[PrefillWork, int, float]) -> None:
+    def _on_prefill_done(
+        self, now: float, p: PrefillInstance, info: tuple[PrefillWork, int, float]
+    ) -> None:
         work, fetch_tokens, fetch_s = info
         cost = self.config.cost
         self._store_blocks(p.name, p.cache, work)
-        self.conductor.on_prefill_finish(work.rid, now, work.record.prompt_len, work.record.cached_tokens, work.compute_s)
+        self.conductor.on_prefill_finish(
+            work.rid, now, work.record.prompt_len, work.record.cached_tokens, work.compute_s
+        )
         if fetch_tokens > 0:
             self.conductor.on_transfer(fetch_tokens * cost.model.kv_bytes_per_token, fetch_s)
         self.prefill_gpu_s += work.compute_s
@@ -234,7 +261,9 @@ class Simulator:
             # The Conductor learns from what it can observe: the wall time from the first
             # chunk to the last, which includes the decode steps interleaved with it.
             started = work.started_at if work.started_at is not None else now
-            self.conductor.on_prefill_finish(work.rid, now, record.prompt_len, record.cached_tokens, now - started)
+            self.conductor.on_prefill_finish(
+                work.rid, now, record.prompt_len, record.cached_tokens, now - started
+            )
             self.conductor.on_decode_join(work.rid, now)
             self.prefill_gpu_s += work.compute_s
         self._finish(finished, now)
@@ -259,7 +288,9 @@ class Simulator:
             self._bar.update(1)
 
 
-def simulate(config: SimConfig, requests: Sequence[TraceRequest], progress: bool = False) -> SimResult:
+def simulate(
+    config: SimConfig, requests: Sequence[TraceRequest], progress: bool = False
+) -> SimResult:
     """Run one replay (convenience wrapper around :class:`Simulator`)."""
     return Simulator(config, requests, progress).run()
 

@@ -208,7 +208,18 @@ class BatchInstance:
             prior = [*work.resume.prior_gaps, (now - work.resume.preempted_at, 1.0)]
         self._seq_no += 1
         reserved = record.prompt_len + record.output_len - kv0 if self.reserve_full_output else 0
-        seq = DecodingSeq(work.rid, record, work.keys, self.step, self.step + steps, len(self.seg_start) - 1, kv0, self._seq_no, prior, reserved)
+        seq = DecodingSeq(
+            work.rid,
+            record,
+            work.keys,
+            self.step,
+            self.step + steps,
+            len(self.seg_start) - 1,
+            kv0,
+            self._seq_no,
+            prior,
+            reserved,
+        )
         self.running[work.rid] = seq
         heapq.heappush(self._finish_heap, (seq.finish_step, self._seq_no, work.rid))
         self._sum_kv0 += kv0
@@ -243,7 +254,9 @@ class BatchInstance:
             _, _, rid = heapq.heappop(self._finish_heap)
             seq = self.running[rid]
             self._remove(seq)
-            seq.record.tbt_s = slowest_gaps_mean([*seq.prior_gaps, *self._gaps(seq, seq.finish_step)])
+            seq.record.tbt_s = slowest_gaps_mean(
+                [*seq.prior_gaps, *self._gaps(seq, seq.finish_step)]
+            )
             out.append(seq)
             self._clean_heap()
         return out
@@ -286,7 +299,9 @@ class BatchInstance:
             if work.resume is None:
                 work.record.cached_tokens = work.done
                 work.started_at = now
-            work.reserved = work.tokens + (work.record.output_len if self.reserve_full_output else 0)
+            work.reserved = work.tokens + (
+                work.record.output_len if self.reserve_full_output else 0
+            )
             self._reserved_active += work.reserved
             self.active.append(work)
             started.append(work)
@@ -309,7 +324,13 @@ class BatchInstance:
             self._remove(seq)
             seq.record.preemptions += 1
             self.preemptions += 1
-            work = PrefillWork(seq.rid, seq.record, seq.keys, tokens=seq.kv0 + produced, resume=Resume(prior, now, left))
+            work = PrefillWork(
+                seq.rid,
+                seq.record,
+                seq.keys,
+                tokens=seq.kv0 + produced,
+                resume=Resume(prior, now, left),
+            )
             self.queue.appendleft(work)
             out.append(seq)
         return out

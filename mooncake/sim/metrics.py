@@ -104,11 +104,23 @@ def attainment(records: Sequence[RequestRecord], ttft_slo_s: float, tbt_slo_s: f
     """Fraction of all requests served within both SLOs (rejected count as misses)."""
     if not records:
         return 0.0
-    ok = sum(1 for r in records if not r.rejected and r.ttft_s is not None and r.tbt_s is not None and r.ttft_s <= ttft_slo_s and r.tbt_s <= tbt_slo_s)
+    ok = sum(
+        1
+        for r in records
+        if not r.rejected
+        and r.ttft_s is not None
+        and r.tbt_s is not None
+        and r.ttft_s <= ttft_slo_s
+        and r.tbt_s <= tbt_slo_s
+    )
     return ok / len(records)
 
 
-def summarize(records: Sequence[RequestRecord], prefill_gpu_s: float, slos: Iterable[tuple[float, float]] = ((30.0, 0.1), (30.0, 0.2), (30.0, 0.3))) -> RunSummary:
+def summarize(
+    records: Sequence[RequestRecord],
+    prefill_gpu_s: float,
+    slos: Iterable[tuple[float, float]] = ((30.0, 0.1), (30.0, 0.2), (30.0, 0.3)),
+) -> RunSummary:
     """Aggregate a run's records."""
     served = [r for r in records if not r.rejected and r.ttft_s is not None]
     ttft = [r.ttft_s for r in served if r.ttft_s is not None]

@@ -103,7 +103,9 @@ def sweep(
                 break
             run(round((lo + above[0]) / 2, 4))
     pts = sorted(done.values(), key=lambda p: p.rate_scale)
-    return CapacityCurve(name, pts, {label: effective_capacity(pts, label, target) for label in labels})
+    return CapacityCurve(
+        name, pts, {label: effective_capacity(pts, label, target) for label in labels}
+    )
 
 
 __all__ = ["CapacityCurve", "SweepPoint", "effective_capacity", "slo_label", "sweep"]

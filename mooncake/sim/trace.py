@@ -48,14 +48,20 @@ def _parse_line(text: str, source: str, lineno: int, index: int) -> TraceRequest
         raise TraceError(source, lineno, f"expected a JSON object, got {type(rec).__name__}")
     missing = [k for k in _KEYS if k not in rec]
     if missing:
-        raise TraceError(source, lineno, f"missing key {missing[0]!r} (a record has {', '.join(_KEYS)})")
+        raise TraceError(
+            source, lineno, f"missing key {missing[0]!r} (a record has {', '.join(_KEYS)})"
+        )
     ts, n_in, n_out, ids = (rec[k] for k in _KEYS)
     if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not ts >= 0:
-        raise TraceError(source, lineno, f"timestamp: must be a number of milliseconds >= 0, got {ts!r}")
+        raise TraceError(
+            source, lineno, f"timestamp: must be a number of milliseconds >= 0, got {ts!r}"
+        )
     if not _is_int(n_in) or n_in <= 0:
         raise TraceError(source, lineno, f"input_length: must be a positive integer, got {n_in!r}")
     if not _is_int(n_out) or n_out <= 0:
-        raise TraceError(source, lineno, f"output_length: must be a positive integer, got {n_out!r}")
+        raise TraceError(
+            source, lineno, f"output_length: must be a positive integer, got {n_out!r}"
+        )
     if not isinstance(ids, list) or not all(_is_int(h) for h in ids):
         raise TraceError(source, lineno, "hash_ids: must be a list of integers")
     return TraceRequest(index, ts / 1000.0, n_in, n_out, tuple(ids))
@@ -111,7 +117,14 @@ def scale_rate(reqs: Sequence[TraceRequest], rate_scale: float) -> list[TraceReq
     return [replace(r, arrival_s=r.arrival_s / rate_scale) for r in reqs]
 
 
-def make_request(index: int, arrival_s: float, input_length: int, output_length: int, hash_ids: Sequence[int] | None = None, block_size: int = 512) -> TraceRequest:
+def make_request(
+    index: int,
+    arrival_s: float,
+    input_length: int,
+    output_length: int,
+    hash_ids: Sequence[int] | None = None,
+    block_size: int = 512,
+) -> TraceRequest:
     """Factory for synthetic traces; default ``hash_ids`` are unique to the request."""
     if hash_ids is None:
         nblocks = -(-input_length // block_size)

@@ -78,7 +78,9 @@ _PAGE_WORDS = 512  # 4 KiB pages of uint64 words
 _WEIGHTS = 2 * np.arange(1 << 16, dtype=np.uint64) + 1  # odd page weights, grown on demand
 _MASK64 = (1 << 64) - 1
 _U64 = np.dtype("<u8")  # a dtype object: parsing a dtype string costs a microsecond per call
-_add_reduce = np.add.reduce  # ndarray.sum goes through a Python wrapper: half a microsecond per call
+_add_reduce = (
+    np.add.reduce
+)  # ndarray.sum goes through a Python wrapper: half a microsecond per call
 PAGE_BYTES = _PAGE_WORDS * 8
 
 
@@ -112,15 +114,25 @@ def sum64_numpy(data: Any) -> int:
     global _WEIGHTS
     n = memoryview(data).nbytes
     nwords = n >> 3
-    words = np.frombuffer(data, dtype=_U64, count=nwords) if n & 7 else np.frombuffer(data, dtype=_U64)
+    words = (
+        np.frombuffer(data, dtype=_U64, count=nwords) if n & 7 else np.frombuffer(data, dtype=_U64)
+    )
     npages = nwords >> 9
     if not n & (PAGE_BYTES - 1) and 0 < npages < len(_WEIGHTS):
         # Whole pages (every KV block shape here): three numpy calls, no method wrappers.
-        return (int(_add_reduce(words.reshape(npages, _PAGE_WORDS), axis=1).dot(_WEIGHTS[:npages])) + n) & _MASK64
+        return (
+            int(_add_reduce(words.reshape(npages, _PAGE_WORDS), axis=1).dot(_WEIGHTS[:npages])) + n
+        ) & _MASK64
     if npages >= len(_WEIGHTS):
         _WEIGHTS = 2 * np.arange(2 * npages + 2, dtype=np.uint64) + 1
     # uint64 array arithmetic wraps mod 2**64 silently, as intended.
-    total = int(np.dot(words[: npages << 9].reshape(npages, _PAGE_WORDS).sum(axis=1), _WEIGHTS[:npages])) if npages else 0
+    total = (
+        int(
+            np.dot(words[: npages << 9].reshape(npages, _PAGE_WORDS).sum(axis=1), _WEIGHTS[:npages])
+        )
+        if npages
+        else 0
+    )
     if nwords & (_PAGE_WORDS - 1):
         total += int(words[npages << 9 :].sum()) * (2 * npages + 1)
     if n & 7:
@@ -167,7 +179,9 @@ def encode_header(block: KVBlock, payload_checksum: int, position: int | None = 
     spec = block.spec
     fp = block.model_fingerprint.encode()
     toks = np.asarray(block.token_ids, dtype="<i4").tobytes()
-    flags = (_HAS_KEY if block.key is not None else 0) | (_HAS_PARENT if block.parent is not None else 0)
+    flags = (_HAS_KEY if block.key is not None else 0) | (
+        _HAS_PARENT if block.parent is not None else 0
+    )
     length = _FIXED.size + len(fp) + len(toks) + _CRC.size
     fixed = _FIXED.pack(
         MAGIC, FORMAT_VERSION, _DTYPE_CODES[spec.dtype], flags, length,
@@ -206,7 +220,9 @@ def decode_header(raw: Any) -> BlockHeader:
     if dcode not in _CODE_DTYPES:
         raise CorruptBlockError(f"unknown dtype code {dcode}")
     try:
-        spec = KVBlockSpec(num_layers=nl, num_kv_heads=nh, head_dim=hd, block_size=bs, dtype=_CODE_DTYPES[dcode])
+        spec = KVBlockSpec(
+            num_layers=nl, num_kv_heads=nh, head_dim=hd, block_size=bs, dtype=_CODE_DTYPES[dcode]
+        )
         fp = bytes(mv[_FIXED.size : _FIXED.size + fplen]).decode()
     except (ValueError, UnicodeDecodeError) as e:
         raise CorruptBlockError(f"bad header field: {e}") from e
@@ -248,7 +264,9 @@ def payload_view(block: KVBlock) -> memoryview:
     return np.ascontiguousarray(block.data).data.cast("B")
 
 
-def encode(block: KVBlock, position: int | None = None, algo: ChecksumName = "sum64") -> tuple[bytes, memoryview]:
+def encode(
+    block: KVBlock, position: int | None = None, algo: ChecksumName = "sum64"
+) -> tuple[bytes, memoryview]:
     """(header bytes, payload view) of ``block``; the payload is not copied."""
     payload = payload_view(block)
     return encode_header(block, checksum(payload, algo), position, algo), payload
@@ -265,7 +283,9 @@ class BlockObject:
 
     __slots__ = ("_owner", "header", "header_bytes", "payload")
 
-    def __init__(self, header: BlockHeader, header_bytes: bytes, payload: pa.Buffer, owner: object = None) -> None:
+    def __init__(
+        self, header: BlockHeader, header_bytes: bytes, payload: pa.Buffer, owner: object = None
+    ) -> None:
         self.header = header
         self.header_bytes = header_bytes
         self.payload = payload
@@ -282,9 +302,13 @@ class BlockObject:
         faster than an Arrow buffer)."""
         hb = bytes(header_raw)
         header = _HEADER_CACHE.get(hb) or _decode_cached(hb)
-        raw = memoryview(payload_raw).cast("B")  # numpy reads a memoryview faster than an Arrow buffer
+        raw = memoryview(payload_raw).cast(
+            "B"
+        )  # numpy reads a memoryview faster than an Arrow buffer
         if raw.nbytes != header.payload_nbytes:
-            raise CorruptBlockError(f"payload has {raw.nbytes} bytes, header says {header.payload_nbytes}")
+            raise CorruptBlockError(
+                f"payload has {raw.nbytes} bytes, header says {header.payload_nbytes}"
+            )
         if verify:
             algo = header.checksum_algo
             if (sum64(raw) if algo == "sum64" else checksum(raw, algo)) != header.payload_checksum:
@@ -294,7 +318,9 @@ class BlockObject:
         return cls(header, hb, buffer, owner)
 
     @classmethod
-    def from_block(cls, block: KVBlock, position: int | None = None, algo: ChecksumName = "sum64") -> BlockObject:
+    def from_block(
+        cls, block: KVBlock, position: int | None = None, algo: ChecksumName = "sum64"
+    ) -> BlockObject:
         """Wrap an in-memory block (no copy of its KV data)."""
         hdr, payload = encode(block, position, algo)
         return cls(decode_header(hdr), hdr, pa.py_buffer(payload), block.data)
@@ -310,7 +336,9 @@ class BlockObject:
 
     def numpy(self) -> np.ndarray:
         """Read-only ``[layers, 2, tokens, kv_heads, head_dim]`` view of the payload (no copy)."""
-        return np.frombuffer(self.payload, dtype=self.header.spec.numpy_dtype).reshape(self.header.shape)
+        return np.frombuffer(self.payload, dtype=self.header.spec.numpy_dtype).reshape(
+            self.header.shape
+        )
 
     def arrow_tensor(self) -> pa.Tensor:
         """The payload as an Arrow tensor over the same memory (no copy)."""

@@ -41,7 +41,11 @@ class TierConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "path", "must be a non-empty directory path")
-        _check(self.capacity_bytes > 0, "capacity_bytes", f"must be positive, got {self.capacity_bytes}")
+        _check(
+            self.capacity_bytes > 0,
+            "capacity_bytes",
+            f"must be positive, got {self.capacity_bytes}",
+        )
         _check(self.map_headroom >= 1.2, "map_headroom", f"must be >= 1.2, got {self.map_headroom}")
         _check(self.max_readers > 0, "max_readers", f"must be positive, got {self.max_readers}")
 
@@ -62,7 +66,9 @@ class StoreConfig:
     """The block store of one worker process: a host tier, an SSD tier, or both."""
 
     host: TierConfig | None = field(
-        default_factory=lambda: TierConfig(path="/dev/shm/mooncake-host", capacity_bytes=4 * 1024**3)
+        default_factory=lambda: TierConfig(
+            path="/dev/shm/mooncake-host", capacity_bytes=4 * 1024**3
+        )
     )
     """Host shared-memory tier: an LMDB environment on tmpfs that every process on the
     host can read zero-copy. ``None`` disables it."""
@@ -84,12 +90,28 @@ class StoreConfig:
     """Move a block evicted from the host tier down to SSD instead of dropping it."""
 
     def __post_init__(self) -> None:
-        _check(self.host is not None or self.ssd is not None, "host", "at least one of host/ssd must be set")
-        _check(self.eviction in EVICTION_POLICIES, "eviction", f"must be one of {EVICTION_POLICIES}, got {self.eviction!r}")
-        _check(self.checksum in CHECKSUMS, "checksum", f"must be one of {CHECKSUMS}, got {self.checksum!r}")
+        _check(
+            self.host is not None or self.ssd is not None,
+            "host",
+            "at least one of host/ssd must be set",
+        )
+        _check(
+            self.eviction in EVICTION_POLICIES,
+            "eviction",
+            f"must be one of {EVICTION_POLICIES}, got {self.eviction!r}",
+        )
+        _check(
+            self.checksum in CHECKSUMS,
+            "checksum",
+            f"must be one of {CHECKSUMS}, got {self.checksum!r}",
+        )
         _check(self.lease_ttl_s > 0, "lease_ttl_s", f"must be positive, got {self.lease_ttl_s}")
         if self.host is not None and self.ssd is not None:
-            _check(self.host.path != self.ssd.path, "ssd", "host and ssd tiers must use different paths")
+            _check(
+                self.host.path != self.ssd.path,
+                "ssd",
+                "host and ssd tiers must use different paths",
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StoreConfig:
@@ -102,4 +124,11 @@ class StoreConfig:
         return cls(**kw)
 
 
-__all__ = ["CHECKSUMS", "EVICTION_POLICIES", "ChecksumName", "EvictionPolicyName", "StoreConfig", "TierConfig"]
+__all__ = [
+    "CHECKSUMS",
+    "EVICTION_POLICIES",
+    "ChecksumName",
+    "EvictionPolicyName",
+    "StoreConfig",
+    "TierConfig",
+]

@@ -123,7 +123,11 @@ class _HeapPolicy(EvictionPolicy[K]):
     def insert(self, key: K, position: int | None = None) -> None:
         self._tick += 1
         old = self._entries.get(key)
-        e = _Entry(self._tick, (old.count if old else 0) + 1, position if position is not None else (old.position if old else 0))
+        e = _Entry(
+            self._tick,
+            (old.count if old else 0) + 1,
+            position if position is not None else (old.position if old else 0),
+        )
         self._entries[key] = e
         self._push(key, e)
 

@@ -26,7 +26,9 @@ class TierReader:
         max_readers: must match the owner's setting when this process opens first.
     """
 
-    def __init__(self, path: str, name: TierName = "host", verify: bool = True, max_readers: int = 512) -> None:
+    def __init__(
+        self, path: str, name: TierName = "host", verify: bool = True, max_readers: int = 512
+    ) -> None:
         # Capacity is irrelevant to a reader; map size 0 keeps the owner's size.
         cfg = _ReaderConfig(path=path, capacity_bytes=1, max_readers=max_readers)
         self._tier = LmdbTier(name, cfg, readonly=True)

@@ -82,7 +82,9 @@ def pack_record(header: bytes, payload: Any, out: bytearray | None = None) -> me
     return mv[:size]
 
 
-def encode_record(block: KVBlock, position: int | None, algo: ChecksumName, out: bytearray) -> memoryview:
+def encode_record(
+    block: KVBlock, position: int | None, algo: ChecksumName, out: bytearray
+) -> memoryview:
     """The record of ``block``, written into ``out`` (grown as needed): the payload is
     copied in and checksummed in the same pass (compiled ``sum64``), then the header with
     that checksum goes in front. One read of the payload instead of two."""
@@ -187,11 +189,17 @@ def object_from_record(rec: Any, owner: object = None, verify: bool = True, key:
             raise CorruptBlockError("payload checksum mismatch")
     if key is not None and header.key != key:
         raise CorruptBlockError("header key does not match the record key")
-    buf = pa.foreign_buffer(address + off, plen, base=owner if owner is not None else rec) if plen else pa.py_buffer(b"")
+    buf = (
+        pa.foreign_buffer(address + off, plen, base=owner if owner is not None else rec)
+        if plen
+        else pa.py_buffer(b"")
+    )
     return BlockObject(header, hb, buf, owner)
 
 
-def check_records(buf: np.ndarray, rlens: np.ndarray, keys: bytes | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def check_records(
+    buf: np.ndarray, rlens: np.ndarray, keys: bytes | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Check records laid back to back in ``buf`` (record ``i`` is ``rlens[i]`` bytes).
 
     Args:
@@ -220,7 +228,9 @@ def check_records(buf: np.ndarray, rlens: np.ndarray, keys: bytes | None = None)
     return hlens, sums, status
 
 
-def check_records_py(buf: np.ndarray, rlens: np.ndarray, keys: bytes | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def check_records_py(
+    buf: np.ndarray, rlens: np.ndarray, keys: bytes | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The numpy twin of the compiled :func:`check_records` (same results, slower)."""
     n = len(rlens)
     hlens = np.zeros(n, dtype=np.int32)
@@ -229,7 +239,9 @@ def check_records_py(buf: np.ndarray, rlens: np.ndarray, keys: bytes | None = No
     mv = memoryview(buf.data).cast("B")
     off = 0
     for i, rlen in enumerate(rlens.tolist()):
-        status[i], hlens[i], sums[i] = _check_one(mv[off : off + rlen], None if keys is None else keys[16 * i : 16 * i + 16])
+        status[i], hlens[i], sums[i] = _check_one(
+            mv[off : off + rlen], None if keys is None else keys[16 * i : 16 * i + 16]
+        )
         off += rlen
     return hlens, sums, status
 
@@ -295,7 +307,9 @@ def objects_from_records(buf: np.ndarray, rlens: Sequence[int], hlens: np.ndarra
             if code in (STATUS_OK, STATUS_OTHER_ALGO):
                 out.append(obj)
             else:  # the batch check refused what a check on its own accepted: trust neither
-                out.append(CorruptBlockError(f"record check failed: {_STATUS_TEXT.get(code, code)}"))
+                out.append(
+                    CorruptBlockError(f"record check failed: {_STATUS_TEXT.get(code, code)}")
+                )
         start += rlen
     return out
 

@@ -88,7 +88,9 @@ class BlockStore:
                 tier.close()
             raise
         self._top: TierName = "host" if "host" in self.tiers else "ssd"
-        self._policies: dict[TierName, EvictionPolicy[BlockKey]] = {t: make_policy(config.eviction) for t in self.tiers}
+        self._policies: dict[TierName, EvictionPolicy[BlockKey]] = {
+            t: make_policy(config.eviction) for t in self.tiers
+        }
         self._used: dict[TierName, int] = dict.fromkeys(self.tiers, 0)
         self._where: dict[BlockKey, TierName] = {}
         self._size: dict[BlockKey, int] = {}
@@ -169,7 +171,12 @@ class BlockStore:
     def _evict(self, key: BlockKey, tier: TierName) -> bool:
         """Demote or drop ``key``; False when LMDB had no page even for the delete
         (open readers pin every freed page): the caller gives up for now."""
-        if tier == "host" and "ssd" in self.tiers and self.config.demote_on_evict and self._demote(key):
+        if (
+            tier == "host"
+            and "ssd" in self.tiers
+            and self.config.demote_on_evict
+            and self._demote(key)
+        ):
             self.stats.evictions += 1
             return True
         try:
@@ -219,12 +226,16 @@ class BlockStore:
         leased, or larger than the tier). A key already present is only touched."""
         return self.put_many([block], None if position is None else [position])[0]
 
-    def put_many(self, blocks: Sequence[KVBlock], positions: Sequence[int | None] | None = None) -> list[bool]:
+    def put_many(
+        self, blocks: Sequence[KVBlock], positions: Sequence[int | None] | None = None
+    ) -> list[bool]:
         """Store blocks (one LMDB transaction for those that fit); returns per-block success."""
         items = []
         for i, b in enumerate(blocks):
             if b.key is None:
-                raise ValueError("put: a block without a key (trailing partial block) cannot be cached")
+                raise ValueError(
+                    "put: a block without a key (trailing partial block) cannot be cached"
+                )
             pos = positions[i] if positions is not None else self._guess_position(b)
             # encoded (checksummed) while the tier copies it in: one pass over the payload
             items.append((b.key, NewBlock(b, pos, self.config.checksum), pos))
@@ -279,7 +290,12 @@ class BlockStore:
                 self._flush(tier, chunk, ok)
         return ok
 
-    def _flush(self, tier: TierName, chunk: list[tuple[int, BlockKey, RecordSource, int | None]], ok: list[bool]) -> None:
+    def _flush(
+        self,
+        tier: TierName,
+        chunk: list[tuple[int, BlockKey, RecordSource, int | None]],
+        ok: list[bool],
+    ) -> None:
         if not self._write(tier, chunk):
             self.stats.rejected_puts += len(chunk)
             return
@@ -289,7 +305,9 @@ class BlockStore:
             self.stats.puts += 1
             self.events.emit(StoreEvent("stored", key, tier, reason="put"))
 
-    def _write(self, tier: TierName, items: list[tuple[int, BlockKey, RecordSource, int | None]]) -> bool:
+    def _write(
+        self, tier: TierName, items: list[tuple[int, BlockKey, RecordSource, int | None]]
+    ) -> bool:
         rows = [(key, source, self._next_seq(), pos) for _, key, source, pos in items]
         for _ in range(_MAP_FULL_RETRIES):
             try:
@@ -373,7 +391,9 @@ class BlockStore:
             self._promote(key, obj)
         return obj
 
-    def get_many(self, keys: Sequence[BlockKey], verify: bool | None = None) -> list[BlockObject | None]:
+    def get_many(
+        self, keys: Sequence[BlockKey], verify: bool | None = None
+    ) -> list[BlockObject | None]:
         """Checked blocks (one read transaction per tier); ``None`` for each miss.
 
         ``verify=False`` skips the payload CRC (the header is always checked): for a
@@ -426,7 +446,9 @@ class BlockStore:
                 hits = tier_of.count(t)
                 if hits:
                     self.stats.hits[t] += hits
-                    policy.touch_many(keys if hits == n else [k for k, kt in zip(keys, tier_of) if kt == t])
+                    policy.touch_many(
+                        keys if hits == n else [k for k, kt in zip(keys, tier_of) if kt == t]
+                    )
             self.stats.misses += tier_of.count(None)
         batch = RawBatch([None] * n, [])
         for t, tier in self.tiers.items():
@@ -464,7 +486,9 @@ class BlockStore:
                 if not self._make_room("host", nbytes):
                     return
                 try:
-                    self.tiers["host"].put(key, StoredParts(obj.header_bytes, obj.payload), self._next_seq(), position)
+                    self.tiers["host"].put(
+                        key, StoredParts(obj.header_bytes, obj.payload), self._next_seq(), position
+                    )
                 except TierFullError:
                     return
             try:

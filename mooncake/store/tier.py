@@ -60,7 +60,9 @@ def _open_env(cfg: TierConfig, readonly: bool) -> lmdb.Environment:
         if path in _ENVS:
             env, refs = _ENVS[path]
             if not readonly and env.flags()["readonly"]:
-                raise RuntimeError(f"{path}: already opened read-only in this process; open the store first")
+                raise RuntimeError(
+                    f"{path}: already opened read-only in this process; open the store first"
+                )
             _ENVS[path] = (env, refs + 1)
             return env
         if not readonly:
@@ -175,11 +177,15 @@ class LmdbTier:
             try:
                 info = self.env.open_db(b"info", create=False)
             except lmdb.NotFoundError:
-                raise TierFormatError(f"{self.cfg.path}: no tier format record (format 1, or not initialised)") from None
+                raise TierFormatError(
+                    f"{self.cfg.path}: no tier format record (format 1, or not initialised)"
+                ) from None
             with self.env.begin() as txn:
                 version = _format_version(txn, info)
             if version != TIER_FORMAT:
-                raise TierFormatError(f"{self.cfg.path}: tier format {version}, this code reads {TIER_FORMAT}")
+                raise TierFormatError(
+                    f"{self.cfg.path}: tier format {version}, this code reads {TIER_FORMAT}"
+                )
             self._blk = self.env.open_db(b"blk", create=False)
             self._meta = self.env.open_db(b"meta", create=False)
             return
@@ -224,7 +230,9 @@ class LmdbTier:
         """Store one block atomically; returns the bytes it counts for (header + payload)."""
         return self.put_many([(key, source, seq, position)])[0]
 
-    def put_many(self, items: Sequence[tuple[BlockKey, RecordSource, int, int | None]]) -> list[int]:
+    def put_many(
+        self, items: Sequence[tuple[BlockKey, RecordSource, int, int | None]]
+    ) -> list[int]:
         """Store several blocks in one transaction (all or none). Each record is assembled
         in a reused staging buffer (LMDB takes one value per key, and py-lmdb has no
         reserve-then-write put), then copied into the map by LMDB."""
@@ -236,18 +244,28 @@ class LmdbTier:
                     with source.write(stage) as rec:  # released before the stage grows
                         txn.put(key, rec, db=self._blk)
                     nbytes = source.nbytes
-                    txn.put(key, _META.pack(seq, nbytes, -1 if position is None else position), db=self._meta)
+                    txn.put(
+                        key,
+                        _META.pack(seq, nbytes, -1 if position is None else position),
+                        db=self._meta,
+                    )
                     out.append(nbytes)
         except lmdb.MapFullError as e:
             raise TierFullError(f"{self.name} tier map is full") from e
         return out
 
-    def put_record(self, key: BlockKey, record: Any, nbytes: int, seq: int, position: int | None) -> None:
+    def put_record(
+        self, key: BlockKey, record: Any, nbytes: int, seq: int, position: int | None
+    ) -> None:
         """Store a record read from another tier, verbatim (a demotion)."""
         try:
             with self.env.begin(write=True) as txn:
                 txn.put(key, record, db=self._blk)
-                txn.put(key, _META.pack(seq, nbytes, -1 if position is None else position), db=self._meta)
+                txn.put(
+                    key,
+                    _META.pack(seq, nbytes, -1 if position is None else position),
+                    db=self._meta,
+                )
         except lmdb.MapFullError as e:
             raise TierFullError(f"{self.name} tier map is full") from e
 
@@ -291,7 +309,9 @@ class LmdbTier:
             return None
         return object_from_record(rec, txn, verify, key)
 
-    def read_many(self, keys: Sequence[BlockKey], verify: bool = True) -> list[BlockObject | CorruptBlockError | None]:
+    def read_many(
+        self, keys: Sequence[BlockKey], verify: bool = True
+    ) -> list[BlockObject | CorruptBlockError | None]:
         """Checked blocks sharing one read transaction; a corrupt one is returned as its
         :class:`CorruptBlockError` (not raised) so the others still come back."""
         txn = self.begin_read()
@@ -342,4 +362,12 @@ class LmdbTier:
             txn.put(key, record, db=self._blk)
 
 
-__all__ = ["TIER_FORMAT", "LmdbTier", "TierEntry", "TierFormatError", "TierFullError", "TierName", "TierOwnedError"]
+__all__ = [
+    "TIER_FORMAT",
+    "LmdbTier",
+    "TierEntry",
+    "TierFormatError",
+    "TierFullError",
+    "TierName",
+    "TierOwnedError",
+]

@@ -152,7 +152,9 @@ class FetchResult:
     def __enter__(self) -> FetchResult:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()
 
 
@@ -183,4 +185,13 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-__all__ = ["Backend", "BufferPool", "FetchResult", "PathName", "PathResult", "Peer", "TransferError", "local_host_id"]
+__all__ = [
+    "Backend",
+    "BufferPool",
+    "FetchResult",
+    "PathName",
+    "PathResult",
+    "Peer",
+    "TransferError",
+    "local_host_id",
+]

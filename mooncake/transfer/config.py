@@ -62,18 +62,34 @@ class TransferConfig:
     blocks beyond it come back as misses and are retried over TCP."""
 
     def __post_init__(self) -> None:
-        _check(self.backend in BACKENDS, "backend", f"must be one of {BACKENDS}, got {self.backend!r}")
-        _check(0 <= self.listen_port < 65536, "listen_port", f"must be in [0, 65535], got {self.listen_port}")
+        _check(
+            self.backend in BACKENDS, "backend", f"must be one of {BACKENDS}, got {self.backend!r}"
+        )
+        _check(
+            0 <= self.listen_port < 65536,
+            "listen_port",
+            f"must be in [0, 65535], got {self.listen_port}",
+        )
         _check(self.batch_blocks > 0, "batch_blocks", f"must be positive, got {self.batch_blocks}")
         _check(self.batch_bytes >= 0, "batch_bytes", f"must be >= 0, got {self.batch_bytes}")
-        _check(self.connect_timeout_s > 0, "connect_timeout_s", f"must be positive, got {self.connect_timeout_s}")
+        _check(
+            self.connect_timeout_s > 0,
+            "connect_timeout_s",
+            f"must be positive, got {self.connect_timeout_s}",
+        )
         _check(self.io_timeout_s > 0, "io_timeout_s", f"must be positive, got {self.io_timeout_s}")
         _check(self.socket_buffer_bytes is None or self.socket_buffer_bytes > 0, "socket_buffer_bytes",
                f"must be positive, got {self.socket_buffer_bytes}")  # fmt: skip
         _check(self.pool_bytes >= 0, "pool_bytes", f"must be >= 0, got {self.pool_bytes}")
-        _check(self.rdma_staging_bytes > 0, "rdma_staging_bytes", f"must be positive, got {self.rdma_staging_bytes}")
+        _check(
+            self.rdma_staging_bytes > 0,
+            "rdma_staging_bytes",
+            f"must be positive, got {self.rdma_staging_bytes}",
+        )
         check_secret(self.secret, "secret")
-        _check(self.rdma_gid_index >= 0, "rdma_gid_index", f"must be >= 0, got {self.rdma_gid_index}")
+        _check(
+            self.rdma_gid_index >= 0, "rdma_gid_index", f"must be >= 0, got {self.rdma_gid_index}"
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TransferConfig:

@@ -57,16 +57,22 @@ class BlockFetcher:
         backends: paths in preference order (default: :func:`default_backends`).
     """
 
-    def __init__(self, config: TransferConfig | None = None, backends: Sequence[Backend] | None = None) -> None:
+    def __init__(
+        self, config: TransferConfig | None = None, backends: Sequence[Backend] | None = None
+    ) -> None:
         self.config = config or TransferConfig()
         self.pool = BufferPool(self.config.pool_bytes)
-        self.backends: list[Backend] = list(backends) if backends is not None else default_backends(self.config, self.pool)
+        self.backends: list[Backend] = (
+            list(backends) if backends is not None else default_backends(self.config, self.pool)
+        )
 
     def paths(self, peer: Peer) -> list[Backend]:
         """Usable paths to ``peer``, best first."""
         return [b for b in self.backends if b.usable(peer)]
 
-    def fetch(self, keys: Sequence[BlockKey], peer: Peer, into: BlockStore | None = None) -> FetchResult:
+    def fetch(
+        self, keys: Sequence[BlockKey], peer: Peer, into: BlockStore | None = None
+    ) -> FetchResult:
         """Fetch ``keys`` from ``peer``; index-aligned objects, ``None`` for misses.
 
         Args:
@@ -75,7 +81,9 @@ class BlockFetcher:
             into: also store every fetched block here (a verbatim copy).
         """
         keys = list(keys)
-        result = FetchResult(keys=keys, objects=[None] * len(keys), paths=[None] * len(keys), _pool=self.pool)
+        result = FetchResult(
+            keys=keys, objects=[None] * len(keys), paths=[None] * len(keys), _pool=self.pool
+        )
         paths = self.paths(peer)
         if not paths:
             result.errors.append(f"no usable path to peer {peer}")
@@ -100,12 +108,18 @@ class BlockFetcher:
                     result.paths[i] = backend.name
             todo = [i for i in todo if result.objects[i] is None]
         if todo:
-            log.info("transfer: %d of %d block(s) missed; the receiver recomputes them", len(todo), len(keys))
+            log.info(
+                "transfer: %d of %d block(s) missed; the receiver recomputes them",
+                len(todo),
+                len(keys),
+            )
         if into is not None:
             into.put_objects([o for o in result.objects if o is not None])
         return result
 
-    def _attempt(self, backend: Backend, keys: list[BlockKey], peer: Peer, result: FetchResult) -> list[BlockObject | None]:
+    def _attempt(
+        self, backend: Backend, keys: list[BlockKey], peer: Peer, result: FetchResult
+    ) -> list[BlockObject | None]:
         name: PathName = backend.name
         try:
             res: PathResult = backend.fetch(keys, peer)

@@ -138,7 +138,9 @@ def check_response(keys: Sequence[BlockKey], table: np.ndarray, buf: np.ndarray,
         checked = objects_from_records(buf, table["rlen"].tolist(), hlens, status, keys, owner=buf)
     else:  # some blocks missing (their lengths are 0): check the others, then re-align
         idx = np.flatnonzero(ok).tolist()
-        checked = objects_from_records(buf, table["rlen"][ok].tolist(), hlens, status, [keys[i] for i in idx], owner=buf)
+        checked = objects_from_records(
+            buf, table["rlen"][ok].tolist(), hlens, status, [keys[i] for i in idx], owner=buf
+        )
     errors = [(j, r) for j, r in enumerate(checked) if isinstance(r, CorruptBlockError)]
     if idx is None and not errors:
         return cast(list[BlockObject | None], checked), []
@@ -163,7 +165,10 @@ def recv_exact(sock: socket.socket, buf: Any) -> None:
     while got < n:
         try:
             r = sock.recv_into(view[got:], n - got)
-        except (TimeoutError, BlockingIOError) as e:  # a timeout socket, or SO_RCVTIMEO on a blocking one
+        except (
+            TimeoutError,
+            BlockingIOError,
+        ) as e:  # a timeout socket, or SO_RCVTIMEO on a blocking one
             raise TransferError(f"timed out after {got} of {n} bytes") from e
         if r == 0:
             raise TransferError(f"connection closed after {got} of {n} bytes")

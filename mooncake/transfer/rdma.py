@@ -84,7 +84,9 @@ class _Endpoint:
         self.mr = v.MR(self.pd, region_bytes, access)
         self.size = region_bytes
         cap = v.QPCap(max_send_wr=1024, max_recv_wr=1, max_send_sge=1, max_recv_sge=1)
-        self.qp = v.QP(self.pd, v.QPInitAttr(qp_type=v.e.IBV_QPT_RC, scq=self.cq, rcq=self.cq, cap=cap))
+        self.qp = v.QP(
+            self.pd, v.QPInitAttr(qp_type=v.e.IBV_QPT_RC, scq=self.cq, rcq=self.cq, cap=cap)
+        )
         self.psn = int.from_bytes(np.random.default_rng().bytes(3), "little") & _PSN_MASK
         self.gid_index = config.rdma_gid_index
         gid = self.ctx.query_gid(port_num=_PORT, index=self.gid_index)
@@ -154,8 +156,16 @@ class RdmaServerSide:
 
 
 class _ClientConn:
-    def __init__(self, sock: socket.socket, ep: _Endpoint, remote_addr: int, rkey: int, remote_size: int) -> None:
-        self.sock, self.ep, self.remote_addr, self.rkey, self.remote_size = sock, ep, remote_addr, rkey, remote_size
+    def __init__(
+        self, sock: socket.socket, ep: _Endpoint, remote_addr: int, rkey: int, remote_size: int
+    ) -> None:
+        self.sock, self.ep, self.remote_addr, self.rkey, self.remote_size = (
+            sock,
+            ep,
+            remote_addr,
+            rkey,
+            remote_size,
+        )
 
 
 class RdmaBackend:
@@ -184,7 +194,9 @@ class RdmaBackend:
         except OSError as e:
             raise TransferError(f"rdma: cannot reach control port {addr}: {e}") from e
         try:
-            auth.client_handshake(sock, self.config.secret, auth.PURPOSE_BLOCKS, self.config.connect_timeout_s)
+            auth.client_handshake(
+                sock, self.config.secret, auth.PURPOSE_BLOCKS, self.config.connect_timeout_s
+            )
         except auth.AuthError as e:
             sock.close()
             raise TransferError(f"rdma: {addr} refused the cluster secret: {e}") from e
@@ -217,15 +229,24 @@ class RdmaBackend:
                 conn.sock.sendall(proto.encode_request(self._rid, batch, proto.FLAG_RDMA_READ))
                 head = proto.recv_bytes(conn.sock, proto.RESP.size)
                 magic, rid, count, total = proto.RESP.unpack(head)
-                if magic != proto.RESP_MAGIC or rid != self._rid or count != len(batch) or total > conn.ep.size:
+                if (
+                    magic != proto.RESP_MAGIC
+                    or rid != self._rid
+                    or count != len(batch)
+                    or total > conn.ep.size
+                ):
                     raise TransferError("rdma: malformed response frame")
-                table = proto.parse_table(proto.recv_bytes(conn.sock, count * proto.ENTRY.size), count, total)
+                table = proto.parse_table(
+                    proto.recv_bytes(conn.sock, count * proto.ENTRY.size), count, total
+                )
                 present = table["status"] == proto.STATUS_OK
                 self._read(conn, table["rlen"][present].tolist())
                 buf = self.pool.take(total)
                 buffers.append(buf)
                 buf[:] = np.frombuffer(conn.ep.mr.read(total, 0), dtype=np.uint8)
-                hlens, _sums, status = check_records(buf, table["rlen"][present], proto.present_keys(batch, table))
+                hlens, _sums, status = check_records(
+                    buf, table["rlen"][present], proto.present_keys(batch, table)
+                )
                 checked, bad = proto.check_response(batch, table, buf, hlens, status)
                 objects[start : start + len(batch)] = checked
                 errors.extend(f"rdma: block {start + j}: {e}" for j, e in bad)
@@ -243,7 +264,13 @@ class RdmaBackend:
         off = 0
         for i, n in enumerate(sizes):
             sge = v.SGE(conn.ep.mr.buf + off, n, conn.ep.mr.lkey)
-            wr = v.SendWR(wr_id=i, opcode=v.e.IBV_WR_RDMA_READ, num_sge=1, sg=[sge], send_flags=v.e.IBV_SEND_SIGNALED)
+            wr = v.SendWR(
+                wr_id=i,
+                opcode=v.e.IBV_WR_RDMA_READ,
+                num_sge=1,
+                sg=[sge],
+                send_flags=v.e.IBV_SEND_SIGNALED,
+            )
             wr.set_wr_rdma(conn.rkey, conn.remote_addr + off)
             conn.ep.qp.post_send(wr)
             off += n

@@ -50,7 +50,9 @@ class BlockServer:
     RDMA is offered (``Peer.rdma``) when :func:`select_backend` picks it for ``config``.
     """
 
-    def __init__(self, source: BlockSource, config: TransferConfig, host_tier_path: str | None = None) -> None:
+    def __init__(
+        self, source: BlockSource, config: TransferConfig, host_tier_path: str | None = None
+    ) -> None:
         self.rdma = select_backend(config) == "rdma"
         self.source = source
         self.config = config
@@ -64,12 +66,19 @@ class BlockServer:
         self.refused = 0
         """Connections cut off because the peer did not prove the secret."""
         self.bytes_sent = 0
-        self._thread = threading.Thread(target=self._accept_loop, name="mooncake-block-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._accept_loop, name="mooncake-block-server", daemon=True
+        )
         self._thread.start()
 
     def peer(self) -> Peer:
         """How peers reach this server."""
-        return Peer(host_id=local_host_id(), tcp=self.address, host_tier_path=self.host_tier_path, rdma=self.rdma)
+        return Peer(
+            host_id=local_host_id(),
+            tcp=self.address,
+            host_tier_path=self.host_tier_path,
+            rdma=self.rdma,
+        )
 
     def close(self) -> None:
         self._closed = True
@@ -103,10 +112,14 @@ class BlockServer:
             # (between fetches) keeps it: no receive timeout.
             proto.set_io_timeout(conn, self.config.io_timeout_s, receive=False)
             if self.config.socket_buffer_bytes:
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_buffer_bytes)
+                conn.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_buffer_bytes
+                )
             with self._lock:
                 self._conns.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), name="mooncake-block-conn", daemon=True).start()
+            threading.Thread(
+                target=self._serve, args=(conn,), name="mooncake-block-conn", daemon=True
+            ).start()
 
     def _serve(self, conn: socket.socket) -> None:
         head = bytearray(proto.REQ.size)
@@ -134,7 +147,9 @@ class BlockServer:
                 # one bytes object per key, cut in C (a slice per key costs 4x as much)
                 keys = cast(list[BlockKey], np.frombuffer(raw, f"V{proto.KEY_BYTES}").tolist())
                 batch = self.source.get_raw_many(keys)
-                self._send_batch(conn, rid, keys, batch.records, rdma if flags & proto.FLAG_RDMA_READ else None)
+                self._send_batch(
+                    conn, rid, keys, batch.records, rdma if flags & proto.FLAG_RDMA_READ else None
+                )
                 del batch  # ends the read transactions
         except (OSError, TransferError) as e:
             if not self._closed:

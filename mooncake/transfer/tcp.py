@@ -43,7 +43,9 @@ the server when it finishes a response."""
 class _Frames:
     """The request frames of one fetch: which keys each asks for, sent a few at a time."""
 
-    def __init__(self, keys: Sequence[BlockKey], config: TransferConfig, rids: itertools.count[int]) -> None:
+    def __init__(
+        self, keys: Sequence[BlockKey], config: TransferConfig, rids: itertools.count[int]
+    ) -> None:
         self.keys = keys
         self.config = config
         self.rids = rids
@@ -72,7 +74,9 @@ class _Frames:
         rlen = table["rlen"][table["status"] == proto.STATUS_OK]
         if len(rlen):
             per = max(1, int(rlen.mean()))
-            self.step = min(proto.MAX_KEYS, max(self.config.batch_blocks, self.config.batch_bytes // per))
+            self.step = min(
+                proto.MAX_KEYS, max(self.config.batch_blocks, self.config.batch_bytes // per)
+            )
             self.sized = True
 
 
@@ -113,7 +117,9 @@ class TcpBackend:
         except OSError as e:
             raise TransferError(f"tcp: cannot connect to {addr}: {e}") from e
         try:
-            auth.client_handshake(s, self.config.secret, auth.PURPOSE_BLOCKS, self.config.connect_timeout_s)
+            auth.client_handshake(
+                s, self.config.secret, auth.PURPOSE_BLOCKS, self.config.connect_timeout_s
+            )
         except auth.AuthError as e:
             s.close()
             raise TransferError(f"tcp: {addr} refused the cluster secret: {e}") from e
@@ -148,13 +154,17 @@ class TcpBackend:
                 magic, got_rid, got_count, total = proto.RESP.unpack(head)
                 if magic != proto.RESP_MAGIC or got_rid != rid or got_count != count:
                     raise TransferError("tcp: malformed response frame")
-                table = proto.parse_table(proto.recv_bytes(sock, count * proto.ENTRY.size), count, total)
+                table = proto.parse_table(
+                    proto.recv_bytes(sock, count * proto.ENTRY.size), count, total
+                )
                 frames.learn(table)
                 frames.top_up(sock)  # before this response's records: the server never waits
                 buf = self.pool.take(total)
                 buffers.append(buf)
                 present = table["status"] == proto.STATUS_OK
-                hlens, status = proto.recv_records(sock, buf, table["rlen"][present], proto.present_keys(batch, table))
+                hlens, status = proto.recv_records(
+                    sock, buf, table["rlen"][present], proto.present_keys(batch, table)
+                )
                 checked, bad = proto.check_response(batch, table, buf, hlens, status)
                 objects[start : start + len(batch)] = checked
                 errors.extend(f"tcp: block {start + j}: {e}" for j, e in bad)

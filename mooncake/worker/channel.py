@@ -46,7 +46,9 @@ class Channel:
             return False
 
         data = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
-        head = _HEAD.pack(len(data), len(bufs)) + struct.pack(f"<{len(bufs)}Q", *(b.nbytes for b in bufs))
+        head = _HEAD.pack(len(data), len(bufs)) + struct.pack(
+            f"<{len(bufs)}Q", *(b.nbytes for b in bufs)
+        )
         with self._send_lock:
             self.sock.sendall(head + data)
             for b in bufs:

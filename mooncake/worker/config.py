@@ -31,7 +31,9 @@ class WorkerConfig:
 
     def __post_init__(self) -> None:
         if self.host_capacity_bytes <= 0:
-            raise ValueError(f"host_capacity_bytes: must be positive, got {self.host_capacity_bytes}")
+            raise ValueError(
+                f"host_capacity_bytes: must be positive, got {self.host_capacity_bytes}"
+            )
         if self.ssd_capacity_bytes <= 0:
             raise ValueError(f"ssd_capacity_bytes: must be positive, got {self.ssd_capacity_bytes}")
         if not self.store_root:

@@ -75,13 +75,25 @@ class EngineClient:
         # The same imports as this process, whatever put them on its path.
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mooncake.worker.engine_process", str(theirs.fileno()), str(os.getpid())],
+            [
+                sys.executable,
+                "-m",
+                "mooncake.worker.engine_process",
+                str(theirs.fileno()),
+                str(os.getpid()),
+            ],
             pass_fds=(theirs.fileno(),),
             env=env,
         )
         theirs.close()
         self.channel = Channel(ours)
-        self.channel.send(("init", config, {"profile": profile or os.environ.get("MOONCAKE_ENGINE_PROFILE") == "1"}))
+        self.channel.send(
+            (
+                "init",
+                config,
+                {"profile": profile or os.environ.get("MOONCAKE_ENGINE_PROFILE") == "1"},
+            )
+        )
         self._reader: threading.Thread | None = None
 
     def start(self) -> dict[str, Any]:
@@ -90,13 +102,17 @@ class EngineClient:
             msg = self.channel.recv()
         except ChannelClosed:
             code = self.proc.wait()
-            raise EngineProcessError(f"engine process exited with code {code} before it was ready") from None
+            raise EngineProcessError(
+                f"engine process exited with code {code} before it was ready"
+            ) from None
         if msg[0] == "error":
             self.proc.wait()
             logger.error("engine process failed to start:\n%s", msg[2])
             raise msg[1]
         self.info, self.load = msg[1], msg[2]
-        self._reader = threading.Thread(target=self._read, name="mooncake-engine-reader", daemon=True)
+        self._reader = threading.Thread(
+            target=self._read, name="mooncake-engine-reader", daemon=True
+        )
         self._reader.start()
         return self.info
 
@@ -130,14 +146,18 @@ class EngineClient:
             raise
         return done
 
-    def lookup_and_add(self, req: AddRequest, stored: Sequence[bool], keys: Sequence[BlockKey]) -> concurrent.futures.Future[tuple[concurrent.futures.Future[RequestOutput] | None, int]]:
+    def lookup_and_add(
+        self, req: AddRequest, stored: Sequence[bool], keys: Sequence[BlockKey]
+    ) -> concurrent.futures.Future[tuple[concurrent.futures.Future[RequestOutput] | None, int]]:
         """Look the prompt up in the engine's prefix cache and admit it, in one call that
         is sent before this returns. ``keys``: the prompt's block keys (the worker has
         them already); ``stored[i]``: the worker's store holds block ``i``. The future
         resolves to (the request's future, cached tokens), or to (None, cached tokens)
         when the store holds the next block: import it, then ``add``."""
         done, call = self._send_add(req, list(stored), list(keys))
-        out: concurrent.futures.Future[tuple[concurrent.futures.Future[RequestOutput] | None, int]] = concurrent.futures.Future()
+        out: concurrent.futures.Future[
+            tuple[concurrent.futures.Future[RequestOutput] | None, int]
+        ] = concurrent.futures.Future()
 
         def answered(f: concurrent.futures.Future[Any]) -> None:
             try:
@@ -155,7 +175,9 @@ class EngineClient:
         call.add_done_callback(answered)
         return out
 
-    def _send_add(self, req: AddRequest, stored: list[bool] | None, keys: list[BlockKey] | None) -> tuple[concurrent.futures.Future[RequestOutput], concurrent.futures.Future[Any]]:
+    def _send_add(
+        self, req: AddRequest, stored: list[bool] | None, keys: list[BlockKey] | None
+    ) -> tuple[concurrent.futures.Future[RequestOutput], concurrent.futures.Future[Any]]:
         done: concurrent.futures.Future[RequestOutput] = concurrent.futures.Future()
         with self._lock:
             self._requests[req.request_id] = done
@@ -197,7 +219,9 @@ class EngineClient:
                     self._state(*msg[1:])
         except (ChannelClosed, OSError) as e:
             code = self.proc.wait()
-            reason = EngineProcessError(f"engine process exited with code {code}" if code else "engine process stopped")
+            reason = EngineProcessError(
+                f"engine process exited with code {code}" if code else "engine process stopped"
+            )
             if code:
                 logger.error("%s (%s)", reason, e)
             self._fail_all(reason)

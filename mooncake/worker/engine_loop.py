@@ -107,7 +107,12 @@ class EngineLoop:
         }
 
     # -- commands (run between steps) -------------------------------------------------
-    def add(self, req: AddRequest, stored: Sequence[bool] | None = None, keys: Sequence[BlockKey] | None = None) -> int | None:
+    def add(
+        self,
+        req: AddRequest,
+        stored: Sequence[bool] | None = None,
+        keys: Sequence[BlockKey] | None = None,
+    ) -> int | None:
         """Admit a request and report it under ``req.watch``.
 
         With ``stored`` (whether the worker's store holds each full block of the prompt)
@@ -116,7 +121,11 @@ class EngineLoop:
         right after the cached prefix, the request is not admitted (the worker imports
         from the store first, then adds it); otherwise it is, in the same call.
         """
-        request_id, prompt_token_ids, cache_salt = req.request_id, req.prompt_token_ids, req.cache_salt
+        request_id, prompt_token_ids, cache_salt = (
+            req.request_id,
+            req.prompt_token_ids,
+            req.cache_salt,
+        )
         if request_id in self._aborted:
             # Aborted while its lookup ran outside a task (at placement): do not admit it.
             raise RequestAborted(request_id)
@@ -159,7 +168,12 @@ class EngineLoop:
             self._failed.append((request_id, "aborted"))
         return found or w is not None
 
-    def match_prefix(self, prompt_token_ids: list[int], cache_salt: str | None, keys: Sequence[BlockKey] | None = None) -> int:
+    def match_prefix(
+        self,
+        prompt_token_ids: list[int],
+        cache_salt: str | None,
+        keys: Sequence[BlockKey] | None = None,
+    ) -> int:
         """Prompt tokens whose blocks this engine caches (leading full blocks). ``keys``:
         the prompt's block keys when the caller has them (a worker hashes the prompt once
         for both processes); else they are computed here."""
@@ -252,15 +266,32 @@ class EngineLoop:
                 self._failed.append((rid, why))
         if self.profile:
             r1 = resource.getrusage(resource.RUSAGE_THREAD)
-            counts = (r1.ru_minflt - r0.ru_minflt, r1.ru_nivcsw - r0.ru_nivcsw, r1.ru_nvcsw - r0.ru_nvcsw)
-            self.profile_log.append(("step", [o.request_id for o in outputs], w0, time.time(), time.thread_time() - c0, counts))
+            counts = (
+                r1.ru_minflt - r0.ru_minflt,
+                r1.ru_nivcsw - r0.ru_nivcsw,
+                r1.ru_nvcsw - r0.ru_nvcsw,
+            )
+            self.profile_log.append(
+                (
+                    "step",
+                    [o.request_id for o in outputs],
+                    w0,
+                    time.time(),
+                    time.thread_time() - c0,
+                    counts,
+                )
+            )
         self._publish(outputs)
 
     def _drain_events(self) -> bool:
         self._events += [(ev.kind, ev.key) for ev in self.engine.pool.drain_events()]
         return bool(self._events)
 
-    def _send_state(self, deltas: list[tuple[str, list[dict[str, Any]]]], finished: list[tuple[str, RequestOutput, list[float]]]) -> None:
+    def _send_state(
+        self,
+        deltas: list[tuple[str, list[dict[str, Any]]]],
+        finished: list[tuple[str, RequestOutput, list[float]]],
+    ) -> None:
         self._drain_events()
         events, self._events = self._events, []
         failed, self._failed = self._failed, []
@@ -278,10 +309,17 @@ class EngineLoop:
             new = len(out.outputs[0].token_ids) - w.prior_tokens - len(w.token_times)
             w.token_times.extend([now] * max(0, new))
             done = out.finished
-            if done and w.prefill_only and out.finish_reason == "length" and (w.final_max_tokens is None or w.final_max_tokens > len(out.token_ids)):
+            if (
+                done
+                and w.prefill_only
+                and out.finish_reason == "length"
+                and (w.final_max_tokens is None or w.final_max_tokens > len(out.token_ids))
+            ):
                 done = False  # prefill's own limit, the request goes on at decode
             if w.stream_addr is not None and w.stream_key is not None:
-                direct.setdefault((w.stream_addr, w.stream_key), []).append((w, self._delta(out, w, done)))
+                direct.setdefault((w.stream_addr, w.stream_key), []).append(
+                    (w, self._delta(out, w, done))
+                )
             elif w.topic is not None:
                 by_topic.setdefault(w.topic, []).append(self._delta(out, w, done))
             if out.finished:
@@ -310,9 +348,13 @@ class EngineLoop:
             "prompt_len": len(out.prompt_token_ids),
         }
         if comp.logprobs is not None:
-            msg["logprobs"] = [[[int(k), float(v)] for k, v in d.items()] for d in comp.logprobs[w.sent_tokens :]]
+            msg["logprobs"] = [
+                [[int(k), float(v)] for k, v in d.items()] for d in comp.logprobs[w.sent_tokens :]
+            ]
         if done:
-            msg.update(finish_reason=comp.finish_reason, stop_reason=comp.stop_reason, final_text=comp.text)
+            msg.update(
+                finish_reason=comp.finish_reason, stop_reason=comp.stop_reason, final_text=comp.text
+            )
         w.sent_tokens = len(comp.token_ids)
         w.sent_text = len(comp.text)
         return msg
@@ -326,4 +368,6 @@ def _picklable(exc: BaseException) -> BaseException:
         pickle.loads(pickle.dumps(exc))
         return exc
     except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc))}")
+        return RuntimeError(
+            f"{type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc))}"
+        )

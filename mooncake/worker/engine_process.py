@@ -68,7 +68,10 @@ def _die_with_parent(parent_pid: int) -> None:
 def main(argv: list[str]) -> int:
     fd, parent_pid = int(argv[1]), int(argv[2])
     _die_with_parent(parent_pid)
-    logging.basicConfig(level=os.environ.get("MOONCAKE_ENGINE_LOG_LEVEL", "WARNING"), format="%(asctime)s engine[%(process)d] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("MOONCAKE_ENGINE_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s engine[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
     channel = Channel(socket.socket(fileno=fd))
     try:
         kind, config, options = channel.recv()

@@ -37,12 +37,16 @@ class KVStore:
 
     def __init__(self, config: WorkerConfig, name: str, cluster: str = "local") -> None:
         self._dirs = [tier_dirs.claim(config.store_root, cluster, str(name))]
-        host = TierConfig(path=os.path.join(self._dirs[0], "host"), capacity_bytes=config.host_capacity_bytes)
+        host = TierConfig(
+            path=os.path.join(self._dirs[0], "host"), capacity_bytes=config.host_capacity_bytes
+        )
         ssd = None
         if config.ssd_root is not None:
             os.makedirs(config.ssd_root, exist_ok=True)
             self._dirs.append(tier_dirs.claim(config.ssd_root, cluster, str(name)))
-            ssd = TierConfig(path=os.path.join(self._dirs[1], "ssd"), capacity_bytes=config.ssd_capacity_bytes)
+            ssd = TierConfig(
+                path=os.path.join(self._dirs[1], "ssd"), capacity_bytes=config.ssd_capacity_bytes
+            )
         self.store = BlockStore(StoreConfig(host=host, ssd=ssd, eviction=config.eviction))
         self.server = BlockServer(self.store, config.transfer, host_tier_path=host.path)
         self.fetcher = BlockFetcher(config.transfer)
@@ -75,7 +79,11 @@ class KVStore:
         try:
             blocks = _leading(res.objects)
             taken = use(blocks) if blocks else 0
-            return Fetched(taken, sum(b.data.nbytes for b in blocks), [p for p in res.paths[: len(blocks)] if p])
+            return Fetched(
+                taken,
+                sum(b.data.nbytes for b in blocks),
+                [p for p in res.paths[: len(blocks)] if p],
+            )
         finally:
             res.release()
 

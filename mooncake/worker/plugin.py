@@ -59,7 +59,9 @@ class MooncakeWorker(WorkerPlugin):
     name = PLUGIN_NAME
     idempotent = True
 
-    def __init__(self, engine_config: EngineConfig, worker_config: WorkerConfig | None = None) -> None:
+    def __init__(
+        self, engine_config: EngineConfig, worker_config: WorkerConfig | None = None
+    ) -> None:
         self.engine_config = engine_config
         self.worker_config = worker_config or WorkerConfig()
 
@@ -77,7 +79,9 @@ class MooncakeWorker(WorkerPlugin):
         """Each request's state on this worker: the decisions (a repeated start, an abort
         that came first, a graph that never arrived, a lost peer) are made there."""
         self._requests_lock = threading.Lock()
-        self._lookup_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mooncake-lookup")
+        self._lookup_pool = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="mooncake-lookup"
+        )
         self.prefill_reports: deque[tuple[str, int, int, float]] = deque()
         self.decode_joins: deque[str] = deque()
         self.transfer_reports: deque[tuple[int, float]] = deque()
@@ -103,9 +107,16 @@ class MooncakeWorker(WorkerPlugin):
             wc = self.worker_config
             if wc.transfer.listen_host is None:
                 # Peers on other hosts reach the block server where they reach this worker.
-                wc = dataclasses.replace(wc, transfer=dataclasses.replace(wc.transfer, listen_host=get_address_host(worker.address)))
+                wc = dataclasses.replace(
+                    wc,
+                    transfer=dataclasses.replace(
+                        wc.transfer, listen_host=get_address_host(worker.address)
+                    ),
+                )
             cluster = worker.scheduler.address  # the same on every worker of the cluster
-            self.kv_store = await asyncio.to_thread(KVStore, wc, str(worker.name or worker.address), cluster)
+            self.kv_store = await asyncio.to_thread(
+                KVStore, wc, str(worker.name or worker.address), cluster
+            )
         self._peers: dict[str, Peer | None] = {}
         # Keys this worker holds in any tier (device pool, host, SSD): the Conductor's
         # index sees a block as present until it is gone from all of them.
@@ -122,7 +133,13 @@ class MooncakeWorker(WorkerPlugin):
         worker.batched_stream.interval = STREAM_INTERVAL_S
         self._reported_model = False
         self._report_task = asyncio.ensure_future(self._report_forever())
-        logger.info("mooncake worker %s ready: roles=%s model=%s engine pid=%s", worker.address, self.roles, self.engine.info["model_path"], self.engine.proc.pid)
+        logger.info(
+            "mooncake worker %s ready: roles=%s model=%s engine pid=%s",
+            worker.address,
+            self.roles,
+            self.engine.info["model_path"],
+            self.engine.proc.pid,
+        )
 
     async def teardown(self, worker: Worker) -> None:
         self._report_task.cancel()
@@ -133,7 +150,9 @@ class MooncakeWorker(WorkerPlugin):
 
     # -- streaming ----------------------------------------------------------------
     def _emit(self, topic: str, msgs: list[dict[str, Any]]) -> None:
-        self.worker.log_event(topic, {"worker": self.worker.address, "t": time.time(), "msgs": msgs})
+        self.worker.log_event(
+            topic, {"worker": self.worker.address, "t": time.time(), "msgs": msgs}
+        )
 
     # -- handlers (called by peers and the client) -----------------------------------
     def info(self) -> dict[str, Any]:
@@ -165,19 +184,33 @@ class MooncakeWorker(WorkerPlugin):
 
             info = _rpc(address, "mooncake_info")
             p = info.get("peer")
-            self._peers[address] = Peer(p["host_id"], tuple(p["tcp"]) if p["tcp"] else None, p["host_tier_path"], p["rdma"]) if p else None
+            self._peers[address] = (
+                Peer(
+                    p["host_id"],
+                    tuple(p["tcp"]) if p["tcp"] else None,
+                    p["host_tier_path"],
+                    p["rdma"],
+                )
+                if p
+                else None
+            )
         return self._peers[address]
 
     def handle_fetch_kv(self, request_id: str) -> dict[str, Any]:
         """A decode worker pulls a prefilled request's KV (once)."""
         export = self.outbox.pop(request_id, None)
         self.on_event(request_state.HandedOff(request_id, time.monotonic()))
-        return {"found": export is not None, "export": to_serialize(export) if export is not None else None}
+        return {
+            "found": export is not None,
+            "export": to_serialize(export) if export is not None else None,
+        }
 
     async def handle_fetch_blocks(self, keys: list[bytes], token_ids: list[int]) -> dict[str, Any]:
         """A prefill worker pulls the leading cached blocks of a prefix (Algorithm 1's
         fetch of a remote prefix)."""
-        blocks = await asyncio.wrap_future(self.engine.call("export_cached_blocks", keys, token_ids))
+        blocks = await asyncio.wrap_future(
+            self.engine.call("export_cached_blocks", keys, token_ids)
+        )
         return {"blocks": to_serialize(blocks)}
 
     def handle_start(self, spec: RequestSpec, placement: dict[str, Any], start: str) -> None:
@@ -189,7 +222,10 @@ class MooncakeWorker(WorkerPlugin):
 
         rid = spec.request_id
         where = PlacementInfo(**placement)
-        if not any(isinstance(i, request_state.BeginLookup) for i in self.on_event(request_state.Placed(rid, time.monotonic(), where.decode))):
+        if not any(
+            isinstance(i, request_state.BeginLookup)
+            for i in self.on_event(request_state.Placed(rid, time.monotonic(), where.decode))
+        ):
             return  # started already, or aborted before its start arrived
         # The engine admits the request as soon as it reads this call; the lookup thread
         # only collects the answer (and imports stored blocks when there are any).
@@ -224,7 +260,9 @@ class MooncakeWorker(WorkerPlugin):
         instructions = self.on_event(request_state.Tick(time.monotonic()))
         for ins in instructions:
             if isinstance(ins, request_state.AbortEngine):
-                logger.warning("request %s was placed but its graph never arrived: aborting it", ins.request_id)
+                logger.warning(
+                    "request %s was placed but its graph never arrived: aborting it", ins.request_id
+                )
         self.apply(instructions)
 
     async def handle_abort(self, request_id: str) -> bool:
@@ -248,7 +286,11 @@ class MooncakeWorker(WorkerPlugin):
         # engine found beyond that (cached meanwhile by a concurrent request) is device.
         hits: dict[str, int] = {}
         left = cached_tokens
-        for src, n in (("device", lookup.cached_tokens // bs), *lookup.store_tiers.items(), ("remote", lookup.fetched_blocks)):
+        for src, n in (
+            ("device", lookup.cached_tokens // bs),
+            *lookup.store_tiers.items(),
+            ("remote", lookup.fetched_blocks),
+        ):
             take = min(left, n * bs)
             hits[src] = hits.get(src, 0) + take
             left -= take
@@ -265,7 +307,15 @@ class MooncakeWorker(WorkerPlugin):
             }
         )
 
-    def report_request(self, out: RequestOutput, *, queue_s: float | None, prefill_s: float | None, decode_s: float | None, itl: list[float]) -> None:
+    def report_request(
+        self,
+        out: RequestOutput,
+        *,
+        queue_s: float | None,
+        prefill_s: float | None,
+        decode_s: float | None,
+        itl: list[float],
+    ) -> None:
         """Record a finished request's timings (wall clock, from the client's arrival)."""
         m = out.metrics
         self.request_reports.append(
@@ -288,7 +338,10 @@ class MooncakeWorker(WorkerPlugin):
         if kvs is None:
             return {}
         per_block = max(1, self.engine.info["kv_bytes_per_block"])
-        return {name: (kvs.store.used_bytes(name) // per_block, tier.capacity_bytes // per_block) for name, tier in kvs.store.tiers.items()}
+        return {
+            name: (kvs.store.used_bytes(name) // per_block, tier.capacity_bytes // per_block)
+            for name, tier in kvs.store.tiers.items()
+        }
 
     # -- reports to the Conductor ---------------------------------------------------
     def _drain(self, q: deque[Any]) -> list[Any]:
@@ -299,9 +352,15 @@ class MooncakeWorker(WorkerPlugin):
 
     def _presence(self) -> tuple[list[bytes], list[bytes]]:
         """Fold device-pool and store events into (keys now held, keys now gone)."""
-        changes: list[tuple[str, bytes, str]] = [(kind, k, "device") for kind, k in self._drain(self.engine.block_events)]
+        changes: list[tuple[str, bytes, str]] = [
+            (kind, k, "device") for kind, k in self._drain(self.engine.block_events)
+        ]
         if self.kv_store is not None:
-            changes += [(ev.kind, ev.key, "store") for ev in self.kv_store.store.events.drain() if ev.kind in ("stored", "removed")]
+            changes += [
+                (ev.kind, ev.key, "store")
+                for ev in self.kv_store.store.events.drain()
+                if ev.kind in ("stored", "removed")
+            ]
         stored: list[bytes] = []
         removed: list[bytes] = []
         for kind, key, tier in changes:
@@ -332,7 +391,9 @@ class MooncakeWorker(WorkerPlugin):
             "load": {
                 "tiers": self._tier_blocks(),
                 **self.engine.load,  # running, waiting, free/num/cached blocks, busy_seconds
-                "host_bytes": self.kv_store.store.used_bytes("host") if self.kv_store is not None else 0,
+                "host_bytes": self.kv_store.store.used_bytes("host")
+                if self.kv_store is not None
+                else 0,
             },
         }
         if not self._reported_model:
@@ -360,5 +421,7 @@ def get_plugin() -> MooncakeWorker:
 
     plugin = get_worker().plugins.get(PLUGIN_NAME)
     if not isinstance(plugin, MooncakeWorker):
-        raise RuntimeError("this worker has no mooncake engine (MooncakeWorker plugin not registered)")
+        raise RuntimeError(
+            "this worker has no mooncake engine (MooncakeWorker plugin not registered)"
+        )
     return plugin

@@ -26,10 +26,33 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-State = Literal["placed", "looking_up", "admitted", "prefilled", "handed_off", "receiving", "received", "decoding", "finished", "aborted", "failed"]
+State = Literal[
+    "placed",
+    "looking_up",
+    "admitted",
+    "prefilled",
+    "handed_off",
+    "receiving",
+    "received",
+    "decoding",
+    "finished",
+    "aborted",
+    "failed",
+]
 Step = Literal["lookup", "prefill", "transfer", "decode", "generate"]
 
-LIVE: frozenset[State] = frozenset({"placed", "looking_up", "admitted", "prefilled", "handed_off", "receiving", "received", "decoding"})
+LIVE: frozenset[State] = frozenset(
+    {
+        "placed",
+        "looking_up",
+        "admitted",
+        "prefilled",
+        "handed_off",
+        "receiving",
+        "received",
+        "decoding",
+    }
+)
 """States in which the request holds something on this worker."""
 
 
@@ -115,7 +138,18 @@ class Tick:
     now: float
 
 
-Event = Placed | TaskArrived | LookupDone | Prefilled | HandedOff | EngineFinished | EngineFailed | Abort | PeerLost | Tick
+Event = (
+    Placed
+    | TaskArrived
+    | LookupDone
+    | Prefilled
+    | HandedOff
+    | EngineFinished
+    | EngineFailed
+    | Abort
+    | PeerLost
+    | Tick
+)
 
 
 # -- instructions ---------------------------------------------------------------------
@@ -209,7 +243,14 @@ class WorkerRequests:
         if isinstance(event, Placed):
             if rs is not None:
                 return []  # a repeated start
-            self.requests[rid] = RequestState(rid, "looking_up", event.at, early=True, peer=event.decode_worker, placed_at=event.at)
+            self.requests[rid] = RequestState(
+                rid,
+                "looking_up",
+                event.at,
+                early=True,
+                peer=event.decode_worker,
+                placed_at=event.at,
+            )
             return [BeginLookup(rid)]
         if isinstance(event, TaskArrived):
             return self._task(rs, event)
@@ -261,11 +302,15 @@ class WorkerRequests:
             return []
         if ev.step == "transfer":
             if rs is None:
-                self.requests[rid] = RequestState(rid, "receiving", ev.at, task_seen=True, peer=ev.peer)
+                self.requests[rid] = RequestState(
+                    rid, "receiving", ev.at, task_seen=True, peer=ev.peer
+                )
             return []
         # decode
         if rs is None or rs.state in ("receiving", "received"):
-            self.requests[rid] = RequestState(rid, "decoding", ev.at, task_seen=True, peer=rs.peer if rs else ev.peer)
+            self.requests[rid] = RequestState(
+                rid, "decoding", ev.at, task_seen=True, peer=rs.peer if rs else ev.peer
+            )
         return []
 
     def _refused(self, event: Event) -> list[Instruction]:

@@ -75,7 +75,9 @@ def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") 
             return early[0].result() if early[0].done() else _wait(early[0])
         return run_lookup(plugin, spec, placement, start)
     except BaseException as e:
-        plugin.apply(plugin.on_event(request_state.EngineFailed(spec.request_id, str(e), time.monotonic())))
+        plugin.apply(
+            plugin.on_event(request_state.EngineFailed(spec.request_id, str(e), time.monotonic()))
+        )
         raise
 
 
@@ -103,7 +105,13 @@ def begin_lookup(plugin: MooncakeWorker, spec: RequestSpec, start: str) -> Begun
     return keys, plugin.engine.lookup_and_add(_admission(spec, start == "prefill"), stored, keys)
 
 
-def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementInfo, start: str, begun: Begun | None = None) -> LookupResult:
+def run_lookup(
+    plugin: MooncakeWorker,
+    spec: RequestSpec,
+    placement: PlacementInfo,
+    start: str,
+    begun: Begun | None = None,
+) -> LookupResult:
     """The lookup itself (in a task, or in the plugin's lookup thread at placement, then
     ``begun`` is what ``begin_lookup`` already sent)."""
     t0 = time.perf_counter()
@@ -113,7 +121,9 @@ def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementIn
     done: concurrent.futures.Future[RequestOutput] | None = None
     if fetches_remote(plugin, placement):
         keys = _keys(plugin, spec)
-        cached = plugin.engine.call("match_prefix", spec.prompt_token_ids, spec.cache_salt, keys).result()
+        cached = plugin.engine.call(
+            "match_prefix", spec.prompt_token_ids, spec.cache_salt, keys
+        ).result()
     else:
         keys, admission = begun or begin_lookup(plugin, spec, start)
         done, cached = admission.result()
@@ -122,13 +132,19 @@ def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementIn
     plugin.hit_blocks["device"] += have
     if done is None and kvs is not None and have < len(keys):
         # Host/SSD tier: blocks this worker published earlier and its engine evicted since.
-        result.store_blocks = kvs.local_prefix(keys[have:], lambda blocks: _import(plugin, blocks)).num_blocks
+        result.store_blocks = kvs.local_prefix(
+            keys[have:], lambda blocks: _import(plugin, blocks)
+        ).num_blocks
         if result.store_blocks:
             for tier in kvs.store.match_prefix(keys[have : have + result.store_blocks]).tiers:
                 result.store_tiers[tier] = result.store_tiers.get(tier, 0) + 1
         have += result.store_blocks
         plugin.hit_blocks["store"] += result.store_blocks
-    if placement.fetch_from and placement.fetch_from != plugin.worker.address and placement.fetch_blocks > have:
+    if (
+        placement.fetch_from
+        and placement.fetch_from != plugin.worker.address
+        and placement.fetch_blocks > have
+    ):
         want = keys[have : placement.fetch_blocks]
         got, nbytes = 0, 0
         peer = plugin.peer_of(placement.fetch_from) if kvs is not None else None
@@ -138,7 +154,12 @@ def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementIn
         if got < len(want):
             # Not in the peer's store (or no store): ask its engine for what it still caches.
             try:
-                reply = _rpc(placement.fetch_from, "mooncake_fetch_blocks", keys=keys[: placement.fetch_blocks], token_ids=spec.prompt_token_ids)
+                reply = _rpc(
+                    placement.fetch_from,
+                    "mooncake_fetch_blocks",
+                    keys=keys[: placement.fetch_blocks],
+                    token_ids=spec.prompt_token_ids,
+                )
                 blocks = reply["blocks"][have + got :]
                 got += _import(plugin, blocks)
                 nbytes += sum(b.data.nbytes for b in blocks)
@@ -158,14 +179,18 @@ def run_lookup(plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementIn
     return result
 
 
-def _arrived(plugin: MooncakeWorker, rid: str, step: request_state.Step, peer: str | None = None) -> None:
+def _arrived(
+    plugin: MooncakeWorker, rid: str, step: request_state.Step, peer: str | None = None
+) -> None:
     """A task of the request started here; it fails at once when the request was aborted."""
     for ins in plugin.on_event(request_state.TaskArrived(rid, step, time.monotonic(), peer)):
         if isinstance(ins, request_state.FailTask):
             raise RequestAborted(rid)
 
 
-def _ended(plugin: MooncakeWorker, rid: str, fut: concurrent.futures.Future[RequestOutput]) -> RequestOutput:
+def _ended(
+    plugin: MooncakeWorker, rid: str, fut: concurrent.futures.Future[RequestOutput]
+) -> RequestOutput:
     """Wait for the engine's end of the request and tell the request state how it ended."""
     try:
         out = _wait(fut)
@@ -186,11 +211,17 @@ def _import(plugin: MooncakeWorker, blocks: list[Any]) -> int:
     return len(blocks)
 
 
-def _started(spec: RequestSpec, prefill_only: bool) -> tuple[concurrent.futures.Future[RequestOutput], float]:
+def _started(
+    spec: RequestSpec, prefill_only: bool
+) -> tuple[concurrent.futures.Future[RequestOutput], float]:
     """The engine future that lookup started for this request (or start it now)."""
     plugin = _plugin()
     got = plugin.started.pop(spec.request_id, None)
-    return got if got is not None else (_watch_and_add(spec, prefill_only=prefill_only), time.perf_counter())
+    return (
+        got
+        if got is not None
+        else (_watch_and_add(spec, prefill_only=prefill_only), time.perf_counter())
+    )
 
 
 def _admission(
@@ -206,7 +237,14 @@ def _admission(
     params = spec.params
     if prefill_only:
         params = dataclasses.replace(params, max_tokens=1, min_tokens=min(params.min_tokens, 1))
-    watch = Watch(spec.stream_topic, spec.stream_addr, spec.stream_key, prefill_only=prefill_only, final_max_tokens=spec.params.max_tokens, num_cached_tokens=cached)
+    watch = Watch(
+        spec.stream_topic,
+        spec.stream_addr,
+        spec.stream_key,
+        prefill_only=prefill_only,
+        final_max_tokens=spec.params.max_tokens,
+        num_cached_tokens=cached,
+    )
     return AddRequest(
         spec.request_id,
         spec.prompt_token_ids,
@@ -246,7 +284,11 @@ def _compute_seconds(out: RequestOutput, fallback: float) -> float:
 def _queue_seconds(out: RequestOutput) -> float | None:
     """Time the request waited in the engine before its first step."""
     m = out.metrics
-    return None if m.first_scheduled_time is None else max(0.0, m.first_scheduled_time - m.arrival_time)
+    return (
+        None
+        if m.first_scheduled_time is None
+        else max(0.0, m.first_scheduled_time - m.arrival_time)
+    )
 
 
 def _gaps(first_token_time: float | None, token_times: list[float]) -> list[float]:
@@ -289,7 +331,9 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     seconds = _compute_seconds(out, time.perf_counter() - t0)
     plugin.report_lookup(spec, lookup_result, out.num_cached_tokens)
     first = out.token_ids
-    finished = out.finish_reason in ("stop", "abort") or (spec.params.max_tokens is not None and spec.params.max_tokens <= len(first))
+    finished = out.finish_reason in ("stop", "abort") or (
+        spec.params.max_tokens is not None and spec.params.max_tokens <= len(first)
+    )
     export = plugin.engine.call("export_kv", spec.request_id).result()
     kvs = plugin.kv_store
     if kvs is not None:
@@ -297,9 +341,15 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     elif not finished:
         plugin.outbox[spec.request_id] = export
     kept = kvs is None and not finished
-    ev = request_state.Prefilled(spec.request_id, time.monotonic(), lookup_result.placement.decode) if kept else request_state.EngineFinished(spec.request_id, time.monotonic())
+    ev = (
+        request_state.Prefilled(spec.request_id, time.monotonic(), lookup_result.placement.decode)
+        if kept
+        else request_state.EngineFinished(spec.request_id, time.monotonic())
+    )
     plugin.apply(plugin.on_event(ev))
-    plugin.prefill_reports.append((spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds))
+    plugin.prefill_reports.append(
+        (spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds)
+    )
     first_token_wall = out.metrics.first_token_time
     if first_token_wall is not None:
         first_token_wall += time.time() - time.perf_counter()
@@ -341,7 +391,11 @@ def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferRes
     if handle.peer is not None and kvs is not None:
         # Through the store: the peer's host tier (same host, zero copy) or its block
         # server. Blocks land in this engine's prefix cache; decode computes the tail.
-        f = kvs.fetch([BlockKey(k) for k in handle.block_keys], handle.peer, lambda blocks: _import(plugin, blocks))
+        f = kvs.fetch(
+            [BlockKey(k) for k in handle.block_keys],
+            handle.peer,
+            lambda blocks: _import(plugin, blocks),
+        )
         seconds = time.perf_counter() - t0
         if f.nbytes and "shm" not in f.paths:
             plugin.transfer_reports.append((f.nbytes, seconds))
@@ -376,7 +430,13 @@ def decode(tr: TransferResult) -> RequestOutput:
     handle = tr.handle
     if handle.finished:
         out: RequestOutput = handle.output
-        plugin.report_request(out, queue_s=handle.queue_seconds, prefill_s=handle.prefill_seconds, decode_s=None, itl=[])
+        plugin.report_request(
+            out,
+            queue_s=handle.queue_seconds,
+            prefill_s=handle.prefill_seconds,
+            decode_s=None,
+            itl=[],
+        )
         return out
     spec = handle.spec
     _arrived(plugin, spec.request_id, "decode", handle.worker)
@@ -388,16 +448,31 @@ def decode(tr: TransferResult) -> RequestOutput:
         plugin,
         spec.request_id,
         _watch_and_add(
-            spec, prefill_only=False, kv=export, prior=handle.first_token_ids, prior_logprobs=handle.first_logprobs, cached=handle.num_cached_tokens
+            spec,
+            prefill_only=False,
+            kv=export,
+            prior=handle.first_token_ids,
+            prior_logprobs=handle.first_logprobs,
+            cached=handle.num_cached_tokens,
         ),
     )
     plugin.on_event(request_state.EngineFinished(spec.request_id, time.monotonic()))
     token_times = plugin.engine.token_times.pop(spec.request_id, [])
     out = _wall_metrics(out, spec, handle.num_cached_tokens)
     m = out.metrics
-    decode_s = m.finish_time - m.first_scheduled_time if m.finish_time is not None and m.first_scheduled_time is not None else None
+    decode_s = (
+        m.finish_time - m.first_scheduled_time
+        if m.finish_time is not None and m.first_scheduled_time is not None
+        else None
+    )
     m.first_token_time = handle.first_token_time
-    plugin.report_request(out, queue_s=handle.queue_seconds, prefill_s=handle.prefill_seconds, decode_s=decode_s, itl=_gaps(handle.first_token_time, token_times))
+    plugin.report_request(
+        out,
+        queue_s=handle.queue_seconds,
+        prefill_s=handle.prefill_seconds,
+        decode_s=decode_s,
+        itl=_gaps(handle.first_token_time, token_times),
+    )
     return out
 
 
@@ -411,13 +486,21 @@ def generate(lookup_result: LookupResult) -> RequestOutput:
     plugin.on_event(request_state.EngineFinished(spec.request_id, time.monotonic()))
     token_times = plugin.engine.token_times.pop(spec.request_id, [])
     seconds = _compute_seconds(out, time.perf_counter() - t0)
-    plugin.prefill_reports.append((spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds))
+    plugin.prefill_reports.append(
+        (spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds)
+    )
     plugin.report_lookup(spec, lookup_result, out.num_cached_tokens)
     queue_s = _queue_seconds(out)
     out = _wall_metrics(out, spec, out.num_cached_tokens)
     m = out.metrics
-    decode_s = m.finish_time - m.first_token_time if m.finish_time is not None and m.first_token_time is not None else None
-    plugin.report_request(out, queue_s=queue_s, prefill_s=seconds, decode_s=decode_s, itl=_gaps(None, token_times))
+    decode_s = (
+        m.finish_time - m.first_token_time
+        if m.finish_time is not None and m.first_token_time is not None
+        else None
+    )
+    plugin.report_request(
+        out, queue_s=queue_s, prefill_s=seconds, decode_s=decode_s, itl=_gaps(None, token_times)
+    )
     return out
 
 
@@ -436,7 +519,9 @@ def engine_stats(dask_worker: Any) -> dict[str, Any]:
     plugin = dask_worker.plugins[PLUGIN_NAME]
     stats: dict[str, Any] = plugin.engine.call("stats").result()
     return {
-        "host_blocks": len(plugin.kv_store.store.keys("host")) if plugin.kv_store is not None else 0,
+        "host_blocks": len(plugin.kv_store.store.keys("host"))
+        if plugin.kv_store is not None
+        else 0,
         "transfer_paths": dict(plugin.transfer_paths),
         "hit_blocks": dict(plugin.hit_blocks),
         **stats,

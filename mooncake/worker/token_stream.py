@@ -96,7 +96,9 @@ class DirectStreams:
             sock.sendall(_LEN.pack(len(data)) + data)
             return True
         except (OSError, TypeError) as e:  # AuthError is an OSError
-            logger.info("token stream to %s:%s unavailable (%s): deltas go through the scheduler", *addr, e)
+            logger.info(
+                "token stream to %s:%s unavailable (%s): deltas go through the scheduler", *addr, e
+            )
             self._down[at] = time.monotonic()
             if sock is not None:
                 sock.close()

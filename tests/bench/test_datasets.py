@@ -21,7 +21,9 @@ def test_random_lengths_and_ids() -> None:
     assert all(16 <= t < 100 for r in reqs for t in r.prompt)
     assert reqs == random_dataset(5, 20, 7, vocab=(16, 100), seed=3)
     ranged = random_dataset(50, 20, 10, range_ratio=0.5, seed=1)
-    assert {r.prompt_len for r in ranged} <= set(range(10, 31)) and len({r.prompt_len for r in ranged}) > 1
+    assert {r.prompt_len for r in ranged} <= set(range(10, 31)) and len(
+        {r.prompt_len for r in ranged}
+    ) > 1
 
 
 def test_prefix_repetition_shares_prefixes() -> None:
@@ -58,8 +60,14 @@ def test_trace_replay_maps_hash_ids_to_blocks(tmp_path: Path) -> None:
 
 def test_trace_limits(tmp_path: Path) -> None:
     """num_prompts takes the first records; max lengths cut prompts and outputs."""
-    reqs = mooncake_trace_dataset(_trace(tmp_path), num_prompts=2, length_scale=0.25, max_input_len=100, max_output_len=10)
-    assert len(reqs) == 2 and [r.prompt_len for r in reqs] == [100, 100] and [r.output_len for r in reqs] == [10, 1]
+    reqs = mooncake_trace_dataset(
+        _trace(tmp_path), num_prompts=2, length_scale=0.25, max_input_len=100, max_output_len=10
+    )
+    assert (
+        len(reqs) == 2
+        and [r.prompt_len for r in reqs] == [100, 100]
+        and [r.output_len for r in reqs] == [10, 1]
+    )
     with pytest.raises(ValueError, match="length_scale"):
         mooncake_trace_dataset(_trace(tmp_path), length_scale=2.0)
 

@@ -14,7 +14,15 @@ from mooncake.bench.runner import LoadConfig, arrival_times
 
 
 def _ok(ttft: float, latency: float, tokens: int, prompt: int = 10) -> RequestResult:
-    return RequestResult(prompt, tokens, success=True, ttft_s=ttft, latency_s=latency, output_tokens=tokens, itl_s=[0.01] * (tokens - 1))
+    return RequestResult(
+        prompt,
+        tokens,
+        success=True,
+        ttft_s=ttft,
+        latency_s=latency,
+        output_tokens=tokens,
+        itl_s=[0.01] * (tokens - 1),
+    )
 
 
 def test_percentile_matches_numpy_linear() -> None:
@@ -44,7 +52,9 @@ def test_percentile_equals_the_interpolation_definition() -> None:
     for n in (1, 2, 3, 10, 57, 200):
         values = [round(rng.expovariate(1 / 80.0), 1 if n % 2 else 3) for _ in range(n)]
         for q in (0, 1, 25, 50, 90, 95, 99, 99.9, 100):
-            assert percentile(values, q) == pytest.approx(_interpolated(values, q), rel=1e-12, abs=1e-12)
+            assert percentile(values, q) == pytest.approx(
+                _interpolated(values, q), rel=1e-12, abs=1e-12
+            )
 
 
 def test_summary_hand_computed() -> None:

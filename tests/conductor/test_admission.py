@@ -58,4 +58,6 @@ def test_projection_re_estimates_long_running_sequences() -> None:
     load.expect("a", DecodeSeq(100, 10, 0.0, None, 1000))
     load.join("a", 0.0)
     assert decode_view(load, "projected", eta=2.0, t_d=0.1) == (0, 0)
-    assert decode_view(load, "projected", eta=2.0, t_d=0.1, now=1.0, total_len=lambda seq, g: 50 if g >= 10 else 10) == (1, 110)
+    assert decode_view(
+        load, "projected", eta=2.0, t_d=0.1, now=1.0, total_len=lambda seq, g: 50 if g >= 10 else 10
+    ) == (1, 110)

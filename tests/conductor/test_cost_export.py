@@ -28,7 +28,9 @@ def fitted(tiny_cost: CostModel) -> Conductor:
     return c
 
 
-def test_export_round_trip_reproduces_the_fitted_times(tiny_cost: CostModel, tmp_path: Path) -> None:
+def test_export_round_trip_reproduces_the_fitted_times(
+    tiny_cost: CostModel, tmp_path: Path
+) -> None:
     """Exported as JSON and loaded again, the cost model's prefill time equals the live
     estimator's estimate (well above the prior, toward the observed 3×) and its transfer uses the learned
     bandwidth; the document carries the schema version and the observation count."""
@@ -39,8 +41,12 @@ def test_export_round_trip_reproduces_the_fitted_times(tiny_cost: CostModel, tmp
     path.write_text(json.dumps(doc))
     cost = load_cost_model(path)
     for n, cached in ((500, 0), (2000, 512), (2000, 0)):
-        assert cost.prefill_time(n, cached) == pytest.approx(c.estimator.estimate(n, cached), rel=1e-9)
-    assert cost.prefill_time(2000) > 2 * tiny_cost.prefill_time(2000)  # moved toward the observed 3×
+        assert cost.prefill_time(n, cached) == pytest.approx(
+            c.estimator.estimate(n, cached), rel=1e-9
+        )
+    assert cost.prefill_time(2000) > 2 * tiny_cost.prefill_time(
+        2000
+    )  # moved toward the observed 3×
     assert cost.hardware.rdma_bandwidth == pytest.approx(c.bandwidth.bandwidth)
     assert cost.prefill_time(100, 100) == 0.0
 

@@ -27,7 +27,9 @@ def test_cached_prefix_telescopes() -> None:
     """Computing 0..k then k..n costs exactly what 0..n costs (chunked prefill and
     prefix reuse agree)."""
     cost = CostModel()
-    assert cost.prefill_flops(700, 300) + cost.prefill_flops(300) == pytest.approx(cost.prefill_flops(700))
+    assert cost.prefill_flops(700, 300) + cost.prefill_flops(300) == pytest.approx(
+        cost.prefill_flops(700)
+    )
     assert cost.prefill_flops(500, 500) == 0
 
 
@@ -66,7 +68,14 @@ def test_bandwidth_estimator_moves_toward_measurements() -> None:
     assert bw.transfer_time(150.0) == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize(("cls", "kwargs", "field"), [(ModelSpec, {"num_layers": 0}, "num_layers"), (HardwareSpec, {"mfu": 1.5}, "mfu"), (HardwareSpec, {"rdma_bandwidth": 0}, "rdma_bandwidth")])
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "field"),
+    [
+        (ModelSpec, {"num_layers": 0}, "num_layers"),
+        (HardwareSpec, {"mfu": 1.5}, "mfu"),
+        (HardwareSpec, {"rdma_bandwidth": 0}, "rdma_bandwidth"),
+    ],
+)
 def test_specs_validate(cls: type, kwargs: dict[str, float], field: str) -> None:
     """Bad values raise ValueError naming the field."""
     with pytest.raises(ValueError, match=field):

@@ -47,7 +47,12 @@ def test_load_balancing_picks_shortest_queue() -> None:
     """Queues A=3 s, B=1 s, C=2 s: load balancing ignores the cache and picks B."""
     s = PrefillScheduler("load_balancing")
     c = s.choose(REQ, 0.0, make_loads(A=3, B=1, C=2), {"A": 4}, est, xfer)
-    assert c.worker == "B" and c.queue_s == 1 and c.cached_tokens == 0 and c.prefill_s == pytest.approx(2.048)
+    assert (
+        c.worker == "B"
+        and c.queue_s == 1
+        and c.cached_tokens == 0
+        and c.prefill_s == pytest.approx(2.048)
+    )
 
 
 def test_local_cache_aware_trades_queue_for_prefix() -> None:
@@ -73,9 +78,13 @@ def test_balancing_threshold_keeps_work_local() -> None:
     Threshold 5: 2047 ≤ 5·512 so B recomputes from its own prefix: 1.536 s.
     Threshold 1: B fetches 1535 tokens: 0.1535 + 0.001 s."""
     loads = make_loads(A=5, B=0)
-    local = PrefillScheduler("global_cache_aware", kvcache_balancing_threshold=5.0).choose(REQ, 0.0, loads, {"A": 4, "B": 1}, est, xfer)
+    local = PrefillScheduler("global_cache_aware", kvcache_balancing_threshold=5.0).choose(
+        REQ, 0.0, loads, {"A": 4, "B": 1}, est, xfer
+    )
     assert (local.worker, local.fetch_from, local.prefill_s) == ("B", None, pytest.approx(1.536))
-    fetch = PrefillScheduler("global_cache_aware", kvcache_balancing_threshold=1.0).choose(REQ, 0.0, loads, {"A": 4, "B": 1}, est, xfer)
+    fetch = PrefillScheduler("global_cache_aware", kvcache_balancing_threshold=1.0).choose(
+        REQ, 0.0, loads, {"A": 4, "B": 1}, est, xfer
+    )
     assert (fetch.worker, fetch.fetch_from, fetch.fetch_tokens) == ("B", "A", 1535)
 
 

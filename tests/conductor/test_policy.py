@@ -54,8 +54,11 @@ def test_predictive_admits_what_early_rejects(tiny_cost: CostModel) -> None:
     request (prompt 100: 0.1 s prefill behind 5 s of queued work) needs 110 KV tokens
     and reaches decode at 5.1 s. Early (current load 900 + 110 > 1000) rejects;
     predictive (old gone by 5.1 s) admits."""
+
     def build(admission: str) -> Conductor:
-        cfg = ConductorConfig(prefill_policy="load_balancing", admission=admission, decode_token_time_s=0.01)  # type: ignore[arg-type]
+        cfg = ConductorConfig(
+            prefill_policy="load_balancing", admission=admission, decode_token_time_s=0.01
+        )  # type: ignore[arg-type]
         c = Conductor(cfg, ["P"], {"D": 1000}, tiny_cost)
         assert isinstance(c.place(req("old", 400, (1,), 500), 0.0), Placement)
         c.on_prefill_start("old", 0.0)
@@ -110,7 +113,15 @@ def test_colocated_decodes_where_it_prefills(tiny_cost: CostModel) -> None:
         Conductor(cfg, ["I0"], {"D": 1}, tiny_cost)
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [({"prefill_policy": "best"}, "prefill_policy"), ({"admission": "maybe"}, "admission"), ({"ttft_slo_s": 0}, "ttft_slo_s"), ({"kvcache_balancing_threshold": 0.5}, "kvcache_balancing_threshold")])
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"prefill_policy": "best"}, "prefill_policy"),
+        ({"admission": "maybe"}, "admission"),
+        ({"ttft_slo_s": 0}, "ttft_slo_s"),
+        ({"kvcache_balancing_threshold": 0.5}, "kvcache_balancing_threshold"),
+    ],
+)
 def test_config_validates(kwargs: dict[str, object], field: str) -> None:
     """Bad values raise ValueError naming the field."""
     with pytest.raises(ValueError, match=field):

@@ -41,8 +41,16 @@ def find_or_install() -> str | None:
         return None
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
-        subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True, timeout=300, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=False, capture_output=True, timeout=900, env=env)
+        subprocess.run(
+            ["apt-get", "update", "-q"], check=False, capture_output=True, timeout=300, env=env
+        )
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "chromium"],
+            check=False,
+            capture_output=True,
+            timeout=900,
+            env=env,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return shutil.which("chromium")
@@ -54,7 +62,14 @@ class Browser:
     def __init__(self, binary: str, width: int = 1500, height: int = 1150) -> None:
         self.profile = tempfile.mkdtemp(prefix="mooncake-chromium-")
         self.proc = subprocess.Popen(
-            [binary, *FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "--remote-debugging-port=0", "about:blank"],
+            [
+                binary,
+                *FLAGS,
+                f"--user-data-dir={self.profile}",
+                f"--window-size={width},{height}",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -66,7 +81,9 @@ class Browser:
                 raise RuntimeError("chromium did not start its DevTools endpoint")
             time.sleep(0.1)
         port = int(port_file.read_text().split()[0])
-        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
+        targets = json.loads(
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read()
+        )
         self.ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
         self.loop = asyncio.new_event_loop()
         self._ids = itertools.count(1)

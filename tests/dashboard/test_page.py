@@ -22,7 +22,14 @@ from tests.dashboard.chromium import Browser, find_or_install
 pytestmark = pytest.mark.cluster
 
 PARAMS = mooncake.SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
-SOURCES = ["mooncake-workers", "mooncake-kv", "mooncake-hit-rate", "mooncake-ttft", "mooncake-tbt", "mooncake-rejections"]
+SOURCES = [
+    "mooncake-workers",
+    "mooncake-kv",
+    "mooncake-hit-rate",
+    "mooncake-ttft",
+    "mooncake-tbt",
+    "mooncake-rejections",
+]
 COUNT_JS = """(() => {
   if (!window.Bokeh || !Bokeh.documents || !Bokeh.documents.length) return null;
   const doc = Bokeh.documents[0], out = {};
@@ -41,14 +48,19 @@ def _batch(n: int, seed: int) -> list[list[int]]:
     """Few-shot style: two 48-token templates, short questions."""
     rng = random.Random(seed)
     templates = [[rng.randrange(300) for _ in range(48)] for _ in range(2)]
-    return [templates[i % 2] + [rng.randrange(300) for _ in range(rng.randrange(4, 20))] for i in range(n)]
+    return [
+        templates[i % 2] + [rng.randrange(300) for _ in range(rng.randrange(4, 20))]
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
 def served(tiny_llama):
     """A cluster with its dashboard, after serving two bursts 1.2 s apart (so the
     hit-rate timeline has points)."""
-    with mooncake.LLM(str(tiny_llama), engine_config=EngineConfig(num_blocks=256), dashboard_address="127.0.0.1:0") as llm:
+    with mooncake.LLM(
+        str(tiny_llama), engine_config=EngineConfig(num_blocks=256), dashboard_address="127.0.0.1:0"
+    ) as llm:
         llm.generate(_batch(12, 0), PARAMS, use_tqdm=False)
         time.sleep(1.2)
         llm.generate(_batch(12, 1), PARAMS, use_tqdm=False)
@@ -57,7 +69,11 @@ def served(tiny_llama):
 
 
 def _metrics(llm) -> dict[str, float]:
-    text = urllib.request.urlopen(llm.dashboard_link.rsplit("/", 1)[0] + "/metrics", timeout=30).read().decode()
+    text = (
+        urllib.request.urlopen(llm.dashboard_link.rsplit("/", 1)[0] + "/metrics", timeout=30)
+        .read()
+        .decode()
+    )
     out = {}
     for line in text.splitlines():
         m = re.match(r"^(mooncake:[^\s]+)\s+([0-9.e+-]+)$", line)
@@ -80,7 +96,11 @@ def test_scheduler_metrics(served):
     usage = [k for k in m if k.startswith("mooncake:kv_cache_usage_perc") and 'tier="device"' in k]
     assert len(usage) == 2  # one per worker
     # The prefill worker publishes its blocks to its host tier; decode pulls them from it.
-    host_used = [v for k, v in m.items() if k.startswith("mooncake:kv_cache_blocks") and 'tier="host"' in k and 'state="used"' in k]
+    host_used = [
+        v
+        for k, v in m.items()
+        if k.startswith("mooncake:kv_cache_blocks") and 'tier="host"' in k and 'state="used"' in k
+    ]
     assert len(host_used) == 2 and max(host_used) > 0
     moved = {k: v for k, v in m.items() if k.startswith("mooncake:kv_transfer_bytes_total")}
     assert moved and sum(moved.values()) > 0, moved
@@ -99,7 +119,9 @@ def test_page_renders_with_data(served, tmp_path):
     screenshot is written (to $MOONCAKE_DASHBOARD_SCREENSHOT when set)."""
     binary = find_or_install()
     if binary is None:
-        pytest.skip("chromium is not installed and cannot be installed here (needs root and apt-get)")
+        pytest.skip(
+            "chromium is not installed and cannot be installed here (needs root and apt-get)"
+        )
     browser = Browser(binary)
     try:
         browser.goto(served.mooncake_dashboard_link)

@@ -30,8 +30,18 @@ def run_script(tmp_path: Path, code: str, timeout: float = 240) -> subprocess.Co
     """Run ``code`` as ``python example.py`` in a fresh directory with this tree importable."""
     script = tmp_path / "example.py"
     script.write_text(code)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, script.name], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, script.name],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _readme_params() -> list[object]:
@@ -65,7 +75,9 @@ def test_doc_blocks_compile_and_guard_the_cluster(doc: Path) -> None:
         compile(code, f"{doc.name} block", "exec")
         if "mooncake.LLM(" in code:
             guard = code.find('if __name__ == "__main__":')
-            assert 0 <= guard < code.find("mooncake.LLM("), f"{doc.name}: LLM created outside a __main__ guard"
+            assert 0 <= guard < code.find("mooncake.LLM("), (
+                f"{doc.name}: LLM created outside a __main__ guard"
+            )
 
 
 def test_llm_in_spawn_bootstrap_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:

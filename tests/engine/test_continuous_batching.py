@@ -85,13 +85,23 @@ def test_export_import_into_second_engine(tiny_llama, expected):
     a = _engine(tiny_llama)
     b = _engine(tiny_llama)
     prompts = _prompts()
-    rids = [a.add_request(None, p, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True), keep_kv=True) for p in prompts]
+    rids = [
+        a.add_request(
+            None, p, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True), keep_kv=True
+        )
+        for p in prompts
+    ]
     while a.has_unfinished():
         a.step()
     for rid, p in zip(rids, prompts):
         exp = a.export_kv(rid)
         assert exp.num_tokens == len(p) and len(exp.next_token_ids) == 1
-        b.add_request(rid, p + exp.next_token_ids, SamplingParams(temperature=0.0, max_tokens=MAX_NEW - 1, ignore_eos=True), kv=exp)
+        b.add_request(
+            rid,
+            p + exp.next_token_ids,
+            SamplingParams(temperature=0.0, max_tokens=MAX_NEW - 1, ignore_eos=True),
+            kv=exp,
+        )
     done = {}
     while b.has_unfinished():
         for o in b.step():
@@ -112,7 +122,12 @@ def test_prior_output_ids_continue_seeded_sampling(tiny_llama):
     prompt = _prompts()[3]
     whole = _engine(tiny_llama).generate([prompt], params)[0]
     a = _engine(tiny_llama)
-    a.add_request("r", prompt, SamplingParams(temperature=1.0, seed=11, max_tokens=1, ignore_eos=True), keep_kv=True)
+    a.add_request(
+        "r",
+        prompt,
+        SamplingParams(temperature=1.0, seed=11, max_tokens=1, ignore_eos=True),
+        keep_kv=True,
+    )
     while a.has_unfinished():
         a.step()
     exp = a.export_kv("r")

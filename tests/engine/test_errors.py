@@ -85,13 +85,17 @@ def test_duplicate_request_id(tiny_llama):
 def test_generation_reaches_context_limit(tiny_llama):
     """max_tokens=None stops at the context limit with finish_reason 'length'."""
     engine = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=8, max_model_len=40))
-    out = engine.generate([list(range(30))], SamplingParams(temperature=0.0, max_tokens=None, ignore_eos=True))[0]
+    out = engine.generate(
+        [list(range(30))], SamplingParams(temperature=0.0, max_tokens=None, ignore_eos=True)
+    )[0]
     assert len(out.token_ids) == 10 and out.finish_reason == "length"
 
 
 def test_import_from_other_model_rejected(tiny_llama, checkpoint_factory):
     a = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=16))
-    b = LLMEngine(EngineConfig(model=str(checkpoint_factory("tiny-llama-seed1", seed=1)), num_blocks=16))
+    b = LLMEngine(
+        EngineConfig(model=str(checkpoint_factory("tiny-llama-seed1", seed=1)), num_blocks=16)
+    )
     a.add_request("r", list(range(40)), SamplingParams(temperature=0.0, max_tokens=1), keep_kv=True)
     while a.has_unfinished():
         a.step()
@@ -102,7 +106,12 @@ def test_import_from_other_model_rejected(tiny_llama, checkpoint_factory):
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"dtype": "float64"}, "dtype"), ({"block_size": 0}, "block_size"), ({"device": "tpu"}, "device"), ({"max_num_seqs": 0}, "max_num_seqs")],
+    [
+        ({"dtype": "float64"}, "dtype"),
+        ({"block_size": 0}, "block_size"),
+        ({"device": "tpu"}, "device"),
+        ({"max_num_seqs": 0}, "max_num_seqs"),
+    ],
 )
 def test_bad_engine_config(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -115,7 +124,9 @@ def test_engine_config_from_dict_rejects_unknown():
 
 
 def test_abort_frees_blocks(tiny_llama):
-    engine = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=16, enable_prefix_caching=False))
+    engine = LLMEngine(
+        EngineConfig(model=str(tiny_llama), num_blocks=16, enable_prefix_caching=False)
+    )
     engine.add_request("a", list(range(50)), SamplingParams(max_tokens=100, ignore_eos=True))
     engine.step()
     assert engine.pool.num_free < 16

@@ -30,5 +30,12 @@ def test_cuda_logits_and_greedy_match_transformers(tiny_llama):
     outs = engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True))
     for p, o in zip(prompts, outs):
         with torch.no_grad():
-            hf = model.generate(torch.tensor([p], device="cuda"), max_new_tokens=32, min_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
-        assert o.token_ids == hf[0, len(p):].tolist()
+            hf = model.generate(
+                torch.tensor([p], device="cuda"),
+                max_new_tokens=32,
+                min_new_tokens=32,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
+        assert o.token_ids == hf[0, len(p) :].tolist()

@@ -26,7 +26,9 @@ def _prompt(n: int, seed: int) -> list[int]:
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
 
-def _run(engine: LLMEngine, prompts: list[list[int]], params: list[SamplingParams]) -> tuple[dict[str, list[int]], dict[str, str]]:
+def _run(
+    engine: LLMEngine, prompts: list[list[int]], params: list[SamplingParams]
+) -> tuple[dict[str, list[int]], dict[str, str]]:
     """Step the engine to the end; (tokens of each finished request, failures)."""
     ids = [engine.add_request(f"r{i}", p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
     done: dict[str, list[int]] = {}
@@ -42,7 +44,14 @@ def _run(engine: LLMEngine, prompts: list[list[int]], params: list[SamplingParam
     return done, failed
 
 
-@pytest.mark.parametrize("extreme", [{"temperature": 1e-300}, {"temperature": 1.0, "top_p": 1e-300}, {"temperature": 1e-300, "top_p": 1e-300}])
+@pytest.mark.parametrize(
+    "extreme",
+    [
+        {"temperature": 1e-300},
+        {"temperature": 1.0, "top_p": 1e-300},
+        {"temperature": 1e-300, "top_p": 1e-300},
+    ],
+)
 def test_extreme_params_beside_greedy(engine, extreme):
     """temperature=1e-300 (or top_p=1e-300) beside 8 greedy requests: every request
     finishes, the greedy ones exactly as they do alone, and the extreme one greedily too
@@ -68,7 +77,10 @@ def test_unsampleable_row_fails_alone():
     """A row of NaN logits gets an error; the other rows in the same call are sampled."""
     logits = torch.randn(3, 50)
     logits[1, 7] = float("nan")
-    reqs = [SampleRequest(SamplingParams(temperature=t), seed=1, output_index=0) for t in (0.0, 1.0, 1.0)]
+    reqs = [
+        SampleRequest(SamplingParams(temperature=t), seed=1, output_index=0)
+        for t in (0.0, 1.0, 1.0)
+    ]
     res = sample(logits, reqs)
     assert res[0].error is None and res[0].token_id == int(logits[0].argmax())
     assert res[1].error is not None and "non-finite" in res[1].error

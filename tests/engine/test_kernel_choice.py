@@ -15,7 +15,9 @@ from mooncake.engine.native import kernels
 from tests.conftest import hf_greedy, hf_model
 
 native = kernels()
-needs_native = pytest.mark.skipif(native is None, reason="no C compiler here: the native kernels cannot be built")
+needs_native = pytest.mark.skipif(
+    native is None, reason="no C compiler here: the native kernels cannot be built"
+)
 SHAPE = KernelShape(4, 2, 16, 64, 128, 16, 1)
 
 
@@ -29,8 +31,13 @@ def test_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
     first = choose(native, SHAPE)
     assert first.timings_ms is not None
     for group in ("decode", "prefill", "elementwise"):
-        assert first.timings_ms[f"{group}_native_ms"] > 0 and first.timings_ms[f"{group}_torch_ms"] > 0
-        picked_native = first.timings_ms[f"{group}_native_ms"] <= kernel_choice.MARGIN * first.timings_ms[f"{group}_torch_ms"]
+        assert (
+            first.timings_ms[f"{group}_native_ms"] > 0 and first.timings_ms[f"{group}_torch_ms"] > 0
+        )
+        picked_native = (
+            first.timings_ms[f"{group}_native_ms"]
+            <= kernel_choice.MARGIN * first.timings_ms[f"{group}_torch_ms"]
+        )
         assert getattr(first, group) == picked_native
     assert torch.get_num_threads() == threads  # measured on one thread, then restored
     [cached] = tmp_path.glob("choice-*.json")
@@ -64,7 +71,11 @@ def test_any_mix_of_kernels_matches_transformers(tiny_llama, monkeypatch, pick):
     monkeypatch.setattr("mooncake.engine.model_runner.choose", lambda nk, shape: pick)
     engine = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256))
     runner = engine.runner
-    assert (runner.native_decode is not None, runner.native_prefill is not None, runner.native_elementwise is not None) == (
+    assert (
+        runner.native_decode is not None,
+        runner.native_prefill is not None,
+        runner.native_elementwise is not None,
+    ) == (
         pick.decode,
         pick.prefill,
         pick.elementwise,

@@ -73,7 +73,9 @@ def test_chat_template_and_stop_tokens():
 def test_eos_stops_generation(tiny_llama):
     """Without ignore_eos, a sampled EOS ends the request with finish_reason 'stop'."""
     engine = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64))
-    greedy = engine.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True))[0].token_ids
+    greedy = engine.generate(
+        [[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    )[0].token_ids
     engine.eos_token_ids = frozenset({greedy[2]})
     out = engine.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=10))[0]
     assert out.token_ids == greedy[: greedy.index(greedy[2]) + 1] and out.finish_reason == "stop"

@@ -14,10 +14,21 @@ CASES = {
     "llama3-rope-tied": dict(
         arch="llama",
         tie_word_embeddings=True,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
         rope_theta=500000.0,
     ),
-    "llama-linear-rope-bias": dict(arch="llama", attention_bias=True, mlp_bias=True, rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    "llama-linear-rope-bias": dict(
+        arch="llama",
+        attention_bias=True,
+        mlp_bias=True,
+        rope_scaling={"rope_type": "linear", "factor": 2.0},
+    ),
     "qwen2": dict(arch="qwen2"),
     "mistral-sliding": dict(arch="mistral", sliding_window=48),
 }
@@ -76,7 +87,15 @@ def test_last_layer_of_sampling_rows_only_equals_all_rows(checkpoint_factory, na
     g = torch.Generator().manual_seed(3)
 
     def seq(rid: str, n: int) -> Sequence:
-        s = Sequence(rid, None, torch.randint(0, 300, (n,), generator=g).tolist(), SamplingParams(), 0, engine.root_key(), RequestMetrics(0.0))
+        s = Sequence(
+            rid,
+            None,
+            torch.randint(0, 300, (n,), generator=g).tolist(),
+            SamplingParams(),
+            0,
+            engine.root_key(),
+            RequestMetrics(0.0),
+        )
         engine.kv.allocate(s, n)
         return s
 
@@ -84,7 +103,9 @@ def test_last_layer_of_sampling_rows_only_equals_all_rows(checkpoint_factory, na
     first = SchedulerOutput(prefills=[ScheduledSeq(a, 0, 69)])
     engine.runner.execute(first)
     a.num_computed_tokens = 69
-    step = SchedulerOutput(decodes=[ScheduledSeq(a, 69, 1)], prefills=[ScheduledSeq(b, 0, 30), ScheduledSeq(c, 0, 20)])
+    step = SchedulerOutput(
+        decodes=[ScheduledSeq(a, 69, 1)], prefills=[ScheduledSeq(b, 0, 30), ScheduledSeq(c, 0, 20)]
+    )
     sampled = engine.runner.execute(step)
     every = engine.runner.execute(step, all_logits=True)
     assert sampled.shape == (2, every.shape[1])

@@ -18,7 +18,9 @@ from mooncake.engine import LLMEngine, SamplingParams
 from mooncake.engine.native import isa_supported, kernels
 from tests.conftest import hf_greedy, hf_model
 
-needs_native = pytest.mark.skipif(kernels() is None, reason="no C compiler here: the native kernel cannot be built")
+needs_native = pytest.mark.skipif(
+    kernels() is None, reason="no C compiler here: the native kernel cannot be built"
+)
 
 
 @pytest.fixture(params=["native", "avx2"])
@@ -39,20 +41,38 @@ def _reference(q, kc, vc, tables, ctx, bs, window, scale):
     B, Hq, D = q.shape
     Hkv = kc.shape[1]
     mb = tables.shape[1]
-    kd = kc.view(-1, bs, Hkv, D).index_select(0, tables.reshape(-1)).view(B, -1, Hkv, D).transpose(1, 2)
-    vd = vc.view(-1, bs, Hkv, D).index_select(0, tables.reshape(-1)).view(B, -1, Hkv, D).transpose(1, 2)
+    kd = (
+        kc.view(-1, bs, Hkv, D)
+        .index_select(0, tables.reshape(-1))
+        .view(B, -1, Hkv, D)
+        .transpose(1, 2)
+    )
+    vd = (
+        vc.view(-1, bs, Hkv, D)
+        .index_select(0, tables.reshape(-1))
+        .view(B, -1, Hkv, D)
+        .transpose(1, 2)
+    )
     pos = torch.arange(mb * bs)[None]
     mask = pos < ctx[:, None]
     if window:
         mask &= pos >= ctx[:, None] - window
     qd = q.reshape(B, Hkv, Hq // Hkv, D)
-    return F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask[:, None, None], scale=scale).reshape(B, Hq, D)
+    return F.scaled_dot_product_attention(
+        qd, kd, vd, attn_mask=mask[:, None, None], scale=scale
+    ).reshape(B, Hq, D)
 
 
 @needs_native
 @pytest.mark.parametrize(
     "Hq,Hkv,D,bs,window",
-    [(12, 4, 64, 16, None), (4, 4, 32, 16, None), (8, 1, 128, 8, None), (6, 2, 64, 16, 40), (16, 8, 80, 32, None)],
+    [
+        (12, 4, 64, 16, None),
+        (4, 4, 32, 16, None),
+        (8, 1, 128, 8, None),
+        (6, 2, 64, 16, 40),
+        (16, 8, 80, 32, None),
+    ],
 )
 def test_kernel_equals_gather_and_sdpa(native, Hq, Hkv, D, bs, window):
     """Random block tables (blocks scattered over the pool), ragged lengths incl. 1 and
@@ -84,7 +104,12 @@ def _reference_prefill(q, kc, vc, table, ctx, bs, window, scale):
     if window:
         mask &= kp > qp - window
     o = F.scaled_dot_product_attention(
-        q.transpose(0, 1)[None], ks.transpose(0, 1)[None], vs.transpose(0, 1)[None], attn_mask=mask[None, None], scale=scale, enable_gqa=True
+        q.transpose(0, 1)[None],
+        ks.transpose(0, 1)[None],
+        vs.transpose(0, 1)[None],
+        attn_mask=mask[None, None],
+        scale=scale,
+        enable_gqa=True,
     )
     return o[0].transpose(0, 1)
 
@@ -115,7 +140,9 @@ def test_prefill_kernel_equals_sdpa(native, Hq, Hkv, D, bs, n, ctx, window):
     out = torch.full((n, Hq, D), float("nan"))
     scale = D**-0.5
     assert native.paged_prefill(q, kc, vc, table, ctx, out, bs, window, scale)
-    torch.testing.assert_close(out, _reference_prefill(q, kc, vc, table, ctx, bs, window, scale), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        out, _reference_prefill(q, kc, vc, table, ctx, bs, window, scale), atol=2e-6, rtol=1e-5
+    )
 
 
 @needs_native
@@ -123,7 +150,9 @@ def test_prefill_kernel_declines_unsupported_head_dim(native):
     """head_dim 24 is not a multiple of 16: nothing written, the caller uses SDPA."""
     out = torch.full((4, 2, 24), float("nan"))
     kc = torch.randn(32, 2, 24)
-    assert not native.paged_prefill(torch.randn(4, 2, 24), kc, kc, torch.arange(2), 4, out, 16, None, 1.0)
+    assert not native.paged_prefill(
+        torch.randn(4, 2, 24), kc, kc, torch.arange(2), 4, out, 16, None, 1.0
+    )
     assert torch.isnan(out).all()
 
 
@@ -132,14 +161,26 @@ def test_kernel_rejects_non_contiguous_cache(native):
     kc = torch.randn(64, 2, 32).transpose(0, 1).contiguous().transpose(0, 1)  # strided slots
     with pytest.raises(ValueError, match="contiguous"):
         native.paged_decode(
-            torch.randn(1, 2, 32), kc, kc, torch.zeros(1, 4, dtype=torch.long), torch.tensor([3]), torch.empty(1, 2, 32), 16, None, 1.0, 3
+            torch.randn(1, 2, 32),
+            kc,
+            kc,
+            torch.zeros(1, 4, dtype=torch.long),
+            torch.tensor([3]),
+            torch.empty(1, 2, 32),
+            16,
+            None,
+            1.0,
+            3,
         )
 
 
 @needs_native
 def test_engine_uses_kernel_and_matches_torch_path_and_transformers(tiny_llama):
     """Same greedy continuations with the kernel, without it, and from transformers."""
-    prompts = [[(7 * i + j) % 250 for j in range(n)] for i, n in enumerate([1, 15, 16, 17, 40, 90, 130, 201])]
+    prompts = [
+        [(7 * i + j) % 250 for j in range(n)]
+        for i, n in enumerate([1, 15, 16, 17, 40, 90, 130, 201])
+    ]
     params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
     on = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256))
     off = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256, native_kernels=False))
@@ -152,7 +193,13 @@ def test_engine_uses_kernel_and_matches_torch_path_and_transformers(tiny_llama):
 
 def _kernels_in_subprocess(env: dict[str, str]) -> str:
     code = "import logging; logging.basicConfig(); from mooncake.engine.native import kernels; print(kernels() is None)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=True,
+    )
     return out.stdout.strip() + "|" + out.stderr
 
 
@@ -163,7 +210,9 @@ def test_disabled_by_environment():
 def test_broken_compiler_falls_back_with_a_warning(tmp_path):
     """A compiler that fails: no kernel, a warning naming why, and nothing half-written."""
     cc = tmp_path / "cc"
-    cc.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo fake 1.0; exit 0; }\necho 'cc: broken' >&2; exit 1\n")
+    cc.write_text(
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo fake 1.0; exit 0; }\necho 'cc: broken' >&2; exit 1\n"
+    )
     cc.chmod(0o755)
     cache = tmp_path / "cache"
     res = _kernels_in_subprocess({"CC": str(cc), "MOONCAKE_KERNEL_CACHE": str(cache)})
@@ -199,7 +248,12 @@ def test_rope_kernel_equals_apply_rope(native):
     cos, sin = table.lookup(pos)
     fused = torch.randn(29, 16 + 4, 64, generator=g)
     x = fused[:, :16]
-    torch.testing.assert_close(native.rope(x, cos.view(29, -1), sin.view(29, -1)), apply_rope(x, cos, sin), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        native.rope(x, cos.view(29, -1), sin.view(29, -1)),
+        apply_rope(x, cos, sin),
+        atol=1e-6,
+        rtol=1e-6,
+    )
 
 
 @needs_native

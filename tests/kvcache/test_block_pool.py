@@ -46,7 +46,11 @@ def test_cached_blocks_evicted_lru_after_unkeyed():
     assert victim.block_id == seq_a[1].block_id and pool.lookup(k(2), [2]) is None
     assert pool.lookup(k(1), [1]) is not None
     events = pool.drain_events()
-    assert [(e.kind, e.key) for e in events] == [("stored", k(1)), ("stored", k(2)), ("removed", k(2))]
+    assert [(e.kind, e.key) for e in events] == [
+        ("stored", k(1)),
+        ("stored", k(2)),
+        ("removed", k(2)),
+    ]
 
 
 def test_hit_verified_by_tokens():

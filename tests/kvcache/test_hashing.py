@@ -19,13 +19,22 @@ def test_vectors():
     assert root_key(0, FP, "tenant-a").hex() == "b7e73473d5e780728f39f7d48e58930d"
     assert root_key(1, FP).hex() == "82ddec099b5d7482be832b235fb2cf54"
     keys = block_keys(list(range(8)), 4, ROOT)
-    assert [k.hex() for k in keys] == ["71666ad123a8d4b408c798fe2a260b53", "a8348223cfeb34b0510ffb8bda9a98e7"]
+    assert [k.hex() for k in keys] == [
+        "71666ad123a8d4b408c798fe2a260b53",
+        "a8348223cfeb34b0510ffb8bda9a98e7",
+    ]
     assert hash_block(ROOT, [0, 1, 2, 3], b"lora:7").hex() == "bb0e543016fb3429b8ffc768c3b01dbd"
     salted = block_keys(list(range(8)), 4, root_key(0, FP, "tenant-a"))
-    assert [k.hex() for k in salted] == ["26db4f6b8d596ac2ebb545a95a3772c7", "c4b2a87c85dc0581f65cefa1a231d7ad"]
+    assert [k.hex() for k in salted] == [
+        "26db4f6b8d596ac2ebb545a95a3772c7",
+        "c4b2a87c85dc0581f65cefa1a231d7ad",
+    ]
     assert root_key(0, FP, "tenant-b").hex() == "a6761a850fb4998e23f145592b235398"
     salted = block_keys(list(range(8)), 4, root_key(0, FP, "tenant-b"))
-    assert [k.hex() for k in salted] == ["493620f98bbfd04cc6245fb9a7b16763", "bdaf91807097d44293c928e409b04e2b"]
+    assert [k.hex() for k in salted] == [
+        "493620f98bbfd04cc6245fb9a7b16763",
+        "bdaf91807097d44293c928e409b04e2b",
+    ]
 
 
 def test_same_prefix_same_keys():
@@ -49,7 +58,9 @@ def test_partial_block_has_no_key():
     assert len(block_keys(list(range(11)), 4, ROOT)) == 2
 
 
-@pytest.mark.parametrize("other", [root_key(0, "1" * 32), root_key(0, FP, "tenant-b"), root_key(7, FP)])
+@pytest.mark.parametrize(
+    "other", [root_key(0, "1" * 32), root_key(0, FP, "tenant-b"), root_key(7, FP)]
+)
 def test_model_salt_seed_isolation(other):
     """Another model, salt or seed gives disjoint keys for the same tokens."""
     toks = list(range(16))
@@ -63,7 +74,13 @@ def test_empty_salt_equals_no_salt():
 def test_identical_across_processes():
     """A fresh interpreter (different PYTHONHASHSEED) computes the same keys."""
     code = "from mooncake.kvcache.hashing import *; print(block_keys(list(range(8)),4,root_key(0,'0'*32))[1].hex())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", "PYTHONPATH": "."})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PYTHONPATH": "."},
+    )
     assert out.stdout.strip() == "a8348223cfeb34b0510ffb8bda9a98e7"
 
 

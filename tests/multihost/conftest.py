@@ -65,19 +65,48 @@ class Host:
         with a private /dev/shm. (``ip netns exec`` already gives the command a mount
         namespace of its own, whose mounts do not propagate back.)"""
         setup = f'hostname {self.name} && mount -t tmpfs -o size={SHM_SIZE} mc-shm /dev/shm && exec "$@"'
-        return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--", "sh", "-c", setup, "sh", *cmd]
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.netns,
+            "unshare",
+            "--uts",
+            "--",
+            "sh",
+            "-c",
+            setup,
+            "sh",
+            *cmd,
+        ]
 
-    def start(self, cmd: Sequence[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, cmd: Sequence[str], log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start ``cmd`` on this host in the background (its own process group), its
         output to ``log``."""
         with open(log, "wb") as f:  # the child keeps its own descriptor
-            proc = subprocess.Popen(self.argv(cmd), stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
+            proc = subprocess.Popen(
+                self.argv(cmd),
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
         self.procs.append(proc)
         return proc
 
-    def run(self, cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``cmd`` on this host to completion (raises on a timeout)."""
-        return subprocess.run(self.argv(cmd), capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+        return subprocess.run(
+            self.argv(cmd),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
 
     def link(self, up: bool) -> None:
         """Take this host's interface down or up (a cable pulled, or plugged back)."""

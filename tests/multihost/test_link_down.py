@@ -55,13 +55,17 @@ print(json.dumps({"text": text, "seconds": time.monotonic() - t0}))
 """
 
 
-def test_decode_link_down_mid_stream_resumes_on_the_other_decode_host(network_of, tiny_llama, tmp_path: Path):
+def test_decode_link_down_mid_stream_resumes_on_the_other_decode_host(
+    network_of, tiny_llama, tmp_path: Path
+):
     """Hosts: 1 scheduler + server + client, 2 prefill, 3 decode (serves the stream),
     4 decode (joins once the stream runs). Host 3's link goes down after 3 chunks: the
     stream completes, equal to the uninterrupted greedy run, within the deadline."""
     prompt = [(7 * j) % 200 + 3 for j in range(48)]
     engine = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256))
-    want = engine.generate([prompt], SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True))[0].text
+    want = engine.generate(
+        [prompt], SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    )[0].text
 
     net = network_of(4)
     h1, h2, h3, h4 = net.hosts
@@ -69,19 +73,54 @@ def test_decode_link_down_mid_stream_resumes_on_the_other_decode_host(network_of
     tls = tls_flags(tmp_path)
     py = sys.executable
     ttl = {"DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": WORKER_TTL}
-    h1.start([py, "-m", "distributed.cli.dask_scheduler", "--host", h1.ip, "--port", str(SCHEDULER_PORT), "--no-dashboard", "--protocol", "tls", *tls], tmp_path / "scheduler.log", env=ttl)
-    h2.start([py, "-m", "mooncake.cli", "worker", sched, "--role", "prefill", "--nthreads", "2", *tls], tmp_path / "worker-prefill.log")
-    h3.start([py, "-m", "mooncake.cli", "worker", sched, "--role", "decode", "--nthreads", "2", *tls], tmp_path / "worker-decode-a.log")
+    h1.start(
+        [
+            py,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            h1.ip,
+            "--port",
+            str(SCHEDULER_PORT),
+            "--no-dashboard",
+            "--protocol",
+            "tls",
+            *tls,
+        ],
+        tmp_path / "scheduler.log",
+        env=ttl,
+    )
+    h2.start(
+        [py, "-m", "mooncake.cli", "worker", sched, "--role", "prefill", "--nthreads", "2", *tls],
+        tmp_path / "worker-prefill.log",
+    )
+    h3.start(
+        [py, "-m", "mooncake.cli", "worker", sched, "--role", "decode", "--nthreads", "2", *tls],
+        tmp_path / "worker-decode-a.log",
+    )
     h1.start(
         [py, "-m", "mooncake.cli", "serve", "--model", str(tiny_llama), "--served-model-name", "m", "--scheduler", sched,
          "--host", "127.0.0.1", "--port", str(HTTP_PORT), "--log-level", "warning", *tls],
         tmp_path / "server.log",
     )  # fmt: skip
     mark = tmp_path / "mark"
-    client = h1.start([py, "-c", CLIENT, f"http://127.0.0.1:{HTTP_PORT}", json.dumps(prompt), str(mark), str(MAX_TOKENS)], tmp_path / "client.log")
+    client = h1.start(
+        [
+            py,
+            "-c",
+            CLIENT,
+            f"http://127.0.0.1:{HTTP_PORT}",
+            json.dumps(prompt),
+            str(mark),
+            str(MAX_TOKENS),
+        ],
+        tmp_path / "client.log",
+    )
 
     def logs() -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("*.log"))
+        )
 
     deadline = time.monotonic() + 240
     while not mark.exists():
@@ -89,7 +128,10 @@ def test_decode_link_down_mid_stream_resumes_on_the_other_decode_host(network_of
         assert time.monotonic() < deadline, f"the stream never started\n{logs()}"
         time.sleep(0.1)
     # Only now does the second decode host exist: the stream is on host 3.
-    h4.start([py, "-m", "mooncake.cli", "worker", sched, "--role", "decode", "--nthreads", "2", *tls], tmp_path / "worker-decode-b.log")
+    h4.start(
+        [py, "-m", "mooncake.cli", "worker", sched, "--role", "decode", "--nthreads", "2", *tls],
+        tmp_path / "worker-decode-b.log",
+    )
     h3.link(up=False)
     try:
         client.wait(timeout=120)

@@ -53,7 +53,9 @@ print(json.dumps({"texts": texts, "metrics": metrics}))
 def _transfer_bytes(metrics: str, path: str) -> float:
     """Sum of the KV transfer byte counters for one path in a Prometheus text page."""
     total = 0.0
-    for m in re.finditer(r'^mooncake:kv_transfer_bytes(?:_total)?\{([^}]*)\} ([0-9.e+-]+)$', metrics, re.M):
+    for m in re.finditer(
+        r"^mooncake:kv_transfer_bytes(?:_total)?\{([^}]*)\} ([0-9.e+-]+)$", metrics, re.M
+    ):
         if f'path="{path}"' in m.group(1):
             total += float(m.group(2))
     return total
@@ -65,7 +67,9 @@ def test_openai_client_across_four_hosts(network_of, tiny_llama, tmp_path: Path)
     no byte went through shared memory, which the hosts do not share)."""
     prompts = [[(11 * i + j) % 200 + 3 for j in range(n)] for i, n in enumerate((40, 70, 33))]
     engine = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256))
-    want = [o.text for o in engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=12))]
+    want = [
+        o.text for o in engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=12))
+    ]
 
     net = network_of(4)
     h1, h2, h3, h4 = net.hosts
@@ -75,14 +79,29 @@ def test_openai_client_across_four_hosts(network_of, tiny_llama, tmp_path: Path)
     h1.start([py, "-m", "distributed.cli.dask_scheduler", "--host", h1.ip, "--port", str(SCHEDULER_PORT), "--protocol", "tls", *tls,
               "--dashboard-address", f"127.0.0.1:{DASHBOARD_PORT}"], tmp_path / "scheduler.log")  # fmt: skip
     for host, role in ((h2, "prefill"), (h3, "decode"), (h4, "prefill")):
-        host.start([py, "-m", "mooncake.cli", "worker", sched, "--role", role, "--nthreads", "2", *tls], tmp_path / f"worker-{host.name}.log")
+        host.start(
+            [py, "-m", "mooncake.cli", "worker", sched, "--role", role, "--nthreads", "2", *tls],
+            tmp_path / f"worker-{host.name}.log",
+        )
     h1.start(
         [py, "-m", "mooncake.cli", "serve", "--model", str(tiny_llama), "--served-model-name", "m", "--scheduler", sched,
          "--host", "127.0.0.1", "--port", str(HTTP_PORT), "--log-level", "warning", *tls],
         tmp_path / "server.log",
     )  # fmt: skip
-    res = h1.run([py, "-c", CLIENT, f"http://127.0.0.1:{HTTP_PORT}", f"http://127.0.0.1:{DASHBOARD_PORT}", json.dumps(prompts)], timeout=240)
-    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("*.log")))
+    res = h1.run(
+        [
+            py,
+            "-c",
+            CLIENT,
+            f"http://127.0.0.1:{HTTP_PORT}",
+            f"http://127.0.0.1:{DASHBOARD_PORT}",
+            json.dumps(prompts),
+        ],
+        timeout=240,
+    )
+    logs = "\n".join(
+        f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("*.log"))
+    )
     assert res.returncode == 0, f"client failed: {res.stderr[-3000:]}\n{logs}"
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["texts"] == want

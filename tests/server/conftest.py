@@ -30,9 +30,16 @@ def chat_checkpoint(checkpoint_factory: Callable[..., Path]) -> Path:
     path = checkpoint_factory("tiny-llama-chat", seed=3, vocab_size=259)
     if not (path / "tokenizer.json").is_file():
         build_tokenizer().save(str(path / "tokenizer.json"))
-        cfg = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "chat_template": CHAT_TEMPLATE}
+        cfg = {
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "pad_token": "<pad>",
+            "chat_template": CHAT_TEMPLATE,
+        }
         (path / "tokenizer_config.json").write_text(json.dumps(cfg))
-        (path / "generation_config.json").write_text(json.dumps({"bos_token_id": 256, "eos_token_id": 257}))
+        (path / "generation_config.json").write_text(
+            json.dumps({"bos_token_id": 256, "eos_token_id": 257})
+        )
     return path
 
 
@@ -56,7 +63,9 @@ class ServerThread:
     def __init__(self, app: Any) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ServerThread:
@@ -83,7 +92,9 @@ def server(llm: LLM) -> Iterator[ServerThread]:
 @pytest.fixture(scope="session")
 def client(server: ServerThread) -> openai.OpenAI:
     """The official client, unmodified (no retries, so 429 and 5xx surface at once)."""
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    return openai.OpenAI(
+        base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=60
+    )
 
 
 @pytest.fixture(scope="session")
@@ -127,7 +138,13 @@ class ScriptedBackend:
         return self.inner.tokenizer
 
     async def stream(
-        self, prompt: str | list[int], params: SamplingParams | None = None, /, *, request_id: str | None = None, cache_salt: str | None = None
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        /,
+        *,
+        request_id: str | None = None,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         head = prompt[0] if isinstance(prompt, list) and prompt else None
         if head == self.REJECT:
@@ -136,7 +153,9 @@ class ScriptedBackend:
             raise RuntimeError("secret detail: /internal/path worker tcp://10.0.0.7:4242")
         finished = False
         try:
-            async for out in self.inner.stream(prompt, params, request_id=request_id, cache_salt=cache_salt):
+            async for out in self.inner.stream(
+                prompt, params, request_id=request_id, cache_salt=cache_salt
+            ):
                 finished = out.finished
                 yield out
         finally:

@@ -21,7 +21,10 @@ pytestmark = pytest.mark.cluster
 
 def _busy(llm: LLM) -> list[tuple[int, int, int]]:
     """(running, waiting, blocks in use) per worker; cached blocks count as free."""
-    return [(s["running"], s["waiting"], s["num_blocks"] - s["free_blocks"]) for s in llm.worker_stats().values()]
+    return [
+        (s["running"], s["waiting"], s["num_blocks"] - s["free_blocks"])
+        for s in llm.worker_stats().values()
+    ]
 
 
 def _wait_idle(llm: LLM, timeout: float) -> float | None:
@@ -35,9 +38,18 @@ def _wait_idle(llm: LLM, timeout: float) -> float | None:
 
 
 def _read_then_close(base_url: str, model: str, i: int, chunks: int) -> int:
-    body = {"model": model, "prompt": [256, *range(10 + i, 30 + i)], "max_tokens": 900, "stream": True, "ignore_eos": True}
+    body = {
+        "model": model,
+        "prompt": [256, *range(10 + i, 30 + i)],
+        "max_tokens": 900,
+        "stream": True,
+        "ignore_eos": True,
+    }
     seen = 0
-    with httpx.Client(timeout=60) as http, http.stream("POST", f"{base_url}/v1/completions", json=body) as r:
+    with (
+        httpx.Client(timeout=60) as http,
+        http.stream("POST", f"{base_url}/v1/completions", json=body) as r,
+    ):
         assert r.status_code == 200
         for line in r.iter_lines():
             if line.startswith("data: ") and "choices" in json.loads(line[6:]):
@@ -47,12 +59,16 @@ def _read_then_close(base_url: str, model: str, i: int, chunks: int) -> int:
     return seen
 
 
-def test_closed_http_streams_stop_on_workers(server: ServerThread, llm: LLM, model_name: str) -> None:
+def test_closed_http_streams_stop_on_workers(
+    server: ServerThread, llm: LLM, model_name: str
+) -> None:
     """10 long streams (900 tokens) closed by their clients after 3 chunks: within 1 s no
     worker runs or queues a request and every KV block is free again."""
     assert _wait_idle(llm, 30) is not None
     with ThreadPoolExecutor(10) as pool:
-        seen = list(pool.map(lambda i: _read_then_close(server.base_url, model_name, i, 3), range(10)))
+        seen = list(
+            pool.map(lambda i: _read_then_close(server.base_url, model_name, i, 3), range(10))
+        )
     assert seen == [3] * 10
     took = _wait_idle(llm, 1.0)
     assert took is not None, f"still busy 1 s after the streams closed: {_busy(llm)}"
@@ -63,7 +79,10 @@ def test_closed_llm_stream_stops_on_workers(llm: LLM) -> None:
     generator) stop their requests on every worker within 1 s."""
 
     async def read_then_close(i: int, drop: bool) -> None:
-        agen = llm.stream([256, *range(50 + i, 70 + i)], SamplingParams(temperature=0, max_tokens=900, ignore_eos=True))
+        agen = llm.stream(
+            [256, *range(50 + i, 70 + i)],
+            SamplingParams(temperature=0, max_tokens=900, ignore_eos=True),
+        )
         n = 0
         async for _ in agen:
             n += 1

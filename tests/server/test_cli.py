@@ -19,12 +19,33 @@ from tests.server.conftest import free_port
 def test_serve_arguments_build_config() -> None:
     """Flags map onto ServerConfig and EngineConfig; defaults serve the built-in model locally."""
     cfg = config_from_args(build_parser().parse_args(["serve"]))
-    assert cfg.model is None and cfg.host == "127.0.0.1" and cfg.port == 8000 and cfg.api_key is None
+    assert (
+        cfg.model is None and cfg.host == "127.0.0.1" and cfg.port == 8000 and cfg.api_key is None
+    )
     assert (cfg.prefill_workers, cfg.decode_workers, cfg.mode) == (1, 1, "disaggregated")
-    args = build_parser().parse_args([
-        "serve", "--model", "/m", "--prefill-workers", "2", "--decode-workers", "3", "--port", "9001",
-        "--api-key", "k", "--ttft-slo", "2", "--tbt-slo", "0.2", "--mode", "colocated", "--max-model-len", "512",
-    ])
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--model",
+            "/m",
+            "--prefill-workers",
+            "2",
+            "--decode-workers",
+            "3",
+            "--port",
+            "9001",
+            "--api-key",
+            "k",
+            "--ttft-slo",
+            "2",
+            "--tbt-slo",
+            "0.2",
+            "--mode",
+            "colocated",
+            "--max-model-len",
+            "512",
+        ]
+    )
     cfg = config_from_args(args)
     assert (cfg.model, cfg.prefill_workers, cfg.decode_workers, cfg.port) == ("/m", 2, 3, 9001)
     assert (cfg.api_key, cfg.ttft_slo_s, cfg.tbt_slo_s, cfg.mode) == ("k", 2.0, 0.2, "colocated")
@@ -40,19 +61,61 @@ def test_security_and_limit_flags_and_admission_default() -> None:
 
     cfg = config_from_args(build_parser().parse_args(["serve"]))
     assert cfg.dashboard_address == "127.0.0.1:0" and not cfg.insecure and cfg.tls_ca_file is None
-    assert (cfg.max_body_bytes, cfg.max_prompts_per_request, cfg.max_prompt_chars) == (8 * 1024**2, 32, None)
+    assert (cfg.max_body_bytes, cfg.max_prompts_per_request, cfg.max_prompt_chars) == (
+        8 * 1024**2,
+        32,
+        None,
+    )
     cc = conductor_config(cfg)
     assert (cc.admission, cc.ttft_slo_s) == ("ttft", DEFAULT_TTFT_SLO_S)
-    assert conductor_config(config_from_args(build_parser().parse_args(["serve", "--admission", "none"]))).admission == "none"
-    assert conductor_config(config_from_args(build_parser().parse_args(["serve", "--tbt-slo", "0.2"]))).admission == "predictive"
-    cfg = config_from_args(build_parser().parse_args([
-        "serve", "--dashboard-address", ":8787", "--scheduler", "tls://10.0.0.1:8786", "--tls-ca-file", "ca.pem",
-        "--tls-cert", "c.pem", "--tls-key", "k.pem", "--max-body-bytes", "1000", "--max-prompts-per-request", "4",
-        "--max-prompt-chars", "99",
-    ]))
-    assert (cfg.dashboard_address, cfg.tls_ca_file, cfg.tls_cert, cfg.tls_key) == (":8787", "ca.pem", "c.pem", "k.pem")
+    assert (
+        conductor_config(
+            config_from_args(build_parser().parse_args(["serve", "--admission", "none"]))
+        ).admission
+        == "none"
+    )
+    assert (
+        conductor_config(
+            config_from_args(build_parser().parse_args(["serve", "--tbt-slo", "0.2"]))
+        ).admission
+        == "predictive"
+    )
+    cfg = config_from_args(
+        build_parser().parse_args(
+            [
+                "serve",
+                "--dashboard-address",
+                ":8787",
+                "--scheduler",
+                "tls://10.0.0.1:8786",
+                "--tls-ca-file",
+                "ca.pem",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+                "--max-body-bytes",
+                "1000",
+                "--max-prompts-per-request",
+                "4",
+                "--max-prompt-chars",
+                "99",
+            ]
+        )
+    )
+    assert (cfg.dashboard_address, cfg.tls_ca_file, cfg.tls_cert, cfg.tls_key) == (
+        ":8787",
+        "ca.pem",
+        "c.pem",
+        "k.pem",
+    )
     assert (cfg.max_body_bytes, cfg.max_prompts_per_request, cfg.max_prompt_chars) == (1000, 4, 99)
-    assert config_from_args(build_parser().parse_args(["serve", "--dashboard-address", "none"])).dashboard_address is None
+    assert (
+        config_from_args(
+            build_parser().parse_args(["serve", "--dashboard-address", "none"])
+        ).dashboard_address
+        is None
+    )
 
 
 def test_bad_values_name_the_field() -> None:
@@ -75,8 +138,19 @@ def test_mooncake_serve_default_model(tmp_path: object) -> None:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mooncake.cli", "serve", "--port", str(port), "--log-level", "warning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "mooncake.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 180
@@ -89,9 +163,18 @@ def test_mooncake_serve_default_model(tmp_path: object) -> None:
             assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
             time.sleep(0.5)
         out = subprocess.run(
-            ["curl", "-s", f"http://127.0.0.1:{port}/v1/completions", "-H", "Content-Type: application/json",
-             "-d", '{"model": "mooncake-default-random-v1", "prompt": "Hello", "max_tokens": 8}'],
-            capture_output=True, text=True, check=True,
+            [
+                "curl",
+                "-s",
+                f"http://127.0.0.1:{port}/v1/completions",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                '{"model": "mooncake-default-random-v1", "prompt": "Hello", "max_tokens": 8}',
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         body = json.loads(out)
         assert body["object"] == "text_completion"

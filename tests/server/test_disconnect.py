@@ -24,15 +24,30 @@ def _idle(backend: ScriptedBackend) -> bool:
     """No engine runs or queues a request and every KV block is free again (cached blocks
     count as free: they stay in the prefix cache until evicted)."""
     stats = backend.inner.worker_stats().values()
-    return all(s["running"] == 0 and s["waiting"] == 0 and s["free_blocks"] == s["num_blocks"] for s in stats)
+    return all(
+        s["running"] == 0 and s["waiting"] == 0 and s["free_blocks"] == s["num_blocks"]
+        for s in stats
+    )
 
 
-def test_stream_disconnect_cancels(scripted: tuple[ServerThread, ScriptedBackend], model_name: str) -> None:
+def test_stream_disconnect_cancels(
+    scripted: tuple[ServerThread, ScriptedBackend], model_name: str
+) -> None:
     """Read two SSE events of a long generation, drop the connection: the request is closed
     early well before it could have finished, and counted as aborted."""
     server, backend = scripted
-    body = {"model": model_name, "prompt": [256, 1, 2, 3], "max_tokens": 900, "stream": True, "ignore_eos": True, "request_id": "gone-1"}
-    with httpx.Client(timeout=30) as http, http.stream("POST", f"{server.base_url}/v1/completions", json=body) as r:
+    body = {
+        "model": model_name,
+        "prompt": [256, 1, 2, 3],
+        "max_tokens": 900,
+        "stream": True,
+        "ignore_eos": True,
+        "request_id": "gone-1",
+    }
+    with (
+        httpx.Client(timeout=30) as http,
+        http.stream("POST", f"{server.base_url}/v1/completions", json=body) as r,
+    ):
         assert r.status_code == 200
         events = 0
         for line in r.iter_lines():
@@ -47,14 +62,25 @@ def test_stream_disconnect_cancels(scripted: tuple[ServerThread, ScriptedBackend
     assert _wait_for(lambda: _idle(backend))
     # The server still serves at once (the abandoned 900-token request is not hogging it).
     t0 = time.monotonic()
-    r2 = httpx.post(f"{server.base_url}/v1/completions", json={"model": model_name, "prompt": [256, 9], "max_tokens": 2})
+    r2 = httpx.post(
+        f"{server.base_url}/v1/completions",
+        json={"model": model_name, "prompt": [256, 9], "max_tokens": 2},
+    )
     assert r2.status_code == 200 and time.monotonic() - t0 < 10
 
 
-def test_non_stream_disconnect_cancels(scripted: tuple[ServerThread, ScriptedBackend], model_name: str) -> None:
+def test_non_stream_disconnect_cancels(
+    scripted: tuple[ServerThread, ScriptedBackend], model_name: str
+) -> None:
     """A non-streamed request whose client times out is cancelled too."""
     server, backend = scripted
-    body = {"model": model_name, "prompt": [256, 4, 5], "max_tokens": 1000, "ignore_eos": True, "request_id": "gone-2"}
+    body = {
+        "model": model_name,
+        "prompt": [256, 4, 5],
+        "max_tokens": 1000,
+        "ignore_eos": True,
+        "request_id": "gone-2",
+    }
     try:
         httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=0.5)
     except httpx.TimeoutException:

@@ -29,7 +29,9 @@ def _error(e: openai.APIStatusError) -> dict[str, object]:
         ({"extra_body": {"echo": True}, "logprobs": 1}, "echo"),
     ],
 )
-def test_validation_error_names_field(client: openai.OpenAI, model_name: str, extra: dict[str, object], param: str) -> None:
+def test_validation_error_names_field(
+    client: openai.OpenAI, model_name: str, extra: dict[str, object], param: str
+) -> None:
     """A bad field value is a 400 whose error names the field."""
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model=model_name, prompt="hi", **extra)  # type: ignore[call-overload]
@@ -51,7 +53,9 @@ def test_malformed_bodies(server: ServerThread) -> None:
         r = httpx.post(f"{url}/{route}", json=body)
         assert r.status_code == 400, (route, body, r.text)
         assert r.json()["error"]["param"] == param
-    r = httpx.post(f"{url}/completions", content=b"{not json", headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{url}/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
 
 
@@ -67,30 +71,42 @@ def test_context_too_long_400(client: openai.OpenAI, model_name: str, llm: objec
     """A prompt (or prompt + max_tokens) beyond the context limit is a 400, code context_length_exceeded,
     streaming or not."""
     limit = llm.max_model_len  # type: ignore[attr-defined]
-    for kwargs in ({"prompt": [65] * limit}, {"prompt": [65] * 10, "max_tokens": limit}, {"prompt": [65] * limit, "stream": True}):
+    for kwargs in (
+        {"prompt": [65] * limit},
+        {"prompt": [65] * 10, "max_tokens": limit},
+        {"prompt": [65] * limit, "stream": True},
+    ):
         with pytest.raises(openai.BadRequestError) as info:
             client.completions.create(model=model_name, **kwargs)  # type: ignore[call-overload]
         err = _error(info.value)
         assert err["code"] == "context_length_exceeded" and err["param"] == "prompt"
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model=model_name, messages=[{"role": "user", "content": "x" * limit}])
+        client.chat.completions.create(
+            model=model_name, messages=[{"role": "user", "content": "x" * limit}]
+        )
     assert _error(info.value)["param"] == "messages"
 
 
-def test_rejection_429_with_retry_after(scripted: tuple[ServerThread, ScriptedBackend], model_name: str) -> None:
+def test_rejection_429_with_retry_after(
+    scripted: tuple[ServerThread, ScriptedBackend], model_name: str
+) -> None:
     """An admission rejection is a 429 with Retry-After (whole seconds), streaming or not, and is
     counted by reason on /metrics."""
     server, _ = scripted
     oc = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
     for stream in (False, True):
         with pytest.raises(openai.RateLimitError) as info:
-            oc.completions.create(model=model_name, prompt=[ScriptedBackend.REJECT, 1, 2], stream=stream)
+            oc.completions.create(
+                model=model_name, prompt=[ScriptedBackend.REJECT, 1, 2], stream=stream
+            )
         assert info.value.response.headers["retry-after"] == "3"
         assert _error(info.value)["type"] == "rate_limit_error"
     assert metric(server.base_url, "mooncake:request_rejected_total", reason="ttft_slo") == 2
 
 
-def test_internal_error_500_hides_details(scripted: tuple[ServerThread, ScriptedBackend], model_name: str) -> None:
+def test_internal_error_500_hides_details(
+    scripted: tuple[ServerThread, ScriptedBackend], model_name: str
+) -> None:
     """An unexpected failure is a 500 whose body says nothing about the internals."""
     server, _ = scripted
     oc = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
@@ -114,7 +130,9 @@ def test_real_admission_rejection_and_owned_cluster(chat_checkpoint: object) -> 
     with ServerThread(create_app(config)) as server:
         oc = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
         with pytest.raises(openai.RateLimitError) as info:
-            oc.completions.create(model=Path(str(chat_checkpoint)).name, prompt=[256, *range(30, 90)], max_tokens=2)
+            oc.completions.create(
+                model=Path(str(chat_checkpoint)).name, prompt=[256, *range(30, 90)], max_tokens=2
+            )
         assert int(info.value.response.headers["retry-after"]) >= 1
         assert "TTFT" in _error(info.value)["message"]  # type: ignore[operator]
         assert metric(server.base_url, "mooncake:request_rejected_total", reason="ttft_slo") == 1

@@ -43,21 +43,37 @@ def from_schema(node: dict[str, Any], defs: dict[str, Any]) -> st.SearchStrategy
     if kind == "boolean":
         return st.booleans()
     if kind == "integer":
-        lo = node.get("minimum", node["exclusiveMinimum"] + 1 if "exclusiveMinimum" in node else None)
-        hi = node.get("maximum", node["exclusiveMaximum"] - 1 if "exclusiveMaximum" in node else None)
+        lo = node.get(
+            "minimum", node["exclusiveMinimum"] + 1 if "exclusiveMinimum" in node else None
+        )
+        hi = node.get(
+            "maximum", node["exclusiveMaximum"] - 1 if "exclusiveMaximum" in node else None
+        )
         return st.integers(lo, hi)
     if kind == "number":
         return st.floats(node.get("minimum", node.get("exclusiveMinimum")), node.get("maximum", node.get("exclusiveMaximum")),
                          allow_nan=False, allow_infinity=False, exclude_min="exclusiveMinimum" in node,
                          exclude_max="exclusiveMaximum" in node)  # fmt: skip
     if kind == "string":
-        return st.text(min_size=node.get("minLength", 0), max_size=min(node.get("maxLength", 24), 24))
+        return st.text(
+            min_size=node.get("minLength", 0), max_size=min(node.get("maxLength", 24), 24)
+        )
     if kind == "array":
         lo = node.get("minItems", 0)
-        return st.lists(from_schema(node.get("items", {}), defs), min_size=lo, max_size=max(lo, min(node.get("maxItems", 3), 3)))
+        return st.lists(
+            from_schema(node.get("items", {}), defs),
+            min_size=lo,
+            max_size=max(lo, min(node.get("maxItems", 3), 3)),
+        )
     if kind == "object" and "properties" not in node:
-        values = from_schema(node["additionalProperties"], defs) if isinstance(node.get("additionalProperties"), dict) else JSON
-        return st.dictionaries(st.text(max_size=6), values, max_size=min(node.get("maxProperties", 2), 2))
+        values = (
+            from_schema(node["additionalProperties"], defs)
+            if isinstance(node.get("additionalProperties"), dict)
+            else JSON
+        )
+        return st.dictionaries(
+            st.text(max_size=6), values, max_size=min(node.get("maxProperties", 2), 2)
+        )
     if kind == "object":
         required = set(node.get("required", ()))
         props = node["properties"]
@@ -79,26 +95,35 @@ def _cap_tokens(body: dict[str, Any]) -> dict[str, Any]:
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
 
 def _requests(doc: dict[str, Any]) -> st.SearchStrategy[tuple[str, bytes]]:
-    routes = {"/v1/completions": "CompletionRequest", "/v1/chat/completions": "ChatCompletionRequest"}
+    routes = {
+        "/v1/completions": "CompletionRequest",
+        "/v1/chat/completions": "ChatCompletionRequest",
+    }
     per_route = []
     for path, name in routes.items():
         defs = doc["components"]["schemas"]
         valid = from_schema(defs[name], defs).map(_cap_tokens)
         fields = sorted(doc["components"]["schemas"][name]["properties"])
-        mutated = st.tuples(valid, st.sampled_from(fields), JSON).map(lambda t: {**t[0], t[1]: t[2]})
+        mutated = st.tuples(valid, st.sampled_from(fields), JSON).map(
+            lambda t: {**t[0], t[1]: t[2]}
+        )
         body = st.one_of(
             valid.map(json.dumps),
             mutated.map(json.dumps),
             JSON.map(json.dumps),
             st.binary(max_size=64).map(lambda b: b.decode("latin-1")),
         )
-        per_route.append(st.tuples(st.just(path), body.map(lambda s: s.encode("utf-8", "surrogatepass"))))
+        per_route.append(
+            st.tuples(st.just(path), body.map(lambda s: s.encode("utf-8", "surrogatepass")))
+        )
     return st.one_of(*per_route)
 
 
@@ -114,7 +139,9 @@ def test_generated_requests_never_get_a_5xx(server: ServerThread) -> None:
 
     def send(req: tuple[str, bytes]) -> None:
         path, body = req
-        with http.stream("POST", path, content=body, headers={"content-type": "application/json"}) as r:
+        with http.stream(
+            "POST", path, content=body, headers={"content-type": "application/json"}
+        ) as r:
             text = r.read().decode("utf-8", "replace")
         statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
         if r.status_code >= 500:

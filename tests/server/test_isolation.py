@@ -12,8 +12,12 @@ import pytest
 pytestmark = pytest.mark.cluster
 
 
-@pytest.mark.parametrize("extreme", [{"temperature": 1e-300}, {"temperature": 1.0, "top_p": 1e-300}])
-def test_extreme_sampling_beside_greedy(client: openai.OpenAI, model_name: str, extreme: dict[str, float]) -> None:
+@pytest.mark.parametrize(
+    "extreme", [{"temperature": 1e-300}, {"temperature": 1.0, "top_p": 1e-300}]
+)
+def test_extreme_sampling_beside_greedy(
+    client: openai.OpenAI, model_name: str, extreme: dict[str, float]
+) -> None:
     """8 greedy requests sent together with one ``temperature=1e-300`` (or
     ``top_p=1e-300``) request: all 9 succeed and the greedy ones return exactly what they
     return alone."""
@@ -21,7 +25,11 @@ def test_extreme_sampling_beside_greedy(client: openai.OpenAI, model_name: str, 
 
     def complete(prompt: list[int], **kw: Any) -> list[int]:
         resp = client.completions.create(
-            model=model_name, prompt=prompt, max_tokens=16, extra_body={"ignore_eos": True, "return_token_ids": True}, **kw
+            model=model_name,
+            prompt=prompt,
+            max_tokens=16,
+            extra_body={"ignore_eos": True, "return_token_ids": True},
+            **kw,
         )
         extra = resp.choices[0].model_extra
         assert extra is not None

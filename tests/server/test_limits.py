@@ -27,14 +27,24 @@ def test_body_over_the_limit_is_413(server: ServerThread) -> None:
     """A 20 MB body (default limit 8 MiB) is answered 413 in OpenAI's error shape, whether
     its size is declared up front or only seen while it streams in (chunked)."""
     body = json.dumps({"prompt": "x" * (20 * MB), "max_tokens": 1}).encode()
-    r = httpx.post(f"{server.base_url}/v1/completions", content=body, headers={"content-type": "application/json"}, timeout=60)
+    r = httpx.post(
+        f"{server.base_url}/v1/completions",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
     assert r.status_code == 413 and _error(r)["code"] == "request_too_large"
 
     def chunks():  # no Content-Length: Transfer-Encoding: chunked
         for i in range(0, len(body), MB):
             yield body[i : i + MB]
 
-    r = httpx.post(f"{server.base_url}/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
+    r = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
     assert r.status_code == 413 and _error(r)["type"] == "invalid_request_error"
 
 
@@ -53,7 +63,12 @@ def test_health_stays_fast_while_a_20mb_body_is_handled(server: ServerThread) ->
         result: dict[str, httpx.Response] = {}
 
         def post(body: bytes = body, result: dict[str, httpx.Response] = result) -> None:
-            result["r"] = httpx.post(f"{server.base_url}/v1/completions", content=body, headers={"content-type": "application/json"}, timeout=120)
+            result["r"] = httpx.post(
+                f"{server.base_url}/v1/completions",
+                content=body,
+                headers={"content-type": "application/json"},
+                timeout=120,
+            )
 
         worst = 0.0
         with httpx.Client(base_url=server.base_url, timeout=5) as health:
@@ -72,7 +87,9 @@ def test_health_stays_fast_while_a_20mb_body_is_handled(server: ServerThread) ->
         if status == 400:
             err = _error(r)
             assert err["code"] == "context_length_exceeded" and err["param"] == "prompt"
-        assert worst < 0.1, f"/health took {worst * 1e3:.0f} ms while a {len(body)}-byte body was handled"
+        assert worst < 0.1, (
+            f"/health took {worst * 1e3:.0f} ms while a {len(body)}-byte body was handled"
+        )
         assert time.monotonic() - t0 < 20
 
 
@@ -80,7 +97,10 @@ def test_long_chat_is_refused_before_templating(server: ServerThread) -> None:
     """Chat messages whose characters alone exceed what the context can hold: 400 naming
     ``messages``, at once."""
     serving = server.server.config.app.state.serving
-    body = {"messages": [{"role": "user", "content": "y" * (serving.max_prompt_chars + 1)}], "max_tokens": 1}
+    body = {
+        "messages": [{"role": "user", "content": "y" * (serving.max_prompt_chars + 1)}],
+        "max_tokens": 1,
+    }
     t0 = time.monotonic()
     r = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == 400 and _error(r)["param"] == "messages"
@@ -89,9 +109,21 @@ def test_long_chat_is_refused_before_templating(server: ServerThread) -> None:
 
 def test_prompts_per_request_are_capped(server: ServerThread) -> None:
     """200 prompts in one request is a 400 naming ``prompt`` (default cap 32); 2 are fine."""
-    r = httpx.post(f"{server.base_url}/v1/completions", json={"prompt": ["hello"] * 200, "max_tokens": 1}, timeout=60)
-    assert r.status_code == 400 and _error(r)["param"] == "prompt" and "32" in str(_error(r)["message"])
-    r = httpx.post(f"{server.base_url}/v1/completions", json={"prompt": ["hello"] * 2, "max_tokens": 1}, timeout=60)
+    r = httpx.post(
+        f"{server.base_url}/v1/completions",
+        json={"prompt": ["hello"] * 200, "max_tokens": 1},
+        timeout=60,
+    )
+    assert (
+        r.status_code == 400
+        and _error(r)["param"] == "prompt"
+        and "32" in str(_error(r)["message"])
+    )
+    r = httpx.post(
+        f"{server.base_url}/v1/completions",
+        json={"prompt": ["hello"] * 2, "max_tokens": 1},
+        timeout=60,
+    )
     assert r.status_code == 200 and len(r.json()["choices"]) == 2
 
 
@@ -109,14 +141,26 @@ def test_prompts_per_request_are_capped(server: ServerThread) -> None:
         ("chat/completions", {"temperature": False}, "temperature"),
     ],
 )
-def test_types_are_strict_where_openai_is(server: ServerThread, route: str, extra: dict[str, object], param: str) -> None:
+def test_types_are_strict_where_openai_is(
+    server: ServerThread, route: str, extra: dict[str, object], param: str
+) -> None:
     """Strings, floats and booleans are not coerced into integers or numbers: 400 naming
     the field (an integer temperature is still a number)."""
-    base: dict[str, object] = {"prompt": "hi"} if route == "completions" else {"messages": [{"role": "user", "content": "hi"}]}
-    r = httpx.post(f"{server.base_url}/v1/{route}", json={**base, "max_tokens": 1, **extra}, timeout=60)
+    base: dict[str, object] = (
+        {"prompt": "hi"}
+        if route == "completions"
+        else {"messages": [{"role": "user", "content": "hi"}]}
+    )
+    r = httpx.post(
+        f"{server.base_url}/v1/{route}", json={**base, "max_tokens": 1, **extra}, timeout=60
+    )
     assert r.status_code == 400, r.text
     assert _error(r)["param"] == param
-    r = httpx.post(f"{server.base_url}/v1/{route}", json={**base, "max_tokens": 1, "temperature": 0, "seed": 42}, timeout=60)
+    r = httpx.post(
+        f"{server.base_url}/v1/{route}",
+        json={**base, "max_tokens": 1, "temperature": 0, "seed": 42},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
 
 

@@ -64,7 +64,18 @@ def served(chat_checkpoint: Path) -> Iterator[Served]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mooncake.cli", "serve", "--model", str(chat_checkpoint), "--port", str(port), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "mooncake.cli",
+            "serve",
+            "--model",
+            str(chat_checkpoint),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         env=env,
         cwd=ROOT,
     )
@@ -130,7 +141,9 @@ def test_no_listener_runs_a_pickle_it_receives(served: Served, tmp_path: Path) -
     listener that unpickles (so it would notice)."""
     _complete(served, stream=True)  # the token stream and block servers are in use
     ports = served.listening()
-    assert served.port in ports and len(ports) >= 6, ports  # HTTP, scheduler, nannies, workers, blocks, tokens
+    assert served.port in ports and len(ports) >= 6, (
+        ports
+    )  # HTTP, scheduler, nannies, workers, blocks, tokens
     control, srv = _vulnerable_listener()
     markers = tmp_path / "markers"
     markers.mkdir()
@@ -156,13 +169,17 @@ def test_everything_listens_on_loopback_only(served: Served) -> None:
     assert hosts and all(h.startswith("127.") for h in hosts), hosts
 
 
-def test_a_dask_client_without_credentials_cannot_run_anything(served: Served, tmp_path: Path) -> None:
+def test_a_dask_client_without_credentials_cannot_run_anything(
+    served: Served, tmp_path: Path
+) -> None:
     """A plain ``distributed.Client`` (no certificates) cannot connect to any port of the
     server process (where the embedded scheduler runs), over tcp:// or tls://, so it cannot
     ``run_on_scheduler``: the marker file its function would write never appears."""
     from distributed import Client
 
-    main_ports = [p for p, pid in served.listening().items() if pid == served.proc.pid and p != served.port]
+    main_ports = [
+        p for p, pid in served.listening().items() if pid == served.proc.pid and p != served.port
+    ]
     marker = tmp_path / "ran"
 
     def touch() -> None:
@@ -182,7 +199,9 @@ def test_a_dask_client_without_credentials_cannot_run_anything(served: Served, t
             await client.close()
 
     async def all_attempts() -> list[str | None]:
-        return await asyncio.gather(*(attempt(f"{scheme}://127.0.0.1:{p}") for p in main_ports for scheme in ("tcp", "tls")))
+        return await asyncio.gather(
+            *(attempt(f"{scheme}://127.0.0.1:{p}") for p in main_ports for scheme in ("tcp", "tls"))
+        )
 
     assert main_ports
     assert [a for a in asyncio.run(all_attempts()) if a] == []

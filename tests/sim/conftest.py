@@ -12,8 +12,25 @@ from mooncake.conductor import CostModel, HardwareSpec, ModelSpec
 
 
 def make_tiny_cost() -> CostModel:
-    model = ModelSpec(num_layers=1, d_model=1, num_params=1.0, bytes_per_param=1.0, kv_bytes_per_token=1, attn_coef=0.0, linear_coef=1.0)
-    hw = HardwareSpec(peak_flops=1000.0, mfu=1.0, hbm_bandwidth=1e9, mbu=1.0, hbm_bytes=1e6, kv_memory_fraction=1.0, rdma_bandwidth=1e6, step_overhead_s=0.0)
+    model = ModelSpec(
+        num_layers=1,
+        d_model=1,
+        num_params=1.0,
+        bytes_per_param=1.0,
+        kv_bytes_per_token=1,
+        attn_coef=0.0,
+        linear_coef=1.0,
+    )
+    hw = HardwareSpec(
+        peak_flops=1000.0,
+        mfu=1.0,
+        hbm_bandwidth=1e9,
+        mbu=1.0,
+        hbm_bytes=1e6,
+        kv_memory_fraction=1.0,
+        rdma_bandwidth=1e6,
+        step_overhead_s=0.0,
+    )
     return CostModel(model, hw)
 
 

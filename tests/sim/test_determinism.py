@@ -23,9 +23,16 @@ def write_conversations(path: Path) -> Path:
     lines = []
     for i in range(600):
         c = rng.randrange(40)
-        hist = convs.setdefault(c, [0, 1, 1000 + c]) + [10_000 + i * 10 + j for j in range(rng.randrange(1, 4))]
+        hist = convs.setdefault(c, [0, 1, 1000 + c]) + [
+            10_000 + i * 10 + j for j in range(rng.randrange(1, 4))
+        ]
         convs[c] = hist
-        rec = {"timestamp": 250 * i, "input_length": 512 * len(hist) - 100, "output_length": rng.randrange(5, 400), "hash_ids": hist}
+        rec = {
+            "timestamp": 250 * i,
+            "input_length": 512 * len(hist) - 100,
+            "output_length": rng.randrange(5, 400),
+            "hash_ids": hist,
+        }
         lines.append(json.dumps(rec))
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -33,7 +40,22 @@ def write_conversations(path: Path) -> Path:
 
 def replay(trace: Path, out: Path, seed: str) -> dict[str, object]:
     env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "mooncake.sim", "--trace", str(trace), "--prefill-instances", "8", "--decode-instances", "1", "--cache-blocks", "30", "--no-progress", "--json", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mooncake.sim",
+        "--trace",
+        str(trace),
+        "--prefill-instances",
+        "8",
+        "--decode-instances",
+        "1",
+        "--cache-blocks",
+        "30",
+        "--no-progress",
+        "--json",
+        str(out),
+    ]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
     data: dict[str, object] = json.loads(out.read_text())
     data.pop("wall_s", None)

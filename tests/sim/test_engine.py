@@ -14,14 +14,20 @@ from mooncake.sim import SimConfig, Simulator, make_request, simulate
 
 def disagg(cost: CostModel, p: int = 1, d: int = 1, **conductor: object) -> SimConfig:
     cc = ConductorConfig(**conductor)  # type: ignore[arg-type]
-    return SimConfig(prefill_instances=p, decode_instances=d, conductor=cc, cost=cost, prefill_cache_blocks=None)
+    return SimConfig(
+        prefill_instances=p, decode_instances=d, conductor=cc, cost=cost, prefill_cache_blocks=None
+    )
 
 
 def test_prefill_fifo_queueing(tiny_cost: CostModel) -> None:
     """1P+1D. r0 (1000 tok) and r1 (2000) at t=0, r2 (1000) at t=0.5, one output token
     each. Prefill runs 0–1, 1–3, 3–4; transfer to decode adds n/1e6 s.
     TTFT: 1.001, 3.002, 4.001 − 0.5 = 3.501."""
-    reqs = [make_request(0, 0.0, 1000, 1), make_request(1, 0.0, 2000, 1), make_request(2, 0.5, 1000, 1)]
+    reqs = [
+        make_request(0, 0.0, 1000, 1),
+        make_request(1, 0.0, 2000, 1),
+        make_request(2, 0.5, 1000, 1),
+    ]
     res = simulate(disagg(tiny_cost, prefill_policy="load_balancing"), reqs)
     assert [r.ttft_s for r in res.records] == pytest.approx([1.001, 3.002, 3.501])
     assert [r.tbt_s for r in res.records] == [0.0, 0.0, 0.0]
@@ -63,7 +69,11 @@ def test_global_cache_aware_fetches_and_replicates(tiny_cost: CostModel) -> None
     sim = Simulator(disagg(tiny_cost, p=2, prefill_policy="global_cache_aware"), reqs)
     res = sim.run()
     a, long, b = res.records
-    assert (a.prefill_instance, long.prefill_instance, b.prefill_instance) == ("prefill-0", "prefill-0", "prefill-1")
+    assert (a.prefill_instance, long.prefill_instance, b.prefill_instance) == (
+        "prefill-0",
+        "prefill-0",
+        "prefill-1",
+    )
     assert b.cached_tokens == 1024
     assert b.ttft_s == pytest.approx(0.001024 + 0.512 + 0.001536)
     assert sim.conductor.index.holders(1) == {"prefill-0", "prefill-1"}
@@ -72,8 +82,14 @@ def test_global_cache_aware_fetches_and_replicates(tiny_cost: CostModel) -> None
 def test_early_rejection_in_replay(tiny_cost: CostModel) -> None:
     """TTFT SLO 1.5 s, early admission, 1P: r0 (1000 tok) is admitted (1 s); r1 at the
     same time would wait 1 s + 1 s = 2 s > 1.5 s → rejected. r2 at t=5 is admitted."""
-    reqs = [make_request(0, 0.0, 1000, 1), make_request(1, 0.0, 1000, 1), make_request(2, 5.0, 1000, 1)]
-    res = simulate(disagg(tiny_cost, prefill_policy="load_balancing", admission="early", ttft_slo_s=1.5), reqs)
+    reqs = [
+        make_request(0, 0.0, 1000, 1),
+        make_request(1, 0.0, 1000, 1),
+        make_request(2, 5.0, 1000, 1),
+    ]
+    res = simulate(
+        disagg(tiny_cost, prefill_policy="load_balancing", admission="early", ttft_slo_s=1.5), reqs
+    )
     assert [r.rejected for r in res.records] == [False, True, False]
     assert "TTFT" in res.records[1].reason
     assert res.summary.rejected == 1 and res.summary.served == 2
@@ -86,7 +102,14 @@ def test_decode_full_rejects_after_prefill_under_what_if(tiny_cost: CostModel) -
     refused there — after its prefill was spent (FAST'25's baseline behaviour)."""
     reqs = [make_request(0, 0.0, 1000, 100), make_request(1, 0.0, 1000, 100)]
     cc = ConductorConfig(prefill_policy="load_balancing")
-    cfg = SimConfig(prefill_instances=2, decode_instances=1, conductor=cc, cost=tiny_cost, decode_kv_tokens=1500, decode_refusal=True)
+    cfg = SimConfig(
+        prefill_instances=2,
+        decode_instances=1,
+        conductor=cc,
+        cost=tiny_cost,
+        decode_kv_tokens=1500,
+        decode_refusal=True,
+    )
     res = simulate(cfg, reqs)
     assert [r.rejected for r in res.records] == [False, True]
     assert "full" in res.records[1].reason
@@ -101,7 +124,9 @@ def test_decode_waits_for_memory_by_default(tiny_cost: CostModel) -> None:
     of 100 gaps) is (0.198 + 9·0.002)/10."""
     reqs = [make_request(0, 0.0, 1000, 100), make_request(1, 0.0, 1000, 100)]
     cc = ConductorConfig(prefill_policy="load_balancing")
-    cfg = SimConfig(prefill_instances=2, decode_instances=1, conductor=cc, cost=tiny_cost, decode_kv_tokens=1500)
+    cfg = SimConfig(
+        prefill_instances=2, decode_instances=1, conductor=cc, cost=tiny_cost, decode_kv_tokens=1500
+    )
     a, b = simulate(cfg, reqs).records
     assert not a.rejected and not b.rejected
     assert a.finish_s == pytest.approx(1.199) and b.ttft_s == pytest.approx(1.001)
@@ -120,7 +145,9 @@ def test_decode_preempts_newest_and_recomputes(tiny_cost: CostModel) -> None:
     finishes at 1.401."""
     reqs = [make_request(0, 0.0, 1000, 101), make_request(1, 0.0, 1000, 101)]
     cc = ConductorConfig(prefill_policy="load_balancing")
-    base = dict(prefill_instances=2, decode_instances=1, conductor=cc, cost=tiny_cost, decode_kv_tokens=2100)
+    base = dict(
+        prefill_instances=2, decode_instances=1, conductor=cc, cost=tiny_cost, decode_kv_tokens=2100
+    )
     res = simulate(SimConfig(**base), reqs)  # type: ignore[arg-type]
     a, b = res.records
     assert (res.summary.preemptions, a.preemptions, b.preemptions) == (1, 0, 1)
@@ -140,7 +167,14 @@ def test_colocated_chunked_prefill_stretches_tbt(tiny_cost: CostModel) -> None:
     A has 5 more 2 ms steps → 1.122. A's 10 gaps: slowest 10% = one 0.513 s gap."""
     reqs = [make_request(0, 0.0, 100, 11), make_request(1, 0.104, 1000, 2)]
     cc = ConductorConfig(prefill_policy="load_balancing", colocated=True)
-    cfg = SimConfig(mode="colocated", prefill_instances=1, decode_instances=0, conductor=cc, cost=tiny_cost, chunk_tokens=512)
+    cfg = SimConfig(
+        mode="colocated",
+        prefill_instances=1,
+        decode_instances=0,
+        conductor=cc,
+        cost=tiny_cost,
+        chunk_tokens=512,
+    )
     a, b = simulate(cfg, reqs).records
     assert a.ttft_s == pytest.approx(0.1)
     assert b.ttft_s == pytest.approx(1.004)
@@ -154,21 +188,34 @@ def test_colocated_waits_for_kv_memory(tiny_cost: CostModel) -> None:
     B prefills in 2 steps (512 + 488 tokens → 1.0 s) → TTFT 2.02 s, nothing rejected."""
     reqs = [make_request(0, 0.0, 1000, 11), make_request(1, 0.0, 1000, 11)]
     cc = ConductorConfig(prefill_policy="load_balancing", colocated=True)
-    cfg = SimConfig(mode="colocated", prefill_instances=1, decode_instances=0, conductor=cc, cost=tiny_cost, decode_kv_tokens=1200)
+    cfg = SimConfig(
+        mode="colocated",
+        prefill_instances=1,
+        decode_instances=0,
+        conductor=cc,
+        cost=tiny_cost,
+        decode_kv_tokens=1200,
+    )
     a, b = simulate(cfg, reqs).records
     assert a.ttft_s == pytest.approx(1.0)
     assert b.ttft_s == pytest.approx(2.02)
     assert not a.rejected and not b.rejected
 
 
-def test_progress_bar_counts_finished_requests(tiny_cost: CostModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_progress_bar_counts_finished_requests(
+    tiny_cost: CostModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """All 5 requests arrive at t=0 and take seconds to serve: the bar moves only when a
     request is finished (or rejected), so after the arrivals it still reads 0, and every
     update matches the number of requests done."""
     import mooncake.sim.engine as engine
 
     counts: list[tuple[int, int]] = []
-    sim = Simulator(SimConfig(cost=tiny_cost, prefill_instances=1, decode_instances=1), [make_request(i, 0.0, 1000, 50) for i in range(5)], progress=True)
+    sim = Simulator(
+        SimConfig(cost=tiny_cost, prefill_instances=1, decode_instances=1),
+        [make_request(i, 0.0, 1000, 50) for i in range(5)],
+        progress=True,
+    )
 
     class Bar:
         def __init__(self, **kw: object) -> None:
@@ -199,8 +246,19 @@ def test_replay_reports_output_length_prediction_error(tiny_cost: CostModel) -> 
     s = res.summary
     assert res.records[0].predicted_output_len == 200 and res.records[-1].predicted_output_len == 10
     assert 0 < s.output_len_mae < 50 and s.output_len_bias > 0
-    capped = simulate(SimConfig(**{**cfg.__dict__, "max_tokens": 200, "conductor": ConductorConfig(output_prediction="max_tokens")}), reqs)
-    assert capped.summary.output_len_mae == pytest.approx(190) and capped.summary.output_len_rel_error == pytest.approx(19)
+    capped = simulate(
+        SimConfig(
+            **{
+                **cfg.__dict__,
+                "max_tokens": 200,
+                "conductor": ConductorConfig(output_prediction="max_tokens"),
+            }
+        ),
+        reqs,
+    )
+    assert capped.summary.output_len_mae == pytest.approx(
+        190
+    ) and capped.summary.output_len_rel_error == pytest.approx(19)
 
 
 def test_step_overhead_lengthens_every_step(tiny_cost: CostModel) -> None:
@@ -210,11 +268,24 @@ def test_step_overhead_lengthens_every_step(tiny_cost: CostModel) -> None:
     5 ms more each too."""
     from mooncake.conductor import HardwareSpec
 
-    cost = CostModel(tiny_cost.model, HardwareSpec(**{**{f: getattr(tiny_cost.hardware, f) for f in HardwareSpec.__slots__}, "step_overhead_s": 0.005}))
+    cost = CostModel(
+        tiny_cost.model,
+        HardwareSpec(
+            **{
+                **{f: getattr(tiny_cost.hardware, f) for f in HardwareSpec.__slots__},
+                "step_overhead_s": 0.005,
+            }
+        ),
+    )
     (r,) = simulate(disagg(cost), [make_request(0, 0.0, 1000, 11)]).records
     assert r.finish_s == pytest.approx(1.071) and r.tbt_s == pytest.approx(0.007)
     cc = ConductorConfig(prefill_policy="load_balancing", colocated=True)
-    (c,) = simulate(SimConfig(mode="colocated", prefill_instances=1, decode_instances=0, conductor=cc, cost=cost), [make_request(0, 0.0, 1000, 11)]).records
+    (c,) = simulate(
+        SimConfig(
+            mode="colocated", prefill_instances=1, decode_instances=0, conductor=cc, cost=cost
+        ),
+        [make_request(0, 0.0, 1000, 11)],
+    ).records
     assert c.ttft_s == pytest.approx(1.01)
 
 
@@ -225,11 +296,23 @@ def test_colocated_cache_aware_routing_and_no_prefix_cache(tiny_cost: CostModel)
     (blocks 3,4,6) tells them apart: cache-aware routing sends it where B ran and reuses
     1024 tokens; load-only routing picks instance-0 and reuses nothing. Without prefix
     caching (cache 0 blocks) nothing is reused at all."""
-    reqs = [make_request(0, 0.0, 1024, 2, [1, 2]), make_request(1, 0.0, 1024, 2, [3, 4]), make_request(2, 5.0, 1536, 2, [1, 2, 5]), make_request(3, 10.0, 1536, 2, [3, 4, 6])]
+    reqs = [
+        make_request(0, 0.0, 1024, 2, [1, 2]),
+        make_request(1, 0.0, 1024, 2, [3, 4]),
+        make_request(2, 5.0, 1536, 2, [1, 2, 5]),
+        make_request(3, 10.0, 1536, 2, [3, 4, 6]),
+    ]
 
     def run(policy: str, cache: int | None) -> list[int]:
         cc = ConductorConfig(prefill_policy=policy, colocated=True)  # type: ignore[arg-type]
-        cfg = SimConfig(mode="colocated", prefill_instances=2, decode_instances=0, conductor=cc, cost=tiny_cost, colocated_cache_blocks=cache)
+        cfg = SimConfig(
+            mode="colocated",
+            prefill_instances=2,
+            decode_instances=0,
+            conductor=cc,
+            cost=tiny_cost,
+            colocated_cache_blocks=cache,
+        )
         return [r.cached_tokens for r in simulate(cfg, reqs).records]
 
     assert run("local_cache_aware", None) == [0, 0, 1024, 1024]

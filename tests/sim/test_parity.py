@@ -21,7 +21,9 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "simulator.md"
 
 def conductor_api() -> set[str]:
     """Public methods of the Conductor (the interface a driver may call)."""
-    return {n for n, v in vars(Conductor).items() if not n.startswith("_") and inspect.isfunction(v)}
+    return {
+        n for n, v in vars(Conductor).items() if not n.startswith("_") and inspect.isfunction(v)
+    }
 
 
 def called(module: object, api: set[str]) -> set[str]:
@@ -38,8 +40,12 @@ def test_every_conductor_method_is_driven_by_both_or_listed() -> None:
     api = conductor_api() - {"step_time", "token_time", "transfer_time"}
     sim, live = called(engine_mod, api), called(plugin_mod, api)
     only_one = (sim ^ live) & api
-    assert only_one == set(ONE_DRIVER_METHODS), f"sim only: {sorted(sim - live)}, live only: {sorted(live - sim)}"
-    assert (sim | live) >= api - set(ONE_DRIVER_METHODS), f"driven by neither: {sorted(api - sim - live)}"
+    assert only_one == set(ONE_DRIVER_METHODS), (
+        f"sim only: {sorted(sim - live)}, live only: {sorted(live - sim)}"
+    )
+    assert (sim | live) >= api - set(ONE_DRIVER_METHODS), (
+        f"driven by neither: {sorted(api - sim - live)}"
+    )
 
 
 def test_one_driver_methods_and_what_ifs_are_documented() -> None:
@@ -56,7 +62,9 @@ def test_what_ifs_are_off_by_default() -> None:
         assert getattr(cfg, name) is False, name
 
 
-def test_default_replay_never_calls_admit_to_decode(tiny_cost: CostModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_replay_never_calls_admit_to_decode(
+    tiny_cost: CostModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The decode-side refusal runs only under the decode_refusal what-if: a default
     replay of a decode-bound trace never calls it, the what-if does."""
     calls: list[str] = []
@@ -68,7 +76,13 @@ def test_default_replay_never_calls_admit_to_decode(tiny_cost: CostModel, monkey
 
     monkeypatch.setattr(Conductor, "admit_to_decode", spy)
     reqs = [make_request(i, 0.0, 1000, 100) for i in range(4)]
-    base = dict(prefill_instances=2, decode_instances=1, conductor=ConductorConfig(), cost=tiny_cost, decode_kv_tokens=1500)
+    base = dict(
+        prefill_instances=2,
+        decode_instances=1,
+        conductor=ConductorConfig(),
+        cost=tiny_cost,
+        decode_kv_tokens=1500,
+    )
     res = simulate(SimConfig(**base), reqs)  # type: ignore[arg-type]
     assert calls == [] and res.summary.rejected == 0
     simulate(SimConfig(**base, decode_refusal=True), reqs)  # type: ignore[arg-type]

@@ -38,7 +38,9 @@ def test_no_policy_class_is_redefined_in_sim() -> None:
                 assert "Scheduler" not in name and "Conductor" not in name, f"{mod.__name__}.{name}"
 
 
-def test_every_arrival_goes_through_conductor_place(tiny_cost: CostModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_arrival_goes_through_conductor_place(
+    tiny_cost: CostModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Spy on Conductor.place: a 3-request replay calls it exactly 3 times with the
     trace's block ids as keys."""
     calls: list[RequestInfo] = []

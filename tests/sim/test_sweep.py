@@ -27,7 +27,12 @@ def test_sweep_finds_the_knee(tiny_cost: CostModel) -> None:
     and TTFT grows by (1 − 2/s) per request. Scales 1 and 1.5 pass; 4 fails; bisection
     between 1.5 and 4 lands in (1.5, 4)."""
     reqs = [make_request(i, 2.0 * i, 1000, 1) for i in range(20)]
-    cfg = SimConfig(prefill_instances=1, decode_instances=1, cost=tiny_cost, conductor=ConductorConfig(prefill_policy="load_balancing"))
+    cfg = SimConfig(
+        prefill_instances=1,
+        decode_instances=1,
+        cost=tiny_cost,
+        conductor=ConductorConfig(prefill_policy="load_balancing"),
+    )
     curve = sweep("t", cfg, reqs, [1.0, 1.5, 4.0], [(1.5, 0.1)], refine=2)
     cap = curve.capacity["ttft<=1.5,tbt<=0.1"]
     assert 1.5 <= cap < 4.0

@@ -14,7 +14,9 @@ FINGERPRINT = "tiny-test-model"
 TINY = KVBlockSpec(num_layers=2, num_kv_heads=2, head_dim=8, block_size=4, dtype="bfloat16")
 
 
-def make_chain(n: int, spec: KVBlockSpec = TINY, seed: int = 0, fingerprint: str = FINGERPRINT) -> list[KVBlock]:
+def make_chain(
+    n: int, spec: KVBlockSpec = TINY, seed: int = 0, fingerprint: str = FINGERPRINT
+) -> list[KVBlock]:
     """``n`` full blocks of one sequence with chained keys and random KV bytes."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, 32000, size=n * spec.block_size).tolist()
@@ -31,7 +33,16 @@ def make_chain(n: int, spec: KVBlockSpec = TINY, seed: int = 0, fingerprint: str
             if spec.dtype == "float16":
                 data = data.view(np.float16)
         toks = tuple(tokens[i * spec.block_size : (i + 1) * spec.block_size])
-        out.append(KVBlock(key=key, parent=parent, token_ids=toks, data=data, spec=spec, model_fingerprint=fingerprint))
+        out.append(
+            KVBlock(
+                key=key,
+                parent=parent,
+                token_ids=toks,
+                data=data,
+                spec=spec,
+                model_fingerprint=fingerprint,
+            )
+        )
         parent = key
     return out
 
@@ -44,8 +55,14 @@ def block_bytes(spec: KVBlockSpec = TINY) -> int:
     return len(hdr) + payload.nbytes
 
 
-def store_config(host_dir: str | None, ssd_dir: str | None = None, host_blocks: int = 64, ssd_blocks: int = 64,
-                 spec: KVBlockSpec = TINY, **kw: object) -> StoreConfig:
+def store_config(
+    host_dir: str | None,
+    ssd_dir: str | None = None,
+    host_blocks: int = 64,
+    ssd_blocks: int = 64,
+    spec: KVBlockSpec = TINY,
+    **kw: object,
+) -> StoreConfig:
     """A store whose tiers hold exactly ``host_blocks`` / ``ssd_blocks`` blocks of ``spec``."""
     per = block_bytes(spec)
     host = TierConfig(path=host_dir, capacity_bytes=host_blocks * per) if host_dir else None

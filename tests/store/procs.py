@@ -14,7 +14,9 @@ from mooncake.types import BlockKey
 from tests.store.kvfactories import make_chain
 
 #: 256 KiB blocks: a put is long enough for a kill to land inside it.
-CRASH_SPEC = KVBlockSpec(num_layers=8, num_kv_heads=4, head_dim=128, block_size=16, dtype="bfloat16")
+CRASH_SPEC = KVBlockSpec(
+    num_layers=8, num_kv_heads=4, head_dim=128, block_size=16, dtype="bfloat16"
+)
 
 
 def _mapping_of(path: str) -> tuple[int, int] | None:
@@ -33,9 +35,14 @@ def read_blocks(tier_path: str, keys: list[BlockKey], conn: Connection) -> None:
     with HostTierReader(tier_path) as reader:
         objs = reader.get_many(keys)
         span = _mapping_of(os.path.realpath(os.path.join(tier_path, "data.mdb")))
-        digests = [None if o is None else hashlib.sha256(o.numpy().tobytes()).hexdigest() for o in objs]
+        digests = [
+            None if o is None else hashlib.sha256(o.numpy().tobytes()).hexdigest() for o in objs
+        ]
         in_map = span is not None and all(
-            o is not None and span[0] <= o.payload.address and o.payload.address + o.payload.size <= span[1] for o in objs
+            o is not None
+            and span[0] <= o.payload.address
+            and o.payload.address + o.payload.size <= span[1]
+            for o in objs
         )
         conn.send((digests, in_map, reader.corrupt))
         del objs
@@ -55,7 +62,9 @@ def write_forever(cfg: StoreConfig, seed: int, conn: Connection) -> None:
         i += 4
 
 
-def read_while_written(tier_path: str, keys: list[BlockKey], seconds: float, conn: Connection) -> None:
+def read_while_written(
+    tier_path: str, keys: list[BlockKey], seconds: float, conn: Connection
+) -> None:
     """Read ``keys`` over and over while another process rewrites them; report what was seen."""
     import time
 

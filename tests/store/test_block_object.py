@@ -23,7 +23,13 @@ def test_header_round_trip_keeps_every_field() -> None:
     b = make_chain(2)[1]
     hdr, payload = encode(b, position=1)
     h = decode_header(hdr)
-    assert (h.key, h.parent, h.token_ids, h.spec, h.model_fingerprint) == (b.key, b.parent, b.token_ids, b.spec, b.model_fingerprint)
+    assert (h.key, h.parent, h.token_ids, h.spec, h.model_fingerprint) == (
+        b.key,
+        b.parent,
+        b.token_ids,
+        b.spec,
+        b.model_fingerprint,
+    )
     assert h.position == 1 and h.payload_nbytes == b.data.nbytes == payload.nbytes
     assert h.shape == b.data.shape
 
@@ -136,7 +142,9 @@ def _sum64_reference(data: bytes) -> int:
     return (total + n) % 2**64
 
 
-@pytest.mark.parametrize("nbytes", [0, 7, 8, 4096, 4096 * 3, 4096 * 3 + 24, 4096 * 3 + 5, 32 * 1024])
+@pytest.mark.parametrize(
+    "nbytes", [0, 7, 8, 4096, 4096 * 3, 4096 * 3 + 24, 4096 * 3 + 5, 32 * 1024]
+)
 def test_sum64_numpy_and_compiled_agree_with_the_definition(nbytes: int) -> None:
     """sum64, its numpy twin (whole-page fast path and general path), the compiled mc_sum64
     and mc_copy_sum64 (where a compiler is present) equal the plain-Python definition,
@@ -151,6 +159,8 @@ def test_sum64_numpy_and_compiled_agree_with_the_definition(nbytes: int) -> None
     if lib is not None:
         assert [lib.sum64(r.ctypes.data, nbytes) for r in rows] == want
         dst = np.full(nbytes + 1, 0xAB, dtype=np.uint8)
-        for r, w in zip(rows, want):  # copy and sum in one pass: same sum, exact copy, nothing past the end
+        for r, w in zip(
+            rows, want
+        ):  # copy and sum in one pass: same sum, exact copy, nothing past the end
             assert lib.copy_sum64(dst.ctypes.data, r.ctypes.data, nbytes) == w
             assert dst[:nbytes].tobytes() == r.tobytes() and dst[nbytes] == 0xAB

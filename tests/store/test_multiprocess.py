@@ -70,7 +70,9 @@ def test_kill_9_mid_put_leaves_a_consistent_store(host_dir: str, ssd_dir: str) -
             assert set(keys) <= set(expected) | set(_all_earlier_keys(round_, spec))
             per = block_bytes(spec)
             assert store.used_bytes("host") + store.used_bytes("ssd") == per * len(keys)
-            assert store.tiers["host"].stat_entries() + store.tiers["ssd"].stat_entries() == len(keys)
+            assert store.tiers["host"].stat_entries() + store.tiers["ssd"].stat_entries() == len(
+                keys
+            )
             for k in keys:  # one at a time: reads promote, which may drop other blocks
                 o = store.get(k)
                 assert o is not None or not store.contains(k)

@@ -43,7 +43,9 @@ from mooncake.transfer.base import TransferError
 from mooncake.types import BlockKey
 from tests.store.kvfactories import make_chain, store_config
 
-SPEC_8K = KVBlockSpec(num_layers=2, num_kv_heads=2, head_dim=64, block_size=4, dtype="bfloat16")  # 8 KiB
+SPEC_8K = KVBlockSpec(
+    num_layers=2, num_kv_heads=2, head_dim=64, block_size=4, dtype="bfloat16"
+)  # 8 KiB
 HAVE_CC = records_lib() is not None
 
 
@@ -59,7 +61,9 @@ def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     return str(request.param)
 
 
-def _records(n: int, spec: KVBlockSpec = SPEC_8K, algo: str = "sum64", seed: int = 0) -> tuple[list[bytes], list[BlockKey]]:
+def _records(
+    n: int, spec: KVBlockSpec = SPEC_8K, algo: str = "sum64", seed: int = 0
+) -> tuple[list[bytes], list[BlockKey]]:
     blocks = make_chain(n, spec, seed=seed)
     recs = [bytes(pack_record(*encode(b, algo=algo))) for b in blocks]  # type: ignore[arg-type]
     return recs, [b.key for b in blocks]  # type: ignore[misc]
@@ -113,10 +117,14 @@ def test_each_bad_record_in_a_batch_fails_alone(impl: str, algo: str) -> None:
     out = _check(recs, keys)
     bad = {i: str(o) for i, o in enumerate(out) if isinstance(o, CorruptBlockError)}
     assert sorted(bad) == [3, 7, 11, 15, 21]
-    assert "checksum" in bad[3] and "key" in bad[11] and "length" in bad[15] and "payload" in bad[21]
+    assert (
+        "checksum" in bad[3] and "key" in bad[11] and "length" in bad[15] and "payload" in bad[21]
+    )
     for i, o in enumerate(out):
         if i not in bad:
-            assert isinstance(o, BlockObject) and o.key == keys[i] and o.numpy().tobytes() == good[i]
+            assert (
+                isinstance(o, BlockObject) and o.key == keys[i] and o.numpy().tobytes() == good[i]
+            )
 
 
 def test_memoised_headers_then_bad_blocks(impl: str) -> None:
@@ -138,15 +146,24 @@ def test_memoised_headers_then_bad_blocks(impl: str) -> None:
     assert sorted(bad) == [9, 20] and "checksum" in bad[9] and "key" in bad[20]
 
 
-@pytest.mark.skipif(not HAVE_CC, reason="no C compiler here: nothing to compare the numpy twin with")
+@pytest.mark.skipif(
+    not HAVE_CC, reason="no C compiler here: nothing to compare the numpy twin with"
+)
 def test_compiled_and_numpy_checks_give_identical_results() -> None:
     """Records of mixed sizes (odd ones included) and both checksums, each randomly damaged
     (payload bit, framing, length, key, magic) or left alone: header lengths, sums and
     statuses are identical between the compiled check and its numpy twin."""
     rng = np.random.default_rng(5)
-    odd = KVBlockSpec(num_layers=1, num_kv_heads=1, head_dim=3, block_size=3, dtype="bfloat16")  # 18 B payloads
+    odd = KVBlockSpec(
+        num_layers=1, num_kv_heads=1, head_dim=3, block_size=3, dtype="bfloat16"
+    )  # 18 B payloads
     recs, keys = [], []
-    for spec, algo in [(SPEC_8K, "sum64"), (odd, "sum64"), (SPEC_8K, "crc32"), (make_chain(1)[0].spec, "sum64")]:
+    for spec, algo in [
+        (SPEC_8K, "sum64"),
+        (odd, "sum64"),
+        (SPEC_8K, "crc32"),
+        (make_chain(1)[0].spec, "sum64"),
+    ]:
         r, k = _records(30, spec, algo, seed=int(rng.integers(100)))
         recs += r
         keys += k
@@ -171,7 +188,14 @@ def test_compiled_and_numpy_checks_give_identical_results() -> None:
     for g, w in zip(got, want):
         assert g.tolist() == w.tolist()
     seen = set(got[2].tolist())
-    assert {STATUS_OK, STATUS_FRAMING, STATUS_LENGTH, STATUS_CHECKSUM, STATUS_KEY, STATUS_OTHER_ALGO} <= seen
+    assert {
+        STATUS_OK,
+        STATUS_FRAMING,
+        STATUS_LENGTH,
+        STATUS_CHECKSUM,
+        STATUS_KEY,
+        STATUS_OTHER_ALGO,
+    } <= seen
 
 
 def _serve_bytes(data: bytes, close_after: int | None = None) -> socket.socket:
@@ -198,7 +222,9 @@ def test_recv_records_receives_and_checks_a_response(impl: str) -> None:
     assert buf.tobytes() == b"".join(recs)
     assert np.flatnonzero(status).tolist() == [57] and int(status[57]) == STATUS_CHECKSUM
     out = objects_from_records(buf, rlens.tolist(), hlens, status, keys, owner=buf)
-    assert isinstance(out[57], CorruptBlockError) and all(isinstance(o, BlockObject) for i, o in enumerate(out) if i != 57)
+    assert isinstance(out[57], CorruptBlockError) and all(
+        isinstance(o, BlockObject) for i, o in enumerate(out) if i != 57
+    )
 
 
 @pytest.mark.parametrize("chunk", [5000, 64 * 1024 + 8, 256 * 1024])
@@ -209,7 +235,9 @@ def test_recv_records_sums_records_longer_than_a_chunk_as_they_arrive(impl: str,
     and in the header's checksum field are each caught, and the statuses and header
     lengths equal those of the check on the whole buffer."""
     monkeypatch.setattr(proto, "RECV_CHUNK", chunk)
-    big = KVBlockSpec(num_layers=4, num_kv_heads=2, head_dim=32, block_size=512, dtype="float32")  # 1 MiB
+    big = KVBlockSpec(
+        num_layers=4, num_kv_heads=2, head_dim=32, block_size=512, dtype="float32"
+    )  # 1 MiB
     odd = KVBlockSpec(num_layers=1, num_kv_heads=1, head_dim=3, block_size=3, dtype="bfloat16")
     r1, k1 = _records(5, big)
     r2, k2 = _records(3, odd, seed=4)
@@ -274,7 +302,13 @@ def _write_format_1_tier(path: str, n: int) -> None:
             h, p = encode(b)
             txn.put(b.key, h, db=hdr)  # type: ignore[arg-type]
             txn.put(b.key, bytes(p), db=data)  # type: ignore[arg-type]
-            txn.put(b.key, (i + 1).to_bytes(8, "little") + (len(h) + p.nbytes).to_bytes(8, "little") + bytes(8), db=meta)  # type: ignore[arg-type]
+            txn.put(
+                b.key,
+                (i + 1).to_bytes(8, "little")
+                + (len(h) + p.nbytes).to_bytes(8, "little")
+                + bytes(8),
+                db=meta,
+            )  # type: ignore[arg-type]
     env.close()
 
 
@@ -321,7 +355,9 @@ def test_broken_compiler_falls_back_to_numpy_with_a_warning(tmp_path: Any) -> No
     """A compiler that fails: no library, a warning naming why, nothing half-written in the
     cache, and the store still works."""
     cc = tmp_path / "cc"
-    cc.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo fake 1.0; exit 0; }\necho 'cc: broken' >&2; exit 1\n")
+    cc.write_text(
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo fake 1.0; exit 0; }\necho 'cc: broken' >&2; exit 1\n"
+    )
     cc.chmod(0o755)
     cache = tmp_path / "cache"
     out = _store_in_subprocess({"CC": str(cc), "MOONCAKE_KERNEL_CACHE": str(cache)})

@@ -83,7 +83,10 @@ def test_demotion_to_ssd_and_promotion_on_hit(host_dir: str, ssd_dir: str) -> No
         store.put_many(blocks)
         assert store.tier_of(k[0]) == "ssd" and store.tier_of(k[2]) == "host"  # type: ignore[arg-type]
         ev = store.events.drain()
-        assert [(e.kind, e.tier, e.from_tier) for e in ev if e.key == k[0]] == [("stored", "host", None), ("moved", "ssd", "host")]
+        assert [(e.kind, e.tier, e.from_tier) for e in ev if e.key == k[0]] == [
+            ("stored", "host", None),
+            ("moved", "ssd", "host"),
+        ]
         obj = store.get(k[0])  # type: ignore[arg-type]
         assert obj is not None and obj.numpy().tobytes() == blocks[0].data.tobytes()
         assert store.tier_of(k[0]) == "host" and store.tier_of(k[1]) == "ssd"  # type: ignore[arg-type]
@@ -124,7 +127,9 @@ def test_lease_blocks_eviction_until_it_expires(host_dir: str) -> None:
 
 @pytest.mark.parametrize("tier", ["host", "ssd"])
 @pytest.mark.parametrize("what", ["payload", "header"])
-def test_corrupted_value_is_a_counted_miss_and_deleted(tier: str, what: str, host_dir: str, ssd_dir: str) -> None:
+def test_corrupted_value_is_a_counted_miss_and_deleted(
+    tier: str, what: str, host_dir: str, ssd_dir: str
+) -> None:
     """A flipped byte in a stored payload or header is never returned: miss, counted, deleted, event emitted."""
     cfg = store_config(host_dir if tier == "host" else None, ssd_dir if tier == "ssd" else None)
     a, b = make_chain(2)
@@ -182,7 +187,10 @@ def test_partial_block_is_rejected(host_dir: str) -> None:
     """A block without a key (trailing partial block) cannot be cached."""
     b = make_chain(1)[0]
     b.key = None
-    with BlockStore(store_config(host_dir)) as store, pytest.raises(ValueError, match="without a key"):
+    with (
+        BlockStore(store_config(host_dir)) as store,
+        pytest.raises(ValueError, match="without a key"),
+    ):
         store.put(b)
 
 

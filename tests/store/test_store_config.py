@@ -32,7 +32,11 @@ def test_store_config_validation_and_strict_parse() -> None:
     with pytest.raises(ValueError, match="lease_ttl_s"):
         StoreConfig(host=t, lease_ttl_s=0)
     with pytest.raises(ValueError, match="unknown field"):
-        StoreConfig.from_dict({"host": None, "ssd": {"path": "/s", "capacity_bytes": 5}, "colour": 1})
-    cfg = StoreConfig.from_dict({"host": None, "ssd": {"path": "/s", "capacity_bytes": 5}, "eviction": "lfu"})
+        StoreConfig.from_dict(
+            {"host": None, "ssd": {"path": "/s", "capacity_bytes": 5}, "colour": 1}
+        )
+    cfg = StoreConfig.from_dict(
+        {"host": None, "ssd": {"path": "/s", "capacity_bytes": 5}, "eviction": "lfu"}
+    )
     assert cfg.ssd == TierConfig(path="/s", capacity_bytes=5) and cfg.eviction == "lfu"
     assert t.map_size > t.capacity_bytes

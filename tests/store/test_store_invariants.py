@@ -29,7 +29,9 @@ def test_random_operations_keep_every_invariant(policy: str, host_dir: str, ssd_
     per = block_bytes()
     leases: list[tuple[object, set[BlockKey], float]] = []
     seen_present: set[BlockKey] = set()
-    with BlockStore(store_config(host_dir, ssd_dir, host_blocks=4, ssd_blocks=8, eviction=policy), clock=clock) as store:
+    with BlockStore(
+        store_config(host_dir, ssd_dir, host_blocks=4, ssd_blocks=8, eviction=policy), clock=clock
+    ) as store:
         for _ in range(600):
             op = rng.random()
             if op < 0.35:

@@ -26,7 +26,12 @@ def _claim_in_child(root: Path, cluster: str, worker: str) -> tuple[subprocess.P
         time.sleep(600)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     assert line, "child did not claim a directory"

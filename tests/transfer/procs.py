@@ -11,7 +11,9 @@ from mooncake.transfer.server import BlockServer
 from tests.store.kvfactories import make_chain
 
 
-def serve_chain(cfg: StoreConfig, n: int, seed: int, conn: Connection, transfer: TransferConfig) -> None:
+def serve_chain(
+    cfg: StoreConfig, n: int, seed: int, conn: Connection, transfer: TransferConfig
+) -> None:
     """Own a store holding ``make_chain(n, seed=seed)`` and serve it until told to stop."""
     with BlockStore(cfg) as store:
         store.put_many(make_chain(n, seed=seed))

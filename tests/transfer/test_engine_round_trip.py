@@ -32,7 +32,9 @@ PROMPTS = [[random.Random(1).randrange(300) for _ in range(53)]]
 
 
 def _engine(path: Path, caching: bool = True) -> LLMEngine:
-    return LLMEngine(EngineConfig(model=str(path), num_blocks=64, block_size=16, enable_prefix_caching=caching))
+    return LLMEngine(
+        EngineConfig(model=str(path), num_blocks=64, block_size=16, enable_prefix_caching=caching)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,9 @@ def prefilled(tiny_llama: Path) -> tuple[list[list[int]], list[KVExport]]:
     return reference, exports
 
 
-def _continue(b: LLMEngine, prompt: list[int], export: KVExport, objs: list[BlockObject | None]) -> list[int]:
+def _continue(
+    b: LLMEngine, prompt: list[int], export: KVExport, objs: list[BlockObject | None]
+) -> list[int]:
     """Engine B imports the fetched blocks (full blocks only) and continues after the prefill's token."""
     kv = export_from_objects([o for o in objs if o is not None])
     n = kv.num_tokens
@@ -73,17 +77,28 @@ def _check_identical(export: KVExport, blocks: list[KVBlock]) -> None:
     full = [b for b in export.blocks if b.key is not None]
     assert len(blocks) == len(full) == 3
     for want, got in zip(full, blocks):
-        assert (got.key, got.parent, got.token_ids, got.spec) == (want.key, want.parent, want.token_ids, want.spec)
-        assert got.data.dtype == want.data.dtype and np.array_equal(got.data.view(np.uint8), want.data.view(np.uint8))
+        assert (got.key, got.parent, got.token_ids, got.spec) == (
+            want.key,
+            want.parent,
+            want.token_ids,
+            want.spec,
+        )
+        assert got.data.dtype == want.data.dtype and np.array_equal(
+            got.data.view(np.uint8), want.data.view(np.uint8)
+        )
 
 
 @pytest.mark.parametrize("tiers", ["host", "ssd", "host+ssd"])
-def test_round_trip_through_each_tier(tiers: str, prefilled: Any, engine_b: LLMEngine, shm_dir: Path, tmp_path: Path) -> None:
+def test_round_trip_through_each_tier(
+    tiers: str, prefilled: Any, engine_b: LLMEngine, shm_dir: Path, tmp_path: Path
+) -> None:
     """put_export -> get_many per tier (host+ssd: a 1-block host tier demotes, reads promote) is byte-identical
     and the continuation equals the single-engine one."""
     reference, exports = prefilled
     per = exports[0].spec.bytes_per_block + 4096
-    host = TierConfig(path=str(shm_dir / "host"), capacity_bytes=per * (1 if tiers == "host+ssd" else 16))
+    host = TierConfig(
+        path=str(shm_dir / "host"), capacity_bytes=per * (1 if tiers == "host+ssd" else 16)
+    )
     ssd = TierConfig(path=str(tmp_path / "ssd"), capacity_bytes=per * 16)
     cfg = StoreConfig(host=None if tiers == "ssd" else host, ssd=None if tiers == "host" else ssd)
     with BlockStore(cfg) as store:
@@ -100,7 +115,9 @@ def test_round_trip_through_each_tier(tiers: str, prefilled: Any, engine_b: LLME
 
 
 @pytest.mark.parametrize("path", ["shm", "tcp"])
-def test_round_trip_through_each_backend(path: str, prefilled: Any, engine_b: LLMEngine, shm_dir: Path) -> None:
+def test_round_trip_through_each_backend(
+    path: str, prefilled: Any, engine_b: LLMEngine, shm_dir: Path
+) -> None:
     """A prefill worker's store serves the blocks; fetched via the shared host tier or TCP they are
     byte-identical and the continuation equals the single-engine one."""
     reference, exports = prefilled
@@ -133,13 +150,19 @@ def test_torch_view_of_a_stored_block_is_zero_copy(prefilled: Any, shm_dir: Path
 
     _, exports = prefilled
     block = exports[0].blocks[0]
-    with BlockStore(StoreConfig(host=TierConfig(path=str(shm_dir / "t"), capacity_bytes=1 << 22), ssd=None)) as store:
+    with BlockStore(
+        StoreConfig(host=TierConfig(path=str(shm_dir / "t"), capacity_bytes=1 << 22), ssd=None)
+    ) as store:
         store.put(block)
         obj = store.get(block.key)
         assert obj is not None
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # read-only memory: torch warns, does not copy
-            t = torch.frombuffer(memoryview(obj.payload), dtype=torch.float32).view(*obj.header.shape)
+            warnings.simplefilter(
+                "ignore", UserWarning
+            )  # read-only memory: torch warns, does not copy
+            t = torch.frombuffer(memoryview(obj.payload), dtype=torch.float32).view(
+                *obj.header.shape
+            )
         assert t.data_ptr() == obj.payload.address
         assert torch.equal(t, torch.from_numpy(block.data))
         del t

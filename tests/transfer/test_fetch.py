@@ -79,11 +79,19 @@ def test_tcp_round_trip_is_byte_identical_and_pipelined(served: Any, shm_dir: An
     unknown = BlockKey(b"\x01" * 16)
     with tcp_fetcher() as f:
         res = f.fetch([*keys_of(blocks), unknown], Peer("elsewhere", tcp=server.address))
-        assert res.paths == ["tcp"] * 10 + [None] and res.missing == [unknown] and res.prefix_len == 10
+        assert (
+            res.paths == ["tcp"] * 10 + [None] and res.missing == [unknown] and res.prefix_len == 10
+        )
         for b, o in zip(blocks, res.objects):
-            assert o is not None and o.numpy().tobytes() == b.data.tobytes() and o.header.token_ids == b.token_ids
+            assert (
+                o is not None
+                and o.numpy().tobytes() == b.data.tobytes()
+                and o.header.token_ids == b.token_ids
+            )
         res.release()
-        again = f.fetch(keys_of(blocks[:2]), Peer("elsewhere", tcp=server.address))  # parked connection reused
+        again = f.fetch(
+            keys_of(blocks[:2]), Peer("elsewhere", tcp=server.address)
+        )  # parked connection reused
         assert again.num_fetched == 2
         with BlockStore(store_config(str(shm_dir / "recv"))) as receiver:
             f.fetch(keys_of(blocks), Peer("elsewhere", tcp=server.address), into=receiver).release()
@@ -99,7 +107,10 @@ def test_corrupt_on_the_wire_is_retried_then_reported_missing(served: Any) -> No
     with tcp_fetcher() as f:
         res = f.fetch(k, Peer("elsewhere", tcp=server.address))
         assert res.retried == 2 and res.missing == [k[5]] and res.prefix_len == 5
-        assert res.objects[2] is not None and res.objects[2].numpy().tobytes() == blocks[2].data.tobytes()
+        assert (
+            res.objects[2] is not None
+            and res.objects[2].numpy().tobytes() == blocks[2].data.tobytes()
+        )
         assert any("checksum" in e for e in res.errors)
 
 
@@ -141,12 +152,17 @@ def test_same_host_peer_reads_the_shared_tier_zero_copy(served: Any) -> None:
 def test_shm_miss_falls_back_to_tcp(host_dir: str, ssd_dir: str) -> None:
     """Blocks demoted to the peer's SSD are not in its host tier: the retry over TCP fetches them."""
     blocks = make_chain(4)
-    with BlockStore(store_config(host_dir, ssd_dir, host_blocks=2)) as store, BlockServer(store, CFG, host_dir) as server:
+    with (
+        BlockStore(store_config(host_dir, ssd_dir, host_blocks=2)) as store,
+        BlockServer(store, CFG, host_dir) as server,
+    ):
         store.put_many(blocks)
         with BlockFetcher(CFG) as f:
             res = f.fetch(keys_of(blocks), server.peer())
             assert res.paths == ["tcp", "tcp", "shm", "shm"] and res.retried == 2
-            assert [o.numpy().tobytes() for o in res.objects if o] == [b.data.tobytes() for b in blocks]
+            assert [o.numpy().tobytes() for o in res.objects if o] == [
+                b.data.tobytes() for b in blocks
+            ]
 
 
 def test_fetch_from_a_server_in_another_process(shm_dir: Any) -> None:
@@ -162,7 +178,9 @@ def test_fetch_from_a_server_in_another_process(shm_dir: Any) -> None:
         remote = Peer("another-host", tcp=peer.tcp)  # force the TCP path
         blocks = make_chain(8, seed=3)
         with tcp_fetcher() as f, f.fetch(keys_of(blocks), remote) as res:
-            assert [o.numpy().tobytes() for o in res.objects if o] == [b.data.tobytes() for b in blocks]
+            assert [o.numpy().tobytes() for o in res.objects if o] == [
+                b.data.tobytes() for b in blocks
+            ]
     finally:
         parent.send("stop")
         p.join(10)
@@ -174,7 +192,10 @@ def test_fetch_without_the_cluster_secret_is_refused(shm_dir: Any) -> None:
     handshake), and a raw request frame sent without any handshake gets no record back:
     only the server's challenge, then the connection closes."""
     blocks = make_chain(4, seed=5)
-    with BlockStore(store_config(str(shm_dir / "auth"))) as store, BlockServer(store, CFG) as server:
+    with (
+        BlockStore(store_config(str(shm_dir / "auth"))) as store,
+        BlockServer(store, CFG) as server,
+    ):
         store.put_many(blocks)
         remote = Peer("another-host", tcp=server.address)
         outsider = TransferConfig(batch_blocks=3, batch_bytes=0, io_timeout_s=5)  # a fresh secret
@@ -221,7 +242,10 @@ def test_large_batch_of_small_blocks_one_corrupt_one_missing(host_dir: str) -> N
     blocks = make_chain(96, PAGED)
     k = keys_of(blocks)
     cfg = TransferConfig(batch_blocks=48, io_timeout_s=5, secret=CFG.secret)
-    with BlockStore(store_config(host_dir, host_blocks=128, spec=PAGED)) as store, FlakyServer(store, cfg) as server:
+    with (
+        BlockStore(store_config(host_dir, host_blocks=128, spec=PAGED)) as store,
+        FlakyServer(store, cfg) as server,
+    ):
         store.put_many(blocks[:60] + blocks[61:])  # block 60 is not there
         server.corrupt, server.cut_before = {k[30]: 99}, {}
         with tcp_fetcher(cfg) as f, f.fetch(k, Peer("elsewhere", tcp=server.address)) as res:
@@ -243,14 +267,21 @@ def test_later_frames_ask_for_batch_bytes_at_the_record_size_the_first_showed(
     response's record size, never fewer than batch_blocks (batch_bytes=0: all batch_blocks;
     frames of one key each, 40 of them, with only a few in flight, still all arrive)."""
     blocks = make_chain(40, PAGED)
-    with BlockStore(store_config(host_dir, host_blocks=64, spec=PAGED)) as store, FlakyServer(store, CFG) as server:
+    with (
+        BlockStore(store_config(host_dir, host_blocks=64, spec=PAGED)) as store,
+        FlakyServer(store, CFG) as server,
+    ):
         store.put_many(blocks)
         rlen = len(store.get_raw_many([blocks[0].key]).records[0])
         server.corrupt, server.cut_before, server.frames = {}, {}, []
         batch_bytes = 0 if not batch_records else batch_records * rlen + rlen // 2
-        cfg = TransferConfig(batch_blocks=batch_blocks, batch_bytes=batch_bytes, io_timeout_s=5, secret=CFG.secret)
+        cfg = TransferConfig(
+            batch_blocks=batch_blocks, batch_bytes=batch_bytes, io_timeout_s=5, secret=CFG.secret
+        )
         with tcp_fetcher(cfg) as f, f.fetch(keys_of(blocks), Peer("x", tcp=server.address)) as res:
-            assert [o.numpy().tobytes() for o in res.objects if o] == [b.data.tobytes() for b in blocks]
+            assert [o.numpy().tobytes() for o in res.objects if o] == [
+                b.data.tobytes() for b in blocks
+            ]
         assert server.frames == frames
 
 
@@ -258,11 +289,19 @@ def test_one_response_with_blocks_of_different_shapes(host_dir: str) -> None:
     """A response mixing 32 KiB and 512 B blocks (no common size: summed block by block) arrives intact."""
     small, paged = make_chain(3, seed=1), make_chain(3, PAGED, seed=2)
     mixed = [small[0], paged[0], small[1], paged[1], paged[2], small[2]]
-    with BlockStore(store_config(host_dir, host_blocks=16, spec=PAGED)) as store, BlockServer(store, CFG) as server:
+    with (
+        BlockStore(store_config(host_dir, host_blocks=16, spec=PAGED)) as store,
+        BlockServer(store, CFG) as server,
+    ):
         store.put_many(mixed)
-        with tcp_fetcher(TransferConfig(batch_blocks=6, secret=CFG.secret)) as f, f.fetch(keys_of(mixed), Peer("x", tcp=server.address)) as res:
+        with (
+            tcp_fetcher(TransferConfig(batch_blocks=6, secret=CFG.secret)) as f,
+            f.fetch(keys_of(mixed), Peer("x", tcp=server.address)) as res,
+        ):
             assert res.num_fetched == 6 and not res.errors
-            assert [o.numpy().tobytes() for o in res.objects if o] == [b.data.tobytes() for b in mixed]
+            assert [o.numpy().tobytes() for o in res.objects if o] == [
+                b.data.tobytes() for b in mixed
+            ]
 
 
 @pytest.mark.parametrize(
@@ -290,7 +329,9 @@ def test_corrupt_blocks_among_many_small_ones_in_one_response_are_misses(host_di
         server = FlakyServer(store, CFG)
         server.corrupt, server.cut_before = {k[1]: 99, k[17]: 99, k[38]: 99}, {}
         try:
-            with tcp_fetcher(TransferConfig(batch_blocks=40, io_timeout_s=5, secret=CFG.secret)) as f:
+            with tcp_fetcher(
+                TransferConfig(batch_blocks=40, io_timeout_s=5, secret=CFG.secret)
+            ) as f:
                 res = f.fetch(k, Peer("elsewhere", tcp=server.address))
                 assert res.missing == [k[1], k[17], k[38]] and res.retried == 3
                 for b, o in zip(blocks, res.objects):

@@ -39,7 +39,9 @@ def test_rdma_round_trip_is_byte_identical(host_dir: str) -> None:
         peer = Peer("another-host", tcp=server.address, rdma=True)
         with BlockFetcher(cfg) as f, f.fetch([b.key for b in blocks], peer) as res:  # type: ignore[misc]
             assert res.paths == ["rdma"] * 20 and res.retried == 0
-            assert [o.numpy().tobytes() for o in res.objects if o] == [b.data.tobytes() for b in blocks]
+            assert [o.numpy().tobytes() for o in res.objects if o] == [
+                b.data.tobytes() for b in blocks
+            ]
 
 
 def test_server_without_rdma_refuses_hello_and_keeps_serving_tcp(host_dir: str) -> None:
@@ -50,7 +52,10 @@ def test_server_without_rdma_refuses_hello_and_keeps_serving_tcp(host_dir: str) 
         store.put_many(blocks)
         with socket.create_connection(server.address, timeout=5) as s:
             client_handshake(s, cfg.secret, PURPOSE_BLOCKS)
-            s.sendall(proto.REQ.pack(proto.REQ_MAGIC, 0, 0, proto.FLAG_RDMA_HELLO) + bytes(CLIENT_INFO_BYTES))
+            s.sendall(
+                proto.REQ.pack(proto.REQ_MAGIC, 0, 0, proto.FLAG_RDMA_HELLO)
+                + bytes(CLIENT_INFO_BYTES)
+            )
             reply = proto.recv_bytes(s, HELLO_REPLY_BYTES)
             assert bytes(reply[:4]) == proto.RDMA_REFUSED
             s.sendall(proto.encode_request(7, [blocks[1].key]))  # type: ignore[list-item]
@@ -95,5 +100,9 @@ def test_failed_primary_path_is_retried_once_on_tcp(host_dir: str) -> None:
         backends: list[Any] = [FailingPath(), TcpBackend(cfg, f.pool)]
         f.backends = backends
         with f, f.fetch([b.key for b in blocks], Peer("another-host", tcp=server.address)) as res:  # type: ignore[misc]
-            assert res.paths == ["tcp"] * 5 and res.retried == 5 and "rdma: link down" in res.errors[0]
-            assert [o.numpy().tobytes() for o in res.objects if o] == [b.data.tobytes() for b in blocks]
+            assert (
+                res.paths == ["tcp"] * 5 and res.retried == 5 and "rdma: link down" in res.errors[0]
+            )
+            assert [o.numpy().tobytes() for o in res.objects if o] == [
+                b.data.tobytes() for b in blocks
+            ]

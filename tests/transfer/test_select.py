@@ -19,7 +19,9 @@ def fake_sysfs(tmp_path: Path, *devices: str) -> str:
     return str(d)
 
 
-def test_no_device_falls_back_to_tcp_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_device_falls_back_to_tcp_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """auto without /sys/class/infiniband entries selects TCP and logs the reason."""
     cfg = TransferConfig(rdma_sysfs=str(tmp_path / "missing"))
     with caplog.at_level(logging.INFO, logger="mooncake.transfer.select"):
@@ -28,7 +30,9 @@ def test_no_device_falls_back_to_tcp_and_says_so(tmp_path: Path, caplog: pytest.
     assert [b.name for b in default_backends(cfg, BufferPool(0))] == ["shm", "tcp"]
 
 
-def test_device_without_pyverbs_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_device_without_pyverbs_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A device is listed but pyverbs does not import: TCP, with the reason logged."""
     monkeypatch.setattr(select, "pyverbs_available", lambda: False)
     cfg = TransferConfig(rdma_sysfs=fake_sysfs(tmp_path, "mlx5_0"))
@@ -56,8 +60,15 @@ def test_explicit_rdma_without_device_is_a_config_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"backend": "ucx"}, "backend"), ({"listen_port": 70000}, "listen_port"), ({"batch_blocks": 0}, "batch_blocks"), ({"batch_bytes": -1}, "batch_bytes"),
-     ({"io_timeout_s": 0}, "io_timeout_s"), ({"socket_buffer_bytes": 0}, "socket_buffer_bytes"), ({"pool_bytes": -1}, "pool_bytes")],
+    [
+        ({"backend": "ucx"}, "backend"),
+        ({"listen_port": 70000}, "listen_port"),
+        ({"batch_blocks": 0}, "batch_blocks"),
+        ({"batch_bytes": -1}, "batch_bytes"),
+        ({"io_timeout_s": 0}, "io_timeout_s"),
+        ({"socket_buffer_bytes": 0}, "socket_buffer_bytes"),
+        ({"pool_bytes": -1}, "pool_bytes"),
+    ],
 )
 def test_transfer_config_names_bad_field(kwargs: dict[str, object], field: str) -> None:
     """Each invalid TransferConfig value raises ValueError starting with the field name."""

@@ -27,7 +27,10 @@ PROMPTS = [list(range(3, 40)), list(range(50, 53)), [7] * 70]
 @pytest.fixture(scope="module")
 def engine(tiny_llama):
     deltas: list[tuple[str, list[dict[str, Any]]]] = []
-    client = EngineClient(EngineConfig(model=str(tiny_llama), num_blocks=256), lambda topic, msgs: deltas.append((topic, msgs)))
+    client = EngineClient(
+        EngineConfig(model=str(tiny_llama), num_blocks=256),
+        lambda topic, msgs: deltas.append((topic, msgs)),
+    )
     client.start()
     client.deltas = deltas  # type: ignore[attr-defined]
     yield client
@@ -49,7 +52,10 @@ def _wait_gone(pid: int, timeout: float = 20.0) -> bool:
 def test_engine_runs_in_a_child_process_with_the_same_outputs(engine, tiny_llama):
     assert engine.info["pid"] == engine.proc.pid != os.getpid()
     assert engine.info["block_size"] == 16 and engine.info["kv_capacity_tokens"] == 256 * 16
-    futs = [engine.add(AddRequest(f"r{i}", p, GREEDY, Watch(f"topic-{i}"))) for i, p in enumerate(PROMPTS)]
+    futs = [
+        engine.add(AddRequest(f"r{i}", p, GREEDY, Watch(f"topic-{i}")))
+        for i, p in enumerate(PROMPTS)
+    ]
     outs = [f.result(60) for f in futs]
     ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256)).generate(PROMPTS, GREEDY)
     assert [o.token_ids for o in outs] == [r.token_ids for r in ref]
@@ -65,7 +71,11 @@ def test_engine_runs_in_a_child_process_with_the_same_outputs(engine, tiny_llama
 
 def test_prefix_lookup_export_and_import_across_processes(engine, tiny_llama):
     prompt = list(range(100, 164))  # 4 full blocks
-    engine.add(AddRequest("held", prompt, SamplingParams(temperature=0.0, max_tokens=1), Watch(None), keep_kv=True)).result(60)
+    engine.add(
+        AddRequest(
+            "held", prompt, SamplingParams(temperature=0.0, max_tokens=1), Watch(None), keep_kv=True
+        )
+    ).result(60)
     assert engine.call("match_prefix", prompt, None).result(10) == 64
     assert engine.call("match_prefix", prompt, "another tenant").result(10) == 0
     export = engine.call("export_kv", "held").result(10)
@@ -106,7 +116,14 @@ def test_unknown_model_fails_start_with_value_error(tmp_path):
 def test_a_killed_engine_fails_pending_work(tiny_llama):
     client = EngineClient(EngineConfig(model=str(tiny_llama), num_blocks=64), lambda *a: None)
     client.start()
-    fut = client.add(AddRequest("r", [1, 2, 3], SamplingParams(temperature=0.0, max_tokens=100_000, ignore_eos=True), Watch(None)))
+    fut = client.add(
+        AddRequest(
+            "r",
+            [1, 2, 3],
+            SamplingParams(temperature=0.0, max_tokens=100_000, ignore_eos=True),
+            Watch(None),
+        )
+    )
     os.kill(client.proc.pid, signal.SIGKILL)
     with pytest.raises(EngineProcessError, match="exited"):
         fut.result(30)
@@ -159,14 +176,18 @@ def test_deltas_go_straight_to_the_client_stream_or_fall_back_to_the_worker(engi
     addr = asyncio.run_coroutine_threadsafe(server.start("127.0.0.1"), loop).result(10)
     try:
         before = len(engine.deltas)
-        out = engine.add(AddRequest("direct", [4, 5, 6], GREEDY, Watch("topic-direct", addr, key))).result(60)
+        out = engine.add(
+            AddRequest("direct", [4, 5, 6], GREEDY, Watch("topic-direct", addr, key))
+        ).result(60)
         deadline = time.monotonic() + 10
         while not (got and got[-1]["finished"]) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert [t for m in got for t in m["tokens"]] == out.token_ids
         assert not [1 for topic, _ in engine.deltas[before:] if topic == "topic-direct"]
         n = len(got)
-        out = engine.add(AddRequest("wrong-key", [4, 5, 6], GREEDY, Watch("topic-wrong", addr, new_secret()))).result(60)
+        out = engine.add(
+            AddRequest("wrong-key", [4, 5, 6], GREEDY, Watch("topic-wrong", addr, new_secret()))
+        ).result(60)
         msgs = [m for topic, ms in engine.deltas if topic == "topic-wrong" for m in ms]
         assert [t for m in msgs for t in m["tokens"]] == out.token_ids
         assert len(got) == n and server.refused == 1
@@ -177,6 +198,8 @@ def test_deltas_go_straight_to_the_client_stream_or_fall_back_to_the_worker(engi
     s.bind(("127.0.0.1", 0))
     dead = s.getsockname()[:2]
     s.close()  # nobody listens there
-    out = engine.add(AddRequest("fallback", [4, 5, 6], GREEDY, Watch("topic-fallback", dead, key))).result(60)
+    out = engine.add(
+        AddRequest("fallback", [4, 5, 6], GREEDY, Watch("topic-fallback", dead, key))
+    ).result(60)
     msgs = [m for topic, ms in engine.deltas if topic == "topic-fallback" for m in ms]
     assert [t for m in msgs for t in m["tokens"]] == out.token_ids

@@ -53,7 +53,14 @@ def test_unsampleable_request_fails_alone(tiny_llama, monkeypatch) -> None:
     loop = EngineLoop(engine, channel)  # type: ignore[arg-type]
     for i, p in enumerate(PROMPTS):
         loop.add(AddRequest(f"r{i}", p, GREEDY, Watch(None)))
-    loop.add(AddRequest("bad", [5] * 12, SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True, seed=99), Watch(None)))
+    loop.add(
+        AddRequest(
+            "bad",
+            [5] * 12,
+            SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True, seed=99),
+            Watch(None),
+        )
+    )
     for _ in range(100):
         if not engine.has_unfinished():
             break

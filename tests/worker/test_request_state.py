@@ -36,10 +36,20 @@ def to_state(m: WorkerRequests, state: str) -> None:
     paths = {
         "looking_up": [Placed(R, 0.0, "D")],
         "admitted": [Placed(R, 0.0, "D"), LookupDone(R, 0.1)],
-        "prefilled": [Placed(R, 0.0, "D"), TaskArrived(R, "lookup", 0.05), LookupDone(R, 0.1), TaskArrived(R, "prefill", 0.1), Prefilled(R, 0.2, "D")],
+        "prefilled": [
+            Placed(R, 0.0, "D"),
+            TaskArrived(R, "lookup", 0.05),
+            LookupDone(R, 0.1),
+            TaskArrived(R, "prefill", 0.1),
+            Prefilled(R, 0.2, "D"),
+        ],
         "receiving": [TaskArrived(R, "transfer", 0.0, peer="P")],
         "received": [TaskArrived(R, "transfer", 0.0, peer="P"), HandedOff(R, 0.1)],
-        "decoding": [TaskArrived(R, "transfer", 0.0, peer="P"), HandedOff(R, 0.1), TaskArrived(R, "decode", 0.1)],
+        "decoding": [
+            TaskArrived(R, "transfer", 0.0, peer="P"),
+            HandedOff(R, 0.1),
+            TaskArrived(R, "decode", 0.1),
+        ],
     }
     for ev in paths[state]:
         m.handle(ev)
