@@ -199,16 +199,24 @@ def main() -> None:
             for r in rows
             if r["hit_rate"]
         ]
-        titles = {"batch-templates": "Batch inference: 4 templates, ample KV cache",
-                  "batch-cache-bound": "Batch inference: 32 templates, KV cache smaller than the templates",
-                  "batch-transformers": "Batch inference vs transformers, back to back"}  # fmt: skip
+        titles = {
+            "batch-templates": "Batch inference: 4 templates, ample KV cache",
+            "batch-cache-bound": "Batch inference: 32 templates, KV cache smaller than the templates",
+            "batch-transformers": "Batch inference vs transformers, back to back",
+        }
         title = titles.get(
             args.save_results,
             f"Batch inference: {args.prompts} prompts, {args.templates} templates",
         )
-        rf.save(args.save_results, title, claims,
-                notes=(f"`LLM.generate` over few-shot prompts, {args.max_tokens} generated tokens each, {args.mode} mode; "
-                       "each mooncake run starts a fresh cluster (start-up not timed). transformers has no prefix cache."))  # fmt: skip
+        rf.save(
+            args.save_results,
+            title,
+            claims,
+            notes=(
+                f"`LLM.generate` over few-shot prompts, {args.max_tokens} generated tokens each, {args.mode} mode; "
+                "each mooncake run starts a fresh cluster (start-up not timed). transformers has no prefix cache."
+            ),
+        )
 
 
 if __name__ == "__main__":

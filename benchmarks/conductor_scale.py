@@ -118,17 +118,32 @@ def main() -> None:
                     ratio=r["p50_ms"],
                 )
             )
-            claims.append(rf.claim(f"Conductor.place p99, {n} + {n} instances, {rate:g}x rate", r["p99_ms"], "ms", "1 ms budget", 1.0,
-                                   ratio=r["p99_ms"], target="≤ 1.0" if n >= 256 else None))  # fmt: skip
+            claims.append(
+                rf.claim(
+                    f"Conductor.place p99, {n} + {n} instances, {rate:g}x rate",
+                    r["p99_ms"],
+                    "ms",
+                    "1 ms budget",
+                    1.0,
+                    ratio=r["p99_ms"],
+                    target="≤ 1.0" if n >= 256 else None,
+                )
+            )
             claims.append(
                 rf.claim(
                     f"Conductor memory, {n} + {n} instances", r["conductor_mib"], "MiB", "", None
                 )
             )
-        rf.save("conductor-scale", "The Conductor at scale", claims, notes=(
-            f"Every `Conductor.place` of a simulator replay of the first {args.limit or 'all'} requests of the conversation "
-            "trace (policy mooncake, admission none), timed with perf_counter; ratio = time / 1 ms. Memory: what the "
-            "Conductor's own code allocated and still holds at the end (tracemalloc)."))  # fmt: skip
+        rf.save(
+            "conductor-scale",
+            "The Conductor at scale",
+            claims,
+            notes=(
+                f"Every `Conductor.place` of a simulator replay of the first {args.limit or 'all'} requests of the conversation "
+                "trace (policy mooncake, admission none), timed with perf_counter; ratio = time / 1 ms. Memory: what the "
+                "Conductor's own code allocated and still holds at the end (tracemalloc)."
+            ),
+        )
 
 
 if __name__ == "__main__":

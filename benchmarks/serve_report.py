@@ -153,11 +153,28 @@ def save_results(runs: dict[tuple[str, float, str], dict[str, Any]], root: Path)
     if not claims:
         raise SystemExit(f"no mooncake and vllm serve results side by side under {root}")
     rates = sorted({r for _, r, _ in runs})
-    groups = {f"{SERVERS[s]} ({CLIENTS[c]})": [float(runs[(s, r, c)].get("request_goodput") or 0.0) if (s, r, c) in runs else 0.0 for r in rates]
-              for s in SERVERS for c in CLIENTS if any((s, r, c) in runs for r in rates)}  # fmt: skip
-    rf.save("serving", "Serving: mooncake serve vs vllm serve", claims,
-            series={"goodput by offered rate": {"x": [f"{r:g} req/s" for r in rates], "ylabel": "goodput (req/s within the SLO)", "groups": groups}},
-            notes=f"Results of `benchmarks/serve_compare.sh` read from `{root}` (workload and SLOs: the script's header).")  # fmt: skip
+    groups = {
+        f"{SERVERS[s]} ({CLIENTS[c]})": [
+            float(runs[(s, r, c)].get("request_goodput") or 0.0) if (s, r, c) in runs else 0.0
+            for r in rates
+        ]
+        for s in SERVERS
+        for c in CLIENTS
+        if any((s, r, c) in runs for r in rates)
+    }
+    rf.save(
+        "serving",
+        "Serving: mooncake serve vs vllm serve",
+        claims,
+        series={
+            "goodput by offered rate": {
+                "x": [f"{r:g} req/s" for r in rates],
+                "ylabel": "goodput (req/s within the SLO)",
+                "groups": groups,
+            }
+        },
+        notes=f"Results of `benchmarks/serve_compare.sh` read from `{root}` (workload and SLOs: the script's header).",
+    )
 
 
 def main() -> None:

@@ -60,10 +60,22 @@ def main() -> int:
     if args.save_results:
         import result_file as rf
 
-        rf.save(f"sim-replay-{args.policy}", f"Simulator replay speed ({args.policy})", [
-            rf.claim(f"{len(reqs):,} requests, policy {args.policy}, CPU time", cpu_s, "s", "target", 30.0, target="≤ 1.0"),
-            rf.claim("same, wall time", res.wall_s, "s"),
-        ], notes="One replay pinned to one core, trace loading excluded; the CPU time is the figure for one idle core.")  # fmt: skip
+        rf.save(
+            f"sim-replay-{args.policy}",
+            f"Simulator replay speed ({args.policy})",
+            [
+                rf.claim(
+                    f"{len(reqs):,} requests, policy {args.policy}, CPU time",
+                    cpu_s,
+                    "s",
+                    "target",
+                    30.0,
+                    target="≤ 1.0",
+                ),
+                rf.claim("same, wall time", res.wall_s, "s"),
+            ],
+            notes="One replay pinned to one core, trace loading excluded; the CPU time is the figure for one idle core.",
+        )
     return 0
 
 

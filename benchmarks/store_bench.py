@@ -283,8 +283,15 @@ class _TimeoutSocketTcp(TcpBackend):
         return s
 
 
-def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool,
-              variants: bool = False, server_host: Any = None) -> dict[str, tuple[float, float]]:  # fmt: skip
+def bench_tcp(
+    spec_name: str,
+    n: int,
+    reps: int,
+    shm: str,
+    dask: bool,
+    variants: bool = False,
+    server_host: Any = None,
+) -> dict[str, tuple[float, float]]:
     """Raw socket, block fetch (and Dask comm) from three server processes, interleaved.
 
     ``server_host``: a test host (``tests/multihost``) to run the servers on instead of
@@ -421,8 +428,11 @@ def bench_tcp(spec_name: str, n: int, reps: int, shm: str, dask: bool,
     out["TCP fetch / 64 KiB-recv raw"] = tuned["TCP fetch"]
     for name in ("TCP fetch, 8-block frames", "TCP fetch, timeout sockets"):
         if name in times:
-            out[f"{name} / 64 KiB-recv raw"] = summarize({k: times[k] for k in ("raw socket, 64 KiB recv", name)},
-                                                         total, "raw socket, 64 KiB recv")[name]  # fmt: skip
+            out[f"{name} / 64 KiB-recv raw"] = summarize(
+                {k: times[k] for k in ("raw socket, 64 KiB recv", name)},
+                total,
+                "raw socket, 64 KiB recv",
+            )[name]
     return out
 
 
@@ -489,8 +499,11 @@ def main() -> None:
         "--ssd-dir", default=None, help="directory on disk for the SSD tier (default: a temp dir)"
     )
     ap.add_argument("--dask", action="store_true", help="also measure Dask's TCP comm")
-    ap.add_argument("--variants", action="store_true",
-                    help="also measure TCP fetch with fixed 8-block frames and with Python timeout sockets")  # fmt: skip
+    ap.add_argument(
+        "--variants",
+        action="store_true",
+        help="also measure TCP fetch with fixed 8-block frames and with Python timeout sockets",
+    )
     ap.add_argument(
         "--save-results",
         action="store_true",

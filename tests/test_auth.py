@@ -11,8 +11,12 @@ import pytest
 from mooncake import auth
 
 
-def _pair_run(server_secret: bytes, client_secret: bytes, purpose: bytes = auth.PURPOSE_BLOCKS,
-              client_purpose: bytes | None = None) -> tuple[BaseException | None, BaseException | None]:  # fmt: skip
+def _pair_run(
+    server_secret: bytes,
+    client_secret: bytes,
+    purpose: bytes = auth.PURPOSE_BLOCKS,
+    client_purpose: bytes | None = None,
+) -> tuple[BaseException | None, BaseException | None]:
     a, b = socket.socketpair()
     errors: list[BaseException | None] = [None, None]
 

@@ -33,8 +33,14 @@ def _run(llm: mooncake.LLM, prompt: list[int], salt: str | None) -> RequestOutpu
 @pytest.fixture(scope="module")
 def llm(tiny_llama):
     """Two prefill workers and one decode worker: blocks live on one of several workers."""
-    with mooncake.LLM(str(tiny_llama), prefill_workers=2, decode_workers=1, threads_per_worker=2,
-                      engine_config=EngineConfig(num_blocks=512), dashboard_address=None) as llm:  # fmt: skip
+    with mooncake.LLM(
+        str(tiny_llama),
+        prefill_workers=2,
+        decode_workers=1,
+        threads_per_worker=2,
+        engine_config=EngineConfig(num_blocks=512),
+        dashboard_address=None,
+    ) as llm:
         yield llm
 
 

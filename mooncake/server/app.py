@@ -162,8 +162,13 @@ def create_app(
         owned = backend is None
         llm = await anyio.to_thread.run_sync(build_backend, config) if backend is None else backend
         try:
-            serving = OpenAIServing(llm, ServerMetrics(llm.model_name), config.served_model_names,
-                                    config.max_prompts_per_request, config.max_prompt_chars)  # fmt: skip
+            serving = OpenAIServing(
+                llm,
+                ServerMetrics(llm.model_name),
+                config.served_model_names,
+                config.max_prompts_per_request,
+                config.max_prompt_chars,
+            )
             # No acceptable request is larger than the prompts it may carry, JSON-escaped.
             app.state.max_body_bytes = min(config.max_body_bytes, serving.max_request_bytes())
             app.state.serving = serving

@@ -197,8 +197,14 @@ class OpenAIServing:
         served_model_names: names accepted in ``model`` (the first is echoed back).
     """
 
-    def __init__(self, backend: ServingBackend, metrics: ServerMetrics, served_model_names: tuple[str, ...],
-                 max_prompts_per_request: int = 32, max_prompt_chars: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backend: ServingBackend,
+        metrics: ServerMetrics,
+        served_model_names: tuple[str, ...],
+        max_prompts_per_request: int = 32,
+        max_prompt_chars: int | None = None,
+    ) -> None:
         self.backend = backend
         self.metrics = metrics
         self.served_model_names = served_model_names or (backend.model_name,)

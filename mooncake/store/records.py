@@ -265,8 +265,14 @@ def _check_one(r: memoryview, key: bytes | None) -> tuple[int, int, int]:
     return (STATUS_OK if s == _U64.unpack_from(r, 48)[0] else STATUS_CHECKSUM), hlen, s
 
 
-def objects_from_records(buf: np.ndarray, rlens: Sequence[int], hlens: np.ndarray, status: np.ndarray,
-                         keys: Sequence[BlockKey] | None = None, owner: object = None) -> list[BlockObject | CorruptBlockError]:  # fmt: skip
+def objects_from_records(
+    buf: np.ndarray,
+    rlens: Sequence[int],
+    hlens: np.ndarray,
+    status: np.ndarray,
+    keys: Sequence[BlockKey] | None = None,
+    owner: object = None,
+) -> list[BlockObject | CorruptBlockError]:
     """The checked objects of records back to back in ``buf``, given :func:`check_records`'
     ``hlens`` and ``status``; each views ``buf`` (kept alive through ``owner``).
 

@@ -204,8 +204,14 @@ class LmdbTier:
                     dropped = max(dropped, int(txn.stat(db)["entries"]))
                     txn.drop(db, delete=name in _OLD_DBS)
                 if dropped:
-                    log.warning("%s tier at %s: format %s, this code writes %d; dropped its %d block(s)",
-                                self.name, self.cfg.path, version, TIER_FORMAT, dropped)  # fmt: skip
+                    log.warning(
+                        "%s tier at %s: format %s, this code writes %d; dropped its %d block(s)",
+                        self.name,
+                        self.cfg.path,
+                        version,
+                        TIER_FORMAT,
+                        dropped,
+                    )
                 txn.put(_FORMAT_KEY, _FORMAT.pack(TIER_FORMAT), db=info)
         self._blk = self.env.open_db(b"blk", create=True)
         self._meta = self.env.open_db(b"meta", create=True)

@@ -123,8 +123,13 @@ def recv_records(sock: socket.socket, buf: np.ndarray, rlens: np.ndarray,
     return hlens, status
 
 
-def check_response(keys: Sequence[BlockKey], table: np.ndarray, buf: np.ndarray, hlens: np.ndarray,
-                   status: np.ndarray) -> tuple[list[BlockObject | None], list[tuple[int, CorruptBlockError]]]:  # fmt: skip
+def check_response(
+    keys: Sequence[BlockKey],
+    table: np.ndarray,
+    buf: np.ndarray,
+    hlens: np.ndarray,
+    status: np.ndarray,
+) -> tuple[list[BlockObject | None], list[tuple[int, CorruptBlockError]]]:
     """The objects of one response from its batch check (:func:`recv_records`).
 
     ``hlens``, ``status``: per present record, in order. Returns the checked objects,

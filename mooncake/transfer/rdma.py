@@ -63,8 +63,21 @@ def _verbs() -> Any:
     from pyverbs.qp import QP, QPAttr, QPCap, QPInitAttr
     from pyverbs.wr import SGE, SendWR
 
-    return SimpleNamespace(e=e, AHAttr=AHAttr, GlobalRoute=GlobalRoute, CQ=CQ, Context=Context, MR=MR, PD=PD,
-                           QP=QP, QPAttr=QPAttr, QPCap=QPCap, QPInitAttr=QPInitAttr, SGE=SGE, SendWR=SendWR)  # fmt: skip
+    return SimpleNamespace(
+        e=e,
+        AHAttr=AHAttr,
+        GlobalRoute=GlobalRoute,
+        CQ=CQ,
+        Context=Context,
+        MR=MR,
+        PD=PD,
+        QP=QP,
+        QPAttr=QPAttr,
+        QPCap=QPCap,
+        QPInitAttr=QPInitAttr,
+        SGE=SGE,
+        SendWR=SendWR,
+    )
 
 
 class _Endpoint:

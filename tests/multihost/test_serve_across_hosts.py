@@ -76,8 +76,23 @@ def test_openai_client_across_four_hosts(network_of, tiny_llama, tmp_path: Path)
     sched = f"tls://{h1.ip}:{SCHEDULER_PORT}"
     tls = tls_flags(tmp_path)
     py = sys.executable
-    h1.start([py, "-m", "distributed.cli.dask_scheduler", "--host", h1.ip, "--port", str(SCHEDULER_PORT), "--protocol", "tls", *tls,
-              "--dashboard-address", f"127.0.0.1:{DASHBOARD_PORT}"], tmp_path / "scheduler.log")  # fmt: skip
+    h1.start(
+        [
+            py,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            h1.ip,
+            "--port",
+            str(SCHEDULER_PORT),
+            "--protocol",
+            "tls",
+            *tls,
+            "--dashboard-address",
+            f"127.0.0.1:{DASHBOARD_PORT}",
+        ],
+        tmp_path / "scheduler.log",
+    )
     for host, role in ((h2, "prefill"), (h3, "decode"), (h4, "prefill")):
         host.start(
             [py, "-m", "mooncake.cli", "worker", sched, "--role", role, "--nthreads", "2", *tls],

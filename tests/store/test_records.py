@@ -228,8 +228,9 @@ def test_recv_records_receives_and_checks_a_response(impl: str) -> None:
 
 
 @pytest.mark.parametrize("chunk", [5000, 64 * 1024 + 8, 256 * 1024])
-def test_recv_records_sums_records_longer_than_a_chunk_as_they_arrive(impl: str, chunk: int,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_recv_records_sums_records_longer_than_a_chunk_as_they_arrive(
+    impl: str, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Records of 1 MiB (and odd-sized ones) received in chunks smaller than a record, so
     their pages are summed as they arrive: a bit flipped in a middle page, in the last page
     and in the header's checksum field are each caught, and the statuses and header

@@ -64,8 +64,9 @@ def test_server_without_rdma_refuses_hello_and_keeps_serving_tcp(host_dir: str) 
 
 
 @pytest.mark.skipif(HAVE_RDMA, reason="a real RDMA backend would start here")
-def test_rdma_selected_but_unusable_falls_back_to_tcp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_rdma_selected_but_unusable_falls_back_to_tcp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """auto picks RDMA (a device is listed, pyverbs claimed) but the backend cannot start: TCP, logged."""
     (tmp_path / "mlx5_0").mkdir()
     monkeypatch.setattr(select, "pyverbs_available", lambda: True)
