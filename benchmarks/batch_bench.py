@@ -143,9 +143,13 @@ def main() -> None:
         help="KV blocks per worker (default: from kv_cache_bytes); small values make the cache the constraint",
     )
     p.add_argument("--skip", nargs="*", default=[], choices=["prefix", "input", "transformers"])
-    p.add_argument("--save-results", metavar="NAME", default=None,
-                   help="write benchmarks/results/NAME.json for docs/performance.md (the page has batch-templates, "
-                        "batch-cache-bound, batch-transformers)")  # fmt: skip
+    p.add_argument(
+        "--save-results",
+        metavar="NAME",
+        default=None,
+        help="write benchmarks/results/NAME.json for docs/performance.md (the page has batch-templates, "
+        "batch-cache-bound, batch-transformers)",
+    )
     args = p.parse_args()
     prompts = make_batch(args.prompts, args.templates)
     rows = []

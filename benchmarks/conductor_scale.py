@@ -43,8 +43,19 @@ def run(trace: Path, n: int, rate_scale: float, limit: int | None) -> dict[str, 
             times.append(time.perf_counter() - t)
 
     conductor_policy.Conductor.place = timed  # type: ignore[method-assign]
-    argv = ["--trace", str(trace), "--policy", "mooncake", "--prefill-instances", str(n), "--decode-instances", str(n),
-            "--rate-scale", str(rate_scale), "--no-progress"]  # fmt: skip
+    argv = [
+        "--trace",
+        str(trace),
+        "--policy",
+        "mooncake",
+        "--prefill-instances",
+        str(n),
+        "--decode-instances",
+        str(n),
+        "--rate-scale",
+        str(rate_scale),
+        "--no-progress",
+    ]
     if limit:
         argv += ["--limit", str(limit)]
     parser = argparse.ArgumentParser()
@@ -101,8 +112,11 @@ def main() -> None:
         rate = args.rate_scale * (n / 16 if args.rate_per_16 else 1.0)
         r = run(args.trace, n, rate, args.limit)
         rows.append((n, rate, r))
-        print(f"| {n} + {n} | {rate:g} | {r['decisions']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['max_ms']:.2f} | "
-              f"{r['conductor_mib']:.1f} | {r['wall_s']:.1f} |", flush=True)  # fmt: skip
+        print(
+            f"| {n} + {n} | {rate:g} | {r['decisions']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['max_ms']:.2f} | "
+            f"{r['conductor_mib']:.1f} | {r['wall_s']:.1f} |",
+            flush=True,
+        )
     if args.save_results:
         import result_file as rf
 

@@ -419,9 +419,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         print("[warm-up] done", flush=True)
 
         lengths = [
-            round(args.prompt_min + i * (args.prompt_max - args.prompt_min) / max(1, args.num_requests - 1))
+            round(
+                args.prompt_min
+                + i * (args.prompt_max - args.prompt_min) / max(1, args.num_requests - 1)
+            )
             for i in range(args.num_requests)
-        ]  # fmt: skip
+        ]
         for rep in range(args.reps):
             # The machine may be shared: keep its load next to the numbers it disturbed.
             result.setdefault("loadavg_1min", []).append(os.getloadavg()[0])
@@ -571,8 +574,12 @@ def render(result: dict[str, Any]) -> str:
     med = result["medians"]
     st = result["settings"]
     rows = [
-        (f"(a) output tok/s, {st['num_requests']} concurrent, prompts "
-         f"{st['prompt_min']}..{st['prompt_max']}, {st['output_len']} out", "batch_tok_s", "{:.1f}"),
+        (
+            f"(a) output tok/s, {st['num_requests']} concurrent, prompts "
+            f"{st['prompt_min']}..{st['prompt_max']}, {st['output_len']} out",
+            "batch_tok_s",
+            "{:.1f}",
+        ),
         ("(b) decode ms/token, batch 1 (generate)", "decode_ms", "{:.2f}"),
         ("(b) decode ms/token, batch 1 (bare forward)", "decode_bare_ms", "{:.2f}"),
         (f"(c) TTFT s, {st['ttft_len']}-token prompt, uncached", "ttft_cold_s", "{:.3f}"),
@@ -583,7 +590,7 @@ def render(result: dict[str, Any]) -> str:
         ("(c) CPU-s of the uncached prompt", "ttft_cold_cpu_s", "{:.3f}"),
         ("(d) CPU-s of the cached prompt", "ttft_warm_cpu_s", "{:.3f}"),
         ("load s", None, "{:.1f}"),
-    ]  # fmt: skip
+    ]
     head = [f"measurement (median of {result['reps']})", *(LABEL[s] for s in sides)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for title, key, fmt in rows:
@@ -794,8 +801,10 @@ def main(argv: list[str] | None = None) -> None:
     result = run_bench(args)
     result["total_s"] = time.perf_counter() - t0
     print()
-    print(f"shape {result['shape']} ({result['params_m']}M params), fp32, {result['threads']} threads, "
-          f"{os.cpu_count()} CPUs, total {result['total_s']:.0f} s")  # fmt: skip
+    print(
+        f"shape {result['shape']} ({result['params_m']}M params), fp32, {result['threads']} threads, "
+        f"{os.cpu_count()} CPUs, total {result['total_s']:.0f} s"
+    )
     print(render(result))
     print("1-min load average at the start of each repetition:", result.get("loadavg_1min"))
     if args.json:

@@ -118,8 +118,16 @@ def make_blocks(spec: KVBlockSpec, n: int, seed: int = 0) -> list[KVBlock]:
         else:
             data = rng.integers(0, 2**16, size=shape, dtype=np.uint16)
         key = BlockKey(i.to_bytes(8, "little") + seed.to_bytes(8, "little"))
-        out.append(KVBlock(key=key, parent=None, token_ids=tuple(range(spec.block_size)), data=data, spec=spec,
-                           model_fingerprint="bench"))  # fmt: skip
+        out.append(
+            KVBlock(
+                key=key,
+                parent=None,
+                token_ids=tuple(range(spec.block_size)),
+                data=data,
+                spec=spec,
+                model_fingerprint="bench",
+            )
+        )
     return out
 
 
@@ -362,8 +370,11 @@ def bench_tcp(
 
         return run
 
-    ops: dict[str, Op] = {"raw socket": (raw_run, None), "raw socket, 64 KiB recv": (raw_run_64k, None),
-                          "TCP fetch": (fetch_with(fetcher), None)}  # fmt: skip
+    ops: dict[str, Op] = {
+        "raw socket": (raw_run, None),
+        "raw socket, 64 KiB recv": (raw_run_64k, None),
+        "TCP fetch": (fetch_with(fetcher), None),
+    }
     others: list[BlockFetcher] = []
     if variants:
         # What two of the transfer layer's choices are worth, measured beside the default.
@@ -436,8 +447,13 @@ def bench_tcp(
     return out
 
 
-def save_results(results: dict[str, dict[str, tuple[float, float]]], sizes: list[str], reps: int, total_mib: int,
-                 between_hosts: bool = False) -> None:  # fmt: skip
+def save_results(
+    results: dict[str, dict[str, tuple[float, float]]],
+    sizes: list[str],
+    reps: int,
+    total_mib: int,
+    between_hosts: bool = False,
+) -> None:
     """docs/performance.md's store section (``benchmarks/results/store.json``; between test
     hosts ``store-between-hosts.json``, TCP rows only)."""
     import result_file as rf
@@ -446,10 +462,24 @@ def save_results(results: dict[str, dict[str, tuple[float, float]]], sizes: list
         kib = SPECS[n].bytes_per_block / 1024
         return f"{n} ({kib / 1024:.0f} MiB)" if kib >= 1024 else f"{n} ({kib:.0f} KiB)"
 
-    rows = [("TCP fetch", "TCP fetch", "raw socket", "raw socket (`recv_into` of all that is missing)", "≥ 0.7"),
-            ("TCP fetch / 64 KiB-recv raw", "TCP fetch", "raw socket, 64 KiB recv", "raw socket, 64 KiB receives", None),
-            ("host get", "host-tier get (checked, zero copy)", "memcpy", "memcpy", "≥ 0.5"),
-            ("host put_many", "host-tier put_many", "memcpy", "memcpy", None)]  # fmt: skip
+    rows = [
+        (
+            "TCP fetch",
+            "TCP fetch",
+            "raw socket",
+            "raw socket (`recv_into` of all that is missing)",
+            "≥ 0.7",
+        ),
+        (
+            "TCP fetch / 64 KiB-recv raw",
+            "TCP fetch",
+            "raw socket, 64 KiB recv",
+            "raw socket, 64 KiB receives",
+            None,
+        ),
+        ("host get", "host-tier get (checked, zero copy)", "memcpy", "memcpy", "≥ 0.5"),
+        ("host put_many", "host-tier put_many", "memcpy", "memcpy", None),
+    ]
     claims = []
     for op, what, base, base_label, target in rows:
         for n in sizes:
@@ -472,18 +502,44 @@ def save_results(results: dict[str, dict[str, tuple[float, float]]], sizes: list
 
     xs = [label(n) for n in sizes]
     if between_hosts:
-        rf.save("store-between-hosts", "KV transfer between two test hosts", claims, notes=(
-            f"TCP block fetch between two network namespaces joined by veth pairs on a bridge (block server on one, fetcher "
-            f"on the other), against a raw socket between the same two, {total_mib} MiB per repetition, median of {reps} "
-            "per-repetition ratios; `tests/multihost` builds the same network."))  # fmt: skip
+        rf.save(
+            "store-between-hosts",
+            "KV transfer between two test hosts",
+            claims,
+            notes=(
+                f"TCP block fetch between two network namespaces joined by veth pairs on a bridge (block server on one, fetcher "
+                f"on the other), against a raw socket between the same two, {total_mib} MiB per repetition, median of {reps} "
+                "per-repetition ratios; `tests/multihost` builds the same network."
+            ),
+        )
         return
-    rf.save("store", "KV store and transfer", claims, series={
-        "TCP fetch / raw socket": {"x": xs, "ylabel": "ratio to baseline", "reference": 0.7,
-                                   "groups": {"vs raw socket": series("TCP fetch"), "vs raw, 64 KiB receives": series("TCP fetch / 64 KiB-recv raw")}},
-        "host-tier get / memcpy": {"x": xs, "ylabel": "ratio to baseline", "reference": 0.5, "groups": {"checked zero-copy get": series("host get")}},
-    }, notes=(f"Per repetition ({reps}) the baseline and each operation move {total_mib} MiB of KV payload back to back; a ratio "
-              "is the median of per-repetition ratios, GB/s the median rate. TCP fetch uses the default `TransferConfig()` and "
-              "checks every record. Block shapes: this script's docstring."))  # fmt: skip
+    rf.save(
+        "store",
+        "KV store and transfer",
+        claims,
+        series={
+            "TCP fetch / raw socket": {
+                "x": xs,
+                "ylabel": "ratio to baseline",
+                "reference": 0.7,
+                "groups": {
+                    "vs raw socket": series("TCP fetch"),
+                    "vs raw, 64 KiB receives": series("TCP fetch / 64 KiB-recv raw"),
+                },
+            },
+            "host-tier get / memcpy": {
+                "x": xs,
+                "ylabel": "ratio to baseline",
+                "reference": 0.5,
+                "groups": {"checked zero-copy get": series("host get")},
+            },
+        },
+        notes=(
+            f"Per repetition ({reps}) the baseline and each operation move {total_mib} MiB of KV payload back to back; a ratio "
+            "is the median of per-repetition ratios, GB/s the median rate. TCP fetch uses the default `TransferConfig()` and "
+            "checks every record. Block shapes: this script's docstring."
+        ),
+    )
 
 
 def main() -> None:
@@ -533,8 +589,11 @@ def main() -> None:
         n = max(8, args.total_mib * 1024**2 // spec.bytes_per_block)
         blocks = make_blocks(spec, n)
         hdr, _ = encode(blocks[0])
-        print(f"# {name}: {n} blocks x {spec.bytes_per_block / 1024:.0f} KiB payload (+{len(hdr)} B header) "
-              f"= {n * spec.bytes_per_block / 1024**2:.0f} MiB per rep", flush=True)  # fmt: skip
+        print(
+            f"# {name}: {n} blocks x {spec.bytes_per_block / 1024:.0f} KiB payload (+{len(hdr)} B header) "
+            f"= {n * spec.bytes_per_block / 1024**2:.0f} MiB per rep",
+            flush=True,
+        )
         shm = tempfile.mkdtemp(prefix="mooncake-bench-", dir="/dev/shm")
         ssd = tempfile.mkdtemp(prefix="mooncake-bench-ssd-", dir=args.ssd_dir)
         try:

@@ -127,8 +127,13 @@ def _check_hello(head: bytes, purpose: bytes) -> bytes:
     return head[-NONCE_BYTES:]
 
 
-async def server_handshake_async(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes, purpose: bytes,
-                                 timeout: float = HANDSHAKE_TIMEOUT_S) -> None:  # fmt: skip
+async def server_handshake_async(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    secret: bytes,
+    purpose: bytes,
+    timeout: float = HANDSHAKE_TIMEOUT_S,
+) -> None:
     """:func:`server_handshake` on asyncio streams; raises ``AuthError``."""
     nonce_s = os.urandom(NONCE_BYTES)
     try:

@@ -368,8 +368,15 @@ class LLM:
         security: Security,
     ) -> LocalCluster:
         # Loopback only; TLS with a temporary CA unless insecure (mooncake.security).
-        cluster = LocalCluster(n_workers=0, processes=True, threads_per_worker=threads, host="127.0.0.1", dashboard_address=dashboard,
-                               security=security, silence_logs=logging.WARNING)  # fmt: skip
+        cluster = LocalCluster(
+            n_workers=0,
+            processes=True,
+            threads_per_worker=threads,
+            host="127.0.0.1",
+            dashboard_address=dashboard,
+            security=security,
+            silence_logs=logging.WARNING,
+        )
         roles = [
             ("prefill-" if mode == "disaggregated" else "worker-") + str(i)
             for i in range(n_prefill)

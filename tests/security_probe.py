@@ -95,8 +95,11 @@ def probe(marker_dir: str, port: int) -> None:
     p = _payload(marker_dir, port, "len8")
     _send_raw(port, struct.pack("<Q", len(p)) + p)
     p = _payload(marker_dir, port, "http")
-    _send_raw(port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
-                    b"Content-Length: %d\r\n\r\n" % len(p) + p)  # fmt: skip
+    _send_raw(
+        port,
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(p) + p,
+    )
     asyncio.run(_dask_frames(port, marker_dir))
 
 

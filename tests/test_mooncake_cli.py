@@ -64,8 +64,20 @@ def test_worker_passes_its_tls_files_to_dask_worker():
     """The TLS flags reach `dask worker`; with them a tls:// scheduler passes the check."""
     from mooncake.worker.cli import check_security, command
 
-    args = build_parser().parse_args(["worker", "tls://10.1.2.3:8786", "--role", "decode", "--tls-ca-file", "ca.pem",
-                                      "--tls-cert", "w.pem", "--tls-key", "w.key"])  # fmt: skip
+    args = build_parser().parse_args(
+        [
+            "worker",
+            "tls://10.1.2.3:8786",
+            "--role",
+            "decode",
+            "--tls-ca-file",
+            "ca.pem",
+            "--tls-cert",
+            "w.pem",
+            "--tls-key",
+            "w.key",
+        ]
+    )
     check_security(args)
     cmd = command(args, None)
     assert (

@@ -67,9 +67,14 @@ class ModelRunner:
         if self.native is not None:
             cfg = model.cfg
             shape = KernelShape(
-                cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, cfg.intermediate_size,
-                spec.block_size, torch.get_num_threads(),
-            )  # fmt: skip
+                cfg.num_heads,
+                cfg.num_kv_heads,
+                cfg.head_dim,
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                spec.block_size,
+                torch.get_num_threads(),
+            )
             self.kernel_choice = choose(self.native, shape)
         # Each group of kernels runs only where it was measured faster than torch's ops.
         pick = self.kernel_choice

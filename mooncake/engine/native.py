@@ -167,9 +167,15 @@ class NativeKernels:
         out = torch.empty_like(x)
         T, H = x.shape
         rc = self._rmsnorm(
-            x.data_ptr(), None if add is None else add.data_ptr(), out.data_ptr(), weight.data_ptr(),
-            T, H, eps, torch.get_num_threads(),
-        )  # fmt: skip
+            x.data_ptr(),
+            None if add is None else add.data_ptr(),
+            out.data_ptr(),
+            weight.data_ptr(),
+            T,
+            H,
+            eps,
+            torch.get_num_threads(),
+        )
         if rc != 0:
             raise RuntimeError(f"rms_norm kernel failed (code {rc})")
         return out

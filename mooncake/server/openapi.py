@@ -40,8 +40,14 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    what = {400: "invalid request", 401: "missing or wrong API key", 404: "unknown model", 413: "body too large",
-            429: "rejected by admission control (see Retry-After)", 503: "starting"}  # fmt: skip
+    what = {
+        400: "invalid request",
+        401: "missing or wrong API key",
+        404: "unknown model",
+        413: "body too large",
+        429: "rejected by admission control (see Retry-After)",
+        503: "starting",
+    }
     return {
         str(s): {
             "description": what[s],
@@ -83,8 +89,10 @@ def openapi_schema() -> dict[str, Any]:
         ChatCompletionResponse,
         ModelList,
     ]
-    _, defs = models_json_schema([(m, "validation" if m.__name__.endswith("Request") else "serialization") for m in models],
-                                 ref_template="#/components/schemas/{model}")  # fmt: skip
+    _, defs = models_json_schema(
+        [(m, "validation" if m.__name__.endswith("Request") else "serialization") for m in models],
+        ref_template="#/components/schemas/{model}",
+    )
     schemas = {**defs.get("$defs", {}), "Error": _ERROR}
     return {
         "openapi": "3.1.0",

@@ -292,8 +292,14 @@ class BlockObject:
         self._owner = owner  # keeps the memory behind ``payload`` alive
 
     @classmethod
-    def from_parts(cls, header_raw: Any, payload_raw: Any, owner: object = None, verify: bool = True,
-                   buffer: pa.Buffer | None = None) -> BlockObject:  # fmt: skip
+    def from_parts(
+        cls,
+        header_raw: Any,
+        payload_raw: Any,
+        owner: object = None,
+        verify: bool = True,
+        buffer: pa.Buffer | None = None,
+    ) -> BlockObject:
         """Check header and (if ``verify``) payload checksum; raises :class:`CorruptBlockError`.
 
         ``buffer``: the Arrow buffer to expose as the payload, when the caller has already

@@ -56,8 +56,12 @@ STATUS_LENGTH = 2
 STATUS_CHECKSUM = 3
 STATUS_KEY = 4
 STATUS_OTHER_ALGO = 5
-_STATUS_TEXT = {1: "bad record framing", 2: "payload length mismatch", 3: "payload checksum mismatch",
-                4: "block key mismatch"}  # fmt: skip
+_STATUS_TEXT = {
+    1: "bad record framing",
+    2: "payload length mismatch",
+    3: "payload checksum mismatch",
+    4: "block key mismatch",
+}
 
 
 def payload_offset(hlen: int) -> int:
@@ -162,8 +166,13 @@ def split_record(rec: Any) -> tuple[memoryview, memoryview]:
     return mv[:hlen], mv[off:]
 
 
-def object_from_record(rec: Any, owner: object = None, verify: bool = True, key: BlockKey | None = None,
-                       address: int | None = None) -> BlockObject:  # fmt: skip
+def object_from_record(
+    rec: Any,
+    owner: object = None,
+    verify: bool = True,
+    key: BlockKey | None = None,
+    address: int | None = None,
+) -> BlockObject:
     """Check one record (header, payload length, checksum if ``verify``, and ``key`` if
     given) and wrap it without a copy; raises :class:`CorruptBlockError`.
 
@@ -223,8 +232,15 @@ def check_records(
     sums = np.zeros(n, dtype=np.uint64)
     status = np.zeros(n, dtype=np.uint8)
     kbuf = None if keys is None else np.frombuffer(keys, dtype=np.uint8)
-    lib.check_records(buf.ctypes.data, rlens.ctypes.data, n, None if kbuf is None else kbuf.ctypes.data,
-                      hlens.ctypes.data, sums.ctypes.data, status.ctypes.data)  # fmt: skip
+    lib.check_records(
+        buf.ctypes.data,
+        rlens.ctypes.data,
+        n,
+        None if kbuf is None else kbuf.ctypes.data,
+        hlens.ctypes.data,
+        sums.ctypes.data,
+        status.ctypes.data,
+    )
     return hlens, sums, status
 
 
@@ -305,8 +321,13 @@ def objects_from_records(
         rec = pbuf.slice(start, rlen)
         try:
             # ok: sum64, length and key already compared; the header decode checks the rest
-            obj = object_from_record(rec, owner if owner is not None else buf, verify=code != STATUS_OK, key=key,
-                                     address=base + start)  # fmt: skip
+            obj = object_from_record(
+                rec,
+                owner if owner is not None else buf,
+                verify=code != STATUS_OK,
+                key=key,
+                address=base + start,
+            )
         except CorruptBlockError as e:
             out.append(e)
         else:

@@ -78,8 +78,11 @@ class TransferConfig:
             f"must be positive, got {self.connect_timeout_s}",
         )
         _check(self.io_timeout_s > 0, "io_timeout_s", f"must be positive, got {self.io_timeout_s}")
-        _check(self.socket_buffer_bytes is None or self.socket_buffer_bytes > 0, "socket_buffer_bytes",
-               f"must be positive, got {self.socket_buffer_bytes}")  # fmt: skip
+        _check(
+            self.socket_buffer_bytes is None or self.socket_buffer_bytes > 0,
+            "socket_buffer_bytes",
+            f"must be positive, got {self.socket_buffer_bytes}",
+        )
         _check(self.pool_bytes >= 0, "pool_bytes", f"must be >= 0, got {self.pool_bytes}")
         _check(
             self.rdma_staging_bytes > 0,

@@ -110,10 +110,19 @@ def recv_records(sock: socket.socket, buf: np.ndarray, rlens: np.ndarray,
     err = np.zeros(1, dtype=np.int32)
     kbuf = None if keys is None else np.frombuffer(keys, dtype=np.uint8)
     timeout = sock.gettimeout()
-    rc = lib.recv_records(sock.fileno(), buf.ctypes.data, rlens.ctypes.data, n,
-                          None if kbuf is None else kbuf.ctypes.data, hlens.ctypes.data, sums.ctypes.data,
-                          status.ctypes.data, RECV_CHUNK, -1 if timeout is None else int(timeout * 1000),
-                          err.ctypes.data)  # fmt: skip
+    rc = lib.recv_records(
+        sock.fileno(),
+        buf.ctypes.data,
+        rlens.ctypes.data,
+        n,
+        None if kbuf is None else kbuf.ctypes.data,
+        hlens.ctypes.data,
+        sums.ctypes.data,
+        status.ctypes.data,
+        RECV_CHUNK,
+        -1 if timeout is None else int(timeout * 1000),
+        err.ctypes.data,
+    )
     if rc == -1:
         raise TransferError(f"connection closed during a response of {buf.nbytes} bytes")
     if rc == -2:

@@ -99,10 +99,27 @@ def test_decode_link_down_mid_stream_resumes_on_the_other_decode_host(
         tmp_path / "worker-decode-a.log",
     )
     h1.start(
-        [py, "-m", "mooncake.cli", "serve", "--model", str(tiny_llama), "--served-model-name", "m", "--scheduler", sched,
-         "--host", "127.0.0.1", "--port", str(HTTP_PORT), "--log-level", "warning", *tls],
+        [
+            py,
+            "-m",
+            "mooncake.cli",
+            "serve",
+            "--model",
+            str(tiny_llama),
+            "--served-model-name",
+            "m",
+            "--scheduler",
+            sched,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(HTTP_PORT),
+            "--log-level",
+            "warning",
+            *tls,
+        ],
         tmp_path / "server.log",
-    )  # fmt: skip
+    )
     mark = tmp_path / "mark"
     client = h1.start(
         [

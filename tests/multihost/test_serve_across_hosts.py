@@ -99,10 +99,27 @@ def test_openai_client_across_four_hosts(network_of, tiny_llama, tmp_path: Path)
             tmp_path / f"worker-{host.name}.log",
         )
     h1.start(
-        [py, "-m", "mooncake.cli", "serve", "--model", str(tiny_llama), "--served-model-name", "m", "--scheduler", sched,
-         "--host", "127.0.0.1", "--port", str(HTTP_PORT), "--log-level", "warning", *tls],
+        [
+            py,
+            "-m",
+            "mooncake.cli",
+            "serve",
+            "--model",
+            str(tiny_llama),
+            "--served-model-name",
+            "m",
+            "--scheduler",
+            sched,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(HTTP_PORT),
+            "--log-level",
+            "warning",
+            *tls,
+        ],
         tmp_path / "server.log",
-    )  # fmt: skip
+    )
     res = h1.run(
         [
             py,

@@ -51,9 +51,14 @@ def from_schema(node: dict[str, Any], defs: dict[str, Any]) -> st.SearchStrategy
         )
         return st.integers(lo, hi)
     if kind == "number":
-        return st.floats(node.get("minimum", node.get("exclusiveMinimum")), node.get("maximum", node.get("exclusiveMaximum")),
-                         allow_nan=False, allow_infinity=False, exclude_min="exclusiveMinimum" in node,
-                         exclude_max="exclusiveMaximum" in node)  # fmt: skip
+        return st.floats(
+            node.get("minimum", node.get("exclusiveMinimum")),
+            node.get("maximum", node.get("exclusiveMaximum")),
+            allow_nan=False,
+            allow_infinity=False,
+            exclude_min="exclusiveMinimum" in node,
+            exclude_max="exclusiveMaximum" in node,
+        )
     if kind == "string":
         return st.text(
             min_size=node.get("minLength", 0), max_size=min(node.get("maxLength", 24), 24)

@@ -148,8 +148,18 @@ def test_no_listener_runs_a_pickle_it_receives(served: Served, tmp_path: Path) -
     markers = tmp_path / "markers"
     markers.mkdir()
     try:
-        out = subprocess.run([sys.executable, str(ROOT / "tests" / "security_probe.py"), str(markers), *map(str, [*ports, control])],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+        out = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "tests" / "security_probe.py"),
+                str(markers),
+                *map(str, [*ports, control]),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         srv.close()
     assert out.returncode == 0, out.stderr

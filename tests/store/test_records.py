@@ -343,8 +343,14 @@ def _store_in_subprocess(env: dict[str, str]) -> subprocess.CompletedProcess[str
         "with BlockStore(store_config(d + '/h')) as s:\n"
         "    s.put_many(b); o = s.get(b[1].key); print(records_lib() is None, o.numpy().tobytes() == b[1].data.tobytes())\n"
     )
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env},
-                          check=True, cwd=_root())  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=True,
+        cwd=_root(),
+    )
 
 
 def test_records_lib_disabled_by_environment() -> None:

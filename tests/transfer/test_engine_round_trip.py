@@ -123,8 +123,12 @@ def test_round_trip_through_each_backend(
     reference, exports = prefilled
     host_path = str(shm_dir / "prefill")
     cfg = TransferConfig()
-    with BlockStore(StoreConfig(host=TierConfig(path=host_path, capacity_bytes=1 << 24), ssd=None)) as store, \
-            BlockServer(store, cfg, host_tier_path=host_path) as server:  # fmt: skip
+    with (
+        BlockStore(
+            StoreConfig(host=TierConfig(path=host_path, capacity_bytes=1 << 24), ssd=None)
+        ) as store,
+        BlockServer(store, cfg, host_tier_path=host_path) as server,
+    ):
         fetcher = BlockFetcher(cfg, backends=[])
         if path == "shm":
             fetcher.backends = [SharedHostBackend()]
