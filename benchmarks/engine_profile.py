@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             wall = timed()
         print(
-            f"profiled {args.workload}: {wall:.3f} s, {engine.stats.num_steps - steps0} engine steps"
+            f"profiled {args.workload}: {wall:.3f} s, "
+            f"{engine.stats.num_steps - steps0} engine steps"
         )
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
         if args.trace:
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         wall = timed()
         pr.disable()
         print(
-            f"profiled {args.workload}: {wall:.3f} s, {engine.stats.num_steps - steps0} engine steps"
+            f"profiled {args.workload}: {wall:.3f} s, "
+            f"{engine.stats.num_steps - steps0} engine steps"
         )
         s = io.StringIO()
         pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(args.top)

@@ -214,7 +214,8 @@ def main() -> None:
     ISA = args.isa
     torch.set_num_threads(args.threads)
     print(
-        f"torch {torch.__version__}, {args.threads} threads, median of {args.reps}; ratio = baseline / mooncake\n"
+        f"torch {torch.__version__}, {args.threads} threads, "
+        f"median of {args.reps}; ratio = baseline / mooncake\n"
     )
     print("| operation | mooncake ms | baseline ms | ratio |")
     print("| --- | ---: | ---: | ---: |")
@@ -249,7 +250,10 @@ def main() -> None:
                 )
                 for name, ours, base in ROWS
             ],
-            notes=f"{args.threads} threads, median of {args.reps} alternating calls; ratio = baseline time / kernel time (higher is better).",
+            notes=(
+                f"{args.threads} threads, median of {args.reps} alternating "
+                "calls; ratio = baseline time / kernel time (higher is better)."
+            ),
         )
 
 

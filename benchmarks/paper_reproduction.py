@@ -85,10 +85,12 @@ def rejection(
     reqs = scale_rate(load_trace(trace), scale)
     out: dict[str, Any] = {}
     print(
-        f"{prefill}P+{decode}D at {scale:g}x, decode KV {kv_tokens or 'HBM'} tokens, extra args: {' '.join(extra) or '-'}"
+        f"{prefill}P+{decode}D at {scale:g}x, decode KV "
+        f"{kv_tokens or 'HBM'} tokens, extra args: {' '.join(extra) or '-'}"
     )
     print(
-        "| admission | rejected | of which after prefill | within TTFT 30 s & TBT 100 ms | preemptions | prefill GPU s | mean TTFT s | TBT p90 ms | output-length MAE |"
+        "| admission | rejected | of which after prefill | within TTFT 30 s & TBT 100 ms "
+        "| preemptions | prefill GPU s | mean TTFT s | TBT p90 ms | output-length MAE |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for adm in ("none", "ttft", "early", "predictive"):
@@ -111,7 +113,9 @@ def rejection(
         ok = round(s.slo_attainment[slo_label(30.0, 0.1)] * s.requests)
         out[adm] = {**asdict(s), "rejected_at_decode": late, "within_slo": ok}
         print(
-            f"| {adm} | {s.rejected:,} | {late:,} | {ok:,} | {s.preemptions:,} | {s.prefill_gpu_s:,.0f} | {s.ttft_mean_s:.2f} | {s.tbt_p90_s * 1e3:.0f} | {s.output_len_mae:.0f} |"
+            f"| {adm} | {s.rejected:,} | {late:,} | {ok:,} | {s.preemptions:,} | "
+            f"{s.prefill_gpu_s:,.0f} | {s.ttft_mean_s:.2f} | "
+            f"{s.tbt_p90_s * 1e3:.0f} | {s.output_len_mae:.0f} |"
         )
     return out
 
@@ -123,7 +127,8 @@ def variants(trace: Path, policy: str, scale: float, variant_args: list[str]) ->
     out: dict[str, Any] = {}
     print(f"{policy} at {scale:g}x")
     print(
-        "| options | rejected | preemptions | hit rate | mean TTFT s | TBT p50 / p90 / p99 ms | within SLO I / II / III |"
+        "| options | rejected | preemptions | hit rate | mean TTFT "
+        "s | TBT p50 / p90 / p99 ms | within SLO I / II / III |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for v in variant_args:
@@ -132,7 +137,9 @@ def variants(trace: Path, policy: str, scale: float, variant_args: list[str]) ->
         out[v] = asdict(s)
         att = " / ".join(f"{s.slo_attainment[slo_label(30.0, b)]:.3f}" for b in (0.1, 0.2, 0.3))
         print(
-            f"| `{v or 'default'}` | {s.rejected:,} | {s.preemptions:,} | {s.cache_hit_rate:.3f} | {s.ttft_mean_s:.2f} | {s.tbt_p50_s * 1e3:.0f} / {s.tbt_p90_s * 1e3:.0f} / {s.tbt_p99_s * 1e3:.0f} | {att} |"
+            f"| `{v or 'default'}` | {s.rejected:,} | {s.preemptions:,} | {s.cache_hit_rate:.3f} | "
+            f"{s.ttft_mean_s:.2f} | {s.tbt_p50_s * 1e3:.0f} / "
+            f"{s.tbt_p90_s * 1e3:.0f} / {s.tbt_p99_s * 1e3:.0f} | {att} |"
         )
     return out
 

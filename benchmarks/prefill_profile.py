@@ -190,7 +190,8 @@ def main() -> None:
         add("step end -> token at the client (ms)", (t1 - s1) * 1e3)
         add("total TTFT (ms)", (t1 - t0) * 1e3)
     print(
-        f"in-process step: wall {statistics.median(s[0] for s in steps[3:]) * 1e3:.2f} ms, CPU {statistics.median(s[1] for s in steps[3:]) * 1e3:.2f} ms (p50)"
+        f"in-process step: wall {statistics.median(s[0] for s in steps[3:]) * 1e3:.2f} "
+        f"ms, CPU {statistics.median(s[1] for s in steps[3:]) * 1e3:.2f} ms (p50)"
     )
     for name, v in cols.items():
         print(f"{name:40s} p50 {statistics.median(v):8.2f}   max {max(v):8.2f}")

@@ -119,7 +119,10 @@ def main() -> None:
     ap.add_argument(
         "--insecure",
         action="store_true",
-        help="embedded cluster on plain TCP instead of TLS (to measure what TLS and authenticated streams cost)",
+        help=(
+            "embedded cluster on plain TCP instead of TLS (to "
+            "measure what TLS and authenticated streams cost)"
+        ),
     )
     ap.add_argument("--json", default=None)
     ap.add_argument(
@@ -163,7 +166,8 @@ def main() -> None:
             e = conn.recv()
             c = cluster_ttfts(llm, prompts, args.gap)
             print(
-                f"phase {phase + 1}/{args.phases}: in-process p50 {_p50(e) * 1e3:.2f} ms, cluster p50 {_p50(c) * 1e3:.2f} ms",
+                f"phase {phase + 1}/{args.phases}: in-process p50 "
+                f"{_p50(e) * 1e3:.2f} ms, cluster p50 {_p50(c) * 1e3:.2f} ms",
                 flush=True,
             )
             e_ttft += e
@@ -262,8 +266,9 @@ def main() -> None:
                 rf.claim("control plane, null model", res["null_model_req_s"], "req/s"),
             ],
             notes=(
-                f"Built-in model (or `--model`), embedded cluster of 1 prefill + 1 decode worker against the same engine in a process "
-                f"of its own; TTFT alternates in {args.phases} phases of {args.requests} prompts (16-256 tokens, max_tokens=1), "
+                "Built-in model (or `--model`), embedded cluster of 1 prefill + 1 decode worker "
+                "against the same engine in a process of its own; TTFT alternates in "
+                f"{args.phases} phases of {args.requests} prompts (16-256 tokens, max_tokens=1), "
                 f"each request {args.gap * 1000:.0f} ms after the previous first token."
             ),
         )

@@ -83,7 +83,8 @@ def ratios(runs: dict[tuple[str, float, str], dict[str, Any]]) -> None:
             return f"{a / b:.2f}x" if a is not None and b else "n/a"
 
         print(
-            f"| {SERVERS[server]} | {rate:g} | {CLIENTS[client]} | {ratio('request_goodput')} | {ratio('median_ttft_ms')} | {ratio('median_tpot_ms')} |"
+            f"| {SERVERS[server]} | {rate:g} | {CLIENTS[client]} | {ratio('request_goodput')} "
+            f"| {ratio('median_ttft_ms')} | {ratio('median_tpot_ms')} |"
         )
 
 
@@ -173,7 +174,10 @@ def save_results(runs: dict[tuple[str, float, str], dict[str, Any]], root: Path)
                 "groups": groups,
             }
         },
-        notes=f"Results of `benchmarks/serve_compare.sh` read from `{root}` (workload and SLOs: the script's header).",
+        notes=(
+            "Results of `benchmarks/serve_compare.sh` read from "
+            f"`{root}` (workload and SLOs: the script's header)."
+        ),
     )
 
 

@@ -55,7 +55,8 @@ def main() -> int:
     res = simulate(config, reqs)
     cpu_s = time.process_time() - cpu0
     print(
-        f"sim_replay policy={args.policy} rate_scale={args.rate_scale:g} requests={len(reqs)} load={load_s:.2f}s replay={res.wall_s:.2f}s cpu={cpu_s:.2f}s"
+        f"sim_replay policy={args.policy} rate_scale={args.rate_scale:g} "
+        f"requests={len(reqs)} load={load_s:.2f}s replay={res.wall_s:.2f}s cpu={cpu_s:.2f}s"
     )
     if args.save_results:
         import result_file as rf
@@ -74,7 +75,10 @@ def main() -> int:
                 ),
                 rf.claim("same, wall time", res.wall_s, "s"),
             ],
-            notes="One replay pinned to one core, trace loading excluded; the CPU time is the figure for one idle core.",
+            notes=(
+                "One replay pinned to one core, trace loading excluded; "
+                "the CPU time is the figure for one idle core."
+            ),
         )
     return 0
 

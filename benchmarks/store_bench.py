@@ -507,8 +507,9 @@ def save_results(
             "KV transfer between two test hosts",
             claims,
             notes=(
-                f"TCP block fetch between two network namespaces joined by veth pairs on a bridge (block server on one, fetcher "
-                f"on the other), against a raw socket between the same two, {total_mib} MiB per repetition, median of {reps} "
+                "TCP block fetch between two network namespaces joined by veth pairs on a bridge "
+                "(block server on one, fetcher on the other), against a raw socket between the "
+                f"same two, {total_mib} MiB per repetition, median of {reps} "
                 "per-repetition ratios; `tests/multihost` builds the same network."
             ),
         )
@@ -535,8 +536,9 @@ def save_results(
             },
         },
         notes=(
-            f"Per repetition ({reps}) the baseline and each operation move {total_mib} MiB of KV payload back to back; a ratio "
-            "is the median of per-repetition ratios, GB/s the median rate. TCP fetch uses the default `TransferConfig()` and "
+            f"Per repetition ({reps}) the baseline and each operation move {total_mib} MiB of KV "
+            "payload back to back; a ratio is the median of per-repetition ratios, GB/s the median "
+            "rate. TCP fetch uses the default `TransferConfig()` and "
             "checks every record. Block shapes: this script's docstring."
         ),
     )
@@ -590,8 +592,8 @@ def main() -> None:
         blocks = make_blocks(spec, n)
         hdr, _ = encode(blocks[0])
         print(
-            f"# {name}: {n} blocks x {spec.bytes_per_block / 1024:.0f} KiB payload (+{len(hdr)} B header) "
-            f"= {n * spec.bytes_per_block / 1024**2:.0f} MiB per rep",
+            f"# {name}: {n} blocks x {spec.bytes_per_block / 1024:.0f} KiB payload "
+            f"(+{len(hdr)} B header) = {n * spec.bytes_per_block / 1024**2:.0f} MiB per rep",
             flush=True,
         )
         shm = tempfile.mkdtemp(prefix="mooncake-bench-", dir="/dev/shm")
@@ -653,7 +655,8 @@ def _between_hosts(args: argparse.Namespace) -> None:
             spec,
         ]
         print(
-            f"# between test hosts: servers on {server.name} ({server.ip}), fetcher on {here.name} ({here.ip})",
+            f"# between test hosts: servers on {server.name} "
+            f"({server.ip}), fetcher on {here.name} ({here.ip})",
             flush=True,
         )
         subprocess.run(here.argv(cmd), check=True)

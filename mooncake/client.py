@@ -478,7 +478,8 @@ class LLM:
             raise ValueError("prompt: must contain at least one token")
         if len(ids) >= self.max_model_len:
             raise ValueError(
-                f"prompt: {len(ids)} tokens is longer than the context limit; the model accepts at most {self.max_model_len - 1} prompt tokens"
+                f"prompt: {len(ids)} tokens is longer than the context limit; the "
+                f"model accepts at most {self.max_model_len - 1} prompt tokens"
             )
         rid = request_id or f"{uuid.uuid4().hex[:12]}{next(self._ids)}"
         if not params.greedy and params.seed is None:
@@ -718,7 +719,8 @@ class LLM:
                     new = self._submit_with_retry(attempts[i], time.monotonic() + MOVE_DEADLINE_S)
                 except (Unavailable, Rejected) as e:
                     raise WorkerLost(
-                        f"request {specs[i].request_id}: worker {lost} was lost and no worker can take the request over ({e})"
+                        f"request {specs[i].request_id}: worker {lost} was "
+                        f"lost and no worker can take the request over ({e})"
                     ) from None
                 del pending[fut]
                 pending[new] = i
@@ -978,12 +980,14 @@ class LLM:
                 break
             except Unavailable as e:
                 raise WorkerLost(
-                    f"request {spec.request_id}: worker {lost} was lost and no worker can take the request over ({e})"
+                    f"request {spec.request_id}: worker {lost} was lost "
+                    f"and no worker can take the request over ({e})"
                 ) from None
             except Rejected as e:
                 if time.monotonic() + e.retry_after > deadline:
                     raise WorkerLost(
-                        f"request {spec.request_id}: worker {lost} was lost and the cluster is too busy to take the request over"
+                        f"request {spec.request_id}: worker {lost} was lost "
+                        "and the cluster is too busy to take the request over"
                     ) from None
                 await asyncio.sleep(max(0.01, e.retry_after))
         logger.warning(

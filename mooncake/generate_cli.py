@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.model is None:
         print(
-            f"model: built-in default ({engine.model_path}) -- RANDOM WEIGHTS, output is meaningless"
+            f"model: built-in default ({engine.model_path}) "
+            "-- RANDOM WEIGHTS, output is meaningless"
         )
     t0 = time.perf_counter()
     outs = engine.generate(prompts, params)
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     for o in outs:
         ttft = o.metrics.ttft or 0.0
         print(
-            f"--- {o.prompt!r}\n{o.text!r}\n    [{len(o.token_ids)} tokens, finish={o.finish_reason}, ttft={ttft * 1000:.1f} ms]"
+            f"--- {o.prompt!r}\n{o.text!r}\n    [{len(o.token_ids)} "
+            f"tokens, finish={o.finish_reason}, ttft={ttft * 1000:.1f} ms]"
         )
     n = sum(len(o.token_ids) for o in outs)
     print(f"{len(outs)} requests, {n} tokens in {dt:.2f} s ({n / dt:.1f} tok/s)")

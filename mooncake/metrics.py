@@ -401,7 +401,8 @@ class MetricsState:
         reqs = CounterMetricFamily(
             PREFIX_REQUESTS,
             "Prefix lookups by how much an earlier prompt shared past the cached blocks: none, "
-            "below_block (shared tokens that end inside a block, which the cache cannot serve), block_or_more.",
+            "below_block (shared tokens that end inside a block, "
+            "which the cache cannot serve), block_or_more.",
             labels=[*lab, "shared_prefix"],
         )
         for s in SHARED_PREFIX:
@@ -436,7 +437,8 @@ class MetricsState:
             ts.add_metric([*m, path], self.transfer_seconds[path])
         bw = GaugeMetricFamily(
             TRANSFER_BANDWIDTH,
-            "KV transfer bandwidth between hosts: the Conductor's estimate, else bytes/seconds so far.",
+            "KV transfer bandwidth between hosts: the "
+            "Conductor's estimate, else bytes/seconds so far.",
             labels=lab,
         )
         est = self.bandwidth_estimate

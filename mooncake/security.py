@@ -98,9 +98,10 @@ def check_address(address: str, tls: bool, insecure: bool, what: str) -> None:
     host, _ = parse_host_port(loc, 0)
     if not is_loopback(host):
         raise ValueError(
-            f"{what}: {address} is reachable from the network and the connection is not TLS: anyone who "
-            "can reach a Dask port can run code there. Give --tls-ca-file/--tls-cert/--tls-key (or Dask's "
-            "distributed.comm.tls config) and a tls:// address, or --insecure to accept the risk"
+            f"{what}: {address} is reachable from the network and the connection is not TLS: "
+            "anyone who can reach a Dask port can run code there. Give "
+            "--tls-ca-file/--tls-cert/--tls-key (or Dask's distributed.comm.tls "
+            "config) and a tls:// address, or --insecure to accept the risk"
         )
 
 

@@ -144,7 +144,8 @@ def pytest_configure(config: pytest.Config) -> None:
         item = _current_item
         if item is not None and item.get_closest_marker("cluster") is None:
             raise RuntimeError(
-                f"{item.nodeid} starts a Dask cluster: mark it @pytest.mark.cluster (or use a fixture in tests/conftest.py CLUSTER_FIXTURES)"
+                f"{item.nodeid} starts a Dask cluster: mark it @pytest.mark.cluster "
+                "(or use a fixture in tests/conftest.py CLUSTER_FIXTURES)"
             )
         init(self, *args, **kwargs)
 

@@ -243,8 +243,8 @@ def test_multi_part_content(tmp_path: Path) -> None:
     tpl = (
         "{% for m in messages %}{{ m['role'] }}: {% if m['content'] is string %}{{ m['content'] }}"
         "{% else %}{% for p in m['content'] %}{% if p['type'] == 'text' %}{{ p['text'] }}"
-        "{% elif p['type'] == 'image' %}<image>{% endif %}{% endfor %}{% endif %}{{ '\\n' }}{% endfor %}"
-        "{% if add_generation_prompt %}assistant: {% endif %}"
+        "{% elif p['type'] == 'image' %}<image>{% endif %}{% endfor %}{% endif %}{{ "
+        "'\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
     )
     msgs = [
         {

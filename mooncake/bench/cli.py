@@ -169,8 +169,9 @@ def run(args: argparse.Namespace) -> int:
     )
     label = args.label or args.dataset_name
     print(
-        f"{label}: {len(requests)} requests, dataset {args.dataset_name}, request rate {args.request_rate}, "
-        f"burstiness {args.burstiness}, max concurrency {args.max_concurrency}",
+        f"{label}: {len(requests)} requests, dataset {args.dataset_name}, request rate "
+        f"{args.request_rate}, burstiness {args.burstiness}, "
+        f"max concurrency {args.max_concurrency}",
         file=sys.stderr,
     )
     results, duration, model = asyncio.run(run_load(cfg, requests))

@@ -83,7 +83,8 @@ def prefix_repetition_dataset(
     """``num_prompts // num_prefixes`` requests per shared prefix, shuffled."""
     if num_prefixes < 1 or num_prompts < num_prefixes:
         raise ValueError(
-            f"prefix_repetition_num_prefixes: must be in [1, num_prompts={num_prompts}], got {num_prefixes}"
+            "prefix_repetition_num_prefixes: must be in [1, "
+            f"num_prompts={num_prompts}], got {num_prefixes}"
         )
     rng = random.Random(seed)
     out = []

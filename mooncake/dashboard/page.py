@@ -248,12 +248,13 @@ class MooncakePage:
         p50 = m.ttft.quantile(0.5)
         self.summary.text = (
             f"<b>Mooncake</b> &mdash; model <code>{m.model_name}</code>, {len(workers)} workers; "
-            f"requests: {m.ttft.count} finished, {m.admitted} admitted, {sum(m.rejected.values())} rejected; "
-            f"prefix-cache hit rate {m.hit_rate():.1%} of {m.query_tokens} prompt tokens "
-            f"(below-block shares: {m.lookups['below_block']}); "
-            f"TTFT p50 {p50 if p50 is None else round(p50, 3)} s; "
-            f"KV moved {sum(m.transfer_bytes.values()) / 2**20:.1f} MiB ({', '.join(sorted(m.transfer_bytes)) or 'none'})"
-            f"<span id='mooncake-counts' data-ttft='{len(m.ttft.recent)}' data-tbt='{len(m.tbt.recent)}' "
+            f"requests: {m.ttft.count} finished, {m.admitted} admitted, {sum(m.rejected.values())} "
+            f"rejected; prefix-cache hit rate {m.hit_rate():.1%} of {m.query_tokens} prompt tokens "
+            f"(below-block shares: {m.lookups['below_block']}); TTFT p50 "
+            f"{p50 if p50 is None else round(p50, 3)} s; KV moved "
+            f"{sum(m.transfer_bytes.values()) / 2**20:.1f} MiB "
+            f"({', '.join(sorted(m.transfer_bytes)) or 'none'})<span id='mooncake-counts' "
+            f"data-ttft='{len(m.ttft.recent)}' data-tbt='{len(m.tbt.recent)}' "
             f"data-hit='{len(self.hit.data['t'])}' data-workers='{len(workers)}'></span>"
         )
 

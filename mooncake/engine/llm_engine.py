@@ -104,7 +104,8 @@ class LLMEngine:
         bad = [t for t in ids if not 0 <= t < self.model_config.vocab_size]
         if bad:
             raise ValueError(
-                f"prompt: token id(s) {bad[:5]} outside the vocabulary [0, {self.model_config.vocab_size})"
+                f"prompt: token id(s) {bad[:5]} outside the "
+                f"vocabulary [0, {self.model_config.vocab_size})"
             )
         return ids
 

@@ -56,7 +56,8 @@ class Linear(nn.Module):
             if self.bias is not None and bias is not None:
                 if tuple(bias.shape) != tuple(self.bias.shape):
                     raise ValueError(
-                        f"tensor {name!r} bias has shape {tuple(bias.shape)}, expected {tuple(self.bias.shape)}"
+                        f"tensor {name!r} bias has shape {tuple(bias.shape)}, "
+                        f"expected {tuple(self.bias.shape)}"
                     )
                 self.bias.copy_(bias.to(self.bias.dtype))
 

@@ -48,13 +48,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--dashboard-address",
         default="127.0.0.1:0",
         metavar="HOST:PORT",
-        help="Dask dashboard of the embedded cluster (default: loopback, a free port; ':8787' exposes it; 'none': off)",
+        help=(
+            "Dask dashboard of the embedded cluster (default: "
+            "loopback, a free port; ':8787' exposes it; 'none': off)"
+        ),
     )
     sec = p.add_argument_group("cluster security (docs/security.md)")
     sec.add_argument(
         "--tls-ca-file",
         default=None,
-        help="CA certificate to join --scheduler over TLS (default: Dask's distributed.comm.tls config)",
+        help=(
+            "CA certificate to join --scheduler over TLS "
+            "(default: Dask's distributed.comm.tls config)"
+        ),
     )
     sec.add_argument("--tls-cert", default=None, help="this client's certificate for --scheduler")
     sec.add_argument(
@@ -63,7 +69,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     sec.add_argument(
         "--insecure",
         action="store_true",
-        help="allow a plain-TCP --scheduler off the loopback; embedded cluster: plain TCP on loopback instead of TLS",
+        help=(
+            "allow a plain-TCP --scheduler off the loopback; "
+            "embedded cluster: plain TCP on loopback instead of TLS"
+        ),
     )
     http = p.add_argument_group("http")
     http.add_argument("--host", default="127.0.0.1")
@@ -89,7 +98,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--max-prompt-chars",
         type=int,
         default=None,
-        help="longest text prompt before tokenization (default: max_model_len x the longest vocabulary entry)",
+        help=(
+            "longest text prompt before tokenization (default: "
+            "max_model_len x the longest vocabulary entry)"
+        ),
     )
     slo = p.add_argument_group("admission")
     slo.add_argument(
@@ -110,7 +122,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--admission",
         choices=list(ADMISSIONS),
         default=None,
-        help="admission policy (default: predictive with an SLO given, else ttft against the default TTFT SLO; none: admit all)",
+        help=(
+            "admission policy (default: predictive with an SLO given, "
+            "else ttft against the default TTFT SLO; none: admit all)"
+        ),
     )
     eng = p.add_argument_group("engine")
     eng.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

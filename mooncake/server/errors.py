@@ -125,7 +125,8 @@ def unavailable(lost: bool) -> APIError:
     if lost:
         return APIError(
             503,
-            "the worker serving this request was lost and no other worker could take it over; retry",
+            "the worker serving this request was lost and "
+            "no other worker could take it over; retry",
             "server_error",
             None,
             "worker_lost",

@@ -239,8 +239,9 @@ class OpenAIServing:
     def _check_chars(self, n: int, param: str) -> None:
         if n > self.max_prompt_chars:
             raise errors.bad_request(
-                f"{param}: {n} characters is more than this model's maximum context length of {self.max_model_len} "
-                f"tokens can hold (at most {self.max_prompt_chars} characters are accepted)",
+                f"{param}: {n} characters is more than this model's maximum context length of "
+                f"{self.max_model_len} tokens can hold (at most "
+                f"{self.max_prompt_chars} characters are accepted)",
                 param,
                 "context_length_exceeded",
             )
@@ -333,7 +334,8 @@ class OpenAIServing:
         given = req.prompts()
         if len(given) > self.max_prompts_per_request:
             raise errors.bad_request(
-                f"prompt: {len(given)} prompts in one request; at most {self.max_prompts_per_request} are accepted",
+                f"prompt: {len(given)} prompts in one request; at "
+                f"most {self.max_prompts_per_request} are accepted",
                 "prompt",
             )
         for p in given:

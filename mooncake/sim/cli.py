@@ -198,7 +198,10 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--colocated-cache-blocks",
         type=int,
         default=-1,
-        help="prefix cache per colocated instance, blocks; 0 = no prefix caching; -1 = its HBM KV capacity (default)",
+        help=(
+            "prefix cache per colocated instance, blocks; 0 = no "
+            "prefix caching; -1 = its HBM KV capacity (default)"
+        ),
     )
     p.add_argument(
         "--eviction", choices=EVICTIONS, default="lru", help="cache eviction policy (default lru)"
@@ -211,14 +214,20 @@ def _common(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="timings from a cost model a live Conductor fitted ('mooncake cost-model --out FILE'; default: LLaMA3-70B on 8xA800)",
+        help=(
+            "timings from a cost model a live Conductor fitted ('mooncake "
+            "cost-model --out FILE'; default: LLaMA3-70B on 8xA800)"
+        ),
     )
     p.add_argument(
         "--step-overhead",
         type=float,
         default=None,
         metavar="S",
-        help="engine overhead per continuous-batching step, seconds (default 0.005, or the cost model file's)",
+        help=(
+            "engine overhead per continuous-batching step, "
+            "seconds (default 0.005, or the cost model file's)"
+        ),
     )
     p.add_argument(
         "--max-tokens",
@@ -230,14 +239,20 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--output-prediction",
         choices=OUTPUT_PREDICTIONS,
         default="expected",
-        help="output length decode-load prediction plans with: expected (online distribution of finished requests, capped by max_tokens) or max_tokens (default expected)",
+        help=(
+            "output length decode-load prediction plans with: expected (online distribution "
+            "of finished requests, capped by max_tokens) or max_tokens (default expected)"
+        ),
     )
     what_ifs = "; ".join(f"{n.replace('_', '-')}: {d}" for n, d in WHAT_IFS.items())
     p.add_argument(
         "--what-if",
         default="",
         metavar="NAMES",
-        help=f"comma-separated behaviour the live system does not have, all off by default ({what_ifs})",
+        help=(
+            "comma-separated behaviour the live system does "
+            f"not have, all off by default ({what_ifs})"
+        ),
     )
     p.add_argument("--limit", type=int, default=None, help="replay only the first N requests")
     p.add_argument(
@@ -265,7 +280,10 @@ def add_parser(subparsers: Any) -> None:
     sim.add_argument(
         "--records",
         action="store_true",
-        help="with --json: add one record per request (arrival, TTFT, TBT, instances, rejection reason)",
+        help=(
+            "with --json: add one record per request "
+            "(arrival, TTFT, TBT, instances, rejection reason)"
+        ),
     )
     sim.set_defaults(func=run_sim)
     nested = sim.add_subparsers(dest="sim_command")
@@ -283,9 +301,11 @@ def add_parser(subparsers: Any) -> None:
     sw.add_argument(
         "--instances",
         default="",
-        help="per-policy cluster shape, comma-separated POLICY=P:D (e.g. vllm=16,mooncake=12:4) or POLICY=auto "
-        "(try every P:D split of --prefill-instances + --decode-instances nodes and keep the best); "
-        "policies not named use --prefill-instances/--decode-instances",
+        help=(
+            "per-policy cluster shape, comma-separated POLICY=P:D (e.g. vllm=16,mooncake=12:4) or "
+            "POLICY=auto (try every P:D split of --prefill-instances + --decode-instances nodes "
+            "and keep the best); policies not named use --prefill-instances/--decode-instances"
+        ),
     )
     sw.add_argument(
         "--scales",
@@ -336,19 +356,24 @@ def run_sim(args: argparse.Namespace) -> int:
     result = simulate(config, reqs, progress=not args.no_progress)
     s = result.summary
     print(
-        f"policy={args.policy} split={split_label(config)} admission={args.admission} rate_scale={args.rate_scale:g} wall={result.wall_s:.1f}s"
+        f"policy={args.policy} split={split_label(config)} admission={args.admission} "
+        f"rate_scale={args.rate_scale:g} wall={result.wall_s:.1f}s"
     )
     print(
-        f"requests={s.requests} served={s.served} rejected={s.rejected} hit_rate={s.cache_hit_rate:.3f} prefill_gpu_s={s.prefill_gpu_s:.0f}"
+        f"requests={s.requests} served={s.served} rejected={s.rejected} "
+        f"hit_rate={s.cache_hit_rate:.3f} prefill_gpu_s={s.prefill_gpu_s:.0f}"
     )
     print(
-        f"TTFT mean={s.ttft_mean_s:.2f}s p50={s.ttft_p50_s:.2f}s p90={s.ttft_p90_s:.2f}s p99={s.ttft_p99_s:.2f}s"
+        f"TTFT mean={s.ttft_mean_s:.2f}s p50={s.ttft_p50_s:.2f}s "
+        f"p90={s.ttft_p90_s:.2f}s p99={s.ttft_p99_s:.2f}s"
     )
     print(
-        f"TBT  mean={s.tbt_mean_s * 1e3:.1f}ms p50={s.tbt_p50_s * 1e3:.1f}ms p90={s.tbt_p90_s * 1e3:.1f}ms p99={s.tbt_p99_s * 1e3:.1f}ms"
+        f"TBT  mean={s.tbt_mean_s * 1e3:.1f}ms p50={s.tbt_p50_s * 1e3:.1f}ms "
+        f"p90={s.tbt_p90_s * 1e3:.1f}ms p99={s.tbt_p99_s * 1e3:.1f}ms"
     )
     print(
-        f"preemptions={s.preemptions} output-length prediction: MAE={s.output_len_mae:.0f} tokens bias={s.output_len_bias:+.0f} relative={s.output_len_rel_error:.2f}"
+        f"preemptions={s.preemptions} output-length prediction: MAE={s.output_len_mae:.0f} "
+        f"tokens bias={s.output_len_bias:+.0f} relative={s.output_len_rel_error:.2f}"
     )
     for label, value in s.slo_attainment.items():
         print(f"SLO {label}: {value:.3f}")

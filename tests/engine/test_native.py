@@ -211,7 +211,8 @@ def test_broken_compiler_falls_back_with_a_warning(tmp_path):
     """A compiler that fails: no kernel, a warning naming why, and nothing half-written."""
     cc = tmp_path / "cc"
     cc.write_text(
-        "#!/bin/sh\n[ \"$1\" = --version ] && { echo fake 1.0; exit 0; }\necho 'cc: broken' >&2; exit 1\n"
+        '#!/bin/sh\n[ "$1" = --version ] && { echo fake '
+        "1.0; exit 0; }\necho 'cc: broken' >&2; exit 1\n"
     )
     cc.chmod(0o755)
     cache = tmp_path / "cache"

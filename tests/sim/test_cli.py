@@ -89,11 +89,13 @@ def test_add_parser_registers_sim_on_a_host_cli(tmp_path: Path) -> None:
 
 BAD_TRACES = {
     "no_key.jsonl": (
-        '{"timestamp": 0, "input_length": 10, "output_length": 1, "hash_ids": [0]}\n{"timestamp": 1, "input_length": 10, "output_length": 1}\n',
+        '{"timestamp": 0, "input_length": 10, "output_length": 1, "hash_ids": '
+        '[0]}\n{"timestamp": 1, "input_length": 10, "output_length": 1}\n',
         ":2: missing key 'hash_ids'",
     ),
     "bad_json.jsonl": (
-        '{"timestamp": 0, "input_length": 10, "output_length": 1, "hash_ids": [0]}\n\n{"timestamp": 1,\n',
+        '{"timestamp": 0, "input_length": 10, "output_length": '
+        '1, "hash_ids": [0]}\n\n{"timestamp": 1,\n',
         ":3: not valid JSON",
     ),
     "bad_type.jsonl": (

@@ -341,7 +341,8 @@ def _store_in_subprocess(env: dict[str, str]) -> subprocess.CompletedProcess[str
         "from tests.store.kvfactories import make_chain, store_config\n"
         "d = tempfile.mkdtemp(dir='/dev/shm'); b = make_chain(2)\n"
         "with BlockStore(store_config(d + '/h')) as s:\n"
-        "    s.put_many(b); o = s.get(b[1].key); print(records_lib() is None, o.numpy().tobytes() == b[1].data.tobytes())\n"
+        "    s.put_many(b); o = s.get(b[1].key); print(records_lib() "
+        "is None, o.numpy().tobytes() == b[1].data.tobytes())\n"
     )
     return subprocess.run(
         [sys.executable, "-c", code],
@@ -363,7 +364,8 @@ def test_broken_compiler_falls_back_to_numpy_with_a_warning(tmp_path: Any) -> No
     cache, and the store still works."""
     cc = tmp_path / "cc"
     cc.write_text(
-        "#!/bin/sh\n[ \"$1\" = --version ] && { echo fake 1.0; exit 0; }\necho 'cc: broken' >&2; exit 1\n"
+        '#!/bin/sh\n[ "$1" = --version ] && { echo fake '
+        "1.0; exit 0; }\necho 'cc: broken' >&2; exit 1\n"
     )
     cc.chmod(0o755)
     cache = tmp_path / "cache"
