@@ -23,7 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-WORDS = "the movie plot acting music was great terrible slow fun boring long short story ending cast scene light dark warm cold".split()
+WORDS = (
+    "the movie plot acting music was great terrible slow fun boring long short story ending cast "
+    "scene light dark warm cold"
+).split()
 
 
 def make_batch(n: int, templates: int, seed: int = 0) -> list[str]:
@@ -212,7 +215,9 @@ def main() -> None:
         ]
         titles = {
             "batch-templates": "Batch inference: 4 templates, ample KV cache",
-            "batch-cache-bound": "Batch inference: 32 templates, KV cache smaller than the templates",
+            "batch-cache-bound": (
+                "Batch inference: 32 templates, KV cache smaller than the templates"
+            ),
             "batch-transformers": "Batch inference vs transformers, back to back",
         }
         title = titles.get(

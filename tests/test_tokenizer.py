@@ -265,7 +265,10 @@ def test_multi_part_content(tmp_path: Path) -> None:
 
 def test_extra_template_variables(tmp_path: Path) -> None:
     """Keyword arguments become template variables (e.g. a thinking switch)."""
-    tpl = "{{ messages[0]['content'] }}{% if enable_thinking is defined and not enable_thinking %} /no_think{% endif %}"
+    tpl = (
+        "{{ messages[0]['content'] }}"
+        "{% if enable_thinking is defined and not enable_thinking %} /no_think{% endif %}"
+    )
     tok = _with_template(tmp_path, tpl)
     assert (
         tok.apply_chat_template([{"role": "user", "content": "q"}], enable_thinking=False)

@@ -394,7 +394,10 @@ def run_sim(args: argparse.Namespace) -> int:
     if args.plot is not None:
         from mooncake.sim.plot import plot_run
 
-        title = f"{args.policy}, {split_label(config)}, rate x{args.rate_scale:g}, admission {args.admission}"
+        title = (
+            f"{args.policy}, {split_label(config)}, rate x{args.rate_scale:g}, "
+            f"admission {args.admission}"
+        )
         plot_run(
             result,
             args.plot,

@@ -14,8 +14,13 @@ Mode = Literal["disaggregated", "colocated"]
 #: Behaviour the simulator can add that the live system does not have (all off by
 #: default): field of :class:`SimConfig` -> what it changes.
 WHAT_IFS: dict[str, str] = {
-    "layerwise_transfer": "KV streams to decode layer by layer; only the last layer's share adds to TTFT",
-    "decode_refusal": "a decode instance refuses a prefilled request whose KV does not fit (Conductor.admit_to_decode)",
+    "layerwise_transfer": (
+        "KV streams to decode layer by layer; only the last layer's share adds to TTFT"
+    ),
+    "decode_refusal": (
+        "a decode instance refuses a prefilled request whose KV does not fit "
+        "(Conductor.admit_to_decode)"
+    ),
     "reserve_full_output": "KV for prompt + whole output is reserved at admission; no preemption",
 }
 

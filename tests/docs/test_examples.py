@@ -93,7 +93,11 @@ def test_llm_in_spawn_bootstrap_names_the_fix(monkeypatch: pytest.MonkeyPatch) -
 def test_unguarded_script_fails_with_the_fix(tmp_path: Path) -> None:
     """The README's example without its guard, run as a script: it fails fast (no hang)
     and both the workers' error and the parent's name the ``__main__`` guard."""
-    code = "import mooncake\nllm = mooncake.LLM(model=None)\nprint(llm.generate(['Hi'])[0].outputs[0].text)\n"
+    code = (
+        "import mooncake\n"
+        "llm = mooncake.LLM(model=None)\n"
+        "print(llm.generate(['Hi'])[0].outputs[0].text)\n"
+    )
     proc = run_script(tmp_path, code, timeout=120)
     assert proc.returncode != 0
     assert "was created while a worker process was importing your main module" in proc.stderr

@@ -192,7 +192,10 @@ def test_engine_uses_kernel_and_matches_torch_path_and_transformers(tiny_llama):
 
 
 def _kernels_in_subprocess(env: dict[str, str]) -> str:
-    code = "import logging; logging.basicConfig(); from mooncake.engine.native import kernels; print(kernels() is None)"
+    code = (
+        "import logging; logging.basicConfig(); "
+        "from mooncake.engine.native import kernels; print(kernels() is None)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

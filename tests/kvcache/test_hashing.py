@@ -73,7 +73,10 @@ def test_empty_salt_equals_no_salt():
 
 def test_identical_across_processes():
     """A fresh interpreter (different PYTHONHASHSEED) computes the same keys."""
-    code = "from mooncake.kvcache.hashing import *; print(block_keys(list(range(8)),4,root_key(0,'0'*32))[1].hex())"
+    code = (
+        "from mooncake.kvcache.hashing import *; "
+        "print(block_keys(list(range(8)),4,root_key(0,'0'*32))[1].hex())"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -64,7 +64,10 @@ class Host:
         """``cmd`` run on this host: in its network namespace, under its own hostname,
         with a private /dev/shm. (``ip netns exec`` already gives the command a mount
         namespace of its own, whose mounts do not propagate back.)"""
-        setup = f'hostname {self.name} && mount -t tmpfs -o size={SHM_SIZE} mc-shm /dev/shm && exec "$@"'
+        setup = (
+            f"hostname {self.name} && mount -t tmpfs -o size={SHM_SIZE} mc-shm /dev/shm"
+            ' && exec "$@"'
+        )
         return [
             "ip",
             "netns",

@@ -31,12 +31,16 @@ import json, sys, time
 from pathlib import Path
 from openai import OpenAI
 
-base, prompt, mark, max_tokens = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+base, prompt = sys.argv[1], json.loads(sys.argv[2])
+mark, max_tokens = Path(sys.argv[3]), int(sys.argv[4])
 client = OpenAI(base_url=base + "/v1", api_key="unused", timeout=120, max_retries=0)
 deadline = time.monotonic() + 150
 while True:  # the server and its workers may still be starting
     try:
-        client.completions.create(model="m", prompt=[5, 6, 7], max_tokens=2, temperature=0.0, extra_body={"ignore_eos": True})
+        client.completions.create(
+            model="m", prompt=[5, 6, 7], max_tokens=2, temperature=0.0,
+            extra_body={"ignore_eos": True},
+        )
         break
     except Exception as e:
         if time.monotonic() > deadline:
@@ -44,8 +48,10 @@ while True:  # the server and its workers may still be starting
         time.sleep(1.0)
 t0 = time.monotonic()
 text, chunks = "", 0
-stream = client.completions.create(model="m", prompt=prompt, max_tokens=max_tokens, temperature=0.0, stream=True,
-                                   extra_body={"ignore_eos": True})
+stream = client.completions.create(
+    model="m", prompt=prompt, max_tokens=max_tokens, temperature=0.0, stream=True,
+    extra_body={"ignore_eos": True},
+)
 for chunk in stream:
     text += chunk.choices[0].text
     chunks += 1
