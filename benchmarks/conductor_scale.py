@@ -1,6 +1,7 @@
 """The Conductor at scale: decision time per request and memory, from a simulator replay.
 
-    python benchmarks/conductor_scale.py --trace traces/conversation_trace.jsonl   # the FAST'25 trace: docs/paper-reproduction.md
+    # the FAST'25 trace (docs/paper-reproduction.md):
+    python benchmarks/conductor_scale.py --trace traces/conversation_trace.jsonl
     python benchmarks/conductor_scale.py --trace T --instances 16,64,128 --rate-scale 8
 
 For each instance count N the simulator replays the trace with N prefill + N decode

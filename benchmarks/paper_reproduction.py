@@ -3,8 +3,10 @@
 Usage:
   python benchmarks/paper_reproduction.py hitrate
   python benchmarks/paper_reproduction.py scheduling [--scales 1.25,1.5] [--sim-args "..."]
-  python benchmarks/paper_reproduction.py rejection [--prefill-instances 8 --rej-decode-instances 8 --rate-scale 2] [--sim-args "..."]
-  python benchmarks/paper_reproduction.py variants --policy vllm --rate-scale 1.2 --variant "" --variant "--step-overhead 0" ...
+  python benchmarks/paper_reproduction.py rejection
+      [--prefill-instances 8 --rej-decode-instances 8 --rate-scale 2] [--sim-args "..."]
+  python benchmarks/paper_reproduction.py variants --policy vllm --rate-scale 1.2
+      --variant "" --variant "--step-overhead 0" ...
 
 ``--sim-args`` / ``--variant`` take ``mooncake sim`` options (e.g. ``--what-if
 decode-refusal``, ``--step-overhead 0``, ``--cost-model FILE``). Effective capacity comes

@@ -1,6 +1,7 @@
 """Render docs/performance.md from the results the benchmarks saved.
 
-Usage: python benchmarks/report.py [--results benchmarks/results] [--out docs/performance.md] [--no-plots]
+Usage: python benchmarks/report.py [--results benchmarks/results] [--out docs/performance.md]
+                                  [--no-plots]
 
 Every ``benchmarks/results/*.json`` (written by a benchmark run with ``--save-results``,
 format in ``benchmarks/results.py``) becomes one section: a table of its claims (the

@@ -1,6 +1,7 @@
 """Store and transfer throughput, each next to a baseline measured in the same run.
 
-    python benchmarks/store_bench.py [--reps 5] [--total-mib 128] [--sizes tiny,tiny-512,70b] [--dask] [--variants]
+    python benchmarks/store_bench.py [--reps 5] [--total-mib 128] [--sizes tiny,tiny-512,70b]
+                                     [--dask] [--variants]
     python benchmarks/store_bench.py --between-hosts [--reps 5] [--sizes ...]   # as root
 
 ``--between-hosts`` measures the TCP rows between two test hosts (network namespaces

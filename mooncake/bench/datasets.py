@@ -109,8 +109,10 @@ def mooncake_trace_dataset(
     """Replay the first ``num_prompts`` records of a Mooncake trace file.
 
     Args:
-        path: JSON Lines trace (``timestamp`` ms, ``input_length``, ``output_length``, ``hash_ids``).
-        time_scale: arrival times are ``timestamp / 1000 · time_scale`` seconds (0.1: ten times faster).
+        path: JSON Lines trace (``timestamp`` ms, ``input_length``, ``output_length``,
+            ``hash_ids``).
+        time_scale: arrival times are ``timestamp / 1000 · time_scale`` seconds (0.1: ten
+            times faster).
         length_scale: block, prompt and output lengths are multiplied by this (at least 1 token).
         max_input_len: prompts are cut to this many tokens (keeps the shared prefix).
         max_output_len: outputs are capped at this many tokens.

@@ -1,8 +1,8 @@
 """The messages the scheduler publishes when a mooncake worker joins or leaves.
 
 Clients subscribe to ``TOPIC`` (a Dask event topic): they move or fail the requests
-that were placed on a worker that left, and learn about new (restarted) workers. One typed form, built and parsed here; on the wire it is a
-plain dict (Dask events travel as msgpack).
+that were placed on a worker that left, and learn about new (restarted) workers. One typed form,
+built and parsed here; on the wire it is a plain dict (Dask events travel as msgpack).
 """
 
 from __future__ import annotations

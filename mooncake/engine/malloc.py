@@ -5,8 +5,8 @@ An engine step allocates and frees the same large activation buffers every layer
 buffers above the (dynamic) mmap threshold are mapped and unmapped each time and the
 heap top is trimmed back to the OS, so the next layer page-faults the same memory in
 again, which costs a noticeable share of a long prefill's CPU time. Raising the
-thresholds once makes those buffers come back from malloc's free lists instead. vLLM's CPU backend gets the same effect by preloading
-tcmalloc.
+thresholds once makes those buffers come back from malloc's free lists instead. vLLM's CPU backend
+gets the same effect by preloading tcmalloc.
 """
 
 from __future__ import annotations

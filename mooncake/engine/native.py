@@ -3,10 +3,10 @@
 ``csrc/cpu_kernels.c`` holds the engine's float32 CPU kernels: decode and prefill
 attention reading K/V in place from the paged cache, residual add + RMSNorm, rotary
 embedding and SiLU-and-mul. It is plain C with OpenMP, built with ``-O3`` for this CPU
-(or the instruction set ``$MOONCAKE_KERNEL_ISA`` names) into a shared library cached by :mod:`mooncake.native_build` (under
-``$MOONCAKE_KERNEL_CACHE``, keyed by source, flags, compiler and CPU flags). It links
-the same ``libgomp.so.1`` torch has already loaded, so it shares torch's thread pool
-instead of starting a second one that would spin against it.
+(or the instruction set ``$MOONCAKE_KERNEL_ISA`` names) into a shared library cached by
+:mod:`mooncake.native_build` (under ``$MOONCAKE_KERNEL_CACHE``, keyed by source, flags,
+compiler and CPU flags). It links the same ``libgomp.so.1`` torch has already loaded, so
+it shares torch's thread pool instead of starting a second one that would spin against it.
 
 Without a compiler, on another OS, or with ``MOONCAKE_NATIVE_KERNELS=0``, :func:`kernels`
 returns ``None`` and the engine uses torch ops (same results, slower on CPU)."""

@@ -60,7 +60,8 @@ class RotaryTable:
         self.sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(dtype=dtype, device=device)
 
     def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, signed sin ``[T, 1, head_dim]`` for ``positions: [T]`` (once per step, all layers)."""
+        """cos, signed sin ``[T, 1, head_dim]`` for ``positions: [T]``
+        (once per step, all layers)."""
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 

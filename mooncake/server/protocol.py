@@ -277,7 +277,8 @@ class ChatCompletionResponse(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int
     delta: dict[str, str]
-    """``{"role": "assistant", "content": ""}`` first, then ``{"content": text}``, ``{}`` at the end."""
+    """``{"role": "assistant", "content": ""}`` first, then ``{"content": text}``,
+    ``{}`` at the end."""
     logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length", "abort"] | None = None
     stop_reason: int | str | None = None

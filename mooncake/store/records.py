@@ -3,7 +3,8 @@
 Layout (tier format 2; docs/store.md)::
 
     header (its own length at bytes 8..12) | zero padding | payload
-    0                                      hlen           payload_offset(hlen) = hlen rounded up to 64
+    0                                      hlen           payload_offset(hlen)
+                                                          = hlen rounded up to 64
 
 One record means one LMDB lookup per block (a tier read, the block server) and one
 iovec per block on the wire; the payload sits at a 64-byte aligned offset of the

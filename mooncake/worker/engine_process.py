@@ -1,4 +1,5 @@
-"""Entry point of a worker's engine process: ``python -m mooncake.worker.engine_process FD PARENT_PID``.
+"""Entry point of a worker's engine process:
+``python -m mooncake.worker.engine_process FD PARENT_PID``.
 
 The worker starts it (``EngineClient``) with one end of a socket pair as ``FD``, sends
 ``("init", EngineConfig, options)``, and gets ``("ready", info, load)`` once the model is

@@ -48,7 +48,8 @@ def _trace(tmp_path: Path) -> Path:
 
 
 def test_trace_replay_maps_hash_ids_to_blocks(tmp_path: Path) -> None:
-    """The same hash id becomes the same token block; lengths and times are scaled; times start at 0."""
+    """The same hash id becomes the same token block; lengths and times
+    are scaled; times start at 0."""
     reqs = mooncake_trace_dataset(_trace(tmp_path), time_scale=0.5, length_scale=1 / 32)
     block = 16  # 512 / 32
     assert [r.prompt_len for r in reqs] == [round(1200 / 32), round(700 / 32), round(300 / 32)]

@@ -32,8 +32,8 @@ def test_export_round_trip_reproduces_the_fitted_times(
     tiny_cost: CostModel, tmp_path: Path
 ) -> None:
     """Exported as JSON and loaded again, the cost model's prefill time equals the live
-    estimator's estimate (well above the prior, toward the observed 3×) and its transfer uses the learned
-    bandwidth; the document carries the schema version and the observation count."""
+    estimator's estimate (well above the prior, toward the observed 3×) and its transfer uses the
+    learned bandwidth; the document carries the schema version and the observation count."""
     c = fitted(tiny_cost)
     doc = export_cost_model(c)
     assert doc["schema_version"] == COST_MODEL_SCHEMA_VERSION and doc["prefill_observations"] == 64

@@ -66,7 +66,8 @@ def test_with_prefix_cache_hits(tiny_llama, expected):
 
 
 def test_with_chunked_prefill_and_small_budget(tiny_llama, expected):
-    """Chunks of 24 tokens and a 64-token step budget: prefill spans many steps, mixed with decodes."""
+    """Chunks of 24 tokens and a 64-token step budget: prefill spans
+    many steps, mixed with decodes."""
     engine = _engine(tiny_llama, long_prefill_chunk=24, max_num_batched_tokens=64)
     outs = engine.generate(_prompts(), GREEDY)
     assert [o.token_ids for o in outs] == expected

@@ -29,7 +29,8 @@ def engine_greedy(chat_checkpoint: Path) -> list[int]:
 def test_greedy_output_equals_engine(
     client: openai.OpenAI, model_name: str, engine_greedy: list[int]
 ) -> None:
-    """Greedy tokens served over HTTP equal the engine's own greedy tokens for the same prompt ids."""
+    """Greedy tokens served over HTTP equal the engine's own greedy
+    tokens for the same prompt ids."""
     resp = client.completions.create(
         model=model_name,
         prompt=PROMPT_IDS,

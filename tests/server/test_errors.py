@@ -41,7 +41,8 @@ def test_validation_error_names_field(
 
 
 def test_malformed_bodies(server: ServerThread) -> None:
-    """Missing prompt, wrong types, empty messages and invalid JSON are 400s naming what is wrong."""
+    """Missing prompt, wrong types, empty messages and invalid JSON
+    are 400s naming what is wrong."""
     url = f"{server.base_url}/v1"
     cases = [
         ("completions", {"model": None}, "prompt"),
@@ -68,8 +69,8 @@ def test_unknown_model_404(client: openai.OpenAI) -> None:
 
 
 def test_context_too_long_400(client: openai.OpenAI, model_name: str, llm: object) -> None:
-    """A prompt (or prompt + max_tokens) beyond the context limit is a 400, code context_length_exceeded,
-    streaming or not."""
+    """A prompt (or prompt + max_tokens) beyond the context limit is a 400, code
+    context_length_exceeded, streaming or not."""
     limit = llm.max_model_len  # type: ignore[attr-defined]
     for kwargs in (
         {"prompt": [65] * limit},

@@ -19,7 +19,8 @@ from tests.store.kvfactories import TINY, make_chain
 
 
 def test_header_round_trip_keeps_every_field() -> None:
-    """Encoding then decoding a header gives back key, parent, tokens, shape, dtype, fingerprint, position."""
+    """Encoding then decoding a header gives back key, parent, tokens, shape,
+    dtype, fingerprint, position."""
     b = make_chain(2)[1]
     hdr, payload = encode(b, position=1)
     h = decode_header(hdr)
@@ -36,7 +37,8 @@ def test_header_round_trip_keeps_every_field() -> None:
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
 def test_object_views_payload_without_copy(dtype: str) -> None:
-    """A block object over a payload buffer exposes numpy/Arrow views of the same memory, byte-identical."""
+    """A block object over a payload buffer exposes numpy/Arrow views of the
+    same memory, byte-identical."""
     spec = KVBlockSpec(num_layers=3, num_kv_heads=2, head_dim=4, block_size=4, dtype=dtype)  # type: ignore[arg-type]
     b = make_chain(1, spec)[0]
     hdr, payload = encode(b)
@@ -86,7 +88,8 @@ def test_block_object_sizes() -> None:
 
 @pytest.mark.parametrize("nbytes", [8, 4096 * 3, 4096 * 3 + 24, 4096 * 3 + 5, 32 * 1024])
 def test_sum64_sees_every_single_bit_flip_and_page_damage(nbytes: int) -> None:
-    """sum64 changes for any flipped bit (sampled over every byte), a swapped, zeroed or stale page, and a tail byte."""
+    """sum64 changes for any flipped bit (sampled over every byte), a swapped, zeroed or
+    stale page, and a tail byte."""
     rng = np.random.default_rng(nbytes)
     buf = bytearray(rng.integers(0, 256, size=nbytes, dtype=np.uint8).tobytes())
     ref = sum64(buf)
@@ -118,7 +121,8 @@ def test_checksum_algorithm_is_recorded_in_the_header(algo: str) -> None:
 
 
 def test_export_from_objects_rebuilds_an_importable_export() -> None:
-    """Blocks of one chain become a KVExport with their tokens in order; a broken chain is refused."""
+    """Blocks of one chain become a KVExport with their tokens in
+    order; a broken chain is refused."""
     from mooncake.store.block_object import export_from_objects
 
     chain = make_chain(3)

@@ -7,7 +7,8 @@ from tests.store.kvfactories import make_chain, store_config
 
 
 def test_listener_sees_every_change_in_order(host_dir: str, ssd_dir: str) -> None:
-    """A subscriber gets stored / moved / removed events in order, and nothing after unsubscribing."""
+    """A subscriber gets stored / moved / removed events in order, and
+    nothing after unsubscribing."""
     blocks = make_chain(3)
     seen: list[StoreEvent] = []
     with BlockStore(store_config(host_dir, ssd_dir, host_blocks=2, ssd_blocks=8)) as store:
@@ -37,7 +38,8 @@ def test_bounded_buffer_counts_what_it_dropped() -> None:
 
 
 def test_presence_changes_feed_a_global_index() -> None:
-    """stored/removed collapse per key (last wins); moved changes nothing; order of first appearance kept."""
+    """stored/removed collapse per key (last wins); moved changes nothing;
+    order of first appearance kept."""
     from mooncake.store.events import presence_changes
 
     a, b, c = (BlockKey(bytes([i]) * 16) for i in range(3))

@@ -17,7 +17,8 @@ CTX = mp.get_context("spawn")
 
 
 def test_two_processes_read_the_same_host_tier_object_zero_copy(host_dir: str) -> None:
-    """Two other processes read the blocks this process wrote, byte-identical, straight from their map of the LMDB file."""
+    """Two other processes read the blocks this process wrote, byte-identical, straight from
+    their map of the LMDB file."""
     blocks = make_chain(6)
     keys: list[BlockKey] = [b.key for b in blocks]  # type: ignore[misc]
     expected = [hashlib.sha256(b.data.tobytes()).hexdigest() for b in blocks]
@@ -42,7 +43,8 @@ def test_two_processes_read_the_same_host_tier_object_zero_copy(host_dir: str) -
 
 def test_kill_9_mid_put_leaves_a_consistent_store(host_dir: str, ssd_dir: str) -> None:
     """A writer (puts, demotions, promotions) is SIGKILLed at random moments three times; after each
-    reopen every acknowledged block is present, every stored block reads back intact, accounting adds up."""
+    reopen every acknowledged block is present, every stored block reads back
+    intact, accounting adds up."""
     spec = procs.CRASH_SPEC
     cfg = store_config(host_dir, ssd_dir, host_blocks=24, ssd_blocks=48, spec=spec)
     rng = random.Random(1234)

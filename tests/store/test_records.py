@@ -77,7 +77,8 @@ def _check(recs: list[bytes], keys: list[BlockKey]) -> list[BlockObject | Corrup
 
 
 def test_record_layout_puts_the_payload_at_an_aligned_offset() -> None:
-    """header | zero padding | payload, the payload 64-byte aligned in the record; split gives both back."""
+    """header | zero padding | payload, the payload 64-byte aligned in the
+    record; split gives both back."""
     b = make_chain(1)[0]
     hdr, payload = encode(b)
     rec = bytes(pack_record(hdr, payload))
@@ -259,7 +260,8 @@ def test_recv_records_sums_records_longer_than_a_chunk_as_they_arrive(
 
 
 def test_recv_records_reports_a_cut_stream_and_a_timeout(impl: str) -> None:
-    """A peer that closes midway, and one that stops sending, are TransferErrors (never a partial success)."""
+    """A peer that closes midway, and one that stops sending, are
+    TransferErrors (never a partial success)."""
     recs, keys = _records(4)
     rlens = np.array([len(r) for r in recs], dtype=np.uint64)
     buf = np.empty(int(rlens.sum()), dtype=np.uint8)
@@ -295,7 +297,8 @@ def test_block_with_broken_framing_at_rest_is_a_miss(host_dir: str, impl: str) -
 
 
 def _write_format_1_tier(path: str, n: int) -> None:
-    """A tier as the previous layout wrote it: header and payload as two records, no format record."""
+    """A tier as the previous layout wrote it: header and payload as
+    two records, no format record."""
     env = lmdb.open(path, map_size=64 << 20, subdir=True, max_dbs=4)
     hdr, data, meta = (env.open_db(name) for name in (b"hdr", b"data", b"meta"))
     with env.begin(write=True) as txn:
@@ -355,7 +358,8 @@ def _store_in_subprocess(env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 
 def test_records_lib_disabled_by_environment() -> None:
-    """MOONCAKE_NATIVE_KERNELS=0: no compiled record checks, and a store still puts and reads its blocks (numpy twins)."""
+    """MOONCAKE_NATIVE_KERNELS=0: no compiled record checks, and a store still puts and
+    reads its blocks (numpy twins)."""
     assert _store_in_subprocess({"MOONCAKE_NATIVE_KERNELS": "0"}).stdout.split() == ["True", "True"]
 
 

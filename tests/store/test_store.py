@@ -32,7 +32,8 @@ def test_put_get_round_trip_is_byte_identical(tier: str, host_dir: str, ssd_dir:
 
 
 def test_get_returns_read_only_zero_copy_view_that_survives_delete(host_dir: str) -> None:
-    """The numpy view is read-only, and stays intact after the block is deleted and overwritten (MVCC)."""
+    """The numpy view is read-only, and stays intact after the block is
+    deleted and overwritten (MVCC)."""
     a, b = make_chain(2)
     with BlockStore(store_config(host_dir)) as store:
         store.put(a)
@@ -45,7 +46,8 @@ def test_get_returns_read_only_zero_copy_view_that_survives_delete(host_dir: str
 
 
 def test_batch_forms_and_match_prefix(host_dir: str, ssd_dir: str) -> None:
-    """put_many/contains_many/delete_many agree; match_prefix stops at the first gap and reports tiers."""
+    """put_many/contains_many/delete_many agree; match_prefix stops at the
+    first gap and reports tiers."""
     blocks = make_chain(6)
     keys = [b.key for b in blocks]
     with BlockStore(store_config(host_dir, ssd_dir, host_blocks=2)) as store:
@@ -76,7 +78,8 @@ def test_capacity_limit_and_lru_order(host_dir: str) -> None:
 
 
 def test_demotion_to_ssd_and_promotion_on_hit(host_dir: str, ssd_dir: str) -> None:
-    """Host full -> LRU block moves to SSD; reading it from SSD moves it back to host; bytes intact."""
+    """Host full -> LRU block moves to SSD; reading it from SSD moves it
+    back to host; bytes intact."""
     blocks = make_chain(3)
     k = [b.key for b in blocks]
     with BlockStore(store_config(host_dir, ssd_dir, host_blocks=2, ssd_blocks=4)) as store:
@@ -107,7 +110,8 @@ def test_ssd_full_drops_lru_block(host_dir: str, ssd_dir: str) -> None:
 
 
 def test_lease_blocks_eviction_until_it_expires(host_dir: str) -> None:
-    """A leased block is skipped by eviction; once every block is leased puts are rejected; expiry frees them."""
+    """A leased block is skipped by eviction; once every block is leased puts are
+    rejected; expiry frees them."""
     clock = FakeClock()
     blocks = make_chain(4)
     k = [b.key for b in blocks]
@@ -130,7 +134,8 @@ def test_lease_blocks_eviction_until_it_expires(host_dir: str) -> None:
 def test_corrupted_value_is_a_counted_miss_and_deleted(
     tier: str, what: str, host_dir: str, ssd_dir: str
 ) -> None:
-    """A flipped byte in a stored payload or header is never returned: miss, counted, deleted, event emitted."""
+    """A flipped byte in a stored payload or header is never returned: miss,
+    counted, deleted, event emitted."""
     cfg = store_config(host_dir if tier == "host" else None, ssd_dir if tier == "ssd" else None)
     a, b = make_chain(2)
     with BlockStore(cfg) as store:
@@ -207,7 +212,8 @@ def test_block_larger_than_tier_is_rejected(host_dir: str) -> None:
 
 
 def test_crc32_store_reads_blocks_of_either_algorithm(host_dir: str) -> None:
-    """A store configured for crc32 writes crc32 headers and still reads sum64 blocks written before."""
+    """A store configured for crc32 writes crc32 headers and still reads
+    sum64 blocks written before."""
     a, b = make_chain(2)
     with BlockStore(store_config(host_dir)) as store:
         store.put(a)
@@ -249,7 +255,8 @@ def test_map_pinned_by_an_open_view_refuses_writes_then_recovers(host_dir: str) 
 
 
 def test_a_tier_has_one_writing_store_at_a_time(host_dir: str) -> None:
-    """A second writing store on the same tier is refused while the first is open, allowed after it closes."""
+    """A second writing store on the same tier is refused while the first is
+    open, allowed after it closes."""
     from mooncake.store.tier import TierOwnedError
 
     cfg = store_config(host_dir)

@@ -21,7 +21,8 @@ def test_tier_config_names_bad_field(kwargs: dict[str, object], field: str) -> N
 
 
 def test_store_config_validation_and_strict_parse() -> None:
-    """Bad policy, no tiers, same path twice, and unknown keys are all rejected; nested dicts parse."""
+    """Bad policy, no tiers, same path twice, and unknown keys are all
+    rejected; nested dicts parse."""
     t = TierConfig(path="/a", capacity_bytes=10)
     with pytest.raises(ValueError, match=r"^eviction:"):
         StoreConfig(host=t, eviction="fifo")  # type: ignore[arg-type]

@@ -60,7 +60,8 @@ def prefilled(tiny_llama: Path) -> tuple[list[list[int]], list[KVExport]]:
 def _continue(
     b: LLMEngine, prompt: list[int], export: KVExport, objs: list[BlockObject | None]
 ) -> list[int]:
-    """Engine B imports the fetched blocks (full blocks only) and continues after the prefill's token."""
+    """Engine B imports the fetched blocks (full blocks only) and
+    continues after the prefill's token."""
     kv = export_from_objects([o for o in objs if o is not None])
     n = kv.num_tokens
     before = b.stats.num_prompt_tokens_cached
@@ -92,8 +93,8 @@ def _check_identical(export: KVExport, blocks: list[KVBlock]) -> None:
 def test_round_trip_through_each_tier(
     tiers: str, prefilled: Any, engine_b: LLMEngine, shm_dir: Path, tmp_path: Path
 ) -> None:
-    """put_export -> get_many per tier (host+ssd: a 1-block host tier demotes, reads promote) is byte-identical
-    and the continuation equals the single-engine one."""
+    """put_export -> get_many per tier (host+ssd: a 1-block host tier demotes, reads promote) is
+    byte-identical and the continuation equals the single-engine one."""
     reference, exports = prefilled
     per = exports[0].spec.bytes_per_block + 4096
     host = TierConfig(

@@ -74,7 +74,8 @@ def served(host_dir: str) -> Any:
 
 
 def test_tcp_round_trip_is_byte_identical_and_pipelined(served: Any, shm_dir: Any) -> None:
-    """10 blocks in 4 pipelined frames over 127.0.0.1 arrive byte-identical, in order; an unknown key is a miss."""
+    """10 blocks in 4 pipelined frames over 127.0.0.1 arrive byte-identical, in
+    order; an unknown key is a miss."""
     blocks, _, server = served
     unknown = BlockKey(b"\x01" * 16)
     with tcp_fetcher() as f:
@@ -100,7 +101,8 @@ def test_tcp_round_trip_is_byte_identical_and_pipelined(served: Any, shm_dir: An
 
 
 def test_corrupt_on_the_wire_is_retried_then_reported_missing(served: Any) -> None:
-    """A payload corrupted once is re-fetched on a fresh connection; one corrupted every time is a miss, never data."""
+    """A payload corrupted once is re-fetched on a fresh connection; one corrupted every
+    time is a miss, never data."""
     blocks, _, server = served
     k = keys_of(blocks)
     server.corrupt = {k[2]: 1, k[5]: 99}
@@ -115,7 +117,8 @@ def test_corrupt_on_the_wire_is_retried_then_reported_missing(served: Any) -> No
 
 
 def test_connection_lost_midway_keeps_what_arrived_and_retries_the_rest(served: Any) -> None:
-    """The server drops the connection before block 6 (its batch is 6-8): blocks 0-5 are kept, 6-9 come on the retry."""
+    """The server drops the connection before block 6 (its batch is 6-8): blocks 0-5 are
+    kept, 6-9 come on the retry."""
     blocks, _, server = served
     k = keys_of(blocks)
     server.cut_before = {k[6]: 1}
@@ -150,7 +153,8 @@ def test_same_host_peer_reads_the_shared_tier_zero_copy(served: Any) -> None:
 
 
 def test_shm_miss_falls_back_to_tcp(host_dir: str, ssd_dir: str) -> None:
-    """Blocks demoted to the peer's SSD are not in its host tier: the retry over TCP fetches them."""
+    """Blocks demoted to the peer's SSD are not in its host tier: the
+    retry over TCP fetches them."""
     blocks = make_chain(4)
     with (
         BlockStore(store_config(host_dir, ssd_dir, host_blocks=2)) as store,
@@ -166,7 +170,8 @@ def test_shm_miss_falls_back_to_tcp(host_dir: str, ssd_dir: str) -> None:
 
 
 def test_fetch_from_a_server_in_another_process(shm_dir: Any) -> None:
-    """A worker process serves its store over TCP; this process fetches every block byte-identical."""
+    """A worker process serves its store over TCP; this process fetches
+    every block byte-identical."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     cfg = store_config(str(shm_dir / "peer"))
@@ -216,7 +221,8 @@ def test_fetch_without_the_cluster_secret_is_refused(shm_dir: Any) -> None:
 
 
 def test_block_corrupted_in_the_peer_store_is_never_delivered(served: Any) -> None:
-    """The server forwards stored bytes unchecked; a block damaged at rest fails the receiver's check twice and is a miss."""
+    """The server forwards stored bytes unchecked; a block damaged at rest fails the
+    receiver's check twice and is a miss."""
     blocks, store, server = served
     k = keys_of(blocks)
     txn = store.tiers["host"].begin_read()
@@ -286,7 +292,8 @@ def test_later_frames_ask_for_batch_bytes_at_the_record_size_the_first_showed(
 
 
 def test_one_response_with_blocks_of_different_shapes(host_dir: str) -> None:
-    """A response mixing 32 KiB and 512 B blocks (no common size: summed block by block) arrives intact."""
+    """A response mixing 32 KiB and 512 B blocks (no common size: summed
+    block by block) arrives intact."""
     small, paged = make_chain(3, seed=1), make_chain(3, PAGED, seed=2)
     mixed = [small[0], paged[0], small[1], paged[1], paged[2], small[2]]
     with (
@@ -313,7 +320,8 @@ def test_one_response_with_blocks_of_different_shapes(host_dir: str) -> None:
     ],
 )
 def test_malformed_response_table_is_rejected(entries: list[tuple[int, int]]) -> None:
-    """parse_table refuses a table the receiver cannot trust: the connection is dropped, nothing is used."""
+    """parse_table refuses a table the receiver cannot trust: the connection
+    is dropped, nothing is used."""
     meta = b"".join(proto.ENTRY.pack(*e) for e in entries)
     with pytest.raises(TransferError):
         proto.parse_table(meta, len(entries), total=8)

@@ -31,7 +31,8 @@ NO_RDMA_REASON = (
 
 @pytest.mark.skipif(not HAVE_RDMA, reason=NO_RDMA_REASON)
 def test_rdma_round_trip_is_byte_identical(host_dir: str) -> None:
-    """On a host with an RDMA device: blocks move by RDMA READ, byte-identical, with no TCP retry."""
+    """On a host with an RDMA device: blocks move by RDMA READ,
+    byte-identical, with no TCP retry."""
     blocks = make_chain(20)
     cfg = TransferConfig(backend="rdma", listen_host="127.0.0.1", batch_blocks=8)
     with BlockStore(store_config(host_dir)) as store, BlockServer(store, cfg) as server:
@@ -45,7 +46,8 @@ def test_rdma_round_trip_is_byte_identical(host_dir: str) -> None:
 
 
 def test_server_without_rdma_refuses_hello_and_keeps_serving_tcp(host_dir: str) -> None:
-    """An RDMA hello to a server that cannot do RDMA gets a refusal; the same connection then serves a TCP request."""
+    """An RDMA hello to a server that cannot do RDMA gets a refusal; the same
+    connection then serves a TCP request."""
     blocks = make_chain(2)
     cfg = TransferConfig()
     with BlockStore(store_config(host_dir)) as store, BlockServer(store, cfg) as server:
@@ -67,7 +69,8 @@ def test_server_without_rdma_refuses_hello_and_keeps_serving_tcp(host_dir: str) 
 def test_rdma_selected_but_unusable_falls_back_to_tcp(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """auto picks RDMA (a device is listed, pyverbs claimed) but the backend cannot start: TCP, logged."""
+    """auto picks RDMA (a device is listed, pyverbs claimed) but the
+    backend cannot start: TCP, logged."""
     (tmp_path / "mlx5_0").mkdir()
     monkeypatch.setattr(select, "pyverbs_available", lambda: True)
     cfg = TransferConfig(rdma_sysfs=str(tmp_path))
