@@ -62,10 +62,10 @@ def run_mooncake(
         model,
         prefill_workers=1,
         decode_workers=1,
-        mode=mode,
+        mode=mode,  # type: ignore[arg-type]
         engine_config=ec,
         dashboard_address=None,
-    ) as llm:  # type: ignore[arg-type]
+    ) as llm:
         t0 = time.perf_counter()
         outs = llm.generate(prompts, params, use_tqdm=False, order=order)  # type: ignore[arg-type]
         dt = time.perf_counter() - t0

@@ -30,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     for module, fn in _SUBCOMMANDS:
-        add: Callable[[argparse._SubParsersAction], None] = getattr(
+        add: Callable[[argparse._SubParsersAction], None] = getattr(  # type: ignore[type-arg]
             importlib.import_module(module), fn
-        )  # type: ignore[type-arg]
+        )
         add(sub)
     return parser
 

@@ -57,8 +57,10 @@ def test_predictive_admits_what_early_rejects(tiny_cost: CostModel) -> None:
 
     def build(admission: str) -> Conductor:
         cfg = ConductorConfig(
-            prefill_policy="load_balancing", admission=admission, decode_token_time_s=0.01
-        )  # type: ignore[arg-type]
+            prefill_policy="load_balancing",
+            admission=admission,  # type: ignore[arg-type]
+            decode_token_time_s=0.01,
+        )
         c = Conductor(cfg, ["P"], {"D": 1000}, tiny_cost)
         assert isinstance(c.place(req("old", 400, (1,), 500), 0.0), Placement)
         c.on_prefill_start("old", 0.0)

@@ -16,11 +16,11 @@ def test_chat_uses_template(
     reply is an assistant message."""
     resp = client.chat.completions.create(
         model=model_name,
-        messages=MESSAGES,
+        messages=MESSAGES,  # type: ignore[arg-type]
         max_tokens=5,
         temperature=0,
         extra_body={"ignore_eos": True},
-    )  # type: ignore[arg-type]
+    )
     tok = Tokenizer(chat_checkpoint)  # type: ignore[arg-type]
     rendered = tok.apply_chat_template(MESSAGES)
     assert resp.usage is not None
@@ -43,10 +43,10 @@ def test_chat_stream_matches(client: openai.OpenAI, model_name: str) -> None:
     )
     full = client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
     chunks = list(
-        client.chat.completions.create(
+        client.chat.completions.create(  # type: ignore[call-overload]
             stream=True, stream_options={"include_usage": True}, **kwargs
         )
-    )  # type: ignore[call-overload]
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.choices[0].message.content
@@ -58,13 +58,13 @@ def test_chat_logprobs(client: openai.OpenAI, model_name: str) -> None:
     """logprobs with top_logprobs=3: one entry per token, each with 3 alternatives."""
     resp = client.chat.completions.create(
         model=model_name,
-        messages=MESSAGES,
+        messages=MESSAGES,  # type: ignore[arg-type]
         max_tokens=3,
         temperature=0,
         logprobs=True,
         top_logprobs=3,
         extra_body={"ignore_eos": True},
-    )  # type: ignore[arg-type]
+    )
     content = resp.choices[0].logprobs.content  # type: ignore[union-attr]
     assert content is not None and len(content) == 3
     assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)

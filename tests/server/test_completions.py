@@ -58,8 +58,8 @@ def test_text_prompt_and_stream_agree(client: openai.OpenAI, model_name: str) ->
     )
     full = client.completions.create(**kwargs)  # type: ignore[call-overload]
     chunks = list(
-        client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs)
-    )  # type: ignore[call-overload]
+        client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs)  # type: ignore[call-overload]
+    )
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == full.choices[0].text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"

@@ -307,12 +307,12 @@ def _write_format_1_tier(path: str, n: int) -> None:
             txn.put(b.key, h, db=hdr)  # type: ignore[arg-type]
             txn.put(b.key, bytes(p), db=data)  # type: ignore[arg-type]
             txn.put(
-                b.key,
+                b.key,  # type: ignore[arg-type]
                 (i + 1).to_bytes(8, "little")
                 + (len(h) + p.nbytes).to_bytes(8, "little")
                 + bytes(8),
                 db=meta,
-            )  # type: ignore[arg-type]
+            )
     env.close()
 
 
