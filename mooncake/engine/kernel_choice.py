@@ -305,4 +305,83 @@ def choose(nk: NativeKernels, shape: KernelShape) -> KernelChoice:
     return choice
 
 
-__all__ = ["MARGIN", "TUNE_ENV", "KernelChoice", "KernelShape", "choose", "measure"]
+def _linear_case(
+    shapes: list[tuple[int, int]], rows: int, g: torch.Generator, reps: int
+) -> tuple[float, float]:
+    """One step's projections of ``rows`` activations: oneDNN (weights ``[out, in]``) vs
+    MKL's ``x @ W_t`` (weights ``[in, out]``, the engine's default layout)."""
+    from mooncake.engine.model import onednn_linear
+
+    xs = {k: torch.randn(rows, k, generator=g) for k, _ in shapes}
+    ws = [torch.randn(n, k, generator=g) for k, n in shapes]
+    wts = [w.t().contiguous() for w in ws]
+
+    def dnn() -> None:
+        for (k, _), w in zip(shapes, ws):
+            onednn_linear(xs[k], w, None)
+
+    def mkl() -> None:
+        for (k, _), wt in zip(shapes, wts):
+            torch.mm(xs[k], wt)
+
+    return _best_pair(dnn, mkl, reps)
+
+
+def choose_onednn_linear(shapes: list[tuple[int, int]], threads: int, reps: int = 5) -> bool:
+    """Whether oneDNN's GEMM runs this model's projections (``(in, out)`` each, the LM
+    head included) more than :data:`MARGIN` times faster than MKL on this CPU, for a
+    16-row decode step and a 256-row prefill chunk together; measured on one thread
+    once and cached (keyed by torch's version, the CPU's flags, the shapes and the
+    engine's thread count). ``False`` where torch has no oneDNN linear or
+    ``$MOONCAKE_KERNEL_TUNE`` is ``0``."""
+    from mooncake.engine.model import onednn_available
+
+    if os.environ.get(TUNE_ENV, "1") == "0" or not onednn_available():
+        return False
+    import hashlib
+
+    facts = f"{torch.__version__}|{native_build.cpu_flags()}|{shapes}|{threads}"
+    key = hashlib.sha256(facts.encode()).hexdigest()[:16]
+    path = native_build.cache_dir() / f"linear-v{CACHE_VERSION}-{key}.json"
+    try:
+        return bool(json.loads(path.read_text())["onednn"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            g = torch.Generator().manual_seed(3)
+            pairs = [_linear_case(shapes, rows, g, reps) for rows in (16, 256)]
+    except RuntimeError as e:  # a oneDNN build that refuses these shapes: stay on MKL
+        log.warning("oneDNN linear unavailable here (%s); projections stay on MKL", e)
+        return False
+    finally:
+        torch.set_num_threads(before)
+    dnn, mkl = _sum(pairs)
+    pick = dnn * MARGIN < mkl
+    log.info(
+        "projections through %s (oneDNN %.2f ms, MKL %.2f ms)",
+        "oneDNN" if pick else "MKL",
+        dnn * 1e3,
+        mkl * 1e3,
+    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"onednn": pick, "onednn_ms": dnn * 1e3, "mkl_ms": mkl * 1e3}))
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("oneDNN linear choice not cached (%s)", e)
+    return pick
+
+
+__all__ = [
+    "MARGIN",
+    "TUNE_ENV",
+    "KernelChoice",
+    "KernelShape",
+    "choose",
+    "choose_onednn_linear",
+    "measure",
+]

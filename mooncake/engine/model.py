@@ -32,19 +32,42 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(dtype)
 
 
+def onednn_available() -> bool:
+    """Whether torch ships oneDNN's fp32 linear (``mkldnn._linear_pointwise``)."""
+    ops = torch.ops.mkldnn
+    return bool(torch.backends.mkldnn.is_available()) and hasattr(ops, "_linear_pointwise")  # type: ignore[no-untyped-call]
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x W^T + b`` through oneDNN (x: ``[T, in]``, weight: ``[out, in]`` contiguous)."""
+    y: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return y
+
+
 class Linear(nn.Module):
     """``y = x W^T + b`` with W stored transposed (``weight_t``: ``[in, out]``).
 
     With the weight row-major in ``[in, out]`` the BLAS call is a plain ``x @ W_t``, which
     MKL runs faster than ``nn.Linear``'s ``x @ W^T`` for the few-row activations of
     decode steps, and as fast for one row or prefill-sized ones
-    (``benchmarks/kernel_bench.py`` compares both).
+    (``benchmarks/kernel_bench.py`` compares both). Where oneDNN's GEMM is faster (MKL
+    takes slow paths on AMD CPUs; ``mooncake.engine.kernel_choice`` measures it),
+    :meth:`use_onednn` lays the weight out ``[out, in]`` for it instead.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
         super().__init__()
         self.weight_t = nn.Parameter(torch.empty(in_features, out_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.onednn = False
+
+    def use_onednn(self) -> None:
+        """Run through oneDNN from now on: the same values, stored ``[out, in]``
+        (``weight_t`` becomes a transposed view of it: no second copy)."""
+        with torch.no_grad():
+            w = self.weight_t.detach().t().contiguous()  # [out, in]
+        self.weight_t = nn.Parameter(w.t(), requires_grad=False)
+        self.onednn = True
 
     def load(self, weight: torch.Tensor, bias: torch.Tensor | None, name: str) -> None:
         """Copy a Hugging Face ``[out, in]`` weight (and bias) in."""
@@ -62,6 +85,9 @@ class Linear(nn.Module):
                 self.bias.copy_(bias.to(self.bias.dtype))
 
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out``: where the MKL path writes (the oneDNN one returns a new tensor)."""
+        if self.onednn:
+            return onednn_linear(x, self.weight_t.t(), self.bias)
         if self.bias is None:
             return torch.mm(x, self.weight_t, out=out)
         return torch.addmm(self.bias, x, self.weight_t, out=out)
@@ -156,6 +182,8 @@ class LlamaModel(nn.Module):
         self.lm_head.weight = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        self.lm_dnn = False
+        """The LM head through oneDNN (:meth:`use_onednn`)."""
         self.rope: RotaryTable | None = None
         # gate/up output, the step's largest temporary (over glibc's 32 MB mmap ceiling for
         # a 2048-token step of a 100M model): kept and reused by every layer and step
@@ -223,8 +251,19 @@ class LlamaModel(nn.Module):
         if last_meta is None:
             x = x[logits_indices]  # norm is per-token, so select first
         x = self.norm(x, native)  # [N, H]
-        logits: torch.Tensor = self.lm_head(x).float()
+        if self.lm_dnn:
+            logits: torch.Tensor = onednn_linear(x, self.lm_head.weight, None).float()
+        else:
+            logits = self.lm_head(x).float()
         return logits
+
+    def use_onednn(self) -> None:
+        """Every projection and the LM head through oneDNN's GEMM (CPU, float32)."""
+        for layer in self.layers:
+            assert isinstance(layer, DecoderLayer)
+            for lin in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj):
+                lin.use_onednn()
+        self.lm_dnn = True
 
 
 def load_hf_state_dict(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> None:

@@ -15,7 +15,7 @@ from mooncake.engine.attention import (
     PrefillSegment,
     split_by_length,
 )
-from mooncake.engine.kernel_choice import KernelChoice, KernelShape, choose
+from mooncake.engine.kernel_choice import KernelChoice, KernelShape, choose, choose_onednn_linear
 from mooncake.engine.kv_cache_manager import KVWrite
 from mooncake.engine.model import LlamaModel
 from mooncake.engine.native import NativeKernels, kernels
@@ -76,6 +76,18 @@ class ModelRunner:
                 torch.get_num_threads(),
             )
             self.kernel_choice = choose(self.native, shape)
+        if self.device.type == "cpu" and self.dtype == torch.float32 and not null_model:
+            cfg = model.cfg
+            q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+            projections = [
+                (cfg.hidden_size, q + 2 * kv),
+                (q, cfg.hidden_size),
+                (cfg.hidden_size, 2 * cfg.intermediate_size),
+                (cfg.intermediate_size, cfg.hidden_size),
+                (cfg.hidden_size, cfg.vocab_size),
+            ]
+            if choose_onednn_linear(projections, torch.get_num_threads()):
+                model.use_onednn()
         # Each group of kernels runs only where it was measured faster than torch's ops.
         pick = self.kernel_choice
         self.native_decode = self.native if pick.decode else None

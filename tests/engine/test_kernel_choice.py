@@ -10,7 +10,8 @@ import torch
 
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine, SamplingParams, kernel_choice
-from mooncake.engine.kernel_choice import KernelChoice, KernelShape, choose
+from mooncake.engine.kernel_choice import KernelChoice, KernelShape, choose, choose_onednn_linear
+from mooncake.engine.model import onednn_available
 from mooncake.engine.native import kernels
 from tests.conftest import hf_greedy, hf_model
 
@@ -87,3 +88,43 @@ def test_any_mix_of_kernels_matches_transformers(tiny_llama, monkeypatch, pick):
     model = hf_model(tiny_llama)
     with torch.inference_mode():
         assert got == [hf_greedy(model, p, 24) for p in prompts]
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN linear")
+def test_onednn_projections_match_transformers(tiny_llama, monkeypatch):
+    """With every projection and the LM head through oneDNN (what the measured choice
+    picks where MKL is slower, e.g. on AMD CPUs), greedy output equals transformers';
+    the weights are re-laid out, not copied."""
+    monkeypatch.setattr(
+        "mooncake.engine.model_runner.choose_onednn_linear", lambda shapes, threads: True
+    )
+    engine = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256))
+    layer = engine.runner.model.layers[0]
+    assert layer.qkv_proj.onednn and engine.runner.model.lm_dnn
+    assert layer.qkv_proj.weight_t.t().is_contiguous()  # [out, in] storage, one copy
+    prompts = [[(3 * i + j) % 250 for j in range(n)] for i, n in enumerate([5, 33, 70])]
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    got = [o.token_ids for o in engine.generate(prompts, params)]
+    model = hf_model(tiny_llama)
+    with torch.inference_mode():
+        assert got == [hf_greedy(model, p, 24) for p in prompts]
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN linear")
+def test_onednn_choice_measured_once(tmp_path, monkeypatch):
+    """The oneDNN-vs-MKL choice is measured once, then read from the cache; off when
+    measuring is off."""
+    monkeypatch.setenv("MOONCAKE_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("MOONCAKE_KERNEL_TUNE", "1")
+    shapes = [(64, 128), (128, 64)]
+    first = choose_onednn_linear(shapes, 1, reps=2)
+    [cached] = tmp_path.glob("linear-*.json")
+    assert json.loads(cached.read_text())["onednn"] == first
+    monkeypatch.setattr(
+        kernel_choice,
+        "_linear_case",
+        lambda *a, **k: (_ for _ in ()).throw(AssertionError("measured again")),
+    )
+    assert choose_onednn_linear(shapes, 1, reps=2) == first
+    monkeypatch.setenv("MOONCAKE_KERNEL_TUNE", "0")
+    assert choose_onednn_linear(shapes, 1) is False
