@@ -256,6 +256,18 @@ class OpenAIServing:
             lambda: tokenizer.encode(text, add_special_tokens=add_special_tokens)
         )
 
+    def _decode_prompt(self, ids: list[int]) -> str:
+        """A token-id prompt's text (for ``echo``); ids the tokenizer cannot hold (a
+        huge or negative id) are the caller's error, before the cluster sees them."""
+        if self.tokenizer is None:
+            return ""
+        try:
+            return self.tokenizer.decode(ids)
+        except (OverflowError, ValueError, TypeError) as e:
+            raise errors.bad_request(
+                f"prompt: token ids the tokenizer cannot decode ({e})", "prompt"
+            ) from None
+
     def _check_length(self, ids: list[int], params: SamplingParams, param: str) -> None:
         n, limit = len(ids), self.max_model_len
         if n == 0:
@@ -343,11 +355,7 @@ class OpenAIServing:
             self._check_length(ids, params, "prompt")
             prompts.append(ids)
             if req.echo:
-                echo_texts.append(
-                    p
-                    if isinstance(p, str)
-                    else (self.tokenizer.decode(p) if self.tokenizer else "")
-                )
+                echo_texts.append(p if isinstance(p, str) else self._decode_prompt(p))
         self.metrics.num_requests_running.inc(len(prompts))
         try:
             streams = await self._open_all(prompts, params, request_id, req.cache_salt)

@@ -127,6 +127,21 @@ def test_prompts_per_request_are_capped(server: ServerThread) -> None:
     assert r.status_code == 200 and len(r.json()["choices"]) == 2
 
 
+@pytest.mark.parametrize("ids", [[2**40], [-1], [5, 2**63 - 1]])
+@pytest.mark.parametrize("echo", [True, False])
+def test_token_ids_outside_the_vocabulary_are_a_400(
+    server: ServerThread, ids: list[int], echo: bool
+) -> None:
+    """Token-id prompts with ids no vocabulary has (a regression the fuzz suite found:
+    with ``echo`` the server's own decode raised, a 500): 400 naming ``prompt``."""
+    r = httpx.post(
+        f"{server.base_url}/v1/completions",
+        json={"prompt": ids, "max_tokens": 2, "echo": echo},
+        timeout=60,
+    )
+    assert r.status_code == 400 and str(_error(r)["param"]).startswith("prompt"), r.text
+
+
 @pytest.mark.parametrize(
     ("route", "extra", "param"),
     [
