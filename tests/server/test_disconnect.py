@@ -4,6 +4,7 @@ aborts the request and frees its blocks) and the server's in-flight count return
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import httpx
@@ -81,10 +82,19 @@ def test_non_stream_disconnect_cancels(
         "ignore_eos": True,
         "request_id": "gone-2",
     }
-    try:
-        httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=0.5)
-    except httpx.TimeoutException:
-        pass
+    # The client goes away once the request is streaming inside the cluster client (not
+    # at a fixed time: on a busy machine the request may not have got that far, and then
+    # there is nothing running to cancel).
+    payload = json.dumps(body).encode()
+    host, port = server.base_url.removeprefix("http://").split(":")
+    conn = socket.create_connection((host, int(port)), timeout=10)
+    conn.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    assert _wait_for(lambda: any(k.startswith("gone-2-") for k in list(backend.inner._sinks)))
+    conn.close()
     assert _wait_for(lambda: any(r.startswith("gone-2-") for r in backend.closed_early))
     assert _wait_for(lambda: metric(server.base_url, "mooncake:num_requests_running") == 0)
     assert _wait_for(lambda: _idle(backend))
