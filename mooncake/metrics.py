@@ -57,6 +57,7 @@ REJECTIONS = f"{PREFIX}request_rejected"
 TRANSFER_BYTES = f"{PREFIX}kv_transfer_bytes"
 TRANSFER_SECONDS = f"{PREFIX}kv_transfer_seconds"
 TRANSFER_BANDWIDTH = f"{PREFIX}kv_transfer_bandwidth_bytes_per_second"
+LEASE_EXPIRED = f"{PREFIX}kv_lease_expired"
 PREFILL_QUEUE = f"{PREFIX}prefill_queue_seconds"
 PROMPT_TOKENS = f"{PREFIX}prompt_tokens"
 PROMPT_TOKENS_CACHED = f"{PREFIX}prompt_tokens_cached"
@@ -248,6 +249,8 @@ class MetricsState:
         """By path (``shm``, ``tcp``, ``dask``, ``local``, ``prefix-fetch``, ``miss``...)."""
         self.transfer_seconds: dict[str, float] = {}
         self.transfers = 0
+        self.leases_expired = 0
+        """Hand-off leases that expired before the decode side released them."""
         self.bandwidth_estimate: float | None = None
         self.workers: dict[str, WorkerLoad] = {}
         self.timeline: deque[TimelinePoint] = deque(maxlen=3600)
@@ -446,7 +449,14 @@ class MetricsState:
             total_s = sum(self.transfer_seconds.values())
             est = sum(self.transfer_bytes.values()) / total_s if total_s > 0 else 0.0
         bw.add_metric(m, est)
-        yield from (tb, ts, bw)
+        le = CounterMetricFamily(
+            LEASE_EXPIRED,
+            "Hand-off leases (blocks a decode worker had yet to fetch) that expired "
+            "before they were released.",
+            labels=lab,
+        )
+        le.add_metric(m, self.leases_expired)
+        yield from (tb, ts, bw, le)
 
 
 class MooncakeCollector(Collector):

@@ -36,6 +36,8 @@ def test_evicted_prefix_comes_back_from_host_tier(tiny_llama):
         assert out.num_cached_tokens == 320
         hits = {w: s["hit_blocks"] for w, s in llm.worker_stats().items()}
         assert sum(h.get("store", 0) for h in hits.values()) >= 20
+        # Every hand-off was fetched, so every lease on it was released.
+        assert all(s["handoff_leases"] == 0 for s in llm.worker_stats().values())
 
 
 def test_without_store_kv_moves_by_rpc(tiny_llama):

@@ -199,6 +199,7 @@ class ConductorPlugin(SchedulerPlugin):
             m.observe_request(RequestRecord(**r), now)
         for path, nbytes, seconds in report.get("transfer_log", ()):
             m.observe_transfer(int(nbytes), float(seconds), str(path))
+        m.leases_expired += int(report.get("leases_expired", 0))
         load = report["load"]
         used = int(load["num_blocks"]) - int(load["free_blocks"])
         pq = c.prefill_loads.get(worker) if c is not None else None

@@ -19,6 +19,7 @@ from mooncake.store.eviction import (
 )
 from mooncake.store.lease import Lease
 from mooncake.store.reader import HostTierReader, TierReader
+from mooncake.store.shared_lease import ExpiredLease, SharedLeaseTable, lease_dir
 from mooncake.store.store import BlockStore, PrefixMatch, RawBatch, StoreStats
 from mooncake.store.tier import TierFormatError, TierFullError, TierName, TierOwnedError
 
@@ -28,6 +29,7 @@ __all__ = [
     "BlockStore",
     "CorruptBlockError",
     "EvictionPolicy",
+    "ExpiredLease",
     "HostTierReader",
     "LFUPolicy",
     "LRUPolicy",
@@ -35,6 +37,7 @@ __all__ = [
     "LengthAwarePolicy",
     "PrefixMatch",
     "RawBatch",
+    "SharedLeaseTable",
     "StoreConfig",
     "StoreEvent",
     "StoreStats",
@@ -45,5 +48,6 @@ __all__ = [
     "TierOwnedError",
     "TierReader",
     "export_from_objects",
+    "lease_dir",
     "make_policy",
 ]

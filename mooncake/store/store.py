@@ -14,6 +14,7 @@ threads (a transfer server and the engine) do not serialise on it.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,10 +28,12 @@ from mooncake.store.events import EventLog, StoreEvent
 from mooncake.store.eviction import EvictionPolicy, make_policy
 from mooncake.store.lease import Lease, LeaseTable
 from mooncake.store.records import NewBlock, RecordSource, StoredParts
+from mooncake.store.shared_lease import ExpiredLease, SharedLeaseTable
 from mooncake.store.tier import LmdbTier, TierFullError, TierName
 from mooncake.types import BlockKey
 
 _MAP_FULL_RETRIES = 4
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,6 +48,10 @@ class StoreStats:
     evictions: int = 0
     demotions: int = 0
     promotions: int = 0
+    leases_expired: int = 0
+    """Shared (hand-off) leases found expired before their holder released them."""
+    leased_skips: int = 0
+    """Eviction victims skipped because a lease held them."""
 
 
 @dataclass(slots=True)
@@ -73,10 +80,19 @@ class BlockStore:
     Args:
         config: tiers, eviction policy, lease TTL.
         clock: monotonic seconds for lease expiry (tests inject a fake clock).
+        shared_leases: leases other processes on the host take and release (the
+            hand-off's, :mod:`mooncake.store.shared_lease`); eviction skips what they
+            hold as it skips this process's own leases.
     """
 
-    def __init__(self, config: StoreConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: StoreConfig,
+        clock: Callable[[], float] = time.monotonic,
+        shared_leases: SharedLeaseTable | None = None,
+    ) -> None:
         self.config = config
+        self.shared_leases = shared_leases
         self.tiers: dict[TierName, LmdbTier] = {}
         try:
             if config.host is not None:
@@ -162,8 +178,14 @@ class BlockStore:
         return True
 
     def _evict_one(self, tier: TierName, keep: BlockKey | None = None) -> bool:
+        shared = self.shared_leases
         for victim in self._policies[tier].victims():
-            if victim == keep or self.leases.is_leased(victim):
+            if victim == keep:
+                continue
+            if self.leases.is_leased(victim) or (
+                shared is not None and shared.is_leased(victim)
+            ):
+                self.stats.leased_skips += 1
                 continue
             return self._evict(victim, tier)
         return False
@@ -509,6 +531,25 @@ class BlockStore:
     def lease(self, keys: Iterable[BlockKey], ttl_s: float | None = None) -> Lease:
         """Pin ``keys`` against eviction until released or ``ttl_s`` (default from config)."""
         return Lease(self.leases, keys, ttl_s if ttl_s is not None else self.config.lease_ttl_s)
+
+    def sweep_leases(self) -> list[ExpiredLease]:
+        """Remove expired shared leases, report each (a warning and
+        ``stats.leases_expired``) and return them: a hand-off whose receiver never
+        released its lease (lost, or slower than the lease's lifetime) is worth knowing."""
+        if self.shared_leases is None:
+            return []
+        expired = self.shared_leases.sweep()
+        for e in expired:
+            log.warning(
+                "lease %s on %d block(s) expired %.1f s ago before it was released; "
+                "its blocks may be evicted now",
+                e.holder,
+                e.num_keys,
+                e.overdue_s,
+            )
+        with self._lock:
+            self.stats.leases_expired += len(expired)
+        return expired
 
     def used_bytes(self, tier: TierName) -> int:
         return self._used[tier]

@@ -28,6 +28,10 @@ class WorkerConfig:
     """Victim order inside each tier: ``lru``, ``lfu`` or ``length_aware``."""
     transfer: TransferConfig = field(default_factory=TransferConfig)
     """Block server and fetch settings (backend selection: RDMA when a device exists)."""
+    handoff_lease_ttl_s: float = 60.0
+    """How long a prefill worker keeps the blocks a decode worker has yet to fetch from
+    eviction, at most (released as soon as they are fetched or the request ends); a
+    lease that expires first is logged and counted (``mooncake:kv_lease_expired``)."""
 
     def __post_init__(self) -> None:
         if self.host_capacity_bytes <= 0:
@@ -36,5 +40,9 @@ class WorkerConfig:
             )
         if self.ssd_capacity_bytes <= 0:
             raise ValueError(f"ssd_capacity_bytes: must be positive, got {self.ssd_capacity_bytes}")
+        if not self.handoff_lease_ttl_s > 0:
+            raise ValueError(
+                f"handoff_lease_ttl_s: must be positive, got {self.handoff_lease_ttl_s}"
+            )
         if not self.store_root:
             raise ValueError("store_root: must be a directory")

@@ -9,8 +9,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mooncake.kvcache import KVBlock
-from mooncake.store import BlockObject, BlockStore, StoreConfig, TierConfig, tier_dirs
+from mooncake.store import (
+    BlockObject,
+    BlockStore,
+    ExpiredLease,
+    SharedLeaseTable,
+    StoreConfig,
+    TierConfig,
+    lease_dir,
+    tier_dirs,
+)
 from mooncake.transfer import BlockFetcher, BlockServer, Peer
+from mooncake.transfer.base import local_host_id
 from mooncake.types import BlockKey
 from mooncake.worker.config import WorkerConfig
 
@@ -47,7 +57,14 @@ class KVStore:
             ssd = TierConfig(
                 path=os.path.join(self._dirs[1], "ssd"), capacity_bytes=config.ssd_capacity_bytes
             )
-        self.store = BlockStore(StoreConfig(host=host, ssd=ssd, eviction=config.eviction))
+        # Hand-off leases live in the host tier's directory, where a same-host decode
+        # worker releases them itself.
+        self.leases = SharedLeaseTable(lease_dir(host.path))
+        self.lease_ttl_s = config.handoff_lease_ttl_s
+        self._peer_leases: dict[str, SharedLeaseTable] = {}
+        self.store = BlockStore(
+            StoreConfig(host=host, ssd=ssd, eviction=config.eviction), shared_leases=self.leases
+        )
         self.server = BlockServer(self.store, config.transfer, host_tier_path=host.path)
         self.fetcher = BlockFetcher(config.transfer)
         self.peer: Peer = self.server.peer()
@@ -56,6 +73,39 @@ class KVStore:
         """Publish full blocks (block index = position in the sequence)."""
         full = [(i, b) for i, b in enumerate(blocks) if b.key is not None]
         return sum(self.store.put_many([b for _, b in full], [i for i, _ in full]))
+
+    # -- hand-off leases ------------------------------------------------------------
+    def lease_handoff(self, request_id: str, keys: Sequence[BlockKey]) -> None:
+        """Keep ``keys`` from eviction until the decode side of ``request_id`` has them
+        (:meth:`release_handoff`, here or from a same-host peer) or the lease expires."""
+        if keys:
+            self.leases.acquire(_holder(request_id), keys, self.lease_ttl_s)
+
+    def release_handoff(self, request_id: str) -> bool:
+        """Release this worker's hand-off lease of ``request_id`` (fetched, or the
+        request ended); returns whether there was one."""
+        return self.leases.release(_holder(request_id))
+
+    def release_peer_handoff(self, peer: Peer, request_id: str) -> bool | None:
+        """Release ``peer``'s hand-off lease of ``request_id`` directly when its lease
+        table is on this host. ``None``: it is not; ask the peer (an RPC)."""
+        if peer == self.peer:
+            return self.release_handoff(request_id)
+        if (
+            peer.host_id != local_host_id()
+            or peer.host_tier_path is None
+            or not os.path.isdir(lease_dir(peer.host_tier_path))
+        ):
+            return None
+        path = lease_dir(peer.host_tier_path)
+        table = self._peer_leases.get(path)
+        if table is None:
+            table = self._peer_leases[path] = SharedLeaseTable(path)
+        return table.release(_holder(request_id))
+
+    def sweep_leases(self) -> list[ExpiredLease]:
+        """Drop and report hand-off leases that expired unreleased."""
+        return self.store.sweep_leases()
 
     def local_prefix(self, keys: Sequence[BlockKey], use: Consumer) -> Fetched:
         """Hand the leading blocks of ``keys`` found in this worker's tiers to ``use``."""
@@ -91,9 +141,16 @@ class KVStore:
         self.fetcher.close()
         self.server.close()
         self.store.close()
+        for t in self._peer_leases.values():
+            t.close()
+        self.leases.close()
         for d in self._dirs:
             tier_dirs.release(d)
             tier_dirs.sweep(os.path.dirname(os.path.dirname(d)))  # and what dead peers left
+
+
+def _holder(request_id: str) -> str:
+    return f"handoff:{request_id}"
 
 
 def _leading(objs: Sequence[BlockObject | None]) -> list[KVBlock]:

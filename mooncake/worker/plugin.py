@@ -124,6 +124,7 @@ class MooncakeWorker(WorkerPlugin):
         worker.handlers["mooncake_fetch_kv"] = self.handle_fetch_kv
         worker.handlers["mooncake_fetch_blocks"] = self.handle_fetch_blocks
         worker.handlers["mooncake_abort"] = self.handle_abort
+        worker.handlers["mooncake_release_handoff"] = self.handle_release_handoff
         worker.handlers["mooncake_info"] = self.handle_info
         worker.stream_handlers["mooncake-start"] = self.handle_start
         worker.stream_handlers["mooncake-peer-lost"] = self.handle_peer_lost
@@ -245,6 +246,8 @@ class MooncakeWorker(WorkerPlugin):
         self.inbox.pop(request_id, None)
         self.started.pop(request_id, None)
         self.engine.token_times.pop(request_id, None)
+        if self.kv_store is not None:
+            self.kv_store.release_handoff(request_id)  # aborted: nobody will fetch them
 
     def apply(self, instructions: list[request_state.Instruction]) -> None:
         """Carry out the engine and KV instructions (a task raises on ``FailTask`` itself)."""
@@ -264,6 +267,10 @@ class MooncakeWorker(WorkerPlugin):
                     "request %s was placed but its graph never arrived: aborting it", ins.request_id
                 )
         self.apply(instructions)
+
+    def handle_release_handoff(self, request_id: str) -> bool:
+        """A decode worker on another host fetched a request's blocks: release their lease."""
+        return self.kv_store is not None and self.kv_store.release_handoff(request_id)
 
     async def handle_abort(self, request_id: str) -> bool:
         self.on_event(request_state.Abort(request_id, time.monotonic()))
@@ -388,6 +395,9 @@ class MooncakeWorker(WorkerPlugin):
             "lookups": self._drain(self.lookup_reports),
             "requests": self._drain(self.request_reports),
             "transfer_log": self._drain(self.transfer_log),
+            "leases_expired": len(self.kv_store.sweep_leases())
+            if self.kv_store is not None
+            else 0,
             "load": {
                 "tiers": self._tier_blocks(),
                 **self.engine.load,  # running, waiting, free/num/cached blocks, busy_seconds

@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import itertools
+import logging
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from mooncake.worker.plugin import MooncakeWorker
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 def _plugin() -> MooncakeWorker:
@@ -337,6 +339,9 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     export = plugin.engine.call("export_kv", spec.request_id).result()
     kvs = plugin.kv_store
     if kvs is not None:
+        if not finished:
+            # Leased before they are stored: no eviction between "stored" and "fetched".
+            kvs.lease_handoff(spec.request_id, [b.key for b in export.blocks if b.key is not None])
         kvs.put(export.blocks)  # full blocks: decode pulls them, later requests reuse them
     elif not finished:
         plugin.outbox[spec.request_id] = export
@@ -391,11 +396,15 @@ def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferRes
     if handle.peer is not None and kvs is not None:
         # Through the store: the peer's host tier (same host, zero copy) or its block
         # server. Blocks land in this engine's prefix cache; decode computes the tail.
-        f = kvs.fetch(
-            [BlockKey(k) for k in handle.block_keys],
-            handle.peer,
-            lambda blocks: _import(plugin, blocks),
-        )
+        try:
+            f = kvs.fetch(
+                [BlockKey(k) for k in handle.block_keys],
+                handle.peer,
+                lambda blocks: _import(plugin, blocks),
+            )
+        finally:
+            # Fetched (or missed: decode recomputes): the prefill side may evict them now.
+            _release_handoff(plugin, handle, rid)
         seconds = time.perf_counter() - t0
         if f.nbytes and "shm" not in f.paths:
             plugin.transfer_reports.append((f.nbytes, seconds))
@@ -422,6 +431,29 @@ def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferRes
     if path == "dask":
         plugin.transfer_reports.append((nbytes, seconds))
     return TransferResult(handle, nbytes=nbytes, seconds=seconds, path=path)
+
+
+def _release_handoff(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> None:
+    """Release the prefill worker's lease on the request's blocks: in its lease table
+    when that is on this host, else by a message to it, sent without waiting (if it is
+    lost, the lease expires)."""
+    kvs = plugin.kv_store
+    assert kvs is not None and handle.peer is not None
+    try:
+        if kvs.release_peer_handoff(handle.peer, rid) is not None:
+            return
+    except Exception as e:  # lmdb errors: the lease expires instead
+        logger.debug("releasing the hand-off lease of %s failed: %s", rid, e)
+        return
+    worker = plugin.worker
+
+    async def tell() -> None:
+        try:
+            await worker.rpc(handle.worker).mooncake_release_handoff(request_id=rid)
+        except Exception as e:  # gone: nothing to release there
+            logger.debug("releasing hand-off lease %s on %s failed: %s", rid, handle.worker, e)
+
+    worker.loop.add_callback(tell)
 
 
 def decode(tr: TransferResult) -> RequestOutput:
@@ -522,6 +554,7 @@ def engine_stats(dask_worker: Any) -> dict[str, Any]:
         "host_blocks": len(plugin.kv_store.store.keys("host"))
         if plugin.kv_store is not None
         else 0,
+        "handoff_leases": len(plugin.kv_store.leases) if plugin.kv_store is not None else 0,
         "transfer_paths": dict(plugin.transfer_paths),
         "hit_blocks": dict(plugin.hit_blocks),
         **stats,

@@ -80,3 +80,18 @@ def read_while_written(
                     digest = hashlib.sha256(o.numpy().tobytes()).hexdigest()
                     assert digest  # a torn block would have failed the checksum: counted below
         conn.send((hits, misses, reader.corrupt))
+
+
+def lease_in_child(path: str, holder: str, keys: list[BlockKey] | None, conn: Connection) -> None:
+    """Acquire ``holder``'s lease on ``keys`` (60 s) in this process, or release it when
+    ``keys`` is None, in a shared lease table; send back what the table holds then."""
+    from mooncake.store.shared_lease import SharedLeaseTable
+
+    table = SharedLeaseTable(path)
+    if keys is None:
+        released = table.release(holder)
+    else:
+        table.acquire(holder, keys, 60.0)
+        released = False
+    conn.send((released, sorted(table.holders())))
+    table.close()

@@ -1,0 +1,84 @@
+"""A worker's KV store on the hand-off: the prefill side leases what the decode side has
+yet to fetch; the lease ends when the decode side fetched it, or the request was aborted,
+or it expired (reported)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from mooncake.metrics import LEASE_EXPIRED, MetricsState
+from mooncake.worker.config import WorkerConfig
+from mooncake.worker.kv_store import KVStore
+from mooncake.worker.plugin import MooncakeWorker
+from tests.store.kvfactories import make_chain
+
+
+@pytest.fixture
+def stores(tmp_path):
+    cfg = WorkerConfig(store_root=str(tmp_path), host_capacity_bytes=1 << 20)
+    prefill, decode = KVStore(cfg, "p", "c"), KVStore(cfg, "d", "c")
+    yield prefill, decode
+    decode.close()
+    prefill.close()
+
+
+def test_lease_released_when_decode_side_fetched(stores) -> None:
+    """Prefill leases the blocks it stores for r1; a same-host decode worker fetches
+    them from its tier (shm) and releases the lease in the prefill's table itself."""
+    prefill, decode = stores
+    blocks = make_chain(3)
+    keys = [b.key for b in blocks]
+    prefill.lease_handoff("r1", keys)
+    prefill.put(blocks)
+    assert prefill.leases.leased(keys) == [True] * 3
+    got = decode.fetch(keys, prefill.peer, len)
+    assert got.num_blocks == 3 and set(got.paths) == {"shm"}
+    assert decode.release_peer_handoff(prefill.peer, "r1") is True
+    assert prefill.leases.leased(keys) == [False] * 3 and len(prefill.leases) == 0
+
+
+def test_peer_on_another_host_is_released_by_message(stores) -> None:
+    """A peer whose host differs cannot be released in place: the caller sends it a message."""
+    prefill, decode = stores
+    prefill.lease_handoff("r1", [b.key for b in make_chain(1)])
+    elsewhere = dataclasses.replace(prefill.peer, host_id="another-host")
+    assert decode.release_peer_handoff(elsewhere, "r1") is None
+    assert len(prefill.leases) == 1
+
+
+def test_lease_released_when_request_aborted(stores) -> None:
+    """An abort on the prefill worker (DropKV) releases the request's hand-off lease."""
+    prefill, _ = stores
+    prefill.lease_handoff("r1", [b.key for b in make_chain(2)])
+    plugin = MooncakeWorker.__new__(MooncakeWorker)
+    plugin.early_lookups, plugin.outbox, plugin.inbox, plugin.started = {}, {}, {}, {}
+    plugin.engine = SimpleNamespace(token_times={})
+    plugin.kv_store = prefill
+    plugin.drop("r1")
+    assert len(prefill.leases) == 0
+
+
+def test_expired_lease_is_reported(tmp_path) -> None:
+    """A decode side that never fetches: the lease expires, the sweep logs and counts
+    it, and the Conductor's metric counts what workers report."""
+    cfg = WorkerConfig(store_root=str(tmp_path), handoff_lease_ttl_s=0.05)
+    kvs = KVStore(cfg, "p", "c")
+    try:
+        blocks = make_chain(2)
+        kvs.lease_handoff("r9", [b.key for b in blocks])
+        kvs.put(blocks)
+        time.sleep(0.1)
+        (e,) = kvs.sweep_leases()
+        assert e.holder == "handoff:r9" and kvs.store.stats.leases_expired == 1
+    finally:
+        kvs.close()
+    m = MetricsState("m")
+    m.leases_expired += 1
+    fam = next(f for f in m.families() if f.name == LEASE_EXPIRED)
+    assert fam.samples[0].value == 1
+    with pytest.raises(ValueError, match="handoff_lease_ttl_s"):
+        WorkerConfig(handoff_lease_ttl_s=0)
