@@ -20,7 +20,7 @@ from mooncake.engine.kv_cache_manager import KVWrite
 from mooncake.engine.model import LlamaModel
 from mooncake.engine.native import NativeKernels, kernels
 from mooncake.engine.scheduler import ScheduledSeq, SchedulerOutput
-from mooncake.kvcache import KVBlockSpec
+from mooncake.kvcache import KVBlockSpec, copies
 
 
 class ModelRunner:
@@ -106,11 +106,13 @@ class ModelRunner:
             n = data.shape[2]
             start = w.block_id * self.block_size
             self.kv_cache[:, :, start : start + n].copy_(data.to(self.device))
+            copies.count("engine.import", data.nbytes)
 
     def read_block(self, block_id: int, num_tokens: int) -> np.ndarray:
         """A copy of one block's K/V as numpy ``[layers, 2, n, Hkv, D]``."""
         start = block_id * self.block_size
         t = self.kv_cache[:, :, start : start + num_tokens].to("cpu", copy=True).contiguous()
+        copies.count("engine.export", t.nbytes)
         if self.dtype == torch.bfloat16:
             return t.view(torch.int16).numpy().view(np.uint16)
         return t.numpy()

@@ -128,6 +128,9 @@ class StoredParts:
     def __post_init__(self) -> None:
         object.__setattr__(self, "nbytes", len(self.header) + memoryview(self.payload).nbytes)
 
+    staged = True
+    """``write`` copies into the stage (LMDB then copies the stage into its map)."""
+
     def write(self, out: bytearray) -> memoryview:
         return pack_record(self.header, self.payload, out)
 
@@ -144,6 +147,9 @@ class NewBlock:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nbytes", header_length(self.block) + self.block.data.nbytes)
+
+    staged = True
+    """``write`` copies into the stage (LMDB then copies the stage into its map)."""
 
     def write(self, out: bytearray) -> memoryview:
         return encode_record(self.block, self.position, self.algo, out)

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import lmdb
 
+from mooncake.kvcache import copies
 from mooncake.store.block_object import BlockObject, CorruptBlockError
 from mooncake.store.config import TierConfig
 from mooncake.store.records import RecordSource, object_from_record, pack_record, split_record
@@ -249,6 +250,9 @@ class LmdbTier:
                 for key, source, seq, position in items:
                     with source.write(stage) as rec:  # released before the stage grows
                         txn.put(key, rec, db=self._blk)
+                        copies.count("store.put", rec.nbytes)
+                        if source.staged:
+                            copies.count("store.stage", rec.nbytes)
                     nbytes = source.nbytes
                     txn.put(
                         key,

@@ -22,6 +22,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 
 from mooncake import auth
+from mooncake.kvcache import copies
 from mooncake.store.store import RawBatch
 from mooncake.transfer import protocol as proto
 from mooncake.transfer.base import Peer, TransferError, local_host_id
@@ -206,6 +207,8 @@ class BlockServer:
         proto.send_all(conn, [head + table.tobytes(), *(records if rdma is None else [])])
         self.blocks_sent += len(records)
         self.bytes_sent += total
+        if rdma is None:
+            copies.count("transfer.send", total)
 
     def _wire_items(self, keys: list[BlockKey], records: list[Any]) -> list[Any]:
         """Records as they go on the wire: a hook, called once per response, for

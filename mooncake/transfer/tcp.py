@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mooncake import auth
+from mooncake.kvcache import copies
 from mooncake.store.block_object import BlockObject
 from mooncake.transfer import protocol as proto
 from mooncake.transfer.base import BufferPool, PathResult, Peer, TransferError
@@ -165,6 +166,7 @@ class TcpBackend:
                 hlens, status = proto.recv_records(
                     sock, buf, table["rlen"][present], proto.present_keys(batch, table)
                 )
+                copies.count("transfer.recv", total)
                 checked, bad = proto.check_response(batch, table, buf, hlens, status)
                 objects[start : start + len(batch)] = checked
                 errors.extend(f"tcp: block {start + j}: {e}" for j, e in bad)

@@ -94,11 +94,14 @@ class EngineLoop:
         self.busy_seconds = 0.0
         self._stop = False
         self._direct = DirectStreams()
+        self._tier_readers: dict[str, Any] = {}
+        """Host tiers of workers on this host, read in place (``import_from_tier``)."""
         self._commands: dict[str, Callable[..., Any]] = {
             "add": self.add,
             "abort": self.abort,
             "match_prefix": self.match_prefix,
             "import_blocks": self.import_blocks,
+            "import_from_tier": self.import_from_tier,
             "export_kv": self.export_kv,
             "export_cached_blocks": self.export_cached_blocks,
             "stats": self.stats,
@@ -189,6 +192,30 @@ class EngineLoop:
     def import_blocks(self, blocks: list[KVBlock]) -> int:
         return self.engine.import_cached_blocks(blocks)
 
+    def import_from_tier(self, path: str, keys: list[bytes]) -> tuple[int, int, int]:
+        """Import the leading run of ``keys`` found intact in the host tier at ``path``
+        (a worker's on this host) into the prefix cache, read in place: the tier's pages
+        are the source of the engine's one copy into its pool, the worker's socket is
+        not on the way. Returns (blocks found intact, blocks imported, payload bytes)."""
+        from mooncake.store.reader import TierReader
+
+        reader = self._tier_readers.get(path)
+        if reader is None:
+            reader = self._tier_readers[path] = TierReader(path)
+        objs = reader.get_many([BlockKey(k) for k in keys])
+        try:
+            blocks = []
+            for o in objs:
+                if o is None:
+                    break
+                blocks.append(o.to_kvblock(copy=False))
+            taken = self.engine.import_cached_blocks(blocks) if blocks else 0
+            return len(blocks), taken, sum(b.data.nbytes for b in blocks)
+        finally:
+            for o in objs:
+                if o is not None:
+                    o.release()
+
     def export_kv(self, request_id: str) -> KVExport:
         return self.engine.export_kv(request_id, release=True)
 
@@ -199,7 +226,10 @@ class EngineLoop:
         import dataclasses
 
         e = self.engine
-        return {**dataclasses.asdict(e.stats), **self.load()}
+        from mooncake.kvcache import copies
+
+        # KV bytes this (engine) process copied, by place: ``mooncake.kvcache.copies``.
+        return {**dataclasses.asdict(e.stats), **self.load(), "copies": copies.snapshot()}
 
     def stop(self) -> None:
         self._stop = True
@@ -233,6 +263,8 @@ class EngineLoop:
             logger.info("worker went away: engine process exits")
         finally:
             self._direct.close()
+            for r in self._tier_readers.values():
+                r.close()
 
     def _run_commands(self) -> None:
         while True:

@@ -121,6 +121,11 @@ class KVStore:
                 if o is not None:
                     o.release()
 
+    def same_host_tier(self, peer: Peer) -> str | None:
+        """``peer``'s host tier directory when this host can read it in place, else None."""
+        shm = next((b for b in self.fetcher.backends if b.name == "shm"), None)
+        return peer.host_tier_path if shm is not None and shm.usable(peer) else None
+
     def fetch(self, keys: Sequence[BlockKey], peer: Peer, use: Consumer) -> Fetched:
         """Pull ``keys`` from ``peer`` (same host: its host tier, zero copy; else TCP or
         RDMA, retried once on another path) and hand the leading run that arrived intact

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from distributed import get_worker, rejoin, secede
 from distributed.utils import sync
 
-from mooncake.kvcache import block_keys
+from mooncake.kvcache import block_keys, copies
 from mooncake.outputs import RequestMetrics, RequestOutput
 from mooncake.types import BlockKey
 from mooncake.worker import request_state
@@ -29,6 +29,8 @@ from mooncake.worker.messages import (
 )
 
 if TYPE_CHECKING:
+    from mooncake.transfer import Peer
+    from mooncake.worker.kv_store import Fetched, KVStore
     from mooncake.worker.plugin import MooncakeWorker
 
 T = TypeVar("T")
@@ -394,14 +396,12 @@ def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferRes
     t0 = time.perf_counter()
     kvs = plugin.kv_store
     if handle.peer is not None and kvs is not None:
-        # Through the store: the peer's host tier (same host, zero copy) or its block
-        # server. Blocks land in this engine's prefix cache; decode computes the tail.
+        # Through the store: the peer's host tier (same host: the engine reads it in
+        # place) or its block server. Blocks land in this engine's prefix cache; decode
+        # computes the tail.
+        keys = [BlockKey(k) for k in handle.block_keys]
         try:
-            f = kvs.fetch(
-                [BlockKey(k) for k in handle.block_keys],
-                handle.peer,
-                lambda blocks: _import(plugin, blocks),
-            )
+            f = _fetch_handoff(plugin, kvs, keys, handle.peer)
         finally:
             # Fetched (or missed: decode recomputes): the prefill side may evict them now.
             _release_handoff(plugin, handle, rid)
@@ -431,6 +431,29 @@ def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferRes
     if path == "dask":
         plugin.transfer_reports.append((nbytes, seconds))
     return TransferResult(handle, nbytes=nbytes, seconds=seconds, path=path)
+
+
+def _fetch_handoff(
+    plugin: MooncakeWorker, kvs: KVStore, keys: list[BlockKey], peer: Peer
+) -> Fetched:
+    """Bring ``keys`` from ``peer`` into this engine's prefix cache. Same host: the
+    engine imports them from the peer's host tier itself (one copy per block, tier ->
+    pool); whatever is not there intact, and every block from another host, comes
+    through the fetcher (TCP/RDMA into a receive buffer, then the engine channel)."""
+    from mooncake.worker.kv_store import Fetched
+
+    found, nbytes, paths = 0, 0, []
+    tier = kvs.same_host_tier(peer)
+    if tier is not None:
+        try:
+            found, _, nbytes = plugin.engine.call("import_from_tier", tier, keys).result()
+        except Exception as e:  # unreadable tier: the fetcher's paths still apply
+            logger.debug("import from %s failed: %s", tier, e)
+        paths = ["shm"] * found
+    if found == len(keys):
+        return Fetched(found, nbytes, paths)
+    rest = kvs.fetch(keys[found:], peer, lambda blocks: _import(plugin, blocks))
+    return Fetched(found + rest.num_blocks, nbytes + rest.nbytes, paths + rest.paths)
 
 
 def _release_handoff(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> None:
@@ -555,6 +578,7 @@ def engine_stats(dask_worker: Any) -> dict[str, Any]:
         if plugin.kv_store is not None
         else 0,
         "handoff_leases": len(plugin.kv_store.leases) if plugin.kv_store is not None else 0,
+        "worker_copies": copies.snapshot(),
         "transfer_paths": dict(plugin.transfer_paths),
         "hit_blocks": dict(plugin.hit_blocks),
         **stats,

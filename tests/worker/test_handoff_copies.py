@@ -1,0 +1,61 @@
+"""How many times each block of a request's KV is copied on its way from the prefill
+engine to the decode engine (1 prefill + 1 decode worker on one host), counted by the
+processes themselves (``mooncake.kvcache.copies``), not inferred."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+
+import mooncake
+from mooncake.config import EngineConfig
+from mooncake.engine import LLMEngine
+
+pytestmark = pytest.mark.cluster
+
+GREEDY = mooncake.SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+BLOCKS = 12
+
+
+def _copies(stats: dict[str, Any]) -> Counter[str]:
+    return Counter(stats["copies"]) + Counter(stats["worker_copies"])
+
+
+def _handoff_copies(
+    llm: mooncake.LLM, prompt: list[int]
+) -> tuple[dict[str, dict[str, float]], Any]:
+    """Copies per block of ``prompt``'s KV, by side and place, and the request's output."""
+    before = {w: _copies(s) for w, s in llm.worker_stats().items()}
+    out = llm.generate([prompt], GREEDY, use_tqdm=False)[0]
+    after = {w: _copies(s) for w, s in llm.worker_stats().items()}
+    info = next(iter(llm.workers.values()))
+    per_block = info["kv_bytes_per_block"]
+    sides: dict[str, dict[str, float]] = {}
+    for w, i in llm.workers.items():
+        side = "+".join(i["roles"])
+        delta = after[w] - before[w]
+        sides[side] = {p: round(n / (BLOCKS * per_block), 2) for p, n in delta.items() if n}
+    return sides, out
+
+
+def test_copies_per_block_on_the_handoff(tiny_llama):
+    """A fresh 12-block prompt: the prefill side copies each block out of its pool once
+    and into the host tier once (LMDB has no reserve-then-write: 2 in all); the decode
+    side, on the same host, copies each block once, from the prefill's host tier
+    straight into its pool. Greedy output is the in-process engine's."""
+    rng = random.Random(7)
+    with mooncake.LLM(
+        str(tiny_llama), engine_config=EngineConfig(num_blocks=128), dashboard_address=None
+    ) as llm:
+        bs = next(iter(llm.workers.values()))["block_size"]
+        prompt = [rng.randrange(300) for _ in range(BLOCKS * bs)]
+        sides, out = _handoff_copies(llm, prompt)
+    ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=128)).generate([prompt], GREEDY)
+    assert out.token_ids == ref[0].token_ids
+    print(sides)
+    prefill, decode = sides["prefill"], sides["decode"]
+    assert sum(prefill.values()) == pytest.approx(2, abs=0.1), prefill
+    assert sum(decode.values()) == pytest.approx(1, abs=0.1), decode
