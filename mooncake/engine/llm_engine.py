@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import time
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,10 +23,14 @@ from mooncake.engine.sampler import SampleRequest, sample
 from mooncake.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from mooncake.engine.sequence import Sequence, SequenceStatus
 from mooncake.kvcache import BlockPool, KVBlock, KVBlockSpec, KVExport, root_key
+from mooncake.kvcache.block import PackedExport
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from mooncake.sampling_params import SamplingParams, params_per_prompt
 from mooncake.tokenizer import IncrementalDetokenizer, Tokenizer
 from mooncake.types import BlockKey
+
+if TYPE_CHECKING:
+    from mooncake.store.config import ChecksumName
 
 
 @dataclass
@@ -415,6 +421,47 @@ class LLMEngine:
         if release and request_id in self._held:
             self.abort_request(request_id)
         return export
+
+    def export_packed(
+        self, request_id: str, out: memoryview, algo: ChecksumName
+    ) -> PackedExport | None:
+        """Write a held (or running) request's full blocks as store records into ``out``
+        (shared memory its worker lent), each block copied once, from the pool into its
+        record; then free a held request's blocks. ``None`` (and nothing freed) when
+        ``out`` is too small: export the old way."""
+        from mooncake.store.records import record_size, write_record_in_place
+
+        seq = self._seqs.get(request_id) or self._held.get(request_id)
+        if seq is None:
+            raise ValueError(f"request_id: {request_id!r} is not running or held")
+        bs = self.config.block_size
+        n = seq.num_computed_tokens
+        full = n // bs
+        size = record_size(self.spec, self.fingerprint, bs)
+        if full * size > out.nbytes:
+            return None
+        keys = self.kv._keys(seq, full)
+        offsets, sizes = [], []
+        off = 0
+        for i in range(full):
+            block_id = seq.block_table[i].block_id
+            written = write_record_in_place(
+                out[off : off + size],
+                keys[i],
+                keys[i - 1] if i else seq.root_key,
+                tuple(seq.token_ids[i * bs : (i + 1) * bs]),
+                self.spec,
+                self.fingerprint,
+                i,
+                algo,
+                functools.partial(self.runner.read_block_into, block_id),
+            )
+            offsets.append(off)
+            sizes.append(written)
+            off += size
+        if request_id in self._held:
+            self.abort_request(request_id)
+        return PackedExport(list(keys[:full]), offsets, sizes, n)
 
     def release(self, request_id: str) -> None:
         """Free a held request's blocks (they stay in the prefix cache)."""

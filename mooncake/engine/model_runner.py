@@ -108,6 +108,19 @@ class ModelRunner:
             self.kv_cache[:, :, start : start + n].copy_(data.to(self.device))
             copies.count("engine.import", data.nbytes)
 
+    def read_block_into(self, block_id: int, out: np.ndarray) -> None:
+        """Copy one block's K/V into ``out`` (numpy ``[layers, 2, n, Hkv, D]``, writable,
+        e.g. a view of shared memory): the block's one copy out of the pool."""
+        start = block_id * self.block_size
+        n = out.shape[2]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dst = torch.from_numpy(out)
+        if self.dtype == torch.bfloat16:
+            dst = dst.view(torch.bfloat16)
+        dst.copy_(self.kv_cache[:, :, start : start + n])
+        copies.count("engine.export", dst.nbytes)
+
     def read_block(self, block_id: int, num_tokens: int) -> np.ndarray:
         """A copy of one block's K/V as numpy ``[layers, 2, n, Hkv, D]``."""
         start = block_id * self.block_size

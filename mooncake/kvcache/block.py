@@ -100,3 +100,17 @@ class KVExport:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class PackedExport:
+    """A sequence's full blocks as an engine wrote them, one record each, into shared
+    memory its worker gave it (``mooncake.store.export_arena``): where each record is,
+    not the bytes."""
+
+    keys: list[BlockKey]
+    offsets: list[int]
+    """Each record's offset in the region the worker lent."""
+    sizes: list[int]
+    num_tokens: int
+    """Tokens whose KV the engine computed (full blocks and the partial tail)."""

@@ -196,7 +196,12 @@ def encode_header(block: KVBlock, payload_checksum: int, position: int | None = 
 
 def header_length(block: KVBlock) -> int:
     """Length of :func:`encode_header`'s bytes for ``block`` (without encoding them)."""
-    return _FIXED.size + len(block.model_fingerprint.encode()) + 4 * block.num_tokens + _CRC.size
+    return header_length_for(block.model_fingerprint, block.num_tokens)
+
+
+def header_length_for(fingerprint: str, num_tokens: int) -> int:
+    """Length of the header of a block of ``num_tokens`` tokens of model ``fingerprint``."""
+    return _FIXED.size + len(fingerprint.encode()) + 4 * num_tokens + _CRC.size
 
 
 def decode_header(raw: Any) -> BlockHeader:

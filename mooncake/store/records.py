@@ -22,14 +22,14 @@ twin here (identical results); :func:`objects_from_records` then decodes the hea
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from mooncake.kvcache.block import KVBlock
+from mooncake.kvcache.block import KVBlock, KVBlockSpec
 from mooncake.store.block_object import (
     _HEADER_CACHE,
     MAGIC,
@@ -39,6 +39,7 @@ from mooncake.store.block_object import (
     checksum,
     encode_header,
     header_length,
+    header_length_for,
     payload_view,
     sum64,
     sum64_numpy,
@@ -114,6 +115,61 @@ def encode_record(
     return mv[:size]
 
 
+def record_size(spec: KVBlockSpec, fingerprint: str, num_tokens: int) -> int:
+    """Bytes of the record of a block of ``num_tokens`` tokens (header, padding, payload)."""
+    return payload_offset(header_length_for(fingerprint, num_tokens)) + (
+        spec.bytes_per_token * num_tokens
+    )
+
+
+def write_record_in_place(
+    out: memoryview,
+    key: BlockKey | None,
+    parent: BlockKey | None,
+    token_ids: tuple[int, ...],
+    spec: KVBlockSpec,
+    fingerprint: str,
+    position: int | None,
+    algo: ChecksumName,
+    fill: Callable[[np.ndarray], None],
+) -> int:
+    """Lay a block's record out in ``out`` (writable, at least :func:`record_size`
+    bytes) with the payload written by ``fill`` straight into its place: ``fill(view)``
+    gets the payload as a writable numpy array of the block's shape and dtype (an
+    engine copies its pool's block into it: the block's only copy). Then the payload is
+    checksummed in place and the header goes in front. Returns the record's length."""
+    n = len(token_ids)
+    off = payload_offset(header_length_for(fingerprint, n))
+    nbytes = spec.bytes_per_token * n
+    payload = np.frombuffer(out, dtype=spec.numpy_dtype, count=nbytes // np.dtype(
+        spec.numpy_dtype).itemsize, offset=off).reshape(spec.shape(n))  # fmt: skip
+    fill(payload)
+    block = KVBlock(key, parent, token_ids, payload, spec, fingerprint)
+    header = encode_header(block, checksum(out[off : off + nbytes], algo), position, algo)
+    assert len(header) <= off
+    out[: len(header)] = header
+    out[len(header) : off] = bytes(off - len(header))
+    return off + nbytes
+
+
+@dataclass(frozen=True, slots=True)
+class PackedRecord:
+    """A record already laid out in shared memory (an engine wrote it in place,
+    :func:`write_record_in_place`): LMDB copies it into its map, nothing stages it."""
+
+    record: memoryview
+    nbytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nbytes", self.record.nbytes)
+
+    staged = False
+    """``write`` hands out the record itself."""
+
+    def write(self, out: bytearray) -> memoryview:
+        return self.record[:]
+
+
 @dataclass(frozen=True, slots=True)
 class StoredParts:
     """A record to write from a header and payload as they are (a checked object, a
@@ -155,7 +211,7 @@ class NewBlock:
         return encode_record(self.block, self.position, self.algo, out)
 
 
-RecordSource = StoredParts | NewBlock
+RecordSource = StoredParts | NewBlock | PackedRecord
 """What a tier writes as one record."""
 
 
@@ -357,6 +413,7 @@ __all__ = [
     "STATUS_OK",
     "STATUS_OTHER_ALGO",
     "NewBlock",
+    "PackedRecord",
     "RecordSource",
     "StoredParts",
     "check_records",
@@ -366,5 +423,7 @@ __all__ = [
     "objects_from_records",
     "pack_record",
     "payload_offset",
+    "record_size",
     "split_record",
+    "write_record_in_place",
 ]

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from threading import RLock
 from typing import Any
 
-from mooncake.kvcache.block import KVBlock, KVExport
+from mooncake.kvcache.block import KVBlock, KVExport, PackedExport
 from mooncake.store.block_object import BlockObject, CorruptBlockError
 from mooncake.store.config import StoreConfig
 from mooncake.store.events import EventLog, StoreEvent
 from mooncake.store.eviction import EvictionPolicy, make_policy
 from mooncake.store.lease import Lease, LeaseTable
-from mooncake.store.records import NewBlock, RecordSource, StoredParts
+from mooncake.store.records import NewBlock, PackedRecord, RecordSource, StoredParts
 from mooncake.store.shared_lease import ExpiredLease, SharedLeaseTable
 from mooncake.store.tier import LmdbTier, TierFullError, TierName
 from mooncake.types import BlockKey
@@ -268,6 +268,16 @@ class BlockStore:
         returns how many are now in the store."""
         full = [b for b in export.blocks if b.key is not None]
         return sum(self.put_many(full, list(range(len(full)))))
+
+    def put_packed(self, buf: memoryview, packed: PackedExport) -> list[bool]:
+        """Store records an engine laid out in ``buf`` (shared memory,
+        :mod:`mooncake.store.export_arena`): LMDB copies each into the tier, nothing
+        stages it. Block index = position in the export."""
+        items: list[tuple[BlockKey, RecordSource, int | None]] = [
+            (key, PackedRecord(buf[off : off + size]), i)
+            for i, (key, off, size) in enumerate(zip(packed.keys, packed.offsets, packed.sizes))
+        ]
+        return self._put_raw(items)
 
     def put_objects(self, objs: Sequence[BlockObject]) -> list[bool]:
         """Store checked block objects verbatim (what the transfer layer receives)."""

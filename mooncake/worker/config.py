@@ -28,6 +28,11 @@ class WorkerConfig:
     """Victim order inside each tier: ``lru``, ``lfu`` or ``length_aware``."""
     transfer: TransferConfig = field(default_factory=TransferConfig)
     """Block server and fetch settings (backend selection: RDMA when a device exists)."""
+    export_arena_bytes: int = 64 * 1024**2
+    """Shared memory (tmpfs) each worker lends its engine to write exported blocks into
+    as store records, so a prefilled request's KV reaches the host tier without crossing
+    the engine's socket (``mooncake.store.export_arena``). An export that does not fit
+    goes the old way. 0: no arena."""
     handoff_lease_ttl_s: float = 60.0
     """How long a prefill worker keeps the blocks a decode worker has yet to fetch from
     eviction, at most (released as soon as they are fetched or the request ends); a
@@ -40,6 +45,10 @@ class WorkerConfig:
             )
         if self.ssd_capacity_bytes <= 0:
             raise ValueError(f"ssd_capacity_bytes: must be positive, got {self.ssd_capacity_bytes}")
+        if self.export_arena_bytes < 0:
+            raise ValueError(
+                f"export_arena_bytes: must be 0 or positive, got {self.export_arena_bytes}"
+            )
         if not self.handoff_lease_ttl_s > 0:
             raise ValueError(
                 f"handoff_lease_ttl_s: must be positive, got {self.handoff_lease_ttl_s}"

@@ -25,6 +25,7 @@ from mooncake.worker.token_stream import DirectStreams
 if TYPE_CHECKING:
     from mooncake.engine import LLMEngine
     from mooncake.kvcache import KVBlock, KVExport
+    from mooncake.kvcache.block import PackedExport
     from mooncake.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ class EngineLoop:
         self._direct = DirectStreams()
         self._tier_readers: dict[str, Any] = {}
         """Host tiers of workers on this host, read in place (``import_from_tier``)."""
+        self._arenas: dict[str, Any] = {}
+        """Its worker's export arena, mapped (``export_packed``)."""
         self._commands: dict[str, Callable[..., Any]] = {
             "add": self.add,
             "abort": self.abort,
@@ -103,6 +106,7 @@ class EngineLoop:
             "import_blocks": self.import_blocks,
             "import_from_tier": self.import_from_tier,
             "export_kv": self.export_kv,
+            "export_packed": self.export_packed,
             "export_cached_blocks": self.export_cached_blocks,
             "stats": self.stats,
             "profile_log": lambda: self.profile_log,
@@ -215,6 +219,20 @@ class EngineLoop:
             for o in objs:
                 if o is not None:
                     o.release()
+
+    def export_packed(
+        self, request_id: str, arena: str, offset: int, size: int, algo: str
+    ) -> PackedExport | None:
+        """Write the request's full blocks as store records into its worker's export
+        arena (``mooncake.store.export_arena``) at ``[offset, offset + size)``."""
+        from mooncake.store.export_arena import map_arena
+
+        m = self._arenas.get(arena)
+        if m is None:
+            m = self._arenas[arena] = map_arena(arena)
+        return self.engine.export_packed(
+            request_id, memoryview(m)[offset : offset + size], algo  # type: ignore[arg-type]
+        )
 
     def export_kv(self, request_id: str) -> KVExport:
         return self.engine.export_kv(request_id, release=True)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mooncake.kvcache import KVBlock
+from mooncake.kvcache.block import PackedExport
 from mooncake.store import (
     BlockObject,
     BlockStore,
@@ -19,6 +20,9 @@ from mooncake.store import (
     lease_dir,
     tier_dirs,
 )
+from mooncake.store.block_object import header_length_for
+from mooncake.store.export_arena import ExportArena
+from mooncake.store.records import payload_offset
 from mooncake.transfer import BlockFetcher, BlockServer, Peer
 from mooncake.transfer.base import local_host_id
 from mooncake.types import BlockKey
@@ -65,6 +69,11 @@ class KVStore:
         self.store = BlockStore(
             StoreConfig(host=host, ssd=ssd, eviction=config.eviction), shared_leases=self.leases
         )
+        self.arena = (
+            ExportArena(os.path.join(self._dirs[0], "export.arena"), config.export_arena_bytes)
+            if config.export_arena_bytes
+            else None
+        )
         self.server = BlockServer(self.store, config.transfer, host_tier_path=host.path)
         self.fetcher = BlockFetcher(config.transfer)
         self.peer: Peer = self.server.peer()
@@ -106,6 +115,15 @@ class KVStore:
     def sweep_leases(self) -> list[ExpiredLease]:
         """Drop and report hand-off leases that expired unreleased."""
         return self.store.sweep_leases()
+
+    def put_packed(self, buf: memoryview, packed: PackedExport) -> int:
+        """Publish full blocks an engine wrote as records into the export arena."""
+        return sum(self.store.put_packed(buf, packed))
+
+    @staticmethod
+    def record_bytes(bytes_per_block: int, fingerprint: str, block_size: int) -> int:
+        """Arena bytes one full block's record takes."""
+        return payload_offset(header_length_for(fingerprint, block_size)) + bytes_per_block
 
     def local_prefix(self, keys: Sequence[BlockKey], use: Consumer) -> Fetched:
         """Hand the leading blocks of ``keys`` found in this worker's tiers to ``use``."""
@@ -149,6 +167,8 @@ class KVStore:
         for t in self._peer_leases.values():
             t.close()
         self.leases.close()
+        if self.arena is not None:
+            self.arena.close()
         for d in self._dirs:
             tier_dirs.release(d)
             tier_dirs.sweep(os.path.dirname(os.path.dirname(d)))  # and what dead peers left

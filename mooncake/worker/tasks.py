@@ -29,6 +29,7 @@ from mooncake.worker.messages import (
 )
 
 if TYPE_CHECKING:
+    from mooncake.kvcache.block import PackedExport
     from mooncake.transfer import Peer
     from mooncake.worker.kv_store import Fetched, KVStore
     from mooncake.worker.plugin import MooncakeWorker
@@ -338,15 +339,22 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     finished = out.finish_reason in ("stop", "abort") or (
         spec.params.max_tokens is not None and spec.params.max_tokens <= len(first)
     )
-    export = plugin.engine.call("export_kv", spec.request_id).result()
     kvs = plugin.kv_store
+    packed = None
     if kvs is not None:
-        if not finished:
-            # Leased before they are stored: no eviction between "stored" and "fetched".
-            kvs.lease_handoff(spec.request_id, [b.key for b in export.blocks if b.key is not None])
-        kvs.put(export.blocks)  # full blocks: decode pulls them, later requests reuse them
-    elif not finished:
-        plugin.outbox[spec.request_id] = export
+        packed = _export_packed(plugin, kvs, spec, finished)
+    if packed is not None:
+        keys, num_tokens = packed.keys, packed.num_tokens
+    else:
+        export = plugin.engine.call("export_kv", spec.request_id).result()
+        keys, num_tokens = [b.key for b in export.blocks if b.key is not None], export.num_tokens
+        if kvs is not None:
+            if not finished:
+                # Leased before they are stored: none evicted between "stored" and "fetched".
+                kvs.lease_handoff(spec.request_id, keys)
+            kvs.put(export.blocks)  # full blocks: decode pulls them, later requests reuse them
+        elif not finished:
+            plugin.outbox[spec.request_id] = export
     kept = kvs is None and not finished
     ev = (
         request_state.Prefilled(spec.request_id, time.monotonic(), lookup_result.placement.decode)
@@ -365,10 +373,10 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         placement=lookup_result.placement,
         worker=plugin.worker.address,
         first_token_time=first_token_wall,
-        num_tokens=export.num_tokens,
+        num_tokens=num_tokens,
         first_token_ids=list(first),
         first_logprobs=out.outputs[0].logprobs,
-        block_keys=[b.key for b in export.blocks if b.key is not None],
+        block_keys=list(keys),
         peer=kvs.peer if kvs is not None else None,
         num_cached_tokens=out.num_cached_tokens,
         prefill_seconds=seconds,
@@ -376,6 +384,40 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         finished=finished,
         output=_wall_metrics(out, spec, out.num_cached_tokens) if finished else None,
     )
+
+
+def _export_packed(
+    plugin: MooncakeWorker, kvs: KVStore, spec: RequestSpec, finished: bool
+) -> PackedExport | None:
+    """Have the engine write the request's full blocks as store records into the export
+    arena, lease them (when a decode side will fetch them) and publish them: each block
+    is copied from the engine's pool into the arena, then by LMDB into the host tier.
+    ``None`` when the arena has no room (nothing exported yet: export the old way)."""
+    arena = kvs.arena
+    if arena is None:
+        return None
+    info = plugin.engine.info
+    per = kvs.record_bytes(info["kv_bytes_per_block"], info["fingerprint"], plugin.block_size)
+    region = arena.alloc(len(spec.prompt_token_ids) // plugin.block_size * per)
+    if region is None:
+        return None
+    try:
+        packed: PackedExport | None = plugin.engine.call(
+            "export_packed",
+            spec.request_id,
+            arena.path,
+            region.offset,
+            region.size,
+            kvs.store.config.checksum,
+        ).result()
+        if packed is not None:
+            if not finished:
+                # Leased before they are stored: none evicted between "stored" and "fetched".
+                kvs.lease_handoff(spec.request_id, packed.keys)
+            kvs.put_packed(arena.view(region), packed)
+        return packed
+    finally:
+        arena.free(region)
 
 
 def transfer(handle: KVHandle) -> TransferResult:

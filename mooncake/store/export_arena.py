@@ -1,0 +1,113 @@
+"""The export arena: shared memory a worker's engine process writes block records into.
+
+An engine exporting a prefilled request's KV for the hand-off used to copy every block
+out of its pool into a numpy array, pickle it down the socket to its worker (two more
+copies), where the store staged it (another) before LMDB copied it into the host tier.
+With the arena, the engine lays each block's record (header, checksum, payload:
+:func:`~mooncake.store.records.write_record_in_place`) straight from its pool into a
+file on tmpfs that the worker maps too; the worker hands the records to LMDB, which
+copies them into the tier. Two copies per block, and none through a socket. (One would
+need LMDB's reserve-then-write put, which py-lmdb does not offer.)
+
+The worker owns the arena: it makes the file, carves a region per export out of it
+(:meth:`ExportArena.alloc`), and frees the region once the records are in the tier. The
+engine only maps the file (:func:`map_arena`) and writes where it is told.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from dataclasses import dataclass
+
+_ALIGN = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A part of the arena lent to one export."""
+
+    offset: int
+    size: int
+
+
+class ExportArena:
+    """A tmpfs file of ``size`` bytes shared with the engine process, and its allocator.
+
+    Args:
+        path: the file (in the worker's own directory on tmpfs); created, replaced if
+            it exists, and removed by :meth:`close`.
+        size: bytes; regions are carved out of it first-fit, 4 KiB aligned.
+    """
+
+    def __init__(self, path: str, size: int) -> None:
+        if size <= 0:
+            raise ValueError(f"size: must be positive, got {size}")
+        self.path = path
+        self.size = size
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._free: list[tuple[int, int]] = [(0, size)]  # (offset, size), by offset
+        self._lock = threading.Lock()
+
+    def alloc(self, nbytes: int) -> Region | None:
+        """A free region of at least ``nbytes``, or ``None`` when none is (then export
+        the old way)."""
+        need = max(_ALIGN, -(-nbytes // _ALIGN) * _ALIGN)
+        with self._lock:
+            for i, (off, size) in enumerate(self._free):
+                if size >= need:
+                    if size == need:
+                        del self._free[i]
+                    else:
+                        self._free[i] = (off + need, size - need)
+                    return Region(off, need)
+        return None
+
+    def free(self, region: Region) -> None:
+        """Give a region back (merged with free neighbours)."""
+        with self._lock:
+            spans = sorted([*self._free, (region.offset, region.size)])
+            merged: list[tuple[int, int]] = []
+            for off, size in spans:
+                if merged and merged[-1][0] + merged[-1][1] == off:
+                    merged[-1] = (merged[-1][0], merged[-1][1] + size)
+                else:
+                    merged.append((off, size))
+            self._free = merged
+
+    def view(self, region: Region) -> memoryview:
+        """The region's bytes (valid until :meth:`close`)."""
+        return memoryview(self._map)[region.offset : region.offset + region.size]
+
+    @property
+    def free_bytes(self) -> int:
+        with self._lock:
+            return sum(s for _, s in self._free)
+
+    def close(self) -> None:
+        try:
+            self._map.close()
+        except BufferError:  # a view is still out: the mapping goes with the process
+            pass
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def map_arena(path: str) -> mmap.mmap:
+    """The engine side: map an arena its worker made (read-write, shared)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        return mmap.mmap(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["ExportArena", "Region", "map_arena"]

@@ -1,0 +1,44 @@
+"""An engine writes a held request's blocks as store records into shared memory
+(``LLMEngine.export_packed``): the same records the store makes from ``export_kv``."""
+
+from __future__ import annotations
+
+import random
+
+from mooncake.config import EngineConfig
+from mooncake.engine import LLMEngine, SamplingParams
+from mooncake.store.export_arena import ExportArena
+from mooncake.store.records import encode_record
+
+
+def _held(tiny_llama, rid: str, prompt: list[int]) -> LLMEngine:
+    e = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64))
+    e.add_request(rid, prompt, SamplingParams(max_tokens=1), keep_kv=True)
+    while e.has_unfinished():
+        e.step()
+    return e
+
+
+def test_packed_records_equal_the_stores_encoding(tiny_llama, tmp_path):
+    """A 3.5-block prompt: the 3 full blocks' records written in place are byte-identical
+    to encoding export_kv's blocks; the held request is freed; a too-small region is
+    refused without freeing anything."""
+    rng = random.Random(3)
+    bs = EngineConfig().block_size
+    prompt = [rng.randrange(300) for _ in range(3 * bs + bs // 2)]
+    ref = _held(tiny_llama, "r", prompt).export_kv("r")
+    e = _held(tiny_llama, "r", prompt)
+    arena = ExportArena(str(tmp_path / "arena"), 1 << 22)
+    region = arena.alloc(1 << 20)
+    assert region is not None
+    assert e.export_packed("r", arena.view(region)[:100], "sum64") is None
+    packed = e.export_packed("r", arena.view(region), "sum64")
+    assert packed is not None and packed.num_tokens == len(prompt) == ref.num_tokens
+    full = [b for b in ref.blocks if b.key is not None]
+    assert packed.keys == [b.key for b in full]
+    view = arena.view(region)
+    for i, (b, off, size) in enumerate(zip(full, packed.offsets, packed.sizes)):
+        assert bytes(view[off : off + size]) == bytes(encode_record(b, i, "sum64", bytearray()))
+    assert "r" not in e._held
+    del view
+    arena.close()
