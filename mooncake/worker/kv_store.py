@@ -65,6 +65,8 @@ class KVStore:
         # worker releases them itself.
         self.leases = SharedLeaseTable(lease_dir(host.path))
         self.lease_ttl_s = config.handoff_lease_ttl_s
+        self.leases_taken = 0
+        """Hand-off leases this worker took (``lease_handoff``)."""
         self._peer_leases: dict[str, SharedLeaseTable] = {}
         self.store = BlockStore(
             StoreConfig(host=host, ssd=ssd, eviction=config.eviction), shared_leases=self.leases
@@ -89,6 +91,7 @@ class KVStore:
         (:meth:`release_handoff`, here or from a same-host peer) or the lease expires."""
         if keys:
             self.leases.acquire(_holder(request_id), keys, self.lease_ttl_s)
+            self.leases_taken += 1
 
     def release_handoff(self, request_id: str) -> bool:
         """Release this worker's hand-off lease of ``request_id`` (fetched, or the

@@ -620,6 +620,7 @@ def engine_stats(dask_worker: Any) -> dict[str, Any]:
         if plugin.kv_store is not None
         else 0,
         "handoff_leases": len(plugin.kv_store.leases) if plugin.kv_store is not None else 0,
+        "handoff_leases_taken": plugin.kv_store.leases_taken if plugin.kv_store is not None else 0,
         "worker_copies": copies.snapshot(),
         "transfer_paths": dict(plugin.transfer_paths),
         "hit_blocks": dict(plugin.hit_blocks),

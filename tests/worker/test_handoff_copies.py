@@ -45,7 +45,8 @@ def test_copies_per_block_on_the_handoff(tiny_llama):
     """A fresh 12-block prompt: the prefill side copies each block out of its pool once
     and into the host tier once (LMDB has no reserve-then-write: 2 in all); the decode
     side, on the same host, copies each block once, from the prefill's host tier
-    straight into its pool. Greedy output is the in-process engine's."""
+    straight into its pool. Greedy output is the in-process engine's; the prefill side
+    leased the blocks until the decode side had them."""
     rng = random.Random(7)
     with mooncake.LLM(
         str(tiny_llama), engine_config=EngineConfig(num_blocks=128), dashboard_address=None
@@ -53,9 +54,15 @@ def test_copies_per_block_on_the_handoff(tiny_llama):
         bs = next(iter(llm.workers.values()))["block_size"]
         prompt = [rng.randrange(300) for _ in range(BLOCKS * bs)]
         sides, out = _handoff_copies(llm, prompt)
+        leases = {
+            "+".join(llm.workers[w]["roles"]): (s["handoff_leases_taken"], s["handoff_leases"])
+            for w, s in llm.worker_stats().items()
+        }
     ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=128)).generate([prompt], GREEDY)
     assert out.token_ids == ref[0].token_ids
     print(sides)
     prefill, decode = sides["prefill"], sides["decode"]
     assert sum(prefill.values()) == pytest.approx(2, abs=0.1), prefill
     assert sum(decode.values()) == pytest.approx(1, abs=0.1), decode
+    # The prefill side leased the hand-off and the decode side released it after fetching.
+    assert leases == {"prefill": (1, 0), "decode": (0, 0)}
