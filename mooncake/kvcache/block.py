@@ -105,7 +105,7 @@ class KVExport:
 @dataclass(frozen=True, slots=True)
 class PackedExport:
     """A sequence's full blocks as an engine wrote them, one record each, into shared
-    memory its worker gave it (``mooncake.store.export_arena``): where each record is,
+    memory its worker gave it (``mooncake.store.shm_arena``): where each record is,
     not the bytes."""
 
     keys: list[BlockKey]
@@ -114,3 +114,17 @@ class PackedExport:
     sizes: list[int]
     num_tokens: int
     """Tokens whose KV the engine computed (full blocks and the partial tail)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRef:
+    """A full block whose payload is in shared memory both processes map (the receive
+    arena): what it is and where, not the bytes. The payload was checked on arrival."""
+
+    key: BlockKey
+    parent: BlockKey | None
+    token_ids: tuple[int, ...]
+    spec: KVBlockSpec
+    model_fingerprint: str
+    offset: int
+    """Payload offset in the arena (``spec.shape(len(token_ids))``, C order)."""

@@ -271,7 +271,7 @@ class BlockStore:
 
     def put_packed(self, buf: memoryview, packed: PackedExport) -> list[bool]:
         """Store records an engine laid out in ``buf`` (shared memory,
-        :mod:`mooncake.store.export_arena`): LMDB copies each into the tier, nothing
+        :mod:`mooncake.store.shm_arena`): LMDB copies each into the tier, nothing
         stages it. Block index = position in the export."""
         items: list[tuple[BlockKey, RecordSource, int | None]] = [
             (key, PackedRecord(buf[off : off + size]), i)

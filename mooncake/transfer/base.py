@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from mooncake.store.block_object import BlockObject
+from mooncake.store.shm_arena import Region, ShmArena
 from mooncake.types import BlockKey
 
 PathName = str  # "shm", "tcp", "rdma"
@@ -96,6 +97,39 @@ class BufferPool:
             if self._idle + buf.nbytes <= self._max:
                 self._free.setdefault(buf.nbytes, []).append(buf)
                 self._idle += buf.nbytes
+
+
+class ShmBufferPool(BufferPool):
+    """Receive buffers carved from a shared-memory arena (``mooncake.store.shm_arena``)
+    when it has room, so the process the worker hands the blocks to (its engine) can
+    read them where they landed; from ordinary memory otherwise.
+
+    Args:
+        max_bytes: most bytes of ordinary buffers kept idle.
+        arena: the receive arena (owned by the caller).
+    """
+
+    def __init__(self, max_bytes: int, arena: ShmArena) -> None:
+        super().__init__(max_bytes)
+        self.arena = arena
+        self._regions: dict[int, Region] = {}
+
+    def take(self, nbytes: int) -> np.ndarray:
+        region = self.arena.alloc(nbytes) if nbytes else None
+        if region is None:
+            return super().take(nbytes)
+        buf = np.frombuffer(self.arena.view(region), dtype=np.uint8, count=nbytes)
+        with self._lock:
+            self._regions[buf.ctypes.data] = region
+        return buf
+
+    def give(self, buf: np.ndarray) -> None:
+        with self._lock:
+            region = self._regions.pop(buf.ctypes.data, None)
+        if region is None:
+            super().give(buf)
+        else:
+            self.arena.free(region)
 
 
 @dataclass

@@ -24,6 +24,9 @@ class TransferConfig:
     """Between hosts: ``rdma`` (pyverbs), ``tcp``, or ``auto`` (RDMA when a device is
     present under ``rdma_sysfs`` and pyverbs imports, else TCP with a log line).
     Same-host peers always go through the shared host tier first."""
+    same_host: bool = True
+    """Read a same-host peer's host tier in place (shared memory). Off: every peer is
+    reached over TCP/RDMA, as if on another host (to test or measure that path)."""
     listen_host: str | None = None
     """Interface the block server binds to. ``None``: a worker binds it where its own
     Dask address is (the interface the cluster reaches it on: 127.0.0.1 for a local

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 
 
 def default_backends(config: TransferConfig, pool: BufferPool) -> list[Backend]:
-    """shm, then RDMA if :func:`select_backend` picks it, then TCP."""
-    backends: list[Backend] = [SharedHostBackend()]
+    """shm (unless ``config.same_host`` is off), then RDMA if :func:`select_backend`
+    picks it, then TCP."""
+    backends: list[Backend] = [SharedHostBackend()] if config.same_host else []
     if select_backend(config) == "rdma":
         from mooncake.transfer.rdma import RdmaBackend
 
@@ -55,13 +56,17 @@ class BlockFetcher:
     Args:
         config: transfer settings.
         backends: paths in preference order (default: :func:`default_backends`).
+        pool: receive buffers (default: ordinary memory, ``config.pool_bytes`` kept idle).
     """
 
     def __init__(
-        self, config: TransferConfig | None = None, backends: Sequence[Backend] | None = None
+        self,
+        config: TransferConfig | None = None,
+        backends: Sequence[Backend] | None = None,
+        pool: BufferPool | None = None,
     ) -> None:
         self.config = config or TransferConfig()
-        self.pool = BufferPool(self.config.pool_bytes)
+        self.pool = pool if pool is not None else BufferPool(self.config.pool_bytes)
         self.backends: list[Backend] = (
             list(backends) if backends is not None else default_backends(self.config, self.pool)
         )

@@ -31,8 +31,13 @@ class WorkerConfig:
     export_arena_bytes: int = 64 * 1024**2
     """Shared memory (tmpfs) each worker lends its engine to write exported blocks into
     as store records, so a prefilled request's KV reaches the host tier without crossing
-    the engine's socket (``mooncake.store.export_arena``). An export that does not fit
+    the engine's socket (``mooncake.store.shm_arena``). An export that does not fit
     goes the old way. 0: no arena."""
+    recv_arena_bytes: int = 64 * 1024**2
+    """Shared memory (tmpfs) blocks fetched from another host are received into, so the
+    engine imports them from where they landed instead of through its socket
+    (``mooncake.store.shm_arena``). A fetch that does not fit uses ordinary buffers
+    and the socket. 0: no arena."""
     handoff_lease_ttl_s: float = 60.0
     """How long a prefill worker keeps the blocks a decode worker has yet to fetch from
     eviction, at most (released as soon as they are fetched or the request ends); a
@@ -48,6 +53,10 @@ class WorkerConfig:
         if self.export_arena_bytes < 0:
             raise ValueError(
                 f"export_arena_bytes: must be 0 or positive, got {self.export_arena_bytes}"
+            )
+        if self.recv_arena_bytes < 0:
+            raise ValueError(
+                f"recv_arena_bytes: must be 0 or positive, got {self.recv_arena_bytes}"
             )
         if not self.handoff_lease_ttl_s > 0:
             raise ValueError(

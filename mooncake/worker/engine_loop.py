@@ -25,7 +25,7 @@ from mooncake.worker.token_stream import DirectStreams
 if TYPE_CHECKING:
     from mooncake.engine import LLMEngine
     from mooncake.kvcache import KVBlock, KVExport
-    from mooncake.kvcache.block import PackedExport
+    from mooncake.kvcache.block import BlockRef, PackedExport
     from mooncake.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -98,13 +98,14 @@ class EngineLoop:
         self._tier_readers: dict[str, Any] = {}
         """Host tiers of workers on this host, read in place (``import_from_tier``)."""
         self._arenas: dict[str, Any] = {}
-        """Its worker's export arena, mapped (``export_packed``)."""
+        """Its worker's arenas, mapped (``export_packed``, ``import_from_arena``)."""
         self._commands: dict[str, Callable[..., Any]] = {
             "add": self.add,
             "abort": self.abort,
             "match_prefix": self.match_prefix,
             "import_blocks": self.import_blocks,
             "import_from_tier": self.import_from_tier,
+            "import_from_arena": self.import_from_arena,
             "export_kv": self.export_kv,
             "export_packed": self.export_packed,
             "export_cached_blocks": self.export_cached_blocks,
@@ -220,18 +221,43 @@ class EngineLoop:
                 if o is not None:
                     o.release()
 
-    def export_packed(
-        self, request_id: str, arena: str, offset: int, size: int, algo: str
-    ) -> PackedExport | None:
-        """Write the request's full blocks as store records into its worker's export
-        arena (``mooncake.store.export_arena``) at ``[offset, offset + size)``."""
-        from mooncake.store.export_arena import map_arena
+    def import_from_arena(self, arena: str, refs: list[BlockRef]) -> int:
+        """Import blocks its worker received into the receive arena (checked there),
+        read in place: one copy each, arena -> pool. Returns how many were added."""
+        import numpy as np
+
+        from mooncake.kvcache import KVBlock
+
+        m = self._map(arena)
+        blocks = []
+        for r in refs:
+            shape = r.spec.shape(len(r.token_ids))
+            dtype = np.dtype(r.spec.numpy_dtype)
+            data = np.frombuffer(
+                m, dtype=dtype, count=int(np.prod(shape)), offset=r.offset
+            ).reshape(shape)
+            blocks.append(
+                KVBlock(r.key, r.parent, r.token_ids, data, r.spec, r.model_fingerprint)
+            )
+        return self.engine.import_cached_blocks(blocks)
+
+    def _map(self, arena: str) -> Any:
+        from mooncake.store.shm_arena import map_arena
 
         m = self._arenas.get(arena)
         if m is None:
             m = self._arenas[arena] = map_arena(arena)
+        return m
+
+    def export_packed(
+        self, request_id: str, arena: str, offset: int, size: int, algo: str
+    ) -> PackedExport | None:
+        """Write the request's full blocks as store records into its worker's export
+        arena (``mooncake.store.shm_arena``) at ``[offset, offset + size)``."""
         return self.engine.export_packed(
-            request_id, memoryview(m)[offset : offset + size], algo  # type: ignore[arg-type]
+            request_id,
+            memoryview(self._map(arena))[offset : offset + size],
+            algo,  # type: ignore[arg-type]
         )
 
     def export_kv(self, request_id: str) -> KVExport:

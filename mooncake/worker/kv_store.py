@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mooncake.kvcache import KVBlock
-from mooncake.kvcache.block import PackedExport
+from mooncake.kvcache.block import BlockRef, PackedExport
 from mooncake.store import (
     BlockObject,
     BlockStore,
@@ -21,10 +21,10 @@ from mooncake.store import (
     tier_dirs,
 )
 from mooncake.store.block_object import header_length_for
-from mooncake.store.export_arena import ExportArena
 from mooncake.store.records import payload_offset
+from mooncake.store.shm_arena import ShmArena
 from mooncake.transfer import BlockFetcher, BlockServer, Peer
-from mooncake.transfer.base import local_host_id
+from mooncake.transfer.base import ShmBufferPool, local_host_id
 from mooncake.types import BlockKey
 from mooncake.worker.config import WorkerConfig
 
@@ -72,12 +72,22 @@ class KVStore:
             StoreConfig(host=host, ssd=ssd, eviction=config.eviction), shared_leases=self.leases
         )
         self.arena = (
-            ExportArena(os.path.join(self._dirs[0], "export.arena"), config.export_arena_bytes)
+            ShmArena(os.path.join(self._dirs[0], "export.arena"), config.export_arena_bytes)
             if config.export_arena_bytes
             else None
         )
         self.server = BlockServer(self.store, config.transfer, host_tier_path=host.path)
-        self.fetcher = BlockFetcher(config.transfer)
+        self.recv_arena = (
+            ShmArena(os.path.join(self._dirs[0], "recv.arena"), config.recv_arena_bytes)
+            if config.recv_arena_bytes
+            else None
+        )
+        self.fetcher = BlockFetcher(
+            config.transfer,
+            pool=ShmBufferPool(config.transfer.pool_bytes, self.recv_arena)
+            if self.recv_arena is not None
+            else None,
+        )
         self.peer: Peer = self.server.peer()
 
     def put(self, blocks: Sequence[KVBlock]) -> int:
@@ -118,6 +128,22 @@ class KVStore:
     def sweep_leases(self) -> list[ExpiredLease]:
         """Drop and report hand-off leases that expired unreleased."""
         return self.store.sweep_leases()
+
+    def in_recv_arena(self, blocks: Sequence[KVBlock]) -> list[BlockRef] | None:
+        """Where ``blocks`` (a fetch's, views of its receive buffers) lie in the receive
+        arena, for the engine to import them from there; ``None`` unless all do."""
+        arena = self.recv_arena
+        if arena is None or not blocks:
+            return None
+        refs = []
+        for b in blocks:
+            off = arena.offset_of(b.data.ctypes.data, b.data.nbytes)
+            if off is None or b.key is None:
+                return None
+            refs.append(
+                BlockRef(b.key, b.parent, b.token_ids, b.spec, b.model_fingerprint, off)
+            )
+        return refs
 
     def put_packed(self, buf: memoryview, packed: PackedExport) -> int:
         """Publish full blocks an engine wrote as records into the export arena."""
@@ -172,6 +198,8 @@ class KVStore:
         self.leases.close()
         if self.arena is not None:
             self.arena.close()
+        if self.recv_arena is not None:
+            self.recv_arena.close()
         for d in self._dirs:
             tier_dirs.release(d)
             tier_dirs.sweep(os.path.dirname(os.path.dirname(d)))  # and what dead peers left

@@ -209,10 +209,17 @@ def _ended(
 
 def _import(plugin: MooncakeWorker, blocks: list[Any]) -> int:
     """Copy blocks into this worker's engine prefix cache (on the engine thread, while
-    the caller keeps their memory alive). Returns how many are now usable."""
+    the caller keeps their memory alive). Returns how many are now usable. Blocks that
+    a fetch received into the receive arena are imported from there (the engine reads
+    them in place); others travel over the engine socket."""
     if not blocks:
         return 0
-    plugin.engine.call("import_blocks", blocks).result()
+    kvs = plugin.kv_store
+    refs = kvs.in_recv_arena(blocks) if kvs is not None else None
+    if refs is not None and kvs is not None and kvs.recv_arena is not None:
+        plugin.engine.call("import_from_arena", kvs.recv_arena.path, refs).result()
+    else:
+        plugin.engine.call("import_blocks", blocks).result()
     return len(blocks)
 
 

@@ -7,8 +7,8 @@ import random
 
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine, SamplingParams
-from mooncake.store.export_arena import ExportArena
 from mooncake.store.records import encode_record
+from mooncake.store.shm_arena import ShmArena
 
 
 def _held(tiny_llama, rid: str, prompt: list[int]) -> LLMEngine:
@@ -28,7 +28,7 @@ def test_packed_records_equal_the_stores_encoding(tiny_llama, tmp_path):
     prompt = [rng.randrange(300) for _ in range(3 * bs + bs // 2)]
     ref = _held(tiny_llama, "r", prompt).export_kv("r")
     e = _held(tiny_llama, "r", prompt)
-    arena = ExportArena(str(tmp_path / "arena"), 1 << 22)
+    arena = ShmArena(str(tmp_path / "arena"), 1 << 22)
     region = arena.alloc(1 << 20)
     assert region is not None
     assert e.export_packed("r", arena.view(region)[:100], "sum64") is None

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from mooncake.metrics import LEASE_EXPIRED, MetricsState
+from mooncake.store.shm_arena import Region
 from mooncake.worker.config import WorkerConfig
 from mooncake.worker.kv_store import KVStore
 from mooncake.worker.plugin import MooncakeWorker
@@ -82,3 +83,33 @@ def test_expired_lease_is_reported(tmp_path) -> None:
     assert fam.samples[0].value == 1
     with pytest.raises(ValueError, match="handoff_lease_ttl_s"):
         WorkerConfig(handoff_lease_ttl_s=0)
+
+
+def test_blocks_from_another_host_land_in_the_receive_arena(stores) -> None:
+    """A fetch over TCP (the peer looks like another host) receives the blocks, checked,
+    into the receive arena: the engine is told where each payload is, and the bytes
+    there are the block's; the receive buffer goes back to the arena afterwards."""
+    prefill, decode = stores
+    blocks = make_chain(4, seed=5)
+    prefill.put(blocks)
+    elsewhere = dataclasses.replace(prefill.peer, host_id="another-host")
+    arena = decode.recv_arena
+    assert arena is not None
+    free = arena.free_bytes
+    seen = []
+
+    def use(got):
+        refs = decode.in_recv_arena(got)
+        assert refs is not None and arena.free_bytes < free
+        view = arena.view(Region(0, arena.size))
+        for r, b in zip(refs, blocks):
+            n = b.data.nbytes
+            assert r.key == b.key and bytes(view[r.offset : r.offset + n]) == b.data.tobytes()
+        seen.extend(refs)
+        return len(got)
+
+    f = decode.fetch([b.key for b in blocks], elsewhere, use)
+    assert f.num_blocks == 4 and set(f.paths) == {"tcp"} and len(seen) == 4
+    assert arena.free_bytes == free
+    # Blocks outside the arena (the shared tier's views) are not described as in it.
+    assert decode.in_recv_arena(blocks) is None

@@ -1,21 +1,26 @@
-"""The export arena: shared memory a worker's engine process writes block records into.
+"""Shared-memory arenas: tmpfs files a worker and its engine process both map, so KV
+crosses between them without the engine socket.
 
-An engine exporting a prefilled request's KV for the hand-off used to copy every block
-out of its pool into a numpy array, pickle it down the socket to its worker (two more
-copies), where the store staged it (another) before LMDB copied it into the host tier.
-With the arena, the engine lays each block's record (header, checksum, payload:
-:func:`~mooncake.store.records.write_record_in_place`) straight from its pool into a
-file on tmpfs that the worker maps too; the worker hands the records to LMDB, which
-copies them into the tier. Two copies per block, and none through a socket. (One would
-need LMDB's reserve-then-write put, which py-lmdb does not offer.)
+- The **export arena**: an engine exporting a prefilled request's KV for the hand-off
+  used to copy every block out of its pool into a numpy array and pickle it down the
+  socket to its worker (two more copies), where the store staged it (another) before
+  LMDB copied it into the host tier. Now the engine lays each block's record (header,
+  checksum, payload: :func:`~mooncake.store.records.write_record_in_place`) straight
+  from its pool into the arena, and the worker hands the records to LMDB, which copies
+  them into the tier: two copies per block. (One would need LMDB's reserve-then-write
+  put, which py-lmdb does not offer.)
+- The **receive arena**: blocks fetched from another host land (checked) in receive
+  buffers carved from it (``mooncake.transfer.base.ShmBufferPool``); the engine imports
+  them from there into its pool, told only where they are.
 
-The worker owns the arena: it makes the file, carves a region per export out of it
-(:meth:`ExportArena.alloc`), and frees the region once the records are in the tier. The
-engine only maps the file (:func:`map_arena`) and writes where it is told.
+The worker owns an arena: it makes the file, carves a region per use out of it
+(:meth:`ShmArena.alloc`) and frees the region when done. The engine only maps the file
+(:func:`map_arena`) and reads or writes where it is told.
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import threading
@@ -32,7 +37,7 @@ class Region:
     size: int
 
 
-class ExportArena:
+class ShmArena:
     """A tmpfs file of ``size`` bytes shared with the engine process, and its allocator.
 
     Args:
@@ -53,11 +58,15 @@ class ExportArena:
         finally:
             os.close(fd)
         self._free: list[tuple[int, int]] = [(0, size)]  # (offset, size), by offset
+        probe = ctypes.c_char.from_buffer(self._map)
+        self.address = ctypes.addressof(probe)
+        """Where this process mapped the arena (to tell whether a view lies inside)."""
+        del probe  # an exported buffer would keep the map from closing
         self._lock = threading.Lock()
 
     def alloc(self, nbytes: int) -> Region | None:
-        """A free region of at least ``nbytes``, or ``None`` when none is (then export
-        the old way)."""
+        """A free region of at least ``nbytes``, or ``None`` when none is (then the
+        caller goes the old way)."""
         need = max(_ALIGN, -(-nbytes // _ALIGN) * _ALIGN)
         with self._lock:
             for i, (off, size) in enumerate(self._free):
@@ -85,6 +94,12 @@ class ExportArena:
         """The region's bytes (valid until :meth:`close`)."""
         return memoryview(self._map)[region.offset : region.offset + region.size]
 
+    def offset_of(self, address: int, nbytes: int) -> int | None:
+        """The arena offset of ``nbytes`` at ``address`` in this process, ``None`` when
+        they are not all inside the arena."""
+        off = address - self.address
+        return off if 0 <= off and off + nbytes <= self.size else None
+
     @property
     def free_bytes(self) -> int:
         with self._lock:
@@ -110,4 +125,4 @@ def map_arena(path: str) -> mmap.mmap:
         os.close(fd)
 
 
-__all__ = ["ExportArena", "Region", "map_arena"]
+__all__ = ["Region", "ShmArena", "map_arena"]

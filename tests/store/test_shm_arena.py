@@ -1,4 +1,4 @@
-"""The export arena and records written in place (``mooncake.store.export_arena``,
+"""The export arena and records written in place (``mooncake.store.shm_arena``,
 ``records.write_record_in_place``)."""
 
 from __future__ import annotations
@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mooncake.store.export_arena import ExportArena, map_arena
 from mooncake.store.records import (
     encode_record,
     object_from_record,
     record_size,
     write_record_in_place,
 )
+from mooncake.store.shm_arena import ShmArena, map_arena
 from tests.store.kvfactories import FINGERPRINT, TINY, make_chain
 
 
@@ -20,7 +20,7 @@ from tests.store.kvfactories import FINGERPRINT, TINY, make_chain
 def test_record_written_in_place_is_byte_identical_to_encoded(tmp_path, algo) -> None:
     """A record laid out in another process's mapping of the arena, its payload filled
     in place, has the same bytes as the store's own encoding, and reads back checked."""
-    arena = ExportArena(str(tmp_path / "a"), 1 << 16)
+    arena = ShmArena(str(tmp_path / "a"), 1 << 16)
     peer = map_arena(arena.path)  # what the engine process maps
     b = make_chain(3)[2]
     size = record_size(TINY, FINGERPRINT, TINY.block_size)
@@ -43,7 +43,7 @@ def test_record_written_in_place_is_byte_identical_to_encoded(tmp_path, algo) ->
 def test_arena_allocates_first_fit_and_merges_freed_regions(tmp_path) -> None:
     """Regions are 4 KiB aligned and disjoint; a request larger than any free span
     fails (the caller exports the old way); freed neighbours merge back."""
-    arena = ExportArena(str(tmp_path / "a"), 16 * 4096)
+    arena = ShmArena(str(tmp_path / "a"), 16 * 4096)
     a, b, c = arena.alloc(1), arena.alloc(5000), arena.alloc(4096 * 13)
     assert a is not None and b is not None and c is not None
     assert (a.offset, a.size, b.offset, b.size, c.offset) == (0, 4096, 4096, 8192, 12288)
@@ -54,5 +54,5 @@ def test_arena_allocates_first_fit_and_merges_freed_regions(tmp_path) -> None:
     arena.free(c)
     assert arena.free_bytes == 16 * 4096 and arena.alloc(16 * 4096) is not None
     with pytest.raises(ValueError, match="size"):
-        ExportArena(str(tmp_path / "b"), 0)
+        ShmArena(str(tmp_path / "b"), 0)
     arena.close()
