@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from mooncake import auth
+from mooncake.kvcache import copies
 from mooncake.store.block_object import BlockObject
 from mooncake.store.records import check_records
 from mooncake.transfer import protocol as proto
@@ -257,6 +258,9 @@ class RdmaBackend:
                 buf = self.pool.take(total)
                 buffers.append(buf)
                 buf[:] = np.frombuffer(conn.ep.mr.read(total, 0), dtype=np.uint8)
+                # The RDMA READ into the registered region, then two copies out of it
+                # (pyverbs' read returns bytes; then into the receive buffer).
+                copies.count("transfer.recv", 3 * total)
                 hlens, _sums, status = check_records(
                     buf, table["rlen"][present], proto.present_keys(batch, table)
                 )
