@@ -193,6 +193,7 @@ def test_only_decode_worker_lost(cluster: tuple[mooncake.LLM, ServerThread]) -> 
             except BaseException as e:
                 llm_result["exception"] = e
             llm_result["ended"] = time.monotonic()
+            llm_result["tokens"] = n
             llm_started.set()
 
         asyncio.run(main())
