@@ -34,6 +34,7 @@ SECTIONS = [
     "store",
     "store-between-hosts",
     "serving",
+    "serve-profile",
     "batch-templates",
     "batch-cache-bound",
     "batch-transformers",
