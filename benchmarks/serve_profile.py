@@ -3,10 +3,11 @@
 Starts `mooncake serve` (the same checkpoint and load as ``serve_compare.sh``: llama-57m,
 prefix repetition 4 x 256 + 64 tokens, 32 output tokens, Poisson arrivals), drives it at
 each rate with `mooncake bench serve`, and meanwhile samples the server's whole process
-tree with py-spy (``--subprocesses``; a thread is sampled only while it runs): the server process (HTTP, the cluster
-client, the embedded scheduler and its Conductor), each Dask worker process and each
-engine process. Every sample is put in one category by the innermost frame that names
-one (torch frames are skipped, so a torch op counts for the code that called it):
+tree with py-spy (``--subprocesses``; a thread is sampled only while it runs): the
+server process (HTTP, the cluster client, the embedded scheduler and its Conductor),
+each Dask worker process and each engine process. Every sample is put in one category
+by the innermost frame that names one (torch frames are skipped, so a torch op counts
+for the code that called it):
 
     forward pass        the model's forward (model, model runner, native kernels)
     sampling            the sampler
