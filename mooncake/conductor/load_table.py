@@ -1,0 +1,194 @@
+"""Load tables: every instance's load as numpy arrays, so a decision over hundreds of
+instances is a few vector operations instead of a Python loop per instance.
+
+A table mirrors the :class:`~mooncake.conductor.state.PrefillLoad` or
+:class:`~mooncake.conductor.state.DecodeLoad` objects registered with it, in
+registration order (the order the Conductor's dicts iterate, which decides ties): each
+load tells its table after every change (``LoadListener``), and the table rewrites that
+instance's row. The arrays hold exactly the numbers the loads hold, so vector
+arithmetic over them gives the same floats, bit for bit, as the per-instance Python
+code it replaces (IEEE-754 double operations, done in the same order).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from mooncake.conductor.state import DecodeLoad, PrefillLoad
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+class _Table:
+    """Names, slots and growth shared by both tables."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        """Instance names in registration order; slot i is ``names[i]``."""
+        self.slot_of: dict[str, int] = {}
+        self._capacity = 0
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _grow(self) -> None:
+        raise NotImplementedError
+
+    def _add_name(self, name: str) -> int:
+        if name in self.slot_of:
+            raise ValueError(f"worker: {name!r} is already in the table")
+        if len(self.names) == self._capacity:
+            self._capacity = max(8, 2 * self._capacity)
+            self._grow()
+        slot = len(self.names)
+        self.names.append(name)
+        self.slot_of[name] = slot
+        return slot
+
+
+def _resized(a: npt.NDArray[np.generic], n: int) -> npt.NDArray[np.generic]:
+    out = np.zeros(n, dtype=a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+class PrefillTable(_Table):
+    """Prefill instances' queues as arrays.
+
+    Per slot: ``queued_s`` and, for the usual single running job, its start ``t0`` and
+    estimate ``est``; an idle instance has ``t0 = -inf`` so that its running part
+    ``max(0, est - (now - t0))`` is exactly 0. Instances running several jobs at once
+    (not the prefill engine's case, but the load allows it) are listed in ``multi``
+    and computed by :meth:`PrefillLoad.queue_time` itself.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads: list[PrefillLoad] = []
+        self.queued_s: FloatArray = np.zeros(0)
+        self.t0: FloatArray = np.zeros(0)
+        self.est: FloatArray = np.zeros(0)
+        self.multi: set[int] = set()
+
+    def _grow(self) -> None:
+        self.queued_s = _resized(self.queued_s, self._capacity)  # type: ignore[assignment]
+        self.t0 = _resized(self.t0, self._capacity)  # type: ignore[assignment]
+        self.est = _resized(self.est, self._capacity)  # type: ignore[assignment]
+
+    def add(self, name: str, load: PrefillLoad) -> None:
+        """Register ``load`` (the instance ``name``) at the end of the order."""
+        slot = self._add_name(name)
+        self.loads.append(load)
+        load.listener, load.slot = self, slot
+        self.load_changed(slot)
+
+    def remove(self, name: str) -> None:
+        """Forget an instance; later instances move up one slot (rare: membership)."""
+        slot = self.slot_of.pop(name, None)
+        if slot is None:
+            return
+        load = self.loads.pop(slot)
+        load.listener, load.slot = None, -1
+        del self.names[slot]
+        n = len(self.names)
+        for a in (self.queued_s, self.t0, self.est):
+            a[slot:n] = a[slot + 1 : n + 1]
+        self.multi = {s - (s > slot) for s in self.multi if s != slot}
+        for i in range(slot, n):
+            self.slot_of[self.names[i]] = i
+            self.loads[i].slot = i
+
+    def load_changed(self, slot: int) -> None:
+        load = self.loads[slot]
+        self.queued_s[slot] = load.queued_s
+        self.multi.discard(slot)
+        if not load.running:
+            self.t0[slot], self.est[slot] = -np.inf, 0.0
+        elif len(load.running) == 1:
+            self.t0[slot], self.est[slot] = next(iter(load.running.values()))
+        else:
+            self.multi.add(slot)
+
+    def queue_times(self, now: float) -> FloatArray:
+        """Every instance's :meth:`PrefillLoad.queue_time` at ``now``, same floats."""
+        n = len(self.names)
+        # queue_time: max(0.0, queued_s) + sum(max(0.0, est - (now - t0))), the sum of
+        # one term being that term (0 + x == x); an idle row adds exactly 0.0.
+        q: FloatArray = np.maximum(0.0, self.queued_s[:n]) + np.maximum(
+            0.0, self.est[:n] - (now - self.t0[:n])
+        )
+        for slot in self.multi:
+            q[slot] = self.loads[slot].queue_time(now)
+        return q
+
+
+class DecodeTable(_Table):
+    """Decode instances' batch and KV counts as arrays (``running`` and ``incoming``
+    apart, so both the current and the committed view are two vector operations)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads: list[DecodeLoad] = []
+        self.running: IntArray = np.zeros(0, dtype=np.int64)
+        self.incoming: IntArray = np.zeros(0, dtype=np.int64)
+        self.kv_running: IntArray = np.zeros(0, dtype=np.int64)
+        self.kv_incoming: IntArray = np.zeros(0, dtype=np.int64)
+        self.capacity: IntArray = np.zeros(0, dtype=np.int64)
+
+    def _arrays(self) -> tuple[IntArray, ...]:
+        return (self.running, self.incoming, self.kv_running, self.kv_incoming, self.capacity)
+
+    def _grow(self) -> None:
+        (
+            self.running,
+            self.incoming,
+            self.kv_running,
+            self.kv_incoming,
+            self.capacity,
+        ) = (_resized(a, self._capacity) for a in self._arrays())  # type: ignore[misc]
+
+    def add(self, name: str, load: DecodeLoad) -> None:
+        """Register ``load`` (the instance ``name``) at the end of the order."""
+        slot = self._add_name(name)
+        self.loads.append(load)
+        load.listener, load.slot = self, slot
+        self.load_changed(slot)
+
+    def remove(self, name: str) -> None:
+        """Forget an instance; later instances move up one slot (rare: membership)."""
+        slot = self.slot_of.pop(name, None)
+        if slot is None:
+            return
+        load = self.loads.pop(slot)
+        load.listener, load.slot = None, -1
+        del self.names[slot]
+        n = len(self.names)
+        for a in self._arrays():
+            a[slot:n] = a[slot + 1 : n + 1]
+        for i in range(slot, n):
+            self.slot_of[self.names[i]] = i
+            self.loads[i].slot = i
+
+    def load_changed(self, slot: int) -> None:
+        load = self.loads[slot]
+        self.running[slot] = len(load.running)
+        self.incoming[slot] = len(load.incoming)
+        self.kv_running[slot] = load.kv_running
+        self.kv_incoming[slot] = load.kv_incoming
+        self.capacity[slot] = load.kv_capacity_tokens
+
+    def view(self, committed: bool) -> tuple[IntArray, IntArray]:
+        """(batch, KV tokens) per instance: running only (``current``), or running plus
+        placed (``committed``), as :func:`~mooncake.conductor.admission.decode_view`."""
+        n = len(self.names)
+        if committed:
+            return (
+                self.running[:n] + self.incoming[:n],
+                self.kv_running[:n] + self.kv_incoming[:n],
+            )
+        return self.running[:n], self.kv_running[:n]
+
+
+__all__ = ["DecodeTable", "PrefillTable"]
