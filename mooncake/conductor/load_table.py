@@ -12,6 +12,8 @@ code it replaces (IEEE-754 double operations, done in the same order).
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 import numpy.typing as npt
 
@@ -19,6 +21,7 @@ from mooncake.conductor.state import DecodeLoad, PrefillLoad
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+_G = TypeVar("_G", bound=np.generic)
 
 
 class _Table:
@@ -48,8 +51,8 @@ class _Table:
         return slot
 
 
-def _resized(a: npt.NDArray[np.generic], n: int) -> npt.NDArray[np.generic]:
-    out = np.zeros(n, dtype=a.dtype)
+def _resized(a: npt.NDArray[_G], n: int) -> npt.NDArray[_G]:
+    out: npt.NDArray[_G] = np.zeros(n, dtype=a.dtype)
     out[: len(a)] = a
     return out
 
@@ -73,9 +76,9 @@ class PrefillTable(_Table):
         self.multi: set[int] = set()
 
     def _grow(self) -> None:
-        self.queued_s = _resized(self.queued_s, self._capacity)  # type: ignore[assignment]
-        self.t0 = _resized(self.t0, self._capacity)  # type: ignore[assignment]
-        self.est = _resized(self.est, self._capacity)  # type: ignore[assignment]
+        self.queued_s = _resized(self.queued_s, self._capacity)
+        self.t0 = _resized(self.t0, self._capacity)
+        self.est = _resized(self.est, self._capacity)
 
     def add(self, name: str, load: PrefillLoad) -> None:
         """Register ``load`` (the instance ``name``) at the end of the order."""
@@ -147,7 +150,7 @@ class DecodeTable(_Table):
             self.kv_running,
             self.kv_incoming,
             self.capacity,
-        ) = (_resized(a, self._capacity) for a in self._arrays())  # type: ignore[misc]
+        ) = (_resized(a, self._capacity) for a in self._arrays())
 
     def add(self, name: str, load: DecodeLoad) -> None:
         """Register ``load`` (the instance ``name``) at the end of the order."""

@@ -269,8 +269,8 @@ class PrefillScheduler:
         best_tokens = prefix_tokens(best_blocks, n, bs)
 
         def costs(w: str | None, local_tokens: int) -> tuple[bool, float, float]:
-            # (fetches, transfer, prefill) of an instance with this local prefix, as
-            # _algorithm1 computes them (same caches, same calls).
+            # (fetches, transfer, prefill) of instance ``w`` (None: any instance but
+            # the best worker) with this local prefix, as _algorithm1 computes them.
             fetches = (
                 best_worker is not None
                 and best_worker != w
@@ -289,31 +289,43 @@ class PrefillScheduler:
 
         # Non-holders (w=None: never the best worker, local prefix 0).
         nh_fetch, nh_t, nh_p = costs(None, 0)
-        holders: dict[int, tuple[int, bool]] = {}
+        # Holders: a hot prefix is on many instances, so their costs are cached by
+        # block count (a handful of distinct values); the best worker, whose own prefix
+        # is never fetched, is set apart.
+        by_blocks: dict[int, tuple[bool, float, float]] = {}
         slots: list[int] = []
         ts: list[float] = []
         ps: list[float] = []
         for w, b in prefix_blocks.items():
             j = slot_of.get(w)
-            if j is None:
+            if j is None or not b or w == best_worker:
                 continue
-            local_tokens = prefix_tokens(b, n, bs) if b else 0
-            fetches, t, p = costs(w, local_tokens)
-            holders[j] = (local_tokens, fetches)
+            held = by_blocks.get(b)
+            if held is None:
+                held = by_blocks[b] = costs(None, prefix_tokens(b, n, bs))
             slots.append(j)
-            ts.append(t)
-            ps.append(p)
-        if slots:
+            ts.append(held[1])
+            ps.append(held[2])
+        ttft = q + nh_t
+        if best_worker is None:  # nobody holds any of it: one estimate for all
+            ttft += nh_p
+        else:
             t_vec = np.full(len(q), nh_t)
             p_vec = np.full(len(q), nh_p)
             t_vec[slots] = ts
             p_vec[slots] = ps
-            ttft = (q + t_vec) + p_vec
-        else:
-            ttft = (q + nh_t) + nh_p
+            j = slot_of[best_worker]
+            _, t_vec[j], p_vec[j] = costs(best_worker, best_tokens)
+            ttft = q + t_vec
+            ttft += p_vec
         i = int(np.argmin(ttft))
-        local_tokens, fetches = holders.get(i, (0, nh_fetch))
         w, qi = table.names[i], float(q[i])
+        if w == best_worker:
+            local_tokens, fetches = best_tokens, False
+        else:
+            b = prefix_blocks.get(w, 0)
+            local_tokens = prefix_tokens(b, n, bs) if b else 0
+            fetches = by_blocks[b][0] if b else nh_fetch
         if fetches:
             return PrefillChoice(
                 w,
