@@ -92,6 +92,9 @@ class MooncakeWorker(WorkerPlugin):
         self._probe = SharedPrefixProbe(self.engine_config.block_size)
         self._probe_lock = threading.Lock()
         self.transfer_paths: Counter[str] = Counter()
+        # Remote-prefix blocks pulled at lookup (Algorithm 1), by the path that brought
+        # them: the store's (shm, tcp, rdma) or the peer engine's, over Dask (dask).
+        self.prefix_fetch_paths: Counter[str] = Counter()
         # Prefix blocks found at lookup, by where: device pool, own host/SSD tiers, a peer.
         self.hit_blocks: Counter[str] = Counter()
         # The engine process inherits this worker's environment: a GPU worker's

@@ -151,6 +151,7 @@ def run_lookup(
         if kvs is not None and peer is not None:
             f = kvs.fetch(want, peer, lambda blocks: _import(plugin, blocks))
             got, nbytes = f.num_blocks, f.nbytes
+            plugin.prefix_fetch_paths.update(f.paths[:got])
         if got < len(want):
             # Not in the peer's store (or no store): ask its engine for what it still caches.
             try:
@@ -161,7 +162,9 @@ def run_lookup(
                     token_ids=spec.prompt_token_ids,
                 )
                 blocks = reply["blocks"][have + got :]
-                got += _import(plugin, blocks)
+                imported = _import(plugin, blocks)
+                got += imported
+                plugin.prefix_fetch_paths["dask"] += imported
                 nbytes += sum(b.data.nbytes for b in blocks)
             except Exception:
                 pass
@@ -523,6 +526,7 @@ def engine_stats(dask_worker: Any) -> dict[str, Any]:
         if plugin.kv_store is not None
         else 0,
         "transfer_paths": dict(plugin.transfer_paths),
+        "prefix_fetch_paths": dict(plugin.prefix_fetch_paths),
         "hit_blocks": dict(plugin.hit_blocks),
         **stats,
     }

@@ -30,14 +30,18 @@ MAX_TOKENS = 4
 # Conductor lists it. Then bursts of requests sharing the prefix, sent at once, until
 # one of them was served with a prefix fetched from another worker (the holder's queue
 # grows with each placement until fetching to the idle worker is faster). Prints every
-# prompt sent with its text and cached tokens, and the scheduler's /metrics.
+# prompt sent with its text and cached tokens, the scheduler's /metrics and, through a
+# Dask client (TLS), each worker's lookup counters.
 CLIENT = r"""
 import json, sys, time, urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from distributed import Client
 from openai import OpenAI
+from mooncake.security import TLSFiles, client_security
+from mooncake.worker.tasks import engine_stats
 
-base, scheduler_http, prompts_file, warm_mark, max_tokens = sys.argv[1:6]
+base, scheduler_http, prompts_file, warm_mark, max_tokens, sched, ca, cert, key = sys.argv[1:10]
 warm, rounds = json.loads(Path(prompts_file).read_text())
 client = OpenAI(base_url=base + "/v1", api_key="unused", timeout=60, max_retries=0)
 
@@ -85,7 +89,12 @@ with ThreadPoolExecutor(len(rounds[0])) as pool:
         time.sleep(1.0)  # the transfer counters reach the scheduler with the workers' reports
         if remote_hits(metrics()) > 0:
             break
-print(json.dumps({"sent": sent, "rounds": used, "metrics": metrics()}))
+with Client(sched, security=client_security(TLSFiles(ca, cert, key)), timeout=60) as dc:
+    stats = {
+        w: {k: s[k] for k in ("hit_blocks", "prefix_fetch_paths")}
+        for w, s in dc.run(engine_stats).items()
+    }
+print(json.dumps({"sent": sent, "rounds": used, "metrics": metrics(), "stats": stats}))
 """
 
 
@@ -94,7 +103,8 @@ def test_prefix_on_host2_is_fetched_by_host4(network_of, tiny_llama, tmp_path: P
     suffixes each) until the Conductor sends some to host 4 with the prefix fetched from
     host 2: every burst request reports the 480 prefix tokens as cached (host 4's
     included: fetched, not recomputed), greedy texts equal the in-process engine's, the
-    remote hits and the fetched bytes show in the scheduler's metrics, and no byte
+    remote hits and the fetched bytes show in the scheduler's metrics, host 4's
+    counters say its remote blocks came over TCP from the block server, and no byte
     went through shared memory (the hosts have none in common)."""
     rng = random.Random(5)
     prefix = [rng.randrange(3, 300) for _ in range(PREFIX)]
@@ -124,6 +134,8 @@ def test_prefix_on_host2_is_fetched_by_host4(network_of, tiny_llama, tmp_path: P
             str(prompts_file),
             str(warm_mark),
             str(MAX_TOKENS),
+            cluster.address,
+            *cluster.tls[1::2],  # CA, certificate, key
         ],
         tmp_path / "client.log",
     )
@@ -145,6 +157,11 @@ def test_prefix_on_host2_is_fetched_by_host4(network_of, tiny_llama, tmp_path: P
     )
     assert metric_sum(metrics, "mooncake:kv_transfer_bytes", 'path="prefix-fetch"') > 0
     assert metric_sum(metrics, "mooncake:kv_transfer_bytes", 'path="shm"') == 0
+    # Host 4 fetched the prefix, through host 2's block server (TCP); host 2 never did.
+    stats = {w.split("://")[1].split(":")[0]: s for w, s in got["stats"].items()}
+    assert stats[h4.ip]["hit_blocks"].get("remote", 0) >= PREFIX // 16, stats
+    assert set(stats[h4.ip]["prefix_fetch_paths"]) == {"tcp"}, stats
+    assert stats[h2.ip]["hit_blocks"].get("remote", 0) == 0, stats
     sent = got["sent"]
     assert all(cached == PREFIX for _, _, cached in sent[1:]), [c for _, _, c in sent]
     engine = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=512))
