@@ -206,10 +206,18 @@ class Conductor:
         eta = now + pchoice.ttft_s
         view = _VIEW[cfg.admission]
         table = self._decode_table
-        if table is not None and view != "projected" and not cfg.colocated:
-            # The current and committed views are per-instance counters: vectorised.
-            # (The projected one walks each instance's sequences: the reference path.)
-            batch, kv = table.view(view == "committed")
+        if table is not None and not cfg.colocated:
+            if view == "projected":
+                # Every running and placed sequence of every instance at once.
+                t_d = table.token_times(cfg.decode_token_time_s, self.cost.decode_step_times)
+                many = (
+                    self.outputs.expected_given_many
+                    if cfg.output_prediction == "expected"
+                    else None
+                )
+                batch, kv = table.projected(eta, t_d, now, many)
+            else:  # per-instance counters
+                batch, kv = table.view(view == "committed")
             dchoice = self.decode_scheduler.choose_vector(
                 dreq,
                 table.names,

@@ -18,6 +18,14 @@ class LoadListener(Protocol):
     def load_changed(self, slot: int) -> None: ...
 
 
+class DecodeListener(LoadListener, Protocol):
+    """A :class:`LoadListener` of a decode load that also follows its sequences."""
+
+    def seq_added(self, slot: int, running: bool, rid: str, seq: DecodeSeq) -> None: ...
+
+    def seq_removed(self, slot: int, running: bool, rid: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
     """What placement needs to know about one request."""
@@ -118,8 +126,9 @@ class DecodeLoad:
     """Sum of ``kv_tokens`` over ``running``."""
     kv_incoming: int = 0
     """Sum of ``kv_tokens`` over ``incoming``."""
-    listener: LoadListener | None = field(default=None, repr=False, compare=False)
-    """Told ``slot`` after every change (a table mirroring this load), or ``None``."""
+    listener: DecodeListener | None = field(default=None, repr=False, compare=False)
+    """Told after every change, sequence by sequence (a table mirroring this load), or
+    ``None``. (Sequences are not changed after ``expect``, but for ``join``'s ``at``.)"""
     slot: int = field(default=-1, repr=False, compare=False)
 
     def expect(self, rid: str, seq: DecodeSeq) -> None:
@@ -127,6 +136,7 @@ class DecodeLoad:
         self.incoming[rid] = seq
         self.kv_incoming += seq.kv_tokens
         if self.listener is not None:
+            self.listener.seq_added(self.slot, False, rid, seq)
             self.listener.load_changed(self.slot)
 
     def join(self, rid: str, now: float) -> None:
@@ -138,17 +148,30 @@ class DecodeLoad:
         self.running[rid] = seq
         self.kv_running += seq.kv_tokens
         if self.listener is not None:
+            self.listener.seq_removed(self.slot, False, rid)
+            self.listener.seq_added(self.slot, True, rid, seq)
             self.listener.load_changed(self.slot)
 
     def leave(self, rid: str) -> None:
         seq = self.incoming.pop(rid, None)
         if seq is not None:
             self.kv_incoming -= seq.kv_tokens
+            if self.listener is not None:
+                self.listener.seq_removed(self.slot, False, rid)
         seq = self.running.pop(rid, None)
         if seq is not None:
             self.kv_running -= seq.kv_tokens
+            if self.listener is not None:
+                self.listener.seq_removed(self.slot, True, rid)
         if self.listener is not None:
             self.listener.load_changed(self.slot)
 
 
-__all__ = ["DecodeLoad", "DecodeSeq", "LoadListener", "PrefillLoad", "RequestInfo"]
+__all__ = [
+    "DecodeListener",
+    "DecodeLoad",
+    "DecodeSeq",
+    "LoadListener",
+    "PrefillLoad",
+    "RequestInfo",
+]

@@ -195,19 +195,25 @@ def drive(c: Conductor, rng: random.Random, steps: int) -> list[object]:
 
 
 @pytest.mark.parametrize(
-    ("policy", "admission"),
+    ("policy", "admission", "extra"),
     [
-        ("global_cache_aware", "none"),
-        ("global_cache_aware", "early"),
-        ("global_cache_aware", "predictive"),
-        ("local_cache_aware", "ttft"),
-        ("load_balancing", "none"),
+        ("global_cache_aware", "none", {}),
+        ("global_cache_aware", "early", {}),
+        ("global_cache_aware", "predictive", {}),
+        ("global_cache_aware", "predictive", {"output_prediction": "max_tokens"}),
+        ("global_cache_aware", "predictive", {"decode_token_time_s": 0.004}),
+        ("local_cache_aware", "ttft", {}),
+        ("load_balancing", "none", {}),
     ],
 )
-def test_conductor_fast_path_equals_reference(policy: str, admission: str) -> None:
+def test_conductor_fast_path_equals_reference(
+    policy: str, admission: str, extra: dict[str, object]
+) -> None:
     """Two Conductors, one deciding over load tables and one with the per-instance
     reference (vectorized=False), live the same random 1000 events (with workers
-    joining and leaving): every placement and rejection is equal, floats included."""
+    joining and leaving; with predictive admission, sequences projected with t_d from
+    the step time or fixed, and output lengths re-estimated or taken as the cap): every
+    placement and rejection is equal, floats included."""
     cost = make_tiny_cost()
     for seed in range(2):
         cfg = ConductorConfig(
@@ -216,6 +222,7 @@ def test_conductor_fast_path_equals_reference(policy: str, admission: str) -> No
             ttft_slo_s=3.0,
             tbt_slo_s=0.5,
             kvcache_balancing_threshold=1.0 + seed * 0.5,
+            **extra,  # type: ignore[arg-type]
         )
         prefill = [f"p{i}" for i in random.Random(seed).sample(range(40), 24)]
         decode = {f"d{i}": 50_000 * (1 + i % 3) for i in range(16)}
@@ -224,3 +231,20 @@ def test_conductor_fast_path_equals_reference(policy: str, admission: str) -> No
         a = drive(fast, random.Random(seed), 1000)
         b = drive(ref, random.Random(seed), 1000)
         assert a == b
+
+
+def test_expected_given_many_equals_expected_given() -> None:
+    """Random recent lengths (ties, lengths beyond the caps), caps and tokens generated
+    (fractional, beyond the cap, beyond every recent length): the vector form gives
+    expected_given's integers; with nothing finished yet, the caps."""
+    from mooncake.conductor import OutputLengthPredictor
+
+    rng = random.Random(3)
+    p = OutputLengthPredictor(window=64, refresh_every=4)
+    caps = np.array([rng.choice([1, 5, 50, 300, 2000]) for _ in range(200)], dtype=np.int64)
+    gen = np.array([rng.choice([0.0, 0.5, 3.0, 49.0, 50.0, 299.7, 5000.0]) for _ in caps])
+    assert list(p.expected_given_many(caps, gen)) == list(caps)
+    for _ in range(150):
+        p.observe(None, rng.choice([1, 2, 50, 50, 120, 300, 1500]))
+        many = p.expected_given_many(caps, gen)
+        assert list(many) == [p.expected_given(int(c), float(g)) for c, g in zip(caps, gen)]
