@@ -1016,14 +1016,7 @@ class LLM:
         bs = int(self.info["block_size"])
         full = len(spec.prompt_token_ids) // bs
         info = self.workers.get(placement.prefill) if placement.prefill != lost else None
-        p = info.get("peer") if info else None
-        peer = (
-            Peer(
-                p["host_id"], tuple(p["tcp"]) if p["tcp"] else None, p["host_tier_path"], p["rdma"]
-            )
-            if p
-            else None
-        )
+        peer = Peer.from_msg(info.get("peer")) if info else None
         return KVHandle(
             spec=spec,
             placement=placement,

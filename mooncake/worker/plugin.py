@@ -160,7 +160,7 @@ class MooncakeWorker(WorkerPlugin):
             "roles": self.roles,
             "worker_pid": os.getpid(),
             **self.engine.info,
-            "peer": dataclasses.asdict(self.kv_store.peer) if self.kv_store is not None else None,
+            "peer": self.kv_store.peer.to_msg() if self.kv_store is not None else None,
         }
 
     @property
@@ -180,17 +180,7 @@ class MooncakeWorker(WorkerPlugin):
         """How to fetch blocks from the worker at ``address`` (asked once, then cached)."""
         if address not in self._peers:
             info = rpc(address, "mooncake_info")
-            p = info.get("peer")
-            self._peers[address] = (
-                Peer(
-                    p["host_id"],
-                    tuple(p["tcp"]) if p["tcp"] else None,
-                    p["host_tier_path"],
-                    p["rdma"],
-                )
-                if p
-                else None
-            )
+            self._peers[address] = Peer.from_msg(info.get("peer"))
         return self._peers[address]
 
     def handle_fetch_kv(self, request_id: str) -> dict[str, Any]:
