@@ -29,7 +29,7 @@ BLOCKS = make_chain(64, SPEC, seed=3)  # 2 MiB of KV each
 
 # Host 2: store the blocks, serve them on the host's address, publish how to reach it.
 SERVER = COMMON + r"""
-import dataclasses, json, sys, time
+import json, sys, time
 from pathlib import Path
 from mooncake.store.store import BlockStore
 from mooncake.transfer.config import TransferConfig
@@ -42,7 +42,7 @@ with BlockStore(store_config("/dev/shm/tier", host_blocks=70, spec=SPEC)) as sto
     store.put_many(BLOCKS)
     cfg = TransferConfig(listen_host=ip, secret=bytes.fromhex(secret))
     with BlockServer(store, cfg) as server:
-        Path(peer_file).write_text(json.dumps(dataclasses.asdict(server.peer())))
+        Path(peer_file).write_text(json.dumps(server.peer().to_msg()))
         while not Path(stop).exists():
             time.sleep(0.1)
 """
@@ -58,8 +58,7 @@ from mooncake.transfer.config import TransferConfig
 from mooncake.transfer.fetcher import BlockFetcher
 
 secret, peer_file, io_timeout, first, stop = sys.argv[1:6]
-raw = json.loads(Path(peer_file).read_text())
-peer = Peer(**{**raw, "tcp": tuple(raw["tcp"])})
+peer = Peer.from_msg(json.loads(Path(peer_file).read_text()))
 fetcher = BlockFetcher(TransferConfig(secret=bytes.fromhex(secret), io_timeout_s=float(io_timeout)))
 keys = [b.key for b in BLOCKS]
 rounds = []
