@@ -12,9 +12,11 @@ import pytest
 
 from mooncake.metrics import LEASE_EXPIRED, MetricsState
 from mooncake.store.shm_arena import Region
+from mooncake.worker import request_state
 from mooncake.worker.config import WorkerConfig
 from mooncake.worker.kv_store import KVStore
 from mooncake.worker.plugin import MooncakeWorker
+from mooncake.worker.request_table import RequestTable
 from tests.store.kvfactories import make_chain
 
 
@@ -52,14 +54,17 @@ def test_peer_on_another_host_is_released_by_message(stores) -> None:
 
 
 def test_lease_released_when_request_aborted(stores) -> None:
-    """An abort on the prefill worker (DropKV) releases the request's hand-off lease."""
+    """An abort on the prefill worker (the request table's DropKV, whose ``forget`` is
+    the plugin's) releases the request's hand-off lease."""
     prefill, _ = stores
     prefill.lease_handoff("r1", [b.key for b in make_chain(2)])
     plugin = MooncakeWorker.__new__(MooncakeWorker)
-    plugin.early_lookups, plugin.outbox, plugin.inbox, plugin.started = {}, {}, {}, {}
     plugin.engine = SimpleNamespace(token_times={})
     plugin.kv_store = prefill
-    plugin.drop("r1")
+    table: RequestTable[object, object, object] = RequestTable(
+        request_state.WorkerRequests(), abort_engine=lambda rid: None, forget=plugin._forget
+    )
+    table.handle(request_state.Abort("r1", 0.0))
     assert len(prefill.leases) == 0
 
 
