@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import dataclasses
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -25,7 +27,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -208,6 +210,30 @@ def _refuse_in_spawn_bootstrap() -> None:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskContext:
+    """What a batch partition task needs to submit requests as its ``LLM`` would, from a
+    worker: built by the ``LLM``, shipped inside the collection's graph (small: the
+    model facts and the workers known then), and attached there to the worker's own
+    Dask client (:meth:`attach`)."""
+
+    mode: Mode
+    info: dict[str, Any]
+    workers: dict[str, dict[str, Any]]
+
+    def attach(self, client: Client) -> LLM:
+        """An ``LLM`` over ``client`` (placement, submission, liveness and ``generate``;
+        no token streams, nothing to close)."""
+        return LLM._attach(client, self)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_path: str) -> Tokenizer | None:
+    """One tokenizer per model directory and process (partition tasks share it)."""
+    path = Path(model_path)
+    return Tokenizer(path) if (path / "tokenizer.json").is_file() else None
+
+
 JOIN_TIMEOUT_S = 120.0
 """How long ``LLM(scheduler=...)`` waits for the scheduler and for a worker of each role
 it needs (workers of a deployed cluster may start after the server)."""
@@ -306,6 +332,17 @@ class LLM:
             Tokenizer(path) if (path / "tokenizer.json").is_file() else None
         )
         self._topic = f"mooncake-stream-{self.client.id}"
+        self._init_requests()
+        self.client.subscribe_topic(self._topic, self._on_event)
+        self.client.subscribe_topic(MEMBERSHIP_TOPIC, self._on_membership)
+        # Deltas come straight from the engine processes to this port; the topic above
+        # is their fallback (see mooncake.worker.token_stream).
+        self._stream_key = new_secret()
+        self._stream_server = TokenStreamServer(self._on_msgs, self._stream_key)
+        self.client.sync(self._stream_server.start, self._stream_host())
+
+    def _init_requests(self) -> None:
+        """The per-request bookkeeping (also of an LLM attached inside a task)."""
         self._sinks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
         self._futures: dict[str, dict[str, Future[Any]]] = {}
         self._placed: dict[str, set[str]] = {}
@@ -321,13 +358,28 @@ class LLM:
         self._live_cache: tuple[float, set[str]] = (0.0, set())
         self._lock = threading.Lock()
         self._ids = itertools.count()
-        self.client.subscribe_topic(self._topic, self._on_event)
-        self.client.subscribe_topic(MEMBERSHIP_TOPIC, self._on_membership)
-        # Deltas come straight from the engine processes to this port; the topic above
-        # is their fallback (see mooncake.worker.token_stream).
-        self._stream_key = new_secret()
-        self._stream_server = TokenStreamServer(self._on_msgs, self._stream_key)
-        self.client.sync(self._stream_server.start, self._stream_host())
+
+    @classmethod
+    def _attach(cls, client: Client, ctx: TaskContext) -> LLM:
+        """See :meth:`TaskContext.attach`: the state ``generate`` needs, over a client this
+        object does not own (a worker's, inside a task)."""
+        self = cls.__new__(cls)
+        self.client, self.cluster, self.mode = client, None, ctx.mode
+        self.build_graph = get_builder(ctx.mode)
+        self.info, self.workers = ctx.info, dict(ctx.workers)
+        self.model_name = ctx.info["model_name"]
+        self.max_model_len = int(ctx.info["max_model_len"])
+        self.tokenizer = _tokenizer(str(ctx.info["model_path"]))
+        self._topic = f"mooncake-stream-{client.id}"
+        self._init_requests()
+        return self
+
+    def task_context(self) -> TaskContext:
+        """What a partition task needs to run ``generate`` from a worker
+        (``mooncake.batch_dask``)."""
+        with self._lock:
+            workers = {w: dict(i) for w, i in self.workers.items()}
+        return TaskContext(self.mode, dict(self.info), workers)
 
     def _wait_for_roles(self, roles: tuple[str, ...], timeout: float) -> None:
         """Wait until the cluster has a worker of every role (Dask resources), or raise
@@ -633,24 +685,63 @@ class LLM:
                 shared prefix (``mooncake.batch.plan_batch``); ``input``: submit in input
                 order, all at once.
         """
-        plist = params_per_prompt(sampling_params, len(prompts))
-        specs = [self.make_request(p, sp) for p, sp in zip(prompts, plist)]
         bar = None
         if use_tqdm:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(specs), desc="generate", unit="req")
+            bar = tqdm(total=len(prompts), desc="generate", unit="req")
         try:
-            return self._run_batch(specs, order, max_retry_s, bar)
+            return self.generate_batch(
+                prompts, sampling_params, max_retry_s=max_retry_s, order=order, bar=bar
+            )
         finally:
             if bar is not None:
                 bar.close()
 
-    def _run_batch(
-        self, specs: list[RequestSpec], order: Order, max_retry_s: float, bar: Any
+    def generate_batch(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        max_retry_s: float = 600.0,
+        order: Order = "prefix",
+        bar: Any = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> list[RequestOutput]:
+        """``generate`` without its own progress bar, for callers that run it inside a
+        task (``mooncake.batch_dask``): ``bar`` (anything with ``update(n)``) counts
+        finished requests; ``cancelled``, asked about every second, stops the batch
+        (its requests aborted, ``concurrent.futures.CancelledError`` raised). A bad prompt raises
+        ``ValueError`` naming its index before anything is submitted."""
         if order not in ("prefix", "input"):
             raise ValueError(f"order: must be 'prefix' or 'input', got {order!r}")
+        plist = params_per_prompt(sampling_params, len(prompts))
+        specs = []
+        for i, (p, sp) in enumerate(zip(prompts, plist)):
+            try:
+                specs.append(self.make_request(p, sp))
+            except ValueError as e:
+                raise ValueError(f"prompts[{i}]: {e}") from None
+        submitted: list[str] = []
+        try:
+            return self._run_batch(specs, order, max_retry_s, bar, submitted, cancelled)
+        except BaseException:
+            # Nothing of a failed or cancelled batch keeps running in the engines.
+            with self._lock:
+                running = [rid for rid in submitted if rid in self._futures]
+            for rid in running:
+                self.abort_sync(rid)
+            raise
+
+    def _run_batch(
+        self,
+        specs: list[RequestSpec],
+        order: Order,
+        max_retry_s: float,
+        bar: Any,
+        submitted: list[str],
+        cancelled: Callable[[], bool] | None,
+    ) -> list[RequestOutput]:
         deadline = time.monotonic() + max_retry_s
         futures: dict[Future[Any], int] = {}
         if order == "prefix":
@@ -658,6 +749,7 @@ class LLM:
             warm: list[Future[Any]] = []
             for i in plan.warm:
                 out_fut = self._submit_with_retry(specs[i], deadline)
+                submitted.append(specs[i].request_id)
                 futures[out_fut] = i
                 warm.append(self._first_token_future(specs[i].request_id, out_fut))
             while warm:
@@ -665,6 +757,8 @@ class LLM:
                     wait(warm, timeout=LIVENESS_INTERVAL_S)
                     break
                 except TimeoutError:
+                    if cancelled is not None and cancelled():
+                        raise concurrent.futures.CancelledError("the batch was cancelled") from None
                     # A warm-up on a worker that left: the loop below moves it.
                     if any(self._lost_worker_sync(specs[i].request_id) for i in plan.warm):
                         break
@@ -677,6 +771,7 @@ class LLM:
             rest = list(range(len(specs)))
         for i in rest:
             futures[self._submit_with_retry(specs[i], deadline)] = i
+            submitted.append(specs[i].request_id)
         results: list[RequestOutput | None] = [None] * len(specs)
         attempts = {i: specs[i] for i in futures.values()}
         pending = dict(futures)
@@ -701,6 +796,8 @@ class LLM:
             if time.monotonic() - checked < LIVENESS_INTERVAL_S:
                 continue
             checked = time.monotonic()
+            if cancelled is not None and cancelled():
+                raise concurrent.futures.CancelledError("the batch was cancelled")
             # Liveness: a request on a worker that left runs again elsewhere, from scratch
             # (nothing was delivered yet; its seed makes the output the same).
             for fut, i in list(pending.items()):
@@ -722,6 +819,7 @@ class LLM:
                         f"request {specs[i].request_id}: worker {lost} was "
                         f"lost and no worker can take the request over ({e})"
                     ) from None
+                submitted.append(attempts[i].request_id)
                 del pending[fut]
                 pending[new] = i
                 ac.add(new)
@@ -754,9 +852,9 @@ class LLM:
         use_tqdm: bool = True,
         order: Order = "prefix",
     ) -> Iterator[list[RequestOutput]]:
-        """``generate`` over a ``dask.bag.Bag`` of prompts, one partition at a time: only one
-        input partition is in this process at once; yields each partition's outputs (in
-        its order) as soon as it is done, so callers can write them out as they come."""
+        """``generate`` over a ``dask.bag.Bag`` of prompts, partition by partition on the
+        cluster (a few at once); yields each partition's outputs in partition order, so
+        callers can write them out as they come."""
         return batch_dask.generate_partitions(
             self, bag, sampling_params, use_tqdm=use_tqdm, order=order
         )
@@ -769,9 +867,10 @@ class LLM:
         use_tqdm: bool = True,
         order: Order = "prefix",
     ) -> dask.bag.Bag:
-        """``generate`` over a ``dask.bag.Bag`` of prompts (text or token ids), read one
-        partition at a time; returns a bag of ``RequestOutput`` with the same partitioning
-        and order (the outputs are held in this process)."""
+        """``generate`` over a ``dask.bag.Bag`` of prompts (text or token ids): a lazy bag
+        of ``RequestOutput`` with the same partitioning and order, each partition run by
+        a task on the cluster that submits its requests through the Conductor
+        (``mooncake.batch_dask``). Nothing runs until it is computed or persisted."""
         return batch_dask.generate_bag(self, bag, sampling_params, use_tqdm=use_tqdm, order=order)
 
     def generate_dataframe(
@@ -784,9 +883,9 @@ class LLM:
         use_tqdm: bool = True,
         order: Order = "prefix",
     ) -> dask.dataframe.DataFrame:
-        """``generate`` over the prompts in ``df[column]``; returns ``df`` with the
-        generated text as ``output_column``, partition for partition (input read one
-        partition at a time, outputs held in this process)."""
+        """``generate`` over the prompts in ``df[column]``: ``df`` with the generated text
+        as ``output_column``, lazily, partition for partition on the cluster (see
+        ``generate_bag``). Raises ``ValueError`` for an unknown column."""
         return batch_dask.generate_dataframe(
             self,
             df,
