@@ -132,7 +132,9 @@ def test_bad_row_names_its_partition_and_row(llm):
 
 
 def test_generate_partitions_streams_in_order(llm):
-    """generate_partitions yields each partition's outputs in partition order."""
+    """generate_partitions yields each partition's outputs in partition order; the bag
+    computed with the synchronous scheduler (partitions run in this process, through
+    the default client) gives the same."""
     import dask.bag as db
 
     prompts = _few_shot(6, seed=6)
@@ -142,3 +144,29 @@ def test_generate_partitions_streams_in_order(llm):
     )
     assert [len(p) for p in parts] == [2, 2, 2]
     assert [o.token_ids for p in parts for o in p] == expected
+    bag = llm.generate_bag(db.from_sequence(prompts, npartitions=2), PARAMS)
+    assert [o.token_ids for o in bag.compute(scheduler="sync")] == expected
+
+
+def test_cancelling_the_collection_aborts_its_requests(llm):
+    """A persisted bag of long generations, cancelled while its requests decode: the
+    partition tasks see the cancellation and abort their requests, so the decode
+    workers are idle again within seconds and no request ran to its end."""
+    import dask.bag as db
+
+    long = mooncake.SamplingParams(temperature=0.0, max_tokens=900, ignore_eos=True)
+    prompts = _few_shot(4, seed=7)
+    t0 = time.time()
+    placed = llm.stats()["placements"]
+    persisted = llm.generate_bag(db.from_sequence(prompts, npartitions=2), long).persist()
+    deadline = time.monotonic() + 30
+    while llm.stats()["placements"] < placed + 4:
+        assert time.monotonic() < deadline, "the partitions never placed their requests"
+        time.sleep(0.05)
+    llm.client.cancel(persisted)
+    deadline = time.monotonic() + 15
+    while sum(llm.stats()["decode_running"].values()):
+        assert time.monotonic() < deadline, "requests kept decoding after the cancel"
+        time.sleep(0.1)
+    finished = [h for h in llm.history() if h.get("placed_at", 0) >= t0 and h["state"] == "memory"]
+    assert not finished, finished
