@@ -87,9 +87,9 @@ def test_bag_is_lazy_runs_partitions_concurrently_and_equals_generate(llm):
     assert [o.token_ids for o in outs] == expected
     assert [o.prompt_token_ids for o in outs] == prompts
     spans = _windows(llm, outs, 4)
-    assert any(
-        a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1 :]
-    ), spans
+    assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1 :]), (
+        spans
+    )
 
 
 def test_dataframe_column_is_lazy_and_equals_generate(llm):
