@@ -88,14 +88,13 @@ def _task_client() -> Iterator[tuple[Any, Callable[[], bool]]]:
     or the threaded scheduler in the client process): the default client, never
     cancelled."""
     from distributed import get_client, get_worker, worker_client
-    from distributed.threadpoolexecutor import thread_state
 
     try:
         worker = get_worker()
     except ValueError:
         yield get_client(), lambda: False
         return
-    key: Any = getattr(thread_state, "key", None)
+    key = worker.get_current_task()
 
     def cancelled() -> bool:
         # A running task the scheduler released (its collection was cancelled or

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -69,6 +70,28 @@ def checkpoint_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[...
 @pytest.fixture(scope="session")
 def tiny_llama(checkpoint_factory: Callable[..., Path]) -> Path:
     return checkpoint_factory("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def chat_checkpoint(checkpoint_factory: Callable[..., Path]) -> Path:
+    """The tiny Llama checkpoint plus a byte-level tokenizer and a chat template, so text
+    prompts and chat work (vocabulary cut to the tokenizer's 259 ids)."""
+    from mooncake.engine.default_model import CHAT_TEMPLATE, build_tokenizer
+
+    path = checkpoint_factory("tiny-llama-chat", seed=3, vocab_size=259)
+    if not (path / "tokenizer.json").is_file():
+        build_tokenizer().save(str(path / "tokenizer.json"))
+        cfg = {
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "pad_token": "<pad>",
+            "chat_template": CHAT_TEMPLATE,
+        }
+        (path / "tokenizer_config.json").write_text(json.dumps(cfg))
+        (path / "generation_config.json").write_text(
+            json.dumps({"bos_token_id": 256, "eos_token_id": 257})
+        )
+    return path
 
 
 def hf_model(path: Path) -> Any:
