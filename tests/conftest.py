@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -115,6 +116,23 @@ def hf_greedy(model: Any, prompt: list[int], max_new_tokens: int) -> list[int]:
             pad_token_id=0,
         )
     return [int(t) for t in out[0, len(prompt) :]]
+
+
+@functools.cache
+def _hf_model_cached(path: str) -> Any:
+    return hf_model(Path(path))
+
+
+@functools.cache
+def _hf_continuation(path: str, prompt: tuple[int, ...], max_new_tokens: int) -> tuple[int, ...]:
+    return tuple(hf_greedy(_hf_model_cached(path), list(prompt), max_new_tokens))
+
+
+def hf_reference(path: Path, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """transformers' greedy continuations of ``prompts`` from the checkpoint at ``path``,
+    each computed once per session (several tests compare different engine paths with
+    the same reference)."""
+    return [list(_hf_continuation(str(path), tuple(p), max_new_tokens)) for p in prompts]
 
 
 @pytest.fixture
