@@ -765,7 +765,8 @@ class LLM:
                     if cancelled is not None and cancelled():
                         raise concurrent.futures.CancelledError("the batch was cancelled") from None
                     # A warm-up on a worker that left: the loop below moves it.
-                    if any(self._lost_worker_sync(specs[i].request_id) for i in plan.warm):
+                    live = self._live_workers_sync()
+                    if any(self._lost_worker(specs[i].request_id, live) for i in plan.warm):
                         break
             if warm:
                 # Let the prefill workers' next report (every 50 ms) put the warmed blocks
@@ -805,9 +806,10 @@ class LLM:
                 raise concurrent.futures.CancelledError("the batch was cancelled")
             # Liveness: a request on a worker that left runs again elsewhere, from scratch
             # (nothing was delivered yet; its seed makes the output the same).
+            live = self._live_workers_sync()
             for fut, i in list(pending.items()):
                 rid = attempts[i].request_id
-                lost = self._lost_worker_sync(rid)
+                lost = self._lost_worker(rid, live)
                 if lost is None or not self._needs_move(rid, lost):
                     continue
                 self.abort_sync(rid)
@@ -829,25 +831,6 @@ class LLM:
                 pending[new] = i
                 ac.add(new)
         return [r for r in results if r is not None]
-
-    def _lost_worker_sync(self, rid: str) -> str | None:
-        """``_lost_worker_of`` for callers outside the client's event loop."""
-        with self._lock:
-            workers = set(self._placed.get(rid, ()))
-            gone = workers & self._gone
-        if not workers:
-            return None
-        if not gone:
-            t, live = self._live_cache
-            if time.monotonic() - t > LIVENESS_INTERVAL_S:
-                try:
-                    live = set(self.client.sync(self._scheduler.mooncake_workers))
-                except Exception as e:
-                    logger.debug("liveness check failed: %s", e)
-                    return None
-                self._live_cache = (time.monotonic(), live)
-            gone = workers - live
-        return min(gone) if gone else None
 
     def generate_partitions(
         self,
@@ -958,7 +941,8 @@ class LLM:
                 try:
                     kind, item = await asyncio.wait_for(q.get(), LIVENESS_INTERVAL_S)
                 except asyncio.TimeoutError:
-                    kind, item = "lost", await self._lost_worker_of(attempt.request_id)
+                    live = await self._live_workers()
+                    kind, item = "lost", self._lost_worker(attempt.request_id, live)
                     if item is None:
                         continue
                 if kind == "msg":
@@ -1013,29 +997,32 @@ class LLM:
             if sink is not None:
                 _post(*sink, ("lost", left.worker))
 
-    async def _live_workers(self) -> set[str]:
-        """The mooncake workers in the cluster now (asked at most every second)."""
+    async def _live_workers(self) -> set[str] | None:
+        """The mooncake workers in the cluster now (asked at most every second); None when
+        the scheduler cannot be asked (Dask reconnects or fails the futures)."""
         t, live = self._live_cache
         if time.monotonic() - t > LIVENESS_INTERVAL_S:
-            live = set(await self._on_client_loop(self._scheduler.mooncake_workers()))
+            try:
+                live = set(await self._on_client_loop(self._scheduler.mooncake_workers()))
+            except Exception as e:
+                logger.debug("liveness check failed: %s", e)
+                return None
             self._live_cache = (time.monotonic(), live)
         return live
 
-    async def _lost_worker_of(self, rid: str) -> str | None:
-        """A worker of the request that is no longer in the cluster, or None."""
+    def _live_workers_sync(self) -> set[str] | None:
+        """``_live_workers`` for callers outside the client's event loop (batches)."""
+        live: set[str] | None = self.client.sync(self._live_workers)
+        return live
+
+    def _lost_worker(self, rid: str, live: set[str] | None) -> str | None:
+        """A worker of the request that the scheduler reported gone or that is not among
+        ``live`` (None: unknown), or None. Streams and batches both ask this."""
         with self._lock:
             workers = set(self._placed.get(rid, ()))
             gone = workers & self._gone
-        if not workers:
-            return None
-        if not gone:
-            try:
-                gone = workers - await self._live_workers()
-            except (
-                Exception
-            ) as e:  # the scheduler itself is unreachable: Dask reconnects or fails the futures
-                logger.debug("liveness check failed: %s", e)
-                return None
+        if not gone and live is not None:
+            gone = workers - live
         return min(gone) if gone else None
 
     def _needs_move(self, rid: str, worker: str) -> bool:
