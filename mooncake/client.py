@@ -46,10 +46,12 @@ from mooncake.client_common import (
     Unavailable,
     WorkerLost,
 )
-from mooncake.conductor import membership
+from mooncake.client_common import (
+    post as _post,
+)
+from mooncake.client_liveness import LivenessMixin
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
-from mooncake.conductor.membership import WorkerJoined
 from mooncake.conductor.plugin import ConductorPlugin
 from mooncake.config import EngineConfig
 from mooncake.cpu_list import BIND_ENV, worker_slice
@@ -152,15 +154,6 @@ class _Stream:
         )
 
 
-def _post(loop: asyncio.AbstractEventLoop, q: asyncio.Queue[Any], item: Any) -> None:
-    """Hand an item to a consumer's event loop from the client's thread (a consumer that
-    already went away is not an error)."""
-    try:
-        loop.call_soon_threadsafe(q.put_nowait, item)
-    except RuntimeError:
-        pass
-
-
 def _gpu_count() -> int:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
@@ -215,7 +208,7 @@ JOIN_TIMEOUT_S = 120.0
 it needs (workers of a deployed cluster may start after the server)."""
 
 
-class LLM(BatchMixin):
+class LLM(BatchMixin, LivenessMixin):
     """Disaggregated LLM serving on a Dask cluster.
 
     Args:
@@ -712,72 +705,6 @@ class LLM(BatchMixin):
         place = self._scheduler.mooncake_place(request=self._place_request(spec, resume=resume))
         reply: dict[str, Any] = await asyncio.wait_for(self._on_client_loop(place), PLACE_TIMEOUT_S)
         return reply
-
-    # -- liveness: requests on a worker that left -----------------------------------------
-    def _on_membership(self, event: tuple[float, dict[str, Any]]) -> None:
-        """(Client loop.) A worker joined: it is known from now on. A worker left: every
-        stream with a request on it is told."""
-        _, msg = event
-        left = membership.parse(msg)
-        if isinstance(left, WorkerJoined):
-            with self._lock:
-                self.workers[left.worker] = left.info
-                self._gone.discard(left.worker)
-            return
-        if left is None:
-            return
-        with self._lock:
-            self._gone.add(left.worker)
-            self.workers.pop(left.worker, None)
-            affected = [rid for rid, workers in self._placed.items() if left.worker in workers]
-        for rid in affected:
-            sink = self._sinks.get(rid)
-            if sink is not None:
-                _post(*sink, ("lost", left.worker))
-
-    async def _live_workers(self) -> set[str] | None:
-        """The mooncake workers in the cluster now (asked at most every second); None when
-        the scheduler cannot be asked (Dask reconnects or fails the futures)."""
-        t, live = self._live_cache
-        if time.monotonic() - t > LIVENESS_INTERVAL_S:
-            try:
-                live = set(await self._on_client_loop(self._scheduler.mooncake_workers()))
-            except Exception as e:
-                logger.debug("liveness check failed: %s", e)
-                return None
-            self._live_cache = (time.monotonic(), live)
-        return live
-
-    def _live_workers_sync(self) -> set[str] | None:
-        """``_live_workers`` for callers outside the client's event loop (batches)."""
-        live: set[str] | None = self.client.sync(self._live_workers)
-        return live
-
-    def _lost_worker(self, rid: str, live: set[str] | None) -> str | None:
-        """A worker of the request that the scheduler reported gone or that is not among
-        ``live`` (None: unknown), or None. Streams and batches both ask this."""
-        with self._lock:
-            workers = set(self._placed.get(rid, ()))
-            gone = workers & self._gone
-        if not gone and live is not None:
-            gone = workers - live
-        return min(gone) if gone else None
-
-    def _needs_move(self, rid: str, worker: str) -> bool:
-        """Whether losing ``worker`` stops the request: a task of it that has not finished
-        runs (or waits to run) there, or the prefill's result that its transfer still
-        needs lived there. A request whose KV already reached decode goes on as it is."""
-        with self._lock:
-            futures = dict(self._futures.get(rid, {}))
-            where = {k: self._task_workers.get(k) for k in futures}
-        if any(w == worker and futures[k].status != "finished" for k, w in where.items()):
-            return True
-        transfer = futures.get(f"transfer-{rid}")
-        return (
-            where.get(f"prefill-{rid}") == worker
-            and transfer is not None
-            and transfer.status != "finished"
-        )
 
     async def _move(
         self,

@@ -1,6 +1,10 @@
-"""What the parts of the client share: its errors and its liveness timings."""
+"""What the parts of the client share: its errors, its liveness timings, and how an item
+reaches a consumer's event loop."""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 LIVENESS_INTERVAL_S = 1.0
 """How often a batch checks that its requests' workers are still in the cluster (and
@@ -28,4 +32,20 @@ class WorkerLost(Unavailable):
     """A worker serving the request left and the request could not be moved to another."""
 
 
-__all__ = ["LIVENESS_INTERVAL_S", "MOVE_DEADLINE_S", "Rejected", "Unavailable", "WorkerLost"]
+def post(loop: asyncio.AbstractEventLoop, q: asyncio.Queue[Any], item: Any) -> None:
+    """Hand an item to a consumer's event loop from the client's thread (a consumer that
+    already went away is not an error)."""
+    try:
+        loop.call_soon_threadsafe(q.put_nowait, item)
+    except RuntimeError:
+        pass
+
+
+__all__ = [
+    "LIVENESS_INTERVAL_S",
+    "MOVE_DEADLINE_S",
+    "Rejected",
+    "Unavailable",
+    "WorkerLost",
+    "post",
+]
