@@ -52,6 +52,12 @@ from mooncake.client_common import (
 from mooncake.client_liveness import LivenessMixin
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
+from mooncake.conductor.messages import (
+    PlacementInfo,
+    PlaceRefused,
+    PlaceRequest,
+    parse_place_reply,
+)
 from mooncake.conductor.plugin import ConductorPlugin
 from mooncake.config import EngineConfig
 from mooncake.cpu_list import BIND_ENV, worker_slice
@@ -60,13 +66,14 @@ from mooncake.graphs import KeyRef, get_builder
 from mooncake.graphs import resume as resume_graph
 from mooncake.kvcache import block_keys, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from mooncake.request_ids import next_attempt
 from mooncake.sampling_params import SamplingParams
 from mooncake.security import TLSFiles, check_address, client_security, embedded_security, uses_tls
 from mooncake.store import tier_dirs
 from mooncake.tokenizer import Tokenizer
 from mooncake.transfer import Peer
 from mooncake.worker.config import WorkerConfig
-from mooncake.worker.messages import KVHandle, PlacementInfo, RequestSpec
+from mooncake.worker.messages import KVHandle, RequestSpec
 from mooncake.worker.plugin import MooncakeWorker
 from mooncake.worker.tasks import engine_stats, worker_info
 from mooncake.worker.token_stream import TokenStreamServer
@@ -529,34 +536,28 @@ class LLM(BatchMixin, LivenessMixin):
 
     def _place_request(self, spec: RequestSpec, resume: bool = False) -> dict[str, Any]:
         max_out = spec.params.max_tokens or (self.max_model_len - len(spec.prompt_token_ids))
-        req: dict[str, Any] = {
-            "request_id": spec.request_id,
-            "prompt_len": len(spec.prompt_token_ids),
-            "block_keys": self._block_keys(spec),
-            "output_len": max_out,
-            "client": self.client.id,
-        }
-        if resume:
-            req["resume"] = True  # goes straight to a decode worker: no early lookup
-        else:
-            # Passed on to the prefill worker, which starts the lookup at placement.
-            req["spec"] = to_serialize(spec)
-            req["start"] = "generate" if self.mode == "colocated" else "prefill"
-        return req
+        return PlaceRequest(
+            request_id=spec.request_id,
+            prompt_len=len(spec.prompt_token_ids),
+            block_keys=self._block_keys(spec),
+            output_len=max_out,
+            client=self.client.id,
+            # A resumed request goes straight to a decode worker: no early lookup.
+            # Otherwise the request is passed on to the prefill worker, which starts
+            # the lookup at placement.
+            resume=resume,
+            spec=None if resume else to_serialize(spec),
+            start="generate" if self.mode == "colocated" else "prefill",
+        ).to_msg()
 
     @staticmethod
     def _placement(reply: dict[str, Any]) -> PlacementInfo:
-        if reply["rejected"]:
-            if reply.get("unavailable"):
-                raise Unavailable(f"request not placed: {reply['reason']}")
-            raise Rejected(reply["reason"], float(reply["retry_after"]))
-        return PlacementInfo(
-            reply["prefill"],
-            reply["decode"],
-            reply["fetch_from"],
-            int(reply["fetch_blocks"]),
-            float(reply["est_ttft_s"]),
-        )
+        answer = parse_place_reply(reply)
+        if isinstance(answer, PlaceRefused):
+            if answer.unavailable:
+                raise Unavailable(f"request not placed: {answer.reason}")
+            raise Rejected(answer.reason, answer.retry_after)
+        return answer
 
     def place(self, spec: RequestSpec) -> PlacementInfo:
         """Ask the Conductor where to run ``spec`` (raises ``Rejected``)."""
@@ -721,8 +722,7 @@ class LLM(BatchMixin, LivenessMixin):
         tokens delivered so far. Raises ``WorkerLost`` when that is impossible."""
         old = attempt.request_id
         self.moves[spec.request_id] += 1
-        n = int(old.rsplit("~", 1)[1]) + 1 if "~" in old else 1
-        new = dataclasses.replace(attempt, request_id=f"{spec.request_id}~{n}")
+        new = dataclasses.replace(attempt, request_id=next_attempt(spec.request_id, old))
         # Stop what is left of the old attempt (on the surviving workers); not awaited.
         asyncio.run_coroutine_threadsafe(self._abort(old), self._client_loop)
         self._sinks.pop(old, None)
@@ -771,14 +771,7 @@ class LLM(BatchMixin, LivenessMixin):
         bs = int(self.info["block_size"])
         full = len(spec.prompt_token_ids) // bs
         info = self.workers.get(placement.prefill) if placement.prefill != lost else None
-        p = info.get("peer") if info else None
-        peer = (
-            Peer(
-                p["host_id"], tuple(p["tcp"]) if p["tcp"] else None, p["host_tier_path"], p["rdma"]
-            )
-            if p
-            else None
-        )
+        peer = Peer.from_msg(info.get("peer")) if info else None
         return KVHandle(
             spec=spec,
             placement=placement,

@@ -31,9 +31,11 @@ from mooncake.client_common import (
     Unavailable,
     WorkerLost,
 )
+from mooncake.conductor.messages import PlacementInfo
 from mooncake.outputs import RequestOutput
+from mooncake.request_ids import PREFILL_STEPS, next_attempt, task_key
 from mooncake.sampling_params import SamplingParams, params_per_prompt
-from mooncake.worker.messages import PlacementInfo, RequestSpec
+from mooncake.worker.messages import RequestSpec
 
 if TYPE_CHECKING:
     import dask.bag
@@ -92,8 +94,8 @@ class BatchMixin:
         when it is done)."""
         with self._lock:
             futures = self._futures.get(rid, {})
-        for step in ("prefill", "generate"):
-            f = futures.get(f"{step}-{rid}")
+        for step in PREFILL_STEPS:
+            f = futures.get(task_key(step, rid))
             if f is not None:
                 return f
         return final
@@ -244,8 +246,9 @@ class BatchMixin:
                     continue
                 self.abort_sync(rid)
                 self.moves[specs[i].request_id] += 1
-                n = int(rid.rsplit("~", 1)[1]) + 1 if "~" in rid else 1
-                attempts[i] = dataclasses.replace(specs[i], request_id=f"{specs[i].request_id}~{n}")
+                attempts[i] = dataclasses.replace(
+                    specs[i], request_id=next_attempt(specs[i].request_id, rid)
+                )
                 logger.warning(
                     "request %s: worker %s lost; placed again", specs[i].request_id, lost
                 )

@@ -20,6 +20,7 @@ from distributed import Client, Future
 from mooncake.client_common import LIVENESS_INTERVAL_S, post
 from mooncake.conductor import membership
 from mooncake.conductor.membership import WorkerJoined
+from mooncake.request_ids import task_key
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +104,9 @@ class LivenessMixin:
             where = {k: self._task_workers.get(k) for k in futures}
         if any(w == worker and futures[k].status != "finished" for k, w in where.items()):
             return True
-        transfer = futures.get(f"transfer-{rid}")
+        transfer = futures.get(task_key("transfer", rid))
         return (
-            where.get(f"prefill-{rid}") == worker
+            where.get(task_key("prefill", rid)) == worker
             and transfer is not None
             and transfer.status != "finished"
         )

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 
 def _check(cond: bool, name: str, msg: str) -> None:
@@ -164,6 +165,17 @@ class CostModel:
         compute = (2.0 * m.num_params * batch + prefill_flops) / (h.peak_flops * h.mfu)
         memory = (m.weight_bytes + kv_tokens * m.kv_bytes_per_token) / (h.hbm_bandwidth * h.mbu)
         return max(compute, memory) + h.step_overhead_s
+
+    def decode_step_times(
+        self, batch: npt.NDArray[np.int64], kv_tokens: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
+        """:meth:`decode_step_time` (no prefill chunk) of many instances at once: the
+        same operations in the same order, so the same floats (batches must be > 0)."""
+        m, h = self.model, self.hardware
+        compute = (2.0 * m.num_params * batch + 0.0) / (h.peak_flops * h.mfu)
+        memory = (m.weight_bytes + kv_tokens * m.kv_bytes_per_token) / (h.hbm_bandwidth * h.mbu)
+        out: npt.NDArray[np.float64] = np.maximum(compute, memory) + h.step_overhead_s
+        return out
 
     def kv_capacity_tokens(self) -> int:
         """KV tokens that fit in HBM next to the weights."""
