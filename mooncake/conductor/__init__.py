@@ -16,6 +16,7 @@ from mooncake.conductor.config import (
 from mooncake.conductor.cost_model import (
     BandwidthEstimator,
     CostModel,
+    DecodeStepEstimator,
     HardwareSpec,
     ModelSpec,
     PrefillTimeEstimator,
@@ -44,6 +45,7 @@ __all__ = [
     "DecodeLoad",
     "DecodeScheduler",
     "DecodeSeq",
+    "DecodeStepEstimator",
     "GlobalBlockIndex",
     "HardwareSpec",
     "ModelSpec",

@@ -5,8 +5,9 @@ instance. Every constant names its source; the ones marked *assumption* are not 
 paper and are the knobs to revisit when comparing against it.
 
 The Conductor starts from these formulas and refines them online from observed timings
-(:class:`PrefillTimeEstimator`, :class:`BandwidthEstimator`); the simulator uses the
-formulas as ground truth.
+(:class:`PrefillTimeEstimator`, :class:`DecodeStepEstimator`,
+:class:`BandwidthEstimator`); the simulator uses the formulas (or a fit a live
+Conductor exported) as ground truth.
 """
 
 from __future__ import annotations
@@ -119,6 +120,11 @@ class CostModel:
     seconds per prefill), e.g. what a live Conductor learned online
     (:func:`mooncake.conductor.cost_export.export_cost_model`); ``None`` = FLOPs at
     ``peak_flops × mfu``."""
+    decode_fit: tuple[float, float, float] | None = None
+    """Fitted decode step time: (seconds per step, seconds per running sequence,
+    seconds per KV token read), what a live Conductor learned online
+    (:class:`DecodeStepEstimator`); ``None`` = the roofline plus
+    ``step_overhead_s``."""
 
     # -- prefill ---------------------------------------------------------------
     def prefill_flops(self, n: int, cached: int = 0) -> float:
@@ -161,6 +167,18 @@ class CostModel:
         if batch <= 0 and prefill_flops <= 0:
             return 0.0
         m, h = self.model, self.hardware
+        if self.decode_fit is not None:
+            # A fit is linear in what a step reads; a prefill chunk riding along costs
+            # its FLOPs at the fitted (or the prior's) rate for projections, which
+            # dominate short chunks.
+            per_step, per_seq, per_kv = self.decode_fit
+            flop_s = (
+                self.prefill_fit[1]
+                if self.prefill_fit is not None
+                else 1.0 / (h.peak_flops * h.mfu)
+            )
+            step = per_step + per_seq * max(0, batch) + per_kv * max(0, kv_tokens)
+            return max(0.0, step + prefill_flops * flop_s)
         compute = (2.0 * m.num_params * batch + prefill_flops) / (h.peak_flops * h.mfu)
         memory = (m.weight_bytes + kv_tokens * m.kv_bytes_per_token) / (h.hbm_bandwidth * h.mbu)
         return max(compute, memory) + h.step_overhead_s
@@ -244,6 +262,76 @@ class PrefillTimeEstimator:
             self._coef = np.linalg.solve(self._ata, self._atb)
 
 
+class DecodeStepEstimator:
+    """Seconds of one decode-only engine step as a function of (running sequences, KV
+    tokens they read), fitted online.
+
+    The model is linear: ``per_step + per_seq·batch + per_kv·kv_tokens``. On a
+    memory-bound accelerator that is the roofline's memory term (weights once per step,
+    then every KV byte) plus the engine's fixed overhead; on a CPU the per-sequence
+    term carries the batch's compute. Least squares with a ridge prior at the
+    closed-form model's linearisation (or at :attr:`CostModel.decode_fit` when the model
+    already carries one), so it starts at the formula and moves to what the engine does.
+
+    Args:
+        cost: the closed-form model the prior comes from.
+        prior_weight: pseudo-observations the prior is worth.
+        refit_every: observations between refits (a 3×3 solve each).
+    """
+
+    def __init__(self, cost: CostModel, prior_weight: float = 1.0, refit_every: int = 16) -> None:
+        m, h = cost.model, cost.hardware
+        if cost.decode_fit is not None:
+            prior = np.array(cost.decode_fit, dtype=float)
+        else:
+            bw = h.hbm_bandwidth * h.mbu
+            prior = np.array(
+                [
+                    m.weight_bytes / bw + h.step_overhead_s,
+                    2.0 * m.num_params / (h.peak_flops * h.mfu),
+                    m.kv_bytes_per_token / bw,
+                ]
+            )
+        # Features scaled to ~1 for a step of 8 sequences reading 8k tokens.
+        self._scale = np.array([1.0, 8.0, 8192.0])
+        self._prior = prior * self._scale
+        self._ata = np.diag([prior_weight, prior_weight, prior_weight])
+        self._atb = self._ata @ self._prior
+        self._coef = self._prior.copy()
+        self._pending = 0
+        self._refit_every = refit_every
+        self.num_observations = 0
+
+    def _features(self, batch: int, kv_tokens: int) -> np.ndarray:
+        x: np.ndarray = np.array([1.0, float(batch), float(kv_tokens)]) / self._scale
+        return x
+
+    def estimate(self, batch: int, kv_tokens: int) -> float:
+        """Estimated seconds of one step of ``batch`` sequences reading ``kv_tokens``."""
+        if batch <= 0:
+            return 0.0
+        return max(0.0, float(self._features(batch, kv_tokens) @ self._coef))
+
+    def coefficients(self) -> tuple[float, float, float]:
+        """The current fit as (seconds per step, per sequence, per KV token):
+        :attr:`CostModel.decode_fit`."""
+        c = self._coef / self._scale
+        return float(c[0]), float(c[1]), float(c[2])
+
+    def observe(self, batch: int, kv_tokens: int, seconds: float) -> None:
+        """Feed one measured decode-only step."""
+        if batch <= 0 or seconds <= 0:
+            return
+        x = self._features(batch, kv_tokens)
+        self._ata += np.outer(x, x)
+        self._atb += x * seconds
+        self.num_observations += 1
+        self._pending += 1
+        if self._pending >= self._refit_every or self.num_observations < self._refit_every:
+            self._pending = 0
+            self._coef = np.linalg.solve(self._ata, self._atb)
+
+
 class BandwidthEstimator:
     """Transfer bandwidth as an exponentially weighted mean of measured transfers.
 
@@ -269,4 +357,11 @@ class BandwidthEstimator:
         return nbytes / self.bandwidth
 
 
-__all__ = ["BandwidthEstimator", "CostModel", "HardwareSpec", "ModelSpec", "PrefillTimeEstimator"]
+__all__ = [
+    "BandwidthEstimator",
+    "CostModel",
+    "DecodeStepEstimator",
+    "HardwareSpec",
+    "ModelSpec",
+    "PrefillTimeEstimator",
+]

@@ -1,9 +1,9 @@
 """``ConductorPlugin``: the Dask ``SchedulerPlugin`` that applies the pure Conductor.
 
 - Workers report (``mooncake_report`` handler, every ~50 ms): stored/removed block keys,
-  finished prefills (observed seconds refine the cost model), decode joins, transfer
-  timings, load. The first report carries the model's shape, from which the cost model
-  is built.
+  finished prefills and decode-only engine steps (observed seconds refine the cost
+  model), decode joins, transfer timings, load. The first report carries the model's
+  shape, from which the cost model is built.
 - The client asks ``mooncake_place`` before submitting a request's graph; the answer
   names the prefill and decode workers (the graph's tasks are restricted to them), or
   rejects with a reason and a retry-after hint. An admitted request's lookup starts on
@@ -185,6 +185,8 @@ class ConductorPlugin(SchedulerPlugin):
             c.on_decode_join(rid, now)
         for r in report.get("requests", ()):  # finished: real output lengths
             c.on_request_finished(str(r["request_id"]), int(r.get("generation_tokens", 0)))
+        for batch, kv_tokens, seconds in report.get("decode_steps", ()):
+            c.on_decode_step(int(batch), int(kv_tokens), float(seconds))
         for nbytes, seconds in report["transfers"]:
             if nbytes > 0 and seconds > 0:
                 c.on_transfer(nbytes, seconds)

@@ -6,7 +6,7 @@ drive it the same way:
 
 - ``place(request, now)`` -> :class:`Placement` or :class:`~mooncake.conductor.admission.Rejection`;
 - ``on_prefill_start/finish``, ``on_decode_join/leave``, ``on_blocks_stored/removed``,
-  ``on_transfer`` report what actually happened;
+  ``on_transfer``, ``on_decode_step`` report what actually happened;
 - ``admit_to_decode`` is the decode instance's own last-moment check.
 
 No Dask, no torch, no clock: every call carries its time.
@@ -19,7 +19,12 @@ from dataclasses import dataclass, replace
 
 from mooncake.conductor.admission import LoadView, Rejection, check_slos, decode_view
 from mooncake.conductor.config import ConductorConfig
-from mooncake.conductor.cost_model import BandwidthEstimator, CostModel, PrefillTimeEstimator
+from mooncake.conductor.cost_model import (
+    BandwidthEstimator,
+    CostModel,
+    DecodeStepEstimator,
+    PrefillTimeEstimator,
+)
 from mooncake.conductor.index import GlobalBlockIndex
 from mooncake.conductor.output_length import OutputLengthPredictor
 from mooncake.conductor.placement import (
@@ -56,6 +61,9 @@ NO_WORKER = "no worker of this role: "
 """Start of a rejection's reason when no worker of a role is in the cluster (the
 request can run once one joins: a service outage, not an overload)."""
 
+MIN_DECODE_STEPS = 16
+"""Observed decode steps before the online fit replaces the cost model's formula."""
+
 _VIEW: dict[str, LoadView] = {
     "none": "committed",
     "ttft": "committed",
@@ -87,6 +95,9 @@ class Conductor:
         self.index = GlobalBlockIndex()
         self.estimator = PrefillTimeEstimator(self.cost)
         self.bandwidth = BandwidthEstimator(self.cost.hardware.rdma_bandwidth)
+        self.decode_estimator = DecodeStepEstimator(self.cost)
+        """Decode step time fitted from the engines' measured steps (live only: in the
+        simulator the cost model is the ground truth already)."""
         self.prefill_scheduler = PrefillScheduler(
             config.prefill_policy,
             config.kvcache_balancing_threshold,
@@ -122,7 +133,10 @@ class Conductor:
 
     # -- estimates -------------------------------------------------------------
     def step_time(self, batch: int, kv_tokens: int) -> float:
-        """Estimated decode step seconds for a batch."""
+        """Estimated decode step seconds for a batch: the online fit once it has seen
+        enough steps, the cost model's formula before."""
+        if self.decode_estimator.num_observations >= MIN_DECODE_STEPS:
+            return self.decode_estimator.estimate(batch, kv_tokens)
         return self.cost.decode_step_time(batch, kv_tokens)
 
     def token_time(self, worker: str) -> float:
@@ -265,6 +279,11 @@ class Conductor:
     def on_transfer(self, nbytes: float, seconds: float) -> None:
         """A KV transfer of ``nbytes`` took ``seconds``; refines the bandwidth estimate."""
         self.bandwidth.observe(nbytes, seconds)
+
+    def on_decode_step(self, batch: int, kv_tokens: int, seconds: float) -> None:
+        """An engine ran a decode-only step of ``batch`` sequences reading ``kv_tokens``
+        of KV in ``seconds``; refines the decode step time model."""
+        self.decode_estimator.observe(batch, kv_tokens, seconds)
 
     def on_decode_join(self, request_id: str, now: float) -> None:
         placement = self._placed.get(request_id)

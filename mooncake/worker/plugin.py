@@ -388,6 +388,7 @@ class MooncakeWorker(WorkerPlugin):
             "lookups": self._drain(self.lookup_reports),
             "requests": self._drain(self.request_reports),
             "transfer_log": self._drain(self.transfer_log),
+            "decode_steps": self._drain(self.engine.step_timings),
             "load": {
                 "tiers": self._tier_blocks(),
                 **self.engine.load,  # running, waiting, free/num/cached blocks, busy_seconds

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from mooncake.conductor import (
     BandwidthEstimator,
     CostModel,
+    DecodeStepEstimator,
     HardwareSpec,
     ModelSpec,
     PrefillTimeEstimator,
@@ -58,6 +61,35 @@ def test_estimator_starts_at_formula_and_learns(tiny_cost: CostModel) -> None:
     for n in range(1000, 20000, 500):
         est.observe(n, 0, 2 * n / 1000)
     assert est.estimate(5000, 1000) == pytest.approx(8.0, rel=0.05)
+
+
+def test_decode_step_estimator_starts_at_the_roofline_and_learns(tiny_cost: CostModel) -> None:
+    """Tiny model, memory ~free: the prior's linearisation is 2 ms per sequence (what
+    the compute-bound roofline gives). After 200 steps of an engine with 10 ms per step,
+    1 ms per sequence and 1 µs per KV token, the fit recovers those three numbers (within the
+    prior's 10% pull)."""
+    est = DecodeStepEstimator(tiny_cost)
+    assert est.estimate(3, 10) == pytest.approx(tiny_cost.decode_step_time(3, 10), rel=1e-4)
+    assert est.estimate(0, 0) == 0.0
+    for i in range(200):
+        batch, kv = 1 + i % 16, 100 * (1 + i % 16) + 37 * i
+        est.observe(batch, kv, 0.010 + 0.001 * batch + 1e-6 * kv)
+    per_step, per_seq, per_kv = est.coefficients()
+    assert per_step == pytest.approx(0.010, rel=0.1)
+    assert per_seq == pytest.approx(0.001, rel=0.1)
+    assert per_kv == pytest.approx(1e-6, rel=0.1)
+    assert est.num_observations == 200
+
+
+def test_decode_fit_replaces_the_roofline(tiny_cost: CostModel) -> None:
+    """A cost model carrying a decode fit times a step as per_step + per_seq·batch +
+    per_kv·kv, plus a riding prefill chunk's FLOPs at the prior's rate (1 ms/FLOP)."""
+    cost = replace(tiny_cost, decode_fit=(0.01, 0.002, 1e-5))
+    assert cost.decode_step_time(4, 1000) == pytest.approx(0.01 + 0.008 + 0.01)
+    assert cost.decode_step_time(1, 0, prefill_flops=500) == pytest.approx(0.012 + 0.5)
+    assert cost.decode_step_time(0, 0) == 0.0
+    # An estimator built on it starts at the fit.
+    assert DecodeStepEstimator(cost).coefficients() == pytest.approx((0.01, 0.002, 1e-5))
 
 
 def test_bandwidth_estimator_moves_toward_measurements() -> None:
