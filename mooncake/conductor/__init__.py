@@ -19,6 +19,7 @@ from mooncake.conductor.cost_model import (
     DecodeStepEstimator,
     HardwareSpec,
     ModelSpec,
+    OverheadEstimator,
     PrefillTimeEstimator,
 )
 from mooncake.conductor.index import GlobalBlockIndex
@@ -49,6 +50,7 @@ __all__ = [
     "GlobalBlockIndex",
     "HardwareSpec",
     "ModelSpec",
+    "OverheadEstimator",
     "OutputLengthPredictor",
     "Placement",
     "PredictionError",

@@ -17,6 +17,8 @@ Format (``schema_version`` 1)::
      "decode_observations": int,
      "transfer_bandwidth_bytes_per_s": float}
 
+``hardware.request_overhead_s`` is the median serving-path time per request the plugin
+measured (TTFT − engine queue − prefill compute, from the workers' request reports).
 ``decode_fit`` is ``null`` until an engine has reported a decode-only step (the replay
 then uses the roofline of ``hardware``); files without it (written before decode steps
 were fitted) load the same way.
@@ -38,11 +40,18 @@ if TYPE_CHECKING:
 COST_MODEL_SCHEMA_VERSION = 1
 
 
-def export_cost_model(conductor: Conductor) -> dict[str, Any]:
-    """What ``conductor`` has learned, as a JSON-able document (see module docstring)."""
+def export_cost_model(
+    conductor: Conductor, request_overhead_s: float | None = None
+) -> dict[str, Any]:
+    """What ``conductor`` has learned, as a JSON-able document (see module docstring);
+    ``request_overhead_s``: the serving path's measured time per request, if known
+    (``HardwareSpec.request_overhead_s``)."""
     per_attn, per_linear, fixed = conductor.estimator.coefficients()
     bandwidth = conductor.bandwidth.bandwidth
     dec = conductor.decode_estimator
+    hardware: dict[str, float] = {"rdma_bandwidth": bandwidth}
+    if request_overhead_s is not None:
+        hardware["request_overhead_s"] = request_overhead_s
     decode_fit = None
     if dec.num_observations > 0:
         per_step, per_seq, per_kv = dec.coefficients()
@@ -50,7 +59,7 @@ def export_cost_model(conductor: Conductor) -> dict[str, Any]:
     return {
         "schema_version": COST_MODEL_SCHEMA_VERSION,
         "model": asdict(conductor.cost.model),
-        "hardware": asdict(replace(conductor.cost.hardware, rdma_bandwidth=bandwidth)),
+        "hardware": asdict(replace(conductor.cost.hardware, **hardware)),
         "prefill_fit": {
             "per_attn_flop_s": per_attn,
             "per_linear_flop_s": per_linear,

@@ -13,6 +13,7 @@ Conductor exported) as ground truth.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,16 +93,19 @@ class HardwareSpec:
     transfer and output processing) while the GPU idles: vLLM's multi-step scheduling
     RFC (vllm-project/vllm#6854, July 2024, v0.5) measured 5–13 ms of GPU bubble per
     decode step; the low end is used. Added to every continuous-batching step."""
+    request_overhead_s: float = 0.0
+    """Serving-path seconds per request outside the engines before its prefill can
+    start: placement, graph submission, task dispatch, the first token's delivery.
+    0 for the paper's testbed (not modelled); a live cluster's cost-model export
+    carries the median it measured (TTFT − engine queue − prefill compute)."""
 
     def __post_init__(self) -> None:
         for name in ("peak_flops", "hbm_bandwidth", "hbm_bytes", "rdma_bandwidth"):
             value = getattr(self, name)
             _check(value > 0, name, f"must be positive, got {value}")
-        _check(
-            self.step_overhead_s >= 0,
-            "step_overhead_s",
-            f"must be >= 0, got {self.step_overhead_s}",
-        )
+        for name in ("step_overhead_s", "request_overhead_s"):
+            value = getattr(self, name)
+            _check(value >= 0, name, f"must be >= 0, got {value}")
         for name in ("mfu", "mbu", "kv_memory_fraction"):
             value = getattr(self, name)
             _check(0 < value <= 1, name, f"must be in (0, 1], got {value}")
@@ -245,8 +249,10 @@ class PrefillTimeEstimator:
         return max(0.0, float(self._features(n, cached) @ self._coef))
 
     def coefficients(self) -> tuple[float, float, float]:
-        """The current fit as (seconds per attention FLOP, seconds per linear FLOP,
-        seconds per prefill): :attr:`CostModel.prefill_fit`."""
+        """The fit as (seconds per attention FLOP, seconds per linear FLOP, seconds per
+        prefill): :attr:`CostModel.prefill_fit`. Refits first if observations are pending,
+        so an export reflects every prefill seen."""
+        self._refit()
         c = self._coef / self._scale
         return float(c[0]), float(c[1]), float(c[2])
 
@@ -258,6 +264,10 @@ class PrefillTimeEstimator:
         self.num_observations += 1
         self._pending += 1
         if self._pending >= self._refit_every:
+            self._refit()
+
+    def _refit(self) -> None:
+        if self._pending:
             self._pending = 0
             self._coef = np.linalg.solve(self._ata, self._atb)
 
@@ -313,8 +323,9 @@ class DecodeStepEstimator:
         return max(0.0, float(self._features(batch, kv_tokens) @ self._coef))
 
     def coefficients(self) -> tuple[float, float, float]:
-        """The current fit as (seconds per step, per sequence, per KV token):
-        :attr:`CostModel.decode_fit`."""
+        """The fit as (seconds per step, per sequence, per KV token):
+        :attr:`CostModel.decode_fit`. Refits first if observations are pending."""
+        self._refit()
         c = self._coef / self._scale
         return float(c[0]), float(c[1]), float(c[2])
 
@@ -328,8 +339,37 @@ class DecodeStepEstimator:
         self.num_observations += 1
         self._pending += 1
         if self._pending >= self._refit_every or self.num_observations < self._refit_every:
+            self._refit()
+
+    def _refit(self) -> None:
+        if self._pending:
             self._pending = 0
             self._coef = np.linalg.solve(self._ata, self._atb)
+
+
+class OverheadEstimator:
+    """A per-request time as the median of the latest ``window`` samples (robust to
+    the odd request that waited on something else).
+
+    Args:
+        window: samples kept.
+    """
+
+    def __init__(self, window: int = 256) -> None:
+        if window <= 0:
+            raise ValueError(f"window: must be positive, got {window}")
+        self._samples: deque[float] = deque(maxlen=window)
+        self.num_observations = 0
+
+    def observe(self, seconds: float) -> None:
+        if math.isfinite(seconds):
+            self._samples.append(max(0.0, seconds))
+            self.num_observations += 1
+
+    @property
+    def seconds(self) -> float | None:
+        """The median so far; ``None`` before any sample."""
+        return float(np.median(self._samples)) if self._samples else None
 
 
 class BandwidthEstimator:
@@ -363,5 +403,6 @@ __all__ = [
     "DecodeStepEstimator",
     "HardwareSpec",
     "ModelSpec",
+    "OverheadEstimator",
     "PrefillTimeEstimator",
 ]

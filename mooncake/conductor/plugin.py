@@ -25,7 +25,7 @@ from distributed import Scheduler, SchedulerPlugin
 from mooncake.conductor.admission import Rejection
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.cost_export import export_cost_model
-from mooncake.conductor.cost_model import CostModel, HardwareSpec, ModelSpec
+from mooncake.conductor.cost_model import CostModel, HardwareSpec, ModelSpec, OverheadEstimator
 from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
 from mooncake.conductor.membership import WorkerJoined, WorkerLeft
 from mooncake.conductor.policy import NO_WORKER, Conductor, Placement
@@ -83,6 +83,9 @@ class ConductorPlugin(SchedulerPlugin):
         self.history: deque[dict[str, Any]] = deque(maxlen=10_000)
         """Finished requests: placement, TTFT estimate, timings (for the dashboard)."""
         self._timings: dict[str, dict[str, Any]] = {}
+        self.request_overhead = OverheadEstimator()
+        """Serving-path seconds per request outside the engines (exported with the cost
+        model as ``hardware.request_overhead_s``)."""
         self.metrics = MetricsState()
         """Counters and histograms behind ``/metrics`` and the Mooncake dashboard page: the
         monitor plugin's state once it is found at ``start`` (the monitor owns what it
@@ -185,6 +188,9 @@ class ConductorPlugin(SchedulerPlugin):
             c.on_decode_join(rid, now)
         for r in report.get("requests", ()):  # finished: real output lengths
             c.on_request_finished(str(r["request_id"]), int(r.get("generation_tokens", 0)))
+            ttft, queue, prefill = r.get("ttft_s"), r.get("queue_s"), r.get("prefill_s")
+            if ttft is not None and queue is not None and prefill is not None:
+                self.request_overhead.observe(float(ttft) - float(queue) - float(prefill))
         for batch, kv_tokens, seconds in report.get("decode_steps", ()):
             c.on_decode_step(int(batch), int(kv_tokens), float(seconds))
         for nbytes, seconds in report["transfers"]:
@@ -349,7 +355,7 @@ class ConductorPlugin(SchedulerPlugin):
         """The cost model fitted online (``mooncake cost-model``; docs/simulator.md)."""
         if self.conductor is None:
             return {"error": "no mooncake worker has reported yet"}
-        return export_cost_model(self.conductor)
+        return export_cost_model(self.conductor, self.request_overhead.seconds)
 
     # -- task transitions -------------------------------------------------------------
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:

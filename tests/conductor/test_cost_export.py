@@ -97,8 +97,17 @@ def test_bad_documents_name_the_field(tiny_cost: CostModel, tmp_path: Path) -> N
 
 def test_plugin_handler_exports_its_conductor(tiny_cost: CostModel) -> None:
     """The scheduler plugin's mooncake_cost_model handler answers with the export of its
-    Conductor, or an error before any worker has reported."""
+    Conductor, or an error before any worker has reported; once requests were reported
+    finished it adds their median serving-path time (TTFT − engine queue − prefill:
+    0.03, 0.05, 0.04 s → 0.04 s) as hardware.request_overhead_s, which the loaded
+    model carries."""
     plugin = ConductorPlugin(ConductorConfig())
     assert "error" in plugin.handle_cost_model()
     plugin.conductor = fitted(tiny_cost)
     assert plugin.handle_cost_model() == export_cost_model(plugin.conductor)
+    assert plugin.handle_cost_model()["hardware"]["request_overhead_s"] == 0.0
+    for ttft, queue, prefill in ((0.2, 0.07, 0.1), (0.3, 0.05, 0.2), (0.5, 0.16, 0.3)):
+        plugin.request_overhead.observe(ttft - queue - prefill)
+    doc = plugin.handle_cost_model()
+    assert doc["hardware"]["request_overhead_s"] == pytest.approx(0.04)
+    assert cost_model_from_dict(doc).hardware.request_overhead_s == pytest.approx(0.04)

@@ -12,6 +12,7 @@ from mooncake.conductor import (
     DecodeStepEstimator,
     HardwareSpec,
     ModelSpec,
+    OverheadEstimator,
     PrefillTimeEstimator,
 )
 
@@ -92,6 +93,18 @@ def test_decode_fit_replaces_the_roofline(tiny_cost: CostModel) -> None:
     assert DecodeStepEstimator(cost).coefficients() == pytest.approx((0.01, 0.002, 1e-5))
 
 
+def test_overhead_estimator_is_the_median_of_recent_samples() -> None:
+    """Median of the last 3 samples: an outlier does not move it; a negative sample
+    (clock skew) counts as 0; nothing observed is None."""
+    est = OverheadEstimator(window=3)
+    assert est.seconds is None
+    for x in (0.5, 0.01, 0.02, 9.0):
+        est.observe(x)
+    assert est.seconds == pytest.approx(0.02) and est.num_observations == 4
+    est.observe(-1.0)
+    assert est.seconds == pytest.approx(0.02)
+
+
 def test_bandwidth_estimator_moves_toward_measurements() -> None:
     """EWMA α=0.5 from 100 B/s after one 50 B/s sample → 75 B/s."""
     bw = BandwidthEstimator(100.0, alpha=0.5)
@@ -106,6 +119,7 @@ def test_bandwidth_estimator_moves_toward_measurements() -> None:
         (ModelSpec, {"num_layers": 0}, "num_layers"),
         (HardwareSpec, {"mfu": 1.5}, "mfu"),
         (HardwareSpec, {"rdma_bandwidth": 0}, "rdma_bandwidth"),
+        (HardwareSpec, {"request_overhead_s": -0.1}, "request_overhead_s"),
     ],
 )
 def test_specs_validate(cls: type, kwargs: dict[str, float], field: str) -> None:
