@@ -73,6 +73,7 @@ def build_config(
         admission=args.admission,
         ttft_slo_s=args.ttft_slo,
         tbt_slo_s=args.tbt_slo,
+        decode_token_time_s=args.decode_token_time,
         kvcache_balancing_threshold=args.balancing_threshold,
         colocated=colocated,
         output_prediction=args.output_prediction,
@@ -181,6 +182,16 @@ def _common(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.1,
         help="TBT SLO used by admission, seconds (default 0.1)",
+    )
+    p.add_argument(
+        "--decode-token-time",
+        type=float,
+        default=None,
+        metavar="S",
+        help=(
+            "uniform decode seconds per token t_d the predictive admission projects with "
+            "(default: each decode instance's current estimated step time)"
+        ),
     )
     p.add_argument(
         "--balancing-threshold",
