@@ -34,6 +34,7 @@ SECTIONS = [
     "store",
     "store-between-hosts",
     "serving",
+    "serve-profile",
     "batch-templates",
     "batch-cache-bound",
     "batch-transformers",
@@ -143,7 +144,8 @@ def section(doc: dict[str, Any], plot: str | None) -> list[str]:
 
 
 def draw(doc: dict[str, Any], out: Path) -> bool:
-    """A grouped bar chart per series entry (all in one figure); False without matplotlib."""
+    """One panel per series entry, three to a row: grouped bars, or with ``"kind":
+    "cdf"`` one empirical CDF per group (its samples); False without matplotlib."""
     try:
         import matplotlib
 
@@ -152,17 +154,28 @@ def draw(doc: dict[str, Any], out: Path) -> bool:
     except ImportError:
         return False
     series = doc["series"]
-    fig, axes = plt.subplots(1, len(series), figsize=(5.5 * len(series), 3.4), squeeze=False)
-    for ax, (title, s) in zip(axes[0], series.items()):
+    cols = min(3, len(series))
+    rows = -(-len(series) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(series) :]:
+        ax.set_visible(False)
+    for ax, (title, s) in zip(axes.flat, series.items()):
         groups = s["groups"]
-        width = 0.8 / max(1, len(groups))
-        for i, (label, ys) in enumerate(groups.items()):
-            ax.bar([x + i * width for x in range(len(s["x"]))], ys, width, label=label)
-        ax.set_xticks([x + width * (len(groups) - 1) / 2 for x in range(len(s["x"]))], s["x"])
+        if s.get("kind") == "cdf":
+            for label, samples in groups.items():
+                xs = sorted(samples)
+                ax.step(xs, [(i + 1) / len(xs) for i in range(len(xs))], where="post", label=label)
+            ax.set_xlabel(s.get("xlabel", ""))
+            ax.set_ylabel("fraction of requests")
+        else:
+            width = 0.8 / max(1, len(groups))
+            for i, (label, ys) in enumerate(groups.items()):
+                ax.bar([x + i * width for x in range(len(s["x"]))], ys, width, label=label)
+            ax.set_xticks([x + width * (len(groups) - 1) / 2 for x in range(len(s["x"]))], s["x"])
+            ax.set_ylabel(s.get("ylabel", ""))
         if "reference" in s:
             ax.axhline(s["reference"], color="grey", linestyle="--", linewidth=1)
         ax.set_title(title, fontsize=10)
-        ax.set_ylabel(s.get("ylabel", ""))
         ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@
 # Environment: CKPT (checkpoint dir, default the llama-57m benchmark checkpoint),
 # VLLM_PY (vLLM venv python), PY (mooncake venv python), OUT (results dir), RATES (or
 # RATE), N (prompts), PREFIX, SUFFIX, NPREFIX, OUTLEN, GOODPUT, VLLM_CLIENT (0: skip the
-# vLLM client), MOONCAKE_ARGS (extra `mooncake serve` flags), DATASET, TRACE,
+# vLLM client), VLLM_CLIENT_RATES (the rates it also drives; default all), MOONCAKE_ARGS (extra `mooncake serve` flags), DATASET, TRACE,
 # LENGTH_SCALE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -113,6 +113,7 @@ for side in "${SIDES[@]}"; do
             --goodput $GOODPUT --save-result --result-dir "$OUT" --result-filename "$tag-mooncake-bench.json" --disable-tqdm \
             | tee "$OUT/$tag-mooncake-bench.txt"
         [ "$VLLM_CLIENT" = 1 ] || continue
+        case " ${VLLM_CLIENT_RATES:-$RATES} " in *" $rate "*) ;; *) continue ;; esac
         # shellcheck disable=SC2086
         "$VLLM_PY" benchmarks/vllm_cli.py bench serve --backend openai --base-url "http://127.0.0.1:$PORT" \
             --model "$CKPT" --served-model-name "$NAME" --dataset-name prefix_repetition --num-prompts "$N" \

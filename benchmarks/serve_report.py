@@ -122,6 +122,35 @@ def plot(runs: dict[tuple[str, float, str], dict[str, Any]], out: Path, title: s
     fig.savefig(out, dpi=120)
 
 
+CDF_RATES = (1.0, 3.0)
+"""Rates whose per-request TTFT and TPOT distributions the results page draws."""
+
+
+def cdfs(runs: dict[tuple[str, float, str], dict[str, Any]], rates: list[float]) -> dict[str, Any]:
+    """TTFT and TPOT CDF panels (milliseconds, the mooncake client's per-request records)
+    for each of ``rates``, one curve per server."""
+    out: dict[str, Any] = {}
+    for rate in rates:
+        for field, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT")):
+            groups = {
+                SERVERS[s]: [
+                    round(1000 * r[field], 2)
+                    for r in runs[(s, rate, "mooncake-bench")].get("requests") or []
+                    if isinstance(r, dict) and r.get("success") and r.get(field) is not None
+                ]
+                for s in SERVERS
+                if (s, rate, "mooncake-bench") in runs
+            }
+            groups = {k: v for k, v in groups.items() if v}
+            if groups:
+                out[f"{label} CDF at {rate:g} req/s"] = {
+                    "kind": "cdf",
+                    "xlabel": f"{label} (ms)",
+                    "groups": groups,
+                }
+    return out
+
+
 def save_results(runs: dict[tuple[str, float, str], dict[str, Any]], root: Path) -> None:
     """docs/performance.md's serving section (``benchmarks/results/serving.json``): each
     mooncake server against vllm serve at the same rate and client."""
@@ -163,17 +192,19 @@ def save_results(runs: dict[tuple[str, float, str], dict[str, Any]], root: Path)
         for c in CLIENTS
         if any((s, r, c) in runs for r in rates)
     }
+    series: dict[str, Any] = {
+        "goodput by offered rate": {
+            "x": [f"{r:g} req/s" for r in rates],
+            "ylabel": "goodput (req/s within the SLO)",
+            "groups": groups,
+        }
+    }
+    series.update(cdfs(runs, [r for r in CDF_RATES if r in rates] or rates[:1]))
     rf.save(
         "serving",
         "Serving: mooncake serve vs vllm serve",
         claims,
-        series={
-            "goodput by offered rate": {
-                "x": [f"{r:g} req/s" for r in rates],
-                "ylabel": "goodput (req/s within the SLO)",
-                "groups": groups,
-            }
-        },
+        series=series,
         notes=(
             "Results of `benchmarks/serve_compare.sh` read from "
             f"`{root}` (workload and SLOs: the script's header)."

@@ -47,6 +47,7 @@ from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
 from mooncake.conductor.membership import WorkerJoined
 from mooncake.conductor.plugin import ConductorPlugin
 from mooncake.config import EngineConfig
+from mooncake.cpu_list import BIND_ENV, worker_slice
 from mooncake.dashboard import PAGE_PATH, MonitorPlugin
 from mooncake.graphs import KeyRef, get_builder
 from mooncake.graphs import resume as resume_graph
@@ -390,7 +391,11 @@ class LLM:
                 if mode == "colocated"
                 else {name.split("-")[0]: 1.0}
             )
-            env = {"OMP_NUM_THREADS": str(max(1, cores // len(roles)))}
+            per_worker = max(1, cores // len(roles))
+            env = {"OMP_NUM_THREADS": str(per_worker)}
+            if ec.cpu_threads_bind == "auto" and ec.device == "cpu":
+                # Each worker's engine pins its threads to a slice of its own.
+                env[BIND_ENV] = worker_slice(sorted(os.sched_getaffinity(0)), i, per_worker)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)  # one worker process per GPU
             opts = dict(cluster.new_spec["options"])

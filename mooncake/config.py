@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from mooncake.cpu_list import check_spec
 from mooncake.types import DTYPES, DType
 
 
@@ -59,6 +60,11 @@ class EngineConfig:
     """Context limit; ``None`` takes the model's ``max_position_embeddings``."""
     num_threads: int | None = None
     """torch intra-op threads on CPU; ``None`` leaves torch's default."""
+    cpu_threads_bind: str | None = None
+    """Pin the engine's compute threads, one per CPU (see ``mooncake.engine.thread_bind``):
+    a CPU list (``"0-3"``, ``"0,2"``; the thread count becomes its length), ``"auto"``
+    (the CPUs this process may use, one per thread) or ``"none"``. ``None`` reads
+    ``$MOONCAKE_CPU_OMP_THREADS_BIND`` (unset: no binding)."""
     native_kernels: bool = True
     """Run attention (reading the paged cache in place), RMSNorm, rotary embedding and
     SiLU-and-mul with the compiled CPU kernels (float32 on CPU; built on first use with
@@ -106,6 +112,8 @@ class EngineConfig:
             "num_threads",
             f"must be positive, got {self.num_threads}",
         )
+        if self.cpu_threads_bind is not None:
+            check_spec(self.cpu_threads_bind)
         _check(
             self.device == "cpu" or self.device.startswith("cuda"),
             "device",

@@ -166,7 +166,7 @@ def test_only_decode_worker_lost(cluster: tuple[mooncake.LLM, ServerThread]) -> 
                 {
                     "model": llm.model_name,
                     "prompt": _tokens(20, 200 + i),
-                    "max_tokens": 900,
+                    "max_tokens": 1000,
                     "stream": True,
                     "ignore_eos": True,
                 },
@@ -185,7 +185,7 @@ def test_only_decode_worker_lost(cluster: tuple[mooncake.LLM, ServerThread]) -> 
             try:
                 async for _ in llm.stream(
                     _tokens(20, 300),
-                    mooncake.SamplingParams(temperature=0, max_tokens=900, ignore_eos=True),
+                    mooncake.SamplingParams(temperature=0, max_tokens=1000, ignore_eos=True),
                 ):
                     n += 1
                     if n == 3:
@@ -193,18 +193,23 @@ def test_only_decode_worker_lost(cluster: tuple[mooncake.LLM, ServerThread]) -> 
             except BaseException as e:
                 llm_result["exception"] = e
             llm_result["ended"] = time.monotonic()
+            llm_result["tokens"] = n
             llm_started.set()
 
         asyncio.run(main())
 
     lt = threading.Thread(target=llm_stream)
-    for t in [*threads, lt]:
+    # The in-process stream starts last: it needs no HTTP round trip, and started first
+    # it could decode all its tokens while the HTTP streams were still being placed.
+    for t in threads:
         t.start()
     try:
-        for ev in [*started, llm_started]:
-            assert ev.wait(60), "streams did not start"
+        for ev in started:
+            assert ev.wait(60), "HTTP streams did not start"
+        lt.start()
+        assert llm_started.wait(60), "LLM.stream did not start"
         assert all("ended" not in o for o in outs) and "ended" not in llm_result, (
-            "a stream ended before the kill"
+            f"a stream ended before the kill: {llm_result!r} {[sorted(o) for o in outs]}"
         )
         t_kill = time.monotonic()
         os.kill(decode_pid, signal.SIGKILL)
@@ -225,7 +230,8 @@ def test_only_decode_worker_lost(cluster: tuple[mooncake.LLM, ServerThread]) -> 
             assert r.json()["error"]["code"] == "unavailable"
     finally:
         for t in [*threads, lt]:
-            t.join(timeout=30)
+            if t.ident is not None:
+                t.join(timeout=30)
     for o in outs:
         assert o.get("status") == 200 and "exception" not in o, o
         assert o["ended"] - t_kill < 5.0

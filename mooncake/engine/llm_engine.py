@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from mooncake.config import EngineConfig
+from mooncake.engine import thread_bind
 from mooncake.engine.default_model import default_model_path
 from mooncake.engine.kv_cache_manager import KVCacheManager
 from mooncake.engine.loader import fingerprint, load_model
@@ -63,6 +64,8 @@ class LLMEngine:
         self.config = config = config or EngineConfig()
         if config.num_threads is not None and config.device == "cpu":
             torch.set_num_threads(config.num_threads)
+        if config.device == "cpu":
+            thread_bind.apply(config.cpu_threads_bind, config.num_threads)
         if config.keep_freed_memory and config.device == "cpu":
             keep_freed_memory()
         self.model_path = Path(config.model) if config.model is not None else default_model_path()

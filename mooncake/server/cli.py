@@ -136,6 +136,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     eng.add_argument("--block-size", type=int, default=16)
     eng.add_argument("--kv-cache-bytes", type=int, default=512 * 1024**2)
     eng.add_argument("--num-threads", type=int, default=None, help="torch threads per worker")
+    eng.add_argument(
+        "--cpu-threads-bind",
+        default=None,
+        metavar="auto|none|CPUS",
+        help=(
+            "pin each engine's compute threads one per CPU: auto (the embedded cluster "
+            "gives each worker its own slice of the CPUs), none, or a CPU list like 0-3 "
+            "(default: $MOONCAKE_CPU_OMP_THREADS_BIND, else none)"
+        ),
+    )
     eng.add_argument("--no-prefix-caching", action="store_true")
     p.set_defaults(func=run)
 
@@ -153,6 +163,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         block_size=args.block_size,
         kv_cache_bytes=args.kv_cache_bytes,
         num_threads=args.num_threads,
+        cpu_threads_bind=args.cpu_threads_bind,
         enable_prefix_caching=not args.no_prefix_caching,
     )
     return ServerConfig(
