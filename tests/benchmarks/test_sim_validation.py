@@ -109,6 +109,7 @@ def test_short_slice_end_to_end(tiny_llama: Path, tmp_path: Path) -> None:
     saved = json.loads((results / f"{sv.RESULT_NAME}.json").read_text())
     assert len(saved["claims"]) == len(doc["rows"]) and all("met" in c for c in saved["claims"])
     assert saved["cdf"]["ttft"]["live"] and "records" not in saved
+    assert saved["series"]["TTFT CDF"]["kind"] == "cdf"
     page = tmp_path / "page.md"
     page.write_text(f"# t\n\n{sv.BEGIN}\nnothing yet\n{sv.END}\n\nafter\n")
     block = sv.render_doc(results / f"{sv.RESULT_NAME}.json", page, tmp_path / "fig" / "cdf.png")
