@@ -8,10 +8,13 @@ Every request ends one of three ways:
 - lost: neither within ``--request-timeout`` seconds (or any other exception): a bug.
 
 For the requests that were moved off a lost worker (``LLM.moves``) it prints the extra
-TTFT and end-to-end time over the median of the requests that were not moved.
+TTFT and end-to-end time over the median of the requests that were not moved, and, to
+compare them with, the median TTFT of five of the workload's prompts run uncached (a
+fresh cache salt each) before the first kill.
 
     python benchmarks/chaos.py [--model DIR] [--dataset prefix-repetition|mooncake-trace]
-        [--num-prompts 200] [--rate 4] [--kill-every 10] [--json out.json]
+        [--num-prompts 200] [--rate 4] [--kill-every 10] [--kill-roles prefill,decode]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -86,10 +89,29 @@ async def run_one(llm: LLM, i: int, req: SampleRequest, timeout: float) -> Outco
     return out
 
 
+async def uncached_prefill_s(llm: LLM, reqs: list[SampleRequest]) -> float:
+    """Median TTFT of the workload's prompts with nothing cached (a fresh cache salt
+    each), before any kill: what one uncached prefill of these prompts costs."""
+    ttfts = []
+    for i, req in enumerate(reqs):
+        params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+        t0 = time.monotonic()
+        async for _ in llm.stream(req.prompt, params, cache_salt=f"uncached-{i}"):
+            break
+        ttfts.append(time.monotonic() - t0)
+    return statistics.median(ttfts)
+
+
 def killer(
-    llm: LLM, every: float, stop: threading.Event, rng: random.Random, log: list[tuple[float, str]]
+    llm: LLM,
+    every: float,
+    stop: threading.Event,
+    rng: random.Random,
+    log: list[tuple[float, str]],
+    roles: tuple[str, ...] = ("prefill", "decode"),
 ) -> None:
-    """Kill a random worker process every ``every`` seconds until ``stop``."""
+    """Kill a random worker process (of one of ``roles``) every ``every`` seconds until
+    ``stop``."""
     t0 = time.monotonic()
     while not stop.wait(every):
         try:
@@ -98,7 +120,12 @@ def killer(
             continue
         if not pids:
             continue
-        addr = rng.choice(sorted(pids))
+        eligible = [
+            a for a in sorted(pids) if set(llm.workers.get(a, {}).get("roles", [])) & set(roles)
+        ]
+        if not eligible:
+            continue
+        addr = rng.choice(eligible)
         roles = "+".join(llm.workers.get(addr, {}).get("roles", ["?"]))
         try:
             os.kill(pids[addr], signal.SIGKILL)
@@ -122,6 +149,12 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=4.0, help="requests per second (Poisson)")
     ap.add_argument("--kill-every", type=float, default=10.0)
     ap.add_argument("--decode-workers", type=int, default=2)
+    ap.add_argument(
+        "--kill-roles",
+        default="prefill,decode",
+        help="roles whose workers may be killed (decode: only decode workers, so a spare "
+        "decode worker always remains)",
+    )
     ap.add_argument("--prefix-len", type=int, default=256)
     ap.add_argument("--suffix-len", type=int, default=64)
     ap.add_argument("--num-prefixes", type=int, default=4)
@@ -131,6 +164,11 @@ def main() -> None:
     ap.add_argument("--request-timeout", type=float, default=120.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--save-results",
+        action="store_true",
+        help="write benchmarks/results/chaos-<kill roles>.json for docs/performance.md",
+    )
     args = ap.parse_args()
 
     reqs = workload(args)
@@ -145,7 +183,9 @@ def main() -> None:
     ) as llm:
         stop = threading.Event()
         k = threading.Thread(
-            target=killer, args=(llm, args.kill_every, stop, rng, kills), daemon=True
+            target=killer,
+            args=(llm, args.kill_every, stop, rng, kills, tuple(args.kill_roles.split(","))),
+            daemon=True,
         )
 
         async def drive() -> list[Outcome]:
@@ -155,6 +195,7 @@ def main() -> None:
                 await asyncio.sleep(rng.expovariate(args.rate))
             return list(await asyncio.gather(*tasks))
 
+        uncached = asyncio.run(uncached_prefill_s(llm, reqs[:5]))
         t0 = time.monotonic()
         k.start()
         try:
@@ -186,6 +227,7 @@ def main() -> None:
         "moved_completed": len(moved),
         "extra_ttft_p50_s": extra("ttft_s"),
         "extra_e2e_p50_s": extra("e2e_s"),
+        "uncached_prefill_p50_s": uncached,
         "kills": (kills_out := [{"t_s": round(t, 1), "roles": r} for t, r in kills]),
         "errors": sorted({o.error for o in outcomes if o.error}),
         "wall_s": wall,
@@ -200,6 +242,7 @@ def main() -> None:
         "moved_completed",
         "extra_ttft_p50_s",
         "extra_e2e_p50_s",
+        "uncached_prefill_p50_s",
     ):
         print(f"{key:>18}: {result[key]}")
     kill_list = ", ".join(f"{d['roles']}@{d['t_s']}s" for d in kills_out)
@@ -207,6 +250,61 @@ def main() -> None:
     print(f"{'errors':>18}: {result['errors']}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.save_results:
+        save_results(result, args)
+
+
+def save_results(result: dict[str, object], args: argparse.Namespace) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import result_file as rf
+
+    roles = args.kill_roles.replace(",", "+")
+    n = int(result["requests"])  # type: ignore[call-overload]
+    extra = result["extra_ttft_p50_s"]
+    uncached = float(result["uncached_prefill_p50_s"])  # type: ignore[arg-type]
+    spare = "decode" in roles and "prefill" not in roles
+    claims = [
+        dict(
+            rf.claim("requests lost (neither completed nor a clear error)", result["lost"], ""),
+            target="0",
+            met=result["lost"] == 0,
+        ),
+        rf.claim(
+            "requests completed",
+            result["completed"],  # type: ignore[arg-type]
+            "",
+            "requests",
+            n,
+            target="≥ 0.99" if spare else None,
+        ),
+        rf.claim("requests failed with a clear error", result["failed"], "", "requests", n),
+    ]
+    if extra is not None:
+        claims.append(
+            rf.claim(
+                "extra TTFT of moved requests (p50)",
+                float(extra),  # type: ignore[arg-type]
+                "s",
+                "one uncached prefill (TTFT p50)",
+                uncached,
+                target="< 1.0",
+            )
+        )
+    kills = ", ".join(f"{d['roles']}@{d['t_s']}s" for d in result["kills"])  # type: ignore[attr-defined]
+    rf.save(
+        f"chaos-{roles}",
+        f"Chaos: a {roles} worker killed every {args.kill_every:g} s",
+        claims,
+        notes=(
+            f"1 prefill + {args.decode_workers} decode workers, built-in model, "
+            f"{args.dataset} load at {args.rate:g} req/s; a random {roles} worker killed "
+            f"with kill -9 every {args.kill_every:g} s (the Nanny restarts it). Kills: {kills}. "
+            f"Moved requests: {result['moved']} ({result['moved_completed']} completed). "
+            f"Errors seen: {', '.join(result['errors']) or 'none'}."  # type: ignore[arg-type]
+        ),
+    )
 
 
 if __name__ == "__main__":

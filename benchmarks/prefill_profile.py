@@ -26,6 +26,7 @@ from distributed import SchedulerPlugin
 from mooncake.client import LLM
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine
+from mooncake.request_ids import parse_task_key
 from mooncake.sampling_params import SamplingParams
 
 PARAMS = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
@@ -83,15 +84,17 @@ class _GraphTimes(SchedulerPlugin):
     name = "prefill-profile"
 
     def __init__(self) -> None:
-        self.log: list[tuple[str, str, float]] = []
+        self.log: list[tuple[str, str, str, float]] = []
+        """(event, step, request id, time)."""
 
     def update_graph(self, scheduler: Any, *, keys: Any = (), **kwargs: Any) -> None:
         now = time.time()
-        self.log += [("graph", str(k), now) for k in keys]
+        self.log += [("graph", *parsed, now) for k in keys if (parsed := parse_task_key(k))]
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if finish == "processing":
-            self.log.append(("dispatch", str(key), time.time()))
+        parsed = parse_task_key(key)
+        if finish == "processing" and parsed is not None:
+            self.log.append(("dispatch", *parsed, time.time()))
 
 
 def instrument_scheduler(dask_scheduler: Any) -> None:
@@ -100,11 +103,11 @@ def instrument_scheduler(dask_scheduler: Any) -> None:
     place = dask_scheduler.handlers["mooncake_place"]
 
     def timed_place(request: dict[str, Any]) -> Any:
-        plugin.log.append(("place", "place-" + request["request_id"], time.time()))
+        plugin.log.append(("place", "place", request["request_id"], time.time()))
         try:
             return place(request=request)
         finally:
-            plugin.log.append(("placed", "place-" + request["request_id"], time.time()))
+            plugin.log.append(("placed", "place", request["request_id"], time.time()))
 
     dask_scheduler.handlers["mooncake_place"] = timed_place
 
@@ -163,8 +166,7 @@ def main() -> None:
                     ev.setdefault(rid, {}).setdefault(item[0], item[2:])
             else:
                 ev.setdefault(item[1], {}).setdefault(item[0], item[2:])
-    for kind, key, t in graph_log:
-        step, rid = key.split("-", 1)
+    for kind, step, rid, t in graph_log:
         ev.setdefault(rid, {}).setdefault(f"{kind}-{step}", t)
     cols: dict[str, list[float]] = {}
 

@@ -16,6 +16,7 @@ from distributed import get_task_stream
 
 from mooncake.client import LLM
 from mooncake.config import EngineConfig
+from mooncake.request_ids import parse_task_key
 from mooncake.sampling_params import SamplingParams
 
 
@@ -37,8 +38,10 @@ def main() -> None:
         time.sleep(0.5)
     by = {}
     for d in ts.data:
-        k = d["key"]
-        step, rid = k.split("-", 1)
+        parsed = parse_task_key(d["key"])
+        if parsed is None:
+            continue
+        step, rid = parsed
         st = {x["action"]: (x["start"], x["stop"]) for x in d["startstops"]}
         by.setdefault(rid, {})[step] = st.get("compute", (None, None))
     rows = []

@@ -18,7 +18,8 @@ class KeyRef:
 @dataclass(frozen=True)
 class TaskSpec:
     key: str
-    """``<step>-<request id>``, so the dashboard's task stream reads as the request path."""
+    """``<step>-<request id>`` (``mooncake.request_ids.task_key``), so the dashboard's
+    task stream reads as the request path."""
     func: Callable[..., Any]
     args: tuple[Any, ...]
     worker: str

@@ -3,15 +3,18 @@ decode worker. Only small handles travel between the tasks, never KV tensors."""
 
 from __future__ import annotations
 
+from mooncake.request_ids import Step, task_key
 from mooncake.worker import tasks
 from mooncake.worker.messages import PlacementInfo, RequestSpec
 
 from .base import KeyRef, RequestGraph, TaskSpec
 
+STEPS: tuple[Step, ...] = ("lookup", "prefill", "transfer", "decode")
+
 
 def build(spec: RequestSpec, placement: PlacementInfo) -> RequestGraph:
     rid = spec.request_id
-    keys = {step: f"{step}-{rid}" for step in ("lookup", "prefill", "transfer", "decode")}
+    keys = {step: task_key(step, rid) for step in STEPS}
     return RequestGraph(
         tasks=[
             TaskSpec(keys["lookup"], tasks.lookup, (spec, placement, "prefill"), placement.prefill),

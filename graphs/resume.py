@@ -6,15 +6,18 @@ still be."""
 
 from __future__ import annotations
 
+from mooncake.request_ids import Step, task_key
 from mooncake.worker import tasks
 from mooncake.worker.messages import KVHandle, PlacementInfo
 
 from .base import KeyRef, RequestGraph, TaskSpec
 
+STEPS: tuple[Step, ...] = ("transfer", "decode")
+
 
 def build(handle: KVHandle, placement: PlacementInfo) -> RequestGraph:
     rid = handle.spec.request_id
-    keys = {step: f"{step}-{rid}" for step in ("transfer", "decode")}
+    keys = {step: task_key(step, rid) for step in STEPS}
     return RequestGraph(
         tasks=[
             TaskSpec(keys["transfer"], tasks.transfer, (handle,), placement.decode),

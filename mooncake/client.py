@@ -45,6 +45,12 @@ from mooncake.conductor import membership
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
 from mooncake.conductor.membership import WorkerJoined
+from mooncake.conductor.messages import (
+    PlacementInfo,
+    PlaceRefused,
+    PlaceRequest,
+    parse_place_reply,
+)
 from mooncake.conductor.plugin import ConductorPlugin
 from mooncake.config import EngineConfig
 from mooncake.cpu_list import BIND_ENV, worker_slice
@@ -53,13 +59,14 @@ from mooncake.graphs import KeyRef, get_builder
 from mooncake.graphs import resume as resume_graph
 from mooncake.kvcache import block_keys, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from mooncake.request_ids import PREFILL_STEPS, next_attempt, task_key
 from mooncake.sampling_params import SamplingParams, params_per_prompt
 from mooncake.security import TLSFiles, check_address, client_security, embedded_security, uses_tls
 from mooncake.store import tier_dirs
 from mooncake.tokenizer import Tokenizer
 from mooncake.transfer import Peer
 from mooncake.worker.config import WorkerConfig
-from mooncake.worker.messages import KVHandle, PlacementInfo, RequestSpec
+from mooncake.worker.messages import KVHandle, RequestSpec
 from mooncake.worker.plugin import MooncakeWorker
 from mooncake.worker.tasks import engine_stats, worker_info
 from mooncake.worker.token_stream import TokenStreamServer
@@ -509,34 +516,28 @@ class LLM:
 
     def _place_request(self, spec: RequestSpec, resume: bool = False) -> dict[str, Any]:
         max_out = spec.params.max_tokens or (self.max_model_len - len(spec.prompt_token_ids))
-        req: dict[str, Any] = {
-            "request_id": spec.request_id,
-            "prompt_len": len(spec.prompt_token_ids),
-            "block_keys": self._block_keys(spec),
-            "output_len": max_out,
-            "client": self.client.id,
-        }
-        if resume:
-            req["resume"] = True  # goes straight to a decode worker: no early lookup
-        else:
-            # Passed on to the prefill worker, which starts the lookup at placement.
-            req["spec"] = to_serialize(spec)
-            req["start"] = "generate" if self.mode == "colocated" else "prefill"
-        return req
+        return PlaceRequest(
+            request_id=spec.request_id,
+            prompt_len=len(spec.prompt_token_ids),
+            block_keys=self._block_keys(spec),
+            output_len=max_out,
+            client=self.client.id,
+            # A resumed request goes straight to a decode worker: no early lookup.
+            # Otherwise the request is passed on to the prefill worker, which starts
+            # the lookup at placement.
+            resume=resume,
+            spec=None if resume else to_serialize(spec),
+            start="generate" if self.mode == "colocated" else "prefill",
+        ).to_msg()
 
     @staticmethod
     def _placement(reply: dict[str, Any]) -> PlacementInfo:
-        if reply["rejected"]:
-            if reply.get("unavailable"):
-                raise Unavailable(f"request not placed: {reply['reason']}")
-            raise Rejected(reply["reason"], float(reply["retry_after"]))
-        return PlacementInfo(
-            reply["prefill"],
-            reply["decode"],
-            reply["fetch_from"],
-            int(reply["fetch_blocks"]),
-            float(reply["est_ttft_s"]),
-        )
+        answer = parse_place_reply(reply)
+        if isinstance(answer, PlaceRefused):
+            if answer.unavailable:
+                raise Unavailable(f"request not placed: {answer.reason}")
+            raise Rejected(answer.reason, answer.retry_after)
+        return answer
 
     def place(self, spec: RequestSpec) -> PlacementInfo:
         """Ask the Conductor where to run ``spec`` (raises ``Rejected``)."""
@@ -610,8 +611,8 @@ class LLM:
         when it is done)."""
         with self._lock:
             futures = self._futures.get(rid, {})
-        for step in ("prefill", "generate"):
-            f = futures.get(f"{step}-{rid}")
+        for step in PREFILL_STEPS:
+            f = futures.get(task_key(step, rid))
             if f is not None:
                 return f
         return final
@@ -715,8 +716,9 @@ class LLM:
                     continue
                 self.abort_sync(rid)
                 self.moves[specs[i].request_id] += 1
-                n = int(rid.rsplit("~", 1)[1]) + 1 if "~" in rid else 1
-                attempts[i] = dataclasses.replace(specs[i], request_id=f"{specs[i].request_id}~{n}")
+                attempts[i] = dataclasses.replace(
+                    specs[i], request_id=next_attempt(specs[i].request_id, rid)
+                )
                 logger.warning(
                     "request %s: worker %s lost; placed again", specs[i].request_id, lost
                 )
@@ -948,9 +950,9 @@ class LLM:
             where = {k: self._task_workers.get(k) for k in futures}
         if any(w == worker and futures[k].status != "finished" for k, w in where.items()):
             return True
-        transfer = futures.get(f"transfer-{rid}")
+        transfer = futures.get(task_key("transfer", rid))
         return (
-            where.get(f"prefill-{rid}") == worker
+            where.get(task_key("prefill", rid)) == worker
             and transfer is not None
             and transfer.status != "finished"
         )
@@ -970,8 +972,7 @@ class LLM:
         tokens delivered so far. Raises ``WorkerLost`` when that is impossible."""
         old = attempt.request_id
         self.moves[spec.request_id] += 1
-        n = int(old.rsplit("~", 1)[1]) + 1 if "~" in old else 1
-        new = dataclasses.replace(attempt, request_id=f"{spec.request_id}~{n}")
+        new = dataclasses.replace(attempt, request_id=next_attempt(spec.request_id, old))
         # Stop what is left of the old attempt (on the surviving workers); not awaited.
         asyncio.run_coroutine_threadsafe(self._abort(old), self._client_loop)
         self._sinks.pop(old, None)
@@ -1020,14 +1021,7 @@ class LLM:
         bs = int(self.info["block_size"])
         full = len(spec.prompt_token_ids) // bs
         info = self.workers.get(placement.prefill) if placement.prefill != lost else None
-        p = info.get("peer") if info else None
-        peer = (
-            Peer(
-                p["host_id"], tuple(p["tcp"]) if p["tcp"] else None, p["host_tier_path"], p["rdma"]
-            )
-            if p
-            else None
-        )
+        peer = Peer.from_msg(info.get("peer")) if info else None
         return KVHandle(
             spec=spec,
             placement=placement,

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 
 def _check(cond: bool, name: str, msg: str) -> None:
@@ -187,6 +188,27 @@ class CostModel:
         memory = (m.weight_bytes + kv_tokens * m.kv_bytes_per_token) / (h.hbm_bandwidth * h.mbu)
         return max(compute, memory) + h.step_overhead_s
 
+    def decode_step_times(
+        self, batch: npt.NDArray[np.int64], kv_tokens: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
+        """:meth:`decode_step_time` (no prefill chunk) of many instances at once: the
+        same operations in the same order, so the same floats (batches must be > 0)."""
+        m, h = self.model, self.hardware
+        if self.decode_fit is not None:
+            per_step, per_seq, per_kv = self.decode_fit
+            flop_s = (
+                self.prefill_fit[1]
+                if self.prefill_fit is not None
+                else 1.0 / (h.peak_flops * h.mfu)
+            )
+            step = per_step + per_seq * np.maximum(0, batch) + per_kv * np.maximum(0, kv_tokens)
+            fitted: npt.NDArray[np.float64] = np.maximum(0.0, step + 0.0 * flop_s)
+            return fitted
+        compute = (2.0 * m.num_params * batch + 0.0) / (h.peak_flops * h.mfu)
+        memory = (m.weight_bytes + kv_tokens * m.kv_bytes_per_token) / (h.hbm_bandwidth * h.mbu)
+        out: npt.NDArray[np.float64] = np.maximum(compute, memory) + h.step_overhead_s
+        return out
+
     def kv_capacity_tokens(self) -> int:
         """KV tokens that fit in HBM next to the weights."""
         h, m = self.hardware, self.model
@@ -320,7 +342,20 @@ class DecodeStepEstimator:
         """Estimated seconds of one step of ``batch`` sequences reading ``kv_tokens``."""
         if batch <= 0:
             return 0.0
-        return max(0.0, float(self._features(batch, kv_tokens) @ self._coef))
+        c, sc = self._coef, self._scale
+        # Written out term by term so estimate_many gives the same floats.
+        t = c[0] / sc[0] + (batch / sc[1]) * c[1] + (kv_tokens / sc[2]) * c[2]
+        return max(0.0, float(t))
+
+    def estimate_many(
+        self, batch: npt.NDArray[np.int64], kv_tokens: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
+        """:meth:`estimate` of many instances at once (batches must be > 0): the same
+        operations in the same order, so the same floats."""
+        c, sc = self._coef, self._scale
+        t = c[0] / sc[0] + (batch / sc[1]) * c[1] + (kv_tokens / sc[2]) * c[2]
+        out: npt.NDArray[np.float64] = np.maximum(0.0, t)
+        return out
 
     def coefficients(self) -> tuple[float, float, float]:
         """The fit as (seconds per step, per sequence, per KV token):

@@ -18,6 +18,9 @@ import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from mooncake.config import check_field as _check
 
 
@@ -58,6 +61,8 @@ class OutputLengthPredictor:
         self._abs = 0.0
         self._signed = 0.0
         self._actual = 0.0
+        self._arrays: tuple[list[int], npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
+        """``_snapshot`` and ``_prefix`` as arrays, for the snapshot they were made of."""
 
     def expected(self, max_tokens: int) -> int:
         """E[min(L, max_tokens)] over the recent finished lengths (at least 1); the cap
@@ -82,6 +87,26 @@ class OutputLengthPredictor:
         i = max(j, bisect.bisect_left(snap, max_tokens))
         total = self._prefix[i] - self._prefix[j] + (len(snap) - i) * max_tokens
         return max(1, min(max_tokens, round(total / (len(snap) - j))))
+
+    def expected_given_many(
+        self, max_tokens: npt.NDArray[np.int64], generated: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.int64]:
+        """:meth:`expected_given` of many sequences at once: the same integers (the
+        same comparisons, integer sums, one true division and round-half-even each)."""
+        snap = self._snapshot
+        if not snap:
+            return max_tokens.copy()
+        if self._arrays is None or self._arrays[0] is not snap:
+            self._arrays = (snap, np.array(snap, dtype=np.int64), np.array(self._prefix))
+        _, s, prefix = self._arrays
+        n = len(snap)
+        j = np.searchsorted(s, generated, side="right")
+        capped = (j >= n) | (generated >= max_tokens)
+        i = np.maximum(j, np.searchsorted(s, max_tokens, side="left"))
+        total = prefix[i] - prefix[np.minimum(j, n)] + (n - i) * max_tokens
+        mean = np.rint(total / np.where(capped, 1, n - j))
+        out = np.maximum(1, np.minimum(max_tokens, mean.astype(np.int64)))
+        return np.where(capped, max_tokens, out)
 
     def quantile(self, max_tokens: int, q: float) -> int:
         """min(max_tokens, the ``q`` quantile of the recent finished lengths); the cap

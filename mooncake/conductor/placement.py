@@ -9,10 +9,14 @@ instance with the lowest estimated TBT among those with room for the request's K
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from mooncake.conductor.config import PREFILL_POLICIES, PrefillPolicy
+from mooncake.conductor.load_table import PrefillTable
 from mooncake.conductor.state import PrefillLoad, RequestInfo
 
 #: (prompt tokens, cached tokens) -> estimated prefill seconds.
@@ -21,6 +25,10 @@ PrefillEstimate = Callable[[int, int], float]
 TransferEstimate = Callable[[int], float]
 #: (batch, kv tokens) -> estimated decode step seconds.
 StepEstimate = Callable[[int, int], float]
+#: The same over arrays of instances, float for float.
+StepEstimates = Callable[
+    [npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[np.float64]
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +99,7 @@ class PrefillScheduler:
         prefix_blocks: Mapping[str, int],
         estimate: PrefillEstimate,
         transfer: TransferEstimate,
+        table: PrefillTable | None = None,
     ) -> PrefillChoice:
         """Pick the prefill instance for ``req``.
 
@@ -102,10 +111,15 @@ class PrefillScheduler:
             prefix_blocks: leading blocks of ``req`` each instance holds (absent = 0).
             estimate: prefill time model.
             transfer: KV transfer time model.
+            table: ``loads`` mirrored as arrays, in the same order (see
+                :mod:`~mooncake.conductor.load_table`): the same choice, computed with
+                a few vector operations instead of a Python step per instance.
         """
         if not loads:
             raise ValueError("no prefill instances")
         n, bs = req.prompt_len, self.block_size
+        if table is not None and self.policy != "random":
+            return self._choose_vector(req, now, table, prefix_blocks, estimate, transfer)
 
         def local(worker: str) -> PrefillChoice:
             cached = prefix_tokens(prefix_blocks.get(worker, 0), n, bs)
@@ -197,6 +211,135 @@ class PrefillScheduler:
         return PrefillChoice(w, q, est[local_tokens], 0.0, local_tokens, local_tokens)
 
 
+    def _choose_vector(
+        self,
+        req: RequestInfo,
+        now: float,
+        table: PrefillTable,
+        prefix_blocks: Mapping[str, int],
+        estimate: PrefillEstimate,
+        transfer: TransferEstimate,
+    ) -> PrefillChoice:
+        """:meth:`choose` over a :class:`PrefillTable`: the same decision and floats.
+
+        An instance's TTFT is queue + transfer + prefill, where transfer and prefill
+        depend on the instance only through its local prefix. Every instance that holds
+        none of the request's prefix (most of them, at hundreds of instances) shares one
+        transfer and one prefill estimate, so all that is per instance is its queue time,
+        one vector expression; only the holders (``prefix_blocks``) are looked at one by
+        one. ``argmin`` takes the first of equal minima, as the reference's strict
+        ``<`` does, and the sums are the reference's own, in its order."""
+        n, bs, thr = req.prompt_len, self.block_size, self.threshold
+        slot_of = table.slot_of
+        q = table.queue_times(now)
+        est: dict[int, float] = {}
+        xfer: dict[int, float] = {}
+        if self.policy != "global_cache_aware":
+            # load_balancing: the first shortest queue; local_cache_aware: queue +
+            # prefill with the instance's own prefix, nothing fetched.
+            if self.policy == "load_balancing":
+                i = int(np.argmin(q))
+            else:
+                p0 = est[0] = estimate(n, 0)
+                p_vec = np.full(len(q), p0)
+                for w, b in prefix_blocks.items():
+                    j = slot_of.get(w)
+                    if j is not None and b:
+                        c = prefix_tokens(b, n, bs)
+                        p = est.get(c)
+                        if p is None:
+                            p = est[c] = estimate(n, c)
+                        p_vec[j] = p
+                i = int(np.argmin((q + 0.0) + p_vec))
+            w = table.names[i]
+            cached = prefix_tokens(prefix_blocks.get(w, 0), n, bs)
+            return PrefillChoice(w, float(q[i]), estimate(n, cached), 0.0, cached, cached)
+        best_worker: str | None = None
+        best_blocks = 0
+        for w, b in prefix_blocks.items():
+            if (
+                w in slot_of
+                and b > 0
+                and (
+                    b > best_blocks
+                    or (b == best_blocks and best_worker is not None and w < best_worker)
+                )
+            ):
+                best_worker, best_blocks = w, b
+        best_tokens = prefix_tokens(best_blocks, n, bs)
+
+        def costs(w: str | None, local_tokens: int) -> tuple[bool, float, float]:
+            # (fetches, transfer, prefill) of instance ``w`` (None: any instance but
+            # the best worker) with this local prefix, as _algorithm1 computes them.
+            fetches = (
+                best_worker is not None
+                and best_worker != w
+                and best_tokens > thr * local_tokens
+            )
+            cached = best_tokens if fetches else local_tokens
+            p = est.get(cached)
+            if p is None:
+                p = est[cached] = estimate(n, cached)
+            t = 0.0
+            if fetches:
+                t = xfer.get(local_tokens, -1.0)
+                if t < 0.0:
+                    t = xfer[local_tokens] = transfer(best_tokens - local_tokens)
+            return fetches, t, p
+
+        # Non-holders (w=None: never the best worker, local prefix 0).
+        nh_fetch, nh_t, nh_p = costs(None, 0)
+        # Holders: a hot prefix is on many instances, so their costs are cached by
+        # block count (a handful of distinct values); the best worker, whose own prefix
+        # is never fetched, is set apart.
+        by_blocks: dict[int, tuple[bool, float, float]] = {}
+        slots: list[int] = []
+        ts: list[float] = []
+        ps: list[float] = []
+        for w, b in prefix_blocks.items():
+            j = slot_of.get(w)
+            if j is None or not b or w == best_worker:
+                continue
+            held = by_blocks.get(b)
+            if held is None:
+                held = by_blocks[b] = costs(None, prefix_tokens(b, n, bs))
+            slots.append(j)
+            ts.append(held[1])
+            ps.append(held[2])
+        ttft = q + nh_t
+        if best_worker is None:  # nobody holds any of it: one estimate for all
+            ttft += nh_p
+        else:
+            t_vec = np.full(len(q), nh_t)
+            p_vec = np.full(len(q), nh_p)
+            t_vec[slots] = ts
+            p_vec[slots] = ps
+            j = slot_of[best_worker]
+            _, t_vec[j], p_vec[j] = costs(best_worker, best_tokens)
+            ttft = q + t_vec
+            ttft += p_vec
+        i = int(np.argmin(ttft))
+        w, qi = table.names[i], float(q[i])
+        if w == best_worker:
+            local_tokens, fetches = best_tokens, False
+        else:
+            b = prefix_blocks.get(w, 0)
+            local_tokens = prefix_tokens(b, n, bs) if b else 0
+            fetches = by_blocks[b][0] if b else nh_fetch
+        if fetches:
+            return PrefillChoice(
+                w,
+                qi,
+                est[best_tokens],
+                xfer[local_tokens],
+                local_tokens,
+                best_tokens,
+                best_worker,
+                best_tokens - local_tokens,
+            )
+        return PrefillChoice(w, qi, est[local_tokens], 0.0, local_tokens, local_tokens)
+
+
 class DecodeScheduler:
     """Chooses a decode instance: lowest estimated TBT among those with KV room.
 
@@ -239,6 +382,41 @@ class DecodeScheduler:
         assert best is not None
         return DecodeChoice(*best)
 
+    def choose_vector(
+        self,
+        req: RequestInfo,
+        names: Sequence[str],
+        batch: npt.NDArray[np.int64],
+        kv: npt.NDArray[np.int64],
+        capacity: npt.NDArray[np.int64],
+        step_times: StepEstimates,
+        step_time: StepEstimate,
+    ) -> DecodeChoice:
+        """:meth:`choose` over arrays (instance i is ``names[i]``, the views' order):
+        the same choice, and the chosen TBT from ``step_time`` itself.
+
+        Args:
+            req: the request.
+            names: instances, in the order of the arrays.
+            batch: per instance batch under the view.
+            kv: per instance KV tokens under the view.
+            capacity: per instance KV capacity in tokens.
+            step_times: ``step_time`` over arrays (the same floats).
+            step_time: decode step model.
+        """
+        if not names:
+            raise ValueError("no decode instances")
+        need = req.prompt_len + req.output_len
+        b1 = batch + 1
+        kv1 = kv + need
+        fits = (kv1 <= capacity) & (b1 <= self.max_batch)
+        tbt = step_times(b1, kv1)
+        # choose's rule: the first of the lowest TBT among instances with room, else
+        # among all.
+        room = np.flatnonzero(fits)
+        i = int(room[np.argmin(tbt[room])]) if len(room) else int(np.argmin(tbt))
+        return DecodeChoice(names[i], step_time(int(b1[i]), int(kv1[i])), bool(fits[i]))
+
 
 __all__ = [
     "DecodeChoice",
@@ -247,6 +425,7 @@ __all__ = [
     "PrefillEstimate",
     "PrefillScheduler",
     "StepEstimate",
+    "StepEstimates",
     "TransferEstimate",
     "prefix_tokens",
 ]

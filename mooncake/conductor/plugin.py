@@ -28,20 +28,24 @@ from mooncake.conductor.cost_export import export_cost_model
 from mooncake.conductor.cost_model import CostModel, HardwareSpec, ModelSpec, OverheadEstimator
 from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
 from mooncake.conductor.membership import WorkerJoined, WorkerLeft
+from mooncake.conductor.messages import (
+    PlacementInfo,
+    PlaceRefused,
+    PlaceRequest,
+    start_lookup_msg,
+)
 from mooncake.conductor.policy import NO_WORKER, Conductor, Placement
-from mooncake.conductor.state import RequestInfo
+from mooncake.conductor.reports import WorkerReport
 from mooncake.metrics import (
     MONITOR_PLUGIN_NAME,
-    LookupRecord,
     MetricsState,
-    RequestRecord,
     WorkerLoad,
 )
+from mooncake.request_ids import FINAL_STEPS, PREFILL_STEPS, parse_task_key
 
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "mooncake-conductor"
-_FINAL_STEPS = ("decode-", "generate-")
 STREAM_INTERVAL_S = 0.001
 """Batching interval of the scheduler's message stream to each mooncake worker."""
 
@@ -55,14 +59,6 @@ CPU_HARDWARE = HardwareSpec(
     kv_memory_fraction=0.5,
     rdma_bandwidth=1.0e9,
 )
-
-
-def _rid(key: object, prefixes: tuple[str, ...]) -> str | None:
-    if isinstance(key, str):
-        for p in prefixes:
-            if key.startswith(p):
-                return key[len(p) :]
-    return None
 
 
 class ConductorPlugin(SchedulerPlugin):
@@ -171,58 +167,55 @@ class ConductorPlugin(SchedulerPlugin):
 
     # -- handlers -------------------------------------------------------------------
     def handle_report(self, worker: str, report: dict[str, Any]) -> None:
-        if "info" in report and worker not in self.worker_info:
-            self._add(worker, report["info"])
+        rep = WorkerReport.from_msg(report)
+        if rep.info is not None and worker not in self.worker_info:
+            self._add(worker, rep.info)
         c = self.conductor
         if c is None or worker not in self.worker_info:
             return
         now = time.time()
-        if report["stored"]:
-            c.on_blocks_stored(worker, report["stored"])
-        if report["removed"]:
-            c.on_blocks_removed(worker, report["removed"])
-        for rid, prompt_len, cached, seconds in report["prefills"]:
-            c.on_prefill_finish(rid, now, prompt_len, cached, seconds)
-            self._timings.setdefault(rid, {})["prefill_s"] = seconds
-        for rid in report["decode_joined"]:
+        if rep.stored:
+            c.on_blocks_stored(worker, rep.stored)
+        if rep.removed:
+            c.on_blocks_removed(worker, rep.removed)
+        for p in rep.prefills:
+            c.on_prefill_finish(p.request_id, now, p.prompt_tokens, p.cached_tokens, p.seconds)
+            self._timings.setdefault(p.request_id, {})["prefill_s"] = p.seconds
+        for rid in rep.decode_joined:
             c.on_decode_join(rid, now)
-        for r in report.get("requests", ()):  # finished: real output lengths
-            c.on_request_finished(str(r["request_id"]), int(r.get("generation_tokens", 0)))
-            ttft, queue, prefill = r.get("ttft_s"), r.get("queue_s"), r.get("prefill_s")
-            if ttft is not None and queue is not None and prefill is not None:
-                self.request_overhead.observe(float(ttft) - float(queue) - float(prefill))
-        for batch, kv_tokens, seconds in report.get("decode_steps", ()):
-            c.on_decode_step(int(batch), int(kv_tokens), float(seconds))
-        for nbytes, seconds in report["transfers"]:
-            if nbytes > 0 and seconds > 0:
-                c.on_transfer(nbytes, seconds)
-        self.loads[worker] = report["load"]
-        self._update_metrics(worker, report, now)
+        for r in rep.requests:  # finished: real output lengths
+            c.on_request_finished(r.request_id, r.generation_tokens)
+            if r.ttft_s is not None and r.queue_s is not None and r.prefill_s is not None:
+                self.request_overhead.observe(r.ttft_s - r.queue_s - r.prefill_s)
+        for d in rep.decode_steps:
+            c.on_decode_step(d.sequences, d.context_tokens, d.seconds)
+        for t in rep.transfers:
+            if t.nbytes > 0 and t.seconds > 0:
+                c.on_transfer(t.nbytes, t.seconds)
+        self.loads[worker] = rep.load.to_msg()
+        self._update_metrics(worker, rep, now)
 
-    def _update_metrics(self, worker: str, report: dict[str, Any], now: float) -> None:
+    def _update_metrics(self, worker: str, rep: WorkerReport, now: float) -> None:
         m, c = self.metrics, self.conductor
-        for lk in report.get("lookups", ()):
-            m.observe_lookup(LookupRecord(**lk))
-        for r in report.get("requests", ()):
-            m.observe_request(RequestRecord(**r), now)
-        for path, nbytes, seconds in report.get("transfer_log", ()):
-            m.observe_transfer(int(nbytes), float(seconds), str(path))
-        load = report["load"]
-        used = int(load["num_blocks"]) - int(load["free_blocks"])
+        for lk in rep.lookups:
+            m.observe_lookup(lk)
+        for r in rep.requests:
+            m.observe_request(r, now)
+        for t in rep.transfer_log:
+            m.observe_transfer(t.nbytes, t.seconds, t.path)
+        load = rep.load
+        used = load.num_blocks - load.free_blocks
         pq = c.prefill_loads.get(worker) if c is not None else None
         m.set_worker(
             worker,
             WorkerLoad(
                 role="+".join(self.worker_info[worker]["roles"]),
-                running=int(load["running"]),
-                waiting=int(load["waiting"]),
-                kv_blocks={
-                    "device": (used, int(load["num_blocks"])),
-                    **{t: (int(u), int(n)) for t, (u, n) in load.get("tiers", {}).items()},
-                },
-                cached_blocks=int(load["cached_blocks"]),
+                running=load.running,
+                waiting=load.waiting,
+                kv_blocks={"device": (used, load.num_blocks), **load.tiers},
+                cached_blocks=load.cached_blocks,
                 prefill_queue_s=pq.queue_time(now) if pq is not None else 0.0,
-                batch_size=int(load["running"]),
+                batch_size=load.running,
             ),
         )
         if c is not None and c.bandwidth is not None and m.transfers:
@@ -230,36 +223,22 @@ class ConductorPlugin(SchedulerPlugin):
         m.tick(now)
 
     def handle_place(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Place one request. ``request``: request_id, prompt_len, block_keys, output_len."""
+        """Place one request (a ``PlaceRequest``); answers a ``PlacementInfo`` or a
+        ``PlaceRefused``, as a message."""
         c = self.conductor
         if c is None:
             self.metrics.observe_admission(False, "no mooncake workers are ready")
-            return {
-                "rejected": True,
-                "unavailable": True,
-                "reason": "no mooncake workers are ready",
-                "retry_after": 1.0,
-            }
-        req = RequestInfo(
-            request["request_id"],
-            int(request["prompt_len"]),
-            list(request["block_keys"]),
-            int(request["output_len"]),
-        )
+            return PlaceRefused("no mooncake workers are ready", 1.0, unavailable=True).to_msg()
+        req = PlaceRequest.from_msg(request)
         now = time.time()
-        decision = c.place(req, now)
+        decision = c.place(req.info(), now)
         if isinstance(decision, Rejection):
             self.rejections[decision.reason.split(":")[0]] += 1
             self.metrics.observe_admission(False, decision.reason)
             # No worker of a role: an outage until one joins, not an overload.
             unavailable = decision.reason.startswith(NO_WORKER)
-            return {
-                "rejected": True,
-                "unavailable": unavailable,
-                "reason": decision.reason,
-                "retry_after": decision.retry_after,
-            }
-        if request.get("resume"):
+            return PlaceRefused(decision.reason, decision.retry_after, unavailable).to_msg()
+        if req.resume:
             # A request moved off a lost worker: it goes straight to decode (which
             # recomputes or fetches its KV), nothing is queued at prefill.
             c.on_prefill_finish(req.request_id, now, req.prompt_len, 0, 0.0)
@@ -267,38 +246,28 @@ class ConductorPlugin(SchedulerPlugin):
         self.metrics.observe_admission(True)
         # Token deltas reach the client on the scheduler's stream to it, which holds a
         # message until 2 ms after the previous one (e.g. the last task's result).
-        client = self.scheduler.client_comms.get(request.get("client", ""))
+        client = self.scheduler.client_comms.get(req.client)
         if client is not None:
             client.interval = STREAM_INTERVAL_S
-        reply = self._placement_reply(decision)
-        if "spec" in request and decision.fetch_from is None:
-            self._start_early(decision.prefill, request, reply)
-        return reply
+        placement = self._placement(decision)
+        if req.spec is not None and decision.fetch_from is None:
+            self._start_early(req, placement)
+        return placement.to_msg()
 
-    def _start_early(self, worker: str, request: dict[str, Any], reply: dict[str, Any]) -> None:
+    def _start_early(self, req: PlaceRequest, placement: PlacementInfo) -> None:
         """Tell the prefill worker to start the request's lookup now, on the same stream
         that will carry its lookup task (so the start arrives first). The prefill then
         does not wait for the client to submit the graph and for its dispatch; the graph
         still owns the request. A lookup that must fetch a peer's prefix is left to the task."""
-        stream = self.scheduler.stream_comms.get(worker)
+        stream = self.scheduler.stream_comms.get(placement.prefill)
         if stream is None:
             return
-        placement = {
-            k: reply[k] for k in ("prefill", "decode", "fetch_from", "fetch_blocks", "est_ttft_s")
-        }
         try:
-            stream.send(
-                {
-                    "op": "mooncake-start",
-                    "spec": request["spec"],
-                    "placement": placement,
-                    "start": request.get("start", "prefill"),
-                }
-            )
+            stream.send(start_lookup_msg(req.spec, placement, req.start))
         except Exception as e:  # a closing worker: the lookup task does the lookup
-            logger.debug("early start on %s failed: %s", worker, e)
+            logger.debug("early start on %s failed: %s", placement.prefill, e)
 
-    def _placement_reply(self, p: Placement) -> dict[str, Any]:
+    def _placement(self, p: Placement) -> PlacementInfo:
         fetch_blocks = (
             p.prefill_choice.cached_tokens // self.config.block_size
             if p.fetch_from is not None
@@ -310,14 +279,7 @@ class ConductorPlugin(SchedulerPlugin):
             "decode": p.decode,
             "est_ttft_s": p.est_ttft_s,
         }
-        return {
-            "rejected": False,
-            "prefill": p.prefill,
-            "decode": p.decode,
-            "fetch_from": p.fetch_from,
-            "fetch_blocks": fetch_blocks,
-            "est_ttft_s": p.est_ttft_s,
-        }
+        return PlacementInfo(p.prefill, p.decode, p.fetch_from, fetch_blocks, p.est_ttft_s)
 
     def handle_workers(self) -> list[str]:
         """Addresses of the mooncake workers in the cluster now (a client's liveness check)."""
@@ -362,20 +324,19 @@ class ConductorPlugin(SchedulerPlugin):
         c = self.conductor
         if c is None:
             return
+        parsed = parse_task_key(key)
+        if parsed is None:
+            return
+        step, rid = parsed
         if finish == "processing":
-            rid = _rid(key, ("lookup-", "prefill-", "transfer-", "decode-", "generate-"))
-            if rid is None:
-                return
             ts = self.scheduler.tasks.get(key)
             if ts is not None and ts.processing_on is not None and rid in self._timings:
-                step = str(key).split("-", 1)[0]
                 self._timings[rid].setdefault("ran_on", {})[step] = ts.processing_on.address
-            if str(key).startswith(("prefill-", "generate-")):
+            if step in PREFILL_STEPS:
                 c.on_prefill_start(rid, time.time())
             return
         if finish in ("memory", "erred", "forgotten", "released"):
-            rid = _rid(key, _FINAL_STEPS)
-            if rid is not None and c.placement_of(rid) is not None:
+            if step in FINAL_STEPS and c.placement_of(rid) is not None:
                 c.on_decode_leave(rid, time.time())
                 t = self._timings.pop(rid, {})
                 t.update(request_id=rid, finished_at=time.time(), state=finish)

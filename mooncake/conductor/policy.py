@@ -17,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+import numpy.typing as npt
+
 from mooncake.conductor.admission import LoadView, Rejection, check_slos, decode_view
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.cost_model import (
@@ -26,6 +29,7 @@ from mooncake.conductor.cost_model import (
     PrefillTimeEstimator,
 )
 from mooncake.conductor.index import GlobalBlockIndex
+from mooncake.conductor.load_table import DecodeTable, PrefillTable
 from mooncake.conductor.output_length import OutputLengthPredictor
 from mooncake.conductor.placement import (
     DecodeChoice,
@@ -81,6 +85,10 @@ class Conductor:
         decode_workers: decode instance name -> KV capacity in tokens (when colocated,
             the capacity of each prefill instance; names must match).
         cost: closed-form cost model the online estimators start from.
+        vectorized: decide over numpy mirrors of the instances' loads
+            (:mod:`~mooncake.conductor.load_table`); ``False`` runs the per-instance
+            Python reference, which makes the same decisions, float for float (kept to
+            check the fast path against).
     """
 
     def __init__(
@@ -89,6 +97,7 @@ class Conductor:
         prefill_workers: Sequence[str],
         decode_workers: Mapping[str, int],
         cost: CostModel | None = None,
+        vectorized: bool = True,
     ) -> None:
         self.config = config
         self.cost = cost or CostModel()
@@ -107,20 +116,35 @@ class Conductor:
         self.decode_scheduler = DecodeScheduler(config.max_decode_batch)
         self.outputs = OutputLengthPredictor(config.output_window)
         """Expected output lengths (decode-load prediction) and their error so far."""
-        self.prefill_loads: dict[str, PrefillLoad] = {w: PrefillLoad() for w in prefill_workers}
-        self.decode_loads: dict[str, DecodeLoad] = {
-            w: DecodeLoad(cap) for w, cap in decode_workers.items()
-        }
+        # The loads, by name in registration order (ties go to the first), and the
+        # same loads as arrays (``None``: the reference path). Workers join and leave
+        # only through the methods below, which keep the two in step.
+        self.prefill_loads: dict[str, PrefillLoad] = {}
+        self.decode_loads: dict[str, DecodeLoad] = {}
+        self._prefill_table = PrefillTable() if vectorized else None
+        self._decode_table = DecodeTable() if vectorized else None
+        for w in prefill_workers:
+            self.add_prefill_worker(w)
+        for w, cap in decode_workers.items():
+            self.add_decode_worker(w, cap)
         if config.colocated and set(prefill_workers) != set(decode_workers):
             raise ValueError("decode_workers: must name the prefill workers when colocated")
         self._placed: dict[str, Placement] = {}
 
     # -- membership (the live plugin adds/removes workers as they come and go) -------
     def add_prefill_worker(self, worker: str) -> None:
-        self.prefill_loads.setdefault(worker, PrefillLoad())
+        if worker in self.prefill_loads:
+            return
+        load = self.prefill_loads[worker] = PrefillLoad()
+        if self._prefill_table is not None:
+            self._prefill_table.add(worker, load)
 
     def add_decode_worker(self, worker: str, kv_capacity_tokens: int) -> None:
-        self.decode_loads.setdefault(worker, DecodeLoad(kv_capacity_tokens))
+        if worker in self.decode_loads:
+            return
+        load = self.decode_loads[worker] = DecodeLoad(kv_capacity_tokens)
+        if self._decode_table is not None:
+            self._decode_table.add(worker, load)
 
     def remove_worker(self, worker: str) -> list[str]:
         """A worker left (or died): forget its load and its blocks in the global index.
@@ -128,6 +152,10 @@ class Conductor:
         they stay known until ``on_decode_leave`` or ``replace``."""
         self.prefill_loads.pop(worker, None)
         self.decode_loads.pop(worker, None)
+        if self._prefill_table is not None:
+            self._prefill_table.remove(worker)
+        if self._decode_table is not None:
+            self._decode_table.remove(worker)
         self.index.drop_worker(worker)
         return [rid for rid, p in self._placed.items() if worker in (p.prefill, p.decode)]
 
@@ -138,6 +166,14 @@ class Conductor:
         if self.decode_estimator.num_observations >= MIN_DECODE_STEPS:
             return self.decode_estimator.estimate(batch, kv_tokens)
         return self.cost.decode_step_time(batch, kv_tokens)
+
+    def _step_times(
+        self, batch: npt.NDArray[np.int64], kv_tokens: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
+        """:meth:`step_time` of many instances at once (the same floats)."""
+        if self.decode_estimator.num_observations >= MIN_DECODE_STEPS:
+            return self.decode_estimator.estimate_many(batch, kv_tokens)
+        return self.cost.decode_step_times(batch, kv_tokens)
 
     def token_time(self, worker: str) -> float:
         """Uniform decode seconds per token t_d used to project a decode instance."""
@@ -184,25 +220,54 @@ class Conductor:
         dreq = req if kv_out == req.output_len else replace(req, output_len=kv_out)
         prefix = self.index.match_prefix(req.block_keys)
         pchoice = self.prefill_scheduler.choose(
-            req, now, self.prefill_loads, prefix, self.estimator.estimate, self.transfer_time
+            req,
+            now,
+            self.prefill_loads,
+            prefix,
+            self.estimator.estimate,
+            self.transfer_time,
+            self._prefill_table,
         )
         eta = now + pchoice.ttft_s
         view = _VIEW[cfg.admission]
-        workers = [pchoice.worker] if cfg.colocated else list(self.decode_loads)
-        total = self._total_len if cfg.output_prediction == "expected" else None
-        views = {
-            w: decode_view(
-                self.decode_loads[w],
-                view,
-                eta,
-                self.token_time(w) if view == "projected" else 0.0,
-                now,
-                total,
+        table = self._decode_table
+        if table is not None and not cfg.colocated:
+            if view == "projected":
+                # Every running and placed sequence of every instance at once.
+                t_d = table.token_times(cfg.decode_token_time_s, self._step_times)
+                many = (
+                    self.outputs.expected_given_many
+                    if cfg.output_prediction == "expected"
+                    else None
+                )
+                batch, kv = table.projected(eta, t_d, now, many)
+            else:  # per-instance counters
+                batch, kv = table.view(view == "committed")
+            dchoice = self.decode_scheduler.choose_vector(
+                dreq,
+                table.names,
+                batch,
+                kv,
+                table.capacity[: len(table)],
+                self._step_times,
+                self.step_time,
             )
-            for w in workers
-        }
-        capacity = {w: self.decode_loads[w].kv_capacity_tokens for w in workers}
-        dchoice = self.decode_scheduler.choose(dreq, views, capacity, self.step_time)
+        else:
+            workers = [pchoice.worker] if cfg.colocated else list(self.decode_loads)
+            total = self._total_len if cfg.output_prediction == "expected" else None
+            views = {
+                w: decode_view(
+                    self.decode_loads[w],
+                    view,
+                    eta,
+                    self.token_time(w) if view == "projected" else 0.0,
+                    now,
+                    total,
+                )
+                for w in workers
+            }
+            capacity = {w: self.decode_loads[w].kv_capacity_tokens for w in workers}
+            dchoice = self.decode_scheduler.choose(dreq, views, capacity, self.step_time)
         if cfg.admission == "ttft" and pchoice.ttft_s > cfg.ttft_slo_s:
             return Rejection(
                 req.request_id,

@@ -8,6 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class LoadListener(Protocol):
+    """Told after every change of a load it registered (the vectorised tables of
+    :mod:`mooncake.conductor.load_table` keep their arrays current this way)."""
+
+    def load_changed(self, slot: int) -> None: ...
+
+
+class DecodeListener(LoadListener, Protocol):
+    """A :class:`LoadListener` of a decode load that also follows its sequences."""
+
+    def seq_added(self, slot: int, running: bool, rid: str, seq: DecodeSeq) -> None: ...
+
+    def seq_removed(self, slot: int, running: bool, rid: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +52,15 @@ class PrefillLoad:
     queued_s: float = 0.0
     running: dict[str, tuple[float, float]] = field(default_factory=dict)
     """Request id -> (started at, estimated seconds)."""
+    listener: LoadListener | None = field(default=None, repr=False, compare=False)
+    """Told ``slot`` after every change (a table mirroring this load), or ``None``."""
+    slot: int = field(default=-1, repr=False, compare=False)
 
     def enqueue(self, rid: str, est_s: float) -> None:
         self.queued[rid] = est_s
         self.queued_s += est_s
+        if self.listener is not None:
+            self.listener.load_changed(self.slot)
 
     def start(self, rid: str, now: float) -> None:
         est = self.queued.pop(rid, None)
@@ -47,6 +68,8 @@ class PrefillLoad:
             return
         self.queued_s -= est
         self.running[rid] = (now, est)
+        if self.listener is not None:
+            self.listener.load_changed(self.slot)
 
     def finish(self, rid: str) -> None:
         if rid in self.running:
@@ -57,6 +80,8 @@ class PrefillLoad:
                 self.queued_s -= est
         if not self.queued:
             self.queued_s = 0.0  # drop float drift
+        if self.listener is not None:
+            self.listener.load_changed(self.slot)
 
     def queue_time(self, now: float) -> float:
         """Seconds until a newly queued job would start: queued estimates plus what is
@@ -101,11 +126,18 @@ class DecodeLoad:
     """Sum of ``kv_tokens`` over ``running``."""
     kv_incoming: int = 0
     """Sum of ``kv_tokens`` over ``incoming``."""
+    listener: DecodeListener | None = field(default=None, repr=False, compare=False)
+    """Told after every change, sequence by sequence (a table mirroring this load), or
+    ``None``. (Sequences are not changed after ``expect``, but for ``join``'s ``at``.)"""
+    slot: int = field(default=-1, repr=False, compare=False)
 
     def expect(self, rid: str, seq: DecodeSeq) -> None:
         """A request was placed here; it arrives around ``seq.at``."""
         self.incoming[rid] = seq
         self.kv_incoming += seq.kv_tokens
+        if self.listener is not None:
+            self.listener.seq_added(self.slot, False, rid, seq)
+            self.listener.load_changed(self.slot)
 
     def join(self, rid: str, now: float) -> None:
         seq = self.incoming.pop(rid, None)
@@ -115,14 +147,31 @@ class DecodeLoad:
         seq.at = now
         self.running[rid] = seq
         self.kv_running += seq.kv_tokens
+        if self.listener is not None:
+            self.listener.seq_removed(self.slot, False, rid)
+            self.listener.seq_added(self.slot, True, rid, seq)
+            self.listener.load_changed(self.slot)
 
     def leave(self, rid: str) -> None:
         seq = self.incoming.pop(rid, None)
         if seq is not None:
             self.kv_incoming -= seq.kv_tokens
+            if self.listener is not None:
+                self.listener.seq_removed(self.slot, False, rid)
         seq = self.running.pop(rid, None)
         if seq is not None:
             self.kv_running -= seq.kv_tokens
+            if self.listener is not None:
+                self.listener.seq_removed(self.slot, True, rid)
+        if self.listener is not None:
+            self.listener.load_changed(self.slot)
 
 
-__all__ = ["DecodeLoad", "DecodeSeq", "PrefillLoad", "RequestInfo"]
+__all__ = [
+    "DecodeListener",
+    "DecodeLoad",
+    "DecodeSeq",
+    "LoadListener",
+    "PrefillLoad",
+    "RequestInfo",
+]

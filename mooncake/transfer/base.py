@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -56,6 +56,28 @@ class Peer:
     """Its host tier directory (readable zero-copy by processes on the same host)."""
     rdma: bool = False
     """Its block server accepts RDMA reads."""
+
+    def to_msg(self) -> dict[str, Any]:
+        """As it travels in the worker's info (msgpack: the address becomes a list)."""
+        return {
+            "host_id": self.host_id,
+            "tcp": list(self.tcp) if self.tcp is not None else None,
+            "host_tier_path": self.host_tier_path,
+            "rdma": self.rdma,
+        }
+
+    @classmethod
+    def from_msg(cls, msg: dict[str, Any] | None) -> Peer | None:
+        """The peer of a worker's info (None: the worker has no store)."""
+        if not msg:
+            return None
+        tcp = msg.get("tcp")
+        return cls(
+            str(msg["host_id"]),
+            (str(tcp[0]), int(tcp[1])) if tcp else None,
+            msg.get("host_tier_path"),
+            bool(msg.get("rdma", False)),
+        )
 
 
 class TransferError(RuntimeError):

@@ -1,10 +1,14 @@
-"""Small values that travel through the request graph (never KV tensors)."""
+"""Small values that travel through the request graph (never KV tensors).
+
+``PlacementInfo`` is the Conductor's placement message (``mooncake.conductor.messages``),
+re-exported here: the graph's tasks carry the very value the Conductor answered."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from mooncake.conductor.messages import PlacementInfo
 from mooncake.sampling_params import SamplingParams
 
 
@@ -25,18 +29,6 @@ class RequestSpec:
     arrival_time: float = 0.0
     """Client wall-clock time (``time.time()``) when the request arrived."""
     prompt: str | None = None
-
-
-@dataclass
-class PlacementInfo:
-    """Where the Conductor put the request."""
-
-    prefill: str
-    decode: str
-    fetch_from: str | None = None
-    """Worker to fetch a longer cached prefix from (Algorithm 1), or None."""
-    fetch_blocks: int = 0
-    est_ttft_s: float = 0.0
 
 
 @dataclass
@@ -88,3 +80,6 @@ class TransferResult:
     path: str = "none"
     """How the KV moved: the transfer paths used (``shm``, ``tcp``, ``rdma``), ``dask``
     (RPC, no store), ``local``, ``none`` (nothing to move) or ``miss`` (recompute)."""
+
+
+__all__ = ["KVHandle", "LookupResult", "PlacementInfo", "RequestSpec", "TransferResult"]

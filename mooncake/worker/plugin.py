@@ -2,8 +2,11 @@
 
 It starts the worker's engine in a child process (``EngineClient`` /
 ``engine_process``: torch never loads in the worker itself), opens the worker's KV
-store, keeps the KV outbox/inbox the graph's tasks use, registers the handlers peers and
-the client call, and reports the worker's blocks and load to the Conductor."""
+store, registers the handlers peers, the Conductor and the client call, and reports the
+worker's blocks and load to the Conductor. It is IO glue: what the worker keeps per
+request lives in ``RequestTable`` (driven by the ``request_state`` machine), what it
+reports in ``ReportBuffer``, the lookup in ``lookup``; it never imports the task
+functions (``tasks`` imports it)."""
 
 from __future__ import annotations
 
@@ -14,26 +17,32 @@ import logging
 import os
 import threading
 import time
-from collections import Counter, deque
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from typing import Any
 
 from distributed import Worker, WorkerPlugin
 from distributed.comm.addressing import get_address_host
 from distributed.protocol.serialize import to_serialize
 
+from mooncake.conductor.messages import PlacementInfo
+from mooncake.conductor.reports import DecodeStep, WorkerLoadReport, WorkerReport
 from mooncake.config import EngineConfig
 from mooncake.kvcache import KVExport, block_keys, root_key
 from mooncake.kvcache.shared_prefix import SharedPrefixProbe
+from mooncake.metrics import LookupRecord, RequestRecord
 from mooncake.outputs import RequestOutput
 from mooncake.transfer import Peer
 from mooncake.types import BlockKey
 from mooncake.worker import request_state
+from mooncake.worker.block_presence import BlockPresence
 from mooncake.worker.config import WorkerConfig
 from mooncake.worker.engine_client import EngineClient
 from mooncake.worker.kv_store import KVStore
-
-if TYPE_CHECKING:
-    from mooncake.worker.messages import LookupResult, RequestSpec
+from mooncake.worker.lookup import begin_lookup, fetches_remote, run_lookup
+from mooncake.worker.messages import LookupResult, RequestSpec
+from mooncake.worker.report_buffer import ReportBuffer
+from mooncake.worker.request_table import RequestTable
+from mooncake.worker.rpc import rpc
 
 logger = logging.getLogger(__name__)
 
@@ -68,35 +77,30 @@ class MooncakeWorker(WorkerPlugin):
     async def setup(self, worker: Worker) -> None:
         self.worker = worker
         self.roles = roles_of(worker)
-        self.outbox: dict[str, KVExport] = {}
-        self.inbox: dict[str, KVExport] = {}
-        # Requests that lookup admitted into the engine, awaited by their next task.
-        self.started: dict[str, tuple[concurrent.futures.Future[Any], float]] = {}
-        self.early_lookups: dict[str, tuple[concurrent.futures.Future[LookupResult], float]] = {}
-        """Lookups the Conductor started at placement, awaited by their lookup task
-        (request id -> (result, ``time.monotonic()`` of the start))."""
-        self.requests = request_state.WorkerRequests(EARLY_LOOKUP_TIMEOUT_S, EARLY_LOOKUP_TIMEOUT_S)
-        """Each request's state on this worker: the decisions (a repeated start, an abort
-        that came first, a graph that never arrived, a lost peer) are made there."""
-        self._requests_lock = threading.Lock()
         self._lookup_pool = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="mooncake-lookup"
         )
-        self.prefill_reports: deque[tuple[str, int, int, float]] = deque()
-        self.decode_joins: deque[str] = deque()
-        self.transfer_reports: deque[tuple[int, float]] = deque()
-        self.lookup_reports: deque[dict[str, Any]] = deque()
-        self.request_reports: deque[dict[str, Any]] = deque()
-        self.transfer_log: deque[tuple[str, int, float]] = deque()
-        """(path, bytes, seconds) of every KV move, for the metrics (any path, local ones too)."""
+        self.reports = ReportBuffer()
+        """What the next report to the Conductor carries (tasks record here)."""
         self._probe = SharedPrefixProbe(self.engine_config.block_size)
         self._probe_lock = threading.Lock()
         self.transfer_paths: Counter[str] = Counter()
+        # Remote-prefix blocks pulled at lookup (Algorithm 1), by the path that brought
+        # them: the store's (shm, tcp, rdma) or the peer engine's, over Dask (dask).
+        self.prefix_fetch_paths: Counter[str] = Counter()
         # Prefix blocks found at lookup, by where: device pool, own host/SSD tiers, a peer.
         self.hit_blocks: Counter[str] = Counter()
         # The engine process inherits this worker's environment: a GPU worker's
         # CUDA_VISIBLE_DEVICES, the thread count. torch loads there, never here.
         self.engine = EngineClient(self.engine_config, self._emit)
+        self.requests: RequestTable[LookupResult, RequestOutput, KVExport] = RequestTable(
+            request_state.WorkerRequests(EARLY_LOOKUP_TIMEOUT_S, EARLY_LOOKUP_TIMEOUT_S),
+            abort_engine=lambda rid: self.engine.call("abort", rid),
+            forget=lambda rid: self.engine.token_times.pop(rid, None),
+        )
+        """Each request's state on this worker and what is kept for it: the decisions (a
+        repeated start, an abort that came first, a graph that never arrived, a lost
+        peer) are made by its state machine."""
         try:
             await asyncio.to_thread(self.engine.start)
         except BaseException:
@@ -118,9 +122,7 @@ class MooncakeWorker(WorkerPlugin):
                 KVStore, wc, str(worker.name or worker.address), cluster
             )
         self._peers: dict[str, Peer | None] = {}
-        # Keys this worker holds in any tier (device pool, host, SSD): the Conductor's
-        # index sees a block as present until it is gone from all of them.
-        self._holders: dict[bytes, set[str]] = {}
+        self._presence = BlockPresence()
         worker.handlers["mooncake_fetch_kv"] = self.handle_fetch_kv
         worker.handlers["mooncake_fetch_blocks"] = self.handle_fetch_blocks
         worker.handlers["mooncake_abort"] = self.handle_abort
@@ -161,7 +163,7 @@ class MooncakeWorker(WorkerPlugin):
             "roles": self.roles,
             "worker_pid": os.getpid(),
             **self.engine.info,
-            "peer": dataclasses.asdict(self.kv_store.peer) if self.kv_store is not None else None,
+            "peer": self.kv_store.peer.to_msg() if self.kv_store is not None else None,
         }
 
     @property
@@ -180,26 +182,14 @@ class MooncakeWorker(WorkerPlugin):
     def peer_of(self, address: str) -> Peer | None:
         """How to fetch blocks from the worker at ``address`` (asked once, then cached)."""
         if address not in self._peers:
-            from mooncake.worker.tasks import _rpc
-
-            info = _rpc(address, "mooncake_info")
-            p = info.get("peer")
-            self._peers[address] = (
-                Peer(
-                    p["host_id"],
-                    tuple(p["tcp"]) if p["tcp"] else None,
-                    p["host_tier_path"],
-                    p["rdma"],
-                )
-                if p
-                else None
-            )
+            info = rpc(address, "mooncake_info")
+            self._peers[address] = Peer.from_msg(info.get("peer"))
         return self._peers[address]
 
     def handle_fetch_kv(self, request_id: str) -> dict[str, Any]:
         """A decode worker pulls a prefilled request's KV (once)."""
-        export = self.outbox.pop(request_id, None)
-        self.on_event(request_state.HandedOff(request_id, time.monotonic()))
+        export = self.requests.handoff.take_outgoing(request_id)
+        self.requests.handle(request_state.HandedOff(request_id, time.monotonic()))
         return {
             "found": export is not None,
             "export": to_serialize(export) if export is not None else None,
@@ -217,62 +207,38 @@ class MooncakeWorker(WorkerPlugin):
         """(Stream message from the Conductor at placement.) Start the request's lookup
         now, so its prefill does not wait for the scheduler to receive its graph and
         dispatch the lookup task; that task then collects the result."""
-        from mooncake.worker.messages import PlacementInfo
-        from mooncake.worker.tasks import begin_lookup, fetches_remote, run_lookup
-
         rid = spec.request_id
-        where = PlacementInfo(**placement)
+        where = PlacementInfo.from_msg(placement)
         if not any(
             isinstance(i, request_state.BeginLookup)
-            for i in self.on_event(request_state.Placed(rid, time.monotonic(), where.decode))
+            for i in self.requests.handle(request_state.Placed(rid, time.monotonic(), where.decode))
         ):
             return  # started already, or aborted before its start arrived
         # The engine admits the request as soon as it reads this call; the lookup thread
         # only collects the answer (and imports stored blocks when there are any).
         begun = None if fetches_remote(self, where) else begin_lookup(self, spec, start)
         fut = self._lookup_pool.submit(run_lookup, self, spec, where, start, begun)
-        self.early_lookups[rid] = (fut, time.monotonic())
-
-    def on_event(self, event: request_state.Event) -> list[request_state.Instruction]:
-        """Apply one event to the request states (from any thread)."""
-        with self._requests_lock:
-            return self.requests.handle(event)
-
-    def drop(self, request_id: str) -> None:
-        """Forget what this worker keeps for a request (``DropKV``)."""
-        self.early_lookups.pop(request_id, None)
-        self.outbox.pop(request_id, None)
-        self.inbox.pop(request_id, None)
-        self.started.pop(request_id, None)
-        self.engine.token_times.pop(request_id, None)
-
-    def apply(self, instructions: list[request_state.Instruction]) -> None:
-        """Carry out the engine and KV instructions (a task raises on ``FailTask`` itself)."""
-        for ins in instructions:
-            if isinstance(ins, request_state.AbortEngine):
-                self.engine.call("abort", ins.request_id)
-            elif isinstance(ins, request_state.DropKV):
-                self.drop(ins.request_id)
+        self.requests.futures.set_early(rid, fut, time.monotonic())
 
     async def _expire_early(self) -> None:
         """Deadlines: abort early lookups no task claimed (the client went away between
         placement and submission), forget old aborts."""
-        instructions = self.on_event(request_state.Tick(time.monotonic()))
-        for ins in instructions:
+        for ins in self.requests.handle(request_state.Tick(time.monotonic())):
             if isinstance(ins, request_state.AbortEngine):
                 logger.warning(
                     "request %s was placed but its graph never arrived: aborting it", ins.request_id
                 )
-        self.apply(instructions)
 
     async def handle_abort(self, request_id: str) -> bool:
-        self.on_event(request_state.Abort(request_id, time.monotonic()))
-        self.drop(request_id)
+        # The engine's abort is awaited here (its answer is the handler's), not fired
+        # and forgotten as the machine's ``AbortEngine``.
+        self.requests.handle(request_state.Abort(request_id, time.monotonic()), apply=False)
+        self.requests.drop(request_id)
         return bool(await asyncio.wrap_future(self.engine.call("abort", request_id)))
 
     def handle_peer_lost(self, worker: str) -> None:
         """(Stream message from the scheduler.) A worker left: drop what was kept for it."""
-        self.apply(self.on_event(request_state.PeerLost(worker, time.monotonic())))
+        self.requests.handle(request_state.PeerLost(worker, time.monotonic()))
 
     # -- metrics (drained into the next report) ------------------------------------
     def report_lookup(self, spec: RequestSpec, lookup: LookupResult, cached_tokens: int) -> None:
@@ -298,13 +264,13 @@ class MooncakeWorker(WorkerPlugin):
         with self._probe_lock:
             kind, shared = self._probe.probe(root, keys, spec.prompt_token_ids, cached_tokens // bs)
             self._probe.record(root, keys, spec.prompt_token_ids)
-        self.lookup_reports.append(
-            {
-                "prompt_tokens": len(spec.prompt_token_ids),
-                "hits": hits,
-                "shared_prefix": kind,
-                "shared_below_block_tokens": shared if kind == "below_block" else 0,
-            }
+        self.reports.lookup(
+            LookupRecord(
+                prompt_tokens=len(spec.prompt_token_ids),
+                hits=hits,
+                shared_prefix=kind,
+                shared_below_block_tokens=shared if kind == "below_block" else 0,
+            )
         )
 
     def report_request(
@@ -318,18 +284,18 @@ class MooncakeWorker(WorkerPlugin):
     ) -> None:
         """Record a finished request's timings (wall clock, from the client's arrival)."""
         m = out.metrics
-        self.request_reports.append(
-            {
-                "request_id": out.request_id,
-                "ttft_s": m.ttft,
-                "e2e_s": m.finish_time - m.arrival_time if m.finish_time is not None else None,
-                "queue_s": queue_s,
-                "prefill_s": prefill_s,
-                "decode_s": decode_s,
-                "itl_s": itl,
-                "prompt_tokens": len(out.prompt_token_ids),
-                "generation_tokens": len(out.outputs[0].token_ids),
-            }
+        self.reports.request(
+            RequestRecord(
+                request_id=out.request_id,
+                ttft_s=m.ttft,
+                e2e_s=m.finish_time - m.arrival_time if m.finish_time is not None else None,
+                queue_s=queue_s,
+                prefill_s=prefill_s,
+                decode_s=decode_s,
+                itl_s=itl,
+                prompt_tokens=len(out.prompt_token_ids),
+                generation_tokens=len(out.outputs[0].token_ids),
+            )
         )
 
     def _tier_blocks(self) -> dict[str, tuple[int, int]]:
@@ -344,68 +310,52 @@ class MooncakeWorker(WorkerPlugin):
         }
 
     # -- reports to the Conductor ---------------------------------------------------
-    def _drain(self, q: deque[Any]) -> list[Any]:
-        out = []
-        while q:
-            out.append(q.popleft())
-        return out
-
-    def _presence(self) -> tuple[list[bytes], list[bytes]]:
+    def _presence_changes(self) -> tuple[list[bytes], list[bytes]]:
         """Fold device-pool and store events into (keys now held, keys now gone)."""
-        changes: list[tuple[str, bytes, str]] = [
-            (kind, k, "device") for kind, k in self._drain(self.engine.block_events)
-        ]
+        events = self.engine.block_events
+        changes: list[tuple[str, bytes, str]] = []
+        while events:
+            kind, key = events.popleft()
+            changes.append((kind, key, "device"))
         if self.kv_store is not None:
             changes += [
                 (ev.kind, ev.key, "store")
                 for ev in self.kv_store.store.events.drain()
                 if ev.kind in ("stored", "removed")
             ]
-        stored: list[bytes] = []
-        removed: list[bytes] = []
-        for kind, key, tier in changes:
-            holders = self._holders.setdefault(key, set())
-            before = bool(holders)
-            if kind == "stored":
-                holders.add(tier)
-            else:
-                holders.discard(tier)
-            if holders and not before:
-                stored.append(key)
-            elif before and not holders:
-                removed.append(key)
-                del self._holders[key]
-        return stored, removed
+        return self._presence.fold(changes)
 
-    def report(self) -> dict[str, Any]:
-        stored, removed = self._presence()
-        rep: dict[str, Any] = {
-            "stored": stored,
-            "removed": removed,
-            "prefills": self._drain(self.prefill_reports),
-            "decode_joined": self._drain(self.decode_joins),
-            "transfers": self._drain(self.transfer_reports),
-            "lookups": self._drain(self.lookup_reports),
-            "requests": self._drain(self.request_reports),
-            "transfer_log": self._drain(self.transfer_log),
-            "decode_steps": self._drain(self.engine.step_timings),
-            "load": {
+    def _load(self) -> WorkerLoadReport:
+        load = self.engine.load  # running, waiting, free/num/cached blocks, busy_seconds
+        return WorkerLoadReport.from_msg(
+            {
+                **load,
                 "tiers": self._tier_blocks(),
-                **self.engine.load,  # running, waiting, free/num/cached blocks, busy_seconds
                 "host_bytes": self.kv_store.store.used_bytes("host")
                 if self.kv_store is not None
                 else 0,
-            },
-        }
-        if not self._reported_model:
-            rep["info"] = self.info()
-        return rep
+            }
+        )
+
+    def report(self) -> WorkerReport:
+        stored, removed = self._presence_changes()
+        steps = self.engine.step_timings
+        decode_steps = []
+        while steps:
+            decode_steps.append(DecodeStep(*steps.popleft()))
+        return self.reports.drain(
+            self._load(),
+            stored,
+            removed,
+            None if self._reported_model else self.info(),
+            decode_steps,
+        )
 
     async def _report_forever(self) -> None:
         while True:
             try:
                 await self._expire_early()
-                rep = self.report()
+                rep = self.report().to_msg()
                 await self.worker.scheduler.mooncake_report(worker=self.worker.address, report=rep)
                 self._reported_model = True
             except asyncio.CancelledError:

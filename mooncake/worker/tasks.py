@@ -1,24 +1,23 @@
-"""Task functions of the request graph. They run on workers, find the worker's
-``MooncakeWorker`` plugin, post work to its engine loop and wait without holding a
-worker thread (``secede``/``rejoin``). Engine imports stay inside the plugin, so the
-client can import this module without torch."""
+"""Task functions of the request graph: thin adapters. They run on workers, find the
+worker's ``MooncakeWorker`` plugin, tell its request table what happens, post work to
+its engine and wait without holding a worker thread (``secede``/``rejoin``). The engine
+runs in its own process, so the client can import this module without torch. This
+module imports the plugin, never the reverse."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import itertools
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from distributed import get_worker, rejoin, secede
-from distributed.utils import sync
+from distributed import rejoin, secede
 
-from mooncake.kvcache import block_keys
 from mooncake.outputs import RequestMetrics, RequestOutput
 from mooncake.types import BlockKey
 from mooncake.worker import request_state
-from mooncake.worker.engine_loop import AddRequest, RequestAborted, Watch
+from mooncake.worker.engine_loop import RequestAborted
+from mooncake.worker.lookup import admission, import_blocks, run_lookup
 from mooncake.worker.messages import (
     KVHandle,
     LookupResult,
@@ -26,16 +25,13 @@ from mooncake.worker.messages import (
     RequestSpec,
     TransferResult,
 )
-
-if TYPE_CHECKING:
-    from mooncake.worker.plugin import MooncakeWorker
+from mooncake.worker.plugin import PLUGIN_NAME, MooncakeWorker, get_plugin
+from mooncake.worker.rpc import rpc
 
 T = TypeVar("T")
 
 
 def _plugin() -> MooncakeWorker:
-    from mooncake.worker.plugin import get_plugin
-
     return get_plugin()
 
 
@@ -46,15 +42,6 @@ def _wait(fut: concurrent.futures.Future[T]) -> T:
         return fut.result()
     finally:
         rejoin()
-
-
-def _rpc(addr: str, method: str, **kwargs: Any) -> Any:
-    worker = get_worker()
-
-    async def go() -> Any:
-        return await getattr(worker.rpc(addr), method)(**kwargs)
-
-    return sync(worker.loop, go)
 
 
 def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") -> LookupResult:
@@ -68,122 +55,24 @@ def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") 
     handle_start``), this task collects its result instead of doing it again."""
     plugin = _plugin()
     _arrived(plugin, spec.request_id, "lookup")
-    early = plugin.early_lookups.pop(spec.request_id, None)
+    early = plugin.requests.futures.take_early(spec.request_id)
     try:
         if early is not None:
             # Usually done by now: then skip secede, which costs the scheduler a message.
-            return early[0].result() if early[0].done() else _wait(early[0])
+            return early.future.result() if early.future.done() else _wait(early.future)
         return run_lookup(plugin, spec, placement, start)
     except BaseException as e:
-        plugin.apply(
-            plugin.on_event(request_state.EngineFailed(spec.request_id, str(e), time.monotonic()))
+        plugin.requests.handle(
+            request_state.EngineFailed(spec.request_id, str(e), time.monotonic())
         )
         raise
-
-
-Admission = concurrent.futures.Future[tuple[concurrent.futures.Future[RequestOutput] | None, int]]
-Begun = tuple[list[BlockKey], Admission]
-"""The prompt's block keys and the admission call ``begin_lookup`` sent."""
-
-
-def fetches_remote(plugin: MooncakeWorker, placement: PlacementInfo) -> bool:
-    """Whether the Conductor asked this lookup to fetch a prefix from another worker."""
-    return bool(placement.fetch_from and placement.fetch_from != plugin.worker.address)
-
-
-def _keys(plugin: MooncakeWorker, spec: RequestSpec) -> list[BlockKey]:
-    return block_keys(spec.prompt_token_ids, plugin.block_size, plugin.root_key(spec.cache_salt))
-
-
-def begin_lookup(plugin: MooncakeWorker, spec: RequestSpec, start: str) -> Begun:
-    """Send the engine the call that looks the prompt up and admits it, unless this
-    worker's store holds the block after the cached prefix (then the lookup imports it
-    and admits the request after). Returns at once; ``run_lookup`` finishes the job."""
-    keys = _keys(plugin, spec)
-    kvs = plugin.kv_store
-    stored = kvs.store.contains_many(keys) if kvs is not None else [False] * len(keys)
-    return keys, plugin.engine.lookup_and_add(_admission(spec, start == "prefill"), stored, keys)
-
-
-def run_lookup(
-    plugin: MooncakeWorker,
-    spec: RequestSpec,
-    placement: PlacementInfo,
-    start: str,
-    begun: Begun | None = None,
-) -> LookupResult:
-    """The lookup itself (in a task, or in the plugin's lookup thread at placement, then
-    ``begun`` is what ``begin_lookup`` already sent)."""
-    t0 = time.perf_counter()
-    prefill_only = start == "prefill"
-    bs = plugin.block_size
-    kvs = plugin.kv_store
-    done: concurrent.futures.Future[RequestOutput] | None = None
-    if fetches_remote(plugin, placement):
-        keys = _keys(plugin, spec)
-        cached = plugin.engine.call(
-            "match_prefix", spec.prompt_token_ids, spec.cache_salt, keys
-        ).result()
-    else:
-        keys, admission = begun or begin_lookup(plugin, spec, start)
-        done, cached = admission.result()
-    result = LookupResult(spec, placement, cached_tokens=cached)
-    have = cached // bs
-    plugin.hit_blocks["device"] += have
-    if done is None and kvs is not None and have < len(keys):
-        # Host/SSD tier: blocks this worker published earlier and its engine evicted since.
-        result.store_blocks = kvs.local_prefix(
-            keys[have:], lambda blocks: _import(plugin, blocks)
-        ).num_blocks
-        if result.store_blocks:
-            for tier in kvs.store.match_prefix(keys[have : have + result.store_blocks]).tiers:
-                result.store_tiers[tier] = result.store_tiers.get(tier, 0) + 1
-        have += result.store_blocks
-        plugin.hit_blocks["store"] += result.store_blocks
-    if (
-        placement.fetch_from
-        and placement.fetch_from != plugin.worker.address
-        and placement.fetch_blocks > have
-    ):
-        want = keys[have : placement.fetch_blocks]
-        got, nbytes = 0, 0
-        peer = plugin.peer_of(placement.fetch_from) if kvs is not None else None
-        if kvs is not None and peer is not None:
-            f = kvs.fetch(want, peer, lambda blocks: _import(plugin, blocks))
-            got, nbytes = f.num_blocks, f.nbytes
-        if got < len(want):
-            # Not in the peer's store (or no store): ask its engine for what it still caches.
-            try:
-                reply = _rpc(
-                    placement.fetch_from,
-                    "mooncake_fetch_blocks",
-                    keys=keys[: placement.fetch_blocks],
-                    token_ids=spec.prompt_token_ids,
-                )
-                blocks = reply["blocks"][have + got :]
-                got += _import(plugin, blocks)
-                nbytes += sum(b.data.nbytes for b in blocks)
-            except Exception:
-                pass
-        result.fetched_blocks = got
-        plugin.hit_blocks["remote"] += got
-        if nbytes:
-            plugin.transfer_reports.append((nbytes, time.perf_counter() - t0))
-            plugin.transfer_log.append(("prefix-fetch", nbytes, time.perf_counter() - t0))
-    result.fetch_seconds = time.perf_counter() - t0
-    if done is None:
-        done = _watch_and_add(spec, prefill_only=prefill_only, plugin=plugin)
-    plugin.started[spec.request_id] = (done, time.perf_counter())
-    # An abort that came while the lookup ran takes the request out again.
-    plugin.apply(plugin.on_event(request_state.LookupDone(spec.request_id, time.monotonic())))
-    return result
 
 
 def _arrived(
     plugin: MooncakeWorker, rid: str, step: request_state.Step, peer: str | None = None
 ) -> None:
     """A task of the request started here; it fails at once when the request was aborted."""
-    for ins in plugin.on_event(request_state.TaskArrived(rid, step, time.monotonic(), peer)):
+    for ins in plugin.requests.handle(request_state.TaskArrived(rid, step, time.monotonic(), peer)):
         if isinstance(ins, request_state.FailTask):
             raise RequestAborted(rid)
 
@@ -197,18 +86,9 @@ def _ended(
     except RequestAborted:
         raise
     except BaseException as e:
-        plugin.apply(plugin.on_event(request_state.EngineFailed(rid, str(e), time.monotonic())))
+        plugin.requests.handle(request_state.EngineFailed(rid, str(e), time.monotonic()))
         raise
     return out
-
-
-def _import(plugin: MooncakeWorker, blocks: list[Any]) -> int:
-    """Copy blocks into this worker's engine prefix cache (on the engine thread, while
-    the caller keeps their memory alive). Returns how many are now usable."""
-    if not blocks:
-        return 0
-    plugin.engine.call("import_blocks", blocks).result()
-    return len(blocks)
 
 
 def _started(
@@ -216,46 +96,10 @@ def _started(
 ) -> tuple[concurrent.futures.Future[RequestOutput], float]:
     """The engine future that lookup started for this request (or start it now)."""
     plugin = _plugin()
-    got = plugin.started.pop(spec.request_id, None)
-    return (
-        got
-        if got is not None
-        else (_watch_and_add(spec, prefill_only=prefill_only), time.perf_counter())
-    )
-
-
-def _admission(
-    spec: RequestSpec,
-    prefill_only: bool,
-    cached: int | None = None,
-    kv: Any = None,
-    prior: list[int] | None = None,
-    prior_logprobs: list[dict[int, float]] | None = None,
-) -> AddRequest:
-    """What the engine admits: prefill runs the first token only (and keeps the KV);
-    the watch says how the request is reported."""
-    params = spec.params
-    if prefill_only:
-        params = dataclasses.replace(params, max_tokens=1, min_tokens=min(params.min_tokens, 1))
-    watch = Watch(
-        spec.stream_topic,
-        spec.stream_addr,
-        spec.stream_key,
-        prefill_only=prefill_only,
-        final_max_tokens=spec.params.max_tokens,
-        num_cached_tokens=cached,
-    )
-    return AddRequest(
-        spec.request_id,
-        spec.prompt_token_ids,
-        params,
-        watch,
-        cache_salt=spec.cache_salt,
-        keep_kv=prefill_only,
-        kv=kv,
-        prior_output_ids=prior or (),
-        prior_logprobs=prior_logprobs,
-    )
+    got = plugin.requests.futures.take_started(spec.request_id)
+    if got is not None:
+        return got.future, got.since
+    return _watch_and_add(spec, prefill_only=prefill_only), time.perf_counter()
 
 
 def _watch_and_add(
@@ -269,7 +113,7 @@ def _watch_and_add(
     plugin: MooncakeWorker | None = None,
 ) -> concurrent.futures.Future[RequestOutput]:
     plugin = plugin or _plugin()
-    return plugin.engine.add(_admission(spec, prefill_only, cached, kv, prior, prior_logprobs))
+    return plugin.engine.add(admission(spec, prefill_only, cached, kv, prior, prior_logprobs))
 
 
 def _compute_seconds(out: RequestOutput, fallback: float) -> float:
@@ -339,16 +183,16 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     if kvs is not None:
         kvs.put(export.blocks)  # full blocks: decode pulls them, later requests reuse them
     elif not finished:
-        plugin.outbox[spec.request_id] = export
+        plugin.requests.handoff.keep(spec.request_id, export)
     kept = kvs is None and not finished
     ev = (
         request_state.Prefilled(spec.request_id, time.monotonic(), lookup_result.placement.decode)
         if kept
         else request_state.EngineFinished(spec.request_id, time.monotonic())
     )
-    plugin.apply(plugin.on_event(ev))
-    plugin.prefill_reports.append(
-        (spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds)
+    plugin.requests.handle(ev)
+    plugin.reports.prefill(
+        spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds
     )
     first_token_wall = out.metrics.first_token_time
     if first_token_wall is not None:
@@ -382,7 +226,7 @@ def transfer(handle: KVHandle) -> TransferResult:
     try:
         return _transfer(plugin, handle, rid)
     finally:
-        plugin.on_event(request_state.HandedOff(rid, time.monotonic()))
+        plugin.requests.handle(request_state.HandedOff(rid, time.monotonic()))
 
 
 def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferResult:
@@ -394,21 +238,21 @@ def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferRes
         f = kvs.fetch(
             [BlockKey(k) for k in handle.block_keys],
             handle.peer,
-            lambda blocks: _import(plugin, blocks),
+            lambda blocks: import_blocks(plugin, blocks),
         )
         seconds = time.perf_counter() - t0
         if f.nbytes and "shm" not in f.paths:
-            plugin.transfer_reports.append((f.nbytes, seconds))
+            plugin.reports.transfer(f.nbytes, seconds)
         path = "+".join(sorted(set(f.paths))) if f.num_blocks == len(handle.block_keys) else "miss"
-        plugin.transfer_log.append((path, f.nbytes, seconds))
+        plugin.reports.transfer_log(path, f.nbytes, seconds)
         plugin.transfer_paths[path] += 1
         return TransferResult(handle, nbytes=f.nbytes, seconds=seconds, path=path)
     if handle.worker == plugin.worker.address:
-        export = plugin.outbox.pop(rid, None)
+        export = plugin.requests.handoff.take_outgoing(rid)
         path = "local"
     else:
         try:
-            reply = _rpc(handle.worker, "mooncake_fetch_kv", request_id=rid)
+            reply = rpc(handle.worker, "mooncake_fetch_kv", request_id=rid)
             export = reply["export"] if reply["found"] else None
         except Exception:
             export = None
@@ -416,11 +260,11 @@ def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferRes
     seconds = time.perf_counter() - t0
     if export is None:
         return TransferResult(handle, path="miss", seconds=seconds)
-    plugin.inbox[rid] = export
+    plugin.requests.handoff.receive(rid, export)
     nbytes = sum(b.data.nbytes for b in export.blocks)
-    plugin.transfer_log.append((path, nbytes, seconds))
+    plugin.reports.transfer_log(path, nbytes, seconds)
     if path == "dask":
-        plugin.transfer_reports.append((nbytes, seconds))
+        plugin.reports.transfer(nbytes, seconds)
     return TransferResult(handle, nbytes=nbytes, seconds=seconds, path=path)
 
 
@@ -440,8 +284,8 @@ def decode(tr: TransferResult) -> RequestOutput:
         return out
     spec = handle.spec
     _arrived(plugin, spec.request_id, "decode", handle.worker)
-    export = plugin.inbox.pop(spec.request_id, None)
-    plugin.decode_joins.append(spec.request_id)
+    export = plugin.requests.handoff.take_incoming(spec.request_id)
+    plugin.reports.decode_joined(spec.request_id)
     # On a miss the prompt is recomputed here (prefix cache permitting); the first token
     # is kept, so the output is the same.
     out = _ended(
@@ -456,7 +300,7 @@ def decode(tr: TransferResult) -> RequestOutput:
             cached=handle.num_cached_tokens,
         ),
     )
-    plugin.on_event(request_state.EngineFinished(spec.request_id, time.monotonic()))
+    plugin.requests.handle(request_state.EngineFinished(spec.request_id, time.monotonic()))
     token_times = plugin.engine.token_times.pop(spec.request_id, [])
     out = _wall_metrics(out, spec, handle.num_cached_tokens)
     m = out.metrics
@@ -483,11 +327,11 @@ def generate(lookup_result: LookupResult) -> RequestOutput:
     _arrived(plugin, spec.request_id, "generate")
     fut, t0 = _started(spec, prefill_only=False)
     out = _ended(plugin, spec.request_id, fut)
-    plugin.on_event(request_state.EngineFinished(spec.request_id, time.monotonic()))
+    plugin.requests.handle(request_state.EngineFinished(spec.request_id, time.monotonic()))
     token_times = plugin.engine.token_times.pop(spec.request_id, [])
     seconds = _compute_seconds(out, time.perf_counter() - t0)
-    plugin.prefill_reports.append(
-        (spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds)
+    plugin.reports.prefill(
+        spec.request_id, len(spec.prompt_token_ids), out.num_cached_tokens, seconds
     )
     plugin.report_lookup(spec, lookup_result, out.num_cached_tokens)
     queue_s = _queue_seconds(out)
@@ -506,16 +350,12 @@ def generate(lookup_result: LookupResult) -> RequestOutput:
 
 def worker_info(dask_worker: Any) -> dict[str, Any]:
     """This worker's engine and model facts (run with ``Client.run``, which passes the worker)."""
-    from mooncake.worker.plugin import PLUGIN_NAME
-
     info: dict[str, Any] = dask_worker.plugins[PLUGIN_NAME].info()
     return info
 
 
 def engine_stats(dask_worker: Any) -> dict[str, Any]:
     """This worker's engine counters and pool state (run with ``Client.run``)."""
-    from mooncake.worker.plugin import PLUGIN_NAME
-
     plugin = dask_worker.plugins[PLUGIN_NAME]
     stats: dict[str, Any] = plugin.engine.call("stats").result()
     return {
@@ -523,6 +363,7 @@ def engine_stats(dask_worker: Any) -> dict[str, Any]:
         if plugin.kv_store is not None
         else 0,
         "transfer_paths": dict(plugin.transfer_paths),
+        "prefix_fetch_paths": dict(plugin.prefix_fetch_paths),
         "hit_blocks": dict(plugin.hit_blocks),
         **stats,
     }

@@ -16,9 +16,11 @@ elsewhere.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -29,6 +31,9 @@ import pytest
 
 SUBNET = "10.77.0"
 SHM_SIZE = "1g"
+SCHEDULER_PORT = 8786
+HTTP_PORT = 8000
+DASHBOARD_PORT = 8787  # the scheduler's Prometheus page (/metrics), on host 1's loopback
 
 
 def _ip(*args: str) -> None:
@@ -210,3 +215,117 @@ def tls_flags(tmp_path: Path) -> list[str]:
     key.write_text(sec.tls_scheduler_key)
     key.chmod(0o600)
     return ["--tls-ca-file", str(cert), "--tls-cert", str(cert), "--tls-key", str(key)]
+
+
+class TestCluster:
+    """A mooncake cluster on a test network: ``dask scheduler`` (TLS) on host 1, started
+    here; workers (:meth:`worker`) and the HTTP server (:meth:`serve`, also on host 1)
+    started by the test. Every process logs to a file under ``tmp_path``; :meth:`logs`
+    gathers their tails for a failure message. The network's ``close`` stops them all.
+
+    Args:
+        net: the test network (host 1 is the scheduler's).
+        tmp_path: where the TLS files and the logs go.
+        env: extra environment of the scheduler (e.g. its ``worker-ttl``).
+        dashboard: serve the scheduler's dashboard (and its ``/metrics``) on host 1's
+            loopback at ``DASHBOARD_PORT``.
+    """
+
+    __test__ = False  # not a test class
+
+    def __init__(
+        self,
+        net: TestNetwork,
+        tmp_path: Path,
+        env: dict[str, str] | None = None,
+        dashboard: bool = True,
+    ) -> None:
+        self.net, self.tmp_path = net, tmp_path
+        self.host = net.hosts[0]
+        self.address = f"tls://{self.host.ip}:{SCHEDULER_PORT}"
+        self.tls = tls_flags(tmp_path)
+        self.scheduler_http = f"http://127.0.0.1:{DASHBOARD_PORT}"
+        self.server_http = f"http://127.0.0.1:{HTTP_PORT}"
+        where = (
+            ["--dashboard-address", f"127.0.0.1:{DASHBOARD_PORT}"]
+            if dashboard
+            else ["--no-dashboard"]
+        )
+        self.host.start(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--host",
+                self.host.ip,
+                "--port",
+                str(SCHEDULER_PORT),
+                "--protocol",
+                "tls",
+                *self.tls,
+                *where,
+            ],
+            tmp_path / "scheduler.log",
+            env=env,
+        )
+
+    def worker(self, host: Host, role: str, log: str | None = None) -> subprocess.Popen[bytes]:
+        """Start ``mooncake worker --role ROLE`` on ``host``."""
+        return host.start(
+            [
+                sys.executable,
+                "-m",
+                "mooncake.cli",
+                "worker",
+                self.address,
+                "--role",
+                role,
+                "--nthreads",
+                "2",
+                *self.tls,
+            ],
+            self.tmp_path / f"{log or f'worker-{role}-{host.name}'}.log",
+        )
+
+    def serve(self, model: Path) -> subprocess.Popen[bytes]:
+        """Start ``mooncake serve --scheduler`` on host 1 (model name ``m``, loopback)."""
+        return self.host.start(
+            [
+                sys.executable,
+                "-m",
+                "mooncake.cli",
+                "serve",
+                "--model",
+                str(model),
+                "--served-model-name",
+                "m",
+                "--scheduler",
+                self.address,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(HTTP_PORT),
+                "--log-level",
+                "warning",
+                *self.tls,
+            ],
+            self.tmp_path / "server.log",
+        )
+
+    def logs(self) -> str:
+        """The last 3000 characters of every process's log."""
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            for p in sorted(self.tmp_path.glob("*.log"))
+        )
+
+
+def metric_sum(metrics: str, name: str, label: str | None = None) -> float:
+    """Sum of a metric's samples in a Prometheus text page (a counter with or without
+    its ``_total`` suffix), only those carrying ``label`` (e.g. ``path="tcp"``) if given."""
+    total = 0.0
+    pattern = rf"^{re.escape(name)}(?:_total)?(?:\{{([^}}]*)\}})? ([0-9.e+-]+)$"
+    for m in re.finditer(pattern, metrics, re.M):
+        if label is None or label in (m.group(1) or ""):
+            total += float(m.group(2))
+    return total

@@ -14,12 +14,10 @@ import pytest
 
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine, SamplingParams
-from tests.multihost.conftest import tls_flags
+from tests.multihost.conftest import TestCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-SCHEDULER_PORT = 8786
-HTTP_PORT = 8000
 WORKER_TTL = "8s"  # how long the scheduler waits for a silent worker (Dask's default: 5 minutes)
 MAX_TOKENS = 900  # a stream long enough to outlast the moment its host goes silent
 
@@ -75,75 +73,26 @@ def test_decode_link_down_mid_stream_resumes_on_the_other_decode_host(
 
     net = network_of(4)
     h1, h2, h3, h4 = net.hosts
-    sched = f"tls://{h1.ip}:{SCHEDULER_PORT}"
-    tls = tls_flags(tmp_path)
-    py = sys.executable
-    ttl = {"DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": WORKER_TTL}
-    h1.start(
-        [
-            py,
-            "-m",
-            "distributed.cli.dask_scheduler",
-            "--host",
-            h1.ip,
-            "--port",
-            str(SCHEDULER_PORT),
-            "--no-dashboard",
-            "--protocol",
-            "tls",
-            *tls,
-        ],
-        tmp_path / "scheduler.log",
-        env=ttl,
+    cluster = TestCluster(
+        net, tmp_path, env={"DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": WORKER_TTL}, dashboard=False
     )
-    h2.start(
-        [py, "-m", "mooncake.cli", "worker", sched, "--role", "prefill", "--nthreads", "2", *tls],
-        tmp_path / "worker-prefill.log",
-    )
-    h3.start(
-        [py, "-m", "mooncake.cli", "worker", sched, "--role", "decode", "--nthreads", "2", *tls],
-        tmp_path / "worker-decode-a.log",
-    )
-    h1.start(
-        [
-            py,
-            "-m",
-            "mooncake.cli",
-            "serve",
-            "--model",
-            str(tiny_llama),
-            "--served-model-name",
-            "m",
-            "--scheduler",
-            sched,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(HTTP_PORT),
-            "--log-level",
-            "warning",
-            *tls,
-        ],
-        tmp_path / "server.log",
-    )
+    cluster.worker(h2, "prefill")
+    cluster.worker(h3, "decode", "worker-decode-a")
+    cluster.serve(tiny_llama)
     mark = tmp_path / "mark"
     client = h1.start(
         [
-            py,
+            sys.executable,
             "-c",
             CLIENT,
-            f"http://127.0.0.1:{HTTP_PORT}",
+            cluster.server_http,
             json.dumps(prompt),
             str(mark),
             str(MAX_TOKENS),
         ],
         tmp_path / "client.log",
     )
-
-    def logs() -> str:
-        return "\n".join(
-            f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("*.log"))
-        )
+    logs = cluster.logs
 
     deadline = time.monotonic() + 240
     while not mark.exists():
@@ -151,10 +100,7 @@ def test_decode_link_down_mid_stream_resumes_on_the_other_decode_host(
         assert time.monotonic() < deadline, f"the stream never started\n{logs()}"
         time.sleep(0.1)
     # Only now does the second decode host exist: the stream is on host 3.
-    h4.start(
-        [py, "-m", "mooncake.cli", "worker", sched, "--role", "decode", "--nthreads", "2", *tls],
-        tmp_path / "worker-decode-b.log",
-    )
+    cluster.worker(h4, "decode", "worker-decode-b")
     h3.link(up=False)
     try:
         client.wait(timeout=120)

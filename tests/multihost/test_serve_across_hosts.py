@@ -7,7 +7,6 @@ cluster's comms are TLS (docs/security.md), with one certificate for every proce
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -15,13 +14,9 @@ import pytest
 
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine, SamplingParams
-from tests.multihost.conftest import tls_flags
+from tests.multihost.conftest import TestCluster, metric_sum
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-SCHEDULER_PORT = 8786
-HTTP_PORT = 8000
-DASHBOARD_PORT = 8787  # the scheduler's Prometheus page (/metrics), on host 1's loopback
 
 # Runs on host 1: waits for the server to answer, then sends the prompts one at a time
 # with the official client and prints the texts and the scheduler's /metrics (where the
@@ -50,17 +45,6 @@ print(json.dumps({"texts": texts, "metrics": metrics}))
 """
 
 
-def _transfer_bytes(metrics: str, path: str) -> float:
-    """Sum of the KV transfer byte counters for one path in a Prometheus text page."""
-    total = 0.0
-    for m in re.finditer(
-        r"^mooncake:kv_transfer_bytes(?:_total)?\{([^}]*)\} ([0-9.e+-]+)$", metrics, re.M
-    ):
-        if f'path="{path}"' in m.group(1):
-            total += float(m.group(2))
-    return total
-
-
 def test_openai_client_across_four_hosts(network_of, tiny_llama, tmp_path: Path):
     """Greedy completions through the HTTP server on host 1 equal the in-process
     engine's; the KV reached the decode host over TCP (the transfer metrics say so, and
@@ -73,69 +57,24 @@ def test_openai_client_across_four_hosts(network_of, tiny_llama, tmp_path: Path)
 
     net = network_of(4)
     h1, h2, h3, h4 = net.hosts
-    sched = f"tls://{h1.ip}:{SCHEDULER_PORT}"
-    tls = tls_flags(tmp_path)
-    py = sys.executable
-    h1.start(
-        [
-            py,
-            "-m",
-            "distributed.cli.dask_scheduler",
-            "--host",
-            h1.ip,
-            "--port",
-            str(SCHEDULER_PORT),
-            "--protocol",
-            "tls",
-            *tls,
-            "--dashboard-address",
-            f"127.0.0.1:{DASHBOARD_PORT}",
-        ],
-        tmp_path / "scheduler.log",
-    )
+    cluster = TestCluster(net, tmp_path)
     for host, role in ((h2, "prefill"), (h3, "decode"), (h4, "prefill")):
-        host.start(
-            [py, "-m", "mooncake.cli", "worker", sched, "--role", role, "--nthreads", "2", *tls],
-            tmp_path / f"worker-{host.name}.log",
-        )
-    h1.start(
-        [
-            py,
-            "-m",
-            "mooncake.cli",
-            "serve",
-            "--model",
-            str(tiny_llama),
-            "--served-model-name",
-            "m",
-            "--scheduler",
-            sched,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(HTTP_PORT),
-            "--log-level",
-            "warning",
-            *tls,
-        ],
-        tmp_path / "server.log",
-    )
+        cluster.worker(host, role)
+    cluster.serve(tiny_llama)
     res = h1.run(
         [
-            py,
+            sys.executable,
             "-c",
             CLIENT,
-            f"http://127.0.0.1:{HTTP_PORT}",
-            f"http://127.0.0.1:{DASHBOARD_PORT}",
+            cluster.server_http,
+            cluster.scheduler_http,
             json.dumps(prompts),
         ],
         timeout=240,
     )
-    logs = "\n".join(
-        f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("*.log"))
-    )
-    assert res.returncode == 0, f"client failed: {res.stderr[-3000:]}\n{logs}"
+    assert res.returncode == 0, f"client failed: {res.stderr[-3000:]}\n{cluster.logs()}"
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["texts"] == want
-    assert _transfer_bytes(got["metrics"], "tcp") > 0, got["metrics"][-3000:]
-    assert _transfer_bytes(got["metrics"], "shm") == 0
+    tcp = metric_sum(got["metrics"], "mooncake:kv_transfer_bytes", 'path="tcp"')
+    assert tcp > 0, got["metrics"][-3000:]
+    assert metric_sum(got["metrics"], "mooncake:kv_transfer_bytes", 'path="shm"') == 0

@@ -1,0 +1,72 @@
+"""The engine calls in flight for a request between two of its tasks.
+
+- ``early``: a lookup the Conductor started at placement (``mooncake-start``), in the
+  plugin's lookup thread; the request's lookup task collects its result.
+- ``started``: the engine's future of a request the lookup admitted; the next task
+  (prefill, or generate when colocated) waits on it instead of admitting it again.
+
+Each is taken once by the task that owns it; the request state machine's ``DropKV``
+(abort, a graph that never arrived, an engine failure) forgets both."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+LookupT = TypeVar("LookupT")
+OutputT = TypeVar("OutputT")
+
+
+@dataclass(frozen=True, slots=True)
+class Pending(Generic[OutputT]):
+    future: concurrent.futures.Future[OutputT]
+    since: float
+    """Clock reading (the caller's clock) when it was started."""
+
+
+class RequestFutures(Generic[LookupT, OutputT]):
+    """Early lookups (results ``LookupT``) and admitted requests (outputs ``OutputT``),
+    by request id (any thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._early: dict[str, Pending[LookupT]] = {}
+        self._started: dict[str, Pending[OutputT]] = {}
+
+    def set_early(
+        self, request_id: str, fut: concurrent.futures.Future[LookupT], since: float
+    ) -> None:
+        with self._lock:
+            self._early[request_id] = Pending(fut, since)
+
+    def take_early(self, request_id: str) -> Pending[LookupT] | None:
+        """The early lookup of the request, for its lookup task (once)."""
+        with self._lock:
+            return self._early.pop(request_id, None)
+
+    def set_started(
+        self, request_id: str, fut: concurrent.futures.Future[OutputT], since: float
+    ) -> None:
+        with self._lock:
+            self._started[request_id] = Pending(fut, since)
+
+    def take_started(self, request_id: str) -> Pending[OutputT] | None:
+        """The engine future of the admitted request, for its next task (once)."""
+        with self._lock:
+            return self._started.pop(request_id, None)
+
+    def drop(self, request_id: str) -> None:
+        """Forget the request's futures (the engine call itself is aborted elsewhere)."""
+        with self._lock:
+            self._early.pop(request_id, None)
+            self._started.pop(request_id, None)
+
+    def pending(self) -> list[str]:
+        """Requests with a future kept here."""
+        with self._lock:
+            return sorted(set(self._early) | set(self._started))
+
+
+__all__ = ["Pending", "RequestFutures"]
