@@ -498,6 +498,7 @@ class LLM:
             # A seed of its own (what the engine would draw anyway) makes the request
             # reproducible: moved to another worker, it samples the same tokens again.
             params = dataclasses.replace(params, seed=random.getrandbits(63))
+        root = root_key(int(self.info["hash_seed"]), self.info["fingerprint"], cache_salt)
         return RequestSpec(
             rid,
             ids,
@@ -508,11 +509,13 @@ class LLM:
             stream_key=self._stream_key if stream else None,
             arrival_time=time.time(),
             prompt=prompt if isinstance(prompt, str) else None,
+            # Hashed here once: the Conductor, the workers and the engines reuse them.
+            block_keys=block_keys(ids, int(self.info["block_size"]), root),
         )
 
     def _block_keys(self, spec: RequestSpec) -> list[Any]:
         root = root_key(int(self.info["hash_seed"]), self.info["fingerprint"], spec.cache_salt)
-        return block_keys(spec.prompt_token_ids, int(self.info["block_size"]), root)
+        return spec.prompt_block_keys(int(self.info["block_size"]), root)
 
     def _place_request(self, spec: RequestSpec, resume: bool = False) -> dict[str, Any]:
         max_out = spec.params.max_tokens or (self.max_model_len - len(spec.prompt_token_ids))

@@ -138,6 +138,7 @@ class LLMEngine:
         arrival_time: float | None = None,
         prior_output_ids: Seq[int] = (),
         prior_logprobs: Seq[dict[int, float]] | None = None,
+        block_keys: Seq[BlockKey] | None = None,
     ) -> str:
         """Queue a request.
 
@@ -153,6 +154,9 @@ class LLMEngine:
                 ``max_tokens``, appear in the output, and keep seeded sampling aligned.
             prior_logprobs: their logprobs (when ``params.logprobs`` is set), so the
                 output's logprobs stay aligned with its tokens.
+            block_keys: the prompt's full-block keys under this engine's chain root for
+                ``cache_salt``, when the caller hashed them already (a worker passes the
+                client's); the engine then does not hash the prompt again.
         Returns:
             The request id.
         Raises:
@@ -189,6 +193,8 @@ class LLMEngine:
             cache_salt=cache_salt,
             token_ids=prompt_ids + prior,
         )
+        if block_keys is not None and len(block_keys) <= len(prompt_ids) // self.config.block_size:
+            seq.block_keys = list(block_keys)
         if params.logprobs is not None:
             seq.logprobs = [dict(d) for d in (prior_logprobs or [])][: len(prior)]
             seq.cumulative_logprob = sum(d.get(t, 0.0) for t, d in zip(prior, seq.logprobs))

@@ -81,6 +81,8 @@ class AddRequest:
     prior_output_ids: Sequence[int] = ()
     """Output tokens generated elsewhere (prefill's first token)."""
     prior_logprobs: list[dict[int, float]] | None = None
+    block_keys: list[BlockKey] | None = None
+    """The prompt's full-block keys, as the client hashed them (``RequestSpec.block_keys``)."""
 
 
 class EngineLoop:
@@ -154,6 +156,7 @@ class EngineLoop:
             kv=req.kv,
             prior_output_ids=req.prior_output_ids,
             prior_logprobs=req.prior_logprobs,
+            block_keys=keys if keys is not None else req.block_keys,
         )
         watch = self._watches[request_id] = req.watch
         if req.prior_output_ids:

@@ -27,7 +27,7 @@ from distributed.protocol.serialize import to_serialize
 from mooncake.conductor.messages import PlacementInfo
 from mooncake.conductor.reports import DecodeStep, WorkerLoadReport, WorkerReport
 from mooncake.config import EngineConfig
-from mooncake.kvcache import KVExport, block_keys, root_key
+from mooncake.kvcache import KVExport, root_key
 from mooncake.kvcache.shared_prefix import SharedPrefixProbe
 from mooncake.metrics import LookupRecord, RequestRecord
 from mooncake.outputs import RequestOutput
@@ -246,7 +246,7 @@ class MooncakeWorker(WorkerPlugin):
         earlier prompt shared (see ``SharedPrefixProbe``)."""
         bs = self.block_size
         root = self.root_key(spec.cache_salt)
-        keys = block_keys(spec.prompt_token_ids, bs, root)
+        keys = spec.prompt_block_keys(bs, root)
         # The reused prefix is, in order: blocks the engine had (device), blocks from this
         # worker's host/SSD tiers, blocks fetched from a peer (Algorithm 1). Whatever the
         # engine found beyond that (cached meanwhile by a concurrent request) is device.
