@@ -40,6 +40,18 @@ class EngineStats:
     num_preemptions: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class StepShape:
+    """What one engine step computed (the Conductor fits decode step time on it)."""
+
+    decodes: int = 0
+    """Sequences that ran one decode token."""
+    context_tokens: int = 0
+    """KV tokens the decode tokens attended over (their context lengths summed)."""
+    prefill_tokens: int = 0
+    """Prompt (or recompute) tokens run as chunks in the same step."""
+
+
 class LLMEngine:
     """An inference engine for one Llama-family model.
 
@@ -89,6 +101,8 @@ class LLMEngine:
             native_kernels=config.native_kernels,
         )
         self.stats = EngineStats()
+        self.last_step = StepShape()
+        """The shape of the latest step (:meth:`step`)."""
         self._seqs: dict[str, Sequence] = {}
         self._held: dict[str, Sequence] = {}
         self._failed: dict[str, str] = {}
@@ -241,7 +255,13 @@ class LLMEngine:
         token (``finished`` set on the last one)."""
         out = self.scheduler.schedule()
         if out.is_empty:
+            self.last_step = StepShape()
             return []
+        self.last_step = StepShape(
+            len(out.decodes),
+            sum(s.start + s.num_tokens for s in out.decodes),
+            sum(s.num_tokens for s in out.prefills),
+        )
         now = time.perf_counter()
         for s in (*out.decodes, *out.prefills):
             if s.seq.metrics.first_scheduled_time is None:

@@ -25,7 +25,7 @@ from distributed.comm.addressing import get_address_host
 from distributed.protocol.serialize import to_serialize
 
 from mooncake.conductor.messages import PlacementInfo
-from mooncake.conductor.reports import WorkerLoadReport, WorkerReport
+from mooncake.conductor.reports import DecodeStep, WorkerLoadReport, WorkerReport
 from mooncake.config import EngineConfig
 from mooncake.kvcache import KVExport, root_key
 from mooncake.kvcache.shared_prefix import SharedPrefixProbe
@@ -339,8 +339,16 @@ class MooncakeWorker(WorkerPlugin):
 
     def report(self) -> WorkerReport:
         stored, removed = self._presence_changes()
+        steps = self.engine.step_timings
+        decode_steps = []
+        while steps:
+            decode_steps.append(DecodeStep(*steps.popleft()))
         return self.reports.drain(
-            self._load(), stored, removed, None if self._reported_model else self.info()
+            self._load(),
+            stored,
+            removed,
+            None if self._reported_model else self.info(),
+            decode_steps,
         )
 
     async def _report_forever(self) -> None:
