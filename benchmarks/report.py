@@ -40,6 +40,7 @@ SECTIONS = [
     "batch-transformers",
     "sim-replay-mooncake",
     "sim-replay-vllm",
+    "sim-validation",
     "conductor-scale",
 ]
 """Section order; result files not listed here follow in name order."""

@@ -21,6 +21,8 @@ File format (one JSON object):
               (bool) where the target is not a condition on the ratio
     notes     free text shown under the table (how to read it)
     series    optional {plot title: {label: [[x, y], ...]}} drawn as a figure
+    ...       a benchmark may add its own keys (``extra``), e.g. the data behind a
+              figure of its own page; the report ignores them
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ def save(
     machine_notes: str = "",
     series: dict[str, Any] | None = None,
     results_dir: Path | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``<results_dir>/<name>.json`` for this run and return its path."""
     doc = {
@@ -156,6 +159,8 @@ def save(
     }
     if series:
         doc["series"] = series
+    for key, value in (extra or {}).items():
+        doc.setdefault(key, value)
     out = (results_dir or RESULTS_DIR) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -25,26 +26,32 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-import dask
 from dask._task_spec import Task, TaskRef, parse_input
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
-from distributed import Client, Future, LocalCluster, Nanny, as_completed, wait
+from distributed import Client, Future, LocalCluster, Nanny
 from distributed.comm.addressing import get_address_host
 from distributed.protocol.serialize import to_serialize
 from distributed.security import Security
 
-from mooncake import batch_dask
 from mooncake.auth import new_secret
-from mooncake.batch import plan_batch
-from mooncake.batch_dask import Order
-from mooncake.conductor import membership
+from mooncake.client_batch import BatchMixin
+from mooncake.client_common import (
+    LIVENESS_INTERVAL_S,
+    MOVE_DEADLINE_S,
+    Rejected,
+    Unavailable,
+    WorkerLost,
+)
+from mooncake.client_common import (
+    post as _post,
+)
+from mooncake.client_liveness import LivenessMixin
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
-from mooncake.conductor.membership import WorkerJoined
 from mooncake.conductor.messages import (
     PlacementInfo,
     PlaceRefused,
@@ -59,8 +66,8 @@ from mooncake.graphs import KeyRef, get_builder
 from mooncake.graphs import resume as resume_graph
 from mooncake.kvcache import block_keys, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from mooncake.request_ids import PREFILL_STEPS, next_attempt, task_key
-from mooncake.sampling_params import SamplingParams, params_per_prompt
+from mooncake.request_ids import next_attempt
+from mooncake.sampling_params import SamplingParams
 from mooncake.security import TLSFiles, check_address, client_security, embedded_security, uses_tls
 from mooncake.store import tier_dirs
 from mooncake.tokenizer import Tokenizer
@@ -71,10 +78,6 @@ from mooncake.worker.plugin import MooncakeWorker
 from mooncake.worker.tasks import engine_stats, worker_info
 from mooncake.worker.token_stream import TokenStreamServer
 
-if TYPE_CHECKING:
-    import dask.bag
-    import dask.dataframe
-
 logger = logging.getLogger(__name__)
 
 Mode = Literal["disaggregated", "colocated"]
@@ -83,32 +86,8 @@ CLIENT_SEND_INTERVAL_S = 0.001
 """Batching interval of the client's message stream to the scheduler."""
 ABORT_TIMEOUT_S = 5.0
 """How long an abort waits for one worker's answer (a dead worker never answers)."""
-LIVENESS_INTERVAL_S = 1.0
-"""A stream with nothing to read for this long checks that its workers are still in
-the cluster (a missed worker-left event must not leave it waiting forever)."""
 PLACE_TIMEOUT_S = 30.0
 """How long a placement waits for the scheduler's answer."""
-MOVE_DEADLINE_S = 5.0
-"""How long a request whose worker was lost may wait to be placed again (an overloaded
-cluster) before it fails with ``WorkerLost``."""
-
-
-class Rejected(Exception):
-    """The Conductor refused the request (overload); try again after ``retry_after`` s."""
-
-    def __init__(self, reason: str, retry_after: float) -> None:
-        super().__init__(f"request rejected: {reason} (retry after {retry_after:.2f} s)")
-        self.reason = reason
-        self.retry_after = retry_after
-
-
-class Unavailable(Exception):
-    """No worker of a role the request needs is in the cluster (a server answers 503);
-    the request can run once one has joined."""
-
-
-class WorkerLost(Unavailable):
-    """A worker serving the request left and the request could not be moved to another."""
 
 
 class _Stream:
@@ -182,15 +161,6 @@ class _Stream:
         )
 
 
-def _post(loop: asyncio.AbstractEventLoop, q: asyncio.Queue[Any], item: Any) -> None:
-    """Hand an item to a consumer's event loop from the client's thread (a consumer that
-    already went away is not an error)."""
-    try:
-        loop.call_soon_threadsafe(q.put_nowait, item)
-    except RuntimeError:
-        pass
-
-
 def _gpu_count() -> int:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
@@ -216,12 +186,36 @@ def _refuse_in_spawn_bootstrap() -> None:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskContext:
+    """What a batch partition task needs to submit requests as its ``LLM`` would, from a
+    worker: built by the ``LLM``, shipped inside the collection's graph (small: the
+    model facts and the workers known then), and attached there to the worker's own
+    Dask client (:meth:`attach`)."""
+
+    mode: Mode
+    info: dict[str, Any]
+    workers: dict[str, dict[str, Any]]
+
+    def attach(self, client: Client) -> LLM:
+        """An ``LLM`` over ``client`` (placement, submission, liveness and ``generate``;
+        no token streams, nothing to close)."""
+        return LLM._attach(client, self)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_path: str) -> Tokenizer | None:
+    """One tokenizer per model directory and process (partition tasks share it)."""
+    path = Path(model_path)
+    return Tokenizer(path) if (path / "tokenizer.json").is_file() else None
+
+
 JOIN_TIMEOUT_S = 120.0
 """How long ``LLM(scheduler=...)`` waits for the scheduler and for a worker of each role
 it needs (workers of a deployed cluster may start after the server)."""
 
 
-class LLM:
+class LLM(BatchMixin, LivenessMixin):
     """Disaggregated LLM serving on a Dask cluster.
 
     Args:
@@ -314,6 +308,17 @@ class LLM:
             Tokenizer(path) if (path / "tokenizer.json").is_file() else None
         )
         self._topic = f"mooncake-stream-{self.client.id}"
+        self._init_requests()
+        self.client.subscribe_topic(self._topic, self._on_event)
+        self.client.subscribe_topic(MEMBERSHIP_TOPIC, self._on_membership)
+        # Deltas come straight from the engine processes to this port; the topic above
+        # is their fallback (see mooncake.worker.token_stream).
+        self._stream_key = new_secret()
+        self._stream_server = TokenStreamServer(self._on_msgs, self._stream_key)
+        self.client.sync(self._stream_server.start, self._stream_host())
+
+    def _init_requests(self) -> None:
+        """The per-request bookkeeping (also of an LLM attached inside a task)."""
         self._sinks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
         self._futures: dict[str, dict[str, Future[Any]]] = {}
         self._placed: dict[str, set[str]] = {}
@@ -329,13 +334,28 @@ class LLM:
         self._live_cache: tuple[float, set[str]] = (0.0, set())
         self._lock = threading.Lock()
         self._ids = itertools.count()
-        self.client.subscribe_topic(self._topic, self._on_event)
-        self.client.subscribe_topic(MEMBERSHIP_TOPIC, self._on_membership)
-        # Deltas come straight from the engine processes to this port; the topic above
-        # is their fallback (see mooncake.worker.token_stream).
-        self._stream_key = new_secret()
-        self._stream_server = TokenStreamServer(self._on_msgs, self._stream_key)
-        self.client.sync(self._stream_server.start, self._stream_host())
+
+    @classmethod
+    def _attach(cls, client: Client, ctx: TaskContext) -> LLM:
+        """See :meth:`TaskContext.attach`: the state ``generate`` needs, over a client this
+        object does not own (a worker's, inside a task)."""
+        self = cls.__new__(cls)
+        self.client, self.cluster, self.mode = client, None, ctx.mode
+        self.build_graph = get_builder(ctx.mode)
+        self.info, self.workers = ctx.info, dict(ctx.workers)
+        self.model_name = ctx.info["model_name"]
+        self.max_model_len = int(ctx.info["max_model_len"])
+        self.tokenizer = _tokenizer(str(ctx.info["model_path"]))
+        self._topic = f"mooncake-stream-{client.id}"
+        self._init_requests()
+        return self
+
+    def task_context(self) -> TaskContext:
+        """What a partition task needs to run ``generate`` from a worker
+        (``mooncake.batch_dask``)."""
+        with self._lock:
+            workers = {w: dict(i) for w, i in self.workers.items()}
+        return TaskContext(self.mode, dict(self.info), workers)
 
     def _wait_for_roles(self, roles: tuple[str, ...], timeout: float) -> None:
         """Wait until the cluster has a worker of every role (Dask resources), or raise
@@ -498,6 +518,7 @@ class LLM:
             # A seed of its own (what the engine would draw anyway) makes the request
             # reproducible: moved to another worker, it samples the same tokens again.
             params = dataclasses.replace(params, seed=random.getrandbits(63))
+        root = root_key(int(self.info["hash_seed"]), self.info["fingerprint"], cache_salt)
         return RequestSpec(
             rid,
             ids,
@@ -508,11 +529,13 @@ class LLM:
             stream_key=self._stream_key if stream else None,
             arrival_time=time.time(),
             prompt=prompt if isinstance(prompt, str) else None,
+            # Hashed here once: the Conductor, the workers and the engines reuse them.
+            block_keys=block_keys(ids, int(self.info["block_size"]), root),
         )
 
     def _block_keys(self, spec: RequestSpec) -> list[Any]:
         root = root_key(int(self.info["hash_seed"]), self.info["fingerprint"], spec.cache_salt)
-        return block_keys(spec.prompt_token_ids, int(self.info["block_size"]), root)
+        return spec.prompt_block_keys(int(self.info["block_size"]), root)
 
     def _place_request(self, spec: RequestSpec, resume: bool = False) -> dict[str, Any]:
         max_out = spec.params.max_tokens or (self.max_model_len - len(spec.prompt_token_ids))
@@ -596,214 +619,6 @@ class LLM:
                 self._task_workers.pop(key, None)
             self._placed.pop(rid, None)
 
-    # -- batch --------------------------------------------------------------------------
-    def _submit_with_retry(self, spec: RequestSpec, deadline: float) -> Future[Any]:
-        while True:
-            try:
-                return self.submit(spec, self.place(spec))
-            except Rejected as e:
-                if time.monotonic() + e.retry_after > deadline:
-                    raise
-                time.sleep(max(0.01, e.retry_after))
-
-    def _first_token_future(self, rid: str, final: Future[Any]) -> Future[Any]:
-        """The future of the task that computes the request's prefill (its KV is cached
-        when it is done)."""
-        with self._lock:
-            futures = self._futures.get(rid, {})
-        for step in PREFILL_STEPS:
-            f = futures.get(task_key(step, rid))
-            if f is not None:
-                return f
-        return final
-
-    def generate(
-        self,
-        prompts: Sequence[str | Sequence[int]],
-        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-        *,
-        use_tqdm: bool = True,
-        max_retry_s: float = 600.0,
-        order: Order = "prefix",
-    ) -> list[RequestOutput]:
-        """Run every prompt; results in input order.
-
-        Args:
-            prompts: text or token ids per prompt.
-            sampling_params: one for all, or one per prompt.
-            use_tqdm: show a progress bar (``tqdm.auto``: a widget in notebooks).
-            max_retry_s: rejected requests are retried after the Conductor's hint, for
-                at most this long.
-            order: ``prefix`` (default): group prompts by shared leading blocks, run one
-                per group first and the rest of the group once its prefill has cached the
-                shared prefix (``mooncake.batch.plan_batch``); ``input``: submit in input
-                order, all at once.
-        """
-        plist = params_per_prompt(sampling_params, len(prompts))
-        specs = [self.make_request(p, sp) for p, sp in zip(prompts, plist)]
-        bar = None
-        if use_tqdm:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(specs), desc="generate", unit="req")
-        try:
-            return self._run_batch(specs, order, max_retry_s, bar)
-        finally:
-            if bar is not None:
-                bar.close()
-
-    def _run_batch(
-        self, specs: list[RequestSpec], order: Order, max_retry_s: float, bar: Any
-    ) -> list[RequestOutput]:
-        if order not in ("prefix", "input"):
-            raise ValueError(f"order: must be 'prefix' or 'input', got {order!r}")
-        deadline = time.monotonic() + max_retry_s
-        futures: dict[Future[Any], int] = {}
-        if order == "prefix":
-            plan = plan_batch([s.prompt_token_ids for s in specs], int(self.info["block_size"]))
-            warm: list[Future[Any]] = []
-            for i in plan.warm:
-                out_fut = self._submit_with_retry(specs[i], deadline)
-                futures[out_fut] = i
-                warm.append(self._first_token_future(specs[i].request_id, out_fut))
-            while warm:
-                try:
-                    wait(warm, timeout=LIVENESS_INTERVAL_S)
-                    break
-                except TimeoutError:
-                    # A warm-up on a worker that left: the loop below moves it.
-                    if any(self._lost_worker_sync(specs[i].request_id) for i in plan.warm):
-                        break
-            if warm:
-                # Let the prefill workers' next report (every 50 ms) put the warmed blocks
-                # into the Conductor's index before the rest are placed.
-                time.sleep(0.1)
-            rest = [i for g in plan.groups for i in g.rest] + list(plan.singles)
-        else:
-            rest = list(range(len(specs)))
-        for i in rest:
-            futures[self._submit_with_retry(specs[i], deadline)] = i
-        results: list[RequestOutput | None] = [None] * len(specs)
-        attempts = {i: specs[i] for i in futures.values()}
-        pending = dict(futures)
-        ac = as_completed(list(futures))
-        checked = time.monotonic()
-        while pending:
-            with ac.thread_condition:
-                if not ac.has_ready():
-                    ac.thread_condition.wait(timeout=LIVENESS_INTERVAL_S)
-            for fut in ac.next_batch(block=False):
-                if fut not in pending:
-                    continue  # an attempt given up after its worker left
-                i = pending.pop(fut)
-                out: RequestOutput = fut.result()
-                out.request_id = specs[i].request_id
-                out.metrics.arrival_time = specs[i].arrival_time
-                if out.prompt is None:
-                    out.prompt = specs[i].prompt  # engines see token ids only
-                results[i] = out
-                if bar is not None:
-                    bar.update(1)
-            if time.monotonic() - checked < LIVENESS_INTERVAL_S:
-                continue
-            checked = time.monotonic()
-            # Liveness: a request on a worker that left runs again elsewhere, from scratch
-            # (nothing was delivered yet; its seed makes the output the same).
-            for fut, i in list(pending.items()):
-                rid = attempts[i].request_id
-                lost = self._lost_worker_sync(rid)
-                if lost is None or not self._needs_move(rid, lost):
-                    continue
-                self.abort_sync(rid)
-                self.moves[specs[i].request_id] += 1
-                attempts[i] = dataclasses.replace(
-                    specs[i], request_id=next_attempt(specs[i].request_id, rid)
-                )
-                logger.warning(
-                    "request %s: worker %s lost; placed again", specs[i].request_id, lost
-                )
-                try:
-                    new = self._submit_with_retry(attempts[i], time.monotonic() + MOVE_DEADLINE_S)
-                except (Unavailable, Rejected) as e:
-                    raise WorkerLost(
-                        f"request {specs[i].request_id}: worker {lost} was "
-                        f"lost and no worker can take the request over ({e})"
-                    ) from None
-                del pending[fut]
-                pending[new] = i
-                ac.add(new)
-        return [r for r in results if r is not None]
-
-    def _lost_worker_sync(self, rid: str) -> str | None:
-        """``_lost_worker_of`` for callers outside the client's event loop."""
-        with self._lock:
-            workers = set(self._placed.get(rid, ()))
-            gone = workers & self._gone
-        if not workers:
-            return None
-        if not gone:
-            t, live = self._live_cache
-            if time.monotonic() - t > LIVENESS_INTERVAL_S:
-                try:
-                    live = set(self.client.sync(self._scheduler.mooncake_workers))
-                except Exception as e:
-                    logger.debug("liveness check failed: %s", e)
-                    return None
-                self._live_cache = (time.monotonic(), live)
-            gone = workers - live
-        return min(gone) if gone else None
-
-    def generate_partitions(
-        self,
-        bag: Any,
-        sampling_params: SamplingParams | None = None,
-        *,
-        use_tqdm: bool = True,
-        order: Order = "prefix",
-    ) -> Iterator[list[RequestOutput]]:
-        """``generate`` over a ``dask.bag.Bag`` of prompts, one partition at a time: only one
-        input partition is in this process at once; yields each partition's outputs (in
-        its order) as soon as it is done, so callers can write them out as they come."""
-        return batch_dask.generate_partitions(
-            self, bag, sampling_params, use_tqdm=use_tqdm, order=order
-        )
-
-    def generate_bag(
-        self,
-        bag: dask.bag.Bag,
-        sampling_params: SamplingParams | None = None,
-        *,
-        use_tqdm: bool = True,
-        order: Order = "prefix",
-    ) -> dask.bag.Bag:
-        """``generate`` over a ``dask.bag.Bag`` of prompts (text or token ids), read one
-        partition at a time; returns a bag of ``RequestOutput`` with the same partitioning
-        and order (the outputs are held in this process)."""
-        return batch_dask.generate_bag(self, bag, sampling_params, use_tqdm=use_tqdm, order=order)
-
-    def generate_dataframe(
-        self,
-        df: dask.dataframe.DataFrame,
-        column: str,
-        sampling_params: SamplingParams | None = None,
-        *,
-        output_column: str = "generated_text",
-        use_tqdm: bool = True,
-        order: Order = "prefix",
-    ) -> dask.dataframe.DataFrame:
-        """``generate`` over the prompts in ``df[column]``; returns ``df`` with the
-        generated text as ``output_column``, partition for partition (input read one
-        partition at a time, outputs held in this process)."""
-        return batch_dask.generate_dataframe(
-            self,
-            df,
-            column,
-            sampling_params,
-            output_column=output_column,
-            use_tqdm=use_tqdm,
-            order=order,
-        )
-
     # -- streaming ------------------------------------------------------------------------
     def _on_event(self, event: tuple[float, dict[str, Any]]) -> None:
         _, payload = event
@@ -861,7 +676,8 @@ class LLM:
                 try:
                     kind, item = await asyncio.wait_for(q.get(), LIVENESS_INTERVAL_S)
                 except asyncio.TimeoutError:
-                    kind, item = "lost", await self._lost_worker_of(attempt.request_id)
+                    live = await self._live_workers()
+                    kind, item = "lost", self._lost_worker(attempt.request_id, live)
                     if item is None:
                         continue
                 if kind == "msg":
@@ -893,69 +709,6 @@ class LLM:
         place = self._scheduler.mooncake_place(request=self._place_request(spec, resume=resume))
         reply: dict[str, Any] = await asyncio.wait_for(self._on_client_loop(place), PLACE_TIMEOUT_S)
         return reply
-
-    # -- liveness: requests on a worker that left -----------------------------------------
-    def _on_membership(self, event: tuple[float, dict[str, Any]]) -> None:
-        """(Client loop.) A worker joined: it is known from now on. A worker left: every
-        stream with a request on it is told."""
-        _, msg = event
-        left = membership.parse(msg)
-        if isinstance(left, WorkerJoined):
-            with self._lock:
-                self.workers[left.worker] = left.info
-                self._gone.discard(left.worker)
-            return
-        if left is None:
-            return
-        with self._lock:
-            self._gone.add(left.worker)
-            self.workers.pop(left.worker, None)
-            affected = [rid for rid, workers in self._placed.items() if left.worker in workers]
-        for rid in affected:
-            sink = self._sinks.get(rid)
-            if sink is not None:
-                _post(*sink, ("lost", left.worker))
-
-    async def _live_workers(self) -> set[str]:
-        """The mooncake workers in the cluster now (asked at most every second)."""
-        t, live = self._live_cache
-        if time.monotonic() - t > LIVENESS_INTERVAL_S:
-            live = set(await self._on_client_loop(self._scheduler.mooncake_workers()))
-            self._live_cache = (time.monotonic(), live)
-        return live
-
-    async def _lost_worker_of(self, rid: str) -> str | None:
-        """A worker of the request that is no longer in the cluster, or None."""
-        with self._lock:
-            workers = set(self._placed.get(rid, ()))
-            gone = workers & self._gone
-        if not workers:
-            return None
-        if not gone:
-            try:
-                gone = workers - await self._live_workers()
-            except (
-                Exception
-            ) as e:  # the scheduler itself is unreachable: Dask reconnects or fails the futures
-                logger.debug("liveness check failed: %s", e)
-                return None
-        return min(gone) if gone else None
-
-    def _needs_move(self, rid: str, worker: str) -> bool:
-        """Whether losing ``worker`` stops the request: a task of it that has not finished
-        runs (or waits to run) there, or the prefill's result that its transfer still
-        needs lived there. A request whose KV already reached decode goes on as it is."""
-        with self._lock:
-            futures = dict(self._futures.get(rid, {}))
-            where = {k: self._task_workers.get(k) for k in futures}
-        if any(w == worker and futures[k].status != "finished" for k, w in where.items()):
-            return True
-        transfer = futures.get(task_key("transfer", rid))
-        return (
-            where.get(task_key("prefill", rid)) == worker
-            and transfer is not None
-            and transfer.status != "finished"
-        )
 
     async def _move(
         self,

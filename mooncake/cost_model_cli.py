@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 DESCRIPTION = (
     "Ask a running cluster's scheduler for the cost model its Conductor fitted online "
-    "(prefill time per FLOP, transfer bandwidth, model shape) and write it as JSON for "
+    "(prefill time per FLOP, decode step time, transfer bandwidth, serving-path time per "
+    "request, model shape) and write it as JSON for "
     "'mooncake sim --cost-model FILE'."
 )
 

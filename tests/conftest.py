@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shutil
 import tempfile
@@ -71,6 +73,28 @@ def tiny_llama(checkpoint_factory: Callable[..., Path]) -> Path:
     return checkpoint_factory("tiny-llama")
 
 
+@pytest.fixture(scope="session")
+def chat_checkpoint(checkpoint_factory: Callable[..., Path]) -> Path:
+    """The tiny Llama checkpoint plus a byte-level tokenizer and a chat template, so text
+    prompts and chat work (vocabulary cut to the tokenizer's 259 ids)."""
+    from mooncake.engine.default_model import CHAT_TEMPLATE, build_tokenizer
+
+    path = checkpoint_factory("tiny-llama-chat", seed=3, vocab_size=259)
+    if not (path / "tokenizer.json").is_file():
+        build_tokenizer().save(str(path / "tokenizer.json"))
+        cfg = {
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "pad_token": "<pad>",
+            "chat_template": CHAT_TEMPLATE,
+        }
+        (path / "tokenizer_config.json").write_text(json.dumps(cfg))
+        (path / "generation_config.json").write_text(
+            json.dumps({"bos_token_id": 256, "eos_token_id": 257})
+        )
+    return path
+
+
 def hf_model(path: Path) -> Any:
     import transformers
 
@@ -92,6 +116,23 @@ def hf_greedy(model: Any, prompt: list[int], max_new_tokens: int) -> list[int]:
             pad_token_id=0,
         )
     return [int(t) for t in out[0, len(prompt) :]]
+
+
+@functools.cache
+def _hf_model_cached(path: str) -> Any:
+    return hf_model(Path(path))
+
+
+@functools.cache
+def _hf_continuation(path: str, prompt: tuple[int, ...], max_new_tokens: int) -> tuple[int, ...]:
+    return tuple(hf_greedy(_hf_model_cached(path), list(prompt), max_new_tokens))
+
+
+def hf_reference(path: Path, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """transformers' greedy continuations of ``prompts`` from the checkpoint at ``path``,
+    each computed once per session (several tests compare different engine paths with
+    the same reference)."""
+    return [list(_hf_continuation(str(path), tuple(p), max_new_tokens)) for p in prompts]
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ def test_export_from_live_cluster_feeds_the_simulator(tiny_llama: Path, tmp_path
     writes the Conductor's fit (with its observed prefills counted), which loads as a
     CostModel with the served model's shape, and `mooncake sim --cost-model F` replays
     a small trace with it (exit 0)."""
-    params = mooncake.SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
+    params = mooncake.SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     with mooncake.LLM(
         str(tiny_llama),
         prefill_workers=1,
@@ -44,6 +44,8 @@ def test_export_from_live_cluster_feeds_the_simulator(tiny_llama: Path, tmp_path
         )
     doc = json.loads(out.read_text())
     assert doc["schema_version"] == 1 and doc["prefill_observations"] >= 1
+    # The decode worker ran decode-only steps: the fit left the prior.
+    assert doc["decode_observations"] >= 1 and doc["decode_fit"] is not None
     cost = load_cost_model(out)
     assert cost.prefill_fit is not None and cost.model.num_layers == doc["model"]["num_layers"]
     trace = tmp_path / "t.jsonl"

@@ -16,8 +16,10 @@ from mooncake.conductor.config import (
 from mooncake.conductor.cost_model import (
     BandwidthEstimator,
     CostModel,
+    DecodeStepEstimator,
     HardwareSpec,
     ModelSpec,
+    OverheadEstimator,
     PrefillTimeEstimator,
 )
 from mooncake.conductor.index import GlobalBlockIndex
@@ -44,10 +46,12 @@ __all__ = [
     "DecodeLoad",
     "DecodeScheduler",
     "DecodeSeq",
+    "DecodeStepEstimator",
     "GlobalBlockIndex",
     "HardwareSpec",
     "ModelSpec",
     "OutputLengthPredictor",
+    "OverheadEstimator",
     "Placement",
     "PredictionError",
     "PrefillChoice",

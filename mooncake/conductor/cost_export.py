@@ -1,19 +1,27 @@
 """The cost model a live Conductor fitted online, as a JSON document the simulator reads.
 
 The live scheduler plugin starts from the closed-form :class:`CostModel` (the served
-model's shape and a hardware prior) and refines the prefill time model and the
-transfer bandwidth from observed timings. :func:`export_cost_model` writes what it has
-learned; :func:`load_cost_model` turns such a file back into a :class:`CostModel`
-(``mooncake sim --cost-model FILE``), so a replay uses the timings the cluster
-actually showed. Decode step times are not fitted online: they come from the
-hardware prior.
+model's shape and a hardware prior) and refines the prefill time model, the decode step
+time model and the transfer bandwidth from observed timings. :func:`export_cost_model`
+writes what it has learned; :func:`load_cost_model` turns such a file back into a
+:class:`CostModel` (``mooncake sim --cost-model FILE``), so a replay uses the timings the
+cluster actually showed.
 
 Format (``schema_version`` 1)::
 
     {"schema_version": 1,
      "model": {ModelSpec fields}, "hardware": {HardwareSpec fields},
      "prefill_fit": {"per_attn_flop_s": ..., "per_linear_flop_s": ..., "fixed_s": ...},
-     "prefill_observations": int, "transfer_bandwidth_bytes_per_s": float}
+     "prefill_observations": int,
+     "decode_fit": {"per_step_s": ..., "per_seq_s": ..., "per_kv_token_s": ...} | null,
+     "decode_observations": int,
+     "transfer_bandwidth_bytes_per_s": float}
+
+``hardware.request_overhead_s`` is the median serving-path time per request the plugin
+measured (TTFT − engine queue − prefill compute, from the workers' request reports).
+``decode_fit`` is ``null`` until an engine has reported a decode-only step (the replay
+then uses the roofline of ``hardware``); files without it (written before decode steps
+were fitted) load the same way.
 """
 
 from __future__ import annotations
@@ -32,20 +40,34 @@ if TYPE_CHECKING:
 COST_MODEL_SCHEMA_VERSION = 1
 
 
-def export_cost_model(conductor: Conductor) -> dict[str, Any]:
-    """What ``conductor`` has learned, as a JSON-able document (see module docstring)."""
+def export_cost_model(
+    conductor: Conductor, request_overhead_s: float | None = None
+) -> dict[str, Any]:
+    """What ``conductor`` has learned, as a JSON-able document (see module docstring);
+    ``request_overhead_s``: the serving path's measured time per request, if known
+    (``HardwareSpec.request_overhead_s``)."""
     per_attn, per_linear, fixed = conductor.estimator.coefficients()
     bandwidth = conductor.bandwidth.bandwidth
+    dec = conductor.decode_estimator
+    hardware: dict[str, float] = {"rdma_bandwidth": bandwidth}
+    if request_overhead_s is not None:
+        hardware["request_overhead_s"] = request_overhead_s
+    decode_fit = None
+    if dec.num_observations > 0:
+        per_step, per_seq, per_kv = dec.coefficients()
+        decode_fit = {"per_step_s": per_step, "per_seq_s": per_seq, "per_kv_token_s": per_kv}
     return {
         "schema_version": COST_MODEL_SCHEMA_VERSION,
         "model": asdict(conductor.cost.model),
-        "hardware": asdict(replace(conductor.cost.hardware, rdma_bandwidth=bandwidth)),
+        "hardware": asdict(replace(conductor.cost.hardware, **hardware)),
         "prefill_fit": {
             "per_attn_flop_s": per_attn,
             "per_linear_flop_s": per_linear,
             "fixed_s": fixed,
         },
         "prefill_observations": conductor.estimator.num_observations,
+        "decode_fit": decode_fit,
+        "decode_observations": dec.num_observations,
         "transfer_bandwidth_bytes_per_s": bandwidth,
     }
 
@@ -75,18 +97,30 @@ def cost_model_from_dict(data: Any) -> CostModel:
         raise ValueError(f"schema_version: expected {COST_MODEL_SCHEMA_VERSION}, got {version!r}")
     model = _spec(ModelSpec, data.get("model"), "model")
     hardware = _spec(HardwareSpec, data.get("hardware"), "hardware")
-    fit = data.get("prefill_fit")
+    prefill = _fit(data.get("prefill_fit"), "prefill_fit", _PREFILL_KEYS)
+    decode = _fit(data.get("decode_fit"), "decode_fit", _DECODE_KEYS)
+    return CostModel(model, hardware, prefill, decode)
+
+
+_PREFILL_KEYS = ("per_attn_flop_s", "per_linear_flop_s", "fixed_s")
+_DECODE_KEYS = ("per_step_s", "per_seq_s", "per_kv_token_s")
+
+
+def _fit(
+    fit: Any, field_name: str, keys: tuple[str, str, str]
+) -> tuple[float, float, float] | None:
+    """Three named coefficients (``None`` stays ``None``)."""
     if fit is None:
-        return CostModel(model, hardware)
+        return None
     if not isinstance(fit, dict):
-        raise ValueError("prefill_fit: must be an object")
+        raise ValueError(f"{field_name}: must be an object")
     coef = []
-    for key in ("per_attn_flop_s", "per_linear_flop_s", "fixed_s"):
+    for key in keys:
         v = fit.get(key)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            raise ValueError(f"prefill_fit.{key}: must be a finite number, got {v!r}")
+            raise ValueError(f"{field_name}.{key}: must be a finite number, got {v!r}")
         coef.append(float(v))
-    return CostModel(model, hardware, (coef[0], coef[1], coef[2]))
+    return coef[0], coef[1], coef[2]
 
 
 def load_cost_model(path: str | Path) -> CostModel:

@@ -5,13 +5,15 @@ instance. Every constant names its source; the ones marked *assumption* are not 
 paper and are the knobs to revisit when comparing against it.
 
 The Conductor starts from these formulas and refines them online from observed timings
-(:class:`PrefillTimeEstimator`, :class:`BandwidthEstimator`); the simulator uses the
-formulas as ground truth.
+(:class:`PrefillTimeEstimator`, :class:`DecodeStepEstimator`,
+:class:`BandwidthEstimator`); the simulator uses the formulas (or a fit a live
+Conductor exported) as ground truth.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,16 +94,19 @@ class HardwareSpec:
     transfer and output processing) while the GPU idles: vLLM's multi-step scheduling
     RFC (vllm-project/vllm#6854, July 2024, v0.5) measured 5–13 ms of GPU bubble per
     decode step; the low end is used. Added to every continuous-batching step."""
+    request_overhead_s: float = 0.0
+    """Serving-path seconds per request outside the engines before its prefill can
+    start: placement, graph submission, task dispatch, the first token's delivery.
+    0 for the paper's testbed (not modelled); a live cluster's cost-model export
+    carries the median it measured (TTFT − engine queue − prefill compute)."""
 
     def __post_init__(self) -> None:
         for name in ("peak_flops", "hbm_bandwidth", "hbm_bytes", "rdma_bandwidth"):
             value = getattr(self, name)
             _check(value > 0, name, f"must be positive, got {value}")
-        _check(
-            self.step_overhead_s >= 0,
-            "step_overhead_s",
-            f"must be >= 0, got {self.step_overhead_s}",
-        )
+        for name in ("step_overhead_s", "request_overhead_s"):
+            value = getattr(self, name)
+            _check(value >= 0, name, f"must be >= 0, got {value}")
         for name in ("mfu", "mbu", "kv_memory_fraction"):
             value = getattr(self, name)
             _check(0 < value <= 1, name, f"must be in (0, 1], got {value}")
@@ -120,6 +125,11 @@ class CostModel:
     seconds per prefill), e.g. what a live Conductor learned online
     (:func:`mooncake.conductor.cost_export.export_cost_model`); ``None`` = FLOPs at
     ``peak_flops × mfu``."""
+    decode_fit: tuple[float, float, float] | None = None
+    """Fitted decode step time: (seconds per step, seconds per running sequence,
+    seconds per KV token read), what a live Conductor learned online
+    (:class:`DecodeStepEstimator`); ``None`` = the roofline plus
+    ``step_overhead_s``."""
 
     # -- prefill ---------------------------------------------------------------
     def prefill_flops(self, n: int, cached: int = 0) -> float:
@@ -162,6 +172,18 @@ class CostModel:
         if batch <= 0 and prefill_flops <= 0:
             return 0.0
         m, h = self.model, self.hardware
+        if self.decode_fit is not None:
+            # A fit is linear in what a step reads; a prefill chunk riding along costs
+            # its FLOPs at the fitted (or the prior's) rate for projections, which
+            # dominate short chunks.
+            per_step, per_seq, per_kv = self.decode_fit
+            flop_s = (
+                self.prefill_fit[1]
+                if self.prefill_fit is not None
+                else 1.0 / (h.peak_flops * h.mfu)
+            )
+            step = per_step + per_seq * max(0, batch) + per_kv * max(0, kv_tokens)
+            return max(0.0, step + prefill_flops * flop_s)
         compute = (2.0 * m.num_params * batch + prefill_flops) / (h.peak_flops * h.mfu)
         memory = (m.weight_bytes + kv_tokens * m.kv_bytes_per_token) / (h.hbm_bandwidth * h.mbu)
         return max(compute, memory) + h.step_overhead_s
@@ -172,6 +194,16 @@ class CostModel:
         """:meth:`decode_step_time` (no prefill chunk) of many instances at once: the
         same operations in the same order, so the same floats (batches must be > 0)."""
         m, h = self.model, self.hardware
+        if self.decode_fit is not None:
+            per_step, per_seq, per_kv = self.decode_fit
+            flop_s = (
+                self.prefill_fit[1]
+                if self.prefill_fit is not None
+                else 1.0 / (h.peak_flops * h.mfu)
+            )
+            step = per_step + per_seq * np.maximum(0, batch) + per_kv * np.maximum(0, kv_tokens)
+            fitted: npt.NDArray[np.float64] = np.maximum(0.0, step + 0.0 * flop_s)
+            return fitted
         compute = (2.0 * m.num_params * batch + 0.0) / (h.peak_flops * h.mfu)
         memory = (m.weight_bytes + kv_tokens * m.kv_bytes_per_token) / (h.hbm_bandwidth * h.mbu)
         out: npt.NDArray[np.float64] = np.maximum(compute, memory) + h.step_overhead_s
@@ -239,8 +271,10 @@ class PrefillTimeEstimator:
         return max(0.0, float(self._features(n, cached) @ self._coef))
 
     def coefficients(self) -> tuple[float, float, float]:
-        """The current fit as (seconds per attention FLOP, seconds per linear FLOP,
-        seconds per prefill): :attr:`CostModel.prefill_fit`."""
+        """The fit as (seconds per attention FLOP, seconds per linear FLOP, seconds per
+        prefill): :attr:`CostModel.prefill_fit`. Refits first if observations are pending,
+        so an export reflects every prefill seen."""
+        self._refit()
         c = self._coef / self._scale
         return float(c[0]), float(c[1]), float(c[2])
 
@@ -252,8 +286,125 @@ class PrefillTimeEstimator:
         self.num_observations += 1
         self._pending += 1
         if self._pending >= self._refit_every:
+            self._refit()
+
+    def _refit(self) -> None:
+        if self._pending:
             self._pending = 0
             self._coef = np.linalg.solve(self._ata, self._atb)
+
+
+class DecodeStepEstimator:
+    """Seconds of one decode-only engine step as a function of (running sequences, KV
+    tokens they read), fitted online.
+
+    The model is linear: ``per_step + per_seq·batch + per_kv·kv_tokens``. On a
+    memory-bound accelerator that is the roofline's memory term (weights once per step,
+    then every KV byte) plus the engine's fixed overhead; on a CPU the per-sequence
+    term carries the batch's compute. Least squares with a ridge prior at the
+    closed-form model's linearisation (or at :attr:`CostModel.decode_fit` when the model
+    already carries one), so it starts at the formula and moves to what the engine does.
+
+    Args:
+        cost: the closed-form model the prior comes from.
+        prior_weight: pseudo-observations the prior is worth.
+        refit_every: observations between refits (a 3×3 solve each).
+    """
+
+    def __init__(self, cost: CostModel, prior_weight: float = 1.0, refit_every: int = 16) -> None:
+        m, h = cost.model, cost.hardware
+        if cost.decode_fit is not None:
+            prior = np.array(cost.decode_fit, dtype=float)
+        else:
+            bw = h.hbm_bandwidth * h.mbu
+            prior = np.array(
+                [
+                    m.weight_bytes / bw + h.step_overhead_s,
+                    2.0 * m.num_params / (h.peak_flops * h.mfu),
+                    m.kv_bytes_per_token / bw,
+                ]
+            )
+        # Features scaled to ~1 for a step of 8 sequences reading 8k tokens.
+        self._scale = np.array([1.0, 8.0, 8192.0])
+        self._prior = prior * self._scale
+        self._ata = np.diag([prior_weight, prior_weight, prior_weight])
+        self._atb = self._ata @ self._prior
+        self._coef = self._prior.copy()
+        self._pending = 0
+        self._refit_every = refit_every
+        self.num_observations = 0
+
+    def _features(self, batch: int, kv_tokens: int) -> np.ndarray:
+        x: np.ndarray = np.array([1.0, float(batch), float(kv_tokens)]) / self._scale
+        return x
+
+    def estimate(self, batch: int, kv_tokens: int) -> float:
+        """Estimated seconds of one step of ``batch`` sequences reading ``kv_tokens``."""
+        if batch <= 0:
+            return 0.0
+        c, sc = self._coef, self._scale
+        # Written out term by term so estimate_many gives the same floats.
+        t = c[0] / sc[0] + (batch / sc[1]) * c[1] + (kv_tokens / sc[2]) * c[2]
+        return max(0.0, float(t))
+
+    def estimate_many(
+        self, batch: npt.NDArray[np.int64], kv_tokens: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
+        """:meth:`estimate` of many instances at once (batches must be > 0): the same
+        operations in the same order, so the same floats."""
+        c, sc = self._coef, self._scale
+        t = c[0] / sc[0] + (batch / sc[1]) * c[1] + (kv_tokens / sc[2]) * c[2]
+        out: npt.NDArray[np.float64] = np.maximum(0.0, t)
+        return out
+
+    def coefficients(self) -> tuple[float, float, float]:
+        """The fit as (seconds per step, per sequence, per KV token):
+        :attr:`CostModel.decode_fit`. Refits first if observations are pending."""
+        self._refit()
+        c = self._coef / self._scale
+        return float(c[0]), float(c[1]), float(c[2])
+
+    def observe(self, batch: int, kv_tokens: int, seconds: float) -> None:
+        """Feed one measured decode-only step."""
+        if batch <= 0 or seconds <= 0:
+            return
+        x = self._features(batch, kv_tokens)
+        self._ata += np.outer(x, x)
+        self._atb += x * seconds
+        self.num_observations += 1
+        self._pending += 1
+        if self._pending >= self._refit_every or self.num_observations < self._refit_every:
+            self._refit()
+
+    def _refit(self) -> None:
+        if self._pending:
+            self._pending = 0
+            self._coef = np.linalg.solve(self._ata, self._atb)
+
+
+class OverheadEstimator:
+    """A per-request time as the median of the latest ``window`` samples (robust to
+    the odd request that waited on something else).
+
+    Args:
+        window: samples kept.
+    """
+
+    def __init__(self, window: int = 256) -> None:
+        if window <= 0:
+            raise ValueError(f"window: must be positive, got {window}")
+        self._samples: deque[float] = deque(maxlen=window)
+        self.num_observations = 0
+
+    def observe(self, seconds: float) -> None:
+        if math.isfinite(seconds):
+            self._samples.append(max(0.0, seconds))
+            self.num_observations += 1
+
+    @property
+    def seconds(self) -> float | None:
+        """The median so far; ``None`` before any sample."""
+        return float(np.median(self._samples)) if self._samples else None
 
 
 class BandwidthEstimator:
@@ -281,4 +432,12 @@ class BandwidthEstimator:
         return nbytes / self.bandwidth
 
 
-__all__ = ["BandwidthEstimator", "CostModel", "HardwareSpec", "ModelSpec", "PrefillTimeEstimator"]
+__all__ = [
+    "BandwidthEstimator",
+    "CostModel",
+    "DecodeStepEstimator",
+    "HardwareSpec",
+    "ModelSpec",
+    "OverheadEstimator",
+    "PrefillTimeEstimator",
+]

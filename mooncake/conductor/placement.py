@@ -26,9 +26,7 @@ TransferEstimate = Callable[[int], float]
 #: (batch, kv tokens) -> estimated decode step seconds.
 StepEstimate = Callable[[int, int], float]
 #: The same over arrays of instances, float for float.
-StepEstimates = Callable[
-    [npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[np.float64]
-]
+StepEstimates = Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[np.float64]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +208,6 @@ class PrefillScheduler:
             )
         return PrefillChoice(w, q, est[local_tokens], 0.0, local_tokens, local_tokens)
 
-
     def _choose_vector(
         self,
         req: RequestInfo,
@@ -272,9 +269,7 @@ class PrefillScheduler:
             # (fetches, transfer, prefill) of instance ``w`` (None: any instance but
             # the best worker) with this local prefix, as _algorithm1 computes them.
             fetches = (
-                best_worker is not None
-                and best_worker != w
-                and best_tokens > thr * local_tokens
+                best_worker is not None and best_worker != w and best_tokens > thr * local_tokens
             )
             cached = best_tokens if fetches else local_tokens
             p = est.get(cached)

@@ -1,9 +1,9 @@
 """``ConductorPlugin``: the Dask ``SchedulerPlugin`` that applies the pure Conductor.
 
 - Workers report (``mooncake_report`` handler, every ~50 ms): stored/removed block keys,
-  finished prefills (observed seconds refine the cost model), decode joins, transfer
-  timings, load. The first report carries the model's shape, from which the cost model
-  is built.
+  finished prefills and decode-only engine steps (observed seconds refine the cost
+  model), decode joins, transfer timings, load. The first report carries the model's
+  shape, from which the cost model is built.
 - The client asks ``mooncake_place`` before submitting a request's graph; the answer
   names the prefill and decode workers (the graph's tasks are restricted to them), or
   rejects with a reason and a retry-after hint. An admitted request's lookup starts on
@@ -25,7 +25,7 @@ from distributed import Scheduler, SchedulerPlugin
 from mooncake.conductor.admission import Rejection
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.cost_export import export_cost_model
-from mooncake.conductor.cost_model import CostModel, HardwareSpec, ModelSpec
+from mooncake.conductor.cost_model import CostModel, HardwareSpec, ModelSpec, OverheadEstimator
 from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
 from mooncake.conductor.membership import WorkerJoined, WorkerLeft
 from mooncake.conductor.messages import (
@@ -79,6 +79,9 @@ class ConductorPlugin(SchedulerPlugin):
         self.history: deque[dict[str, Any]] = deque(maxlen=10_000)
         """Finished requests: placement, TTFT estimate, timings (for the dashboard)."""
         self._timings: dict[str, dict[str, Any]] = {}
+        self.request_overhead = OverheadEstimator()
+        """Serving-path seconds per request outside the engines (exported with the cost
+        model as ``hardware.request_overhead_s``)."""
         self.metrics = MetricsState()
         """Counters and histograms behind ``/metrics`` and the Mooncake dashboard page: the
         monitor plugin's state once it is found at ``start`` (the monitor owns what it
@@ -182,6 +185,10 @@ class ConductorPlugin(SchedulerPlugin):
             c.on_decode_join(rid, now)
         for r in rep.requests:  # finished: real output lengths
             c.on_request_finished(r.request_id, r.generation_tokens)
+            if r.ttft_s is not None and r.queue_s is not None and r.prefill_s is not None:
+                self.request_overhead.observe(r.ttft_s - r.queue_s - r.prefill_s)
+        for d in rep.decode_steps:
+            c.on_decode_step(d.sequences, d.context_tokens, d.seconds)
         for t in rep.transfers:
             if t.nbytes > 0 and t.seconds > 0:
                 c.on_transfer(t.nbytes, t.seconds)
@@ -311,7 +318,7 @@ class ConductorPlugin(SchedulerPlugin):
         """The cost model fitted online (``mooncake cost-model``; docs/simulator.md)."""
         if self.conductor is None:
             return {"error": "no mooncake worker has reported yet"}
-        return export_cost_model(self.conductor)
+        return export_cost_model(self.conductor, self.request_overhead.seconds)
 
     # -- task transitions -------------------------------------------------------------
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:

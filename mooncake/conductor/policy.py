@@ -6,7 +6,7 @@ drive it the same way:
 
 - ``place(request, now)`` -> :class:`Placement` or :class:`~mooncake.conductor.admission.Rejection`;
 - ``on_prefill_start/finish``, ``on_decode_join/leave``, ``on_blocks_stored/removed``,
-  ``on_transfer`` report what actually happened;
+  ``on_transfer``, ``on_decode_step`` report what actually happened;
 - ``admit_to_decode`` is the decode instance's own last-moment check.
 
 No Dask, no torch, no clock: every call carries its time.
@@ -17,9 +17,17 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+import numpy.typing as npt
+
 from mooncake.conductor.admission import LoadView, Rejection, check_slos, decode_view
 from mooncake.conductor.config import ConductorConfig
-from mooncake.conductor.cost_model import BandwidthEstimator, CostModel, PrefillTimeEstimator
+from mooncake.conductor.cost_model import (
+    BandwidthEstimator,
+    CostModel,
+    DecodeStepEstimator,
+    PrefillTimeEstimator,
+)
 from mooncake.conductor.index import GlobalBlockIndex
 from mooncake.conductor.load_table import DecodeTable, PrefillTable
 from mooncake.conductor.output_length import OutputLengthPredictor
@@ -57,6 +65,9 @@ NO_WORKER = "no worker of this role: "
 """Start of a rejection's reason when no worker of a role is in the cluster (the
 request can run once one joins: a service outage, not an overload)."""
 
+MIN_DECODE_STEPS = 16
+"""Observed decode steps before the online fit replaces the cost model's formula."""
+
 _VIEW: dict[str, LoadView] = {
     "none": "committed",
     "ttft": "committed",
@@ -93,6 +104,9 @@ class Conductor:
         self.index = GlobalBlockIndex()
         self.estimator = PrefillTimeEstimator(self.cost)
         self.bandwidth = BandwidthEstimator(self.cost.hardware.rdma_bandwidth)
+        self.decode_estimator = DecodeStepEstimator(self.cost)
+        """Decode step time fitted from the engines' measured steps (live only: in the
+        simulator the cost model is the ground truth already)."""
         self.prefill_scheduler = PrefillScheduler(
             config.prefill_policy,
             config.kvcache_balancing_threshold,
@@ -147,8 +161,19 @@ class Conductor:
 
     # -- estimates -------------------------------------------------------------
     def step_time(self, batch: int, kv_tokens: int) -> float:
-        """Estimated decode step seconds for a batch."""
+        """Estimated decode step seconds for a batch: the online fit once it has seen
+        enough steps, the cost model's formula before."""
+        if self.decode_estimator.num_observations >= MIN_DECODE_STEPS:
+            return self.decode_estimator.estimate(batch, kv_tokens)
         return self.cost.decode_step_time(batch, kv_tokens)
+
+    def _step_times(
+        self, batch: npt.NDArray[np.int64], kv_tokens: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
+        """:meth:`step_time` of many instances at once (the same floats)."""
+        if self.decode_estimator.num_observations >= MIN_DECODE_STEPS:
+            return self.decode_estimator.estimate_many(batch, kv_tokens)
+        return self.cost.decode_step_times(batch, kv_tokens)
 
     def token_time(self, worker: str) -> float:
         """Uniform decode seconds per token t_d used to project a decode instance."""
@@ -209,7 +234,7 @@ class Conductor:
         if table is not None and not cfg.colocated:
             if view == "projected":
                 # Every running and placed sequence of every instance at once.
-                t_d = table.token_times(cfg.decode_token_time_s, self.cost.decode_step_times)
+                t_d = table.token_times(cfg.decode_token_time_s, self._step_times)
                 many = (
                     self.outputs.expected_given_many
                     if cfg.output_prediction == "expected"
@@ -224,7 +249,7 @@ class Conductor:
                 batch,
                 kv,
                 table.capacity[: len(table)],
-                self.cost.decode_step_times,
+                self._step_times,
                 self.step_time,
             )
         else:
@@ -319,6 +344,11 @@ class Conductor:
     def on_transfer(self, nbytes: float, seconds: float) -> None:
         """A KV transfer of ``nbytes`` took ``seconds``; refines the bandwidth estimate."""
         self.bandwidth.observe(nbytes, seconds)
+
+    def on_decode_step(self, batch: int, kv_tokens: int, seconds: float) -> None:
+        """An engine ran a decode-only step of ``batch`` sequences reading ``kv_tokens``
+        of KV in ``seconds``; refines the decode step time model."""
+        self.decode_estimator.observe(batch, kv_tokens, seconds)
 
     def on_decode_join(self, request_id: str, now: float) -> None:
         placement = self._placed.get(request_id)

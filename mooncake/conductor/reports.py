@@ -40,6 +40,16 @@ class TransferLogEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class DecodeStep:
+    """One decode-only engine step (what the decode step time fit learns from)."""
+
+    sequences: int
+    context_tokens: int
+    """KV tokens the step's decode tokens attended over."""
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerLoadReport:
     """The worker's engine and store occupancy now."""
 
@@ -87,6 +97,8 @@ class WorkerReport:
     requests: list[RequestRecord] = field(default_factory=list)
     """Requests that finished here."""
     transfer_log: list[TransferLogEntry] = field(default_factory=list)
+    decode_steps: list[DecodeStep] = field(default_factory=list)
+    """The engine's decode-only steps since the last report."""
     leases_expired: int = 0
     """Hand-off leases of this worker found expired before they were released."""
     info: dict[str, Any] | None = None
@@ -104,6 +116,7 @@ class WorkerReport:
             "lookups": [asdict(lk) for lk in self.lookups],
             "requests": [{**asdict(r), "itl_s": list(r.itl_s)} for r in self.requests],
             "transfer_log": [[t.path, t.nbytes, t.seconds] for t in self.transfer_log],
+            "decode_steps": [[d.sequences, d.context_tokens, d.seconds] for d in self.decode_steps],
             "leases_expired": self.leases_expired,
             "load": self.load.to_msg(),
         }
@@ -129,12 +142,16 @@ class WorkerReport:
                 TransferLogEntry(str(p), int(b), float(s))
                 for p, b, s in msg.get("transfer_log", ())
             ],
+            decode_steps=[
+                DecodeStep(int(b), int(kv), float(s)) for b, kv, s in msg.get("decode_steps", ())
+            ],
             leases_expired=int(msg.get("leases_expired", 0)),
             info=msg.get("info"),
         )
 
 
 __all__ = [
+    "DecodeStep",
     "PrefillDone",
     "TransferLogEntry",
     "TransferSample",

@@ -46,6 +46,18 @@ class EngineStats:
     num_preemptions: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class StepShape:
+    """What one engine step computed (the Conductor fits decode step time on it)."""
+
+    decodes: int = 0
+    """Sequences that ran one decode token."""
+    context_tokens: int = 0
+    """KV tokens the decode tokens attended over (their context lengths summed)."""
+    prefill_tokens: int = 0
+    """Prompt (or recompute) tokens run as chunks in the same step."""
+
+
 class LLMEngine:
     """An inference engine for one Llama-family model.
 
@@ -95,6 +107,8 @@ class LLMEngine:
             native_kernels=config.native_kernels,
         )
         self.stats = EngineStats()
+        self.last_step = StepShape()
+        """The shape of the latest step (:meth:`step`)."""
         self._seqs: dict[str, Sequence] = {}
         self._held: dict[str, Sequence] = {}
         self._failed: dict[str, str] = {}
@@ -130,6 +144,7 @@ class LLMEngine:
         arrival_time: float | None = None,
         prior_output_ids: Seq[int] = (),
         prior_logprobs: Seq[dict[int, float]] | None = None,
+        block_keys: Seq[BlockKey] | None = None,
     ) -> str:
         """Queue a request.
 
@@ -145,6 +160,9 @@ class LLMEngine:
                 ``max_tokens``, appear in the output, and keep seeded sampling aligned.
             prior_logprobs: their logprobs (when ``params.logprobs`` is set), so the
                 output's logprobs stay aligned with its tokens.
+            block_keys: the prompt's full-block keys under this engine's chain root for
+                ``cache_salt``, when the caller hashed them already (a worker passes the
+                client's); the engine then does not hash the prompt again.
         Returns:
             The request id.
         Raises:
@@ -181,6 +199,8 @@ class LLMEngine:
             cache_salt=cache_salt,
             token_ids=prompt_ids + prior,
         )
+        if block_keys is not None and len(block_keys) <= len(prompt_ids) // self.config.block_size:
+            seq.block_keys = list(block_keys)
         if params.logprobs is not None:
             seq.logprobs = [dict(d) for d in (prior_logprobs or [])][: len(prior)]
             seq.cumulative_logprob = sum(d.get(t, 0.0) for t, d in zip(prior, seq.logprobs))
@@ -241,7 +261,13 @@ class LLMEngine:
         token (``finished`` set on the last one)."""
         out = self.scheduler.schedule()
         if out.is_empty:
+            self.last_step = StepShape()
             return []
+        self.last_step = StepShape(
+            len(out.decodes),
+            sum(s.start + s.num_tokens for s in out.decodes),
+            sum(s.num_tokens for s in out.prefills),
+        )
         now = time.perf_counter()
         for s in (*out.decodes, *out.prefills):
             if s.seq.metrics.first_scheduled_time is None:

@@ -30,6 +30,10 @@ WHAT_IFS: dict[str, str] = {
 ONE_DRIVER_METHODS: dict[str, str] = {
     "admit_to_decode": "simulator only, and only under the decode_refusal what-if",
     "remove_worker": "live plugin only: a simulated cluster does not lose workers",
+    "on_decode_step": (
+        "live plugin only: the simulator's step times are the cost model itself, which "
+        "its Conductor already uses"
+    ),
 }
 MODES: tuple[Mode, ...] = ("disaggregated", "colocated")
 

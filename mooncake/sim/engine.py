@@ -23,7 +23,7 @@ from mooncake.sim.instances import BatchInstance, DecodingSeq, PrefillInstance, 
 from mooncake.sim.metrics import RequestRecord, RunSummary, summarize
 from mooncake.sim.trace import TraceRequest
 
-_ARRIVE, _PREFILL_DONE, _DECODE_ARRIVE, _STEP, _WAKE = range(5)
+_ARRIVE, _PREFILL_DONE, _DECODE_ARRIVE, _STEP, _WAKE, _ENQUEUE = range(6)
 
 
 @dataclass
@@ -119,6 +119,7 @@ class Simulator:
             self._on_decode_arrive,
             self._on_step,
             self._on_wake,
+            self._on_enqueue,
         )
         heap = self._heap
         while heap:
@@ -146,12 +147,23 @@ class Simulator:
         record.prefill_instance, record.decode_instance = decision.prefill, decision.decode
         record.predicted_output_len = decision.expected_output_len
         work = PrefillWork(rid, record, req.hash_ids)
+        overhead = self.config.cost.hardware.request_overhead_s
+        if overhead > 0:
+            # The serving path (graph submission, dispatch) delays the prefill's start,
+            # not the placement: the Conductor decided at arrival.
+            self._push(now + overhead, _ENQUEUE, work)
+            return
+        self._on_enqueue(now, work, None)
+
+    def _on_enqueue(self, now: float, work: PrefillWork, _: Any) -> None:
+        """A placed request reaches its prefill (or colocated) instance's queue."""
+        record = work.record
         if self.config.mode == "colocated":
-            inst = self.batch[decision.prefill]
+            inst = self.batch[record.prefill_instance]
             inst.queue.append(work)
             self._kick(inst, now)
             return
-        p = self.prefill[decision.prefill]
+        p = self.prefill[record.prefill_instance]
         p.queue.append(work)
         if p.busy is None:
             self._start_prefill(p, now)

@@ -60,6 +60,11 @@ class EngineClient:
         self.load: dict[str, Any] = {}
         """The engine's latest load (``EngineLoop.load``), first sent with ``ready``."""
         self.block_events: collections.deque[tuple[str, bytes]] = collections.deque()
+        self.step_timings: collections.deque[tuple[int, int, float]] = collections.deque(
+            maxlen=4096
+        )
+        """(sequences, context tokens, seconds) of the engine's decode-only steps, until
+        the worker reports them to the Conductor."""
         self.token_times: dict[str, list[float]] = {}
         """Request id -> wall time of each token the engine produced (set at its end)."""
         self._ids = itertools.count()
@@ -233,8 +238,10 @@ class EngineClient:
         failed: list[tuple[str, str]],
         events: list[tuple[str, bytes]],
         load: dict[str, Any],
+        steps: list[tuple[int, int, float]],
     ) -> None:
         self.block_events.extend(events)
+        self.step_timings.extend(steps)
         self.load = load
         # Stream first, then resolve the tasks: a client sees the last tokens no later
         # than the task's completion.

@@ -3,7 +3,9 @@
 One thread does everything: between steps it runs the commands the worker sent (add a
 request, abort, look up or import or export blocks), then steps the engine while it
 has work. After each step it sends the worker one message: the token deltas per
-stream topic, the requests that finished, the block events and the load. Nothing else
+stream topic, the requests that finished, the block events, the load and the timings
+of the decode-only steps since the last message (the Conductor fits its decode step
+time on them). Nothing else
 runs Python in this process, so a step never waits for the GIL.
 """
 
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
     from mooncake.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
+
+MAX_STEP_TIMINGS = 1024
+"""Decode step timings kept between two messages to the worker (older ones dropped)."""
 
 ABORT_MEMORY_S = 60.0
 """How long an aborted request id is remembered (an add that arrives later is refused)."""
@@ -77,6 +82,8 @@ class AddRequest:
     prior_output_ids: Sequence[int] = ()
     """Output tokens generated elsewhere (prefill's first token)."""
     prior_logprobs: list[dict[int, float]] | None = None
+    block_keys: list[BlockKey] | None = None
+    """The prompt's full-block keys, as the client hashed them (``RequestSpec.block_keys``)."""
 
 
 class EngineLoop:
@@ -93,6 +100,8 @@ class EngineLoop:
         self._events: list[tuple[str, bytes]] = []
         self._failed: list[tuple[str, str]] = []
         self.busy_seconds = 0.0
+        self._step_timings: list[tuple[int, int, float]] = []
+        """(sequences, context tokens, seconds) of decode-only steps not yet sent."""
         self._stop = False
         self._direct = DirectStreams()
         self._tier_readers: dict[str, Any] = {}
@@ -155,6 +164,7 @@ class EngineLoop:
             kv=req.kv,
             prior_output_ids=req.prior_output_ids,
             prior_logprobs=req.prior_logprobs,
+            block_keys=keys if keys is not None else req.block_keys,
         )
         watch = self._watches[request_id] = req.watch
         if req.prior_output_ids:
@@ -301,7 +311,7 @@ class EngineLoop:
                     break
                 if self.engine.has_unfinished():
                     self._step()
-                elif self._failed or self._drain_events():
+                elif self._failed or self._step_timings or self._drain_events():
                     self._send_state([], [])
         except ChannelClosed:
             logger.info("worker went away: engine process exits")
@@ -358,6 +368,15 @@ class EngineLoop:
                 )
             )
         self._publish(outputs)
+        # A decode-only step, timed through the publishing of its tokens: what a token
+        # gap costs. Steps with a prompt chunk are prefill's to account for.
+        shape = self.engine.last_step
+        if shape.decodes > 0 and shape.prefill_tokens == 0:
+            if len(self._step_timings) >= MAX_STEP_TIMINGS:
+                del self._step_timings[: MAX_STEP_TIMINGS // 2]
+            self._step_timings.append(
+                (shape.decodes, shape.context_tokens, time.perf_counter() - t0)
+            )
 
     def _drain_events(self) -> bool:
         self._events += [(ev.kind, ev.key) for ev in self.engine.pool.drain_events()]
@@ -371,7 +390,8 @@ class EngineLoop:
         self._drain_events()
         events, self._events = self._events, []
         failed, self._failed = self._failed, []
-        self.channel.send(("state", deltas, finished, failed, events, self.load()))
+        steps, self._step_timings = self._step_timings, []
+        self.channel.send(("state", deltas, finished, failed, events, self.load(), steps))
 
     def _publish(self, outputs: list[RequestOutput]) -> None:
         by_topic: dict[str, list[dict[str, Any]]] = {}

@@ -12,7 +12,6 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
-from mooncake.kvcache import block_keys
 from mooncake.outputs import RequestOutput
 from mooncake.types import BlockKey
 from mooncake.worker import request_state
@@ -35,7 +34,7 @@ def fetches_remote(plugin: MooncakeWorker, placement: PlacementInfo) -> bool:
 
 def prompt_keys(plugin: MooncakeWorker, spec: RequestSpec) -> list[BlockKey]:
     """The prompt's block keys in this worker's engine's chain."""
-    return block_keys(spec.prompt_token_ids, plugin.block_size, plugin.root_key(spec.cache_salt))
+    return spec.prompt_block_keys(plugin.block_size, plugin.root_key(spec.cache_salt))
 
 
 def begin_lookup(plugin: MooncakeWorker, spec: RequestSpec, start: str) -> Begun:
@@ -172,6 +171,7 @@ def admission(
         kv=kv,
         prior_output_ids=prior or (),
         prior_logprobs=prior_logprobs,
+        block_keys=spec.block_keys,
     )
 
 

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mooncake.conductor.messages import PlacementInfo
+from mooncake.kvcache import block_keys
 from mooncake.sampling_params import SamplingParams
+from mooncake.types import BlockKey
 
 
 @dataclass
@@ -29,6 +31,17 @@ class RequestSpec:
     arrival_time: float = 0.0
     """Client wall-clock time (``time.time()``) when the request arrived."""
     prompt: str | None = None
+    block_keys: list[BlockKey] | None = field(default=None, repr=False)
+    """The prompt's full-block keys in the cluster's chain, hashed once per request by
+    the client; every worker and engine process reuses them (``prompt_block_keys``)."""
+
+    def prompt_block_keys(self, block_size: int, root: BlockKey) -> list[BlockKey]:
+        """The prompt's full-block keys: the client's when it sent them, else hashed here
+        (under ``root``, the chain root of this request's salt)."""
+        n = len(self.prompt_token_ids) // block_size
+        if self.block_keys is not None and len(self.block_keys) == n:
+            return list(self.block_keys)
+        return block_keys(self.prompt_token_ids, block_size, root)
 
 
 @dataclass

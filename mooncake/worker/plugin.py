@@ -25,9 +25,9 @@ from distributed.comm.addressing import get_address_host
 from distributed.protocol.serialize import to_serialize
 
 from mooncake.conductor.messages import PlacementInfo
-from mooncake.conductor.reports import WorkerLoadReport, WorkerReport
+from mooncake.conductor.reports import DecodeStep, WorkerLoadReport, WorkerReport
 from mooncake.config import EngineConfig
-from mooncake.kvcache import KVExport, block_keys, root_key
+from mooncake.kvcache import KVExport, root_key
 from mooncake.kvcache.shared_prefix import SharedPrefixProbe
 from mooncake.metrics import LookupRecord, RequestRecord
 from mooncake.outputs import RequestOutput
@@ -259,7 +259,7 @@ class MooncakeWorker(WorkerPlugin):
         earlier prompt shared (see ``SharedPrefixProbe``)."""
         bs = self.block_size
         root = self.root_key(spec.cache_salt)
-        keys = block_keys(spec.prompt_token_ids, bs, root)
+        keys = spec.prompt_block_keys(bs, root)
         # The reused prefix is, in order: blocks the engine had (device), blocks from this
         # worker's host/SSD tiers, blocks fetched from a peer (Algorithm 1). Whatever the
         # engine found beyond that (cached meanwhile by a concurrent request) is device.
@@ -352,8 +352,16 @@ class MooncakeWorker(WorkerPlugin):
 
     def report(self) -> WorkerReport:
         stored, removed = self._presence_changes()
+        steps = self.engine.step_timings
+        decode_steps = []
+        while steps:
+            decode_steps.append(DecodeStep(*steps.popleft()))
         rep = self.reports.drain(
-            self._load(), stored, removed, None if self._reported_model else self.info()
+            self._load(),
+            stored,
+            removed,
+            None if self._reported_model else self.info(),
+            decode_steps,
         )
         if self.kv_store is not None:
             rep.leases_expired = len(self.kv_store.sweep_leases())

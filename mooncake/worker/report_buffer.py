@@ -9,6 +9,7 @@ from collections import deque
 from typing import Any, TypeVar
 
 from mooncake.conductor.reports import (
+    DecodeStep,
     PrefillDone,
     TransferLogEntry,
     TransferSample,
@@ -66,8 +67,10 @@ class ReportBuffer:
         stored: list[bytes],
         removed: list[bytes],
         info: dict[str, Any] | None = None,
+        decode_steps: list[DecodeStep] | None = None,
     ) -> WorkerReport:
-        """Everything recorded since the last drain, with the worker's state now."""
+        """Everything recorded since the last drain, with the worker's state now
+        (``decode_steps``: the engine's, drained by the caller from its engine client)."""
         return WorkerReport(
             load=load,
             stored=stored,
@@ -78,6 +81,7 @@ class ReportBuffer:
             lookups=_drain(self._lookups),
             requests=_drain(self._requests),
             transfer_log=_drain(self._transfer_log),
+            decode_steps=decode_steps or [],
             info=info,
         )
 

@@ -25,6 +25,9 @@ def fitted(tiny_cost: CostModel) -> Conductor:
         n = 200 + 37 * i
         c.on_prefill_finish(f"r{i}", 0.0, n, 0, 3 * tiny_cost.prefill_time(n) + 0.05)
         c.on_transfer(2e6, 1.0)
+    for i in range(64):  # decode steps: 20 ms + 5 ms per sequence + 1 µs per KV token
+        batch, kv = 1 + i % 8, 300 * (1 + i % 8) + 11 * i
+        c.on_decode_step(batch, kv, 0.02 + 0.005 * batch + 1e-6 * kv)
     return c
 
 
@@ -49,6 +52,25 @@ def test_export_round_trip_reproduces_the_fitted_times(
     )  # moved toward the observed 3×
     assert cost.hardware.rdma_bandwidth == pytest.approx(c.bandwidth.bandwidth)
     assert cost.prefill_time(100, 100) == 0.0
+    assert doc["decode_observations"] == 64
+    for batch, kv in ((1, 100), (4, 3000), (16, 20_000)):
+        assert cost.decode_step_time(batch, kv) == pytest.approx(
+            c.decode_estimator.estimate(batch, kv), rel=1e-9
+        )
+    assert cost.decode_step_time(4, 3000) == pytest.approx(0.02 + 0.02 + 0.003, rel=0.05)
+
+
+def test_a_conductor_without_decode_steps_exports_no_decode_fit(tiny_cost: CostModel) -> None:
+    """Before any engine reported a decode-only step the export says decode_fit null
+    (and 0 observations), and the loaded model times decode steps by its roofline; a
+    file written before decode steps were fitted (no decode keys) loads the same way."""
+    doc = export_cost_model(Conductor(ConductorConfig(), ["P"], {"D": 10**6}, tiny_cost))
+    assert doc["decode_fit"] is None and doc["decode_observations"] == 0
+    cost = cost_model_from_dict(doc)
+    assert cost.decode_fit is None
+    assert cost.decode_step_time(3, 10) == pytest.approx(tiny_cost.decode_step_time(3, 10))
+    old = {k: v for k, v in doc.items() if not k.startswith("decode_")}
+    assert cost_model_from_dict(old).decode_fit is None
 
 
 def test_bad_documents_name_the_field(tiny_cost: CostModel, tmp_path: Path) -> None:
@@ -61,6 +83,10 @@ def test_bad_documents_name_the_field(tiny_cost: CostModel, tmp_path: Path) -> N
         cost_model_from_dict({**doc, "hardware": {**doc["hardware"], "warp_drive": 1}})
     with pytest.raises(ValueError, match=r"prefill_fit\.fixed_s"):
         cost_model_from_dict({**doc, "prefill_fit": {**doc["prefill_fit"], "fixed_s": "x"}})
+    with pytest.raises(ValueError, match=r"decode_fit\.per_seq_s"):
+        cost_model_from_dict({**doc, "decode_fit": {**doc["decode_fit"], "per_seq_s": None}})
+    with pytest.raises(ValueError, match=r"decode_fit: must be an object"):
+        cost_model_from_dict({**doc, "decode_fit": [1, 2, 3]})
     bad = tmp_path / "bad.json"
     bad.write_text("{\n nope")
     with pytest.raises(ValueError, match=r"bad\.json:2: not valid JSON"):
@@ -71,8 +97,17 @@ def test_bad_documents_name_the_field(tiny_cost: CostModel, tmp_path: Path) -> N
 
 def test_plugin_handler_exports_its_conductor(tiny_cost: CostModel) -> None:
     """The scheduler plugin's mooncake_cost_model handler answers with the export of its
-    Conductor, or an error before any worker has reported."""
+    Conductor, or an error before any worker has reported; once requests were reported
+    finished it adds their median serving-path time (TTFT − engine queue − prefill:
+    0.03, 0.05, 0.04 s → 0.04 s) as hardware.request_overhead_s, which the loaded
+    model carries."""
     plugin = ConductorPlugin(ConductorConfig())
     assert "error" in plugin.handle_cost_model()
     plugin.conductor = fitted(tiny_cost)
     assert plugin.handle_cost_model() == export_cost_model(plugin.conductor)
+    assert plugin.handle_cost_model()["hardware"]["request_overhead_s"] == 0.0
+    for ttft, queue, prefill in ((0.2, 0.07, 0.1), (0.3, 0.05, 0.2), (0.5, 0.16, 0.3)):
+        plugin.request_overhead.observe(ttft - queue - prefill)
+    doc = plugin.handle_cost_model()
+    assert doc["hardware"]["request_overhead_s"] == pytest.approx(0.04)
+    assert cost_model_from_dict(doc).hardware.request_overhead_s == pytest.approx(0.04)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from mooncake.conductor import (
     BandwidthEstimator,
     CostModel,
+    DecodeStepEstimator,
     HardwareSpec,
     ModelSpec,
+    OverheadEstimator,
     PrefillTimeEstimator,
 )
 
@@ -60,6 +64,47 @@ def test_estimator_starts_at_formula_and_learns(tiny_cost: CostModel) -> None:
     assert est.estimate(5000, 1000) == pytest.approx(8.0, rel=0.05)
 
 
+def test_decode_step_estimator_starts_at_the_roofline_and_learns(tiny_cost: CostModel) -> None:
+    """Tiny model, memory ~free: the prior's linearisation is 2 ms per sequence (what
+    the compute-bound roofline gives). After 200 steps of an engine with 10 ms per step,
+    1 ms per sequence and 1 µs per KV token, the fit recovers those three numbers (within the
+    prior's 10% pull)."""
+    est = DecodeStepEstimator(tiny_cost)
+    assert est.estimate(3, 10) == pytest.approx(tiny_cost.decode_step_time(3, 10), rel=1e-4)
+    assert est.estimate(0, 0) == 0.0
+    for i in range(200):
+        batch, kv = 1 + i % 16, 100 * (1 + i % 16) + 37 * i
+        est.observe(batch, kv, 0.010 + 0.001 * batch + 1e-6 * kv)
+    per_step, per_seq, per_kv = est.coefficients()
+    assert per_step == pytest.approx(0.010, rel=0.1)
+    assert per_seq == pytest.approx(0.001, rel=0.1)
+    assert per_kv == pytest.approx(1e-6, rel=0.1)
+    assert est.num_observations == 200
+
+
+def test_decode_fit_replaces_the_roofline(tiny_cost: CostModel) -> None:
+    """A cost model carrying a decode fit times a step as per_step + per_seq·batch +
+    per_kv·kv, plus a riding prefill chunk's FLOPs at the prior's rate (1 ms/FLOP)."""
+    cost = replace(tiny_cost, decode_fit=(0.01, 0.002, 1e-5))
+    assert cost.decode_step_time(4, 1000) == pytest.approx(0.01 + 0.008 + 0.01)
+    assert cost.decode_step_time(1, 0, prefill_flops=500) == pytest.approx(0.012 + 0.5)
+    assert cost.decode_step_time(0, 0) == 0.0
+    # An estimator built on it starts at the fit.
+    assert DecodeStepEstimator(cost).coefficients() == pytest.approx((0.01, 0.002, 1e-5))
+
+
+def test_overhead_estimator_is_the_median_of_recent_samples() -> None:
+    """Median of the last 3 samples: an outlier does not move it; a negative sample
+    (clock skew) counts as 0; nothing observed is None."""
+    est = OverheadEstimator(window=3)
+    assert est.seconds is None
+    for x in (0.5, 0.01, 0.02, 9.0):
+        est.observe(x)
+    assert est.seconds == pytest.approx(0.02) and est.num_observations == 4
+    est.observe(-1.0)
+    assert est.seconds == pytest.approx(0.02)
+
+
 def test_bandwidth_estimator_moves_toward_measurements() -> None:
     """EWMA α=0.5 from 100 B/s after one 50 B/s sample → 75 B/s."""
     bw = BandwidthEstimator(100.0, alpha=0.5)
@@ -74,6 +119,7 @@ def test_bandwidth_estimator_moves_toward_measurements() -> None:
         (ModelSpec, {"num_layers": 0}, "num_layers"),
         (HardwareSpec, {"mfu": 1.5}, "mfu"),
         (HardwareSpec, {"rdma_bandwidth": 0}, "rdma_bandwidth"),
+        (HardwareSpec, {"request_overhead_s": -0.1}, "request_overhead_s"),
     ],
 )
 def test_specs_validate(cls: type, kwargs: dict[str, float], field: str) -> None:

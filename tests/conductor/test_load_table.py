@@ -114,6 +114,27 @@ def test_decode_step_times_are_the_scalar_floats() -> None:
             assert vec[i] == cost.decode_step_time(int(batch[i]), int(kv[i]))
 
 
+def test_fitted_decode_step_times_are_the_scalar_floats() -> None:
+    """With a decode fit (an exported cost model) and with the Conductor's online
+    estimator, the array forms give the scalar forms' floats bit for bit, so the
+    vectorised placement picks what the per-instance one would."""
+    from dataclasses import replace
+
+    from mooncake.conductor import DecodeStepEstimator
+
+    batch = np.array([1, 2, 7, 64, 513, 1024], dtype=np.int64)
+    kv = np.array([0, 1, 4097, 10**5, 3 * 10**6, 10**7], dtype=np.int64)
+    cost = replace(CostModel(), decode_fit=(0.0123, 0.00071, 3.3e-8))
+    vec = cost.decode_step_times(batch, kv)
+    est = DecodeStepEstimator(make_tiny_cost())
+    for i in range(40):
+        est.observe(1 + i % 9, 1000 + 77 * i, 0.01 + 0.001 * (1 + i % 9) + 1e-6 * (1000 + 77 * i))
+    many = est.estimate_many(batch, kv)
+    for i in range(len(batch)):
+        assert vec[i] == cost.decode_step_time(int(batch[i]), int(kv[i]))
+        assert many[i] == est.estimate(int(batch[i]), int(kv[i]))
+
+
 def test_tables_follow_load_events_and_membership() -> None:
     """Loads mutated after registration (enqueue/start/finish, expect/join/leave) and
     instances removed from the middle: the tables' rows stay the loads' numbers and

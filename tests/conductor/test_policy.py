@@ -104,6 +104,21 @@ def test_prefill_timings_refine_estimates(tiny_cost: CostModel) -> None:
     assert c.estimator.estimate(4000, 0) == pytest.approx(12.0, rel=0.1)
 
 
+def test_decode_steps_take_over_the_step_time_after_enough_of_them(tiny_cost: CostModel) -> None:
+    """The TBT estimate uses the roofline (2 ms per sequence) until MIN_DECODE_STEPS
+    decode-only steps were observed, then the fit: an engine at 50 ms + 10 ms per
+    sequence makes a batch of 4 cost ~90 ms instead of 8 ms."""
+    from mooncake.conductor.policy import MIN_DECODE_STEPS
+
+    c = Conductor(ConductorConfig(), ["P"], {"D": 10**6}, tiny_cost)
+    for i in range(MIN_DECODE_STEPS - 1):
+        c.on_decode_step(1 + i % 4, 100, 0.05 + 0.01 * (1 + i % 4))
+    assert c.step_time(4, 100) == pytest.approx(0.008)
+    for i in range(64):
+        c.on_decode_step(1 + i % 4, 100 + i, 0.05 + 0.01 * (1 + i % 4))
+    assert c.step_time(4, 100) == pytest.approx(0.09, rel=0.05)
+
+
 def test_colocated_decodes_where_it_prefills(tiny_cost: CostModel) -> None:
     """Colocated: the decode instance is the prefill instance."""
     cfg = ConductorConfig(prefill_policy="load_balancing", colocated=True)

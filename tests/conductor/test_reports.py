@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgpack
 
 from mooncake.conductor.reports import (
+    DecodeStep,
     PrefillDone,
     TransferLogEntry,
     TransferSample,
@@ -30,13 +31,15 @@ def full_report() -> WorkerReport:
         lookups=[LookupRecord(300, {"device": 256}, "below_block", 12)],
         requests=[RequestRecord("r0", 0.2, 1.0, 0.01, 0.1, 0.8, [0.05, 0.06], 300, 16)],
         transfer_log=[TransferLogEntry("tcp", 1 << 20, 0.01)],
+        decode_steps=[DecodeStep(3, 1200, 0.021)],
         info={"roles": ["prefill"]},
     )
 
 
 def test_report_round_trip() -> None:
     """Every field of a full report (blocks, prefills, transfers, lookups, finished
-    requests, load with tiers, the first report's info) survives msgpack and parses equal."""
+    requests, decode steps, load with tiers, the first report's info) survives msgpack
+    and parses equal."""
     rep = full_report()
     back = WorkerReport.from_msg(wire(rep.to_msg()))
     assert back.load == rep.load
@@ -44,6 +47,7 @@ def test_report_round_trip() -> None:
     assert back.transfer_log == rep.transfer_log and back.decode_joined == rep.decode_joined
     assert back.stored == rep.stored and back.removed == rep.removed
     assert back.lookups == rep.lookups and back.info == rep.info
+    assert back.decode_steps == rep.decode_steps
     assert [r.request_id for r in back.requests] == ["r0"]
     assert list(back.requests[0].itl_s) == [0.05, 0.06]
 

@@ -47,7 +47,16 @@ def run_script(tmp_path: Path, code: str, timeout: float = 240) -> subprocess.Co
 def _readme_params() -> list[object]:
     params: list[object] = []
     for i, code in enumerate(python_blocks(ROOT / "README.md")):
-        marks = [pytest.mark.cluster] if "mooncake.LLM(" in code else []
+        # A block that starts a cluster is a cluster test; one that runs a model in the
+        # script's own process (seconds: torch, the default model) is slow: the fast lane
+        # still compiles every block (test_doc_blocks_compile_and_guard_the_cluster).
+        marks = (
+            [pytest.mark.cluster]
+            if "mooncake.LLM(" in code
+            else [pytest.mark.slow]
+            if "LLMEngine(" in code
+            else []
+        )
         params.append(pytest.param(code, id=f"README-{i}", marks=marks))
     return params
 

@@ -13,7 +13,7 @@ from mooncake.engine import LLMEngine, SamplingParams, kernel_choice
 from mooncake.engine.kernel_choice import KernelChoice, KernelShape, choose, choose_onednn_linear
 from mooncake.engine.model import onednn_available
 from mooncake.engine.native import kernels
-from tests.conftest import hf_greedy, hf_model
+from tests.conftest import hf_reference
 
 native = kernels()
 needs_native = pytest.mark.skipif(
@@ -85,9 +85,7 @@ def test_any_mix_of_kernels_matches_transformers(tiny_llama, monkeypatch, pick):
     prompts.append(prompts[2] + [7, 8, 9])  # shares a cached prefix
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     got = [o.token_ids for o in engine.generate(prompts, params)]
-    model = hf_model(tiny_llama)
-    with torch.inference_mode():
-        assert got == [hf_greedy(model, p, 24) for p in prompts]
+    assert got == hf_reference(tiny_llama, prompts, 24)
 
 
 @pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN linear")
@@ -105,9 +103,7 @@ def test_onednn_projections_match_transformers(tiny_llama, monkeypatch):
     prompts = [[(3 * i + j) % 250 for j in range(n)] for i, n in enumerate([5, 33, 70])]
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     got = [o.token_ids for o in engine.generate(prompts, params)]
-    model = hf_model(tiny_llama)
-    with torch.inference_mode():
-        assert got == [hf_greedy(model, p, 24) for p in prompts]
+    assert got == hf_reference(tiny_llama, prompts, 24)
 
 
 @pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN linear")

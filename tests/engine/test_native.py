@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine, SamplingParams
 from mooncake.engine.native import isa_supported, kernels
-from tests.conftest import hf_greedy, hf_model
+from tests.conftest import hf_reference
 
 needs_native = pytest.mark.skipif(
     kernels() is None, reason="no C compiler here: the native kernel cannot be built"
@@ -181,14 +181,13 @@ def test_engine_uses_kernel_and_matches_torch_path_and_transformers(tiny_llama):
         [(7 * i + j) % 250 for j in range(n)]
         for i, n in enumerate([1, 15, 16, 17, 40, 90, 130, 201])
     ]
-    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     on = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256))
     off = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256, native_kernels=False))
     assert on.runner.native is not None and off.runner.native is None
     got_on = [o.token_ids for o in on.generate(prompts, params)]
     got_off = [o.token_ids for o in off.generate(prompts, params)]
-    model = hf_model(tiny_llama)
-    assert got_on == got_off == [hf_greedy(model, p, 40) for p in prompts]
+    assert got_on == got_off == hf_reference(tiny_llama, prompts, 24)
 
 
 def _kernels_in_subprocess(env: dict[str, str]) -> str:
@@ -206,10 +205,12 @@ def _kernels_in_subprocess(env: dict[str, str]) -> str:
     return out.stdout.strip() + "|" + out.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch
 def test_disabled_by_environment():
     assert _kernels_in_subprocess({"MOONCAKE_NATIVE_KERNELS": "0"}).startswith("True|")
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch
 def test_broken_compiler_falls_back_with_a_warning(tmp_path):
     """A compiler that fails: no kernel, a warning naming why, and nothing half-written."""
     cc = tmp_path / "cc"

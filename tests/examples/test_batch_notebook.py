@@ -1,6 +1,8 @@
 """``examples/batch_inference.ipynb`` runs top to bottom (nbclient, a real kernel and an
-embedded cluster, 60 prompts) and its outputs hold what it promises: the throughput and
-hit-rate summary, a plot, and the dataframe answers."""
+embedded disaggregated cluster: one prefill and one decode worker, the tiny checkpoint
+with a byte-level tokenizer, 60 prompts) and its outputs hold what it promises: the
+throughput and hit-rate summary, the progress bar of the lazy dataframe, a plot, and
+the dataframe answers equal to ``generate``'s."""
 
 from __future__ import annotations
 
@@ -16,14 +18,17 @@ ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "examples" / "batch_inference.ipynb"
 
 
-def test_batch_notebook_executes(monkeypatch):
-    """Executed with 60 prompts on one colocated worker: no cell errs, the summary
-    shows all 60 requests with most prompt tokens served from the cache, and a figure
-    was drawn."""
+def test_batch_notebook_executes(monkeypatch, chat_checkpoint):
+    """Executed with 60 prompts in disaggregated mode: no cell errs (the notebook itself
+    checks the dataframe's answers against generate's), the summary shows all 60
+    requests with most prompt tokens served from the cache, the distributed progress
+    bar reached 100%, and a figure was drawn."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("matplotlib")
     monkeypatch.setenv("MOONCAKE_NB_PROMPTS", "60")
-    monkeypatch.setenv("MOONCAKE_NB_MODE", "colocated")
+    monkeypatch.setenv("MOONCAKE_MODEL", str(chat_checkpoint))
+    monkeypatch.delenv("MOONCAKE_NB_MODE", raising=False)  # the notebook's default
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbclient.NotebookClient(
@@ -32,8 +37,10 @@ def test_batch_notebook_executes(monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    summary = json.loads(next(line for line in text.splitlines() if line.startswith('{"requests"')))
+    summary = json.loads(next(line for line in text.splitlines() if line.startswith('{"mode"')))
+    assert summary["mode"] == "disaggregated"
     assert summary["requests"] == 60 and summary["dataframe_rows"] == 40
     assert summary["hit_rate"] > 0.6
     assert summary["tokens_per_s"] > 0
+    assert "100% Completed" in text  # distributed.progress over the persisted dataframe
     assert any("image/png" in o.get("data", {}) for o in outputs)

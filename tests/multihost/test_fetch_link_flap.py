@@ -28,7 +28,9 @@ BLOCKS = make_chain(64, SPEC, seed=3)  # 2 MiB of KV each
 """
 
 # Host 2: store the blocks, serve them on the host's address, publish how to reach it.
-SERVER = COMMON + r"""
+SERVER = (
+    COMMON
+    + r"""
 import json, sys, time
 from pathlib import Path
 from mooncake.store.store import BlockStore
@@ -46,10 +48,13 @@ with BlockStore(store_config("/dev/shm/tier", host_blocks=70, spec=SPEC)) as sto
         while not Path(stop).exists():
             time.sleep(0.1)
 """
+)
 
 # Host 3: fetch every block round after round until STOP; check each delivered block
 # against the original bytes. Prints one line per round.
-FETCHER = COMMON + r"""
+FETCHER = (
+    COMMON
+    + r"""
 import json, sys, time
 from pathlib import Path
 import numpy as np
@@ -78,6 +83,7 @@ while not Path(stop).exists():
 fetcher.close()
 print(json.dumps(rounds))
 """
+)
 
 
 def test_link_flap_mid_fetch_never_delivers_a_cut_block(network_of, tmp_path: Path):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +18,6 @@ from mooncake.client import LLM, Rejected
 from mooncake.outputs import RequestOutput
 from mooncake.sampling_params import SamplingParams
 from mooncake.server import ServerConfig, create_app
-
-
-@pytest.fixture(scope="session")
-def chat_checkpoint(checkpoint_factory: Callable[..., Path]) -> Path:
-    """The tiny Llama checkpoint plus a byte-level tokenizer and a chat template, so text
-    prompts and chat work (vocabulary cut to the tokenizer's 259 ids)."""
-    from mooncake.engine.default_model import CHAT_TEMPLATE, build_tokenizer
-
-    path = checkpoint_factory("tiny-llama-chat", seed=3, vocab_size=259)
-    if not (path / "tokenizer.json").is_file():
-        build_tokenizer().save(str(path / "tokenizer.json"))
-        cfg = {
-            "bos_token": "<s>",
-            "eos_token": "</s>",
-            "pad_token": "<pad>",
-            "chat_template": CHAT_TEMPLATE,
-        }
-        (path / "tokenizer_config.json").write_text(json.dumps(cfg))
-        (path / "generation_config.json").write_text(
-            json.dumps({"bos_token_id": 256, "eos_token_id": 257})
-        )
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -318,3 +318,27 @@ def test_colocated_cache_aware_routing_and_no_prefix_cache(tiny_cost: CostModel)
     assert run("local_cache_aware", None) == [0, 0, 1024, 1024]
     assert run("load_balancing", None)[3] == 0
     assert run("local_cache_aware", 0) == [0, 0, 0, 0]
+
+
+def test_request_overhead_delays_each_prefill(tiny_cost: CostModel) -> None:
+    """A 50 ms serving-path overhead per request (a live cluster's export): r0 and r1
+    (1000 tokens each, t=0) reach the prefill queue at 0.05 s, so TTFTs are 1.051 and
+    2.051 instead of 1.001 and 2.001; colocated, the lone request's TTFT grows by 50 ms
+    too."""
+    from dataclasses import replace
+
+    cost = replace(tiny_cost, hardware=replace(tiny_cost.hardware, request_overhead_s=0.05))
+    reqs = [make_request(0, 0.0, 1000, 1), make_request(1, 0.0, 1000, 1)]
+    res = simulate(disagg(cost, prefill_policy="load_balancing"), reqs)
+    assert [r.ttft_s for r in res.records] == pytest.approx([1.051, 2.051])
+    cc = ConductorConfig(prefill_policy="load_balancing", colocated=True)
+    colocated = [
+        simulate(
+            SimConfig(
+                mode="colocated", prefill_instances=1, decode_instances=0, conductor=cc, cost=c
+            ),
+            [make_request(0, 0.0, 1000, 2)],
+        ).records[0]
+        for c in (tiny_cost, cost)
+    ]
+    assert colocated[1].ttft_s == pytest.approx(colocated[0].ttft_s + 0.05)

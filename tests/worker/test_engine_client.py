@@ -20,6 +20,11 @@ from mooncake.sampling_params import SamplingParams
 from mooncake.worker.engine_client import EngineClient, EngineProcessError
 from mooncake.worker.engine_loop import AddRequest, RequestAborted, Watch
 
+SPAWNS = pytest.mark.slow
+"""Tests that start engine processes of their own (2-4 s each: torch is imported and the
+model loaded in every child) run in the full suite, not in ci/test-fast; the module's
+shared engine covers the process path there."""
+
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 PROMPTS = [list(range(3, 40)), list(range(50, 53)), [7] * 70]
 
@@ -69,6 +74,7 @@ def test_engine_runs_in_a_child_process_with_the_same_outputs(engine, tiny_llama
     assert stats["num_generated_tokens"] >= 3 * 12 and stats["running"] == 0
 
 
+@SPAWNS
 def test_prefix_lookup_export_and_import_across_processes(engine, tiny_llama):
     prompt = list(range(100, 164))  # 4 full blocks
     engine.add(
@@ -106,6 +112,7 @@ def test_abort_fails_the_waiting_request_and_refuses_a_late_add(engine):
         engine.add(AddRequest("long", [1, 2, 3], GREEDY, Watch(None)))
 
 
+@SPAWNS
 def test_unknown_model_fails_start_with_value_error(tmp_path):
     client = EngineClient(EngineConfig(model=str(tmp_path / "missing")), lambda *a: None)
     with pytest.raises(ValueError):
@@ -113,6 +120,7 @@ def test_unknown_model_fails_start_with_value_error(tmp_path):
     assert client.proc.poll() is not None
 
 
+@SPAWNS
 def test_a_killed_engine_fails_pending_work(tiny_llama):
     client = EngineClient(EngineConfig(model=str(tiny_llama), num_blocks=64), lambda *a: None)
     client.start()
@@ -132,6 +140,7 @@ def test_a_killed_engine_fails_pending_work(tiny_llama):
     client.stop()
 
 
+@SPAWNS
 def test_engine_process_dies_with_its_worker(tiny_llama, tmp_path):
     """kill -9 of the process that started the engine takes the engine with it."""
     code = textwrap.dedent(

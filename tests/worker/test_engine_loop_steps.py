@@ -1,0 +1,45 @@
+"""The engine loop times its decode-only steps for the Conductor's decode fit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mooncake.config import EngineConfig
+from mooncake.engine import LLMEngine
+from mooncake.sampling_params import SamplingParams
+from mooncake.worker.engine_loop import AddRequest, EngineLoop, Watch
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+
+
+class RecordingChannel:
+    """Stands in for the socket to the worker: records what the loop sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def send(self, msg: Any) -> None:
+        self.sent.append(msg)
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        return False
+
+
+def test_decode_only_steps_are_timed_with_their_shape(tiny_llama) -> None:
+    """Two prompts (20 and 9 tokens) generate 6 tokens each: the first step prefills
+    both (not a decode step, not reported); the next five are decode-only steps of 2
+    sequences attending over 21 + 10 tokens, then 2 more each step, each reported
+    once, with a positive duration, in the state messages the loop sends."""
+    engine = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64))
+    channel = RecordingChannel()
+    loop = EngineLoop(engine, channel)  # type: ignore[arg-type]
+    loop.add(AddRequest("a", list(range(3, 23)), GREEDY, Watch(None)))
+    loop.add(AddRequest("b", list(range(40, 49)), GREEDY, Watch(None)))
+    for _ in range(20):
+        if not engine.has_unfinished():
+            break
+        loop._step()
+    loop._send_state([], [])  # the idle loop flushes the last step's timing
+    steps = [t for m in channel.sent if m[0] == "state" for t in m[6]]
+    assert [(b, kv) for b, kv, _ in steps] == [(2, 31 + 2 * i) for i in range(5)]
+    assert all(s > 0 for _, _, s in steps)
