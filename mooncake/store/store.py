@@ -182,9 +182,7 @@ class BlockStore:
         for victim in self._policies[tier].victims():
             if victim == keep:
                 continue
-            if self.leases.is_leased(victim) or (
-                shared is not None and shared.is_leased(victim)
-            ):
+            if self.leases.is_leased(victim) or (shared is not None and shared.is_leased(victim)):
                 self.stats.leased_skips += 1
                 continue
             return self._evict(victim, tier)

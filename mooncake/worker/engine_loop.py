@@ -246,9 +246,7 @@ class EngineLoop:
             data = np.frombuffer(
                 m, dtype=dtype, count=int(np.prod(shape)), offset=r.offset
             ).reshape(shape)
-            blocks.append(
-                KVBlock(r.key, r.parent, r.token_ids, data, r.spec, r.model_fingerprint)
-            )
+            blocks.append(KVBlock(r.key, r.parent, r.token_ids, data, r.spec, r.model_fingerprint))
         return self.engine.import_cached_blocks(blocks)
 
     def _map(self, arena: str) -> Any:

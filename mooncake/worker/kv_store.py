@@ -140,9 +140,7 @@ class KVStore:
             off = arena.offset_of(b.data.ctypes.data, b.data.nbytes)
             if off is None or b.key is None:
                 return None
-            refs.append(
-                BlockRef(b.key, b.parent, b.token_ids, b.spec, b.model_fingerprint, off)
-            )
+            refs.append(BlockRef(b.key, b.parent, b.token_ids, b.spec, b.model_fingerprint, off))
         return refs
 
     def put_packed(self, buf: memoryview, packed: PackedExport) -> int:
