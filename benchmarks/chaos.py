@@ -114,22 +114,22 @@ def killer(
     ``stop``."""
     t0 = time.monotonic()
     while not stop.wait(every):
-        try:
-            pids: dict[str, int] = llm.client.run(os.getpid, on_error="ignore")
-        except Exception:
-            continue
-        if not pids:
-            continue
-        eligible = [
-            a for a in sorted(pids) if set(llm.workers.get(a, {}).get("roles", [])) & set(roles)
-        ]
+        # The client's own membership view (kept current by the scheduler's joined/left
+        # events): asking the workers (``client.run``) would wait on the one just killed.
+        with llm._lock:
+            workers = {a: dict(i) for a, i in llm.workers.items()}
+        eligible = sorted(
+            a
+            for a, info in workers.items()
+            if set(info.get("roles", [])) & set(roles) and info.get("worker_pid")
+        )
         if not eligible:
             continue
         addr = rng.choice(eligible)
-        roles = "+".join(llm.workers.get(addr, {}).get("roles", ["?"]))
+        info = workers[addr]
         try:
-            os.kill(pids[addr], signal.SIGKILL)
-            log.append((time.monotonic() - t0, roles))
+            os.kill(int(info["worker_pid"]), signal.SIGKILL)
+            log.append((time.monotonic() - t0, "+".join(info.get("roles", ["?"]))))
         except ProcessLookupError:
             pass
 

@@ -420,8 +420,13 @@ class LLM(BatchMixin, LivenessMixin):
             )
             per_worker = max(1, cores // len(roles))
             env = {"OMP_NUM_THREADS": str(per_worker)}
-            if ec.cpu_threads_bind == "auto" and ec.device == "cpu":
-                # Each worker's engine pins its threads to a slice of its own.
+            bind = ec.cpu_threads_bind or os.environ.get(BIND_ENV) or "auto"
+            if bind == "auto" and ec.device == "cpu":
+                # Each worker's engine pins its threads to a slice of CPUs of its own (the
+                # default of an embedded cluster): unpinned, the engines' OpenMP threads
+                # migrate and share cores with the server's and workers' threads, and
+                # every parallel region waits for its descheduled thread (TPOT 1.65x
+                # vllm serve's at 3 req/s unpinned, 1.07x pinned, docs/performance.md).
                 env[BIND_ENV] = worker_slice(sorted(os.sched_getaffinity(0)), i, per_worker)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)  # one worker process per GPU

@@ -64,7 +64,10 @@ class EngineConfig:
     """Pin the engine's compute threads, one per CPU (see ``mooncake.engine.thread_bind``):
     a CPU list (``"0-3"``, ``"0,2"``; the thread count becomes its length), ``"auto"``
     (the CPUs this process may use, one per thread) or ``"none"``. ``None`` reads
-    ``$MOONCAKE_CPU_OMP_THREADS_BIND`` (unset: no binding)."""
+    ``$MOONCAKE_CPU_OMP_THREADS_BIND``; unset, a cluster started by ``mooncake.LLM``
+    pins each worker's engine to a slice of CPUs of its own (``auto``) and an engine in
+    any other process (``LLMEngine`` in yours, a deployed ``mooncake worker``) is not
+    pinned."""
     native_kernels: bool = True
     """Run attention (reading the paged cache in place), RMSNorm, rotary embedding and
     SiLU-and-mul with the compiled CPU kernels (float32 on CPU; built on first use with

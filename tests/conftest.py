@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -13,8 +14,12 @@ from typing import Any
 
 import pytest
 
-# Generated files (default model, fingerprints) go to a per-run directory.
-os.environ.setdefault("MOONCAKE_CACHE", tempfile.mkdtemp(prefix="mooncake-test-cache-"))
+# Generated files (default model, fingerprints) go to a per-run directory, removed when
+# the run ends (only when this run made it).
+if "MOONCAKE_CACHE" not in os.environ:
+    _RUN_CACHE = tempfile.mkdtemp(prefix="mooncake-test-cache-")
+    os.environ["MOONCAKE_CACHE"] = _RUN_CACHE
+    atexit.register(shutil.rmtree, _RUN_CACHE, ignore_errors=True)
 # Every native kernel runs in the tests (their equality with transformers is what is
 # checked), whichever is faster on this CPU; tests/engine/test_kernel_choice.py tests
 # the measured choice itself.

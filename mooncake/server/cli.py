@@ -143,7 +143,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help=(
             "pin each engine's compute threads one per CPU: auto (the embedded cluster "
             "gives each worker its own slice of the CPUs), none, or a CPU list like 0-3 "
-            "(default: $MOONCAKE_CPU_OMP_THREADS_BIND, else none)"
+            "(default: $MOONCAKE_CPU_OMP_THREADS_BIND, else auto for the embedded "
+            "cluster and none for the workers of --scheduler)"
         ),
     )
     eng.add_argument("--no-prefix-caching", action="store_true")

@@ -339,13 +339,16 @@ def test_tier_of_the_previous_format_is_dropped_by_its_writer_and_refused_by_a_r
 
 def _store_in_subprocess(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     code = (
-        "import logging, tempfile; logging.basicConfig()\n"
+        "import logging, shutil, tempfile; logging.basicConfig()\n"
         "from mooncake.store.native import records_lib; from mooncake.store import BlockStore\n"
         "from tests.store.kvfactories import make_chain, store_config\n"
         "d = tempfile.mkdtemp(dir='/dev/shm'); b = make_chain(2)\n"
-        "with BlockStore(store_config(d + '/h')) as s:\n"
-        "    s.put_many(b); o = s.get(b[1].key); print(records_lib() "
+        "try:\n"
+        "    with BlockStore(store_config(d + '/h')) as s:\n"
+        "        s.put_many(b); o = s.get(b[1].key); print(records_lib() "
         "is None, o.numpy().tobytes() == b[1].data.tobytes())\n"
+        "finally:\n"
+        "    shutil.rmtree(d)\n"
     )
     return subprocess.run(
         [sys.executable, "-c", code],
