@@ -22,9 +22,10 @@ PAGE = ROOT / "docs" / "performance.md"
 
 def test_page_is_generated_from_the_committed_results() -> None:
     """The committed page equals the report's rendering of benchmarks/results/ (rerun
-    ``python benchmarks/report.py`` after saving results), and stays one page."""
+    ``python benchmarks/report.py`` after saving results), and stays one page a user can
+    scan: one section per benchmark, each a short table (no run journal)."""
     assert report.main(["--check"]) == 0
-    assert PAGE.read_text().count("\n") <= 300
+    assert PAGE.read_text().count("\n") <= 400
 
 
 def test_every_section_names_figure_ratio_command_and_machine() -> None:
