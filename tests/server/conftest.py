@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -94,9 +95,11 @@ def metric(base_url: str, name: str, headers: dict[str, str] | None = None, **la
 
 class ScriptedBackend:
     """Wraps the real client; prompts starting with a marker token take a scripted path
-    (admission rejection, internal failure, or a record of being closed early)."""
+    (admission rejection, internal failure, or a record of being closed early). ``SLOW``
+    hands each output on 10 ms late, so a request of a few hundred tokens is still
+    running when a test's client goes away, however fast the engine is."""
 
-    REJECT, FAIL = 250, 251
+    REJECT, FAIL, SLOW = 250, 251, 252
 
     def __init__(self, inner: LLM) -> None:
         self.inner = inner
@@ -135,6 +138,8 @@ class ScriptedBackend:
             ):
                 finished = out.finished
                 yield out
+                if head == self.SLOW:
+                    await asyncio.sleep(0.01)
         finally:
             if not finished:
                 self.closed_early.append(str(request_id))

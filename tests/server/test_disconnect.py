@@ -77,7 +77,7 @@ def test_non_stream_disconnect_cancels(
     server, backend = scripted
     body = {
         "model": model_name,
-        "prompt": [256, 4, 5],
+        "prompt": [ScriptedBackend.SLOW, 4, 5],
         "max_tokens": 1000,
         "ignore_eos": True,
         "request_id": "gone-2",
