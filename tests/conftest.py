@@ -24,6 +24,10 @@ if "MOONCAKE_CACHE" not in os.environ:
 # checked), whichever is faster on this CPU; tests/engine/test_kernel_choice.py tests
 # the measured choice itself.
 os.environ.setdefault("MOONCAKE_KERNEL_TUNE", "0")
+# Engines unpinned: the suite runs clusters side by side (a session's and a module's),
+# and pinned, each would take the same first CPUs. tests/engine/test_thread_bind.py
+# tests the pinning itself.
+os.environ.setdefault("MOONCAKE_CPU_OMP_THREADS_BIND", "none")
 
 TINY: dict[str, Any] = dict(
     hidden_size=64,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,14 @@ def test_export_from_live_cluster_feeds_the_simulator(tiny_llama: Path, tmp_path
         dashboard_address=None,
     ) as llm:
         llm.generate([[i % 300 + 1] * (40 + 20 * i) for i in range(4)], params, use_tqdm=False)
+        # The workers report their engines' steps every 50 ms: the last decode steps may
+        # reach the Conductor just after the outputs do.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            fitted = llm.client.sync(llm.client.scheduler.mooncake_cost_model)
+            if fitted["decode_observations"] >= 1:
+                break
+            time.sleep(0.1)
         out = tmp_path / "cost.json"
         # The embedded cluster is TLS with an in-memory CA: hand its certificate to the CLI.
         sec = llm.cluster.security
