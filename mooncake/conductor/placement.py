@@ -9,7 +9,7 @@ instance with the lowest estimated TBT among those with room for the request's K
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +63,27 @@ def prefix_tokens(blocks: int, prompt_len: int, block_size: int) -> int:
     """Reusable tokens for ``blocks`` matched blocks. At least one prompt token is always
     recomputed: its logits give the first output token."""
     return max(0, min(blocks * block_size, prompt_len - 1))
+
+
+def longest_prefix(
+    prefix_blocks: Mapping[str, int], members: Container[str]
+) -> tuple[str | None, int]:
+    """The member holding the most leading blocks of the prompt, and how many (None, 0
+    when none holds any). Ties go to the smallest worker name, whatever order
+    ``prefix_blocks`` comes in, so a replay is the same in every process."""
+    best_worker: str | None = None
+    best_blocks = 0
+    for w, b in prefix_blocks.items():
+        if (
+            w in members
+            and b > 0
+            and (
+                b > best_blocks
+                or (b == best_blocks and best_worker is not None and w < best_worker)
+            )
+        ):
+            best_worker, best_blocks = w, b
+    return best_worker, best_blocks
 
 
 class PrefillScheduler:
@@ -148,20 +169,7 @@ class PrefillScheduler:
         that prefix first; take the instance with the smallest queue + transfer +
         prefill. Fetching to a lightly loaded instance is what replicates hot prefixes."""
         n, bs = req.prompt_len, self.block_size
-        # Ties between equally long prefixes go to the smallest worker name, whatever
-        # order ``prefix_blocks`` comes in, so a replay is the same in every process.
-        best_worker: str | None = None
-        best_blocks = 0
-        for w, b in prefix_blocks.items():
-            if (
-                w in loads
-                and b > 0
-                and (
-                    b > best_blocks
-                    or (b == best_blocks and best_worker is not None and w < best_worker)
-                )
-            ):
-                best_worker, best_blocks = w, b
+        best_worker, best_blocks = longest_prefix(prefix_blocks, loads)
         best_tokens = prefix_tokens(best_blocks, n, bs)
         # The estimates depend on the instance only through its local prefix, and most
         # instances hold none of it: one estimate per distinct prefix length, not per
@@ -251,18 +259,7 @@ class PrefillScheduler:
             w = table.names[i]
             cached = prefix_tokens(prefix_blocks.get(w, 0), n, bs)
             return PrefillChoice(w, float(q[i]), estimate(n, cached), 0.0, cached, cached)
-        best_worker: str | None = None
-        best_blocks = 0
-        for w, b in prefix_blocks.items():
-            if (
-                w in slot_of
-                and b > 0
-                and (
-                    b > best_blocks
-                    or (b == best_blocks and best_worker is not None and w < best_worker)
-                )
-            ):
-                best_worker, best_blocks = w, b
+        best_worker, best_blocks = longest_prefix(prefix_blocks, slot_of)
         best_tokens = prefix_tokens(best_blocks, n, bs)
 
         def costs(w: str | None, local_tokens: int) -> tuple[bool, float, float]:
@@ -422,5 +419,6 @@ __all__ = [
     "StepEstimate",
     "StepEstimates",
     "TransferEstimate",
+    "longest_prefix",
     "prefix_tokens",
 ]
