@@ -126,3 +126,23 @@ def test_specs_validate(cls: type, kwargs: dict[str, float], field: str) -> None
     """Bad values raise ValueError naming the field."""
     with pytest.raises(ValueError, match=field):
         cls(**kwargs)
+
+
+def test_prefill_step_fit_counts_the_fixed_cost_once_per_step(tiny_cost: CostModel) -> None:
+    """Steps of one or two prompt chunks costing 0.2 s per step + 1 ms per token: fitted
+    on the chunks' summed features with the intercept once per step, the estimator
+    recovers both terms (the intercept held a little toward its prior of 0); CostModel.prefill_step_time with that fit charges the 0.2 s
+    once for a two-chunk step."""
+    from dataclasses import replace
+
+    from mooncake.conductor.cost_model import PrefillTimeEstimator
+
+    est = PrefillTimeEstimator(tiny_cost, refit_every=1)
+    for i in range(200):
+        chunks = [(500 + 13 * i, 0), (2000, 2000 - 7 * i - 1)][: 1 + i % 2]
+        est.observe_step(chunks, 0.2 + sum(e - s for e, s in chunks) / 1000)
+    per_attn, per_linear, fixed = est.coefficients()
+    assert fixed == pytest.approx(0.2, rel=0.25) and per_linear == pytest.approx(1e-3, rel=0.05)
+    cost = replace(tiny_cost, prefill_step_fit=(per_attn, per_linear, fixed))
+    assert cost.prefill_step_time([(1000, 0), (3000, 2000)]) == pytest.approx(2.2, rel=0.03)
+    assert tiny_cost.prefill_step_time([(1000, 0), (3000, 2000)]) == pytest.approx(2.0)
