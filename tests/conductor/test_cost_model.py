@@ -131,8 +131,9 @@ def test_specs_validate(cls: type, kwargs: dict[str, float], field: str) -> None
 def test_prefill_step_fit_counts_the_fixed_cost_once_per_step(tiny_cost: CostModel) -> None:
     """Steps of one or two prompt chunks costing 0.2 s per step + 1 ms per token: fitted
     on the chunks' summed features with the intercept once per step, the estimator
-    recovers both terms (the intercept held a little toward its prior of 0); CostModel.prefill_step_time with that fit charges the 0.2 s
-    once for a two-chunk step."""
+    recovers both terms (the intercept held a little toward its prior of 0);
+    CostModel.prefill_step_time with that fit charges the 0.2 s once for a two-chunk
+    step."""
     from dataclasses import replace
 
     from mooncake.conductor.cost_model import PrefillTimeEstimator
