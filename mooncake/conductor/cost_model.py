@@ -229,8 +229,10 @@ class CostModel:
         if self.decode_fit is not None:
             # A fit is linear in what a step reads; a prefill chunk riding along costs
             # its FLOPs at the fitted (or the prior's) rate for projections, which
-            # dominate short chunks.
-            per_step, per_seq, per_kv = self.decode_fit
+            # dominate short chunks. A negative term is noise of the fit (a step never
+            # gets faster with more sequences or KV): extrapolated to larger batches it
+            # would give steps of no time at all.
+            per_step, per_seq, per_kv = (max(0.0, c) for c in self.decode_fit)
             flop_s = (
                 self.prefill_fit[1]
                 if self.prefill_fit is not None
@@ -249,7 +251,7 @@ class CostModel:
         same operations in the same order, so the same floats (batches must be > 0)."""
         m, h = self.model, self.hardware
         if self.decode_fit is not None:
-            per_step, per_seq, per_kv = self.decode_fit
+            per_step, per_seq, per_kv = (max(0.0, c) for c in self.decode_fit)
             flop_s = (
                 self.prefill_fit[1]
                 if self.prefill_fit is not None

@@ -147,3 +147,18 @@ def test_prefill_step_fit_counts_the_fixed_cost_once_per_step(tiny_cost: CostMod
     cost = replace(tiny_cost, prefill_step_fit=(per_attn, per_linear, fixed))
     assert cost.prefill_step_time([(1000, 0), (3000, 2000)]) == pytest.approx(2.2, rel=0.03)
     assert tiny_cost.prefill_step_time([(1000, 0), (3000, 2000)]) == pytest.approx(2.0)
+
+
+def test_a_negative_decode_fit_term_does_not_shorten_steps(tiny_cost: CostModel) -> None:
+    """A decode fit whose KV slope came out negative (noise of a fit on few, small
+    batches) times a step of 2 sequences over a million KV tokens at its positive
+    terms only (3 + 2·1 ms), not at 0 s (which would stall a replay); the vectorised
+    form gives the same float."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    cost = replace(tiny_cost, decode_fit=(0.003, 0.001, -1e-7))
+    assert cost.decode_step_time(2, 10**6) == pytest.approx(0.005)
+    many = cost.decode_step_times(np.array([2]), np.array([10**6]))
+    assert float(many[0]) == cost.decode_step_time(2, 10**6)
