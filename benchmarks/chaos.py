@@ -489,7 +489,6 @@ def save_results(result: dict[str, object], args: argparse.Namespace) -> None:
 
     roles = args.kill_roles.replace(",", "+")
     n = int(result["requests"])  # type: ignore[call-overload]
-    extra = result["extra_ttft_p50_s"]
     uncached = float(result["uncached_prefill_p50_s"])  # type: ignore[arg-type]
     spare = "decode" in roles and "prefill" not in roles
     claims = [
@@ -508,17 +507,29 @@ def save_results(result: dict[str, object], args: argparse.Namespace) -> None:
         ),
         rf.claim("requests failed with a clear error", result["failed"], "", "requests", n),
     ]
-    if extra is not None:
-        claims.append(
-            rf.claim(
-                "extra TTFT of moved requests (p50)",
-                float(extra),  # type: ignore[arg-type]
-                "s",
-                "one uncached prefill (TTFT p50)",
-                uncached,
-                target="< 1.0",
+    for key, label in (
+        ("extra_ttft_p50_s", "extra TTFT of requests moved before their first token (p50)"),
+        ("stall_p50_s", "stall of resumed streams (p50)"),
+        ("extra_e2e_p50_s", "extra end-to-end time of moved requests (p50)"),
+    ):
+        value = result[key]
+        if value is not None:
+            claims.append(
+                rf.claim(
+                    label,
+                    float(value),  # type: ignore[arg-type]
+                    "s",
+                    "one uncached prefill (TTFT p50)",
+                    uncached,
+                    target="< 1.0",
+                )
             )
-        )
+    bd = result["breakdown_p50"]
+    steps = ", ".join(
+        f"{k.removesuffix('_s').replace('_', ' ')} {float(v) * 1000:.0f} ms"
+        for k, v in bd.items()  # type: ignore[attr-defined]
+        if v is not None and k.endswith("_s") and not k.startswith("extra")
+    )
     kills = ", ".join(f"{d['roles']}@{d['t_s']}s" for d in result["kills"])  # type: ignore[attr-defined]
     rf.save(
         f"chaos-{roles}",
@@ -526,9 +537,15 @@ def save_results(result: dict[str, object], args: argparse.Namespace) -> None:
         claims,
         notes=(
             f"1 prefill + {args.decode_workers} decode workers, built-in model, "
-            f"{args.dataset} load at {args.rate:g} req/s; a random {roles} worker killed "
-            f"with kill -9 every {args.kill_every:g} s (the Nanny restarts it). Kills: {kills}. "
-            f"Moved requests: {result['moved']} ({result['moved_completed']} completed). "
+            f"{args.dataset} load at {args.rate:g} req/s, {args.output_len} output tokens; "
+            f"{'a random' if args.kill_target == 'random' else 'the busiest'} {roles} worker "
+            f"killed{' (a spare kept)' if args.keep_spare else ''} with kill -9 every "
+            f"{args.kill_every:g} s (the Nanny restarts it). Kills: {kills}. "
+            f"Moved requests: {result['moved']} ({result['moved_completed']} completed); "
+            f"KV of the resumed ones: {result['transfer_paths']}. A move, p50: {steps}. "
+            "Stall: the gap a move left in a stream less the stream's median token gap; "
+            "extra end-to-end time: against unmoved requests of the same shape in flight "
+            "at the same kill (benchmarks/chaos.py says how each is measured). "
             f"Errors seen: {', '.join(result['errors']) or 'none'}."  # type: ignore[arg-type]
         ),
     )
