@@ -779,7 +779,7 @@ class LLM(BatchMixin, LivenessMixin):
         new = dataclasses.replace(attempt, request_id=next_attempt(spec.request_id, old))
         record.attempt_id = new.request_id
         # Stop what is left of the old attempt (on the surviving workers); not awaited.
-        asyncio.run_coroutine_threadsafe(self._abort(old, moved=True), self._client_loop)
+        asyncio.run_coroutine_threadsafe(self._abort(old, moved_off=lost), self._client_loop)
         self._sinks.pop(old, None)
         self._sinks[new.request_id] = (loop, q)
         self._moved_to[spec.request_id] = new.request_id
@@ -885,12 +885,13 @@ class LLM(BatchMixin, LivenessMixin):
         fut = asyncio.run_coroutine_threadsafe(self._abort(request_id), self._client_loop)
         await asyncio.shield(asyncio.wrap_future(fut))
 
-    async def _abort(self, request_id: str, moved: bool = False) -> None:
+    async def _abort(self, request_id: str, moved_off: str | None = None) -> None:
         """Stop the request on every worker that may hold it and cancel its graph. With
-        ``moved`` (an attempt left behind by a move) only the workers where a task of it
-        has not finished: the others hold nothing of it (the Conductor tells them to drop
-        KV kept for the lost worker), and an abort call each, all at once for every
-        request of the lost worker, delayed the moved requests' resumption."""
+        ``moved_off`` (an attempt left behind by a move off that lost worker) only on the
+        surviving workers where a task of it has not finished: the others hold nothing
+        of it (the Conductor tells them to drop KV kept for the lost worker), and an
+        abort call to each, all at once for every request of the lost worker, delayed
+        the moved requests' resumption."""
         with self._lock:
             futures = self._futures.pop(request_id, {})
             busy = {
@@ -913,8 +914,8 @@ class LLM(BatchMixin, LivenessMixin):
         # every other request in the batch. Cancelling the graph only releases the tasks
         # (a running decode task would wait for its engine to the end).
         addresses = self._worker_addresses(request_id)
-        if moved:
-            addresses = [a for a in addresses if a in busy]
+        if moved_off is not None:
+            addresses = [a for a in addresses if a in busy and a != moved_off]
         await asyncio.gather(*(on(a) for a in addresses))
         if futures:
             await self.client._cancel(list(futures.values()), force=True)
