@@ -867,4 +867,4 @@ class LLM(BatchMixin, LivenessMixin):
         self.close()
 
 
-__all__ = ["LLM", "Rejected", "Unavailable", "WorkerLost"]
+__all__ = ["LLM", "Rejected", "Unavailable", "WorkerConfig", "WorkerLost"]
