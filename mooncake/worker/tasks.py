@@ -254,6 +254,8 @@ def transfer(handle: KVHandle) -> TransferResult:
     plugin = _plugin()
     rid = handle.spec.request_id
     if handle.finished:
+        if plugin.streams is not None:
+            plugin.streams.cancel(rid)  # nothing to hand off
         return TransferResult(handle, path="none")
     _arrived(plugin, rid, "transfer", handle.worker)
     try:

@@ -79,17 +79,3 @@ def test_streamed_handoff_overlaps_prefill(tiny_llama, same_host):
     assert ("shm" if same_host else "tcp") in paths["decode"]
     assert leases == {"prefill": 0, "decode": 0}
 
-
-def test_stream_off_by_default_takes_no_stream_path(tiny_llama):
-    """Without ``stream_kv`` (the default) nothing streams: the decode worker's counts
-    stay empty and the transfer task fetches every block after prefill."""
-    with mooncake.LLM(
-        str(tiny_llama), engine_config=_engine_config(), dashboard_address=None
-    ) as llm:
-        bs = next(iter(llm.workers.values()))["block_size"]
-        prompt = [random.Random(3).randrange(300) for _ in range(8 * bs)]
-        out = llm.generate([prompt], GREEDY, use_tqdm=False)[0]
-        counts = _stream_counts(llm)
-    ref = LLMEngine(_engine_config(model=str(tiny_llama))).generate([prompt], GREEDY)
-    assert out.token_ids == ref[0].token_ids
-    assert counts == {"prefill": Counter(), "decode": Counter()}
