@@ -49,7 +49,7 @@ class WorkerConfig:
     from the prefill worker's host tier in place; another host: over TCP, checked), so
     the transfer after prefill moves only the last chunk's blocks. Needs the store and
     the export arena (``docs/disaggregation.md``)."""
-    stream_poll_s: float = 0.002
+    stream_poll_s: float = 0.005
     """How often a streaming decode worker looks for the next blocks of a request."""
 
     def __post_init__(self) -> None:

@@ -52,6 +52,9 @@ STREAM_DEADLINE_S = 60.0
 TAKE_TIMEOUT_S = 10.0
 """How long the transfer task waits for a stream's import in flight to end."""
 ENGINE_CALL_TIMEOUT_S = 30.0
+WINDOW_BLOCKS = 128
+"""Blocks one look asks for at most: a look costs a lookup per key asked (most of them
+not there yet), and a full window is followed by the next look at once."""
 
 
 # -- prefill side -------------------------------------------------------------------------
@@ -245,7 +248,7 @@ class StreamImports:
         r = s.result
         deadline = time.monotonic() + STREAM_DEADLINE_S
         while not s.stop.is_set() and r.blocks < len(r.keys) and time.monotonic() < deadline:
-            rest = r.keys[r.blocks :]
+            rest = r.keys[r.blocks : r.blocks + WINDOW_BLOCKS]
             if tier is not None:
                 # In place: the engine reads the prefill worker's tier, checking each record.
                 found, _, nbytes = plugin.engine.call("import_from_tier", tier, rest).result(
@@ -261,7 +264,7 @@ class StreamImports:
                 r.nbytes += nbytes
                 r.paths += [path] * found
                 r.imports.append((time.time(), found))
-            else:
+            if found < len(rest):
                 s.stop.wait(self.poll_s)
 
 
