@@ -1,10 +1,15 @@
-"""The hand-off streamed while prefill runs (``WorkerConfig.stream_kv``), on a real
-LocalCluster of 1 prefill + 1 decode worker with the tiny checkpoint."""
+"""The hand-off streamed while prefill runs (``WorkerConfig.stream_kv``): the decode
+side's stream against a fake engine, then on a real LocalCluster of 1 prefill + 1
+decode worker with the tiny checkpoint."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
+import threading
+import time
 from collections import Counter
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,9 +18,10 @@ import mooncake
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine
 from mooncake.transfer.config import TransferConfig
+from mooncake.types import BlockKey
 from mooncake.worker.config import WorkerConfig
-
-pytestmark = pytest.mark.cluster
+from mooncake.worker.kv_stream import StreamImports
+from mooncake.worker.messages import PlacementInfo, RequestSpec
 
 GREEDY = mooncake.SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
 BLOCKS = 40
@@ -34,6 +40,82 @@ def _engine_config(**kw: Any) -> EngineConfig:
     return EngineConfig(num_blocks=256, long_prefill_chunk=CHUNK, **kw)
 
 
+class _Engine:
+    """Imports the leading run of asked keys that the 'prefill side' published."""
+
+    def __init__(self) -> None:
+        self.published: set[bytes] = set()
+        self.asked: list[int] = []
+        self.lock = threading.Lock()
+
+    def call(self, name: str, tier: str, keys: list[bytes]) -> concurrent.futures.Future[Any]:
+        assert name == "import_from_tier" and tier == "tier"
+        with self.lock:
+            self.asked.append(len(keys))
+            n = 0
+            while n < len(keys) and keys[n] in self.published:
+                n += 1
+        f: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        f.set_result((n, n, 10 * n))
+        return f
+
+
+def _fake_plugin(engine: _Engine) -> Any:
+    kvs = SimpleNamespace(same_host_tier=lambda peer: "tier")
+    return SimpleNamespace(
+        kv_store=kvs,
+        engine=engine,
+        worker=SimpleNamespace(address="decode"),
+        peer_of=lambda addr: object(),
+        block_size=4,
+        root_key=lambda salt: BlockKey(b"r" * 16),
+    )
+
+
+def _wait_for(cond: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_stream_imports_the_leading_run_as_it_appears_and_stops_when_taken():
+    """A 300-block prompt whose blocks are published in three steps: the stream imports
+    the leading run after each (asking for at most 128 keys a look), a block published
+    out of order is not taken before the ones ahead of it, and ``take`` stops the
+    stream and returns what landed, with the time of each import. A second start of
+    the same request does nothing; a request placed with prefill here is not streamed."""
+    keys = [BlockKey(i.to_bytes(16, "big")) for i in range(300)]
+    spec = RequestSpec("r1", list(range(1200)), mooncake.SamplingParams(), block_keys=keys)
+    engine = _Engine()
+    streams = StreamImports(_fake_plugin(engine), poll_s=0.002)
+    try:
+        streams.start(spec, PlacementInfo("prefill", "decode"))
+        streams.start(spec, PlacementInfo("prefill", "decode"))
+        streams.start(
+            RequestSpec("r2", list(range(8)), mooncake.SamplingParams()),
+            PlacementInfo("decode", "decode"),
+        )
+        with engine.lock:
+            engine.published |= set(keys[:10]) | {keys[20]}
+        _wait_for(lambda: streams._streams["r1"].result.blocks == 10)
+        with engine.lock:
+            engine.published |= set(keys[10:200])
+        _wait_for(lambda: streams._streams["r1"].result.blocks == 200)
+        assert max(engine.asked) <= 128
+        got = streams.take("r1")
+        assert got is not None and got.blocks == 200 and got.nbytes == 2000
+        assert got.paths == ["shm"] * 200 and sum(n for _, n in got.imports) == 200
+        assert got.before(time.time()) == 200 and got.before(None) == 0
+        asked = len(engine.asked)
+        time.sleep(0.05)
+        assert len(engine.asked) == asked, "a taken stream stops looking"
+        assert streams.take("r1") is None and streams.take("r2") is None
+    finally:
+        streams.close()
+
+
+@pytest.mark.cluster
 @pytest.mark.parametrize("same_host", [True, False], ids=["shm", "tcp"])
 def test_streamed_handoff_overlaps_prefill(tiny_llama, same_host):
     """A fresh 40-block prompt, prefilled in 32-token chunks, with streaming on. Same
