@@ -171,7 +171,9 @@ def _wall_metrics(out: RequestOutput, spec: RequestSpec, cached: int) -> Request
 
 def prefill(lookup_result: LookupResult) -> KVHandle:
     """Compute the prompt's KV (reusing cached blocks) and the first token; keep the KV
-    in this worker's outbox for the decode worker."""
+    in this worker's outbox for the decode worker. With ``WorkerConfig.stream_kv`` the
+    blocks each prefill chunk fills are published while the engine runs
+    (``kv_stream``), and only the rest at the end."""
     plugin = _plugin()
     spec = lookup_result.spec
     _arrived(plugin, spec.request_id, "prefill")
