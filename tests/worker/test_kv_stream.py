@@ -24,9 +24,12 @@ from mooncake.worker.kv_stream import StreamImports
 from mooncake.worker.messages import PlacementInfo, RequestSpec
 
 GREEDY = mooncake.SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
-BLOCKS = 40
-CHUNK = 32
-"""Prefill chunk (tokens): the 40-block prompt is computed in 20 engine steps."""
+BLOCKS = 48
+CHUNK = 16
+"""Prefill chunk (tokens): the 48-block prompt is computed in 48 engine steps."""
+TRIES = 3
+"""Fresh prompts tried until one overlaps (a loaded machine may delay a task past a
+whole prefill; every try must still be correct)."""
 
 
 def _stream_counts(llm: mooncake.LLM) -> dict[str, Counter[str]]:
@@ -118,14 +121,17 @@ def test_stream_imports_the_leading_run_as_it_appears_and_stops_when_taken():
 @pytest.mark.cluster
 @pytest.mark.parametrize("same_host", [True, False], ids=["shm", "tcp"])
 def test_streamed_handoff_overlaps_prefill(tiny_llama, same_host):
-    """A fresh 40-block prompt, prefilled in 32-token chunks, with streaming on. Same
+    """Fresh 48-block prompts, prefilled in 16-token chunks, with streaming on. Same
     host, the decode engine reads the blocks from the prefill worker's host tier as
     they appear; with ``same_host=False`` it asks the prefill worker's block server over
-    TCP. Either way: greedy output equals the in-process engine's; the prefill worker
-    published blocks before its prefill ended; the decode worker imported blocks before
-    the prefill's first token (the transfer task fetched only what was left, and all
-    40 arrived); the hand-off lease was released."""
+    TCP. Each prompt's greedy output equals the in-process engine's and all 48 blocks
+    arrive (streamed or left to the transfer task), never a miss. Within 3 prompts,
+    the prefill worker published blocks before its prefill ended and the decode worker
+    imported blocks before the prefill's first token. The hand-off leases were
+    released."""
     rng = random.Random(11)
+    ref = LLMEngine(_engine_config(model=str(tiny_llama)))
+    overlapped: list[tuple[Counter[str], Counter[str]]] = []
     with mooncake.LLM(
         str(tiny_llama),
         engine_config=_engine_config(),
@@ -138,10 +144,20 @@ def test_streamed_handoff_overlaps_prefill(tiny_llama, same_host):
         # A first request warms the paths (the decode worker learns its peer).
         warm = [rng.randrange(300) for _ in range(4 * bs)]
         llm.generate([warm], GREEDY, use_tqdm=False)
-        before = _stream_counts(llm)
-        prompt = [rng.randrange(300) for _ in range(BLOCKS * bs)]
-        out = llm.generate([prompt], GREEDY, use_tqdm=False)[0]
-        after = _stream_counts(llm)
+        for _ in range(TRIES):
+            before = _stream_counts(llm)
+            prompt = [rng.randrange(300) for _ in range(BLOCKS * bs)]
+            out = llm.generate([prompt], GREEDY, use_tqdm=False)[0]
+            after = _stream_counts(llm)
+            assert out.token_ids == ref.generate([prompt], GREEDY)[0].token_ids
+            prefill = after["prefill"] - before["prefill"]
+            decode = after["decode"] - before["decode"]
+            print(prefill, decode)
+            got = decode["during_prefill"] + decode["after_prefill"] + decode["transfer"]
+            assert got == BLOCKS, decode
+            if prefill["published_during_prefill"] > 0 and decode["during_prefill"] > 0:
+                overlapped.append((prefill, decode))
+                break
         stats = llm.worker_stats()
         leases = {
             "+".join(llm.workers[w]["roles"]): s["handoff_leases"] for w, s in stats.items()
@@ -149,14 +165,7 @@ def test_streamed_handoff_overlaps_prefill(tiny_llama, same_host):
         paths = {
             "+".join(llm.workers[w]["roles"]): s["transfer_paths"] for w, s in stats.items()
         }
-    ref = LLMEngine(_engine_config(model=str(tiny_llama))).generate([prompt], GREEDY)
-    assert out.token_ids == ref[0].token_ids
-    prefill = after["prefill"] - before["prefill"]
-    decode = after["decode"] - before["decode"]
-    print(prefill, decode, paths)
-    assert prefill["published_during_prefill"] > 0, prefill
-    assert decode["during_prefill"] > 0, decode
-    assert decode["during_prefill"] + decode["after_prefill"] + decode["transfer"] == BLOCKS
+    assert overlapped, f"no prompt of {TRIES} streamed during its prefill"
     assert "miss" not in paths["decode"]
     assert ("shm" if same_host else "tcp") in paths["decode"]
     assert leases == {"prefill": 0, "decode": 0}
