@@ -42,6 +42,7 @@ from mooncake.auth import new_secret
 from mooncake.client_batch import BatchMixin
 from mooncake.client_common import PLACE_TIMEOUT_S, Rejected, Unavailable, WorkerLost
 from mooncake.client_liveness import LivenessMixin
+from mooncake.client_moves import MoveRecord
 from mooncake.client_stream import StreamMixin
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
@@ -74,6 +75,10 @@ Mode = Literal["disaggregated", "colocated"]
 
 CLIENT_SEND_INTERVAL_S = 0.001
 """Batching interval of the client's message stream to the scheduler."""
+PLACE_CONCURRENCY = 4
+"""Placement calls a client has in flight at once (more wait their turn)."""
+MOVE_LOG_LEN = 10_000
+"""How many move records ``LLM.move_log`` keeps."""
 
 
 def _gpu_count() -> int:
@@ -242,6 +247,12 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         """Request id -> how many times it was moved off a lost worker."""
         self._moved_to: dict[str, str] = {}
         """A moved stream's request id -> the id of its current attempt."""
+        self.move_log: collections.deque[MoveRecord] = collections.deque(maxlen=MOVE_LOG_LEN)
+        """The latest moves of streamed requests, step by step (``mooncake.client_moves``)."""
+        self._place_slots: asyncio.Semaphore | None = None
+        """Bounds the placement calls in flight (made on the client's loop at first use)."""
+        self._left_at: dict[str, float] = {}
+        """Worker -> when the client got its worker-left event (``time.monotonic()``)."""
         self._task_workers: dict[str, str] = {}
         """Task key -> the worker it is restricted to (until its request ends)."""
         self._gone: set[str] = set()
@@ -490,11 +501,21 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
     def place(self, spec: RequestSpec) -> PlacementInfo:
         """Ask the Conductor where to run ``spec`` (raises ``Rejected``)."""
         reply = self.client.sync(
-            self._scheduler.mooncake_place,
-            request=self._place_request(spec),
-            callback_timeout=PLACE_TIMEOUT_S,
+            self._ask_place, self._place_request(spec), callback_timeout=PLACE_TIMEOUT_S
         )
         return self._placement(reply)
+
+    async def _ask_place(self, request: dict[str, Any]) -> dict[str, Any]:
+        """(Client loop.) The Conductor's answer to one placement request. At most
+        ``PLACE_CONCURRENCY`` calls at once: each call beyond the connections the pool
+        holds opens a new (TLS) connection to the scheduler, and a burst of them (every
+        request of a lost worker placed again at once) cost the scheduler and this loop
+        a handshake each, delaying every placement of the burst by hundreds of ms."""
+        if self._place_slots is None:
+            self._place_slots = asyncio.Semaphore(PLACE_CONCURRENCY)
+        async with self._place_slots:
+            reply: dict[str, Any] = await self._scheduler.mooncake_place(request=request)
+        return reply
 
     def submit(self, spec: RequestSpec, placement: PlacementInfo) -> Future[Any]:
         """Submit the request's graph; returns the future of its final ``RequestOutput``."""

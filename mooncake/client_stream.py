@@ -33,9 +33,10 @@ from mooncake.client_common import (
 from mooncake.client_common import (
     post as _post,
 )
+from mooncake.client_moves import MoveRecord, Notice
 from mooncake.conductor.messages import PlacementInfo
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from mooncake.request_ids import next_attempt
+from mooncake.request_ids import next_attempt, task_key
 from mooncake.sampling_params import SamplingParams
 from mooncake.transfer import Peer
 from mooncake.worker.messages import KVHandle, RequestSpec
@@ -130,6 +131,8 @@ class StreamMixin:
     _futures: dict[str, dict[str, Future[Any]]]
     _placed: dict[str, set[str]]
     _moved_to: dict[str, str]
+    move_log: collections.deque[MoveRecord]
+    _left_at: dict[str, float]
     _task_workers: dict[str, str]
     _gone: set[str]
 
@@ -156,6 +159,8 @@ class StreamMixin:
         def _block_keys(self, spec: RequestSpec) -> list[Any]: ...
 
         def _place_request(self, spec: RequestSpec, resume: bool = False) -> dict[str, Any]: ...
+
+        async def _ask_place(self, request: dict[str, Any]) -> dict[str, Any]: ...
 
         @staticmethod
         def _placement(reply: dict[str, Any]) -> PlacementInfo: ...
@@ -215,26 +220,48 @@ class StreamMixin:
         q: asyncio.Queue[Any] = asyncio.Queue()
         acc = _Stream(spec)
         attempt = spec
+        move: MoveRecord | None = None
+        last_token_at: float | None = None
         self._sinks[spec.request_id] = (loop, q)
         try:
             placement = self._placement(await self._place_async(spec))
             out_fut = self.submit(spec, placement)
             out_fut.add_done_callback(lambda f: _post(loop, q, ("done", f)))
             while not acc.finished:
+                notice: Notice = "membership"
                 try:
                     kind, item = await asyncio.wait_for(q.get(), LIVENESS_INTERVAL_S)
                 except asyncio.TimeoutError:
                     live = await self._live_workers()
                     kind, item = "lost", self._lost_worker(attempt.request_id, live)
+                    notice = "liveness"
                     if item is None:
                         continue
                 if kind == "msg":
                     if item["rid"] == attempt.request_id:
+                        if item["tokens"]:
+                            last_token_at = time.monotonic()
+                            if move is not None and move.first_token_at is None:
+                                move.first_token_at = last_token_at
                         acc.apply(item)
                         yield acc.output()
                 elif kind == "lost":
                     if self._needs_move(attempt.request_id, item):
-                        attempt, out_fut = await self._move(spec, acc, attempt, item, loop, q)
+                        move = MoveRecord(
+                            spec.request_id,
+                            attempt.request_id,
+                            item,
+                            resumed=bool(acc.token_ids),
+                            tokens_before=len(acc.token_ids),
+                            notice=notice,
+                            left_at=self._left_at.get(item),
+                            noticed_at=time.monotonic(),
+                            last_token_at=last_token_at,
+                            prompt_tokens=len(spec.prompt_token_ids),
+                            block_size=int(self.info["block_size"]),
+                        )
+                        self.move_log.append(move)
+                        attempt, out_fut = await self._move(spec, acc, attempt, item, loop, q, move)
                 elif item is out_fut:  # the graph's output (an earlier attempt's is stale)
                     if item.status == "error":
                         raise await self._on_client_loop(item._exception())
@@ -254,7 +281,7 @@ class StreamMixin:
     async def _place_async(self, spec: RequestSpec, resume: bool = False) -> dict[str, Any]:
         """The Conductor's answer for ``spec`` (``asyncio.TimeoutError`` when the scheduler
         does not answer within ``PLACE_TIMEOUT_S``)."""
-        place = self._scheduler.mooncake_place(request=self._place_request(spec, resume=resume))
+        place = self._ask_place(self._place_request(spec, resume=resume))
         reply: dict[str, Any] = await asyncio.wait_for(self._on_client_loop(place), PLACE_TIMEOUT_S)
         return reply
 
@@ -266,6 +293,7 @@ class StreamMixin:
         lost: str,
         loop: asyncio.AbstractEventLoop,
         q: asyncio.Queue[Any],
+        record: MoveRecord,
     ) -> tuple[RequestSpec, Future[Any]]:
         """Run the request again without the lost worker, under a new attempt id (the
         old id stays refused by the engines that aborted it). With no token delivered
@@ -274,8 +302,9 @@ class StreamMixin:
         old = attempt.request_id
         self.moves[spec.request_id] += 1
         new = dataclasses.replace(attempt, request_id=next_attempt(spec.request_id, old))
+        record.attempt_id = new.request_id
         # Stop what is left of the old attempt (on the surviving workers); not awaited.
-        asyncio.run_coroutine_threadsafe(self._abort(old), self._client_loop)
+        asyncio.run_coroutine_threadsafe(self._abort(old, moved_off=lost), self._client_loop)
         self._sinks.pop(old, None)
         self._sinks[new.request_id] = (loop, q)
         self._moved_to[spec.request_id] = new.request_id
@@ -297,6 +326,7 @@ class StreamMixin:
                         "and the cluster is too busy to take the request over"
                     ) from None
                 await asyncio.sleep(max(0.01, e.retry_after))
+        record.placed_at, record.decode_worker = time.monotonic(), placement.decode
         logger.warning(
             "request %s: worker %s lost; %s on %s",
             spec.request_id,
@@ -310,8 +340,32 @@ class StreamMixin:
             )
         else:
             out_fut = self.submit(new, placement)
+        record.submitted_at = time.monotonic()
         out_fut.add_done_callback(lambda f: _post(loop, q, ("done", f)))
+        self._watch_transfer(new.request_id, record)
         return new, out_fut
+
+    def _watch_transfer(self, rid: str, record: MoveRecord) -> None:
+        """Fill ``record``'s transfer fields from the attempt's transfer task once it is
+        done (its result is small; read on the client's loop, never blocking a stream)."""
+        with self._lock:
+            fut = self._futures.get(rid, {}).get(task_key("transfer", rid))
+        if fut is None:
+            return
+
+        async def read() -> None:
+            try:
+                tr = await asyncio.wait_for(fut._result(), ABORT_TIMEOUT_S)
+            except Exception as e:  # lost again, aborted: the record stays without it
+                logger.debug("transfer result of %s: %s", rid, e)
+                return
+            record.transfer_path = str(tr.path)
+            record.transfer_s = float(tr.seconds)
+            record.fetched_blocks = int(getattr(tr, "num_blocks", 0))
+
+        fut.add_done_callback(
+            lambda _f: asyncio.run_coroutine_threadsafe(read(), self._client_loop)
+        )
 
     def _resume_handle(
         self, spec: RequestSpec, acc: _Stream, placement: PlacementInfo, lost: str
@@ -356,9 +410,20 @@ class StreamMixin:
         fut = asyncio.run_coroutine_threadsafe(self._abort(request_id), self._client_loop)
         await asyncio.shield(asyncio.wrap_future(fut))
 
-    async def _abort(self, request_id: str) -> None:
+    async def _abort(self, request_id: str, moved_off: str | None = None) -> None:
+        """Stop the request on every worker that may hold it and cancel its graph. With
+        ``moved_off`` (an attempt left behind by a move off that lost worker) only on the
+        surviving workers where a task of it has not finished: the others hold nothing
+        of it (the Conductor tells them to drop KV kept for the lost worker), and an
+        abort call to each, all at once for every request of the lost worker, delayed
+        the moved requests' resumption."""
         with self._lock:
             futures = self._futures.pop(request_id, {})
+            busy = {
+                w
+                for key, f in futures.items()
+                if f.status != "finished" and (w := self._task_workers.get(key)) is not None
+            }
             for key in futures:
                 self._task_workers.pop(key, None)
 
@@ -373,7 +438,10 @@ class StreamMixin:
         # The engines first and all at once: each step a request keeps running costs
         # every other request in the batch. Cancelling the graph only releases the tasks
         # (a running decode task would wait for its engine to the end).
-        await asyncio.gather(*(on(a) for a in self._worker_addresses(request_id)))
+        addresses = self._worker_addresses(request_id)
+        if moved_off is not None:
+            addresses = [a for a in addresses if a in busy and a != moved_off]
+        await asyncio.gather(*(on(a) for a in addresses))
         if futures:
             await self.client._cancel(list(futures.values()), force=True)
 

@@ -274,9 +274,34 @@ def transfer(handle: KVHandle) -> TransferResult:
         return TransferResult(handle, path="none")
     _arrived(plugin, rid, "transfer", handle.worker)
     try:
-        return _transfer(plugin, handle, rid)
+        result = _transfer(plugin, handle, rid)
     finally:
         plugin.requests.handle(request_state.HandedOff(rid, time.monotonic()))
+    fut = _start_decode(plugin, handle)
+    plugin.requests.futures.set_started(rid, fut, time.perf_counter())
+    # An abort that came meanwhile takes it out of the engine again.
+    plugin.requests.handle(request_state.DecodeStarted(rid, time.monotonic()))
+    return result
+
+
+def _start_decode(
+    plugin: MooncakeWorker, handle: KVHandle
+) -> concurrent.futures.Future[RequestOutput]:
+    """Admit the request into this engine's batch as soon as its KV is here, so its next
+    token does not wait for the scheduler to dispatch the decode task (a resumed
+    request's first token after a move waited on that round trip); the decode task
+    owns and waits for the result, as ``lookup`` does for prefill."""
+    spec = handle.spec
+    export = plugin.requests.handoff.take_incoming(spec.request_id)
+    return _watch_and_add(
+        spec,
+        prefill_only=False,
+        kv=export,
+        prior=handle.first_token_ids,
+        prior_logprobs=handle.first_logprobs,
+        cached=handle.num_cached_tokens,
+        plugin=plugin,
+    )
 
 
 def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferResult:
@@ -298,7 +323,9 @@ def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferRes
         path = "+".join(sorted(set(f.paths))) if f.num_blocks == len(handle.block_keys) else "miss"
         plugin.reports.transfer_log(path, f.nbytes, seconds)
         plugin.transfer_paths[path] += 1
-        return TransferResult(handle, nbytes=f.nbytes, seconds=seconds, path=path)
+        return TransferResult(
+            handle, nbytes=f.nbytes, seconds=seconds, path=path, num_blocks=f.num_blocks
+        )
     if handle.worker == plugin.worker.address:
         export = plugin.requests.handoff.take_outgoing(rid)
         path = "local"
@@ -317,7 +344,9 @@ def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferRes
     plugin.reports.transfer_log(path, nbytes, seconds)
     if path == "dask":
         plugin.reports.transfer(nbytes, seconds)
-    return TransferResult(handle, nbytes=nbytes, seconds=seconds, path=path)
+    return TransferResult(
+        handle, nbytes=nbytes, seconds=seconds, path=path, num_blocks=len(export.blocks)
+    )
 
 
 def _fetch_handoff(
@@ -380,22 +409,13 @@ def decode(tr: TransferResult) -> RequestOutput:
         return out
     spec = handle.spec
     _arrived(plugin, spec.request_id, "decode", handle.worker)
-    export = plugin.requests.handoff.take_incoming(spec.request_id)
     plugin.reports.decode_joined(spec.request_id)
-    # On a miss the prompt is recomputed here (prefix cache permitting); the first token
-    # is kept, so the output is the same.
-    out = _ended(
-        plugin,
-        spec.request_id,
-        _watch_and_add(
-            spec,
-            prefill_only=False,
-            kv=export,
-            prior=handle.first_token_ids,
-            prior_logprobs=handle.first_logprobs,
-            cached=handle.num_cached_tokens,
-        ),
-    )
+    # Admitted by the transfer task (``_start_decode``); a decode whose transfer ran
+    # elsewhere admits it now. On a miss the prompt is recomputed (prefix cache
+    # permitting); the first tokens are kept, so the output is the same.
+    started = plugin.requests.futures.take_started(spec.request_id)
+    fut = started.future if started is not None else _start_decode(plugin, handle)
+    out = _ended(plugin, spec.request_id, fut)
     plugin.requests.handle(request_state.EngineFinished(spec.request_id, time.monotonic()))
     token_times = plugin.engine.token_times.pop(spec.request_id, [])
     out = _wall_metrics(out, spec, handle.num_cached_tokens)
