@@ -248,3 +248,34 @@ def test_each_worker_runs_its_engine_in_its_own_process(llm):
         assert not p["torch"]
         assert p["engine_pid"] != p["pid"]
         assert llm.workers[addr]["pid"] == p["engine_pid"]
+
+
+def _decode_state(dask_worker) -> dict[str, list[str]]:
+    """Which decode tasks this worker runs as long-running, and which hold a thread."""
+    return {
+        "long_running": sorted(str(ts.key) for ts in dask_worker.state.long_running),
+        "executing": sorted(str(ts.key) for ts in dask_worker.state.executing),
+        "in_threads": sorted(str(k) for k in dask_worker.active_threads.values()),
+    }
+
+
+def test_decoding_requests_hold_no_worker_thread(llm):
+    """Six requests decoding at once on the decode worker: each decode task has handed its
+    slot back (long-running) and none runs in a thread of the worker; all finish."""
+    (decode,) = [w for w, info in llm.workers.items() if "decode" in info["roles"]]
+    params = mooncake.SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
+    specs = [llm.make_request(p, params) for p in _prompts(6, seed=3)]
+    futs = [llm.submit(s, llm.place(s)) for s in specs]
+    keys = {f"decode-{s.request_id}" for s in specs}
+    seen: list[dict[str, list[str]]] = []
+
+    def all_long_running() -> bool:
+        st = llm.client.run(_decode_state, workers=[decode])[decode]
+        seen.append(st)
+        return keys <= set(st["long_running"])
+
+    assert _wait_for(all_long_running, timeout=30), seen[-1:]
+    st = seen[-1]
+    assert not keys & (set(st["executing"]) | set(st["in_threads"])), st
+    outs = [f.result(timeout=60) for f in futs]
+    assert all(len(o.outputs[0].token_ids) == 400 for o in outs)
