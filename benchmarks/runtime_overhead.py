@@ -2,8 +2,9 @@
 messages per worker, idle and per request.
 
 Starts an embedded cluster (1 prefill + 1 decode worker, built-in model or ``--model``)
-and reads, for each process of the tree (this process: the client and the embedded
-scheduler with its Conductor; each Nanny; each Dask worker; each engine process):
+and reads, for each kind of process in the tree (this process: the client and the
+embedded scheduler with its Conductor and the Nannies; the Dask workers; the engine
+processes), summed over the processes of that kind:
 
 1. idle: CPU ms per second over ``--idle`` seconds with no request;
 2. load: CPU ms per request while ``--requests`` requests (``--max-tokens`` each) run,
@@ -50,12 +51,9 @@ def _kind(p: psutil.Process, worker_pids: set[int]) -> str:
         return "client+scheduler"
     if p.pid in worker_pids:
         return "worker"
-    cmd = " ".join(p.cmdline())
-    if "engine_process" in cmd:
+    if "engine_process" in " ".join(p.cmdline()):
         return "engine"
-    if "spawn_main" in cmd or "multiprocessing" in cmd:
-        return "nanny"
-    return "other"
+    return "other"  # multiprocessing's helpers
 
 
 def _cpu(procs: list[psutil.Process]) -> dict[int, float]:

@@ -15,13 +15,19 @@ compute on. Mooncake's tasks are few and long, so none of them needs that resolu
 - the memory check enforces the worker's memory limits; once a second is enough for a
   process whose memory is its engine's, allocated at start.
 
-A setting is changed only while it still has Dask's default: one set in a Dask config
-file or a ``DASK_*`` environment variable is left alone.
+A setting is changed only while it still has Dask's default: one set to another value
+in a Dask config file or a ``DASK_*`` environment variable is left alone.
+``MOONCAKE_DASK_QUIET=0`` keeps all of Dask's defaults (e.g. to get the profiler back).
 """
 
 from __future__ import annotations
 
+import os
+
 import dask
+
+ENV = "MOONCAKE_DASK_QUIET"
+"""``0``: change nothing, keep Dask's own defaults."""
 
 QUIET: dict[str, tuple[object, object]] = {
     # key: (Dask's default, mooncake's)
@@ -34,6 +40,8 @@ QUIET: dict[str, tuple[object, object]] = {
 
 def quiet_config() -> dict[str, object]:
     """The settings to change here: those of ``QUIET`` still at Dask's default."""
+    if os.environ.get(ENV) == "0":
+        return {}
     return {
         key: ours
         for key, (default, ours) in QUIET.items()
@@ -49,4 +57,4 @@ def quiet_env() -> dict[str, str]:
     }
 
 
-__all__ = ["QUIET", "quiet_config", "quiet_env"]
+__all__ = ["ENV", "QUIET", "quiet_config", "quiet_env"]

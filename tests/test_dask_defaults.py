@@ -20,3 +20,9 @@ def test_a_configured_setting_is_left_alone() -> None:
     """A setting the user configured (not Dask's default) is not overridden."""
     with dask.config.set({"distributed.admin.tick.interval": "50ms"}):
         assert "distributed.admin.tick.interval" not in quiet_config()
+
+
+def test_env_keeps_dask_defaults(monkeypatch) -> None:
+    """MOONCAKE_DASK_QUIET=0 changes nothing."""
+    monkeypatch.setenv("MOONCAKE_DASK_QUIET", "0")
+    assert quiet_config() == {} and quiet_env() == {}
