@@ -127,7 +127,9 @@ def _ended(
 ) -> RequestOutput:
     """Wait for the engine's end of the request and tell the request state how it ended."""
     try:
-        out = _wait(fut)
+        # Often done by now (the prefill started at placement): then skip secede, which
+        # costs the scheduler a message and the pool a thread.
+        out = fut.result() if fut.done() else _wait(fut)
     except RequestAborted:
         raise
     except BaseException as e:
