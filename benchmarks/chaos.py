@@ -7,13 +7,36 @@ Every request ends one of three ways:
 - failed with a clear error (``WorkerLost``, ``Unavailable`` or ``Rejected``);
 - lost: neither within ``--request-timeout`` seconds (or any other exception): a bug.
 
-For the requests that were moved off a lost worker (``LLM.moves``) it prints the extra
-TTFT and end-to-end time over the median of the requests that were not moved, and, to
-compare them with, the median TTFT of five of the workload's prompts run uncached (a
-fresh cache salt each) before the first kill.
+For the requests moved off a lost worker it says what the move cost them, against one
+uncached prefill of the workload's prompts (the median TTFT of five of them run before
+the first kill, a fresh cache salt each):
+
+- **extra end-to-end time** of a moved request: its end-to-end time minus the median
+  end-to-end time of the requests of the same shape (prompt and output length) that were
+  not moved and were in flight at the same kill (they share its load, including the
+  restarted worker's start-up); with fewer than three of those, of all unmoved requests
+  of that shape;
+- **stall** of a resumed request (moved after its first token): the gap between the
+  last token before the move and the first one after it, minus the request's own median
+  gap between tokens: the time the move added to its stream;
+- **extra TTFT** of a request moved before its first token: its TTFT minus the median
+  TTFT of the unmoved requests (as above, same shape, same kill).
+
+Each move is broken down (``LLM.move_log``, ``mooncake.client_moves``) into: noticing the
+loss (kill -> the client's worker-left event -> the stream acting on it), placing it
+again (the Conductor), submitting the new graph, the KV transfer on the new decode worker
+(from the prefill worker's host tier, or a miss: recompute) and the rest up to the first
+resumed token (scheduling the tasks, recomputing prompt + tokens so far less what was
+fetched, one decode step).
+
+``--kill-target busiest`` kills the worker (of ``--kill-roles``) with the most requests
+in flight rather than a random one, and ``--min-inflight`` waits until it has that many;
+with ``--output-len`` long enough for several streams to run at each kill, each kill
+moves several requests.
 
     python benchmarks/chaos.py [--model DIR] [--dataset prefix-repetition|mooncake-trace]
         [--num-prompts 200] [--rate 4] [--kill-every 10] [--kill-roles prefill,decode]
+        [--kill-target random|busiest] [--min-inflight 0] [--output-len 32]
         [--json out.json]
 """
 
@@ -21,6 +44,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import itertools
 import json
 import os
 import random
@@ -33,6 +58,7 @@ from pathlib import Path
 
 from mooncake.bench.datasets import SampleRequest, mooncake_trace_dataset, prefix_repetition_dataset
 from mooncake.client import LLM, Rejected, Unavailable
+from mooncake.client_moves import MoveRecord
 from mooncake.config import EngineConfig
 from mooncake.sampling_params import SamplingParams
 
@@ -49,6 +75,22 @@ class Outcome:
     error: str = ""
     ttft_s: float | None = None
     e2e_s: float | None = None
+    prompt_len: int = 0
+    output_len: int = 0
+    start: float = 0.0
+    """``time.monotonic()`` when it was sent."""
+    token_times: list[float] | None = None
+    """``time.monotonic()`` of each output that brought tokens."""
+
+
+@dataclass
+class Kill:
+    at: float
+    """``time.monotonic()``."""
+    worker: str
+    roles: str
+    inflight: int
+    """Requests the client had placed on it then."""
 
 
 def workload(args: argparse.Namespace) -> list[SampleRequest]:
@@ -67,12 +109,19 @@ def workload(args: argparse.Namespace) -> list[SampleRequest]:
 
 async def run_one(llm: LLM, i: int, req: SampleRequest, timeout: float) -> Outcome:
     rid = f"chaos-{i}"
-    out = Outcome(rid)
     params = SamplingParams(temperature=0.0, max_tokens=req.output_len, ignore_eos=True)
     t0 = time.monotonic()
+    out = Outcome(rid, prompt_len=req.prompt_len, output_len=req.output_len, start=t0)
+    out.token_times = []
+    seen = 0
 
     async def consume() -> None:
+        nonlocal seen
         async for o in llm.stream(req.prompt, params, request_id=rid):
+            n = len(o.outputs[0].token_ids)
+            if n > seen:
+                seen = n
+                out.token_times.append(time.monotonic())  # type: ignore[union-attr]
             if out.ttft_s is None and o.outputs[0].token_ids:
                 out.ttft_s = time.monotonic() - t0
             if o.finished:
@@ -107,31 +156,162 @@ def killer(
     every: float,
     stop: threading.Event,
     rng: random.Random,
-    log: list[tuple[float, str]],
+    log: list[Kill],
     roles: tuple[str, ...] = ("prefill", "decode"),
+    target: str = "random",
+    min_inflight: int = 0,
+    keep_spare: bool = False,
 ) -> None:
-    """Kill a random worker process (of one of ``roles``) every ``every`` seconds until
-    ``stop``."""
-    t0 = time.monotonic()
+    """Kill a worker process (of one of ``roles``; a random one, or with ``target``
+    ``busiest`` the one with the most requests in flight, once it has ``min_inflight``)
+    every ``every`` seconds until ``stop``. With ``keep_spare`` only a worker whose roles
+    another live worker also has (waiting up to ``every`` s for the Nanny's restart)."""
     while not stop.wait(every):
-        # The client's own membership view (kept current by the scheduler's joined/left
-        # events): asking the workers (``client.run``) would wait on the one just killed.
-        with llm._lock:
-            workers = {a: dict(i) for a, i in llm.workers.items()}
-        eligible = sorted(
-            a
-            for a, info in workers.items()
-            if set(info.get("roles", [])) & set(roles) and info.get("worker_pid")
-        )
+        deadline = time.monotonic() + every
+        while True:
+            # The client's own membership view (kept current by the scheduler's joined/left
+            # events): asking the workers (``client.run``) would wait on the one just killed.
+            with llm._lock:
+                workers = {a: dict(i) for a, i in llm.workers.items()}
+                load = collections.Counter(w for ws in llm._placed.values() for w in ws)
+            eligible = sorted(
+                a
+                for a, info in workers.items()
+                if set(info.get("roles", [])) & set(roles) and info.get("worker_pid")
+            )
+            if keep_spare:
+                # Only a worker whose role another live worker also has.
+                eligible = [
+                    a
+                    for a in eligible
+                    if all(
+                        any(
+                            r in workers[b].get("roles", [])
+                            for b in workers
+                            if b != a and workers[b].get("worker_pid")
+                        )
+                        for r in workers[a].get("roles", [])
+                    )
+                ]
+                if not eligible and time.monotonic() < deadline:
+                    if stop.wait(0.05):
+                        return
+                    continue
+            if target == "busiest" and eligible:
+                top = max(load[a] for a in eligible)
+                eligible = [a for a in eligible if load[a] == top]
+                if top < min_inflight and time.monotonic() < deadline:
+                    if stop.wait(0.01):
+                        return
+                    continue
+            break
         if not eligible:
             continue
         addr = rng.choice(eligible)
         info = workers[addr]
         try:
             os.kill(int(info["worker_pid"]), signal.SIGKILL)
-            log.append((time.monotonic() - t0, "+".join(info.get("roles", ["?"]))))
+            log.append(
+                Kill(time.monotonic(), addr, "+".join(info.get("roles", ["?"])), load[addr])
+            )
         except ProcessLookupError:
             pass
+
+
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def _kill_of(kills: list[Kill], m: MoveRecord) -> Kill | None:
+    """The kill that made ``m``: the last kill of its lost worker before the stream acted."""
+    before = [k for k in kills if k.worker == m.lost_worker and k.at <= m.noticed_at]
+    return before[-1] if before else None
+
+
+def breakdown(outcomes: list[Outcome], moves: list[MoveRecord], kills: list[Kill]) -> dict:
+    """Per move, where its time went, and the extra time of each moved request (the
+    module docstring defines each)."""
+    by_id = {o.request_id: o for o in outcomes}
+    unmoved = [
+        o
+        for o in outcomes
+        if o.kind == "completed" and o.request_id not in {m.request_id for m in moves}
+    ]
+
+    def baseline(o: Outcome, kill: Kill | None, attr: str) -> float | None:
+        same = [u for u in unmoved if (u.prompt_len, u.output_len) == (o.prompt_len, o.output_len)]
+        if kill is not None:
+            during = [
+                u for u in same if u.start <= kill.at <= u.start + (u.e2e_s or 0.0)
+            ]
+            if len(during) >= 3:
+                same = during
+        return _median([getattr(u, attr) for u in same if getattr(u, attr) is not None])
+
+    rows = []
+    for m in moves:
+        o = by_id.get(m.request_id)
+        if o is None or o.kind != "completed":
+            continue
+        k = _kill_of(kills, m)
+        row: dict[str, object] = {
+            "request_id": m.request_id,
+            "resumed": m.resumed,
+            "tokens_before": m.tokens_before,
+            "notice": m.notice,
+            "path": m.transfer_path or "?",
+            "fetched_blocks": m.fetched_blocks,
+            "recomputed_tokens": m.recomputed_tokens,
+        }
+
+        def span(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else b - a
+
+        row["kill_to_left_event_s"] = span(k.at if k else None, m.left_at)
+        row["kill_to_notice_s"] = span(k.at if k else None, m.noticed_at)
+        row["place_s"] = span(m.noticed_at, m.placed_at)
+        row["submit_s"] = span(m.placed_at, m.submitted_at)
+        row["transfer_s"] = m.transfer_s
+        to_first = span(m.submitted_at, m.first_token_at)
+        row["submit_to_first_token_s"] = to_first
+        row["rest_to_first_token_s"] = (
+            None if to_first is None or m.transfer_s is None else to_first - m.transfer_s
+        )
+        row["kill_to_first_token_s"] = span(k.at if k else None, m.first_token_at)
+        times = o.token_times or []
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        if m.resumed and m.last_token_at is not None and m.first_token_at is not None:
+            row["stall_s"] = (m.first_token_at - m.last_token_at) - (_median(gaps) or 0.0)
+        base = baseline(o, k, "e2e_s")
+        row["extra_e2e_s"] = None if base is None or o.e2e_s is None else o.e2e_s - base
+        if not m.resumed:
+            base = baseline(o, k, "ttft_s")
+            row["extra_ttft_s"] = None if base is None or o.ttft_s is None else o.ttft_s - base
+        rows.append(row)
+
+    def med(key: str) -> float | None:
+        return _median([float(r[key]) for r in rows if r.get(key) is not None])  # type: ignore[arg-type]
+
+    keys = (
+        "kill_to_left_event_s",
+        "kill_to_notice_s",
+        "place_s",
+        "submit_s",
+        "transfer_s",
+        "rest_to_first_token_s",
+        "submit_to_first_token_s",
+        "kill_to_first_token_s",
+        "recomputed_tokens",
+        "stall_s",
+        "extra_e2e_s",
+        "extra_ttft_s",
+    )
+    return {
+        "moves": rows,
+        "p50": {key: med(key) for key in keys},
+        "paths": dict(collections.Counter(str(r["path"]) for r in rows)),
+        "notices": dict(collections.Counter(str(r["notice"]) for r in rows)),
+    }
 
 
 def main() -> None:
@@ -155,6 +335,24 @@ def main() -> None:
         help="roles whose workers may be killed (decode: only decode workers, so a spare "
         "decode worker always remains)",
     )
+    ap.add_argument(
+        "--kill-target",
+        choices=("random", "busiest"),
+        default="random",
+        help="busiest: the worker with the most requests in flight",
+    )
+    ap.add_argument(
+        "--min-inflight",
+        type=int,
+        default=0,
+        help="with --kill-target busiest: wait (up to --kill-every s) for this many",
+    )
+    ap.add_argument(
+        "--keep-spare",
+        action="store_true",
+        help="kill only a worker whose role another live worker also has (a spare "
+        "always remains: no request fails for want of a worker)",
+    )
     ap.add_argument("--prefix-len", type=int, default=256)
     ap.add_argument("--suffix-len", type=int, default=64)
     ap.add_argument("--num-prefixes", type=int, default=4)
@@ -173,7 +371,7 @@ def main() -> None:
 
     reqs = workload(args)
     rng = random.Random(args.seed)
-    kills: list[tuple[float, str]] = []
+    kills: list[Kill] = []
     with LLM(
         args.model,
         prefill_workers=1,
@@ -184,7 +382,17 @@ def main() -> None:
         stop = threading.Event()
         k = threading.Thread(
             target=killer,
-            args=(llm, args.kill_every, stop, rng, kills, tuple(args.kill_roles.split(","))),
+            args=(
+                llm,
+                args.kill_every,
+                stop,
+                rng,
+                kills,
+                tuple(args.kill_roles.split(",")),
+                args.kill_target,
+                args.min_inflight,
+                args.keep_spare,
+            ),
             daemon=True,
         )
 
@@ -205,6 +413,7 @@ def main() -> None:
             k.join(timeout=5)
         wall = time.monotonic() - t0
         moves = dict(llm.moves)
+        move_log = list(llm.move_log)
 
     counts = {
         kind: sum(o.kind == kind for o in outcomes) for kind in ("completed", "failed", "lost")
@@ -212,23 +421,28 @@ def main() -> None:
     moved = [o for o in outcomes if moves.get(o.request_id) and o.kind == "completed"]
     still = [o for o in outcomes if not moves.get(o.request_id) and o.kind == "completed"]
 
-    def extra(attr: str) -> float | None:
-        base = [getattr(o, attr) for o in still if getattr(o, attr) is not None]
-        vals = [getattr(o, attr) for o in moved if getattr(o, attr) is not None]
-        if not base or not vals:
-            return None
-        return statistics.median(vals) - statistics.median(base)
-
+    bd = breakdown(outcomes, move_log, kills)
     result = {
         "requests": len(outcomes),
         **counts,
         "completed_fraction": counts["completed"] / max(1, len(outcomes)),
         "moved": sum(1 for o in outcomes if moves.get(o.request_id)),
         "moved_completed": len(moved),
-        "extra_ttft_p50_s": extra("ttft_s"),
-        "extra_e2e_p50_s": extra("e2e_s"),
+        "extra_ttft_p50_s": bd["p50"]["extra_ttft_s"],
+        "extra_e2e_p50_s": bd["p50"]["extra_e2e_s"],
+        "stall_p50_s": bd["p50"]["stall_s"],
         "uncached_prefill_p50_s": uncached,
-        "kills": (kills_out := [{"t_s": round(t, 1), "roles": r} for t, r in kills]),
+        "unmoved_e2e_p50_s": _median([o.e2e_s for o in still if o.e2e_s is not None]),
+        "breakdown_p50": bd["p50"],
+        "transfer_paths": bd["paths"],
+        "notices": bd["notices"],
+        "move_rows": bd["moves"],
+        "kills": (
+            kills_out := [
+                {"t_s": round(k.at - t0, 1), "roles": k.roles, "inflight": k.inflight}
+                for k in kills
+            ]
+        ),
         "errors": sorted({o.error for o in outcomes if o.error}),
         "wall_s": wall,
         "args": vars(args),
@@ -242,16 +456,29 @@ def main() -> None:
         "moved_completed",
         "extra_ttft_p50_s",
         "extra_e2e_p50_s",
+        "stall_p50_s",
         "uncached_prefill_p50_s",
+        "unmoved_e2e_p50_s",
+        "transfer_paths",
+        "notices",
     ):
-        print(f"{key:>18}: {result[key]}")
-    kill_list = ", ".join(f"{d['roles']}@{d['t_s']}s" for d in kills_out)
-    print(f"{'kills':>18}: {kill_list}")
-    print(f"{'errors':>18}: {result['errors']}")
+        print(f"{key:>22}: {_fmt(result[key])}")
+    kill_list = ", ".join(f"{d['roles']}@{d['t_s']}s({d['inflight']})" for d in kills_out)
+    print(f"{'kills (in flight)':>22}: {kill_list}")
+    print(f"{'errors':>22}: {result['errors']}")
+    print("breakdown of a move, p50 over the moved requests (ms; tokens):")
+    for key, v in bd["p50"].items():
+        print(f"{key:>26}: {_fmt(v, 1000.0 if key.endswith('_s') else 1.0)}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     if args.save_results:
         save_results(result, args)
+
+
+def _fmt(v: object, scale: float = 1.0) -> str:
+    if isinstance(v, float):
+        return f"{v * scale:.1f}" if scale != 1.0 else f"{v:.4g}"
+    return str(v)
 
 
 def save_results(result: dict[str, object], args: argparse.Namespace) -> None:
@@ -262,7 +489,6 @@ def save_results(result: dict[str, object], args: argparse.Namespace) -> None:
 
     roles = args.kill_roles.replace(",", "+")
     n = int(result["requests"])  # type: ignore[call-overload]
-    extra = result["extra_ttft_p50_s"]
     uncached = float(result["uncached_prefill_p50_s"])  # type: ignore[arg-type]
     spare = "decode" in roles and "prefill" not in roles
     claims = [
@@ -281,17 +507,29 @@ def save_results(result: dict[str, object], args: argparse.Namespace) -> None:
         ),
         rf.claim("requests failed with a clear error", result["failed"], "", "requests", n),
     ]
-    if extra is not None:
-        claims.append(
-            rf.claim(
-                "extra TTFT of moved requests (p50)",
-                float(extra),  # type: ignore[arg-type]
-                "s",
-                "one uncached prefill (TTFT p50)",
-                uncached,
-                target="< 1.0",
+    for key, label in (
+        ("extra_ttft_p50_s", "extra TTFT of requests moved before their first token (p50)"),
+        ("stall_p50_s", "stall of resumed streams (p50)"),
+        ("extra_e2e_p50_s", "extra end-to-end time of moved requests (p50)"),
+    ):
+        value = result[key]
+        if value is not None:
+            claims.append(
+                rf.claim(
+                    label,
+                    float(value),  # type: ignore[arg-type]
+                    "s",
+                    "one uncached prefill (TTFT p50)",
+                    uncached,
+                    target="< 1.0",
+                )
             )
-        )
+    bd = result["breakdown_p50"]
+    steps = ", ".join(
+        f"{k.removesuffix('_s').replace('_', ' ')} {float(v) * 1000:.0f} ms"
+        for k, v in bd.items()  # type: ignore[attr-defined]
+        if v is not None and k.endswith("_s") and not k.startswith("extra")
+    )
     kills = ", ".join(f"{d['roles']}@{d['t_s']}s" for d in result["kills"])  # type: ignore[attr-defined]
     rf.save(
         f"chaos-{roles}",
@@ -299,9 +537,15 @@ def save_results(result: dict[str, object], args: argparse.Namespace) -> None:
         claims,
         notes=(
             f"1 prefill + {args.decode_workers} decode workers, built-in model, "
-            f"{args.dataset} load at {args.rate:g} req/s; a random {roles} worker killed "
-            f"with kill -9 every {args.kill_every:g} s (the Nanny restarts it). Kills: {kills}. "
-            f"Moved requests: {result['moved']} ({result['moved_completed']} completed). "
+            f"{args.dataset} load at {args.rate:g} req/s, {args.output_len} output tokens; "
+            f"{'a random' if args.kill_target == 'random' else 'the busiest'} {roles} worker "
+            f"killed{' (a spare kept)' if args.keep_spare else ''} with kill -9 every "
+            f"{args.kill_every:g} s (the Nanny restarts it). Kills: {kills}. "
+            f"Moved requests: {result['moved']} ({result['moved_completed']} completed); "
+            f"KV of the resumed ones: {result['transfer_paths']}. A move, p50: {steps}. "
+            "Stall: the gap a move left in a stream less the stream's median token gap; "
+            "extra end-to-end time: against unmoved requests of the same shape in flight "
+            "at the same kill (benchmarks/chaos.py says how each is measured). "
             f"Errors seen: {', '.join(result['errors']) or 'none'}."  # type: ignore[arg-type]
         ),
     )

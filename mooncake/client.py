@@ -51,6 +51,7 @@ from mooncake.client_common import (
     post as _post,
 )
 from mooncake.client_liveness import LivenessMixin
+from mooncake.client_moves import MoveRecord, Notice
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
 from mooncake.conductor.messages import (
@@ -68,7 +69,7 @@ from mooncake.graphs import KeyRef, get_builder
 from mooncake.graphs import resume as resume_graph
 from mooncake.kvcache import block_keys, root_key
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from mooncake.request_ids import next_attempt
+from mooncake.request_ids import next_attempt, task_key
 from mooncake.sampling_params import SamplingParams
 from mooncake.security import TLSFiles, check_address, client_security, embedded_security, uses_tls
 from mooncake.store import tier_dirs
@@ -90,6 +91,10 @@ ABORT_TIMEOUT_S = 5.0
 """How long an abort waits for one worker's answer (a dead worker never answers)."""
 PLACE_TIMEOUT_S = 30.0
 """How long a placement waits for the scheduler's answer."""
+PLACE_CONCURRENCY = 4
+"""Placement calls a client has in flight at once (more wait their turn)."""
+MOVE_LOG_LEN = 10_000
+"""How many move records ``LLM.move_log`` keeps."""
 
 
 class _Stream:
@@ -329,6 +334,12 @@ class LLM(BatchMixin, LivenessMixin):
         """Request id -> how many times it was moved off a lost worker."""
         self._moved_to: dict[str, str] = {}
         """A moved stream's request id -> the id of its current attempt."""
+        self.move_log: collections.deque[MoveRecord] = collections.deque(maxlen=MOVE_LOG_LEN)
+        """The latest moves of streamed requests, step by step (``mooncake.client_moves``)."""
+        self._place_slots: asyncio.Semaphore | None = None
+        """Bounds the placement calls in flight (made on the client's loop at first use)."""
+        self._left_at: dict[str, float] = {}
+        """Worker -> when the client got its worker-left event (``time.monotonic()``)."""
         self._task_workers: dict[str, str] = {}
         """Task key -> the worker it is restricted to (until its request ends)."""
         self._gone: set[str] = set()
@@ -587,11 +598,21 @@ class LLM(BatchMixin, LivenessMixin):
     def place(self, spec: RequestSpec) -> PlacementInfo:
         """Ask the Conductor where to run ``spec`` (raises ``Rejected``)."""
         reply = self.client.sync(
-            self._scheduler.mooncake_place,
-            request=self._place_request(spec),
-            callback_timeout=PLACE_TIMEOUT_S,
+            self._ask_place, self._place_request(spec), callback_timeout=PLACE_TIMEOUT_S
         )
         return self._placement(reply)
+
+    async def _ask_place(self, request: dict[str, Any]) -> dict[str, Any]:
+        """(Client loop.) The Conductor's answer to one placement request. At most
+        ``PLACE_CONCURRENCY`` calls at once: each call beyond the connections the pool
+        holds opens a new (TLS) connection to the scheduler, and a burst of them (every
+        request of a lost worker placed again at once) cost the scheduler and this loop
+        a handshake each, delaying every placement of the burst by hundreds of ms."""
+        if self._place_slots is None:
+            self._place_slots = asyncio.Semaphore(PLACE_CONCURRENCY)
+        async with self._place_slots:
+            reply: dict[str, Any] = await self._scheduler.mooncake_place(request=request)
+        return reply
 
     def submit(self, spec: RequestSpec, placement: PlacementInfo) -> Future[Any]:
         """Submit the request's graph; returns the future of its final ``RequestOutput``."""
@@ -689,26 +710,50 @@ class LLM(BatchMixin, LivenessMixin):
         q: asyncio.Queue[Any] = asyncio.Queue()
         acc = _Stream(spec)
         attempt = spec
+        move: MoveRecord | None = None
+        last_token_at: float | None = None
         self._sinks[spec.request_id] = (loop, q)
         try:
             placement = self._placement(await self._place_async(spec))
             out_fut = self.submit(spec, placement)
             out_fut.add_done_callback(lambda f: _post(loop, q, ("done", f)))
             while not acc.finished:
+                notice: Notice = "membership"
                 try:
                     kind, item = await asyncio.wait_for(q.get(), LIVENESS_INTERVAL_S)
                 except asyncio.TimeoutError:
                     live = await self._live_workers()
                     kind, item = "lost", self._lost_worker(attempt.request_id, live)
+                    notice = "liveness"
                     if item is None:
                         continue
                 if kind == "msg":
                     if item["rid"] == attempt.request_id:
+                        if item["tokens"]:
+                            last_token_at = time.monotonic()
+                            if move is not None and move.first_token_at is None:
+                                move.first_token_at = last_token_at
                         acc.apply(item)
                         yield acc.output()
                 elif kind == "lost":
                     if self._needs_move(attempt.request_id, item):
-                        attempt, out_fut = await self._move(spec, acc, attempt, item, loop, q)
+                        move = MoveRecord(
+                            spec.request_id,
+                            attempt.request_id,
+                            item,
+                            resumed=bool(acc.token_ids),
+                            tokens_before=len(acc.token_ids),
+                            notice=notice,
+                            left_at=self._left_at.get(item),
+                            noticed_at=time.monotonic(),
+                            last_token_at=last_token_at,
+                            prompt_tokens=len(spec.prompt_token_ids),
+                            block_size=int(self.info["block_size"]),
+                        )
+                        self.move_log.append(move)
+                        attempt, out_fut = await self._move(
+                            spec, acc, attempt, item, loop, q, move
+                        )
                 elif item is out_fut:  # the graph's output (an earlier attempt's is stale)
                     if item.status == "error":
                         raise await self._on_client_loop(item._exception())
@@ -728,7 +773,7 @@ class LLM(BatchMixin, LivenessMixin):
     async def _place_async(self, spec: RequestSpec, resume: bool = False) -> dict[str, Any]:
         """The Conductor's answer for ``spec`` (``asyncio.TimeoutError`` when the scheduler
         does not answer within ``PLACE_TIMEOUT_S``)."""
-        place = self._scheduler.mooncake_place(request=self._place_request(spec, resume=resume))
+        place = self._ask_place(self._place_request(spec, resume=resume))
         reply: dict[str, Any] = await asyncio.wait_for(self._on_client_loop(place), PLACE_TIMEOUT_S)
         return reply
 
@@ -740,6 +785,7 @@ class LLM(BatchMixin, LivenessMixin):
         lost: str,
         loop: asyncio.AbstractEventLoop,
         q: asyncio.Queue[Any],
+        record: MoveRecord,
     ) -> tuple[RequestSpec, Future[Any]]:
         """Run the request again without the lost worker, under a new attempt id (the
         old id stays refused by the engines that aborted it). With no token delivered
@@ -748,8 +794,9 @@ class LLM(BatchMixin, LivenessMixin):
         old = attempt.request_id
         self.moves[spec.request_id] += 1
         new = dataclasses.replace(attempt, request_id=next_attempt(spec.request_id, old))
+        record.attempt_id = new.request_id
         # Stop what is left of the old attempt (on the surviving workers); not awaited.
-        asyncio.run_coroutine_threadsafe(self._abort(old), self._client_loop)
+        asyncio.run_coroutine_threadsafe(self._abort(old, moved_off=lost), self._client_loop)
         self._sinks.pop(old, None)
         self._sinks[new.request_id] = (loop, q)
         self._moved_to[spec.request_id] = new.request_id
@@ -771,6 +818,7 @@ class LLM(BatchMixin, LivenessMixin):
                         "and the cluster is too busy to take the request over"
                     ) from None
                 await asyncio.sleep(max(0.01, e.retry_after))
+        record.placed_at, record.decode_worker = time.monotonic(), placement.decode
         logger.warning(
             "request %s: worker %s lost; %s on %s",
             spec.request_id,
@@ -784,8 +832,32 @@ class LLM(BatchMixin, LivenessMixin):
             )
         else:
             out_fut = self.submit(new, placement)
+        record.submitted_at = time.monotonic()
         out_fut.add_done_callback(lambda f: _post(loop, q, ("done", f)))
+        self._watch_transfer(new.request_id, record)
         return new, out_fut
+
+    def _watch_transfer(self, rid: str, record: MoveRecord) -> None:
+        """Fill ``record``'s transfer fields from the attempt's transfer task once it is
+        done (its result is small; read on the client's loop, never blocking a stream)."""
+        with self._lock:
+            fut = self._futures.get(rid, {}).get(task_key("transfer", rid))
+        if fut is None:
+            return
+
+        async def read() -> None:
+            try:
+                tr = await asyncio.wait_for(fut._result(), ABORT_TIMEOUT_S)
+            except Exception as e:  # lost again, aborted: the record stays without it
+                logger.debug("transfer result of %s: %s", rid, e)
+                return
+            record.transfer_path = str(tr.path)
+            record.transfer_s = float(tr.seconds)
+            record.fetched_blocks = int(getattr(tr, "num_blocks", 0))
+
+        fut.add_done_callback(
+            lambda _f: asyncio.run_coroutine_threadsafe(read(), self._client_loop)
+        )
 
     def _resume_handle(
         self, spec: RequestSpec, acc: _Stream, placement: PlacementInfo, lost: str
@@ -830,9 +902,20 @@ class LLM(BatchMixin, LivenessMixin):
         fut = asyncio.run_coroutine_threadsafe(self._abort(request_id), self._client_loop)
         await asyncio.shield(asyncio.wrap_future(fut))
 
-    async def _abort(self, request_id: str) -> None:
+    async def _abort(self, request_id: str, moved_off: str | None = None) -> None:
+        """Stop the request on every worker that may hold it and cancel its graph. With
+        ``moved_off`` (an attempt left behind by a move off that lost worker) only on the
+        surviving workers where a task of it has not finished: the others hold nothing
+        of it (the Conductor tells them to drop KV kept for the lost worker), and an
+        abort call to each, all at once for every request of the lost worker, delayed
+        the moved requests' resumption."""
         with self._lock:
             futures = self._futures.pop(request_id, {})
+            busy = {
+                w
+                for key, f in futures.items()
+                if f.status != "finished" and (w := self._task_workers.get(key)) is not None
+            }
             for key in futures:
                 self._task_workers.pop(key, None)
 
@@ -847,7 +930,10 @@ class LLM(BatchMixin, LivenessMixin):
         # The engines first and all at once: each step a request keeps running costs
         # every other request in the batch. Cancelling the graph only releases the tasks
         # (a running decode task would wait for its engine to the end).
-        await asyncio.gather(*(on(a) for a in self._worker_addresses(request_id)))
+        addresses = self._worker_addresses(request_id)
+        if moved_off is not None:
+            addresses = [a for a in addresses if a in busy and a != moved_off]
+        await asyncio.gather(*(on(a) for a in addresses))
         if futures:
             await self.client._cancel(list(futures.values()), force=True)
 

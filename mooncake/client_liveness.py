@@ -38,6 +38,7 @@ class LivenessMixin:
     _futures: dict[str, dict[str, Future[Any]]]
     _task_workers: dict[str, str]
     _live_cache: tuple[float, set[str]]
+    _left_at: dict[str, float]
 
     if TYPE_CHECKING:
 
@@ -59,6 +60,7 @@ class LivenessMixin:
         if left is None:
             return
         with self._lock:
+            self._left_at[left.worker] = time.monotonic()
             self._gone.add(left.worker)
             self.workers.pop(left.worker, None)
             affected = [rid for rid, workers in self._placed.items() if left.worker in workers]

@@ -296,3 +296,20 @@ def test_decode_worker_lost_streams_resume(tiny_llama: Path) -> None:
                 "a stream went back on a token"
             )
             assert outs[-1] == ref[i].token_ids
+        # Each move is on record, step by step and in order (what benchmarks/chaos.py
+        # breaks down): the loss noticed from the scheduler's event, placed again,
+        # submitted, the KV brought to the new decode worker, the first resumed token.
+        moved = [m for m in llm.move_log if m.lost_worker == victim]
+        assert moved and {m.request_id for m in moved} <= {f"resume-{i}" for i in range(4)}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(m.transfer_path for m in moved):
+            time.sleep(0.05)  # the transfer results are read after the fact
+        for m in moved:
+            assert m.resumed and m.tokens_before > 0 and m.decode_worker != victim
+            assert m.notice == "liveness" or m.left_at is not None
+            assert m.placed_at is not None and m.submitted_at is not None
+            assert m.first_token_at is not None and m.last_token_at is not None
+            assert m.last_token_at <= m.noticed_at <= m.placed_at <= m.submitted_at
+            assert m.submitted_at <= m.first_token_at
+            assert m.transfer_path and m.fetched_blocks is not None
+            assert m.recomputed_tokens is not None and m.recomputed_tokens >= m.tokens_before

@@ -46,12 +46,24 @@ class TransferLogEntry:
 
 @dataclass(frozen=True, slots=True)
 class DecodeStep:
-    """One decode-only engine step (what the decode step time fit learns from)."""
+    """One timed engine step: decode-only (what the decode step time fit learns from),
+    or prompt-only (``prefill_chunks`` set, ``sequences`` 0: what the prefill step fit
+    of the cost-model export learns from)."""
 
     sequences: int
     context_tokens: int
     """KV tokens the step's decode tokens attended over."""
     seconds: float
+    gap_s: float | None = None
+    """Seconds from the end of the previous decode-only step to this one's start (the
+    engine loop's work between steps), ``None`` when a prefill step or an idle spell
+    came between."""
+    prefill_chunks: tuple[tuple[int, int], ...] = ()
+    """A prompt-only step's chunks, as (end, start) token indices of each prompt."""
+
+
+StepTiming = tuple[int, int, float, float | None, tuple[tuple[int, int], ...]]
+"""A :class:`DecodeStep` as the engine process sends it (a plain tuple on its pipe)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +133,16 @@ class WorkerReport:
             "lookups": [asdict(lk) for lk in self.lookups],
             "requests": [{**asdict(r), "itl_s": list(r.itl_s)} for r in self.requests],
             "transfer_log": [[t.path, t.nbytes, t.seconds] for t in self.transfer_log],
-            "decode_steps": [[d.sequences, d.context_tokens, d.seconds] for d in self.decode_steps],
+            "decode_steps": [
+                [
+                    d.sequences,
+                    d.context_tokens,
+                    d.seconds,
+                    d.gap_s,
+                    [list(c) for c in d.prefill_chunks],
+                ]
+                for d in self.decode_steps
+            ],
             "leases_expired": self.leases_expired,
             "load": self.load.to_msg(),
         }
@@ -148,7 +169,14 @@ class WorkerReport:
                 for p, b, s in msg.get("transfer_log", ())
             ],
             decode_steps=[
-                DecodeStep(int(b), int(kv), float(s)) for b, kv, s in msg.get("decode_steps", ())
+                DecodeStep(
+                    int(d[0]),
+                    int(d[1]),
+                    float(d[2]),
+                    float(d[3]) if len(d) > 3 and d[3] is not None else None,
+                    tuple((int(e), int(s)) for e, s in d[4]) if len(d) > 4 else (),
+                )
+                for d in msg.get("decode_steps", ())
             ],
             leases_expired=int(msg.get("leases_expired", 0)),
             info=msg.get("info"),
@@ -159,6 +187,7 @@ __all__ = [
     "REPORT_OP",
     "DecodeStep",
     "PrefillDone",
+    "StepTiming",
     "TransferLogEntry",
     "TransferSample",
     "WorkerLoadReport",

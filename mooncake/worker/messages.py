@@ -93,6 +93,8 @@ class TransferResult:
     path: str = "none"
     """How the KV moved: the transfer paths used (``shm``, ``tcp``, ``rdma``), ``dask``
     (RPC, no store), ``local``, ``none`` (nothing to move) or ``miss`` (recompute)."""
+    num_blocks: int = 0
+    """Blocks that arrived (on a ``miss``, the prefix that did; decode computes the rest)."""
 
 
 __all__ = ["KVHandle", "LookupResult", "PlacementInfo", "RequestSpec", "TransferResult"]

@@ -14,6 +14,9 @@ model)::
 - ``Abort`` in any state stops the engine and drops the KV the worker keeps; the id is
   remembered for ``abort_memory_s`` so that a start, a task or a lookup that completes
   later is refused instead of admitting the request again.
+- ``DecodeStarted``: the transfer task admitted the received request into the engine
+  (its decode task collects the result), so the next token does not wait for the
+  decode task's dispatch; an abort that came first makes it take the request out again.
 - ``PeerLost``: the worker on the other side of a hand-off left. A prefilled request
   whose decode worker left will never be pulled: its KV is dropped.
 - ``Tick``: deadlines. An early lookup whose graph never arrived (the client went away
@@ -103,6 +106,14 @@ class HandedOff:
 
 
 @dataclass(frozen=True, slots=True)
+class DecodeStarted:
+    """The received request was admitted into this (decode) worker's engine."""
+
+    request_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class EngineFinished:
     request_id: str
     at: float
@@ -144,6 +155,7 @@ Event = (
     | LookupDone
     | Prefilled
     | HandedOff
+    | DecodeStarted
     | EngineFinished
     | EngineFailed
     | Abort
@@ -271,6 +283,10 @@ class WorkerRequests:
             elif rs.state == "receiving":
                 self._move(rs, "received", event.at)
             return []
+        if isinstance(event, DecodeStarted):
+            if rs.state in ("receiving", "received"):
+                self._move(rs, "decoding", event.at)
+            return []
         if isinstance(event, EngineFinished):
             if rs.state in ("admitted", "decoding"):
                 del self.requests[rid]
@@ -318,8 +334,8 @@ class WorkerRequests:
         rid = getattr(event, "request_id", "")
         if isinstance(event, TaskArrived):
             return [FailTask(rid, "aborted")]
-        if isinstance(event, LookupDone):
-            # Its lookup admitted it while the abort came: take it out again.
+        if isinstance(event, (LookupDone, DecodeStarted)):
+            # Admitted into the engine while the abort came: take it out again.
             return [AbortEngine(rid), DropKV(rid)]
         if isinstance(event, Prefilled):
             return [DropKV(rid)]
@@ -362,6 +378,7 @@ __all__ = [
     "AbortEngine",
     "BeginLookup",
     "CollectLookup",
+    "DecodeStarted",
     "DropKV",
     "EngineFailed",
     "EngineFinished",

@@ -315,9 +315,34 @@ def transfer(handle: KVHandle) -> TransferResult:
         return TransferResult(handle, path="none")
     _arrived(plugin, rid, "transfer", handle.worker)
     try:
-        return _transfer(plugin, handle, rid)
+        result = _transfer(plugin, handle, rid)
     finally:
         plugin.requests.handle(request_state.HandedOff(rid, time.monotonic()))
+    fut = _start_decode(plugin, handle)
+    plugin.requests.futures.set_started(rid, fut, time.perf_counter())
+    # An abort that came meanwhile takes it out of the engine again.
+    plugin.requests.handle(request_state.DecodeStarted(rid, time.monotonic()))
+    return result
+
+
+def _start_decode(
+    plugin: MooncakeWorker, handle: KVHandle
+) -> concurrent.futures.Future[RequestOutput]:
+    """Admit the request into this engine's batch as soon as its KV is here, so its next
+    token does not wait for the scheduler to dispatch the decode task (a resumed
+    request's first token after a move waited on that round trip); the decode task
+    owns and waits for the result, as ``lookup`` does for prefill."""
+    spec = handle.spec
+    export = plugin.requests.handoff.take_incoming(spec.request_id)
+    return _watch_and_add(
+        spec,
+        prefill_only=False,
+        kv=export,
+        prior=handle.first_token_ids,
+        prior_logprobs=handle.first_logprobs,
+        cached=handle.num_cached_tokens,
+        plugin=plugin,
+    )
 
 
 def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferResult:
@@ -339,7 +364,9 @@ def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferRes
         path = "+".join(sorted(set(f.paths))) if f.num_blocks == len(handle.block_keys) else "miss"
         plugin.reports.transfer_log(path, f.nbytes, seconds)
         plugin.transfer_paths[path] += 1
-        return TransferResult(handle, nbytes=f.nbytes, seconds=seconds, path=path)
+        return TransferResult(
+            handle, nbytes=f.nbytes, seconds=seconds, path=path, num_blocks=f.num_blocks
+        )
     if handle.worker == plugin.worker.address:
         export = plugin.requests.handoff.take_outgoing(rid)
         path = "local"
@@ -358,7 +385,9 @@ def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferRes
     plugin.reports.transfer_log(path, nbytes, seconds)
     if path == "dask":
         plugin.reports.transfer(nbytes, seconds)
-    return TransferResult(handle, nbytes=nbytes, seconds=seconds, path=path)
+    return TransferResult(
+        handle, nbytes=nbytes, seconds=seconds, path=path, num_blocks=len(export.blocks)
+    )
 
 
 def _fetch_handoff(
@@ -408,7 +437,7 @@ def _release_handoff(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> None
 async def decode(tr: TransferResult) -> RequestOutput:
     """Join this worker's continuous batch with the imported KV and run to the end (a
     coroutine: no thread waits for the request, see the module's docstring)."""
-    started = time.time()
+    task_start = time.time()
     plugin = _plugin()
     handle = tr.handle
     if handle.finished:
@@ -423,23 +452,15 @@ async def decode(tr: TransferResult) -> RequestOutput:
         return out
     spec = handle.spec
     _arrived(plugin, spec.request_id, "decode", handle.worker)
-    export = plugin.requests.handoff.take_incoming(spec.request_id)
     plugin.reports.decode_joined(spec.request_id)
-    # On a miss the prompt is recomputed here (prefix cache permitting); the first token
-    # is kept, so the output is the same.
-    req = admission(
-        spec,
-        False,
-        handle.num_cached_tokens,
-        export,
-        handle.first_token_ids,
-        handle.first_logprobs,
-    )
-    if export is None:
-        fut = await plugin.engine.add_async(req)
-    else:  # KV tensors to pickle onto the engine's socket: not on the event loop
-        fut = await asyncio.to_thread(plugin.engine.add, req)
-    _secede_slot(plugin.worker, "decode", spec.request_id, started)
+    # Admitted by the transfer task (``_start_decode``); a decode whose transfer ran
+    # elsewhere admits it now (in a thread: the engine's acceptance is waited for, and a
+    # Dask-path KV export is pickled onto the engine's socket). On a miss the prompt is
+    # recomputed (prefix cache permitting); the first tokens are kept, so the output is
+    # the same.
+    got = plugin.requests.futures.take_started(spec.request_id)
+    fut = got.future if got is not None else await asyncio.to_thread(_start_decode, plugin, handle)
+    _secede_slot(plugin.worker, "decode", spec.request_id, task_start)
     out = await _awaited(plugin, spec.request_id, fut)
     plugin.requests.handle(request_state.EngineFinished(spec.request_id, time.monotonic()))
     token_times = plugin.engine.token_times.pop(spec.request_id, [])

@@ -10,6 +10,7 @@ from mooncake.worker.request_state import (
     AbortEngine,
     BeginLookup,
     CollectLookup,
+    DecodeStarted,
     DropKV,
     EngineFailed,
     EngineFinished,
@@ -102,6 +103,28 @@ def test_decode_side_path() -> None:
     m = machine()
     to_state(m, "decoding")
     assert m.handle(EngineFinished(R, 2.0)) == [] and m.state_of(R) is None
+
+
+def test_decode_started_by_transfer_task() -> None:
+    """The transfer task admits the received request into the engine (DecodeStarted):
+    it is decoding before its decode task arrives, which then changes nothing; the
+    engine's end forgets it."""
+    m = machine()
+    to_state(m, "received")
+    assert m.handle(DecodeStarted(R, 0.2)) == [] and m.state_of(R) == "decoding"
+    assert m.handle(TaskArrived(R, "decode", 0.3)) == [] and m.state_of(R) == "decoding"
+    assert m.handle(EngineFinished(R, 1.0)) == [] and m.state_of(R) is None
+
+
+def test_abort_before_decode_started_takes_it_out_again() -> None:
+    """An abort that reaches the worker between the KV's arrival and the transfer task's
+    admission into the engine: the admission that follows is undone (engine abort, the
+    started future dropped), and the decode task fails."""
+    m = machine()
+    to_state(m, "received")
+    m.handle(Abort(R, 0.2))
+    assert m.handle(DecodeStarted(R, 0.3)) == [AbortEngine(R), DropKV(R)]
+    assert m.handle(TaskArrived(R, "decode", 0.4)) == [FailTask(R, "aborted")]
 
 
 def test_decode_without_transfer_task() -> None:
