@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import dask.config
 from dask._task_spec import Task, TaskRef, parse_input
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from distributed import Client, Future, LocalCluster, Nanny
@@ -56,6 +57,7 @@ from mooncake.conductor.plugin import ConductorPlugin
 from mooncake.config import EngineConfig
 from mooncake.cpu_list import BIND_ENV, worker_slice
 from mooncake.dashboard import PAGE_PATH, MonitorPlugin
+from mooncake.dask_defaults import quiet_config
 from mooncake.graphs import KeyRef, get_builder
 from mooncake.graphs import resume as resume_graph
 from mooncake.kvcache import block_keys, root_key
@@ -318,6 +320,21 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
     # -- cluster -------------------------------------------------------------------
     @staticmethod
     def _start_cluster(
+        ec: EngineConfig,
+        n_prefill: int,
+        n_decode: int,
+        mode: Mode,
+        threads: int,
+        dashboard: str | None,
+        security: Security,
+    ) -> LocalCluster:
+        # The scheduler and each Nanny read Dask's config when they are made, and each
+        # Nanny hands it to its worker process: the quieter housekeeping applies to all.
+        with dask.config.set(quiet_config()):
+            return LLM._make_cluster(ec, n_prefill, n_decode, mode, threads, dashboard, security)
+
+    @staticmethod
+    def _make_cluster(
         ec: EngineConfig,
         n_prefill: int,
         n_decode: int,
