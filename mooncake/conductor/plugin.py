@@ -1,6 +1,8 @@
 """``ConductorPlugin``: the Dask ``SchedulerPlugin`` that applies the pure Conductor.
 
-- Workers report (``mooncake_report`` handler, every ~50 ms): stored/removed block keys,
+- Workers report (a ``mooncake-report`` message on their stream to the scheduler, when
+  something changed: at most ~50 ms after a change placement depends on, ~0.5 s after
+  any other, every 2 s when idle; ``mooncake.worker.report_pacer``): stored/removed block keys,
   finished prefills and decode-only engine steps (observed seconds refine the cost
   model), decode joins, transfer timings, load. The first report carries the model's
   shape, from which the cost model is built.
@@ -42,7 +44,7 @@ from mooncake.conductor.messages import (
     start_stream_msg,
 )
 from mooncake.conductor.policy import NO_WORKER, Conductor, Placement
-from mooncake.conductor.reports import WorkerReport
+from mooncake.conductor.reports import REPORT_OP, WorkerReport
 from mooncake.metrics import (
     MONITOR_PLUGIN_NAME,
     MetricsState,
@@ -113,7 +115,7 @@ class ConductorPlugin(SchedulerPlugin):
             self.config.tbt_slo_s,
         )
         scheduler.handlers["mooncake_place"] = self.handle_place
-        scheduler.handlers["mooncake_report"] = self.handle_report
+        scheduler.stream_handlers[REPORT_OP] = self.handle_report
         scheduler.handlers["mooncake_stats"] = self.handle_stats
         scheduler.handlers["mooncake_history"] = self.handle_history
         scheduler.handlers["mooncake_workers"] = self.handle_workers
