@@ -96,9 +96,7 @@ class KVStore:
         return sum(self.store.put_many([b for _, b in full], [i for i, _ in full]))
 
     # -- hand-off leases ------------------------------------------------------------
-    def lease_handoff(
-        self, request_id: str, keys: Sequence[BlockKey], more: bool = False
-    ) -> None:
+    def lease_handoff(self, request_id: str, keys: Sequence[BlockKey], more: bool = False) -> None:
         """Keep ``keys`` from eviction until the decode side of ``request_id`` has them
         (:meth:`release_handoff`, here or from a same-host peer) or the lease expires.
         ``more``: keys added to a lease this request already took (a streamed chunk)."""

@@ -55,7 +55,6 @@ STREAM_INTERVAL_S = 0.001
 """Batching interval of the worker's message stream to the scheduler."""
 
 
-
 def roles_of(worker: Worker) -> list[str]:
     """``prefill`` / ``decode`` from the worker's Dask resources (both when it has neither)."""
     res = worker.state.total_resources

@@ -135,9 +135,7 @@ def test_streamed_handoff_overlaps_prefill(tiny_llama, same_host):
     with mooncake.LLM(
         str(tiny_llama),
         engine_config=_engine_config(),
-        worker_config=WorkerConfig(
-            stream_kv=True, transfer=TransferConfig(same_host=same_host)
-        ),
+        worker_config=WorkerConfig(stream_kv=True, transfer=TransferConfig(same_host=same_host)),
         dashboard_address=None,
     ) as llm:
         bs = next(iter(llm.workers.values()))["block_size"]
@@ -159,14 +157,9 @@ def test_streamed_handoff_overlaps_prefill(tiny_llama, same_host):
                 overlapped.append((prefill, decode))
                 break
         stats = llm.worker_stats()
-        leases = {
-            "+".join(llm.workers[w]["roles"]): s["handoff_leases"] for w, s in stats.items()
-        }
-        paths = {
-            "+".join(llm.workers[w]["roles"]): s["transfer_paths"] for w, s in stats.items()
-        }
+        leases = {"+".join(llm.workers[w]["roles"]): s["handoff_leases"] for w, s in stats.items()}
+        paths = {"+".join(llm.workers[w]["roles"]): s["transfer_paths"] for w, s in stats.items()}
     assert overlapped, f"no prompt of {TRIES} streamed during its prefill"
     assert "miss" not in paths["decode"]
     assert ("shm" if same_host else "tcp") in paths["decode"]
     assert leases == {"prefill": 0, "decode": 0}
-
