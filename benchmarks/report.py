@@ -35,6 +35,7 @@ SECTIONS = [
     "store-between-hosts",
     "serving",
     "serve-profile",
+    "handoff-stream",
     "batch-templates",
     "batch-cache-bound",
     "batch-transformers",
