@@ -34,6 +34,7 @@ SECTIONS = [
     "store",
     "store-between-hosts",
     "serving",
+    "serving-trace",
     "serve-profile",
     "handoff-stream",
     "batch-templates",
