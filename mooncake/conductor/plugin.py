@@ -1,6 +1,8 @@
 """``ConductorPlugin``: the Dask ``SchedulerPlugin`` that applies the pure Conductor.
 
-- Workers report (``mooncake_report`` handler, every ~50 ms): stored/removed block keys,
+- Workers report (a ``mooncake-report`` message on their stream to the scheduler, when
+  something changed: at most ~50 ms after a change placement depends on, ~0.5 s after
+  any other, every 2 s when idle; ``mooncake.worker.report_pacer``): stored/removed block keys,
   finished prefills and decode-only engine steps (observed seconds refine the cost
   model), decode joins, transfer timings, load. The first report carries the model's
   shape, from which the cost model is built.
@@ -39,9 +41,10 @@ from mooncake.conductor.messages import (
     PlaceRefused,
     PlaceRequest,
     start_lookup_msg,
+    start_stream_msg,
 )
 from mooncake.conductor.policy import NO_WORKER, Conductor, Placement
-from mooncake.conductor.reports import WorkerReport
+from mooncake.conductor.reports import REPORT_OP, WorkerReport
 from mooncake.metrics import (
     MONITOR_PLUGIN_NAME,
     MetricsState,
@@ -112,7 +115,7 @@ class ConductorPlugin(SchedulerPlugin):
             self.config.tbt_slo_s,
         )
         scheduler.handlers["mooncake_place"] = self.handle_place
-        scheduler.handlers["mooncake_report"] = self.handle_report
+        scheduler.stream_handlers[REPORT_OP] = self.handle_report
         scheduler.handlers["mooncake_stats"] = self.handle_stats
         scheduler.handlers["mooncake_history"] = self.handle_history
         scheduler.handlers["mooncake_workers"] = self.handle_workers
@@ -277,7 +280,24 @@ class ConductorPlugin(SchedulerPlugin):
         placement = self._placement(decision)
         if req.spec is not None and decision.fetch_from is None:
             self._start_early(req, placement)
+        if req.spec is not None and not req.resume:
+            self._start_stream(req, placement)
         return placement.to_msg()
+
+    def _start_stream(self, req: PlaceRequest, placement: PlacementInfo) -> None:
+        """Tell a streaming decode worker (``WorkerConfig.stream_kv``) of the request now,
+        so it imports the KV while the prefill worker publishes it chunk by chunk."""
+        if placement.decode == placement.prefill or not self.worker_info.get(
+            placement.decode, {}
+        ).get("stream_kv"):
+            return
+        stream = self.scheduler.stream_comms.get(placement.decode)
+        if stream is None:
+            return
+        try:
+            stream.send(start_stream_msg(req.spec, placement))
+        except Exception as e:  # a closing worker: the transfer task fetches it all
+            logger.debug("stream start on %s failed: %s", placement.decode, e)
 
     def _start_early(self, req: PlaceRequest, placement: PlacementInfo) -> None:
         """Tell the prefill worker to start the request's lookup now, on the same stream

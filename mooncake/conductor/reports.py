@@ -1,4 +1,5 @@
-"""What a worker reports to the Conductor (``mooncake_report``, every ~50 ms).
+"""What a worker reports to the Conductor (a ``mooncake-report`` message on the worker's
+stream to the scheduler, when something changed: ``mooncake.worker.report_pacer``).
 
 One typed form, built by the worker and parsed by the Conductor's plugin here; on the
 wire it is a plain dict of lists (Dask's comms carry msgpack, which has no dataclasses).
@@ -10,6 +11,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mooncake.metrics import LookupRecord, RequestRecord
+
+REPORT_OP = "mooncake-report"
+"""The stream message (``{"op": REPORT_OP, "report": WorkerReport.to_msg()}``) a worker
+sends to the scheduler, where the Conductor's plugin handles it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +184,7 @@ class WorkerReport:
 
 
 __all__ = [
+    "REPORT_OP",
     "DecodeStep",
     "PrefillDone",
     "StepTiming",

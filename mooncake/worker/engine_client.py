@@ -15,6 +15,7 @@ engine's load.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import itertools
@@ -146,6 +147,17 @@ class EngineClient:
         done, call = self._send_add(req, None, None)
         try:
             call.result()
+        except BaseException:
+            self._forget(req.request_id, done)
+            raise
+        return done
+
+    async def add_async(self, req: AddRequest) -> concurrent.futures.Future[RequestOutput]:
+        """``add`` for a caller on an event loop: the engine's acceptance is awaited,
+        not blocked on."""
+        done, call = self._send_add(req, None, None)
+        try:
+            await asyncio.wrap_future(call)
         except BaseException:
             self._forget(req.request_id, done)
             raise

@@ -25,7 +25,7 @@ from distributed.comm.addressing import get_address_host
 from distributed.protocol.serialize import to_serialize
 
 from mooncake.conductor.messages import PlacementInfo
-from mooncake.conductor.reports import DecodeStep, WorkerLoadReport, WorkerReport
+from mooncake.conductor.reports import REPORT_OP, DecodeStep, WorkerLoadReport, WorkerReport
 from mooncake.config import EngineConfig
 from mooncake.kvcache import KVExport, root_key
 from mooncake.kvcache.shared_prefix import SharedPrefixProbe
@@ -38,16 +38,17 @@ from mooncake.worker.block_presence import BlockPresence
 from mooncake.worker.config import WorkerConfig
 from mooncake.worker.engine_client import EngineClient
 from mooncake.worker.kv_store import KVStore
+from mooncake.worker.kv_stream import StreamImports
 from mooncake.worker.lookup import begin_lookup, fetches_remote, run_lookup
 from mooncake.worker.messages import LookupResult, RequestSpec
 from mooncake.worker.report_buffer import ReportBuffer
+from mooncake.worker.report_pacer import Pending, ReportPacer
 from mooncake.worker.request_table import RequestTable
 from mooncake.worker.rpc import rpc
 
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "mooncake"
-REPORT_INTERVAL_S = 0.05
 EARLY_LOOKUP_TIMEOUT_S = 60.0
 """How long a lookup started at placement waits for its task before it is aborted."""
 STREAM_INTERVAL_S = 0.001
@@ -121,6 +122,12 @@ class MooncakeWorker(WorkerPlugin):
             self.kv_store = await asyncio.to_thread(
                 KVStore, wc, str(worker.name or worker.address), cluster
             )
+        self.streams: StreamImports | None = (
+            StreamImports(self, self.worker_config.stream_poll_s)
+            if self.kv_store is not None and self.worker_config.stream_kv
+            else None
+        )
+        """Hand-offs this (decode) worker imports while their prefill runs elsewhere."""
         self._peers: dict[str, Peer | None] = {}
         self._presence = BlockPresence()
         worker.handlers["mooncake_fetch_kv"] = self.handle_fetch_kv
@@ -129,12 +136,17 @@ class MooncakeWorker(WorkerPlugin):
         worker.handlers["mooncake_release_handoff"] = self.handle_release_handoff
         worker.handlers["mooncake_info"] = self.handle_info
         worker.stream_handlers["mooncake-start"] = self.handle_start
+        worker.stream_handlers["mooncake-stream"] = self.handle_stream
         worker.stream_handlers["mooncake-peer-lost"] = self.handle_peer_lost
         # Token deltas that cannot go straight to the client (mooncake.worker.token_stream)
         # ride this stream to the scheduler, then the client; Dask holds a message until
         # 2 ms after the previous one.
         worker.batched_stream.interval = STREAM_INTERVAL_S
         self._reported_model = False
+        self._pacer = ReportPacer()
+        self._sent_load: dict[str, Any] | None = None
+        self.reports_sent = 0
+        """Reports sent to the Conductor (``benchmarks/runtime_overhead.py`` counts them)."""
         self._report_task = asyncio.ensure_future(self._report_forever())
         logger.info(
             "mooncake worker %s ready: roles=%s model=%s engine pid=%s",
@@ -147,6 +159,8 @@ class MooncakeWorker(WorkerPlugin):
     async def teardown(self, worker: Worker) -> None:
         self._report_task.cancel()
         self._lookup_pool.shutdown(wait=False, cancel_futures=True)
+        if self.streams is not None:
+            self.streams.close()
         await asyncio.to_thread(self.engine.stop)
         if self.kv_store is not None:
             self.kv_store.close()
@@ -165,6 +179,7 @@ class MooncakeWorker(WorkerPlugin):
             "worker_pid": os.getpid(),
             **self.engine.info,
             "peer": self.kv_store.peer.to_msg() if self.kv_store is not None else None,
+            "stream_kv": self.streams is not None,
         }
 
     @property
@@ -183,7 +198,7 @@ class MooncakeWorker(WorkerPlugin):
     def peer_of(self, address: str) -> Peer | None:
         """How to fetch blocks from the worker at ``address`` (asked once, then cached)."""
         if address not in self._peers:
-            info = rpc(address, "mooncake_info")
+            info = rpc(address, "mooncake_info", on=self.worker)
             self._peers[address] = Peer.from_msg(info.get("peer"))
         return self._peers[address]
 
@@ -221,10 +236,19 @@ class MooncakeWorker(WorkerPlugin):
         fut = self._lookup_pool.submit(run_lookup, self, spec, where, start, begun)
         self.requests.futures.set_early(rid, fut, time.monotonic())
 
+    def handle_stream(self, spec: RequestSpec, placement: dict[str, Any]) -> None:
+        """(Stream message from the Conductor at placement, to the decode worker.) Import
+        the request's blocks as its prefill worker publishes them (``kv_stream``)."""
+        if self.streams is not None:
+            self.streams.start(spec, PlacementInfo.from_msg(placement))
+
     def _forget(self, request_id: str) -> None:
         """What a dropped request leaves besides its futures and hand-off KV: its token
         timings, and the lease on blocks a decode worker will now never fetch."""
         self.engine.token_times.pop(request_id, None)
+        streams = getattr(self, "streams", None)
+        if streams is not None:
+            streams.cancel(request_id)
         kvs = getattr(self, "kv_store", None)
         if kvs is not None:
             kvs.release_handoff(request_id)
@@ -247,6 +271,8 @@ class MooncakeWorker(WorkerPlugin):
         # and forgotten as the machine's ``AbortEngine``.
         self.requests.handle(request_state.Abort(request_id, time.monotonic()), apply=False)
         self.requests.drop(request_id)
+        if self.streams is not None:
+            self.streams.cancel(request_id)
         return bool(await asyncio.wrap_future(self.engine.call("abort", request_id)))
 
     def handle_peer_lost(self, worker: str) -> None:
@@ -367,19 +393,48 @@ class MooncakeWorker(WorkerPlugin):
             rep.leases_expired = len(self.kv_store.sweep_leases())
         return rep
 
+    def _pending(self) -> Pending:
+        """How soon the next report is needed (cheap: nothing is drained here)."""
+        kvs = self.kv_store
+        if (
+            not self._reported_model
+            or self.engine.block_events
+            or (kvs is not None and len(kvs.store.events))
+        ):
+            return "urgent"
+        own = self.reports.pending()
+        if own != "none":
+            return own
+        if self.engine.step_timings or self._load_key() != self._sent_load:
+            return "slow"
+        return "none"
+
+    def _load_key(self) -> dict[str, Any]:
+        """The engine's load figures that tell a change (its busy time always grows)."""
+        return {k: v for k, v in self.engine.load.items() if k != "busy_seconds"}
+
     async def _report_forever(self) -> None:
+        """Report to the Conductor when the pacer says so, on the worker's batched stream
+        to the scheduler: one message, no reply, ordered with the task results."""
+        interval = self._pacer.pacing.urgent_s
         while True:
             try:
                 await self._expire_early()
-                rep = self.report().to_msg()
-                await self.worker.scheduler.mooncake_report(worker=self.worker.address, report=rep)
-                self._reported_model = True
+                now = time.monotonic()
+                if self._pacer.due(now, self._pending()):
+                    load = self._load_key()
+                    rep = self.report().to_msg()
+                    self.worker.batched_stream.send({"op": REPORT_OP, "report": rep})
+                    self._pacer.sent(now)
+                    self._sent_load = load
+                    self._reported_model = True
+                    self.reports_sent += 1
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 logger.debug("mooncake report failed: %s", e)
                 await asyncio.sleep(0.5)
-            await asyncio.sleep(REPORT_INTERVAL_S)
+            await asyncio.sleep(interval)
 
 
 def get_plugin() -> MooncakeWorker:
