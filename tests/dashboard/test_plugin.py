@@ -19,6 +19,7 @@ class _Scheduler:
     def __init__(self) -> None:
         self.plugins: dict[str, Any] = {}
         self.handlers: dict[str, Any] = {}
+        self.stream_handlers: dict[str, Any] = {}
 
 
 def _scheduler() -> Any:
