@@ -319,7 +319,9 @@ class LLM(BatchMixin, LivenessMixin):
         # Deltas come straight from the engine processes to this port; the topic above
         # is their fallback (see mooncake.worker.token_stream).
         self._stream_key = new_secret()
-        self._stream_server = TokenStreamServer(self._on_msgs, self._stream_key)
+        self._stream_server = TokenStreamServer(
+            self._on_msgs, self._stream_key, self._on_stream_closed
+        )
         self.client.sync(self._stream_server.start, self._stream_host())
 
     def _init_requests(self) -> None:
@@ -341,7 +343,14 @@ class LLM(BatchMixin, LivenessMixin):
         self._task_workers: dict[str, str] = {}
         """Task key -> the worker it is restricted to (until its request ends)."""
         self._gone: set[str] = set()
-        """Workers the scheduler reported gone (``WorkerLeft``)."""
+        """Workers the scheduler reported gone (``WorkerLeft``), or found dead here."""
+        self._dead: set[str] = set()
+        """Workers found dead here (their token stream closed, their port refuses) that
+        the scheduler has not removed yet: placements exclude them."""
+        self._probes: set[asyncio.Task[None]] = set()
+        self._watches: dict[str, asyncio.Task[None]] = {}
+        """Worker -> the task holding its liveness watch (``mooncake.client_liveness``)."""
+        self._watching = True
         self._live_cache: tuple[float, set[str]] = (0.0, set())
         self._lock = threading.Lock()
         self._ids = itertools.count()
@@ -359,6 +368,7 @@ class LLM(BatchMixin, LivenessMixin):
         self.tokenizer = _tokenizer(str(ctx.info["model_path"]))
         self._topic = f"mooncake-stream-{client.id}"
         self._init_requests()
+        self._watching = False  # a partition task's client: its own event and liveness checks
         return self
 
     def task_context(self) -> TaskContext:
@@ -553,8 +563,13 @@ class LLM(BatchMixin, LivenessMixin):
         root = root_key(int(self.info["hash_seed"]), self.info["fingerprint"], spec.cache_salt)
         return spec.prompt_block_keys(int(self.info["block_size"]), root)
 
-    def _place_request(self, spec: RequestSpec, resume: bool = False) -> dict[str, Any]:
+    def _place_request(
+        self, spec: RequestSpec, resume: bool = False, exclude: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         max_out = spec.params.max_tokens or (self.max_model_len - len(spec.prompt_token_ids))
+        with self._lock:
+            # Workers found dead that the scheduler has not removed yet: no request on them.
+            avoid = tuple(sorted(set(exclude) | self._dead))
         return PlaceRequest(
             request_id=spec.request_id,
             prompt_len=len(spec.prompt_token_ids),
@@ -567,6 +582,7 @@ class LLM(BatchMixin, LivenessMixin):
             resume=resume,
             spec=None if resume else to_serialize(spec),
             start="generate" if self.mode == "colocated" else "prefill",
+            exclude=avoid,
         ).to_msg()
 
     @staticmethod
@@ -631,10 +647,12 @@ class LLM(BatchMixin, LivenessMixin):
                 ),
             )
         )
+        workers = {t.worker for t in graph.tasks}
         with self._lock:
             self._futures[spec.request_id] = futures
-            self._placed[spec.request_id] = {t.worker for t in graph.tasks}
+            self._placed[spec.request_id] = workers
             self._task_workers.update({t.key: t.worker for t in graph.tasks})
+        self._start_watches(workers)
         out = futures[graph.output_key]
         out.add_done_callback(lambda _f, rid=spec.request_id: self._forget(rid))
         return out
@@ -695,6 +713,8 @@ class LLM(BatchMixin, LivenessMixin):
         attempt = spec
         move: MoveRecord | None = None
         last_token_at: float | None = None
+        lost_on: list[str] = []
+        """The workers this request was lost on (its placements exclude them)."""
         self._sinks[spec.request_id] = (loop, q)
         try:
             placement = self._placement(await self._place_async(spec))
@@ -703,13 +723,15 @@ class LLM(BatchMixin, LivenessMixin):
             while not acc.finished:
                 notice: Notice = "membership"
                 try:
-                    kind, item = await asyncio.wait_for(q.get(), LIVENESS_INTERVAL_S)
+                    got = await asyncio.wait_for(q.get(), LIVENESS_INTERVAL_S)
                 except asyncio.TimeoutError:
                     live = await self._live_workers()
-                    kind, item = "lost", self._lost_worker(attempt.request_id, live)
-                    notice = "liveness"
-                    if item is None:
+                    got = ("lost", self._lost_worker(attempt.request_id, live), "liveness")
+                    if got[1] is None:
                         continue
+                kind, item = got[0], got[1]
+                if kind == "lost":
+                    notice = got[2]
                 if kind == "msg":
                     if item["rid"] == attempt.request_id:
                         if item["tokens"]:
@@ -734,8 +756,9 @@ class LLM(BatchMixin, LivenessMixin):
                             block_size=int(self.info["block_size"]),
                         )
                         self.move_log.append(move)
+                        lost_on.append(item)
                         attempt, out_fut = await self._move(
-                            spec, acc, attempt, item, loop, q, move
+                            spec, acc, attempt, item, loop, q, move, tuple(lost_on)
                         )
                 elif item is out_fut:  # the graph's output (an earlier attempt's is stale)
                     if item.status == "error":
@@ -749,14 +772,17 @@ class LLM(BatchMixin, LivenessMixin):
         finally:
             self._sinks.pop(attempt.request_id, None)
             self._sinks.pop(spec.request_id, None)
+            self._stream_server.forget(attempt.request_id)
             self._moved_to.pop(spec.request_id, None)
             if not acc.finished:
                 await self._abort_unless_cancelled(attempt.request_id)
 
-    async def _place_async(self, spec: RequestSpec, resume: bool = False) -> dict[str, Any]:
+    async def _place_async(
+        self, spec: RequestSpec, resume: bool = False, exclude: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         """The Conductor's answer for ``spec`` (``asyncio.TimeoutError`` when the scheduler
         does not answer within ``PLACE_TIMEOUT_S``)."""
-        place = self._ask_place(self._place_request(spec, resume=resume))
+        place = self._ask_place(self._place_request(spec, resume=resume, exclude=exclude))
         reply: dict[str, Any] = await asyncio.wait_for(self._on_client_loop(place), PLACE_TIMEOUT_S)
         return reply
 
@@ -769,11 +795,13 @@ class LLM(BatchMixin, LivenessMixin):
         loop: asyncio.AbstractEventLoop,
         q: asyncio.Queue[Any],
         record: MoveRecord,
+        lost_on: tuple[str, ...],
     ) -> tuple[RequestSpec, Future[Any]]:
         """Run the request again without the lost worker, under a new attempt id (the
         old id stays refused by the engines that aborted it). With no token delivered
         yet it is placed from scratch; otherwise it resumes on a decode worker from the
-        tokens delivered so far. Raises ``WorkerLost`` when that is impossible."""
+        tokens delivered so far. The placement excludes ``lost_on`` (the scheduler may
+        not have removed the worker yet). Raises ``WorkerLost`` when that is impossible."""
         old = attempt.request_id
         self.moves[spec.request_id] += 1
         new = dataclasses.replace(attempt, request_id=next_attempt(spec.request_id, old))
@@ -781,13 +809,14 @@ class LLM(BatchMixin, LivenessMixin):
         # Stop what is left of the old attempt (on the surviving workers); not awaited.
         asyncio.run_coroutine_threadsafe(self._abort(old, moved_off=lost), self._client_loop)
         self._sinks.pop(old, None)
+        self._stream_server.forget(old)
         self._sinks[new.request_id] = (loop, q)
         self._moved_to[spec.request_id] = new.request_id
         resume = bool(acc.token_ids)
         deadline = time.monotonic() + MOVE_DEADLINE_S
         while True:
             try:
-                placement = self._placement(await self._place_async(new, resume))
+                placement = self._placement(await self._place_async(new, resume, lost_on))
                 break
             except Unavailable as e:
                 raise WorkerLost(
@@ -931,6 +960,7 @@ class LLM(BatchMixin, LivenessMixin):
     # -- lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
         try:
+            self.client.sync(self._stop_watches)
             self.client.sync(self._stream_server.close)
         except Exception as e:
             logger.debug("token stream server close: %s", e)

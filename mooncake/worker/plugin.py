@@ -52,6 +52,8 @@ EARLY_LOOKUP_TIMEOUT_S = 60.0
 """How long a lookup started at placement waits for its task before it is aborted."""
 STREAM_INTERVAL_S = 0.001
 """Batching interval of the worker's message stream to the scheduler."""
+WATCH_MAX_S = 300.0
+"""The longest a client's liveness watch (``mooncake_watch``) is held open."""
 
 
 def roles_of(worker: Worker) -> list[str]:
@@ -128,6 +130,7 @@ class MooncakeWorker(WorkerPlugin):
         worker.handlers["mooncake_abort"] = self.handle_abort
         worker.handlers["mooncake_release_handoff"] = self.handle_release_handoff
         worker.handlers["mooncake_info"] = self.handle_info
+        worker.handlers["mooncake_watch"] = self.handle_watch
         worker.stream_handlers["mooncake-start"] = self.handle_start
         worker.stream_handlers["mooncake-peer-lost"] = self.handle_peer_lost
         # Token deltas that cannot go straight to the client (mooncake.worker.token_stream)
@@ -179,6 +182,14 @@ class MooncakeWorker(WorkerPlugin):
 
     def handle_info(self) -> dict[str, Any]:
         return self.info()
+
+    async def handle_watch(self, seconds: float) -> bool:
+        """(A client's liveness watch.) Answer only after ``seconds`` (at most
+        ``WATCH_MAX_S``): while the call is open, its connection breaks the moment this
+        worker's process dies, so the client learns of it without waiting for the
+        scheduler's event (``mooncake.client_liveness``)."""
+        await asyncio.sleep(min(max(0.0, float(seconds)), WATCH_MAX_S))
+        return True
 
     def peer_of(self, address: str) -> Peer | None:
         """How to fetch blocks from the worker at ``address`` (asked once, then cached)."""

@@ -230,9 +230,8 @@ def test_excluded_instances_are_placed_as_if_gone(tiny_cost: CostModel, vectoriz
     left refuses the request as unavailable."""
     from mooncake.conductor.policy import NO_WORKER
 
-    c = Conductor(
-        ConductorConfig(), ["P1", "P2"], {"D1": 10**6, "D2": 10**6}, tiny_cost, vectorized=vectorized
-    )
+    decoders = {"D1": 10**6, "D2": 10**6}
+    c = Conductor(ConductorConfig(), ["P1", "P2"], decoders, tiny_cost, vectorized=vectorized)
     c.on_blocks_stored("P2", [1, 2])
     c.place(req("busy", 100, (9,)), 0.0, exclude=("D1",))  # D2 holds one request
     plain = c.place(req("a", 1000, (1, 2)), 0.0)
