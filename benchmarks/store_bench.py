@@ -17,7 +17,7 @@ receiver on the other. Host tiers are not measured then.
 - TCP fetch (block server in another process -> BlockFetcher, pipelined, checked)
   vs raw ``sendall`` -> ``recv_into`` of the same bytes between two processes (the
   baseline: one ``recv_into`` asks for everything still missing; a second row caps each
-  ``recv_into`` at 64 KiB, as the block receiver does, which is faster on loopback);
+  ``recv_into`` at 64 KiB, which is faster on loopback);
   with ``--dask``, also Dask's TCP comm moving the same bytes; with ``--variants``, also
   the fetch with every request frame at ``batch_blocks`` keys (``batch_bytes=0``) and
   with Python timeout sockets instead of blocking ones.
@@ -351,8 +351,8 @@ def bench_tcp(
             got += raw.recv_into(mv[got:], total - got)
 
     def raw_run_64k() -> None:
-        # The same with each recv capped at 64 KiB (what the block receiver does): a
-        # stronger baseline on loopback, shown beside the plain one.
+        # The same with each recv capped at 64 KiB: a stronger baseline on loopback,
+        # shown beside the plain one.
         raw.sendall(b"x")
         got = 0
         while got < total:

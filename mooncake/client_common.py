@@ -12,6 +12,8 @@ whether it was cancelled)."""
 MOVE_DEADLINE_S = 5.0
 """How long a request whose worker was lost may wait to be placed again (an overloaded
 cluster) before it fails with ``WorkerLost``."""
+PLACE_TIMEOUT_S = 30.0
+"""How long a placement waits for the scheduler's answer."""
 
 
 class Rejected(Exception):
@@ -44,6 +46,7 @@ def post(loop: asyncio.AbstractEventLoop, q: asyncio.Queue[Any], item: Any) -> N
 __all__ = [
     "LIVENESS_INTERVAL_S",
     "MOVE_DEADLINE_S",
+    "PLACE_TIMEOUT_S",
     "Rejected",
     "Unavailable",
     "WorkerLost",

@@ -15,10 +15,12 @@ connection, removed the worker and published the event (tens of ms after a ``kil
   dies with its worker, but only after its own teardown: usually later than the event).
 
 Neither proves anything alone (a connection also breaks for other reasons; an engine
-also drops a client that does not keep up), so the client then tries to connect to the
-worker's own address: a refused connection means no process listens there any more, and
-only then are its requests told, as they would be by the event (``("lost", worker,
-notice)``). Anything else (it connects, the attempt times out) leaves it to the
+also drops a client that does not keep up), so the client then checks that the worker's
+process is gone: on its own host (same pid namespace) in /proc (gone, a zombie, or
+exiting), elsewhere by connecting to the worker's address (refused: no process listens
+there any more; this waits for the dying process's listener to close, tens of ms later
+than its connections). Only then are its requests told, as they would be by the event
+(``("lost", worker, notice)``). Anything else (alive, or no verdict) leaves it to the
 scheduler.
 
 A mixin of :class:`mooncake.client.LLM`, which owns the state named below.
@@ -27,6 +29,7 @@ A mixin of :class:`mooncake.client.LLM`, which owns the state named below.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -39,14 +42,45 @@ from mooncake.client_common import LIVENESS_INTERVAL_S, post
 from mooncake.conductor import membership
 from mooncake.conductor.membership import WorkerJoined
 from mooncake.request_ids import task_key
+from mooncake.worker.plugin import process_namespace
 
 logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _own_ns() -> str:
+    return process_namespace()
+
 
 PROBE_TIMEOUT_S = 0.5
 """How long the check that a worker still listens may take (no answer: no verdict)."""
 WATCH_S = 60.0
 """How long one watch call stays open before the client renews it."""
 _PROBED_SCHEMES = ("tcp", "tls", "ws", "wss")
+
+
+_PF_EXITING = 0x4
+"""Linux's per-task flag of a process inside exit (/proc/PID/stat, field 9)."""
+
+
+def process_ended(pid: int) -> bool | None:
+    """Whether the process ``pid`` (of this pid namespace) has ended or is ending: gone,
+    a zombie, or inside exit (its memory and files being torn down: a ``kill -9``'d
+    worker is in this state when its connections break). False: running; None: /proc
+    cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return None
+    try:
+        fields = stat[stat.rindex(")") + 2 :].split()
+        state, flags = fields[0], int(fields[6])
+    except (ValueError, IndexError):
+        return None
+    return state in ("Z", "X", "x") or bool(flags & _PF_EXITING)
 
 
 async def still_listens(address: str, timeout: float = PROBE_TIMEOUT_S) -> bool | None:
@@ -148,7 +182,14 @@ class LivenessMixin:
         a connection now (then its requests are told, with ``notice``)."""
         if worker in self._gone:
             return True
-        if await still_listens(worker) is not False:
+        info = self.workers.get(worker) or {}
+        pid = info.get("worker_pid")
+        ended: bool | None = None
+        if pid is not None and info.get("process_ns") and info["process_ns"] == _own_ns():
+            ended = process_ended(int(pid))
+        if ended is None:
+            ended = await still_listens(worker) is False
+        if not ended:
             return False
         if worker not in self._gone:
             logger.info("worker %s is gone (noticed by its %s; its port refuses)", worker, notice)
@@ -244,4 +285,4 @@ class LivenessMixin:
         )
 
 
-__all__ = ["PROBE_TIMEOUT_S", "LivenessMixin", "still_listens"]
+__all__ = ["PROBE_TIMEOUT_S", "LivenessMixin", "process_ended", "still_listens"]

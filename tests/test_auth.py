@@ -33,6 +33,7 @@ def _pair_run(
         auth.client_handshake(b, client_secret, client_purpose or purpose, timeout=2)
     except BaseException as e:
         errors[1] = e
+        b.close()  # the server sees the refusal at once, not at its deadline
     t.join(5)
     a.close()
     b.close()

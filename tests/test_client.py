@@ -248,3 +248,37 @@ def test_each_worker_runs_its_engine_in_its_own_process(llm):
         assert not p["torch"]
         assert p["engine_pid"] != p["pid"]
         assert llm.workers[addr]["pid"] == p["engine_pid"]
+
+
+def _decode_state(dask_worker) -> dict[str, list[str]]:
+    """Which decode tasks this worker runs as long-running, and which hold a thread."""
+    return {
+        "long_running": sorted(str(ts.key) for ts in dask_worker.state.long_running),
+        "executing": sorted(str(ts.key) for ts in dask_worker.state.executing),
+        "in_threads": sorted(str(k) for k in dask_worker.active_threads.values()),
+    }
+
+
+def test_decoding_requests_hold_no_worker_thread(llm):
+    """Six requests decoding at once on the decode worker: every decode task is seen
+    handed back to Dask (long-running) while it decodes, none ever runs in a thread of
+    the worker, and all finish."""
+    (decode,) = [w for w, info in llm.workers.items() if "decode" in info["roles"]]
+    params = mooncake.SamplingParams(temperature=0.0, max_tokens=800, ignore_eos=True)
+    specs = [llm.make_request(p, params) for p in _prompts(6, seed=3)]
+    futs = [llm.submit(s, llm.place(s)) for s in specs]
+    keys = {f"decode-{s.request_id}" for s in specs}
+    long_running: set[str] = set()
+    in_threads: set[str] = set()
+
+    def poll() -> bool:
+        st = llm.client.run(_decode_state, workers=[decode])[decode]
+        long_running.update(st["long_running"])
+        in_threads.update(st["in_threads"])
+        return keys <= long_running or all(f.done() for f in futs)
+
+    assert _wait_for(poll, timeout=60)
+    outs = [f.result(timeout=60) for f in futs]
+    assert all(len(o.outputs[0].token_ids) == 800 for o in outs)
+    assert keys <= long_running, (keys, long_running)
+    assert not keys & in_threads, in_threads

@@ -144,3 +144,29 @@ def test_watch_breaking_on_a_live_worker_is_renewed(monkeypatch: pytest.MonkeyPa
     llm, got, calls = asyncio.run(main())
     assert got == [] and not llm._gone and not llm._dead and not llm._watches
     assert calls >= 2
+
+
+def test_process_ended() -> None:
+    """This process is running; a child killed with SIGKILL has ended both as a zombie
+    (not yet reaped) and once reaped (its pid gone from /proc)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mooncake.client_liveness import process_ended
+
+    assert process_ended(os.getpid()) is False
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert process_ended(child.pid) is False
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while process_ended(child.pid) is False and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert process_ended(child.pid) is True  # a zombie until waited for
+    finally:
+        child.kill()
+        child.wait(10)
+    assert process_ended(child.pid) is True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,12 +100,40 @@ class HardwareSpec:
     start: placement, graph submission, task dispatch, the first token's delivery.
     0 for the paper's testbed (not modelled); a live cluster's cost-model export
     carries the median it measured (TTFT − engine queue − prefill compute)."""
+    prefill_step_tokens: int = 0
+    """Token budget of one prefill engine step: prompts waiting at a prefill instance
+    are computed together, chunked, under this budget (the live engine's
+    ``max_num_batched_tokens``). 0: whole prompts one at a time, FIFO (the paper's
+    prefill nodes, and every cost model without a live export)."""
+    prefill_chunk_tokens: int = 0
+    """Most tokens of one prompt in a prefill step (the live engine's
+    ``long_prefill_chunk``); 0: the step budget."""
+    prefill_max_seqs: int = 0
+    """Most prompts in a prefill step (the live engine's ``max_num_seqs``); 0: no limit."""
+    handoff_s: float = 0.0
+    """Fixed seconds between a prefill's first token and the decode instance taking the
+    request, beyond the KV transfer time (task hand-over, decode admission): a live
+    cluster's export carries the median it measured (first token gap − a later gap −
+    the transfer time); 0 when not measured."""
+    token_overhead_s: float = 0.0
+    """Serving seconds per decode step outside the step itself (the engine loop between
+    two decode steps: taking new requests, reports), which every running sequence waits
+    once per token: a live cluster's export carries the median it measured; 0 when not
+    measured."""
 
     def __post_init__(self) -> None:
         for name in ("peak_flops", "hbm_bandwidth", "hbm_bytes", "rdma_bandwidth"):
             value = getattr(self, name)
             _check(value > 0, name, f"must be positive, got {value}")
-        for name in ("step_overhead_s", "request_overhead_s"):
+        for name in (
+            "step_overhead_s",
+            "request_overhead_s",
+            "prefill_step_tokens",
+            "prefill_chunk_tokens",
+            "prefill_max_seqs",
+            "handoff_s",
+            "token_overhead_s",
+        ):
             value = getattr(self, name)
             _check(value >= 0, name, f"must be >= 0, got {value}")
         for name in ("mfu", "mbu", "kv_memory_fraction"):
@@ -130,6 +159,11 @@ class CostModel:
     seconds per KV token read), what a live Conductor learned online
     (:class:`DecodeStepEstimator`); ``None`` = the roofline plus
     ``step_overhead_s``."""
+    prefill_step_fit: tuple[float, float, float] | None = None
+    """Fitted time of one batched prefill step, same terms as ``prefill_fit`` summed
+    over the step's prompt chunks with the fixed term once per step (a live Conductor
+    fits it on the engines' prompt-only steps); ``None`` = ``prefill_fit``. Used by
+    :meth:`prefill_step_time`."""
 
     # -- prefill ---------------------------------------------------------------
     def prefill_flops(self, n: int, cached: int = 0) -> float:
@@ -159,6 +193,26 @@ class CostModel:
         per_attn, per_linear, fixed = self.prefill_fit
         return max(0.0, per_attn * attn + per_linear * linear + fixed)
 
+    def prefill_step_time(self, chunks: list[tuple[int, int]]) -> float:
+        """Seconds of one batched prefill step computing, for each ``(n, cached)`` in
+        ``chunks``, prompt tokens ``cached..n``: each chunk's compute, and the fitted
+        fixed cost (``prefill_fit[2]``) once for the step, as the engine pays it once
+        per forward pass, not once per prompt in it."""
+        if not chunks:
+            return 0.0
+        fit = self.prefill_step_fit if self.prefill_step_fit is not None else self.prefill_fit
+        if fit is None:
+            return sum(self.prefill_time(n, c) for n, c in chunks)
+        m = self.model
+        per_attn, per_linear, fixed = fit
+        total = fixed
+        for n, cached in chunks:
+            c = min(cached, n)
+            attn = m.num_layers * m.attn_coef * (n * n - c * c) * m.d_model
+            linear = m.num_layers * m.linear_coef * (n - c) * m.d_model**2
+            total += per_attn * attn + per_linear * linear
+        return max(0.0, total)
+
     # -- decode ----------------------------------------------------------------
     def decode_step_time(self, batch: int, kv_tokens: int, prefill_flops: float = 0.0) -> float:
         """Seconds of one engine step: ``batch`` decode tokens reading ``kv_tokens`` of KV,
@@ -175,8 +229,10 @@ class CostModel:
         if self.decode_fit is not None:
             # A fit is linear in what a step reads; a prefill chunk riding along costs
             # its FLOPs at the fitted (or the prior's) rate for projections, which
-            # dominate short chunks.
-            per_step, per_seq, per_kv = self.decode_fit
+            # dominate short chunks. A negative term is noise of the fit (a step never
+            # gets faster with more sequences or KV): extrapolated to larger batches it
+            # would give steps of no time at all.
+            per_step, per_seq, per_kv = (max(0.0, c) for c in self.decode_fit)
             flop_s = (
                 self.prefill_fit[1]
                 if self.prefill_fit is not None
@@ -195,7 +251,7 @@ class CostModel:
         same operations in the same order, so the same floats (batches must be > 0)."""
         m, h = self.model, self.hardware
         if self.decode_fit is not None:
-            per_step, per_seq, per_kv = self.decode_fit
+            per_step, per_seq, per_kv = (max(0.0, c) for c in self.decode_fit)
             flop_s = (
                 self.prefill_fit[1]
                 if self.prefill_fit is not None
@@ -280,7 +336,19 @@ class PrefillTimeEstimator:
 
     def observe(self, n: int, cached: int, seconds: float) -> None:
         """Feed one measured prefill."""
-        x = self._features(n, cached)
+        self._add(self._features(n, cached), seconds)
+
+    def observe_step(self, chunks: Sequence[tuple[int, int]], seconds: float) -> None:
+        """Feed one measured batched step computing tokens ``start..end`` of each
+        ``(end, start)`` prompt chunk: the features summed over chunks, the intercept
+        once (what :meth:`CostModel.prefill_step_time` models)."""
+        if not chunks:
+            return
+        x = sum((self._features(e, s) for e, s in chunks), np.zeros(3))
+        x[2] = 1.0 / self._scale[2]
+        self._add(x, seconds)
+
+    def _add(self, x: np.ndarray, seconds: float) -> None:
         self._ata += np.outer(x, x)
         self._atb += x * seconds
         self.num_observations += 1

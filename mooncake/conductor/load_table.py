@@ -13,7 +13,7 @@ code it replaces (IEEE-754 double operations, done in the same order).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -23,26 +23,40 @@ from mooncake.conductor.state import DecodeLoad, DecodeSeq, PrefillLoad
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 _G = TypeVar("_G", bound=np.generic)
+_L = TypeVar("_L", PrefillLoad, DecodeLoad)
 BoolArray = npt.NDArray[np.bool_]
 #: (caps, tokens generated) of running sequences -> their expected total output lengths
 #: (:meth:`~mooncake.conductor.output_length.OutputLengthPredictor.expected_given_many`).
 TotalLengths = Callable[[IntArray, FloatArray], IntArray]
 
 
-class _Table:
-    """Names, slots and growth shared by both tables."""
+class _Table(Generic[_L]):
+    """Names, slots, loads and per-slot arrays shared by both tables.
+
+    Each table names its per-slot arrays in ``_array_names``; growing and removing a
+    slot treat them alike, so a new array is one more name, not one more line in each
+    place that moves rows.
+    """
+
+    _array_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self.names: list[str] = []
         """Instance names in registration order; slot i is ``names[i]``."""
         self.slot_of: dict[str, int] = {}
+        self.loads: list[_L] = []
+        """The registered loads; slot i mirrors ``loads[i]``."""
         self._capacity = 0
 
     def __len__(self) -> int:
         return len(self.names)
 
+    def _arrays(self) -> list[npt.NDArray[np.generic]]:
+        return [getattr(self, a) for a in self._array_names]
+
     def _grow(self) -> None:
-        raise NotImplementedError
+        for a in self._array_names:
+            setattr(self, a, _resized(getattr(self, a), self._capacity))
 
     def _add_name(self, name: str) -> int:
         if name in self.slot_of:
@@ -55,43 +69,6 @@ class _Table:
         self.slot_of[name] = slot
         return slot
 
-
-def _resized(a: npt.NDArray[_G], n: int) -> npt.NDArray[_G]:
-    out: npt.NDArray[_G] = np.zeros(n, dtype=a.dtype)
-    out[: len(a)] = a
-    return out
-
-
-class PrefillTable(_Table):
-    """Prefill instances' queues as arrays.
-
-    Per slot: ``queued_s`` and, for the usual single running job, its start ``t0`` and
-    estimate ``est``; an idle instance has ``t0 = -inf`` so that its running part
-    ``max(0, est - (now - t0))`` is exactly 0. Instances running several jobs at once
-    (not the prefill engine's case, but the load allows it) are listed in ``multi``
-    and computed by :meth:`PrefillLoad.queue_time` itself.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.loads: list[PrefillLoad] = []
-        self.queued_s: FloatArray = np.zeros(0)
-        self.t0: FloatArray = np.zeros(0)
-        self.est: FloatArray = np.zeros(0)
-        self.multi: set[int] = set()
-
-    def _grow(self) -> None:
-        self.queued_s = _resized(self.queued_s, self._capacity)
-        self.t0 = _resized(self.t0, self._capacity)
-        self.est = _resized(self.est, self._capacity)
-
-    def add(self, name: str, load: PrefillLoad) -> None:
-        """Register ``load`` (the instance ``name``) at the end of the order."""
-        slot = self._add_name(name)
-        self.loads.append(load)
-        load.listener, load.slot = self, slot
-        self.load_changed(slot)
-
     def remove(self, name: str) -> None:
         """Forget an instance; later instances move up one slot (rare: membership)."""
         slot = self.slot_of.pop(name, None)
@@ -101,12 +78,51 @@ class PrefillTable(_Table):
         load.listener, load.slot = None, -1
         del self.names[slot]
         n = len(self.names)
-        for a in (self.queued_s, self.t0, self.est):
+        for a in self._arrays():
             a[slot:n] = a[slot + 1 : n + 1]
-        self.multi = {s - (s > slot) for s in self.multi if s != slot}
         for i in range(slot, n):
             self.slot_of[self.names[i]] = i
             self.loads[i].slot = i
+        self._slot_removed(name, slot)
+
+    def _slot_removed(self, name: str, slot: int) -> None:
+        """What else a table keeps per slot, after ``name`` left ``slot``."""
+
+
+def _resized(a: npt.NDArray[_G], n: int) -> npt.NDArray[_G]:
+    out: npt.NDArray[_G] = np.zeros(n, dtype=a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+class PrefillTable(_Table[PrefillLoad]):
+    """Prefill instances' queues as arrays.
+
+    Per slot: ``queued_s`` and, for the usual single running job, its start ``t0`` and
+    estimate ``est``; an idle instance has ``t0 = -inf`` so that its running part
+    ``max(0, est - (now - t0))`` is exactly 0. Instances running several jobs at once
+    (not the prefill engine's case, but the load allows it) are listed in ``multi``
+    and computed by :meth:`PrefillLoad.queue_time` itself.
+    """
+
+    _array_names = ("queued_s", "t0", "est")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued_s: FloatArray = np.zeros(0)
+        self.t0: FloatArray = np.zeros(0)
+        self.est: FloatArray = np.zeros(0)
+        self.multi: set[int] = set()
+
+    def add(self, name: str, load: PrefillLoad) -> None:
+        """Register ``load`` (the instance ``name``) at the end of the order."""
+        slot = self._add_name(name)
+        self.loads.append(load)
+        load.listener, load.slot = self, slot
+        self.load_changed(slot)
+
+    def _slot_removed(self, name: str, slot: int) -> None:
+        self.multi = {s - (s > slot) for s in self.multi if s != slot}
 
     def load_changed(self, slot: int) -> None:
         load = self.loads[slot]
@@ -193,13 +209,14 @@ class _Seqs:
         self.inst[:n][self.inst[:n] > slot] -= 1
 
 
-class DecodeTable(_Table):
+class DecodeTable(_Table[DecodeLoad]):
     """Decode instances' batch and KV counts as arrays (``running`` and ``incoming``
     apart, so both the current and the committed view are two vector operations)."""
 
+    _array_names = ("running", "incoming", "kv_running", "kv_incoming", "capacity")
+
     def __init__(self) -> None:
         super().__init__()
-        self.loads: list[DecodeLoad] = []
         self.running: IntArray = np.zeros(0, dtype=np.int64)
         self.incoming: IntArray = np.zeros(0, dtype=np.int64)
         self.kv_running: IntArray = np.zeros(0, dtype=np.int64)
@@ -207,18 +224,6 @@ class DecodeTable(_Table):
         self.capacity: IntArray = np.zeros(0, dtype=np.int64)
         self.running_seqs = _Seqs()
         self.incoming_seqs = _Seqs()
-
-    def _arrays(self) -> tuple[IntArray, ...]:
-        return (self.running, self.incoming, self.kv_running, self.kv_incoming, self.capacity)
-
-    def _grow(self) -> None:
-        (
-            self.running,
-            self.incoming,
-            self.kv_running,
-            self.kv_incoming,
-            self.capacity,
-        ) = (_resized(a, self._capacity) for a in self._arrays())
 
     def add(self, name: str, load: DecodeLoad) -> None:
         """Register ``load`` (the instance ``name``) at the end of the order."""
@@ -239,20 +244,7 @@ class DecodeTable(_Table):
         seqs = self.running_seqs if running else self.incoming_seqs
         seqs.remove((self.names[slot], rid))
 
-    def remove(self, name: str) -> None:
-        """Forget an instance; later instances move up one slot (rare: membership)."""
-        slot = self.slot_of.pop(name, None)
-        if slot is None:
-            return
-        load = self.loads.pop(slot)
-        load.listener, load.slot = None, -1
-        del self.names[slot]
-        n = len(self.names)
-        for a in self._arrays():
-            a[slot:n] = a[slot + 1 : n + 1]
-        for i in range(slot, n):
-            self.slot_of[self.names[i]] = i
-            self.loads[i].slot = i
+    def _slot_removed(self, name: str, slot: int) -> None:
         self.running_seqs.drop_instance(name, slot)
         self.incoming_seqs.drop_instance(name, slot)
 

@@ -1,6 +1,8 @@
 """``ConductorPlugin``: the Dask ``SchedulerPlugin`` that applies the pure Conductor.
 
-- Workers report (``mooncake_report`` handler, every ~50 ms): stored/removed block keys,
+- Workers report (a ``mooncake-report`` message on their stream to the scheduler, when
+  something changed: at most ~50 ms after a change placement depends on, ~0.5 s after
+  any other, every 2 s when idle; ``mooncake.worker.report_pacer``): stored/removed block keys,
   finished prefills and decode-only engine steps (observed seconds refine the cost
   model), decode joins, transfer timings, load. The first report carries the model's
   shape, from which the cost model is built.
@@ -24,8 +26,14 @@ from distributed import Scheduler, SchedulerPlugin
 
 from mooncake.conductor.admission import Rejection
 from mooncake.conductor.config import ConductorConfig
-from mooncake.conductor.cost_export import export_cost_model
-from mooncake.conductor.cost_model import CostModel, HardwareSpec, ModelSpec, OverheadEstimator
+from mooncake.conductor.cost_export import export_cost_model, handoff_seconds
+from mooncake.conductor.cost_model import (
+    CostModel,
+    HardwareSpec,
+    ModelSpec,
+    OverheadEstimator,
+    PrefillTimeEstimator,
+)
 from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
 from mooncake.conductor.membership import WorkerJoined, WorkerLeft
 from mooncake.conductor.messages import (
@@ -35,7 +43,7 @@ from mooncake.conductor.messages import (
     start_lookup_msg,
 )
 from mooncake.conductor.policy import NO_WORKER, Conductor, Placement
-from mooncake.conductor.reports import WorkerReport
+from mooncake.conductor.reports import REPORT_OP, WorkerReport
 from mooncake.metrics import (
     MONITOR_PLUGIN_NAME,
     MetricsState,
@@ -82,6 +90,15 @@ class ConductorPlugin(SchedulerPlugin):
         self.request_overhead = OverheadEstimator()
         """Serving-path seconds per request outside the engines (exported with the cost
         model as ``hardware.request_overhead_s``)."""
+        self.handoff = OverheadEstimator()
+        """Prefill → decode hand-over seconds beyond the KV transfer (exported as
+        ``hardware.handoff_s``)."""
+        self.step_gap = OverheadEstimator()
+        """Engine loop seconds between two decode-only steps (exported as
+        ``hardware.token_overhead_s``)."""
+        self.prefill_steps: PrefillTimeEstimator | None = None
+        """Time of one batched prompt-only engine step (exported as
+        ``prefill_step_fit``); made with the Conductor (it needs the model's shape)."""
         self.metrics = MetricsState()
         """Counters and histograms behind ``/metrics`` and the Mooncake dashboard page: the
         monitor plugin's state once it is found at ``start`` (the monitor owns what it
@@ -97,7 +114,7 @@ class ConductorPlugin(SchedulerPlugin):
             self.config.tbt_slo_s,
         )
         scheduler.handlers["mooncake_place"] = self.handle_place
-        scheduler.handlers["mooncake_report"] = self.handle_report
+        scheduler.stream_handlers[REPORT_OP] = self.handle_report
         scheduler.handlers["mooncake_stats"] = self.handle_stats
         scheduler.handlers["mooncake_history"] = self.handle_history
         scheduler.handlers["mooncake_workers"] = self.handle_workers
@@ -187,8 +204,17 @@ class ConductorPlugin(SchedulerPlugin):
             c.on_request_finished(r.request_id, r.generation_tokens)
             if r.ttft_s is not None and r.queue_s is not None and r.prefill_s is not None:
                 self.request_overhead.observe(r.ttft_s - r.queue_s - r.prefill_s)
+            if not self.config.colocated and len(r.itl_s) >= 2:
+                self.handoff.observe(handoff_seconds(c, r.prompt_tokens, r.itl_s))
         for d in rep.decode_steps:
+            if d.prefill_chunks:
+                if self.prefill_steps is None:
+                    self.prefill_steps = PrefillTimeEstimator(c.cost)
+                self.prefill_steps.observe_step(d.prefill_chunks, d.seconds)
+                continue
             c.on_decode_step(d.sequences, d.context_tokens, d.seconds)
+            if d.gap_s is not None:
+                self.step_gap.observe(d.gap_s)
         for t in rep.transfers:
             if t.nbytes > 0 and t.seconds > 0:
                 c.on_transfer(t.nbytes, t.seconds)
@@ -318,7 +344,25 @@ class ConductorPlugin(SchedulerPlugin):
         """The cost model fitted online (``mooncake cost-model``; docs/simulator.md)."""
         if self.conductor is None:
             return {"error": "no mooncake worker has reported yet"}
-        return export_cost_model(self.conductor, self.request_overhead.seconds)
+        measured: dict[str, float] = {}
+        if (s := self.handoff.seconds) is not None:
+            measured["handoff_s"] = max(0.0, s)
+        if (s := self.step_gap.seconds) is not None:
+            measured["token_overhead_s"] = max(0.0, s)
+        engine = next(
+            (i for i in self.worker_info.values() if "prefill" in i["roles"]),
+            next(iter(self.worker_info.values()), {}),
+        )
+        for ours, theirs in (
+            ("prefill_step_tokens", "max_num_batched_tokens"),
+            ("prefill_chunk_tokens", "long_prefill_chunk"),
+            ("prefill_max_seqs", "max_num_seqs"),
+        ):
+            if theirs in engine:
+                measured[ours] = int(engine[theirs])
+        return export_cost_model(
+            self.conductor, self.request_overhead.seconds, measured, self.prefill_steps
+        )
 
     # -- task transitions -------------------------------------------------------------
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:

@@ -1,4 +1,5 @@
-"""What a worker reports to the Conductor (``mooncake_report``, every ~50 ms).
+"""What a worker reports to the Conductor (a ``mooncake-report`` message on the worker's
+stream to the scheduler, when something changed: ``mooncake.worker.report_pacer``).
 
 One typed form, built by the worker and parsed by the Conductor's plugin here; on the
 wire it is a plain dict of lists (Dask's comms carry msgpack, which has no dataclasses).
@@ -10,6 +11,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mooncake.metrics import LookupRecord, RequestRecord
+
+REPORT_OP = "mooncake-report"
+"""The stream message (``{"op": REPORT_OP, "report": WorkerReport.to_msg()}``) a worker
+sends to the scheduler, where the Conductor's plugin handles it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +46,24 @@ class TransferLogEntry:
 
 @dataclass(frozen=True, slots=True)
 class DecodeStep:
-    """One decode-only engine step (what the decode step time fit learns from)."""
+    """One timed engine step: decode-only (what the decode step time fit learns from),
+    or prompt-only (``prefill_chunks`` set, ``sequences`` 0: what the prefill step fit
+    of the cost-model export learns from)."""
 
     sequences: int
     context_tokens: int
     """KV tokens the step's decode tokens attended over."""
     seconds: float
+    gap_s: float | None = None
+    """Seconds from the end of the previous decode-only step to this one's start (the
+    engine loop's work between steps), ``None`` when a prefill step or an idle spell
+    came between."""
+    prefill_chunks: tuple[tuple[int, int], ...] = ()
+    """A prompt-only step's chunks, as (end, start) token indices of each prompt."""
+
+
+StepTiming = tuple[int, int, float, float | None, tuple[tuple[int, int], ...]]
+"""A :class:`DecodeStep` as the engine process sends it (a plain tuple on its pipe)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +133,16 @@ class WorkerReport:
             "lookups": [asdict(lk) for lk in self.lookups],
             "requests": [{**asdict(r), "itl_s": list(r.itl_s)} for r in self.requests],
             "transfer_log": [[t.path, t.nbytes, t.seconds] for t in self.transfer_log],
-            "decode_steps": [[d.sequences, d.context_tokens, d.seconds] for d in self.decode_steps],
+            "decode_steps": [
+                [
+                    d.sequences,
+                    d.context_tokens,
+                    d.seconds,
+                    d.gap_s,
+                    [list(c) for c in d.prefill_chunks],
+                ]
+                for d in self.decode_steps
+            ],
             "leases_expired": self.leases_expired,
             "load": self.load.to_msg(),
         }
@@ -143,7 +169,14 @@ class WorkerReport:
                 for p, b, s in msg.get("transfer_log", ())
             ],
             decode_steps=[
-                DecodeStep(int(b), int(kv), float(s)) for b, kv, s in msg.get("decode_steps", ())
+                DecodeStep(
+                    int(d[0]),
+                    int(d[1]),
+                    float(d[2]),
+                    float(d[3]) if len(d) > 3 and d[3] is not None else None,
+                    tuple((int(e), int(s)) for e, s in d[4]) if len(d) > 4 else (),
+                )
+                for d in msg.get("decode_steps", ())
             ],
             leases_expired=int(msg.get("leases_expired", 0)),
             info=msg.get("info"),
@@ -151,8 +184,10 @@ class WorkerReport:
 
 
 __all__ = [
+    "REPORT_OP",
     "DecodeStep",
     "PrefillDone",
+    "StepTiming",
     "TransferLogEntry",
     "TransferSample",
     "WorkerLoadReport",

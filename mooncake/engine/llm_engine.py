@@ -56,6 +56,8 @@ class StepShape:
     """KV tokens the decode tokens attended over (their context lengths summed)."""
     prefill_tokens: int = 0
     """Prompt (or recompute) tokens run as chunks in the same step."""
+    chunks: tuple[tuple[int, int], ...] = ()
+    """The prompt chunks as (end, start) token indices (the prefill step fit's input)."""
 
 
 class LLMEngine:
@@ -267,6 +269,7 @@ class LLMEngine:
             len(out.decodes),
             sum(s.start + s.num_tokens for s in out.decodes),
             sum(s.num_tokens for s in out.prefills),
+            tuple((s.start + s.num_tokens, s.start) for s in out.prefills),
         )
         now = time.perf_counter()
         for s in (*out.decodes, *out.prefills):

@@ -23,7 +23,9 @@ from mooncake.sim.instances import BatchInstance, DecodingSeq, PrefillInstance, 
 from mooncake.sim.metrics import RequestRecord, RunSummary, summarize
 from mooncake.sim.trace import TraceRequest
 
-_ARRIVE, _PREFILL_DONE, _DECODE_ARRIVE, _STEP, _WAKE, _ENQUEUE = range(6)
+_ARRIVE, _PREFILL_DONE, _DECODE_ARRIVE, _STEP, _WAKE, _ENQUEUE, _PREFILL_READY, _PREFILL_STEP = (
+    range(8)
+)
 
 
 @dataclass
@@ -120,6 +122,8 @@ class Simulator:
             self._on_step,
             self._on_wake,
             self._on_enqueue,
+            self._on_prefill_ready,
+            self._on_prefill_step,
         )
         heap = self._heap
         while heap:
@@ -164,14 +168,25 @@ class Simulator:
             self._kick(inst, now)
             return
         p = self.prefill[record.prefill_instance]
+        if self.config.cost.hardware.prefill_step_tokens > 0:
+            # Batched steps: the lookup (and any fetch of a remote prefix) comes first,
+            # then the prompt waits in the engine's queue (the live task order).
+            cached, fetch_tokens, fetch_s = self._reuse(p, work)
+            work.record.cached_tokens = cached
+            work.done = min(cached, work.tokens - 1)  # the last token is always computed
+            if fetch_tokens > 0:
+                self.conductor.on_transfer(
+                    fetch_tokens * self.config.cost.model.kv_bytes_per_token, fetch_s
+                )
+            self._push(now + fetch_s, _PREFILL_READY, p, work)
+            return
         p.queue.append(work)
         if p.busy is None:
             self._start_prefill(p, now)
 
     # -- disaggregated prefill -------------------------------------------------
-    def _start_prefill(self, p: PrefillInstance, now: float) -> None:
-        work = p.queue.popleft()
-        p.busy = work
+    def _reuse(self, p: PrefillInstance, work: PrefillWork) -> tuple[int, int, float]:
+        """(prompt tokens reused, tokens fetched from another instance, fetch seconds)."""
         cost, bs = self.config.cost, self.config.conductor.block_size
         n = work.record.prompt_len
         local = p.cache.match(work.keys)
@@ -186,12 +201,54 @@ class Simulator:
                 reuse = remote
         cached = prefix_tokens(reuse, n, bs)
         fetch_tokens = cached - prefix_tokens(local, n, bs)
-        fetch_s = cost.transfer_time(fetch_tokens)
+        return cached, fetch_tokens, cost.transfer_time(fetch_tokens)
+
+    def _start_prefill(self, p: PrefillInstance, now: float) -> None:
+        work = p.queue.popleft()
+        p.busy = work
+        cached, fetch_tokens, fetch_s = self._reuse(p, work)
         work.record.cached_tokens = cached
-        work.compute_s = cost.prefill_time(n, cached)
+        work.compute_s = self.config.cost.prefill_time(work.record.prompt_len, cached)
         work.started_at = now
         self.conductor.on_prefill_start(work.rid, now)
         self._push(now + fetch_s + work.compute_s, _PREFILL_DONE, p, (work, fetch_tokens, fetch_s))
+
+    def _on_prefill_ready(self, now: float, p: PrefillInstance, work: PrefillWork) -> None:
+        """Batched steps: a prompt reaches the prefill engine's queue."""
+        p.queue.append(work)
+        if not p.stepping and not p.kicked:
+            # An idle engine steps once this instant's arrivals are all in its queue (the
+            # live loop takes every request that came in before it steps).
+            p.kicked = True
+            self._push(now, _PREFILL_STEP, p, None)
+
+    def _prefill_step(self, p: PrefillInstance, now: float) -> None:
+        """Batched steps: start the next step if anything waits or computes."""
+        hw = self.config.cost.hardware
+        budget = int(hw.prefill_step_tokens)
+        chunk = int(hw.prefill_chunk_tokens) or budget
+        max_seqs = int(hw.prefill_max_seqs) or len(p.queue) + len(p.active) + 1
+        admitted, chunks = p.plan_step(budget, chunk, max_seqs, now)
+        for work in admitted:
+            self.conductor.on_prefill_start(work.rid, now)
+        if not chunks:
+            return
+        tau = self.config.cost.prefill_step_time(chunks)
+        self.prefill_gpu_s += tau
+        self._push(now + tau, _PREFILL_STEP, p, None)
+
+    def _on_prefill_step(self, now: float, p: PrefillInstance, _: Any) -> None:
+        if p.kicked:  # an idle engine's first step, not the end of one
+            p.kicked = False
+            self._prefill_step(p, now)
+            return
+        for work in p.end_step():
+            # What the live engine reports: first scheduled -> first token, which
+            # includes the other prompts sharing its steps.
+            work.compute_s = now - (work.started_at if work.started_at is not None else now)
+            self._publish(p, work, now)
+            self._hand_off(work, now)
+        self._prefill_step(p, now)
 
     def _store_blocks(self, name: str, cache: BlockCache, work: PrefillWork) -> None:
         stored, evicted = cache.insert(work.keys)
@@ -205,25 +262,43 @@ class Simulator:
     ) -> None:
         work, fetch_tokens, fetch_s = info
         cost = self.config.cost
-        self._store_blocks(p.name, p.cache, work)
-        self.conductor.on_prefill_finish(
-            work.rid, now, work.record.prompt_len, work.record.cached_tokens, work.compute_s
-        )
+        self._publish(p, work, now)
         if fetch_tokens > 0:
             self.conductor.on_transfer(fetch_tokens * cost.model.kv_bytes_per_token, fetch_s)
         self.prefill_gpu_s += work.compute_s
         p.busy = None
         if p.queue:
             self._start_prefill(p, now)
+        self._hand_off(work, now)
+
+    def _publish(self, p: PrefillInstance, work: PrefillWork, now: float) -> None:
+        """A prompt's first token exists: its blocks join the cache, the Conductor learns
+        the prefill's time."""
+        self._store_blocks(p.name, p.cache, work)
+        self.conductor.on_prefill_finish(
+            work.rid, now, work.record.prompt_len, work.record.cached_tokens, work.compute_s
+        )
+
+    def _hand_off(self, work: PrefillWork, now: float) -> None:
+        """Send a prefilled request to its decode instance."""
+        cost = self.config.cost
         # KV streams to decode layer by layer while prefill runs; only the tail shows.
         exposed = cost.transfer_time(work.record.prompt_len)
         if self.config.layerwise_transfer:
             exposed /= cost.model.num_layers
-        self._push(now + exposed, _DECODE_ARRIVE, self.batch[work.record.decode_instance], work)
+        record = work.record
+        record.ttft_s = now + exposed - record.arrival_s
+        # The hand-over's fixed cost (0 unless measured live) is a token gap: the decode
+        # instance takes the request that much after its KV is there.
+        # A request whose only token came from prefill finishes there (no hand-over).
+        handoff = cost.hardware.handoff_s if record.output_len > 1 else 0.0
+        work.queued_at = now + exposed
+        self._push(
+            now + exposed + handoff, _DECODE_ARRIVE, self.batch[record.decode_instance], work
+        )
 
     def _on_decode_arrive(self, now: float, inst: BatchInstance, work: PrefillWork) -> None:
         record = work.record
-        record.ttft_s = now - record.arrival_s
         if self.config.decode_refusal:  # what-if: refuse instead of waiting for memory
             rej = self.conductor.admit_to_decode(work.rid, now)
             if rej is not None:
@@ -233,7 +308,6 @@ class Simulator:
                 return
         work.imported = True
         work.done = work.tokens
-        work.queued_at = now
         inst.queue.append(work)
         self._kick(inst, now)
 

@@ -100,12 +100,68 @@ class DecodingSeq:
 
 @dataclass(slots=True)
 class PrefillInstance:
-    """Mooncake prefill node: FIFO queue, one prefill at a time."""
+    """Mooncake prefill node: a FIFO queue, and either one whole prefill at a time
+    (``busy``) or, when the cost model gives a step budget
+    (``HardwareSpec.prefill_step_tokens``), the live engine's batched steps: prompts
+    being computed (``active``) take their next chunk first, then queued prompts are
+    admitted while the step's token budget and ``prefill_max_seqs`` allow."""
 
     name: str
     cache: BlockCache
     queue: deque[PrefillWork] = field(default_factory=deque)
     busy: PrefillWork | None = None
+    active: list[PrefillWork] = field(default_factory=list)
+    """Batched steps: prompts admitted and being computed, in admission order."""
+    plan: list[tuple[PrefillWork, int]] = field(default_factory=list)
+    """Batched steps: the step in flight, (prompt, tokens it computes)."""
+    kicked: bool = False
+    """Batched steps: an idle engine's first step is due at this instant."""
+
+    @property
+    def stepping(self) -> bool:
+        return bool(self.plan)
+
+    def plan_step(
+        self, budget: int, chunk: int, max_seqs: int, now: float
+    ) -> tuple[list[PrefillWork], list[tuple[int, int]]]:
+        """Plan one batched step as the live engine's scheduler does
+        (``mooncake/engine/scheduler.py``): prompts in progress take ``min(remaining,
+        budget left, chunk)`` tokens, then queued prompts are admitted while budget is
+        left and fewer than ``max_seqs`` are active.
+
+        Returns:
+            (prompts admitted now, the step's chunks as ``(end, start)`` token indices).
+        """
+        admitted: list[PrefillWork] = []
+        self.plan = []
+        for work in self.active:
+            if budget <= 0:
+                break
+            take = min(work.remaining, budget, chunk)
+            if take > 0:
+                self.plan.append((work, take))
+                budget -= take
+        while self.queue and budget > 0 and len(self.active) < max_seqs:
+            work = self.queue.popleft()
+            work.started_at = now
+            self.active.append(work)
+            admitted.append(work)
+            take = min(work.remaining, budget, chunk)
+            self.plan.append((work, take))
+            budget -= take
+        return admitted, [(w.done + take, w.done) for w, take in self.plan]
+
+    def end_step(self) -> list[PrefillWork]:
+        """Finish the step in flight; returns the prompts it completed (in order)."""
+        completed = []
+        for work, take in self.plan:
+            work.done += take
+            if work.remaining <= 0:
+                completed.append(work)
+        self.plan = []
+        for work in completed:
+            self.active.remove(work)
+        return completed
 
 
 class BatchInstance:
@@ -142,6 +198,9 @@ class BatchInstance:
         self.cache = cache
         self.reserve_full_output = reserve_full_output
         self.max_batch = max_batch
+        self.step_gap_s = cost.hardware.token_overhead_s
+        """The engine loop's time between two steps, which every running sequence waits
+        once per token (``HardwareSpec.token_overhead_s``; 0 unless measured live)."""
         self.step = 0.0
         self.t_sync = 0.0
         self.tau = 0.0
@@ -342,7 +401,9 @@ class BatchInstance:
         if not self.running:
             self._segment(0.0)
             return None
-        self._segment(self.cost.decode_step_time(len(self.running), self.kv_tokens()))
+        self._segment(
+            self.cost.decode_step_time(len(self.running), self.kv_tokens()) + self.step_gap_s
+        )
         steps = self._finish_heap[0][0] - self.step
         if not self.reserve_full_output and len(self.running) > 1:
             free = self.kv_capacity - self.kv_used()
@@ -365,6 +426,7 @@ class BatchInstance:
             flops += f
             budget -= take
         tau = self.cost.decode_step_time(len(self.running), self.kv_tokens(), flops)
+        tau += self.step_gap_s
         self._segment(tau)
         self.stepping = True
         self.t_sync = now

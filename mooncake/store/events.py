@@ -61,6 +61,10 @@ class EventLog:
         for fn in listeners:
             fn(event)
 
+    def __len__(self) -> int:
+        """Events waiting for :meth:`drain` (a cheap check before draining)."""
+        return len(self._buf)
+
     def drain(self) -> list[StoreEvent]:
         """All buffered events, oldest first; the buffer is emptied."""
         with self._lock:

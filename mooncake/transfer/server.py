@@ -14,9 +14,11 @@ is not part of the cluster gets no block, whatever key it names.
 from __future__ import annotations
 
 import logging
+import operator
 import socket
 import threading
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -195,13 +197,19 @@ class BlockServer:
                     if kept > fit:
                         records[i] = None
         table = np.zeros(len(keys), dtype=proto.TABLE)
-        if None in records:
+        # by identity: ``None in records`` compares each memoryview with None, which
+        # costs a failed buffer request (about 1 us) per block
+        if any(map(operator.is_, records, repeat(None))):
             missing = [r is None for r in records]
             table["status"][missing] = proto.STATUS_MISSING
             records = [r for r in records if r is not None]
-            table["rlen"][table["status"] == proto.STATUS_OK] = list(map(len, records))
+            table["rlen"][table["status"] == proto.STATUS_OK] = np.fromiter(
+                map(len, records), np.uint64, len(records)
+            )
         elif records:
-            table["rlen"] = list(map(len, records))
+            # fromiter: the lengths go straight into an array (a list of ints converted
+            # by numpy costs 5x as much per block)
+            table["rlen"] = np.fromiter(map(len, records), np.uint64, len(records))
         total = int(table["rlen"].sum())
         head = proto.RESP.pack(proto.RESP_MAGIC, rid, len(keys), total)
         proto.send_all(conn, [head + table.tobytes(), *(records if rdma is None else [])])

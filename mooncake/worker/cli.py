@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 
+from mooncake.dask_defaults import quiet_env
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
@@ -84,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else [None]
     procs = []
     for gpu in gpus:
-        env = dict(os.environ)
+        # Dask's housekeeping made rarer (mooncake.dask_defaults), unless configured.
+        env = {**quiet_env(), **os.environ}
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         procs.append(subprocess.Popen(command(args, gpu), env=env))

@@ -15,6 +15,7 @@ engine's load.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import itertools
@@ -27,6 +28,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mooncake.conductor.reports import StepTiming
 from mooncake.outputs import RequestOutput
 from mooncake.types import BlockKey
 from mooncake.worker.channel import Channel, ChannelClosed
@@ -60,11 +62,10 @@ class EngineClient:
         self.load: dict[str, Any] = {}
         """The engine's latest load (``EngineLoop.load``), first sent with ``ready``."""
         self.block_events: collections.deque[tuple[str, bytes]] = collections.deque()
-        self.step_timings: collections.deque[tuple[int, int, float]] = collections.deque(
-            maxlen=4096
-        )
-        """(sequences, context tokens, seconds) of the engine's decode-only steps, until
-        the worker reports them to the Conductor."""
+        self.step_timings: collections.deque[StepTiming] = collections.deque(maxlen=4096)
+        """(sequences, context tokens, seconds, gap since the previous decode-only step or
+        ``None``, prompt chunks) of the engine's decode-only and prompt-only steps, until
+        the worker reports them to the Conductor (``DecodeStep``)."""
         self.token_times: dict[str, list[float]] = {}
         """Request id -> wall time of each token the engine produced (set at its end)."""
         self._ids = itertools.count()
@@ -146,6 +147,17 @@ class EngineClient:
         done, call = self._send_add(req, None, None)
         try:
             call.result()
+        except BaseException:
+            self._forget(req.request_id, done)
+            raise
+        return done
+
+    async def add_async(self, req: AddRequest) -> concurrent.futures.Future[RequestOutput]:
+        """``add`` for a caller on an event loop: the engine's acceptance is awaited,
+        not blocked on."""
+        done, call = self._send_add(req, None, None)
+        try:
+            await asyncio.wrap_future(call)
         except BaseException:
             self._forget(req.request_id, done)
             raise
@@ -238,7 +250,7 @@ class EngineClient:
         failed: list[tuple[str, str]],
         events: list[tuple[str, bytes]],
         load: dict[str, Any],
-        steps: list[tuple[int, int, float]],
+        steps: list[StepTiming],
     ) -> None:
         self.block_events.extend(events)
         self.step_timings.extend(steps)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mooncake.conductor.reports import StepTiming
 from mooncake.outputs import RequestOutput
 from mooncake.types import BlockKey
 from mooncake.worker.channel import Channel, ChannelClosed
@@ -100,7 +101,10 @@ class EngineLoop:
         self._events: list[tuple[str, bytes]] = []
         self._failed: list[tuple[str, str]] = []
         self.busy_seconds = 0.0
-        self._step_timings: list[tuple[int, int, float]] = []
+        self._step_timings: list[StepTiming] = []
+        self._last_decode_end: float | None = None
+        """When the last step ended, if it was decode-only and the engine has been busy
+        since (the next decode-only step's gap is the loop's time between steps)."""
         """(sequences, context tokens, seconds) of decode-only steps not yet sent."""
         self._stop = False
         self._direct = DirectStreams()
@@ -309,7 +313,9 @@ class EngineLoop:
                     break
                 if self.engine.has_unfinished():
                     self._step()
-                elif self._failed or self._step_timings or self._drain_events():
+                    continue
+                self._last_decode_end = None  # idle: the next step's wait is not a gap
+                if self._failed or self._step_timings or self._drain_events():
                     self._send_state([], [])
         except ChannelClosed:
             logger.info("worker went away: engine process exits")
@@ -368,13 +374,23 @@ class EngineLoop:
         self._publish(outputs)
         # A decode-only step, timed through the publishing of its tokens: what a token
         # gap costs. Steps with a prompt chunk are prefill's to account for.
+        # Its gap: the loop's time since the previous decode-only step (taking commands,
+        # sending state), which a token waits on top of the step.
         shape = self.engine.last_step
+        end = time.perf_counter()
         if shape.decodes > 0 and shape.prefill_tokens == 0:
             if len(self._step_timings) >= MAX_STEP_TIMINGS:
                 del self._step_timings[: MAX_STEP_TIMINGS // 2]
-            self._step_timings.append(
-                (shape.decodes, shape.context_tokens, time.perf_counter() - t0)
-            )
+            gap = None if self._last_decode_end is None else t0 - self._last_decode_end
+            self._step_timings.append((shape.decodes, shape.context_tokens, end - t0, gap, ()))
+            self._last_decode_end = end
+        else:
+            self._last_decode_end = None
+            if shape.decodes == 0 and shape.chunks:
+                # A prompt-only step: what a batched prefill step costs.
+                if len(self._step_timings) >= MAX_STEP_TIMINGS:
+                    del self._step_timings[: MAX_STEP_TIMINGS // 2]
+                self._step_timings.append((0, 0, end - t0, None, shape.chunks))
 
     def _drain_events(self) -> bool:
         self._events += [(ev.kind, ev.key) for ev in self.engine.pool.drain_events()]

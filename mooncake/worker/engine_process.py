@@ -51,6 +51,10 @@ def engine_info(engine: LLMEngine) -> dict[str, Any]:
         "kv_bytes_per_token": engine.spec.bytes_per_token,
         "kv_bytes_per_block": engine.spec.bytes_per_block,
         "kv_capacity_tokens": engine.pool.num_blocks * engine.config.block_size,
+        # The step budget, so the Conductor's cost-model export can describe batching.
+        "max_num_batched_tokens": engine.config.max_num_batched_tokens,
+        "long_prefill_chunk": engine.config.long_prefill_chunk,
+        "max_num_seqs": engine.config.max_num_seqs,
         "device": engine.config.device,
         "torch_threads": torch.get_num_threads(),
     }

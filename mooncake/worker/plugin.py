@@ -25,13 +25,14 @@ from distributed.comm.addressing import get_address_host
 from distributed.protocol.serialize import to_serialize
 
 from mooncake.conductor.messages import PlacementInfo
-from mooncake.conductor.reports import DecodeStep, WorkerLoadReport, WorkerReport
+from mooncake.conductor.reports import REPORT_OP, DecodeStep, WorkerLoadReport, WorkerReport
 from mooncake.config import EngineConfig
 from mooncake.kvcache import KVExport, root_key
 from mooncake.kvcache.shared_prefix import SharedPrefixProbe
 from mooncake.metrics import LookupRecord, RequestRecord
 from mooncake.outputs import RequestOutput
 from mooncake.transfer import Peer
+from mooncake.transfer.base import local_host_id
 from mooncake.types import BlockKey
 from mooncake.worker import request_state
 from mooncake.worker.block_presence import BlockPresence
@@ -41,19 +42,29 @@ from mooncake.worker.kv_store import KVStore
 from mooncake.worker.lookup import begin_lookup, fetches_remote, run_lookup
 from mooncake.worker.messages import LookupResult, RequestSpec
 from mooncake.worker.report_buffer import ReportBuffer
+from mooncake.worker.report_pacer import Pending, ReportPacer
 from mooncake.worker.request_table import RequestTable
 from mooncake.worker.rpc import rpc
 
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "mooncake"
-REPORT_INTERVAL_S = 0.05
 EARLY_LOOKUP_TIMEOUT_S = 60.0
 """How long a lookup started at placement waits for its task before it is aborted."""
 STREAM_INTERVAL_S = 0.001
 """Batching interval of the worker's message stream to the scheduler."""
 WATCH_MAX_S = 300.0
 """The longest a client's liveness watch (``mooncake_watch``) is held open."""
+
+
+
+def process_namespace() -> str:
+    """Where ``worker_pid`` means this process: the host and its pid namespace (a client
+    with the same one may look the pid up in its own /proc; empty: unknown)."""
+    try:
+        return f"{local_host_id()}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:  # not Linux
+        return ""
 
 
 def roles_of(worker: Worker) -> list[str]:
@@ -138,6 +149,10 @@ class MooncakeWorker(WorkerPlugin):
         # 2 ms after the previous one.
         worker.batched_stream.interval = STREAM_INTERVAL_S
         self._reported_model = False
+        self._pacer = ReportPacer()
+        self._sent_load: dict[str, Any] | None = None
+        self.reports_sent = 0
+        """Reports sent to the Conductor (``benchmarks/runtime_overhead.py`` counts them)."""
         self._report_task = asyncio.ensure_future(self._report_forever())
         logger.info(
             "mooncake worker %s ready: roles=%s model=%s engine pid=%s",
@@ -166,6 +181,7 @@ class MooncakeWorker(WorkerPlugin):
             "worker": self.worker.address,
             "roles": self.roles,
             "worker_pid": os.getpid(),
+            "process_ns": process_namespace(),
             **self.engine.info,
             "peer": self.kv_store.peer.to_msg() if self.kv_store is not None else None,
         }
@@ -378,19 +394,48 @@ class MooncakeWorker(WorkerPlugin):
             rep.leases_expired = len(self.kv_store.sweep_leases())
         return rep
 
+    def _pending(self) -> Pending:
+        """How soon the next report is needed (cheap: nothing is drained here)."""
+        kvs = self.kv_store
+        if (
+            not self._reported_model
+            or self.engine.block_events
+            or (kvs is not None and len(kvs.store.events))
+        ):
+            return "urgent"
+        own = self.reports.pending()
+        if own != "none":
+            return own
+        if self.engine.step_timings or self._load_key() != self._sent_load:
+            return "slow"
+        return "none"
+
+    def _load_key(self) -> dict[str, Any]:
+        """The engine's load figures that tell a change (its busy time always grows)."""
+        return {k: v for k, v in self.engine.load.items() if k != "busy_seconds"}
+
     async def _report_forever(self) -> None:
+        """Report to the Conductor when the pacer says so, on the worker's batched stream
+        to the scheduler: one message, no reply, ordered with the task results."""
+        interval = self._pacer.pacing.urgent_s
         while True:
             try:
                 await self._expire_early()
-                rep = self.report().to_msg()
-                await self.worker.scheduler.mooncake_report(worker=self.worker.address, report=rep)
-                self._reported_model = True
+                now = time.monotonic()
+                if self._pacer.due(now, self._pending()):
+                    load = self._load_key()
+                    rep = self.report().to_msg()
+                    self.worker.batched_stream.send({"op": REPORT_OP, "report": rep})
+                    self._pacer.sent(now)
+                    self._sent_load = load
+                    self._reported_model = True
+                    self.reports_sent += 1
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 logger.debug("mooncake report failed: %s", e)
                 await asyncio.sleep(0.5)
-            await asyncio.sleep(REPORT_INTERVAL_S)
+            await asyncio.sleep(interval)
 
 
 def get_plugin() -> MooncakeWorker:

@@ -1,7 +1,8 @@
 """What a worker has to tell the Conductor, gathered between two reports.
 
 Tasks and handlers record here from any thread (deque appends are atomic); the plugin's
-report loop drains it into one ``WorkerReport`` every ~50 ms."""
+report loop drains it into one ``WorkerReport`` when its ``ReportPacer`` says a report
+is due (``pending`` tells how soon one is needed)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from mooncake.conductor.reports import (
     WorkerReport,
 )
 from mooncake.metrics import LookupRecord, RequestRecord
+from mooncake.worker.report_pacer import Pending
 
 T = TypeVar("T")
 
@@ -60,6 +62,16 @@ class ReportBuffer:
     def request(self, record: RequestRecord) -> None:
         """A request finished here."""
         self._requests.append(record)
+
+    def pending(self) -> Pending:
+        """``urgent`` when something the Conductor places with is waiting (finished
+        prefills, decode joins, finished requests, transfer samples), ``slow`` when only
+        metrics records are, else ``none`` (see ``report_pacer``)."""
+        if self._prefills or self._decode_joins or self._requests or self._transfers:
+            return "urgent"
+        if self._lookups or self._transfer_log:
+            return "slow"
+        return "none"
 
     def drain(
         self,

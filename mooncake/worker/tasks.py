@@ -1,22 +1,32 @@
 """Task functions of the request graph: thin adapters. They run on workers, find the
 worker's ``MooncakeWorker`` plugin, tell its request table what happens, post work to
-its engine and wait without holding a worker thread (``secede``/``rejoin``). The engine
-runs in its own process, so the client can import this module without torch. This
-module imports the plugin, never the reverse."""
+its engine and wait without holding a worker thread. The engine runs in its own
+process, so the client can import this module without torch. This module imports the
+plugin, never the reverse.
+
+The tasks that last as long as the request's generation (``decode``, ``generate``) are
+coroutines: Dask runs them on the worker's event loop, and they hand their slot back at
+once (``_secede_slot``) and await the engine's future there, so a request being decoded
+holds neither a thread nor a slot. The short ones (``lookup``, ``prefill``, ``transfer``)
+block on engine calls, LMDB and sockets, so they run in the worker's threads and
+``secede`` while they wait on the engine."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import itertools
 import logging
 import time
 from typing import Any, TypeVar
 
-from distributed import rejoin, secede
+from distributed import Worker, rejoin, secede
+from distributed.worker_state_machine import SecedeEvent
 
 from mooncake.kvcache import copies
 from mooncake.kvcache.block import PackedExport
 from mooncake.outputs import RequestMetrics, RequestOutput
+from mooncake.request_ids import Step, task_key
 from mooncake.transfer import Peer
 from mooncake.types import BlockKey
 from mooncake.worker import request_state
@@ -48,6 +58,35 @@ def _wait(fut: concurrent.futures.Future[T]) -> T:
         return fut.result()
     finally:
         rejoin()
+
+
+def _secede_slot(worker: Worker, step: Step, request_id: str, started: float) -> None:
+    """(In a coroutine task, on the worker's event loop.) Hand the task's slot back to
+    Dask, as ``secede`` does for a thread: the worker may start other tasks and the
+    scheduler counts this one as long-running. ``started``: ``time.time()`` at the
+    task's start (the compute time the scheduler learns)."""
+    key = task_key(step, request_id)
+    ts = worker.state.tasks.get(key)
+    if ts is None or ts.state != "executing":
+        return  # not this key (or already released): nothing to hand back
+    ev = SecedeEvent(
+        key=key, compute_duration=time.time() - started, stimulus_id=f"secede-{time.time()}"
+    )
+    # As ``secede`` does: the state machine runs from the loop, not inside this task.
+    worker.loop.add_callback(worker.handle_stimulus, ev)
+
+
+async def _awaited(
+    plugin: MooncakeWorker, rid: str, fut: concurrent.futures.Future[RequestOutput]
+) -> RequestOutput:
+    """``_ended`` for a coroutine task: the engine's end of the request, awaited."""
+    try:
+        return await asyncio.wrap_future(fut)
+    except RequestAborted:
+        raise
+    except BaseException as e:
+        plugin.requests.handle(request_state.EngineFailed(rid, str(e), time.monotonic()))
+        raise
 
 
 def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") -> LookupResult:
@@ -88,7 +127,9 @@ def _ended(
 ) -> RequestOutput:
     """Wait for the engine's end of the request and tell the request state how it ended."""
     try:
-        out = _wait(fut)
+        # Often done by now (the prefill started at placement): then skip secede, which
+        # costs the scheduler a message and the pool a thread.
+        out = fut.result() if fut.done() else _wait(fut)
     except RequestAborted:
         raise
     except BaseException as e:
@@ -393,8 +434,10 @@ def _release_handoff(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> None
     worker.loop.add_callback(tell)
 
 
-def decode(tr: TransferResult) -> RequestOutput:
-    """Join this worker's continuous batch with the imported KV and run to the end."""
+async def decode(tr: TransferResult) -> RequestOutput:
+    """Join this worker's continuous batch with the imported KV and run to the end (a
+    coroutine: no thread waits for the request, see the module's docstring)."""
+    task_start = time.time()
     plugin = _plugin()
     handle = tr.handle
     if handle.finished:
@@ -411,11 +454,14 @@ def decode(tr: TransferResult) -> RequestOutput:
     _arrived(plugin, spec.request_id, "decode", handle.worker)
     plugin.reports.decode_joined(spec.request_id)
     # Admitted by the transfer task (``_start_decode``); a decode whose transfer ran
-    # elsewhere admits it now. On a miss the prompt is recomputed (prefix cache
-    # permitting); the first tokens are kept, so the output is the same.
-    started = plugin.requests.futures.take_started(spec.request_id)
-    fut = started.future if started is not None else _start_decode(plugin, handle)
-    out = _ended(plugin, spec.request_id, fut)
+    # elsewhere admits it now (in a thread: the engine's acceptance is waited for, and a
+    # Dask-path KV export is pickled onto the engine's socket). On a miss the prompt is
+    # recomputed (prefix cache permitting); the first tokens are kept, so the output is
+    # the same.
+    got = plugin.requests.futures.take_started(spec.request_id)
+    fut = got.future if got is not None else await asyncio.to_thread(_start_decode, plugin, handle)
+    _secede_slot(plugin.worker, "decode", spec.request_id, task_start)
+    out = await _awaited(plugin, spec.request_id, fut)
     plugin.requests.handle(request_state.EngineFinished(spec.request_id, time.monotonic()))
     token_times = plugin.engine.token_times.pop(spec.request_id, [])
     out = _wall_metrics(out, spec, handle.num_cached_tokens)
@@ -436,13 +482,21 @@ def decode(tr: TransferResult) -> RequestOutput:
     return out
 
 
-def generate(lookup_result: LookupResult) -> RequestOutput:
-    """Colocated mode: prefill and decode in this worker's engine, one request."""
+async def generate(lookup_result: LookupResult) -> RequestOutput:
+    """Colocated mode: prefill and decode in this worker's engine, one request (a
+    coroutine: no thread waits for the request, see the module's docstring)."""
+    started = time.time()
     plugin = _plugin()
     spec = lookup_result.spec
     _arrived(plugin, spec.request_id, "generate")
-    fut, t0 = _started(spec, prefill_only=False)
-    out = _ended(plugin, spec.request_id, fut)
+    got = plugin.requests.futures.take_started(spec.request_id)
+    if got is not None:
+        fut, t0 = got.future, got.since
+    else:
+        t0 = time.perf_counter()
+        fut = await plugin.engine.add_async(admission(spec, False, None, None, None, None))
+    _secede_slot(plugin.worker, "generate", spec.request_id, started)
+    out = await _awaited(plugin, spec.request_id, fut)
     plugin.requests.handle(request_state.EngineFinished(spec.request_id, time.monotonic()))
     token_times = plugin.engine.token_times.pop(spec.request_id, [])
     seconds = _compute_seconds(out, time.perf_counter() - t0)

@@ -111,3 +111,67 @@ def test_plugin_handler_exports_its_conductor(tiny_cost: CostModel) -> None:
     doc = plugin.handle_cost_model()
     assert doc["hardware"]["request_overhead_s"] == pytest.approx(0.04)
     assert cost_model_from_dict(doc).hardware.request_overhead_s == pytest.approx(0.04)
+
+
+def test_export_carries_the_live_measurements(tiny_cost: CostModel) -> None:
+    """The plugin exports what it measured besides the fits: the median hand-off
+    (0.2 s), the median engine-loop gap between decode steps (2 ms), the prefill
+    engine's step budget from its worker's facts, and a prefill step fit from
+    prompt-only steps (50 ms per step + 1 ms per token). Loaded back, the cost model
+    carries them; a file without them (written before) loads with zeros and no step
+    fit."""
+    from mooncake.conductor.cost_model import PrefillTimeEstimator
+
+    plugin = ConductorPlugin(ConductorConfig())
+    plugin.conductor = fitted(tiny_cost)
+    plugin.worker_info["w"] = {
+        "roles": ["prefill"],
+        "max_num_batched_tokens": 2048,
+        "long_prefill_chunk": 1024,
+        "max_num_seqs": 64,
+    }
+    for s in (0.1, 0.2, 0.3):
+        plugin.handoff.observe(s)
+    for s in (0.001, 0.002, 0.004):
+        plugin.step_gap.observe(s)
+    plugin.prefill_steps = PrefillTimeEstimator(tiny_cost)
+    for i in range(64):
+        chunks = [(100 + 10 * i, 0), (300 + 7 * i, 100)][: 1 + i % 2]
+        tokens = sum(e - s for e, s in chunks)
+        plugin.prefill_steps.observe_step(chunks, 0.05 + tokens / 1000)
+    doc = plugin.handle_cost_model()
+    hw = doc["hardware"]
+    assert hw["handoff_s"] == pytest.approx(0.2) and hw["token_overhead_s"] == pytest.approx(0.002)
+    assert (hw["prefill_step_tokens"], hw["prefill_chunk_tokens"], hw["prefill_max_seqs"]) == (
+        2048,
+        1024,
+        64,
+    )
+    assert doc["prefill_step_observations"] == 64
+    cost = cost_model_from_dict(json.loads(json.dumps(doc)))
+    assert cost.hardware.handoff_s == pytest.approx(0.2)
+    # The fit is pulled slightly toward its prior (no fixed cost).
+    assert cost.prefill_step_time([(1000, 0), (600, 100)]) == pytest.approx(
+        0.05 + 1.5, rel=0.01
+    )
+    old = {k: v for k, v in doc.items() if not k.startswith("prefill_step")}
+    old["hardware"] = {
+        k: v
+        for k, v in hw.items()
+        if k not in ("handoff_s", "token_overhead_s") and not k.startswith("prefill_")
+    }
+    legacy = cost_model_from_dict(old)
+    assert legacy.prefill_step_fit is None and legacy.hardware.prefill_step_tokens == 0
+    assert legacy.hardware.handoff_s == 0.0 and legacy.hardware.token_overhead_s == 0.0
+
+
+def test_handoff_seconds_leaves_out_a_regular_gap_and_the_transfer(
+    tiny_cost: CostModel,
+) -> None:
+    """A request whose first token gap is 0.3 s and later gaps 10–30 ms (median 20 ms),
+    with 1000 prompt tokens of KV at 1 byte/token over 1e6 bytes/s (1 ms): its hand-off
+    is 0.3 − 0.02 − 0.001 s."""
+    from mooncake.conductor.cost_export import handoff_seconds
+
+    c = Conductor(ConductorConfig(), ["P"], {"D": 10**6}, tiny_cost)
+    assert handoff_seconds(c, 1000, [0.3, 0.01, 0.02, 0.03]) == pytest.approx(0.279)

@@ -126,3 +126,39 @@ def test_specs_validate(cls: type, kwargs: dict[str, float], field: str) -> None
     """Bad values raise ValueError naming the field."""
     with pytest.raises(ValueError, match=field):
         cls(**kwargs)
+
+
+def test_prefill_step_fit_counts_the_fixed_cost_once_per_step(tiny_cost: CostModel) -> None:
+    """Steps of one or two prompt chunks costing 0.2 s per step + 1 ms per token: fitted
+    on the chunks' summed features with the intercept once per step, the estimator
+    recovers both terms (the intercept held a little toward its prior of 0);
+    CostModel.prefill_step_time with that fit charges the 0.2 s once for a two-chunk
+    step."""
+    from dataclasses import replace
+
+    from mooncake.conductor.cost_model import PrefillTimeEstimator
+
+    est = PrefillTimeEstimator(tiny_cost, refit_every=1)
+    for i in range(200):
+        chunks = [(500 + 13 * i, 0), (2000, 2000 - 7 * i - 1)][: 1 + i % 2]
+        est.observe_step(chunks, 0.2 + sum(e - s for e, s in chunks) / 1000)
+    per_attn, per_linear, fixed = est.coefficients()
+    assert fixed == pytest.approx(0.2, rel=0.25) and per_linear == pytest.approx(1e-3, rel=0.05)
+    cost = replace(tiny_cost, prefill_step_fit=(per_attn, per_linear, fixed))
+    assert cost.prefill_step_time([(1000, 0), (3000, 2000)]) == pytest.approx(2.2, rel=0.03)
+    assert tiny_cost.prefill_step_time([(1000, 0), (3000, 2000)]) == pytest.approx(2.0)
+
+
+def test_a_negative_decode_fit_term_does_not_shorten_steps(tiny_cost: CostModel) -> None:
+    """A decode fit whose KV slope came out negative (noise of a fit on few, small
+    batches) times a step of 2 sequences over a million KV tokens at its positive
+    terms only (3 + 2·1 ms), not at 0 s (which would stall a replay); the vectorised
+    form gives the same float."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    cost = replace(tiny_cost, decode_fit=(0.003, 0.001, -1e-7))
+    assert cost.decode_step_time(2, 10**6) == pytest.approx(0.005)
+    many = cost.decode_step_times(np.array([2]), np.array([10**6]))
+    assert float(many[0]) == cost.decode_step_time(2, 10**6)

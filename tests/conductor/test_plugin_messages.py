@@ -18,7 +18,7 @@ from mooncake.conductor.messages import (
     parse_place_reply,
 )
 from mooncake.conductor.plugin import ConductorPlugin
-from mooncake.conductor.reports import PrefillDone, WorkerLoadReport, WorkerReport
+from mooncake.conductor.reports import REPORT_OP, PrefillDone, WorkerLoadReport, WorkerReport
 
 
 class _Stream:
@@ -34,6 +34,7 @@ class _Scheduler:
     def __init__(self) -> None:
         self.plugins: dict[str, Any] = {}
         self.handlers: dict[str, Any] = {}
+        self.stream_handlers: dict[str, Any] = {}
         self.stream_comms = {"P": _Stream(), "D": _Stream()}
         self.client_comms: dict[str, Any] = {}
         self.tasks: dict[str, Any] = {}
@@ -70,7 +71,9 @@ def started() -> tuple[ConductorPlugin, _Scheduler]:
     plugin = ConductorPlugin(ConductorConfig(block_size=16))
     asyncio.run(plugin.start(s))  # type: ignore[arg-type]
     for w, role in (("P", "prefill"), ("D", "decode")):
-        plugin.handle_report(w, wire(WorkerReport(load=load(), info=info(role)).to_msg()))
+        # As the scheduler calls a stream handler: the message's fields, plus the worker.
+        msg = wire({"op": REPORT_OP, "report": WorkerReport(load=load(), info=info(role)).to_msg()})
+        s.stream_handlers[msg.pop("op")](worker=w, **msg)
     return plugin, s
 
 

@@ -31,7 +31,11 @@ def full_report() -> WorkerReport:
         lookups=[LookupRecord(300, {"device": 256}, "below_block", 12)],
         requests=[RequestRecord("r0", 0.2, 1.0, 0.01, 0.1, 0.8, [0.05, 0.06], 300, 16)],
         transfer_log=[TransferLogEntry("tcp", 1 << 20, 0.01)],
-        decode_steps=[DecodeStep(3, 1200, 0.021)],
+        decode_steps=[
+            DecodeStep(3, 1200, 0.021),
+            DecodeStep(3, 1203, 0.02, 0.001),
+            DecodeStep(0, 0, 0.05, None, ((300, 0), (700, 256))),
+        ],
         info={"roles": ["prefill"]},
     )
 
@@ -74,3 +78,10 @@ def test_later_reports_omit_info() -> None:
     msg = rep.to_msg()
     assert "info" not in msg
     assert WorkerReport.from_msg(wire(msg)).info is None
+
+
+def test_decode_steps_of_an_older_worker_parse() -> None:
+    """A worker that sends decode steps as [sequences, KV tokens, seconds] (before the
+    loop gap and prompt chunks were reported) parses with no gap and no chunks."""
+    back = WorkerReport.from_msg(wire({"decode_steps": [[2, 500, 0.01]]}))
+    assert back.decode_steps == [DecodeStep(2, 500, 0.01, None, ())]

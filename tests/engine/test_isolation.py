@@ -24,6 +24,14 @@ def _prompt(n: int, seed: int) -> list[int]:
 
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+EXTREME_PROMPTS = [_prompt(10 + 3 * i, i) for i in range(9)]
+
+
+@pytest.fixture(scope="module")
+def greedy_alone(engine):
+    """Each of ``EXTREME_PROMPTS``' greedy continuation, generated alone (once per module:
+    every extreme case compares its batch with the same references)."""
+    return [engine.generate([p], GREEDY)[0].token_ids for p in EXTREME_PROMPTS]
 
 
 def _run(
@@ -52,17 +60,15 @@ def _run(
         {"temperature": 1e-300, "top_p": 1e-300},
     ],
 )
-def test_extreme_params_beside_greedy(engine, extreme):
+def test_extreme_params_beside_greedy(engine, greedy_alone, extreme):
     """temperature=1e-300 (or top_p=1e-300) beside 8 greedy requests: every request
     finishes, the greedy ones exactly as they do alone, and the extreme one greedily too
     (that is what those limits mean)."""
-    prompts = [_prompt(10 + 3 * i, i) for i in range(9)]
-    alone = [engine.generate([p], GREEDY)[0].token_ids for p in prompts]
     params = [GREEDY] * 8 + [SamplingParams(max_tokens=12, ignore_eos=True, seed=7, **extreme)]
-    done, failed = _run(engine, prompts, params)
+    done, failed = _run(engine, EXTREME_PROMPTS, params)
     assert failed == {}
     for i in range(9):
-        assert done[f"r{i}"] == alone[i]
+        assert done[f"r{i}"] == greedy_alone[i]
     assert engine.pool.num_free == engine.pool.num_blocks
 
 

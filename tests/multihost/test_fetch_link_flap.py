@@ -96,10 +96,13 @@ def test_link_flap_mid_fetch_never_delivers_a_cut_block(network_of, tmp_path: Pa
     _, h2, h3 = net.hosts
     secret = secrets.token_hex(32)
     peer_file, first, stop = tmp_path / "peer.json", tmp_path / "first", tmp_path / "stop"
+    # The server stops only after the fetcher has finished its last round: stopping
+    # both at once would cut that round at random (the server closing, not the link).
+    server_stop = tmp_path / "server-stop"
     repo = str(Path(__file__).resolve().parents[2])
     env = {"PYTHONPATH": repo}
     h2.start(
-        [sys.executable, "-c", SERVER, h2.ip, secret, str(peer_file), str(stop)],
+        [sys.executable, "-c", SERVER, h2.ip, secret, str(peer_file), str(server_stop)],
         tmp_path / "server.log",
         env=env,
     )
@@ -142,6 +145,8 @@ def test_link_flap_mid_fetch_never_delivers_a_cut_block(network_of, tmp_path: Pa
         fetcher.wait(timeout=60)
     except Exception:
         pytest.fail(f"the fetcher did not finish: a fetch hung\n{logs()}")
+    finally:
+        server_stop.write_text("stop")
     assert fetcher.returncode == 0, logs()
     rounds = json.loads((tmp_path / "fetcher.log").read_text().strip().splitlines()[-1])
     assert all(r["bad"] == 0 for r in rounds), rounds

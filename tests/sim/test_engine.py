@@ -342,3 +342,61 @@ def test_request_overhead_delays_each_prefill(tiny_cost: CostModel) -> None:
         for c in (tiny_cost, cost)
     ]
     assert colocated[1].ttft_s == pytest.approx(colocated[0].ttft_s + 0.05)
+
+
+def batched(tiny_cost: CostModel, **hw: object) -> CostModel:
+    """The tiny cost model with a fitted prefill of (n − c)/1000 s + 50 ms per step and
+    the given hardware fields (a live export's prefill step budget, hand-off, ...)."""
+    from dataclasses import replace
+
+    return replace(
+        tiny_cost,
+        hardware=replace(tiny_cost.hardware, **hw),  # type: ignore[arg-type]
+        prefill_fit=(0.0, 1e-3, 0.05),
+    )
+
+
+def test_batched_prefill_computes_a_burst_in_one_step(tiny_cost: CostModel) -> None:
+    """With the live engine's step budget (4096 tokens) r0 (1000 tok) and r1 (2000) at
+    t=0 share one prefill step of 3000/1000 + 0.05 = 3.05 s (the fixed cost once), so
+    both TTFTs are 3.05 s + their transfer; one prompt at a time (no budget) gives
+    1.05 and 3.10 s."""
+    reqs = [make_request(0, 0.0, 1000, 1), make_request(1, 0.0, 2000, 1)]
+    res = simulate(disagg(batched(tiny_cost, prefill_step_tokens=4096)), reqs)
+    assert [r.ttft_s for r in res.records] == pytest.approx([3.051, 3.052])
+    assert res.summary.prefill_gpu_s == pytest.approx(3.05)
+    fifo = simulate(disagg(batched(tiny_cost)), reqs)
+    assert [r.ttft_s for r in fifo.records] == pytest.approx([1.051, 3.102])
+
+
+def test_batched_prefill_chunks_under_the_budget(tiny_cost: CostModel) -> None:
+    """Budget 1500 tokens: step 1 computes r0 whole (1000) and r1's first 500 (1.55 s),
+    step 2 r1's last 1500 (1.55 s): TTFTs 1.551 and 3.102. With at most one prompt per
+    step (max_num_seqs 1) r1 waits for r0's step: 1.051 and 1.05 + 2.05 + 0.002."""
+    reqs = [make_request(0, 0.0, 1000, 1), make_request(1, 0.0, 2000, 1)]
+    res = simulate(disagg(batched(tiny_cost, prefill_step_tokens=1500)), reqs)
+    assert [r.ttft_s for r in res.records] == pytest.approx([1.551, 3.102])
+    one = batched(tiny_cost, prefill_step_tokens=4096, prefill_max_seqs=1)
+    res = simulate(disagg(one), reqs)
+    assert [r.ttft_s for r in res.records] == pytest.approx([1.051, 3.102])
+    chunked = batched(tiny_cost, prefill_step_tokens=4096, prefill_chunk_tokens=800)
+    res = simulate(disagg(chunked), [make_request(0, 0.0, 2000, 1)])
+    # 800 + 800 + 400 tokens in three steps, each with its 50 ms.
+    assert res.records[0].ttft_s == pytest.approx(2.0 + 0.15 + 0.002)
+
+
+def test_handoff_and_step_gap_are_token_gaps(tiny_cost: CostModel) -> None:
+    """A measured 100 ms hand-off and 1 ms engine-loop gap per step: r0 (1000 tok, 11
+    out) keeps its TTFT (1.001 s), joins decode 0.1 s later and decodes 10 tokens at
+    2 + 1 ms each: finish 1.131 s; its TBT counts the hand-off as one gap. r1 (one
+    output token, finished by prefill) has no hand-off."""
+    from mooncake.sim.metrics import slowest_gaps_mean
+
+    cost = batched(tiny_cost, handoff_s=0.1, token_overhead_s=0.001)
+    cost = CostModel(cost.model, cost.hardware)  # the unfitted prefill: (n − c)/1000 s
+    res = simulate(disagg(cost), [make_request(0, 0.0, 1000, 11)])
+    r = res.records[0]
+    assert r.ttft_s == pytest.approx(1.001) and r.finish_s == pytest.approx(1.131)
+    assert r.tbt_s == pytest.approx(slowest_gaps_mean([(0.1, 1.0), (0.003, 10.0)]))
+    one = simulate(disagg(cost), [make_request(1, 0.0, 1000, 1)]).records[0]
+    assert one.ttft_s == pytest.approx(1.001) and one.tbt_s == 0.0

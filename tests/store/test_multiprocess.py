@@ -101,7 +101,7 @@ def test_reader_never_sees_a_torn_block_while_the_writer_rewrites(host_dir: str)
     with BlockStore(store_config(host_dir, host_blocks=16, spec=spec)) as store:
         store.put_many(blocks)
         parent, child = CTX.Pipe()
-        p = CTX.Process(target=procs.read_while_written, args=(host_dir, keys, 2.0, child))
+        p = CTX.Process(target=procs.read_while_written, args=(host_dir, keys, 1.0, child))
         p.start()
         refused = 0
         while not parent.poll(0):

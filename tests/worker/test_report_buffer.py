@@ -26,3 +26,16 @@ def test_drain_takes_everything_once() -> None:
     again = b.drain(WorkerLoadReport(), [], [])
     assert not (again.prefills or again.decode_joined or again.transfers or again.requests)
     assert again.info is None
+
+
+def test_pending_says_how_soon_a_report_is_needed() -> None:
+    """What placement depends on is urgent, metrics records are slow, nothing is none;
+    a drain empties it again."""
+    b = ReportBuffer()
+    assert b.pending() == "none"
+    b.lookup(LookupRecord(100))
+    assert b.pending() == "slow"
+    b.decode_joined("r1")
+    assert b.pending() == "urgent"
+    b.drain(WorkerLoadReport(), [], [])
+    assert b.pending() == "none"
