@@ -212,9 +212,7 @@ def killer(
         info = workers[addr]
         try:
             os.kill(int(info["worker_pid"]), signal.SIGKILL)
-            log.append(
-                Kill(time.monotonic(), addr, "+".join(info.get("roles", ["?"])), load[addr])
-            )
+            log.append(Kill(time.monotonic(), addr, "+".join(info.get("roles", ["?"])), load[addr]))
         except ProcessLookupError:
             pass
 
@@ -242,9 +240,7 @@ def breakdown(outcomes: list[Outcome], moves: list[MoveRecord], kills: list[Kill
     def baseline(o: Outcome, kill: Kill | None, attr: str) -> float | None:
         same = [u for u in unmoved if (u.prompt_len, u.output_len) == (o.prompt_len, o.output_len)]
         if kill is not None:
-            during = [
-                u for u in same if u.start <= kill.at <= u.start + (u.e2e_s or 0.0)
-            ]
+            during = [u for u in same if u.start <= kill.at <= u.start + (u.e2e_s or 0.0)]
             if len(during) >= 3:
                 same = during
         return _median([getattr(u, attr) for u in same if getattr(u, attr) is not None])

@@ -45,6 +45,9 @@ SHAPES: dict[str, Shape] = {
     "llama-57m": Shape(512, 8, 8, 2, 1536, 32000),
     # ~100M parameters: 12 layers of 768 hidden, GQA 12/4.
     "llama-100m": Shape(768, 12, 12, 4, 2048, 32000),
+    # The same shapes with room for 8,192-token prompts (the hand-off benchmark).
+    "tiny-16k": Shape(128, 2, 4, 2, 256, 260, 16384),
+    "llama-57m-16k": Shape(512, 8, 8, 2, 1536, 32000, 16384),
 }
 
 

@@ -80,9 +80,7 @@ def _window(
     for pid, t in c1.items():
         k = kinds[pid]
         by_kind[k] = by_kind.get(k, 0.0) + t - c0.get(pid, t)
-    msgs = {
-        w: {k: m1[w][k] - m0[w][k] for k in ("reports", "stream")} for w in m1 if w in m0
-    }
+    msgs = {w: {k: m1[w][k] - m0[w][k] for k in ("reports", "stream")} for w in m1 if w in m0}
     return by_kind, msgs, wall
 
 

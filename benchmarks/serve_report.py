@@ -151,9 +151,13 @@ def cdfs(runs: dict[tuple[str, float, str], dict[str, Any]], rates: list[float])
     return out
 
 
-def save_results(runs: dict[tuple[str, float, str], dict[str, Any]], root: Path) -> None:
-    """docs/performance.md's serving section (``benchmarks/results/serving.json``): each
-    mooncake server against vllm serve at the same rate and client."""
+def save_results(
+    runs: dict[tuple[str, float, str], dict[str, Any]], root: Path, load: str = "prefix"
+) -> None:
+    """docs/performance.md's serving section (``benchmarks/results/serving.json``, or
+    ``serving-trace.json`` for the trace-shaped load): each mooncake server against vllm
+    serve at the same rate and client. On the trace-shaped load the disaggregated server's
+    goodput target is 1.2x, where its prefix reuse and disaggregation should win."""
     import result_file as rf
 
     claims = []
@@ -165,7 +169,12 @@ def save_results(runs: dict[tuple[str, float, str], dict[str, Any]], root: Path)
             continue
         mode = "disaggregated" if server == "mooncake" else "colocated"
         for key, label, unit, target in (
-            ("request_goodput", "goodput", "req/s", "≥ 1.0"),
+            (
+                "request_goodput",
+                "goodput",
+                "req/s",
+                "≥ 1.2" if load == "trace" and mode == "disaggregated" else "≥ 1.0",
+            ),
             ("median_ttft_ms", "TTFT p50", "ms", "≤ 1.0"),
             ("median_tpot_ms", "TPOT p50", "ms", "≤ 1.0"),
         ):
@@ -201,8 +210,9 @@ def save_results(runs: dict[tuple[str, float, str], dict[str, Any]], root: Path)
     }
     series.update(cdfs(runs, [r for r in CDF_RATES if r in rates] or rates[:1]))
     rf.save(
-        "serving",
-        "Serving: mooncake serve vs vllm serve",
+        "serving" if load == "prefix" else "serving-trace",
+        "Serving: mooncake serve vs vllm serve"
+        + (" (a slice of the conversation trace)" if load == "trace" else ""),
         claims,
         series=series,
         notes=(
@@ -221,6 +231,12 @@ def main() -> None:
         help="write benchmarks/results/serving.json for docs/performance.md",
     )
     ap.add_argument(
+        "--load",
+        choices=("prefix", "trace"),
+        default="prefix",
+        help="the DATASET the runs used (trace: saved as serving-trace.json)",
+    )
+    ap.add_argument(
         "--plot", type=Path, default=None, help="write goodput vs offered rate to this PNG"
     )
     ap.add_argument("--title", default="goodput vs offered rate (llama-57m, fp32, 2 cores)")
@@ -234,7 +250,7 @@ def main() -> None:
         plot(runs, args.plot, args.title)
         print(f"\nplot: {args.plot}")
     if args.save_results:
-        save_results(runs, args.root)
+        save_results(runs, args.root, args.load)
 
 
 if __name__ == "__main__":

@@ -633,4 +633,4 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         self.close()
 
 
-__all__ = ["LLM", "Rejected", "Unavailable", "WorkerLost"]
+__all__ = ["LLM", "Rejected", "Unavailable", "WorkerConfig", "WorkerLost"]

@@ -47,7 +47,8 @@ class ConductorConfig:
     """Tokens per block key (the FAST'25 traces use 512)."""
     decode_token_time_s: float | None = None
     """Uniform decode time per token t_d for predictive rejection; ``None`` uses each
-    decode instance's current estimated step time."""
+    decode instance's estimated step time at the load projected for the new request
+    (a fixed point: :meth:`Conductor._projected_view`)."""
     output_prediction: OutputPrediction = "expected"
     """Output length the decode-load prediction assumes for a new request:
     ``expected`` = E[min(L, max_tokens)] over the last ``output_window`` finished

@@ -8,7 +8,9 @@ comms carry msgpack):
   same value the graph's tasks and the prefill worker's early lookup get;
 - ``PlaceRefused``: the answer when it does not (overload or no worker of a role);
 - ``start_lookup_msg``: Conductor -> prefill worker (``mooncake-start``), begin the
-  lookup of an admitted request ahead of its graph.
+  lookup of an admitted request ahead of its graph;
+- ``start_stream_msg``: Conductor -> decode worker (``mooncake-stream``), import the
+  request's KV as its prefill publishes it (workers with ``WorkerConfig.stream_kv``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from mooncake.conductor.state import RequestInfo
 
 START_OP = "mooncake-start"
 """Stream operation of the early-lookup message on the prefill worker."""
+STREAM_OP = "mooncake-stream"
+"""Stream operation that tells a streaming decode worker of a request at placement."""
 
 
 @dataclass(frozen=True)
@@ -153,12 +157,20 @@ def start_lookup_msg(spec: object, placement: PlacementInfo, start: str) -> dict
     return {"op": START_OP, "spec": spec, "placement": placement.to_msg(), "start": start}
 
 
+def start_stream_msg(spec: object, placement: PlacementInfo) -> dict[str, Any]:
+    """The stream message that tells a placed request's decode worker to import its KV
+    while the prefill runs (handled by ``MooncakeWorker.handle_stream(spec, placement)``)."""
+    return {"op": STREAM_OP, "spec": spec, "placement": placement.to_msg()}
+
+
 __all__ = [
     "START_OP",
+    "STREAM_OP",
     "PlaceRefused",
     "PlaceReply",
     "PlaceRequest",
     "PlacementInfo",
     "parse_place_reply",
     "start_lookup_msg",
+    "start_stream_msg",
 ]

@@ -41,6 +41,7 @@ from mooncake.conductor.messages import (
     PlaceRefused,
     PlaceRequest,
     start_lookup_msg,
+    start_stream_msg,
 )
 from mooncake.conductor.policy import NO_WORKER, Conductor, Placement
 from mooncake.conductor.reports import REPORT_OP, WorkerReport
@@ -279,7 +280,24 @@ class ConductorPlugin(SchedulerPlugin):
         placement = self._placement(decision)
         if req.spec is not None and decision.fetch_from is None:
             self._start_early(req, placement)
+        if req.spec is not None and not req.resume:
+            self._start_stream(req, placement)
         return placement.to_msg()
+
+    def _start_stream(self, req: PlaceRequest, placement: PlacementInfo) -> None:
+        """Tell a streaming decode worker (``WorkerConfig.stream_kv``) of the request now,
+        so it imports the KV while the prefill worker publishes it chunk by chunk."""
+        if placement.decode == placement.prefill or not self.worker_info.get(
+            placement.decode, {}
+        ).get("stream_kv"):
+            return
+        stream = self.scheduler.stream_comms.get(placement.decode)
+        if stream is None:
+            return
+        try:
+            stream.send(start_stream_msg(req.spec, placement))
+        except Exception as e:  # a closing worker: the transfer task fetches it all
+            logger.debug("stream start on %s failed: %s", placement.decode, e)
 
     def _start_early(self, req: PlaceRequest, placement: PlacementInfo) -> None:
         """Tell the prefill worker to start the request's lookup now, on the same stream

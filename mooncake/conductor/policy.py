@@ -20,7 +20,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
-from mooncake.conductor.admission import LoadView, Rejection, check_slos, decode_view
+from mooncake.conductor.admission import (
+    LoadView,
+    OutputEstimate,
+    Rejection,
+    check_slos,
+    decode_view,
+)
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.cost_model import (
     BandwidthEstimator,
@@ -67,6 +73,10 @@ request can run once one joins: a service outage, not an overload)."""
 
 MIN_DECODE_STEPS = 16
 """Observed decode steps before the online fit replaces the cost model's formula."""
+
+PROJECTION_ROUNDS = 4
+"""Most rounds of the projected-load fixed point behind the default t_d (see
+:meth:`Conductor._projected_view`); it stops earlier once the projection stops moving."""
 
 _VIEW: dict[str, LoadView] = {
     "none": "committed",
@@ -176,11 +186,37 @@ class Conductor:
         return self.cost.decode_step_times(batch, kv_tokens)
 
     def token_time(self, worker: str) -> float:
-        """Uniform decode seconds per token t_d used to project a decode instance."""
+        """Uniform decode seconds per token t_d at the instance's current load: the
+        fixed ``decode_token_time_s``, else the step time of the running batch (the
+        starting point of :meth:`_projected_view`'s fixed point, and the retry hint)."""
         if self.config.decode_token_time_s is not None:
             return self.config.decode_token_time_s
         load = self.decode_loads[worker]
         return self.step_time(max(1, len(load.running)), load.kv_running)
+
+    def _projected_view(
+        self, worker: str, eta: float, now: float, need: int, total: OutputEstimate | None
+    ) -> tuple[int, int]:
+        """(batch, KV tokens) of ``worker`` projected to ``eta`` (FAST'25 §7).
+
+        The uniform decode time t_d is the step time *at the projected load*: starting
+        from the current step time, project, take the step time of the projected batch
+        with the new request (``need`` KV tokens) in it, and project again, until the
+        projection stops moving (at most :data:`PROJECTION_ROUNDS` rounds). The current
+        step time alone is the time of a token on today's batch; a request is admitted
+        into tomorrow's, where every token takes longer and sequences finish later.
+        A fixed ``decode_token_time_s`` is used as is.
+        """
+        load = self.decode_loads[worker]
+        view = decode_view(load, "projected", eta, self.token_time(worker), now, total)
+        if self.config.decode_token_time_s is None:
+            for _ in range(PROJECTION_ROUNDS):
+                t_d = self.step_time(view[0] + 1, view[1] + need)
+                nxt = decode_view(load, "projected", eta, t_d, now, total)
+                if nxt == view:
+                    break
+                view = nxt
+        return view
 
     def transfer_time(self, tokens: int) -> float:
         return self.bandwidth.transfer_time(tokens * self.cost.model.kv_bytes_per_token)
@@ -256,6 +292,14 @@ class Conductor:
                     else None
                 )
                 batch, kv = table.projected(eta, t_d, now, many)
+                if cfg.decode_token_time_s is None:  # _projected_view's fixed point
+                    need = dreq.prompt_len + dreq.output_len
+                    for _ in range(PROJECTION_ROUNDS):
+                        t_d = self._step_times(batch + 1, kv + need)
+                        nb, nk = table.projected(eta, t_d, now, many)
+                        if np.array_equal(nb, batch) and np.array_equal(nk, kv):
+                            break
+                        batch, kv = nb, nk
             else:  # per-instance counters
                 batch, kv = table.view(view == "committed")
             dchoice = self.decode_scheduler.choose_vector(
@@ -270,14 +314,12 @@ class Conductor:
         else:
             workers = [pchoice.worker] if cfg.colocated else list(decode_loads)
             total = self._total_len if cfg.output_prediction == "expected" else None
+            need = dreq.prompt_len + dreq.output_len
             views = {
-                w: decode_view(
-                    self.decode_loads[w],
-                    view,
-                    eta,
-                    self.token_time(w) if view == "projected" else 0.0,
-                    now,
-                    total,
+                w: (
+                    self._projected_view(w, eta, now, need, total)
+                    if view == "projected"
+                    else decode_view(self.decode_loads[w], view)
                 )
                 for w in workers
             }

@@ -455,12 +455,19 @@ class LLMEngine:
         return export
 
     def export_packed(
-        self, request_id: str, out: memoryview, algo: ChecksumName
+        self,
+        request_id: str,
+        out: memoryview,
+        algo: ChecksumName,
+        first: int = 0,
+        release: bool = True,
     ) -> PackedExport | None:
-        """Write a held (or running) request's full blocks as store records into ``out``
-        (shared memory its worker lent), each block copied once, from the pool into its
-        record; then free a held request's blocks. ``None`` (and nothing freed) when
-        ``out`` is too small: export the old way."""
+        """Write a held (or running) request's full blocks from block ``first`` on as
+        store records into ``out`` (shared memory its worker lent), each block copied
+        once, from the pool into its record; then, with ``release``, free a held
+        request's blocks. ``None`` (and nothing freed) when ``out`` is too small: export
+        the old way. A request still in prefill (chunked) exports the blocks its chunks
+        so far filled: that is how its KV streams to the decode side while it runs."""
         from mooncake.store.records import record_size, write_record_in_place
 
         seq = self._seqs.get(request_id) or self._held.get(request_id)
@@ -469,13 +476,14 @@ class LLMEngine:
         bs = self.config.block_size
         n = seq.num_computed_tokens
         full = n // bs
+        first = min(first, full)
         size = record_size(self.spec, self.fingerprint, bs)
-        if full * size > out.nbytes:
+        if (full - first) * size > out.nbytes:
             return None
         keys = self.kv._keys(seq, full)
         offsets, sizes = [], []
         off = 0
-        for i in range(full):
+        for i in range(first, full):
             block_id = seq.block_table[i].block_id
             written = write_record_in_place(
                 out[off : off + size],
@@ -491,9 +499,9 @@ class LLMEngine:
             offsets.append(off)
             sizes.append(written)
             off += size
-        if request_id in self._held:
+        if release and request_id in self._held:
             self.abort_request(request_id)
-        return PackedExport(list(keys[:full]), offsets, sizes, n)
+        return PackedExport(list(keys[first:full]), offsets, sizes, n, first)
 
     def release(self, request_id: str) -> None:
         """Free a held request's blocks (they stay in the prefix cache)."""

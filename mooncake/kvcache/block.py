@@ -114,6 +114,9 @@ class PackedExport:
     sizes: list[int]
     num_tokens: int
     """Tokens whose KV the engine computed (full blocks and the partial tail)."""
+    first: int = 0
+    """Block index (position in the sequence) of the first record: a streamed export
+    carries the blocks filled since the previous one."""
 
 
 @dataclass(frozen=True, slots=True)

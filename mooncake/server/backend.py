@@ -54,7 +54,7 @@ def build_backend(config: ServerConfig) -> ServingBackend:
     """Start (or connect to) the cluster described by ``config``. Blocking: seconds."""
     from dataclasses import replace
 
-    from mooncake.client import LLM
+    from mooncake.client import LLM, WorkerConfig
     from mooncake.security import TLSFiles
 
     return LLM(
@@ -65,6 +65,8 @@ def build_backend(config: ServerConfig) -> ServingBackend:
         mode=config.mode,
         engine_config=replace(config.engine, model=config.model),
         conductor_config=conductor_config(config),
+        # Workers of a deployed cluster get this from the client too (its worker plugin).
+        worker_config=WorkerConfig(stream_kv=config.stream_kv),
         dashboard_address=config.dashboard_address,
         tls=TLSFiles(config.tls_ca_file, config.tls_cert, config.tls_key),
         insecure=config.insecure,

@@ -45,6 +45,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="request graph",
     )
     cluster.add_argument(
+        "--stream-kv",
+        action="store_true",
+        help="stream each request's KV to its decode worker chunk by chunk while prefill "
+        "runs (disaggregated mode; docs/cluster.md)",
+    )
+    cluster.add_argument(
         "--dashboard-address",
         default="127.0.0.1:0",
         metavar="HOST:PORT",
@@ -174,6 +180,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         decode_workers=args.decode_workers,
         scheduler=args.scheduler,
         mode=args.mode,
+        stream_kv=args.stream_kv,
         host=args.host,
         port=args.port,
         api_key=args.api_key or None,

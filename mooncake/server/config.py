@@ -40,6 +40,9 @@ class ServerConfig:
     embedded ``LocalCluster``."""
     mode: GraphMode = "disaggregated"
     """Request graph: prefill and decode on separate workers, or both on one (baseline)."""
+    stream_kv: bool = False
+    """Stream each request's KV to its decode worker chunk by chunk while prefill runs
+    (``WorkerConfig.stream_kv``; docs/cluster.md)."""
     host: str = "127.0.0.1"
     """Interface to listen on."""
     port: int = 8000

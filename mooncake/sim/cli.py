@@ -190,7 +190,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help=(
             "uniform decode seconds per token t_d the predictive admission projects with "
-            "(default: each decode instance's current estimated step time)"
+            "(default: each decode instance's estimated step time at the load projected "
+            "for the new request)"
         ),
     )
     p.add_argument(

@@ -270,9 +270,9 @@ class BlockStore:
     def put_packed(self, buf: memoryview, packed: PackedExport) -> list[bool]:
         """Store records an engine laid out in ``buf`` (shared memory,
         :mod:`mooncake.store.shm_arena`): LMDB copies each into the tier, nothing
-        stages it. Block index = position in the export."""
+        stages it. Block index = ``packed.first`` + position in the export."""
         items: list[tuple[BlockKey, RecordSource, int | None]] = [
-            (key, PackedRecord(buf[off : off + size]), i)
+            (key, PackedRecord(buf[off : off + size]), packed.first + i)
             for i, (key, off, size) in enumerate(zip(packed.keys, packed.offsets, packed.sizes))
         ]
         return self._put_raw(items)

@@ -122,6 +122,24 @@ class BlockFetcher:
             into.put_objects([o for o in result.objects if o is not None])
         return result
 
+    def poll(self, keys: Sequence[BlockKey], peer: Peer) -> FetchResult:
+        """Ask ``peer``'s block server once, on the best network path (not the shared
+        tier), for ``keys`` that may not all be there yet (a hand-off still streaming):
+        no retry, misses are expected. Objects are as :meth:`fetch` returns them: only
+        blocks that arrived intact."""
+        keys = list(keys)
+        result = FetchResult(
+            keys=keys, objects=[None] * len(keys), paths=[None] * len(keys), _pool=self.pool
+        )
+        backend = next((b for b in self.paths(peer) if b.name != "shm"), None)
+        if backend is None:
+            result.errors.append(f"no network path to peer {peer}")
+            return result
+        got = self._attempt(backend, keys, peer, result)
+        result.objects = list(got)
+        result.paths = [backend.name if o is not None else None for o in got]
+        return result
+
     def _attempt(
         self, backend: Backend, keys: list[BlockKey], peer: Peer, result: FetchResult
     ) -> list[BlockObject | None]:

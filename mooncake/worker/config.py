@@ -42,6 +42,15 @@ class WorkerConfig:
     """How long a prefill worker keeps the blocks a decode worker has yet to fetch from
     eviction, at most (released as soon as they are fetched or the request ends); a
     lease that expires first is logged and counted (``mooncake:kv_lease_expired``)."""
+    stream_kv: bool = False
+    """Stream the hand-off while prefill runs: after each prefill chunk, the prefill
+    worker publishes the blocks it filled (leased, in its host tier), and the decode
+    worker, told of the request at placement, imports them as they appear (same host:
+    from the prefill worker's host tier in place; another host: over TCP, checked), so
+    the transfer after prefill moves only the last chunk's blocks. Needs the store and
+    the export arena (``docs/disaggregation.md``)."""
+    stream_poll_s: float = 0.005
+    """How often a streaming decode worker looks for the next blocks of a request."""
 
     def __post_init__(self) -> None:
         if self.host_capacity_bytes <= 0:
@@ -62,5 +71,7 @@ class WorkerConfig:
             raise ValueError(
                 f"handoff_lease_ttl_s: must be positive, got {self.handoff_lease_ttl_s}"
             )
+        if not self.stream_poll_s > 0:
+            raise ValueError(f"stream_poll_s: must be positive, got {self.stream_poll_s}")
         if not self.store_root:
             raise ValueError("store_root: must be a directory")

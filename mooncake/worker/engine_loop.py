@@ -262,14 +262,24 @@ class EngineLoop:
         return m
 
     def export_packed(
-        self, request_id: str, arena: str, offset: int, size: int, algo: str
+        self,
+        request_id: str,
+        arena: str,
+        offset: int,
+        size: int,
+        algo: str,
+        first: int = 0,
+        release: bool = True,
     ) -> PackedExport | None:
-        """Write the request's full blocks as store records into its worker's export
-        arena (``mooncake.store.shm_arena``) at ``[offset, offset + size)``."""
+        """Write the request's full blocks from ``first`` on as store records into its
+        worker's export arena (``mooncake.store.shm_arena``) at ``[offset, offset +
+        size)`` (see ``LLMEngine.export_packed``)."""
         return self.engine.export_packed(
             request_id,
             memoryview(self._map(arena))[offset : offset + size],
             algo,  # type: ignore[arg-type]
+            first,
+            release,
         )
 
     def export_kv(self, request_id: str) -> KVExport:

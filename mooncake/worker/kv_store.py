@@ -96,12 +96,14 @@ class KVStore:
         return sum(self.store.put_many([b for _, b in full], [i for i, _ in full]))
 
     # -- hand-off leases ------------------------------------------------------------
-    def lease_handoff(self, request_id: str, keys: Sequence[BlockKey]) -> None:
+    def lease_handoff(self, request_id: str, keys: Sequence[BlockKey], more: bool = False) -> None:
         """Keep ``keys`` from eviction until the decode side of ``request_id`` has them
-        (:meth:`release_handoff`, here or from a same-host peer) or the lease expires."""
+        (:meth:`release_handoff`, here or from a same-host peer) or the lease expires.
+        ``more``: keys added to a lease this request already took (a streamed chunk)."""
         if keys:
             self.leases.acquire(_holder(request_id), keys, self.lease_ttl_s)
-            self.leases_taken += 1
+            if not more:
+                self.leases_taken += 1
 
     def release_handoff(self, request_id: str) -> bool:
         """Release this worker's hand-off lease of ``request_id`` (fetched, or the
@@ -176,6 +178,22 @@ class KVStore:
         RDMA, retried once on another path) and hand the leading run that arrived intact
         to ``use``."""
         res = self.fetcher.fetch(keys, peer)
+        try:
+            blocks = _leading(res.objects)
+            taken = use(blocks) if blocks else 0
+            return Fetched(
+                taken,
+                sum(b.data.nbytes for b in blocks),
+                [p for p in res.paths[: len(blocks)] if p],
+            )
+        finally:
+            res.release()
+
+    def poll(self, keys: Sequence[BlockKey], peer: Peer, use: Consumer) -> Fetched:
+        """Ask ``peer``'s block server once for ``keys`` (a hand-off still streaming: the
+        later ones may not be there yet) and hand the leading run that arrived intact to
+        ``use``."""
+        res = self.fetcher.poll(keys, peer)
         try:
             blocks = _leading(res.objects)
             taken = use(blocks) if blocks else 0

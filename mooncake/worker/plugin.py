@@ -39,6 +39,7 @@ from mooncake.worker.block_presence import BlockPresence
 from mooncake.worker.config import WorkerConfig
 from mooncake.worker.engine_client import EngineClient
 from mooncake.worker.kv_store import KVStore
+from mooncake.worker.kv_stream import StreamImports
 from mooncake.worker.lookup import begin_lookup, fetches_remote, run_lookup
 from mooncake.worker.messages import LookupResult, RequestSpec
 from mooncake.worker.report_buffer import ReportBuffer
@@ -55,7 +56,6 @@ STREAM_INTERVAL_S = 0.001
 """Batching interval of the worker's message stream to the scheduler."""
 WATCH_MAX_S = 300.0
 """The longest a client's liveness watch (``mooncake_watch``) is held open."""
-
 
 
 def process_namespace() -> str:
@@ -134,6 +134,12 @@ class MooncakeWorker(WorkerPlugin):
             self.kv_store = await asyncio.to_thread(
                 KVStore, wc, str(worker.name or worker.address), cluster
             )
+        self.streams: StreamImports | None = (
+            StreamImports(self, self.worker_config.stream_poll_s)
+            if self.kv_store is not None and self.worker_config.stream_kv
+            else None
+        )
+        """Hand-offs this (decode) worker imports while their prefill runs elsewhere."""
         self._peers: dict[str, Peer | None] = {}
         self._presence = BlockPresence()
         worker.handlers["mooncake_fetch_kv"] = self.handle_fetch_kv
@@ -143,6 +149,7 @@ class MooncakeWorker(WorkerPlugin):
         worker.handlers["mooncake_info"] = self.handle_info
         worker.handlers["mooncake_watch"] = self.handle_watch
         worker.stream_handlers["mooncake-start"] = self.handle_start
+        worker.stream_handlers["mooncake-stream"] = self.handle_stream
         worker.stream_handlers["mooncake-peer-lost"] = self.handle_peer_lost
         # Token deltas that cannot go straight to the client (mooncake.worker.token_stream)
         # ride this stream to the scheduler, then the client; Dask holds a message until
@@ -165,6 +172,8 @@ class MooncakeWorker(WorkerPlugin):
     async def teardown(self, worker: Worker) -> None:
         self._report_task.cancel()
         self._lookup_pool.shutdown(wait=False, cancel_futures=True)
+        if self.streams is not None:
+            self.streams.close()
         await asyncio.to_thread(self.engine.stop)
         if self.kv_store is not None:
             self.kv_store.close()
@@ -184,6 +193,7 @@ class MooncakeWorker(WorkerPlugin):
             "process_ns": process_namespace(),
             **self.engine.info,
             "peer": self.kv_store.peer.to_msg() if self.kv_store is not None else None,
+            "stream_kv": self.streams is not None,
         }
 
     @property
@@ -210,7 +220,7 @@ class MooncakeWorker(WorkerPlugin):
     def peer_of(self, address: str) -> Peer | None:
         """How to fetch blocks from the worker at ``address`` (asked once, then cached)."""
         if address not in self._peers:
-            info = rpc(address, "mooncake_info")
+            info = rpc(address, "mooncake_info", on=self.worker)
             self._peers[address] = Peer.from_msg(info.get("peer"))
         return self._peers[address]
 
@@ -248,10 +258,19 @@ class MooncakeWorker(WorkerPlugin):
         fut = self._lookup_pool.submit(run_lookup, self, spec, where, start, begun)
         self.requests.futures.set_early(rid, fut, time.monotonic())
 
+    def handle_stream(self, spec: RequestSpec, placement: dict[str, Any]) -> None:
+        """(Stream message from the Conductor at placement, to the decode worker.) Import
+        the request's blocks as its prefill worker publishes them (``kv_stream``)."""
+        if self.streams is not None:
+            self.streams.start(spec, PlacementInfo.from_msg(placement))
+
     def _forget(self, request_id: str) -> None:
         """What a dropped request leaves besides its futures and hand-off KV: its token
         timings, and the lease on blocks a decode worker will now never fetch."""
         self.engine.token_times.pop(request_id, None)
+        streams = getattr(self, "streams", None)
+        if streams is not None:
+            streams.cancel(request_id)
         kvs = getattr(self, "kv_store", None)
         if kvs is not None:
             kvs.release_handoff(request_id)
@@ -274,6 +293,8 @@ class MooncakeWorker(WorkerPlugin):
         # and forgotten as the machine's ``AbortEngine``.
         self.requests.handle(request_state.Abort(request_id, time.monotonic()), apply=False)
         self.requests.drop(request_id)
+        if self.streams is not None:
+            self.streams.cancel(request_id)
         return bool(await asyncio.wrap_future(self.engine.call("abort", request_id)))
 
     def handle_peer_lost(self, worker: str) -> None:

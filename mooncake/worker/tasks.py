@@ -24,7 +24,6 @@ from distributed import Worker, rejoin, secede
 from distributed.worker_state_machine import SecedeEvent
 
 from mooncake.kvcache import copies
-from mooncake.kvcache.block import PackedExport
 from mooncake.outputs import RequestMetrics, RequestOutput
 from mooncake.request_ids import Step, task_key
 from mooncake.transfer import Peer
@@ -32,6 +31,7 @@ from mooncake.types import BlockKey
 from mooncake.worker import request_state
 from mooncake.worker.engine_loop import RequestAborted
 from mooncake.worker.kv_store import Fetched, KVStore
+from mooncake.worker.kv_stream import Streamed, export_packed, publish_while_prefilling
 from mooncake.worker.lookup import admission, import_blocks, run_lookup
 from mooncake.worker.messages import (
     KVHandle,
@@ -212,11 +212,25 @@ def _wall_metrics(out: RequestOutput, spec: RequestSpec, cached: int) -> Request
 
 def prefill(lookup_result: LookupResult) -> KVHandle:
     """Compute the prompt's KV (reusing cached blocks) and the first token; keep the KV
-    in this worker's outbox for the decode worker."""
+    in this worker's outbox for the decode worker. With ``WorkerConfig.stream_kv`` the
+    blocks each prefill chunk fills are published while the engine runs
+    (``kv_stream``), and only the rest at the end."""
     plugin = _plugin()
     spec = lookup_result.spec
     _arrived(plugin, spec.request_id, "prefill")
     fut, t0 = _started(spec, prefill_only=True)
+    kvs = plugin.kv_store
+    streamed: list[BlockKey] = []
+    if kvs is not None and plugin.worker_config.stream_kv:
+        secede()
+        try:
+            streamed = publish_while_prefilling(
+                plugin, kvs, spec, fut, plugin.worker_config.stream_poll_s
+            )
+        finally:
+            rejoin()
+        if plugin.streams is not None:
+            plugin.streams.counts["published_during_prefill"] += len(streamed)
     out = _ended(plugin, spec.request_id, fut)
     plugin.engine.token_times.pop(spec.request_id, None)
     seconds = _compute_seconds(out, time.perf_counter() - t0)
@@ -225,13 +239,18 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     finished = out.finish_reason in ("stop", "abort") or (
         spec.params.max_tokens is not None and spec.params.max_tokens <= len(first)
     )
-    kvs = plugin.kv_store
     packed = None
     if kvs is not None:
-        packed = _export_packed(plugin, kvs, spec, finished)
+        packed = export_packed(
+            plugin, kvs, spec, first=len(streamed), lease=not finished, more=bool(streamed)
+        )
+        if finished and streamed:
+            kvs.release_handoff(spec.request_id)  # no decode side will fetch them
     if packed is not None:
-        keys, num_tokens = packed.keys, packed.num_tokens
+        keys, num_tokens = streamed + packed.keys, packed.num_tokens
     else:
+        if streamed and kvs is not None:
+            kvs.release_handoff(spec.request_id)  # exported again, whole, below
         export = plugin.engine.call("export_kv", spec.request_id).result()
         keys, num_tokens = [b.key for b in export.blocks if b.key is not None], export.num_tokens
         if kvs is not None:
@@ -272,46 +291,14 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     )
 
 
-def _export_packed(
-    plugin: MooncakeWorker, kvs: KVStore, spec: RequestSpec, finished: bool
-) -> PackedExport | None:
-    """Have the engine write the request's full blocks as store records into the export
-    arena, lease them (when a decode side will fetch them) and publish them: each block
-    is copied from the engine's pool into the arena, then by LMDB into the host tier.
-    ``None`` when the arena has no room (nothing exported yet: export the old way)."""
-    arena = kvs.arena
-    if arena is None:
-        return None
-    info = plugin.engine.info
-    per = kvs.record_bytes(info["kv_bytes_per_block"], info["fingerprint"], plugin.block_size)
-    region = arena.alloc(len(spec.prompt_token_ids) // plugin.block_size * per)
-    if region is None:
-        return None
-    try:
-        packed: PackedExport | None = plugin.engine.call(
-            "export_packed",
-            spec.request_id,
-            arena.path,
-            region.offset,
-            region.size,
-            kvs.store.config.checksum,
-        ).result()
-        if packed is not None:
-            if not finished:
-                # Leased before they are stored: none evicted between "stored" and "fetched".
-                kvs.lease_handoff(spec.request_id, packed.keys)
-            kvs.put_packed(arena.view(region), packed)
-        return packed
-    finally:
-        arena.free(region)
-
-
 def transfer(handle: KVHandle) -> TransferResult:
     """Bring the request's KV to this (decode) worker: a local hand-over when prefill ran
     here, else a pull over TCP. A failed pull is a miss: decode then recomputes."""
     plugin = _plugin()
     rid = handle.spec.request_id
     if handle.finished:
+        if plugin.streams is not None:
+            plugin.streams.cancel(rid)  # nothing to hand off
         return TransferResult(handle, path="none")
     _arrived(plugin, rid, "transfer", handle.worker)
     try:
@@ -348,19 +335,26 @@ def _start_decode(
 def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferResult:
     t0 = time.perf_counter()
     kvs = plugin.kv_store
+    streamed = plugin.streams.take(rid) if plugin.streams is not None else None
     if handle.peer is not None and kvs is not None:
         # Through the store: the peer's host tier (same host: the engine reads it in
         # place) or its block server. Blocks land in this engine's prefix cache; decode
-        # computes the tail.
+        # computes the tail. What streamed in during prefill is not fetched again.
         keys = [BlockKey(k) for k in handle.block_keys]
+        n = 0
         try:
-            f = _fetch_handoff(plugin, kvs, keys, handle.peer)
+            n = _streamed_prefix(plugin, streamed, keys, handle.first_token_time)
+            f = _fetch_handoff(plugin, kvs, keys[n:], handle.peer)
         finally:
             # Fetched (or missed: decode recomputes): the prefill side may evict them now.
             _release_handoff(plugin, handle, rid)
         seconds = time.perf_counter() - t0
         if f.nbytes and "shm" not in f.paths:
+            # The cost model learns the bandwidth of what this task moved, not the stream's.
             plugin.reports.transfer(f.nbytes, seconds)
+        if streamed is not None and plugin.streams is not None:
+            plugin.streams.counts["transfer"] += f.num_blocks
+            f = Fetched(n + f.num_blocks, streamed.nbytes + f.nbytes, streamed.paths[:n] + f.paths)
         path = "+".join(sorted(set(f.paths))) if f.num_blocks == len(handle.block_keys) else "miss"
         plugin.reports.transfer_log(path, f.nbytes, seconds)
         plugin.transfer_paths[path] += 1
@@ -390,6 +384,23 @@ def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferRes
     )
 
 
+def _streamed_prefix(
+    plugin: MooncakeWorker, streamed: Streamed | None, keys: list[BlockKey], prefilled: float | None
+) -> int:
+    """How many leading hand-off blocks the request's stream already imported (0 when
+    its keys are not the prefill's: then everything is fetched); counted by when."""
+    if streamed is None or plugin.streams is None:
+        return 0
+    n = min(streamed.blocks, len(keys))
+    if streamed.keys[:n] != keys[:n]:
+        logger.warning("streamed blocks are not the prefill's: fetching them all")
+        return 0
+    during = min(n, streamed.before(prefilled))
+    plugin.streams.counts["during_prefill"] += during
+    plugin.streams.counts["after_prefill"] += n - during
+    return n
+
+
 def _fetch_handoff(
     plugin: MooncakeWorker, kvs: KVStore, keys: list[BlockKey], peer: Peer
 ) -> Fetched:
@@ -398,6 +409,8 @@ def _fetch_handoff(
     pool); whatever is not there intact, and every block from another host, comes
     through the fetcher (TCP/RDMA into a receive buffer, then the engine channel)."""
     found, nbytes, paths = 0, 0, []
+    if not keys:
+        return Fetched(0, 0, [])
     tier = kvs.same_host_tier(peer)
     if tier is not None:
         try:
@@ -536,6 +549,7 @@ def engine_stats(dask_worker: Any) -> dict[str, Any]:
         "handoff_leases_taken": plugin.kv_store.leases_taken if plugin.kv_store is not None else 0,
         "worker_copies": copies.snapshot(),
         "transfer_paths": dict(plugin.transfer_paths),
+        "stream_blocks": dict(plugin.streams.counts) if plugin.streams is not None else {},
         "prefix_fetch_paths": dict(plugin.prefix_fetch_paths),
         "hit_blocks": dict(plugin.hit_blocks),
         **stats,

@@ -151,9 +151,7 @@ def test_export_carries_the_live_measurements(tiny_cost: CostModel) -> None:
     cost = cost_model_from_dict(json.loads(json.dumps(doc)))
     assert cost.hardware.handoff_s == pytest.approx(0.2)
     # The fit is pulled slightly toward its prior (no fixed cost).
-    assert cost.prefill_step_time([(1000, 0), (600, 100)]) == pytest.approx(
-        0.05 + 1.5, rel=0.01
-    )
+    assert cost.prefill_step_time([(1000, 0), (600, 100)]) == pytest.approx(0.05 + 1.5, rel=0.01)
     old = {k: v for k, v in doc.items() if not k.startswith("prefill_step")}
     old["hardware"] = {
         k: v

@@ -233,8 +233,8 @@ def test_conductor_fast_path_equals_reference(
     """Two Conductors, one deciding over load tables and one with the per-instance
     reference (vectorized=False), live the same random 1000 events (with workers
     joining and leaving; with predictive admission, sequences projected with t_d from
-    the step time or fixed, and output lengths re-estimated or taken as the cap): every
-    placement and rejection is equal, floats included."""
+    the step time at the projected load or fixed, and output lengths re-estimated or
+    taken as the cap): every placement and rejection is equal, floats included."""
     cost = make_tiny_cost()
     for seed in range(2):
         cfg = ConductorConfig(

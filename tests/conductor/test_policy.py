@@ -76,6 +76,40 @@ def test_predictive_admits_what_early_rejects(tiny_cost: CostModel) -> None:
     assert isinstance(pred, Placement) and pred.est_ttft_s == pytest.approx(5.1)
 
 
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_predictive_projects_with_the_step_time_at_the_projected_load(
+    tiny_cost: CostModel, vectorized: bool
+) -> None:
+    """Decode D holds 3000 KV tokens. Four 'old' sequences (prompt 400, output 100) are
+    decoding since t=0; twenty placed sequences (110 KV tokens each) reach D by 0.5 s; a
+    new one (110 tokens) would reach D at ~1.0 s. At today's step time (batch 4: 8 ms)
+    the old ones finish at 0.79 s, so a fixed t_d of 8 ms projects 2200 + 110 tokens and
+    admits. By default t_d is the step time of the projected batch with the new request
+    in it (25 sequences: 50 ms): the old ones are still decoding at 1.0 s, 4310 tokens
+    do not fit, and the request is rejected."""
+    from mooncake.conductor import DecodeSeq
+
+    def build(t_d: float | None) -> Conductor:
+        cfg = ConductorConfig(
+            prefill_policy="load_balancing", admission="predictive", decode_token_time_s=t_d
+        )
+        c = Conductor(cfg, ["P"], {"D": 3000}, tiny_cost, vectorized=vectorized)
+        for i in range(4):
+            assert isinstance(c.place(req(f"old{i}", 400, (i,), 100), 0.0), Placement)
+            c.on_prefill_start(f"old{i}", 0.0)
+            c.on_prefill_finish(f"old{i}", 0.0, 400, 0, 0.4)
+            c.on_decode_join(f"old{i}", 0.0)
+        for i in range(20):
+            c.decode_loads["D"].expect(f"mid{i}", DecodeSeq(100, 10, 0.5, None, 10))
+        c.prefill_loads["P"].enqueue("filler", 0.9)
+        return c
+
+    new = req("new", 100, (99,), 10)
+    assert isinstance(build(0.008).place(new, 0.0), Placement)
+    rej = build(None).place(new, 0.0)
+    assert isinstance(rej, Rejection) and "KV" in rej.reason
+
+
 def test_decode_refuses_when_full_and_leave_frees(tiny_cost: CostModel) -> None:
     """No admission: both requests (600 KV tokens each) are placed on D (1000 tokens).
     The first joins; the second is refused at decode; after the first leaves, D is

@@ -42,3 +42,37 @@ def test_packed_records_equal_the_stores_encoding(tiny_llama, tmp_path):
     assert "r" not in e._held
     del view
     arena.close()
+
+
+def test_chunked_prefill_exports_each_chunks_blocks_as_it_goes(tiny_llama, tmp_path):
+    """A 6-block prompt prefilled in 2-block chunks (the streamed hand-off): after each
+    step, ``export_packed(first=<blocks so far>, release=False)`` returns just the blocks
+    that chunk filled, records byte-identical to the store's encoding at their position
+    in the sequence; the request keeps running (nothing freed) and the final export from
+    the last position returns nothing more."""
+    rng = random.Random(5)
+    bs = EngineConfig().block_size
+    prompt = [rng.randrange(300) for _ in range(6 * bs)]
+    ref = _held(tiny_llama, "r", prompt).export_kv("r")
+    e = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64, long_prefill_chunk=2 * bs))
+    e.add_request("r", prompt, SamplingParams(max_tokens=1), keep_kv=True)
+    arena = ShmArena(str(tmp_path / "arena"), 1 << 22)
+    region = arena.alloc(1 << 20)
+    assert region is not None
+    got: list[int] = []
+    while e.has_unfinished():
+        e.step()
+        packed = e.export_packed("r", arena.view(region), "sum64", first=sum(got), release=False)
+        assert packed is not None and packed.first == sum(got)
+        view = arena.view(region)
+        for j, (off, size) in enumerate(zip(packed.offsets, packed.sizes)):
+            i = packed.first + j
+            want = encode_record(ref.blocks[i], i, "sum64", bytearray())
+            assert bytes(view[off : off + size]) == bytes(want)
+        del view
+        got += [len(packed.keys)]
+    assert got == [2, 2, 2, 0][: len(got)] and sum(got) == 6
+    assert "r" in e._held
+    last = e.export_packed("r", arena.view(region), "sum64", first=6)
+    assert last is not None and last.keys == [] and "r" not in e._held
+    arena.close()

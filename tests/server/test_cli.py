@@ -23,6 +23,8 @@ def test_serve_arguments_build_config() -> None:
         cfg.model is None and cfg.host == "127.0.0.1" and cfg.port == 8000 and cfg.api_key is None
     )
     assert (cfg.prefill_workers, cfg.decode_workers, cfg.mode) == (1, 1, "disaggregated")
+    assert cfg.stream_kv is False
+    assert config_from_args(build_parser().parse_args(["serve", "--stream-kv"])).stream_kv
     args = build_parser().parse_args(
         [
             "serve",

@@ -405,3 +405,33 @@ def test_a_peer_that_stalls_times_out_into_misses(where: str) -> None:
         assert 0.5 < elapsed < 5
     finally:
         server.close()
+
+
+def test_poll_of_a_streaming_handoff_returns_only_what_is_there_intact(served: Any) -> None:
+    """A decode worker streaming a hand-off asks for 10 blocks of which the prefill side
+    has published 4 (the rest not yet): one request, no retry, the 4 come, the others
+    are misses. Then block 6 arrives corrupted on the wire and the connection drops
+    before block 8: the poll's leading run stops at 6 (a half-received or damaged block
+    is never returned), and nothing is retried (the next poll asks again)."""
+    blocks, store, server = served
+    k = keys_of(blocks)
+    partial = BlockStore(store_config(store.config.host.path + "-partial"))
+    partial.put_many(blocks[:4])
+    early = BlockServer(partial, CFG)
+    try:
+        with tcp_fetcher() as f:
+            with f.poll(k, Peer("elsewhere", tcp=early.address)) as res:
+                assert res.prefix_len == 4 and res.retried == 0
+                assert res.paths == ["tcp"] * 4 + [None] * 6
+                assert [o.numpy().tobytes() for o in res.objects[:4] if o] == [
+                    b.data.tobytes() for b in blocks[:4]
+                ]
+            server.corrupt, server.cut_before = {k[6]: 1}, {k[8]: 1}
+            with f.poll(k, Peer("elsewhere", tcp=server.address)) as res:
+                assert res.prefix_len == 6 and res.retried == 0 and res.objects[6] is None
+                assert res.errors, "the damaged block and the cut are reported"
+            with f.poll(k, Peer("elsewhere", tcp=server.address)) as res:
+                assert res.prefix_len == 10
+    finally:
+        early.close()
+        partial.close()

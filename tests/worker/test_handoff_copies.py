@@ -55,7 +55,7 @@ def test_copies_per_block_on_the_handoff(tiny_llama, same_host, want):
     it over TCP), the block server's socket write is a third copy on the prefill side,
     and the decode side receives into its receive arena and its engine copies from
     there (2). Greedy output is the in-process engine's; the prefill side leased the
-    blocks until the decode side had them."""
+    blocks until the decode side had them. (Streaming is off: nothing streamed.)"""
     rng = random.Random(7)
     with mooncake.LLM(
         str(tiny_llama),
@@ -66,9 +66,10 @@ def test_copies_per_block_on_the_handoff(tiny_llama, same_host, want):
         bs = next(iter(llm.workers.values()))["block_size"]
         prompt = [rng.randrange(300) for _ in range(BLOCKS * bs)]
         sides, out = _handoff_copies(llm, prompt)
+        stats = llm.worker_stats()
         leases = {
             "+".join(llm.workers[w]["roles"]): (s["handoff_leases_taken"], s["handoff_leases"])
-            for w, s in llm.worker_stats().items()
+            for w, s in stats.items()
         }
     ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=128)).generate([prompt], GREEDY)
     assert out.token_ids == ref[0].token_ids
@@ -79,3 +80,5 @@ def test_copies_per_block_on_the_handoff(tiny_llama, same_host, want):
     assert "channel.send" not in prefill and "channel.send" not in decode
     # The prefill side leased the hand-off and the decode side released it after fetching.
     assert leases == {"prefill": (1, 0), "decode": (0, 0)}
+    # Streaming is off by default: nothing moved before the transfer task.
+    assert all(not s["stream_blocks"] for s in stats.values())
