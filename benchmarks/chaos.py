@@ -23,7 +23,8 @@ the first kill, a fresh cache salt each):
   TTFT of the unmoved requests (as above, same shape, same kill).
 
 Each move is broken down (``LLM.move_log``, ``mooncake.client_moves``) into: noticing the
-loss (kill -> the client's worker-left event -> the stream acting on it), placing it
+loss (kill -> the client learning of it: its watch on the worker, the worker's token
+stream, or the worker-left event -> the stream acting on it), placing it
 again (the Conductor), submitting the new graph, the KV transfer on the new decode worker
 (from the prefill worker's host tier, or a miss: recompute) and the rest up to the first
 resumed token (scheduling the tasks, recomputing prompt + tokens so far less what was

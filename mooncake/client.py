@@ -236,7 +236,9 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         # Deltas come straight from the engine processes to this port; the topic above
         # is their fallback (see mooncake.worker.token_stream).
         self._stream_key = new_secret()
-        self._stream_server = TokenStreamServer(self._on_msgs, self._stream_key)
+        self._stream_server = TokenStreamServer(
+            self._on_msgs, self._stream_key, self._on_stream_closed
+        )
         self.client.sync(self._stream_server.start, self._stream_host())
 
     def _init_requests(self) -> None:
@@ -258,7 +260,14 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         self._task_workers: dict[str, str] = {}
         """Task key -> the worker it is restricted to (until its request ends)."""
         self._gone: set[str] = set()
-        """Workers the scheduler reported gone (``WorkerLeft``)."""
+        """Workers the scheduler reported gone (``WorkerLeft``), or found dead here."""
+        self._dead: set[str] = set()
+        """Workers found dead here (their token stream closed, their port refuses) that
+        the scheduler has not removed yet: placements exclude them."""
+        self._probes: set[asyncio.Task[None]] = set()
+        self._watches: dict[str, asyncio.Task[None]] = {}
+        """Worker -> the task holding its liveness watch (``mooncake.client_liveness``)."""
+        self._watching = True
         self._live_cache: tuple[float, set[str]] = (0.0, set())
         self._lock = threading.Lock()
         self._ids = itertools.count()
@@ -276,6 +285,7 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         self.tokenizer = _tokenizer(str(ctx.info["model_path"]))
         self._topic = f"mooncake-stream-{client.id}"
         self._init_requests()
+        self._watching = False  # a partition task's client: its own event and liveness checks
         return self
 
     def task_context(self) -> TaskContext:
@@ -490,8 +500,13 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         root = root_key(int(self.info["hash_seed"]), self.info["fingerprint"], spec.cache_salt)
         return spec.prompt_block_keys(int(self.info["block_size"]), root)
 
-    def _place_request(self, spec: RequestSpec, resume: bool = False) -> dict[str, Any]:
+    def _place_request(
+        self, spec: RequestSpec, resume: bool = False, exclude: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         max_out = spec.params.max_tokens or (self.max_model_len - len(spec.prompt_token_ids))
+        with self._lock:
+            # Workers found dead that the scheduler has not removed yet: no request on them.
+            avoid = tuple(sorted(set(exclude) | self._dead))
         return PlaceRequest(
             request_id=spec.request_id,
             prompt_len=len(spec.prompt_token_ids),
@@ -504,6 +519,7 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
             resume=resume,
             spec=None if resume else to_serialize(spec),
             start="generate" if self.mode == "colocated" else "prefill",
+            exclude=avoid,
         ).to_msg()
 
     @staticmethod
@@ -575,10 +591,12 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
                 ),
             )
         )
+        workers = {t.worker for t in graph.tasks}
         with self._lock:
             self._futures[spec.request_id] = futures
-            self._placed[spec.request_id] = {t.worker for t in graph.tasks}
+            self._placed[spec.request_id] = workers
             self._task_workers.update({t.key: t.worker for t in graph.tasks})
+        self._start_watches(workers)
         out = futures[graph.output_key]
         out.add_done_callback(lambda _f, rid=spec.request_id: self._forget(rid))
         return out
@@ -592,6 +610,7 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
     # -- lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
         try:
+            self.client.sync(self._stop_watches)
             self.client.sync(self._stream_server.close)
         except Exception as e:
             logger.debug("token stream server close: %s", e)

@@ -4,25 +4,102 @@ event may have been missed), whether a request's worker is gone, and whether los
 stops the request. Streams (``LLM.stream``) and batches (``LLM.generate``) both ask
 :meth:`LivenessMixin._lost_worker`.
 
+The scheduler's worker-left event comes after the scheduler has noticed the broken
+connection, removed the worker and published the event (tens of ms after a ``kill -9``;
+~100 ms on a busy scheduler). The client learns of it sooner itself, from two signs:
+
+- a **watch** (``mooncake_watch``): one call held open on every worker it has placed a
+  request on; its connection breaks the moment the worker's process dies, at the same
+  instant the scheduler's does;
+- the worker's engine **closing its token stream** mid-request (the engine process
+  dies with its worker, but only after its own teardown: usually later than the event).
+
+Neither proves anything alone (a connection also breaks for other reasons; an engine
+also drops a client that does not keep up), so the client then checks that the worker's
+process is gone: on its own host (same pid namespace) in /proc (gone, a zombie, or
+exiting), elsewhere by connecting to the worker's address (refused: no process listens
+there any more; this waits for the dying process's listener to close, tens of ms later
+than its connections). Only then are its requests told, as they would be by the event
+(``("lost", worker, notice)``). Anything else (alive, or no verdict) leaves it to the
+scheduler.
+
 A mixin of :class:`mooncake.client.LLM`, which owns the state named below.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from distributed import Client, Future
+from distributed.comm.addressing import parse_address, parse_host_port
 
 from mooncake.client_common import LIVENESS_INTERVAL_S, post
 from mooncake.conductor import membership
 from mooncake.conductor.membership import WorkerJoined
 from mooncake.request_ids import task_key
+from mooncake.worker.plugin import process_namespace
 
 logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _own_ns() -> str:
+    return process_namespace()
+
+
+PROBE_TIMEOUT_S = 0.5
+"""How long the check that a worker still listens may take (no answer: no verdict)."""
+WATCH_S = 60.0
+"""How long one watch call stays open before the client renews it."""
+_PROBED_SCHEMES = ("tcp", "tls", "ws", "wss")
+
+
+_PF_EXITING = 0x4
+"""Linux's per-task flag of a process inside exit (/proc/PID/stat, field 9)."""
+
+
+def process_ended(pid: int) -> bool | None:
+    """Whether the process ``pid`` (of this pid namespace) has ended or is ending: gone,
+    a zombie, or inside exit (its memory and files being torn down: a ``kill -9``'d
+    worker is in this state when its connections break). False: running; None: /proc
+    cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return None
+    try:
+        fields = stat[stat.rindex(")") + 2 :].split()
+        state, flags = fields[0], int(fields[6])
+    except (ValueError, IndexError):
+        return None
+    return state in ("Z", "X", "x") or bool(flags & _PF_EXITING)
+
+
+async def still_listens(address: str, timeout: float = PROBE_TIMEOUT_S) -> bool | None:
+    """Whether a process listens at a worker's Dask ``address``: False when a connection
+    to it is refused (the port is closed: the worker's process is gone, since a live
+    worker never closes its listener), True when it connects (closed again at once),
+    None when it cannot be told (a timeout, an unreachable host, a comm other than TCP)."""
+    try:
+        scheme, loc = parse_address(address)
+        if scheme not in _PROBED_SCHEMES:
+            return None
+        host, port = parse_host_port(loc)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except ConnectionRefusedError:
+        return False
+    except (OSError, ValueError, asyncio.TimeoutError):
+        return None
+    writer.close()
+    return True
 
 
 class LivenessMixin:
@@ -39,10 +116,17 @@ class LivenessMixin:
     _task_workers: dict[str, str]
     _live_cache: tuple[float, set[str]]
     _left_at: dict[str, float]
+    _dead: set[str]
+    _probes: set[asyncio.Task[None]]
+    _watches: dict[str, asyncio.Task[None]]
+    _watching: bool
 
     if TYPE_CHECKING:
 
         async def _on_client_loop(self, coro: Any) -> Any: ...
+
+        @property
+        def _client_loop(self) -> asyncio.AbstractEventLoop: ...
 
         @property
         def _scheduler(self) -> Any: ...
@@ -60,14 +144,99 @@ class LivenessMixin:
         if left is None:
             return
         with self._lock:
-            self._left_at[left.worker] = time.monotonic()
-            self._gone.add(left.worker)
-            self.workers.pop(left.worker, None)
-            affected = [rid for rid, workers in self._placed.items() if left.worker in workers]
+            self._dead.discard(left.worker)  # the scheduler knows now
+        self._worker_gone(left.worker, "membership")
+
+    def _worker_gone(self, worker: str, notice: str) -> None:
+        """(Client loop.) ``worker`` is gone: every stream with a request on it is told
+        (again, if it was told already: a stream moves a request once, see
+        ``_needs_move``)."""
+        with self._lock:
+            self._left_at.setdefault(worker, time.monotonic())
+            self._gone.add(worker)
+            self.workers.pop(worker, None)
+            affected = [rid for rid, workers in self._placed.items() if worker in workers]
         for rid in affected:
             sink = self._sinks.get(rid)
             if sink is not None:
-                post(*sink, ("lost", left.worker))
+                post(*sink, ("lost", worker, notice))
+
+    def _on_stream_closed(self, rids: list[str]) -> None:
+        """(Client loop.) An engine's token stream closed while it carried ``rids``,
+        unfinished: check whether the workers they run on are still there (see the
+        module's docstring)."""
+        with self._lock:
+            suspects = sorted(
+                {w for rid in rids for w in self._placed.get(rid, ())} - self._gone
+            )
+        if suspects:
+            task = asyncio.ensure_future(self._check_suspects(suspects))
+            self._probes.add(task)
+            task.add_done_callback(self._probes.discard)
+
+    async def _check_suspects(self, workers: list[str]) -> None:
+        await asyncio.gather(*(self._confirm_gone(w, "stream") for w in workers))
+
+    async def _confirm_gone(self, worker: str, notice: str) -> bool:
+        """(Client loop.) Whether ``worker`` is gone: known already, or its port refuses
+        a connection now (then its requests are told, with ``notice``)."""
+        if worker in self._gone:
+            return True
+        info = self.workers.get(worker) or {}
+        pid = info.get("worker_pid")
+        ended: bool | None = None
+        if pid is not None and info.get("process_ns") and info["process_ns"] == _own_ns():
+            ended = process_ended(int(pid))
+        if ended is None:
+            ended = await still_listens(worker) is False
+        if not ended:
+            return False
+        if worker not in self._gone:
+            logger.info("worker %s is gone (noticed by its %s; its port refuses)", worker, notice)
+            with self._lock:
+                # Placements avoid it until the scheduler removes it (membership).
+                self._dead.add(worker)
+            self._worker_gone(worker, notice)
+        return True
+
+    def _start_watches(self, workers: set[str]) -> None:
+        """(Any thread.) Make sure each of ``workers`` is watched (see the module's
+        docstring)."""
+        if self._watching and any(w not in self._watches for w in workers):
+            self._client_loop.call_soon_threadsafe(self._watch, workers)
+
+    def _watch(self, workers: set[str]) -> None:
+        for w in sorted(workers):
+            if self._watching and w not in self._watches and w not in self._gone:
+                self._watches[w] = asyncio.ensure_future(self._watch_worker(w))
+
+    async def _watch_worker(self, worker: str) -> None:
+        """(Client loop.) Hold a watch call open on ``worker`` until it is gone or the
+        client closes; a call that breaks while the worker still listens is made again
+        (after a pause that doubles each time, up to ``WATCH_S``)."""
+        pause = LIVENESS_INTERVAL_S
+        try:
+            while worker not in self._gone and self._watching:
+                try:
+                    await self.client.rpc(worker).mooncake_watch(seconds=WATCH_S)
+                    continue
+                except Exception as e:
+                    logger.debug("watch on %s broke: %s", worker, e)
+                if not self._watching or await self._confirm_gone(worker, "watch"):
+                    return
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, WATCH_S)
+        finally:
+            self._watches.pop(worker, None)
+
+    async def _stop_watches(self) -> None:
+        """(Client loop.) End every watch (the client is closing)."""
+        self._watching = False
+        tasks = list(self._watches.values()) + list(self._probes)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
 
     async def _live_workers(self) -> set[str] | None:
         """The mooncake workers in the cluster now (asked at most every second); None when
@@ -80,6 +249,8 @@ class LivenessMixin:
                 logger.debug("liveness check failed: %s", e)
                 return None
             self._live_cache = (time.monotonic(), live)
+            with self._lock:  # gone from the scheduler too (an event may have been missed)
+                self._dead &= live
         return live
 
     def _live_workers_sync(self) -> set[str] | None:
@@ -114,4 +285,4 @@ class LivenessMixin:
         )
 
 
-__all__ = ["LivenessMixin"]
+__all__ = ["PROBE_TIMEOUT_S", "LivenessMixin", "process_ended", "still_listens"]

@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Notice = Literal["membership", "liveness"]
-"""How the stream learned the worker was gone: the scheduler's worker-left event, or the
-periodic check of the live workers (an event that never came)."""
+Notice = Literal["membership", "liveness", "watch", "stream"]
+"""How the stream learned the worker was gone: the scheduler's worker-left event, the
+periodic check of the live workers (an event that never came), or, with the worker's
+port then refusing connections (``mooncake.client_liveness``), the client's watch on the
+worker breaking or the worker's engine closing its token stream mid-request."""
 
 
 @dataclass(slots=True)
@@ -33,7 +35,9 @@ class MoveRecord:
     """Tokens delivered to the caller before the move."""
     notice: Notice
     left_at: float | None
-    """When the client got the worker-left event (None: never; the liveness check found it)."""
+    """When the client learned the worker was gone: its worker-left event, its watch
+    breaking or its token stream closing (None: none of them; the liveness check found
+    it)."""
     noticed_at: float
     """When the stream acted on the loss."""
     last_token_at: float | None

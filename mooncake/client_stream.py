@@ -40,6 +40,7 @@ from mooncake.request_ids import next_attempt, task_key
 from mooncake.sampling_params import SamplingParams
 from mooncake.transfer import Peer
 from mooncake.worker.messages import KVHandle, RequestSpec
+from mooncake.worker.token_stream import TokenStreamServer
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class StreamMixin:
     _left_at: dict[str, float]
     _task_workers: dict[str, str]
     _gone: set[str]
+    _stream_server: TokenStreamServer
 
     if TYPE_CHECKING:
 
@@ -158,7 +160,9 @@ class StreamMixin:
 
         def _block_keys(self, spec: RequestSpec) -> list[Any]: ...
 
-        def _place_request(self, spec: RequestSpec, resume: bool = False) -> dict[str, Any]: ...
+        def _place_request(
+            self, spec: RequestSpec, resume: bool = False, exclude: tuple[str, ...] = ()
+        ) -> dict[str, Any]: ...
 
         async def _ask_place(self, request: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -222,6 +226,8 @@ class StreamMixin:
         attempt = spec
         move: MoveRecord | None = None
         last_token_at: float | None = None
+        lost_on: list[str] = []
+        """The workers this request was lost on (its placements exclude them)."""
         self._sinks[spec.request_id] = (loop, q)
         try:
             placement = self._placement(await self._place_async(spec))
@@ -230,13 +236,15 @@ class StreamMixin:
             while not acc.finished:
                 notice: Notice = "membership"
                 try:
-                    kind, item = await asyncio.wait_for(q.get(), LIVENESS_INTERVAL_S)
+                    got = await asyncio.wait_for(q.get(), LIVENESS_INTERVAL_S)
                 except asyncio.TimeoutError:
                     live = await self._live_workers()
-                    kind, item = "lost", self._lost_worker(attempt.request_id, live)
-                    notice = "liveness"
-                    if item is None:
+                    got = ("lost", self._lost_worker(attempt.request_id, live), "liveness")
+                    if got[1] is None:
                         continue
+                kind, item = got[0], got[1]
+                if kind == "lost":  # ("lost", worker, how it was noticed)
+                    notice = got[2]
                 if kind == "msg":
                     if item["rid"] == attempt.request_id:
                         if item["tokens"]:
@@ -261,7 +269,10 @@ class StreamMixin:
                             block_size=int(self.info["block_size"]),
                         )
                         self.move_log.append(move)
-                        attempt, out_fut = await self._move(spec, acc, attempt, item, loop, q, move)
+                        lost_on.append(item)
+                        attempt, out_fut = await self._move(
+                            spec, acc, attempt, item, loop, q, move, tuple(lost_on)
+                        )
                 elif item is out_fut:  # the graph's output (an earlier attempt's is stale)
                     if item.status == "error":
                         raise await self._on_client_loop(item._exception())
@@ -274,14 +285,17 @@ class StreamMixin:
         finally:
             self._sinks.pop(attempt.request_id, None)
             self._sinks.pop(spec.request_id, None)
+            self._stream_server.forget(attempt.request_id)
             self._moved_to.pop(spec.request_id, None)
             if not acc.finished:
                 await self._abort_unless_cancelled(attempt.request_id)
 
-    async def _place_async(self, spec: RequestSpec, resume: bool = False) -> dict[str, Any]:
+    async def _place_async(
+        self, spec: RequestSpec, resume: bool = False, exclude: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         """The Conductor's answer for ``spec`` (``asyncio.TimeoutError`` when the scheduler
         does not answer within ``PLACE_TIMEOUT_S``)."""
-        place = self._ask_place(self._place_request(spec, resume=resume))
+        place = self._ask_place(self._place_request(spec, resume=resume, exclude=exclude))
         reply: dict[str, Any] = await asyncio.wait_for(self._on_client_loop(place), PLACE_TIMEOUT_S)
         return reply
 
@@ -294,11 +308,13 @@ class StreamMixin:
         loop: asyncio.AbstractEventLoop,
         q: asyncio.Queue[Any],
         record: MoveRecord,
+        lost_on: tuple[str, ...],
     ) -> tuple[RequestSpec, Future[Any]]:
         """Run the request again without the lost worker, under a new attempt id (the
         old id stays refused by the engines that aborted it). With no token delivered
         yet it is placed from scratch; otherwise it resumes on a decode worker from the
-        tokens delivered so far. Raises ``WorkerLost`` when that is impossible."""
+        tokens delivered so far. The placement excludes ``lost_on`` (the scheduler may
+        not have removed the worker yet). Raises ``WorkerLost`` when that is impossible."""
         old = attempt.request_id
         self.moves[spec.request_id] += 1
         new = dataclasses.replace(attempt, request_id=next_attempt(spec.request_id, old))
@@ -306,13 +322,14 @@ class StreamMixin:
         # Stop what is left of the old attempt (on the surviving workers); not awaited.
         asyncio.run_coroutine_threadsafe(self._abort(old, moved_off=lost), self._client_loop)
         self._sinks.pop(old, None)
+        self._stream_server.forget(old)
         self._sinks[new.request_id] = (loop, q)
         self._moved_to[spec.request_id] = new.request_id
         resume = bool(acc.token_ids)
         deadline = time.monotonic() + MOVE_DEADLINE_S
         while True:
             try:
-                placement = self._placement(await self._place_async(new, resume))
+                placement = self._placement(await self._place_async(new, resume, lost_on))
                 break
             except Unavailable as e:
                 raise WorkerLost(

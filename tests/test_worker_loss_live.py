@@ -297,7 +297,7 @@ def test_decode_worker_lost_streams_resume(tiny_llama: Path) -> None:
             )
             assert outs[-1] == ref[i].token_ids
         # Each move is on record, step by step and in order (what benchmarks/chaos.py
-        # breaks down): the loss noticed from the scheduler's event, placed again,
+        # breaks down): the loss noticed, placed again,
         # submitted, the KV brought to the new decode worker, the first resumed token.
         moved = [m for m in llm.move_log if m.lost_worker == victim]
         assert moved and {m.request_id for m in moved} <= {f"resume-{i}" for i in range(4)}

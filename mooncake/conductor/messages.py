@@ -110,6 +110,10 @@ class PlaceRequest:
     that it starts the lookup at placement (None: no early lookup)."""
     start: str = "prefill"
     """What the early lookup admits: ``prefill`` (disaggregated) or ``generate``."""
+    exclude: tuple[str, ...] = ()
+    """Workers not to place on: those a moved request was lost on. The client may learn
+    of a loss before the scheduler removes the worker (its token stream closed), and
+    must not be placed back on it meanwhile."""
 
     def info(self) -> RequestInfo:
         """What the Conductor's policy places."""
@@ -128,6 +132,8 @@ class PlaceRequest:
         if self.spec is not None:
             msg["spec"] = self.spec
             msg["start"] = self.start
+        if self.exclude:
+            msg["exclude"] = list(self.exclude)
         return msg
 
     @classmethod
@@ -141,6 +147,7 @@ class PlaceRequest:
             bool(msg.get("resume", False)),
             msg.get("spec"),
             str(msg.get("start", "prefill")),
+            tuple(str(w) for w in msg.get("exclude", ())),
         )
 
 

@@ -259,7 +259,7 @@ class ConductorPlugin(SchedulerPlugin):
             return PlaceRefused("no mooncake workers are ready", 1.0, unavailable=True).to_msg()
         req = PlaceRequest.from_msg(request)
         now = time.time()
-        decision = c.place(req.info(), now)
+        decision = c.place(req.info(), now, req.exclude)
         if isinstance(decision, Rejection):
             self.rejections[decision.reason.split(":")[0]] += 1
             self.metrics.observe_admission(False, decision.reason)

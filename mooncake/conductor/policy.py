@@ -14,7 +14,7 @@ No Dask, no torch, no clock: every call carries its time.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -237,14 +237,27 @@ class Conductor:
         return max(0.0, min(s.output_len * t_d for s in load.running.values()))
 
     # -- decisions -------------------------------------------------------------
-    def place(self, req: RequestInfo, now: float) -> Placement | Rejection:
+    def place(
+        self, req: RequestInfo, now: float, exclude: Collection[str] = ()
+    ) -> Placement | Rejection:
         """Choose prefill and decode instances for ``req`` or reject it.
 
         ``req.output_len`` is the request's cap (``max_tokens``); decode load is planned
-        with the expected output length (``ConductorConfig.output_prediction``)."""
+        with the expected output length (``ConductorConfig.output_prediction``).
+        ``exclude``: instances to place as if they had left already (a client learned
+        that they died before the scheduler removed them); a role left with none is
+        refused as one with no instance."""
         cfg = self.config
-        if not self.prefill_loads or not self.decode_loads:
-            role = "prefill" if not self.prefill_loads else "decode"
+        prefill_loads, decode_loads = self.prefill_loads, self.decode_loads
+        ptable, dtable = self._prefill_table, self._decode_table
+        if any(w in prefill_loads or w in decode_loads for w in exclude):
+            # Rare (a move during the scheduler's own notice): the per-instance path
+            # over the rest, not the arrays mirroring every instance.
+            prefill_loads = {w: v for w, v in prefill_loads.items() if w not in exclude}
+            decode_loads = {w: v for w, v in decode_loads.items() if w not in exclude}
+            ptable = dtable = None
+        if not prefill_loads or not decode_loads:
+            role = "prefill" if not prefill_loads else "decode"
             return Rejection(req.request_id, f"{NO_WORKER}{role}", 1.0)
         if cfg.output_prediction == "expected":
             out_len = self.outputs.expected(req.output_len)
@@ -255,18 +268,20 @@ class Conductor:
             out_len = kv_out = req.output_len
         dreq = req if kv_out == req.output_len else replace(req, output_len=kv_out)
         prefix = self.index.match_prefix(req.block_keys)
+        if ptable is None and exclude:
+            prefix = {w: n for w, n in prefix.items() if w not in exclude}
         pchoice = self.prefill_scheduler.choose(
             req,
             now,
-            self.prefill_loads,
+            prefill_loads,
             prefix,
             self.estimator.estimate,
             self.transfer_time,
-            self._prefill_table,
+            ptable,
         )
         eta = now + pchoice.ttft_s
         view = _VIEW[cfg.admission]
-        table = self._decode_table
+        table = dtable
         if table is not None and not cfg.colocated:
             if view == "projected":
                 # Every running and placed sequence of every instance at once.
@@ -297,7 +312,7 @@ class Conductor:
                 self.step_time,
             )
         else:
-            workers = [pchoice.worker] if cfg.colocated else list(self.decode_loads)
+            workers = [pchoice.worker] if cfg.colocated else list(decode_loads)
             total = self._total_len if cfg.output_prediction == "expected" else None
             need = dreq.prompt_len + dreq.output_len
             views = {

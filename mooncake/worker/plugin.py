@@ -32,6 +32,7 @@ from mooncake.kvcache.shared_prefix import SharedPrefixProbe
 from mooncake.metrics import LookupRecord, RequestRecord
 from mooncake.outputs import RequestOutput
 from mooncake.transfer import Peer
+from mooncake.transfer.base import local_host_id
 from mooncake.types import BlockKey
 from mooncake.worker import request_state
 from mooncake.worker.block_presence import BlockPresence
@@ -53,6 +54,17 @@ EARLY_LOOKUP_TIMEOUT_S = 60.0
 """How long a lookup started at placement waits for its task before it is aborted."""
 STREAM_INTERVAL_S = 0.001
 """Batching interval of the worker's message stream to the scheduler."""
+WATCH_MAX_S = 300.0
+"""The longest a client's liveness watch (``mooncake_watch``) is held open."""
+
+
+def process_namespace() -> str:
+    """Where ``worker_pid`` means this process: the host and its pid namespace (a client
+    with the same one may look the pid up in its own /proc; empty: unknown)."""
+    try:
+        return f"{local_host_id()}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:  # not Linux
+        return ""
 
 
 def roles_of(worker: Worker) -> list[str]:
@@ -135,6 +147,7 @@ class MooncakeWorker(WorkerPlugin):
         worker.handlers["mooncake_abort"] = self.handle_abort
         worker.handlers["mooncake_release_handoff"] = self.handle_release_handoff
         worker.handlers["mooncake_info"] = self.handle_info
+        worker.handlers["mooncake_watch"] = self.handle_watch
         worker.stream_handlers["mooncake-start"] = self.handle_start
         worker.stream_handlers["mooncake-stream"] = self.handle_stream
         worker.stream_handlers["mooncake-peer-lost"] = self.handle_peer_lost
@@ -177,6 +190,7 @@ class MooncakeWorker(WorkerPlugin):
             "worker": self.worker.address,
             "roles": self.roles,
             "worker_pid": os.getpid(),
+            "process_ns": process_namespace(),
             **self.engine.info,
             "peer": self.kv_store.peer.to_msg() if self.kv_store is not None else None,
             "stream_kv": self.streams is not None,
@@ -194,6 +208,14 @@ class MooncakeWorker(WorkerPlugin):
 
     def handle_info(self) -> dict[str, Any]:
         return self.info()
+
+    async def handle_watch(self, seconds: float) -> bool:
+        """(A client's liveness watch.) Answer only after ``seconds`` (at most
+        ``WATCH_MAX_S``): while the call is open, its connection breaks the moment this
+        worker's process dies, so the client learns of it without waiting for the
+        scheduler's event (``mooncake.client_liveness``)."""
+        await asyncio.sleep(min(max(0.0, float(seconds)), WATCH_MAX_S))
+        return True
 
     def peer_of(self, address: str) -> Peer | None:
         """How to fetch blocks from the worker at ``address`` (asked once, then cached)."""

@@ -13,6 +13,12 @@ connection carries nothing before the engine proves it holds the client's stream
 travels to the workers inside each request's spec over Dask's (TLS) comms, and never
 crosses this socket.
 
+A connection that the engine's side closes while requests it carried have not finished
+is reported (``on_closed``): the engine process dies with its worker, so this is the
+client's first sign of a lost worker, well before the scheduler's. It is only a sign
+(an engine also drops a connection to a client that does not keep up and goes on
+through the fallback): the client checks that the worker is gone before it acts.
+
 The Dask event topic stays the fallback: a delta that cannot be sent directly goes
 through the worker as before, and so does every later delta of that request, so the
 client never sees them out of order. The request's final output still comes back
@@ -22,6 +28,7 @@ through its graph.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 import struct
@@ -118,12 +125,26 @@ class TokenStreamServer:
     Args:
         on_msgs: the consumer.
         key: the secret engines must prove (:func:`mooncake.auth.new_secret`).
+        on_closed: told which unfinished requests a connection the engine closed
+            carried (on the same loop).
     """
 
-    def __init__(self, on_msgs: Callable[[list[dict[str, Any]]], None], key: bytes) -> None:
+    def __init__(
+        self,
+        on_msgs: Callable[[list[dict[str, Any]]], None],
+        key: bytes,
+        on_closed: Callable[[list[str]], None] | None = None,
+    ) -> None:
         auth.check_secret(key, "key")
         self.on_msgs = on_msgs
+        self.on_closed = on_closed
+        """Called with the request ids whose deltas a connection carried, none of them
+        finished, when the engine's side closes it (not when this server closes)."""
         self.key = key
+        self._open: dict[int, set[str]] = {}
+        """Per connection: requests that sent a delta on it and not their last one."""
+        self._ids = itertools.count()
+        self._closing = False
         self.refused = 0
         """Connections cut off: no proof of the key, or a malformed frame."""
         self._server: asyncio.Server | None = None
@@ -144,6 +165,8 @@ class TokenStreamServer:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = next(self._ids)
+        running = self._open[conn] = set()
         try:
             await auth.server_handshake_async(reader, writer, self.key, auth.PURPOSE_TOKENS)
             while True:
@@ -151,6 +174,11 @@ class TokenStreamServer:
                 if n > MAX_FRAME_BYTES:
                     raise ValueError(f"frame of {n} bytes")
                 deltas = _decoder.decode(await reader.readexactly(n))
+                for d in deltas:
+                    if d.finished:
+                        running.discard(d.rid)
+                    else:
+                        running.add(d.rid)
                 try:
                     self.on_msgs([d.to_msg() for d in deltas])
                 except Exception:  # a consumer's bug must not cut the engine's stream
@@ -162,15 +190,28 @@ class TokenStreamServer:
             self.refused += 1
             logger.warning("token stream: dropped a connection that sent a bad frame: %s", e)
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            # The engine's side closed it: mid-request, its process may have died.
+            if running and self.on_closed is not None and not self._closing:
+                try:
+                    self.on_closed(sorted(running))
+                except Exception:
+                    logger.exception("token stream close consumer failed")
         finally:
+            self._open.pop(conn, None)
             writer.close()
             self._writers.discard(writer)
             if task is not None:
                 self._handlers.discard(task)
 
+    def forget(self, rid: str) -> None:
+        """The client is done with ``rid`` (finished, aborted or moved): a later close
+        of its connection is no news about it. (Any thread: set operations only.)"""
+        for running in list(self._open.values()):
+            running.discard(rid)
+
     async def close(self) -> None:
         """Stop listening and end the open connections (their handlers return)."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

@@ -55,6 +55,16 @@ def test_place_request_round_trip() -> None:
     )
 
 
+def test_place_request_names_the_lost_workers() -> None:
+    """A move's placement names the workers it was lost on; they survive the wire (a
+    list on msgpack, a tuple again when parsed), and a request without any sends none."""
+    moved = PlaceRequest("r1~1", 40, [b"k" * 16], 32, "c", resume=True, exclude=("tcp://D1",))
+    msg = wire(moved.to_msg())
+    assert msg["exclude"] == ["tcp://D1"]
+    assert PlaceRequest.from_msg(msg) == moved
+    assert "exclude" not in PlaceRequest("r2", 4).to_msg()
+
+
 def test_start_message_carries_the_placement() -> None:
     """The early-lookup start names its stream operation and the placement in its one form."""
     p = PlacementInfo("P", "D", None, 0, 0.1)

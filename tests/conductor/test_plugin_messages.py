@@ -101,6 +101,21 @@ def test_resumed_request_has_no_early_start() -> None:
     assert not s.stream_comms["P"].sent
 
 
+def test_move_excludes_the_lost_worker_before_its_removal() -> None:
+    """The only decode worker D is still in the scheduler when a client, having seen it
+    die, asks to move a request off it: the placement names D as excluded and is refused
+    as an outage (no decode worker left), while D stays known; without the exclusion the
+    same request is placed on D."""
+    plugin, _ = started()
+    moved = PlaceRequest("r1~1", 40, [b"k" * 16], 8, "c", resume=True, exclude=("D",))
+    reply = parse_place_reply(plugin.handle_place(wire(moved.to_msg())))
+    assert isinstance(reply, PlaceRefused) and reply.unavailable
+    assert "D" in plugin.worker_info
+    again = PlaceRequest("r1~2", 40, [b"k" * 16], 8, "c", resume=True)
+    placed = parse_place_reply(plugin.handle_place(wire(again.to_msg())))
+    assert isinstance(placed, PlacementInfo) and placed.decode == "D"
+
+
 def test_no_workers_is_an_outage() -> None:
     """Before any worker reported, a placement is refused as unavailable."""
     plugin = ConductorPlugin(ConductorConfig(block_size=16))

@@ -253,3 +253,29 @@ def test_decode_load_uses_expected_output_length(tiny_cost: CostModel) -> None:
         cap.on_request_finished(f"old{i}", 20)
     q = cap.place(req("new", 1000, (1, 2), out=1000), 0.0)
     assert isinstance(q, Placement) and q.expected_output_len == 1000
+
+
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_excluded_instances_are_placed_as_if_gone(tiny_cost: CostModel, vectorized: bool) -> None:
+    """P2 holds the prompt's blocks and D1 is the emptier decode instance, so a plain
+    placement takes P2 (or fetches from it) and D1. Excluding P2 and D1 (a client saw them
+    die before the scheduler removed them) places on P1 and D2 without fetching from P2,
+    leaves the instances known (nothing removed), and excluding the only decode instance
+    left refuses the request as unavailable."""
+    from mooncake.conductor.policy import NO_WORKER
+
+    decoders = {"D1": 10**6, "D2": 10**6}
+    c = Conductor(ConductorConfig(), ["P1", "P2"], decoders, tiny_cost, vectorized=vectorized)
+    c.on_blocks_stored("P2", [1, 2])
+    c.place(req("busy", 100, (9,)), 0.0, exclude=("D1",))  # D2 holds one request
+    plain = c.place(req("a", 1000, (1, 2)), 0.0)
+    assert isinstance(plain, Placement) and plain.decode == "D1"
+    assert plain.prefill == "P2" or plain.fetch_from == "P2"
+    moved = c.place(req("b", 1000, (1, 2)), 0.0, exclude=("P2", "D1"))
+    assert isinstance(moved, Placement)
+    assert (moved.prefill, moved.decode, moved.fetch_from) == ("P1", "D2", None)
+    assert set(c.decode_loads) == {"D1", "D2"} and set(c.prefill_loads) == {"P1", "P2"}
+    none = c.place(req("c", 1000, (1, 2)), 0.0, exclude=("D1", "D2"))
+    assert isinstance(none, Rejection) and none.reason == f"{NO_WORKER}decode"
+    unknown = c.place(req("d", 1000, (1, 2)), 0.0, exclude=("gone-long-ago",))
+    assert isinstance(unknown, Placement)
