@@ -166,9 +166,7 @@ class LivenessMixin:
         unfinished: check whether the workers they run on are still there (see the
         module's docstring)."""
         with self._lock:
-            suspects = sorted(
-                {w for rid in rids for w in self._placed.get(rid, ())} - self._gone
-            )
+            suspects = sorted({w for rid in rids for w in self._placed.get(rid, ())} - self._gone)
         if suspects:
             task = asyncio.ensure_future(self._check_suspects(suspects))
             self._probes.add(task)
