@@ -139,6 +139,7 @@ def main() -> None:
 
         claims = []
         for n, rate, r in rows:
+            row = f"{n} + {n} instances, {rate:g}x rate"
             claims.append(
                 rf.claim(
                     f"Conductor.place p50, {n} + {n} instances, {rate:g}x rate",
@@ -148,6 +149,7 @@ def main() -> None:
                     1.0,
                     ratio=r["p50_ms"],
                 )
+                | {"row": row, "col": "`place` p50"}
             )
             claims.append(
                 rf.claim(
@@ -159,11 +161,13 @@ def main() -> None:
                     ratio=r["p99_ms"],
                     target="≤ 1.0" if n >= 256 else None,
                 )
+                | {"row": row, "col": "`place` p99"}
             )
             claims.append(
                 rf.claim(
                     f"Conductor memory, {n} + {n} instances", r["conductor_mib"], "MiB", "", None
                 )
+                | {"row": row, "col": "memory"}
             )
         rf.save(
             "conductor-scale",

@@ -108,41 +108,91 @@ def anchor(title: str) -> str:
     return re.sub(r"[^\w\- ]", "", title.lower()).strip().replace(" ", "-")
 
 
-def section(doc: dict[str, Any], plot: str | None) -> list[str]:
+def _target_met(c: dict[str, Any]) -> tuple[str, str]:
+    """A claim's target and whether it is met ('' when it has none or it is unknown)."""
+    target = c.get("target") or ""
+    met = (
+        {True: "met", False: "**not met**"}.get(c["met"], "")
+        if "met" in c
+        else _met(c.get("ratio"), target)
+    )
+    return target, met
+
+
+def _matrix(claims: list[dict[str, Any]]) -> list[str]:
+    """Claims that name a ``row`` and a ``col`` as one table, a cell each: the figure,
+    its baseline's and their ratio, and whether the column's target is met. A sweep
+    (rates x servers x metrics) reads better so than as one row per figure."""
+    rows = list(dict.fromkeys(c["row"] for c in claims))
+    cols = list(dict.fromkeys(c["col"] for c in claims))
+    cell: dict[tuple[str, str], str] = {}
+    targets: dict[str, set[str]] = {col: set() for col in cols}
+    for c in claims:
+        target, met = _target_met(c)
+        if target:
+            targets[c["col"]].add(target)
+        figure = _num(c.get("value"), c.get("unit", ""))
+        if c.get("baseline_value") is not None:
+            figure += f" vs {_num(c['baseline_value'], c.get('unit', ''))}"
+        ratio = "" if c.get("ratio") is None else f" = {c['ratio']:.2f}×"
+        verdict = f" ({met})" if met else ""
+        cell[(c["row"], c["col"])] = c.get("cell") or f"{figure}{ratio}{verdict}"
+    baselines = sorted({c.get("baseline") or "" for c in claims} - {""})
+    head = [
+        col + (f" (target {', '.join(sorted(targets[col]))})" if targets[col] else "")
+        for col in cols
+    ]
+    # The corner says how to read a cell (unless the claims word their cells themselves).
+    corner = (
+        f"figure vs {', '.join(baselines)} = ratio"
+        if baselines and not any(c.get("cell") for c in claims)
+        else ""
+    )
     lines = [
-        f"## {doc['title']}",
-        "",
+        "| " + " | ".join([corner, *head]) + " |",
+        "| " + " | ".join(["---", *("---:" for _ in cols)]) + " |",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join([row, *(cell.get((row, col), "") for col in cols)]) + " |")
+    return lines
+
+
+def section(doc: dict[str, Any], plot: str | None) -> list[str]:
+    lines = [f"## {doc['title']}", ""]
+    if all("row" in c and "col" in c for c in doc["claims"]):
+        lines += _matrix(doc["claims"])
+    else:
+        lines += _claim_table(doc["claims"])
+    commit = f", commit `{doc['commit']}`" if doc.get("commit") else ""
+    run = (
+        f"Command: `{doc['command']}` · Machine: {_machine(doc.get('machine', {}))}"
+        f" · Run: {doc['date']}{commit}"
+    )
+    # The notes continue the command's paragraph after a line break: one page to scan.
+    notes = (doc.get("notes") or "").strip()
+    lines += ["", run + "  ", notes] if notes else ["", run]
+    if plot:
+        lines += ["", f"![{doc['title']}]({plot})"]
+    return lines + [""]
+
+
+def _claim_table(claims: list[dict[str, Any]]) -> list[str]:
+    lines = [
         "| claim | figure | baseline | ratio | target |",
         "| --- | ---: | --- | ---: | --- |",
     ]
-    for c in doc["claims"]:
+    for c in claims:
         base = c.get("baseline") or "—"
         if c.get("baseline_value") is not None:
             base = f"{base}: {_num(c['baseline_value'], c.get('unit', ''))}"
         ratio = "—" if c.get("ratio") is None else f"{c['ratio']:.2f}×"
-        target = c.get("target") or ""
-        met = (
-            {True: "met", False: "**not met**"}.get(c["met"], "")
-            if "met" in c
-            else _met(c.get("ratio"), target)
-        )
+        target, met = _target_met(c)
         target = f"{target} ({met})" if met else target
         what = c["claim"] + (f" ({c['note']})" if c.get("note") else "")
         lines.append(
             f"| {what} | {_num(c.get('value'), c.get('unit', ''))} | {base} | {ratio} | {target} |"
         )
-    commit = f", commit `{doc['commit']}`" if doc.get("commit") else ""
-    lines += [
-        "",
-        f"Command: `{doc['command']}`  ",
-        f"Machine: {_machine(doc.get('machine', {}))}  ",
-        f"Run: {doc['date']}{commit}",
-    ]
-    if doc.get("notes"):
-        lines += ["", doc["notes"].strip()]
-    if plot:
-        lines += ["", f"![{doc['title']}]({plot})"]
-    return lines + [""]
+    return lines
 
 
 def draw(doc: dict[str, Any], out: Path) -> bool:

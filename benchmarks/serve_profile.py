@@ -260,16 +260,22 @@ def grouped_claims(
     by = {r["category"]: r for r in rows}
     out = []
     for group, cats in GROUPS.items():
+        value = round(sum(by[c]["all"] for c in cats), 2)
+        share = round(sum(by[c]["share"] or 0.0 for c in cats), 3)
+        tpot = round(bench["p50_tpot_ms"], 1)
         out.append(
             {
                 "claim": f"{run}: {group}",
-                "value": round(sum(by[c]["all"] for c in cats), 2),
+                "value": value,
                 "unit": "CPU ms/token",
                 "baseline": "TPOT p50",
-                "baseline_value": round(bench["p50_tpot_ms"], 1),
-                "ratio": round(sum(by[c]["share"] or 0.0 for c in cats), 3),
+                "baseline_value": tpot,
+                "ratio": share,
                 "target": None,
                 "note": "ratio: share of all processes' busy samples",
+                "row": f"{run} (TPOT p50 {tpot:g} ms)",
+                "col": group,
+                "cell": f"{value:g} CPU ms/token ({share:.0%} of busy samples)",
             }
         )
     return out

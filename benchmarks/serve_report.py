@@ -188,6 +188,7 @@ def save_results(
                         base[key],
                         target=target,
                     )
+                    | {"row": f"{rate:g} req/s, {mode}, `{CLIENTS[client]}`", "col": label}
                 )
     if not claims:
         raise SystemExit(f"no mooncake and vllm serve results side by side under {root}")
