@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -230,6 +231,12 @@ def main() -> None:
     if args.save_results:
         import result_file as rf
 
+        def _projection_cell(name: str) -> dict[str, str]:
+            """A projection's shape and row count as the results page's row and column
+            ("projection 768->1280, 16 rows"): the sweep reads as one table."""
+            m = re.fullmatch(r"projection (\S+), (\d+) rows", name)
+            return {"row": f"projection {m[1]}", "col": f"{m[2]} rows"} if m else {}
+
         # Ratio = baseline time / kernel time (higher is better), as printed.
         result_name = "kernels" if args.isa in (None, "native") else f"kernels-{args.isa}"
         title = "Native CPU kernels vs torch" + (
@@ -248,6 +255,7 @@ def main() -> None:
                     ratio=base / ours,
                     target=None if name.startswith("projection") else "≥ 1.0",
                 )
+                | _projection_cell(name)
                 for name, ours, base in ROWS
                 # the projections are torch's own: the kernels' other builds leave them alone
                 if result_name == "kernels" or not name.startswith("projection")

@@ -126,25 +126,34 @@ def _matrix(claims: list[dict[str, Any]]) -> list[str]:
     rows = list(dict.fromkeys(c["row"] for c in claims))
     cols = list(dict.fromkeys(c["col"] for c in claims))
     cell: dict[tuple[str, str], str] = {}
-    targets: dict[str, set[str]] = {col: set() for col in cols}
+    by_col: dict[str, set[str]] = {col: set() for col in cols}
+    by_row: dict[str, set[str]] = {row: set() for row in rows}
     for c in claims:
         target, met = _target_met(c)
         if target:
-            targets[c["col"]].add(target)
-        figure = _num(c.get("value"), c.get("unit", ""))
-        if c.get("baseline_value") is not None:
+            by_col[c["col"]].add(target)
+            by_row[c["row"]].add(target)
+        figure = "" if c.get("value") is None else _num(c["value"], c.get("unit", ""))
+        if figure and c.get("baseline_value") is not None:
             figure += f" vs {_num(c['baseline_value'], c.get('unit', ''))}"
-        ratio = "" if c.get("ratio") is None else f" = {c['ratio']:.2f}×"
+        ratio = "" if c.get("ratio") is None else f"{c['ratio']:.2f}×"
+        text = f"{figure} = {ratio}" if figure and ratio else figure or ratio
         verdict = f" ({met})" if met else ""
-        cell[(c["row"], c["col"])] = c.get("cell") or f"{figure}{ratio}{verdict}"
-    baselines = sorted({c.get("baseline") or "" for c in claims} - {""})
+        cell[(c["row"], c["col"])] = c.get("cell") or f"{text}{verdict}"
+    # A target goes with the column when each column has one, else with its row.
+    per_col = all(len(t) <= 1 for t in by_col.values())
     head = [
-        col + (f" (target {', '.join(sorted(targets[col]))})" if targets[col] else "")
+        col + (f" (target {next(iter(by_col[col]))})" if per_col and by_col[col] else "")
         for col in cols
     ]
+    labels = {
+        row: row + (f" (target {next(iter(by_row[row]))})" if not per_col and by_row[row] else "")
+        for row in rows
+    }
+    baselines = sorted({c.get("baseline") or "" for c in claims} - {""})
     # The corner says how to read a cell (unless the claims word their cells themselves).
     corner = (
-        f"figure vs {', '.join(baselines)} = ratio"
+        f"figure vs {baselines[0] if len(baselines) == 1 else 'baseline'} = ratio"
         if baselines and not any(c.get("cell") for c in claims)
         else ""
     )
@@ -153,16 +162,19 @@ def _matrix(claims: list[dict[str, Any]]) -> list[str]:
         "| " + " | ".join(["---", *("---:" for _ in cols)]) + " |",
     ]
     for row in rows:
-        lines.append("| " + " | ".join([row, *(cell.get((row, col), "") for col in cols)]) + " |")
+        cells = [cell.get((row, col), "") for col in cols]
+        lines.append("| " + " | ".join([labels[row], *cells]) + " |")
     return lines
 
 
 def section(doc: dict[str, Any], plot: str | None) -> list[str]:
     lines = [f"## {doc['title']}", ""]
-    if all("row" in c and "col" in c for c in doc["claims"]):
-        lines += _matrix(doc["claims"])
-    else:
-        lines += _claim_table(doc["claims"])
+    swept = [c for c in doc["claims"] if "row" in c and "col" in c]
+    single = [c for c in doc["claims"] if not ("row" in c and "col" in c)]
+    if single:
+        lines += _claim_table(single)
+    if swept:
+        lines += ([""] if single else []) + _matrix(swept)
     commit = f", commit `{doc['commit']}`" if doc.get("commit") else ""
     run = (
         f"Command: `{doc['command']}` · Machine: {_machine(doc.get('machine', {}))}"

@@ -19,8 +19,8 @@ File format (one JSON object):
               baseline (``value / baseline_value`` unless the benchmark says otherwise),
               ``target`` a condition on the ratio ("≥ 1.0") or null; optional ``met``
               (bool) where the target is not a condition on the ratio; optional
-              ``row`` and ``col`` (strings): when every claim has both, the section is
-              one table of rows x columns (a sweep), a cell per claim (its text
+              ``row`` and ``col`` (strings): the claims that have both render as one
+              table of rows x columns (a sweep) after the others, a cell per claim (its text
               ``cell`` where the claim gives one, e.g. when its ratio is a share)
     notes     free text shown under the table (how to read it)
     series    optional {plot title: {label: [[x, y], ...]}} drawn as a figure

@@ -496,6 +496,7 @@ def save_results(
                         ratio=ratio,
                         target=target,
                     )
+                    | {"row": f"{what} vs {base_label}", "col": f"{label(n)} blocks"}
                 )
 
     def series(op: str) -> list[float]:
