@@ -96,8 +96,8 @@ def metric(base_url: str, name: str, headers: dict[str, str] | None = None, **la
 class ScriptedBackend:
     """Wraps the real client; prompts starting with a marker token take a scripted path
     (admission rejection, internal failure, or a record of being closed early). ``SLOW``
-    hands each output on 10 ms late, so a request of a few hundred tokens is still
-    running when a test's client goes away, however fast the engine is."""
+    hands each output on 10 ms per new token late, so a request of a few hundred tokens
+    is still running when a test's client goes away, however fast the engine is."""
 
     REJECT, FAIL, SLOW = 250, 251, 252
 
@@ -132,6 +132,7 @@ class ScriptedBackend:
         if head == self.FAIL:
             raise RuntimeError("secret detail: /internal/path worker tcp://10.0.0.7:4242")
         finished = False
+        seen = 0
         try:
             async for out in self.inner.stream(
                 prompt, params, request_id=request_id, cache_salt=cache_salt
@@ -139,7 +140,11 @@ class ScriptedBackend:
                 finished = out.finished
                 yield out
                 if head == self.SLOW:
-                    await asyncio.sleep(0.01)
+                    # 10 ms per new token, not per output: one output may carry many
+                    # tokens (a step's worth, or all that arrived while the reader was busy).
+                    n = len(out.outputs[0].token_ids)
+                    await asyncio.sleep(0.01 * max(1, n - seen))
+                    seen = n
         finally:
             if not finished:
                 self.closed_early.append(str(request_id))
