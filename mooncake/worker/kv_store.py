@@ -23,7 +23,7 @@ from mooncake.store import (
 from mooncake.store.block_object import header_length_for
 from mooncake.store.records import payload_offset
 from mooncake.store.shm_arena import ShmArena
-from mooncake.transfer import BlockFetcher, BlockServer, Peer
+from mooncake.transfer import BlockFetcher, BlockServer, FetchResult, Peer
 from mooncake.transfer.base import ShmBufferPool, local_host_id
 from mooncake.types import BlockKey
 from mooncake.worker.config import WorkerConfig
@@ -177,33 +177,13 @@ class KVStore:
         """Pull ``keys`` from ``peer`` (same host: its host tier, zero copy; else TCP or
         RDMA, retried once on another path) and hand the leading run that arrived intact
         to ``use``."""
-        res = self.fetcher.fetch(keys, peer)
-        try:
-            blocks = _leading(res.objects)
-            taken = use(blocks) if blocks else 0
-            return Fetched(
-                taken,
-                sum(b.data.nbytes for b in blocks),
-                [p for p in res.paths[: len(blocks)] if p],
-            )
-        finally:
-            res.release()
+        return _hand_on(self.fetcher.fetch(keys, peer), use)
 
     def poll(self, keys: Sequence[BlockKey], peer: Peer, use: Consumer) -> Fetched:
         """Ask ``peer``'s block server once for ``keys`` (a hand-off still streaming: the
         later ones may not be there yet) and hand the leading run that arrived intact to
         ``use``."""
-        res = self.fetcher.poll(keys, peer)
-        try:
-            blocks = _leading(res.objects)
-            taken = use(blocks) if blocks else 0
-            return Fetched(
-                taken,
-                sum(b.data.nbytes for b in blocks),
-                [p for p in res.paths[: len(blocks)] if p],
-            )
-        finally:
-            res.release()
+        return _hand_on(self.fetcher.poll(keys, peer), use)
 
     def close(self) -> None:
         self.fetcher.close()
@@ -223,6 +203,21 @@ class KVStore:
 
 def _holder(request_id: str) -> str:
     return f"handoff:{request_id}"
+
+
+def _hand_on(res: FetchResult, use: Consumer) -> Fetched:
+    """Hand the leading run of ``res``'s blocks that arrived intact to ``use`` and
+    release the response (whatever ``use`` does)."""
+    try:
+        blocks = _leading(res.objects)
+        taken = use(blocks) if blocks else 0
+        return Fetched(
+            taken,
+            sum(b.data.nbytes for b in blocks),
+            [p for p in res.paths[: len(blocks)] if p],
+        )
+    finally:
+        res.release()
 
 
 def _leading(objs: Sequence[BlockObject | None]) -> list[KVBlock]:
