@@ -189,15 +189,18 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         self.cluster: LocalCluster | None = None
         if scheduler is None:
             security = Security() if insecure else embedded_security()
-            self.cluster = self._start_cluster(
-                ec,
-                prefill_workers,
-                0 if mode == "colocated" else decode_workers,
-                mode,
-                threads_per_worker,
-                dashboard_address,
-                security,
-            )
+            # The scheduler and each Nanny read Dask's config when they are made, and each
+            # Nanny hands it to its worker process: the quieter housekeeping applies to all.
+            with dask.config.set(quiet_config()):
+                self.cluster = self._make_cluster(
+                    ec,
+                    prefill_workers,
+                    0 if mode == "colocated" else decode_workers,
+                    mode,
+                    threads_per_worker,
+                    dashboard_address,
+                    security,
+                )
             self.client = Client(self.cluster)
         else:
             security = client_security(tls)
@@ -328,21 +331,6 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         return await asyncio.wrap_future(fut)
 
     # -- cluster -------------------------------------------------------------------
-    @staticmethod
-    def _start_cluster(
-        ec: EngineConfig,
-        n_prefill: int,
-        n_decode: int,
-        mode: Mode,
-        threads: int,
-        dashboard: str | None,
-        security: Security,
-    ) -> LocalCluster:
-        # The scheduler and each Nanny read Dask's config when they are made, and each
-        # Nanny hands it to its worker process: the quieter housekeeping applies to all.
-        with dask.config.set(quiet_config()):
-            return LLM._make_cluster(ec, n_prefill, n_decode, mode, threads, dashboard, security)
-
     @staticmethod
     def _make_cluster(
         ec: EngineConfig,
