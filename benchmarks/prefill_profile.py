@@ -3,7 +3,7 @@ engine step in-process: one request at a time, built-in model (``--null`` for th
 model), timestamps from the client, the scheduler and inside the prefill worker.
 
 Columns (p50 over the requests, wall clock; counts per step for faults and switches):
-client -> graph at the scheduler, scheduler -> lookup task start, when the engine
+client -> graph at the scheduler, scheduler -> lookup in the prefill task, when the engine
 admitted the request relative to the lookup task (negative: admitted at placement,
 before the task), the engine step (wall, CPU of the engine thread, page faults,
 involuntary / voluntary context switches), and the first token's way to the client.
@@ -180,8 +180,10 @@ def main() -> None:
         add("placement handler at the scheduler (ms)", (e["placed-place"] - e["place-place"]) * 1e3)
         add("placement -> start at the worker (ms)", (e["start"][0] - e["place-place"]) * 1e3)
         add("start at the worker -> engine admit (ms)", (e["admit"][0] - e["start"][0]) * 1e3)
-        add("client -> graph at the scheduler (ms)", (e["graph-lookup"] - t0) * 1e3)
-        add("graph -> lookup task start (ms)", (e["lookup"][0] - e["graph-lookup"]) * 1e3)
+        add("client -> graph at the scheduler (ms)", (e["graph-prefill"] - t0) * 1e3)
+        add(
+            "graph -> lookup in the prefill task (ms)", (e["lookup"][0] - e["graph-prefill"]) * 1e3
+        )
         add("engine admit - lookup task start (ms)", (e["admit"][0] - e["lookup"][0]) * 1e3)
         add("client -> engine admit (ms)", (e["admit"][0] - t0) * 1e3)
         add("step wall (ms)", (s1 - s0) * 1e3)

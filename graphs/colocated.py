@@ -1,5 +1,5 @@
-"""Colocated baseline (vLLM-style): lookup, then prefill and decode in one engine on one
-worker."""
+"""Colocated baseline (vLLM-style): the lookup, prefill and decode in one engine on one
+worker, as one task (``tasks.generate`` does the lookup first)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,12 @@ from mooncake.request_ids import task_key
 from mooncake.worker import tasks
 from mooncake.worker.messages import PlacementInfo, RequestSpec
 
-from .base import KeyRef, RequestGraph, TaskSpec
+from .base import RequestGraph, TaskSpec
 
 
 def build(spec: RequestSpec, placement: PlacementInfo) -> RequestGraph:
-    rid = spec.request_id
-    lookup_key, gen_key = task_key("lookup", rid), task_key("generate", rid)
+    gen_key = task_key("generate", spec.request_id)
     return RequestGraph(
-        tasks=[
-            TaskSpec(lookup_key, tasks.lookup, (spec, placement, "generate"), placement.prefill),
-            TaskSpec(gen_key, tasks.generate, (KeyRef(lookup_key),), placement.prefill),
-        ],
+        tasks=[TaskSpec(gen_key, tasks.generate, (spec, placement), placement.prefill)],
         output_key=gen_key,
     )

@@ -1,5 +1,6 @@
-"""Disaggregated mode: lookup -> prefill on the prefill worker, transfer -> decode on the
-decode worker. Only small handles travel between the tasks, never KV tensors."""
+"""Disaggregated mode: lookup + prefill on the prefill worker (one task), transfer ->
+decode on the decode worker. Only small handles travel between the tasks, never KV
+tensors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from mooncake.worker.messages import PlacementInfo, RequestSpec
 
 from .base import KeyRef, RequestGraph, TaskSpec
 
-STEPS: tuple[Step, ...] = ("lookup", "prefill", "transfer", "decode")
+STEPS: tuple[Step, ...] = ("prefill", "transfer", "decode")
 
 
 def build(spec: RequestSpec, placement: PlacementInfo) -> RequestGraph:
@@ -17,8 +18,7 @@ def build(spec: RequestSpec, placement: PlacementInfo) -> RequestGraph:
     keys = {step: task_key(step, rid) for step in STEPS}
     return RequestGraph(
         tasks=[
-            TaskSpec(keys["lookup"], tasks.lookup, (spec, placement, "prefill"), placement.prefill),
-            TaskSpec(keys["prefill"], tasks.prefill, (KeyRef(keys["lookup"]),), placement.prefill),
+            TaskSpec(keys["prefill"], tasks.prefill_request, (spec, placement), placement.prefill),
             TaskSpec(
                 keys["transfer"], tasks.transfer, (KeyRef(keys["prefill"]),), placement.decode
             ),

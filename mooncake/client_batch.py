@@ -219,11 +219,14 @@ class BatchMixin:
             with ac.thread_condition:
                 if not ac.has_ready():
                     ac.thread_condition.wait(timeout=LIVENESS_INTERVAL_S)
-            for fut in ac.next_batch(block=False):
-                if fut not in pending:
-                    continue  # an attempt given up after its worker left
+            # An attempt given up after its worker left is no longer pending.
+            ready = [f for f in ac.next_batch(block=False) if f in pending]
+            # Every output that is ready in one gather: one round trip through the
+            # scheduler for the lot, not one each (raises the first failed task's error,
+            # as each future's ``result()`` did).
+            outs: list[RequestOutput] = self.client.gather(ready) if ready else []
+            for fut, out in zip(ready, outs):
                 i = pending.pop(fut)
-                out: RequestOutput = fut.result()
                 out.request_id = specs[i].request_id
                 out.metrics.arrival_time = specs[i].arrival_time
                 if out.prompt is None:

@@ -49,15 +49,16 @@ def test_outputs_equal_in_process_engine(llm, reference):
 
 
 def test_prefill_and_decode_run_on_their_workers(llm):
-    """Task placement: lookup/prefill on the prefill worker, transfer/decode on the
-    decode worker. The full prompt blocks reach decode through the prefill worker's host
-    tier (same host: shared memory), so decode computes only the partial last block."""
+    """Task placement: the prefill task (lookup + prefill) on the prefill worker,
+    transfer/decode on the decode worker; the lookup is no task of its own. The full
+    prompt blocks reach decode through the prefill worker's host tier (same host: shared
+    memory), so decode computes only the partial last block."""
     roles = {w: i["roles"] for w, i in llm.workers.items()}
     before = llm.worker_stats()
     out = llm.generate([list(range(1, 100))], GREEDY, use_tqdm=False)[0]
     (hist,) = llm.history([out.request_id])
     ran = hist["ran_on"]
-    assert roles[ran["prefill"]] == ["prefill"] and ran["lookup"] == ran["prefill"]
+    assert roles[ran["prefill"]] == ["prefill"] and "lookup" not in ran
     assert roles[ran["decode"]] == ["decode"] and ran["transfer"] == ran["decode"]
     after = llm.worker_stats()
     computed = {
@@ -150,7 +151,7 @@ def _wait_for(pred, timeout: float = 10.0) -> bool:
 
 def test_placement_starts_the_prefill_before_the_graph_arrives(llm):
     """The Conductor hands an admitted request to its prefill worker at placement: the
-    prompt is computed before the client submits the graph, and the graph's lookup task
+    prompt is computed before the client submits the graph, and the graph's prefill task
     then collects that work (prompt computed once, same tokens as the usual path)."""
     prompt = [7, 299, 11] * 30  # not seen by this cluster before: nothing cached
     spec = llm.make_request(prompt, GREEDY)
@@ -205,7 +206,7 @@ def test_colocated_mode_same_outputs(tiny_llama, reference):
         outs = llm.generate(_prompts(), GREEDY, use_tqdm=False)
         assert [o.token_ids for o in outs] == reference
         (hist,) = llm.history([outs[0].request_id])
-        assert set(hist["ran_on"]) == {"lookup", "generate"}
+        assert set(hist["ran_on"]) == {"generate"}  # the lookup runs inside it
 
 
 def test_logprobs_align_with_tokens_across_prefill_and_decode(llm, tiny_llama):

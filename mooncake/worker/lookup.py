@@ -100,6 +100,7 @@ def run_lookup(
                 reply = rpc(
                     placement.fetch_from,
                     "mooncake_fetch_blocks",
+                    on=plugin.worker,  # also from a thread that is not a task's
                     keys=keys[: placement.fetch_blocks],
                     token_ids=spec.prompt_token_ids,
                 )

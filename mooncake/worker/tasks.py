@@ -7,9 +7,11 @@ plugin, never the reverse.
 The tasks that last as long as the request's generation (``decode``, ``generate``) are
 coroutines: Dask runs them on the worker's event loop, and they hand their slot back at
 once (``_secede_slot``) and await the engine's future there, so a request being decoded
-holds neither a thread nor a slot. The short ones (``lookup``, ``prefill``, ``transfer``)
-block on engine calls, LMDB and sockets, so they run in the worker's threads and
-``secede`` while they wait on the engine."""
+holds neither a thread nor a slot. The short ones (``prefill_request``: lookup then
+prefill; ``transfer``) block on engine calls, LMDB and sockets, so they run in the
+worker's threads and ``secede`` while they wait on the engine. Steps that always run on
+the same worker are one task (the lookup is inside the prefill or generate task): every
+task costs the scheduler, the workers and the client messages and bookkeeping."""
 
 from __future__ import annotations
 
@@ -106,6 +108,24 @@ def lookup(spec: RequestSpec, placement: PlacementInfo, start: str = "prefill") 
             # Usually done by now: then skip secede, which costs the scheduler a message.
             return early.future.result() if early.future.done() else _wait(early.future)
         return run_lookup(plugin, spec, placement, start)
+    except BaseException as e:
+        plugin.requests.handle(
+            request_state.EngineFailed(spec.request_id, str(e), time.monotonic())
+        )
+        raise
+
+
+async def _lookup_async(
+    plugin: MooncakeWorker, spec: RequestSpec, placement: PlacementInfo, start: str
+) -> LookupResult:
+    """``lookup`` for a coroutine task: the early lookup's result awaited, or the lookup
+    run in a thread, never blocking the worker's event loop."""
+    _arrived(plugin, spec.request_id, "lookup")
+    early = plugin.requests.futures.take_early(spec.request_id)
+    try:
+        if early is not None:
+            return await asyncio.wrap_future(early.future)
+        return await asyncio.to_thread(run_lookup, plugin, spec, placement, start)
     except BaseException as e:
         plugin.requests.handle(
             request_state.EngineFailed(spec.request_id, str(e), time.monotonic())
@@ -289,6 +309,14 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         finished=finished,
         output=_wall_metrics(out, spec, out.num_cached_tokens) if finished else None,
     )
+
+
+def prefill_request(spec: RequestSpec, placement: PlacementInfo) -> KVHandle:
+    """The prefill worker's task of a disaggregated request: ``lookup`` (usually just
+    collecting the lookup the Conductor started at placement), then ``prefill``. They
+    always run on the same worker, so they are one task: each task of a request costs
+    the scheduler, the worker and the client messages and bookkeeping."""
+    return prefill(lookup(spec, placement, "prefill"))
 
 
 def transfer(handle: KVHandle) -> TransferResult:
@@ -495,12 +523,13 @@ async def decode(tr: TransferResult) -> RequestOutput:
     return out
 
 
-async def generate(lookup_result: LookupResult) -> RequestOutput:
-    """Colocated mode: prefill and decode in this worker's engine, one request (a
-    coroutine: no thread waits for the request, see the module's docstring)."""
+async def generate(spec: RequestSpec, placement: PlacementInfo) -> RequestOutput:
+    """Colocated mode: the lookup, then prefill and decode in this worker's engine, one
+    request and one task (a coroutine: no thread waits for the request, see the
+    module's docstring)."""
     started = time.time()
     plugin = _plugin()
-    spec = lookup_result.spec
+    lookup_result = await _lookup_async(plugin, spec, placement, "generate")
     _arrived(plugin, spec.request_id, "generate")
     got = plugin.requests.futures.take_started(spec.request_id)
     if got is not None:
@@ -556,4 +585,13 @@ def engine_stats(dask_worker: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["decode", "engine_stats", "generate", "lookup", "prefill", "transfer", "worker_info"]
+__all__ = [
+    "decode",
+    "engine_stats",
+    "generate",
+    "lookup",
+    "prefill",
+    "prefill_request",
+    "transfer",
+    "worker_info",
+]
