@@ -34,10 +34,10 @@ from typing import Any, Literal
 
 import dask.config
 from dask._task_spec import Task, TaskRef, parse_input
-from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from distributed import Client, Future, LocalCluster, Nanny
 from distributed.protocol.serialize import to_serialize
 from distributed.security import Security
+from distributed.spans import SpanMetadata
 
 from mooncake.auth import new_secret
 from mooncake.client_batch import BatchMixin
@@ -58,6 +58,7 @@ from mooncake.config import EngineConfig
 from mooncake.cpu_list import BIND_ENV, worker_slice
 from mooncake.dashboard import PAGE_PATH, MonitorPlugin
 from mooncake.dask_defaults import quiet_config
+from mooncake.graph_expr import RequestGraphExpr
 from mooncake.graphs import KeyRef, get_builder
 from mooncake.graphs import resume as resume_graph
 from mooncake.kvcache import block_keys, root_key
@@ -526,6 +527,34 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         )
         return self._placement(reply)
 
+    def place_many(
+        self, specs: Sequence[RequestSpec]
+    ) -> list[PlacementInfo | Rejected | Unavailable]:
+        """``place`` for many requests in one call to the Conductor, which places them in
+        order: each one's placement, or the ``Rejected`` / ``Unavailable`` it got."""
+        reply = self.client.sync(
+            self._ask_place_many,
+            [self._place_request(s) for s in specs],
+            callback_timeout=PLACE_TIMEOUT_S,
+        )
+        out: list[PlacementInfo | Rejected | Unavailable] = []
+        for r in reply:
+            try:
+                out.append(self._placement(r))
+            except (Rejected, Unavailable) as e:
+                out.append(e)
+        return out
+
+    async def _ask_place_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """(Client loop.) The Conductor's answers to many placement requests, in one call."""
+        if self._place_slots is None:
+            self._place_slots = asyncio.Semaphore(PLACE_CONCURRENCY)
+        async with self._place_slots:
+            reply: list[dict[str, Any]] = await self._scheduler.mooncake_place_many(
+                requests=requests
+            )
+        return reply
+
     async def _ask_place(self, request: dict[str, Any]) -> dict[str, Any]:
         """(Client loop.) The Conductor's answer to one placement request. At most
         ``PLACE_CONCURRENCY`` calls at once: each call beyond the connections the pool
@@ -550,44 +579,61 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         return self._submit_graph(spec, resume_graph.build(handle, placement))
 
     def _submit_graph(self, spec: RequestSpec, graph: Any) -> Future[Any]:
-        # The whole graph in one update-graph message (one submit per task cost the
-        # scheduler a message and a graph update each, and all but the first waited for
-        # the client's batched stream); each task is its own layer, restricted to its worker.
-        layers = {
-            t.key: MaterializedLayer(
-                {
-                    t.key: Task(
-                        t.key,
-                        t.func,
-                        *(
-                            TaskRef(a.key) if isinstance(a, KeyRef) else parse_input(a)
-                            for a in t.args
-                        ),
-                    )
-                },
-                annotations={"workers": [t.worker], "allow_other_workers": False},
+        return self._submit_graphs([(spec, graph)])[0]
+
+    def submit_many(
+        self, placed: Sequence[tuple[RequestSpec, PlacementInfo]]
+    ) -> list[Future[Any]]:
+        """``submit`` for many requests at once, in one message to the scheduler."""
+        return self._submit_graphs([(spec, self.build_graph(spec, p)) for spec, p in placed])
+
+    def _submit_graphs(self, items: Sequence[tuple[RequestSpec, Any]]) -> list[Future[Any]]:
+        """Submit the requests' graphs; returns each one's output future, in order."""
+        if not items:
+            return []
+        # Every graph in one update-graph message (one submit per task cost the scheduler
+        # a message and a graph update each, and all but the first waited for the
+        # client's batched stream), as a low-level graph with each task restricted to
+        # its worker and its priority given: the scheduler neither optimises nor orders
+        # it (``mooncake.graph_expr``).
+        tasks = [t for _, graph in items for t in graph.tasks]
+        keys = [t.key for t in tasks]
+        dsk = {
+            t.key: Task(
+                t.key,
+                t.func,
+                *(TaskRef(a.key) if isinstance(a, KeyRef) else parse_input(a) for a in t.args),
             )
-            for t in graph.tasks
+            for t in tasks
         }
-        deps = {t.key: {a.key for a in t.args if isinstance(a, KeyRef)} for t in graph.tasks}
-        keys = [t.key for t in graph.tasks]
-        futures: dict[str, Future[Any]] = dict(
-            zip(
-                keys,
-                self.client.get(
-                    HighLevelGraph(layers, deps), keys, sync=False, fifo_timeout="100ms"
-                ),
-            )
+        expr = RequestGraphExpr(
+            dsk,
+            {
+                "workers": {t.key: [t.worker] for t in tasks},
+                "allow_other_workers": dict.fromkeys(keys, False),
+            },
+            # A request's keys are unique: no need to hash the graph for a name.
+            _determ_token=uuid.uuid4().hex,
         )
-        workers = {t.worker for t in graph.tasks}
-        with self._lock:
-            self._futures[spec.request_id] = futures
-            self._placed[spec.request_id] = workers
-            self._task_workers.update({t.key: t.worker for t in graph.tasks})
-        self._start_watches(workers)
-        out = futures[graph.output_key]
-        out.add_done_callback(lambda _f, rid=spec.request_id: self._forget(rid))
-        return out
+        futures: dict[str, Future[Any]] = self.client._graph_to_futures(
+            expr,
+            keys,
+            span_metadata=SpanMetadata(collections=[{"type": "Future"}]),
+            internal_priority={k: i for i, k in enumerate(keys)},
+            fifo_timeout="100ms",
+        )
+        outs = []
+        for spec, graph in items:
+            workers = {t.worker for t in graph.tasks}
+            with self._lock:
+                self._futures[spec.request_id] = {t.key: futures[t.key] for t in graph.tasks}
+                self._placed[spec.request_id] = workers
+                self._task_workers.update({t.key: t.worker for t in graph.tasks})
+            self._start_watches(workers)
+            out = futures[graph.output_key]
+            out.add_done_callback(lambda _f, rid=spec.request_id: self._forget(rid))
+            outs.append(out)
+        return outs
 
     def _forget(self, rid: str) -> None:
         with self._lock:

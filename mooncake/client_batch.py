@@ -70,6 +70,14 @@ class BatchMixin:
 
         def submit(self, spec: RequestSpec, placement: PlacementInfo) -> Future[Any]: ...
 
+        def place_many(
+            self, specs: Sequence[RequestSpec]
+        ) -> list[PlacementInfo | Rejected | Unavailable]: ...
+
+        def submit_many(
+            self, placed: Sequence[tuple[RequestSpec, PlacementInfo]]
+        ) -> list[Future[Any]]: ...
+
         def abort_sync(self, request_id: str) -> None: ...
 
         def task_context(self) -> Any: ...
@@ -88,6 +96,32 @@ class BatchMixin:
                 if time.monotonic() + e.retry_after > deadline:
                     raise
                 time.sleep(max(0.01, e.retry_after))
+
+    def _submit_all(
+        self, specs: list[RequestSpec], deadline: float, submitted: list[str]
+    ) -> list[Future[Any]]:
+        """Place every request in one call to the Conductor and submit the graphs of
+        those it placed in one message (one by one, each request waited for a placement
+        round trip and the engines got a batch's requests spread over that time); one it
+        rejected is retried on its own after the Conductor's hint. Returns each request's
+        output future, in order; ``submitted`` gets the ids of those submitted."""
+        answers = self.place_many(specs)
+        placed = [(s, a) for s, a in zip(specs, answers) if isinstance(a, PlacementInfo)]
+        futs = dict(zip((s.request_id for s, _ in placed), self.submit_many(placed)))
+        submitted.extend(futs)  # aborted by the caller if this raises
+        for a in answers:
+            if isinstance(a, Unavailable):
+                raise a
+        out = []
+        for spec, a in zip(specs, answers):
+            if isinstance(a, Rejected):
+                if time.monotonic() + a.retry_after > deadline:
+                    raise a
+                time.sleep(max(0.01, a.retry_after))
+                futs[spec.request_id] = self._submit_with_retry(spec, deadline)
+                submitted.append(spec.request_id)
+            out.append(futs[spec.request_id])
+        return out
 
     def _first_token_future(self, rid: str, final: Future[Any]) -> Future[Any]:
         """The future of the task that computes the request's prefill (its KV is cached
@@ -207,9 +241,8 @@ class BatchMixin:
             rest = [i for g in plan.groups for i in g.rest] + list(plan.singles)
         else:
             rest = list(range(len(specs)))
-        for i in rest:
-            futures[self._submit_with_retry(specs[i], deadline)] = i
-            submitted.append(specs[i].request_id)
+        for i, fut in zip(rest, self._submit_all([specs[i] for i in rest], deadline, submitted)):
+            futures[fut] = i
         results: list[RequestOutput | None] = [None] * len(specs)
         attempts = {i: specs[i] for i in futures.values()}
         pending = dict(futures)

@@ -6,7 +6,8 @@
   finished prefills and decode-only engine steps (observed seconds refine the cost
   model), decode joins, transfer timings, load. The first report carries the model's
   shape, from which the cost model is built.
-- The client asks ``mooncake_place`` before submitting a request's graph; the answer
+- The client asks ``mooncake_place`` before submitting a request's graph (a batch asks
+  ``mooncake_place_many`` for all its requests at once); the answer
   names the prefill and decode workers (the graph's tasks are restricted to them), or
   rejects with a reason and a retry-after hint. An admitted request's lookup starts on
   its prefill worker at once (``mooncake-start``), ahead of its graph.
@@ -115,6 +116,7 @@ class ConductorPlugin(SchedulerPlugin):
             self.config.tbt_slo_s,
         )
         scheduler.handlers["mooncake_place"] = self.handle_place
+        scheduler.handlers["mooncake_place_many"] = self.handle_place_many
         scheduler.stream_handlers[REPORT_OP] = self.handle_report
         scheduler.handlers["mooncake_stats"] = self.handle_stats
         scheduler.handlers["mooncake_history"] = self.handle_history
@@ -283,6 +285,11 @@ class ConductorPlugin(SchedulerPlugin):
         if req.spec is not None and not req.resume:
             self._start_stream(req, placement)
         return placement.to_msg()
+
+    def handle_place_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Place several requests in order (a batch's, in one call): each answer as
+        ``handle_place`` gives it."""
+        return [self.handle_place(r) for r in requests]
 
     def _start_stream(self, req: PlaceRequest, placement: PlacementInfo) -> None:
         """Tell a streaming decode worker (``WorkerConfig.stream_kv``) of the request now,
