@@ -43,6 +43,19 @@ def post(loop: asyncio.AbstractEventLoop, q: asyncio.Queue[Any], item: Any) -> N
         pass
 
 
+def _put_all(items: list[tuple[asyncio.Queue[Any], Any]]) -> None:
+    for q, item in items:
+        q.put_nowait(item)
+
+
+def post_many(loop: asyncio.AbstractEventLoop, items: list[tuple[asyncio.Queue[Any], Any]]) -> None:
+    """``post`` for several (queue, item) pairs of one loop, in one wake-up of it."""
+    try:
+        loop.call_soon_threadsafe(_put_all, items)
+    except RuntimeError:
+        pass
+
+
 __all__ = [
     "LIVENESS_INTERVAL_S",
     "MOVE_DEADLINE_S",
@@ -51,4 +64,5 @@ __all__ = [
     "Unavailable",
     "WorkerLost",
     "post",
+    "post_many",
 ]

@@ -33,6 +33,9 @@ from mooncake.client_common import (
 from mooncake.client_common import (
     post as _post,
 )
+from mooncake.client_common import (
+    post_many as _post_many,
+)
 from mooncake.client_moves import MoveRecord, Notice
 from mooncake.conductor.messages import PlacementInfo
 from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
@@ -186,10 +189,16 @@ class StreamMixin:
         self._on_msgs(payload["msgs"])
 
     def _on_msgs(self, msgs: list[dict[str, Any]]) -> None:
+        # One engine step's deltas for every stream of this client: handed to each
+        # consumer loop in one call (one wake-up of a server's loop per step, not one
+        # per stream).
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
         for msg in msgs:
             sink = self._sinks.get(msg["rid"])
             if sink is not None:
-                _post(*sink, ("msg", msg))
+                by_loop.setdefault(sink[0], []).append((sink[1], ("msg", msg)))
+        for loop, items in by_loop.items():
+            _post_many(loop, items)
 
     def _stream_host(self) -> str:
         """The address this process reaches the scheduler from: workers reach it there."""

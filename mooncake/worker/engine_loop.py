@@ -39,6 +39,13 @@ MAX_STEP_TIMINGS = 1024
 ABORT_MEMORY_S = 60.0
 """How long an aborted request id is remembered (an add that arrives later is refused)."""
 
+EXPORT_WAIT_S = 0.02
+"""How long the loop waits, before its next step, for the worker's export of a request
+whose prefill (prefill-only) just finished. The worker asks for it as soon as it reads
+the step's result, a millisecond or two later; a loop that stepped on at once kept the
+export (and the request's hand-off to decode) waiting for a whole step, hundreds of ms
+when that step prefilled a batch of prompts."""
+
 
 class RequestAborted(RuntimeError):
     """The request was cancelled while its task waited on it."""
@@ -107,6 +114,9 @@ class EngineLoop:
         since (the next decode-only step's gap is the loop's time between steps)."""
         """(sequences, context tokens, seconds) of decode-only steps not yet sent."""
         self._stop = False
+        self._exports_due: dict[str, float] = {}
+        """Prefill-only requests finished here whose export the worker has not asked for
+        yet -> when they finished (``time.monotonic()``)."""
         self._direct = DirectStreams()
         self._tier_readers: dict[str, Any] = {}
         """Host tiers of workers on this host, read in place (``import_from_tier``)."""
@@ -274,6 +284,7 @@ class EngineLoop:
         """Write the request's full blocks from ``first`` on as store records into its
         worker's export arena (``mooncake.store.shm_arena``) at ``[offset, offset +
         size)`` (see ``LLMEngine.export_packed``)."""
+        self._exports_due.pop(request_id, None)
         return self.engine.export_packed(
             request_id,
             memoryview(self._map(arena))[offset : offset + size],
@@ -283,6 +294,7 @@ class EngineLoop:
         )
 
     def export_kv(self, request_id: str) -> KVExport:
+        self._exports_due.pop(request_id, None)
         return self.engine.export_kv(request_id, release=True)
 
     def export_cached_blocks(self, keys: list[bytes], token_ids: list[int]) -> list[KVBlock]:
@@ -317,7 +329,8 @@ class EngineLoop:
         try:
             while not self._stop:
                 busy = self.engine.has_unfinished()
-                if self.channel.poll(0.0 if busy else 0.05):
+                wait = self._command_wait(time.monotonic()) if busy else 0.05
+                if self.channel.poll(wait):
                     self._run_commands()
                 if self._stop:
                     break
@@ -333,6 +346,17 @@ class EngineLoop:
             self._direct.close()
             for r in self._tier_readers.values():
                 r.close()
+
+    def _command_wait(self, now: float) -> float:
+        """How long a busy loop waits for commands before its next step: until the
+        exports the worker is about to ask for have come (``EXPORT_WAIT_S`` at most from
+        each request's end), else not at all."""
+        for rid, at in list(self._exports_due.items()):
+            if now - at >= EXPORT_WAIT_S:
+                del self._exports_due[rid]  # failed or aborted on the worker: not coming
+        if not self._exports_due:
+            return 0.0
+        return min(self._exports_due.values()) + EXPORT_WAIT_S - now
 
     def _run_commands(self) -> None:
         while True:
@@ -445,6 +469,8 @@ class EngineLoop:
             if out.finished:
                 del self._watches[out.request_id]
                 finished.append((out.request_id, out, w.token_times))
+                if w.prefill_only:
+                    self._exports_due[out.request_id] = time.monotonic()
         for (addr, key), items in direct.items():
             if not self._direct.send(addr, key, [m for _, m in items]):
                 # Through the worker from now on, for these requests (keeps their order).

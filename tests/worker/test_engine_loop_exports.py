@@ -1,0 +1,58 @@
+"""A prefill worker's engine loop waits briefly, before its next step, for the export of
+a prefill that just finished, so the hand-off to decode does not wait for that step."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from mooncake.config import EngineConfig
+from mooncake.engine import LLMEngine
+from mooncake.sampling_params import SamplingParams
+from mooncake.worker.engine_loop import EXPORT_WAIT_S, AddRequest, EngineLoop, Watch
+
+FIRST = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+LONG = SamplingParams(temperature=0.0, max_tokens=50, ignore_eos=True)
+
+
+class RecordingChannel:
+    """Stands in for the socket to the worker: records what the loop sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def send(self, msg: Any) -> None:
+        self.sent.append(msg)
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        return False
+
+
+def test_loop_waits_for_the_export_of_a_finished_prefill_only(tiny_llama) -> None:
+    """A prefill-only request (kept KV) finishes while another request keeps the engine
+    busy: the loop then waits up to ``EXPORT_WAIT_S`` for commands before its next step
+    (the worker's export is on its way), and not at all once the export came. A
+    colocated request that finishes asks for no wait, and an export that never comes
+    stops the wait after ``EXPORT_WAIT_S``."""
+    engine = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64))
+    loop = EngineLoop(engine, RecordingChannel())  # type: ignore[arg-type]
+    loop.add(AddRequest("busy", list(range(3, 23)), LONG, Watch(None)))
+    loop.add(
+        AddRequest("p", list(range(40, 72)), FIRST, Watch(None, prefill_only=True), keep_kv=True)
+    )
+    loop.add(AddRequest("c", list(range(80, 90)), FIRST, Watch(None)))
+    assert loop._command_wait(time.monotonic()) == 0.0
+    loop._step()  # prefills all three: "p" and "c" are done, "busy" decodes on
+    assert engine.has_unfinished()
+    now = time.monotonic()
+    assert 0.0 < loop._command_wait(now) <= EXPORT_WAIT_S
+    loop.export_kv("p")
+    assert loop._command_wait(time.monotonic()) == 0.0
+
+    loop.add(
+        AddRequest("q", list(range(100, 120)), FIRST, Watch(None, prefill_only=True), keep_kv=True)
+    )
+    loop._step()
+    assert loop._command_wait(time.monotonic()) > 0.0
+    assert loop._command_wait(time.monotonic() + EXPORT_WAIT_S) == 0.0  # never came
+    assert loop._command_wait(time.monotonic()) == 0.0
