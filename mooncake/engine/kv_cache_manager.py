@@ -40,8 +40,8 @@ class KVCacheManager:
     def find_cached(self, seq: Sequence) -> list[Block]:
         """Leading cached blocks of a waiting sequence. At least one token is left to
         compute, since the last prompt token's logits are needed."""
-        if not self.pool.enable_caching:
-            return []
+        if not self.pool.enable_caching and not self.pool.num_cached:
+            return []  # no prefix caching and no hand-off blocks here: nothing can match
         bs = self.block_size
         n = (seq.num_tokens - 1) // bs
         keys = self._keys(seq, n)

@@ -527,9 +527,11 @@ class LLMEngine:
             )
         return out
 
-    def import_cached_blocks(self, blocks: Seq[KVBlock]) -> int:
+    def import_cached_blocks(self, blocks: Seq[KVBlock], hand_off: bool = False) -> int:
         """Put full blocks received from a peer into this engine's prefix cache (they are
-        evictable at once, like any freed cached block). Returns how many were added."""
+        evictable at once, like any freed cached block). Returns how many were added.
+        ``hand_off``: a request's own KV from its prefill worker, kept addressable for it
+        even without prefix caching (``BlockPool.register``)."""
         from mooncake.engine.kv_cache_manager import KVWrite
 
         fresh = [
@@ -547,7 +549,7 @@ class LLMEngine:
         self.runner.write_blocks([KVWrite(nb.block_id, b.data) for nb, b in zip(new, fresh)])
         for nb, b in zip(new, fresh):
             assert b.key is not None
-            self.pool.register(nb, b.key, b.token_ids)
+            self.pool.register(nb, b.key, b.token_ids, hand_off=hand_off)
         self.pool.free(new)
         return len(fresh)
 

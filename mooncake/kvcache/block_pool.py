@@ -26,6 +26,9 @@ class Block:
     ref_count: int = 0
     key: BlockKey | None = None
     token_ids: tuple[int, ...] | None = None
+    hand_off: bool = False
+    """Imported for a request's prefill-to-decode hand-off into a pool without prefix
+    caching, and not taken by a sequence yet (see ``BlockPool.register``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,9 @@ class BlockPool:
     Args:
         num_blocks: number of device blocks.
         enable_caching: keep full blocks addressable by key after they are freed.
+            Without it, only blocks imported for a hand-off are addressable, until the
+            sequence that takes them frees them (a decode worker must not recompute a
+            prompt whose KV its prefill worker sent, prefix caching or not).
     """
 
     def __init__(self, num_blocks: int, enable_caching: bool = True) -> None:
@@ -97,8 +103,7 @@ class BlockPool:
     ) -> list[Block]:
         """Longest leading run of ``keys`` that is cached (tokens verified)."""
         hits: list[Block] = []
-        if not self.enable_caching:
-            return hits
+        # Without caching only hand-off blocks are registered: nothing else can match.
         for key, chunk in zip(keys, chunks):
             block = self.lookup(key, chunk)
             if block is None:
@@ -116,6 +121,7 @@ class BlockPool:
             if block.ref_count == 0:
                 self._free.pop(block.block_id, None)
             block.ref_count += 1
+            block.hand_off = False  # taken: without caching it goes when freed
 
     def allocate(self, n: int) -> list[Block]:
         """Hand out ``n`` blocks with one reference each, evicting cached keys LRU-first."""
@@ -138,19 +144,26 @@ class BlockPool:
                 raise RuntimeError(f"double free of block {block.block_id}")
             block.ref_count -= 1
             if block.ref_count == 0:
+                if not self.enable_caching and block.key is not None and not block.hand_off:
+                    self._evict(block)  # a hand-off block its sequence is done with
                 self._free[block.block_id] = None  # tail: most recently used
                 if block.key is None:
                     self._free.move_to_end(block.block_id, last=False)  # head: holds nothing
 
-    def register(self, block: Block, key: BlockKey, token_ids: Sequence[int]) -> bool:
+    def register(
+        self, block: Block, key: BlockKey, token_ids: Sequence[int], hand_off: bool = False
+    ) -> bool:
         """Make a full block addressable by ``key``. Returns False if another block already
-        holds that key (the duplicate stays private to its sequence)."""
-        if not self.enable_caching or block.key is not None:
+        holds that key (the duplicate stays private to its sequence), or when caching is
+        off, unless ``hand_off`` (imported for a request's hand-off: addressable until a
+        sequence has taken and freed it)."""
+        if block.key is not None or not (self.enable_caching or hand_off):
             return False
         if key in self._cached:
             return False
         block.key = key
         block.token_ids = tuple(token_ids)
+        block.hand_off = not self.enable_caching
         self._cached[key] = block.block_id
         self._events.append(BlockEvent("stored", key))
         return True
@@ -176,3 +189,4 @@ class BlockPool:
                 self._events.append(BlockEvent("removed", block.key))
             block.key = None
             block.token_ids = None
+            block.hand_off = False

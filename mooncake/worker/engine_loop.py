@@ -218,10 +218,12 @@ class EngineLoop:
         chunks = [prompt_token_ids[i * bs : (i + 1) * bs] for i in range(len(keys))]
         return len(e.pool.match_prefix(keys, chunks)) * bs
 
-    def import_blocks(self, blocks: list[KVBlock]) -> int:
-        return self.engine.import_cached_blocks(blocks)
+    def import_blocks(self, blocks: list[KVBlock], hand_off: bool = False) -> int:
+        return self.engine.import_cached_blocks(blocks, hand_off)
 
-    def import_from_tier(self, path: str, keys: list[bytes]) -> tuple[int, int, int]:
+    def import_from_tier(
+        self, path: str, keys: list[bytes], hand_off: bool = False
+    ) -> tuple[int, int, int]:
         """Import the leading run of ``keys`` found intact in the host tier at ``path``
         (a worker's on this host) into the prefix cache, read in place: the tier's pages
         are the source of the engine's one copy into its pool, the worker's socket is
@@ -238,14 +240,14 @@ class EngineLoop:
                 if o is None:
                     break
                 blocks.append(o.to_kvblock(copy=False))
-            taken = self.engine.import_cached_blocks(blocks) if blocks else 0
+            taken = self.engine.import_cached_blocks(blocks, hand_off) if blocks else 0
             return len(blocks), taken, sum(b.data.nbytes for b in blocks)
         finally:
             for o in objs:
                 if o is not None:
                     o.release()
 
-    def import_from_arena(self, arena: str, refs: list[BlockRef]) -> int:
+    def import_from_arena(self, arena: str, refs: list[BlockRef], hand_off: bool = False) -> int:
         """Import blocks its worker received into the receive arena (checked there),
         read in place: one copy each, arena -> pool. Returns how many were added."""
         import numpy as np
@@ -261,7 +263,7 @@ class EngineLoop:
                 m, dtype=dtype, count=int(np.prod(shape)), offset=r.offset
             ).reshape(shape)
             blocks.append(KVBlock(r.key, r.parent, r.token_ids, data, r.spec, r.model_fingerprint))
-        return self.engine.import_cached_blocks(blocks)
+        return self.engine.import_cached_blocks(blocks, hand_off)
 
     def _map(self, arena: str) -> Any:
         from mooncake.store.shm_arena import map_arena

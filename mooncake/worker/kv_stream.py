@@ -251,12 +251,12 @@ class StreamImports:
             rest = r.keys[r.blocks : r.blocks + WINDOW_BLOCKS]
             if tier is not None:
                 # In place: the engine reads the prefill worker's tier, checking each record.
-                found, _, nbytes = plugin.engine.call("import_from_tier", tier, rest).result(
+                found, _, nbytes = plugin.engine.call("import_from_tier", tier, rest, True).result(
                     ENGINE_CALL_TIMEOUT_S
                 )
                 path = "shm"
             else:
-                f = kvs.poll(rest, peer, lambda blocks: import_blocks(plugin, blocks))
+                f = kvs.poll(rest, peer, lambda blocks: import_blocks(plugin, blocks, True))
                 found, nbytes = f.num_blocks, f.nbytes
                 path = f.paths[0] if f.paths else ""
             if found:

@@ -125,7 +125,7 @@ def run_lookup(
     return result
 
 
-def import_blocks(plugin: MooncakeWorker, blocks: list[Any]) -> int:
+def import_blocks(plugin: MooncakeWorker, blocks: list[Any], hand_off: bool = False) -> int:
     """Copy blocks into this worker's engine prefix cache (on the engine thread, while
     the caller keeps their memory alive). Returns how many are now usable. Blocks that
     a fetch received into the receive arena are imported from there (the engine reads
@@ -135,9 +135,9 @@ def import_blocks(plugin: MooncakeWorker, blocks: list[Any]) -> int:
     kvs = plugin.kv_store
     refs = kvs.in_recv_arena(blocks) if kvs is not None else None
     if refs is not None and kvs is not None and kvs.recv_arena is not None:
-        plugin.engine.call("import_from_arena", kvs.recv_arena.path, refs).result()
+        plugin.engine.call("import_from_arena", kvs.recv_arena.path, refs, hand_off).result()
     else:
-        plugin.engine.call("import_blocks", blocks).result()
+        plugin.engine.call("import_blocks", blocks, hand_off).result()
     return len(blocks)
 
 

@@ -442,13 +442,13 @@ def _fetch_handoff(
     tier = kvs.same_host_tier(peer)
     if tier is not None:
         try:
-            found, _, nbytes = plugin.engine.call("import_from_tier", tier, keys).result()
+            found, _, nbytes = plugin.engine.call("import_from_tier", tier, keys, True).result()
         except Exception as e:  # unreadable tier: the fetcher's paths still apply
             logger.debug("import from %s failed: %s", tier, e)
         paths = ["shm"] * found
     if found == len(keys):
         return Fetched(found, nbytes, paths)
-    rest = kvs.fetch(keys[found:], peer, lambda blocks: import_blocks(plugin, blocks))
+    rest = kvs.fetch(keys[found:], peer, lambda blocks: import_blocks(plugin, blocks, True))
     return Fetched(found + rest.num_blocks, nbytes + rest.nbytes, paths + rest.paths)
 
 

@@ -95,3 +95,22 @@ def test_caching_disabled():
     (a,) = pool.allocate(1)
     assert not pool.register(a, k(1), [1])
     assert pool.match_prefix([k(1)], [[1]]) == []
+
+
+def test_hand_off_blocks_matchable_once_without_caching():
+    """Without prefix caching, a block imported for a hand-off (a decode worker getting a
+    request's KV from its prefill worker) is addressable until a sequence has taken it;
+    when that sequence frees it, its key goes (no reuse by later requests), and a block a
+    sequence computed itself never becomes addressable."""
+    pool = BlockPool(3, enable_caching=False)
+    (imp,) = pool.allocate(1)
+    assert pool.register(imp, k(1), [1], hand_off=True)
+    pool.free([imp])  # imported: unreferenced until its request arrives
+    assert pool.match_prefix([k(1)], [[1]]) == [imp]
+    pool.touch([imp])  # the request takes it
+    (own,) = pool.allocate(1)
+    assert not pool.register(own, k(2), [2])
+    pool.free([imp, own])
+    assert pool.match_prefix([k(1)], [[1]]) == []
+    assert imp.key is None and pool.num_cached == 0
+    assert [e.kind for e in pool.drain_events()] == ["stored", "removed"]
