@@ -7,7 +7,7 @@
    drifting load hits both alike. Each request starts ``--gap`` seconds after the
    previous one's first token (default 50 ms: one request at a time, the previous
    request's graph done); ``added_ttft_back_to_back_p50_ms`` is the same with no gap.
-2. Control-plane throughput: requests/s through lookup -> prefill -> transfer -> decode
+2. Control-plane throughput: requests/s through prefill (lookup inside) -> transfer -> decode
    with a null model (no forward pass), all submitted at once.
 3. Streaming: added latency per token, cluster inter-token gaps vs in-process.
 4. Output tokens/s for 16 concurrent requests, cluster (1P+1D) vs in-process engine.
