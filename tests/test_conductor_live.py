@@ -100,3 +100,21 @@ def test_overload_rejects_early_while_admitted_finish(tiny_llama):
         assert all(o.finished and len(o.token_ids) == 2 for o in done)
         assert len(rejected) + len(done) == 40
         assert sum(llm.stats()["rejections"].values()) == len(rejected)
+
+
+def test_batch_placed_at_once_retries_its_rejected(tiny_llama):
+    """``generate`` places a batch in one call to the Conductor: with early rejection
+    and a tight TTFT SLO, a burst of long prompts gets some of them rejected there; each
+    is retried after its hint until admitted, and every output comes back, in order."""
+    cc = ConductorConfig(admission="early", ttft_slo_s=0.05)
+    with mooncake.LLM(
+        str(tiny_llama),
+        engine_config=EngineConfig(num_blocks=2048),
+        conductor_config=cc,
+        dashboard_address=None,
+    ) as llm:
+        prompts = [_tokens(900, 2000 + i) for i in range(5)]
+        outs = llm.generate(prompts, ONE, use_tqdm=False, order="input", max_retry_s=120)
+        assert [o.prompt_token_ids for o in outs] == prompts
+        assert all(o.finished and len(o.token_ids) == 2 for o in outs)
+        assert sum(llm.stats()["rejections"].values()) > 0
