@@ -37,6 +37,8 @@ from mooncake.types import BlockKey
 from mooncake.worker import request_state
 from mooncake.worker.block_presence import BlockPresence
 from mooncake.worker.config import WorkerConfig
+from mooncake.worker.core_ledger import ledger_path
+from mooncake.worker.core_lending import LendingSetup
 from mooncake.worker.engine_client import EngineClient
 from mooncake.worker.kv_store import KVStore
 from mooncake.worker.kv_stream import StreamImports
@@ -105,7 +107,9 @@ class MooncakeWorker(WorkerPlugin):
         self.hit_blocks: Counter[str] = Counter()
         # The engine process inherits this worker's environment: a GPU worker's
         # CUDA_VISIBLE_DEVICES, the thread count. torch loads there, never here.
-        self.engine = EngineClient(self.engine_config, self._emit)
+        self.engine = EngineClient(
+            self.engine_config, self._emit, core_lending=self._lending_setup()
+        )
         self.requests: RequestTable[LookupResult, RequestOutput, KVExport] = RequestTable(
             request_state.WorkerRequests(EARLY_LOOKUP_TIMEOUT_S, EARLY_LOOKUP_TIMEOUT_S),
             abort_engine=lambda rid: self.engine.call("abort", rid),
@@ -168,6 +172,12 @@ class MooncakeWorker(WorkerPlugin):
             self.engine.info["model_path"],
             self.engine.proc.pid,
         )
+
+    def _lending_setup(self) -> LendingSetup | None:
+        wc = self.worker_config
+        if not wc.cpu_core_lending or self.engine_config.device != "cpu":
+            return None  # GPU workers keep their threads as they are
+        return LendingSetup(ledger_path(wc.store_root), wc.cpu_core_lending_idle_s)
 
     async def teardown(self, worker: Worker) -> None:
         self._report_task.cancel()
