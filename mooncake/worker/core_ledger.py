@@ -204,9 +204,7 @@ class CoreLedger:
 
     def clear(self, index: int) -> None:
         """Free slot ``index`` (lock held)."""
-        SLOT.pack_into(
-            self._mm, HEADER.size + index * SLOT.size, 0, 0, 0, 0, 0, 0.0, b"", b""
-        )
+        SLOT.pack_into(self._mm, HEADER.size + index * SLOT.size, 0, 0, 0, 0, 0, 0.0, b"", b"")
 
     def close(self) -> None:
         self._mm.close()

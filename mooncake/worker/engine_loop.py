@@ -27,10 +27,10 @@ from mooncake.worker.token_stream import DirectStreams
 
 if TYPE_CHECKING:
     from mooncake.engine import LLMEngine
-    from mooncake.worker.core_lending import CoreLender
     from mooncake.kvcache import KVBlock, KVExport
     from mooncake.kvcache.block import BlockRef, PackedExport
     from mooncake.sampling_params import SamplingParams
+    from mooncake.worker.core_lending import CoreLender
 
 logger = logging.getLogger(__name__)
 

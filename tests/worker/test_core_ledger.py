@@ -26,7 +26,9 @@ from mooncake.worker.core_ledger import (
 from mooncake.worker.core_lending import CoreLender
 
 
-def _slot(pid: int, owned: set[int], busy: bool = False, borrowed: set[int] = set()) -> Slot:
+def _slot(
+    pid: int, owned: set[int], busy: bool = False, borrowed: frozenset[int] = frozenset()
+) -> Slot:
     start = process_start_time(pid) or 0
     return Slot(pid, start, busy, 12.5, frozenset(owned), frozenset(borrowed))
 

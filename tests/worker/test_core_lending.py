@@ -16,7 +16,10 @@ ALL = frozenset(range(8))
 
 
 def peer(
-    owned: set[int], busy: bool = False, last_busy: float = 0.0, borrowed: set[int] = set()
+    owned: set[int],
+    busy: bool = False,
+    last_busy: float = 0.0,
+    borrowed: frozenset[int] = frozenset(),
 ) -> Slot:
     return Slot(4242, 1, busy, last_busy, frozenset(owned), frozenset(borrowed))
 
