@@ -134,6 +134,8 @@ class CoreLedger:
                 elif size != SIZE:
                     raise ValueError(f"cpu_core_lending: {path} is not a core ledger")
                 self._mm = mmap.mmap(self._fd, SIZE)
+                if self._mm[:8] == bytes(8):  # its creator died before writing the header
+                    HEADER.pack_into(self._mm, 0, MAGIC, VERSION, NUM_SLOTS, 0)
                 magic, version, slots, _ = HEADER.unpack_from(self._mm, 0)
                 if (magic, version, slots) != (MAGIC, VERSION, NUM_SLOTS):
                     self._mm.close()

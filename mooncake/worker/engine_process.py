@@ -71,13 +71,26 @@ def _lender(engine: LLMEngine, setup: LendingSetup | None, usable: set[int]) -> 
             "(cpu_threads_bind / $MOONCAKE_CPU_OMP_THREADS_BIND is none): not lending"
         )
         return None
-    from mooncake.engine.thread_bind import bind_threads
     from mooncake.worker.core_ledger import CoreLedger
     from mooncake.worker.core_lending import CoreLender
 
-    return CoreLender(
-        CoreLedger(setup.ledger_path), engine.bound_cpus, usable, bind_threads, setup.idle_s
-    )
+    def bind_threads(cpus: list[int]) -> None:
+        from mooncake.engine import thread_bind  # loaded with the engine already
+
+        thread_bind.bind_threads(cpus)
+
+    # Lending only speeds an engine up: without it (a bad or full ledger) it still serves.
+    try:
+        ledger = CoreLedger(setup.ledger_path)
+    except (OSError, ValueError) as e:
+        logger.warning("not lending cores: %s", e)
+        return None
+    try:
+        return CoreLender(ledger, engine.bound_cpus, usable, bind_threads, setup.idle_s)
+    except RuntimeError as e:
+        ledger.close()
+        logger.warning("not lending cores: %s", e)
+        return None
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -5,6 +5,7 @@ processes; ``test_core_ledger.py`` has the two-process test)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -204,3 +205,30 @@ def test_close_leaves_the_ledger(tmp_path: Path) -> None:
     i = h.lender.index
     h.lender.close()
     assert h.slot(i) is None
+
+
+def test_an_engine_lends_only_when_cpu_pinned_and_the_ledger_is_sound(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine process lends when asked, on CPU, with its threads pinned. A GPU
+    engine, an unpinned one (a warning says why) or a file in the ledger's place that is
+    not a ledger (a warning) leave the engine serving without lending."""
+    from types import SimpleNamespace
+
+    from mooncake.worker.core_lending import LendingSetup
+    from mooncake.worker.engine_process import _lender
+
+    def engine(device: str, cpus: list[int] | None) -> Any:
+        return SimpleNamespace(config=SimpleNamespace(device=device), bound_cpus=cpus)
+
+    good = LendingSetup(str(tmp_path / "ledger"))
+    lender = _lender(engine("cpu", [0]), good, {0, 1})
+    assert lender is not None and lender.own == (0,)
+    lender.close()
+    assert _lender(engine("cpu", [0]), None, {0, 1}) is None
+    assert _lender(engine("cuda:0", [0]), good, {0, 1}) is None
+    assert _lender(engine("cpu", None), good, {0, 1}) is None
+    assert "not pinned" in caplog.text
+    (tmp_path / "junk").write_bytes(b"junk")
+    assert _lender(engine("cpu", [0]), LendingSetup(str(tmp_path / "junk")), {0, 1}) is None
+    assert "not lending cores" in caplog.text
