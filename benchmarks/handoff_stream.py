@@ -35,7 +35,7 @@ import os
 import random
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mooncake.client import LLM, WorkerConfig
 from mooncake.config import EngineConfig
@@ -52,7 +52,7 @@ class Row:
     ttft_s: list[float]
     gap_s: list[float]
     stream_blocks: dict[str, int]
-    lending: dict[str, dict[str, float]]
+    lending: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per worker role: steps, steps with borrowed cores, rebinds, us per ledger check."""
 
 
@@ -302,7 +302,7 @@ def save_results(rows: list[Row], args: argparse.Namespace) -> None:
             + (
                 " Core lending on (`--cpu-core-lending`): an idle engine's cores go to the "
                 "engine with work."
-                if args.cpu_core_lending
+                if getattr(args, "cpu_core_lending", False)
                 else ""
             )
         ),
