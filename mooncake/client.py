@@ -66,7 +66,7 @@ from mooncake.security import TLSFiles, check_address, client_security, embedded
 from mooncake.store import tier_dirs
 from mooncake.tokenizer import Tokenizer
 from mooncake.worker.config import WorkerConfig
-from mooncake.worker.messages import KVHandle, RequestSpec
+from mooncake.worker.messages import KVHandle, RequestSpec, ResumeStart
 from mooncake.worker.plugin import MooncakeWorker
 from mooncake.worker.tasks import engine_stats, worker_info
 from mooncake.worker.token_stream import TokenStreamServer
@@ -489,7 +489,11 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         return spec.prompt_block_keys(int(self.info["block_size"]), root)
 
     def _place_request(
-        self, spec: RequestSpec, resume: bool = False, exclude: tuple[str, ...] = ()
+        self,
+        spec: RequestSpec,
+        resume: bool = False,
+        exclude: tuple[str, ...] = (),
+        resume_from: ResumeStart | None = None,
     ) -> dict[str, Any]:
         max_out = spec.params.max_tokens or (self.max_model_len - len(spec.prompt_token_ids))
         with self._lock:
@@ -501,11 +505,15 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
             block_keys=self._block_keys(spec),
             output_len=max_out,
             client=self.client.id,
-            # A resumed request goes straight to a decode worker: no early lookup.
-            # Otherwise the request is passed on to the prefill worker, which starts
-            # the lookup at placement.
+            # A resumed request goes straight to a decode worker: no early lookup; with
+            # the tokens it had (``resume_from``) the Conductor passes it on to that
+            # worker, which resumes it at placement (the early resume). Otherwise the
+            # request is passed on to the prefill worker, which starts the lookup at
+            # placement.
             resume=resume,
-            spec=None if resume else to_serialize(spec),
+            spec=(to_serialize(resume_from) if resume_from is not None else None)
+            if resume
+            else to_serialize(spec),
             start="generate" if self.mode == "colocated" else "prefill",
             exclude=avoid,
         ).to_msg()
