@@ -27,8 +27,10 @@ loss (kill -> the client learning of it: its watch on the worker, the worker's t
 stream, or the worker-left event -> the stream acting on it), placing it
 again (the Conductor), submitting the new graph, the KV transfer on the new decode worker
 (from the prefill worker's host tier, or a miss: recompute) and the rest up to the first
-resumed token (scheduling the tasks, recomputing prompt + tokens so far less what was
-fetched, one decode step).
+resumed token (recomputing prompt + tokens so far less what was fetched, one decode
+step; and, without the early resume, scheduling the tasks). With the early resume the
+Conductor starts the transfer and decode on the new decode worker when it places the
+request, so the transfer and the rest count from the placement, not the submission.
 
 ``--kill-target busiest`` kills the worker (of ``--kill-roles``) with the most requests
 in flight rather than a random one, and ``--min-inflight`` waits until it has that many;
@@ -269,8 +271,11 @@ def breakdown(outcomes: list[Outcome], moves: list[MoveRecord], kills: list[Kill
         row["place_s"] = span(m.noticed_at, m.placed_at)
         row["submit_s"] = span(m.placed_at, m.submitted_at)
         row["transfer_s"] = m.transfer_s
-        to_first = span(m.submitted_at, m.first_token_at)
-        row["submit_to_first_token_s"] = to_first
+        # With the early resume the new decode worker starts at placement, not at the
+        # graph's submission: the transfer and the rest count from there.
+        to_first = span(m.placed_at if m.early else m.submitted_at, m.first_token_at)
+        row["early"] = m.early
+        row["submit_to_first_token_s"] = span(m.submitted_at, m.first_token_at)
         row["rest_to_first_token_s"] = (
             None if to_first is None or m.transfer_s is None else to_first - m.transfer_s
         )
@@ -308,6 +313,7 @@ def breakdown(outcomes: list[Outcome], moves: list[MoveRecord], kills: list[Kill
         "p50": {key: med(key) for key in keys},
         "paths": dict(collections.Counter(str(r["path"]) for r in rows)),
         "notices": dict(collections.Counter(str(r["notice"]) for r in rows)),
+        "early": sum(1 for r in rows if r.get("early")),
     }
 
 

@@ -55,6 +55,10 @@ class MoveRecord:
     transfer_s: float | None = None
     """The transfer task's own time on the decode worker."""
     fetched_blocks: int | None = None
+    early: bool | None = None
+    """The new decode worker started the transfer and decode at placement (the early
+    resume), before the graph was submitted: its first resumed token may then arrive
+    before ``submitted_at``. None until the transfer task's result has been read."""
 
     @property
     def recomputed_tokens(self) -> int | None:

@@ -393,6 +393,7 @@ class StreamMixin:
             record.transfer_path = str(tr.path)
             record.transfer_s = float(tr.seconds)
             record.fetched_blocks = int(getattr(tr, "num_blocks", 0))
+            record.early = bool(getattr(tr, "early", False))
 
         fut.add_done_callback(
             lambda _f: asyncio.run_coroutine_threadsafe(read(), self._client_loop)

@@ -95,6 +95,8 @@ class TransferResult:
     (RPC, no store), ``local``, ``none`` (nothing to move) or ``miss`` (recompute)."""
     num_blocks: int = 0
     """Blocks that arrived (on a ``miss``, the prefix that did; decode computes the rest)."""
+    early: bool = False
+    """Done at placement (a moved request's early resume), collected by the task."""
 
 
 @dataclass

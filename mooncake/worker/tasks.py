@@ -319,7 +319,7 @@ def transfer(handle: KVHandle) -> TransferResult:
         raise
     # The graph's handle is the one its decode task reads (the same request, tokens and
     # blocks as the one the worker built at placement).
-    return dataclasses.replace(done, handle=handle)
+    return dataclasses.replace(done, handle=handle, early=True)
 
 
 async def decode(tr: TransferResult) -> RequestOutput:
