@@ -271,6 +271,8 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         self._watches: dict[str, asyncio.Task[None]] = {}
         """Worker -> the task holding its liveness watch (``mooncake.client_liveness``)."""
         self._watching = True
+        self._exit_poll: asyncio.Task[None] | None = None
+        """Checks watched workers on this host for an exit (``client_liveness``)."""
         self._live_cache: tuple[float, set[str]] = (0.0, set())
         self._lock = threading.Lock()
         self._ids = itertools.count()
