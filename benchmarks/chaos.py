@@ -219,6 +219,10 @@ def killer(
             pass
 
 
+MIN_MOVES_FOR_MEDIAN = 10
+"""Fewer completed moves than this and the run says its medians are rough."""
+
+
 def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
@@ -439,6 +443,7 @@ def main() -> None:
         "breakdown_p50": bd["p50"],
         "transfer_paths": bd["paths"],
         "notices": bd["notices"],
+        "early_resumes": bd["early"],
         "move_rows": bd["moves"],
         "kills": (
             kills_out := [
@@ -464,8 +469,14 @@ def main() -> None:
         "unmoved_e2e_p50_s",
         "transfer_paths",
         "notices",
+        "early_resumes",
     ):
         print(f"{key:>22}: {_fmt(result[key])}")
+    if len(bd["moves"]) < MIN_MOVES_FOR_MEDIAN:
+        print(
+            f"note: only {len(bd['moves'])} completed moves: the medians below are rough "
+            "(a longer run, e.g. --num-prompts 400, gives more kills)"
+        )
     kill_list = ", ".join(f"{d['roles']}@{d['t_s']}s({d['inflight']})" for d in kills_out)
     print(f"{'kills (in flight)':>22}: {kill_list}")
     print(f"{'errors':>22}: {result['errors']}")
