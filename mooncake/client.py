@@ -44,6 +44,7 @@ from mooncake.client_batch import BatchMixin
 from mooncake.client_common import PLACE_TIMEOUT_S, Rejected, Unavailable, WorkerLost
 from mooncake.client_liveness import LivenessMixin
 from mooncake.client_moves import MoveRecord
+from mooncake.client_place import PlaceBatcher
 from mooncake.client_stream import StreamMixin
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
@@ -256,8 +257,8 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         """A moved stream's request id -> the id of its current attempt."""
         self.move_log: collections.deque[MoveRecord] = collections.deque(maxlen=MOVE_LOG_LEN)
         """The latest moves of streamed requests, step by step (``mooncake.client_moves``)."""
-        self._place_slots: asyncio.Semaphore | None = None
-        """Bounds the placement calls in flight (made on the client's loop at first use)."""
+        self._placer: PlaceBatcher | None = None
+        """Coalesces and bounds the placement calls (made on the client's loop at first use)."""
         self._left_at: dict[str, float] = {}
         """Worker -> when the client got its worker-left event (``time.monotonic()``)."""
         self._task_workers: dict[str, str] = {}
@@ -541,12 +542,19 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         ``PLACE_CONCURRENCY`` calls at once: each call beyond the connections the pool
         holds opens a new (TLS) connection to the scheduler, and a burst of them (every
         request of a lost worker placed again at once) cost the scheduler and this loop
-        a handshake each, delaying every placement of the burst by hundreds of ms."""
-        if self._place_slots is None:
-            self._place_slots = asyncio.Semaphore(PLACE_CONCURRENCY)
-        async with self._place_slots:
-            reply: dict[str, Any] = await self._scheduler.mooncake_place(request=request)
-        return reply
+        a handshake each, delaying every placement of the burst by hundreds of ms. The
+        requests waiting for a call go together in one (``mooncake.client_place``)."""
+        if self._placer is None:
+            scheduler = self._scheduler
+
+            async def place_many(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                replies: list[dict[str, Any]] = await scheduler.mooncake_place_many(
+                    requests=requests
+                )
+                return replies
+
+            self._placer = PlaceBatcher(place_many, PLACE_CONCURRENCY)
+        return await self._placer.ask(request)
 
     def submit(self, spec: RequestSpec, placement: PlacementInfo) -> Future[Any]:
         """Submit the request's graph; returns the future of its final ``RequestOutput``."""

@@ -330,8 +330,6 @@ class StreamMixin:
         self.moves[spec.request_id] += 1
         new = dataclasses.replace(attempt, request_id=next_attempt(spec.request_id, old))
         record.attempt_id = new.request_id
-        # Stop what is left of the old attempt (on the surviving workers); not awaited.
-        asyncio.run_coroutine_threadsafe(self._abort(old, moved_off=lost), self._client_loop)
         self._sinks.pop(old, None)
         self._stream_server.forget(old)
         self._sinks[new.request_id] = (loop, q)
@@ -356,6 +354,10 @@ class StreamMixin:
                     ) from None
                 await asyncio.sleep(max(0.01, e.retry_after))
         record.placed_at, record.decode_worker = time.monotonic(), placement.decode
+        # Stop what is left of the old attempt (on the surviving workers); not awaited,
+        # and only now: the placement (which starts the resume) reaches the scheduler
+        # first. (Had it failed, the stream's own abort of the old attempt does it.)
+        asyncio.run_coroutine_threadsafe(self._abort(old, moved_off=lost), self._client_loop)
         logger.warning(
             "request %s: worker %s lost; %s on %s",
             spec.request_id,

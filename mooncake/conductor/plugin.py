@@ -6,7 +6,8 @@
   finished prefills and decode-only engine steps (observed seconds refine the cost
   model), decode joins, transfer timings, load. The first report carries the model's
   shape, from which the cost model is built.
-- The client asks ``mooncake_place`` before submitting a request's graph; the answer
+- The client asks ``mooncake_place`` (or ``mooncake_place_many`` for several at once)
+  before submitting a request's graph; the answer
   names the prefill and decode workers (the graph's tasks are restricted to them), or
   rejects with a reason and a retry-after hint. An admitted request's lookup starts on
   its prefill worker at once (``mooncake-start``), ahead of its graph; a request moved
@@ -118,6 +119,7 @@ class ConductorPlugin(SchedulerPlugin):
             self.config.tbt_slo_s,
         )
         scheduler.handlers["mooncake_place"] = self.handle_place
+        scheduler.handlers["mooncake_place_many"] = self.handle_place_many
         scheduler.stream_handlers[REPORT_OP] = self.handle_report
         scheduler.handlers["mooncake_stats"] = self.handle_stats
         scheduler.handlers["mooncake_history"] = self.handle_history
@@ -288,6 +290,11 @@ class ConductorPlugin(SchedulerPlugin):
                 self._start_early(req, placement)
             self._start_stream(req, placement)
         return placement.to_msg()
+
+    def handle_place_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Place several requests (a client's placements that waited for a call, e.g.
+        every request of a lost worker), in order; one answer each, as ``handle_place``."""
+        return [self.handle_place(r) for r in requests]
 
     def _start_resume(self, req: PlaceRequest, placement: PlacementInfo) -> None:
         """Tell the decode worker a moved request was placed on it, on the same stream
