@@ -44,6 +44,7 @@ from mooncake.client_batch import BatchMixin
 from mooncake.client_common import PLACE_TIMEOUT_S, Rejected, Unavailable, WorkerLost
 from mooncake.client_liveness import LivenessMixin
 from mooncake.client_moves import MoveRecord
+from mooncake.client_place import PlaceBatcher
 from mooncake.client_stream import StreamMixin
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
@@ -67,7 +68,7 @@ from mooncake.security import TLSFiles, check_address, client_security, embedded
 from mooncake.store import tier_dirs
 from mooncake.tokenizer import Tokenizer
 from mooncake.worker.config import WorkerConfig
-from mooncake.worker.messages import KVHandle, RequestSpec
+from mooncake.worker.messages import KVHandle, RequestSpec, ResumeStart
 from mooncake.worker.plugin import MooncakeWorker
 from mooncake.worker.tasks import engine_stats, worker_info
 from mooncake.worker.token_stream import TokenStreamServer
@@ -257,8 +258,8 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         """A moved stream's request id -> the id of its current attempt."""
         self.move_log: collections.deque[MoveRecord] = collections.deque(maxlen=MOVE_LOG_LEN)
         """The latest moves of streamed requests, step by step (``mooncake.client_moves``)."""
-        self._place_slots: asyncio.Semaphore | None = None
-        """Bounds the placement calls in flight (made on the client's loop at first use)."""
+        self._placer: PlaceBatcher | None = None
+        """Coalesces and bounds the placement calls (made on the client's loop at first use)."""
         self._left_at: dict[str, float] = {}
         """Worker -> when the client got its worker-left event (``time.monotonic()``)."""
         self._task_workers: dict[str, str] = {}
@@ -272,6 +273,8 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         self._watches: dict[str, asyncio.Task[None]] = {}
         """Worker -> the task holding its liveness watch (``mooncake.client_liveness``)."""
         self._watching = True
+        self._exit_poll: asyncio.Task[None] | None = None
+        """Checks watched workers on this host for an exit (``client_liveness``)."""
         self._live_cache: tuple[float, set[str]] = (0.0, set())
         self._lock = threading.Lock()
         self._ids = itertools.count()
@@ -490,7 +493,11 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         return spec.prompt_block_keys(int(self.info["block_size"]), root)
 
     def _place_request(
-        self, spec: RequestSpec, resume: bool = False, exclude: tuple[str, ...] = ()
+        self,
+        spec: RequestSpec,
+        resume: bool = False,
+        exclude: tuple[str, ...] = (),
+        resume_from: ResumeStart | None = None,
     ) -> dict[str, Any]:
         max_out = spec.params.max_tokens or (self.max_model_len - len(spec.prompt_token_ids))
         with self._lock:
@@ -502,11 +509,15 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
             block_keys=self._block_keys(spec),
             output_len=max_out,
             client=self.client.id,
-            # A resumed request goes straight to a decode worker: no early lookup.
-            # Otherwise the request is passed on to the prefill worker, which starts
-            # the lookup at placement.
+            # A resumed request goes straight to a decode worker: no early lookup; with
+            # the tokens it had (``resume_from``) the Conductor passes it on to that
+            # worker, which resumes it at placement (the early resume). Otherwise the
+            # request is passed on to the prefill worker, which starts the lookup at
+            # placement.
             resume=resume,
-            spec=None if resume else to_serialize(spec),
+            spec=(to_serialize(resume_from) if resume_from is not None else None)
+            if resume
+            else to_serialize(spec),
             start="generate" if self.mode == "colocated" else "prefill",
             exclude=avoid,
         ).to_msg()
@@ -530,10 +541,11 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
     def place_many(
         self, specs: Sequence[RequestSpec]
     ) -> list[PlacementInfo | Rejected | Unavailable]:
-        """``place`` for many requests in one call to the Conductor, which places them in
-        order: each one's placement, or the ``Rejected`` / ``Unavailable`` it got."""
+        """``place`` for many requests at once: the Conductor places them in order, in
+        one or two calls (``mooncake.client_place``); each one's placement, or the
+        ``Rejected`` / ``Unavailable`` it got."""
         reply = self.client.sync(
-            self._ask_place_many,
+            self._ask_place_all,
             [self._place_request(s) for s in specs],
             callback_timeout=PLACE_TIMEOUT_S,
         )
@@ -545,27 +557,29 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
                 out.append(e)
         return out
 
-    async def _ask_place_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """(Client loop.) The Conductor's answers to many placement requests, in one call."""
-        if self._place_slots is None:
-            self._place_slots = asyncio.Semaphore(PLACE_CONCURRENCY)
-        async with self._place_slots:
-            reply: list[dict[str, Any]] = await self._scheduler.mooncake_place_many(
-                requests=requests
-            )
-        return reply
+    async def _ask_place_all(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """(Client loop.) The Conductor's answers to many placement requests, in order
+        (asked together: the placer sends the waiting ones in one call)."""
+        return list(await asyncio.gather(*(self._ask_place(r) for r in requests)))
 
     async def _ask_place(self, request: dict[str, Any]) -> dict[str, Any]:
         """(Client loop.) The Conductor's answer to one placement request. At most
         ``PLACE_CONCURRENCY`` calls at once: each call beyond the connections the pool
         holds opens a new (TLS) connection to the scheduler, and a burst of them (every
         request of a lost worker placed again at once) cost the scheduler and this loop
-        a handshake each, delaying every placement of the burst by hundreds of ms."""
-        if self._place_slots is None:
-            self._place_slots = asyncio.Semaphore(PLACE_CONCURRENCY)
-        async with self._place_slots:
-            reply: dict[str, Any] = await self._scheduler.mooncake_place(request=request)
-        return reply
+        a handshake each, delaying every placement of the burst by hundreds of ms. The
+        requests waiting for a call go together in one (``mooncake.client_place``)."""
+        if self._placer is None:
+            scheduler = self._scheduler
+
+            async def place_many(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                replies: list[dict[str, Any]] = await scheduler.mooncake_place_many(
+                    requests=requests
+                )
+                return replies
+
+            self._placer = PlaceBatcher(place_many, PLACE_CONCURRENCY)
+        return await self._placer.ask(request)
 
     def submit(self, spec: RequestSpec, placement: PlacementInfo) -> Future[Any]:
         """Submit the request's graph; returns the future of its final ``RequestOutput``."""
