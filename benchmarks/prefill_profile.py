@@ -181,9 +181,7 @@ def main() -> None:
         add("placement -> start at the worker (ms)", (e["start"][0] - e["place-place"]) * 1e3)
         add("start at the worker -> engine admit (ms)", (e["admit"][0] - e["start"][0]) * 1e3)
         add("client -> graph at the scheduler (ms)", (e["graph-prefill"] - t0) * 1e3)
-        add(
-            "graph -> lookup in the prefill task (ms)", (e["lookup"][0] - e["graph-prefill"]) * 1e3
-        )
+        add("graph -> lookup in the prefill task (ms)", (e["lookup"][0] - e["graph-prefill"]) * 1e3)
         add("engine admit - lookup task start (ms)", (e["admit"][0] - e["lookup"][0]) * 1e3)
         add("client -> engine admit (ms)", (e["admit"][0] - t0) * 1e3)
         add("step wall (ms)", (s1 - s0) * 1e3)

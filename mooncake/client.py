@@ -595,9 +595,7 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
     def _submit_graph(self, spec: RequestSpec, graph: Any) -> Future[Any]:
         return self._submit_graphs([(spec, graph)])[0]
 
-    def submit_many(
-        self, placed: Sequence[tuple[RequestSpec, PlacementInfo]]
-    ) -> list[Future[Any]]:
+    def submit_many(self, placed: Sequence[tuple[RequestSpec, PlacementInfo]]) -> list[Future[Any]]:
         """``submit`` for many requests at once, in one message to the scheduler."""
         return self._submit_graphs([(spec, self.build_graph(spec, p)) for spec, p in placed])
 

@@ -250,6 +250,7 @@ class LivenessMixin:
                 self._dead.add(worker)
             self._worker_gone(worker, notice)
         return True
+
     def _start_watches(self, workers: set[str]) -> None:
         """(Any thread.) Make sure each of ``workers`` is watched (see the module's
         docstring)."""

@@ -24,9 +24,7 @@ class PlaceBatcher:
     concurrency: calls in flight at most; requests that wait for one go in the next.
     """
 
-    def __init__(
-        self, call: Callable[[list[Msg]], Awaitable[list[Msg]]], concurrency: int
-    ) -> None:
+    def __init__(self, call: Callable[[list[Msg]], Awaitable[list[Msg]]], concurrency: int) -> None:
         self._call = call
         self._slots = asyncio.Semaphore(concurrency)
         self._waiting: list[tuple[Msg, asyncio.Future[Msg]]] = []

@@ -118,12 +118,12 @@ class MooncakeWorker(WorkerPlugin):
         self.engine = EngineClient(
             self.engine_config, self._emit, core_lending=self._lending_setup()
         )
-        self.requests: RequestTable[
-            LookupResult, RequestOutput, KVExport, TransferResult
-        ] = RequestTable(
-            request_state.WorkerRequests(EARLY_LOOKUP_TIMEOUT_S, EARLY_LOOKUP_TIMEOUT_S),
-            abort_engine=lambda rid: self.engine.call("abort", rid),
-            forget=self._forget,
+        self.requests: RequestTable[LookupResult, RequestOutput, KVExport, TransferResult] = (
+            RequestTable(
+                request_state.WorkerRequests(EARLY_LOOKUP_TIMEOUT_S, EARLY_LOOKUP_TIMEOUT_S),
+                abort_engine=lambda rid: self.engine.call("abort", rid),
+                forget=self._forget,
+            )
         )
         """Each request's state on this worker and what is kept for it: the decisions (a
         repeated start, an abort that came first, a graph that never arrived, a lost

@@ -183,5 +183,4 @@ def _release_handoff(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> None
     worker.loop.add_callback(tell)
 
 
-
 __all__ = ["receive", "start_decode"]
