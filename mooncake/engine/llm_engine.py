@@ -465,8 +465,10 @@ class LLMEngine:
         """Write a held (or running) request's full blocks from block ``first`` on as
         store records into ``out`` (shared memory its worker lent), each block copied
         once, from the pool into its record; then, with ``release``, free a held
-        request's blocks. ``None`` (and nothing freed) when ``out`` is too small: export
-        the old way. A request still in prefill (chunked) exports the blocks its chunks
+        request's blocks. When ``out`` holds fewer records than there are blocks, the
+        leading ones that fit are written and nothing is freed (ask again from the next
+        block). ``None`` (and nothing freed) when ``out`` holds not even one: export the
+        old way. A request still in prefill (chunked) exports the blocks its chunks
         so far filled: that is how its KV streams to the decode side while it runs."""
         from mooncake.store.records import record_size, write_record_in_place
 
@@ -478,12 +480,16 @@ class LLMEngine:
         full = n // bs
         first = min(first, full)
         size = record_size(self.spec, self.fingerprint, bs)
-        if (full - first) * size > out.nbytes:
+        if full > first and size > out.nbytes:
             return None
+        # As many as fit: a long prompt's blocks may take several regions (the caller
+        # asks again from ``first + len(keys)``); only the call that reaches the last
+        # full block releases the request.
+        last = min(full, first + out.nbytes // size)
         keys = self.kv._keys(seq, full)
         offsets, sizes = [], []
         off = 0
-        for i in range(first, full):
+        for i in range(first, last):
             block_id = seq.block_table[i].block_id
             written = write_record_in_place(
                 out[off : off + size],
@@ -499,9 +505,9 @@ class LLMEngine:
             offsets.append(off)
             sizes.append(written)
             off += size
-        if release and request_id in self._held:
+        if release and last == full and request_id in self._held:
             self.abort_request(request_id)
-        return PackedExport(list(keys[first:full]), offsets, sizes, n, first)
+        return PackedExport(list(keys[first:last]), offsets, sizes, n, first)
 
     def release(self, request_id: str) -> None:
         """Free a held request's blocks (they stay in the prefix cache)."""

@@ -246,10 +246,14 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         )
         if finished and streamed:
             kvs.release_handoff(spec.request_id)  # no decode side will fetch them
+    exported_some = bool(streamed)
+    if packed is not None and packed.first + len(packed.keys) < packed.num_tokens // plugin.block_size:
+        # The arena ran out of room midway (other exports hold it): the rest the old way.
+        packed, exported_some = None, True
     if packed is not None:
         keys, num_tokens = streamed + packed.keys, packed.num_tokens
     else:
-        if streamed and kvs is not None:
+        if exported_some and kvs is not None:
             kvs.release_handoff(spec.request_id)  # exported again, whole, below
         export = plugin.engine.call("export_kv", spec.request_id).result()
         keys, num_tokens = [b.key for b in export.blocks if b.key is not None], export.num_tokens
@@ -344,7 +348,7 @@ def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferRes
         n = 0
         try:
             n = _streamed_prefix(plugin, streamed, keys, handle.first_token_time)
-            f = _fetch_handoff(plugin, kvs, keys[n:], handle.peer)
+            f = _fetch_handoff(plugin, kvs, keys[n:], handle.peer, rid)
         finally:
             # Fetched (or missed: decode recomputes): the prefill side may evict them now.
             _release_handoff(plugin, handle, rid)
@@ -402,6 +406,15 @@ def _streamed_prefix(
 
 
 def _fetch_handoff(
+    plugin: MooncakeWorker, kvs: KVStore, keys: list[BlockKey], peer: Peer, rid: str = ""
+) -> Fetched:
+    plugin.handoff_times.mark(rid, "fetch_start")
+    f = _fetch_handoff_blocks(plugin, kvs, keys, peer)
+    plugin.handoff_times.mark(rid, "imported", f.nbytes, f.num_blocks)
+    return f
+
+
+def _fetch_handoff_blocks(
     plugin: MooncakeWorker, kvs: KVStore, keys: list[BlockKey], peer: Peer
 ) -> Fetched:
     """Bring ``keys`` from ``peer`` into this engine's prefix cache. Same host: the
@@ -550,6 +563,7 @@ def engine_stats(dask_worker: Any) -> dict[str, Any]:
         "worker_copies": copies.snapshot(),
         "transfer_paths": dict(plugin.transfer_paths),
         "stream_blocks": dict(plugin.streams.counts) if plugin.streams is not None else {},
+        "handoff_times": plugin.handoff_times.snapshot(),
         "prefix_fetch_paths": dict(plugin.prefix_fetch_paths),
         "hit_blocks": dict(plugin.hit_blocks),
         **stats,
