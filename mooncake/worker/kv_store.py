@@ -52,7 +52,9 @@ class KVStore:
     def __init__(self, config: WorkerConfig, name: str, cluster: str = "local") -> None:
         self._dirs = [tier_dirs.claim(config.store_root, cluster, str(name))]
         host = TierConfig(
-            path=os.path.join(self._dirs[0], "host"), capacity_bytes=config.host_capacity_bytes
+            path=os.path.join(self._dirs[0], "host"),
+            capacity_bytes=config.host_capacity_bytes,
+            prefault=config.host_tier_prefault,
         )
         ssd = None
         if config.ssd_root is not None:
