@@ -87,12 +87,15 @@ def export_packed(
     info = plugin.engine.info
     per = kvs.record_bytes(info["kv_bytes_per_block"], info["fingerprint"], plugin.block_size)
     left = len(spec.prompt_token_ids) // plugin.block_size - first
-    most = max(1, arena.size // per)
+    most = arena.most_records(per)
     rid = spec.request_id
     out: PackedExport | None = None
     while True:
         want = max(1, min(left, most))
         region = arena.alloc(want * per)
+        while region is None and want > 1:  # other exports hold part of it: take less
+            want //= 2
+            region = arena.alloc(want * per)
         if region is None:
             return out
         plugin.handoff_times.mark(rid, "export_start")
