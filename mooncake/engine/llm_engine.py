@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from mooncake.config import EngineConfig
@@ -500,7 +501,7 @@ class LLMEngine:
                 self.fingerprint,
                 i,
                 algo,
-                functools.partial(self.runner.read_block_into, block_id),
+                functools.partial(self._export_block, block_id, algo == "sum64"),
             )
             offsets.append(off)
             sizes.append(written)
@@ -508,6 +509,16 @@ class LLMEngine:
         if release and last == full and request_id in self._held:
             self.abort_request(request_id)
         return PackedExport(list(keys[first:last]), offsets, sizes, n, first)
+
+    def _export_block(self, block_id: int, summed: bool, out: np.ndarray) -> int | None:
+        """Copy a pool block into ``out``; with ``summed``, return its sum64 computed on
+        the way where the fused copy applies (else ``None``: the caller sums)."""
+        if summed:
+            got = self.runner.read_block_summed(block_id, out)
+            if got is not None:
+                return got
+        self.runner.read_block_into(block_id, out)
+        return None
 
     def release(self, request_id: str) -> None:
         """Free a held request's blocks (they stay in the prefix cache)."""
@@ -556,6 +567,52 @@ class LLMEngine:
             self.pool.register(nb, b.key, b.token_ids)
         self.pool.free(new)
         return len(fresh)
+
+    def import_checked_blocks(
+        self, blocks: Seq[KVBlock], checksums: Seq[tuple[int, ChecksumName]]
+    ) -> tuple[int, int]:
+        """Put full blocks whose payloads are not checked yet (views of a host tier) into
+        this engine's prefix cache, checking each as it is copied: ``checksums[i]`` is
+        block ``i``'s record checksum and algorithm. A block not yet cached is copied
+        into a free pool block and summed in the same pass (sum64; other algorithms, or a
+        pool the fused copy does not suit, are checked first, then copied); the first
+        block whose sum differs ends the run and is not used (its pool block goes back
+        unregistered), nor are the blocks after it. Blocks already cached, and those past
+        the free pool blocks, are only checked.
+
+        Returns (the leading run of blocks found intact, blocks imported)."""
+        from mooncake.engine.kv_cache_manager import KVWrite
+        from mooncake.store.block_object import checksum
+
+        for b in blocks:
+            if b.model_fingerprint != self.fingerprint or b.spec != self.spec:
+                raise ValueError("blocks: exported by a different model or block spec")
+        intact = 0
+        new = []
+        try:
+            for b, (want, algo) in zip(blocks, checksums):
+                if not b.is_full or b.key is None:
+                    break
+                if self.pool.lookup(b.key, b.token_ids) is not None or not self.pool.num_free:
+                    if checksum(memoryview(b.data).cast("B"), algo) != want:
+                        break
+                    intact += 1
+                    continue
+                nb = self.pool.allocate(1)[0]
+                got = self.runner.write_block_summed(nb.block_id, b.data) if algo == "sum64" else None
+                if got is None:
+                    got = checksum(memoryview(b.data).cast("B"), algo)
+                    if got == want:
+                        self.runner.write_blocks([KVWrite(nb.block_id, b.data)])
+                if got != want:
+                    self.pool.free([nb])
+                    break
+                self.pool.register(nb, b.key, b.token_ids)
+                new.append(nb)
+                intact += 1
+        finally:
+            self.pool.free(new)  # cached and evictable at once, like any freed block
+        return intact, len(new)
 
     # -- diagnostics -----------------------------------------------------------------
     def prompt_logits(self, token_ids: Seq[int]) -> torch.Tensor:
