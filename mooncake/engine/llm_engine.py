@@ -582,6 +582,7 @@ class LLMEngine:
 
         Returns (the leading run of blocks found intact, blocks imported)."""
         from mooncake.engine.kv_cache_manager import KVWrite
+        from mooncake.kvcache import copies
         from mooncake.store.block_object import checksum
 
         for b in blocks:
@@ -602,6 +603,7 @@ class LLMEngine:
                 got = self.runner.write_block_summed(nb.block_id, b.data) if algo == "sum64" else None
                 if got is None:
                     got = checksum(memoryview(b.data).cast("B"), algo)
+                    copies.count("check.import", b.data.nbytes)
                     if got == want:
                         self.runner.write_blocks([KVWrite(nb.block_id, b.data)])
                 if got != want:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mooncake.kvcache import copies
 from mooncake.kvcache.block import KVBlock, KVBlockSpec
 from mooncake.store.block_object import (
     _HEADER_CACHE,
@@ -148,6 +149,7 @@ def write_record_in_place(
     summed = fill(payload)
     if summed is None or algo != "sum64":
         summed = checksum(out[off : off + nbytes], algo)
+        copies.count("check.export", nbytes)
     block = KVBlock(key, parent, token_ids, payload, spec, fingerprint)
     header = encode_header(block, summed, position, algo)
     assert len(header) <= off
@@ -261,6 +263,7 @@ def object_from_record(
             got = lib.sum64(address + off, plen) if lib is not None else sum64(pv)
         else:
             got = checksum(pv, algo)
+        copies.count("check.read", plen)
         if got != header.payload_checksum:
             raise CorruptBlockError("payload checksum mismatch")
     if key is not None and header.key != key:
