@@ -174,9 +174,7 @@ def run(model: str, tier: str, lengths: list[int], reps: int, seed: int) -> list
             after = _copies(llm)
             moved = sum(s.blocks for s in samples) * per_block
             cpb = {
-                side: {
-                    p: round(v / moved, 2) for p, v in (after[side] - before[side]).items() if v
-                }
+                side: {p: round(v / moved, 2) for p, v in (after[side] - before[side]).items() if v}
                 for side in after
             }
             rows.append(Row(tier, n, samples, cpb))
@@ -212,8 +210,9 @@ def main(argv: list[str] | None = None) -> None:
         rows += run(model, tier, lengths, args.reps, args.seed)
     print(f"model {model}, {args.reps} rep(s), medians; GB/s = 1e9 bytes/s")
     print(
-        f"{'tier':9s} {'prompt':>7s} {'MiB':>6s} {'export ms':>10s} {'import ms':>10s} {'data GB/s':>10s} "
-        f"{'wall GB/s':>10s} {'memcpy GB/s':>12s} {'warm':>6s} {'data/memcpy':>12s}  copies/block"
+        f"{'tier':9s} {'prompt':>7s} {'MiB':>6s} {'export ms':>10s} {'import ms':>10s} "
+        f"{'data GB/s':>10s} {'wall GB/s':>10s} {'memcpy GB/s':>12s} {'warm':>6s} "
+        f"{'data/memcpy':>12s}  copies/block"
     )
     for r in rows:
         mem = r.gbps("memcpy_s")
@@ -237,11 +236,10 @@ def save_results(rows: list[Row], args: argparse.Namespace) -> None:
     for r in rows:
         mem = r.gbps("memcpy_s")
         label = (
-            f"{r.prompt_tokens}-token prompt ({r.samples[0].nbytes / 2**20:.0f} MiB), "
-            f"{r.tier} tier"
+            f"{r.prompt_tokens}-token prompt ({r.samples[0].nbytes / 2**20:.0f} MiB), {r.tier} tier"
         )
         for what, col, target in (
-            ("data_s", "data path (export + import)", "≥ 0.5" if r.prompt_tokens == 2048 else None),
+            ("data_s", "data path (export + import)", "≥ 0.5" if r.prompt_tokens == 2048 else ""),
             ("export_s", "export (pool -> host tier)", None),
             ("import_s", "import (host tier -> pool)", None),
             ("wall_s", "wall, export start -> import done", None),
@@ -257,7 +255,7 @@ def save_results(rows: list[Row], args: argparse.Namespace) -> None:
                     "GB/s",
                     "memcpy",
                     mem,
-                    target=target,
+                    target=target or None,
                     note=note,
                 )
                 | {"row": label, "col": col}
@@ -279,9 +277,7 @@ def save_results(rows: list[Row], args: argparse.Namespace) -> None:
             "benchmarks/handoff_bandwidth.py."
         ),
         extra={
-            "copies_per_block": {
-                f"{r.tier}/{r.prompt_tokens}": r.copies_per_block for r in rows
-            }
+            "copies_per_block": {f"{r.tier}/{r.prompt_tokens}": r.copies_per_block for r in rows}
         },
     )
 

@@ -35,6 +35,11 @@ if TYPE_CHECKING:
     from mooncake.store.config import ChecksumName
 
 
+def _bytes_of(data: np.ndarray) -> memoryview:
+    """A C-contiguous array's bytes, without a copy (to checksum them)."""
+    return memoryview(data).cast("B")  # type: ignore[arg-type]
+
+
 @dataclass
 class EngineStats:
     """Counters since the engine started."""
@@ -595,14 +600,16 @@ class LLMEngine:
                 if not b.is_full or b.key is None:
                     break
                 if self.pool.lookup(b.key, b.token_ids) is not None or not self.pool.num_free:
-                    if checksum(memoryview(b.data).cast("B"), algo) != want:
+                    if checksum(_bytes_of(b.data), algo) != want:
                         break
                     intact += 1
                     continue
                 nb = self.pool.allocate(1)[0]
-                got = self.runner.write_block_summed(nb.block_id, b.data) if algo == "sum64" else None
+                got = None
+                if algo == "sum64":
+                    got = self.runner.write_block_summed(nb.block_id, b.data)
                 if got is None:
-                    got = checksum(memoryview(b.data).cast("B"), algo)
+                    got = checksum(_bytes_of(b.data), algo)
                     copies.count("check.import", b.data.nbytes)
                     if got == want:
                         self.runner.write_blocks([KVWrite(nb.block_id, b.data)])

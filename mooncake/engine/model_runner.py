@@ -135,10 +135,9 @@ class ModelRunner:
             kv, lib = self.kv_cache, records_lib()
             ok = lib is not None and kv.device.type == "cpu" and kv.is_contiguous()
             elt = kv.element_size()
+            segments = kv.shape[0] * kv.shape[1]
             geo = self._fused_geo = (
-                (lib, kv.data_ptr(), kv.stride(2) * elt, kv.stride(1) * elt, kv.shape[0] * kv.shape[1])
-                if ok
-                else ()
+                (lib, kv.data_ptr(), kv.stride(2) * elt, kv.stride(1) * elt, segments) if ok else ()
             )
         return geo or None
 
@@ -153,9 +152,8 @@ class ModelRunner:
         lib, base, tok, stride, nseg = geo
         seg = n * tok
         dst = out.__array_interface__["data"][0]
-        total = int(
-            lib.copy_sum64_strided(dst, seg, base + block_id * self.block_size * tok, stride, seg, nseg)
-        )
+        src = base + block_id * self.block_size * tok
+        total = int(lib.copy_sum64_strided(dst, seg, src, stride, seg, nseg))
         copies.count("engine.export", seg * nseg)
         return total
 
@@ -171,9 +169,8 @@ class ModelRunner:
         lib, base, tok, stride, nseg = geo
         seg = n * tok
         src = data.__array_interface__["data"][0]
-        total = int(
-            lib.copy_sum64_strided(base + block_id * self.block_size * tok, stride, src, seg, seg, nseg)
-        )
+        dst = base + block_id * self.block_size * tok
+        total = int(lib.copy_sum64_strided(dst, stride, src, seg, seg, nseg))
         copies.count("engine.import", seg * nseg)
         return total
 

@@ -38,8 +38,8 @@ from mooncake.worker import request_state
 from mooncake.worker.block_presence import BlockPresence
 from mooncake.worker.config import WorkerConfig
 from mooncake.worker.engine_client import EngineClient
-from mooncake.worker.kv_store import KVStore
 from mooncake.worker.handoff_times import HandoffTimes
+from mooncake.worker.kv_store import KVStore
 from mooncake.worker.kv_stream import StreamImports
 from mooncake.worker.lookup import begin_lookup, fetches_remote, run_lookup
 from mooncake.worker.messages import LookupResult, RequestSpec

@@ -247,7 +247,8 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         if finished and streamed:
             kvs.release_handoff(spec.request_id)  # no decode side will fetch them
     exported_some = bool(streamed)
-    if packed is not None and packed.first + len(packed.keys) < packed.num_tokens // plugin.block_size:
+    full = packed.num_tokens // plugin.block_size if packed is not None else 0
+    if packed is not None and packed.first + len(packed.keys) < full:
         # The arena ran out of room midway (other exports hold it): the rest the old way.
         packed, exported_some = None, True
     if packed is not None:

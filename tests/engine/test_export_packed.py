@@ -102,6 +102,7 @@ def test_a_region_too_small_for_all_blocks_takes_the_leading_ones(tiny_llama, tm
     assert tail is not None and tail.first == 3 and len(tail.keys) == 1
     assert "r" not in e._held
     off, size = tail.offsets[0], tail.sizes[0]
-    assert bytes(view[off : off + size]) == bytes(encode_record(ref.blocks[3], 3, "sum64", bytearray()))
+    want = encode_record(ref.blocks[3], 3, "sum64", bytearray())
+    assert bytes(view[off : off + size]) == bytes(want)
     del view
     arena.close()

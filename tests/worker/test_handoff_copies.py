@@ -83,8 +83,9 @@ def test_copies_per_block_on_the_handoff(tiny_llama, same_host, want):
     ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=128)).generate([prompt], GREEDY)
     assert out.token_ids == ref[0].token_ids
     print(sides)
-    (prefill, prefill_checks), (decode, decode_checks) = _split(sides["prefill"]), _split(
-        sides["decode"]
+    (prefill, prefill_checks), (decode, decode_checks) = (
+        _split(sides["prefill"]),
+        _split(sides["decode"]),
     )
     if same_host and records_lib() is not None:
         # Each copy sums what it moves in the same pass: no separate checksum pass over
