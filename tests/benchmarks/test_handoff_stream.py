@@ -42,3 +42,38 @@ def test_handoff_benchmark_runs_small(tiny_llama, tmp_path, capsys):
     assert [r["setup"] for r in rows] == ["1p1d-stream"]
     streamed = rows[0]["stream_blocks"]
     assert sum(streamed.get(k, 0) for k in ("during_prefill", "after_prefill", "transfer")) == 4
+
+
+def test_one_device_cpus_is_half_of_this_process_cpus():
+    """``colocated-1dev`` pins its engine to the first half of the CPUs this process may
+    run on (at least one), the slice the first worker of 1P+1D gets."""
+    import os
+
+    allowed = sorted(os.sched_getaffinity(0))
+    got = [int(c) for c in handoff_stream.one_device_cpus().split(",")]
+    assert got == allowed[: max(1, len(allowed) // 2)]
+
+
+def test_saved_targets_read_against_the_same_cores(monkeypatch):
+    """The 2,048-token target is read against ``colocated-1dev``; the every-core colocated
+    ratio is saved beside it without a target."""
+    import argparse
+
+    import result_file
+
+    saved = {}
+    monkeypatch.setattr(
+        result_file, "save", lambda name, title, claims, notes: saved.update(c=claims)
+    )
+    R = handoff_stream.Row
+    rows = [
+        R("colocated", 2048, [1.0], [0.02], {}),
+        R("colocated-1dev", 2048, [2.0], [0.02], {}),
+        R("1p1d", 2048, [2.1], [0.05], {}),
+    ]
+    handoff_stream.save_results(rows, argparse.Namespace(reps=1, shape="s", chunk=512))
+    by_col = {c["col"]: c for c in saved["c"]}
+    assert by_col["TTFT p50 vs colocated-1dev"]["ratio"] == pytest.approx(1.05)
+    assert by_col["TTFT p50 vs colocated-1dev"]["target"] == "≤ 1.1"
+    assert by_col["TTFT p50 vs colocated on every core"]["ratio"] == pytest.approx(2.1)
+    assert by_col["TTFT p50 vs colocated on every core"]["target"] is None
