@@ -156,6 +156,22 @@ class KVStore:
         """Arena bytes one full block's record takes."""
         return payload_offset(header_length_for(fingerprint, block_size)) + bytes_per_block
 
+    @property
+    def host_tier_path(self) -> str | None:
+        """This worker's host tier directory (its engine reads it in place), if any."""
+        tier = self.store.tiers.get("host")
+        return tier.cfg.path if tier is not None else None
+
+    def host_prefix(self, keys: Sequence[BlockKey]) -> int:
+        """How many leading ``keys`` are in this worker's host tier, for its engine to
+        import in place (``import_from_tier``); they count as hits and uses (eviction
+        order) as a read here would."""
+        tiers = self.store.match_prefix(keys).tiers
+        n = next((i for i, t in enumerate(tiers) if t != "host"), len(tiers))
+        if n:
+            self.store.get_raw_many(list(keys[:n]))  # hits and recency; views dropped
+        return n
+
     def local_prefix(self, keys: Sequence[BlockKey], use: Consumer) -> Fetched:
         """Hand the leading blocks of ``keys`` found in this worker's tiers to ``use``."""
         n = self.store.match_prefix(keys).num_matched
