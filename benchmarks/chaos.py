@@ -27,8 +27,10 @@ loss (kill -> the client learning of it: its watch on the worker, the worker's t
 stream, or the worker-left event -> the stream acting on it), placing it
 again (the Conductor), submitting the new graph, the KV transfer on the new decode worker
 (from the prefill worker's host tier, or a miss: recompute) and the rest up to the first
-resumed token (scheduling the tasks, recomputing prompt + tokens so far less what was
-fetched, one decode step).
+resumed token (recomputing prompt + tokens so far less what was fetched, one decode
+step; and, without the early resume, scheduling the tasks). With the early resume the
+Conductor starts the transfer and decode on the new decode worker when it places the
+request, so the transfer and the rest count from the placement, not the submission.
 
 ``--kill-target busiest`` kills the worker (of ``--kill-roles``) with the most requests
 in flight rather than a random one, and ``--min-inflight`` waits until it has that many;
@@ -217,6 +219,10 @@ def killer(
             pass
 
 
+MIN_MOVES_FOR_MEDIAN = 10
+"""Fewer completed moves than this and the run says its medians are rough."""
+
+
 def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
@@ -269,8 +275,11 @@ def breakdown(outcomes: list[Outcome], moves: list[MoveRecord], kills: list[Kill
         row["place_s"] = span(m.noticed_at, m.placed_at)
         row["submit_s"] = span(m.placed_at, m.submitted_at)
         row["transfer_s"] = m.transfer_s
-        to_first = span(m.submitted_at, m.first_token_at)
-        row["submit_to_first_token_s"] = to_first
+        # With the early resume the new decode worker starts at placement, not at the
+        # graph's submission: the transfer and the rest count from there.
+        to_first = span(m.placed_at if m.early else m.submitted_at, m.first_token_at)
+        row["early"] = m.early
+        row["submit_to_first_token_s"] = span(m.submitted_at, m.first_token_at)
         row["rest_to_first_token_s"] = (
             None if to_first is None or m.transfer_s is None else to_first - m.transfer_s
         )
@@ -308,6 +317,7 @@ def breakdown(outcomes: list[Outcome], moves: list[MoveRecord], kills: list[Kill
         "p50": {key: med(key) for key in keys},
         "paths": dict(collections.Counter(str(r["path"]) for r in rows)),
         "notices": dict(collections.Counter(str(r["notice"]) for r in rows)),
+        "early": sum(1 for r in rows if r.get("early")),
     }
 
 
@@ -433,6 +443,7 @@ def main() -> None:
         "breakdown_p50": bd["p50"],
         "transfer_paths": bd["paths"],
         "notices": bd["notices"],
+        "early_resumes": bd["early"],
         "move_rows": bd["moves"],
         "kills": (
             kills_out := [
@@ -458,8 +469,14 @@ def main() -> None:
         "unmoved_e2e_p50_s",
         "transfer_paths",
         "notices",
+        "early_resumes",
     ):
         print(f"{key:>22}: {_fmt(result[key])}")
+    if len(bd["moves"]) < MIN_MOVES_FOR_MEDIAN:
+        print(
+            f"note: only {len(bd['moves'])} completed moves: the medians below are rough "
+            "(a longer run, e.g. --num-prompts 400, gives more kills)"
+        )
     kill_list = ", ".join(f"{d['roles']}@{d['t_s']}s({d['inflight']})" for d in kills_out)
     print(f"{'kills (in flight)':>22}: {kill_list}")
     print(f"{'errors':>22}: {result['errors']}")

@@ -16,7 +16,9 @@ after the KV landed: that gap (and TTFT + gap, against colocated) is the number
 streaming should shrink.
 
 Each prompt is fresh random token ids (nothing cached), one request at a time, after
-one warm-up request per set-up. Run it alone on an idle machine::
+one warm-up request per set-up. ``--cpu-core-lending`` turns on
+``WorkerConfig.cpu_core_lending`` in every set-up (an idle engine's cores go to the one
+with work) and prints each worker's lending counters. Run it alone on an idle machine::
 
     python benchmarks/handoff_stream.py                      # llama-57m-16k, 3 reps
     python benchmarks/handoff_stream.py --shape tiny-16k --prompts 64,256 --reps 1 --chunk 32
@@ -33,7 +35,7 @@ import os
 import random
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mooncake.client import LLM, WorkerConfig
 from mooncake.config import EngineConfig
@@ -50,6 +52,8 @@ class Row:
     ttft_s: list[float]
     gap_s: list[float]
     stream_blocks: dict[str, int]
+    lending: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per worker role: steps, steps with borrowed cores, rebinds, us per ledger check."""
 
 
 async def _one(llm: LLM, prompt: list[int]) -> tuple[float, float]:
@@ -76,6 +80,35 @@ def _stream_blocks(llm: LLM) -> dict[str, int]:
     return total
 
 
+def _lending(llm: LLM) -> dict[str, dict[str, float]]:
+    out = {}
+    for w, s in llm.worker_stats().items():
+        cl = s.get("core_lending")
+        if cl:
+            out["+".join(llm.workers[w]["roles"])] = {
+                k: cl[k] for k in ("steps", "borrowed_steps", "rebinds", "ledger_s", "rebind_s")
+            }
+    return out
+
+
+def _lending_delta(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    out = {}
+    for role, a in after.items():
+        b = before.get(role, {})
+        d = {k: v - b.get(k, 0) for k, v in a.items()}
+        steps = max(1, int(d["steps"]))
+        out[role] = {
+            "steps": d["steps"],
+            "borrowed_steps": d["borrowed_steps"],
+            "rebinds": d["rebinds"],
+            "ledger_us_per_step": round(d["ledger_s"] / steps * 1e6, 1),
+            "rebind_us_each": round(d["rebind_s"] / max(1, int(d["rebinds"])) * 1e6, 1),
+        }
+    return out
+
+
 def one_device_cpus() -> str:
     """The CPUs the first worker of a 1P+1D cluster pins its engine to (half of this
     process's CPUs, as ``LLM`` splits them between two workers), as a CPU list."""
@@ -84,7 +117,13 @@ def one_device_cpus() -> str:
 
 
 def run_setup(
-    setup: str, model: str, lengths: list[int], reps: int, chunk: int, seed: int
+    setup: str,
+    model: str,
+    lengths: list[int],
+    reps: int,
+    chunk: int,
+    seed: int,
+    lending: bool = False,
 ) -> list[Row]:
     ec = EngineConfig(
         model=model,
@@ -96,7 +135,7 @@ def run_setup(
     llm = LLM(
         mode="colocated" if setup in COLOCATED else "disaggregated",
         engine_config=ec,
-        worker_config=WorkerConfig(stream_kv=setup == "1p1d-stream"),
+        worker_config=WorkerConfig(stream_kv=setup == "1p1d-stream", cpu_core_lending=lending),
         dashboard_address=None,
     )
     rng = random.Random(seed)
@@ -106,6 +145,7 @@ def run_setup(
         asyncio.run(_one(llm, [rng.randrange(vocab) for _ in range(min(lengths))]))  # warm-up
         for n in lengths:
             before = _stream_blocks(llm)
+            lent = _lending(llm)
             ttft, gap = [], []
             for _ in range(reps):
                 t, g = asyncio.run(_one(llm, [rng.randrange(vocab) for _ in range(n)]))
@@ -113,7 +153,14 @@ def run_setup(
                 gap.append(g)
             after = _stream_blocks(llm)
             rows.append(
-                Row(setup, n, ttft, gap, {k: v - before.get(k, 0) for k, v in after.items()})
+                Row(
+                    setup,
+                    n,
+                    ttft,
+                    gap,
+                    {k: v - before.get(k, 0) for k, v in after.items()},
+                    _lending_delta(lent, _lending(llm)),
+                )
             )
     finally:
         llm.close()
@@ -131,6 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--setups", default=",".join(SETUPS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--cpu-core-lending",
+        action="store_true",
+        help="WorkerConfig.cpu_core_lending in every set-up (idle engines lend their cores)",
+    )
     ap.add_argument("--out", default=None, help="also write the rows here (JSON)")
     ap.add_argument(
         "--save-results",
@@ -150,9 +202,12 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--setups: unknown {s!r}; known: {', '.join(SETUPS)}")
     rows: list[Row] = []
     for i, s in enumerate(setups):
-        rows += run_setup(s, model, lengths, args.reps, args.chunk, args.seed + i)
+        rows += run_setup(
+            s, model, lengths, args.reps, args.chunk, args.seed + i, args.cpu_core_lending
+        )
     med = statistics.median
-    print(f"model {model}, chunk {args.chunk} tokens, {args.reps} rep(s), medians")
+    lend = ", core lending on" if args.cpu_core_lending else ""
+    print(f"model {model}, chunk {args.chunk} tokens, {args.reps} rep(s), medians{lend}")
     print(
         f"{'setup':14s} {'prompt':>7s} {'TTFT ms':>9s} {'x colo':>7s} {'x 1dev':>7s} "
         f"{'gap 1->2 ms':>12s} {'TTFT+gap x 1dev':>16s}  streamed blocks"
@@ -167,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{r.setup:14s} {r.prompt_tokens:7d} {t * 1e3:9.1f} {ratio} {ratio1} "
             f"{g * 1e3:12.1f} {ratio2}  {r.stream_blocks or ''}"
         )
+        for role, counts in r.lending.items():
+            print(f"{'':14s} lending {role}: {counts}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump([r.__dict__ for r in rows], f, indent=1)
@@ -242,6 +299,12 @@ def save_results(rows: list[Row], args: argparse.Namespace) -> None:
             "ratio against it is the hand-off's own cost, as with one device per engine; "
             "`colocated` uses every core, so against it 1P+1D also pays for prefilling on "
             "half the cores of this small host."
+            + (
+                " Core lending on (`--cpu-core-lending`): an idle engine's cores go to the "
+                "engine with work."
+                if getattr(args, "cpu_core_lending", False)
+                else ""
+            )
         ),
     )
 

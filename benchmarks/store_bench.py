@@ -20,7 +20,14 @@ receiver on the other. Host tiers are not measured then.
   ``recv_into`` at 64 KiB, which is faster on loopback);
   with ``--dask``, also Dask's TCP comm moving the same bytes; with ``--variants``, also
   the fetch with every request frame at ``batch_blocks`` keys (``batch_bytes=0``) and
-  with Python timeout sockets instead of blocking ones.
+  with Python timeout sockets instead of blocking ones. Each block shape also prints the
+  CPU seconds per GB of both ends of every TCP row (the receiver: this process; the
+  sender: the server process), and its ratio to the raw socket's: on a shared machine
+  the steadier figure (wall time also counts waiting for a core).
+
+The raw sender sends from anonymous memory (numpy; transparent huge pages where the
+kernel grants them), the block server from the tier's LMDB map (tmpfs: 4 KiB pages
+unless mounted ``huge=``); copying out of the latter costs the kernel more per byte.
 
 Block shapes: the engine's default tiny model (4 layers, 2 KV heads, head_dim 32,
 fp32) with the engine's 16-token blocks (32 KiB) and with the paper's 512-token blocks
@@ -35,6 +42,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -135,18 +143,75 @@ def make_blocks(spec: KVBlockSpec, n: int, seed: int = 0) -> list[KVBlock]:
 Op = tuple[Callable[[], object], Callable[[], object] | None]
 
 
-def interleaved(ops: dict[str, Op], reps: int) -> dict[str, list[float]]:
+def interleaved(
+    ops: dict[str, Op],
+    reps: int,
+    cpu: dict[str, Callable[[], tuple[float, ...]]] | None = None,
+    cpu_used: dict[str, list[tuple[float, ...]]] | None = None,
+) -> dict[str, list[float]]:
     """Seconds per rep of each op, ops run round-robin inside each rep so that a
-    baseline and what is compared with it see the same machine load (2 shared cores)."""
+    baseline and what is compared with it see the same machine load (2 shared cores).
+
+    ``cpu``: per op, a reading of the CPU seconds of every process it runs in
+    (:func:`proc_cpu` of each); each rep's difference is appended to ``cpu_used[name]``."""
     times: dict[str, list[float]] = {name: [] for name in ops}
     for _ in range(reps):
         for name, (fn, setup) in ops.items():
             if setup is not None:
                 setup()
+            c0 = cpu[name]() if cpu and name in cpu else None
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+            if c0 is not None and cpu_used is not None and cpu is not None:
+                c1 = cpu[name]()
+                cpu_used.setdefault(name, []).append(tuple(b - a for a, b in zip(c0, c1)))
     return times
+
+
+def print_cpu(cpu_used: dict[str, list[tuple[float, ...]]], nbytes: int) -> None:
+    """CPU seconds per GB moved, summed over reps, of the receiver (this process) and
+    the sender (the server process), each as total (user / system), and the total's
+    ratio to the raw socket's. CPU per byte is steadier than wall time on a shared
+    machine: it does not count the time the two ends wait for a core."""
+    if not cpu_used:
+        return
+    print("| op | receiver CPU-s/GB (user / sys) | sender CPU-s/GB (user / sys) | total | vs raw |")
+    print("| --- | --- | --- | --- | --- |")
+    per: dict[str, list[float]] = {}
+    for name, rows in cpu_used.items():
+        gb = nbytes * len(rows) / GB
+        per[name] = [sum(r[i] for r in rows) / gb for i in range(6)]
+    base = per["raw socket"][2] + per["raw socket"][5] if "raw socket" in per else None
+    for name, (ru, rs, rt, su, ss, st) in per.items():
+        ratio = f"{(rt + st) / base:.2f}" if base else "-"
+        print(
+            f"| {name} | {rt:.3f} ({ru:.3f} / {rs:.3f}) | {st:.3f} ({su:.3f} / {ss:.3f}) "
+            f"| {rt + st:.3f} | {ratio} |"
+        )
+    print(flush=True)
+
+
+def proc_cpu(pid: int | None = None) -> tuple[float, float, float]:
+    """(user, system, total) CPU seconds of this process (``pid`` None) or of process
+    ``pid``, its threads included. The total is exact (``process_time``, or the sum of
+    the threads' ``schedstat`` run times: threads of the server that ran during an op
+    are alive after it); the user / system split of another process comes in clock
+    ticks (``/proc/PID/stat``), only indicative per rep."""
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime, r.ru_stime, time.process_time()
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    total_ns = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total_ns += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # the thread exited meanwhile
+    return int(fields[11]) / tick, int(fields[12]) / tick, total_ns / 1e9
 
 
 def summarize(
@@ -405,9 +470,21 @@ def bench_tcp(
             assert sum(np.asarray(a).nbytes for a in msg["frames"]) == total
 
         ops["Dask comm"] = (lambda: loop.run_until_complete(dask_once()), None)
+    # CPU of both ends of each op: this process plus the server process it reads from.
+    raw_pid, store_pid = procs[0].pid, procs[1].pid
+
+    def both(pid: int) -> Callable[[], tuple[float, ...]]:
+        return lambda: (*proc_cpu(), *proc_cpu(pid))
+
+    cpu = {
+        name: both(raw_pid if name.startswith("raw") else store_pid)
+        for name in ops
+        if name.startswith(("raw", "TCP"))
+    }
+    cpu_used: dict[str, list[tuple[float, ...]]] = {}
     try:
         interleaved(ops, 1)  # warm up: connections, pooled buffers
-        times = interleaved(ops, reps)
+        times = interleaved(ops, reps, cpu, cpu_used)
     finally:
         if dask:
             loop.run_until_complete(comm.close())
@@ -430,6 +507,7 @@ def bench_tcp(
             p.join(10)
             if p.is_alive():
                 p.kill()
+    print_cpu(cpu_used, total)
     out = summarize(times, total, "raw socket")
     # The same fetch against the stronger baseline (ratio per rep, as above).
     tuned = summarize(

@@ -44,6 +44,7 @@ from mooncake.client_batch import BatchMixin
 from mooncake.client_common import PLACE_TIMEOUT_S, Rejected, Unavailable, WorkerLost
 from mooncake.client_liveness import LivenessMixin
 from mooncake.client_moves import MoveRecord
+from mooncake.client_place import PlaceBatcher
 from mooncake.client_stream import StreamMixin
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.membership import TOPIC as MEMBERSHIP_TOPIC
@@ -66,7 +67,7 @@ from mooncake.security import TLSFiles, check_address, client_security, embedded
 from mooncake.store import tier_dirs
 from mooncake.tokenizer import Tokenizer
 from mooncake.worker.config import WorkerConfig
-from mooncake.worker.messages import KVHandle, RequestSpec
+from mooncake.worker.messages import KVHandle, RequestSpec, ResumeStart
 from mooncake.worker.plugin import MooncakeWorker
 from mooncake.worker.tasks import engine_stats, worker_info
 from mooncake.worker.token_stream import TokenStreamServer
@@ -256,8 +257,8 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         """A moved stream's request id -> the id of its current attempt."""
         self.move_log: collections.deque[MoveRecord] = collections.deque(maxlen=MOVE_LOG_LEN)
         """The latest moves of streamed requests, step by step (``mooncake.client_moves``)."""
-        self._place_slots: asyncio.Semaphore | None = None
-        """Bounds the placement calls in flight (made on the client's loop at first use)."""
+        self._placer: PlaceBatcher | None = None
+        """Coalesces and bounds the placement calls (made on the client's loop at first use)."""
         self._left_at: dict[str, float] = {}
         """Worker -> when the client got its worker-left event (``time.monotonic()``)."""
         self._task_workers: dict[str, str] = {}
@@ -271,6 +272,8 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         self._watches: dict[str, asyncio.Task[None]] = {}
         """Worker -> the task holding its liveness watch (``mooncake.client_liveness``)."""
         self._watching = True
+        self._exit_poll: asyncio.Task[None] | None = None
+        """Checks watched workers on this host for an exit (``client_liveness``)."""
         self._live_cache: tuple[float, set[str]] = (0.0, set())
         self._lock = threading.Lock()
         self._ids = itertools.count()
@@ -489,7 +492,11 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         return spec.prompt_block_keys(int(self.info["block_size"]), root)
 
     def _place_request(
-        self, spec: RequestSpec, resume: bool = False, exclude: tuple[str, ...] = ()
+        self,
+        spec: RequestSpec,
+        resume: bool = False,
+        exclude: tuple[str, ...] = (),
+        resume_from: ResumeStart | None = None,
     ) -> dict[str, Any]:
         max_out = spec.params.max_tokens or (self.max_model_len - len(spec.prompt_token_ids))
         with self._lock:
@@ -501,11 +508,15 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
             block_keys=self._block_keys(spec),
             output_len=max_out,
             client=self.client.id,
-            # A resumed request goes straight to a decode worker: no early lookup.
-            # Otherwise the request is passed on to the prefill worker, which starts
-            # the lookup at placement.
+            # A resumed request goes straight to a decode worker: no early lookup; with
+            # the tokens it had (``resume_from``) the Conductor passes it on to that
+            # worker, which resumes it at placement (the early resume). Otherwise the
+            # request is passed on to the prefill worker, which starts the lookup at
+            # placement.
             resume=resume,
-            spec=None if resume else to_serialize(spec),
+            spec=(to_serialize(resume_from) if resume_from is not None else None)
+            if resume
+            else to_serialize(spec),
             start="generate" if self.mode == "colocated" else "prefill",
             exclude=avoid,
         ).to_msg()
@@ -531,12 +542,19 @@ class LLM(BatchMixin, StreamMixin, LivenessMixin):
         ``PLACE_CONCURRENCY`` calls at once: each call beyond the connections the pool
         holds opens a new (TLS) connection to the scheduler, and a burst of them (every
         request of a lost worker placed again at once) cost the scheduler and this loop
-        a handshake each, delaying every placement of the burst by hundreds of ms."""
-        if self._place_slots is None:
-            self._place_slots = asyncio.Semaphore(PLACE_CONCURRENCY)
-        async with self._place_slots:
-            reply: dict[str, Any] = await self._scheduler.mooncake_place(request=request)
-        return reply
+        a handshake each, delaying every placement of the burst by hundreds of ms. The
+        requests waiting for a call go together in one (``mooncake.client_place``)."""
+        if self._placer is None:
+            scheduler = self._scheduler
+
+            async def place_many(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                replies: list[dict[str, Any]] = await scheduler.mooncake_place_many(
+                    requests=requests
+                )
+                return replies
+
+            self._placer = PlaceBatcher(place_many, PLACE_CONCURRENCY)
+        return await self._placer.ask(request)
 
     def submit(self, spec: RequestSpec, placement: PlacementInfo) -> Future[Any]:
         """Submit the request's graph; returns the future of its final ``RequestOutput``."""

@@ -6,22 +6,32 @@ stops the request. Streams (``LLM.stream``) and batches (``LLM.generate``) both 
 
 The scheduler's worker-left event comes after the scheduler has noticed the broken
 connection, removed the worker and published the event (tens of ms after a ``kill -9``;
-~100 ms on a busy scheduler). The client learns of it sooner itself, from two signs:
+~100 ms on a busy scheduler). The client learns of it sooner itself, from these signs:
 
-- a **watch** (``mooncake_watch``): one call held open on every worker it has placed a
-  request on; its connection breaks the moment the worker's process dies, at the same
-  instant the scheduler's does;
+- on its own host (same pid namespace), the worker's **process exiting**: while
+  requests are placed, the watched workers' /proc entries are read every
+  ``EXIT_POLL_S``; a ``kill -9``'d process is marked exiting at once, while its
+  connections only break once the kernel has torn its memory down (tens of ms later);
+- a **watch** (``mooncake_watch``): one call after another held open on every worker it
+  has placed a request on, each answered after ``WATCH_S``; its connection breaks the
+  moment the worker's process dies, at the same instant the scheduler's does. A call
+  not answered ``WATCH_GRACE_S`` after its time counts as broken too (a host whose link
+  went down breaks no connection: packets just stop);
 - the worker's engine **closing its token stream** mid-request (the engine process
   dies with its worker, but only after its own teardown: usually later than the event).
 
-Neither proves anything alone (a connection also breaks for other reasons; an engine
-also drops a client that does not keep up), so the client then checks that the worker's
-process is gone: on its own host (same pid namespace) in /proc (gone, a zombie, or
+A broken watch or a closed stream proves nothing alone (a connection also breaks for
+other reasons; an engine also drops a client that does not keep up), so the client then
+checks that the worker's process is gone: on its own host in /proc (gone, a zombie, or
 exiting), elsewhere by connecting to the worker's address (refused: no process listens
 there any more; this waits for the dying process's listener to close, tens of ms later
-than its connections). Only then are its requests told, as they would be by the event
-(``("lost", worker, notice)``). Anything else (alive, or no verdict) leaves it to the
-scheduler.
+than its connections). A TCP address that neither accepts nor refuses a connection for
+``UNREACHABLE_S`` after its watch broke counts as gone too (its host is down or cut
+off), so a silent host is acted on within a bounded time (about ``WATCH_S +
+WATCH_GRACE_S + UNREACHABLE_S``), not after the scheduler's ``worker-ttl`` (5 minutes by
+default); should it answer again while the scheduler still has it, it is taken back.
+Only then are its requests told, as they would be by the event (``("lost", worker,
+notice)``). Anything else (alive) leaves it to the scheduler.
 
 A mixin of :class:`mooncake.client.LLM`, which owns the state named below.
 """
@@ -54,9 +64,30 @@ def _own_ns() -> str:
 
 PROBE_TIMEOUT_S = 0.5
 """How long the check that a worker still listens may take (no answer: no verdict)."""
-WATCH_S = 60.0
-"""How long one watch call stays open before the client renews it."""
+WATCH_S = 1.0
+"""How long one watch call stays open before the client renews it (the heartbeat)."""
+WATCH_GRACE_S = 2.0
+"""How late past ``WATCH_S`` a watch call may answer before it counts as broken (a
+worker's loop busy for that long still answers the probe's connection)."""
+UNREACHABLE_S = 3.0
+"""A worker whose watch broke and whose TCP address neither accepts nor refuses a
+connection for this long is taken as gone (its host is down or cut off)."""
+MAX_WATCH_PAUSE_S = 5.0
+"""The longest pause before a broken watch on a live worker is made again."""
+REVIVE_S = 5.0
+"""How often a worker taken as gone while unreachable is tried again."""
+EXIT_POLL_S = 0.01
+"""How often the processes of watched workers on this host are checked for an exit
+while requests are placed (reading one /proc entry each)."""
 _PROBED_SCHEMES = ("tcp", "tls", "ws", "wss")
+
+
+def _probed(address: str) -> bool:
+    """Whether ``still_listens`` can tell anything about ``address`` (a TCP-based comm)."""
+    try:
+        return parse_address(address)[0] in _PROBED_SCHEMES
+    except ValueError:
+        return False
 
 
 _PF_EXITING = 0x4
@@ -120,6 +151,7 @@ class LivenessMixin:
     _probes: set[asyncio.Task[None]]
     _watches: dict[str, asyncio.Task[None]]
     _watching: bool
+    _exit_poll: asyncio.Task[None] | None
 
     if TYPE_CHECKING:
 
@@ -175,28 +207,49 @@ class LivenessMixin:
     async def _check_suspects(self, workers: list[str]) -> None:
         await asyncio.gather(*(self._confirm_gone(w, "stream") for w in workers))
 
-    async def _confirm_gone(self, worker: str, notice: str) -> bool:
-        """(Client loop.) Whether ``worker`` is gone: known already, or its port refuses
-        a connection now (then its requests are told, with ``notice``)."""
+    async def _confirm_gone(
+        self, worker: str, notice: str, unreachable_since: float | None = None
+    ) -> bool:
+        """(Client loop.) Whether ``worker`` is gone (``_verdict`` says so)."""
+        return await self._verdict(worker, notice, unreachable_since) is True
+
+    async def _verdict(
+        self, worker: str, notice: str, unreachable_since: float | None = None
+    ) -> bool | None:
+        """(Client loop.) True when ``worker`` is gone: known already, its process on
+        this host has ended, its port refuses a connection now, or (with
+        ``unreachable_since``, when its watch broke) its TCP address has neither
+        accepted nor refused one for ``UNREACHABLE_S``; then its requests are told, with
+        ``notice``. False: it is alive (its process runs, its port accepts). None: no
+        verdict yet."""
         if worker in self._gone:
             return True
         info = self.workers.get(worker) or {}
         pid = info.get("worker_pid")
         ended: bool | None = None
+        how = "its process ended"
         if pid is not None and info.get("process_ns") and info["process_ns"] == _own_ns():
             ended = process_ended(int(pid))
         if ended is None:
-            ended = await still_listens(worker) is False
+            listens = await still_listens(worker)
+            ended, how = (None if listens is None else not listens), "its port refuses"
+            if (
+                listens is None
+                and unreachable_since is not None
+                and _probed(worker)
+                and time.monotonic() - unreachable_since >= UNREACHABLE_S
+            ):
+                ended, how = True, f"unreachable for {UNREACHABLE_S:g} s"
+                self._revive_later(worker, info)
         if not ended:
-            return False
+            return ended
         if worker not in self._gone:
-            logger.info("worker %s is gone (noticed by its %s; its port refuses)", worker, notice)
+            logger.info("worker %s is gone (noticed by its %s; %s)", worker, notice, how)
             with self._lock:
                 # Placements avoid it until the scheduler removes it (membership).
                 self._dead.add(worker)
             self._worker_gone(worker, notice)
         return True
-
     def _start_watches(self, workers: set[str]) -> None:
         """(Any thread.) Make sure each of ``workers`` is watched (see the module's
         docstring)."""
@@ -207,30 +260,104 @@ class LivenessMixin:
         for w in sorted(workers):
             if self._watching and w not in self._watches and w not in self._gone:
                 self._watches[w] = asyncio.ensure_future(self._watch_worker(w))
+        if self._watching and self._exit_poll is None and self._same_host_pids():
+            self._exit_poll = asyncio.ensure_future(self._poll_exits())
 
     async def _watch_worker(self, worker: str) -> None:
-        """(Client loop.) Hold a watch call open on ``worker`` until it is gone or the
-        client closes; a call that breaks while the worker still listens is made again
-        (after a pause that doubles each time, up to ``WATCH_S``)."""
+        """(Client loop.) Keep a watch call open on ``worker`` until it is gone or the
+        client closes: each is answered after ``WATCH_S`` and the next one made at once.
+        A call that breaks (or is ``WATCH_GRACE_S`` late) while the worker is alive is
+        made again after a pause (doubling while it keeps breaking, up to
+        ``MAX_WATCH_PAUSE_S``); one whose worker neither accepts nor refuses a
+        connection is probed every ``PROBE_TIMEOUT_S`` until it does, or until
+        ``UNREACHABLE_S`` have passed (then it is gone)."""
+        broken_since: float | None = None
         pause = LIVENESS_INTERVAL_S
         try:
             while worker not in self._gone and self._watching:
-                try:
-                    await self.client.rpc(worker).mooncake_watch(seconds=WATCH_S)
-                    continue
-                except Exception as e:
-                    logger.debug("watch on %s broke: %s", worker, e)
-                if not self._watching or await self._confirm_gone(worker, "watch"):
+                if broken_since is None:
+                    try:
+                        await asyncio.wait_for(
+                            self.client.rpc(worker).mooncake_watch(seconds=WATCH_S),
+                            WATCH_S + WATCH_GRACE_S,
+                        )
+                        pause = LIVENESS_INTERVAL_S
+                        continue
+                    except Exception as e:  # broken, refused, or silent past its time
+                        logger.debug("watch on %s broke: %s", worker, e)
+                    broken_since = time.monotonic()
+                if not self._watching:
                     return
-                await asyncio.sleep(pause)
-                pause = min(2 * pause, WATCH_S)
+                verdict = await self._verdict(worker, "watch", broken_since)
+                if verdict is True:
+                    return
+                if verdict is False:  # alive: watch it again
+                    broken_since = None
+                    await asyncio.sleep(pause)
+                    pause = min(2 * pause, MAX_WATCH_PAUSE_S)
+                else:
+                    await asyncio.sleep(PROBE_TIMEOUT_S)
         finally:
             self._watches.pop(worker, None)
+
+    def _same_host_pids(self) -> dict[str, int]:
+        """Watched workers whose process this client can see in its own /proc."""
+        own = _own_ns()
+        out = {}
+        with self._lock:
+            for w in self._watches:
+                info = self.workers.get(w) or {}
+                if own and info.get("process_ns") == own and info.get("worker_pid") is not None:
+                    out[w] = int(info["worker_pid"])
+        return out
+
+    async def _poll_exits(self) -> None:
+        """(Client loop.) While requests are placed, check every ``EXIT_POLL_S`` whether a
+        watched worker on this host is exiting (see the module's docstring); ends when
+        no watched worker is on this host."""
+        try:
+            while self._watching:
+                await asyncio.sleep(EXIT_POLL_S)
+                if not self._placed:
+                    continue
+                pids = self._same_host_pids()
+                if not pids:
+                    return
+                for w, pid in pids.items():
+                    if w not in self._gone and process_ended(pid):
+                        await self._confirm_gone(w, "exit")
+        finally:
+            self._exit_poll = None
+
+    def _revive_later(self, worker: str, info: dict[str, Any]) -> None:
+        """(Client loop.) ``worker`` is taken as gone because it was unreachable: should
+        it answer again while the scheduler still has it (its link came back), it is
+        known and placed on again."""
+
+        async def revive() -> None:
+            while self._watching:
+                await asyncio.sleep(REVIVE_S)
+                live = await self._live_workers()
+                if live is not None and worker not in live:
+                    return  # the scheduler removed it: a restart rejoins as a new worker
+                if await still_listens(worker) is True:
+                    with self._lock:
+                        self._gone.discard(worker)
+                        self._dead.discard(worker)
+                        self.workers.setdefault(worker, info)
+                    logger.info("worker %s answers again", worker)
+                    return
+
+        task = asyncio.ensure_future(revive())
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
 
     async def _stop_watches(self) -> None:
         """(Client loop.) End every watch (the client is closing)."""
         self._watching = False
         tasks = list(self._watches.values()) + list(self._probes)
+        if self._exit_poll is not None:
+            tasks.append(self._exit_poll)
         for t in tasks:
             t.cancel()
         if tasks:
@@ -283,4 +410,13 @@ class LivenessMixin:
         )
 
 
-__all__ = ["PROBE_TIMEOUT_S", "LivenessMixin", "process_ended", "still_listens"]
+__all__ = [
+    "EXIT_POLL_S",
+    "PROBE_TIMEOUT_S",
+    "UNREACHABLE_S",
+    "WATCH_GRACE_S",
+    "WATCH_S",
+    "LivenessMixin",
+    "process_ended",
+    "still_listens",
+]

@@ -13,11 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Notice = Literal["membership", "liveness", "watch", "stream"]
+Notice = Literal["membership", "liveness", "watch", "stream", "exit"]
 """How the stream learned the worker was gone: the scheduler's worker-left event, the
-periodic check of the live workers (an event that never came), or, with the worker's
-port then refusing connections (``mooncake.client_liveness``), the client's watch on the
-worker breaking or the worker's engine closing its token stream mid-request."""
+periodic check of the live workers (an event that never came), the worker's process
+on this host found exiting, or, with the worker then confirmed gone
+(``mooncake.client_liveness``), the client's watch on the worker breaking or the
+worker's engine closing its token stream mid-request."""
 
 
 @dataclass(slots=True)
@@ -55,6 +56,10 @@ class MoveRecord:
     transfer_s: float | None = None
     """The transfer task's own time on the decode worker."""
     fetched_blocks: int | None = None
+    early: bool | None = None
+    """The new decode worker started the transfer and decode at placement (the early
+    resume), before the graph was submitted: its first resumed token may then arrive
+    before ``submitted_at``. None until the transfer task's result has been read."""
 
     @property
     def recomputed_tokens(self) -> int | None:

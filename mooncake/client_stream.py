@@ -39,7 +39,7 @@ from mooncake.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from mooncake.request_ids import next_attempt, task_key
 from mooncake.sampling_params import SamplingParams
 from mooncake.transfer import Peer
-from mooncake.worker.messages import KVHandle, RequestSpec
+from mooncake.worker.messages import KVHandle, RequestSpec, ResumeStart
 from mooncake.worker.token_stream import TokenStreamServer
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,11 @@ class StreamMixin:
         def _block_keys(self, spec: RequestSpec) -> list[Any]: ...
 
         def _place_request(
-            self, spec: RequestSpec, resume: bool = False, exclude: tuple[str, ...] = ()
+            self,
+            spec: RequestSpec,
+            resume: bool = False,
+            exclude: tuple[str, ...] = (),
+            resume_from: ResumeStart | None = None,
         ) -> dict[str, Any]: ...
 
         async def _ask_place(self, request: dict[str, Any]) -> dict[str, Any]: ...
@@ -291,11 +295,18 @@ class StreamMixin:
                 await self._abort_unless_cancelled(attempt.request_id)
 
     async def _place_async(
-        self, spec: RequestSpec, resume: bool = False, exclude: tuple[str, ...] = ()
+        self,
+        spec: RequestSpec,
+        resume: bool = False,
+        exclude: tuple[str, ...] = (),
+        resume_from: ResumeStart | None = None,
     ) -> dict[str, Any]:
         """The Conductor's answer for ``spec`` (``asyncio.TimeoutError`` when the scheduler
-        does not answer within ``PLACE_TIMEOUT_S``)."""
-        place = self._ask_place(self._place_request(spec, resume=resume, exclude=exclude))
+        does not answer within ``PLACE_TIMEOUT_S``); ``resume_from``: a moved request's
+        tokens so far, which its new decode worker resumes from at placement."""
+        place = self._ask_place(
+            self._place_request(spec, resume=resume, exclude=exclude, resume_from=resume_from)
+        )
         reply: dict[str, Any] = await asyncio.wait_for(self._on_client_loop(place), PLACE_TIMEOUT_S)
         return reply
 
@@ -319,17 +330,16 @@ class StreamMixin:
         self.moves[spec.request_id] += 1
         new = dataclasses.replace(attempt, request_id=next_attempt(spec.request_id, old))
         record.attempt_id = new.request_id
-        # Stop what is left of the old attempt (on the surviving workers); not awaited.
-        asyncio.run_coroutine_threadsafe(self._abort(old, moved_off=lost), self._client_loop)
         self._sinks.pop(old, None)
         self._stream_server.forget(old)
         self._sinks[new.request_id] = (loop, q)
         self._moved_to[spec.request_id] = new.request_id
         resume = bool(acc.token_ids)
+        start = self._resume_start(new, acc) if resume else None
         deadline = time.monotonic() + MOVE_DEADLINE_S
         while True:
             try:
-                placement = self._placement(await self._place_async(new, resume, lost_on))
+                placement = self._placement(await self._place_async(new, resume, lost_on, start))
                 break
             except Unavailable as e:
                 raise WorkerLost(
@@ -344,6 +354,10 @@ class StreamMixin:
                     ) from None
                 await asyncio.sleep(max(0.01, e.retry_after))
         record.placed_at, record.decode_worker = time.monotonic(), placement.decode
+        # Stop what is left of the old attempt (on the surviving workers); not awaited,
+        # and only now: the placement (which starts the resume) reaches the scheduler
+        # first. (Had it failed, the stream's own abort of the old attempt does it.)
+        asyncio.run_coroutine_threadsafe(self._abort(old, moved_off=lost), self._client_loop)
         logger.warning(
             "request %s: worker %s lost; %s on %s",
             spec.request_id,
@@ -351,9 +365,11 @@ class StreamMixin:
             "resuming" if resume else "placed again",
             placement.decode,
         )
-        if resume:
+        if start is not None:
+            # Its decode worker started it already (the Conductor passed ``start`` on);
+            # the graph's tasks collect what it began.
             out_fut = self._submit_resume(
-                new, self._resume_handle(new, acc, placement, lost), placement
+                new, self._resume_handle(start, placement, lost), placement
             )
         else:
             out_fut = self.submit(new, placement)
@@ -379,35 +395,30 @@ class StreamMixin:
             record.transfer_path = str(tr.path)
             record.transfer_s = float(tr.seconds)
             record.fetched_blocks = int(getattr(tr, "num_blocks", 0))
+            record.early = bool(getattr(tr, "early", False))
 
         fut.add_done_callback(
             lambda _f: asyncio.run_coroutine_threadsafe(read(), self._client_loop)
         )
 
-    def _resume_handle(
-        self, spec: RequestSpec, acc: _Stream, placement: PlacementInfo, lost: str
-    ) -> KVHandle:
-        """What a resumed request's decode starts from: the tokens delivered so far as
-        its first tokens, and the prompt's blocks in the prefill worker's store when that
-        worker is alive (decode recomputes whatever it cannot fetch)."""
-        bs = int(self.info["block_size"])
-        full = len(spec.prompt_token_ids) // bs
-        info = self.workers.get(placement.prefill) if placement.prefill != lost else None
-        peer = Peer.from_msg(info.get("peer")) if info else None
-        return KVHandle(
+    @staticmethod
+    def _resume_start(spec: RequestSpec, acc: _Stream) -> ResumeStart:
+        """What a resumed request's decode starts from: the tokens delivered so far."""
+        return ResumeStart(
             spec=spec,
-            placement=placement,
-            # No store: decode asks this worker's outbox, which has nothing (a miss: recompute).
-            worker=placement.prefill if peer is not None else placement.decode,
-            num_tokens=0,
             first_token_ids=list(acc.token_ids),
             first_logprobs=list(acc.logprobs) if acc.logprobs is not None else None,
             num_cached_tokens=acc.cached,
-            prefill_seconds=0.0,
-            block_keys=[bytes(k) for k in self._block_keys(spec)[:full]],
-            peer=peer,
             first_token_time=acc.metrics.first_token_time,
         )
+
+    def _resume_handle(self, start: ResumeStart, placement: PlacementInfo, lost: str) -> KVHandle:
+        """The resume graph's handle: ``start``, and the prompt's blocks in the prefill
+        worker's store when that worker is alive (decode recomputes whatever it cannot
+        fetch); the decode worker made the same one from the Conductor's message."""
+        info = self.workers.get(placement.prefill) if placement.prefill != lost else None
+        peer = Peer.from_msg(info.get("peer")) if info else None
+        return start.handle(placement, peer, self._block_keys(start.spec))
 
     async def abort(self, request_id: str) -> None:
         """Cancel a request wherever it is and free its KV blocks (also after it moved

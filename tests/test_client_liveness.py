@@ -52,6 +52,7 @@ class _LLM(LivenessMixin):
         self._sinks = {rid: (loop, self.queue) for rid in placed}
         self._watches: dict[str, asyncio.Task[None]] = {}
         self._watching = True
+        self._exit_poll: asyncio.Task[None] | None = None
         self.client = _Client()  # type: ignore[assignment]
 
 
@@ -170,3 +171,130 @@ def test_process_ended() -> None:
         child.kill()
         child.wait(10)
     assert process_ended(child.pid) is True
+
+
+class _SilentClient:
+    """Stands in for the Dask client of a host whose link went down: a watch call is
+    never answered and never breaks."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def rpc(self, addr: str) -> _SilentClient:
+        return self
+
+    async def mooncake_watch(self, seconds: float) -> bool:
+        self.calls += 1
+        await asyncio.sleep(3600)
+        return True
+
+
+def _fast_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_liveness, "WATCH_S", 0.05)
+    monkeypatch.setattr(client_liveness, "WATCH_GRACE_S", 0.05)
+    monkeypatch.setattr(client_liveness, "UNREACHABLE_S", 0.2)
+    monkeypatch.setattr(client_liveness, "PROBE_TIMEOUT_S", 0.02)
+    monkeypatch.setattr(client_liveness, "REVIVE_S", 0.05)
+
+
+def test_silent_worker_is_gone_within_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """r1 runs on W, on another host whose link went down: W's watch is never answered
+    and its address neither accepts nor refuses a connection. Within WATCH_S +
+    WATCH_GRACE_S + UNREACHABLE_S (plus a probe) W is gone and dead, and r1's stream is
+    told it was lost, noticed by the watch (not after the scheduler's worker-ttl)."""
+    _fast_deadlines(monkeypatch)
+    listens: list[bool | None] = [None]
+
+    async def unreachable(address: str, timeout: float = 0.0) -> bool | None:
+        await asyncio.sleep(0.01)
+        return listens[0]
+
+    monkeypatch.setattr(client_liveness, "still_listens", unreachable)
+
+    async def main() -> tuple[_LLM, list[Any], float, bool]:
+        w = "tcp://10.255.0.1:4000"
+        llm = _LLM({"r1": {w}})
+        llm.client = _SilentClient()  # type: ignore[assignment]
+
+        async def live() -> set[str]:
+            return {w}
+
+        llm._live_workers = live  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        llm._watch({w})
+        await asyncio.wait(list(llm._watches.values()), timeout=5)
+        took = loop.time() - t0
+        got = await drain(llm.queue)
+        gone = w in llm._gone and llm._dead == {w}
+        # Its link comes back while the scheduler still has it: it is known again.
+        listens[0] = True
+        await asyncio.wait(list(llm._probes), timeout=5)
+        await llm._stop_watches()
+        return llm, got, took, gone
+
+    llm, got, took, gone = asyncio.run(main())
+    assert [(k, n) for k, _, n in got] == [("lost", "watch")] and gone
+    assert 0.3 <= took < 1.5
+    assert not llm._gone and not llm._dead and llm.workers  # revived
+
+
+def test_watch_late_then_answering_is_not_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """W's watch is late (its loop was busy) but W's port accepts a connection: it is
+    alive, nothing is reported, and it is watched again."""
+    _fast_deadlines(monkeypatch)
+
+    async def main() -> tuple[_LLM, list[Any], int]:
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        live = f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        llm = _LLM({"r1": {live}})
+        llm.client = _SilentClient()  # type: ignore[assignment]
+        monkeypatch.setattr(client_liveness, "LIVENESS_INTERVAL_S", 0.01)
+        llm._watch({live})
+        await asyncio.sleep(0.6)
+        await llm._stop_watches()
+        server.close()
+        await server.wait_closed()
+        return llm, await drain(llm.queue), llm.client.calls  # type: ignore[attr-defined]
+
+    llm, got, calls = asyncio.run(main())
+    assert got == [] and not llm._gone and not llm._dead
+    assert calls >= 2
+
+
+def test_exit_of_a_same_host_worker_is_noticed_before_its_connections_break() -> None:
+    """r1 runs on W, a process of this host whose watch never breaks (as in the tens of
+    ms a killed process's memory is torn down before its sockets close): killed with
+    SIGKILL, it is found exiting by the /proc poll within a few EXIT_POLL_S, and r1's
+    stream is told, noticed by its exit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    async def main() -> tuple[list[Any], float]:
+        w = "tcp://127.0.0.1:1"
+        llm = _LLM({"r1": {w}})
+        llm.client = _SilentClient()  # type: ignore[assignment]
+        llm.workers[w] = {"worker_pid": child.pid, "process_ns": client_liveness._own_ns()}
+        llm._watch({w})
+        assert llm._exit_poll is not None
+        await asyncio.sleep(0.05)
+        assert llm.queue.empty()  # alive: nothing reported
+        t0 = time.monotonic()
+        os.kill(child.pid, signal.SIGKILL)
+        got = await asyncio.wait_for(llm.queue.get(), 5)
+        took = time.monotonic() - t0
+        await llm._stop_watches()
+        return [got], took
+
+    try:
+        got, took = asyncio.run(main())
+    finally:
+        child.kill()
+        child.wait(10)
+    assert [(k, n) for k, _, n in got] == [("lost", "exit")]
+    assert took < 0.5

@@ -252,8 +252,10 @@ def test_only_decode_worker_lost(cluster: tuple[mooncake.LLM, ServerThread]) -> 
 def test_decode_worker_lost_streams_resume(tiny_llama: Path) -> None:
     """1 prefill + 2 decode workers; four greedy streams run, and the decode worker that
     serves at least one of them is killed with ``kill -9`` mid-stream. Every stream
-    completes on the surviving decode worker; what each stream delivered (no token
-    repeated or missing) equals the in-process engine's uninterrupted greedy output."""
+    completes on the surviving decode worker, resumed there through the early path (the
+    Conductor starts the transfer and decode at placement, the resume graph collects
+    it); what each stream delivered (no token repeated or missing) equals the
+    in-process engine's uninterrupted greedy output."""
     prompts = [_tokens(30 + 5 * i, 400 + i) for i in range(4)]
     params = mooncake.SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
     ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=256)).generate(prompts, params)
@@ -310,6 +312,10 @@ def test_decode_worker_lost_streams_resume(tiny_llama: Path) -> None:
             assert m.placed_at is not None and m.submitted_at is not None
             assert m.first_token_at is not None and m.last_token_at is not None
             assert m.last_token_at <= m.noticed_at <= m.placed_at <= m.submitted_at
-            assert m.submitted_at <= m.first_token_at
+            # The early resume: the new decode worker started the transfer and decode
+            # when the Conductor placed the request, and the graph's transfer task
+            # collected that (its first token may come before the graph's submission).
+            assert m.early is True
+            assert m.placed_at <= m.first_token_at
             assert m.transfer_path and m.fetched_blocks is not None
             assert m.recomputed_tokens is not None and m.recomputed_tokens >= m.tokens_before

@@ -10,7 +10,9 @@ comms carry msgpack):
 - ``start_lookup_msg``: Conductor -> prefill worker (``mooncake-start``), begin the
   lookup of an admitted request ahead of its graph;
 - ``start_stream_msg``: Conductor -> decode worker (``mooncake-stream``), import the
-  request's KV as its prefill publishes it (workers with ``WorkerConfig.stream_kv``).
+  request's KV as its prefill publishes it (workers with ``WorkerConfig.stream_kv``);
+- ``start_resume_msg``: Conductor -> decode worker (``mooncake-resume``), start the
+  transfer and decode of a request moved off a lost worker, ahead of its resume graph.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ START_OP = "mooncake-start"
 """Stream operation of the early-lookup message on the prefill worker."""
 STREAM_OP = "mooncake-stream"
 """Stream operation that tells a streaming decode worker of a request at placement."""
+RESUME_OP = "mooncake-resume"
+"""Stream operation that starts a moved request's transfer and decode at placement."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,9 @@ class PlaceRequest:
     """A request moved off a lost worker: it goes straight to decode, no early lookup."""
     spec: object | None = None
     """The request itself, serialized by the client, passed on to the prefill worker so
-    that it starts the lookup at placement (None: no early lookup)."""
+    that it starts the lookup at placement (None: no early lookup). With ``resume``:
+    the tokens it had so far too (``mooncake.worker.messages.ResumeStart``), passed on
+    to the decode worker, which starts the transfer and decode at placement."""
     start: str = "prefill"
     """What the early lookup admits: ``prefill`` (disaggregated) or ``generate``."""
     exclude: tuple[str, ...] = ()
@@ -163,7 +169,17 @@ def start_stream_msg(spec: object, placement: PlacementInfo) -> dict[str, Any]:
     return {"op": STREAM_OP, "spec": spec, "placement": placement.to_msg()}
 
 
+def start_resume_msg(
+    start: object, placement: PlacementInfo, peer: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The stream message that starts a moved request's transfer and decode on its new
+    decode worker (handled by ``MooncakeWorker.handle_resume(start, placement, peer)``;
+    ``peer``: the prefill worker's store, as that worker published it)."""
+    return {"op": RESUME_OP, "start": start, "placement": placement.to_msg(), "peer": peer}
+
+
 __all__ = [
+    "RESUME_OP",
     "START_OP",
     "STREAM_OP",
     "PlaceRefused",
@@ -172,5 +188,6 @@ __all__ = [
     "PlacementInfo",
     "parse_place_reply",
     "start_lookup_msg",
+    "start_resume_msg",
     "start_stream_msg",
 ]

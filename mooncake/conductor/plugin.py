@@ -6,10 +6,13 @@
   finished prefills and decode-only engine steps (observed seconds refine the cost
   model), decode joins, transfer timings, load. The first report carries the model's
   shape, from which the cost model is built.
-- The client asks ``mooncake_place`` before submitting a request's graph; the answer
+- The client asks ``mooncake_place`` (or ``mooncake_place_many`` for several at once)
+  before submitting a request's graph; the answer
   names the prefill and decode workers (the graph's tasks are restricted to them), or
   rejects with a reason and a retry-after hint. An admitted request's lookup starts on
-  its prefill worker at once (``mooncake-start``), ahead of its graph.
+  its prefill worker at once (``mooncake-start``), ahead of its graph; a request moved
+  off a lost worker starts its transfer and decode on its new decode worker at once
+  (``mooncake-resume``).
 - Task transitions give the prefill start and the end of a request (its last task done,
   failed or released -- a cancelled request frees its load here).
 """
@@ -41,6 +44,7 @@ from mooncake.conductor.messages import (
     PlaceRefused,
     PlaceRequest,
     start_lookup_msg,
+    start_resume_msg,
     start_stream_msg,
 )
 from mooncake.conductor.policy import NO_WORKER, Conductor, Placement
@@ -115,6 +119,7 @@ class ConductorPlugin(SchedulerPlugin):
             self.config.tbt_slo_s,
         )
         scheduler.handlers["mooncake_place"] = self.handle_place
+        scheduler.handlers["mooncake_place_many"] = self.handle_place_many
         scheduler.stream_handlers[REPORT_OP] = self.handle_report
         scheduler.handlers["mooncake_stats"] = self.handle_stats
         scheduler.handlers["mooncake_history"] = self.handle_history
@@ -278,11 +283,33 @@ class ConductorPlugin(SchedulerPlugin):
         if client is not None:
             client.interval = STREAM_INTERVAL_S
         placement = self._placement(decision)
-        if req.spec is not None and decision.fetch_from is None:
-            self._start_early(req, placement)
-        if req.spec is not None and not req.resume:
+        if req.spec is not None and req.resume:
+            self._start_resume(req, placement)
+        elif req.spec is not None:
+            if decision.fetch_from is None:
+                self._start_early(req, placement)
             self._start_stream(req, placement)
         return placement.to_msg()
+
+    def handle_place_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Place several requests (a client's placements that waited for a call, e.g.
+        every request of a lost worker), in order; one answer each, as ``handle_place``."""
+        return [self.handle_place(r) for r in requests]
+
+    def _start_resume(self, req: PlaceRequest, placement: PlacementInfo) -> None:
+        """Tell the decode worker a moved request was placed on it, on the same stream
+        that will carry its resume graph's tasks (so the start arrives first): it fetches
+        the prompt's blocks from the prefill worker's store and resumes decoding now,
+        without waiting for the client to submit the graph and for its dispatch (the
+        early resume); the graph still owns the request."""
+        stream = self.scheduler.stream_comms.get(placement.decode)
+        if stream is None:
+            return
+        peer = self.worker_info.get(placement.prefill, {}).get("peer")
+        try:
+            stream.send(start_resume_msg(req.spec, placement, peer))
+        except Exception as e:  # a closing worker: the transfer task does it all
+            logger.debug("early resume on %s failed: %s", placement.decode, e)
 
     def _start_stream(self, req: PlaceRequest, placement: PlacementInfo) -> None:
         """Tell a streaming decode worker (``WorkerConfig.stream_kv``) of the request now,

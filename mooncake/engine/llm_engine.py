@@ -78,8 +78,10 @@ class LLMEngine:
         self.config = config = config or EngineConfig()
         if config.num_threads is not None and config.device == "cpu":
             torch.set_num_threads(config.num_threads)
+        self.bound_cpus: list[int] | None = None
+        """The CPUs the compute threads are pinned to (thread t to the t-th), if pinned."""
         if config.device == "cpu":
-            thread_bind.apply(config.cpu_threads_bind, config.num_threads)
+            self.bound_cpus = thread_bind.apply(config.cpu_threads_bind, config.num_threads)
         if config.keep_freed_memory and config.device == "cpu":
             keep_freed_memory()
         self.model_path = Path(config.model) if config.model is not None else default_model_path()

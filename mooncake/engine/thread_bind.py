@@ -86,7 +86,11 @@ def bind_threads(cpus: list[int]) -> list[int]:
 
 def apply(spec: str | None, threads: int | None) -> list[int] | None:
     """Bind the engine's threads as ``spec`` (else ``$MOONCAKE_CPU_OMP_THREADS_BIND``)
-    says; ``threads`` is the engine's configured thread count (``None``: torch's)."""
+    says; ``threads`` is the engine's configured thread count (``None``: torch's).
+
+    Returns:
+        The CPUs thread t was pinned to, t = 0, 1, ...; ``None`` when not bound or when
+        a thread could not be pinned (core lending needs every thread pinned)."""
     spec = spec or os.environ.get(BIND_ENV) or "none"
     check_spec(spec, BIND_ENV if spec == os.environ.get(BIND_ENV) else "cpu_threads_bind")
     cpus = cpus_for(spec, threads or torch.get_num_threads())
@@ -94,7 +98,7 @@ def apply(spec: str | None, threads: int | None) -> list[int] | None:
         return None
     got = bind_threads(cpus)
     log.info("engine threads pinned to CPUs %s", got)
-    return got
+    return None if -1 in got else cpus
 
 
 __all__ = ["BIND_ENV", "apply", "bind_threads", "cpus_for"]

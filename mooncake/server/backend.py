@@ -66,7 +66,9 @@ def build_backend(config: ServerConfig) -> ServingBackend:
         engine_config=replace(config.engine, model=config.model),
         conductor_config=conductor_config(config),
         # Workers of a deployed cluster get this from the client too (its worker plugin).
-        worker_config=WorkerConfig(stream_kv=config.stream_kv),
+        worker_config=WorkerConfig(
+            stream_kv=config.stream_kv, cpu_core_lending=config.cpu_core_lending
+        ),
         dashboard_address=config.dashboard_address,
         tls=TLSFiles(config.tls_ca_file, config.tls_cert, config.tls_key),
         insecure=config.insecure,

@@ -51,6 +51,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "runs (disaggregated mode; docs/cluster.md)",
     )
     cluster.add_argument(
+        "--cpu-core-lending",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="CPU engines borrow the cores of engines on this host that have no work, "
+        "and give them back at their next step once the owner has work (default: off; "
+        "docs/cluster.md)",
+    )
+    cluster.add_argument(
         "--dashboard-address",
         default="127.0.0.1:0",
         metavar="HOST:PORT",
@@ -181,6 +189,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         scheduler=args.scheduler,
         mode=args.mode,
         stream_kv=args.stream_kv,
+        cpu_core_lending=args.cpu_core_lending,
         host=args.host,
         port=args.port,
         api_key=args.api_key or None,

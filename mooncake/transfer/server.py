@@ -212,6 +212,9 @@ class BlockServer:
             table["rlen"] = np.fromiter(map(len, records), np.uint64, len(records))
         total = int(table["rlen"].sum())
         head = proto.RESP.pack(proto.RESP_MAGIC, rid, len(keys), total)
+        # sendmsg copies the records into the socket; sendfile from the tier's file would
+        # not, but splicing tmpfs's 4 KiB pages one by one costs more CPU than the copy
+        # (docs/store.md).
         proto.send_all(conn, [head + table.tobytes(), *(records if rdma is None else [])])
         self.blocks_sent += len(records)
         self.bytes_sent += total

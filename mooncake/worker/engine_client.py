@@ -36,6 +36,7 @@ from mooncake.worker.engine_loop import AddRequest, RequestAborted
 
 if TYPE_CHECKING:
     from mooncake.config import EngineConfig
+    from mooncake.worker.core_lending import LendingSetup
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +54,17 @@ class EngineClient:
     Args:
         profile: the process records per-step timings (``call("profile_log")``); also
             on with ``MOONCAKE_ENGINE_PROFILE=1`` in the environment.
+        core_lending: the engine lends its cores to, and borrows from, the other
+            engines of this host (``WorkerConfig.cpu_core_lending``).
     """
 
-    def __init__(self, config: EngineConfig, emit: Emit, profile: bool = False) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        emit: Emit,
+        profile: bool = False,
+        core_lending: LendingSetup | None = None,
+    ) -> None:
         self.config = config
         self.emit = emit
         self.info: dict[str, Any] = {}
@@ -97,7 +106,10 @@ class EngineClient:
             (
                 "init",
                 config,
-                {"profile": profile or os.environ.get("MOONCAKE_ENGINE_PROFILE") == "1"},
+                {
+                    "profile": profile or os.environ.get("MOONCAKE_ENGINE_PROFILE") == "1",
+                    "core_lending": core_lending,
+                },
             )
         )
         self._reader: threading.Thread | None = None

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from mooncake.kvcache import KVBlock, KVExport
     from mooncake.kvcache.block import BlockRef, PackedExport
     from mooncake.sampling_params import SamplingParams
+    from mooncake.worker.core_lending import CoreLender
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +90,21 @@ class AddRequest:
 
 class EngineLoop:
     """Args: engine: owned from now on; channel: to the worker; profile: record each
-    step's wall/CPU time, page faults and context switches (``profile_log`` command)."""
+    step's wall/CPU time, page faults and context switches (``profile_log`` command);
+    lender: borrows idle peers' cores before each step and gives them back when the
+    engine runs out of work (``WorkerConfig.cpu_core_lending``), owned from now on."""
 
-    def __init__(self, engine: LLMEngine, channel: Channel, profile: bool = False) -> None:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        channel: Channel,
+        profile: bool = False,
+        lender: CoreLender | None = None,
+    ) -> None:
         self.engine = engine
         self.channel = channel
         self.profile = profile
+        self.lender = lender
         self.profile_log: list[tuple[Any, ...]] = []
         self._watches: dict[str, Watch] = {}
         self._aborted: dict[str, float] = {}
@@ -300,7 +310,10 @@ class EngineLoop:
         from mooncake.kvcache import copies
 
         # KV bytes this (engine) process copied, by place: ``mooncake.kvcache.copies``.
-        return {**dataclasses.asdict(e.stats), **self.load(), "copies": copies.snapshot()}
+        out = {**dataclasses.asdict(e.stats), **self.load(), "copies": copies.snapshot()}
+        if self.lender is not None:
+            out["core_lending"] = self.lender.report()
+        return out
 
     def stop(self) -> None:
         self._stop = True
@@ -322,11 +335,15 @@ class EngineLoop:
         try:
             while not self._stop:
                 busy = self.engine.has_unfinished()
+                if not busy and self.lender is not None:
+                    self.lender.idle()  # before waiting: peers may borrow from now on
                 if self.channel.poll(0.0 if busy else 0.05):
                     self._run_commands()
                 if self._stop:
                     break
                 if self.engine.has_unfinished():
+                    if self.lender is not None:
+                        self.lender.step()
                     self._step()
                     continue
                 self._last_decode_end = None  # idle: the next step's wait is not a gap
@@ -338,6 +355,8 @@ class EngineLoop:
             self._direct.close()
             for r in self._tier_readers.values():
                 r.close()
+            if self.lender is not None:
+                self.lender.close()
 
     def _run_commands(self) -> None:
         while True:

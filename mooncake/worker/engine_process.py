@@ -24,6 +24,7 @@ from mooncake.worker.engine_loop import EngineLoop, _picklable
 
 if TYPE_CHECKING:
     from mooncake.engine import LLMEngine
+    from mooncake.worker.core_lending import CoreLender, LendingSetup
 
 logger = logging.getLogger("mooncake.worker.engine_process")
 
@@ -60,6 +61,38 @@ def engine_info(engine: LLMEngine) -> dict[str, Any]:
     }
 
 
+def _lender(engine: LLMEngine, setup: LendingSetup | None, usable: set[int]) -> CoreLender | None:
+    """The engine's core lender when its worker lends cores and its threads are pinned."""
+    if setup is None or engine.config.device != "cpu":
+        return None  # GPU engines keep their threads as they are
+    if engine.bound_cpus is None:
+        logger.warning(
+            "cpu_core_lending is on but this engine's threads are not pinned "
+            "(cpu_threads_bind / $MOONCAKE_CPU_OMP_THREADS_BIND is none): not lending"
+        )
+        return None
+    from mooncake.worker.core_ledger import CoreLedger
+    from mooncake.worker.core_lending import CoreLender
+
+    def bind_threads(cpus: list[int]) -> None:
+        from mooncake.engine import thread_bind  # loaded with the engine already
+
+        thread_bind.bind_threads(cpus)
+
+    # Lending only speeds an engine up: without it (a bad or full ledger) it still serves.
+    try:
+        ledger = CoreLedger(setup.ledger_path)
+    except (OSError, ValueError) as e:
+        logger.warning("not lending cores: %s", e)
+        return None
+    try:
+        return CoreLender(ledger, engine.bound_cpus, usable, bind_threads, setup.idle_s)
+    except RuntimeError as e:
+        ledger.close()
+        logger.warning("not lending cores: %s", e)
+        return None
+
+
 def _die_with_parent(parent_pid: int) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -86,8 +119,10 @@ def main(argv: list[str]) -> int:
     try:
         from mooncake.engine import LLMEngine  # torch loads here, in the engine process only
 
+        usable = os.sched_getaffinity(0)  # before the engine pins its threads
         engine = LLMEngine(config)
-        loop = EngineLoop(engine, channel, profile=bool(options.get("profile")))
+        lender = _lender(engine, options.get("core_lending"), usable)
+        loop = EngineLoop(engine, channel, profile=bool(options.get("profile")), lender=lender)
         channel.send(("ready", engine_info(engine), loop.load()))
     except Exception as exc:
         channel.send(("error", _picklable(exc), "".join(traceback.format_exception(exc))))

@@ -95,6 +95,53 @@ class TransferResult:
     (RPC, no store), ``local``, ``none`` (nothing to move) or ``miss`` (recompute)."""
     num_blocks: int = 0
     """Blocks that arrived (on a ``miss``, the prefix that did; decode computes the rest)."""
+    early: bool = False
+    """Done at placement (a moved request's early resume), collected by the task."""
 
 
-__all__ = ["KVHandle", "LookupResult", "PlacementInfo", "RequestSpec", "TransferResult"]
+@dataclass
+class ResumeStart:
+    """A request moved off a lost worker, as its client sends it with its placement
+    (``PlaceRequest.spec``): the Conductor passes it on to the chosen decode worker,
+    which starts the transfer and decode at once (the early resume); the resume graph
+    carries the handle made from it (``handle``)."""
+
+    spec: RequestSpec
+    first_token_ids: list[int]
+    """The tokens delivered to the caller before the move (decode continues after them)."""
+    first_logprobs: list[dict[int, float]] | None = None
+    num_cached_tokens: int = 0
+    first_token_time: float | None = None
+    """Wall-clock time the request's first token arrived at the client."""
+
+    def handle(
+        self, placement: PlacementInfo, peer: Any, block_keys: list[BlockKey] | list[bytes]
+    ) -> KVHandle:
+        """What the resumed decode starts from: these tokens as its first tokens, and the
+        prompt's full blocks (``block_keys``) in ``peer``, the prefill worker's store
+        (``mooncake.transfer.Peer``; None: no store, or the worker is gone). Decode
+        recomputes whatever it cannot fetch."""
+        return KVHandle(
+            spec=self.spec,
+            placement=placement,
+            # No store: decode asks its own outbox, which has nothing (a miss: recompute).
+            worker=placement.prefill if peer is not None else placement.decode,
+            num_tokens=0,
+            first_token_ids=list(self.first_token_ids),
+            first_logprobs=list(self.first_logprobs) if self.first_logprobs is not None else None,
+            num_cached_tokens=self.num_cached_tokens,
+            prefill_seconds=0.0,
+            block_keys=[bytes(k) for k in block_keys],
+            peer=peer,
+            first_token_time=self.first_token_time,
+        )
+
+
+__all__ = [
+    "KVHandle",
+    "LookupResult",
+    "PlacementInfo",
+    "RequestSpec",
+    "ResumeStart",
+    "TransferResult",
+]

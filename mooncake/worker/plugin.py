@@ -37,12 +37,15 @@ from mooncake.types import BlockKey
 from mooncake.worker import request_state
 from mooncake.worker.block_presence import BlockPresence
 from mooncake.worker.config import WorkerConfig
+from mooncake.worker.core_ledger import ledger_path
+from mooncake.worker.core_lending import LendingSetup
 from mooncake.worker.engine_client import EngineClient
 from mooncake.worker.handoff_times import HandoffTimes
 from mooncake.worker.kv_store import KVStore
 from mooncake.worker.kv_stream import StreamImports
 from mooncake.worker.lookup import begin_lookup, fetches_remote, run_lookup
-from mooncake.worker.messages import LookupResult, RequestSpec
+from mooncake.worker.messages import LookupResult, RequestSpec, ResumeStart, TransferResult
+from mooncake.worker.receive import receive
 from mooncake.worker.report_buffer import ReportBuffer
 from mooncake.worker.report_pacer import Pending, ReportPacer
 from mooncake.worker.request_table import RequestTable
@@ -55,6 +58,8 @@ EARLY_LOOKUP_TIMEOUT_S = 60.0
 """How long a lookup started at placement waits for its task before it is aborted."""
 STREAM_INTERVAL_S = 0.001
 """Batching interval of the worker's message stream to the scheduler."""
+RESUME_THREADS = 4
+"""Threads that start moved requests' transfers at placement (``handle_resume``)."""
 WATCH_MAX_S = 300.0
 """The longest a client's liveness watch (``mooncake_watch``) is held open."""
 
@@ -94,6 +99,11 @@ class MooncakeWorker(WorkerPlugin):
         self._lookup_pool = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="mooncake-lookup"
         )
+        # Early resumes: a lost worker's requests arrive here all at once; each waits on
+        # its own KV fetch (the engine serializes the imports themselves).
+        self._resume_pool = concurrent.futures.ThreadPoolExecutor(
+            RESUME_THREADS, thread_name_prefix="mooncake-resume"
+        )
         self.reports = ReportBuffer()
         """What the next report to the Conductor carries (tasks record here)."""
         self._probe = SharedPrefixProbe(self.engine_config.block_size)
@@ -108,8 +118,12 @@ class MooncakeWorker(WorkerPlugin):
         self.hit_blocks: Counter[str] = Counter()
         # The engine process inherits this worker's environment: a GPU worker's
         # CUDA_VISIBLE_DEVICES, the thread count. torch loads there, never here.
-        self.engine = EngineClient(self.engine_config, self._emit)
-        self.requests: RequestTable[LookupResult, RequestOutput, KVExport] = RequestTable(
+        self.engine = EngineClient(
+            self.engine_config, self._emit, core_lending=self._lending_setup()
+        )
+        self.requests: RequestTable[
+            LookupResult, RequestOutput, KVExport, TransferResult
+        ] = RequestTable(
             request_state.WorkerRequests(EARLY_LOOKUP_TIMEOUT_S, EARLY_LOOKUP_TIMEOUT_S),
             abort_engine=lambda rid: self.engine.call("abort", rid),
             forget=self._forget,
@@ -153,6 +167,7 @@ class MooncakeWorker(WorkerPlugin):
         worker.handlers["mooncake_watch"] = self.handle_watch
         worker.stream_handlers["mooncake-start"] = self.handle_start
         worker.stream_handlers["mooncake-stream"] = self.handle_stream
+        worker.stream_handlers["mooncake-resume"] = self.handle_resume
         worker.stream_handlers["mooncake-peer-lost"] = self.handle_peer_lost
         # Token deltas that cannot go straight to the client (mooncake.worker.token_stream)
         # ride this stream to the scheduler, then the client; Dask holds a message until
@@ -172,9 +187,16 @@ class MooncakeWorker(WorkerPlugin):
             self.engine.proc.pid,
         )
 
+    def _lending_setup(self) -> LendingSetup | None:
+        wc = self.worker_config
+        if not wc.cpu_core_lending or self.engine_config.device != "cpu":
+            return None  # GPU workers keep their threads as they are
+        return LendingSetup(ledger_path(wc.store_root), wc.cpu_core_lending_idle_s)
+
     async def teardown(self, worker: Worker) -> None:
         self._report_task.cancel()
         self._lookup_pool.shutdown(wait=False, cancel_futures=True)
+        self._resume_pool.shutdown(wait=False, cancel_futures=True)
         if self.streams is not None:
             self.streams.close()
         await asyncio.to_thread(self.engine.stop)
@@ -261,6 +283,29 @@ class MooncakeWorker(WorkerPlugin):
         fut = self._lookup_pool.submit(run_lookup, self, spec, where, start, begun)
         self.requests.futures.set_early(rid, fut, time.monotonic())
 
+    def handle_resume(
+        self, start: ResumeStart, placement: dict[str, Any], peer: dict[str, Any] | None
+    ) -> None:
+        """(Stream message from the Conductor when it places a request moved off a lost
+        worker here.) Fetch what the prefill worker's store still holds of its prompt
+        (``peer``) and admit it into the engine now (the early resume), so its next
+        token does not wait for the client to submit the resume graph and for the
+        scheduler to dispatch it; that graph's transfer task then collects the result
+        and its decode task the engine's future. Without a graph within
+        ``EARLY_LOOKUP_TIMEOUT_S`` the request is aborted (``_expire_early``)."""
+        rid = start.spec.request_id
+        where = PlacementInfo.from_msg(placement)
+        told = self.requests.handle(
+            request_state.ResumePlaced(rid, time.monotonic(), where.prefill)
+        )
+        if not any(isinstance(i, request_state.BeginTransfer) for i in told):
+            return  # started already (or by its graph), or aborted before this arrived
+        keys = start.spec.prompt_block_keys(self.block_size, self.root_key(start.spec.cache_salt))
+        handle = start.handle(where, Peer.from_msg(peer), keys)
+        fut = self._resume_pool.submit(receive, self, handle)
+        # Set before any task of the graph can run: a task runs after this handler.
+        self.requests.futures.set_receiving(rid, fut, time.monotonic())
+
     def handle_stream(self, spec: RequestSpec, placement: dict[str, Any]) -> None:
         """(Stream message from the Conductor at placement, to the decode worker.) Import
         the request's blocks as its prefill worker publishes them (``kv_stream``)."""
@@ -279,8 +324,8 @@ class MooncakeWorker(WorkerPlugin):
             kvs.release_handoff(request_id)
 
     async def _expire_early(self) -> None:
-        """Deadlines: abort early lookups no task claimed (the client went away between
-        placement and submission), forget old aborts."""
+        """Deadlines: abort early lookups and early resumes no task claimed (the client
+        went away between placement and submission), forget old aborts."""
         for ins in self.requests.handle(request_state.Tick(time.monotonic())):
             if isinstance(ins, request_state.AbortEngine):
                 logger.warning(

@@ -4,6 +4,8 @@
   plugin's lookup thread; the request's lookup task collects its result.
 - ``started``: the engine's future of a request the lookup admitted; the next task
   (prefill, or generate when colocated) waits on it instead of admitting it again.
+- ``receiving``: the transfer of a moved request the Conductor started at placement
+  (``mooncake-resume``), in the plugin's resume threads; its transfer task collects it.
 
 Each is taken once by the task that owns it; the request state machine's ``DropKV``
 (abort, a graph that never arrived, an engine failure) forgets both."""
@@ -17,6 +19,7 @@ from typing import Generic, TypeVar
 
 LookupT = TypeVar("LookupT")
 OutputT = TypeVar("OutputT")
+ReceiveT = TypeVar("ReceiveT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,14 +29,15 @@ class Pending(Generic[OutputT]):
     """Clock reading (the caller's clock) when it was started."""
 
 
-class RequestFutures(Generic[LookupT, OutputT]):
-    """Early lookups (results ``LookupT``) and admitted requests (outputs ``OutputT``),
-    by request id (any thread)."""
+class RequestFutures(Generic[LookupT, OutputT, ReceiveT]):
+    """Early lookups (results ``LookupT``), admitted requests (outputs ``OutputT``) and
+    early transfers (results ``ReceiveT``), by request id (any thread)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._early: dict[str, Pending[LookupT]] = {}
         self._started: dict[str, Pending[OutputT]] = {}
+        self._receiving: dict[str, Pending[ReceiveT]] = {}
 
     def set_early(
         self, request_id: str, fut: concurrent.futures.Future[LookupT], since: float
@@ -45,6 +49,17 @@ class RequestFutures(Generic[LookupT, OutputT]):
         """The early lookup of the request, for its lookup task (once)."""
         with self._lock:
             return self._early.pop(request_id, None)
+
+    def set_receiving(
+        self, request_id: str, fut: concurrent.futures.Future[ReceiveT], since: float
+    ) -> None:
+        with self._lock:
+            self._receiving[request_id] = Pending(fut, since)
+
+    def take_receiving(self, request_id: str) -> Pending[ReceiveT] | None:
+        """The early transfer of the moved request, for its transfer task (once)."""
+        with self._lock:
+            return self._receiving.pop(request_id, None)
 
     def set_started(
         self, request_id: str, fut: concurrent.futures.Future[OutputT], since: float
@@ -62,11 +77,12 @@ class RequestFutures(Generic[LookupT, OutputT]):
         with self._lock:
             self._early.pop(request_id, None)
             self._started.pop(request_id, None)
+            self._receiving.pop(request_id, None)
 
     def pending(self) -> list[str]:
         """Requests with a future kept here."""
         with self._lock:
-            return sorted(set(self._early) | set(self._started))
+            return sorted(set(self._early) | set(self._started) | set(self._receiving))
 
 
 __all__ = ["Pending", "RequestFutures"]

@@ -7,6 +7,7 @@ model)::
 
     placed ──► looking_up ──► admitted ──► prefilled ──► handed_off     (prefill side)
     (transfer task) ──► receiving ──► received ──► decoding               (decode side)
+    (ResumePlaced)  ──► receiving ──► received ──► decoding               (early resume)
     any live state ──► finished | aborted | failed
 
 - ``Placed``: the Conductor's start message; the lookup begins at once, ahead of the
@@ -17,10 +18,16 @@ model)::
 - ``DecodeStarted``: the transfer task admitted the received request into the engine
   (its decode task collects the result), so the next token does not wait for the
   decode task's dispatch; an abort that came first makes it take the request out again.
+- ``ResumePlaced``: the Conductor placed a request moved off a lost worker here and
+  asks for its transfer and its admission into the engine now, ahead of the resume
+  graph (``early``, like the early lookup); the graph's transfer task then collects the
+  result (``CollectTransfer``) and its decode task the engine's future. A repeated
+  start is ignored, a start after an abort refused.
 - ``PeerLost``: the worker on the other side of a hand-off left. A prefilled request
   whose decode worker left will never be pulled: its KV is dropped.
-- ``Tick``: deadlines. An early lookup whose graph never arrived (the client went away
-  between placement and submission) is aborted after ``early_lookup_timeout_s``.
+- ``Tick``: deadlines. Work begun at placement (an early lookup or an early resume)
+  whose graph never arrived (the client went away between placement and submission)
+  is aborted after ``early_lookup_timeout_s``.
 """
 
 from __future__ import annotations
@@ -67,6 +74,17 @@ class Placed:
     request_id: str
     at: float
     decode_worker: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePlaced:
+    """The Conductor placed a moved request here (decode side) and asks for its
+    transfer and admission now, ahead of its resume graph."""
+
+    request_id: str
+    at: float
+    peer: str | None = None
+    """The prefill worker whose store may still hold the prompt's blocks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +169,7 @@ class Tick:
 
 Event = (
     Placed
+    | ResumePlaced
     | TaskArrived
     | LookupDone
     | Prefilled
@@ -180,6 +199,21 @@ class CollectLookup:
 
 
 @dataclass(frozen=True, slots=True)
+class BeginTransfer:
+    """Start the transfer of a resumed request's KV and admit it into the engine (it
+    runs to its first tokens before the graph arrives)."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CollectTransfer:
+    """The transfer task collects the result of the transfer begun at placement."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class AbortEngine:
     """Drop the request from the engine (frees its blocks)."""
 
@@ -201,7 +235,9 @@ class FailTask:
     reason: str
 
 
-Instruction = BeginLookup | CollectLookup | AbortEngine | DropKV | FailTask
+Instruction = (
+    BeginLookup | CollectLookup | BeginTransfer | CollectTransfer | AbortEngine | DropKV | FailTask
+)
 
 
 @dataclass(slots=True)
@@ -210,7 +246,10 @@ class RequestState:
     state: State
     since: float
     early: bool = False
-    """Its lookup began at placement, before any task arrived."""
+    """Its work began at placement, before any task arrived: the lookup (prefill
+    side) or, with ``resumed``, the transfer and admission (decode side)."""
+    resumed: bool = False
+    """Started by ``ResumePlaced`` (its transfer task collects, not its lookup task)."""
     task_seen: bool = False
     peer: str | None = None
     """The other worker of its hand-off (decode worker on the prefill side and back)."""
@@ -264,6 +303,19 @@ class WorkerRequests:
                 placed_at=event.at,
             )
             return [BeginLookup(rid)]
+        if isinstance(event, ResumePlaced):
+            if rs is not None:
+                return []  # a repeated start, or its graph came first (then it does the work)
+            self.requests[rid] = RequestState(
+                rid,
+                "receiving",
+                event.at,
+                early=True,
+                resumed=True,
+                peer=event.peer,
+                placed_at=event.at,
+            )
+            return [BeginTransfer(rid)]
         if isinstance(event, TaskArrived):
             return self._task(rs, event)
         if rs is None:
@@ -321,7 +373,10 @@ class WorkerRequests:
                 self.requests[rid] = RequestState(
                     rid, "receiving", ev.at, task_seen=True, peer=ev.peer
                 )
-            return []
+                return []
+            first = not rs.task_seen
+            rs.task_seen = True
+            return [CollectTransfer(rid)] if rs.resumed and first else []
         # decode
         if rs is None or rs.state in ("receiving", "received"):
             self.requests[rid] = RequestState(
@@ -334,6 +389,8 @@ class WorkerRequests:
         rid = getattr(event, "request_id", "")
         if isinstance(event, TaskArrived):
             return [FailTask(rid, "aborted")]
+        if isinstance(event, ResumePlaced):
+            return []  # aborted before its start arrived: nothing begins
         if isinstance(event, (LookupDone, DecodeStarted)):
             # Admitted into the engine while the abort came: take it out again.
             return [AbortEngine(rid), DropKV(rid)]
@@ -377,7 +434,9 @@ __all__ = [
     "Abort",
     "AbortEngine",
     "BeginLookup",
+    "BeginTransfer",
     "CollectLookup",
+    "CollectTransfer",
     "DecodeStarted",
     "DropKV",
     "EngineFailed",
@@ -391,6 +450,7 @@ __all__ = [
     "Placed",
     "Prefilled",
     "RequestState",
+    "ResumePlaced",
     "State",
     "TaskArrived",
     "Tick",

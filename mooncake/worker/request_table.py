@@ -4,7 +4,8 @@
 (under a lock: the plugin's handlers, the lookup thread and the tasks' threads all send
 events) and carries out the bookkeeping instructions itself: ``DropKV`` forgets the
 request's futures and hand-off KV, ``AbortEngine`` calls the engine's abort. What is
-left for the caller is ``BeginLookup`` / ``CollectLookup`` / ``FailTask``, which decide
+left for the caller is ``BeginLookup`` / ``CollectLookup`` / ``BeginTransfer`` /
+``CollectTransfer`` / ``FailTask``, which decide
 what the calling task or handler does next. No Dask here: the engine and whatever else
 the worker forgets on a drop are callables, so every path is a unit test."""
 
@@ -21,9 +22,10 @@ from mooncake.worker.request_futures import RequestFutures
 LookupT = TypeVar("LookupT")
 OutputT = TypeVar("OutputT")
 ExportT = TypeVar("ExportT")
+ReceiveT = TypeVar("ReceiveT")
 
 
-class RequestTable(Generic[LookupT, OutputT, ExportT]):
+class RequestTable(Generic[LookupT, OutputT, ExportT, ReceiveT]):
     """Args:
     machine: the state machine (its deadlines are configured there).
     abort_engine: drop a request from the engine (returns at once; may return a future).
@@ -37,7 +39,7 @@ class RequestTable(Generic[LookupT, OutputT, ExportT]):
         forget: Callable[[str], Any] | None = None,
     ) -> None:
         self.machine = machine
-        self.futures: RequestFutures[LookupT, OutputT] = RequestFutures()
+        self.futures: RequestFutures[LookupT, OutputT, ReceiveT] = RequestFutures()
         self.handoff: KVHandoff[ExportT] = KVHandoff()
         self._abort_engine = abort_engine
         self._forget = forget

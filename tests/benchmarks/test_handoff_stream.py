@@ -17,8 +17,9 @@ import handoff_stream  # noqa: E402
 
 @pytest.mark.cluster
 def test_handoff_benchmark_runs_small(tiny_llama, tmp_path, capsys):
-    """Streamed 1P+1D with a 4-chunk prompt, one rep (one cluster, to stay quick): a
-    table row and the row as JSON, with the streamed set-up's blocks counted."""
+    """Streamed 1P+1D with a 4-chunk prompt, one rep (one cluster, to stay quick), core
+    lending asked for: a table row and the row as JSON, with the streamed set-up's
+    blocks counted."""
     out = tmp_path / "rows.json"
     handoff_stream.main(
         [
@@ -34,10 +35,11 @@ def test_handoff_benchmark_runs_small(tiny_llama, tmp_path, capsys):
             "1p1d-stream",
             "--out",
             str(out),
+            "--cpu-core-lending",
         ]
     )
     table = capsys.readouterr().out
-    assert "1p1d-stream" in table
+    assert "1p1d-stream" in table and "core lending on" in table
     rows = json.loads(out.read_text())
     assert [r["setup"] for r in rows] == ["1p1d-stream"]
     streamed = rows[0]["stream_blocks"]

@@ -11,6 +11,7 @@ import msgpack
 
 from mooncake.conductor import ConductorConfig
 from mooncake.conductor.messages import (
+    RESUME_OP,
     START_OP,
     PlacementInfo,
     PlaceRefused,
@@ -99,6 +100,38 @@ def test_resumed_request_has_no_early_start() -> None:
     req = PlaceRequest("r1~1", 40, [b"k" * 16], 8, "c", resume=True)
     assert isinstance(parse_place_reply(plugin.handle_place(req.to_msg())), PlacementInfo)
     assert not s.stream_comms["P"].sent
+
+
+def test_resumed_request_with_its_tokens_starts_on_its_decode_worker() -> None:
+    """A resumed request placed with what it resumes from (the client's ``ResumeStart``)
+    is passed on to the decode worker chosen, with the same placement and the prefill
+    worker's store (its published ``peer``), and to no other worker: no early lookup, no
+    KV stream."""
+    plugin, s = started()
+    plugin.worker_info["P"]["peer"] = {"host_id": "h", "tcp": ["127.0.0.1", 1]}
+    req = PlaceRequest("r1~1", 40, [b"k" * 16], 8, "c", resume=True, spec={"the": "start"})
+    reply = parse_place_reply(wire(plugin.handle_place(wire(req.to_msg()))))
+    assert isinstance(reply, PlacementInfo) and reply.decode == "D"
+    assert not s.stream_comms["P"].sent
+    (msg,) = [wire(m) for m in s.stream_comms["D"].sent]
+    assert msg["op"] == RESUME_OP and msg["start"] == {"the": "start"}
+    assert PlacementInfo.from_msg(msg["placement"]) == reply
+    assert msg["peer"] == {"host_id": "h", "tcp": ["127.0.0.1", 1]}
+
+
+def test_place_many_answers_each_in_order() -> None:
+    """Several placements in one call (a client's burst of moves): one answer each, in
+    order, the same as one call each (a refusal among them stays its own)."""
+    plugin, _ = started()
+    reqs = [
+        PlaceRequest("a~1", 40, [b"k" * 16], 8, "c", resume=True).to_msg(),
+        PlaceRequest("b~1", 40, [b"k" * 16], 8, "c", resume=True, exclude=("D",)).to_msg(),
+        PlaceRequest("c~1", 40, [b"k" * 16], 8, "c", resume=True).to_msg(),
+    ]
+    replies = [parse_place_reply(r) for r in wire({"r": plugin.handle_place_many(reqs)})["r"]]
+    assert isinstance(replies[0], PlacementInfo) and replies[0].decode == "D"
+    assert isinstance(replies[1], PlaceRefused) and replies[1].unavailable
+    assert isinstance(replies[2], PlacementInfo)
 
 
 def test_move_excludes_the_lost_worker_before_its_removal() -> None:

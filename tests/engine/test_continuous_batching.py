@@ -154,3 +154,29 @@ def test_cached_blocks_move_between_engines(tiny_llama):
     assert b.import_cached_blocks(blocks) == len(keys)
     out = b.generate([prompt], SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))[0]
     assert out.num_cached_tokens == min(len(keys), (len(prompt) - 1) // 16) * 16
+
+
+def test_resumed_request_recomputes_in_one_chunk(tiny_llama):
+    """A request resumed on a fresh engine (its generated tokens' KV was lost with its
+    decode worker) runs prompt + tokens so far as ONE prefill chunk, and only what its
+    prefix cache lacks: the next token comes from the first step, and a second resumed
+    request over the same tokens recomputes only what is past the blocks the first left
+    in the cache (prompt and generated tokens alike)."""
+    prompt = _prompts()[5]  # 100-token shared prefix + body
+    params = SamplingParams(temperature=0.0, max_tokens=60, ignore_eos=True)
+    whole = _engine(tiny_llama).generate([prompt], params)[0].token_ids
+    so_far = whole[:40]
+    eng = _engine(tiny_llama)
+    eng.add_request("a", prompt, params, prior_output_ids=so_far)
+    first = eng.step()
+    n = len(prompt) + len(so_far)
+    assert eng.last_step.prefill_tokens == n and eng.last_step.chunks == ((n, 0),)
+    assert [o.token_ids[-1] for o in first] == [whole[40]]
+    while eng.has_unfinished():
+        eng.step()
+    bs = eng.config.block_size
+    eng.add_request("b", prompt, params, prior_output_ids=so_far[:10])
+    eng.step()
+    m = len(prompt) + 10
+    cached = m // bs * bs  # full blocks of "a"'s prompt + its first generated tokens
+    assert eng.last_step.chunks == ((m, cached),)

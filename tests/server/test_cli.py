@@ -17,7 +17,8 @@ from tests.server.conftest import free_port
 
 
 def test_serve_arguments_build_config() -> None:
-    """Flags map onto ServerConfig and EngineConfig; defaults serve the built-in model locally."""
+    """Flags map onto ServerConfig and EngineConfig; defaults serve the built-in model
+    locally; streaming and core lending are off unless asked for."""
     cfg = config_from_args(build_parser().parse_args(["serve"]))
     assert (
         cfg.model is None and cfg.host == "127.0.0.1" and cfg.port == 8000 and cfg.api_key is None
@@ -25,6 +26,12 @@ def test_serve_arguments_build_config() -> None:
     assert (cfg.prefill_workers, cfg.decode_workers, cfg.mode) == (1, 1, "disaggregated")
     assert cfg.stream_kv is False
     assert config_from_args(build_parser().parse_args(["serve", "--stream-kv"])).stream_kv
+    assert cfg.cpu_core_lending is False
+    lend = ["serve", "--cpu-core-lending"]
+    assert config_from_args(build_parser().parse_args(lend)).cpu_core_lending
+    assert not config_from_args(
+        build_parser().parse_args(lend + ["--no-cpu-core-lending"])
+    ).cpu_core_lending
     args = build_parser().parse_args(
         [
             "serve",

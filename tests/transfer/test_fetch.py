@@ -372,6 +372,11 @@ class StallingServer:
             _, rid, n, _ = proto.REQ.unpack(proto.recv_bytes(conn, proto.REQ.size))
             proto.recv_bytes(conn, n * proto.KEY_BYTES)
             conn.sendall(self.reply(rid, n))
+            if self.hang_up:
+                conn.close()
+
+    hang_up = False
+    """Close each connection once its reply is sent (a peer that dies mid-response)."""
 
     def close(self) -> None:
         self.stop.set()
@@ -435,3 +440,31 @@ def test_poll_of_a_streaming_handoff_returns_only_what_is_there_intact(served: A
     finally:
         early.close()
         partial.close()
+
+
+def test_a_response_cut_inside_a_record_yields_no_block(host_dir: str) -> None:
+    """A peer sends a response's table, its first record whole and half of the second,
+    then hangs up (on every attempt): the fetch returns all misses, quickly, with the
+    closed connection in its errors; the record that arrived whole is not handed out
+    from a response that did not (nothing from a cut response is used)."""
+    blocks = make_chain(3)
+    with BlockStore(store_config(host_dir)) as store:
+        store.put_many(blocks)
+        recs = [bytes(r) for r in store.get_raw_many(keys_of(blocks)).records]
+
+    def reply(rid: int, n: int) -> bytes:
+        table = b"".join(proto.ENTRY.pack(proto.STATUS_OK, len(r)) for r in recs[:n])
+        head = proto.RESP.pack(proto.RESP_MAGIC, rid, n, sum(map(len, recs[:n])))
+        return head + table + recs[0] + recs[1][: len(recs[1]) // 2]
+
+    server = StallingServer(reply)
+    server.hang_up = True
+    try:
+        with tcp_fetcher() as f:
+            t0 = time.monotonic()
+            res = f.fetch(keys_of(blocks), Peer("elsewhere", tcp=server.address))
+            assert time.monotonic() - t0 < 4
+            assert res.missing == keys_of(blocks) and res.num_fetched == 0
+            assert res.errors and all("closed" in e for e in res.errors), res.errors
+    finally:
+        server.close()

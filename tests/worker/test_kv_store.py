@@ -61,7 +61,7 @@ def test_lease_released_when_request_aborted(stores) -> None:
     plugin = MooncakeWorker.__new__(MooncakeWorker)
     plugin.engine = SimpleNamespace(token_times={})
     plugin.kv_store = prefill
-    table: RequestTable[object, object, object] = RequestTable(
+    table: RequestTable[object, object, object, object] = RequestTable(
         request_state.WorkerRequests(), abort_engine=lambda rid: None, forget=plugin._forget
     )
     table.handle(request_state.Abort("r1", 0.0))

@@ -9,7 +9,9 @@ from mooncake.worker.request_state import (
     Abort,
     AbortEngine,
     BeginLookup,
+    BeginTransfer,
     CollectLookup,
+    CollectTransfer,
     DecodeStarted,
     DropKV,
     EngineFailed,
@@ -20,6 +22,7 @@ from mooncake.worker.request_state import (
     PeerLost,
     Placed,
     Prefilled,
+    ResumePlaced,
     TaskArrived,
     Tick,
     WorkerRequests,
@@ -220,4 +223,117 @@ def test_events_for_unknown_requests_are_ignored() -> None:
     m = machine()
     for ev in (LookupDone(R, 0.0), Prefilled(R, 0.0), HandedOff(R, 0.0), EngineFinished(R, 0.0)):
         assert m.handle(ev) == []
+    assert m.state_of(R) is None
+
+
+# -- early resume: a moved request started on its new decode worker at placement --------
+def test_early_resume_path() -> None:
+    """ResumePlaced -> receiving (transfer begun) -> received -> decoding (admitted by
+    the resume thread) -> the graph's transfer task collects it, its decode task
+    attaches -> finished: the worker forgets it."""
+    m = machine()
+    assert m.handle(ResumePlaced(R, 0.0, "P")) == [BeginTransfer(R)]
+    assert m.state_of(R) == "receiving"
+    assert m.handle(HandedOff(R, 0.01)) == [] and m.state_of(R) == "received"
+    assert m.handle(DecodeStarted(R, 0.02)) == [] and m.state_of(R) == "decoding"
+    assert m.handle(TaskArrived(R, "transfer", 0.03, peer="P")) == [CollectTransfer(R)]
+    assert m.handle(TaskArrived(R, "decode", 0.04, peer="P")) == []
+    assert m.state_of(R) == "decoding"
+    assert m.handle(EngineFinished(R, 1.0)) == [] and m.state_of(R) is None
+
+
+def test_early_resume_transfer_task_arrives_while_receiving() -> None:
+    """The graph's transfer task arrives before the early transfer is done: it collects
+    (waits for) it; the rest of the path is the same."""
+    m = machine()
+    m.handle(ResumePlaced(R, 0.0, "P"))
+    assert m.handle(TaskArrived(R, "transfer", 0.001, peer="P")) == [CollectTransfer(R)]
+    assert m.handle(HandedOff(R, 0.01)) == [] and m.state_of(R) == "received"
+    assert m.handle(DecodeStarted(R, 0.02)) == [] and m.state_of(R) == "decoding"
+
+
+def test_early_resume_repeated_start_and_repeated_task() -> None:
+    """A second start message begins nothing; a repeated transfer task (a retry) does
+    not collect the early transfer a second time."""
+    m = machine()
+    m.handle(ResumePlaced(R, 0.0, "P"))
+    assert m.handle(ResumePlaced(R, 0.01, "P")) == []
+    assert m.handle(TaskArrived(R, "transfer", 0.02)) == [CollectTransfer(R)]
+    assert m.handle(TaskArrived(R, "transfer", 0.03)) == []
+
+
+def test_graph_before_resume_start_does_the_work_itself() -> None:
+    """The transfer task arrived first (the start message was lost or late): it does the
+    transfer itself, and the late start begins nothing."""
+    m = machine()
+    assert m.handle(TaskArrived(R, "transfer", 0.0, peer="P")) == []
+    assert m.handle(ResumePlaced(R, 0.01, "P")) == []
+    assert m.state_of(R) == "receiving"
+
+
+def test_abort_before_resume_start() -> None:
+    """The client aborted before the start arrived: nothing begins and the graph's
+    tasks fail."""
+    m = machine()
+    m.handle(Abort(R, 0.0))
+    assert m.handle(ResumePlaced(R, 0.01, "P")) == []
+    assert m.handle(TaskArrived(R, "transfer", 0.02)) == [FailTask(R, "aborted")]
+    assert m.state_of(R) == "aborted"
+
+
+@pytest.mark.parametrize("after", ["receiving", "received", "decoding"])
+def test_abort_after_resume_start(after: str) -> None:
+    """An abort at any point of the early resume stops the engine and forgets the
+    futures; when the resume thread admits the request after the abort, the machine
+    takes it out again; the graph's tasks that come later fail."""
+    m = machine()
+    m.handle(ResumePlaced(R, 0.0, "P"))
+    if after in ("received", "decoding"):
+        m.handle(HandedOff(R, 0.01))
+    if after == "decoding":
+        m.handle(DecodeStarted(R, 0.02))
+    assert m.state_of(R) == after
+    assert m.handle(Abort(R, 0.03)) == [AbortEngine(R), DropKV(R)]
+    if after != "decoding":
+        assert m.handle(HandedOff(R, 0.04)) == []
+        assert m.handle(DecodeStarted(R, 0.05)) == [AbortEngine(R), DropKV(R)]
+    assert m.handle(TaskArrived(R, "transfer", 0.06)) == [FailTask(R, "aborted")]
+    assert m.handle(TaskArrived(R, "decode", 0.07)) == [FailTask(R, "aborted")]
+
+
+def test_early_resume_graph_never_arrives() -> None:
+    """A resume started at placement whose graph never comes (the client went away) is
+    aborted at the deadline, even though it is decoding; a later task fails."""
+    m = machine()
+    m.handle(ResumePlaced(R, 0.0, "P"))
+    m.handle(HandedOff(R, 0.01))
+    m.handle(DecodeStarted(R, 0.02))
+    assert m.handle(Tick(59.0)) == []
+    assert m.handle(Tick(61.0)) == [AbortEngine(R), DropKV(R)]
+    assert m.handle(TaskArrived(R, "transfer", 62.0)) == [FailTask(R, "aborted")]
+
+
+def test_early_resume_claimed_by_its_graph_has_no_deadline() -> None:
+    """Once its transfer task has come, a resumed request decodes past the deadline."""
+    m = machine()
+    m.handle(ResumePlaced(R, 0.0, "P"))
+    m.handle(TaskArrived(R, "transfer", 0.01))
+    m.handle(HandedOff(R, 0.02))
+    m.handle(DecodeStarted(R, 0.03))
+    assert m.handle(Tick(120.0)) == [] and m.state_of(R) == "decoding"
+
+
+def test_early_resume_prefill_worker_lost() -> None:
+    """The prefill worker whose store the resume fetches from leaves: nothing to drop
+    here (the fetch misses and decode recomputes)."""
+    m = machine()
+    m.handle(ResumePlaced(R, 0.0, "P"))
+    assert m.handle(PeerLost("P", 0.01)) == [] and m.state_of(R) == "receiving"
+
+
+def test_early_resume_engine_failure() -> None:
+    """The engine refuses the resumed request: its task fails and its KV is dropped."""
+    m = machine()
+    m.handle(ResumePlaced(R, 0.0, "P"))
+    assert m.handle(EngineFailed(R, "bad", 0.01)) == [DropKV(R), FailTask(R, "bad")]
     assert m.state_of(R) is None

@@ -17,7 +17,7 @@ class Fake:
         self.aborted: list[str] = []
         self.forgotten: list[str] = []
 
-    def table(self) -> RequestTable[str, str, str]:
+    def table(self) -> RequestTable[str, str, str, str]:
         return RequestTable(
             rs.WorkerRequests(early_lookup_timeout_s=60.0, abort_memory_s=60.0),
             abort_engine=self.aborted.append,
