@@ -37,6 +37,7 @@ SECTIONS = [
     "serving-trace",
     "serve-profile",
     "handoff-stream",
+    "handoff-bandwidth",
     "batch-templates",
     "batch-cache-bound",
     "batch-transformers",

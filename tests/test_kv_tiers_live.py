@@ -22,9 +22,15 @@ def _tokens(n: int, seed: int) -> list[int]:
     return [rng.randrange(300) for _ in range(n)]
 
 
+def _socket_bytes(llm: mooncake.LLM) -> int:
+    """KV bytes the workers sent their engines over the engine socket so far."""
+    return sum(s["worker_copies"].get("channel.send", 0) for s in llm.worker_stats().values())
+
+
 def test_evicted_prefix_comes_back_from_host_tier(tiny_llama):
     """A 32-block device pool forgets a 320-token prefix after other long prompts; the
-    next request with that prefix still gets it cached, from the host tier."""
+    next request with that prefix still gets it cached, from the host tier, which the
+    engine reads in place (no KV bytes through the worker-engine socket)."""
     with mooncake.LLM(
         str(tiny_llama), engine_config=EngineConfig(num_blocks=48), dashboard_address=None
     ) as llm:
@@ -32,8 +38,11 @@ def test_evicted_prefix_comes_back_from_host_tier(tiny_llama):
         llm.generate([prefix + _tokens(10, 2)], GREEDY, use_tqdm=False)
         for i in range(4):  # evict it from the device pool
             llm.generate([_tokens(600, 10 + i)], GREEDY, use_tqdm=False)
+        sent = _socket_bytes(llm)
         out = llm.generate([prefix + _tokens(12, 3)], GREEDY, use_tqdm=False)[0]
         assert out.num_cached_tokens == 320
+        # The engine read its own worker's host tier in place: no KV crossed its socket.
+        assert _socket_bytes(llm) == sent
         hits = {w: s["hit_blocks"] for w, s in llm.worker_stats().items()}
         assert sum(h.get("store", 0) for h in hits.values()) >= 20
         # Every hand-off was fetched, so every lease on it was released.

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from mooncake.config import EngineConfig
@@ -32,6 +33,11 @@ from mooncake.types import BlockKey
 
 if TYPE_CHECKING:
     from mooncake.store.config import ChecksumName
+
+
+def _bytes_of(data: np.ndarray) -> memoryview:
+    """A C-contiguous array's bytes, without a copy (to checksum them)."""
+    return memoryview(data).cast("B")  # type: ignore[arg-type]
 
 
 @dataclass
@@ -467,8 +473,10 @@ class LLMEngine:
         """Write a held (or running) request's full blocks from block ``first`` on as
         store records into ``out`` (shared memory its worker lent), each block copied
         once, from the pool into its record; then, with ``release``, free a held
-        request's blocks. ``None`` (and nothing freed) when ``out`` is too small: export
-        the old way. A request still in prefill (chunked) exports the blocks its chunks
+        request's blocks. When ``out`` holds fewer records than there are blocks, the
+        leading ones that fit are written and nothing is freed (ask again from the next
+        block). ``None`` (and nothing freed) when ``out`` holds not even one: export the
+        old way. A request still in prefill (chunked) exports the blocks its chunks
         so far filled: that is how its KV streams to the decode side while it runs."""
         from mooncake.store.records import record_size, write_record_in_place
 
@@ -480,12 +488,16 @@ class LLMEngine:
         full = n // bs
         first = min(first, full)
         size = record_size(self.spec, self.fingerprint, bs)
-        if (full - first) * size > out.nbytes:
+        if full > first and size > out.nbytes:
             return None
+        # As many as fit: a long prompt's blocks may take several regions (the caller
+        # asks again from ``first + len(keys)``); only the call that reaches the last
+        # full block releases the request.
+        last = min(full, first + out.nbytes // size)
         keys = self.kv._keys(seq, full)
         offsets, sizes = [], []
         off = 0
-        for i in range(first, full):
+        for i in range(first, last):
             block_id = seq.block_table[i].block_id
             written = write_record_in_place(
                 out[off : off + size],
@@ -496,14 +508,24 @@ class LLMEngine:
                 self.fingerprint,
                 i,
                 algo,
-                functools.partial(self.runner.read_block_into, block_id),
+                functools.partial(self._export_block, block_id, algo == "sum64"),
             )
             offsets.append(off)
             sizes.append(written)
             off += size
-        if release and request_id in self._held:
+        if release and last == full and request_id in self._held:
             self.abort_request(request_id)
-        return PackedExport(list(keys[first:full]), offsets, sizes, n, first)
+        return PackedExport(list(keys[first:last]), offsets, sizes, n, first)
+
+    def _export_block(self, block_id: int, summed: bool, out: np.ndarray) -> int | None:
+        """Copy a pool block into ``out``; with ``summed``, return its sum64 computed on
+        the way where the fused copy applies (else ``None``: the caller sums)."""
+        if summed:
+            got = self.runner.read_block_summed(block_id, out)
+            if got is not None:
+                return got
+        self.runner.read_block_into(block_id, out)
+        return None
 
     def release(self, request_id: str) -> None:
         """Free a held request's blocks (they stay in the prefix cache)."""
@@ -554,6 +576,60 @@ class LLMEngine:
             self.pool.register(nb, b.key, b.token_ids, hand_off=hand_off)
         self.pool.free(new)
         return len(fresh)
+
+    def import_checked_blocks(
+        self,
+        blocks: Seq[KVBlock],
+        checksums: Seq[tuple[int, ChecksumName]],
+        hand_off: bool = False,
+    ) -> tuple[int, int]:
+        """Put full blocks whose payloads are not checked yet (views of a host tier) into
+        this engine's prefix cache, checking each as it is copied: ``checksums[i]`` is
+        block ``i``'s record checksum and algorithm. A block not yet cached is copied
+        into a free pool block and summed in the same pass (sum64; other algorithms, or a
+        pool the fused copy does not suit, are checked first, then copied); the first
+        block whose sum differs ends the run and is not used (its pool block goes back
+        unregistered), nor are the blocks after it. Blocks already cached, and those past
+        the free pool blocks, are only checked. ``hand_off``: as for
+        ``import_cached_blocks``.
+
+        Returns (the leading run of blocks found intact, blocks imported)."""
+        from mooncake.engine.kv_cache_manager import KVWrite
+        from mooncake.kvcache import copies
+        from mooncake.store.block_object import checksum
+
+        for b in blocks:
+            if b.model_fingerprint != self.fingerprint or b.spec != self.spec:
+                raise ValueError("blocks: exported by a different model or block spec")
+        intact = 0
+        new = []
+        try:
+            for b, (want, algo) in zip(blocks, checksums):
+                if not b.is_full or b.key is None:
+                    break
+                if self.pool.lookup(b.key, b.token_ids) is not None or not self.pool.num_free:
+                    if checksum(_bytes_of(b.data), algo) != want:
+                        break
+                    intact += 1
+                    continue
+                nb = self.pool.allocate(1)[0]
+                got = None
+                if algo == "sum64":
+                    got = self.runner.write_block_summed(nb.block_id, b.data)
+                if got is None:
+                    got = checksum(_bytes_of(b.data), algo)
+                    copies.count("check.import", b.data.nbytes)
+                    if got == want:
+                        self.runner.write_blocks([KVWrite(nb.block_id, b.data)])
+                if got != want:
+                    self.pool.free([nb])
+                    break
+                self.pool.register(nb, b.key, b.token_ids, hand_off=hand_off)
+                new.append(nb)
+                intact += 1
+        finally:
+            self.pool.free(new)  # cached and evictable at once, like any freed block
+        return intact, len(new)
 
     # -- diagnostics -----------------------------------------------------------------
     def prompt_logits(self, token_ids: Seq[int]) -> torch.Tensor:

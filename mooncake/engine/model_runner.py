@@ -4,6 +4,7 @@ pass and returns the logits of the positions that sample."""
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ class ModelRunner:
         p = model.embed_tokens.weight
         self.device = p.device
         self.dtype = p.dtype
+        self._fused_geo: tuple[Any, ...] | None = None
         # [layers, K/V, slots, Hkv, D]
         self.kv_cache = torch.zeros(
             spec.num_layers,
@@ -120,6 +122,57 @@ class ModelRunner:
             dst = dst.view(torch.bfloat16)
         dst.copy_(self.kv_cache[:, :, start : start + n])
         copies.count("engine.export", dst.nbytes)
+
+    def _fused(self, num_tokens: int) -> tuple[Any, int, int, int, int] | None:
+        """(native library, pool address, token bytes, segment stride, segments) for the
+        fused copy of a block of ``num_tokens`` (one segment per layer and K|V): a CPU
+        pool, contiguous, and the compiled library; ``None`` where it does not apply.
+        Cached: these calls cost more than a block's copy when made per block."""
+        geo = self._fused_geo
+        if geo is None:
+            from mooncake.store.native import records_lib
+
+            kv, lib = self.kv_cache, records_lib()
+            ok = lib is not None and kv.device.type == "cpu" and kv.is_contiguous()
+            elt = kv.element_size()
+            segments = kv.shape[0] * kv.shape[1]
+            geo = self._fused_geo = (
+                (lib, kv.data_ptr(), kv.stride(2) * elt, kv.stride(1) * elt, segments) if ok else ()
+            )
+        return geo or None
+
+    def read_block_summed(self, block_id: int, out: np.ndarray) -> int | None:
+        """:meth:`read_block_into` and the sum64 of what it wrote, in one pass
+        (``mooncake.store.native``); ``None`` where that does not apply (then it copies
+        nothing: the caller copies and sums apart). ``out`` must be C-contiguous."""
+        n = out.shape[2]
+        geo = self._fused(n)
+        if geo is None or not out.flags.c_contiguous or out.nbytes != n * geo[2] * geo[4]:
+            return None
+        lib, base, tok, stride, nseg = geo
+        seg = n * tok
+        dst = out.__array_interface__["data"][0]
+        src = base + block_id * self.block_size * tok
+        total = int(lib.copy_sum64_strided(dst, seg, src, stride, seg, nseg))
+        copies.count("engine.export", seg * nseg)
+        return total
+
+    def write_block_summed(self, block_id: int, data: np.ndarray) -> int | None:
+        """Copy one block's payload (C-contiguous ``[layers, 2, n, Hkv, D]``, e.g. a view
+        of a host tier) into the pool and return its sum64, in one pass: the import's
+        check and copy together (the caller keeps the block only if the sum is the
+        record's). ``None`` where the fused copy does not apply (nothing copied)."""
+        n = data.shape[2]
+        geo = self._fused(n)
+        if geo is None or not data.flags.c_contiguous or data.nbytes != n * geo[2] * geo[4]:
+            return None
+        lib, base, tok, stride, nseg = geo
+        seg = n * tok
+        src = data.__array_interface__["data"][0]
+        dst = base + block_id * self.block_size * tok
+        total = int(lib.copy_sum64_strided(dst, stride, src, seg, seg, nseg))
+        copies.count("engine.import", seg * nseg)
+        return total
 
     def read_block(self, block_id: int, num_tokens: int) -> np.ndarray:
         """A copy of one block's K/V as numpy ``[layers, 2, n, Hkv, D]``."""

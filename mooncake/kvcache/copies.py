@@ -16,6 +16,11 @@ Places (``<layer>.<what>``):
 - ``transfer.send`` / ``transfer.recv``: a block server / the fetcher moves records
   over a network path.
 
+Separate checksum passes (a read of the payload that is not fused with its copy) count
+under ``check.<where>``, apart from the copies: ``check.export`` (an engine summed a
+record it had written), ``check.read`` (a store read verified a payload),
+``check.import`` (an engine checked a block before copying it in).
+
 Plain integers in one process, no lock: a lost increment under a race only blurs a
 diagnostic.
 """

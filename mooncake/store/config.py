@@ -38,6 +38,11 @@ class TierConfig:
     pages still seen by open readers, and LMDB never shrinks its file."""
     max_readers: int = 512
     """Concurrent read transactions (one per live zero-copy view) across all processes."""
+    prefault: bool = False
+    """Take ``capacity_bytes`` of the map into memory when the tier opens
+    (``mooncake.store.prefault``), so puts into a fresh tier do not fault in each page:
+    the host tier's RAM is then taken up front, like a preallocated pool. Off: pages are
+    taken as the tier fills."""
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "path", "must be a non-empty directory path")

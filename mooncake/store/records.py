@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mooncake.kvcache import copies
 from mooncake.kvcache.block import KVBlock, KVBlockSpec
 from mooncake.store.block_object import (
     _HEADER_CACHE,
@@ -131,21 +132,26 @@ def write_record_in_place(
     fingerprint: str,
     position: int | None,
     algo: ChecksumName,
-    fill: Callable[[np.ndarray], None],
+    fill: Callable[[np.ndarray], int | None],
 ) -> int:
     """Lay a block's record out in ``out`` (writable, at least :func:`record_size`
     bytes) with the payload written by ``fill`` straight into its place: ``fill(view)``
     gets the payload as a writable numpy array of the block's shape and dtype (an
-    engine copies its pool's block into it: the block's only copy). Then the payload is
-    checksummed in place and the header goes in front. Returns the record's length."""
+    engine copies its pool's block into it: the block's only copy) and may return the
+    payload's sum64 if it computed it on the way (one pass instead of two); otherwise the
+    payload is checksummed in place. Then the header goes in front. Returns the
+    record's length."""
     n = len(token_ids)
     off = payload_offset(header_length_for(fingerprint, n))
     nbytes = spec.bytes_per_token * n
     payload = np.frombuffer(out, dtype=spec.numpy_dtype, count=nbytes // np.dtype(
         spec.numpy_dtype).itemsize, offset=off).reshape(spec.shape(n))  # fmt: skip
-    fill(payload)
+    summed = fill(payload)
+    if summed is None or algo != "sum64":
+        summed = checksum(out[off : off + nbytes], algo)
+        copies.count("check.export", nbytes)
     block = KVBlock(key, parent, token_ids, payload, spec, fingerprint)
-    header = encode_header(block, checksum(out[off : off + nbytes], algo), position, algo)
+    header = encode_header(block, summed, position, algo)
     assert len(header) <= off
     out[: len(header)] = header
     out[len(header) : off] = bytes(off - len(header))
@@ -257,6 +263,7 @@ def object_from_record(
             got = lib.sum64(address + off, plen) if lib is not None else sum64(pv)
         else:
             got = checksum(pv, algo)
+        copies.count("check.read", plen)
         if got != header.payload_checksum:
             raise CorruptBlockError("payload checksum mismatch")
     if key is not None and header.key != key:

@@ -78,6 +78,11 @@ class ShmArena:
                     return Region(off, need)
         return None
 
+    def most_records(self, record_bytes: int) -> int:
+        """How many records of ``record_bytes`` one region can hold at most (the whole
+        arena, after alignment); at least 1, so a caller asks and is refused."""
+        return max(1, (self.size // _ALIGN * _ALIGN) // record_bytes)
+
     def free(self, region: Region) -> None:
         """Give a region back (merged with free neighbours)."""
         with self._lock:

@@ -35,6 +35,7 @@ import lmdb
 from mooncake.kvcache import copies
 from mooncake.store.block_object import BlockObject, CorruptBlockError
 from mooncake.store.config import TierConfig
+from mooncake.store.prefault import Prefaulted, prefault
 from mooncake.store.records import RecordSource, object_from_record, pack_record, split_record
 from mooncake.types import BlockKey
 
@@ -172,6 +173,11 @@ class LmdbTier:
             self.close()
             raise
         self._stage = bytearray()  # a put's record is assembled here (reused)
+        self.prefaulted: Prefaulted = "none"
+        if cfg.prefault and not readonly:
+            self.prefaulted = prefault(
+                os.path.join(cfg.path, "data.mdb"), min(cfg.capacity_bytes, cfg.map_size)
+            )
 
     def _open_dbs(self, readonly: bool) -> None:
         if readonly:

@@ -242,16 +242,21 @@ class EngineLoop:
 
         reader = self._tier_readers.get(path)
         if reader is None:
-            reader = self._tier_readers[path] = TierReader(path)
+            # Headers are checked on read; each payload is checked while it is copied
+            # into the pool (``import_checked_blocks``): one pass over it, not two.
+            reader = self._tier_readers[path] = TierReader(path, verify=False)
         objs = reader.get_many([BlockKey(k) for k in keys])
         try:
-            blocks = []
+            blocks, sums = [], []
             for o in objs:
                 if o is None:
                     break
                 blocks.append(o.to_kvblock(copy=False))
-            taken = self.engine.import_cached_blocks(blocks, hand_off) if blocks else 0
-            return len(blocks), taken, sum(b.data.nbytes for b in blocks)
+                sums.append((o.header.payload_checksum, o.header.checksum_algo))
+            if not blocks:
+                return 0, 0, 0
+            found, taken = self.engine.import_checked_blocks(blocks, sums, hand_off)
+            return found, taken, sum(b.data.nbytes for b in blocks[:found])
         finally:
             for o in objs:
                 if o is not None:

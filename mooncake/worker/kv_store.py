@@ -52,7 +52,9 @@ class KVStore:
     def __init__(self, config: WorkerConfig, name: str, cluster: str = "local") -> None:
         self._dirs = [tier_dirs.claim(config.store_root, cluster, str(name))]
         host = TierConfig(
-            path=os.path.join(self._dirs[0], "host"), capacity_bytes=config.host_capacity_bytes
+            path=os.path.join(self._dirs[0], "host"),
+            capacity_bytes=config.host_capacity_bytes,
+            prefault=config.host_tier_prefault,
         )
         ssd = None
         if config.ssd_root is not None:
@@ -153,6 +155,22 @@ class KVStore:
     def record_bytes(bytes_per_block: int, fingerprint: str, block_size: int) -> int:
         """Arena bytes one full block's record takes."""
         return payload_offset(header_length_for(fingerprint, block_size)) + bytes_per_block
+
+    @property
+    def host_tier_path(self) -> str | None:
+        """This worker's host tier directory (its engine reads it in place), if any."""
+        tier = self.store.tiers.get("host")
+        return tier.cfg.path if tier is not None else None
+
+    def host_prefix(self, keys: Sequence[BlockKey]) -> int:
+        """How many leading ``keys`` are in this worker's host tier, for its engine to
+        import in place (``import_from_tier``); they count as hits and uses (eviction
+        order) as a read here would."""
+        tiers = self.store.match_prefix(keys).tiers
+        n = next((i for i, t in enumerate(tiers) if t != "host"), len(tiers))
+        if n:
+            self.store.get_raw_many(list(keys[:n]))  # hits and recency; views dropped
+        return n
 
     def local_prefix(self, keys: Sequence[BlockKey], use: Consumer) -> Fetched:
         """Hand the leading blocks of ``keys`` found in this worker's tiers to ``use``."""

@@ -72,36 +72,70 @@ def export_packed(
     records into the export arena, lease them (``lease``: a decode side will fetch them;
     ``more``: added to the request's lease) and publish them: each block is copied from
     the engine's pool into the arena, then by LMDB into the host tier. ``release``: the
-    engine frees a finished (held) request's blocks afterwards. ``None`` when the arena
-    has no room (nothing exported: export the old way)."""
+    engine frees a finished (held) request's blocks afterwards.
+
+    A prompt whose blocks do not fit in the arena at once goes in several rounds, each
+    as large as the arena lends (an 8,192-token prompt of the 57M model is 64 MiB of
+    KV, the default arena's size). Returns what was published (``keys``,
+    ``num_tokens``, ``first``; offsets are of the last round), ``None`` when the arena
+    had no room for the first round (nothing exported: export the old way). When a
+    later round finds no room, the result stops short of the last full block (those
+    published stay leased; the caller exports the rest the old way)."""
     arena = kvs.arena
     if arena is None:
         return None
     info = plugin.engine.info
     per = kvs.record_bytes(info["kv_bytes_per_block"], info["fingerprint"], plugin.block_size)
-    blocks = len(spec.prompt_token_ids) // plugin.block_size - first
-    region = arena.alloc(max(1, blocks) * per)
-    if region is None:
-        return None
-    try:
-        packed: PackedExport | None = plugin.engine.call(
-            "export_packed",
-            spec.request_id,
-            arena.path,
-            region.offset,
-            region.size,
-            kvs.store.config.checksum,
-            first,
-            release,
-        ).result(ENGINE_CALL_TIMEOUT_S)
-        if packed is not None and packed.keys:
-            if lease:
-                # Leased before they are stored: none evicted between "stored" and "fetched".
-                kvs.lease_handoff(spec.request_id, packed.keys, more=more)
-            kvs.put_packed(arena.view(region), packed)
-        return packed
-    finally:
-        arena.free(region)
+    left = len(spec.prompt_token_ids) // plugin.block_size - first
+    most = arena.most_records(per)
+    rid = spec.request_id
+    out: PackedExport | None = None
+    while True:
+        want = max(1, min(left, most))
+        region = arena.alloc(want * per)
+        while region is None and want > 1:  # other exports hold part of it: take less
+            want //= 2
+            region = arena.alloc(want * per)
+        if region is None:
+            return out
+        plugin.handoff_times.mark(rid, "export_start")
+        try:
+            packed: PackedExport | None = plugin.engine.call(
+                "export_packed",
+                rid,
+                arena.path,
+                region.offset,
+                region.size,
+                kvs.store.config.checksum,
+                first,
+                release,
+            ).result(ENGINE_CALL_TIMEOUT_S)
+            if packed is None:
+                return out
+            if packed.keys:
+                if lease:
+                    # Leased before they are stored: none evicted between "stored" and
+                    # "fetched".
+                    kvs.lease_handoff(rid, packed.keys, more=more or out is not None)
+                kvs.put_packed(arena.view(region), packed)
+                plugin.handoff_times.mark(
+                    rid, "stored", len(packed.keys) * info["kv_bytes_per_block"], len(packed.keys)
+                )
+        finally:
+            arena.free(region)
+        out = (
+            packed
+            if out is None
+            else PackedExport(
+                out.keys + packed.keys, packed.offsets, packed.sizes, packed.num_tokens, out.first
+            )
+        )
+        n = len(packed.keys)
+        first += n
+        left -= n
+        # The engine wrote what it has; only a round that filled its region may have more.
+        if n < want or left <= 0:
+            return out
 
 
 def publish_while_prefilling(

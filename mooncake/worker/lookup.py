@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,10 @@ from mooncake.worker.messages import LookupResult, PlacementInfo, RequestSpec
 from mooncake.worker.rpc import rpc
 
 if TYPE_CHECKING:
+    from mooncake.worker.kv_store import KVStore
     from mooncake.worker.plugin import MooncakeWorker
+
+logger = logging.getLogger(__name__)
 
 Admission = concurrent.futures.Future[tuple[concurrent.futures.Future[RequestOutput] | None, int]]
 Begun = tuple[list[BlockKey], Admission]
@@ -74,8 +78,12 @@ def run_lookup(
     plugin.hit_blocks["device"] += have
     if done is None and kvs is not None and have < len(keys):
         # Host/SSD tier: blocks this worker published earlier and its engine evicted since.
-        result.store_blocks = kvs.local_prefix(
-            keys[have:], lambda blocks: import_blocks(plugin, blocks)
+        # The host tier's leading run the engine reads in place (one copy per block, its
+        # checksum checked on the way); the rest (SSD, or a block evicted meanwhile)
+        # comes through the store and the engine socket.
+        result.store_blocks = _own_host_prefix(plugin, kvs, keys[have:])
+        result.store_blocks += kvs.local_prefix(
+            keys[have + result.store_blocks :], lambda blocks: import_blocks(plugin, blocks)
         ).num_blocks
         if result.store_blocks:
             for tier in kvs.store.match_prefix(keys[have : have + result.store_blocks]).tiers:
@@ -123,6 +131,21 @@ def run_lookup(
     # An abort that came while the lookup ran takes the request out again.
     plugin.requests.handle(request_state.LookupDone(spec.request_id, time.monotonic()))
     return result
+
+
+def _own_host_prefix(plugin: MooncakeWorker, kvs: KVStore, keys: list[BlockKey]) -> int:
+    """Import the leading run of ``keys`` in this worker's host tier into its engine,
+    which reads the tier in place; returns how many it found intact."""
+    path = kvs.host_tier_path
+    n = kvs.host_prefix(keys) if path is not None else 0
+    if not n:
+        return 0
+    try:
+        found, _, _ = plugin.engine.call("import_from_tier", path, keys[:n]).result()
+    except Exception as e:  # unreadable here: the store's path below still applies
+        logger.debug("import from own host tier failed: %s", e)
+        return 0
+    return int(found)
 
 
 def import_blocks(plugin: MooncakeWorker, blocks: list[Any], hand_off: bool = False) -> int:

@@ -40,6 +40,7 @@ from mooncake.worker.config import WorkerConfig
 from mooncake.worker.core_ledger import ledger_path
 from mooncake.worker.core_lending import LendingSetup
 from mooncake.worker.engine_client import EngineClient
+from mooncake.worker.handoff_times import HandoffTimes
 from mooncake.worker.kv_store import KVStore
 from mooncake.worker.kv_stream import StreamImports
 from mooncake.worker.lookup import begin_lookup, fetches_remote, run_lookup
@@ -111,6 +112,8 @@ class MooncakeWorker(WorkerPlugin):
         # Remote-prefix blocks pulled at lookup (Algorithm 1), by the path that brought
         # them: the store's (shm, tcp, rdma) or the peer engine's, over Dask (dask).
         self.prefix_fetch_paths: Counter[str] = Counter()
+        self.handoff_times = HandoffTimes()
+        """When each stage of recent hand-offs ran here (``worker_stats``)."""
         # Prefix blocks found at lookup, by where: device pool, own host/SSD tiers, a peer.
         self.hit_blocks: Counter[str] = Counter()
         # The engine process inherits this worker's environment: a GPU worker's

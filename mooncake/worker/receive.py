@@ -80,7 +80,7 @@ def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferRes
         n = 0
         try:
             n = _streamed_prefix(plugin, streamed, keys, handle.first_token_time)
-            f = _fetch_handoff(plugin, kvs, keys[n:], handle.peer)
+            f = _fetch_handoff(plugin, kvs, keys[n:], handle.peer, rid)
         finally:
             # Fetched (or missed: decode recomputes): the prefill side may evict them now.
             _release_handoff(plugin, handle, rid)
@@ -138,6 +138,17 @@ def _streamed_prefix(
 
 
 def _fetch_handoff(
+    plugin: MooncakeWorker, kvs: KVStore, keys: list[BlockKey], peer: Peer, rid: str = ""
+) -> Fetched:
+    """:func:`_fetch_handoff_blocks`, its start and end recorded in the worker's
+    ``handoff_times``."""
+    plugin.handoff_times.mark(rid, "fetch_start")
+    f = _fetch_handoff_blocks(plugin, kvs, keys, peer)
+    plugin.handoff_times.mark(rid, "imported", f.nbytes, f.num_blocks)
+    return f
+
+
+def _fetch_handoff_blocks(
     plugin: MooncakeWorker, kvs: KVStore, keys: list[BlockKey], peer: Peer
 ) -> Fetched:
     """Bring ``keys`` from ``peer`` into this engine's prefix cache. Same host: the

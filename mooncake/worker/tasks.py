@@ -268,10 +268,15 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         )
         if finished and streamed:
             kvs.release_handoff(spec.request_id)  # no decode side will fetch them
+    exported_some = bool(streamed)
+    full = packed.num_tokens // plugin.block_size if packed is not None else 0
+    if packed is not None and packed.first + len(packed.keys) < full:
+        # The arena ran out of room midway (other exports hold it): the rest the old way.
+        packed, exported_some = None, True
     if packed is not None:
         keys, num_tokens = streamed + packed.keys, packed.num_tokens
     else:
-        if streamed and kvs is not None:
+        if exported_some and kvs is not None:
             kvs.release_handoff(spec.request_id)  # exported again, whole, below
         export = plugin.engine.call("export_kv", spec.request_id).result()
         keys, num_tokens = [b.key for b in export.blocks if b.key is not None], export.num_tokens
@@ -454,6 +459,7 @@ def engine_stats(dask_worker: Any) -> dict[str, Any]:
         "worker_copies": copies.snapshot(),
         "transfer_paths": dict(plugin.transfer_paths),
         "stream_blocks": dict(plugin.streams.counts) if plugin.streams is not None else {},
+        "handoff_times": plugin.handoff_times.snapshot(),
         "prefix_fetch_paths": dict(plugin.prefix_fetch_paths),
         "hit_blocks": dict(plugin.hit_blocks),
         **stats,

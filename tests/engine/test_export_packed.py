@@ -76,3 +76,33 @@ def test_chunked_prefill_exports_each_chunks_blocks_as_it_goes(tiny_llama, tmp_p
     last = e.export_packed("r", arena.view(region), "sum64", first=6)
     assert last is not None and last.keys == [] and "r" not in e._held
     arena.close()
+
+
+def test_a_region_too_small_for_all_blocks_takes_the_leading_ones(tiny_llama, tmp_path):
+    """A held 4-block prompt and a region that holds 3 records (a long prompt against
+    the export arena): the first call writes blocks 0-2 and frees nothing; the call
+    from block 3 writes the last one and releases the request. Records are the store's
+    encoding at their positions."""
+    from mooncake.store.records import record_size
+
+    rng = random.Random(9)
+    bs = EngineConfig().block_size
+    prompt = [rng.randrange(300) for _ in range(4 * bs)]
+    ref = _held(tiny_llama, "r", prompt).export_kv("r")
+    e = _held(tiny_llama, "r", prompt)
+    size = record_size(e.spec, e.fingerprint, bs)
+    arena = ShmArena(str(tmp_path / "arena"), 1 << 22)
+    region = arena.alloc(3 * size + size // 2)
+    assert region is not None
+    view = arena.view(region)[: 3 * size + size // 2]
+    head = e.export_packed("r", view, "sum64")
+    assert head is not None and head.first == 0 and len(head.keys) == 3
+    assert "r" in e._held
+    tail = e.export_packed("r", view, "sum64", first=3)
+    assert tail is not None and tail.first == 3 and len(tail.keys) == 1
+    assert "r" not in e._held
+    off, size = tail.offsets[0], tail.sizes[0]
+    want = encode_record(ref.blocks[3], 3, "sum64", bytearray())
+    assert bytes(view[off : off + size]) == bytes(want)
+    del view
+    arena.close()

@@ -13,6 +13,7 @@ import pytest
 import mooncake
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine
+from mooncake.store.native import records_lib
 from mooncake.transfer.config import TransferConfig
 from mooncake.worker.config import WorkerConfig
 
@@ -43,6 +44,12 @@ def _handoff_copies(
     return sides, out
 
 
+def _split(places: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """(copies, separate checksum passes) of one side's places."""
+    checks = {p: n for p, n in places.items() if p.startswith("check.")}
+    return {p: n for p, n in places.items() if p not in checks}, checks
+
+
 @pytest.mark.parametrize(
     ("same_host", "want"),
     [(True, {"prefill": 2, "decode": 1}), (False, {"prefill": 3, "decode": 2})],
@@ -55,7 +62,9 @@ def test_copies_per_block_on_the_handoff(tiny_llama, same_host, want):
     it over TCP), the block server's socket write is a third copy on the prefill side,
     and the decode side receives into its receive arena and its engine copies from
     there (2). Greedy output is the in-process engine's; the prefill side leased the
-    blocks until the decode side had them. (Streaming is off: nothing streamed.)"""
+    blocks until the decode side had them. (Streaming is off: nothing streamed.) Same
+    host, each copy also computes or checks the block's checksum in the same pass: no
+    separate checksum pass over a payload on either side (``check.*`` places)."""
     rng = random.Random(7)
     with mooncake.LLM(
         str(tiny_llama),
@@ -74,7 +83,16 @@ def test_copies_per_block_on_the_handoff(tiny_llama, same_host, want):
     ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=128)).generate([prompt], GREEDY)
     assert out.token_ids == ref[0].token_ids
     print(sides)
-    prefill, decode = sides["prefill"], sides["decode"]
+    (prefill, prefill_checks), (decode, decode_checks) = (
+        _split(sides["prefill"]),
+        _split(sides["decode"]),
+    )
+    if same_host and records_lib() is not None:
+        # Each copy sums what it moves in the same pass: no separate checksum pass over
+        # the payload on either side (the export's sum, the import's check).
+        assert prefill_checks == {} and decode_checks == {}, sides
+        assert prefill == pytest.approx({"engine.export": 1.0, "store.put": 1.0}, abs=0.05)
+        assert decode == pytest.approx({"engine.import": 1.0}, abs=0.05)
     assert sum(prefill.values()) == pytest.approx(want["prefill"], abs=0.15), prefill
     assert sum(decode.values()) == pytest.approx(want["decode"], abs=0.15), decode
     assert "channel.send" not in prefill and "channel.send" not in decode

@@ -122,8 +122,12 @@ def test_stream_imports_the_leading_run_as_it_appears_and_stops_when_taken():
 
 
 @pytest.mark.cluster
-@pytest.mark.parametrize("same_host", [True, False], ids=["shm", "tcp"])
-def test_streamed_handoff_overlaps_prefill(tiny_llama, same_host):
+@pytest.mark.parametrize(
+    ("same_host", "arena_records"),
+    [(True, None), (False, None), (True, 5)],
+    ids=["shm", "tcp", "shm-small-arena"],
+)
+def test_streamed_handoff_overlaps_prefill(tiny_llama, same_host, arena_records):
     """Fresh 48-block prompts, prefilled in 16-token chunks, with streaming on. Same
     host, the decode engine reads the blocks from the prefill worker's host tier as
     they appear; with ``same_host=False`` it asks the prefill worker's block server over
@@ -131,14 +135,24 @@ def test_streamed_handoff_overlaps_prefill(tiny_llama, same_host):
     arrive (streamed or left to the transfer task), never a miss. Within 3 prompts,
     the prefill worker published blocks before its prefill ended and the decode worker
     imported blocks before the prefill's first token. The hand-off leases were
-    released."""
+    released. ``shm-small-arena``: the export arena holds 5 records, far fewer than the
+    prompt's blocks (an 8,192-token prompt against the default arena): the blocks still
+    stream, in rounds, and the end exports the rest the same way (no socket export)."""
     rng = random.Random(11)
     ref = LLMEngine(_engine_config(model=str(tiny_llama)))
+    arena = {}
+    if arena_records is not None:
+        from mooncake.store.records import record_size
+
+        per = record_size(ref.spec, ref.fingerprint, ref.config.block_size)
+        arena = {"export_arena_bytes": arena_records * per}
     overlapped: list[tuple[Counter[str], Counter[str]]] = []
     with mooncake.LLM(
         str(tiny_llama),
         engine_config=_engine_config(),
-        worker_config=WorkerConfig(stream_kv=True, transfer=TransferConfig(same_host=same_host)),
+        worker_config=WorkerConfig(
+            stream_kv=True, transfer=TransferConfig(same_host=same_host), **arena
+        ),
         dashboard_address=None,
     ) as llm:
         bs = next(iter(llm.workers.values()))["block_size"]
@@ -161,8 +175,13 @@ def test_streamed_handoff_overlaps_prefill(tiny_llama, same_host):
                 break
         stats = llm.worker_stats()
         leases = {"+".join(llm.workers[w]["roles"]): s["handoff_leases"] for w, s in stats.items()}
+        sent = {
+            "+".join(llm.workers[w]["roles"]): s["copies"].get("channel.send", 0)
+            for w, s in stats.items()
+        }
         paths = {"+".join(llm.workers[w]["roles"]): s["transfer_paths"] for w, s in stats.items()}
     assert overlapped, f"no prompt of {TRIES} streamed during its prefill"
     assert "miss" not in paths["decode"]
     assert ("shm" if same_host else "tcp") in paths["decode"]
     assert leases == {"prefill": 0, "decode": 0}
+    assert sent["prefill"] == 0  # every export went through the arena, none the socket

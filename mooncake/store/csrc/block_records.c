@@ -98,6 +98,28 @@ uint64_t mc_copy_sum64(uint8_t *dst, const uint8_t *src, int64_t n) {
     return sum64_from(dst, n, npages, partial);
 }
 
+/* Copy nseg segments of seg bytes between two strided layouts and return the sum64 of
+ * the nseg * seg bytes in segment order (a record's payload order), in one pass: each
+ * 4 KiB page of the contiguous side is summed as soon as its segments are copied, while
+ * it is in cache. A block's K/V in an engine's paged pool is one segment per
+ * (layer, K|V), a fixed stride apart; in a record they are back to back, so one of the
+ * two strides is seg: that side (dst when dst_stride == seg) is the one summed. */
+uint64_t mc_copy_sum64_strided(uint8_t *dst, int64_t dst_stride, const uint8_t *src, int64_t src_stride, int64_t seg,
+                               int64_t nseg) {
+    int64_t page = PAGE_WORDS * 8, n = seg * nseg, done = 0;
+    const uint8_t *c = dst_stride == seg ? dst : src;
+    uint64_t partial = 0;
+    for (int64_t i = 0; i < nseg; i++) {
+        memcpy(dst + i * dst_stride, src + i * src_stride, (size_t)seg);
+        int64_t ready = ((i + 1) * seg) / page;
+        if (ready > done) {
+            partial += pages_sum(c, done, ready);
+            done = ready;
+        }
+    }
+    return sum64_from(c, n, done, partial);
+}
+
 static int64_t align_up(int64_t x) { return (x + RECORD_ALIGN - 1) & ~(int64_t)(RECORD_ALIGN - 1); }
 
 /* Check one record of rlen bytes at r against key (16 bytes, or NULL); the first j0 pages
