@@ -35,7 +35,6 @@ def test_handoff_benchmark_runs_small(tiny_llama, tmp_path, capsys):
             "1p1d-stream",
             "--out",
             str(out),
-            "--cpu-core-lending",
         ]
     )
     table = capsys.readouterr().out
@@ -56,9 +55,20 @@ def test_one_device_cpus_is_half_of_this_process_cpus():
     assert got == allowed[: max(1, len(allowed) // 2)]
 
 
-def test_saved_targets_read_against_the_same_cores(monkeypatch):
-    """The 2,048-token target is read against ``colocated-1dev``; the every-core colocated
-    ratio is saved beside it without a target."""
+@pytest.mark.parametrize(
+    ("lending", "main", "other", "ratio", "other_ratio"),
+    [
+        (True, "colocated", "colocated-1dev", 2.1, 1.05),
+        (False, "colocated-1dev", "colocated", 1.05, 2.1),
+    ],
+)
+def test_saved_targets_read_against_the_same_cores(
+    monkeypatch, lending, main, other, ratio, other_ratio
+):
+    """The 2,048-token target is read against the colocated set-up whose prefill has as
+    many cores: every core when the engines lend each other theirs (the default), one
+    engine's share (``colocated-1dev``) when not; the other ratio is saved beside it
+    without a target."""
     import argparse
 
     import result_file
@@ -73,9 +83,10 @@ def test_saved_targets_read_against_the_same_cores(monkeypatch):
         R("colocated-1dev", 2048, [2.0], [0.02], {}),
         R("1p1d", 2048, [2.1], [0.05], {}),
     ]
-    handoff_stream.save_results(rows, argparse.Namespace(reps=1, shape="s", chunk=512))
+    args = argparse.Namespace(reps=1, shape="s", chunk=512, cpu_core_lending=lending)
+    handoff_stream.save_results(rows, args)
     by_col = {c["col"]: c for c in saved["c"]}
-    assert by_col["TTFT p50 vs colocated-1dev"]["ratio"] == pytest.approx(1.05)
-    assert by_col["TTFT p50 vs colocated-1dev"]["target"] == "≤ 1.1"
-    assert by_col["TTFT p50 vs colocated on every core"]["ratio"] == pytest.approx(2.1)
-    assert by_col["TTFT p50 vs colocated on every core"]["target"] is None
+    assert by_col[f"TTFT p50 vs {main}"]["ratio"] == pytest.approx(ratio)
+    assert by_col[f"TTFT p50 vs {main}"]["target"] == "≤ 1.1"
+    assert by_col[f"TTFT p50 vs {other}"]["ratio"] == pytest.approx(other_ratio)
+    assert by_col[f"TTFT p50 vs {other}"]["target"] is None
