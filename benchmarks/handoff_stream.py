@@ -16,9 +16,9 @@ after the KV landed: that gap (and TTFT + gap, against colocated) is the number
 streaming should shrink.
 
 Each prompt is fresh random token ids (nothing cached), one request at a time, after
-one warm-up request per set-up. ``WorkerConfig.cpu_core_lending`` (an idle engine's
-cores go to the one with work) is on in every set-up, as by default;
-``--no-cpu-core-lending`` turns it off. Each worker's lending counters are printed.
+one warm-up request per set-up. ``--cpu-core-lending`` turns on
+``WorkerConfig.cpu_core_lending`` in every set-up (an idle engine's cores go to the one
+with work) and prints each worker's lending counters.
 Run it alone on an idle machine::
 
     python benchmarks/handoff_stream.py                      # llama-57m-16k, 3 reps
@@ -182,9 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--cpu-core-lending",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=False,
         help="WorkerConfig.cpu_core_lending in every set-up (idle engines lend their cores; "
-        "default: on, as WorkerConfig's default)",
+        "default: off, as WorkerConfig's default)",
     )
     ap.add_argument("--out", default=None, help="also write the rows here (JSON)")
     ap.add_argument(
@@ -243,13 +243,13 @@ def save_results(rows: list[Row], args: argparse.Namespace) -> None:
     """Each 1P+1D set-up per prompt length: TTFT (the prefill engine samples the first
     token) and TTFT + the gap to the second token (the first token the decode worker
     samples, after the hand-off) against the colocated set-up with as many cores for
-    its prefill, which the target is read against: colocated on every core when the
-    engines lend each other their cores, else ``colocated-1dev``; and TTFT against the
-    other colocated set-up."""
+    its prefill, which the target is read against: ``colocated-1dev``, or colocated on
+    every core when the engines lend each other their cores (``--cpu-core-lending``);
+    and TTFT against the other colocated set-up."""
     import result_file as rf
 
     med = statistics.median
-    lending = getattr(args, "cpu_core_lending", True)
+    lending = getattr(args, "cpu_core_lending", False)
     main, other = ("colocated", "colocated-1dev") if lending else ("colocated-1dev", "colocated")
     claims = []
     for r in rows:
@@ -301,10 +301,10 @@ def save_results(rows: list[Row], args: argparse.Namespace) -> None:
             "`colocated` uses every core, so against it 1P+1D also pays for prefilling on "
             "half the cores of this small host."
             + (
-                " Core lending on (the default): an idle engine's cores go to the engine "
-                "with work; `colocated-1dev` has no idle peer to borrow from."
-                if getattr(args, "cpu_core_lending", True)
-                else " Core lending off (`--no-cpu-core-lending`)."
+                " Core lending on (`--cpu-core-lending`): an idle engine's cores go to the "
+                "engine with work; `colocated-1dev` has no idle peer to borrow from."
+                if getattr(args, "cpu_core_lending", False)
+                else ""
             )
         ),
     )

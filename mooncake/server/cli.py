@@ -53,9 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     cluster.add_argument(
         "--cpu-core-lending",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=False,
         help="CPU engines borrow the cores of engines on this host that have no work, "
-        "and give them back at their next step once the owner has work (default: on; "
+        "and give them back at their next step once the owner has work (default: off; "
         "docs/cluster.md)",
     )
     cluster.add_argument(

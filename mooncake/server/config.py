@@ -43,7 +43,7 @@ class ServerConfig:
     stream_kv: bool = False
     """Stream each request's KV to its decode worker chunk by chunk while prefill runs
     (``WorkerConfig.stream_kv``; docs/cluster.md)."""
-    cpu_core_lending: bool = True
+    cpu_core_lending: bool = False
     """CPU engines of this host borrow the cores of engines that have no work
     (``WorkerConfig.cpu_core_lending``; docs/cluster.md)."""
     host: str = "127.0.0.1"

@@ -56,16 +56,14 @@ class WorkerConfig:
     the export arena (``docs/disaggregation.md``)."""
     stream_poll_s: float = 0.005
     """How often a streaming decode worker looks for the next blocks of a request."""
-    cpu_core_lending: bool = True
+    cpu_core_lending: bool = False
     """Core lending between the CPU engines of one host: before each step, an engine
     with work also computes on the cores of engines that have none (its thread pool
     grows to its own plus the borrowed cores, each thread pinned to one), and gives
     them back at its next step boundary once their owner has work again. The engines
     find each other through a small ledger file under ``store_root``; each needs its
     threads pinned (``EngineConfig.cpu_threads_bind``; an embedded cluster pins them by
-    default). GPU engines are left alone. On by default: on a host with fewer cores than
-    engines want, a lone long prefill otherwise runs on its own slice of the cores while
-    the others idle (docs/cluster.md, docs/performance.md)."""
+    default). GPU engines are left alone (docs/cluster.md)."""
     cpu_core_lending_idle_s: float = 0.0
     """An engine lends its cores once it has had no work for this long (0: at once)."""
 

@@ -66,8 +66,7 @@ def _lender(engine: LLMEngine, setup: LendingSetup | None, usable: set[int]) -> 
     if setup is None or engine.config.device != "cpu":
         return None  # GPU engines keep their threads as they are
     if engine.bound_cpus is None:
-        # Not a warning: lending is on by default, and unpinned engines are a choice.
-        logger.info(
+        logger.warning(
             "cpu_core_lending is on but this engine's threads are not pinned "
             "(cpu_threads_bind / $MOONCAKE_CPU_OMP_THREADS_BIND is none): not lending"
         )

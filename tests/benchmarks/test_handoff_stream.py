@@ -35,6 +35,7 @@ def test_handoff_benchmark_runs_small(tiny_llama, tmp_path, capsys):
             "1p1d-stream",
             "--out",
             str(out),
+            "--cpu-core-lending",
         ]
     )
     table = capsys.readouterr().out
@@ -66,9 +67,9 @@ def test_saved_targets_read_against_the_same_cores(
     monkeypatch, lending, main, other, ratio, other_ratio
 ):
     """The 2,048-token target is read against the colocated set-up whose prefill has as
-    many cores: every core when the engines lend each other theirs (the default), one
-    engine's share (``colocated-1dev``) when not; the other ratio is saved beside it
-    without a target."""
+    many cores: one engine's share (``colocated-1dev``) by default, every core when the
+    engines lend each other theirs (``--cpu-core-lending``); the other ratio is saved
+    beside it without a target."""
     import argparse
 
     import result_file

@@ -104,3 +104,12 @@ def test_a_sweep_renders_as_one_table(tmp_path: Path) -> None:
         text
     )
     assert "| 3 req/s | 120 ms vs 100 ms = 1.20× (**not met**) | nineteen |" in text
+
+
+def test_strict_targets_are_judged():
+    """A strict target (``< 1.0``, as the chaos benchmark's) says met or not met, like
+    ``≤`` and ``≥`` do."""
+    assert report._met(0.9, "< 1.0") == "met"
+    assert report._met(1.0, "< 1.0") == "**not met**"
+    assert report._met(5.2, "< 1.0") == "**not met**"
+    assert report._met(1.2, "> 1.0") == "met"

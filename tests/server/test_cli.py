@@ -26,12 +26,11 @@ def test_serve_arguments_build_config() -> None:
     assert (cfg.prefill_workers, cfg.decode_workers, cfg.mode) == (1, 1, "disaggregated")
     assert cfg.stream_kv is False
     assert config_from_args(build_parser().parse_args(["serve", "--stream-kv"])).stream_kv
-    assert cfg.cpu_core_lending is True
+    assert cfg.cpu_core_lending is False
+    lend = ["serve", "--cpu-core-lending"]
+    assert config_from_args(build_parser().parse_args(lend)).cpu_core_lending
     assert not config_from_args(
-        build_parser().parse_args(["serve", "--no-cpu-core-lending"])
-    ).cpu_core_lending
-    assert config_from_args(
-        build_parser().parse_args(["serve", "--no-cpu-core-lending", "--cpu-core-lending"])
+        build_parser().parse_args(lend + ["--no-cpu-core-lending"])
     ).cpu_core_lending
     args = build_parser().parse_args(
         [

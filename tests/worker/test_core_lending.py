@@ -61,9 +61,8 @@ def test_only_cores_this_process_may_run_on_and_not_its_own() -> None:
 
 
 def test_worker_config_checks_the_idle_time() -> None:
-    """A negative lending idle time is refused, naming the field; lending is on by
-    default."""
-    assert WorkerConfig().cpu_core_lending is True
+    """A negative lending idle time is refused, naming the field; off by default."""
+    assert WorkerConfig().cpu_core_lending is False
     with pytest.raises(ValueError, match="cpu_core_lending_idle_s"):
         WorkerConfig(cpu_core_lending_idle_s=-1.0)
 
@@ -212,16 +211,12 @@ def test_an_engine_lends_only_when_cpu_pinned_and_the_ledger_is_sound(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The engine process lends when asked, on CPU, with its threads pinned. A GPU
-    engine, an unpinned one (an info line says why: lending is on by default) or a
-    file in the ledger's place that is not a ledger (a warning) leave the engine
-    serving without lending."""
-    import logging
+    engine, an unpinned one (a warning says why) or a file in the ledger's place that is
+    not a ledger (a warning) leave the engine serving without lending."""
     from types import SimpleNamespace
 
     from mooncake.worker.core_lending import LendingSetup
     from mooncake.worker.engine_process import _lender
-
-    caplog.set_level(logging.INFO, logger="mooncake.worker.engine_process")
 
     def engine(device: str, cpus: list[int] | None) -> Any:
         return SimpleNamespace(config=SimpleNamespace(device=device), bound_cpus=cpus)
