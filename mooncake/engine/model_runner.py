@@ -141,38 +141,37 @@ class ModelRunner:
             )
         return geo or None
 
+    def _summed_copy(self, block_id: int, arr: np.ndarray, into_pool: bool) -> int | None:
+        """Copy one block between the pool and ``arr`` (C-contiguous ``[layers, 2, n, Hkv,
+        D]``) with the sum64 of the bytes, in one pass: into the pool or out of it. ``None``
+        where the fused copy does not apply (nothing copied)."""
+        n = arr.shape[2]
+        geo = self._fused(n)
+        if geo is None or not arr.flags.c_contiguous or arr.nbytes != n * geo[2] * geo[4]:
+            return None
+        lib, base, tok, stride, nseg = geo
+        seg = n * tok
+        here = arr.__array_interface__["data"][0]
+        pool = base + block_id * self.block_size * tok
+        if into_pool:  # pool segments are ``stride`` apart; ``arr``'s are contiguous
+            total = int(lib.copy_sum64_strided(pool, stride, here, seg, seg, nseg))
+        else:
+            total = int(lib.copy_sum64_strided(here, seg, pool, stride, seg, nseg))
+        copies.count("engine.import" if into_pool else "engine.export", seg * nseg)
+        return total
+
     def read_block_summed(self, block_id: int, out: np.ndarray) -> int | None:
         """:meth:`read_block_into` and the sum64 of what it wrote, in one pass
         (``mooncake.store.native``); ``None`` where that does not apply (then it copies
         nothing: the caller copies and sums apart). ``out`` must be C-contiguous."""
-        n = out.shape[2]
-        geo = self._fused(n)
-        if geo is None or not out.flags.c_contiguous or out.nbytes != n * geo[2] * geo[4]:
-            return None
-        lib, base, tok, stride, nseg = geo
-        seg = n * tok
-        dst = out.__array_interface__["data"][0]
-        src = base + block_id * self.block_size * tok
-        total = int(lib.copy_sum64_strided(dst, seg, src, stride, seg, nseg))
-        copies.count("engine.export", seg * nseg)
-        return total
+        return self._summed_copy(block_id, out, into_pool=False)
 
     def write_block_summed(self, block_id: int, data: np.ndarray) -> int | None:
         """Copy one block's payload (C-contiguous ``[layers, 2, n, Hkv, D]``, e.g. a view
         of a host tier) into the pool and return its sum64, in one pass: the import's
         check and copy together (the caller keeps the block only if the sum is the
         record's). ``None`` where the fused copy does not apply (nothing copied)."""
-        n = data.shape[2]
-        geo = self._fused(n)
-        if geo is None or not data.flags.c_contiguous or data.nbytes != n * geo[2] * geo[4]:
-            return None
-        lib, base, tok, stride, nseg = geo
-        seg = n * tok
-        src = data.__array_interface__["data"][0]
-        dst = base + block_id * self.block_size * tok
-        total = int(lib.copy_sum64_strided(dst, stride, src, seg, seg, nseg))
-        copies.count("engine.import", seg * nseg)
-        return total
+        return self._summed_copy(block_id, data, into_pool=True)
 
     def read_block(self, block_id: int, num_tokens: int) -> np.ndarray:
         """A copy of one block's K/V as numpy ``[layers, 2, n, Hkv, D]``."""
