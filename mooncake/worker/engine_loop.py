@@ -139,6 +139,7 @@ class EngineLoop:
             "import_blocks": self.import_blocks,
             "import_from_tier": self.import_from_tier,
             "import_from_arena": self.import_from_arena,
+            "import_from_records": self.import_from_records,
             "export_kv": self.export_kv,
             "export_packed": self.export_packed,
             "export_cached_blocks": self.export_cached_blocks,
@@ -279,6 +280,18 @@ class EngineLoop:
             ).reshape(shape)
             blocks.append(KVBlock(r.key, r.parent, r.token_ids, data, r.spec, r.model_fingerprint))
         return self.engine.import_cached_blocks(blocks, hand_off)
+
+    def import_from_records(
+        self, arena: str, keys: list[bytes], offsets: list[int], hand_off: bool = False
+    ) -> tuple[int, int, int]:
+        """Import blocks a prefill engine on this host laid out as store records in its
+        worker's export arena (``arena``, mapped here once), read in place: the arena is
+        the source of this engine's one copy into its pool, each block checked on the
+        way (``LLMEngine.import_records``). Returns (blocks found intact, blocks
+        imported, payload bytes)."""
+        return self.engine.import_records(
+            self._map(arena), offsets, [BlockKey(k) for k in keys], hand_off
+        )
 
     def _map(self, arena: str) -> Any:
         from mooncake.store.shm_arena import map_arena

@@ -16,18 +16,21 @@ from typing import TYPE_CHECKING
 
 from mooncake.outputs import RequestOutput
 from mooncake.transfer import Peer
+from mooncake.transfer.base import local_host_id
 from mooncake.types import BlockKey
 from mooncake.worker import request_state
 from mooncake.worker.kv_store import Fetched, KVStore
 from mooncake.worker.kv_stream import Streamed
 from mooncake.worker.lookup import admission, import_blocks
-from mooncake.worker.messages import KVHandle, TransferResult
+from mooncake.worker.messages import ArenaRecords, KVHandle, TransferResult
 from mooncake.worker.rpc import rpc
 
 if TYPE_CHECKING:
     from mooncake.worker.plugin import MooncakeWorker
 
 logger = logging.getLogger(__name__)
+
+ENGINE_CALL_TIMEOUT_S = 30.0
 
 
 def receive(plugin: MooncakeWorker, handle: KVHandle) -> TransferResult:
@@ -80,7 +83,13 @@ def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferRes
         n = 0
         try:
             n = _streamed_prefix(plugin, streamed, keys, handle.first_token_time)
-            f = _fetch_handoff(plugin, kvs, keys[n:], handle.peer, rid)
+            records = handle.records
+            offsets = (
+                records.offsets[n:]
+                if records is not None and len(records.offsets) == len(keys)
+                else None
+            )
+            f = _fetch_handoff(plugin, kvs, keys[n:], handle.peer, rid, records, offsets)
         finally:
             # Fetched (or missed: decode recomputes): the prefill side may evict them now.
             _release_handoff(plugin, handle, rid)
@@ -138,14 +147,43 @@ def _streamed_prefix(
 
 
 def _fetch_handoff(
-    plugin: MooncakeWorker, kvs: KVStore, keys: list[BlockKey], peer: Peer, rid: str = ""
+    plugin: MooncakeWorker,
+    kvs: KVStore,
+    keys: list[BlockKey],
+    peer: Peer,
+    rid: str = "",
+    records: ArenaRecords | None = None,
+    offsets: list[int] | None = None,
 ) -> Fetched:
     """:func:`_fetch_handoff_blocks`, its start and end recorded in the worker's
-    ``handoff_times``."""
+    ``handoff_times``. Same host, with ``records`` (``offsets``: of ``keys``' records):
+    the engine imports from the prefill worker's export arena first."""
     plugin.handoff_times.mark(rid, "fetch_start")
-    f = _fetch_handoff_blocks(plugin, kvs, keys, peer)
+    f = Fetched(0, 0, [])
+    if records is not None and offsets is not None and records.host_id == local_host_id():
+        f = _import_from_arena(plugin, records.path, keys, offsets)
+    if f.num_blocks < len(keys):
+        rest = _fetch_handoff_blocks(plugin, kvs, keys[f.num_blocks :], peer)
+        f = Fetched(f.num_blocks + rest.num_blocks, f.nbytes + rest.nbytes, f.paths + rest.paths)
     plugin.handoff_times.mark(rid, "imported", f.nbytes, f.num_blocks)
     return f
+
+
+def _import_from_arena(
+    plugin: MooncakeWorker, path: str, keys: list[BlockKey], offsets: list[int]
+) -> Fetched:
+    """The engine imports ``keys`` from the records at ``offsets`` of the prefill
+    worker's export arena at ``path`` (one copy per block, checked on the way)."""
+    if not keys:
+        return Fetched(0, 0, [])
+    try:
+        found, _, nbytes = plugin.engine.call(
+            "import_from_records", path, keys, offsets, True
+        ).result(ENGINE_CALL_TIMEOUT_S)
+    except Exception as e:  # the arena is gone (its worker left): the store's way
+        logger.debug("import from %s failed: %s", path, e)
+        return Fetched(0, 0, [])
+    return Fetched(found, nbytes, ["shm"] * found)
 
 
 def _fetch_handoff_blocks(

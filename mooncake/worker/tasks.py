@@ -31,6 +31,7 @@ from mooncake.outputs import RequestMetrics, RequestOutput
 from mooncake.request_ids import Step, task_key
 from mooncake.types import BlockKey
 from mooncake.worker import request_state
+from mooncake.worker.arena_handoff import export_for_handoff, same_host
 from mooncake.worker.engine_loop import RequestAborted
 from mooncake.worker.kv_stream import export_packed, publish_while_prefilling
 from mooncake.worker.lookup import admission, run_lookup
@@ -262,7 +263,18 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         spec.params.max_tokens is not None and spec.params.max_tokens <= len(first)
     )
     packed = None
-    if kvs is not None:
+    records = None
+    if (
+        kvs is not None
+        and not finished
+        and not streamed
+        and same_host(plugin, lookup_result.placement.decode)
+    ):
+        # The decode engine imports from the export arena; the tier put follows later.
+        got = export_for_handoff(plugin, kvs, spec)
+        if got is not None:
+            packed, records = got
+    if kvs is not None and packed is None:
         packed = export_packed(
             plugin, kvs, spec, first=len(streamed), lease=not finished, more=bool(streamed)
         )
@@ -315,6 +327,7 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         queue_seconds=_queue_seconds(out),
         finished=finished,
         output=_wall_metrics(out, spec, out.num_cached_tokens) if finished else None,
+        records=records,
     )
 
 

@@ -1,0 +1,96 @@
+"""Reading store records straight out of another process's export arena: the decode
+engine's side of the same-host hand-off (``mooncake.worker.arena_handoff``).
+
+The prefill engine lays each full block out as a store record (header | padding |
+payload, :mod:`mooncake.store.records`) in its worker's export arena; the decode engine
+maps that arena and copies each payload into its paged pool, summing it on the way.
+Before a payload is used its header is checked here: framing, the header's own CRC, the
+key the decode side asked for, the model fingerprint, the block shape and the checksum
+algorithm (``sum64``, the one the fused copy computes). What this returns for a record
+is what the copy is checked against: its token ids and payload checksum. The engine
+keeps a block only when the sum of what it copied is the header's, so a record that was
+half-written, or whose region was reused meanwhile, is never used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mooncake.kvcache.block import KVBlockSpec
+from mooncake.store.block_object import (
+    _CRC,
+    _DTYPE_CODES,
+    _FIXED,
+    MAGIC,
+    crc32,
+    header_length_for,
+)
+from mooncake.store.config import CHECKSUMS
+from mooncake.store.records import payload_offset
+from mooncake.types import BlockKey
+
+_SUM64 = CHECKSUMS.index("sum64")
+_HAS_KEY = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RecordHead:
+    """What a checked record header says about its payload."""
+
+    token_ids: tuple[int, ...]
+    payload_checksum: int
+
+
+def payload_at(fingerprint: str, num_tokens: int) -> int:
+    """Where the payload starts in a record of a block of ``num_tokens`` tokens."""
+    return payload_offset(header_length_for(fingerprint, num_tokens))
+
+
+def leading_heads(
+    buf: Any,
+    offsets: Sequence[int],
+    keys: Sequence[BlockKey],
+    fingerprint: str,
+    spec: KVBlockSpec,
+) -> list[RecordHead]:
+    """The headers of the records at ``offsets`` in ``buf`` (a mapped arena), checked in
+    order until the first that is not a full ``sum64`` block of ``keys[i]`` for this
+    model and shape: the leading run that may be imported."""
+    mv = memoryview(buf).cast("B")
+    fp = fingerprint.encode()
+    bs = spec.block_size
+    hlen = header_length_for(fingerprint, bs)
+    end = payload_offset(hlen) + spec.bytes_per_token * bs
+    toks_at = _FIXED.size + len(fp)
+    out = []
+    for off, key in zip(offsets, keys):
+        if off < 0 or off + end > mv.nbytes:
+            break
+        (magic, _v, dcode, flags, length, ntok, nl, nh, hd, bsz, _pos, fplen,
+         nbytes, pcheck, algo, _r, hkey, _parent) = _FIXED.unpack_from(mv, off)  # fmt: skip
+        if (
+            magic != MAGIC
+            or length != hlen
+            or ntok != bs
+            or dcode != _DTYPE_CODES[spec.dtype]
+            or (nl, nh, hd, bsz) != (spec.num_layers, spec.num_kv_heads, spec.head_dim, bs)
+            or fplen != len(fp)
+            or nbytes != spec.bytes_per_token * bs
+            or algo != _SUM64
+            or not flags & _HAS_KEY
+            or hkey != key
+            or mv[off + _FIXED.size : off + toks_at] != fp
+            or _CRC.unpack_from(mv, off + hlen - _CRC.size)[0]
+            != crc32(mv[off : off + hlen - _CRC.size])
+        ):
+            break
+        toks = np.frombuffer(mv, dtype="<i4", count=bs, offset=off + toks_at)
+        out.append(RecordHead(tuple(toks.tolist()), int(pcheck)))
+    return out
+
+
+__all__ = ["RecordHead", "leading_heads", "payload_at"]
