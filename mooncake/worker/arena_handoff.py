@@ -202,17 +202,16 @@ def export_for_handoff(
             arena.free(region)
 
 
-def same_host(plugin: MooncakeWorker, address: str) -> bool:
+def same_host(plugin: MooncakeWorker, kvs: KVStore, address: str) -> bool:
     """Whether the worker at ``address`` (a request's decode worker) is on this host and
+    reads this host's shared memory (the transfer's ``same_host`` path is on): then it
     can map this worker's export arena."""
-    if address == plugin.worker.address:
-        return True
     try:
-        peer = plugin.peer_of(address)
+        peer = kvs.peer if address == plugin.worker.address else plugin.peer_of(address)
     except Exception as e:  # gone, or no answer: the store's way works everywhere
         logger.debug("peer %s unknown: %s", address, e)
         return False
-    return peer is not None and peer.host_id == local_host_id()
+    return peer is not None and kvs.same_host_tier(peer) is not None
 
 
 __all__ = ["ArenaHandoffs", "export_for_handoff", "same_host"]

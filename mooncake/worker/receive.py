@@ -160,7 +160,12 @@ def _fetch_handoff(
     the engine imports from the prefill worker's export arena first."""
     plugin.handoff_times.mark(rid, "fetch_start")
     f = Fetched(0, 0, [])
-    if records is not None and offsets is not None and records.host_id == local_host_id():
+    if (
+        records is not None
+        and offsets is not None
+        and records.host_id == local_host_id()
+        and kvs.same_host_tier(peer) is not None
+    ):
         f = _import_from_arena(plugin, records.path, keys, offsets)
     if f.num_blocks < len(keys):
         rest = _fetch_handoff_blocks(plugin, kvs, keys[f.num_blocks :], peer)

@@ -268,7 +268,7 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         kvs is not None
         and not finished
         and not streamed
-        and same_host(plugin, lookup_result.placement.decode)
+        and same_host(plugin, kvs, lookup_result.placement.decode)
     ):
         # The decode engine imports from the export arena; the tier put follows later.
         got = export_for_handoff(plugin, kvs, spec)
@@ -469,6 +469,11 @@ def engine_stats(dask_worker: Any) -> dict[str, Any]:
         else 0,
         "handoff_leases": len(plugin.kv_store.leases) if plugin.kv_store is not None else 0,
         "handoff_leases_taken": plugin.kv_store.leases_taken if plugin.kv_store is not None else 0,
+        # Blocks a same-host hand-off served from the export arena, put into the host
+        # tier after the decode side had them (``arena_handoff``).
+        "handoff_put_after": plugin.kv_store.held.put_after
+        if plugin.kv_store is not None and plugin.kv_store.held is not None
+        else 0,
         "worker_copies": copies.snapshot(),
         "transfer_paths": dict(plugin.transfer_paths),
         "stream_blocks": dict(plugin.streams.counts) if plugin.streams is not None else {},
