@@ -703,11 +703,14 @@ class LLMEngine:
             if new:
                 base = np.frombuffer(buf, dtype=np.uint8).ctypes.data
                 poff = payload_at(self.fingerprint, self.config.block_size)
-                sums = self.runner.copy_blocks_summed(
+                got_sums = self.runner.copy_blocks_summed(
                     [nb.block_id for nb in new], base, [offsets[i] + poff for i in todo], True
                 )
-                if sums is None:
-                    sums = self._copy_records_apart(buf, [offsets[i] + poff for i in todo], new)
+                sums = (
+                    got_sums.tolist()
+                    if got_sums is not None
+                    else self._copy_records_apart(buf, [offsets[i] + poff for i in todo], new)
+                )
                 for nb, i, got in zip(new, todo, sums):
                     if int(got) != heads[i].payload_checksum:
                         intact = i

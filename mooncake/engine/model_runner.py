@@ -178,14 +178,10 @@ class ModelRunner:
         pool_off = np.asarray(block_ids, dtype=np.int64) * seg
         rec_off = np.asarray(offsets, dtype=np.int64)
         sums = np.empty(len(block_ids), dtype=np.uint64)
-        if into_pool:
-            dst, dst_off, dst_stride, src, src_off, src_stride = pool, pool_off, stride, base, rec_off, seg
-        else:
-            dst, dst_off, dst_stride, src, src_off, src_stride = base, rec_off, seg, pool, pool_off, stride
-        lib.copy_sum64_many(
-            dst, dst_off.ctypes.data, dst_stride, src, src_off.ctypes.data, src_stride, seg, nseg,
-            len(block_ids), sums.ctypes.data,
-        )  # fmt: skip
+        pool_side = (pool, pool_off.ctypes.data, stride)
+        rec_side = (base, rec_off.ctypes.data, seg)
+        dst, src = (pool_side, rec_side) if into_pool else (rec_side, pool_side)
+        lib.copy_sum64_many(*dst, *src, seg, nseg, len(block_ids), sums.ctypes.data)
         copies.count("engine.import" if into_pool else "engine.export", seg * nseg * len(block_ids))
         return sums
 

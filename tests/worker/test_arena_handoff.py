@@ -31,13 +31,15 @@ def exported(tiny_llama, tmp_path):
     e = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64))
     rng = random.Random(3)
     bs = EngineConfig().block_size
-    e.add_request("r", [rng.randrange(300) for _ in range(4 * bs)], SamplingParams(max_tokens=1), keep_kv=True)
+    prompt = [rng.randrange(300) for _ in range(4 * bs)]
+    e.add_request("r", prompt, SamplingParams(max_tokens=1), keep_kv=True)
     while e.has_unfinished():
         e.step()
     region = kvs.arena.alloc(1 << 21)
     with open(kvs.arena.path, "r+b") as f:
         m = mmap.mmap(f.fileno(), 0)
-    packed = e.export_packed("r", memoryview(m)[region.offset : region.offset + region.size], "sum64")
+    view = memoryview(m)[region.offset : region.offset + region.size]
+    packed = e.export_packed("r", view, "sum64")
     kvs.lease_handoff("r", packed.keys)
     yield kvs, region, packed
     kvs.close()
