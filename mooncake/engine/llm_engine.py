@@ -527,8 +527,7 @@ class LLMEngine:
         from ``out``'s start: every payload copied out of the pool and summed in one
         native call, then the headers written. False (nothing written) where the fused
         copy does not apply."""
-        from mooncake.store.block_object import encode_header_of
-        from mooncake.store.handoff_records import payload_at
+        from mooncake.store.handoff_records import encode_headers, payload_at
         from mooncake.store.records import record_size
 
         bs = self.config.block_size
@@ -543,21 +542,19 @@ class LLMEngine:
         )
         if sums is None:
             return False
-        nbytes = self.spec.bytes_per_token * bs
-        for k, i in enumerate(range(first, last)):
-            header = encode_header_of(
-                keys[i],
-                keys[i - 1] if i else seq.root_key,
-                seq.token_ids[i * bs : (i + 1) * bs],
-                self.spec,
-                self.fingerprint,
-                nbytes,
-                int(sums[k]),
-                i,
-            )
-            o = k * size
-            out[o : o + len(header)] = header
-            out[o + len(header) : o + poff] = bytes(poff - len(header))
+        heads = encode_headers(
+            keys[first:last],
+            [keys[i - 1] if i else seq.root_key for i in range(first, last)],
+            seq.token_ids[first * bs : last * bs],
+            list(range(first, last)),
+            sums,
+            self.spec,
+            self.fingerprint,
+        )
+        rows = np.frombuffer(out, dtype=np.uint8, count=(last - first) * size)
+        rows = rows.reshape(last - first, size)
+        rows[:, : heads.shape[1]] = heads
+        rows[:, heads.shape[1] : poff] = 0
         return True
 
     def _export_block(self, block_id: int, summed: bool, out: np.ndarray) -> int | None:

@@ -27,6 +27,7 @@ from mooncake.store.block_object import (
     _FIXED,
     MAGIC,
     crc32,
+    encode_header_of,
     header_length_for,
 )
 from mooncake.store.config import CHECKSUMS
@@ -48,6 +49,41 @@ class RecordHead:
 def payload_at(fingerprint: str, num_tokens: int) -> int:
     """Where the payload starts in a record of a block of ``num_tokens`` tokens."""
     return payload_offset(header_length_for(fingerprint, num_tokens))
+
+
+def encode_headers(
+    keys: Sequence[BlockKey],
+    parents: Sequence[BlockKey],
+    token_ids: Sequence[int],
+    positions: Sequence[int],
+    sums: np.ndarray,
+    spec: KVBlockSpec,
+    fingerprint: str,
+) -> np.ndarray:
+    """The headers of ``len(keys)`` full blocks (``encode_header_of`` each, ``sum64``),
+    built together: one block's header as the template, the fields that differ (key,
+    parent, position, payload checksum, token ids, CRC) filled in for all at once.
+    ``token_ids``: the blocks' tokens back to back. Returns uint8 ``[n, header length]``.
+    An export of a 2,048-token prompt writes 128 headers; one by one they cost a third
+    of the export's copy."""
+    n, bs = len(keys), spec.block_size
+    fp_len = len(fingerprint.encode())
+    first = encode_header_of(
+        keys[0], parents[0], token_ids[:bs], spec, fingerprint,
+        spec.bytes_per_token * bs, int(sums[0]), positions[0],
+    )  # fmt: skip
+    hlen = len(first)
+    rows = np.tile(np.frombuffer(first, dtype=np.uint8), (n, 1))
+    rows[:, 32:36] = np.asarray(positions, dtype="<u4").view(np.uint8).reshape(n, 4)
+    rows[:, 48:56] = np.asarray(sums, dtype="<u8").view(np.uint8).reshape(n, 8)
+    rows[:, 64:80] = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(n, 16)
+    rows[:, 80:96] = np.frombuffer(b"".join(parents), dtype=np.uint8).reshape(n, 16)
+    at = _FIXED.size + fp_len
+    toks = np.asarray(token_ids, dtype="<i4").view(np.uint8).reshape(n, 4 * bs)
+    rows[:, at : at + 4 * bs] = toks
+    crcs = np.fromiter((crc32(r[: hlen - _CRC.size]) for r in rows), dtype="<u4", count=n)
+    rows[:, hlen - _CRC.size :] = crcs.view(np.uint8).reshape(n, 4)
+    return rows
 
 
 def leading_heads(
@@ -93,4 +129,4 @@ def leading_heads(
     return out
 
 
-__all__ = ["RecordHead", "leading_heads", "payload_at"]
+__all__ = ["RecordHead", "encode_headers", "leading_heads", "payload_at"]
