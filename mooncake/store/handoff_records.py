@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -102,6 +103,14 @@ def leading_heads(
     hlen = header_length_for(fingerprint, bs)
     end = payload_offset(hlen) + spec.bytes_per_token * bs
     toks_at = _FIXED.size + len(fp)
+    n = min(len(offsets), len(keys))
+    if (
+        n > 1
+        and offsets[0] >= 0
+        and offsets[0] + n * end <= mv.nbytes
+        and all(b - a == end for a, b in pairwise(offsets[:n]))
+    ):
+        return _leading_heads_together(mv, offsets[0], keys[:n], fingerprint, spec)
     out = []
     for off, key in zip(offsets, keys):
         if off < 0 or off + end > mv.nbytes:
@@ -127,6 +136,43 @@ def leading_heads(
         toks = np.frombuffer(mv, dtype="<i4", count=bs, offset=off + toks_at)
         out.append(RecordHead(tuple(toks.tolist()), int(pcheck)))
     return out
+
+
+def _leading_heads_together(
+    mv: memoryview, start: int, keys: Sequence[BlockKey], fingerprint: str, spec: KVBlockSpec
+) -> list[RecordHead]:
+    """:func:`leading_heads` of records laid back to back from ``start`` (an export's):
+    the fields every header shares compared with an expected header for all records at
+    once, each CRC computed, the first record that fails ending the run."""
+    n, bs = len(keys), spec.block_size
+    fp_len = len(fingerprint.encode())
+    size = payload_at(fingerprint, bs) + spec.bytes_per_token * bs
+    want = np.frombuffer(
+        encode_header_of(
+            keys[0], keys[0], range(bs), spec, fingerprint, spec.bytes_per_token * bs, 0, 0
+        ),
+        dtype=np.uint8,
+    )
+    hlen = want.size
+    rows = np.frombuffer(mv, dtype=np.uint8, count=n * size, offset=start).reshape(n, size)
+    rows = rows[:, :hlen]
+    toks_at = _FIXED.size + fp_len
+    # Shared: magic .. block size, fingerprint length and payload length, algorithm and
+    # reserved, the fingerprint. Per block: position, checksum, key, parent, tokens, CRC.
+    shared = np.r_[0:32, 36:48, 56:64, _FIXED.size : toks_at]
+    ok = (rows[:, shared] == want[shared]).all(axis=1)
+    ok &= (rows[:, 64:80] == np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(n, 16)).all(
+        axis=1
+    )
+    crcs = rows[:, hlen - _CRC.size :].copy().view("<u4").reshape(n)
+    good = n if ok.all() else int(np.argmin(ok))
+    for i in range(good):
+        if crc32(rows[i, : hlen - _CRC.size]) != int(crcs[i]):
+            good = i
+            break
+    toks = rows[:good, toks_at : toks_at + 4 * bs].copy().view("<i4").tolist()
+    sums = rows[:good, 48:56].copy().view("<u8").reshape(good).tolist()
+    return [RecordHead(tuple(t), int(c)) for t, c in zip(toks, sums)]
 
 
 __all__ = ["RecordHead", "encode_headers", "leading_heads", "payload_at"]

@@ -12,10 +12,11 @@ from mooncake.store.records import record_size
 from tests.store.kvfactories import FINGERPRINT, TINY, make_chain
 
 
-def _laid_out(n: int) -> tuple[bytearray, list[int], list]:
-    """``n`` chained blocks as records back to back, headers from ``encode_headers``."""
+def _laid_out(n: int, gap: int = 0) -> tuple[bytearray, list[int], list]:
+    """``n`` chained blocks as records, ``gap`` bytes apart (0: back to back, as an
+    export lays them out), headers from ``encode_headers``."""
     blocks = make_chain(n)
-    size = record_size(TINY, FINGERPRINT, TINY.block_size)
+    size = record_size(TINY, FINGERPRINT, TINY.block_size) + gap
     poff = payload_at(FINGERPRINT, TINY.block_size)
     sums = np.array([sum64(memoryview(b.data).cast("B")) for b in blocks], dtype=np.uint64)
     heads = encode_headers(
@@ -30,7 +31,7 @@ def _laid_out(n: int) -> tuple[bytearray, list[int], list]:
     buf = bytearray(n * size)
     for i, b in enumerate(blocks):
         buf[i * size : i * size + heads.shape[1]] = heads[i].tobytes()
-        buf[i * size + poff : (i + 1) * size] = b.data.tobytes()
+        buf[i * size + poff : (i + 1) * size - gap] = b.data.tobytes()
     return buf, [i * size for i in range(n)], blocks
 
 
@@ -52,13 +53,15 @@ def test_headers_built_together_equal_one_at_a_time():
         assert heads[i].tobytes() == encode_header(b, sums[i], 10 + i)
 
 
+@pytest.mark.parametrize("gap", [0, 64])
 @pytest.mark.parametrize("damage", ["none", "magic", "crc", "key", "fingerprint"])
-def test_leading_heads_stop_at_the_first_bad_header(damage):
+def test_leading_heads_stop_at_the_first_bad_header(damage, gap):
     """5 records; record 3 damaged (bad magic, a flipped byte the CRC catches, asked
     under another key): the leading run is 3 headers, with each block's token ids and
     payload checksum; undamaged, all 5. Read by an engine of another model (its
-    fingerprint): none."""
-    buf, offsets, blocks = _laid_out(5)
+    fingerprint): none. The same whether the records are back to back (checked all
+    together) or apart (one by one)."""
+    buf, offsets, blocks = _laid_out(5, gap)
     keys = [b.key for b in blocks]
     off = offsets[3]
     if damage == "magic":
