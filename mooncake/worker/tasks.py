@@ -23,7 +23,8 @@ import logging
 import time
 from typing import Any, TypeVar
 
-from distributed import Worker, rejoin, secede
+from distributed import Worker, secede
+from distributed.threadpoolexecutor import thread_state
 from distributed.worker_state_machine import SecedeEvent
 
 from mooncake.kvcache import copies
@@ -52,13 +53,22 @@ def _plugin() -> MooncakeWorker:
     return get_plugin()
 
 
+def _leave_pool() -> None:
+    """Hand this task's worker thread back to Dask for the rest of the task (once; the
+    thread ends with the task). It never rejoins: ``rejoin`` blocks until a slot is
+    free, and when one engine step ended several prefills, the ones that found every
+    slot taken waited there for their export, and their hand-off missed the engine's
+    export window (``EXPORT_WAIT_S``) and waited for the whole next prefill step (~0.6 s
+    in a traced 16-request burst)."""
+    if getattr(thread_state, "proceed", True):  # still in the pool
+        secede()
+
+
 def _wait(fut: concurrent.futures.Future[T]) -> T:
-    """Block on an engine-loop future with the worker thread handed back to Dask."""
-    secede()
-    try:
-        return fut.result()
-    finally:
-        rejoin()
+    """Block on an engine-loop future with the worker thread handed back to Dask
+    (``_leave_pool``)."""
+    _leave_pool()
+    return fut.result()
 
 
 def _secede_slot(worker: Worker, step: Step, request_id: str, started: float) -> None:
@@ -244,13 +254,10 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     kvs = plugin.kv_store
     streamed: list[BlockKey] = []
     if kvs is not None and plugin.worker_config.stream_kv:
-        secede()
-        try:
-            streamed = publish_while_prefilling(
-                plugin, kvs, spec, fut, plugin.worker_config.stream_poll_s
-            )
-        finally:
-            rejoin()
+        _leave_pool()
+        streamed = publish_while_prefilling(
+            plugin, kvs, spec, fut, plugin.worker_config.stream_poll_s
+        )
         if plugin.streams is not None:
             plugin.streams.counts["published_during_prefill"] += len(streamed)
     out = _ended(plugin, spec.request_id, fut)
@@ -342,6 +349,10 @@ def transfer(handle: KVHandle) -> TransferResult:
         else None
     )
     if early is None:
+        # The receive waits on the engine (its import and admission run between two
+        # steps): out of the pool, so that a burst of hand-offs does not queue for the
+        # worker's few threads behind each other's waits.
+        _leave_pool()
         return receive(plugin, handle)
     # A moved request whose transfer the Conductor started at placement (the early
     # resume, ``MooncakeWorker.handle_resume``): collect it (usually done by now).
