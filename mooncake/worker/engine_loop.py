@@ -369,6 +369,10 @@ class EngineLoop:
                 wait = self._command_wait(time.monotonic()) if busy else 0.05
                 if self.channel.poll(wait):
                     self._run_commands()
+                    if busy and self._command_wait(time.monotonic()) > 0.0:
+                        # Other exports of the step's finished prefills are still on
+                        # their way (each from its own task): wait for them too.
+                        continue
                 if self._stop:
                     break
                 if self.engine.has_unfinished():

@@ -307,7 +307,7 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     first_token_wall = out.metrics.first_token_time
     if first_token_wall is not None:
         first_token_wall += time.time() - time.perf_counter()
-    return KVHandle(
+    handle = KVHandle(
         spec=spec,
         placement=lookup_result.placement,
         worker=plugin.worker.address,
@@ -323,6 +323,10 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         finished=finished,
         output=_wall_metrics(out, spec, out.num_cached_tokens) if finished else None,
     )
+    # The decode worker starts the transfer on this word (the early hand-off), before the
+    # scheduler has seen this task end; its transfer task then collects it.
+    plugin.offer_handoff(handle)
+    return handle
 
 
 def prefill_request(spec: RequestSpec, placement: PlacementInfo) -> KVHandle:
@@ -354,8 +358,9 @@ def transfer(handle: KVHandle) -> TransferResult:
         # worker's few threads behind each other's waits.
         _leave_pool()
         return receive(plugin, handle)
-    # A moved request whose transfer the Conductor started at placement (the early
-    # resume, ``MooncakeWorker.handle_resume``): collect it (usually done by now).
+    # A transfer begun ahead of this task: a moved request's, which the Conductor started
+    # at placement (the early resume, ``MooncakeWorker.handle_resume``), or one its
+    # prefill worker said was ready (``handle_handoff``). Collect it (often done by now).
     try:
         done = early.future.result() if early.future.done() else _wait(early.future)
     except BaseException as e:
