@@ -62,9 +62,7 @@ class RequestFutures(Generic[LookupT, OutputT, ReceiveT]):
         with self._lock:
             return self._receiving.pop(request_id, None)
 
-    def discard_receiving(
-        self, request_id: str, fut: concurrent.futures.Future[ReceiveT]
-    ) -> None:
+    def discard_receiving(self, request_id: str, fut: concurrent.futures.Future[ReceiveT]) -> None:
         """Forget the request's early transfer if it is ``fut`` (set ahead of a start
         that was then refused)."""
         with self._lock:

@@ -9,7 +9,8 @@ coroutines: Dask runs them on the worker's event loop, and they hand their slot 
 once (``_secede_slot``) and await the engine's future there, so a request being decoded
 holds neither a thread nor a slot. The short ones (``prefill_request``: lookup then
 prefill; ``transfer``) block on engine calls, LMDB and sockets, so they run in the
-worker's threads and ``secede`` while they wait on the engine. Steps that always run on
+worker's threads and ``secede`` (never to rejoin, see ``_leave_pool``) while they wait
+on the engine. Steps that always run on
 the same worker are one task (the lookup is inside the prefill or generate task): every
 task costs the scheduler, the workers and the client messages and bookkeeping."""
 

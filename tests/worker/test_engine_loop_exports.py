@@ -94,7 +94,13 @@ def test_loop_waits_for_every_export_of_one_step(tiny_llama) -> None:
     loop.add(AddRequest("busy", list(range(3, 23)), LONG, Watch(None)))
     for rid, base in (("p1", 40), ("p2", 80)):
         loop.add(
-            AddRequest(rid, list(range(base, base + 20)), FIRST, Watch(None, prefill_only=True), keep_kv=True)
+            AddRequest(
+                rid,
+                list(range(base, base + 20)),
+                FIRST,
+                Watch(None, prefill_only=True),
+                keep_kv=True,
+            )
         )
     loop._step()
     assert set(loop._exports_due) == {"p1", "p2"}
