@@ -9,7 +9,9 @@ Three views of a decode instance's load (FAST'25 §7):
   requests when nothing is rejected up front.
 - ``projected``: prediction-based early rejection. Assume a uniform decode time per
   token t_d; at the moment ``eta`` the new request would arrive, drop the running
-  sequences that will have finished and add the placed ones that will have arrived.
+  sequences that will have finished and add the placed ones that will have arrived
+  and not finished yet (FAST'25 §7.4: every request whose decoding ended before that
+  moment is removed, whether it is decoding now or still in prefill).
 """
 
 from __future__ import annotations
@@ -71,7 +73,10 @@ def decode_view(
             batch += 1
             kv += seq.kv_tokens
     for seq in load.incoming.values():
-        if seq.at <= eta:
+        # Placed, not yet decoding: it starts when it arrives, and no earlier than now
+        # (one whose expected arrival has passed is late or waiting for memory); like a
+        # running one it no longer counts once it has finished by ``eta``.
+        if seq.at <= eta and max(seq.at, now) + (seq.output_len - 1) * t_d > eta:
             batch += 1
             kv += seq.kv_tokens
     return batch, kv

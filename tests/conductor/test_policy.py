@@ -81,8 +81,9 @@ def test_predictive_projects_with_the_step_time_at_the_projected_load(
     tiny_cost: CostModel, vectorized: bool
 ) -> None:
     """Decode D holds 3000 KV tokens. Four 'old' sequences (prompt 400, output 100) are
-    decoding since t=0; twenty placed sequences (110 KV tokens each) reach D by 0.5 s; a
-    new one (110 tokens) would reach D at ~1.0 s. At today's step time (batch 4: 8 ms)
+    decoding since t=0; twenty placed sequences (prompt 10, output 100: 110 KV tokens
+    each, still decoding at 1.0 s) reach D by 0.5 s; a new one (110 tokens) would reach
+    D at ~1.0 s. At today's step time (batch 4: 8 ms)
     the old ones finish at 0.79 s, so a fixed t_d of 8 ms projects 2200 + 110 tokens and
     admits. By default t_d is the step time of the projected batch with the new request
     in it (25 sequences: 50 ms): the old ones are still decoding at 1.0 s, 4310 tokens
@@ -100,7 +101,7 @@ def test_predictive_projects_with_the_step_time_at_the_projected_load(
             c.on_prefill_finish(f"old{i}", 0.0, 400, 0, 0.4)
             c.on_decode_join(f"old{i}", 0.0)
         for i in range(20):
-            c.decode_loads["D"].expect(f"mid{i}", DecodeSeq(100, 10, 0.5, None, 10))
+            c.decode_loads["D"].expect(f"mid{i}", DecodeSeq(10, 100, 0.5, None, 100))
         c.prefill_loads["P"].enqueue("filler", 0.9)
         return c
 
