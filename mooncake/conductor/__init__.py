@@ -5,7 +5,7 @@ scheduler plugin (``plugin.py``, the only module that may import ``distributed``
 drive the very same :class:`Conductor`.
 """
 
-from mooncake.conductor.admission import Rejection, check_slos, decode_view
+from mooncake.conductor.admission import Rejection, check_slos, decode_view, projected_peak
 from mooncake.conductor.config import (
     ADMISSIONS,
     PREFILL_POLICIES,
@@ -63,5 +63,6 @@ __all__ = [
     "RequestInfo",
     "check_slos",
     "decode_view",
+    "projected_peak",
     "prefix_tokens",
 ]
