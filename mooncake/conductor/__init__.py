@@ -63,6 +63,6 @@ __all__ = [
     "RequestInfo",
     "check_slos",
     "decode_view",
-    "projected_peak",
     "prefix_tokens",
+    "projected_peak",
 ]

@@ -258,8 +258,7 @@ class Conductor:
             until = eta + (out_len - 1) * t_d
             batch, kv = projected_peak(load, eta, until, t_d, now, total)
             fits = (
-                kv + need <= load.kv_capacity_tokens
-                and batch + 1 <= self.config.max_decode_batch
+                kv + need <= load.kv_capacity_tokens and batch + 1 <= self.config.max_decode_batch
             )
             return DecodeChoice(w, self.step_time(batch + 1, kv + need), fits)
 
