@@ -77,7 +77,7 @@ MIN_DECODE_STEPS = 16
 
 PROJECTION_ROUNDS = 4
 """Most rounds of the projected-load fixed point behind the default t_d (see
-:meth:`Conductor._projected_view`); it stops earlier once the projection stops moving."""
+:meth:`Conductor._projection`); it stops earlier once the projection stops moving."""
 
 _VIEW: dict[str, LoadView] = {
     "none": "committed",
@@ -189,7 +189,7 @@ class Conductor:
     def token_time(self, worker: str) -> float:
         """Uniform decode seconds per token t_d at the instance's current load: the
         fixed ``decode_token_time_s``, else the step time of the running batch (the
-        starting point of :meth:`_projected_view`'s fixed point, and the retry hint)."""
+        starting point of :meth:`_projection`'s fixed point, and the retry hint)."""
         if self.config.decode_token_time_s is not None:
             return self.config.decode_token_time_s
         load = self.decode_loads[worker]
@@ -349,7 +349,7 @@ class Conductor:
                     else None
                 )
                 batch, kv = table.projected(eta, t_d, now, many)
-                if cfg.decode_token_time_s is None:  # _projected_view's fixed point
+                if cfg.decode_token_time_s is None:  # _projection's fixed point
                     need = dreq.prompt_len + dreq.output_len
                     for _ in range(PROJECTION_ROUNDS):
                         t_d = self._step_times(batch + 1, kv + need)
