@@ -195,12 +195,6 @@ class Conductor:
         load = self.decode_loads[worker]
         return self.step_time(max(1, len(load.running)), load.kv_running)
 
-    def _projected_view(
-        self, worker: str, eta: float, now: float, need: int, total: OutputEstimate | None
-    ) -> tuple[int, int]:
-        """(batch, KV tokens) of ``worker`` projected to ``eta``: :meth:`_projection`."""
-        return self._projection(worker, eta, now, need, total)[0]
-
     def _projection(
         self, worker: str, eta: float, now: float, need: int, total: OutputEstimate | None
     ) -> tuple[tuple[int, int], float]:
