@@ -204,6 +204,29 @@ class EngineClient:
         call.add_done_callback(answered)
         return out
 
+    def import_from_tier_and_add(
+        self, path: str, keys: Sequence[BlockKey], req: AddRequest
+    ) -> tuple[tuple[int, int, int], concurrent.futures.Future[RequestOutput] | None]:
+        """Import a hand-off's blocks from the host tier at ``path`` and admit ``req`` in
+        one engine command (``EngineLoop.import_from_tier_and_add``); blocks until the
+        engine answered. Returns (found, imported, bytes) and the request's future, or
+        None when a block was missing (the request is not admitted: ``add`` it once the
+        rest is here)."""
+        done: concurrent.futures.Future[RequestOutput] = concurrent.futures.Future()
+        with self._lock:
+            self._requests[req.request_id] = done
+        try:
+            got: tuple[int, int, int] = self.call(
+                "import_from_tier_and_add", path, list(keys), req
+            ).result()
+        except BaseException:
+            self._forget(req.request_id, done)
+            raise
+        if got[0] < len(keys):
+            self._forget(req.request_id, done)
+            return got, None
+        return got, done
+
     def _send_add(
         self, req: AddRequest, stored: list[bool] | None, keys: list[BlockKey] | None
     ) -> tuple[concurrent.futures.Future[RequestOutput], concurrent.futures.Future[Any]]:
