@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import collections
 import itertools
 import json
@@ -141,17 +142,39 @@ async def run_one(llm: LLM, i: int, req: SampleRequest, timeout: float) -> Outco
     return out
 
 
-async def uncached_prefill_s(llm: LLM, reqs: list[SampleRequest]) -> float:
+async def uncached_prefill_s(llm: LLM, reqs: list[SampleRequest], salt: str = "") -> float:
     """Median TTFT of the workload's prompts with nothing cached (a fresh cache salt
     each), before any kill: what one uncached prefill of these prompts costs."""
     ttfts = []
     for i, req in enumerate(reqs):
         params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
         t0 = time.monotonic()
-        async for _ in llm.stream(req.prompt, params, cache_salt=f"uncached-{i}"):
+        async for _ in llm.stream(req.prompt, params, cache_salt=f"uncached-{salt}{i}"):
             break
         ttfts.append(time.monotonic() - t0)
     return statistics.median(ttfts)
+
+
+MAX_BASELINE_LENGTHS = 20
+"""At most this many prompt lengths get their own uncached prefill after the run."""
+
+
+async def uncached_by_length(llm: LLM, reqs: list[SampleRequest]) -> dict[int, float]:
+    """One uncached prefill of each prompt length among ``reqs`` (the moved requests'
+    prompts, after the load and the kills: a trace's prompts differ in length, so each
+    moved request is compared with a prefill of its own prompt): the median TTFT of up
+    to three runs of such a prompt, a fresh cache salt each."""
+    by_len: dict[int, list[SampleRequest]] = {}
+    for r in reqs:
+        by_len.setdefault(r.prompt_len, []).append(r)
+    lengths = sorted(by_len)[:MAX_BASELINE_LENGTHS]
+    reps = 3 if len(lengths) <= 3 else 1
+    out = {}
+    for n in lengths:
+        same = by_len[n]
+        runs = [same[i % len(same)] for i in range(reps)]
+        out[n] = await uncached_prefill_s(llm, runs, f"len{n}")
+    return out
 
 
 def killer(
@@ -222,6 +245,9 @@ def killer(
 MIN_MOVES_FOR_MEDIAN = 10
 """Fewer completed moves than this and the run says its medians are rough."""
 
+GAP_WINDOW_S = 1.0
+"""The window of the token gaps compared around a kill (the selection-bias check)."""
+
 
 def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
@@ -233,20 +259,88 @@ def _kill_of(kills: list[Kill], m: MoveRecord) -> Kill | None:
     return before[-1] if before else None
 
 
-def breakdown(outcomes: list[Outcome], moves: list[MoveRecord], kills: list[Kill]) -> dict:
+@dataclass(frozen=True)
+class OwnPace:
+    """What a move added to one resumed stream, against the stream's own pace before the
+    move (the counterfactual: the request had gone on at that pace on its old worker)."""
+
+    pace_s: float
+    """The median gap between the request's tokens before the move (its whole stream's
+    when fewer than two tokens came before it)."""
+    from_before: bool
+    """``pace_s`` is from the tokens before the move."""
+    stall_s: float
+    """The gap across the move less ``pace_s``."""
+    after_s: float
+    """The tokens after the first resumed one: their time less ``pace_s`` each (a
+    slower batch on the new worker, the worker's restart, ...)."""
+    post_gap_s: float | None
+    """The median gap between the tokens after the move."""
+
+    @property
+    def extra_s(self) -> float:
+        """Extra end-to-end time against the request's own pace: ``stall_s + after_s``."""
+        return self.stall_s + self.after_s
+
+
+def own_pace(times: list[float], first_after: float) -> OwnPace | None:
+    """The move's cost to a stream whose outputs arrived at ``times`` (ascending) and
+    whose first output after the move arrived at ``first_after`` (one of ``times``);
+    None when no token came before it."""
+    k = bisect.bisect_left(times, first_after)  # outputs before the move
+    if k == 0 or k >= len(times):
+        return None
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    before, after = gaps[: k - 1], gaps[k:]
+    pace = statistics.median(before) if before else statistics.median(gaps)
+    return OwnPace(
+        pace_s=pace,
+        from_before=bool(before),
+        stall_s=gaps[k - 1] - pace,
+        after_s=sum(after) - len(after) * pace,
+        post_gap_s=_median(after),
+    )
+
+
+PROMPT_LEN_TOLERANCE = 0.25
+"""Prompts within this fraction of each other's length count as the same for the extra
+TTFT (a trace's prompts all differ)."""
+
+
+def _similar_len(a: int, b: int) -> bool:
+    return abs(a - b) <= PROMPT_LEN_TOLERANCE * max(a, b)
+
+
+def _gaps_in(times: list[float], lo: float, hi: float) -> list[float]:
+    inside = [t for t in times if lo <= t <= hi]
+    return [b - a for a, b in itertools.pairwise(inside)]
+
+
+def breakdown(
+    outcomes: list[Outcome],
+    moves: list[MoveRecord],
+    kills: list[Kill],
+    uncached_by_len: dict[int, float] | None = None,
+) -> dict:
     """Per move, where its time went, and the extra time of each moved request (the
-    module docstring defines each)."""
+    module docstring defines each). ``uncached_by_len``: one uncached prefill by prompt
+    length (each moved request's extra time is also given as a multiple of its own)."""
     by_id = {o.request_id: o for o in outcomes}
-    unmoved = [
-        o
-        for o in outcomes
-        if o.kind == "completed" and o.request_id not in {m.request_id for m in moves}
-    ]
+    moved_ids = {m.request_id for m in moves}
+    unmoved = [o for o in outcomes if o.kind == "completed" and o.request_id not in moved_ids]
+
+    def in_flight(kill: Kill) -> list[Outcome]:
+        return [u for u in unmoved if u.start <= kill.at <= u.start + (u.e2e_s or 0.0)]
 
     def baseline(o: Outcome, kill: Kill | None, attr: str) -> float | None:
-        same = [u for u in unmoved if (u.prompt_len, u.output_len) == (o.prompt_len, o.output_len)]
+        if attr == "ttft_s":  # a TTFT does not depend on the output length
+            same = [u for u in unmoved if _similar_len(u.prompt_len, o.prompt_len)]
+        else:
+            same = [
+                u for u in unmoved if (u.prompt_len, u.output_len) == (o.prompt_len, o.output_len)
+            ]
         if kill is not None:
-            during = [u for u in same if u.start <= kill.at <= u.start + (u.e2e_s or 0.0)]
+            during = [u for u in in_flight(kill) if u in same]
             if len(during) >= 3:
                 same = during
         return _median([getattr(u, attr) for u in same if getattr(u, attr) is not None])
@@ -261,6 +355,7 @@ def breakdown(outcomes: list[Outcome], moves: list[MoveRecord], kills: list[Kill
             "request_id": m.request_id,
             "resumed": m.resumed,
             "tokens_before": m.tokens_before,
+            "prompt_len": o.prompt_len,
             "notice": m.notice,
             "path": m.transfer_path or "?",
             "fetched_blocks": m.fetched_blocks,
@@ -288,11 +383,42 @@ def breakdown(outcomes: list[Outcome], moves: list[MoveRecord], kills: list[Kill
         gaps = [b - a for a, b in itertools.pairwise(times)]
         if m.resumed and m.last_token_at is not None and m.first_token_at is not None:
             row["stall_s"] = (m.first_token_at - m.last_token_at) - (_median(gaps) or 0.0)
+            pace = own_pace(times, m.first_token_at)
+            if pace is not None:
+                row["pace_s"] = pace.pace_s
+                row["stall_own_pace_s"] = pace.stall_s
+                row["after_move_own_pace_s"] = pace.after_s
+                row["extra_e2e_own_pace_s"] = pace.extra_s
+                row["post_gap_s"] = pace.post_gap_s
+                if pace.from_before:
+                    row["pre_gap_s"] = pace.pace_s
+            if k is not None:
+                # The selection-bias check: the token gaps of the unmoved requests in
+                # flight at the same kill, just before it and just after the move.
+                peers = in_flight(k)
+                row["peer_pre_gap_s"] = _median(
+                    [
+                        g
+                        for u in peers
+                        for g in _gaps_in(u.token_times or [], k.at - GAP_WINDOW_S, k.at)
+                    ]
+                )
+                row["peer_post_gap_s"] = _median(
+                    [
+                        g
+                        for u in peers
+                        for g in _gaps_in(
+                            u.token_times or [], m.first_token_at, m.first_token_at + GAP_WINDOW_S
+                        )
+                    ]
+                )
         base = baseline(o, k, "e2e_s")
         row["extra_e2e_s"] = None if base is None or o.e2e_s is None else o.e2e_s - base
         if not m.resumed:
             base = baseline(o, k, "ttft_s")
             row["extra_ttft_s"] = None if base is None or o.ttft_s is None else o.ttft_s - base
+        if uncached_by_len and o.prompt_len in uncached_by_len:
+            row["uncached_prefill_s"] = uncached_by_len[o.prompt_len]
         rows.append(row)
 
     def med(key: str) -> float | None:
@@ -309,12 +435,30 @@ def breakdown(outcomes: list[Outcome], moves: list[MoveRecord], kills: list[Kill
         "kill_to_first_token_s",
         "recomputed_tokens",
         "stall_s",
+        "stall_own_pace_s",
+        "after_move_own_pace_s",
+        "extra_e2e_own_pace_s",
         "extra_e2e_s",
         "extra_ttft_s",
+        "pre_gap_s",
+        "peer_pre_gap_s",
+        "post_gap_s",
+        "peer_post_gap_s",
+        "uncached_prefill_s",
     )
     return {
         "moves": rows,
         "p50": {key: med(key) for key in keys},
+        "ratio_p50": {
+            key: _median(
+                [
+                    float(r[key]) / float(r["uncached_prefill_s"])  # type: ignore[arg-type]
+                    for r in rows
+                    if r.get(key) is not None and r.get("uncached_prefill_s")
+                ]
+            )
+            for key in ("stall_s", "extra_e2e_own_pace_s", "extra_e2e_s", "extra_ttft_s")
+        },
         "paths": dict(collections.Counter(str(r["path"]) for r in rows)),
         "notices": dict(collections.Counter(str(r["notice"]) for r in rows)),
         "early": sum(1 for r in rows if r.get("early")),
@@ -421,6 +565,8 @@ def main() -> None:
         wall = time.monotonic() - t0
         moves = dict(llm.moves)
         move_log = list(llm.move_log)
+        moved_reqs = [r for i, r in enumerate(reqs) if moves.get(f"chaos-{i}")]
+        uncached_lens = asyncio.run(uncached_by_length(llm, moved_reqs)) if moved_reqs else {}
 
     counts = {
         kind: sum(o.kind == kind for o in outcomes) for kind in ("completed", "failed", "lost")
@@ -428,7 +574,7 @@ def main() -> None:
     moved = [o for o in outcomes if moves.get(o.request_id) and o.kind == "completed"]
     still = [o for o in outcomes if not moves.get(o.request_id) and o.kind == "completed"]
 
-    bd = breakdown(outcomes, move_log, kills)
+    bd = breakdown(outcomes, move_log, kills, uncached_lens)
     result = {
         "requests": len(outcomes),
         **counts,
@@ -437,8 +583,19 @@ def main() -> None:
         "moved_completed": len(moved),
         "extra_ttft_p50_s": bd["p50"]["extra_ttft_s"],
         "extra_e2e_p50_s": bd["p50"]["extra_e2e_s"],
+        "extra_e2e_own_pace_p50_s": bd["p50"]["extra_e2e_own_pace_s"],
         "stall_p50_s": bd["p50"]["stall_s"],
         "uncached_prefill_p50_s": uncached,
+        # One uncached prefill of the moved requests' own prompts (median over them;
+        # the workload's when none was measured): the baseline of the extra times.
+        "moved_uncached_prefill_p50_s": bd["p50"]["uncached_prefill_s"] or uncached,
+        "ratio_to_own_prefill_p50": bd["ratio_p50"],
+        "token_gap_p50_s": {
+            "moved_before": bd["p50"]["pre_gap_s"],
+            "unmoved_before_kill": bd["p50"]["peer_pre_gap_s"],
+            "moved_after": bd["p50"]["post_gap_s"],
+            "unmoved_after_move": bd["p50"]["peer_post_gap_s"],
+        },
         "unmoved_e2e_p50_s": _median([o.e2e_s for o in still if o.e2e_s is not None]),
         "breakdown_p50": bd["p50"],
         "transfer_paths": bd["paths"],
@@ -452,6 +609,20 @@ def main() -> None:
             ]
         ),
         "errors": sorted({o.error for o in outcomes if o.error}),
+        "outcomes": [
+            {
+                "request_id": o.request_id,
+                "kind": o.kind,
+                "prompt_len": o.prompt_len,
+                "output_len": o.output_len,
+                "start_s": o.start - t0,
+                "ttft_s": o.ttft_s,
+                "e2e_s": o.e2e_s,
+                "token_times_s": [t - t0 for t in o.token_times or []],
+            }
+            for o in outcomes
+        ],
+        "kill_times_s": [k.at - t0 for k in kills],
         "wall_s": wall,
         "args": vars(args),
     }
@@ -464,8 +635,10 @@ def main() -> None:
         "moved_completed",
         "extra_ttft_p50_s",
         "extra_e2e_p50_s",
+        "extra_e2e_own_pace_p50_s",
         "stall_p50_s",
         "uncached_prefill_p50_s",
+        "moved_uncached_prefill_p50_s",
         "unmoved_e2e_p50_s",
         "transfer_paths",
         "notices",
@@ -480,6 +653,10 @@ def main() -> None:
     kill_list = ", ".join(f"{d['roles']}@{d['t_s']}s({d['inflight']})" for d in kills_out)
     print(f"{'kills (in flight)':>22}: {kill_list}")
     print(f"{'errors':>22}: {result['errors']}")
+    gaps = ", ".join(
+        f"{k.replace('_', ' ')} {_fmt(v, 1000.0)}" for k, v in result["token_gap_p50_s"].items()
+    )
+    print(f"{'token gap p50 (ms)':>22}: {gaps}")
     print("breakdown of a move, p50 over the moved requests (ms; tokens):")
     for key, v in bd["p50"].items():
         print(f"{key:>26}: {_fmt(v, 1000.0 if key.endswith('_s') else 1.0)}")
@@ -490,6 +667,8 @@ def main() -> None:
 
 
 def _fmt(v: object, scale: float = 1.0) -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(x, scale)}" for k, x in v.items()) + "}"
     if isinstance(v, float):
         return f"{v * scale:.1f}" if scale != 1.0 else f"{v:.4g}"
     return str(v)
@@ -503,7 +682,7 @@ def save_results(result: dict[str, object], args: argparse.Namespace) -> None:
 
     roles = args.kill_roles.replace(",", "+")
     n = int(result["requests"])  # type: ignore[call-overload]
-    uncached = float(result["uncached_prefill_p50_s"])  # type: ignore[arg-type]
+    uncached = float(result["moved_uncached_prefill_p50_s"])  # type: ignore[arg-type]
     spare = "decode" in roles and "prefill" not in roles
     claims = [
         dict(
@@ -524,7 +703,14 @@ def save_results(result: dict[str, object], args: argparse.Namespace) -> None:
     for key, label in (
         ("extra_ttft_p50_s", "extra TTFT of requests moved before their first token (p50)"),
         ("stall_p50_s", "stall of resumed streams (p50)"),
-        ("extra_e2e_p50_s", "extra end-to-end time of moved requests (p50)"),
+        (
+            "extra_e2e_own_pace_p50_s",
+            "extra end-to-end time of resumed requests, against their own pace (p50)",
+        ),
+        (
+            "extra_e2e_p50_s",
+            "extra end-to-end time of moved requests, against unmoved ones (p50)",
+        ),
     ):
         value = result[key]
         if value is not None:
@@ -533,7 +719,7 @@ def save_results(result: dict[str, object], args: argparse.Namespace) -> None:
                     label,
                     float(value),  # type: ignore[arg-type]
                     "s",
-                    "one uncached prefill (TTFT p50)",
+                    "one uncached prefill of their prompt (TTFT p50)",
                     uncached,
                     target="< 1.0",
                 )
@@ -542,9 +728,17 @@ def save_results(result: dict[str, object], args: argparse.Namespace) -> None:
     steps = ", ".join(
         f"{k.removesuffix('_s').replace('_', ' ')} {float(v) * 1000:.0f} ms"
         for k, v in bd.items()  # type: ignore[attr-defined]
-        if v is not None and k.endswith("_s") and not k.startswith("extra")
+        if v is not None
+        and k.endswith("_s")
+        and not k.startswith("extra")
+        and "gap" not in k
+        and "uncached" not in k
     )
     kills = ", ".join(f"{d['roles']}@{d['t_s']}s" for d in result["kills"])  # type: ignore[attr-defined]
+    gap_text = ", ".join(
+        f"{k.replace('_', ' ')} {_fmt(v, 1000.0)}"
+        for k, v in result["token_gap_p50_s"].items()  # type: ignore[attr-defined]
+    )
     rf.save(
         f"chaos-{roles}",
         f"Chaos: a {roles} worker killed every {args.kill_every:g} s",
@@ -557,8 +751,11 @@ def save_results(result: dict[str, object], args: argparse.Namespace) -> None:
             f"{args.kill_every:g} s (the Nanny restarts it). Kills: {kills}. "
             f"Moved requests: {result['moved']} ({result['moved_completed']} completed); "
             f"KV of the resumed ones: {result['transfer_paths']}. A move, p50: {steps}. "
+            f"Token gap p50 (ms): {gap_text}. "
             "Stall: the gap a move left in a stream less the stream's median token gap; "
-            "extra end-to-end time: against unmoved requests of the same shape in flight "
+            "extra end-to-end time against its own pace: its time after its last token "
+            "before the move less its tokens since at its pace before the move; against "
+            "unmoved ones: less the median of unmoved requests of the same shape in flight "
             "at the same kill (benchmarks/chaos.py says how each is measured). "
             f"Errors seen: {', '.join(result['errors']) or 'none'}."  # type: ignore[arg-type]
         ),
