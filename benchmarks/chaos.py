@@ -155,6 +155,24 @@ async def uncached_prefill_s(llm: LLM, reqs: list[SampleRequest], salt: str = ""
     return statistics.median(ttfts)
 
 
+WHOLE_TIMEOUT_S = 60.0
+"""How long the run waits after its load for every killed worker to be back."""
+
+
+def wait_for_workers(llm: LLM, n: int, timeout: float) -> bool:
+    """Wait until the cluster has ``n`` mooncake workers again (the Nanny restarted the
+    killed ones), then a second more; False when it did not within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with llm._lock:
+            ready = sum(1 for info in llm.workers.values() if info.get("roles"))
+        if ready >= n:
+            time.sleep(1.0)
+            return True
+        time.sleep(0.1)
+    return False
+
+
 MAX_BASELINE_LENGTHS = 20
 """At most this many prompt lengths get their own uncached prefill after the run."""
 
@@ -566,7 +584,13 @@ def main() -> None:
         moves = dict(llm.moves)
         move_log = list(llm.move_log)
         moved_reqs = [r for i, r in enumerate(reqs) if moves.get(f"chaos-{i}")]
-        uncached_lens = asyncio.run(uncached_by_length(llm, moved_reqs)) if moved_reqs else {}
+        uncached_lens: dict[int, float] = {}
+        whole = None
+        if moved_reqs:
+            # Not while the Nanny restarts the last worker killed (loading a model takes
+            # the CPU a prefill needs: the baseline would come out slow).
+            whole = wait_for_workers(llm, 1 + args.decode_workers, WHOLE_TIMEOUT_S)
+            uncached_lens = asyncio.run(uncached_by_length(llm, moved_reqs))
 
     counts = {
         kind: sum(o.kind == kind for o in outcomes) for kind in ("completed", "failed", "lost")
@@ -589,6 +613,7 @@ def main() -> None:
         # One uncached prefill of the moved requests' own prompts (median over them;
         # the workload's when none was measured): the baseline of the extra times.
         "moved_uncached_prefill_p50_s": bd["p50"]["uncached_prefill_s"] or uncached,
+        "cluster_whole_for_baseline": whole,
         "ratio_to_own_prefill_p50": bd["ratio_p50"],
         "token_gap_p50_s": {
             "moved_before": bd["p50"]["pre_gap_s"],

@@ -138,6 +138,7 @@ class EngineLoop:
             "match_prefix": self.match_prefix,
             "import_blocks": self.import_blocks,
             "import_from_tier": self.import_from_tier,
+            "import_and_add": self.import_and_add,
             "import_from_arena": self.import_from_arena,
             "export_kv": self.export_kv,
             "export_packed": self.export_packed,
@@ -261,6 +262,25 @@ class EngineLoop:
             for o in objs:
                 if o is not None:
                     o.release()
+
+    def import_and_add(
+        self, path: str, keys: list[bytes], req: AddRequest
+    ) -> tuple[int, int, int, bool]:
+        """A hand-off's import from a host tier (``import_from_tier``) and, when the tier
+        held every block, the request's admission (``add``), in one command: two
+        commands in a row met two step boundaries, the engine having stepped on in
+        between, so the request joined a step later than its KV was here. Returns
+        (blocks found intact, blocks imported, payload bytes, admitted); only the
+        admission raises."""
+        try:
+            found, taken, nbytes = self.import_from_tier(path, keys, True)
+        except Exception as e:  # unreadable tier: the worker's fetcher still applies
+            logger.debug("import from %s failed: %s", path, e)
+            return 0, 0, 0, False
+        if found < len(keys):
+            return found, taken, nbytes, False  # the worker fetches the rest, then adds
+        self.add(req)
+        return found, taken, nbytes, True
 
     def import_from_arena(self, arena: str, refs: list[BlockRef], hand_off: bool = False) -> int:
         """Import blocks its worker received into the receive arena (checked there),

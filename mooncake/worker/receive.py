@@ -20,6 +20,7 @@ from mooncake.types import BlockKey
 from mooncake.worker import request_state
 from mooncake.worker.kv_store import Fetched, KVStore
 from mooncake.worker.kv_stream import Streamed
+from mooncake.worker.engine_loop import AddRequest
 from mooncake.worker.lookup import admission, import_blocks
 from mooncake.worker.messages import KVHandle, TransferResult
 from mooncake.worker.rpc import rpc
@@ -36,11 +37,14 @@ def receive(plugin: MooncakeWorker, handle: KVHandle) -> TransferResult:
     recomputes) and admit the request into the engine at once. Blocks (run in a
     worker thread)."""
     rid = handle.spec.request_id
+    admitted: list[concurrent.futures.Future[RequestOutput]] = []
     try:
-        result = _transfer(plugin, handle, rid)
+        result = _transfer(plugin, handle, rid, admitted)
     finally:
         plugin.requests.handle(request_state.HandedOff(rid, time.monotonic()))
-    fut = start_decode(plugin, handle)
+    # Admitted with its blocks' import (the same engine command) when its prefill
+    # worker's host tier held them all; else now.
+    fut = admitted[0] if admitted else start_decode(plugin, handle)
     plugin.requests.futures.set_started(rid, fut, time.perf_counter())
     # An abort that came meanwhile takes it out of the engine again.
     plugin.requests.handle(request_state.DecodeStarted(rid, time.monotonic()))
@@ -54,21 +58,30 @@ def start_decode(
     token does not wait for the scheduler to dispatch the decode task (a resumed
     request's first token after a move waited on that round trip); the decode task
     owns and waits for the result, as ``lookup`` does for prefill."""
-    spec = handle.spec
-    export = plugin.requests.handoff.take_incoming(spec.request_id)
-    return plugin.engine.add(
-        admission(
-            spec,
-            False,
-            handle.num_cached_tokens,
-            export,
-            handle.first_token_ids,
-            handle.first_logprobs,
-        )
+    export = plugin.requests.handoff.take_incoming(handle.spec.request_id)
+    return plugin.engine.add(_admission(handle, export))
+
+
+def _admission(handle: KVHandle, export: object = None) -> AddRequest:
+    """What the engine admits for a request whose KV came with ``handle``."""
+    return admission(
+        handle.spec,
+        False,
+        handle.num_cached_tokens,
+        export,
+        handle.first_token_ids,
+        handle.first_logprobs,
     )
 
 
-def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferResult:
+def _transfer(
+    plugin: MooncakeWorker,
+    handle: KVHandle,
+    rid: str,
+    admitted: list[concurrent.futures.Future[RequestOutput]],
+) -> TransferResult:
+    """Bring the KV here; ``admitted`` receives the request's engine future when it was
+    admitted along with the import (see ``_fetch_handoff_blocks``)."""
     t0 = time.perf_counter()
     kvs = plugin.kv_store
     streamed = plugin.streams.take(rid) if plugin.streams is not None else None
@@ -80,7 +93,7 @@ def _transfer(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> TransferRes
         n = 0
         try:
             n = _streamed_prefix(plugin, streamed, keys, handle.first_token_time)
-            f = _fetch_handoff(plugin, kvs, keys[n:], handle.peer, rid)
+            f = _fetch_handoff(plugin, kvs, keys[n:], handle.peer, rid, handle, admitted)
         finally:
             # Fetched (or missed: decode recomputes): the prefill side may evict them now.
             _release_handoff(plugin, handle, rid)
@@ -138,28 +151,46 @@ def _streamed_prefix(
 
 
 def _fetch_handoff(
-    plugin: MooncakeWorker, kvs: KVStore, keys: list[BlockKey], peer: Peer, rid: str = ""
+    plugin: MooncakeWorker,
+    kvs: KVStore,
+    keys: list[BlockKey],
+    peer: Peer,
+    rid: str = "",
+    handle: KVHandle | None = None,
+    admitted: list[concurrent.futures.Future[RequestOutput]] | None = None,
 ) -> Fetched:
     """:func:`_fetch_handoff_blocks`, its start and end recorded in the worker's
     ``handoff_times``."""
     plugin.handoff_times.mark(rid, "fetch_start")
-    f = _fetch_handoff_blocks(plugin, kvs, keys, peer)
+    f = _fetch_handoff_blocks(plugin, kvs, keys, peer, handle, admitted)
     plugin.handoff_times.mark(rid, "imported", f.nbytes, f.num_blocks)
     return f
 
 
 def _fetch_handoff_blocks(
-    plugin: MooncakeWorker, kvs: KVStore, keys: list[BlockKey], peer: Peer
+    plugin: MooncakeWorker,
+    kvs: KVStore,
+    keys: list[BlockKey],
+    peer: Peer,
+    handle: KVHandle | None = None,
+    admitted: list[concurrent.futures.Future[RequestOutput]] | None = None,
 ) -> Fetched:
     """Bring ``keys`` from ``peer`` into this engine's prefix cache. Same host: the
     engine imports them from the peer's host tier itself (one copy per block, tier ->
     pool); whatever is not there intact, and every block from another host, comes
-    through the fetcher (TCP/RDMA into a receive buffer, then the engine channel)."""
+    through the fetcher (TCP/RDMA into a receive buffer, then the engine channel).
+    With ``handle`` and ``admitted``, a same-host import that finds every block admits
+    the request in the same engine command (its future goes to ``admitted``)."""
     found, nbytes, paths = 0, 0, []
     if not keys:
         return Fetched(0, 0, [])
     tier = kvs.same_host_tier(peer)
-    if tier is not None:
+    if tier is not None and handle is not None and admitted is not None:
+        fut, (found, _, nbytes) = plugin.engine.import_and_add(tier, keys, _admission(handle))
+        if fut is not None:
+            admitted.append(fut)
+        paths = ["shm"] * found
+    elif tier is not None:
         try:
             found, _, nbytes = plugin.engine.call("import_from_tier", tier, keys, True).result()
         except Exception as e:  # unreadable tier: the fetcher's paths still apply
