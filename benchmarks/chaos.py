@@ -155,6 +155,27 @@ async def uncached_prefill_s(llm: LLM, reqs: list[SampleRequest], salt: str = ""
     return statistics.median(ttfts)
 
 
+def cluster_trace(llm: LLM, moves: list[MoveRecord]) -> Trace:
+    """The Conductor's placement times of the moved attempts and their decode workers'
+    hand-off times (what the workers alive now still hold)."""
+    off = time.time() - time.monotonic()
+    try:
+        history = llm.history([m.attempt_id for m in moves])
+        placed = {h["request_id"]: float(h["placed_at"]) for h in history if "placed_at" in h}
+    except Exception as e:  # a diagnostic: the breakdown goes on without it
+        print(f"note: no placement times ({e})")
+        placed = {}
+    try:
+        stats = llm.worker_stats()
+        handoffs = {
+            rid: row for s in stats.values() for rid, row in s.get("handoff_times", {}).items()
+        }
+    except Exception as e:
+        print(f"note: no hand-off times ({e})")
+        handoffs = {}
+    return Trace(off, placed, handoffs)
+
+
 WHOLE_TIMEOUT_S = 60.0
 """How long the run waits after its load for every killed worker to be back."""
 
@@ -334,15 +355,55 @@ def _gaps_in(times: list[float], lo: float, hi: float) -> list[float]:
     return [b - a for a, b in itertools.pairwise(inside)]
 
 
+@dataclass
+class Trace:
+    """Where the cluster saw each moved attempt, to split a move along its critical path
+    (``time.time()``, one clock for the processes of one host)."""
+
+    wall_offset: float
+    """``time.time() - time.monotonic()`` in this process (MoveRecord times are monotonic)."""
+    placed: dict[str, float]
+    """Attempt id -> when the Conductor placed it (``LLM.history``'s ``placed_at``)."""
+    handoffs: dict[str, dict[str, float]]
+    """Attempt id -> its new decode worker's ``handoff_times`` (``fetch_start``,
+    ``imported``), from the workers still alive after the run."""
+
+
+def critical_path(m: MoveRecord, trace: Trace) -> dict[str, float | None]:
+    """A move's early resume along its critical path: notice -> the Conductor placing
+    it -> its new decode worker starting the fetch -> the blocks imported (and, with the
+    same-host import, the request admitted) -> its first token at the client; and the
+    placement's answer back to the client, off that path."""
+    off = trace.wall_offset
+    placed = trace.placed.get(m.attempt_id)
+    h = trace.handoffs.get(m.attempt_id, {})
+    fetch, imported = h.get("fetch_start"), h.get("imported")
+
+    def span(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else b - a
+
+    return {
+        "to_conductor_s": span(m.noticed_at + off, placed),
+        "answer_back_s": span(placed, None if m.placed_at is None else m.placed_at + off),
+        "conductor_to_fetch_s": span(placed, fetch),
+        "fetch_s": span(fetch, imported),
+        "imported_to_first_token_s": span(
+            imported, None if m.first_token_at is None else m.first_token_at + off
+        ),
+    }
+
+
 def breakdown(
     outcomes: list[Outcome],
     moves: list[MoveRecord],
     kills: list[Kill],
     uncached_by_len: dict[int, float] | None = None,
+    trace: Trace | None = None,
 ) -> dict:
     """Per move, where its time went, and the extra time of each moved request (the
     module docstring defines each). ``uncached_by_len``: one uncached prefill by prompt
-    length (each moved request's extra time is also given as a multiple of its own)."""
+    length (each moved request's extra time is also given as a multiple of its own);
+    ``trace``: the cluster's side of each move (its critical path)."""
     by_id = {o.request_id: o for o in outcomes}
     moved_ids = {m.request_id for m in moves}
     unmoved = [o for o in outcomes if o.kind == "completed" and o.request_id not in moved_ids]
@@ -397,6 +458,8 @@ def breakdown(
             None if to_first is None or m.transfer_s is None else to_first - m.transfer_s
         )
         row["kill_to_first_token_s"] = span(k.at if k else None, m.first_token_at)
+        if trace is not None and m.early:
+            row.update(critical_path(m, trace))
         times = o.token_times or []
         gaps = [b - a for a, b in itertools.pairwise(times)]
         if m.resumed and m.last_token_at is not None and m.first_token_at is not None:
@@ -451,6 +514,11 @@ def breakdown(
         "rest_to_first_token_s",
         "submit_to_first_token_s",
         "kill_to_first_token_s",
+        "to_conductor_s",
+        "answer_back_s",
+        "conductor_to_fetch_s",
+        "fetch_s",
+        "imported_to_first_token_s",
         "recomputed_tokens",
         "stall_s",
         "stall_own_pace_s",
@@ -583,6 +651,7 @@ def main() -> None:
         wall = time.monotonic() - t0
         moves = dict(llm.moves)
         move_log = list(llm.move_log)
+        trace = cluster_trace(llm, move_log)
         moved_reqs = [r for i, r in enumerate(reqs) if moves.get(f"chaos-{i}")]
         uncached_lens: dict[int, float] = {}
         whole = None
@@ -598,7 +667,7 @@ def main() -> None:
     moved = [o for o in outcomes if moves.get(o.request_id) and o.kind == "completed"]
     still = [o for o in outcomes if not moves.get(o.request_id) and o.kind == "completed"]
 
-    bd = breakdown(outcomes, move_log, kills, uncached_lens)
+    bd = breakdown(outcomes, move_log, kills, uncached_lens, trace)
     result = {
         "requests": len(outcomes),
         **counts,
