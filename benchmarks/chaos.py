@@ -8,19 +8,35 @@ Every request ends one of three ways:
 - lost: neither within ``--request-timeout`` seconds (or any other exception): a bug.
 
 For the requests moved off a lost worker it says what the move cost them, against one
-uncached prefill of the workload's prompts (the median TTFT of five of them run before
-the first kill, a fresh cache salt each):
+uncached prefill of their prompt (the median TTFT of up to three runs of a prompt of
+that length with a fresh cache salt, measured after the load once the cluster is whole
+again; and, printed beside it, of the workload's first five prompts before the first
+kill):
 
-- **extra end-to-end time** of a moved request: its end-to-end time minus the median
-  end-to-end time of the requests of the same shape (prompt and output length) that were
-  not moved and were in flight at the same kill (they share its load, including the
-  restarted worker's start-up); with fewer than three of those, of all unmoved requests
-  of that shape;
 - **stall** of a resumed request (moved after its first token): the gap between the
   last token before the move and the first one after it, minus the request's own median
   gap between tokens: the time the move added to its stream;
+- **extra end-to-end time against its own pace** of a resumed request: the time from
+  its last token before the move to its last token, minus what its tokens since would
+  have taken at its own pace before the move (the median gap between its tokens before
+  the move; its whole stream's with fewer than two tokens before it). The
+  counterfactual: the request had gone on at the pace it had on its old worker. It is
+  the stall (against that pace) plus what the tokens after the move took beyond that
+  pace (``after_move_own_pace``: a bigger batch on the new worker, the killed worker's
+  restart taking the CPU, ...);
+- **extra end-to-end time against unmoved requests** of a moved request: its end-to-end
+  time minus the median end-to-end time of the requests of the same shape (prompt and
+  output length) that were not moved and were in flight at the same kill; with fewer
+  than three of those, of all unmoved requests of that shape. This one is biased:
+  ``--kill-target busiest`` kills the worker with the most requests, so the moved ones
+  decoded in a bigger batch (slower tokens) before the kill than the unmoved ones, and a
+  trace's requests rarely share a shape (no baseline). The token gaps printed beside
+  it (``token gap p50``: the moved requests' before and after the move, the unmoved
+  in-flight requests' in the second before the kill and the second after the first
+  resumed token) show how large the bias is;
 - **extra TTFT** of a request moved before its first token: its TTFT minus the median
-  TTFT of the unmoved requests (as above, same shape, same kill).
+  TTFT of the unmoved requests with a prompt within 25% of its length (in flight at the
+  same kill when three or more were, else all of them).
 
 Each move is broken down (``LLM.move_log``, ``mooncake.client_moves``) into: noticing the
 loss (kill -> the client learning of it: its watch on the worker, the worker's token
@@ -31,16 +47,30 @@ resumed token (recomputing prompt + tokens so far less what was fetched, one dec
 step; and, without the early resume, scheduling the tasks). With the early resume the
 Conductor starts the transfer and decode on the new decode worker when it places the
 request, so the transfer and the rest count from the placement, not the submission.
+For early resumes, the Conductor's placement time (``LLM.history``) and the new decode
+worker's hand-off times (``handoff_times`` in ``LLM.worker_stats``) split the path from
+the stream acting to the first resumed token: ``to_conductor`` (the placement request
+reaching the Conductor and its decision), ``conductor_to_fetch`` (the start reaching
+the decode worker), ``fetch`` (the import from the prefill worker's host tier, and the
+request's admission with it), ``imported_to_first_token`` (the engine's step with the
+recompute, the token's way to the client); ``answer_back`` (the placement's answer
+reaching the stream) is off that path.
 
 ``--kill-target busiest`` kills the worker (of ``--kill-roles``) with the most requests
 in flight rather than a random one, and ``--min-inflight`` waits until it has that many;
 with ``--output-len`` long enough for several streams to run at each kill, each kill
 moves several requests.
 
+``--dataset mooncake-trace`` drives the first ``--num-prompts`` requests of the
+conversation trace (``--trace PATH``; lengths scaled by ``--length-scale``, prompts cut
+at ``--max-input-len``, outputs at ``--output-len``) at ``--rate``, instead of the
+prefix-repetition load. ``--json`` also writes every request's record (its token
+times, relative to the start of the load) and every move's breakdown.
+
     python benchmarks/chaos.py [--model DIR] [--dataset prefix-repetition|mooncake-trace]
-        [--num-prompts 200] [--rate 4] [--kill-every 10] [--kill-roles prefill,decode]
-        [--kill-target random|busiest] [--min-inflight 0] [--output-len 32]
-        [--json out.json]
+        [--trace PATH] [--num-prompts 200] [--rate 4] [--kill-every 10]
+        [--kill-roles prefill,decode] [--kill-target random|busiest] [--min-inflight 0]
+        [--keep-spare] [--output-len 32] [--json out.json] [--save-results]
 """
 
 from __future__ import annotations
@@ -59,6 +89,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mooncake.bench.datasets import SampleRequest, mooncake_trace_dataset, prefix_repetition_dataset
 from mooncake.client import LLM, Rejected, Unavailable
@@ -551,6 +582,80 @@ def breakdown(
     }
 
 
+def summarize(
+    outcomes: list[Outcome],
+    moves: dict[str, int],
+    move_log: list[MoveRecord],
+    kills: list[Kill],
+    uncached: float,
+    uncached_lens: dict[int, float],
+    trace: Trace | None,
+    whole: bool | None,
+    t0: float,
+    wall: float,
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's result (what ``--json`` writes and ``--save-results`` records) and the
+    breakdown of its moves."""
+    counts = {
+        kind: sum(o.kind == kind for o in outcomes) for kind in ("completed", "failed", "lost")
+    }
+    moved = [o for o in outcomes if moves.get(o.request_id) and o.kind == "completed"]
+    still = [o for o in outcomes if not moves.get(o.request_id) and o.kind == "completed"]
+
+    bd = breakdown(outcomes, move_log, kills, uncached_lens, trace)
+    result = {
+        "requests": len(outcomes),
+        **counts,
+        "completed_fraction": counts["completed"] / max(1, len(outcomes)),
+        "moved": sum(1 for o in outcomes if moves.get(o.request_id)),
+        "moved_completed": len(moved),
+        "extra_ttft_p50_s": bd["p50"]["extra_ttft_s"],
+        "extra_e2e_p50_s": bd["p50"]["extra_e2e_s"],
+        "extra_e2e_own_pace_p50_s": bd["p50"]["extra_e2e_own_pace_s"],
+        "stall_p50_s": bd["p50"]["stall_s"],
+        "uncached_prefill_p50_s": uncached,
+        # One uncached prefill of the moved requests' own prompts (median over them;
+        # the workload's when none was measured): the baseline of the extra times.
+        "moved_uncached_prefill_p50_s": bd["p50"]["uncached_prefill_s"] or uncached,
+        "cluster_whole_for_baseline": whole,
+        "ratio_to_own_prefill_p50": bd["ratio_p50"],
+        "token_gap_p50_s": {
+            "moved_before": bd["p50"]["pre_gap_s"],
+            "unmoved_before_kill": bd["p50"]["peer_pre_gap_s"],
+            "moved_after": bd["p50"]["post_gap_s"],
+            "unmoved_after_move": bd["p50"]["peer_post_gap_s"],
+        },
+        "unmoved_e2e_p50_s": _median([o.e2e_s for o in still if o.e2e_s is not None]),
+        "breakdown_p50": bd["p50"],
+        "transfer_paths": bd["paths"],
+        "notices": bd["notices"],
+        "early_resumes": bd["early"],
+        "move_rows": bd["moves"],
+        "kills": [
+            {"t_s": round(k.at - t0, 1), "roles": k.roles, "inflight": k.inflight} for k in kills
+        ],
+        "errors": sorted({o.error for o in outcomes if o.error}),
+        "outcomes": [
+            {
+                "request_id": o.request_id,
+                "kind": o.kind,
+                "prompt_len": o.prompt_len,
+                "output_len": o.output_len,
+                "start_s": o.start - t0,
+                "ttft_s": o.ttft_s,
+                "e2e_s": o.e2e_s,
+                "token_times_s": [t - t0 for t in o.token_times or []],
+            }
+            for o in outcomes
+        ],
+        "kill_times_s": [k.at - t0 for k in kills],
+        "wall_s": wall,
+        "args": vars(args),
+    }
+    return result, bd
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -661,65 +766,10 @@ def main() -> None:
             whole = wait_for_workers(llm, 1 + args.decode_workers, WHOLE_TIMEOUT_S)
             uncached_lens = asyncio.run(uncached_by_length(llm, moved_reqs))
 
-    counts = {
-        kind: sum(o.kind == kind for o in outcomes) for kind in ("completed", "failed", "lost")
-    }
-    moved = [o for o in outcomes if moves.get(o.request_id) and o.kind == "completed"]
-    still = [o for o in outcomes if not moves.get(o.request_id) and o.kind == "completed"]
-
-    bd = breakdown(outcomes, move_log, kills, uncached_lens, trace)
-    result = {
-        "requests": len(outcomes),
-        **counts,
-        "completed_fraction": counts["completed"] / max(1, len(outcomes)),
-        "moved": sum(1 for o in outcomes if moves.get(o.request_id)),
-        "moved_completed": len(moved),
-        "extra_ttft_p50_s": bd["p50"]["extra_ttft_s"],
-        "extra_e2e_p50_s": bd["p50"]["extra_e2e_s"],
-        "extra_e2e_own_pace_p50_s": bd["p50"]["extra_e2e_own_pace_s"],
-        "stall_p50_s": bd["p50"]["stall_s"],
-        "uncached_prefill_p50_s": uncached,
-        # One uncached prefill of the moved requests' own prompts (median over them;
-        # the workload's when none was measured): the baseline of the extra times.
-        "moved_uncached_prefill_p50_s": bd["p50"]["uncached_prefill_s"] or uncached,
-        "cluster_whole_for_baseline": whole,
-        "ratio_to_own_prefill_p50": bd["ratio_p50"],
-        "token_gap_p50_s": {
-            "moved_before": bd["p50"]["pre_gap_s"],
-            "unmoved_before_kill": bd["p50"]["peer_pre_gap_s"],
-            "moved_after": bd["p50"]["post_gap_s"],
-            "unmoved_after_move": bd["p50"]["peer_post_gap_s"],
-        },
-        "unmoved_e2e_p50_s": _median([o.e2e_s for o in still if o.e2e_s is not None]),
-        "breakdown_p50": bd["p50"],
-        "transfer_paths": bd["paths"],
-        "notices": bd["notices"],
-        "early_resumes": bd["early"],
-        "move_rows": bd["moves"],
-        "kills": (
-            kills_out := [
-                {"t_s": round(k.at - t0, 1), "roles": k.roles, "inflight": k.inflight}
-                for k in kills
-            ]
-        ),
-        "errors": sorted({o.error for o in outcomes if o.error}),
-        "outcomes": [
-            {
-                "request_id": o.request_id,
-                "kind": o.kind,
-                "prompt_len": o.prompt_len,
-                "output_len": o.output_len,
-                "start_s": o.start - t0,
-                "ttft_s": o.ttft_s,
-                "e2e_s": o.e2e_s,
-                "token_times_s": [t - t0 for t in o.token_times or []],
-            }
-            for o in outcomes
-        ],
-        "kill_times_s": [k.at - t0 for k in kills],
-        "wall_s": wall,
-        "args": vars(args),
-    }
+    result, bd = summarize(
+        outcomes, moves, move_log, kills, uncached, uncached_lens, trace, whole, t0, wall, args
+    )
+    kills_out = result["kills"]
     for key in (
         "requests",
         "completed",
@@ -768,7 +818,9 @@ def _fmt(v: object, scale: float = 1.0) -> str:
     return str(v)
 
 
-def save_results(result: dict[str, object], args: argparse.Namespace) -> None:
+def save_results(
+    result: dict[str, object], args: argparse.Namespace, results_dir: Path | None = None
+) -> Path:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -833,15 +885,24 @@ def save_results(result: dict[str, object], args: argparse.Namespace) -> None:
         f"{k.replace('_', ' ')} {_fmt(v, 1000.0)}"
         for k, v in result["token_gap_p50_s"].items()  # type: ignore[attr-defined]
     )
-    rf.save(
-        f"chaos-{roles}",
-        f"Chaos: a {roles} worker killed every {args.kill_every:g} s",
+    trace = args.dataset == "mooncake-trace"
+    return rf.save(
+        # The trace-slice load is a result of its own, beside the prefix-repetition one.
+        f"chaos-{roles}" + ("-trace" if trace else ""),
+        f"Chaos: a {roles} worker killed every {args.kill_every:g} s"
+        + (" (a slice of the conversation trace)" if trace else ""),
         claims,
         notes=(
             f"1 prefill + {args.decode_workers} decode workers, built-in model, "
-            f"{args.dataset} load at {args.rate:g} req/s, {args.output_len} output tokens; "
-            f"{'a random' if args.kill_target == 'random' else 'the busiest'} {roles} worker "
-            f"killed{' (a spare kept)' if args.keep_spare else ''} with kill -9 every "
+            f"{args.dataset} load at {args.rate:g} req/s, "
+            + (
+                f"lengths x{args.length_scale:g}, prompts of at most {args.max_input_len} "
+                f"tokens, at most {args.output_len} output tokens; "
+                if trace
+                else f"{args.output_len} output tokens; "
+            )
+            + f"{'a random' if args.kill_target == 'random' else 'the busiest'} {roles} worker "
+            + f"killed{' (a spare kept)' if args.keep_spare else ''} with kill -9 every "
             f"{args.kill_every:g} s (the Nanny restarts it). Kills: {kills}. "
             f"Moved requests: {result['moved']} ({result['moved_completed']} completed); "
             f"KV of the resumed ones: {result['transfer_paths']}. A move, p50: {steps}. "
@@ -853,6 +914,7 @@ def save_results(result: dict[str, object], args: argparse.Namespace) -> None:
             "at the same kill (benchmarks/chaos.py says how each is measured). "
             f"Errors seen: {', '.join(result['errors']) or 'none'}."  # type: ignore[arg-type]
         ),
+        results_dir=results_dir,
     )
 
 

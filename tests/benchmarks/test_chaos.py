@@ -158,3 +158,54 @@ def test_trace_slice_load_and_its_extra_ttft(tmp_path):
     m = MoveRecord("m", "m~1", "w1", False, 0, "exit", 0.1, 0.1, None, first_token_at=0.3)
     bd = chaos.breakdown([moved, *near, far], [m], [chaos.Kill(0.095, "w1", "decode", 1)])
     assert bd["moves"][0]["extra_ttft_s"] == pytest.approx(0.2)
+
+
+def test_a_trace_run_saves_a_result_of_its_own_that_renders(tmp_path):
+    """``--save-results`` of a trace-slice run writes ``chaos-decode-trace.json`` (the
+    prefix-repetition result stays), with the stall and both extra end-to-end times
+    judged against one uncached prefill of the moved requests' prompts, and
+    ``benchmarks/report.py`` renders it."""
+    import report
+
+    moved = _stream("m", 0.0, [0.03] * 20 + [0.09] + [0.03] * 19)
+    assert moved.token_times is not None
+    kill = moved.token_times[20] + 0.01
+    peers = [_stream(f"u{i}", 0.3 + 0.05 * i, [0.01] * 40) for i in range(4)]
+    kills = [chaos.Kill(kill, "w1", "decode", 1)]
+    args = argparse.Namespace(
+        dataset="mooncake-trace",
+        kill_roles="decode",
+        kill_every=10.0,
+        decode_workers=2,
+        rate=4.0,
+        length_scale=0.05,
+        max_input_len=1024,
+        output_len=128,
+        kill_target="busiest",
+        keep_spare=True,
+    )
+    result, _ = chaos.summarize(
+        [moved, *peers],
+        {"m": 1},
+        [_move("m", moved, 21, kill)],
+        kills,
+        0.04,
+        {64: 0.05},
+        None,
+        True,
+        0.0,
+        3.0,
+        args,
+    )
+    assert result["moved_uncached_prefill_p50_s"] == 0.05
+    assert result["token_gap_p50_s"]["moved_before"] == pytest.approx(0.03)
+    json.dumps(result)  # what --json writes
+    path = chaos.save_results(result, args, tmp_path)
+    assert path.name == "chaos-decode-trace.json"
+    doc = json.loads(path.read_text())
+    claims = {c["claim"]: c for c in doc["claims"]}
+    own = claims["extra end-to-end time of resumed requests, against their own pace (p50)"]
+    assert own["ratio"] == pytest.approx(0.06 / 0.05)
+    assert own["baseline"] == "one uncached prefill of their prompt (TTFT p50)"
+    page = report.render(report.load(tmp_path), tmp_path / "performance.md", plots=False)
+    assert "a slice of the conversation trace" in page
