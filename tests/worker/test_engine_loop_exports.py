@@ -4,28 +4,15 @@ a prefill that just finished, so the hand-off to decode does not wait for that s
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine
 from mooncake.sampling_params import SamplingParams
 from mooncake.worker.engine_loop import EXPORT_WAIT_S, AddRequest, EngineLoop, Watch
+from tests.worker.engine_loop_doubles import RecordingChannel
 
 FIRST = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
 LONG = SamplingParams(temperature=0.0, max_tokens=50, ignore_eos=True)
-
-
-class RecordingChannel:
-    """Stands in for the socket to the worker: records what the loop sends."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-
-    def send(self, msg: Any) -> None:
-        self.sent.append(msg)
-
-    def poll(self, timeout: float = 0.0) -> bool:
-        return False
 
 
 def test_loop_waits_for_the_export_of_a_finished_prefill_only(tiny_llama) -> None:

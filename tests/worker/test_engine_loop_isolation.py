@@ -11,22 +11,10 @@ from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine
 from mooncake.sampling_params import SamplingParams
 from mooncake.worker.engine_loop import AddRequest, EngineLoop, Watch
+from tests.worker.engine_loop_doubles import RecordingChannel
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
 PROMPTS = [list(range(3, 30)), list(range(40, 47)), [9] * 33]
-
-
-class RecordingChannel:
-    """Stands in for the socket to the worker: records what the loop sends."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-
-    def send(self, msg: Any) -> None:
-        self.sent.append(msg)
-
-    def poll(self, timeout: float = 0.0) -> bool:
-        return False
 
 
 def test_unsampleable_request_fails_alone(tiny_llama, monkeypatch) -> None:
