@@ -12,21 +12,9 @@ from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine
 from mooncake.sampling_params import SamplingParams
 from mooncake.worker.engine_loop import AddRequest, EngineLoop, RequestAborted, Watch
+from tests.worker.engine_loop_doubles import RecordingChannel
 
 LONG = SamplingParams(temperature=0.0, max_tokens=50, ignore_eos=True)
-
-
-class RecordingChannel:
-    """Stands in for the socket to the worker: records what the loop sends."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-
-    def send(self, msg: Any) -> None:
-        self.sent.append(msg)
-
-    def poll(self, timeout: float = 0.0) -> bool:
-        return False
 
 
 @pytest.fixture
