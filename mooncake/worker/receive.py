@@ -18,9 +18,9 @@ from mooncake.outputs import RequestOutput
 from mooncake.transfer import Peer
 from mooncake.types import BlockKey
 from mooncake.worker import request_state
+from mooncake.worker.engine_loop import AddRequest
 from mooncake.worker.kv_store import Fetched, KVStore
 from mooncake.worker.kv_stream import Streamed
-from mooncake.worker.engine_loop import AddRequest
 from mooncake.worker.lookup import admission, import_blocks
 from mooncake.worker.messages import KVHandle, TransferResult
 from mooncake.worker.rpc import rpc
