@@ -204,28 +204,28 @@ class EngineClient:
         call.add_done_callback(answered)
         return out
 
-    def import_and_add(
-        self, tier: str, keys: Sequence[BlockKey], req: AddRequest
-    ) -> tuple[concurrent.futures.Future[RequestOutput] | None, tuple[int, int, int]]:
-        """Import a hand-off's blocks from the host tier at ``tier`` and, when it held
-        them all, admit ``req`` in the same command (``EngineLoop.import_and_add``): the
-        request joins the engine's next step. Blocks until the engine answered; returns
-        (the request's future, or None when it was not admitted: fetch the rest, then
-        ``add``), (blocks found intact, blocks imported, payload bytes)). The
-        admission's errors raise here, as ``add``'s do."""
+    def import_from_tier_and_add(
+        self, path: str, keys: Sequence[BlockKey], req: AddRequest
+    ) -> tuple[tuple[int, int, int], concurrent.futures.Future[RequestOutput] | None]:
+        """Import a hand-off's blocks from the host tier at ``path`` and admit ``req`` in
+        one engine command (``EngineLoop.import_from_tier_and_add``); blocks until the
+        engine answered. Returns (found, imported, bytes) and the request's future, or
+        None when a block was missing (the request is not admitted: ``add`` it once the
+        rest is here)."""
         done: concurrent.futures.Future[RequestOutput] = concurrent.futures.Future()
         with self._lock:
             self._requests[req.request_id] = done
         try:
-            found, taken, nbytes, added = self.call(
-                "import_and_add", tier, list(keys), req
+            got: tuple[int, int, int] = self.call(
+                "import_from_tier_and_add", path, list(keys), req
             ).result()
         except BaseException:
             self._forget(req.request_id, done)
             raise
-        if not added:
+        if got[0] < len(keys):
             self._forget(req.request_id, done)
-        return (done if added else None), (found, taken, nbytes)
+            return got, None
+        return got, done
 
     def _send_add(
         self, req: AddRequest, stored: list[bool] | None, keys: list[BlockKey] | None

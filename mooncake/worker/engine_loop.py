@@ -138,8 +138,8 @@ class EngineLoop:
             "match_prefix": self.match_prefix,
             "import_blocks": self.import_blocks,
             "import_from_tier": self.import_from_tier,
-            "import_and_add": self.import_and_add,
             "import_from_arena": self.import_from_arena,
+            "import_from_tier_and_add": self.import_from_tier_and_add,
             "export_kv": self.export_kv,
             "export_packed": self.export_packed,
             "export_cached_blocks": self.export_cached_blocks,
@@ -263,24 +263,19 @@ class EngineLoop:
                 if o is not None:
                     o.release()
 
-    def import_and_add(
+    def import_from_tier_and_add(
         self, path: str, keys: list[bytes], req: AddRequest
-    ) -> tuple[int, int, int, bool]:
-        """A hand-off's import from a host tier (``import_from_tier``) and, when the tier
-        held every block, the request's admission (``add``), in one command: two
-        commands in a row met two step boundaries, the engine having stepped on in
-        between, so the request joined a step later than its KV was here. Returns
-        (blocks found intact, blocks imported, payload bytes, admitted); only the
-        admission raises."""
-        try:
-            found, taken, nbytes = self.import_from_tier(path, keys, True)
-        except Exception as e:  # unreadable tier: the worker's fetcher still applies
-            logger.debug("import from %s failed: %s", path, e)
-            return 0, 0, 0, False
-        if found < len(keys):
-            return found, taken, nbytes, False  # the worker fetches the rest, then adds
-        self.add(req)
-        return found, taken, nbytes, True
+    ) -> tuple[int, int, int]:
+        """A decode side's hand-off in one command: ``import_from_tier(path, keys,
+        hand_off=True)``, then, when every block was there, ``add(req)``. One command
+        waits for one step boundary; an import and then an add waited for two, and a
+        request joined the batch two steps after its KV was ready. When a block is
+        missing the request is not admitted (the worker fetches the rest another way,
+        then adds it). Returns ``import_from_tier``'s counts."""
+        got = self.import_from_tier(path, keys, True)
+        if got[0] == len(keys):
+            self.add(req)
+        return got
 
     def import_from_arena(self, arena: str, refs: list[BlockRef], hand_off: bool = False) -> int:
         """Import blocks its worker received into the receive arena (checked there),
@@ -374,6 +369,10 @@ class EngineLoop:
                 wait = self._command_wait(time.monotonic()) if busy else 0.05
                 if self.channel.poll(wait):
                     self._run_commands()
+                    if busy and self._command_wait(time.monotonic()) > 0.0:
+                        # Other exports of the step's finished prefills are still on
+                        # their way (each from its own task): wait for them too.
+                        continue
                 if self._stop:
                     break
                 if self.engine.has_unfinished():

@@ -96,7 +96,8 @@ class TransferResult:
     num_blocks: int = 0
     """Blocks that arrived (on a ``miss``, the prefix that did; decode computes the rest)."""
     early: bool = False
-    """Done at placement (a moved request's early resume), collected by the task."""
+    """Begun ahead of the transfer task (a moved request's early resume, or the early
+    hand-off its prefill worker asked for), collected by the task."""
 
 
 @dataclass

@@ -44,7 +44,13 @@ from mooncake.worker.handoff_times import HandoffTimes
 from mooncake.worker.kv_store import KVStore
 from mooncake.worker.kv_stream import StreamImports
 from mooncake.worker.lookup import begin_lookup, fetches_remote, run_lookup
-from mooncake.worker.messages import LookupResult, RequestSpec, ResumeStart, TransferResult
+from mooncake.worker.messages import (
+    KVHandle,
+    LookupResult,
+    RequestSpec,
+    ResumeStart,
+    TransferResult,
+)
 from mooncake.worker.receive import receive
 from mooncake.worker.report_buffer import ReportBuffer
 from mooncake.worker.report_pacer import Pending, ReportPacer
@@ -63,6 +69,10 @@ RESUME_THREADS = 64
 waits for the engine's next step boundary (its import and admission run there), so every
 request of a lost worker needs one: with four, a kill that moved 13 requests admitted
 them four per engine step, and the last waited three steps more for its first token."""
+HANDOFF_THREADS = 8
+"""Threads that receive hand-offs their prefill worker said are ready
+(``handle_handoff``): one engine step boundary each, so a burst of prefills that ended
+in one step does not queue behind each other's waits."""
 WATCH_MAX_S = 300.0
 """The longest a client's liveness watch (``mooncake_watch``) is held open."""
 
@@ -107,6 +117,9 @@ class MooncakeWorker(WorkerPlugin):
         # together, before that step). Threads start on demand.
         self._resume_pool = concurrent.futures.ThreadPoolExecutor(
             RESUME_THREADS, thread_name_prefix="mooncake-resume"
+        )
+        self._handoff_pool = concurrent.futures.ThreadPoolExecutor(
+            HANDOFF_THREADS, thread_name_prefix="mooncake-handoff"
         )
         self.reports = ReportBuffer()
         """What the next report to the Conductor carries (tasks record here)."""
@@ -168,6 +181,7 @@ class MooncakeWorker(WorkerPlugin):
         worker.handlers["mooncake_abort"] = self.handle_abort
         worker.handlers["mooncake_release_handoff"] = self.handle_release_handoff
         worker.handlers["mooncake_info"] = self.handle_info
+        worker.handlers["mooncake_handoff"] = self.handle_handoff
         worker.handlers["mooncake_watch"] = self.handle_watch
         worker.stream_handlers["mooncake-start"] = self.handle_start
         worker.stream_handlers["mooncake-stream"] = self.handle_stream
@@ -201,6 +215,7 @@ class MooncakeWorker(WorkerPlugin):
         self._report_task.cancel()
         self._lookup_pool.shutdown(wait=False, cancel_futures=True)
         self._resume_pool.shutdown(wait=False, cancel_futures=True)
+        self._handoff_pool.shutdown(wait=False, cancel_futures=True)
         if self.streams is not None:
             self.streams.close()
         await asyncio.to_thread(self.engine.stop)
@@ -309,6 +324,49 @@ class MooncakeWorker(WorkerPlugin):
         fut = self._resume_pool.submit(receive, self, handle)
         # Set before any task of the graph can run: a task runs after this handler.
         self.requests.futures.set_receiving(rid, fut, time.monotonic())
+
+    def offer_handoff(self, handle: KVHandle) -> None:
+        """(Prefill side, any thread.) Tell the request's decode worker that its KV is
+        ready (``handle_handoff``), directly and without waiting for an answer: its
+        transfer then does not wait for the scheduler to learn of the prefill task's
+        end and dispatch the transfer task. Lost on the way, the transfer task does it."""
+        decode = handle.placement.decode
+        if handle.finished or decode is None or decode == self.worker.address:
+            return
+        worker = self.worker
+
+        async def tell() -> None:
+            try:
+                await worker.rpc(decode).mooncake_handoff(handle=to_serialize(handle))
+            except Exception as e:  # gone or closing: its transfer task does the work
+                logger.debug("hand-off notice for %s to %s failed: %s", rid, decode, e)
+
+        rid = handle.spec.request_id
+        worker.loop.add_callback(tell)
+
+    def handle_handoff(self, handle: KVHandle) -> None:
+        """(From a prefill worker, decode side.) The request's KV is ready: bring it here
+        and admit the request now, in the hand-off threads (the early hand-off); its
+        transfer task collects the result. A transfer task that came first does it all
+        itself, and this does nothing."""
+        rid = handle.spec.request_id
+        # Set before the event: a transfer task told to collect finds it at once.
+        fut: concurrent.futures.Future[TransferResult] = concurrent.futures.Future()
+        self.requests.futures.set_receiving(rid, fut, time.monotonic())
+        told = self.requests.handle(
+            request_state.HandoffReady(rid, time.monotonic(), handle.worker)
+        )
+        if not any(isinstance(i, request_state.BeginTransfer) for i in told):
+            self.requests.futures.discard_receiving(rid, fut)
+            return
+
+        def run() -> None:
+            try:
+                fut.set_result(receive(self, handle))
+            except BaseException as e:
+                fut.set_exception(e)
+
+        self._handoff_pool.submit(run)
 
     def handle_stream(self, spec: RequestSpec, placement: dict[str, Any]) -> None:
         """(Stream message from the Conductor at placement, to the decode worker.) Import

@@ -18,7 +18,7 @@ from mooncake.outputs import RequestOutput
 from mooncake.transfer import Peer
 from mooncake.types import BlockKey
 from mooncake.worker import request_state
-from mooncake.worker.engine_loop import AddRequest
+from mooncake.worker.engine_loop import AddRequest, RequestAborted
 from mooncake.worker.kv_store import Fetched, KVStore
 from mooncake.worker.kv_stream import Streamed
 from mooncake.worker.lookup import admission, import_blocks
@@ -34,17 +34,16 @@ logger = logging.getLogger(__name__)
 def receive(plugin: MooncakeWorker, handle: KVHandle) -> TransferResult:
     """Bring the request's KV here (a local hand-over when prefill ran here, the
     prefill worker's store, or a pull over Dask; a failed pull is a miss: decode then
-    recomputes) and admit the request into the engine at once. Blocks (run in a
-    worker thread)."""
+    recomputes) and admit the request into the engine at once: from the prefill
+    worker's host tier on this host, in the same engine command as the import. Blocks
+    (run in a worker thread)."""
     rid = handle.spec.request_id
-    admitted: list[concurrent.futures.Future[RequestOutput]] = []
     try:
-        result = _transfer(plugin, handle, rid, admitted)
+        result, fut = _transfer(plugin, handle, rid)
     finally:
         plugin.requests.handle(request_state.HandedOff(rid, time.monotonic()))
-    # Admitted with its blocks' import (the same engine command) when its prefill
-    # worker's host tier held them all; else now.
-    fut = admitted[0] if admitted else start_decode(plugin, handle)
+    if fut is None:
+        fut = start_decode(plugin, handle)
     plugin.requests.futures.set_started(rid, fut, time.perf_counter())
     # An abort that came meanwhile takes it out of the engine again.
     plugin.requests.handle(request_state.DecodeStarted(rid, time.monotonic()))
@@ -58,14 +57,16 @@ def start_decode(
     token does not wait for the scheduler to dispatch the decode task (a resumed
     request's first token after a move waited on that round trip); the decode task
     owns and waits for the result, as ``lookup`` does for prefill."""
-    export = plugin.requests.handoff.take_incoming(handle.spec.request_id)
-    return plugin.engine.add(_admission(handle, export))
+    return plugin.engine.add(_decode_admission(plugin, handle))
 
 
-def _admission(handle: KVHandle, export: object = None) -> AddRequest:
-    """What the engine admits for a request whose KV came with ``handle``."""
+def _decode_admission(plugin: MooncakeWorker, handle: KVHandle) -> AddRequest:
+    """What the decode engine admits: the prompt, the tokens prefill generated, and the
+    KV that came over Dask (none when it came through the store)."""
+    spec = handle.spec
+    export = plugin.requests.handoff.take_incoming(spec.request_id)
     return admission(
-        handle.spec,
+        spec,
         False,
         handle.num_cached_tokens,
         export,
@@ -75,13 +76,10 @@ def _admission(handle: KVHandle, export: object = None) -> AddRequest:
 
 
 def _transfer(
-    plugin: MooncakeWorker,
-    handle: KVHandle,
-    rid: str,
-    admitted: list[concurrent.futures.Future[RequestOutput]],
-) -> TransferResult:
-    """Bring the KV here; ``admitted`` receives the request's engine future when it was
-    admitted along with the import (see ``_fetch_handoff_blocks``)."""
+    plugin: MooncakeWorker, handle: KVHandle, rid: str
+) -> tuple[TransferResult, concurrent.futures.Future[RequestOutput] | None]:
+    """Bring the KV here; returns what moved and the request's engine future when the
+    request was admitted with its import (None: admit it now)."""
     t0 = time.perf_counter()
     kvs = plugin.kv_store
     streamed = plugin.streams.take(rid) if plugin.streams is not None else None
@@ -91,9 +89,10 @@ def _transfer(
         # computes the tail. What streamed in during prefill is not fetched again.
         keys = [BlockKey(k) for k in handle.block_keys]
         n = 0
+        fut = None
         try:
             n = _streamed_prefix(plugin, streamed, keys, handle.first_token_time)
-            f = _fetch_handoff(plugin, kvs, keys[n:], handle.peer, rid, handle, admitted)
+            f, fut = _fetch_handoff(plugin, kvs, keys[n:], handle.peer, rid, handle)
         finally:
             # Fetched (or missed: decode recomputes): the prefill side may evict them now.
             _release_handoff(plugin, handle, rid)
@@ -107,9 +106,10 @@ def _transfer(
         path = "+".join(sorted(set(f.paths))) if f.num_blocks == len(handle.block_keys) else "miss"
         plugin.reports.transfer_log(path, f.nbytes, seconds)
         plugin.transfer_paths[path] += 1
-        return TransferResult(
+        result = TransferResult(
             handle, nbytes=f.nbytes, seconds=seconds, path=path, num_blocks=f.num_blocks
         )
+        return result, fut
     if handle.worker == plugin.worker.address:
         export = plugin.requests.handoff.take_outgoing(rid)
         path = "local"
@@ -122,14 +122,17 @@ def _transfer(
         path = "dask"
     seconds = time.perf_counter() - t0
     if export is None:
-        return TransferResult(handle, path="miss", seconds=seconds)
+        return TransferResult(handle, path="miss", seconds=seconds), None
     plugin.requests.handoff.receive(rid, export)
     nbytes = sum(b.data.nbytes for b in export.blocks)
     plugin.reports.transfer_log(path, nbytes, seconds)
     if path == "dask":
         plugin.reports.transfer(nbytes, seconds)
-    return TransferResult(
-        handle, nbytes=nbytes, seconds=seconds, path=path, num_blocks=len(export.blocks)
+    return (
+        TransferResult(
+            handle, nbytes=nbytes, seconds=seconds, path=path, num_blocks=len(export.blocks)
+        ),
+        None,
     )
 
 
@@ -155,51 +158,46 @@ def _fetch_handoff(
     kvs: KVStore,
     keys: list[BlockKey],
     peer: Peer,
-    rid: str = "",
-    handle: KVHandle | None = None,
-    admitted: list[concurrent.futures.Future[RequestOutput]] | None = None,
-) -> Fetched:
+    rid: str,
+    handle: KVHandle,
+) -> tuple[Fetched, concurrent.futures.Future[RequestOutput] | None]:
     """:func:`_fetch_handoff_blocks`, its start and end recorded in the worker's
     ``handoff_times``."""
     plugin.handoff_times.mark(rid, "fetch_start")
-    f = _fetch_handoff_blocks(plugin, kvs, keys, peer, handle, admitted)
+    f, fut = _fetch_handoff_blocks(plugin, kvs, keys, peer, handle)
     plugin.handoff_times.mark(rid, "imported", f.nbytes, f.num_blocks)
-    return f
+    return f, fut
 
 
 def _fetch_handoff_blocks(
-    plugin: MooncakeWorker,
-    kvs: KVStore,
-    keys: list[BlockKey],
-    peer: Peer,
-    handle: KVHandle | None = None,
-    admitted: list[concurrent.futures.Future[RequestOutput]] | None = None,
-) -> Fetched:
+    plugin: MooncakeWorker, kvs: KVStore, keys: list[BlockKey], peer: Peer, handle: KVHandle
+) -> tuple[Fetched, concurrent.futures.Future[RequestOutput] | None]:
     """Bring ``keys`` from ``peer`` into this engine's prefix cache. Same host: the
     engine imports them from the peer's host tier itself (one copy per block, tier ->
-    pool); whatever is not there intact, and every block from another host, comes
-    through the fetcher (TCP/RDMA into a receive buffer, then the engine channel).
-    With ``handle`` and ``admitted``, a same-host import that finds every block admits
-    the request in the same engine command (its future goes to ``admitted``)."""
+    pool) and, when all were there, admits the request in the same command (returned:
+    its future); whatever is not there intact, and every block from another host, comes
+    through the fetcher (TCP/RDMA into a receive buffer, then the engine channel)."""
     found, nbytes, paths = 0, 0, []
     if not keys:
-        return Fetched(0, 0, [])
+        return Fetched(0, 0, []), None
     tier = kvs.same_host_tier(peer)
-    if tier is not None and handle is not None and admitted is not None:
-        fut, (found, _, nbytes) = plugin.engine.import_and_add(tier, keys, _admission(handle))
-        if fut is not None:
-            admitted.append(fut)
-        paths = ["shm"] * found
-    elif tier is not None:
+    if tier is not None:
         try:
-            found, _, nbytes = plugin.engine.call("import_from_tier", tier, keys, True).result()
+            (found, _, nbytes), fut = plugin.engine.import_from_tier_and_add(
+                tier, keys, _decode_admission(plugin, handle)
+            )
+        except RequestAborted:
+            raise
         except Exception as e:  # unreadable tier: the fetcher's paths still apply
             logger.debug("import from %s failed: %s", tier, e)
+            fut = None
         paths = ["shm"] * found
+        if fut is not None:
+            return Fetched(found, nbytes, paths), fut
     if found == len(keys):
-        return Fetched(found, nbytes, paths)
+        return Fetched(found, nbytes, paths), None
     rest = kvs.fetch(keys[found:], peer, lambda blocks: import_blocks(plugin, blocks, True))
-    return Fetched(found + rest.num_blocks, nbytes + rest.nbytes, paths + rest.paths)
+    return Fetched(found + rest.num_blocks, nbytes + rest.nbytes, paths + rest.paths), None
 
 
 def _release_handoff(plugin: MooncakeWorker, handle: KVHandle, rid: str) -> None:

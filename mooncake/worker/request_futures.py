@@ -5,7 +5,8 @@
 - ``started``: the engine's future of a request the lookup admitted; the next task
   (prefill, or generate when colocated) waits on it instead of admitting it again.
 - ``receiving``: the transfer of a moved request the Conductor started at placement
-  (``mooncake-resume``), in the plugin's resume threads; its transfer task collects it.
+  (``mooncake-resume``), in the plugin's resume threads, or of a request whose prefill
+  worker said its KV is ready (``mooncake_handoff``); its transfer task collects it.
 
 Each is taken once by the task that owns it; the request state machine's ``DropKV``
 (abort, a graph that never arrived, an engine failure) forgets both."""
@@ -60,6 +61,14 @@ class RequestFutures(Generic[LookupT, OutputT, ReceiveT]):
         """The early transfer of the moved request, for its transfer task (once)."""
         with self._lock:
             return self._receiving.pop(request_id, None)
+
+    def discard_receiving(self, request_id: str, fut: concurrent.futures.Future[ReceiveT]) -> None:
+        """Forget the request's early transfer if it is ``fut`` (set ahead of a start
+        that was then refused)."""
+        with self._lock:
+            got = self._receiving.get(request_id)
+            if got is not None and got.future is fut:
+                del self._receiving[request_id]
 
     def set_started(
         self, request_id: str, fut: concurrent.futures.Future[OutputT], since: float

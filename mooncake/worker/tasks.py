@@ -9,7 +9,8 @@ coroutines: Dask runs them on the worker's event loop, and they hand their slot 
 once (``_secede_slot``) and await the engine's future there, so a request being decoded
 holds neither a thread nor a slot. The short ones (``prefill_request``: lookup then
 prefill; ``transfer``) block on engine calls, LMDB and sockets, so they run in the
-worker's threads and ``secede`` while they wait on the engine. Steps that always run on
+worker's threads and ``secede`` (never to rejoin, see ``_leave_pool``) while they wait
+on the engine. Steps that always run on
 the same worker are one task (the lookup is inside the prefill or generate task): every
 task costs the scheduler, the workers and the client messages and bookkeeping."""
 
@@ -23,7 +24,8 @@ import logging
 import time
 from typing import Any, TypeVar
 
-from distributed import Worker, rejoin, secede
+from distributed import Worker, secede
+from distributed.threadpoolexecutor import thread_state
 from distributed.worker_state_machine import SecedeEvent
 
 from mooncake.kvcache import copies
@@ -52,13 +54,22 @@ def _plugin() -> MooncakeWorker:
     return get_plugin()
 
 
+def _leave_pool() -> None:
+    """Hand this task's worker thread back to Dask for the rest of the task (once; the
+    thread ends with the task). It never rejoins: ``rejoin`` blocks until a slot is
+    free, and when one engine step ended several prefills, the ones that found every
+    slot taken waited there for their export, and their hand-off missed the engine's
+    export window (``EXPORT_WAIT_S``) and waited for the whole next prefill step (~0.6 s
+    in a traced 16-request burst)."""
+    if getattr(thread_state, "proceed", True):  # still in the pool
+        secede()
+
+
 def _wait(fut: concurrent.futures.Future[T]) -> T:
-    """Block on an engine-loop future with the worker thread handed back to Dask."""
-    secede()
-    try:
-        return fut.result()
-    finally:
-        rejoin()
+    """Block on an engine-loop future with the worker thread handed back to Dask
+    (``_leave_pool``)."""
+    _leave_pool()
+    return fut.result()
 
 
 def _secede_slot(worker: Worker, step: Step, request_id: str, started: float) -> None:
@@ -244,13 +255,10 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     kvs = plugin.kv_store
     streamed: list[BlockKey] = []
     if kvs is not None and plugin.worker_config.stream_kv:
-        secede()
-        try:
-            streamed = publish_while_prefilling(
-                plugin, kvs, spec, fut, plugin.worker_config.stream_poll_s
-            )
-        finally:
-            rejoin()
+        _leave_pool()
+        streamed = publish_while_prefilling(
+            plugin, kvs, spec, fut, plugin.worker_config.stream_poll_s
+        )
         if plugin.streams is not None:
             plugin.streams.counts["published_during_prefill"] += len(streamed)
     out = _ended(plugin, spec.request_id, fut)
@@ -300,7 +308,7 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     first_token_wall = out.metrics.first_token_time
     if first_token_wall is not None:
         first_token_wall += time.time() - time.perf_counter()
-    return KVHandle(
+    handle = KVHandle(
         spec=spec,
         placement=lookup_result.placement,
         worker=plugin.worker.address,
@@ -316,6 +324,10 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         finished=finished,
         output=_wall_metrics(out, spec, out.num_cached_tokens) if finished else None,
     )
+    # The decode worker starts the transfer on this word (the early hand-off), before the
+    # scheduler has seen this task end; its transfer task then collects it.
+    plugin.offer_handoff(handle)
+    return handle
 
 
 def prefill_request(spec: RequestSpec, placement: PlacementInfo) -> KVHandle:
@@ -342,9 +354,14 @@ def transfer(handle: KVHandle) -> TransferResult:
         else None
     )
     if early is None:
+        # The receive waits on the engine (its import and admission run between two
+        # steps): out of the pool, so that a burst of hand-offs does not queue for the
+        # worker's few threads behind each other's waits.
+        _leave_pool()
         return receive(plugin, handle)
-    # A moved request whose transfer the Conductor started at placement (the early
-    # resume, ``MooncakeWorker.handle_resume``): collect it (usually done by now).
+    # A transfer begun ahead of this task: a moved request's, which the Conductor started
+    # at placement (the early resume, ``MooncakeWorker.handle_resume``), or one its
+    # prefill worker said was ready (``handle_handoff``). Collect it (often done by now).
     try:
         done = early.future.result() if early.future.done() else _wait(early.future)
     except BaseException as e:

@@ -4,6 +4,7 @@ a prefill that just finished, so the hand-off to decode does not wait for that s
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine
@@ -43,3 +44,70 @@ def test_loop_waits_for_the_export_of_a_finished_prefill_only(tiny_llama) -> Non
     assert loop._command_wait(time.monotonic()) > 0.0
     assert loop._command_wait(time.monotonic() + EXPORT_WAIT_S) == 0.0  # never came
     assert loop._command_wait(time.monotonic()) == 0.0
+
+
+class ScriptedChannel(RecordingChannel):
+    """Delivers each scripted command at its time (seconds after the first poll)."""
+
+    def __init__(self, script: list[tuple[float, Any]]) -> None:
+        super().__init__()
+        self.script = list(script)
+        self.t0: float | None = None
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0 = now
+        if not self.script:
+            time.sleep(timeout)
+            return False
+        due = self.t0 + self.script[0][0]
+        if due > now + timeout:
+            time.sleep(timeout)
+            return False
+        time.sleep(max(0.0, due - now))
+        return True
+
+    def recv(self) -> Any:
+        return self.script.pop(0)[1]
+
+
+def test_loop_waits_for_every_export_of_one_step(tiny_llama) -> None:
+    """Two prefill-only requests finish in one step; their exports come from two tasks,
+    the second 8 ms after the first. The loop runs the first, then waits on for the
+    second before its next step (a loop that stepped after the first kept the second
+    hand-off waiting for a whole step)."""
+    engine = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64))
+    loop = EngineLoop(engine, RecordingChannel())  # type: ignore[arg-type]
+    loop.add(AddRequest("busy", list(range(3, 23)), LONG, Watch(None)))
+    for rid, base in (("p1", 40), ("p2", 80)):
+        loop.add(
+            AddRequest(
+                rid,
+                list(range(base, base + 20)),
+                FIRST,
+                Watch(None, prefill_only=True),
+                keep_kv=True,
+            )
+        )
+    loop._step()
+    assert set(loop._exports_due) == {"p1", "p2"}
+    channel = ScriptedChannel(
+        [
+            (0.0, (1, "export_kv", ("p1",), {})),
+            (0.008, (2, "export_kv", ("p2",), {})),
+            (0.2, (3, "stop", (), {})),
+        ]
+    )
+    loop.channel = channel  # type: ignore[assignment]
+    answered_at_first_step: list[int] = []
+    step = loop._step
+
+    def counted() -> None:
+        if not answered_at_first_step:
+            answered_at_first_step.append(sum(1 for m in channel.sent if m[0] == "result"))
+        step()
+
+    loop._step = counted  # type: ignore[method-assign]
+    loop.run()
+    assert answered_at_first_step == [2]

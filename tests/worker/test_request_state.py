@@ -18,6 +18,7 @@ from mooncake.worker.request_state import (
     EngineFinished,
     FailTask,
     HandedOff,
+    HandoffReady,
     LookupDone,
     PeerLost,
     Placed,
@@ -337,3 +338,32 @@ def test_early_resume_engine_failure() -> None:
     m.handle(ResumePlaced(R, 0.0, "P"))
     assert m.handle(EngineFailed(R, "bad", 0.01)) == [DropKV(R), FailTask(R, "bad")]
     assert m.state_of(R) is None
+
+
+def test_handoff_ready_begins_the_transfer_unless_its_task_came_first():
+    """A prefill worker says a request's KV is ready (``HandoffReady``) before its
+    transfer task arrived: the transfer begins now and the task, when it comes,
+    collects it. When the task came first it does the work and a later notice begins
+    nothing, even after the request finished here (until the memory of its transfer
+    is forgotten); a notice about an aborted request begins nothing either."""
+    m = WorkerRequests(abort_memory_s=60.0)
+    assert m.handle(HandoffReady(R, 0.0, "P")) == [BeginTransfer(R)]
+    assert m.state_of(R) == "receiving"
+    assert m.handle(HandoffReady(R, 0.001, "P")) == []  # repeated
+    assert m.handle(TaskArrived(R, "transfer", 0.01, "P")) == [CollectTransfer(R)]
+
+    other = "r-task-first"
+    assert m.handle(TaskArrived(other, "transfer", 0.0, "P")) == []
+    assert m.handle(HandoffReady(other, 0.001, "P")) == []
+    m.handle(HandedOff(other, 0.002))
+    m.handle(DecodeStarted(other, 0.003))
+    m.handle(TaskArrived(other, "decode", 0.004, "P"))
+    m.handle(EngineFinished(other, 0.005))
+    assert m.state_of(other) is None
+    assert m.handle(HandoffReady(other, 0.006, "P")) == []  # late: finished already
+    m.handle(Tick(61.0))
+    assert other not in m.transferred
+
+    gone = "r-aborted"
+    m.handle(Abort(gone, 0.0))
+    assert m.handle(HandoffReady(gone, 0.001, "P")) == []
