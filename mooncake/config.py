@@ -52,6 +52,14 @@ class EngineConfig:
     """Token budget of one engine step (decode tokens + prefill chunk tokens)."""
     long_prefill_chunk: int = 2048
     """Chunked prefill: most prompt tokens of one sequence computed in one step."""
+    max_prefill_tokens_per_step: int | None = None
+    """Most chunk tokens in one step (prompt chunks and recomputes: every sequence that
+    runs more than one token; decode tokens do not count), so the decodes beside them
+    keep a bounded gap between tokens. Waiting sequences are admitted whole in arrival
+    order while they fit; only one that does not fit alone is cut to this size
+    (``mooncake.engine.scheduler``). ``None``: only ``max_num_batched_tokens`` and
+    ``long_prefill_chunk`` bound a step. A decode-only worker sets it from
+    ``WorkerConfig.decode_prefill_tokens_per_step`` when it is ``None``."""
     enable_prefix_caching: bool = True
     """Reuse cached full blocks across requests."""
     hash_seed: int = 0
@@ -104,6 +112,11 @@ class EngineConfig:
             self.long_prefill_chunk > 0,
             "long_prefill_chunk",
             f"must be positive, got {self.long_prefill_chunk}",
+        )
+        _check(
+            self.max_prefill_tokens_per_step is None or self.max_prefill_tokens_per_step > 0,
+            "max_prefill_tokens_per_step",
+            f"must be positive, got {self.max_prefill_tokens_per_step}",
         )
         _check(
             self.max_model_len is None or self.max_model_len > 0,

@@ -5,6 +5,16 @@ chunked prefill), then waiting sequences are admitted while the token budget, th
 size and free blocks allow. When a running sequence cannot get a block, the most
 recently admitted running sequence is preempted (its blocks freed; it is recomputed
 later, cheaply when its blocks are still in the prefix cache).
+
+``EngineConfig.max_prefill_tokens_per_step`` (off by default) bounds the step's chunk
+tokens (every sequence that runs more than one token: prompt chunks, a resumed request's
+recompute), so the decodes running beside them keep stepping at a bounded gap; decode
+tokens never count against it. Waiting sequences are then admitted whole, in arrival
+order, while they fit what is left of it; only one longer than the bound is cut into
+chunks (it starts in what is left). So requests that arrive together
+(e.g. the streams of a lost decode worker, resumed here at once) each get their next
+token a step after the one before instead of all waiting for one giant step, and no
+step ends with only part of a request when a whole one could have ended it.
 """
 
 from __future__ import annotations
@@ -89,12 +99,17 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         chunk = self.config.long_prefill_chunk
+        cap = self.config.max_prefill_tokens_per_step
+        # Tokens of chunks (sequences with more than one token to compute) this step may
+        # still take; decode tokens never count.
+        chunk_left = cap if cap is not None else budget
         scheduled: list[ScheduledSeq] = []
 
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(seq.num_tokens - seq.num_computed_tokens, budget, chunk)
+            left = seq.num_tokens - seq.num_computed_tokens
+            n = min(left, budget, chunk, chunk_left if left > 1 else 1)
             if n <= 0:
                 i += 1
                 continue
@@ -107,6 +122,8 @@ class Scheduler:
             else:
                 scheduled.append(ScheduledSeq(seq, seq.num_computed_tokens, n))
                 budget -= n
+                if left > 1:
+                    chunk_left -= n
                 i += 1
                 continue
             break  # seq itself was preempted: nothing else fits either
@@ -121,7 +138,11 @@ class Scheduler:
             if seq.kv_import is not None:
                 imported = seq.kv_import.num_tokens
                 cached = self.kv.find_cached(seq)[: imported // self.kv.block_size]
-                n = min(seq.num_tokens - imported, budget)
+                whole = seq.num_tokens - imported
+                fit = self._fit(whole, budget, chunk_left, cap)
+                if fit is None:
+                    break
+                n = fit
                 if not self.kv.can_admit(
                     seq, cached, imported - len(cached) * self.kv.block_size + n
                 ):
@@ -133,7 +154,11 @@ class Scheduler:
             else:
                 cached = self.kv.find_cached(seq)
                 start = len(cached) * self.kv.block_size
-                n = min(seq.num_tokens - start, budget, chunk)
+                whole = seq.num_tokens - start
+                fit = self._fit(whole, min(budget, chunk), chunk_left, cap)
+                if fit is None:
+                    break
+                n = fit
                 if not self.kv.can_admit(seq, cached, n):
                     break
                 self.kv.admit(seq, cached, n)
@@ -145,10 +170,29 @@ class Scheduler:
             self.running.append(seq)
             scheduled.append(ScheduledSeq(seq, seq.num_computed_tokens, n))
             budget -= n
+            if whole > 1:
+                chunk_left -= n
 
         for s in scheduled:
             (out.decodes if s.num_tokens == 1 else out.prefills).append(s)
         return out
+
+    @staticmethod
+    def _fit(whole: int, limit: int, chunk_left: int, cap: int | None) -> int | None:
+        """Tokens to admit a waiting sequence with (``whole`` left to compute, at most
+        ``limit`` by the step budget and chunk size), or None: it waits for the next step.
+
+        Without a chunk bound (``cap`` None): as many as the limit allows. With one, a
+        sequence that fits what is left of the bound comes in whole; one that fits the
+        bound but not what is left waits for the next step, so that it ends in one step
+        rather than make this one longer with a part of it; one longer than the bound is
+        cut into chunks anyway, so it starts in what is left."""
+        n = min(whole, limit)
+        if cap is None or whole <= 1 or n <= chunk_left:
+            return n
+        if whole > cap and chunk_left > 0:
+            return min(n, chunk_left)
+        return None
 
     def update(self, out: SchedulerOutput) -> None:
         """Mark this step's tokens computed and register newly full blocks."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
+from mooncake.config import EngineConfig
 from mooncake.store.config import EvictionPolicyName
 from mooncake.transfer.config import TransferConfig
 
@@ -66,6 +68,14 @@ class WorkerConfig:
     default). GPU engines are left alone (docs/cluster.md)."""
     cpu_core_lending_idle_s: float = 0.0
     """An engine lends its cores once it has had no work for this long (0: at once)."""
+    decode_prefill_tokens_per_step: int | None = 512
+    """On a decode-only worker, the engine's ``max_prefill_tokens_per_step`` (unless the
+    engine config sets one): most tokens of recompute in one engine step beside the
+    running decodes. The requests of a lost decode worker, resumed here together, are
+    then recomputed whole, one or a few per step in arrival order, instead of all in
+    one long step that stalls them all and every stream already running here
+    (docs/fault-tolerance.md). A hand-off's own recompute (under ``block_size`` + 1
+    tokens) always fits. None: no bound (the step budget alone)."""
 
     def __post_init__(self) -> None:
         if self.host_capacity_bytes <= 0:
@@ -91,7 +101,27 @@ class WorkerConfig:
                 "cpu_core_lending_idle_s: must be 0 or positive, "
                 f"got {self.cpu_core_lending_idle_s}"
             )
+        if self.decode_prefill_tokens_per_step is not None and not (
+            self.decode_prefill_tokens_per_step > 0
+        ):
+            raise ValueError(
+                "decode_prefill_tokens_per_step: must be positive or None, "
+                f"got {self.decode_prefill_tokens_per_step}"
+            )
         if not self.stream_poll_s > 0:
             raise ValueError(f"stream_poll_s: must be positive, got {self.stream_poll_s}")
         if not self.store_root:
             raise ValueError("store_root: must be a directory")
+
+
+def engine_config_for(
+    engine: EngineConfig, worker: WorkerConfig, roles: Sequence[str]
+) -> EngineConfig:
+    """The engine config a worker of ``roles`` runs: a decode-only worker bounds the
+    recompute per step (``WorkerConfig.decode_prefill_tokens_per_step``) unless the
+    engine config already does; prefill and colocated workers run it as given (their
+    prompts' chunking is ``long_prefill_chunk``'s, and the Conductor's cost model
+    assumes it)."""
+    if list(roles) != ["decode"] or engine.max_prefill_tokens_per_step is not None:
+        return engine
+    return replace(engine, max_prefill_tokens_per_step=worker.decode_prefill_tokens_per_step)

@@ -36,7 +36,7 @@ from mooncake.transfer.base import local_host_id
 from mooncake.types import BlockKey
 from mooncake.worker import request_state
 from mooncake.worker.block_presence import BlockPresence
-from mooncake.worker.config import WorkerConfig
+from mooncake.worker.config import WorkerConfig, engine_config_for
 from mooncake.worker.core_ledger import ledger_path
 from mooncake.worker.core_lending import LendingSetup
 from mooncake.worker.engine_client import EngineClient
@@ -109,6 +109,7 @@ class MooncakeWorker(WorkerPlugin):
     async def setup(self, worker: Worker) -> None:
         self.worker = worker
         self.roles = roles_of(worker)
+        self.engine_config = engine_config_for(self.engine_config, self.worker_config, self.roles)
         self._lookup_pool = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="mooncake-lookup"
         )

@@ -73,6 +73,14 @@ def test_with_chunked_prefill_and_small_budget(tiny_llama, expected):
     assert [o.token_ids for o in outs] == expected
 
 
+def test_with_bounded_prefill_tokens_per_step(tiny_llama, expected):
+    """At most 40 prefill tokens a step beside the decodes (whole prompts admitted in
+    arrival order while they fit, longer ones chunked): identical continuations."""
+    engine = _engine(tiny_llama, max_prefill_tokens_per_step=40)
+    outs = engine.generate(_prompts(), GREEDY)
+    assert [o.token_ids for o in outs] == expected
+
+
 def test_under_preemption(tiny_llama, expected):
     """A pool too small for all sequences forces preemption and recompute; outputs unchanged."""
     engine = _engine(tiny_llama, num_blocks=40, enable_prefix_caching=True)
