@@ -43,9 +43,9 @@ loss (kill -> the client learning of it: its watch on the worker, the worker's t
 stream, or the worker-left event -> the stream acting on it), placing it
 again (the Conductor), submitting the new graph, the KV transfer on the new decode worker
 (from the prefill worker's host tier, or a miss: recompute) and the rest up to the first
-resumed token (recomputing prompt + tokens so far less what was fetched, one decode
-step; and, without the early resume, scheduling the tasks). With the early resume the
-Conductor starts the transfer and decode on the new decode worker when it places the
+resumed token (recomputing prompt + tokens so far less what was fetched, in the
+decode worker's steps after the recompute of the requests moved there before it; and,
+without the early resume, scheduling the tasks). With the early resume the starts the transfer and decode on the new decode worker when it places the
 request, so the transfer and the rest count from the placement, not the submission.
 For early resumes, the Conductor's placement time (``LLM.history``) and the new decode
 worker's hand-off times (``handoff_times`` in ``LLM.worker_stats``) split the path from
