@@ -45,8 +45,9 @@ again (the Conductor), submitting the new graph, the KV transfer on the new deco
 (from the prefill worker's host tier, or a miss: recompute) and the rest up to the first
 resumed token (recomputing prompt + tokens so far less what was fetched, in the
 decode worker's steps after the recompute of the requests moved there before it; and,
-without the early resume, scheduling the tasks). With the early resume the starts the transfer and decode on the new decode worker when it places the
-request, so the transfer and the rest count from the placement, not the submission.
+without the early resume, scheduling the tasks). With the early resume the Conductor
+starts the transfer and decode on the new decode worker when it places the request, so
+the transfer and the rest count from the placement, not the submission.
 For early resumes, the Conductor's placement time (``LLM.history``) and the new decode
 worker's hand-off times (``handoff_times`` in ``LLM.worker_stats``) split the path from
 the stream acting to the first resumed token: ``to_conductor`` (the placement request
