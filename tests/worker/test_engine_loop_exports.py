@@ -9,7 +9,7 @@ from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine
 from mooncake.sampling_params import SamplingParams
 from mooncake.worker.engine_loop import EXPORT_WAIT_S, AddRequest, EngineLoop, Watch
-from tests.worker.engine_loop_doubles import RecordingChannel
+from tests.worker.engine_loop_doubles import RecordingChannel, ScriptedChannel
 
 FIRST = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
 LONG = SamplingParams(temperature=0.0, max_tokens=50, ignore_eos=True)
@@ -43,32 +43,6 @@ def test_loop_waits_for_the_export_of_a_finished_prefill_only(tiny_llama) -> Non
     assert loop._command_wait(time.monotonic()) > 0.0
     assert loop._command_wait(time.monotonic() + EXPORT_WAIT_S) == 0.0  # never came
     assert loop._command_wait(time.monotonic()) == 0.0
-
-
-class ScriptedChannel(RecordingChannel):
-    """Delivers each scripted command at its time (seconds after the first poll)."""
-
-    def __init__(self, script: list[tuple[float, Any]]) -> None:
-        super().__init__()
-        self.script = list(script)
-        self.t0: float | None = None
-
-    def poll(self, timeout: float = 0.0) -> bool:
-        now = time.monotonic()
-        if self.t0 is None:
-            self.t0 = now
-        if not self.script:
-            time.sleep(timeout)
-            return False
-        due = self.t0 + self.script[0][0]
-        if due > now + timeout:
-            time.sleep(timeout)
-            return False
-        time.sleep(max(0.0, due - now))
-        return True
-
-    def recv(self) -> Any:
-        return self.script.pop(0)[1]
 
 
 def test_loop_waits_for_every_export_of_one_step(tiny_llama) -> None:
