@@ -84,3 +84,41 @@ def test_loop_waits_for_every_export_of_one_step(tiny_llama) -> None:
     loop._step = counted  # type: ignore[method-assign]
     loop.run()
     assert answered_at_first_step == [2]
+
+
+def test_idle_loop_given_new_requests_waits_for_a_due_export(tiny_llama) -> None:
+    """A lone prefill-only request finishes and the engine is idle; within the export
+    window a burst of new requests arrives, then the export. The loop does not start
+    the burst's prefill before the export (that export waited for the whole prefill of
+    the burst, ~0.5 s in a traced run). A prefill-only request that ended at prefill
+    (its final ``max_tokens`` reached) is not waited for: nobody waits for its export."""
+    engine = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64))
+    loop = EngineLoop(engine, RecordingChannel())  # type: ignore[arg-type]
+    loop.add(
+        AddRequest("p", list(range(40, 60)), FIRST, Watch(None, prefill_only=True), keep_kv=True)
+    )
+    ended = Watch(None, prefill_only=True, final_max_tokens=1)
+    loop.add(AddRequest("e", list(range(70, 90)), FIRST, ended, keep_kv=True))
+    loop._step()
+    assert not engine.has_unfinished()
+    assert set(loop._exports_due) == {"p"}
+    new = AddRequest("n", list(range(100, 130)), LONG, Watch(None))
+    channel = ScriptedChannel(
+        [
+            (0.0, (1, "add", (new,), {})),
+            (0.006, (2, "export_kv", ("p",), {})),
+            (0.2, (3, "stop", (), {})),
+        ]
+    )
+    loop.channel = channel  # type: ignore[assignment]
+    answered_at_first_step: list[int] = []
+    step = loop._step
+
+    def counted() -> None:
+        if not answered_at_first_step:
+            answered_at_first_step.append(sum(1 for m in channel.sent if m[0] == "result"))
+        step()
+
+    loop._step = counted  # type: ignore[method-assign]
+    loop.run()
+    assert answered_at_first_step == [2]
