@@ -10,12 +10,15 @@ What is timed, per request (wall-clock stamps the workers record,
 ``worker_stats()[w]["handoff_times"]``, ``mooncake.worker.handoff_times``):
 
 - **export**: on the prefill worker, from the moment it asks its engine to export the
-  request's full blocks (``export_start``) until they are committed in its host tier
-  (``stored``): the engine's copy out of its paged pool with the checksum, and the
-  host-tier put (today: into the export arena, then LMDB copies into the tier);
+  request's full blocks (``export_start``) until the decode side can take them
+  (``stored``): the engine's copy out of its paged pool into the export arena with the
+  checksum, and the lease (same host: the decode engine imports from the arena, and the
+  host-tier put follows after the hand-off, docs/store.md; the store's way: the tier
+  put too);
 - **import**: on the decode worker, from the start of the transfer task's fetch
   (``fetch_start``) until the blocks are in the decode engine's paged pool
-  (``imported``): the engine reading the prefill worker's host tier in place,
+  (``imported``): the engine reading the prefill worker's export arena (or host
+  tier) in place,
   checking each record, and copying it into its pool;
 - **data path** = export + import: the time bytes move. The wait between the two (the
   prefill task returning its handle and the scheduler starting the transfer task on

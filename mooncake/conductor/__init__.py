@@ -5,7 +5,7 @@ scheduler plugin (``plugin.py``, the only module that may import ``distributed``
 drive the very same :class:`Conductor`.
 """
 
-from mooncake.conductor.admission import Rejection, check_slos, decode_view
+from mooncake.conductor.admission import Rejection, check_slos, decode_view, projected_peak
 from mooncake.conductor.config import (
     ADMISSIONS,
     PREFILL_POLICIES,
@@ -64,4 +64,5 @@ __all__ = [
     "check_slos",
     "decode_view",
     "prefix_tokens",
+    "projected_peak",
 ]

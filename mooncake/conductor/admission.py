@@ -9,7 +9,16 @@ Three views of a decode instance's load (FAST'25 §7):
   requests when nothing is rejected up front.
 - ``projected``: prediction-based early rejection. Assume a uniform decode time per
   token t_d; at the moment ``eta`` the new request would arrive, drop the running
-  sequences that will have finished and add the placed ones that will have arrived.
+  sequences that will have finished and add the placed ones that will have arrived
+  and not finished yet (FAST'25 §7.4: every request whose decoding ended before that
+  moment is removed, whether it is decoding now or still in prefill).
+
+A decode instance that cannot hold a request's KV when it arrives does not refuse it: it
+queues it until memory frees (the live engine, vLLM's policy), and every token gap it
+waits is a gap in that request's TBT. So prediction-based admission checks the request
+against the busiest moment of its whole expected stay (:func:`projected_peak`), not only
+the moment it arrives: a request that fits at its own arrival but would leave no room
+for the requests already placed to arrive while it decodes would make them wait.
 """
 
 from __future__ import annotations
@@ -71,10 +80,64 @@ def decode_view(
             batch += 1
             kv += seq.kv_tokens
     for seq in load.incoming.values():
-        if seq.at <= eta:
+        # Placed, not yet decoding: it starts when it arrives, and no earlier than now
+        # (one whose expected arrival has passed is late or waiting for memory); like a
+        # running one it no longer counts once it has finished by ``eta``.
+        if seq.at <= eta and max(seq.at, now) + (seq.output_len - 1) * t_d > eta:
             batch += 1
             kv += seq.kv_tokens
     return batch, kv
+
+
+def projected_peak(
+    load: DecodeLoad,
+    eta: float,
+    until: float,
+    t_d: float,
+    now: float = 0.0,
+    total_len: OutputEstimate | None = None,
+) -> tuple[int, int]:
+    """(batch, KV tokens) at the busiest moment (most KV) of ``[eta, until]`` under the
+    ``projected`` view: :func:`decode_view` at ``eta`` (same arguments), then every
+    counted sequence leaves at its projected end and every placed one arriving after
+    ``eta`` joins at its expected arrival (no earlier than ``now``) and leaves like the
+    others. At equal times a departure comes first (its memory is free at once)."""
+    # One pass: what decode_view counts at eta (the same comparisons), and the events.
+    batch = kv = 0
+    events: list[tuple[float, int, int]] = []  # (time, KV change, batch change)
+    for seq in load.running.values():
+        n = (
+            seq.output_len
+            if total_len is None or t_d <= 0
+            else total_len(seq, (now - seq.at) / t_d)
+        )
+        end = seq.at + (n - 1) * t_d
+        if end > eta:
+            batch += 1
+            kv += seq.kv_tokens
+            if end <= until:
+                events.append((end, -seq.kv_tokens, -1))
+    for seq in load.incoming.values():
+        end = max(seq.at, now) + (seq.output_len - 1) * t_d
+        if end <= eta:
+            continue  # not counted at eta, and gone before
+        if seq.at <= eta:
+            batch += 1
+            kv += seq.kv_tokens
+        elif seq.at <= until:
+            events.append((seq.at, seq.kv_tokens, 1))
+        else:
+            continue
+        if end <= until:
+            events.append((end, -seq.kv_tokens, -1))
+    events.sort()
+    best = (batch, kv)
+    for _, dkv, db in events:
+        batch += db
+        kv += dkv
+        if kv > best[1]:
+            best = (batch, kv)
+    return best
 
 
 def check_slos(
@@ -109,4 +172,4 @@ def check_slos(
     return None
 
 
-__all__ = ["LoadView", "Rejection", "check_slos", "decode_view"]
+__all__ = ["LoadView", "Rejection", "check_slos", "decode_view", "projected_peak"]

@@ -48,7 +48,7 @@ class ConductorConfig:
     decode_token_time_s: float | None = None
     """Uniform decode time per token t_d for predictive rejection; ``None`` uses each
     decode instance's estimated step time at the load projected for the new request
-    (a fixed point: :meth:`Conductor._projected_view`)."""
+    (a fixed point: :meth:`Conductor._projection`)."""
     output_prediction: OutputPrediction = "expected"
     """Output length the decode-load prediction assumes for a new request:
     ``expected`` = E[min(L, max_tokens)] over the last ``output_window`` finished

@@ -26,6 +26,7 @@ from mooncake.conductor.admission import (
     Rejection,
     check_slos,
     decode_view,
+    projected_peak,
 )
 from mooncake.conductor.config import ConductorConfig
 from mooncake.conductor.cost_model import (
@@ -76,7 +77,7 @@ MIN_DECODE_STEPS = 16
 
 PROJECTION_ROUNDS = 4
 """Most rounds of the projected-load fixed point behind the default t_d (see
-:meth:`Conductor._projected_view`); it stops earlier once the projection stops moving."""
+:meth:`Conductor._projection`); it stops earlier once the projection stops moving."""
 
 _VIEW: dict[str, LoadView] = {
     "none": "committed",
@@ -188,16 +189,17 @@ class Conductor:
     def token_time(self, worker: str) -> float:
         """Uniform decode seconds per token t_d at the instance's current load: the
         fixed ``decode_token_time_s``, else the step time of the running batch (the
-        starting point of :meth:`_projected_view`'s fixed point, and the retry hint)."""
+        starting point of :meth:`_projection`'s fixed point, and the retry hint)."""
         if self.config.decode_token_time_s is not None:
             return self.config.decode_token_time_s
         load = self.decode_loads[worker]
         return self.step_time(max(1, len(load.running)), load.kv_running)
 
-    def _projected_view(
+    def _projection(
         self, worker: str, eta: float, now: float, need: int, total: OutputEstimate | None
-    ) -> tuple[int, int]:
-        """(batch, KV tokens) of ``worker`` projected to ``eta`` (FAST'25 §7).
+    ) -> tuple[tuple[int, int], float]:
+        """((batch, KV tokens) of ``worker`` projected to ``eta``, the t_d it used)
+        (FAST'25 §7).
 
         The uniform decode time t_d is the step time *at the projected load*: starting
         from the current step time, project, take the step time of the projected batch
@@ -208,7 +210,8 @@ class Conductor:
         A fixed ``decode_token_time_s`` is used as is.
         """
         load = self.decode_loads[worker]
-        view = decode_view(load, "projected", eta, self.token_time(worker), now, total)
+        t_d = self.token_time(worker)
+        view = decode_view(load, "projected", eta, t_d, now, total)
         if self.config.decode_token_time_s is None:
             for _ in range(PROJECTION_ROUNDS):
                 t_d = self.step_time(view[0] + 1, view[1] + need)
@@ -216,7 +219,54 @@ class Conductor:
                 if nxt == view:
                     break
                 view = nxt
-        return view
+        return view, t_d
+
+    def _check_stay(
+        self,
+        first: DecodeChoice,
+        workers: Sequence[str],
+        eta: float,
+        now: float,
+        need: int,
+        out_len: int,
+        total: OutputEstimate | None,
+        t_d_of: Mapping[str, float],
+    ) -> DecodeChoice:
+        """Predictive admission: the request must fit not only when it reaches decode
+        but at the busiest projected moment of its expected stay there
+        (:func:`~mooncake.conductor.admission.projected_peak`); otherwise a request
+        already placed to arrive meanwhile finds no memory and waits (a live decode
+        instance queues, it does not refuse). ``first`` (chosen on the load at ``eta``)
+        is kept if it passes; else the instance with the lowest TBT at its peak among
+        the others that pass; else ``first`` marked as not fitting. The TBT is the step
+        time at that peak. ``t_d_of``: the t_d each instance's projection to ``eta``
+        ended with (the others' are computed when needed)."""
+        if not first.fits:
+            return first
+
+        def at_peak(w: str) -> DecodeChoice:
+            load = self.decode_loads[w]
+            t_d = t_d_of.get(w)
+            if t_d is None:
+                t_d = self._projection(w, eta, now, need, total)[1]
+            until = eta + (out_len - 1) * t_d
+            batch, kv = projected_peak(load, eta, until, t_d, now, total)
+            fits = (
+                kv + need <= load.kv_capacity_tokens and batch + 1 <= self.config.max_decode_batch
+            )
+            return DecodeChoice(w, self.step_time(batch + 1, kv + need), fits)
+
+        choice = at_peak(first.worker)
+        if choice.fits:
+            return choice
+        best: DecodeChoice | None = None
+        for w in workers:
+            if w == first.worker:
+                continue
+            other = at_peak(w)
+            if other.fits and (best is None or other.tbt_s < best.tbt_s):
+                best = other
+        return best if best is not None else choice
 
     def transfer_time(self, tokens: int) -> float:
         return self.bandwidth.transfer_time(tokens * self.cost.model.kv_bytes_per_token)
@@ -282,6 +332,7 @@ class Conductor:
         eta = now + pchoice.ttft_s
         view = _VIEW[cfg.admission]
         table = dtable
+        t_d_of: dict[str, float] = {}  # projected view: the t_d each projection ended with
         if table is not None and not cfg.colocated:
             if view == "projected":
                 # Every running and placed sequence of every instance at once.
@@ -292,7 +343,7 @@ class Conductor:
                     else None
                 )
                 batch, kv = table.projected(eta, t_d, now, many)
-                if cfg.decode_token_time_s is None:  # _projected_view's fixed point
+                if cfg.decode_token_time_s is None:  # _projection's fixed point
                     need = dreq.prompt_len + dreq.output_len
                     for _ in range(PROJECTION_ROUNDS):
                         t_d = self._step_times(batch + 1, kv + need)
@@ -311,20 +362,31 @@ class Conductor:
                 self._step_times,
                 self.step_time,
             )
+            if view == "projected":
+                t_d_of[dchoice.worker] = float(t_d[table.slot_of[dchoice.worker]])
         else:
             workers = [pchoice.worker] if cfg.colocated else list(decode_loads)
             total = self._total_len if cfg.output_prediction == "expected" else None
             need = dreq.prompt_len + dreq.output_len
-            views = {
-                w: (
-                    self._projected_view(w, eta, now, need, total)
-                    if view == "projected"
-                    else decode_view(self.decode_loads[w], view)
-                )
-                for w in workers
-            }
+            views: dict[str, tuple[int, int]] = {}
+            for w in workers:
+                if view == "projected":
+                    views[w], t_d_of[w] = self._projection(w, eta, now, need, total)
+                else:
+                    views[w] = decode_view(self.decode_loads[w], view)
             capacity = {w: self.decode_loads[w].kv_capacity_tokens for w in workers}
             dchoice = self.decode_scheduler.choose(dreq, views, capacity, self.step_time)
+        if view == "projected":
+            dchoice = self._check_stay(
+                dchoice,
+                [pchoice.worker] if cfg.colocated else list(decode_loads),
+                eta,
+                now,
+                dreq.prompt_len + dreq.output_len,
+                out_len,
+                self._total_len if cfg.output_prediction == "expected" else None,
+                t_d_of,
+            )
         if cfg.admission == "ttft" and pchoice.ttft_s > cfg.ttft_slo_s:
             return Rejection(
                 req.request_id,

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -496,8 +496,11 @@ class LLMEngine:
         last = min(full, first + out.nbytes // size)
         keys = self.kv._keys(seq, full)
         offsets, sizes = [], []
+        if algo == "sum64" and last > first and self._export_batched(seq, keys, out, first, last):
+            offsets = [k * size for k in range(last - first)]
+            sizes = [size] * (last - first)
         off = 0
-        for i in range(first, last):
+        for i in range(first, last) if not offsets else ():
             block_id = seq.block_table[i].block_id
             written = write_record_in_place(
                 out[off : off + size],
@@ -516,6 +519,43 @@ class LLMEngine:
         if release and last == full and request_id in self._held:
             self.abort_request(request_id)
         return PackedExport(list(keys[first:last]), offsets, sizes, n, first)
+
+    def _export_batched(
+        self, seq: Sequence, keys: Seq[BlockKey], out: memoryview, first: int, last: int
+    ) -> bool:
+        """``export_packed``'s records of blocks ``first..last-1``, laid back to back
+        from ``out``'s start: every payload copied out of the pool and summed in one
+        native call, then the headers written. False (nothing written) where the fused
+        copy does not apply."""
+        from mooncake.store.handoff_records import encode_headers, payload_at
+        from mooncake.store.records import record_size
+
+        bs = self.config.block_size
+        size = record_size(self.spec, self.fingerprint, bs)
+        poff = payload_at(self.fingerprint, bs)
+        base = np.frombuffer(out, dtype=np.uint8).ctypes.data
+        sums = self.runner.copy_blocks_summed(
+            [seq.block_table[i].block_id for i in range(first, last)],
+            base,
+            [k * size + poff for k in range(last - first)],
+            into_pool=False,
+        )
+        if sums is None:
+            return False
+        heads = encode_headers(
+            keys[first:last],
+            [keys[i - 1] if i else seq.root_key for i in range(first, last)],
+            seq.token_ids[first * bs : last * bs],
+            list(range(first, last)),
+            sums,
+            self.spec,
+            self.fingerprint,
+        )
+        rows = np.frombuffer(out, dtype=np.uint8, count=(last - first) * size)
+        rows = rows.reshape(last - first, size)
+        rows[:, : heads.shape[1]] = heads
+        rows[:, heads.shape[1] : poff] = 0
+        return True
 
     def _export_block(self, block_id: int, summed: bool, out: np.ndarray) -> int | None:
         """Copy a pool block into ``out``; with ``summed``, return its sum64 computed on
@@ -630,6 +670,72 @@ class LLMEngine:
         finally:
             self.pool.free(new)  # cached and evictable at once, like any freed block
         return intact, len(new)
+
+    def import_records(
+        self, buf: Any, offsets: Seq[int], keys: Seq[BlockKey], hand_off: bool = False
+    ) -> tuple[int, int, int]:
+        """Import full blocks laid out as store records in shared memory another engine
+        wrote (its worker's export arena, mapped here as ``buf``): record ``i`` at
+        ``offsets[i]`` is block ``keys[i]``. Headers are checked first
+        (``mooncake.store.handoff_records``); each payload not cached here yet is copied
+        into a free pool block with its sum64 computed on the way, all in one native
+        call, and kept only when the sum is its header's. The first record that fails
+        ends the run: it and those after it are not used. ``hand_off``: as for
+        ``import_cached_blocks``.
+
+        Returns (the leading run of blocks found intact, blocks imported, payload bytes
+        of the run)."""
+        from mooncake.store.handoff_records import leading_heads, payload_at
+
+        heads = leading_heads(buf, offsets, keys, self.fingerprint, self.spec)
+        todo = [
+            i for i, h in enumerate(heads) if self.pool.lookup(keys[i], h.token_ids) is None
+        ]
+        if len(todo) > self.pool.num_free:  # the rest are not imported: not intact here
+            heads = heads[: todo[self.pool.num_free]]
+            todo = todo[: self.pool.num_free]
+        new = self.pool.allocate(len(todo)) if todo else []
+        intact, kept = len(heads), 0
+        try:
+            if new:
+                base = np.frombuffer(buf, dtype=np.uint8).ctypes.data
+                poff = payload_at(self.fingerprint, self.config.block_size)
+                got_sums = self.runner.copy_blocks_summed(
+                    [nb.block_id for nb in new], base, [offsets[i] + poff for i in todo], True
+                )
+                sums = (
+                    got_sums.tolist()
+                    if got_sums is not None
+                    else self._copy_records_apart(buf, [offsets[i] + poff for i in todo], new)
+                )
+                for nb, i, got in zip(new, todo, sums):
+                    if int(got) != heads[i].payload_checksum:
+                        intact = i
+                        break
+                    self.pool.register(nb, keys[i], heads[i].token_ids, hand_off=hand_off)
+                    kept += 1
+        finally:
+            self.pool.free(new)  # registered: cached and evictable; the rest: free again
+        return intact, kept, intact * self.spec.bytes_per_block
+
+    def _copy_records_apart(self, buf: Any, payloads: Seq[int], new: Seq[Any]) -> list[int]:
+        """``import_records``' copies where the fused native copy does not apply (a
+        device pool, no compiled library): each payload summed, then written."""
+        from mooncake.engine.kv_cache_manager import KVWrite
+        from mooncake.kvcache import copies
+        from mooncake.store.block_object import checksum
+
+        bs, spec = self.config.block_size, self.spec
+        count = spec.bytes_per_token * bs // np.dtype(spec.numpy_dtype).itemsize
+        sums, writes = [], []
+        for off, nb in zip(payloads, new):
+            data = np.frombuffer(buf, dtype=spec.numpy_dtype, count=count, offset=off)
+            data = data.reshape(spec.shape(bs)).copy()  # ours: the arena may change after
+            sums.append(checksum(_bytes_of(data), "sum64"))
+            copies.count("check.import", data.nbytes)
+            writes.append(KVWrite(nb.block_id, data))
+        self.runner.write_blocks(writes)
+        return sums
 
     # -- diagnostics -----------------------------------------------------------------
     def prompt_logits(self, token_ids: Seq[int]) -> torch.Tensor:

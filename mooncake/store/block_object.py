@@ -176,19 +176,28 @@ class BlockHeader:
 def encode_header(block: KVBlock, payload_checksum: int, position: int | None = None,
                   algo: ChecksumName = "sum64") -> bytes:  # fmt: skip
     """Header bytes for ``block`` whose payload checksum (by ``algo``) is ``payload_checksum``."""
-    spec = block.spec
-    fp = block.model_fingerprint.encode()
-    toks = np.asarray(block.token_ids, dtype="<i4").tobytes()
-    flags = (_HAS_KEY if block.key is not None else 0) | (
-        _HAS_PARENT if block.parent is not None else 0
-    )
+    return encode_header_of(
+        block.key, block.parent, block.token_ids, block.spec, block.model_fingerprint,
+        block.data.nbytes, payload_checksum, position, algo,
+    )  # fmt: skip
+
+
+def encode_header_of(key: BlockKey | None, parent: BlockKey | None, token_ids: Sequence[int],
+                     spec: KVBlockSpec, fingerprint: str, payload_nbytes: int,
+                     payload_checksum: int, position: int | None = None,
+                     algo: ChecksumName = "sum64") -> bytes:  # fmt: skip
+    """:func:`encode_header` from the block's fields, for a writer that has no
+    ``KVBlock`` (an engine laying many records out after one batched copy)."""
+    fp = fingerprint.encode()
+    toks = np.asarray(token_ids, dtype="<i4").tobytes()
+    flags = (_HAS_KEY if key is not None else 0) | (_HAS_PARENT if parent is not None else 0)
     length = _FIXED.size + len(fp) + len(toks) + _CRC.size
     fixed = _FIXED.pack(
         MAGIC, FORMAT_VERSION, _DTYPE_CODES[spec.dtype], flags, length,
-        block.num_tokens, spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.block_size,
+        len(token_ids), spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.block_size,
         UNKNOWN_POSITION if position is None else position, len(fp),
-        block.data.nbytes, payload_checksum, CHECKSUMS.index(algo), 0,
-        block.key or _ZERO_KEY, block.parent or _ZERO_KEY,
+        payload_nbytes, payload_checksum, CHECKSUMS.index(algo), 0,
+        key or _ZERO_KEY, parent or _ZERO_KEY,
     )  # fmt: skip
     body = fixed + fp + toks
     return body + _CRC.pack(crc32(body))
@@ -413,6 +422,7 @@ __all__ = [
     "decode_header",
     "encode",
     "encode_header",
+    "encode_header_of",
     "export_from_objects",
     "header_length",
     "payload_view",

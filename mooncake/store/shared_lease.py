@@ -157,6 +157,13 @@ class SharedLeaseTable:
         """:meth:`is_leased` of each key."""
         return [self.is_leased(k) for k in keys]
 
+    def expiry(self, holder: str) -> float | None:
+        """When ``holder``'s lease expires (``clock`` time), ``None`` when it has none
+        (released, or swept after expiring)."""
+        with self._env.begin() as txn:
+            rec = txn.get(holder.encode(), db=self._holders)
+            return None if rec is None else float(_EXPIRY.unpack_from(rec)[0])
+
     def holders(self) -> dict[str, float]:
         """Every lease: holder -> expiry (expired ones included until swept)."""
         with self._env.begin() as txn:

@@ -212,17 +212,29 @@ class EngineClient:
         engine answered. Returns (found, imported, bytes) and the request's future, or
         None when a block was missing (the request is not admitted: ``add`` it once the
         rest is here)."""
+        return self._import_and_add("import_from_tier_and_add", (path, list(keys)), len(keys), req)
+
+    def import_from_records_and_add(
+        self, path: str, keys: Sequence[BlockKey], offsets: Sequence[int], req: AddRequest
+    ) -> tuple[tuple[int, int, int], concurrent.futures.Future[RequestOutput] | None]:
+        """:meth:`import_from_tier_and_add` from the records at ``offsets`` of a prefill
+        worker's export arena at ``path`` (``EngineLoop.import_from_records_and_add``)."""
+        return self._import_and_add(
+            "import_from_records_and_add", (path, list(keys), list(offsets)), len(keys), req
+        )
+
+    def _import_and_add(
+        self, command: str, args: tuple[Any, ...], n: int, req: AddRequest
+    ) -> tuple[tuple[int, int, int], concurrent.futures.Future[RequestOutput] | None]:
         done: concurrent.futures.Future[RequestOutput] = concurrent.futures.Future()
         with self._lock:
             self._requests[req.request_id] = done
         try:
-            got: tuple[int, int, int] = self.call(
-                "import_from_tier_and_add", path, list(keys), req
-            ).result()
+            got: tuple[int, int, int] = self.call(command, *args, req).result()
         except BaseException:
             self._forget(req.request_id, done)
             raise
-        if got[0] < len(keys):
+        if got[0] < n:
             self._forget(req.request_id, done)
             return got, None
         return got, done

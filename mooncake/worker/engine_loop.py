@@ -140,7 +140,9 @@ class EngineLoop:
             "import_blocks": self.import_blocks,
             "import_from_tier": self.import_from_tier,
             "import_from_arena": self.import_from_arena,
+            "import_from_records": self.import_from_records,
             "import_from_tier_and_add": self.import_from_tier_and_add,
+            "import_from_records_and_add": self.import_from_records_and_add,
             "export_kv": self.export_kv,
             "export_packed": self.export_packed,
             "export_cached_blocks": self.export_cached_blocks,
@@ -278,6 +280,17 @@ class EngineLoop:
             self.add(req)
         return got
 
+    def import_from_records_and_add(
+        self, arena: str, keys: list[bytes], offsets: list[int], req: AddRequest
+    ) -> tuple[int, int, int]:
+        """``import_from_tier_and_add`` for a hand-off served from the prefill worker's
+        export arena: ``import_from_records(arena, keys, offsets, hand_off=True)``, then,
+        when every block was there intact, ``add(req)``, in one command."""
+        got = self.import_from_records(arena, keys, offsets, True)
+        if got[0] == len(keys):
+            self.add(req)
+        return got
+
     def import_from_arena(self, arena: str, refs: list[BlockRef], hand_off: bool = False) -> int:
         """Import blocks its worker received into the receive arena (checked there),
         read in place: one copy each, arena -> pool. Returns how many were added."""
@@ -295,6 +308,18 @@ class EngineLoop:
             ).reshape(shape)
             blocks.append(KVBlock(r.key, r.parent, r.token_ids, data, r.spec, r.model_fingerprint))
         return self.engine.import_cached_blocks(blocks, hand_off)
+
+    def import_from_records(
+        self, arena: str, keys: list[bytes], offsets: list[int], hand_off: bool = False
+    ) -> tuple[int, int, int]:
+        """Import blocks a prefill engine on this host laid out as store records in its
+        worker's export arena (``arena``, mapped here once), read in place: the arena is
+        the source of this engine's one copy into its pool, each block checked on the
+        way (``LLMEngine.import_records``). Returns (blocks found intact, blocks
+        imported, payload bytes)."""
+        return self.engine.import_records(
+            self._map(arena), offsets, [BlockKey(k) for k in keys], hand_off
+        )
 
     def _map(self, arena: str) -> Any:
         from mooncake.store.shm_arena import map_arena

@@ -26,6 +26,7 @@ from mooncake.store.shm_arena import ShmArena
 from mooncake.transfer import BlockFetcher, BlockServer, FetchResult, Peer
 from mooncake.transfer.base import ShmBufferPool, local_host_id
 from mooncake.types import BlockKey
+from mooncake.worker.arena_handoff import ArenaHandoffs
 from mooncake.worker.config import WorkerConfig
 
 
@@ -78,6 +79,8 @@ class KVStore:
             if config.export_arena_bytes
             else None
         )
+        self.held = ArenaHandoffs(self) if self.arena is not None else None
+        """Export-arena regions held for same-host decode engines (``arena_handoff``)."""
         self.server = BlockServer(self.store, config.transfer, host_tier_path=host.path)
         self.recv_arena = (
             ShmArena(os.path.join(self._dirs[0], "recv.arena"), config.recv_arena_bytes)
@@ -106,6 +109,11 @@ class KVStore:
             self.leases.acquire(_holder(request_id), keys, self.lease_ttl_s)
             if not more:
                 self.leases_taken += 1
+
+    @staticmethod
+    def handoff_holder(request_id: str) -> str:
+        """The lease table's holder name of ``request_id``'s hand-off lease."""
+        return _holder(request_id)
 
     def release_handoff(self, request_id: str) -> bool:
         """Release this worker's hand-off lease of ``request_id`` (fetched, or the
@@ -204,6 +212,8 @@ class KVStore:
         return _hand_on(self.fetcher.poll(keys, peer), use)
 
     def close(self) -> None:
+        if self.held is not None:
+            self.held.close()
         self.fetcher.close()
         self.server.close()
         self.store.close()

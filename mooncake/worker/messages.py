@@ -83,6 +83,24 @@ class KVHandle:
     """The first token already ended the request (EOS, stop, max_tokens=1)."""
     output: Any = None
     """The final ``RequestOutput`` when ``finished``."""
+    records: ArenaRecords | None = None
+    """Same host: the blocks are also in the prefill worker's export arena, where the
+    decode engine imports them from (one copy per block); ``None``: from the store."""
+
+
+@dataclass(frozen=True)
+class ArenaRecords:
+    """Where a prefill worker keeps a request's full blocks for a decode engine on its
+    host: store records in its export arena, held (not reused) until the decode side
+    releases the request's hand-off lease or the lease expires
+    (``mooncake.worker.arena_handoff``)."""
+
+    path: str
+    """The export arena's file (tmpfs), mapped by the decode engine."""
+    offsets: list[int]
+    """Arena offset of each record: ``KVHandle.block_keys[i]``'s is ``offsets[i]``."""
+    host_id: str
+    """``mooncake.transfer.base.local_host_id`` of the prefill worker's host."""
 
 
 @dataclass
@@ -139,6 +157,7 @@ class ResumeStart:
 
 
 __all__ = [
+    "ArenaRecords",
     "KVHandle",
     "LookupResult",
     "PlacementInfo",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from mooncake.outputs import RequestOutput
 from mooncake.transfer import Peer
+from mooncake.transfer.base import local_host_id
 from mooncake.types import BlockKey
 from mooncake.worker import request_state
 from mooncake.worker.engine_loop import AddRequest, RequestAborted
@@ -92,7 +93,13 @@ def _transfer(
         fut = None
         try:
             n = _streamed_prefix(plugin, streamed, keys, handle.first_token_time)
-            f, fut = _fetch_handoff(plugin, kvs, keys[n:], handle.peer, rid, handle)
+            records = handle.records
+            offsets = (
+                records.offsets[n:]
+                if records is not None and len(records.offsets) == len(keys)
+                else None
+            )
+            f, fut = _fetch_handoff(plugin, kvs, keys[n:], handle.peer, rid, handle, offsets)
         finally:
             # Fetched (or missed: decode recomputes): the prefill side may evict them now.
             _release_handoff(plugin, handle, rid)
@@ -160,13 +167,49 @@ def _fetch_handoff(
     peer: Peer,
     rid: str,
     handle: KVHandle,
+    offsets: list[int] | None = None,
 ) -> tuple[Fetched, concurrent.futures.Future[RequestOutput] | None]:
     """:func:`_fetch_handoff_blocks`, its start and end recorded in the worker's
-    ``handoff_times``."""
+    ``handoff_times``. Same host, with ``handle.records`` (``offsets``: of ``keys``'
+    records): the engine imports from the prefill worker's export arena first (and
+    admits the request in the same command when every block was there)."""
     plugin.handoff_times.mark(rid, "fetch_start")
-    f, fut = _fetch_handoff_blocks(plugin, kvs, keys, peer, handle)
+    f: Fetched = Fetched(0, 0, [])
+    fut = None
+    records = handle.records
+    if (
+        records is not None
+        and offsets is not None
+        and records.host_id == local_host_id()
+        and kvs.same_host_tier(peer) is not None
+    ):
+        f, fut = _import_from_arena(plugin, records.path, keys, offsets, handle)
+    if fut is None and f.num_blocks < len(keys):
+        rest, fut = _fetch_handoff_blocks(plugin, kvs, keys[f.num_blocks :], peer, handle)
+        f = Fetched(f.num_blocks + rest.num_blocks, f.nbytes + rest.nbytes, f.paths + rest.paths)
     plugin.handoff_times.mark(rid, "imported", f.nbytes, f.num_blocks)
     return f, fut
+
+
+def _import_from_arena(
+    plugin: MooncakeWorker, path: str, keys: list[BlockKey], offsets: list[int], handle: KVHandle
+) -> tuple[Fetched, concurrent.futures.Future[RequestOutput] | None]:
+    """The engine imports ``keys`` from the records at ``offsets`` of the prefill
+    worker's export arena at ``path`` (one copy per block, checked on the way) and, when
+    all were there intact, admits the request in the same command (returned: its
+    future)."""
+    if not keys:
+        return Fetched(0, 0, []), None
+    try:
+        (found, _, nbytes), fut = plugin.engine.import_from_records_and_add(
+            path, keys, offsets, _decode_admission(plugin, handle)
+        )
+    except RequestAborted:
+        raise
+    except Exception as e:  # the arena is gone (its worker left): the store's way
+        logger.debug("import from %s failed: %s", path, e)
+        return Fetched(0, 0, []), None
+    return Fetched(found, nbytes, ["shm"] * found), fut
 
 
 def _fetch_handoff_blocks(

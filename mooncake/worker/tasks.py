@@ -33,6 +33,7 @@ from mooncake.outputs import RequestMetrics, RequestOutput
 from mooncake.request_ids import Step, task_key
 from mooncake.types import BlockKey
 from mooncake.worker import request_state
+from mooncake.worker.arena_handoff import export_for_handoff, same_host
 from mooncake.worker.engine_loop import RequestAborted
 from mooncake.worker.kv_stream import export_packed, publish_while_prefilling
 from mooncake.worker.lookup import admission, run_lookup
@@ -270,7 +271,18 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         spec.params.max_tokens is not None and spec.params.max_tokens <= len(first)
     )
     packed = None
-    if kvs is not None:
+    records = None
+    if (
+        kvs is not None
+        and not finished
+        and not streamed
+        and same_host(plugin, kvs, lookup_result.placement.decode)
+    ):
+        # The decode engine imports from the export arena; the tier put follows later.
+        got = export_for_handoff(plugin, kvs, spec)
+        if got is not None:
+            packed, records = got
+    if kvs is not None and packed is None:
         packed = export_packed(
             plugin, kvs, spec, first=len(streamed), lease=not finished, more=bool(streamed)
         )
@@ -323,6 +335,7 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         queue_seconds=_queue_seconds(out),
         finished=finished,
         output=_wall_metrics(out, spec, out.num_cached_tokens) if finished else None,
+        records=records,
     )
     # The decode worker starts the transfer on this word (the early hand-off), before the
     # scheduler has seen this task end; its transfer task then collects it.
@@ -473,6 +486,11 @@ def engine_stats(dask_worker: Any) -> dict[str, Any]:
         else 0,
         "handoff_leases": len(plugin.kv_store.leases) if plugin.kv_store is not None else 0,
         "handoff_leases_taken": plugin.kv_store.leases_taken if plugin.kv_store is not None else 0,
+        # Blocks a same-host hand-off served from the export arena, put into the host
+        # tier after the decode side had them (``arena_handoff``).
+        "handoff_put_after": plugin.kv_store.held.put_after
+        if plugin.kv_store is not None and plugin.kv_store.held is not None
+        else 0,
         "worker_copies": copies.snapshot(),
         "transfer_paths": dict(plugin.transfer_paths),
         "stream_blocks": dict(plugin.streams.counts) if plugin.streams is not None else {},

@@ -61,3 +61,49 @@ def test_projection_re_estimates_long_running_sequences() -> None:
     assert decode_view(
         load, "projected", eta=2.0, t_d=0.1, now=1.0, total_len=lambda seq, g: 50 if g >= 10 else 10
     ) == (1, 110)
+
+
+def test_projection_drops_placed_sequences_that_finish_before_eta() -> None:
+    """A placed request expected at decode at t = 1 s with 11 output tokens, t_d = 0.1 s,
+    decodes from 1 s to 2 s: projected to eta = 1.5 s it counts, to eta = 3 s it has
+    finished and no longer does (FAST'25 §7.4 removes every request whose decoding ended
+    before that moment, not only the ones running now)."""
+    load = DecodeLoad(10**6)
+    load.expect("p", DecodeSeq(100, 11, 1.0))
+    assert decode_view(load, "projected", eta=1.5, t_d=0.1, now=0.0) == (1, 111)
+    assert decode_view(load, "projected", eta=3.0, t_d=0.1, now=0.0) == (0, 0)
+
+
+def test_projection_starts_late_placed_sequences_now() -> None:
+    """A placed request expected at t = 1 s that has not joined by now = 5 s (its prefill
+    ran late, or it waits for memory) has not decoded a token: it starts no earlier than
+    5 s, so with 11 tokens at t_d = 0.1 s it still counts at eta = 5.5 s (from its
+    expected arrival it would have finished at 2 s)."""
+    load = DecodeLoad(10**6)
+    load.expect("p", DecodeSeq(100, 11, 1.0))
+    assert decode_view(load, "projected", eta=5.5, t_d=0.1, now=5.0) == (1, 111)
+    assert decode_view(load, "projected", eta=6.5, t_d=0.1, now=5.0) == (0, 0)
+
+
+def test_projected_peak_over_the_stay() -> None:
+    """make_load with t_d = 0.1 s: a runs until 10 s, c (placed) decodes from 5 s to 9.9 s.
+    From eta = 2 s: until 4 s only a counts (1, 201); until 20 s the busiest moment is
+    5-9.9 s with a and c (2, 301); the load at eta itself is decode_view's."""
+    from mooncake.conductor import projected_peak
+
+    load = make_load()
+    assert projected_peak(load, 2.0, 4.0, 0.1) == (1, 201)
+    assert projected_peak(load, 2.0, 20.0, 0.1) == (2, 301)
+    assert projected_peak(load, 2.0, 2.0, 0.1) == decode_view(load, "projected", 2.0, 0.1)
+
+
+def test_projected_peak_frees_memory_before_an_arrival_at_the_same_moment() -> None:
+    """A running sequence (prompt 100, 11 tokens, t_d 0.1 s) ends at 1 s, exactly when a
+    placed one (100 + 11) arrives: the busiest moment holds one of them, not both."""
+    from mooncake.conductor import projected_peak
+
+    load = DecodeLoad(10**6)
+    load.expect("a", DecodeSeq(100, 11, 0.0))
+    load.join("a", 0.0)
+    load.expect("b", DecodeSeq(100, 11, 1.0))
+    assert projected_peak(load, 0.5, 3.0, 0.1) == (1, 111)

@@ -81,8 +81,9 @@ def test_predictive_projects_with_the_step_time_at_the_projected_load(
     tiny_cost: CostModel, vectorized: bool
 ) -> None:
     """Decode D holds 3000 KV tokens. Four 'old' sequences (prompt 400, output 100) are
-    decoding since t=0; twenty placed sequences (110 KV tokens each) reach D by 0.5 s; a
-    new one (110 tokens) would reach D at ~1.0 s. At today's step time (batch 4: 8 ms)
+    decoding since t=0; twenty placed sequences (prompt 10, output 100: 110 KV tokens
+    each, still decoding at 1.0 s) reach D by 0.5 s; a new one (110 tokens) would reach
+    D at ~1.0 s. At today's step time (batch 4: 8 ms)
     the old ones finish at 0.79 s, so a fixed t_d of 8 ms projects 2200 + 110 tokens and
     admits. By default t_d is the step time of the projected batch with the new request
     in it (25 sequences: 50 ms): the old ones are still decoding at 1.0 s, 4310 tokens
@@ -100,7 +101,7 @@ def test_predictive_projects_with_the_step_time_at_the_projected_load(
             c.on_prefill_finish(f"old{i}", 0.0, 400, 0, 0.4)
             c.on_decode_join(f"old{i}", 0.0)
         for i in range(20):
-            c.decode_loads["D"].expect(f"mid{i}", DecodeSeq(100, 10, 0.5, None, 10))
+            c.decode_loads["D"].expect(f"mid{i}", DecodeSeq(10, 100, 0.5, None, 100))
         c.prefill_loads["P"].enqueue("filler", 0.9)
         return c
 
@@ -279,3 +280,27 @@ def test_excluded_instances_are_placed_as_if_gone(tiny_cost: CostModel, vectoriz
     assert isinstance(none, Rejection) and none.reason == f"{NO_WORKER}decode"
     unknown = c.place(req("d", 1000, (1, 2)), 0.0, exclude=("gone-long-ago",))
     assert isinstance(unknown, Placement)
+
+
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_predictive_checks_the_whole_stay_at_decode(tiny_cost: CostModel, vectorized: bool) -> None:
+    """Decode D holds 1000 KV tokens, t_d fixed at 0.1 s. A request already placed (700
+    KV tokens) reaches D at 3 s. A new one (prompt 300, 10 output tokens: 310 tokens)
+    reaches D at 0.3 s and decodes until 1.2 s: it fits the whole time, admitted. With
+    100 output tokens (400 tokens) it would still be decoding at 3 s, when the placed
+    one arrives: 700 + 400 > 1000 tokens then, so predictive admission refuses it,
+    although D is empty at its arrival (a live decode instance would make one of them
+    wait for memory)."""
+    from mooncake.conductor import DecodeSeq
+
+    def build() -> Conductor:
+        cfg = ConductorConfig(
+            prefill_policy="load_balancing", admission="predictive", decode_token_time_s=0.1
+        )
+        c = Conductor(cfg, ["P"], {"D": 1000}, tiny_cost, vectorized=vectorized)
+        c.decode_loads["D"].expect("placed", DecodeSeq(600, 100, 3.0))
+        return c
+
+    assert isinstance(build().place(req("short", 300, (1,), 10), 0.0), Placement)
+    rej = build().place(req("long", 300, (1,), 100), 0.0)
+    assert isinstance(rej, Rejection) and "KV" in rej.reason

@@ -5,6 +5,7 @@ processes themselves (``mooncake.kvcache.copies``), not inferred."""
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from typing import Any
 
@@ -27,12 +28,24 @@ def _copies(stats: dict[str, Any]) -> Counter[str]:
     return Counter(stats["copies"]) + Counter(stats["worker_copies"])
 
 
+def _put_after(llm: mooncake.LLM) -> dict[str, int]:
+    return {
+        "+".join(llm.workers[w]["roles"]): s["handoff_put_after"]
+        for w, s in llm.worker_stats().items()
+    }
+
+
 def _handoff_copies(
-    llm: mooncake.LLM, prompt: list[int]
-) -> tuple[dict[str, dict[str, float]], Any]:
-    """Copies per block of ``prompt``'s KV, by side and place, and the request's output."""
+    llm: mooncake.LLM, prompt: list[int], put_after: int
+) -> tuple[dict[str, dict[str, float]], Any, dict[str, int]]:
+    """Copies per block of ``prompt``'s KV, by side and place, the request's output, and
+    the blocks each side put into its host tier after their hand-off, once the prefill
+    side has put ``put_after`` of them (10 s at most)."""
     before = {w: _copies(s) for w, s in llm.worker_stats().items()}
     out = llm.generate([prompt], GREEDY, use_tqdm=False)[0]
+    deadline = time.monotonic() + 10
+    while _put_after(llm)["prefill"] < put_after and time.monotonic() < deadline:
+        time.sleep(0.05)  # the tier put follows the release of the hand-off's lease
     after = {w: _copies(s) for w, s in llm.worker_stats().items()}
     info = next(iter(llm.workers.values()))
     per_block = info["kv_bytes_per_block"]
@@ -41,7 +54,7 @@ def _handoff_copies(
         side = "+".join(i["roles"])
         delta = after[w] - before[w]
         sides[side] = {p: round(n / (BLOCKS * per_block), 2) for p, n in delta.items() if n}
-    return sides, out
+    return sides, out, _put_after(llm)
 
 
 def _split(places: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
@@ -55,16 +68,18 @@ def _split(places: dict[str, float]) -> tuple[dict[str, float], dict[str, float]
     [(True, {"prefill": 2, "decode": 1}), (False, {"prefill": 3, "decode": 2})],
 )
 def test_copies_per_block_on_the_handoff(tiny_llama, same_host, want):
-    """A fresh 12-block prompt. The prefill side copies each block out of its pool into
-    the export arena once and LMDB copies it into the host tier (no reserve-then-write
-    put: 2 in all). Same host, the decode engine copies each block once, from the
-    prefill's host tier straight into its pool. Across hosts (``same_host=False`` sends
-    it over TCP), the block server's socket write is a third copy on the prefill side,
-    and the decode side receives into its receive arena and its engine copies from
-    there (2). Greedy output is the in-process engine's; the prefill side leased the
-    blocks until the decode side had them. (Streaming is off: nothing streamed.) Same
-    host, each copy also computes or checks the block's checksum in the same pass: no
-    separate checksum pass over a payload on either side (``check.*`` places)."""
+    """A fresh 12-block prompt. Same host: the prefill side copies each block out of its
+    pool into the export arena once, and the decode engine copies it from there into its
+    pool once: one copy per block per side on the hand-off. The host tier's put (LMDB's
+    copy, for later requests) follows only after the decode side released the lease:
+    all 12 blocks are put after the hand-off, none before. Across hosts
+    (``same_host=False`` sends it over TCP) the store's way is unchanged: export, tier
+    put, and the block server's socket write on the prefill side (3); the decode side
+    receives into its receive arena and its engine copies from there (2). Greedy output
+    is the in-process engine's; the prefill side leased the blocks until the decode
+    side had them. (Streaming is off: nothing streamed.) Same host, each copy also
+    computes or checks the block's checksum in the same pass: no separate checksum pass
+    over a payload on either side (``check.*`` places)."""
     rng = random.Random(7)
     with mooncake.LLM(
         str(tiny_llama),
@@ -74,7 +89,7 @@ def test_copies_per_block_on_the_handoff(tiny_llama, same_host, want):
     ) as llm:
         bs = next(iter(llm.workers.values()))["block_size"]
         prompt = [rng.randrange(300) for _ in range(BLOCKS * bs)]
-        sides, out = _handoff_copies(llm, prompt)
+        sides, out, put_after = _handoff_copies(llm, prompt, BLOCKS if same_host else 0)
         stats = llm.worker_stats()
         leases = {
             "+".join(llm.workers[w]["roles"]): (s["handoff_leases_taken"], s["handoff_leases"])
@@ -93,6 +108,8 @@ def test_copies_per_block_on_the_handoff(tiny_llama, same_host, want):
         assert prefill_checks == {} and decode_checks == {}, sides
         assert prefill == pytest.approx({"engine.export": 1.0, "store.put": 1.0}, abs=0.05)
         assert decode == pytest.approx({"engine.import": 1.0}, abs=0.05)
+    # Same host: the tier put came after the decode side had every block, not before.
+    assert put_after == {"prefill": BLOCKS if same_host else 0, "decode": 0}
     assert sum(prefill.values()) == pytest.approx(want["prefill"], abs=0.15), prefill
     assert sum(decode.values()) == pytest.approx(want["decode"], abs=0.15), decode
     assert "channel.send" not in prefill and "channel.send" not in decode

@@ -120,6 +120,16 @@ uint64_t mc_copy_sum64_strided(uint8_t *dst, int64_t dst_stride, const uint8_t *
     return sum64_from(c, n, done, partial);
 }
 
+/* mc_copy_sum64_strided for n blocks in one call (no per-block call overhead): block i is
+ * copied from src_base + src_off[i] to dst_base + dst_off[i] and its sum64 written to
+ * sums[i]. The strides are those of mc_copy_sum64_strided, the same for every block. */
+void mc_copy_sum64_many(uint8_t *dst_base, const int64_t *dst_off, int64_t dst_stride, const uint8_t *src_base,
+                        const int64_t *src_off, int64_t src_stride, int64_t seg, int64_t nseg, int64_t n,
+                        uint64_t *sums) {
+    for (int64_t i = 0; i < n; i++)
+        sums[i] = mc_copy_sum64_strided(dst_base + dst_off[i], dst_stride, src_base + src_off[i], src_stride, seg, nseg);
+}
+
 static int64_t align_up(int64_t x) { return (x + RECORD_ALIGN - 1) & ~(int64_t)(RECORD_ALIGN - 1); }
 
 /* Check one record of rlen bytes at r against key (16 bytes, or NULL); the first j0 pages
