@@ -4,7 +4,6 @@ a prefill that just finished, so the hand-off to decode does not wait for that s
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine
