@@ -223,6 +223,23 @@ class EngineClient:
             "import_from_records_and_add", (path, list(keys), list(offsets)), len(keys), req
         )
 
+    def import_from_pool_and_add(
+        self,
+        path: str,
+        src_ids: Sequence[int],
+        keys: Sequence[BlockKey],
+        token_ids: Sequence[int],
+        req: AddRequest,
+    ) -> tuple[tuple[int, int, int], concurrent.futures.Future[RequestOutput] | None]:
+        """:meth:`import_from_tier_and_add` straight from the pool file at ``path`` of a
+        prefill engine on this host (``EngineLoop.import_from_pool_and_add``)."""
+        return self._import_and_add(
+            "import_from_pool_and_add",
+            (path, list(src_ids), list(keys), list(token_ids)),
+            len(keys),
+            req,
+        )
+
     def _import_and_add(
         self, command: str, args: tuple[Any, ...], n: int, req: AddRequest
     ) -> tuple[tuple[int, int, int], concurrent.futures.Future[RequestOutput] | None]:
