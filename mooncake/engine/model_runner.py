@@ -51,23 +51,30 @@ class ModelRunner:
         self.dtype = p.dtype
         self._fused_geo: tuple[Any, ...] | None = None
         # [layers, K/V, slots, Hkv, D]
-        shape = (spec.num_layers, 2, num_blocks * spec.block_size, spec.num_kv_heads, spec.head_dim)
+        slots = num_blocks * spec.block_size
+        pool_shape = (spec.num_layers, 2, slots, spec.num_kv_heads, spec.head_dim)
         self.pool_path: str | None = None
         """The shared-memory file the pool lives in (``mooncake.engine.shared_pool``)."""
         self._pool_map: Any = None
         if pool_path is not None and self.device.type == "cpu":
-            from mooncake.engine.shared_pool import create_pool, header_for
+            from mooncake.engine.shared_pool import HEADER_BYTES, create_pool, header_for
 
-            header = header_for(fingerprint, spec.dtype, shape, spec.block_size)
+            header = header_for(fingerprint, spec.dtype, pool_shape, spec.block_size)
+            def over(mm: Any) -> tuple[torch.Tensor, Any]:
+                count = header.nbytes // self.dtype.itemsize
+                t = torch.frombuffer(mm, dtype=self.dtype, count=count, offset=HEADER_BYTES)
+                t.zero_()  # prefault: every page written once, now rather than mid-prefill
+                return t.view(pool_shape), mm
+
             try:
-                self.kv_cache, self._pool_map = create_pool(pool_path, header)
+                self.kv_cache, self._pool_map = create_pool(pool_path, header, over)
                 self.pool_path = pool_path
             except OSError as e:  # e.g. a small /dev/shm: serve, hand off the arena's way
                 logging.getLogger(__name__).warning(
                     "KV pool not in shared memory (%s): %s", pool_path, e
                 )
         if self.pool_path is None:
-            self.kv_cache = torch.zeros(*shape, dtype=self.dtype, device=self.device)
+            self.kv_cache = torch.zeros(*pool_shape, dtype=self.dtype, device=self.device)
         self.window = model.cfg.sliding_window
         self.native: NativeKernels | None = None
         self.kernel_choice = KernelChoice.every(False)

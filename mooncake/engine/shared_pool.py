@@ -22,16 +22,18 @@ from __future__ import annotations
 import json
 import mmap
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-import torch
+T = TypeVar("T")
 
 MAGIC = "mooncake-kv-pool-1"
 HEADER_BYTES = 4096
 """The header page (JSON, NUL-padded); the pool starts at this offset, page aligned."""
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+"""Bytes per element of each KV dtype (no torch here: the worker imports this module)."""
 
 
 @dataclass(frozen=True)
@@ -70,14 +72,15 @@ class PoolHeader:
         n = 1
         for x in self.shape:
             n *= x
-        return n * torch.empty((), dtype=_DTYPES[self.dtype]).element_size()
+        return n * _ITEMSIZE[self.dtype]
 
 
-def create_pool(path: str, header: PoolHeader) -> tuple[torch.Tensor, mmap.mmap]:
-    """Create the pool file at ``path`` (replacing one left there), map it shared and
-    prefault it. Returns the pool tensor (zeros, like ``torch.zeros``) and the mapping
-    (keep it alive as long as the tensor). Raises ``OSError`` where the file cannot be
-    made (the caller keeps the pool in private memory)."""
+def create_pool(path: str, header: PoolHeader, prefault: Callable[[mmap.mmap], T]) -> T:
+    """Create the pool file at ``path`` (replacing one left there), map it shared,
+    have ``prefault`` make the pool over the mapping (``ModelRunner``: a tensor at
+    ``HEADER_BYTES``, every page written once) and publish the file. Returns what
+    ``prefault`` made (it keeps the mapping alive). Raises ``OSError`` where the file
+    cannot be made (the caller keeps the pool in private memory)."""
     size = HEADER_BYTES + header.nbytes
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -91,13 +94,10 @@ def create_pool(path: str, header: PoolHeader) -> tuple[torch.Tensor, mmap.mmap]
         os.unlink(tmp)
         raise
     os.close(fd)
-    dtype = _DTYPES[header.dtype]
-    count = header.nbytes // torch.empty((), dtype=dtype).element_size()
-    pool = torch.frombuffer(mm, dtype=dtype, count=count, offset=HEADER_BYTES).view(header.shape)
-    pool.zero_()  # prefault: every page written once, now rather than mid-prefill
+    made = prefault(mm)
     mm[:HEADER_BYTES] = header.encode()
     os.replace(tmp, path)  # readers see a file only once its header is there
-    return pool, mm
+    return made
 
 
 @dataclass

@@ -175,10 +175,10 @@ class ResumeStart:
 
 __all__ = [
     "ArenaRecords",
-    "PoolBlocks",
     "KVHandle",
     "LookupResult",
     "PlacementInfo",
+    "PoolBlocks",
     "RequestSpec",
     "ResumeStart",
     "TransferResult",

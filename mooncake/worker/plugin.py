@@ -27,11 +27,11 @@ from distributed.protocol.serialize import to_serialize
 from mooncake.conductor.messages import PlacementInfo
 from mooncake.conductor.reports import REPORT_OP, DecodeStep, WorkerLoadReport, WorkerReport
 from mooncake.config import EngineConfig
-from mooncake.store import tier_dirs
 from mooncake.kvcache import KVExport, root_key
 from mooncake.kvcache.shared_prefix import SharedPrefixProbe
 from mooncake.metrics import LookupRecord, RequestRecord
 from mooncake.outputs import RequestOutput
+from mooncake.store import tier_dirs
 from mooncake.transfer import Peer
 from mooncake.transfer.base import local_host_id
 from mooncake.types import BlockKey

@@ -100,9 +100,8 @@ def _transfer(
                 else None
             )
             pool = handle.pool
-            pool_ids = (
-                pool.block_ids[n:] if pool is not None and len(pool.block_ids) == len(keys) else None
-            )
+            whole = pool is not None and len(pool.block_ids) == len(keys)
+            pool_ids = pool.block_ids[n:] if pool is not None and whole else None
             f, fut = _fetch_handoff(
                 plugin, kvs, keys[n:], handle.peer, rid, handle, offsets, pool_ids, n
             )

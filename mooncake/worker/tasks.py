@@ -34,7 +34,6 @@ from mooncake.request_ids import Step, task_key
 from mooncake.types import BlockKey
 from mooncake.worker import request_state
 from mooncake.worker.arena_handoff import export_for_handoff, same_host
-from mooncake.worker.pool_handoff import hold_for_pool_copy
 from mooncake.worker.engine_loop import RequestAborted
 from mooncake.worker.kv_stream import export_packed, publish_while_prefilling
 from mooncake.worker.lookup import admission, run_lookup
@@ -46,6 +45,7 @@ from mooncake.worker.messages import (
     TransferResult,
 )
 from mooncake.worker.plugin import PLUGIN_NAME, MooncakeWorker, get_plugin
+from mooncake.worker.pool_handoff import hold_for_pool_copy
 from mooncake.worker.receive import receive, start_decode
 
 T = TypeVar("T")
