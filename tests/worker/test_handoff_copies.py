@@ -131,3 +131,28 @@ def test_copies_per_block_on_the_handoff(tiny_llama, same_host, want):
     assert leases == {"prefill": (1, 0), "decode": (0, 0)}
     # Streaming is off by default: nothing moved before the transfer task.
     assert all(not s["stream_blocks"] for s in stats.values())
+
+
+@pytest.mark.skipif(records_lib() is None, reason="no compiled library")
+def test_export_arena_way_without_the_shared_pool(tiny_llama):
+    """Same host with ``shared_kv_pool=False``: the hand-off goes the export arena's way,
+    one copy per block per side, each summing or checking in the same pass (prefill:
+    pool -> arena; decode: arena -> pool); the tier put follows the hand-off. Greedy
+    output is the in-process engine's; no pool hand-off was counted."""
+    rng = random.Random(8)
+    with mooncake.LLM(
+        str(tiny_llama),
+        engine_config=EngineConfig(num_blocks=128),
+        worker_config=WorkerConfig(shared_kv_pool=False),
+        dashboard_address=None,
+    ) as llm:
+        bs = next(iter(llm.workers.values()))["block_size"]
+        prompt = [rng.randrange(300) for _ in range(BLOCKS * bs)]
+        sides, out, put_after = _handoff_copies(llm, prompt, BLOCKS)
+        pools = {w: (s["pool_handoffs"], s["pool_imports"]) for w, s in llm.worker_stats().items()}
+    ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=128)).generate([prompt], GREEDY)
+    assert out.token_ids == ref[0].token_ids
+    assert set(pools.values()) == {(0, 0)}
+    assert put_after == {"prefill": BLOCKS, "decode": 0}
+    assert sides["prefill"] == pytest.approx({"engine.export": 1.0, "store.put": 1.0}, abs=0.05)
+    assert sides["decode"] == pytest.approx({"engine.import": 1.0}, abs=0.05)
