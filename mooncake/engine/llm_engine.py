@@ -123,6 +123,9 @@ class LLMEngine:
         """The shape of the latest step (:meth:`step`)."""
         self._seqs: dict[str, Sequence] = {}
         self._held: dict[str, Sequence] = {}
+        self._pool_holds: set[str] = set()
+        """Held requests whose blocks a same-host decode engine may be copying
+        (:meth:`held_blocks`): an abort does not free them, only :meth:`release`."""
         self._failed: dict[str, str] = {}
         self._ids = itertools.count()
 
@@ -238,6 +241,8 @@ class LLMEngine:
 
     def abort_request(self, request_id: str) -> bool:
         """Cancel a request and free its blocks. Returns False if it was unknown."""
+        if request_id in self._pool_holds and request_id in self._held:
+            return True  # freed by ``release`` once the decode side's copy is over
         seq = self._seqs.pop(request_id, None) or self._held.pop(request_id, None)
         if seq is None:
             return False
@@ -582,6 +587,7 @@ class LLMEngine:
 
     def release(self, request_id: str) -> None:
         """Free a held request's blocks (they stay in the prefix cache)."""
+        self._pool_holds.discard(request_id)
         if request_id in self._held:
             self.abort_request(request_id)
 
@@ -754,13 +760,15 @@ class LLMEngine:
     def held_blocks(self, request_id: str) -> tuple[list[BlockKey], list[int], int] | None:
         """A held request's full blocks as they are in the pool: (keys, pool block ids,
         tokens computed). They stay held (neither freed nor reused, not even by a prefix
-        hit, which only shares them read-only) until :meth:`release`. ``None`` when the
+        hit, which only shares them read-only; an abort does not free them either)
+        until :meth:`release`. ``None`` when the
         request is not held or the pool is not in shared memory."""
         seq = self._held.get(request_id)
         if seq is None or self.runner.pool_path is None:
             return None
         full = seq.num_computed_tokens // self.config.block_size
         keys = list(self.kv._keys(seq, full))
+        self._pool_holds.add(request_id)
         return keys, [seq.block_table[i].block_id for i in range(full)], seq.num_computed_tokens
 
     def pool_matches(self, header: Any) -> bool:

@@ -229,13 +229,15 @@ class EngineClient:
         src_ids: Sequence[int],
         keys: Sequence[BlockKey],
         token_ids: Sequence[int],
+        deadline: float,
         req: AddRequest,
     ) -> tuple[tuple[int, int, int], concurrent.futures.Future[RequestOutput] | None]:
         """:meth:`import_from_tier_and_add` straight from the pool file at ``path`` of a
-        prefill engine on this host (``EngineLoop.import_from_pool_and_add``)."""
+        prefill engine on this host, copied only before ``deadline``
+        (``EngineLoop.import_from_pool_and_add``)."""
         return self._import_and_add(
             "import_from_pool_and_add",
-            (path, list(src_ids), list(keys), list(token_ids)),
+            (path, list(src_ids), list(keys), list(token_ids), deadline),
             len(keys),
             req,
         )

@@ -301,14 +301,20 @@ class EngineLoop:
         src_ids: list[int],
         keys: list[bytes],
         token_ids: list[int],
+        deadline: float,
         req: AddRequest,
     ) -> tuple[int, int, int]:
         """The same-host pool -> pool hand-off (``mooncake.engine.shared_pool``): copy
         the request's blocks ``src_ids`` out of the prefill engine's pool file at
         ``path`` (mapped read-only once, its header checked once) into free blocks of
         this pool, then, when every block is here, ``add(req)``, in one command.
-        (0, 0, 0), nothing admitted, where the mapping or its header does not suit this
-        engine (the caller takes the export arena's way)."""
+        (0, 0, 0), nothing copied or admitted, where the mapping or its header does not
+        suit this engine, or once ``time.monotonic()`` is past ``deadline`` (shortly
+        before the prefill side's hold may end with its lease: this command may have
+        waited for a step boundary)."""
+        if time.monotonic() >= deadline:
+            logger.warning("pool hand-off of %s came too late: not copied", req.request_id)
+            return 0, 0, 0
         m = self._pools.get(path)
         if m is None:
             from mooncake.engine.shared_pool import map_pool

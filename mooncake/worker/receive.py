@@ -196,7 +196,15 @@ def _fetch_handoff(
     ):
         bs = plugin.block_size
         tokens = handle.spec.prompt_token_ids[first * bs : (first + len(keys)) * bs]
-        f, fut = _import_from_pool(plugin, pool.path, pool_ids, keys, tokens, handle)
+        try:
+            until = kvs.peer_handoff_expiry(peer, rid)
+        except Exception as e:  # unreadable lease table: not this way
+            logger.debug("lease of %s unreadable: %s", rid, e)
+            until = None
+        if until is not None:
+            f, fut = _import_from_pool(
+                plugin, pool.path, pool_ids, keys, tokens, until - POOL_COPY_MARGIN_S, handle
+            )
     if (
         fut is None
         and not f.num_blocks
@@ -213,21 +221,29 @@ def _fetch_handoff(
     return f, fut
 
 
+POOL_COPY_MARGIN_S = 1.0
+"""A pool -> pool copy starts at least this long before the prefill side's lease (its
+hold of the source blocks) expires; the copy itself takes milliseconds."""
+
+
 def _import_from_pool(
     plugin: MooncakeWorker,
     path: str,
     pool_ids: list[int],
     keys: list[BlockKey],
     tokens: list[int],
+    deadline: float,
     handle: KVHandle,
 ) -> tuple[Fetched, concurrent.futures.Future[RequestOutput] | None]:
     """The engine copies ``keys`` from pool blocks ``pool_ids`` of the prefill engine's
     shared pool at ``path`` (one copy per block, ``mooncake.worker.pool_handoff``) and,
     when all are here, admits the request in the same command (returned: its future).
-    Nothing here (the export arena's way next) when the pool does not suit."""
+    The copy starts only before ``deadline`` (``time.monotonic``): the prefill engine
+    holds the blocks until its lease ends, and the bytes carry no checksum. Nothing
+    here when the pool does not suit or it is too late."""
     try:
         (found, _, nbytes), fut = plugin.engine.import_from_pool_and_add(
-            path, pool_ids, keys, tokens, _decode_admission(plugin, handle)
+            path, pool_ids, keys, tokens, deadline, _decode_admission(plugin, handle)
         )
     except RequestAborted:
         raise

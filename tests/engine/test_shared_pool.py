@@ -78,8 +78,8 @@ def test_decode_engine_copies_held_blocks_pool_to_pool(tiny_llama, tmp_path):
 def test_held_blocks_are_not_reused_until_release(tiny_llama, tmp_path):
     """A held request's blocks are neither reused nor overwritten while other requests
     need every other block of a small pool (they preempt and queue rather than take a
-    held block); a request with the same prefix only shares them. After ``release``
-    the next requests can have them."""
+    held block); an abort (the client went away) does not free them either: a decode
+    engine may be copying them. After ``release`` the next requests can have them."""
     path = str(tmp_path / "kv.pool")
     p = LLMEngine(
         EngineConfig(
@@ -92,6 +92,7 @@ def test_held_blocks_are_not_reused_until_release(tiny_llama, tmp_path):
     got = p.held_blocks("held")
     assert got is not None
     ids = set(got[1])
+    assert p.abort_request("held") and "held" in p._held
     before = p.runner.kv_cache.clone()
     seen: set[int] = set()
     for i in range(3):
