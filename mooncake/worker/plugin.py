@@ -65,8 +65,11 @@ EARLY_LOOKUP_TIMEOUT_S = 60.0
 """How long a lookup started at placement waits for its task before it is aborted."""
 STREAM_INTERVAL_S = 0.001
 """Batching interval of the worker's message stream to the scheduler."""
-RESUME_THREADS = 4
-"""Threads that start moved requests' transfers at placement (``handle_resume``)."""
+RESUME_THREADS = 64
+"""Threads that start moved requests' transfers at placement (``handle_resume``). Each
+waits for the engine's next step boundary (its import and admission run there), so every
+request of a lost worker needs one: with four, a kill that moved 13 requests admitted
+them four per engine step, and the last waited three steps more for its first token."""
 HANDOFF_THREADS = 8
 """Threads that receive hand-offs their prefill worker said are ready
 (``handle_handoff``): one engine step boundary each, so a burst of prefills that ended
@@ -134,7 +137,8 @@ class MooncakeWorker(WorkerPlugin):
             1, thread_name_prefix="mooncake-lookup"
         )
         # Early resumes: a lost worker's requests arrive here all at once; each waits on
-        # its own KV fetch (the engine serializes the imports themselves).
+        # its own KV fetch (the engine runs the imports that wait at a step boundary
+        # together, before that step). Threads start on demand.
         self._resume_pool = concurrent.futures.ThreadPoolExecutor(
             RESUME_THREADS, thread_name_prefix="mooncake-resume"
         )
