@@ -761,15 +761,22 @@ class LLMEngine:
         """A held request's full blocks as they are in the pool: (keys, pool block ids,
         tokens computed). They stay held (neither freed nor reused, not even by a prefix
         hit, which only shares them read-only; an abort does not free them either)
-        until :meth:`release`. ``None`` when the
-        request is not held or the pool is not in shared memory."""
+        until :meth:`release`. ``None`` (nothing marked) when the request is not held,
+        has no full block, or the pool is not in shared memory."""
         seq = self._held.get(request_id)
         if seq is None or self.runner.pool_path is None:
             return None
         full = seq.num_computed_tokens // self.config.block_size
+        if not full:
+            return None
         keys = list(self.kv._keys(seq, full))
         self._pool_holds.add(request_id)
         return keys, [seq.block_table[i].block_id for i in range(full)], seq.num_computed_tokens
+
+    def unhold(self, request_id: str) -> None:
+        """Undo :meth:`held_blocks`' mark: no decode engine copies from the request's
+        blocks after all (they stay held for an export; an abort frees them again)."""
+        self._pool_holds.discard(request_id)
 
     def pool_matches(self, header: Any) -> bool:
         """Whether another engine's pool (its ``shared_pool.PoolHeader``) has this

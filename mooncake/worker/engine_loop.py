@@ -147,6 +147,7 @@ class EngineLoop:
             "import_from_pool_and_add": self.import_from_pool_and_add,
             "held_blocks": self.held_blocks,
             "release": self.release,
+            "unhold": self.unhold,
             "export_kv": self.export_kv,
             "export_packed": self.export_packed,
             "export_cached_blocks": self.export_cached_blocks,
@@ -337,6 +338,11 @@ class EngineLoop:
         shared pool, kept held for a same-host decode engine."""
         self._exports_due.pop(request_id, None)
         return self.engine.held_blocks(request_id)
+
+    def unhold(self, request_id: str) -> None:
+        """``LLMEngine.unhold``: no decode engine copies from this held request's blocks
+        after all; it stays held for an export."""
+        self.engine.unhold(request_id)
 
     def release(self, request_id: str) -> None:
         """Free a held request's blocks (``LLMEngine.release``)."""

@@ -54,13 +54,23 @@ def hold_for_pool_copy(
     if path is None or kvs.held is None or records_lib() is None:
         return None  # (the decode engine copies with the compiled library of this host)
     rid = spec.request_id
-    got = plugin.engine.call("held_blocks", rid).result(ENGINE_CALL_TIMEOUT_S)
+    try:
+        got = plugin.engine.call("held_blocks", rid).result(ENGINE_CALL_TIMEOUT_S)
+    except Exception as e:  # the arena's or the store's way still work
+        logger.warning("pool hand-off of %s not held: %s", rid, e)
+        return None
     if got is None or not got[0]:
         return None
     keys, block_ids, num_tokens = got
     packed = PackedExport(list(keys), [], [], num_tokens, 0)
-    kvs.lease_handoff(rid, packed.keys)
-    holder = kvs.handoff_holder(rid)
+    try:
+        kvs.lease_handoff(rid, packed.keys)
+        holder = kvs.handoff_holder(rid)
+    except Exception:
+        # Not leased: nobody would end the hold. The engine keeps the request held
+        # (unmarked) for the caller's export, which frees it.
+        plugin.engine.call("unhold", rid)
+        raise
     kvs.held.hold_pool(rid, packed, holder, lambda put: _after(plugin, kvs, rid, len(keys), put))
     plugin.pool_handoffs += 1
     per = plugin.engine.info["kv_bytes_per_block"]
