@@ -139,7 +139,6 @@ class ArenaHandoffs:
             return
         arena = self._kvs.arena
         assert arena is not None and h.region is not None
-        assert arena is not None
         try:
             if not self._stop:
                 self._kvs.put_packed(arena.view(h.region), h.packed)

@@ -113,11 +113,12 @@ class MooncakeWorker(WorkerPlugin):
         (``WorkerConfig.shared_kv_pool``): there the tier directories' sweep removes it
         after a ``kill -9``. The directory is claimed here, before the store claims it
         (the same one: this process, this name)."""
-        wc, ec = self.worker_config, self.engine_config
+        wc = self.worker_config
+        # A path given in the shared engine config would be every worker's: never used.
+        ec = dataclasses.replace(self.engine_config, kv_pool_path=None)
         if (
             not (wc.shared_kv_pool and wc.enable_store and wc.transfer.same_host)
             or ec.device != "cpu"
-            or ec.kv_pool_path is not None
             or "prefill" not in self.roles
         ):
             return ec
