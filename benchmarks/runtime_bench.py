@@ -10,7 +10,8 @@
 2. Control-plane throughput: requests/s through prefill (lookup inside) -> transfer -> decode
    with a null model (no forward pass), all submitted at once.
 3. Streaming: added latency per token, cluster inter-token gaps vs in-process.
-4. Output tokens/s for 16 concurrent requests, cluster (1P+1D) vs in-process engine.
+4. Output tokens/s for 16 concurrent requests, cluster (1P+1D) vs in-process engine,
+   and how long their KV hand-offs took (``handoff_*_ms``, see ``handoff_ms``).
 
     python benchmarks/runtime_bench.py [--model DIR] [--json out.json]
 """
@@ -26,6 +27,7 @@ import random
 import statistics
 import time
 from multiprocessing.connection import Connection
+from typing import Any
 
 from mooncake.client import LLM
 from mooncake.config import EngineConfig
@@ -99,6 +101,30 @@ def itl(llm: LLM | None, engine: LLMEngine | None, prompt: list[int], n: int) ->
 
         asyncio.run(run())
     return [b - a for a, b in itertools.pairwise(stamps)]
+
+
+def handoff_ms(rids: set[str], stats: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """How long the 16 requests' hand-offs took, from the workers' ``handoff_times``:
+    the whole of it (``export_start`` on the prefill worker to ``imported``, the blocks
+    in the decode engine and the request admitted) and its control plane (``stored`` to
+    ``fetch_start``: the decode worker learning that the KV is ready), p50 and max."""
+    rows: dict[str, dict[str, float]] = {}
+    for s in stats.values():
+        for rid, row in s.get("handoff_times", {}).items():
+            if rid in rids:
+                rows.setdefault(rid, {}).update(row)
+    stages = ("export_start", "stored", "fetch_start", "imported")
+    done = [r for r in rows.values() if all(k in r for k in stages)]
+    if not done:
+        return {}
+    whole = [(r["imported"] - r["export_start"]) * 1e3 for r in done]
+    control = [(r["fetch_start"] - r["stored"]) * 1e3 for r in done]
+    return {
+        "handoff_p50_ms": _p50(whole),
+        "handoff_max_ms": max(whole),
+        "handoff_control_p50_ms": _p50(control),
+        "handoff_control_max_ms": max(control),
+    }
 
 
 def main() -> None:
@@ -186,6 +212,7 @@ def main() -> None:
             batch, SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True), use_tqdm=False
         )
         res["cluster_tok_s"] = sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t0)
+        res.update(handoff_ms({o.request_id for o in outs}, llm.worker_stats()))
 
     with LLM(
         args.model,
@@ -262,6 +289,17 @@ def main() -> None:
                     "tok/s",
                     "in-process engine",
                     res["engine_tok_s"],
+                ),
+                rf.claim(
+                    "KV hand-off of the 16 concurrent requests, export to admission (p50)",
+                    res.get("handoff_p50_ms"),
+                    "ms",
+                    note=(
+                        f"max {res['handoff_max_ms']:.0f} ms; the decode worker learning "
+                        f"that the KV is ready: p50 {res['handoff_control_p50_ms']:.1f} ms"
+                        if "handoff_max_ms" in res
+                        else None
+                    ),
                 ),
                 rf.claim("control plane, null model", res["null_model_req_s"], "req/s"),
             ],

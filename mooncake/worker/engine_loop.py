@@ -42,10 +42,11 @@ ABORT_MEMORY_S = 60.0
 
 EXPORT_WAIT_S = 0.02
 """How long the loop waits, before its next step, for the worker's export of a request
-whose prefill (prefill-only) just finished. The worker asks for it as soon as it reads
-the step's result, a millisecond or two later; a loop that stepped on at once kept the
-export (and the request's hand-off to decode) waiting for a whole step, hundreds of ms
-when that step prefilled a batch of prompts."""
+whose prefill (prefill-only) just finished and whose decode follows elsewhere. The
+worker asks for it as soon as it reads the step's result, a millisecond or two later; a
+loop that stepped on at once kept the export (and the request's hand-off to decode)
+waiting for a whole step, hundreds of ms when that step prefilled a batch of prompts.
+A request that ended at prefill is not waited for: nobody waits for its export."""
 
 
 class RequestAborted(RuntimeError):
@@ -455,9 +456,10 @@ class EngineLoop:
                 wait = self._command_wait(time.monotonic()) if busy else 0.05
                 if self.channel.poll(wait):
                     self._run_commands()
-                    if busy and self._command_wait(time.monotonic()) > 0.0:
-                        # Other exports of the step's finished prefills are still on
-                        # their way (each from its own task): wait for them too.
+                    if self._command_wait(time.monotonic()) > 0.0:
+                        # Exports of the step's finished prefills are still on their way
+                        # (each from its own task): wait for them too, also when the
+                        # commands just run were new requests for an idle engine.
                         continue
                 if self._stop:
                     break
@@ -600,7 +602,9 @@ class EngineLoop:
             if out.finished:
                 del self._watches[out.request_id]
                 finished.append((out.request_id, out, w.token_times))
-                if w.prefill_only:
+                if w.prefill_only and not done:
+                    # Its decode worker waits for the export (a request that ended here
+                    # has nobody waiting: its export may wait for the next step).
                     self._exports_due[out.request_id] = time.monotonic()
         for (addr, key), items in direct.items():
             if not self._direct.send(addr, key, [m for _, m in items]):

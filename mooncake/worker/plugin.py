@@ -41,6 +41,7 @@ from mooncake.worker.config import WorkerConfig
 from mooncake.worker.core_ledger import ledger_path
 from mooncake.worker.core_lending import LendingSetup
 from mooncake.worker.engine_client import EngineClient
+from mooncake.worker.handoff_notices import HandoffNotices
 from mooncake.worker.handoff_times import HandoffTimes
 from mooncake.worker.kv_store import KVStore
 from mooncake.worker.kv_stream import StreamImports
@@ -211,6 +212,9 @@ class MooncakeWorker(WorkerPlugin):
         worker.handlers["mooncake_release_handoff"] = self.handle_release_handoff
         worker.handlers["mooncake_info"] = self.handle_info
         worker.handlers["mooncake_handoff"] = self.handle_handoff
+        self._notices: HandoffNotices[KVHandle] = HandoffNotices(
+            asyncio.get_running_loop(), self._send_notices
+        )
         worker.handlers["mooncake_watch"] = self.handle_watch
         worker.stream_handlers["mooncake-start"] = self.handle_start
         worker.stream_handlers["mooncake-stream"] = self.handle_stream
@@ -358,26 +362,25 @@ class MooncakeWorker(WorkerPlugin):
         """(Prefill side, any thread.) Tell the request's decode worker that its KV is
         ready (``handle_handoff``), directly and without waiting for an answer: its
         transfer then does not wait for the scheduler to learn of the prefill task's
-        end and dispatch the transfer task. Lost on the way, the transfer task does it."""
+        end and dispatch the transfer task. Lost on the way, the transfer task does it.
+        Notices to one worker go one call at a time, together (``HandoffNotices``)."""
         decode = handle.placement.decode
         if handle.finished or decode is None or decode == self.worker.address:
             return
-        worker = self.worker
+        self._notices.offer(decode, handle)
 
-        async def tell() -> None:
-            try:
-                await worker.rpc(decode).mooncake_handoff(handle=to_serialize(handle))
-            except Exception as e:  # gone or closing: its transfer task does the work
-                logger.debug("hand-off notice for %s to %s failed: %s", rid, decode, e)
+    async def _send_notices(self, decode: str, handles: list[KVHandle]) -> None:
+        await self.worker.rpc(decode).mooncake_handoff(handles=to_serialize(handles))
 
-        rid = handle.spec.request_id
-        worker.loop.add_callback(tell)
+    def handle_handoff(self, handles: list[KVHandle]) -> None:
+        """(From a prefill worker, decode side.) These requests' KV is ready: bring each
+        here and admit it now, in the hand-off threads (the early hand-off); its transfer
+        task collects the result. A transfer task that came first does it all itself,
+        and the notice does nothing."""
+        for handle in handles:
+            self._begin_handoff(handle)
 
-    def handle_handoff(self, handle: KVHandle) -> None:
-        """(From a prefill worker, decode side.) The request's KV is ready: bring it here
-        and admit the request now, in the hand-off threads (the early hand-off); its
-        transfer task collects the result. A transfer task that came first does it all
-        itself, and this does nothing."""
+    def _begin_handoff(self, handle: KVHandle) -> None:
         rid = handle.spec.request_id
         # Set before the event: a transfer task told to collect finds it at once.
         fut: concurrent.futures.Future[TransferResult] = concurrent.futures.Future()

@@ -4,13 +4,12 @@ a prefill that just finished, so the hand-off to decode does not wait for that s
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine
 from mooncake.sampling_params import SamplingParams
 from mooncake.worker.engine_loop import EXPORT_WAIT_S, AddRequest, EngineLoop, Watch
-from tests.worker.engine_loop_doubles import RecordingChannel
+from tests.worker.engine_loop_doubles import RecordingChannel, ScriptedChannel
 
 FIRST = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
 LONG = SamplingParams(temperature=0.0, max_tokens=50, ignore_eos=True)
@@ -46,32 +45,6 @@ def test_loop_waits_for_the_export_of_a_finished_prefill_only(tiny_llama) -> Non
     assert loop._command_wait(time.monotonic()) == 0.0
 
 
-class ScriptedChannel(RecordingChannel):
-    """Delivers each scripted command at its time (seconds after the first poll)."""
-
-    def __init__(self, script: list[tuple[float, Any]]) -> None:
-        super().__init__()
-        self.script = list(script)
-        self.t0: float | None = None
-
-    def poll(self, timeout: float = 0.0) -> bool:
-        now = time.monotonic()
-        if self.t0 is None:
-            self.t0 = now
-        if not self.script:
-            time.sleep(timeout)
-            return False
-        due = self.t0 + self.script[0][0]
-        if due > now + timeout:
-            time.sleep(timeout)
-            return False
-        time.sleep(max(0.0, due - now))
-        return True
-
-    def recv(self) -> Any:
-        return self.script.pop(0)[1]
-
-
 def test_loop_waits_for_every_export_of_one_step(tiny_llama) -> None:
     """Two prefill-only requests finish in one step; their exports come from two tasks,
     the second 8 ms after the first. The loop runs the first, then waits on for the
@@ -96,6 +69,44 @@ def test_loop_waits_for_every_export_of_one_step(tiny_llama) -> None:
         [
             (0.0, (1, "export_kv", ("p1",), {})),
             (0.008, (2, "export_kv", ("p2",), {})),
+            (0.2, (3, "stop", (), {})),
+        ]
+    )
+    loop.channel = channel  # type: ignore[assignment]
+    answered_at_first_step: list[int] = []
+    step = loop._step
+
+    def counted() -> None:
+        if not answered_at_first_step:
+            answered_at_first_step.append(sum(1 for m in channel.sent if m[0] == "result"))
+        step()
+
+    loop._step = counted  # type: ignore[method-assign]
+    loop.run()
+    assert answered_at_first_step == [2]
+
+
+def test_idle_loop_given_new_requests_waits_for_a_due_export(tiny_llama) -> None:
+    """A lone prefill-only request finishes and the engine is idle; within the export
+    window a burst of new requests arrives, then the export. The loop does not start
+    the burst's prefill before the export (that export waited for the whole prefill of
+    the burst, ~0.5 s in a traced run). A prefill-only request that ended at prefill
+    (its final ``max_tokens`` reached) is not waited for: nobody waits for its export."""
+    engine = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64))
+    loop = EngineLoop(engine, RecordingChannel())  # type: ignore[arg-type]
+    loop.add(
+        AddRequest("p", list(range(40, 60)), FIRST, Watch(None, prefill_only=True), keep_kv=True)
+    )
+    ended = Watch(None, prefill_only=True, final_max_tokens=1)
+    loop.add(AddRequest("e", list(range(70, 90)), FIRST, ended, keep_kv=True))
+    loop._step()
+    assert not engine.has_unfinished()
+    assert set(loop._exports_due) == {"p"}
+    new = AddRequest("n", list(range(100, 130)), LONG, Watch(None))
+    channel = ScriptedChannel(
+        [
+            (0.0, (1, "add", (new,), {})),
+            (0.006, (2, "export_kv", ("p",), {})),
             (0.2, (3, "stop", (), {})),
         ]
     )

@@ -5,7 +5,6 @@ the same call, so it waits for one step boundary, not two."""
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 
@@ -14,21 +13,9 @@ from mooncake.engine import LLMEngine
 from mooncake.sampling_params import SamplingParams
 from mooncake.store import BlockStore, StoreConfig, TierConfig
 from mooncake.worker.engine_loop import AddRequest, EngineLoop, Watch
+from tests.worker.engine_loop_doubles import RecordingChannel
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
-
-
-class RecordingChannel:
-    """Stands in for the socket to the worker: records what the loop sends."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-
-    def send(self, msg: Any) -> None:
-        self.sent.append(msg)
-
-    def poll(self, timeout: float = 0.0) -> bool:
-        return False
 
 
 def test_import_and_admit_in_one_command(tiny_llama, tmp_path):
