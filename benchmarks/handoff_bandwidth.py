@@ -20,6 +20,10 @@ What is timed, per request (wall-clock stamps the workers record,
   (``imported``): the engine reading the prefill worker's export arena (or host
   tier) in place,
   checking each record, and copying it into its pool;
+  With the shared pool (``WorkerConfig.shared_kv_pool``, the default; docs/store.md
+  "Pool -> pool") export is only the hold and the lease (nothing copied) and import is
+  the decode engine's one copy straight out of the prefill engine's pool; the copies
+  counted ``*.after`` and ``store.put`` come after the hand-off;
 - **data path** = export + import: the time bytes move. The wait between the two (the
   prefill task returning its handle and the scheduler starting the transfer task on
   the decode worker: Dask's control plane) is left out here and shown apart as
@@ -136,12 +140,16 @@ def _times(llm: LLM, rid: str) -> dict[str, float]:
     return row
 
 
-def run(model: str, tier: str, lengths: list[int], reps: int, seed: int) -> list[Row]:
+def run(
+    model: str, tier: str, lengths: list[int], reps: int, seed: int, shared_pool: bool = True
+) -> list[Row]:
     ec = EngineConfig(model=model, max_model_len=max(lengths) + 64)
     llm = LLM(
         mode="disaggregated",
         engine_config=ec,
-        worker_config=WorkerConfig(stream_kv=False, host_tier_prefault=tier == "prefault"),
+        worker_config=WorkerConfig(
+            stream_kv=False, host_tier_prefault=tier == "prefault", shared_kv_pool=shared_pool
+        ),
         dashboard_address=None,
     )
     rng = random.Random(seed)
@@ -193,6 +201,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompts", default="2048", help="prompt lengths, tokens")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--no-shared-pool",
+        action="store_true",
+        help="the export arena's way (WorkerConfig.shared_kv_pool=False), to compare",
+    )
     ap.add_argument("--tiers", default="prefault,fresh", help="host tier states: prefault, fresh")
     ap.add_argument(
         "--save-results",
@@ -210,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     for tier in args.tiers.split(","):
         if tier not in ("prefault", "fresh"):
             raise SystemExit(f"--tiers: unknown {tier!r}; known: prefault, fresh")
-        rows += run(model, tier, lengths, args.reps, args.seed)
+        rows += run(model, tier, lengths, args.reps, args.seed, not args.no_shared_pool)
     print(f"model {model}, {args.reps} rep(s), medians; GB/s = 1e9 bytes/s")
     print(
         f"{'tier':9s} {'prompt':>7s} {'MiB':>6s} {'export ms':>10s} {'import ms':>10s} "

@@ -88,6 +88,12 @@ class EngineConfig:
     null_model: bool = False
     """Skip the forward pass (all-zero logits, so greedy emits token 0): measures the
     serving path's own overhead, never for real output."""
+    kv_pool_path: str | None = None
+    """Put the paged KV pool in a shared-memory file at this path (CPU only; see
+    ``mooncake.engine.shared_pool``) so a decode engine on the same host can copy a
+    request's blocks straight out of it. A worker sets it to a file of its own tier
+    directory (``WorkerConfig.shared_kv_pool``), whatever was given here; ``None``:
+    private memory."""
 
     def __post_init__(self) -> None:
         _check(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")

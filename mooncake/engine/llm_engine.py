@@ -115,12 +115,17 @@ class LLMEngine:
             num_blocks,
             null_model=config.null_model,
             native_kernels=config.native_kernels,
+            pool_path=config.kv_pool_path,
+            fingerprint=self.fingerprint,
         )
         self.stats = EngineStats()
         self.last_step = StepShape()
         """The shape of the latest step (:meth:`step`)."""
         self._seqs: dict[str, Sequence] = {}
         self._held: dict[str, Sequence] = {}
+        self._pool_holds: set[str] = set()
+        """Held requests whose blocks a same-host decode engine may be copying
+        (:meth:`held_blocks`): an abort does not free them, only :meth:`release`."""
         self._failed: dict[str, str] = {}
         self._ids = itertools.count()
 
@@ -236,6 +241,8 @@ class LLMEngine:
 
     def abort_request(self, request_id: str) -> bool:
         """Cancel a request and free its blocks. Returns False if it was unknown."""
+        if request_id in self._pool_holds and request_id in self._held:
+            return True  # freed by ``release`` once the decode side's copy is over
         seq = self._seqs.pop(request_id, None) or self._held.pop(request_id, None)
         if seq is None:
             return False
@@ -469,6 +476,7 @@ class LLMEngine:
         algo: ChecksumName,
         first: int = 0,
         release: bool = True,
+        place: str | None = None,
     ) -> PackedExport | None:
         """Write a held (or running) request's full blocks from block ``first`` on as
         store records into ``out`` (shared memory its worker lent), each block copied
@@ -477,7 +485,8 @@ class LLMEngine:
         leading ones that fit are written and nothing is freed (ask again from the next
         block). ``None`` (and nothing freed) when ``out`` holds not even one: export the
         old way. A request still in prefill (chunked) exports the blocks its chunks
-        so far filled: that is how its KV streams to the decode side while it runs."""
+        so far filled: that is how its KV streams to the decode side while it runs.
+        ``place``: where the copies are counted, if not ``engine.export``."""
         from mooncake.store.records import record_size, write_record_in_place
 
         seq = self._seqs.get(request_id) or self._held.get(request_id)
@@ -496,7 +505,9 @@ class LLMEngine:
         last = min(full, first + out.nbytes // size)
         keys = self.kv._keys(seq, full)
         offsets, sizes = [], []
-        if algo == "sum64" and last > first and self._export_batched(seq, keys, out, first, last):
+        if algo == "sum64" and last > first and self._export_batched(
+            seq, keys, out, first, last, place
+        ):
             offsets = [k * size for k in range(last - first)]
             sizes = [size] * (last - first)
         off = 0
@@ -521,7 +532,13 @@ class LLMEngine:
         return PackedExport(list(keys[first:last]), offsets, sizes, n, first)
 
     def _export_batched(
-        self, seq: Sequence, keys: Seq[BlockKey], out: memoryview, first: int, last: int
+        self,
+        seq: Sequence,
+        keys: Seq[BlockKey],
+        out: memoryview,
+        first: int,
+        last: int,
+        place: str | None = None,
     ) -> bool:
         """``export_packed``'s records of blocks ``first..last-1``, laid back to back
         from ``out``'s start: every payload copied out of the pool and summed in one
@@ -539,6 +556,7 @@ class LLMEngine:
             base,
             [k * size + poff for k in range(last - first)],
             into_pool=False,
+            place=place,
         )
         if sums is None:
             return False
@@ -569,6 +587,7 @@ class LLMEngine:
 
     def release(self, request_id: str) -> None:
         """Free a held request's blocks (they stay in the prefix cache)."""
+        self._pool_holds.discard(request_id)
         if request_id in self._held:
             self.abort_request(request_id)
 
@@ -736,6 +755,82 @@ class LLMEngine:
             writes.append(KVWrite(nb.block_id, data))
         self.runner.write_blocks(writes)
         return sums
+
+    # -- same-host pool -> pool hand-off (``mooncake.engine.shared_pool``) ---------------
+    def held_blocks(self, request_id: str) -> tuple[list[BlockKey], list[int], int] | None:
+        """A held request's full blocks as they are in the pool: (keys, pool block ids,
+        tokens computed). They stay held (neither freed nor reused, not even by a prefix
+        hit, which only shares them read-only; an abort does not free them either)
+        until :meth:`release`. ``None`` (nothing marked) when the request is not held,
+        has no full block, or the pool is not in shared memory."""
+        seq = self._held.get(request_id)
+        if seq is None or self.runner.pool_path is None:
+            return None
+        full = seq.num_computed_tokens // self.config.block_size
+        if not full:
+            return None
+        keys = list(self.kv._keys(seq, full))
+        self._pool_holds.add(request_id)
+        return keys, [seq.block_table[i].block_id for i in range(full)], seq.num_computed_tokens
+
+    def unhold(self, request_id: str) -> None:
+        """Undo :meth:`held_blocks`' mark: no decode engine copies from the request's
+        blocks after all (they stay held for an export; an abort frees them again)."""
+        self._pool_holds.discard(request_id)
+
+    def pool_matches(self, header: Any) -> bool:
+        """Whether another engine's pool (its ``shared_pool.PoolHeader``) has this
+        engine's model and block layout (any number of blocks): checked once per
+        mapping, not per block."""
+        shape = tuple(self.runner.kv_cache.shape)
+        return bool(
+            header.fingerprint == self.fingerprint
+            and header.dtype == self.spec.dtype
+            and header.block_size == self.config.block_size
+            and len(header.shape) == 5
+            and header.shape[:2] == shape[:2]
+            and header.shape[3:] == shape[3:]
+            and header.shape[2] % self.config.block_size == 0
+        )
+
+    def import_pool_blocks(
+        self,
+        src: int,
+        src_slots: int,
+        src_ids: Seq[int],
+        keys: Seq[BlockKey],
+        token_ids: Seq[int],
+        hand_off: bool = False,
+    ) -> tuple[int, int, int]:
+        """Copy full blocks from another engine's live pool on this host (mapped at
+        address ``src``, ``src_slots`` slots, checked by :meth:`pool_matches`) into free
+        blocks of this pool: block ``keys[i]`` (tokens ``token_ids[i*bs:(i+1)*bs]``) is
+        its block ``src_ids[i]``. One strided copy per block, all in one native call;
+        blocks already cached here are not copied. The leading run that fits in the free
+        blocks is imported. ``hand_off``: as for ``import_cached_blocks``.
+
+        Returns (blocks now here, blocks imported, payload bytes of the run); (0, 0, 0)
+        where the native copy does not apply (the caller takes another way)."""
+        bs = self.config.block_size
+        chunks = [tuple(token_ids[i * bs : (i + 1) * bs]) for i in range(len(keys))]
+        todo = [i for i in range(len(keys)) if self.pool.lookup(keys[i], chunks[i]) is None]
+        n = len(keys)
+        if len(todo) > self.pool.num_free:
+            n = todo[self.pool.num_free]
+            todo = todo[: self.pool.num_free]
+        new = self.pool.allocate(len(todo)) if todo else []
+        kept = 0
+        try:
+            if new and not self.runner.copy_blocks_from(
+                src, src_slots, [src_ids[i] for i in todo], [nb.block_id for nb in new]
+            ):
+                return 0, 0, 0
+            for nb, i in zip(new, todo):
+                self.pool.register(nb, keys[i], chunks[i], hand_off=hand_off)
+                kept += 1
+        finally:
+            self.pool.free(new)  # registered: cached and evictable; the rest: free again
+        return n, kept, n * self.spec.bytes_per_block
 
     # -- diagnostics -----------------------------------------------------------------
     def prompt_logits(self, token_ids: Seq[int]) -> torch.Tensor:

@@ -3,6 +3,7 @@ pass and returns the logits of the positions that sample."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +39,8 @@ class ModelRunner:
         num_blocks: int,
         null_model: bool = False,
         native_kernels: bool = True,
+        pool_path: str | None = None,
+        fingerprint: str = "",
     ) -> None:
         self.model = model
         self.null_model = null_model
@@ -48,15 +51,30 @@ class ModelRunner:
         self.dtype = p.dtype
         self._fused_geo: tuple[Any, ...] | None = None
         # [layers, K/V, slots, Hkv, D]
-        self.kv_cache = torch.zeros(
-            spec.num_layers,
-            2,
-            num_blocks * spec.block_size,
-            spec.num_kv_heads,
-            spec.head_dim,
-            dtype=self.dtype,
-            device=self.device,
-        )
+        slots = num_blocks * spec.block_size
+        pool_shape = (spec.num_layers, 2, slots, spec.num_kv_heads, spec.head_dim)
+        self.pool_path: str | None = None
+        """The shared-memory file the pool lives in (``mooncake.engine.shared_pool``)."""
+        self._pool_map: Any = None
+        if pool_path is not None and self.device.type == "cpu":
+            from mooncake.engine.shared_pool import HEADER_BYTES, create_pool, header_for
+
+            header = header_for(fingerprint, spec.dtype, pool_shape, spec.block_size)
+            def over(mm: Any) -> tuple[torch.Tensor, Any]:
+                count = header.nbytes // self.dtype.itemsize
+                t = torch.frombuffer(mm, dtype=self.dtype, count=count, offset=HEADER_BYTES)
+                t.zero_()  # prefault: every page written once, now rather than mid-prefill
+                return t.view(pool_shape), mm
+
+            try:
+                self.kv_cache, self._pool_map = create_pool(pool_path, header, over)
+                self.pool_path = pool_path
+            except OSError as e:  # e.g. a small /dev/shm: serve, hand off the arena's way
+                logging.getLogger(__name__).warning(
+                    "KV pool not in shared memory (%s): %s", pool_path, e
+                )
+        if self.pool_path is None:
+            self.kv_cache = torch.zeros(*pool_shape, dtype=self.dtype, device=self.device)
         self.window = model.cfg.sliding_window
         self.native: NativeKernels | None = None
         self.kernel_choice = KernelChoice.every(False)
@@ -162,14 +180,20 @@ class ModelRunner:
         return total
 
     def copy_blocks_summed(
-        self, block_ids: Sequence[int], base: int, offsets: Sequence[int], into_pool: bool
+        self,
+        block_ids: Sequence[int],
+        base: int,
+        offsets: Sequence[int],
+        into_pool: bool,
+        place: str | None = None,
     ) -> np.ndarray | None:
         """:meth:`_summed_copy` of many full blocks in one native call: block
         ``block_ids[i]`` of the pool and the contiguous payload at address ``base +
         offsets[i]`` (shared memory both engines map), into the pool or out of it.
         Returns each block's sum64 (uint64 ``[n]``), ``None`` where the fused copy does
         not apply (nothing copied). No per-block Python: a 2,048-token hand-off is 128
-        blocks, and a call per block cost as much as the copies."""
+        blocks, and a call per block cost as much as the copies. ``place``: where the
+        copies are counted (``mooncake.kvcache.copies``), if not the default."""
         geo = self._fused(self.block_size)
         if geo is None or not block_ids:
             return None
@@ -182,8 +206,31 @@ class ModelRunner:
         rec_side = (base, rec_off.ctypes.data, seg)
         dst, src = (pool_side, rec_side) if into_pool else (rec_side, pool_side)
         lib.copy_sum64_many(*dst, *src, seg, nseg, len(block_ids), sums.ctypes.data)
-        copies.count("engine.import" if into_pool else "engine.export", seg * nseg * len(block_ids))
+        place = place or ("engine.import" if into_pool else "engine.export")
+        copies.count(place, seg * nseg * len(block_ids))
         return sums
+
+    def copy_blocks_from(
+        self, src: int, src_slots: int, src_ids: Sequence[int], dst_ids: Sequence[int]
+    ) -> bool:
+        """Copy blocks ``src_ids`` of another engine's pool (same layout, ``src_slots``
+        slots, mapped at address ``src``: ``mooncake.engine.shared_pool``) into this
+        pool's blocks ``dst_ids``: one strided copy per block, all in one native call,
+        no checksum (the owner holds the source unchanged meanwhile). False (nothing
+        copied) where the native copy does not apply."""
+        geo = self._fused(self.block_size)
+        if geo is None or not src_ids:
+            return False
+        lib, pool, tok, stride, nseg = geo
+        seg = self.block_size * tok
+        dst_off = np.asarray(dst_ids, dtype=np.int64) * seg
+        src_off = np.asarray(src_ids, dtype=np.int64) * seg
+        lib.copy_many(
+            pool, dst_off.ctypes.data, stride, src, src_off.ctypes.data, src_slots * tok,
+            seg, nseg, len(src_ids),
+        )
+        copies.count("engine.import", seg * nseg * len(src_ids))
+        return True
 
     def read_block_summed(self, block_id: int, out: np.ndarray) -> int | None:
         """:meth:`read_block_into` and the sum64 of what it wrote, in one pass

@@ -38,6 +38,9 @@ class RecordsLib:
         self.copy_sum64_many = lib.mc_copy_sum64_many
         self.copy_sum64_many.argtypes = [p, p, i64, p, p, i64, i64, i64, i64, p]
         self.copy_sum64_many.restype = None
+        self.copy_many = lib.mc_copy_many
+        self.copy_many.argtypes = [p, p, i64, p, p, i64, i64, i64, i64]
+        self.copy_many.restype = None
         self.check_records = lib.mc_check_records
         self.check_records.argtypes = [p, p, i64, p, p, p, p]
         self.check_records.restype = i64

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,12 +53,16 @@ ENGINE_CALL_TIMEOUT_S = 30.0
 
 @dataclass
 class _Held:
-    region: Region
+    region: Region | None
     packed: PackedExport
     holder: str
     deadline: float
     """``time.monotonic()`` after which the region is given back even if the lease
     table still names it (a lost lease table entry must not pin the arena)."""
+    after: Callable[[bool], int] | None = None
+    """A hold of the engine's own pool blocks (``pool_handoff``), no region: called
+    once the lease is gone, with whether to put the blocks into the host tier; frees
+    them in the engine and returns how many it put."""
 
 
 class ArenaHandoffs:
@@ -90,6 +95,17 @@ class ArenaHandoffs:
             )
         self._wake.set()
 
+    def hold_pool(
+        self, request_id: str, packed: PackedExport, holder: str, after: Callable[[bool], int]
+    ) -> None:
+        """Keep the request's blocks held in the prefill engine's pool until lease
+        ``holder`` is released or expires, then ``after(put)`` (``pool_handoff``)."""
+        with self._lock:
+            self._held[request_id] = _Held(
+                None, packed, holder, time.monotonic() + self._kvs.lease_ttl_s, after
+            )
+        self._wake.set()
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._held)
@@ -115,8 +131,14 @@ class ArenaHandoffs:
         return len(done)
 
     def _settle(self, h: _Held) -> None:
+        if h.after is not None:
+            try:
+                self.put_after += h.after(not self._stop)
+            except Exception as e:  # a cache: the hand-off itself is done
+                logger.warning("release after a pool hand-off failed: %s", e)
+            return
         arena = self._kvs.arena
-        assert arena is not None
+        assert arena is not None and h.region is not None
         try:
             if not self._stop:
                 self._kvs.put_packed(arena.view(h.region), h.packed)

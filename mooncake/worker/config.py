@@ -40,6 +40,12 @@ class WorkerConfig:
     as store records, so a prefilled request's KV reaches the host tier without crossing
     the engine's socket (``mooncake.store.shm_arena``). An export that does not fit
     goes the old way. 0: no arena."""
+    shared_kv_pool: bool = True
+    """A prefill worker's CPU engine keeps its paged KV pool in a shared-memory file in
+    the worker's tier directory under ``store_root``, so a decode engine on the same
+    host copies a request's blocks straight out of it, pool -> pool, one copy per block
+    (``mooncake.engine.shared_pool``; docs/store.md). Needs the store and the
+    transfer's ``same_host`` path; off: the export arena's two copies."""
     recv_arena_bytes: int = 64 * 1024**2
     """Shared memory (tmpfs) blocks fetched from another host are received into, so the
     engine imports them from where they landed instead of through its socket

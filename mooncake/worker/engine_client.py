@@ -223,6 +223,25 @@ class EngineClient:
             "import_from_records_and_add", (path, list(keys), list(offsets)), len(keys), req
         )
 
+    def import_from_pool_and_add(
+        self,
+        path: str,
+        src_ids: Sequence[int],
+        keys: Sequence[BlockKey],
+        token_ids: Sequence[int],
+        deadline: float,
+        req: AddRequest,
+    ) -> tuple[tuple[int, int, int], concurrent.futures.Future[RequestOutput] | None]:
+        """:meth:`import_from_tier_and_add` straight from the pool file at ``path`` of a
+        prefill engine on this host, copied only before ``deadline``
+        (``EngineLoop.import_from_pool_and_add``)."""
+        return self._import_and_add(
+            "import_from_pool_and_add",
+            (path, list(src_ids), list(keys), list(token_ids), deadline),
+            len(keys),
+            req,
+        )
+
     def _import_and_add(
         self, command: str, args: tuple[Any, ...], n: int, req: AddRequest
     ) -> tuple[tuple[int, int, int], concurrent.futures.Future[RequestOutput] | None]:

@@ -132,6 +132,8 @@ class EngineLoop:
         self._tier_readers: dict[str, Any] = {}
         """Host tiers of workers on this host, read in place (``import_from_tier``)."""
         self._arenas: dict[str, Any] = {}
+        self._pools: dict[str, Any] = {}
+        """Pool files of prefill engines on this host, mapped read-only, header checked."""
         """Its worker's arenas, mapped (``export_packed``, ``import_from_arena``)."""
         self._commands: dict[str, Callable[..., Any]] = {
             "add": self.add,
@@ -143,6 +145,10 @@ class EngineLoop:
             "import_from_records": self.import_from_records,
             "import_from_tier_and_add": self.import_from_tier_and_add,
             "import_from_records_and_add": self.import_from_records_and_add,
+            "import_from_pool_and_add": self.import_from_pool_and_add,
+            "held_blocks": self.held_blocks,
+            "release": self.release,
+            "unhold": self.unhold,
             "export_kv": self.export_kv,
             "export_packed": self.export_packed,
             "export_cached_blocks": self.export_cached_blocks,
@@ -291,6 +297,59 @@ class EngineLoop:
             self.add(req)
         return got
 
+    def import_from_pool_and_add(
+        self,
+        path: str,
+        src_ids: list[int],
+        keys: list[bytes],
+        token_ids: list[int],
+        deadline: float,
+        req: AddRequest,
+    ) -> tuple[int, int, int]:
+        """The same-host pool -> pool hand-off (``mooncake.engine.shared_pool``): copy
+        the request's blocks ``src_ids`` out of the prefill engine's pool file at
+        ``path`` (mapped read-only once, its header checked once) into free blocks of
+        this pool, then, when every block is here, ``add(req)``, in one command.
+        (0, 0, 0), nothing copied or admitted, where the mapping or its header does not
+        suit this engine, or once ``time.monotonic()`` is past ``deadline`` (shortly
+        before the prefill side's hold may end with its lease: this command may have
+        waited for a step boundary)."""
+        if time.monotonic() >= deadline:
+            logger.warning("pool hand-off of %s came too late: not copied", req.request_id)
+            return 0, 0, 0
+        m = self._pools.get(path)
+        if m is None:
+            from mooncake.engine.shared_pool import map_pool
+
+            m = map_pool(path)
+            if not self.engine.pool_matches(m.header):
+                m.mm.close()
+                logger.warning("KV pool %s does not match this engine: not used", path)
+                return 0, 0, 0
+            self._pools[path] = m
+        got = self.engine.import_pool_blocks(
+            m.address, m.header.shape[2], src_ids, [BlockKey(k) for k in keys], token_ids, True
+        )
+        if got[0] == len(keys):
+            self.add(req)
+        return got
+
+    def held_blocks(self, request_id: str) -> tuple[list[BlockKey], list[int], int] | None:
+        """``LLMEngine.held_blocks``: a held request's full blocks where they are in the
+        shared pool, kept held for a same-host decode engine."""
+        self._exports_due.pop(request_id, None)
+        return self.engine.held_blocks(request_id)
+
+    def unhold(self, request_id: str) -> None:
+        """``LLMEngine.unhold``: no decode engine copies from this held request's blocks
+        after all; it stays held for an export."""
+        self.engine.unhold(request_id)
+
+    def release(self, request_id: str) -> None:
+        """Free a held request's blocks (``LLMEngine.release``)."""
+        self._exports_due.pop(request_id, None)
+        self.engine.release(request_id)
+
     def import_from_arena(self, arena: str, refs: list[BlockRef], hand_off: bool = False) -> int:
         """Import blocks its worker received into the receive arena (checked there),
         read in place: one copy each, arena -> pool. Returns how many were added."""
@@ -338,6 +397,7 @@ class EngineLoop:
         algo: str,
         first: int = 0,
         release: bool = True,
+        place: str | None = None,
     ) -> PackedExport | None:
         """Write the request's full blocks from ``first`` on as store records into its
         worker's export arena (``mooncake.store.shm_arena``) at ``[offset, offset +
@@ -349,6 +409,7 @@ class EngineLoop:
             algo,  # type: ignore[arg-type]
             first,
             release,
+            place,
         )
 
     def export_kv(self, request_id: str) -> KVExport:

@@ -10,6 +10,7 @@ stop or its end of the socket closes. The process also dies with its parent (Lin
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -58,6 +59,8 @@ def engine_info(engine: LLMEngine) -> dict[str, Any]:
         "max_num_seqs": engine.config.max_num_seqs,
         "device": engine.config.device,
         "torch_threads": torch.get_num_threads(),
+        # The pool's shared-memory file, when a same-host decode engine may copy from it.
+        "kv_pool_path": engine.runner.pool_path,
     }
 
 
@@ -127,7 +130,12 @@ def main(argv: list[str]) -> int:
     except Exception as exc:
         channel.send(("error", _picklable(exc), "".join(traceback.format_exception(exc))))
         return 1
-    loop.run()
+    try:
+        loop.run()
+    finally:
+        if engine.runner.pool_path is not None:  # a kill -9 leaves it to the tier sweep
+            with contextlib.suppress(OSError):
+                os.unlink(engine.runner.pool_path)
     channel.close()
     # Skip the interpreter's teardown of torch and the model (over a second): the worker
     # waits for this exit, and Dask's Nanny kills a worker that takes 4 s to close.

@@ -137,6 +137,24 @@ class KVStore:
             table = self._peer_leases[path] = SharedLeaseTable(path)
         return table.release(_holder(request_id))
 
+    def peer_handoff_expiry(self, peer: Peer, request_id: str) -> float | None:
+        """When ``peer``'s hand-off lease of ``request_id`` expires (``time.monotonic``
+        time, the same clock in every process of a host), read from its lease table on
+        this host; ``None`` when it holds none or its table is not here."""
+        if peer == self.peer:
+            return self.leases.expiry(_holder(request_id))
+        if (
+            peer.host_id != local_host_id()
+            or peer.host_tier_path is None
+            or not os.path.isdir(lease_dir(peer.host_tier_path))
+        ):
+            return None
+        path = lease_dir(peer.host_tier_path)
+        table = self._peer_leases.get(path)
+        if table is None:
+            table = self._peer_leases[path] = SharedLeaseTable(path)
+        return table.expiry(_holder(request_id))
+
     def sweep_leases(self) -> list[ExpiredLease]:
         """Drop and report hand-off leases that expired unreleased."""
         return self.store.sweep_leases()

@@ -86,6 +86,23 @@ class KVHandle:
     records: ArenaRecords | None = None
     """Same host: the blocks are also in the prefill worker's export arena, where the
     decode engine imports them from (one copy per block); ``None``: from the store."""
+    pool: PoolBlocks | None = None
+    """Same host: the blocks are held in the prefill engine's shared pool, where the
+    decode engine copies them from (``mooncake.worker.pool_handoff``)."""
+
+
+@dataclass(frozen=True)
+class PoolBlocks:
+    """Where a prefill engine holds a request's full blocks in its shared KV pool for a
+    decode engine on its host, until the decode side releases the request's hand-off
+    lease or the lease expires (``mooncake.worker.pool_handoff``)."""
+
+    path: str
+    """The pool file (tmpfs, ``mooncake.engine.shared_pool``)."""
+    block_ids: list[int]
+    """Pool block of each full block: ``KVHandle.block_keys[i]``'s is ``block_ids[i]``."""
+    host_id: str
+    """``mooncake.transfer.base.local_host_id`` of the prefill worker's host."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +178,7 @@ __all__ = [
     "KVHandle",
     "LookupResult",
     "PlacementInfo",
+    "PoolBlocks",
     "RequestSpec",
     "ResumeStart",
     "TransferResult",

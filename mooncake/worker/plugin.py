@@ -31,6 +31,7 @@ from mooncake.kvcache import KVExport, root_key
 from mooncake.kvcache.shared_prefix import SharedPrefixProbe
 from mooncake.metrics import LookupRecord, RequestRecord
 from mooncake.outputs import RequestOutput
+from mooncake.store import tier_dirs
 from mooncake.transfer import Peer
 from mooncake.transfer.base import local_host_id
 from mooncake.types import BlockKey
@@ -107,6 +108,30 @@ class MooncakeWorker(WorkerPlugin):
         self.engine_config = engine_config
         self.worker_config = worker_config or WorkerConfig()
 
+    def _with_shared_pool(self, worker: Worker) -> EngineConfig:
+        """The engine's config, with its KV pool in a shared-memory file of this
+        worker's tier directory when a same-host decode engine may copy from it
+        (``WorkerConfig.shared_kv_pool``): there the tier directories' sweep removes it
+        after a ``kill -9``. The directory is claimed here, before the store claims it
+        (the same one: this process, this name)."""
+        wc = self.worker_config
+        # A path given in the shared engine config would be every worker's: never used.
+        ec = dataclasses.replace(self.engine_config, kv_pool_path=None)
+        if (
+            not (wc.shared_kv_pool and wc.enable_store and wc.transfer.same_host)
+            or ec.device != "cpu"
+            or "prefill" not in self.roles
+        ):
+            return ec
+        try:
+            d = tier_dirs.claim(
+                wc.store_root, worker.scheduler.address, str(worker.name or worker.address)
+            )
+        except OSError as e:
+            logger.warning("KV pool stays private: %s", e)
+            return ec
+        return dataclasses.replace(ec, kv_pool_path=os.path.join(d, "kv.pool"))
+
     async def setup(self, worker: Worker) -> None:
         self.worker = worker
         self.roles = roles_of(worker)
@@ -132,13 +157,17 @@ class MooncakeWorker(WorkerPlugin):
         # them: the store's (shm, tcp, rdma) or the peer engine's, over Dask (dask).
         self.prefix_fetch_paths: Counter[str] = Counter()
         self.handoff_times = HandoffTimes()
+        self.pool_handoffs = 0
+        """Same-host hand-offs served from this engine's shared pool (``pool_handoff``)."""
+        self.pool_imports = 0
+        """Hand-offs this engine copied from a prefill engine's shared pool."""
         """When each stage of recent hand-offs ran here (``worker_stats``)."""
         # Prefix blocks found at lookup, by where: device pool, own host/SSD tiers, a peer.
         self.hit_blocks: Counter[str] = Counter()
         # The engine process inherits this worker's environment: a GPU worker's
         # CUDA_VISIBLE_DEVICES, the thread count. torch loads there, never here.
         self.engine = EngineClient(
-            self.engine_config, self._emit, core_lending=self._lending_setup()
+            self._with_shared_pool(worker), self._emit, core_lending=self._lending_setup()
         )
         self.requests: RequestTable[LookupResult, RequestOutput, KVExport, TransferResult] = (
             RequestTable(

@@ -99,7 +99,12 @@ def _transfer(
                 if records is not None and len(records.offsets) == len(keys)
                 else None
             )
-            f, fut = _fetch_handoff(plugin, kvs, keys[n:], handle.peer, rid, handle, offsets)
+            pool = handle.pool
+            whole = pool is not None and len(pool.block_ids) == len(keys)
+            pool_ids = pool.block_ids[n:] if pool is not None and whole else None
+            f, fut = _fetch_handoff(
+                plugin, kvs, keys[n:], handle.peer, rid, handle, offsets, pool_ids, n
+            )
         finally:
             # Fetched (or missed: decode recomputes): the prefill side may evict them now.
             _release_handoff(plugin, handle, rid)
@@ -168,17 +173,42 @@ def _fetch_handoff(
     rid: str,
     handle: KVHandle,
     offsets: list[int] | None = None,
+    pool_ids: list[int] | None = None,
+    first: int = 0,
 ) -> tuple[Fetched, concurrent.futures.Future[RequestOutput] | None]:
     """:func:`_fetch_handoff_blocks`, its start and end recorded in the worker's
-    ``handoff_times``. Same host, with ``handle.records`` (``offsets``: of ``keys``'
-    records): the engine imports from the prefill worker's export arena first (and
-    admits the request in the same command when every block was there)."""
+    ``handoff_times``. Same host, with ``handle.pool`` (``pool_ids``: ``keys``' pool
+    blocks; ``keys`` start at block ``first`` of the prompt): the engine copies them
+    from the prefill engine's shared pool; else, with ``handle.records`` (``offsets``:
+    of ``keys``' records), it imports from the prefill worker's export arena first
+    (either way admitting the request in the same command when every block was there)."""
     plugin.handoff_times.mark(rid, "fetch_start")
     f: Fetched = Fetched(0, 0, [])
     fut = None
     records = handle.records
+    pool = handle.pool
     if (
-        records is not None
+        pool is not None
+        and pool_ids is not None
+        and keys
+        and pool.host_id == local_host_id()
+        and kvs.same_host_tier(peer) is not None
+    ):
+        bs = plugin.block_size
+        tokens = handle.spec.prompt_token_ids[first * bs : (first + len(keys)) * bs]
+        try:
+            until = kvs.peer_handoff_expiry(peer, rid)
+        except Exception as e:  # unreadable lease table: not this way
+            logger.debug("lease of %s unreadable: %s", rid, e)
+            until = None
+        if until is not None:
+            f, fut = _import_from_pool(
+                plugin, pool.path, pool_ids, keys, tokens, until - POOL_COPY_MARGIN_S, handle
+            )
+    if (
+        fut is None
+        and not f.num_blocks
+        and records is not None
         and offsets is not None
         and records.host_id == local_host_id()
         and kvs.same_host_tier(peer) is not None
@@ -189,6 +219,40 @@ def _fetch_handoff(
         f = Fetched(f.num_blocks + rest.num_blocks, f.nbytes + rest.nbytes, f.paths + rest.paths)
     plugin.handoff_times.mark(rid, "imported", f.nbytes, f.num_blocks)
     return f, fut
+
+
+POOL_COPY_MARGIN_S = 1.0
+"""A pool -> pool copy starts at least this long before the prefill side's lease (its
+hold of the source blocks) expires; the copy itself takes milliseconds."""
+
+
+def _import_from_pool(
+    plugin: MooncakeWorker,
+    path: str,
+    pool_ids: list[int],
+    keys: list[BlockKey],
+    tokens: list[int],
+    deadline: float,
+    handle: KVHandle,
+) -> tuple[Fetched, concurrent.futures.Future[RequestOutput] | None]:
+    """The engine copies ``keys`` from pool blocks ``pool_ids`` of the prefill engine's
+    shared pool at ``path`` (one copy per block, ``mooncake.worker.pool_handoff``) and,
+    when all are here, admits the request in the same command (returned: its future).
+    The copy starts only before ``deadline`` (``time.monotonic``): the prefill engine
+    holds the blocks until its lease ends, and the bytes carry no checksum. Nothing
+    here when the pool does not suit or it is too late."""
+    try:
+        (found, _, nbytes), fut = plugin.engine.import_from_pool_and_add(
+            path, pool_ids, keys, tokens, deadline, _decode_admission(plugin, handle)
+        )
+    except RequestAborted:
+        raise
+    except Exception as e:  # the pool file is gone (its worker left): another way
+        logger.debug("import from %s failed: %s", path, e)
+        return Fetched(0, 0, []), None
+    if fut is not None:
+        plugin.pool_imports += 1
+    return Fetched(found, nbytes, ["shm"] * found), fut
 
 
 def _import_from_arena(

@@ -45,6 +45,7 @@ from mooncake.worker.messages import (
     TransferResult,
 )
 from mooncake.worker.plugin import PLUGIN_NAME, MooncakeWorker, get_plugin
+from mooncake.worker.pool_handoff import hold_for_pool_copy
 from mooncake.worker.receive import receive, start_decode
 
 T = TypeVar("T")
@@ -272,16 +273,22 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
     )
     packed = None
     records = None
+    pool = None
     if (
         kvs is not None
         and not finished
         and not streamed
         and same_host(plugin, kvs, lookup_result.placement.decode)
     ):
-        # The decode engine imports from the export arena; the tier put follows later.
-        got = export_for_handoff(plugin, kvs, spec)
-        if got is not None:
-            packed, records = got
+        # The decode engine copies from this engine's pool (or imports from the export
+        # arena); the tier put follows later.
+        held = hold_for_pool_copy(plugin, kvs, spec)
+        if held is not None:
+            packed, pool = held
+        else:
+            got = export_for_handoff(plugin, kvs, spec)
+            if got is not None:
+                packed, records = got
     if kvs is not None and packed is None:
         packed = export_packed(
             plugin, kvs, spec, first=len(streamed), lease=not finished, more=bool(streamed)
@@ -336,6 +343,7 @@ def prefill(lookup_result: LookupResult) -> KVHandle:
         finished=finished,
         output=_wall_metrics(out, spec, out.num_cached_tokens) if finished else None,
         records=records,
+        pool=pool,
     )
     # The decode worker starts the transfer on this word (the early hand-off), before the
     # scheduler has seen this task end; its transfer task then collects it.
@@ -491,6 +499,10 @@ def engine_stats(dask_worker: Any) -> dict[str, Any]:
         "handoff_put_after": plugin.kv_store.held.put_after
         if plugin.kv_store is not None and plugin.kv_store.held is not None
         else 0,
+        # Same-host hand-offs served straight from this engine's shared pool
+        # (``pool_handoff``), and those a decode engine here copied that way.
+        "pool_handoffs": plugin.pool_handoffs,
+        "pool_imports": plugin.pool_imports,
         "worker_copies": copies.snapshot(),
         "transfer_paths": dict(plugin.transfer_paths),
         "stream_blocks": dict(plugin.streams.counts) if plugin.streams is not None else {},

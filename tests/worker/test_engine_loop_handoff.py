@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from mooncake.config import EngineConfig
 from mooncake.engine import LLMEngine
 from mooncake.sampling_params import SamplingParams
@@ -65,3 +67,49 @@ def test_import_and_admit_in_one_command(tiny_llama, tmp_path):
     for r in loop._tier_readers.values():
         r.close()
     store.close()
+
+
+def test_pool_copy_and_admit_in_one_command_before_its_deadline(tiny_llama, tmp_path):
+    """A prefill engine with its pool in a shared-memory file holds a 4-block prompt.
+    Past its deadline (the prefill side's lease about to end) the decode loop copies
+    nothing and admits nothing; before it, it copies the 4 blocks pool -> pool, admits
+    the request in the same call, and its greedy output equals one engine's run."""
+    import time
+
+    from mooncake.store.native import records_lib
+
+    if records_lib() is None:
+        pytest.skip("the pool copy needs the compiled library (the arena's way is used)")
+    rng = random.Random(4)
+    bs = EngineConfig().block_size
+    prompt = [rng.randrange(300) for _ in range(4 * bs + 5)]
+    config = EngineConfig(model=str(tiny_llama), num_blocks=64, enable_prefix_caching=False)
+    want = LLMEngine(config).generate([prompt], GREEDY)[0].token_ids
+    path = str(tmp_path / "kv.pool")
+    p = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64, kv_pool_path=path))
+    p.add_request("r", prompt, SamplingParams(temperature=0.0, max_tokens=1), keep_kv=True)
+    first = []
+    while p.has_unfinished():
+        for out in p.step():
+            first = out.token_ids
+    held = p.held_blocks("r")
+    assert held is not None
+    keys, ids, _ = held
+
+    d = LLMEngine(config)
+    loop = EngineLoop(d, RecordingChannel())  # type: ignore[arg-type]
+    req = AddRequest("r", prompt, GREEDY, Watch(None), prior_output_ids=first, block_keys=keys)
+    toks = prompt[: 4 * bs]
+    late = time.monotonic() - 1
+    assert loop.import_from_pool_and_add(path, ids, list(keys), toks, late, req) == (0, 0, 0)
+    assert not d.has_unfinished() and d.pool.num_free == d.pool.num_blocks
+    soon = time.monotonic() + 30
+    found, kept, _ = loop.import_from_pool_and_add(path, ids, list(keys), toks, soon, req)
+    assert (found, kept) == (4, 4)
+    got: list[int] = []
+    while d.has_unfinished():
+        for out in d.step():
+            got = out.token_ids
+    assert got == want
+    assert d.stats.num_prompt_tokens_computed <= bs  # the partial block only
+    loop._direct.close()

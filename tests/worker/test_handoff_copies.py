@@ -68,10 +68,11 @@ def _split(places: dict[str, float]) -> tuple[dict[str, float], dict[str, float]
     [(True, {"prefill": 2, "decode": 1}), (False, {"prefill": 3, "decode": 2})],
 )
 def test_copies_per_block_on_the_handoff(tiny_llama, same_host, want):
-    """A fresh 12-block prompt. Same host: the prefill side copies each block out of its
-    pool into the export arena once, and the decode engine copies it from there into its
-    pool once: one copy per block per side on the hand-off. The host tier's put (LMDB's
-    copy, for later requests) follows only after the decode side released the lease:
+    """A fresh 12-block prompt. Same host: the prefill engine's KV pool is in shared
+    memory; it holds the blocks and the decode engine copies each from there into its
+    own pool once: one copy per block in all on the hand-off (the export arena's way
+    made two). Afterwards, once the decode side released the lease, the prefill side
+    writes them into its export arena and the host tier puts them (for later requests):
     all 12 blocks are put after the hand-off, none before. Across hosts
     (``same_host=False`` sends it over TCP) the store's way is unchanged: export, tier
     put, and the block server's socket write on the prefill side (3); the decode side
@@ -91,6 +92,10 @@ def test_copies_per_block_on_the_handoff(tiny_llama, same_host, want):
         prompt = [rng.randrange(300) for _ in range(BLOCKS * bs)]
         sides, out, put_after = _handoff_copies(llm, prompt, BLOCKS if same_host else 0)
         stats = llm.worker_stats()
+        pool_counts = {
+            "+".join(llm.workers[w]["roles"]): (s["pool_handoffs"], s["pool_imports"])
+            for w, s in stats.items()
+        }
         leases = {
             "+".join(llm.workers[w]["roles"]): (s["handoff_leases_taken"], s["handoff_leases"])
             for w, s in stats.items()
@@ -106,8 +111,17 @@ def test_copies_per_block_on_the_handoff(tiny_llama, same_host, want):
         # Each copy sums what it moves in the same pass: no separate checksum pass over
         # the payload on either side (the export's sum, the import's check).
         assert prefill_checks == {} and decode_checks == {}, sides
-        assert prefill == pytest.approx({"engine.export": 1.0, "store.put": 1.0}, abs=0.05)
-        assert decode == pytest.approx({"engine.import": 1.0}, abs=0.05)
+        # The hand-off itself: one copy in all, pool -> pool (taken: the counters).
+        assert pool_counts == {"prefill": (1, 0), "decode": (0, 1)}
+        on_handoff = {
+            f"{side}:{p}": n
+            for side, places in (("prefill", prefill), ("decode", decode))
+            for p, n in places.items()
+            if not p.endswith(".after") and p != "store.put"
+        }
+        assert on_handoff == pytest.approx({"decode:engine.import": 1.0}, abs=0.05)
+        # After it, off its path: into the export arena and the host tier.
+        assert prefill == pytest.approx({"engine.export.after": 1.0, "store.put": 1.0}, abs=0.05)
     # Same host: the tier put came after the decode side had every block, not before.
     assert put_after == {"prefill": BLOCKS if same_host else 0, "decode": 0}
     assert sum(prefill.values()) == pytest.approx(want["prefill"], abs=0.15), prefill
@@ -117,3 +131,28 @@ def test_copies_per_block_on_the_handoff(tiny_llama, same_host, want):
     assert leases == {"prefill": (1, 0), "decode": (0, 0)}
     # Streaming is off by default: nothing moved before the transfer task.
     assert all(not s["stream_blocks"] for s in stats.values())
+
+
+@pytest.mark.skipif(records_lib() is None, reason="no compiled library")
+def test_export_arena_way_without_the_shared_pool(tiny_llama):
+    """Same host with ``shared_kv_pool=False``: the hand-off goes the export arena's way,
+    one copy per block per side, each summing or checking in the same pass (prefill:
+    pool -> arena; decode: arena -> pool); the tier put follows the hand-off. Greedy
+    output is the in-process engine's; no pool hand-off was counted."""
+    rng = random.Random(8)
+    with mooncake.LLM(
+        str(tiny_llama),
+        engine_config=EngineConfig(num_blocks=128),
+        worker_config=WorkerConfig(shared_kv_pool=False),
+        dashboard_address=None,
+    ) as llm:
+        bs = next(iter(llm.workers.values()))["block_size"]
+        prompt = [rng.randrange(300) for _ in range(BLOCKS * bs)]
+        sides, out, put_after = _handoff_copies(llm, prompt, BLOCKS)
+        pools = {w: (s["pool_handoffs"], s["pool_imports"]) for w, s in llm.worker_stats().items()}
+    ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=128)).generate([prompt], GREEDY)
+    assert out.token_ids == ref[0].token_ids
+    assert set(pools.values()) == {(0, 0)}
+    assert put_after == {"prefill": BLOCKS, "decode": 0}
+    assert sides["prefill"] == pytest.approx({"engine.export": 1.0, "store.put": 1.0}, abs=0.05)
+    assert sides["decode"] == pytest.approx({"engine.import": 1.0}, abs=0.05)

@@ -130,6 +130,16 @@ void mc_copy_sum64_many(uint8_t *dst_base, const int64_t *dst_off, int64_t dst_s
         sums[i] = mc_copy_sum64_strided(dst_base + dst_off[i], dst_stride, src_base + src_off[i], src_stride, seg, nseg);
 }
 
+/* Copy n blocks, each nseg segments of seg bytes (segment j of block i at base + off[i]
+ * + j * stride on either side), with no checksum: the same-host pool -> pool hand-off,
+ * whose source is held unchanged by its owner while this runs. */
+void mc_copy_many(uint8_t *dst_base, const int64_t *dst_off, int64_t dst_stride, const uint8_t *src_base,
+                  const int64_t *src_off, int64_t src_stride, int64_t seg, int64_t nseg, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < nseg; j++)
+            memcpy(dst_base + dst_off[i] + j * dst_stride, src_base + src_off[i] + j * src_stride, (size_t)seg);
+}
+
 static int64_t align_up(int64_t x) { return (x + RECORD_ALIGN - 1) & ~(int64_t)(RECORD_ALIGN - 1); }
 
 /* Check one record of rlen bytes at r against key (16 bytes, or NULL); the first j0 pages
