@@ -505,8 +505,10 @@ class LLMEngine:
         last = min(full, first + out.nbytes // size)
         keys = self.kv._keys(seq, full)
         offsets, sizes = [], []
-        if algo == "sum64" and last > first and self._export_batched(
-            seq, keys, out, first, last, place
+        if (
+            algo == "sum64"
+            and last > first
+            and self._export_batched(seq, keys, out, first, last, place)
         ):
             offsets = [k * size for k in range(last - first)]
             sizes = [size] * (last - first)
@@ -707,9 +709,7 @@ class LLMEngine:
         from mooncake.store.handoff_records import leading_heads, payload_at
 
         heads = leading_heads(buf, offsets, keys, self.fingerprint, self.spec)
-        todo = [
-            i for i, h in enumerate(heads) if self.pool.lookup(keys[i], h.token_ids) is None
-        ]
+        todo = [i for i, h in enumerate(heads) if self.pool.lookup(keys[i], h.token_ids) is None]
         if len(todo) > self.pool.num_free:  # the rest are not imported: not intact here
             heads = heads[: todo[self.pool.num_free]]
             todo = todo[: self.pool.num_free]

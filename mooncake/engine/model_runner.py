@@ -60,6 +60,7 @@ class ModelRunner:
             from mooncake.engine.shared_pool import HEADER_BYTES, create_pool, header_for
 
             header = header_for(fingerprint, spec.dtype, pool_shape, spec.block_size)
+
             def over(mm: Any) -> tuple[torch.Tensor, Any]:
                 count = header.nbytes // self.dtype.itemsize
                 t = torch.frombuffer(mm, dtype=self.dtype, count=count, offset=HEADER_BYTES)
@@ -226,8 +227,15 @@ class ModelRunner:
         dst_off = np.asarray(dst_ids, dtype=np.int64) * seg
         src_off = np.asarray(src_ids, dtype=np.int64) * seg
         lib.copy_many(
-            pool, dst_off.ctypes.data, stride, src, src_off.ctypes.data, src_slots * tok,
-            seg, nseg, len(src_ids),
+            pool,
+            dst_off.ctypes.data,
+            stride,
+            src,
+            src_off.ctypes.data,
+            src_slots * tok,
+            seg,
+            nseg,
+            len(src_ids),
         )
         copies.count("engine.import", seg * nseg * len(src_ids))
         return True

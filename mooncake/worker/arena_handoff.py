@@ -70,10 +70,11 @@ class ArenaHandoffs:
 
     Args:
         kvs: the worker's store (its export arena, host tier and lease table).
-        poll_s: see ``POLL_S``.
+        poll_s: see ``POLL_S``; ``None``: no thread, the owner calls :meth:`settle`
+            (tests that must not race the thread).
     """
 
-    def __init__(self, kvs: KVStore, poll_s: float = POLL_S) -> None:
+    def __init__(self, kvs: KVStore, poll_s: float | None = POLL_S) -> None:
         self._kvs = kvs
         self.poll_s = poll_s
         self._lock = threading.Lock()
@@ -82,10 +83,12 @@ class ArenaHandoffs:
         self._stop = False
         self.put_after = 0
         """Blocks put into the host tier after their hand-off (off the critical path)."""
-        self._thread = threading.Thread(
-            target=self._run, name="mooncake-arena-handoff", daemon=True
-        )
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if poll_s is not None:
+            self._thread = threading.Thread(
+                target=self._run, args=(poll_s,), name="mooncake-arena-handoff", daemon=True
+            )
+            self._thread.start()
 
     def hold(self, request_id: str, region: Region, packed: PackedExport, holder: str) -> None:
         """Keep ``region`` (the request's records) until lease ``holder`` is released."""
@@ -148,20 +151,21 @@ class ArenaHandoffs:
         finally:
             arena.free(h.region)
 
-    def _run(self) -> None:
+    def _run(self, poll_s: float) -> None:
         while not self._stop:
             if not len(self):
                 self._wake.wait()
                 self._wake.clear()
                 continue
             self.settle()
-            time.sleep(self.poll_s)
+            time.sleep(poll_s)
 
     def close(self) -> None:
         """Stop; regions still held are given back without a put."""
         self._stop = True
         self._wake.set()
-        self._thread.join(timeout=5.0)
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
         with self._lock:
             held, self._held = list(self._held.values()), {}
         for h in held:

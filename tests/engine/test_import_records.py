@@ -49,9 +49,9 @@ def test_imported_records_decode_as_the_prefill_engine(tiny_llama):
     assert d.import_records(buf, packed.offsets, packed.keys, True) == (5, 0, 5 * per)
     greedy = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
     out = d.generate([prompt], greedy)[0]
-    ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64)).generate(
-        [prompt], greedy
-    )[0]
+    ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64)).generate([prompt], greedy)[
+        0
+    ]
     assert out.token_ids == ref.token_ids
     assert out.num_cached_tokens == 5 * EngineConfig().block_size
 

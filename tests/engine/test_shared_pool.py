@@ -68,9 +68,9 @@ def test_decode_engine_copies_held_blocks_pool_to_pool(tiny_llama, tmp_path):
         theirs = p.runner.kv_cache[:, :, ids[i] * bs : (ids[i] + 1) * bs]
         assert torch.equal(mine, theirs)
     out = d.generate([prompt], GREEDY)[0]
-    ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64)).generate(
-        [prompt], GREEDY
-    )[0]
+    ref = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64)).generate([prompt], GREEDY)[
+        0
+    ]
     assert out.token_ids == ref.token_ids
     assert out.num_cached_tokens == 5 * bs
 

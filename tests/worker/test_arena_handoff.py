@@ -27,7 +27,7 @@ def exported(tiny_llama, tmp_path):
     )
     kvs = KVStore(cfg, "p", "c")
     kvs.held.close()  # driven by hand here (settle), not by its thread
-    kvs.held = ArenaHandoffs(kvs, poll_s=3600)
+    kvs.held = ArenaHandoffs(kvs, poll_s=None)
     e = LLMEngine(EngineConfig(model=str(tiny_llama), num_blocks=64))
     rng = random.Random(3)
     bs = EngineConfig().block_size
