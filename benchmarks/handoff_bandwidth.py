@@ -256,8 +256,8 @@ def save_results(rows: list[Row], args: argparse.Namespace) -> None:
         )
         for what, col, target in (
             ("data_s", "data path (export + import)", "≥ 0.5" if r.prompt_tokens == 2048 else ""),
-            ("export_s", "export (pool -> host tier)", None),
-            ("import_s", "import (host tier -> pool)", None),
+            ("export_s", "export (prefill side, to the hand-off's handle)", None),
+            ("import_s", "import (decode side, into its pool)", None),
             ("wall_s", "wall, export start -> import done", None),
         ):
             note = None
@@ -283,8 +283,10 @@ def save_results(rows: list[Row], args: argparse.Namespace) -> None:
         notes=(
             f"1 prefill + 1 decode worker, streaming off, uncached prompts one at a time, "
             f"{args.reps} rep(s) each, medians; `--shape {args.shape}`. Export: the prefill "
-            "engine's pool to the committed host tier; import: the decode worker's fetch "
-            "start to the blocks in its engine's pool; data path = both; wall adds the wait "
+            "side from its export call to the hand-off's handle (on the same-host pool path "
+            "a hold of the blocks, no copy: a figure far above memcpy); import: the decode "
+            "worker's fetch start to the blocks in its engine's pool (the pool -> pool copy "
+            "and its engine command); data path = both; wall adds the wait "
             "for the transfer task (Dask). memcpy: `numpy.copyto` of the same bytes into a "
             "preallocated buffer, caches flushed, one thread, in the same run. A fresh tier "
             "faults in each page it writes; a prefaulted one "

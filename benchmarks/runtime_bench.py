@@ -250,6 +250,7 @@ def main() -> None:
         import result_file as rf
 
         added = res["added_ttft_p50_ms"]
+        b2b = res["added_ttft_back_to_back_p50_ms"]
         rf.save(
             "runtime",
             "The Dask request path vs the engine in-process",
@@ -262,18 +263,21 @@ def main() -> None:
                         "in-process engine TTFT",
                         res["engine_ttft_p50_ms"],
                         ratio=res["cluster_ttft_p50_ms"] / res["engine_ttft_p50_ms"],
+                    ),
+                ),
+                # the target is on the back-to-back figure (the harder one)
+                dict(
+                    rf.claim(
+                        "TTFT added, back to back (p50)",
+                        b2b,
+                        "ms",
+                        "in-process engine TTFT",
+                        res["engine_ttft_back_to_back_p50_ms"],
+                        ratio=res["cluster_ttft_back_to_back_p50_ms"]
+                        / res["engine_ttft_back_to_back_p50_ms"],
                         target="added ≤ 10 ms",
                     ),
-                    met=added <= 10.0,
-                ),
-                rf.claim(
-                    "TTFT added, back to back (p50)",
-                    res["added_ttft_back_to_back_p50_ms"],
-                    "ms",
-                    "in-process engine TTFT",
-                    res["engine_ttft_back_to_back_p50_ms"],
-                    ratio=res["cluster_ttft_back_to_back_p50_ms"]
-                    / res["engine_ttft_back_to_back_p50_ms"],
+                    met=b2b <= 10.0,
                 ),
                 rf.claim(
                     "inter-token gap added per token (p50)",
@@ -289,6 +293,7 @@ def main() -> None:
                     "tok/s",
                     "in-process engine",
                     res["engine_tok_s"],
+                    target="≥ 0.9",
                 ),
                 rf.claim(
                     "KV hand-off of the 16 concurrent requests, export to admission (p50)",
