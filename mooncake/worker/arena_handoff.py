@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 from mooncake.kvcache.block import PackedExport
 from mooncake.store.shm_arena import Region
 from mooncake.transfer.base import local_host_id
+from mooncake.worker.arena_export import export_to_region, record_bytes_per_block
 from mooncake.worker.messages import ArenaRecords, RequestSpec
 
 if TYPE_CHECKING:
@@ -48,7 +49,6 @@ logger = logging.getLogger(__name__)
 POLL_S = 0.005
 """How often the holder looks for released leases while it holds a region (an LMDB
 read per held request): a released region is put into the tier and reused this late."""
-ENGINE_CALL_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -184,7 +184,7 @@ def export_for_handoff(
     if arena is None or held is None:
         return None
     info = plugin.engine.info
-    per = kvs.record_bytes(info["kv_bytes_per_block"], info["fingerprint"], plugin.block_size)
+    per = record_bytes_per_block(plugin, kvs)
     want = len(spec.prompt_token_ids) // plugin.block_size
     if want <= 0:
         return None
@@ -195,16 +195,7 @@ def export_for_handoff(
     plugin.handoff_times.mark(rid, "export_start")
     keep = False
     try:
-        packed: PackedExport | None = plugin.engine.call(
-            "export_packed",
-            rid,
-            arena.path,
-            region.offset,
-            region.size,
-            kvs.store.config.checksum,
-            0,
-            True,
-        ).result(ENGINE_CALL_TIMEOUT_S)
+        packed = export_to_region(plugin, kvs, rid, region)
         if packed is None or not packed.keys:
             return None
         if len(packed.keys) != packed.num_tokens // plugin.block_size:

@@ -125,17 +125,8 @@ class KVStore:
         table is on this host. ``None``: it is not; ask the peer (an RPC)."""
         if peer == self.peer:
             return self.release_handoff(request_id)
-        if (
-            peer.host_id != local_host_id()
-            or peer.host_tier_path is None
-            or not os.path.isdir(lease_dir(peer.host_tier_path))
-        ):
-            return None
-        path = lease_dir(peer.host_tier_path)
-        table = self._peer_leases.get(path)
-        if table is None:
-            table = self._peer_leases[path] = SharedLeaseTable(path)
-        return table.release(_holder(request_id))
+        table = self._peer_lease_table(peer)
+        return None if table is None else table.release(_holder(request_id))
 
     def peer_handoff_expiry(self, peer: Peer, request_id: str) -> float | None:
         """When ``peer``'s hand-off lease of ``request_id`` expires (``time.monotonic``
@@ -143,6 +134,11 @@ class KVStore:
         this host; ``None`` when it holds none or its table is not here."""
         if peer == self.peer:
             return self.leases.expiry(_holder(request_id))
+        table = self._peer_lease_table(peer)
+        return None if table is None else table.expiry(_holder(request_id))
+
+    def _peer_lease_table(self, peer: Peer) -> SharedLeaseTable | None:
+        """``peer``'s lease table when it is on this host (opened once), else ``None``."""
         if (
             peer.host_id != local_host_id()
             or peer.host_tier_path is None
@@ -153,7 +149,7 @@ class KVStore:
         table = self._peer_leases.get(path)
         if table is None:
             table = self._peer_leases[path] = SharedLeaseTable(path)
-        return table.expiry(_holder(request_id))
+        return table
 
     def sweep_leases(self) -> list[ExpiredLease]:
         """Drop and report hand-off leases that expired unreleased."""

@@ -35,6 +35,11 @@ from typing import TYPE_CHECKING
 from mooncake.kvcache.block import PackedExport
 from mooncake.outputs import RequestOutput
 from mooncake.types import BlockKey
+from mooncake.worker.arena_export import (
+    ENGINE_CALL_TIMEOUT_S,
+    export_to_region,
+    record_bytes_per_block,
+)
 from mooncake.worker.kv_store import KVStore
 from mooncake.worker.lookup import import_blocks, prompt_keys
 from mooncake.worker.messages import PlacementInfo, RequestSpec
@@ -51,7 +56,6 @@ STREAM_DEADLINE_S = 60.0
 """A stream gives up this long after it started (its transfer task never came)."""
 TAKE_TIMEOUT_S = 10.0
 """How long the transfer task waits for a stream's import in flight to end."""
-ENGINE_CALL_TIMEOUT_S = 30.0
 WINDOW_BLOCKS = 128
 """Blocks one look asks for at most: a look costs a lookup per key asked (most of them
 not there yet), and a full window is followed by the next look at once."""
@@ -85,7 +89,7 @@ def export_packed(
     if arena is None:
         return None
     info = plugin.engine.info
-    per = kvs.record_bytes(info["kv_bytes_per_block"], info["fingerprint"], plugin.block_size)
+    per = record_bytes_per_block(plugin, kvs)
     left = len(spec.prompt_token_ids) // plugin.block_size - first
     most = arena.most_records(per)
     rid = spec.request_id
@@ -100,16 +104,7 @@ def export_packed(
             return out
         plugin.handoff_times.mark(rid, "export_start")
         try:
-            packed: PackedExport | None = plugin.engine.call(
-                "export_packed",
-                rid,
-                arena.path,
-                region.offset,
-                region.size,
-                kvs.store.config.checksum,
-                first,
-                release,
-            ).result(ENGINE_CALL_TIMEOUT_S)
+            packed = export_to_region(plugin, kvs, rid, region, first, release)
             if packed is None:
                 return out
             if packed.keys:

@@ -29,6 +29,11 @@ from typing import TYPE_CHECKING
 from mooncake.kvcache.block import PackedExport
 from mooncake.store.native import records_lib
 from mooncake.transfer.base import local_host_id
+from mooncake.worker.arena_export import (
+    ENGINE_CALL_TIMEOUT_S,
+    export_to_region,
+    record_bytes_per_block,
+)
 from mooncake.worker.messages import PoolBlocks, RequestSpec
 
 if TYPE_CHECKING:
@@ -37,7 +42,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ENGINE_CALL_TIMEOUT_S = 30.0
 AFTER_PLACE = "engine.export.after"
 """Where the copies into the export arena for the tier put after a pool hand-off are
 counted (``mooncake.kvcache.copies``): off the hand-off's path."""
@@ -86,22 +90,11 @@ def _after(plugin: MooncakeWorker, kvs: KVStore, rid: str, n: int, put: bool) ->
     done = 0
     try:
         arena = kvs.arena
-        info = plugin.engine.info
-        per = kvs.record_bytes(info["kv_bytes_per_block"], info["fingerprint"], plugin.block_size)
+        per = record_bytes_per_block(plugin, kvs)
         region = arena.alloc(n * per) if put and arena is not None else None
         if region is not None and arena is not None:
             try:
-                packed = plugin.engine.call(
-                    "export_packed",
-                    rid,
-                    arena.path,
-                    region.offset,
-                    region.size,
-                    kvs.store.config.checksum,
-                    0,
-                    True,
-                    AFTER_PLACE,
-                ).result(ENGINE_CALL_TIMEOUT_S)
+                packed = export_to_region(plugin, kvs, rid, region, place=AFTER_PLACE)
                 if packed is not None and packed.keys:
                     kvs.put_packed(arena.view(region), packed)
                     done = len(packed.keys)

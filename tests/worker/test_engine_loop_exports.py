@@ -72,18 +72,7 @@ def test_loop_waits_for_every_export_of_one_step(tiny_llama) -> None:
             (0.2, (3, "stop", (), {})),
         ]
     )
-    loop.channel = channel  # type: ignore[assignment]
-    answered_at_first_step: list[int] = []
-    step = loop._step
-
-    def counted() -> None:
-        if not answered_at_first_step:
-            answered_at_first_step.append(sum(1 for m in channel.sent if m[0] == "result"))
-        step()
-
-    loop._step = counted  # type: ignore[method-assign]
-    loop.run()
-    assert answered_at_first_step == [2]
+    assert _answers_before_first_step(loop, channel) == 2
 
 
 def test_idle_loop_given_new_requests_waits_for_a_due_export(tiny_llama) -> None:
@@ -110,15 +99,22 @@ def test_idle_loop_given_new_requests_waits_for_a_due_export(tiny_llama) -> None
             (0.2, (3, "stop", (), {})),
         ]
     )
+    assert _answers_before_first_step(loop, channel) == 2
+
+
+def _answers_before_first_step(loop: EngineLoop, channel: ScriptedChannel) -> int:
+    """Run ``loop`` on ``channel``'s script; how many commands it had answered when it
+    started its first step."""
     loop.channel = channel  # type: ignore[assignment]
-    answered_at_first_step: list[int] = []
+    answered: list[int] = []
     step = loop._step
 
     def counted() -> None:
-        if not answered_at_first_step:
-            answered_at_first_step.append(sum(1 for m in channel.sent if m[0] == "result"))
+        if not answered:
+            answered.append(sum(1 for m in channel.sent if m[0] == "result"))
         step()
 
     loop._step = counted  # type: ignore[method-assign]
     loop.run()
-    assert answered_at_first_step == [2]
+    assert answered, "the loop never stepped"
+    return answered[0]
