@@ -20,18 +20,28 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
+NOTICE_TIMEOUT_S = 5.0
+"""A call to one decode worker that has not answered by then is given up (its notices
+are lost; that worker's transfer tasks do the work), so a silent worker does not hold
+up the notices that wait behind it for ever."""
+
 
 class HandoffNotices(Generic[T]):
     """Args:
     loop: the worker's event loop (the calls run there).
     send: sends one decode worker (its address) the notices given, in order.
+    timeout_s: how long one call may take (``NOTICE_TIMEOUT_S``).
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, send: Callable[[str, list[T]], Awaitable[object]]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        send: Callable[[str, list[T]], Awaitable[object]],
+        timeout_s: float = NOTICE_TIMEOUT_S,
     ) -> None:
         self._loop = loop
         self._send = send
+        self.timeout_s = timeout_s
         self._pending: dict[str, list[T]] = {}
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -59,8 +69,8 @@ class HandoffNotices(Generic[T]):
                 batch = self._pending.pop(dest)
                 self.calls += 1
                 try:
-                    await self._send(dest, batch)
-                except Exception as e:  # gone or closing: its transfer tasks do the work
+                    await asyncio.wait_for(self._send(dest, batch), self.timeout_s)
+                except Exception as e:  # gone, closing or silent: its transfer tasks do the work
                     logger.debug("hand-off notices to %s failed: %s", dest, e)
         finally:
             self._busy.discard(dest)

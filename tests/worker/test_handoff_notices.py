@@ -45,3 +45,29 @@ def test_notices_to_one_worker_go_one_call_at_a_time_together():
         assert notices.calls == 5
 
     asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_a_call_that_never_answers_is_given_up():
+    """Worker A never answers its first call: after the call's timeout the notices that
+    came meanwhile still go to A in a call of their own (nothing waits for ever)."""
+
+    async def main() -> None:
+        sent: list[tuple[str, list[int]]] = []
+
+        async def send(dest: str, batch: list[int]) -> None:
+            sent.append((dest, list(batch)))
+            if len(sent) == 1:
+                await asyncio.Event().wait()  # never answers
+
+        notices: HandoffNotices[int] = HandoffNotices(
+            asyncio.get_running_loop(), send, timeout_s=0.05
+        )
+        notices.offer("A", 1)
+        await asyncio.sleep(0.01)
+        notices.offer("A", 2)
+        await asyncio.sleep(0.01)
+        assert sent == [("A", [1])]
+        await asyncio.sleep(0.2)
+        assert sent == [("A", [1]), ("A", [2])]
+
+    asyncio.run(asyncio.wait_for(main(), 10))
